@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from gateway import crypto
 
-TOKEN_TYPE = "yrd-eid"
+TOKEN_TYPE = "yrd-eid"  # noqa: S105 - the JWS "typ" value, not a secret
 JWS_ALGORITHM = "EdDSA"
 MAX_LIFETIME = timedelta(minutes=5)
 #: Largest QR payload accepted (bytes); a real token is about 400.

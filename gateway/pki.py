@@ -33,7 +33,9 @@ class WrittenKey:
     fingerprint: str
 
 
-def init_keys(directory: Path, provinces: list[str], *, overwrite: bool = False) -> list[WrittenKey]:
+def init_keys(
+    directory: Path, provinces: list[str], *, overwrite: bool = False
+) -> list[WrittenKey]:
     """Create every key pair for every province; keep existing ones unless told."""
     written: list[WrittenKey] = []
     for code in provinces:
@@ -50,6 +52,8 @@ def init_keys(directory: Path, provinces: list[str], *, overwrite: bool = False)
                 private_path.chmod(0o600)
             public_path.write_bytes(crypto.public_key_pem(key.public_key()))
             written.append(
-                WrittenKey(code, stem, private_path, public_path, crypto.fingerprint(key.public_key()))
+                WrittenKey(
+                    code, stem, private_path, public_path, crypto.fingerprint(key.public_key())
+                )
             )
     return written

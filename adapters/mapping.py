@@ -1,0 +1,325 @@
+"""The declarative mapping engine: native documents ⇄ canonical dicts.
+
+A province's ``[adapter]`` config (see :mod:`adapters.spec`) is compiled once
+into a :class:`Translator`. Reading turns a native document (a JSON object or
+an XML element tree) into a *canonical dict*; writing does the reverse. A
+canonical dict has the proto field names of the canonical message as keys
+and the values ``json_format`` uses (enum names, base64 bytes, RFC 3339
+timestamps), so :func:`to_message` / :func:`from_message` move it to and from
+protobuf without another layer of hand-written copying.
+
+Every rule is applied the same way in both directions, so a mapping that
+reads a document also writes it; the round trip is property-tested per
+province. A document that does not match raises :class:`TranslationError`
+naming the native path and what was expected, never the value itself (it may
+be personal data), except for short codes missing from a code table.
+
+Absent values: a missing key, JSON ``null`` and an empty string are all
+"no value" (proto3 cannot tell them apart either). On reading, a required
+field without a value is an error and an optional one takes its default or
+stays out of the canonical dict. On writing, an absent optional field is left
+out of the native document.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET  # noqa: S405 - type and building only; parsing uses defusedxml
+import zoneinfo
+from collections.abc import Mapping
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from stdnum.cn import ric
+
+from adapters import formats, native
+from adapters.canonical import DOMAINS, CanonicalField, CanonicalMessage, Kind
+from adapters.errors import TranslationError
+from adapters.formats import FormatContext, Mismatch, NativeScalar, describe
+from adapters.native import JsonNode, NativeNode, XmlNode
+from adapters.spec import AdapterConfig, FieldRule, MessageMapping
+
+NativeDocument = dict[str, Any] | ET.Element
+M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+
+_MAX_CODE_SHOWN = 16
+
+
+def check_gb11643(value: str) -> None:
+    """Check a resident ID number's structure, birth date and check character.
+
+    Deliberately not ``stdnum.cn.ric.validate``: that also requires the region
+    code to have existed on the birth date, which refuses real numbers (codes
+    were assigned from 1980 on, to people born long before).
+    """
+    if len(value) != 18 or not value[:17].isdigit() or value[17] not in "0123456789X":
+        raise Mismatch("a GB 11643 resident ID number (17 digits and a digit or upper-case X)")
+    if ric.calc_check_digit(value) != value[17]:
+        raise Mismatch("a GB 11643 resident ID number with a valid check character")
+    try:
+        ric.get_birth_date(value)
+    except Exception:  # stdnum raises its own ValidationError subclasses
+        raise Mismatch("a GB 11643 resident ID number with a valid birth date") from None
+
+
+class _FieldCodec:
+    """One compiled field rule: converts a scalar value in both directions."""
+
+    def __init__(self, rule: FieldRule, target: CanonicalField, config: AdapterConfig) -> None:
+        self.rule = rule
+        self.target = target
+        self.path = rule.path
+        self.kind = target.kind
+        fmt_name = rule.format or formats.DEFAULT_FORMAT.get(target.kind)
+        self.format = formats.FORMATS[target.kind][fmt_name] if fmt_name else None
+        self.codes_name = rule.codes
+        self.codes: Mapping[str, str | bool] | None = None
+        self.reverse: dict[str | bool, str] = {}
+        if rule.codes is not None:
+            self.codes = config.code_tables[rule.codes]
+            self.reverse = {value: code for code, value in self.codes.items()}
+        self.pattern = re.compile(rule.pattern) if rule.pattern else None
+
+    def _table(self) -> str:
+        assert self.codes is not None
+        return f"a code of table {self.codes_name!r} {sorted(self.codes)}"
+
+    def to_canonical(self, raw: NativeScalar, ctx: FormatContext) -> object:
+        if self.codes is not None:
+            if isinstance(raw, str) and raw in self.codes:
+                return self.codes[raw]
+            shown = repr(raw) if len(str(raw)) <= _MAX_CODE_SHOWN else describe(raw)
+            raise Mismatch(f"{self._table()}, got {shown}")
+        if self.format is not None:
+            return self.format.to_canonical(raw, ctx)
+        if self.kind is Kind.BOOL:
+            if ctx.textual and raw in ("true", "false"):
+                return raw == "true"
+            if not ctx.textual and isinstance(raw, bool):
+                return raw
+            raise Mismatch(
+                f"{'true or false' if ctx.textual else 'a boolean'}, got {describe(raw)}"
+            )
+        if not isinstance(raw, str):
+            raise Mismatch(f"a string, got {describe(raw)}")
+        if self.kind is Kind.ENUM and raw not in self.target.enum_values:
+            raise Mismatch(f"one of {sorted(self.target.enum_values)}")
+        self.check(raw)
+        return raw
+
+    def to_native(self, value: object, ctx: FormatContext) -> NativeScalar:
+        if self.kind is Kind.STRING:
+            if not isinstance(value, str):
+                raise Mismatch(f"a string, got {describe(value)}")
+            self.check(value)
+        if self.codes is not None:
+            if isinstance(value, str | bool) and value in self.reverse:
+                return self.reverse[value]
+            raise Mismatch(
+                f"a canonical value of code table {self.codes_name!r} "
+                f"{sorted(map(str, self.reverse))}, got {describe(value)}"
+            )
+        if self.format is not None:
+            return self.format.to_native(value, ctx)
+        if self.kind is Kind.BOOL:
+            if not isinstance(value, bool):
+                raise Mismatch(f"a boolean, got {describe(value)}")
+            return value
+        if self.kind is Kind.ENUM and value not in self.target.enum_values:
+            raise Mismatch(f"one of {sorted(self.target.enum_values)}")
+        assert isinstance(value, str)  # STRING checked above; ENUM names are strings
+        return value
+
+    def check(self, value: str) -> None:
+        if self.rule.check == "gb11643":
+            check_gb11643(value)
+        if self.pattern is not None and not self.pattern.fullmatch(value):
+            raise Mismatch(f"a value matching {self.pattern.pattern!r}")
+
+
+class MessageMapper:
+    """A compiled :class:`MessageMapping`: reads and writes one canonical message."""
+
+    def __init__(
+        self, name: str, mapping: MessageMapping, schema: CanonicalMessage, translator: Translator
+    ) -> None:
+        self.name = name
+        self.mapping = mapping
+        self.schema = schema
+        self._translator = translator
+        self._codecs = [
+            (rule, _FieldCodec(rule, schema.fields[rule.canonical], translator.config))
+            for rule in mapping.fields
+        ]
+
+    def read(self, node: NativeNode, ctx: FormatContext) -> dict[str, Any]:
+        """Native → canonical dict."""
+        result: dict[str, Any] = {}
+        for rule, codec in self._codecs:
+            where = native.dotted(node.where, rule.path)
+            if codec.kind is Kind.MESSAGE:
+                child = node.child(rule.path)
+                if child is not None:
+                    nested = self._translator.mapper(self._nested(codec))
+                    result[rule.canonical] = nested.read(child, ctx)
+                elif rule.required:
+                    raise TranslationError(where, f"an object (required for {rule.canonical!r})")
+                continue
+            raw = node.get(rule.path)
+            if raw is None or raw == "":
+                if rule.required:
+                    raise TranslationError(where, f"a value (required for {rule.canonical!r})")
+                if rule.default is not None:
+                    result[rule.canonical] = rule.default
+                continue
+            try:
+                result[rule.canonical] = codec.to_canonical(raw, ctx)
+            except Mismatch as exc:
+                raise TranslationError(where, exc.expected) from None
+        return result
+
+    def write(
+        self, canonical: Mapping[str, Any], node: NativeNode, ctx: FormatContext, prefix: str = ""
+    ) -> None:
+        """Canonical dict → native, into ``node``."""
+        unknown = set(canonical) - set(self.schema.fields)
+        if unknown:
+            raise TranslationError(
+                node.where,
+                f"canonical fields of {self.schema.name}, got unknown {sorted(unknown)}",
+            )
+        for rule, codec in self._codecs:
+            where = native.dotted(node.where, rule.path)
+            field = f"{prefix}{rule.canonical}"
+            value = canonical.get(rule.canonical)
+            if value is None or value in ("", {}):
+                if rule.required:
+                    raise TranslationError(where, f"a value for required canonical {field!r}")
+                continue
+            if codec.kind is Kind.MESSAGE:
+                if not isinstance(value, Mapping):
+                    raise TranslationError(where, f"canonical {field!r} as an object")
+                nested = self._translator.mapper(self._nested(codec))
+                nested.write(value, node.make_child(rule.path), ctx, prefix=f"{field}.")
+                continue
+            try:
+                node.put(rule.path, codec.to_native(value, ctx))
+            except Mismatch as exc:
+                raise TranslationError(where, f"canonical {field!r} as {exc.expected}") from None
+
+    def _nested(self, codec: _FieldCodec) -> str:
+        domain = self.name.split(".", 1)[0]
+        return f"{domain}.{codec.target.message}"
+
+
+class Translator:
+    """All message mappings of one province, compiled from its :class:`AdapterConfig`.
+
+    Message names are ``"<domain>.<slot>"``: ``identity.person``,
+    ``identity.status_request``, ``identity.status_response``.
+    """
+
+    def __init__(self, config: AdapterConfig) -> None:
+        self.config = config
+        self._ctx = FormatContext(
+            timezone=zoneinfo.ZoneInfo(config.timezone), textual=config.format == "xml"
+        )
+        self._mappers: dict[str, MessageMapper] = {}
+        for domain, slots in DOMAINS.items():
+            for slot, mapping in config.domain(domain).items():
+                name = f"{domain}.{slot}"
+                self._mappers[name] = MessageMapper(name, mapping, slots[slot], self)
+
+    @property
+    def messages(self) -> tuple[str, ...]:
+        return tuple(self._mappers)
+
+    @property
+    def content_type(self) -> str:
+        """HTTP media type of this province's documents."""
+        kind = "xml" if self.config.format == "xml" else "json"
+        return f"application/{kind}; charset=utf-8"
+
+    def mapper(self, message: str) -> MessageMapper:
+        try:
+            return self._mappers[message]
+        except KeyError:
+            raise KeyError(
+                f"no mapping for {message!r}; configured: {sorted(self._mappers)}"
+            ) from None
+
+    def to_canonical(self, message: str, document: NativeDocument) -> dict[str, Any]:
+        """A parsed native document → canonical dict (raises TranslationError)."""
+        mapper = self.mapper(message)
+        node: NativeNode
+        if isinstance(document, ET.Element):
+            node = XmlNode(document)
+        elif isinstance(document, dict):
+            node = JsonNode(document)
+        else:
+            raise TranslationError("", f"a JSON object or XML element, got {describe(document)}")
+        return self._tagged(message, lambda: mapper.read(node, self._ctx))
+
+    def to_native(self, message: str, canonical: Mapping[str, Any]) -> NativeDocument:
+        """Canonical dict → native document (dict for JSON, Element for XML)."""
+        mapper = self.mapper(message)
+        if self.config.format == "xml":
+            assert mapper.mapping.root is not None  # enforced by AdapterConfig
+            element = ET.Element(mapper.mapping.root)
+            self._tagged(message, lambda: mapper.write(canonical, XmlNode(element), self._ctx))
+            return element
+        data: dict[str, Any] = {}
+        self._tagged(message, lambda: mapper.write(canonical, JsonNode(data), self._ctx))
+        return data
+
+    def decode(self, message: str, body: bytes) -> dict[str, Any]:
+        """Native document bytes → canonical dict."""
+        document = self._tagged(message, lambda: self.parse(message, body))
+        return self.to_canonical(message, document)
+
+    def encode(self, message: str, canonical: Mapping[str, Any]) -> bytes:
+        """Canonical dict → native document bytes (UTF-8)."""
+        document = self.to_native(message, canonical)
+        if isinstance(document, ET.Element):
+            return native.serialize_xml(document)
+        return native.serialize_json(document)
+
+    def parse(self, message: str, body: bytes) -> NativeDocument:
+        """Parse native bytes without mapping them (XML: checks the document element)."""
+        if self.config.format == "xml":
+            root = self.mapper(message).mapping.root
+            assert root is not None  # enforced by AdapterConfig
+            return native.parse_xml(body, root)
+        return native.parse_json(body)
+
+    def _tagged(self, message: str, work: Callable[[], T]) -> T:
+        """Run ``work``, naming ``message`` in any TranslationError it raises."""
+        try:
+            return work()
+        except TranslationError as exc:
+            if exc.message_type:
+                raise
+            raise TranslationError(exc.path, exc.expected, message=message) from None
+
+
+def from_message(message: Message) -> dict[str, Any]:
+    """A protobuf message as a canonical dict (every field, defaults included).
+
+    Defaults are included so that an explicit ``GENDER_UNSPECIFIED`` reaches
+    the mapping; empty strings are then treated as absent by it.
+    """
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def to_message(canonical: Mapping[str, Any], message_type: type[M]) -> M:
+    """A canonical dict as a protobuf message (raises TranslationError if it does not fit)."""
+    try:
+        return json_format.ParseDict(dict(canonical), message_type())
+    except json_format.ParseError:
+        # The parser's message quotes the offending value: personal data.
+        raise TranslationError("", f"a valid {message_type.DESCRIPTOR.full_name}") from None

@@ -1,0 +1,180 @@
+"""``yrd-gateway``: serve a node, run the local demo, make development keys,
+check configs, verify a message log.
+
+Every command has ``--help``. Exit codes: 0 success, 1 a check failed, 2 bad
+usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from gateway import __version__
+
+PROVINCE_CODES = ["310000", "320000", "330000", "340000"]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway import logs
+    from gateway.config import load_federation
+    from gateway.errors import ConfigError
+    from gateway.node import Node
+
+    logs.configure(args.log_level)
+    try:
+        federation = load_federation(Path(args.config))
+    except ConfigError as exc:
+        print(f"configuration refused:\n{exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        node = Node(federation, listen=args.listen, grace=args.grace)
+        await node.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        print(
+            f"node {federation.own} ({federation.me.province.name}) serving on "
+            f"{node.listen} (port {node.port})",
+            file=sys.stderr,
+            flush=True,
+        )
+        await stop.wait()
+        await node.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.demo import main
+
+    return main(
+        Path(args.config_dir) if args.config_dir else None,
+        Path(args.log_file) if args.log_file else None,
+    )
+
+
+def _pki_init(args: argparse.Namespace) -> int:
+    from gateway.pki import init_keys
+
+    for key in init_keys(Path(args.directory), args.provinces, overwrite=args.overwrite):
+        print(f"{key.province}  {key.kind:<11} {key.public_path}  sha256:{key.fingerprint}")
+    return 0
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    from gateway.config import check_files
+
+    problems = check_files([Path(f) for f in args.files])
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s) in {len(args.files)} file(s)")
+        return 1
+    print(f"{len(args.files)} file(s) valid")
+    return 0
+
+
+def _log_verify(args: argparse.Namespace) -> int:
+    from gateway.messagelog import verify_file
+
+    path = Path(args.database)
+    if not path.exists():
+        print(f"{path}: no such message log", file=sys.stderr)
+        return 2
+    report = asyncio.run(verify_file(path))
+    print(
+        f"{'intact' if report.intact else 'BROKEN'}: {report.detail}; "
+        f"{report.rows_checked} rows checked; head {report.head_hash.hex()}"
+    )
+    return 0 if report.intact else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="yrd-gateway",
+        description="YRD Gateway: the Yangtze River Delta provinces' data-exchange node.",
+    )
+    parser.add_argument("--version", action="version", version=f"yrd-gateway {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run one province's node from its config file")
+    serve.add_argument(
+        "--config",
+        required=True,
+        metavar="FILE",
+        help="this province's TOML file; peers' files are read from its folder",
+    )
+    serve.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="address to bind (default: node.endpoint of the config)",
+    )
+    serve.add_argument(
+        "--grace",
+        type=float,
+        default=5.0,
+        help="seconds in-flight calls get to finish on SIGTERM (default 5)",
+    )
+    serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    serve.set_defaults(func=_serve)
+
+    demo = commands.add_parser(
+        "demo", help="run four nodes and simulators on loopback and play every scenario"
+    )
+    demo.add_argument(
+        "--config-dir",
+        metavar="DIR",
+        help="province configs to federate (default: the shipped province_configs)",
+    )
+    demo.add_argument("--log-file", metavar="FILE", help="keep the nodes' JSON logs in FILE")
+    demo.set_defaults(func=_demo)
+
+    pki = commands.add_parser("pki", help="development keys")
+    pki_commands = pki.add_subparsers(dest="pki_command", required=True, metavar="ACTION")
+    init = pki_commands.add_parser(
+        "init", help="create signing, e-ID issuer and seal keys for every province in DIR"
+    )
+    init.add_argument("directory", metavar="DIR")
+    init.add_argument(
+        "--provinces",
+        nargs="+",
+        default=PROVINCE_CODES,
+        metavar="CODE",
+        help="GB/T 2260 codes (default: the four provinces)",
+    )
+    init.add_argument("--overwrite", action="store_true", help="replace existing keys")
+    init.set_defaults(func=_pki_init)
+
+    config = commands.add_parser("config", help="province config files")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = config_commands.add_parser(
+        "check", help="validate files; print every problem with file, key, value, expectation"
+    )
+    check.add_argument("files", nargs="+", metavar="FILE")
+    check.set_defaults(func=_config_check)
+
+    log = commands.add_parser("log", help="the message log")
+    log_commands = log.add_subparsers(dest="log_command", required=True, metavar="ACTION")
+    verify = log_commands.add_parser(
+        "verify", help="walk a node's hash chain and report the first row that does not chain"
+    )
+    verify.add_argument("database", metavar="NODE_DB")
+    verify.set_defaults(func=_log_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

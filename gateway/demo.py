@@ -1,0 +1,302 @@
+"""``yrd-gateway demo``: the local federation playing the exchanges end to end.
+
+Four nodes and four e-ID authority simulators start on loopback ports; a hotel
+front desk (a gRPC client with its bearer token) plays each scenario through
+the public API exactly as a property-management system would. The demo prints
+a table and exits non-zero if any scenario gives another outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+
+from gateway import crypto, logs
+from gateway.eid_token import issue_token
+from gateway.identifiers import PROVINCES
+from gateway.localfed import DEFAULT_CONFIG_DIR, LocalFederation
+from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
+
+SH, JS, ZJ, AH = "310000", "320000", "330000", "340000"
+HOTEL_DEADLINE = 3.0
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    expected: str
+    got: str
+    detail: str
+    elapsed_ms: float
+
+    @property
+    def ok(self) -> bool:
+        return self.expected == self.got
+
+
+class FrontDesk:
+    """A hotel's property-management system talking to its own province's node."""
+
+    def __init__(self, federation: LocalFederation, province: str) -> None:
+        self.province = province
+        self.stub = identity_pb2_grpc.IdentityServiceStub(federation.channel(province))
+        self.metadata = (("authorization", f"Bearer dev-hotel-{province}"),)
+        self.client_id = f"hotel-{province}-001"
+
+    async def verify(
+        self,
+        qr: str,
+        *,
+        purpose: int = identity_pb2.HOTEL_CHECK_IN,
+        timeout: float = HOTEL_DEADLINE,
+    ) -> identity_pb2.VerifyIdentityResponse:
+        return await self.stub.VerifyIdentity(
+            identity_pb2.VerifyIdentityRequest(
+                qr_payload=qr,
+                relying_party_id=self.client_id,
+                purpose=purpose,
+                client_reference="room-1208",
+            ),
+            metadata=self.metadata,
+            timeout=timeout,
+        )
+
+
+class Phone:
+    """A resident's e-ID wallet: asks its own authority for a fresh QR token."""
+
+    def __init__(self, session: aiohttp.ClientSession, federation: LocalFederation) -> None:
+        self.session = session
+        self.federation = federation
+
+    async def residents(self, province: str) -> list[dict[str, Any]]:
+        url = self.federation.provinces[province].simulator.url + "/residents"
+        async with self.session.get(url) as response:
+            response.raise_for_status()
+            result: list[dict[str, Any]] = await response.json()
+            return result
+
+    async def resident(self, province: str, state: str = "CREDENTIAL_ACTIVE") -> str:
+        for resident in await self.residents(province):
+            if resident["state"] == state:
+                return str(resident["credential_id"])
+        raise LookupError(f"no {state} resident in {province}")
+
+    async def qr(self, province: str, credential_id: str, **extra: Any) -> str:
+        url = self.federation.provinces[province].simulator.url + "/wallet/qr"
+        async with self.session.post(url, json={"credential_id": credential_id, **extra}) as r:
+            r.raise_for_status()
+            return str((await r.json())["qr_payload"])
+
+
+def flip_one_byte(qr: str) -> str:
+    """Change one character in the middle of the signature part."""
+    head, claims, signature = qr.split(".")
+    i = len(signature) // 2
+    replacement = "A" if signature[i] != "A" else "B"
+    return ".".join([head, claims, signature[:i] + replacement + signature[i + 1 :]])
+
+
+def foreign_token() -> str:
+    """A well-formed token from Beijing (110000), which is not in the trust store."""
+    return issue_token(
+        crypto.generate_private_key(),
+        key_id="110000-eid-2026",
+        issuer="110000",
+        credential_id="EID110000000001",
+        token_id=str(uuid.uuid4()),
+        issued_at=datetime.now(UTC),
+    )
+
+
+async def run_scenarios(
+    federation: LocalFederation, session: aiohttp.ClientSession
+) -> list[Outcome]:
+    phone = Phone(session, federation)
+    outcomes: list[Outcome] = []
+
+    async def play(
+        name: str, expected: str, action: Callable[[], Awaitable[tuple[str, str]]]
+    ) -> None:
+        started = time.monotonic()
+        try:
+            got, detail = await action()
+        except grpc.aio.AioRpcError as error:
+            got, detail = error.code().name, error.details() or ""
+        outcomes.append(Outcome(name, expected, got, detail, (time.monotonic() - started) * 1000))
+
+    def summary(response: identity_pb2.VerifyIdentityResponse) -> tuple[str, str]:
+        verdict = identity_pb2.Verdict.Name(response.verdict)
+        if response.verdict == identity_pb2.VALID:
+            return verdict, "disclosed: " + ", ".join(response.disclosed_attributes)
+        failed = [
+            c
+            for c in response.checks
+            if c.outcome in (identity_pb2.FAILED, identity_pb2.INDETERMINATE)
+        ]
+        return verdict, (f"{failed[0].name}: {failed[0].detail}" if failed else "")
+
+    shanghai = FrontDesk(federation, SH)
+    zj_resident = await phone.resident(ZJ)
+    first_qr = await phone.qr(ZJ, zj_resident)
+
+    async def valid() -> tuple[str, str]:
+        response = await shanghai.verify(first_qr)
+        verdict, detail = summary(response)
+        expected = {"id_number", "full_name", "gender", "ethnicity", "photo"}
+        if (
+            response.verdict == identity_pb2.VALID
+            and set(response.disclosed_attributes) != expected
+        ):
+            return "OVER_DISCLOSED", detail
+        if response.verdict == identity_pb2.VALID and response.attributes.birth_date:
+            return "OVER_DISCLOSED", "birth_date was disclosed"
+        return verdict, detail + f"; check-in {response.check_in_id}"
+
+    await play("Zhejiang resident checks into a Shanghai hotel", "VALID", valid)
+    await play("the same QR shown again", "REPLAYED", lambda: _verdict(shanghai, first_qr, summary))
+
+    async def forged() -> tuple[str, str]:
+        simulator = federation.provinces[ZJ].simulator
+        rows_before = await federation.node(SH).message_log.count()
+        served_before = simulator.requests_served
+        verdict, detail = await _verdict(
+            shanghai, flip_one_byte(await phone.qr(ZJ, zj_resident)), summary
+        )
+        rows_after = await federation.node(SH).message_log.count()
+        if rows_after != rows_before or simulator.requests_served != served_before + 1:
+            return "FEDERATION_CALL_MADE", detail
+        return verdict, detail + "; no federation call"
+
+    await play("a QR with one byte changed", "FORGED", forged)
+
+    async def expired() -> tuple[str, str]:
+        issued = int(time.time()) - 600
+        qr = await phone.qr(ZJ, zj_resident, issued_at=issued, ttl_seconds=120)
+        return await _verdict(shanghai, qr, summary)
+
+    await play("an expired QR", "EXPIRED", expired)
+
+    async def revoked() -> tuple[str, str]:
+        qr = await phone.qr(ZJ, await phone.resident(ZJ, "CREDENTIAL_REVOKED"))
+        return await _verdict(shanghai, qr, summary)
+
+    await play("a revoked credential", "REVOKED", revoked)
+    await play(
+        "a token from a province not in the trust store",
+        "UNKNOWN_ISSUER",
+        lambda: _verdict(shanghai, foreign_token(), summary),
+    )
+
+    async def over_asking() -> tuple[str, str]:
+        qr = await phone.qr(ZJ, zj_resident)
+        await shanghai.stub.VerifyIdentity(
+            identity_pb2.VerifyIdentityRequest(
+                qr_payload=qr,
+                relying_party_id=shanghai.client_id,
+                purpose=identity_pb2.HOTEL_CHECK_IN,
+                requested_attributes=["birth_date"],
+            ),
+            metadata=shanghai.metadata,
+            timeout=HOTEL_DEADLINE,
+        )
+        return "OK", "not refused"
+
+    await play("the hotel asks for more than check-in allows", "PERMISSION_DENIED", over_asking)
+
+    for hotel in PROVINCES:
+        for issuer in PROVINCES:
+            if hotel == issuer:
+                continue
+            desk = FrontDesk(federation, hotel)
+
+            async def pair(desk: FrontDesk = desk, issuer: str = issuer) -> tuple[str, str]:
+                qr = await phone.qr(issuer, await phone.resident(issuer))
+                return await _verdict(desk, qr, summary)
+
+            await play(f"{PROVINCES[issuer]} resident at a {PROVINCES[hotel]} hotel", "VALID", pair)
+
+    async def unreachable() -> tuple[str, str]:
+        qr = await phone.qr(ZJ, zj_resident)
+        await federation.stop_node(ZJ)
+        started = time.monotonic()
+        verdict, detail = await _verdict(shanghai, qr, summary)
+        elapsed = time.monotonic() - started
+        if elapsed > HOTEL_DEADLINE:
+            return "DEADLINE_MISSED", f"answered after {elapsed:.2f} s"
+        return verdict, detail + f"; answered in {elapsed:.2f} s of {HOTEL_DEADLINE:.0f} s"
+
+    await play("the issuing node (Zhejiang) is stopped", "ISSUER_UNREACHABLE", unreachable)
+    return outcomes
+
+
+async def _verdict(
+    desk: FrontDesk,
+    qr: str,
+    summary: Callable[[identity_pb2.VerifyIdentityResponse], tuple[str, str]],
+) -> tuple[str, str]:
+    return summary(await desk.verify(qr))
+
+
+def render(outcomes: list[Outcome]) -> str:
+    out = io.StringIO()
+    widths = (max(len(o.scenario) for o in outcomes), 18, 18)
+    header = (
+        f"{'scenario':<{widths[0]}}  {'expected':<{widths[1]}}  {'got':<{widths[2]}}  {'ms':>6}  ok"
+    )
+    out.write(header + "\n" + "-" * len(header) + "\n")
+    for o in outcomes:
+        out.write(
+            f"{o.scenario:<{widths[0]}}  {o.expected:<{widths[1]}}  {o.got:<{widths[2]}}  "
+            f"{o.elapsed_ms:6.1f}  {'yes' if o.ok else 'NO'}\n"
+        )
+        if o.detail:
+            out.write(f"{'':<{widths[0]}}    {o.detail[:110]}\n")
+    passed = sum(o.ok for o in outcomes)
+    out.write(f"\n{passed} of {len(outcomes)} scenarios gave the expected outcome\n")
+    return out.getvalue()
+
+
+async def run_demo(config_dir: Path | None = None, *, log_file: Path | None = None) -> int:
+    """Play every scenario; print the table; return the process exit code."""
+    config_dir = config_dir or DEFAULT_CONFIG_DIR
+    with tempfile.TemporaryDirectory(prefix="yrd-demo-") as tmp:
+        log_path = log_file or Path(tmp) / "nodes.log"
+        with log_path.open("w", encoding="utf-8") as log_stream:
+            logs.configure(os.environ.get("YRD_LOG_LEVEL", "INFO"), log_stream)
+            async with (
+                LocalFederation(config_dir, Path(tmp)) as federation,
+                aiohttp.ClientSession() as session,
+            ):
+                print(
+                    f"YRD Gateway demo: {len(federation.provinces)} nodes and e-ID authority "
+                    "simulators on loopback"
+                )
+                for code, province in sorted(federation.provinces.items()):
+                    print(
+                        f"  {code} {province.config.province.name:<9} node "
+                        f"{province.config.node.endpoint}  e-ID authority "
+                        f"{province.simulator.url}"
+                    )
+                print()
+                outcomes = await run_scenarios(federation, session)
+        print(render(outcomes))
+        if log_file:
+            print(f"node logs (JSON lines): {log_file}")
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
+def main(config_dir: Path | None = None, log_file: Path | None = None) -> int:
+    return asyncio.run(run_demo(config_dir, log_file=log_file))

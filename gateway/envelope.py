@@ -1,0 +1,302 @@
+"""The signed envelope (DESIGN §4): sealing, opening, and every rejection.
+
+The sender serializes an :class:`EnvelopeHeader` once; those exact bytes travel
+in ``SignedEnvelope.header`` and are what the Ed25519 signature covers. The
+header carries the SHA-256 of the payload bytes, so the signature covers the
+payload too without re-serializing anything. A response names the SHA-256 of
+the request's header bytes (``request_digest``): a signed receipt.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.protobuf.message import DecodeError, Message
+
+from gateway import crypto
+from gateway.clock import Clock
+from gateway.config import FEDERATION_SERVICES, FederationConfig
+from gateway.errors import EnvelopeRejected
+from gateway.trust import TrustStore
+from yrd.federation.v1 import federation_pb2
+
+#: Largest serialized SignedEnvelope a node accepts (and its gRPC max message size).
+MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
+NONCE_BYTES = 16
+
+
+def _reject(code: grpc.StatusCode, reason: str, message: str) -> EnvelopeRejected:
+    return EnvelopeRejected(code, reason, message)
+
+
+@dataclass(frozen=True)
+class OpenedEnvelope:
+    """An envelope whose every check passed."""
+
+    header: federation_pb2.EnvelopeHeader
+    payload: bytes
+    signed: federation_pb2.SignedEnvelope
+
+    @property
+    def header_digest(self) -> bytes:
+        return crypto.sha256(self.signed.header)
+
+    def parse(self, message_type: type[Message]) -> Message:
+        message = message_type()
+        try:
+            message.ParseFromString(self.payload)
+        except DecodeError as exc:
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "bad_payload",
+                f"payload: expected a serialized {message_type.DESCRIPTOR.full_name}",
+            ) from exc
+        return message
+
+
+class EnvelopeSigner:
+    """Seals payloads into signed envelopes with this node's current key."""
+
+    def __init__(
+        self, province: str, key_id: str, private_key: Ed25519PrivateKey, clock: Clock
+    ) -> None:
+        self.province = province
+        self.key_id = key_id
+        self._key = private_key
+        self._clock = clock
+
+    def seal(
+        self,
+        *,
+        receiver: str,
+        service: str,
+        payload: Message,
+        correlation_id: str,
+        message_id: str | None = None,
+        idempotency_key: str = "",
+        request_digest: bytes = b"",
+        status_code: int = 0,
+        status_message: str = "",
+    ) -> federation_pb2.SignedEnvelope:
+        payload_bytes = payload.SerializeToString()
+        header = federation_pb2.EnvelopeHeader(
+            message_id=message_id or str(uuid.uuid4()),
+            correlation_id=correlation_id,
+            idempotency_key=idempotency_key,
+            sender=self.province,
+            receiver=receiver,
+            service=service,
+            nonce=os.urandom(NONCE_BYTES),
+            payload_type=payload.DESCRIPTOR.full_name,
+            key_id=self.key_id,
+            algorithm=crypto.ED25519,
+            payload_digest=crypto.sha256(payload_bytes),
+            request_digest=request_digest,
+            status_code=status_code,
+            status_message=status_message,
+        )
+        header.created_at.FromDatetime(self._clock.now())
+        header_bytes = header.SerializeToString()
+        return federation_pb2.SignedEnvelope(
+            header=header_bytes, payload=payload_bytes, signature=self._key.sign(header_bytes)
+        )
+
+
+class NonceCache:
+    """Nonces seen within the skew window (older envelopes are refused by time anyway)."""
+
+    def __init__(self, ttl: timedelta, max_entries: int = 1_000_000) -> None:
+        self._ttl = ttl.total_seconds()
+        self._max = max_entries
+        self._seen: OrderedDict[tuple[str, bytes], float] = OrderedDict()
+
+    def add(self, sender: str, nonce: bytes) -> bool:
+        """Record a nonce; False if it was already seen (a replay)."""
+        now = time.monotonic()
+        while self._seen:
+            key, expiry = next(iter(self._seen.items()))
+            if expiry > now and len(self._seen) < self._max:
+                break
+            del self._seen[key]
+        key = (sender, nonce)
+        if key in self._seen:
+            return False
+        self._seen[key] = now + self._ttl
+        return True
+
+
+class EnvelopeVerifier:
+    """Opens envelopes addressed to this node; raises EnvelopeRejected on any failure."""
+
+    def __init__(self, federation: FederationConfig, trust: TrustStore, clock: Clock) -> None:
+        self._federation = federation
+        self._trust = trust
+        self._clock = clock
+        self._skew = timedelta(seconds=federation.me.node.max_clock_skew_seconds)
+        self._nonces = NonceCache(2 * self._skew)
+
+    @property
+    def own(self) -> str:
+        return self._federation.own
+
+    def _authentic(self, signed: federation_pb2.SignedEnvelope) -> federation_pb2.EnvelopeHeader:
+        if signed.ByteSize() > MAX_ENVELOPE_BYTES:
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "too_large",
+                f"envelope: expected at most {MAX_ENVELOPE_BYTES} bytes",
+            )
+        if not signed.header:
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed",
+                "header: expected a serialized EnvelopeHeader, got nothing",
+            )
+        header = federation_pb2.EnvelopeHeader()
+        try:
+            header.ParseFromString(signed.header)
+        except DecodeError as exc:
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed",
+                "header: expected a serialized EnvelopeHeader",
+            ) from exc
+        if header.algorithm not in crypto.SUPPORTED_ALGORITHMS:
+            raise _reject(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "unsupported_algorithm",
+                f"header.algorithm: expected one of {sorted(crypto.SUPPORTED_ALGORITHMS)}, "
+                f"got {header.algorithm!r}",
+            )
+        if not header.HasField("created_at"):
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed",
+                "header.created_at: expected a timestamp",
+            )
+        try:
+            created = header.created_at.ToDatetime(tzinfo=self._clock.now().tzinfo)
+        except (ValueError, OverflowError) as exc:
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed",
+                "header.created_at: expected a valid timestamp",
+            ) from exc
+        key = self._trust.envelope_key(header.sender, header.key_id, created)
+        if not crypto.verify(key, signed.signature, signed.header):
+            raise _reject(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "bad_signature",
+                f"signature: does not verify with key {header.key_id!r} of {header.sender}",
+            )
+        if crypto.sha256(signed.payload) != header.payload_digest:
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "digest_mismatch",
+                "payload: SHA-256 does not match header.payload_digest",
+            )
+        now = self._clock.now()
+        if abs(now - created) > self._skew:
+            raise _reject(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "clock_skew",
+                f"header.created_at: expected within {int(self._skew.total_seconds())} s "
+                f"of the receiver's clock, off by {int((created - now).total_seconds())} s",
+            )
+        if len(header.nonce) != NONCE_BYTES:
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed",
+                f"header.nonce: expected {NONCE_BYTES} bytes",
+            )
+        return header
+
+    def open_request(self, signed: federation_pb2.SignedEnvelope) -> OpenedEnvelope:
+        header = self._authentic(signed)
+        if header.receiver != self.own:
+            raise _reject(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "wrong_receiver",
+                f"header.receiver: expected {self.own}, got {header.receiver!r}",
+            )
+        expected = FEDERATION_SERVICES.get(header.service)
+        if expected is None:
+            raise _reject(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "unknown_service",
+                f"header.service: expected one of {sorted(FEDERATION_SERVICES)}",
+            )
+        sender = self._federation.peer(header.sender)
+        if (
+            header.service not in self._federation.me.services.offers
+            or sender is None
+            or (header.service not in sender.services.calls)
+        ):
+            raise _reject(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "service_not_allowed",
+                f"header.service: {header.service} is not allowed from {header.sender} "
+                f"to {self.own}",
+            )
+        if header.payload_type != expected[0]:
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "wrong_payload_type",
+                f"header.payload_type: expected {expected[0]} for {header.service}",
+            )
+        if not header.message_id or not header.correlation_id:
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed",
+                "header.message_id and header.correlation_id: expected UUIDs",
+            )
+        if not self._nonces.add(header.sender, header.nonce):
+            raise _reject(
+                grpc.StatusCode.ALREADY_EXISTS,
+                "replayed_nonce",
+                "header.nonce: already seen from this sender (replay)",
+            )
+        return OpenedEnvelope(header, signed.payload, signed)
+
+    def open_response(
+        self, signed: federation_pb2.SignedEnvelope, *, peer: str, request_header: bytes
+    ) -> OpenedEnvelope:
+        header = self._authentic(signed)
+        if header.sender != peer:
+            raise _reject(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "wrong_sender",
+                f"response header.sender: expected {peer}, got {header.sender!r}",
+            )
+        if header.receiver != self.own:
+            raise _reject(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "wrong_receiver",
+                f"response header.receiver: expected {self.own}",
+            )
+        if header.request_digest != crypto.sha256(request_header):
+            raise _reject(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "wrong_receipt",
+                "response header.request_digest: does not name this request",
+            )
+        if not self._nonces.add(header.sender, header.nonce):
+            raise _reject(
+                grpc.StatusCode.ALREADY_EXISTS,
+                "replayed_nonce",
+                "response header.nonce: already seen (replay)",
+            )
+        return OpenedEnvelope(header, signed.payload, signed)
+
+
+def created_at(header: federation_pb2.EnvelopeHeader) -> datetime:
+    from datetime import UTC
+
+    return header.created_at.ToDatetime(tzinfo=UTC)

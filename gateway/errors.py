@@ -1,0 +1,140 @@
+"""The exception tree of the gateway.
+
+::
+
+    GatewayError                      (retryable = False, status INTERNAL)
+    ├── ConfigError                   a config file is wrong (file, key path, value, expected)
+    ├── InvalidArgument               a request field is wrong      -> INVALID_ARGUMENT
+    ├── NotFound                                                    -> NOT_FOUND
+    ├── AlreadyExists                                               -> ALREADY_EXISTS
+    ├── FailedPrecondition                                          -> FAILED_PRECONDITION
+    ├── Unauthenticated                                             -> UNAUTHENTICATED
+    ├── PermissionDenied                                            -> PERMISSION_DENIED
+    ├── ResourceExhausted             (retryable)                   -> RESOURCE_EXHAUSTED
+    ├── EnvelopeRejected              a signed envelope failed a check (carries its code)
+    └── PeerUnavailable               (retryable) a peer or back-end could not be reached
+                                                                    -> UNAVAILABLE
+Domain errors become gRPC statuses in exactly one place
+(:mod:`gateway.interceptors`); ``grpc.RpcError`` becomes a domain error in
+exactly one place on the client side (:mod:`gateway.federation.client`).
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway raises on purpose."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    retryable: bool = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(GatewayError):
+    """A province config is wrong. The message names file, key path, value, expectation."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+    @classmethod
+    def one(cls, file: object, key: str, value: object, expected: str) -> ConfigError:
+        return cls([format_problem(file, key, value, expected)])
+
+
+def format_problem(file: object, key: str, value: object, expected: str) -> str:
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return f"{file}: {key}: got {shown}, expected {expected}"
+
+
+class InvalidArgument(GatewayError):
+    """A request field is missing or ill-formed."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, expected: str) -> None:
+        self.field = field
+        self.expected = expected
+        super().__init__(f"{field}: expected {expected}")
+
+
+class NotFound(GatewayError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(GatewayError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(GatewayError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unauthenticated(GatewayError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(GatewayError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhausted(GatewayError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    retryable = True
+
+
+class Unimplemented(GatewayError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class EnvelopeRejected(GatewayError):
+    """A received envelope failed one of the checks of DESIGN §4."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+        self.code = code
+        #: Short machine-readable reason, e.g. "bad_signature", "replayed_nonce".
+        self.reason = reason
+        super().__init__(message)
+
+
+class PeerUnavailable(GatewayError):
+    """A peer node or back-end could not be reached in time."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    retryable = True
+
+
+class RemoteError(GatewayError):
+    """A peer answered a request with a non-OK status (signed or not)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        self.code = code
+        self.retryable = code in RETRYABLE_CODES
+        super().__init__(message)
+
+
+#: gRPC codes on which a call may be retried safely (DESIGN §5).
+RETRYABLE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+
+def status_from_int(code: int) -> grpc.StatusCode:
+    """The StatusCode for its integer value (UNKNOWN if none)."""
+    for status in grpc.StatusCode:
+        if status.value[0] == code:
+            return status
+    return grpc.StatusCode.UNKNOWN

@@ -1,0 +1,297 @@
+"""The federation client: sends signed envelopes to peer nodes.
+
+One retry layer lives here and nowhere else (DESIGN §5): tenacity retries an
+exchange only on UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED, with
+random exponential backoff, never past the caller's deadline, and only while
+the peer's retry budget lasts. A circuit breaker per peer fails fast while a
+province is down. Every attempt is a freshly signed envelope (new nonce, same
+message id) and is logged, as is every response.
+
+``grpc.RpcError`` becomes a domain error here, in one table (:data:`_MAPPED`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+import structlog
+from google.protobuf.message import Message
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from gateway.config import FederationConfig
+from gateway.envelope import EnvelopeSigner, EnvelopeVerifier, OpenedEnvelope
+from gateway.errors import (
+    EnvelopeRejected,
+    GatewayError,
+    PeerUnavailable,
+    RemoteError,
+    ResourceExhausted,
+    status_from_int,
+)
+from gateway.federation.breaker import BreakerState, CircuitBreaker
+from gateway.messagelog import LogEntry, MessageLog
+from yrd.federation.v1 import federation_pb2_grpc
+
+M = TypeVar("M", bound=Message)
+
+log = structlog.get_logger("yrd.federation.client")
+
+#: gRPC channel options for every node-to-node and client-to-node channel.
+#: Keepalive pings detect a dead peer between calls; message sizes match
+#: MAX_ENVELOPE_BYTES plus room for the envelope's own framing.
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_send_message_length", 5 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 5 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # Reconnect quickly after a peer comes back (default backoff grows to 120 s).
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+)
+
+#: How much of the caller's remaining time is kept back to answer it.
+DEADLINE_MARGIN = 0.05
+
+
+class RetryBudget:
+    """Token bucket of retries per peer: a retry storm cannot amplify an outage."""
+
+    def __init__(self, capacity: float = 20.0, per_second: float = 5.0) -> None:
+        self.capacity = capacity
+        self.per_second = per_second
+        self._tokens = capacity
+        self._at = time.monotonic()
+
+    def try_spend(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.per_second)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass
+class _Peer:
+    code: str
+    endpoint: str
+    channel: grpc.aio.Channel
+    stub: federation_pb2_grpc.FederationServiceStub
+    breaker: CircuitBreaker
+    budget: RetryBudget
+
+
+_MAPPED: dict[grpc.StatusCode, Callable[[str, str], GatewayError]] = {
+    grpc.StatusCode.UNAVAILABLE: lambda peer, d: PeerUnavailable(
+        f"province {peer} unavailable: {d}"
+    ),
+    grpc.StatusCode.DEADLINE_EXCEEDED: lambda peer, d: PeerUnavailable(
+        f"province {peer} did not answer in time"
+    ),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: lambda peer, d: ResourceExhausted(
+        f"province {peer} is overloaded: {d}"
+    ),
+}
+
+
+def map_rpc_error(peer: str, error: grpc.aio.AioRpcError) -> GatewayError:
+    """The one place a peer's grpc error becomes a domain error."""
+    code = error.code()
+    factory = _MAPPED.get(code)
+    if factory is not None:
+        return factory(peer, error.details() or "")
+    return RemoteError(code, f"province {peer} refused the envelope: {error.details()}")
+
+
+class FederationClient:
+    """Sends requests to peer nodes; one channel, breaker and retry budget per peer."""
+
+    def __init__(
+        self,
+        federation: FederationConfig,
+        signer: EnvelopeSigner,
+        verifier: EnvelopeVerifier,
+        message_log: MessageLog,
+        *,
+        channel_factory: Callable[[str], grpc.aio.Channel] | None = None,
+    ) -> None:
+        self._federation = federation
+        self._signer = signer
+        self._verifier = verifier
+        self._log = message_log
+        self._peers: dict[str, _Peer] = {}
+        self._channel_factory = channel_factory or (
+            lambda endpoint: grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+        )
+        self._closing = asyncio.Event()
+        self.retries = 0
+
+    def _peer(self, code: str) -> _Peer:
+        peer = self._peers.get(code)
+        if peer is None:
+            config = self._federation.peer(code)
+            if config is None:
+                raise PeerUnavailable(f"province {code} is not in the federation config")
+            channel = self._channel_factory(config.node.endpoint)
+            peer = _Peer(
+                code,
+                config.node.endpoint,
+                channel,
+                federation_pb2_grpc.FederationServiceStub(channel),
+                CircuitBreaker(),
+                RetryBudget(),
+            )
+            self._peers[code] = peer
+        return peer
+
+    def breaker_state(self, code: str) -> BreakerState:
+        peer = self._peers.get(code)
+        return peer.breaker.state if peer else BreakerState.CLOSED
+
+    async def call(
+        self,
+        peer_code: str,
+        service: str,
+        payload: Message,
+        response_type: type[M],
+        *,
+        correlation_id: str,
+        timeout: float,
+        idempotency_key: str = "",
+        message_id: str | None = None,
+    ) -> tuple[M, OpenedEnvelope]:
+        """Exchange one request with a peer; return its parsed response and envelope.
+
+        Raises PeerUnavailable when the peer cannot be reached before the deadline,
+        RemoteError for a refusal (signed or not), EnvelopeRejected if the
+        response itself fails verification.
+        """
+        peer = self._peer(peer_code)
+        deadline = time.monotonic() + max(0.0, timeout - DEADLINE_MARGIN)
+        message_id = message_id or str(uuid.uuid4())
+        base_wait = wait_random_exponential(multiplier=0.05, max=1.0)
+
+        def wait(state: RetryCallState) -> float:
+            return max(0.0, min(base_wait(state), deadline - time.monotonic() - 0.01))
+
+        def retryable(exc: BaseException) -> bool:
+            if not (isinstance(exc, GatewayError) and exc.retryable):
+                return False
+            if deadline - time.monotonic() <= 0.02 or self._closing.is_set():
+                return False
+            if not peer.budget.try_spend():
+                log.warning("retry budget exhausted", peer=peer_code, service=service)
+                return False
+            self.retries += 1
+            return True
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(retryable),
+            wait=wait,
+            stop=stop_after_delay(max(0.0, deadline - time.monotonic())),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._attempt(
+                    peer,
+                    service,
+                    payload,
+                    response_type,
+                    correlation_id=correlation_id,
+                    deadline=deadline,
+                    idempotency_key=idempotency_key,
+                    message_id=message_id,
+                )
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    async def _attempt(
+        self,
+        peer: _Peer,
+        service: str,
+        payload: Message,
+        response_type: type[M],
+        *,
+        correlation_id: str,
+        deadline: float,
+        idempotency_key: str,
+        message_id: str,
+    ) -> tuple[M, OpenedEnvelope]:
+        if not peer.breaker.allow():
+            raise PeerUnavailable(
+                f"province {peer.code} is marked down (circuit open, next try in "
+                f"{peer.breaker.retry_in():.1f} s)"
+            )
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            peer.breaker.record_failure()
+            raise PeerUnavailable(f"province {peer.code} did not answer in time")
+        request = self._signer.seal(
+            receiver=peer.code,
+            service=service,
+            payload=payload,
+            correlation_id=correlation_id,
+            message_id=message_id,
+            idempotency_key=idempotency_key,
+        )
+        await self._log.append(
+            LogEntry(
+                "out",
+                "request",
+                message_id,
+                correlation_id,
+                peer.code,
+                service,
+                request.SerializeToString(),
+            )
+        )
+        try:
+            signed = await peer.stub.Exchange(request, timeout=remaining)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                peer.breaker.record_failure()
+            else:
+                peer.breaker.record_success()  # the peer is up; it refused this envelope
+            raise map_rpc_error(peer.code, error) from error
+        peer.breaker.record_success()
+        opened = self._verifier.open_response(signed, peer=peer.code, request_header=request.header)
+        await self._log.append(
+            LogEntry(
+                "in",
+                "response",
+                opened.header.message_id,
+                correlation_id,
+                peer.code,
+                service,
+                signed.SerializeToString(),
+            )
+        )
+        if opened.header.status_code != 0:
+            raise RemoteError(
+                status_from_int(opened.header.status_code), opened.header.status_message
+            )
+        response = opened.parse(response_type)
+        if not isinstance(response, response_type):  # pragma: no cover - parse builds it
+            raise EnvelopeRejected(grpc.StatusCode.INTERNAL, "bad_payload", "unexpected payload")
+        return response, opened
+
+    async def close(self) -> None:
+        self._closing.set()
+        for peer in self._peers.values():
+            await peer.channel.close()
+        self._peers.clear()

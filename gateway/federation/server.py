@@ -1,0 +1,152 @@
+"""The federation server: receives signed envelopes from peers.
+
+Every request is opened by the :class:`~gateway.envelope.EnvelopeVerifier`
+(each rejection of DESIGN §4 is a gRPC error, not a signed answer), logged,
+deduplicated by (sender, message id), handed to the handler registered for its
+logical service, and answered with a response envelope signed by this node
+that names the request's digest. Business outcomes, refusals included, are
+signed answers (``status_code`` in the header); only an envelope that cannot be
+trusted gets a bare gRPC error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from google.protobuf.message import Message
+
+from gateway import crypto
+from gateway.envelope import EnvelopeSigner, EnvelopeVerifier, OpenedEnvelope
+from gateway.errors import GatewayError
+from gateway.messagelog import LogEntry, MessageLog
+from yrd.federation.v1 import federation_pb2, federation_pb2_grpc
+
+log = structlog.get_logger("yrd.federation.server")
+
+#: A service handler: the opened request and the seconds left before the
+#: caller's deadline; returns the response payload or raises GatewayError.
+Handler = Callable[[OpenedEnvelope, float], Awaitable[Message]]
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    payload: Message
+    status_code: int
+    status_message: str
+
+
+class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
+    def __init__(
+        self,
+        signer: EnvelopeSigner,
+        verifier: EnvelopeVerifier,
+        message_log: MessageLog,
+        handlers: dict[str, Handler],
+        *,
+        dedupe_entries: int = 100_000,
+    ) -> None:
+        self._signer = signer
+        self._verifier = verifier
+        self._log = message_log
+        self._handlers = handlers
+        self._done: OrderedDict[tuple[str, str], _Outcome] = OrderedDict()
+        self._in_flight: dict[tuple[str, str], asyncio.Future[_Outcome]] = {}
+        self._dedupe_entries = dedupe_entries
+
+    async def Exchange(  # noqa: N802 - the gRPC method name
+        self, request: federation_pb2.SignedEnvelope, context: grpc.aio.ServicerContext
+    ) -> federation_pb2.SignedEnvelope:
+        opened = self._verifier.open_request(request)
+        header = opened.header
+        structlog.contextvars.bind_contextvars(
+            correlation_id=header.correlation_id, peer=header.sender, service=header.service
+        )
+        await self._log.append(
+            LogEntry(
+                "in",
+                "request",
+                header.message_id,
+                header.correlation_id,
+                header.sender,
+                header.service,
+                request.SerializeToString(),
+            )
+        )
+        key = (header.sender, header.message_id)
+        outcome = self._done.get(key)
+        if outcome is None:
+            pending = self._in_flight.get(key)
+            if pending is not None:
+                outcome = await asyncio.shield(pending)
+            else:
+                outcome = await self._handle(key, opened, context)
+        response = self._signer.seal(
+            receiver=header.sender,
+            service=header.service,
+            payload=outcome.payload,
+            correlation_id=header.correlation_id,
+            idempotency_key=header.idempotency_key,
+            request_digest=crypto.sha256(request.header),
+            status_code=outcome.status_code,
+            status_message=outcome.status_message,
+        )
+        await self._log.append(
+            LogEntry(
+                "out",
+                "response",
+                header.message_id,
+                header.correlation_id,
+                header.sender,
+                header.service,
+                response.SerializeToString(),
+            )
+        )
+        return response
+
+    async def _handle(
+        self, key: tuple[str, str], opened: OpenedEnvelope, context: grpc.aio.ServicerContext
+    ) -> _Outcome:
+        future: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        started = time.monotonic()
+        try:
+            handler = self._handlers[opened.header.service]
+            remaining = context.time_remaining()
+            timeout = 30.0 if remaining is None else max(0.0, remaining - 0.02)
+            try:
+                payload = await handler(opened, timeout)
+                outcome = _Outcome(payload, 0, "")
+            except GatewayError as exc:
+                outcome = _Outcome(federation_pb2.DeliveryAck(), exc.code.value[0], exc.message)
+            if outcome.status_code == 0 or not _is_transient(outcome.status_code):
+                # Transient failures are not remembered: a retry should try again.
+                self._done[key] = outcome
+                while len(self._done) > self._dedupe_entries:
+                    self._done.popitem(last=False)
+            future.set_result(outcome)
+            log.info(
+                "exchange handled",
+                outcome=outcome.status_code,
+                duration_ms=round((time.monotonic() - started) * 1000, 2),
+            )
+            return outcome
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            self._in_flight.pop(key, None)
+
+
+def _is_transient(code: int) -> bool:
+    return code in (
+        grpc.StatusCode.UNAVAILABLE.value[0],
+        grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
+        grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+    )

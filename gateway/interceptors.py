@@ -1,0 +1,169 @@
+"""Cross-cutting concerns of every RPC, in one server interceptor.
+
+- correlation id: taken from ``x-correlation-id`` metadata or made, bound into
+  structlog's contextvars and echoed in the initial metadata;
+- authentication of local clients (``authorization: Bearer <token>``; the node
+  keeps only the token's SHA-256) and authorisation per gRPC service;
+- the one mapping of domain errors to gRPC statuses, with ``google.rpc``
+  details (BadRequest field violations, RetryInfo) where they help; anything
+  unexpected becomes INTERNAL with the correlation id, never a raw UNKNOWN;
+- one JSON log line per call with method, client, status and duration.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from gateway.config import ClientSection, ProvinceConfig
+from gateway.errors import (
+    EnvelopeRejected,
+    GatewayError,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
+
+log = structlog.get_logger("yrd.rpc")
+
+#: The authenticated local client of the current call (None on the federation service).
+current_client: contextvars.ContextVar[ClientSection | None] = contextvars.ContextVar(
+    "current_client", default=None
+)
+#: The correlation id of the current call.
+current_correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "current_correlation_id", default=""
+)
+
+#: Services that need no client credential: standard probes, and the federation
+#: service, whose callers are authenticated by their signed envelopes (and mTLS).
+OPEN_SERVICES = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+        "yrd.federation.v1.FederationService",
+    }
+)
+
+
+def _status_details(exc: GatewayError) -> bytes:
+    status = status_pb2.Status(code=exc.code.value[0], message=exc.message)
+    detail = any_pb2.Any()
+    if isinstance(exc, InvalidArgument):
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=exc.field, description=exc.message
+                    )
+                ]
+            )
+        )
+        status.details.append(detail)
+    elif isinstance(exc, ResourceExhausted):
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.FromMilliseconds(int(getattr(exc, "retry_after", 1.0) * 1000))
+        detail.Pack(info)
+        status.details.append(detail)
+    elif isinstance(exc, EnvelopeRejected):
+        detail.Pack(error_details_pb2.ErrorInfo(reason=exc.reason.upper(), domain="yrd.gateway"))
+        status.details.append(detail)
+    return status.SerializeToString()
+
+
+class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc-stubs types it as Any
+    def __init__(self, province: Callable[[], ProvinceConfig]) -> None:
+        #: Called per request so that a config reload takes effect at once.
+        self._province = province
+
+    def authenticate(self, service: str, metadata: tuple[tuple[str, Any], ...]) -> ClientSection:
+        token = ""
+        for key, value in metadata:
+            if key == "authorization" and isinstance(value, str):
+                scheme, _, token = value.partition(" ")
+                if scheme.lower() != "bearer":
+                    token = ""
+        if not token:
+            raise Unauthenticated("authorization: expected 'Bearer <client token>' metadata")
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        client = self._province().client_by_token_digest(digest)
+        if client is None:
+            raise Unauthenticated("authorization: the token is not registered with this node")
+        if service not in client.services:
+            raise PermissionDenied(f"client {client.id} may not call {service}")
+        return client
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method: str = handler_call_details.method
+        service = method.split("/")[1] if method.count("/") >= 2 else method
+        behavior = handler.unary_unary
+        metadata = tuple(handler_call_details.invocation_metadata or ())
+
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.monotonic()
+            correlation_id = ""
+            for key, value in metadata:
+                if key == "x-correlation-id" and isinstance(value, str) and len(value) <= 64:
+                    correlation_id = value
+            correlation_id = correlation_id or str(uuid.uuid4())
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(correlation_id=correlation_id, method=method)
+            current_correlation_id.set(correlation_id)
+            client_id = "-"
+            code = grpc.StatusCode.OK
+            try:
+                if service not in OPEN_SERVICES:
+                    client = self.authenticate(service, metadata)
+                    current_client.set(client)
+                    client_id = client.id
+                await context.send_initial_metadata((("x-correlation-id", correlation_id),))
+                return await behavior(request, context)
+            except GatewayError as exc:
+                code = exc.code
+                await context.abort(
+                    exc.code,
+                    exc.message,
+                    trailing_metadata=(("grpc-status-details-bin", _status_details(exc)),),
+                )
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("unexpected error")
+                await context.abort(
+                    grpc.StatusCode.INTERNAL,
+                    f"internal error; quote correlation id {correlation_id} to the operator",
+                )
+            finally:
+                log.info(
+                    "rpc",
+                    client=client_id,
+                    code=code.name,
+                    duration_ms=round((time.monotonic() - started) * 1000, 2),
+                )
+            return None  # pragma: no cover - abort raises
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -1,0 +1,127 @@
+"""A whole federation on one machine: every province's node and simulators on
+loopback ports, in one process. Used by ``yrd-gateway demo`` and the tests.
+
+Ports are chosen by the OS: simulators bind port 0; node ports are reserved by
+binding port 0 and released just before the node binds them (loopback only).
+Each node gets its own copy of the federation config with the endpoints and
+back-end URLs that were actually bound.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from adapters.simulators.eid_authority import EidAuthoritySimulator
+
+from gateway.clock import Clock, SystemClock
+from gateway.config import FederationConfig, ProvinceConfig, parse_province_file
+from gateway.federation.client import CHANNEL_OPTIONS
+from gateway.node import Node
+
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "province_configs"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LocalProvince:
+    config: ProvinceConfig
+    simulator: EidAuthoritySimulator
+    node: Node | None = None
+    channel: grpc.aio.Channel | None = None
+
+
+@dataclass
+class LocalFederation:
+    """Start/stop a federation of nodes and simulators; an async context manager."""
+
+    config_dir: Path
+    work_dir: Path
+    clock: Clock = field(default_factory=SystemClock)
+    provinces: dict[str, LocalProvince] = field(default_factory=dict)
+
+    async def start(self) -> LocalFederation:
+        configs = [parse_province_file(p) for p in sorted(self.config_dir.glob("*.toml"))]
+        for config in configs:
+            key = config.eid.issuer_private_key
+            if key is None:
+                raise ValueError(f"{config.source}: eid.issuer_private_key needed for a simulator")
+            simulator = EidAuthoritySimulator(
+                config.code, key, config.eid.issuer_keys[-1].key_id, clock=self.clock
+            )
+            url = await simulator.start("127.0.0.1", 0)
+            node = config.node.model_copy(
+                update={
+                    "endpoint": f"127.0.0.1:{free_port()}",
+                    "store": self.work_dir / config.code / "node.db",
+                }
+            )
+            eid = config.eid.model_copy(update={"authority_url": url})
+            self.provinces[config.code] = LocalProvince(
+                config.model_copy(update={"node": node, "eid": eid}), simulator
+            )
+        for code in self.provinces:
+            await self.start_node(code)
+        return self
+
+    def federation_for(self, code: str) -> FederationConfig:
+        return FederationConfig(
+            provinces={c: p.config for c, p in self.provinces.items()}, own=code
+        )
+
+    async def start_node(self, code: str) -> Node:
+        province = self.provinces[code]
+        node = Node(self.federation_for(code), clock=self.clock, grace=1.0)
+        await node.start()
+        province.node = node
+        return node
+
+    async def stop_node(self, code: str) -> None:
+        province = self.provinces[code]
+        if province.node is not None:
+            await province.node.stop(grace=0.5)
+            province.node = None
+
+    def node(self, code: str) -> Node:
+        node = self.provinces[code].node
+        if node is None:
+            raise RuntimeError(f"node {code} is stopped")
+        return node
+
+    def endpoint(self, code: str) -> str:
+        return self.provinces[code].config.node.endpoint
+
+    def channel(self, code: str) -> grpc.aio.Channel:
+        province = self.provinces[code]
+        if province.channel is None:
+            province.channel = grpc.aio.insecure_channel(
+                self.endpoint(code), options=CHANNEL_OPTIONS
+            )
+        return province.channel
+
+    async def stop(self) -> None:
+        for province in self.provinces.values():
+            if province.channel is not None:
+                await province.channel.close()
+                province.channel = None
+            if province.node is not None:
+                await province.node.stop(grace=0.5)
+                province.node = None
+            await province.simulator.stop()
+
+    async def __aenter__(self) -> LocalFederation:
+        try:
+            return await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

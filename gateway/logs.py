@@ -1,0 +1,90 @@
+"""Structured JSON logs (structlog) with personal data masked.
+
+Personal data never reaches a log line: a processor masks anything shaped like
+a resident ID number, an account number or a credit code in every string value,
+and drops keys that name personal attributes. The message log is the only place
+personal data is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+#: Keys whose values are personal data and are never logged.
+PERSONAL_KEYS = frozenset(
+    {
+        "full_name",
+        "name",
+        "photo",
+        "address",
+        "birth_date",
+        "id_number",
+        "payee_account",
+        "fund_account",
+        "holder",
+        "attributes",
+        "guest",
+        "person",
+        "applicant",
+    }
+)
+_ID_NUMBER = re.compile(r"(?<![0-9A-Za-z])(\d{4})\d{10}(\d{3}[\dXx])(?![0-9A-Za-z])")
+_LONG_DIGITS = re.compile(r"(?<![0-9A-Za-z])(\d{2})\d{8,}(\d{2})(?![0-9A-Za-z])")
+_CREDIT_CODE = re.compile(
+    r"(?<![0-9A-Za-z])([0-9A-HJ-NPQRTUWXY]{4})[0-9A-HJ-NPQRTUWXY]{10}([0-9A-HJ-NPQRTUWXY]{4})(?![0-9A-Za-z])"
+)
+
+
+def mask_text(text: str) -> str:
+    """Mask ID numbers, account-like digit runs and credit codes inside free text."""
+    text = _ID_NUMBER.sub(lambda m: m.group(1) + "*" * 10 + m.group(2), text)
+    text = _CREDIT_CODE.sub(lambda m: m.group(1) + "*" * 10 + m.group(2), text)
+    return _LONG_DIGITS.sub(lambda m: m.group(1) + "*" * 6 + m.group(2), text)
+
+
+def _mask_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, dict):
+        return {k: ("[masked]" if k in PERSONAL_KEYS else _mask_value(v)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mask_value(v) for v in value]
+    return value
+
+
+def mask_personal_data(
+    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: drop personal keys, mask personal patterns in strings."""
+    for key in list(event_dict):
+        if key in PERSONAL_KEYS:
+            event_dict[key] = "[masked]"
+        else:
+            event_dict[key] = _mask_value(event_dict[key])
+    return event_dict
+
+
+def configure(level: str = "INFO", stream: TextIO | None = None, *, json: bool = True) -> None:
+    """Configure structlog for a node process: JSON lines, UTC timestamps, masking."""
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            mask_personal_data,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,188 @@
+"""A province node: one ``grpc.aio`` server hosting the public services and the
+federation service, with its trust store, message log and back-end adapters.
+
+A node is an async context manager with an idempotent :meth:`Node.stop`:
+health goes NOT_SERVING, the server stops with a grace period for in-flight
+calls, then the message log is flushed and the stores are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from adapters import build_identity_authority
+from adapters.base import IdentityAuthority
+from gateway.clock import Clock, SystemClock
+from gateway.config import FederationConfig
+from gateway.crypto import load_private_key
+from gateway.envelope import MAX_ENVELOPE_BYTES, EnvelopeSigner, EnvelopeVerifier
+from gateway.federation.client import FederationClient
+from gateway.federation.server import FederationServicer
+from gateway.interceptors import GatewayInterceptor
+from gateway.messagelog import MessageLog
+from gateway.services.admin import AdminServicer
+from gateway.services.identity import IdentityExchange, IdentityServicer
+from gateway.services.pending import (
+    PendingCaseServicer,
+    PendingCertificateServicer,
+    PendingFundServicer,
+)
+from gateway.store import StateStore
+from gateway.trust import TrustStore
+from yrd.admin.v1 import admin_pb2, admin_pb2_grpc
+from yrd.case.v1 import case_pb2, case_pb2_grpc
+from yrd.certificate.v1 import certificate_pb2, certificate_pb2_grpc
+from yrd.federation.v1 import federation_pb2, federation_pb2_grpc
+from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
+from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
+
+log = structlog.get_logger("yrd.node")
+
+#: Server options: the documented maximum message size (an envelope of
+#: MAX_ENVELOPE_BYTES plus framing); larger messages get RESOURCE_EXHAUSTED.
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_receive_message_length", MAX_ENVELOPE_BYTES + 64 * 1024),
+    ("grpc.max_send_message_length", MAX_ENVELOPE_BYTES + 64 * 1024),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.so_reuseport", 0),
+)
+
+PUBLIC_SERVICE_NAMES = (
+    identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name,
+    fund_pb2.DESCRIPTOR.services_by_name["FundService"].full_name,
+    certificate_pb2.DESCRIPTOR.services_by_name["CertificateService"].full_name,
+    case_pb2.DESCRIPTOR.services_by_name["CaseService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    federation_pb2.DESCRIPTOR.services_by_name["FederationService"].full_name,
+)
+
+
+class Node:
+    """One province's gateway node."""
+
+    def __init__(
+        self,
+        federation: FederationConfig,
+        *,
+        clock: Clock | None = None,
+        authority: IdentityAuthority | None = None,
+        store_path: Path | None = None,
+        listen: str | None = None,
+        grace: float = 5.0,
+    ) -> None:
+        self.federation = federation
+        self.clock = clock or SystemClock()
+        me = federation.me
+        self.listen = listen or me.node.endpoint
+        self.store_path = store_path or me.node.store
+        self.grace = grace
+        self.trust = TrustStore(federation)
+        self.message_log = MessageLog(self.store_path, clock=self.clock)
+        self.state = StateStore(self.store_path)
+        assert me.signing.private_key is not None  # load_federation checked it
+        self.signer = EnvelopeSigner(
+            me.code, me.signing.key_id, load_private_key(me.signing.private_key), self.clock
+        )
+        self.verifier = EnvelopeVerifier(federation, self.trust, self.clock)
+        self.federation_client = FederationClient(
+            federation, self.signer, self.verifier, self.message_log
+        )
+        self._authority = authority
+        self.health = HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.started_at = self.clock.now()
+        self._stopped = False
+        self._stop_lock = asyncio.Lock()
+
+    @property
+    def code(self) -> str:
+        return self.federation.own
+
+    async def start(self) -> Node:
+        me = self.federation.me
+        await self.message_log.open()
+        await self.state.open()
+        authority = self._authority or build_identity_authority(me.adapter, me.eid.authority_url)
+        self._authority = authority
+        identity = IdentityExchange(
+            federation=self.federation,
+            trust=self.trust,
+            client=self.federation_client,
+            authority=authority,
+            store=self.state,
+            clock=self.clock,
+        )
+        server = grpc.aio.server(
+            interceptors=[GatewayInterceptor(lambda: self.federation.me)], options=SERVER_OPTIONS
+        )
+        identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(identity), server)
+        fund_pb2_grpc.add_FundServiceServicer_to_server(PendingFundServicer(), server)
+        certificate_pb2_grpc.add_CertificateServiceServicer_to_server(
+            PendingCertificateServicer(), server
+        )
+        case_pb2_grpc.add_CaseServiceServicer_to_server(PendingCaseServicer(), server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self), server)
+        federation_pb2_grpc.add_FederationServiceServicer_to_server(
+            FederationServicer(
+                self.signer,
+                self.verifier,
+                self.message_log,
+                {"identity.CheckCredential": identity.handle_federated},
+            ),
+            server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (
+                *PUBLIC_SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        self.port = server.add_insecure_port(self.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.listen}")
+        await server.start()
+        self.server = server
+        for name in PUBLIC_SERVICE_NAMES:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self.started_at = self.clock.now()
+        log.info("node started", province=me.code, listen=self.listen, port=self.port)
+        return self
+
+    async def __aenter__(self) -> Node:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain and stop; safe to call more than once."""
+        async with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            await self.health.enter_graceful_shutdown()
+            if self.server is not None:
+                await self.server.stop(self.grace if grace is None else grace)
+            await self.federation_client.close()
+            if self._authority is not None:
+                await self._authority.aclose()
+            await self.message_log.close()
+            await self.state.close()
+            log.info("node stopped", province=self.code)
+
+    async def wait(self) -> None:
+        if self.server is not None:
+            await self.server.wait_for_termination()

@@ -1,0 +1,64 @@
+"""The operator service of a node."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import grpc
+
+from gateway import __version__
+from yrd.admin.v1 import admin_pb2, admin_pb2_grpc
+
+if TYPE_CHECKING:
+    from gateway.node import Node
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    async def GetNodeInfo(  # noqa: N802 - gRPC method name
+        self, request: admin_pb2.GetNodeInfoRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.NodeInfo:
+        node = self._node
+        me = node.federation.me
+        info = admin_pb2.NodeInfo(
+            province=me.code,
+            name=me.province.name,
+            version=__version__,
+            signing_key_id=me.signing.key_id,
+            message_log_rows=await node.message_log.count(),
+        )
+        info.started_at.FromDatetime(node.started_at)
+        for code, peer in sorted(node.federation.provinces.items()):
+            if code == me.code:
+                continue
+            info.peers.append(
+                admin_pb2.Peer(
+                    province=code,
+                    name=peer.province.name,
+                    endpoint=peer.node.endpoint,
+                    breaker_state=node.federation_client.breaker_state(code).value,
+                    key_ids=node.trust.signing_key_ids(code),
+                )
+            )
+        return info
+
+    async def VerifyMessageLog(  # noqa: N802 - gRPC method name
+        self, request: admin_pb2.VerifyMessageLogRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.VerifyMessageLogResponse:
+        report = await self._node.message_log.verify()
+        return admin_pb2.VerifyMessageLogResponse(
+            intact=report.intact,
+            rows_checked=report.rows_checked,
+            first_bad_seq=report.first_bad_seq,
+            detail=report.detail,
+            head_hash=report.head_hash.hex(),
+        )
+
+    async def ReloadConfig(  # noqa: N802 - gRPC method name
+        self, request: admin_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ReloadConfigResponse:
+        from gateway.errors import Unimplemented
+
+        raise Unimplemented("ReloadConfig: configuration reload is not built yet; restart the node")

@@ -1,0 +1,381 @@
+"""Identity: out-of-region e-ID verification (DESIGN §2, hotel check-in).
+
+The relying party's node checks the QR token offline (issuer known, key
+published and valid, signature, validity window), then asks the issuing
+province's node (``identity.CheckCredential``) whether the credential is
+active and the token unused. The issuing node asks its e-ID authority through
+its adapter, and releases only the attributes its disclosure policy gives the
+purpose. The verdict fails closed: no answer, or a stale one, is never VALID.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+
+import grpc
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from adapters.base import IdentityAuthority
+from adapters.errors import BackendUnavailable, TranslationError
+from gateway.clock import Clock
+from gateway.config import PURPOSES, ClientSection, FederationConfig
+from gateway.eid_token import TokenMalformed, parse_token
+from gateway.envelope import OpenedEnvelope
+from gateway.errors import (
+    GatewayError,
+    InvalidArgument,
+    NotFound,
+    PeerUnavailable,
+    PermissionDenied,
+    RemoteError,
+)
+from gateway.federation.client import FederationClient
+from gateway.interceptors import current_client, current_correlation_id
+from gateway.store import StateStore
+from gateway.trust import KeyLookupError, TrustStore
+from yrd.common.v1 import common_pb2
+from yrd.federation.v1 import federation_pb2
+from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
+
+log = structlog.get_logger("yrd.identity")
+
+SERVICE = "identity.CheckCredential"
+CHECK_NAMES = ("signature", "validity_window", "status", "single_use", "disclosure_policy")
+#: Leeway for a token issued "in the future" by a clock slightly ahead.
+ISSUE_LEEWAY = timedelta(seconds=30)
+#: Deadline used when the caller sets none.
+DEFAULT_TIMEOUT = 5.0
+
+V = identity_pb2.Verdict
+O = identity_pb2.CheckOutcome  # noqa: E741 - short alias for the outcome enum
+STATE_NAMES = federation_pb2.CredentialState
+
+
+@dataclass
+class _Checks:
+    results: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def set(self, name: str, outcome: int, detail: str = "") -> None:
+        self.results[name] = (outcome, detail)
+
+    def as_proto(self) -> list[identity_pb2.Check]:
+        return [
+            identity_pb2.Check(
+                name=name,
+                outcome=self.results.get(name, (O.SKIPPED, ""))[0],
+                detail=self.results.get(name, (O.SKIPPED, ""))[1],
+            )
+            for name in CHECK_NAMES
+        ]
+
+
+def _age_on(birth_date: str, today: date) -> int | None:
+    try:
+        born = date.fromisoformat(birth_date)
+    except ValueError:
+        return None
+    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+
+
+def disclose(
+    holder: common_pb2.Person, attributes: tuple[str, ...], today: date
+) -> identity_pb2.IdentityClaims:
+    """Claims carrying only ``attributes`` of ``holder`` (and derived claims)."""
+    claims = identity_pb2.IdentityClaims()
+    for name in attributes:
+        if name == "age_over_18":
+            age = _age_on(holder.birth_date, today)
+            claims.age_over_18 = age is not None and age >= 18
+            claims.disclosed_attributes.append(name)
+        elif getattr(holder, name, None):
+            setattr(claims.holder, name, getattr(holder, name))
+            claims.disclosed_attributes.append(name)
+    return claims
+
+
+class IdentityExchange:
+    """Both halves of the exchange: the relying party's node and the issuer's node."""
+
+    def __init__(
+        self,
+        *,
+        federation: FederationConfig,
+        trust: TrustStore,
+        client: FederationClient,
+        authority: IdentityAuthority,
+        store: StateStore,
+        clock: Clock,
+    ) -> None:
+        self._federation = federation
+        self._trust = trust
+        self._client = client
+        self._authority = authority
+        self._store = store
+        self._clock = clock
+
+    # ---- issuer side -------------------------------------------------------------
+
+    async def check_credential(
+        self, request: federation_pb2.CredentialCheckRequest, timeout: float
+    ) -> federation_pb2.CredentialCheckResponse:
+        """Ask this province's e-ID authority; disclose per this province's policy."""
+        purpose = (
+            identity_pb2.Purpose.Name(request.purpose)
+            if request.purpose in (identity_pb2.Purpose.values())
+            else "PURPOSE_UNSPECIFIED"
+        )
+        policy = self._federation.me.disclosure.get(purpose)
+        if policy is None:
+            raise PermissionDenied(
+                f"purpose: {purpose} has no disclosure policy at {self._federation.own}"
+            )
+        extra = [a for a in request.requested_attributes if a not in policy]
+        if extra:
+            raise PermissionDenied(
+                f"requested_attributes: {', '.join(extra)} not disclosed for {purpose} "
+                f"(allowed: {', '.join(policy)})"
+            )
+        attributes = tuple(request.requested_attributes) or policy
+        try:
+            check = await self._authority.check_credential(
+                request.credential_id, request.token_id, timeout=timeout
+            )
+        except BackendUnavailable as exc:
+            raise PeerUnavailable(f"e-ID authority of {self._federation.own}: {exc}") from exc
+        except TranslationError as exc:
+            log.error("e-ID authority answer failed translation", error=str(exc))
+            raise GatewayError(f"e-ID authority answer could not be translated: {exc}") from exc
+        response = federation_pb2.CredentialCheckResponse(
+            state=check.state, token_already_used=check.token_already_used
+        )
+        response.checked_at.FromDatetime(check.checked_at)
+        if (
+            check.state == STATE_NAMES.CREDENTIAL_ACTIVE
+            and not check.token_already_used
+            and check.holder is not None
+        ):
+            response.claims.CopyFrom(disclose(check.holder, attributes, self._clock.now().date()))
+        return response
+
+    async def handle_federated(
+        self, opened: OpenedEnvelope, timeout: float
+    ) -> federation_pb2.CredentialCheckResponse:
+        request = opened.parse(federation_pb2.CredentialCheckRequest)
+        assert isinstance(request, federation_pb2.CredentialCheckRequest)
+        return await self.check_credential(request, timeout)
+
+    # ---- relying party side ----------------------------------------------------
+
+    def _authorise(
+        self, request: identity_pb2.VerifyIdentityRequest, client: ClientSection
+    ) -> tuple[str, str]:
+        if request.purpose not in identity_pb2.Purpose.values() or request.purpose == 0:
+            raise InvalidArgument("purpose", f"one of {', '.join(sorted(PURPOSES))}")
+        purpose = identity_pb2.Purpose.Name(request.purpose)
+        relying_party = request.relying_party_id or client.id
+        if relying_party != client.id:
+            raise PermissionDenied(f"relying_party_id: expected the caller's own id {client.id!r}")
+        if purpose not in client.purposes:
+            raise PermissionDenied(f"purpose: {client.id} is not registered for {purpose}")
+        policy = self._federation.me.disclosure.get(purpose, ())
+        extra = [a for a in request.requested_attributes if a not in policy]
+        if extra:
+            raise PermissionDenied(
+                f"requested_attributes: {', '.join(extra)} exceed what {purpose} allows "
+                f"({', '.join(policy)})"
+            )
+        if len(request.client_reference) > 64:
+            raise InvalidArgument("client_reference", "at most 64 characters")
+        return purpose, relying_party
+
+    async def verify(
+        self,
+        request: identity_pb2.VerifyIdentityRequest,
+        *,
+        client: ClientSection,
+        correlation_id: str,
+        timeout: float,
+    ) -> identity_pb2.VerifyIdentityResponse:
+        purpose, relying_party = self._authorise(request, client)
+        payload = request.qr_payload.strip()
+        if not payload or payload.count(".") != 2:
+            raise InvalidArgument(
+                "qr_payload", "an e-ID token: three base64url parts separated by '.'"
+            )
+        checks = _Checks()
+        response = identity_pb2.VerifyIdentityResponse(correlation_id=correlation_id)
+
+        def verdict(value: int) -> identity_pb2.VerifyIdentityResponse:
+            response.verdict = value
+            response.checks.extend(checks.as_proto())
+            log.info(
+                "identity verified",
+                verdict=V.Name(value),
+                issuer=response.issuer_province,
+                purpose=purpose,
+            )
+            return response
+
+        try:
+            token = parse_token(payload)
+        except TokenMalformed as exc:
+            checks.set("signature", O.FAILED, f"token not well formed: {exc}")
+            return verdict(V.FORGED)
+        response.issuer_province = token.issuer
+        try:
+            key = self._trust.eid_issuer_key(token.issuer, token.key_id, token.issued_at)
+        except KeyLookupError as exc:
+            if exc.reason == "key_not_valid":
+                checks.set("signature", O.FAILED, str(exc))
+                return verdict(V.FORGED)
+            checks.set("signature", O.INDETERMINATE, str(exc))
+            return verdict(V.UNKNOWN_ISSUER)
+        if not token.signature_valid(key):
+            checks.set("signature", O.FAILED, f"does not verify with key {token.key_id}")
+            return verdict(V.FORGED)
+        checks.set("signature", O.PASSED, f"Ed25519 key {token.key_id} of {token.issuer}")
+        now = self._clock.now()
+        problem = token.window_check(now, ISSUE_LEEWAY)
+        if problem == "expired":
+            checks.set("validity_window", O.FAILED, f"expired at {token.expires_at.isoformat()}")
+            return verdict(V.EXPIRED)
+        if problem is not None:
+            checks.set("validity_window", O.FAILED, problem)
+            return verdict(V.EXPIRED if problem == "not yet valid" else V.FORGED)
+        checks.set("validity_window", O.PASSED, f"valid until {token.expires_at.isoformat()}")
+
+        check_request = federation_pb2.CredentialCheckRequest(
+            token_id=token.token_id,
+            credential_id=token.credential_id,
+            purpose=request.purpose,
+            relying_party_id=relying_party,
+            requested_attributes=request.requested_attributes,
+        )
+        check_request.token_expires_at.FromDatetime(token.expires_at)
+        try:
+            if token.issuer == self._federation.own:
+                answer = await self.check_credential(check_request, timeout)
+            else:
+                answer, _ = await self._client.call(
+                    token.issuer,
+                    SERVICE,
+                    check_request,
+                    federation_pb2.CredentialCheckResponse,
+                    correlation_id=correlation_id,
+                    timeout=timeout,
+                )
+        except RemoteError as exc:
+            if exc.code == grpc.StatusCode.PERMISSION_DENIED:
+                checks.set("disclosure_policy", O.FAILED, exc.message)
+                raise PermissionDenied(f"issuer {token.issuer} refused: {exc.message}") from exc
+            if not exc.retryable:
+                raise
+            checks.set("status", O.INDETERMINATE, f"issuer {token.issuer}: {exc.message}")
+            return verdict(V.ISSUER_UNREACHABLE)
+        except PeerUnavailable as exc:
+            checks.set("status", O.INDETERMINATE, exc.message)
+            return verdict(V.ISSUER_UNREACHABLE)
+
+        response.status_checked_at.CopyFrom(answer.checked_at)
+        checked_at = answer.checked_at.ToDatetime(tzinfo=now.tzinfo)
+        max_age = timedelta(seconds=self._federation.me.node.status_max_age_seconds)
+        if not answer.HasField("checked_at") or abs(self._clock.now() - checked_at) > max_age:
+            checks.set(
+                "status",
+                O.INDETERMINATE,
+                f"issuer's status answer is stale (older than {int(max_age.total_seconds())} s)",
+            )
+            return verdict(V.ISSUER_UNREACHABLE)
+        if answer.state != STATE_NAMES.CREDENTIAL_ACTIVE:
+            checks.set("status", O.FAILED, f"credential is {STATE_NAMES.Name(answer.state)}")
+            return verdict(V.REVOKED)
+        checks.set("status", O.PASSED, "credential active")
+        if answer.token_already_used:
+            checks.set("single_use", O.FAILED, "token already used")
+            return verdict(V.REPLAYED)
+        checks.set("single_use", O.PASSED, "first use of this token")
+
+        allowed = set(request.requested_attributes) or set(
+            self._federation.me.disclosure.get(purpose, ())
+        )
+        extra = [a for a in answer.claims.disclosed_attributes if a not in allowed]
+        if extra:
+            # The issuer released more than our policy lets this caller see: drop it.
+            for name in extra:
+                if name != "age_over_18":
+                    answer.claims.holder.ClearField(name)  # type: ignore[arg-type]
+            checks.set(
+                "disclosure_policy",
+                O.PASSED,
+                f"withheld {len(extra)} attribute(s) beyond the {purpose} policy",
+            )
+        else:
+            checks.set("disclosure_policy", O.PASSED, f"{purpose} policy")
+        response.attributes.CopyFrom(answer.claims.holder)
+        response.disclosed_attributes.extend(
+            a for a in answer.claims.disclosed_attributes if a in allowed
+        )
+        if purpose == "HOTEL_CHECK_IN":
+            response.check_in_id = f"CI-{self._federation.own}-{uuid.uuid4().hex[:16]}"
+            await self._store.record_check_in(
+                check_in_id=response.check_in_id,
+                relying_party_id=relying_party,
+                issuer_province=token.issuer,
+                guest=response.attributes.SerializeToString(),
+                client_reference=request.client_reference,
+                recorded_at=self._clock.now(),
+                correlation_id=correlation_id,
+            )
+        return verdict(V.VALID)
+
+    async def get_check_in(self, check_in_id: str, client: ClientSection) -> identity_pb2.CheckIn:
+        if not check_in_id:
+            raise InvalidArgument("check_in_id", "the id returned by VerifyIdentity")
+        row = await self._store.get_check_in(check_in_id)
+        if row is None or row[0] != client.id:
+            raise NotFound(f"check_in_id: no check-in {check_in_id!r} for {client.id}")
+        relying_party, issuer, guest, reference, recorded_at, correlation_id = row
+        record = identity_pb2.CheckIn(
+            check_in_id=check_in_id,
+            relying_party_id=relying_party,
+            issuer_province=issuer,
+            client_reference=reference,
+            correlation_id=correlation_id,
+        )
+        record.guest.ParseFromString(guest)
+        stamp = Timestamp()
+        stamp.FromDatetime(datetime.fromisoformat(recorded_at))
+        record.recorded_at.CopyFrom(stamp)
+        return record
+
+
+def _client() -> ClientSection:
+    client = current_client.get()
+    if client is None:  # pragma: no cover - the interceptor authenticates first
+        raise PermissionDenied("no authenticated client")
+    return client
+
+
+class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
+    def __init__(self, exchange: IdentityExchange) -> None:
+        self._exchange = exchange
+
+    async def VerifyIdentity(  # noqa: N802 - gRPC method name
+        self, request: identity_pb2.VerifyIdentityRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.VerifyIdentityResponse:
+        remaining = context.time_remaining()
+        timeout = DEFAULT_TIMEOUT if remaining is None else remaining
+        return await self._exchange.verify(
+            request,
+            client=_client(),
+            correlation_id=current_correlation_id.get(),
+            timeout=timeout,
+        )
+
+    async def GetCheckIn(  # noqa: N802 - gRPC method name
+        self, request: identity_pb2.GetCheckInRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.CheckIn:
+        return await self._exchange.get_check_in(request.check_in_id, _client())
