@@ -46,6 +46,7 @@ class Peer(_message.Message):
     province: _builtins.str
     """GB/T 2260 code."""
     name: _builtins.str
+    """Province name in English as configured in province_configs/ (`name` key), e.g. "Anhui"; UTF-8."""
     endpoint: _builtins.str
     """host:port of the peer's federation endpoint."""
     breaker_state: _builtins.str
@@ -83,16 +84,23 @@ class NodeInfo(_message.Message):
     MESSAGE_LOG_ROWS_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     province: _builtins.str
+    """GB/T 2260 six-digit code of this node's own province, e.g. "310000"."""
     name: _builtins.str
+    """This node's province name in English as configured (`name` key), e.g. "Anhui"; UTF-8."""
     version: _builtins.str
+    """Gateway software version, PEP 440 string as in `yrd-gateway --version` (e.g. "0.1.0")."""
     signing_key_id: _builtins.str
     """Key id this node signs with now."""
     message_log_rows: _builtins.int
     """Number of rows in the message log."""
     @_builtins.property
-    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Peer]: ...
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Peer]:
+        """Every other configured province node (Peer), ordered by GB/T 2260 code; excludes this node."""
+
     @_builtins.property
-    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When this node process started (UTC instant)."""
+
     def __init__(
         self,
         *,
@@ -137,10 +145,15 @@ class VerifyMessageLogResponse(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     HEAD_HASH_FIELD_NUMBER: _builtins.int
     intact: _builtins.bool
+    """True if every row's hash chains to its predecessor (no break found)."""
     rows_checked: _builtins.int
+    """Number of message-log rows walked by this verification (count, >= 0)."""
     first_bad_seq: _builtins.int
     """Sequence number of the first row that does not chain (0 if intact)."""
     detail: _builtins.str
+    """Human-readable description of the first break (or "ok"), free text UTF-8, free of personal
+    data.
+    """
     head_hash: _builtins.str
     """Hex SHA-256 of the last row (the chain head)."""
     def __init__(
@@ -182,7 +195,11 @@ class ReloadConfigResponse(_message.Message):
     RELOADED_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     reloaded: _builtins.bool
+    """True if the new province configs were valid and are now in use; false if refused (old config
+    stays).
+    """
     detail: _builtins.str
+    """Human-readable outcome; on refusal names the file, key and what was expected. Free text UTF-8."""
     def __init__(
         self,
         *,

@@ -108,7 +108,9 @@ class SubmitCaseRequest(_message.Message):
 
     APPLICATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def application(self) -> Global___CaseApplication: ...
+    def application(self) -> Global___CaseApplication:
+        """The canonical case application to accept (CaseApplication); idempotency_key required."""
+
     def __init__(
         self,
         *,
@@ -135,15 +137,31 @@ class Case(_message.Message):
     HANDLING_PROVINCE_FIELD_NUMBER: _builtins.int
     REMOTE_REFERENCE_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
+    """Case id, opaque string assigned by the submitting province's node on acceptance."""
     status: Global___CaseStatus.ValueType
+    """Current lifecycle status (CaseStatus enum): QUEUED -> DELIVERED -> ACCEPTED -> IN_PROGRESS ->
+    COMPLETED or REFUSED.
+    """
     status_reason: _builtins.str
+    """Readable reason for the current status, mainly when REFUSED; free text UTF-8, free of personal
+    data; empty if none.
+    """
     idempotency_key: _builtins.str
+    """The client-chosen idempotency key of the application, 8..128 characters of [A-Za-z0-9._:-]."""
     handling_province: _builtins.str
+    """GB/T 2260 six-digit code of the province that handles the case."""
     remote_reference: _builtins.str
+    """Opaque reference of the case at the handling province, assigned by it on delivery; empty until
+    DELIVERED.
+    """
     @_builtins.property
-    def submitted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def submitted_at(self) -> _timestamp_pb2.Timestamp:
+        """When the submitting node durably accepted the case (UTC instant)."""
+
     @_builtins.property
-    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the status last changed (UTC instant)."""
+
     def __init__(
         self,
         *,
@@ -170,6 +188,7 @@ class GetCaseRequest(_message.Message):
 
     CASE_ID_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
+    """Case id as returned by SubmitCase (opaque string assigned by the submitting node)."""
     def __init__(
         self,
         *,
@@ -195,11 +214,19 @@ class CaseStatusUpdate(_message.Message):
     REMOTE_REFERENCE_FIELD_NUMBER: _builtins.int
     CHANGED_AT_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Idempotency key of the case the update is about (8..128 characters of [A-Za-z0-9._:-])."""
     status: Global___CaseStatus.ValueType
+    """New status of the case (CaseStatus enum) as decided by the handling province."""
     status_reason: _builtins.str
+    """Readable reason for the new status, mainly when REFUSED; free text UTF-8, free of personal
+    data.
+    """
     remote_reference: _builtins.str
+    """Opaque reference of the case at the handling province (as in DeliveryAck.remote_reference)."""
     @_builtins.property
-    def changed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def changed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the status changed at the handling province (UTC instant)."""
+
     def __init__(
         self,
         *,

@@ -128,7 +128,9 @@ class Certificate(_message.Message):
         """Category-specific structured fields (canonical names per category)."""
 
     @_builtins.property
-    def attachments(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.AttachmentRef]: ...
+    def attachments(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.AttachmentRef]:
+        """Scanned pages / documents of the certificate, by SHA-256 digest; content optional."""
+
     def __init__(
         self,
         *,
@@ -205,11 +207,17 @@ class GetCertificateResponse(_message.Message):
     LOCAL_CATEGORY_CODE_FIELD_NUMBER: _builtins.int
     CORRELATION_ID_FIELD_NUMBER: _builtins.int
     seal_verdict: Global___SealVerdict.ValueType
+    """Result of verifying the issuing authority's e-stamp (SealVerdict enum); only SEAL_VALID content
+    may be relied upon.
+    """
     local_category_code: _builtins.str
     """The certificate category in the requesting province's own code table."""
     correlation_id: _builtins.str
+    """UUID (RFC 4122, lower-case hex with hyphens) of the federation exchange, for support and audit."""
     @_builtins.property
-    def certificate(self) -> Global___Certificate: ...
+    def certificate(self) -> Global___Certificate:
+        """The certificate in canonical form, as fetched from the issuing province."""
+
     @_builtins.property
     def verified_at(self) -> _timestamp_pb2.Timestamp:
         """When the seal was verified (UTC)."""

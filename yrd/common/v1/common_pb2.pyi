@@ -150,9 +150,13 @@ class Party(_message.Message):
     PERSON_FIELD_NUMBER: _builtins.int
     ORGANISATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def person(self) -> Global___Person: ...
+    def person(self) -> Global___Person:
+        """Set when the party is a natural person (Person, identified by GB 11643 resident ID number)."""
+
     @_builtins.property
-    def organisation(self) -> Global___Organisation: ...
+    def organisation(self) -> Global___Organisation:
+        """Set when the party is an organisation (Organisation, identified by GB 32100 credit code)."""
+
     def __init__(
         self,
         *,

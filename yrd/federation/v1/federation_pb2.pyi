@@ -222,6 +222,9 @@ class CredentialCheckResponse(_message.Message):
     CLAIMS_FIELD_NUMBER: _builtins.int
     CHECKED_AT_FIELD_NUMBER: _builtins.int
     state: Global___CredentialState.ValueType
+    """State of the credential at its issuer (CredentialState enum); only CREDENTIAL_ACTIVE allows
+    disclosure.
+    """
     token_already_used: _builtins.bool
     """True if this token was already used before this request."""
     @_builtins.property

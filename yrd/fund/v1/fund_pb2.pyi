@@ -129,6 +129,7 @@ class WithdrawalApplication(_message.Message):
     fund_account: _builtins.str
     """Fund account number at the holding centre (digits, 8..20)."""
     reason: Global___WithdrawalReason.ValueType
+    """Statutory ground for the withdrawal (WithdrawalReason enum); must not be UNSPECIFIED."""
     amount_fen: _builtins.int
     """Amount requested, integer fen, > 0."""
     payee_account: _builtins.str
@@ -138,7 +139,9 @@ class WithdrawalApplication(_message.Message):
     applicant_province: _builtins.str
     """GB/T 2260 code of the province where the application was made."""
     @_builtins.property
-    def applicant(self) -> _common_pb2.Person: ...
+    def applicant(self) -> _common_pb2.Person:
+        """The account holder applying (Person); id_number (GB 11643) and full_name required."""
+
     @_builtins.property
     def supporting_certificates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """E-certificate identifiers supporting the reason (e.g. house contract)."""
@@ -171,7 +174,9 @@ class SubmitWithdrawalRequest(_message.Message):
 
     APPLICATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def application(self) -> Global___WithdrawalApplication: ...
+    def application(self) -> Global___WithdrawalApplication:
+        """The canonical withdrawal application to accept; idempotency_key required."""
+
     def __init__(
         self,
         *,
@@ -201,18 +206,27 @@ class Withdrawal(_message.Message):
     case_id: _builtins.str
     """Case id assigned by the applicant's node (opaque string)."""
     status: Global___WithdrawalStatus.ValueType
+    """Current lifecycle status (WithdrawalStatus enum): QUEUED -> DELIVERED -> UNDER_REVIEW ->
+    APPROVED -> PAID, or REJECTED.
+    """
     status_reason: _builtins.str
     """Readable reason when REJECTED (free of personal data)."""
     paid_amount_fen: _builtins.int
     """Amount paid in fen (set when PAID)."""
     idempotency_key: _builtins.str
+    """The client-chosen idempotency key of the application, 8..128 characters of [A-Za-z0-9._:-]."""
     fund_province: _builtins.str
+    """GB/T 2260 six-digit code of the province holding the fund account."""
     remote_reference: _builtins.str
     """Reference of the case at the fund centre, once delivered."""
     @_builtins.property
-    def submitted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def submitted_at(self) -> _timestamp_pb2.Timestamp:
+        """When the applicant's node durably accepted the application (UTC instant)."""
+
     @_builtins.property
-    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the status last changed (UTC instant)."""
+
     def __init__(
         self,
         *,
@@ -240,6 +254,7 @@ class GetWithdrawalRequest(_message.Message):
 
     CASE_ID_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
+    """Case id as returned by SubmitWithdrawal (opaque string assigned by the applicant's node)."""
     def __init__(
         self,
         *,
@@ -287,9 +302,11 @@ class FundAccount(_message.Message):
     BALANCE_FEN_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
     fund_province: _builtins.str
+    """GB/T 2260 six-digit code of the province holding the account."""
     fund_account: _builtins.str
     """Account number at the holding centre."""
     status: Global___AccountStatus.ValueType
+    """Status of the account at the holding centre (AccountStatus enum: NORMAL, FROZEN or CLOSED)."""
     balance_fen: _builtins.int
     """Balance in fen."""
     @_builtins.property
@@ -326,12 +343,21 @@ class WithdrawalStatusUpdate(_message.Message):
     REMOTE_REFERENCE_FIELD_NUMBER: _builtins.int
     CHANGED_AT_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Idempotency key of the withdrawal the update is about (8..128 characters of [A-Za-z0-9._:-])."""
     status: Global___WithdrawalStatus.ValueType
+    """New status of the withdrawal (WithdrawalStatus enum) as decided by the fund centre."""
     status_reason: _builtins.str
+    """Readable reason for the new status, mainly when REJECTED; free text UTF-8, free of personal
+    data.
+    """
     paid_amount_fen: _builtins.int
+    """Amount actually paid, integer fen (1 yuan = 100 fen); set only when status is PAID, else 0."""
     remote_reference: _builtins.str
+    """Opaque reference of the case at the fund centre (as in DeliveryAck.remote_reference)."""
     @_builtins.property
-    def changed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def changed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the status changed at the fund centre (UTC instant)."""
+
     def __init__(
         self,
         *,

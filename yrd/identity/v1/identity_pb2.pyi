@@ -138,6 +138,7 @@ class Check(_message.Message):
     "disclosure_policy".
     """
     outcome: Global___CheckOutcome.ValueType
+    """Result of this check (CheckOutcome enum: PASSED, FAILED, SKIPPED or INDETERMINATE)."""
     detail: _builtins.str
     """Human-readable detail, free of personal data."""
     def __init__(
@@ -210,6 +211,9 @@ class VerifyIdentityResponse(_message.Message):
     CHECK_IN_ID_FIELD_NUMBER: _builtins.int
     CORRELATION_ID_FIELD_NUMBER: _builtins.int
     verdict: Global___Verdict.ValueType
+    """Overall result of the verification (Verdict enum); only VALID means the e-ID may be relied
+    upon.
+    """
     issuer_province: _builtins.str
     """GB/T 2260 code of the province that issued the e-ID."""
     check_in_id: _builtins.str
@@ -217,7 +221,9 @@ class VerifyIdentityResponse(_message.Message):
     correlation_id: _builtins.str
     """Correlation id of the exchange, for support and audit."""
     @_builtins.property
-    def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Check]: ...
+    def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Check]:
+        """Outcome of every check run (or skipped), in evaluation order."""
+
     @_builtins.property
     def attributes(self) -> _common_pb2.Person:
         """The attributes disclosed under the purpose's policy; only set when VALID."""
@@ -256,6 +262,7 @@ class GetCheckInRequest(_message.Message):
 
     CHECK_IN_ID_FIELD_NUMBER: _builtins.int
     check_in_id: _builtins.str
+    """Guest registration id as returned in VerifyIdentityResponse.check_in_id (opaque string)."""
     def __init__(
         self,
         *,
@@ -283,12 +290,25 @@ class CheckIn(_message.Message):
     RECORDED_AT_FIELD_NUMBER: _builtins.int
     CORRELATION_ID_FIELD_NUMBER: _builtins.int
     check_in_id: _builtins.str
+    """Opaque id assigned by the relying party's node: "CI-<GB/T 2260 province code>-<16 lower-case
+    hex>".
+    """
     relying_party_id: _builtins.str
+    """The relying party (hotel) id as registered with its node, as given in the request."""
     issuer_province: _builtins.str
+    """GB/T 2260 six-digit code of the province that issued the guest's e-ID."""
     client_reference: _builtins.str
+    """Caller's own reference (room, folio) echoed from the request, at most 64 characters; empty if
+    none.
+    """
     correlation_id: _builtins.str
+    """UUID (RFC 4122, lower-case hex with hyphens) of the verification exchange, for support and
+    audit.
+    """
     @_builtins.property
-    def guest(self) -> _common_pb2.Person: ...
+    def guest(self) -> _common_pb2.Person:
+        """The guest's attributes disclosed under the HOTEL_CHECK_IN policy (only those fields are set)."""
+
     @_builtins.property
     def recorded_at(self) -> _timestamp_pb2.Timestamp:
         """When the registration was recorded (UTC)."""
