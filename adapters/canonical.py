@@ -81,7 +81,9 @@ def _from_descriptor(
         kind = kinds.get(f.name) or _SCALAR_KINDS.get(f.type)
         if kind is None:  # pragma: no cover - guards future proto changes
             raise TypeError(f"{descriptor.full_name}.{f.name}: no canonical kind for its type")
-        values = frozenset(v.name for v in f.enum_type.values) if kind is Kind.ENUM else frozenset()
+        values: frozenset[str] = frozenset()
+        if kind is Kind.ENUM and f.enum_type is not None:
+            values = frozenset(v.name for v in f.enum_type.values)
         fields[f.name] = CanonicalField(f.name, kind, values, required=f.name in required)
     return CanonicalMessage(descriptor.full_name, MappingProxyType(fields))
 

@@ -220,8 +220,8 @@ def _local_time(name: str, strftime: str, regex: str) -> ValueFormat:
         if not match:
             raise Mismatch(f"{what}, got {describe(raw)}")
         try:
-            parts = [int(p) for p in match.groups()]
-            local = datetime(*parts, tzinfo=ctx.timezone)  # type: ignore[misc]  # six ints
+            y, mo, d, h, mi, s = (int(p) for p in match.groups())
+            local = datetime(y, mo, d, h, mi, s, tzinfo=ctx.timezone)
         except ValueError:
             raise Mismatch(f"{what} that exists in the calendar") from None
         return format_timestamp(local)

@@ -24,10 +24,9 @@ out of the native document.
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET  # noqa: S405 - type and building only; parsing uses defusedxml
+import xml.etree.ElementTree as ET  # building and types only; parsing uses defusedxml
 import zoneinfo
-from collections.abc import Mapping
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
@@ -150,15 +149,23 @@ class MessageMapper:
         self.mapping = mapping
         self.schema = schema
         self._translator = translator
+        self._constants = [rule for rule in mapping.fields if rule.canonical is None]
         self._codecs = [
             (rule, _FieldCodec(rule, schema.fields[rule.canonical], translator.config))
             for rule in mapping.fields
+            if rule.canonical is not None
         ]
 
     def read(self, node: NativeNode, ctx: FormatContext) -> dict[str, Any]:
         """Native → canonical dict."""
+        for rule in self._constants:
+            assert rule.const is not None  # FieldRule: const when canonical is None
+            want = _native_constant(rule.const, node.textual)
+            if node.get(rule.path) != want:
+                raise TranslationError(native.dotted(node.where, rule.path), repr(want))
         result: dict[str, Any] = {}
         for rule, codec in self._codecs:
+            assert rule.canonical is not None
             where = native.dotted(node.where, rule.path)
             if codec.kind is Kind.MESSAGE:
                 child = node.child(rule.path)
@@ -191,7 +198,11 @@ class MessageMapper:
                 node.where,
                 f"canonical fields of {self.schema.name}, got unknown {sorted(unknown)}",
             )
+        for rule in self._constants:
+            assert rule.const is not None
+            node.put(rule.path, rule.const)
         for rule, codec in self._codecs:
+            assert rule.canonical is not None
             where = native.dotted(node.where, rule.path)
             field = f"{prefix}{rule.canonical}"
             value = canonical.get(rule.canonical)
@@ -213,6 +224,12 @@ class MessageMapper:
     def _nested(self, codec: _FieldCodec) -> str:
         domain = self.name.split(".", 1)[0]
         return f"{domain}.{codec.target.message}"
+
+
+def _native_constant(value: str | bool, textual: bool) -> NativeScalar:
+    if textual and isinstance(value, bool):
+        return "true" if value else "false"
+    return value
 
 
 class Translator:

@@ -49,6 +49,10 @@ A field rule:
     Path in the native document: keys separated by dots (``sj.jg.xm``). In XML
     the keys are element names below the document element, and a last key
     ``@name`` is an attribute.
+``const``
+    Instead of ``canonical``: a native field with a fixed value, written on
+    every document and checked on reading (``{ native = "fhdm", const = "00" }``
+    rejects an answer whose result code is not success).
 ``required``
     The native document must carry a non-empty value; otherwise reading
     fails, naming the path. Writing fails when the canonical value is absent.
@@ -78,8 +82,15 @@ import zoneinfo
 from collections.abc import Iterator, Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
-from pydantic import model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 from adapters import formats
 from adapters.canonical import DOMAINS, CanonicalField, CanonicalMessage, Kind
@@ -99,8 +110,9 @@ class _Frozen(BaseModel):
 class FieldRule(_Frozen):
     """How one canonical field is found in, and written to, a native document."""
 
-    canonical: StrictStr
+    canonical: StrictStr | None = None
     native: StrictStr
+    const: CodeValue | None = None
     required: StrictBool = False
     default: CodeValue | None = None
     format: StrictStr | None = None
@@ -114,6 +126,23 @@ class FieldRule(_Frozen):
         if not value or any(not part for part in value.split(".")):
             raise ValueError("expected a dotted path of non-empty keys, e.g. 'jbxx.xm'")
         return value
+
+    @model_validator(mode="after")
+    def _canonical_or_const(self) -> FieldRule:
+        if (self.canonical is None) == (self.const is None):
+            raise ValueError("expected exactly one of 'canonical' (a mapped field) or 'const'")
+        if self.const is not None and (
+            self.required or self.default is not None or self.format or self.codes
+        ):
+            raise ValueError("a 'const' rule takes no required, default, format or codes")
+        if self.const is not None and (self.check or self.pattern):
+            raise ValueError("a 'const' rule takes no check or pattern")
+        return self
+
+    @property
+    def name(self) -> str:
+        """How messages refer to the rule: its canonical field, or its constant."""
+        return self.canonical if self.canonical is not None else f"const {self.native}"
 
     @field_validator("pattern")
     @classmethod
@@ -228,6 +257,8 @@ class AdapterConfig(_Frozen):
     ) -> Iterator[str]:
         mapped: dict[str, int] = {}
         for index, rule in enumerate(mapping.fields):
+            if rule.canonical is None:
+                continue  # a constant: checked on reading, written on writing
             at = f"{where}.fields[{index}] (canonical {rule.canonical!r})"
             target = schema.fields.get(rule.canonical)
             if target is None:
@@ -292,7 +323,7 @@ class AdapterConfig(_Frozen):
     def _path_conflicts(self, where: str, mapping: MessageMapping) -> Iterator[str]:
         # A native location holds one value: no path may equal another, or run
         # through a location that another rule writes a value to.
-        paths = [(rule.path, rule.canonical) for rule in mapping.fields]
+        paths = [(rule.path, rule.name) for rule in mapping.fields]
         for i, (a, name_a) in enumerate(paths):
             for b, name_b in paths[i + 1 :]:
                 shorter, longer = sorted((a, b), key=len)

@@ -39,7 +39,7 @@ from gateway.trust import TrustStore
 from yrd.admin.v1 import admin_pb2, admin_pb2_grpc
 from yrd.case.v1 import case_pb2, case_pb2_grpc
 from yrd.certificate.v1 import certificate_pb2, certificate_pb2_grpc
-from yrd.federation.v1 import federation_pb2, federation_pb2_grpc
+from yrd.federation.v1 import federation_pb2
 from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
 
@@ -111,7 +111,9 @@ class Node:
         me = self.federation.me
         await self.message_log.open()
         await self.state.open()
-        authority = self._authority or build_identity_authority(me.adapter, me.eid.authority_url)
+        authority = self._authority or build_identity_authority(
+            me.adapter, me.eid.authority_url, clock=self.clock
+        )
         self._authority = authority
         identity = IdentityExchange(
             federation=self.federation,
@@ -131,15 +133,13 @@ class Node:
         )
         case_pb2_grpc.add_CaseServiceServicer_to_server(PendingCaseServicer(), server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self), server)
-        federation_pb2_grpc.add_FederationServiceServicer_to_server(
-            FederationServicer(
-                self.signer,
-                self.verifier,
-                self.message_log,
-                {"identity.CheckCredential": identity.handle_federated},
-            ),
-            server,
+        federation = FederationServicer(
+            self.signer,
+            self.verifier,
+            self.message_log,
+            {"identity.CheckCredential": identity.handle_federated},
         )
+        server.add_generic_rpc_handlers((federation.generic_handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (

@@ -19,11 +19,16 @@ from dataclasses import dataclass
 
 import grpc
 import structlog
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from gateway import crypto
-from gateway.envelope import EnvelopeSigner, EnvelopeVerifier, OpenedEnvelope
-from gateway.errors import GatewayError
+from gateway.envelope import (
+    MAX_ENVELOPE_BYTES,
+    EnvelopeSigner,
+    EnvelopeVerifier,
+    OpenedEnvelope,
+)
+from gateway.errors import EnvelopeRejected, GatewayError
 from gateway.messagelog import LogEntry, MessageLog
 from yrd.federation.v1 import federation_pb2, federation_pb2_grpc
 
@@ -31,6 +36,8 @@ log = structlog.get_logger("yrd.federation.server")
 
 #: A service handler: the opened request and the seconds left before the
 #: caller's deadline; returns the response payload or raises GatewayError.
+SERVICE_NAME = federation_pb2.DESCRIPTOR.services_by_name["FederationService"].full_name
+
 Handler = Callable[[OpenedEnvelope, float], Awaitable[Message]]
 
 
@@ -58,6 +65,44 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         self._done: OrderedDict[tuple[str, str], _Outcome] = OrderedDict()
         self._in_flight: dict[tuple[str, str], asyncio.Future[_Outcome]] = {}
         self._dedupe_entries = dedupe_entries
+
+    def generic_handler(self) -> grpc.GenericRpcHandler:
+        """The service's handler, taking raw request bytes.
+
+        The request is parsed here rather than by gRPC's deserializer, so that
+        garbage or truncated bytes get INVALID_ARGUMENT naming what was expected
+        instead of gRPC's generic INTERNAL "Exception deserializing request".
+        """
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Exchange": grpc.unary_unary_rpc_method_handler(
+                    self.exchange_bytes,
+                    request_deserializer=None,
+                    response_serializer=federation_pb2.SignedEnvelope.SerializeToString,
+                )
+            },
+        )
+
+    async def exchange_bytes(
+        self, request: bytes, context: grpc.aio.ServicerContext
+    ) -> federation_pb2.SignedEnvelope:
+        if len(request) > MAX_ENVELOPE_BYTES:
+            raise EnvelopeRejected(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "too_large",
+                f"envelope: expected at most {MAX_ENVELOPE_BYTES} bytes",
+            )
+        signed = federation_pb2.SignedEnvelope()
+        try:
+            signed.ParseFromString(request)
+        except DecodeError as exc:
+            raise EnvelopeRejected(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed",
+                "request: expected a serialized yrd.federation.v1.SignedEnvelope",
+            ) from exc
+        return await self.Exchange(signed, context)
 
     async def Exchange(  # noqa: N802 - the gRPC method name
         self, request: federation_pb2.SignedEnvelope, context: grpc.aio.ServicerContext

@@ -22,7 +22,7 @@ from adapters.base import IdentityAuthority
 from adapters.errors import BackendUnavailable, TranslationError
 from gateway.clock import Clock
 from gateway.config import PURPOSES, ClientSection, FederationConfig
-from gateway.eid_token import TokenMalformed, parse_token
+from gateway.eid_token import MAX_TOKEN_BYTES, TokenMalformed, parse_token
 from gateway.envelope import OpenedEnvelope
 from gateway.errors import (
     GatewayError,
@@ -201,6 +201,8 @@ class IdentityExchange:
     ) -> identity_pb2.VerifyIdentityResponse:
         purpose, relying_party = self._authorise(request, client)
         payload = request.qr_payload.strip()
+        if len(payload.encode()) > MAX_TOKEN_BYTES:
+            raise InvalidArgument("qr_payload", f"an e-ID token of at most {MAX_TOKEN_BYTES} bytes")
         if not payload or payload.count(".") != 2:
             raise InvalidArgument(
                 "qr_payload", "an e-ID token: three base64url parts separated by '.'"

@@ -1,0 +1,490 @@
+"""A province's e-ID authority, simulated: a real HTTP server on loopback.
+
+It stands for the province's *existing* system, so its native status endpoint
+is written by hand for each province below and deliberately does **not** use
+the mapping engine: when a province's mapping config is wrong, the gateway's
+translation of this simulator's answers fails, as it would against the real
+system.
+
+Endpoints:
+
+``POST /wallet/qr`` (the resident's phone wallet, uniform JSON)
+    ``{"credential_id", "ttl_seconds"?: 1..300 (default 120), "issued_at"?: epoch s}``
+    → ``{"qr_payload", "token_id", "expires_at"}``; the token is signed with
+    the authority's issuer key.
+``GET /residents`` (test and demo harness, uniform JSON)
+    ``[{"credential_id", "id_number", "full_name", "gender", "state"}]``.
+``POST /admin/credentials/{credential_id}/state`` (harness, uniform JSON)
+    ``{"state": "CREDENTIAL_REVOKED"}`` changes a credential's state.
+The province's native status endpoint (path and documents per province)
+    The credential's state, whether the token id was used before, and the
+    holder's record. It marks the token used: the first query of a token id
+    answers "not used", every later one "used". An unknown credential gets the
+    province's "unknown" answer; a malformed request gets HTTP 400.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+import xml.etree.ElementTree as ET  # building only; parsing uses defusedxml
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, ClassVar
+from zoneinfo import ZoneInfo
+
+import defusedxml.ElementTree as SafeET
+from aiohttp import web
+
+from adapters.simulators.residents import Resident, synthetic_residents
+from gateway.clock import Clock, SystemClock
+from gateway.crypto import load_private_key
+from gateway.eid_token import issue_token
+
+_CST = ZoneInfo("Asia/Shanghai")
+_MAX_TTL_SECONDS = 300
+_DEFAULT_TTL_SECONDS = 120
+_STATES = (
+    "CREDENTIAL_ACTIVE",
+    "CREDENTIAL_REVOKED",
+    "CREDENTIAL_LOST",
+    "CREDENTIAL_SUSPENDED",
+)
+
+
+class BadNativeRequest(ValueError):
+    """The native status request is malformed (answered with HTTP 400)."""
+
+
+class _Dialect(ABC):
+    """One province's native status endpoint: its path, request and answer documents."""
+
+    path: str
+    content_type: str = "application/json; charset=utf-8"
+
+    @abstractmethod
+    def parse_request(self, body: bytes) -> tuple[str, str]:
+        """(credential id, token id) from the native request; raises BadNativeRequest."""
+
+    @abstractmethod
+    def answer(
+        self, state: str | None, used: bool, resident: Resident | None, now: datetime
+    ) -> bytes:
+        """The native answer; ``state`` None means the credential is unknown."""
+
+    @abstractmethod
+    def error(self, message: str) -> bytes:
+        """The native body of an HTTP 400 answer."""
+
+
+def _json_request(body: bytes, credential_key: str, token_key: str) -> tuple[str, str]:
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BadNativeRequest("body is not UTF-8 JSON") from None
+    if not isinstance(document, dict):
+        raise BadNativeRequest("body is not a JSON object")
+    values = []
+    for key in (credential_key, token_key):
+        value = document.get(key)
+        if not isinstance(value, str) or not value:
+            raise BadNativeRequest(f"{key} must be a non-empty string")
+        values.append(value)
+    return values[0], values[1]
+
+
+def _dumps(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, ensure_ascii=False).encode("utf-8")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+class _Shanghai(_Dialect):
+    """JSON, pinyin-initial keys, yyyyMMdd, GB/T 2261.1 gender, YX/ZX/GS/DJ states."""
+
+    path = "/api/sfrz/zt"
+    _STATES: ClassVar[dict[str, str]] = {
+        "CREDENTIAL_ACTIVE": "YX",
+        "CREDENTIAL_REVOKED": "ZX",
+        "CREDENTIAL_LOST": "GS",
+        "CREDENTIAL_SUSPENDED": "DJ",
+    }
+
+    def parse_request(self, body: bytes) -> tuple[str, str]:
+        return _json_request(body, "pzbh", "lpbh")
+
+    def answer(
+        self, state: str | None, used: bool, resident: Resident | None, now: datetime
+    ) -> bytes:
+        data: dict[str, Any] = {
+            "pzzt": "WZ" if state is None else self._STATES[state],
+            "lpysy": "1" if used else "0",
+            "cxsj": now.astimezone(_CST).strftime("%Y%m%d%H%M%S"),
+        }
+        if resident is not None:
+            data["jg"] = {
+                "sfzh": resident.id_number,
+                "xm": resident.full_name,
+                "xb": "1" if resident.gender == "GENDER_MALE" else "2",
+                "csrq": resident.birth_date.strftime("%Y%m%d"),
+                "mz": resident.ethnicity,
+                "zz": resident.address,
+                "hjdq": resident.registered_region,
+                "gj": resident.nationality,
+                "zp": _b64(resident.photo),
+            }
+        return _dumps({"fhdm": "00", "fhxx": "成功", "sj": data})
+
+    def error(self, message: str) -> bytes:
+        return _dumps({"fhdm": "40", "fhxx": message})
+
+
+class _Jiangsu(_Dialect):
+    """JSON, camelCase English keys, ISO dates, M/F, RFC 3339 check time."""
+
+    path = "/eid/v1/credential-status"
+    _STATES: ClassVar[dict[str, str]] = {
+        "CREDENTIAL_ACTIVE": "ACTIVE",
+        "CREDENTIAL_REVOKED": "REVOKED",
+        "CREDENTIAL_LOST": "LOST",
+        "CREDENTIAL_SUSPENDED": "SUSPENDED",
+    }
+
+    def parse_request(self, body: bytes) -> tuple[str, str]:
+        return _json_request(body, "credentialNo", "tokenId")
+
+    def answer(
+        self, state: str | None, used: bool, resident: Resident | None, now: datetime
+    ) -> bytes:
+        data: dict[str, Any] = {
+            "credentialStatus": "NOT_FOUND" if state is None else self._STATES[state],
+            "tokenUsed": used,
+            "checkedAt": now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        if resident is not None:
+            data["holder"] = {
+                "idNumber": resident.id_number,
+                "fullName": resident.full_name,
+                "gender": "M" if resident.gender == "GENDER_MALE" else "F",
+                "birthDate": resident.birth_date.isoformat(),
+                "ethnicCode": resident.ethnicity,
+                "homeAddress": resident.address,
+                "regionCode": resident.registered_region,
+                "nationality": resident.nationality,
+                "photoBase64": _b64(resident.photo),
+            }
+        return _dumps(data)
+
+    def error(self, message: str) -> bytes:
+        return _dumps({"error": "BAD_REQUEST", "message": message})
+
+
+class _Zhejiang(_Dialect):
+    """JSON, snake_case keys, epoch milliseconds, Chinese gender and state words."""
+
+    path = "/zjeid/status_query"
+    _STATES: ClassVar[dict[str, str]] = {
+        "CREDENTIAL_ACTIVE": "正常",
+        "CREDENTIAL_REVOKED": "吊销",
+        "CREDENTIAL_LOST": "挂失",
+        "CREDENTIAL_SUSPENDED": "冻结",
+    }
+
+    def parse_request(self, body: bytes) -> tuple[str, str]:
+        return _json_request(body, "credential_no", "token_no")
+
+    def answer(
+        self, state: str | None, used: bool, resident: Resident | None, now: datetime
+    ) -> bytes:
+        document: dict[str, Any] = {
+            "result": {
+                "status": "不存在" if state is None else self._STATES[state],
+                "token_used": "Y" if used else "N",
+                "query_time_ms": int(now.timestamp() * 1000),
+            }
+        }
+        if resident is not None:
+            birth = resident.birth_date
+            # The register stores a birth date as the instant its day began in
+            # Beijing time (UTC+9 during the 1986-1991 summers).
+            midnight = datetime(birth.year, birth.month, birth.day, tzinfo=_CST)
+            document["resident"] = {
+                "id_card_no": resident.id_number,
+                "name": resident.full_name,
+                "gender": "男" if resident.gender == "GENDER_MALE" else "女",
+                "birth_millis": int(midnight.timestamp()) * 1000,
+                "nation_code": resident.ethnicity,
+                "domicile_address": resident.address,
+                "domicile_region": resident.registered_region,
+                "nationality": resident.nationality,
+                "photo_b64": _b64(resident.photo),
+            }
+        return _dumps(document)
+
+    def error(self, message: str) -> bytes:
+        return _dumps({"result": {"code": 400, "msg": message}})
+
+
+class _Anhui(_Dialect):
+    """XML documents, yyyy/MM/dd, male/female, two-digit state codes."""
+
+    path = "/eid/status"
+    content_type = "application/xml; charset=utf-8"
+    _STATES: ClassVar[dict[str, str]] = {
+        "CREDENTIAL_ACTIVE": "01",
+        "CREDENTIAL_REVOKED": "02",
+        "CREDENTIAL_LOST": "03",
+        "CREDENTIAL_SUSPENDED": "04",
+    }
+
+    def parse_request(self, body: bytes) -> tuple[str, str]:
+        try:
+            root = SafeET.fromstring(body, forbid_dtd=True)
+        except (SafeET.ParseError, ValueError):
+            raise BadNativeRequest("body is not a well-formed XML document") from None
+        if root.tag != "StatusQuery":
+            raise BadNativeRequest("document element must be <StatusQuery>")
+        values = []
+        for tag in ("CredentialNo", "TokenId"):
+            text = root.findtext(tag)
+            if not text:
+                raise BadNativeRequest(f"<{tag}> is required")
+            values.append(text)
+        return values[0], values[1]
+
+    def answer(
+        self, state: str | None, used: bool, resident: Resident | None, now: datetime
+    ) -> bytes:
+        root = ET.Element(
+            "StatusResult", checkedAt=now.astimezone(_CST).strftime("%Y-%m-%d %H:%M:%S")
+        )
+        ET.SubElement(root, "CredentialState").text = "09" if state is None else self._STATES[state]
+        ET.SubElement(root, "TokenUsed").text = "true" if used else "false"
+        if resident is not None:
+            info = ET.SubElement(root, "ResidentInfo")
+            for tag, text in (
+                ("IdNo", resident.id_number),
+                ("Name", resident.full_name),
+                ("Gender", "male" if resident.gender == "GENDER_MALE" else "female"),
+                ("BirthDate", resident.birth_date.strftime("%Y/%m/%d")),
+                ("Nation", resident.ethnicity),
+                ("Address", resident.address),
+                ("RegionCode", resident.registered_region),
+                ("Nationality", resident.nationality),
+                ("Photo", _b64(resident.photo)),
+            ):
+                ET.SubElement(info, tag).text = text
+        data: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+        return data
+
+    def error(self, message: str) -> bytes:
+        root = ET.Element("Error")
+        ET.SubElement(root, "Message").text = message
+        data: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+        return data
+
+
+DIALECTS: dict[str, Callable[[], _Dialect]] = {
+    "310000": _Shanghai,
+    "320000": _Jiangsu,
+    "330000": _Zhejiang,
+    "340000": _Anhui,
+}
+
+
+def _json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class EidAuthoritySimulator:
+    """A province's e-ID authority on loopback, with synthetic residents.
+
+    ``clock`` stamps tokens and answers (a frozen clock makes expiry testable);
+    ``seed`` picks the residents. ``requests_served`` counts every HTTP request
+    answered, so a test can assert that a call did — or did not — reach it.
+    """
+
+    def __init__(
+        self,
+        province: str,
+        issuer_key_path: Path,
+        key_id: str,
+        *,
+        clock: Clock | None = None,
+        seed: int = 0,
+    ) -> None:
+        if province not in DIALECTS:
+            raise ValueError(f"no simulated e-ID authority for province {province!r}")
+        self.province = province
+        self.key_id = key_id
+        self._key = load_private_key(Path(issuer_key_path))
+        self._clock: Clock = clock or SystemClock()
+        self._dialect = DIALECTS[province]()
+        self._residents = {r.credential_id: r for r in synthetic_residents(province, seed)}
+        self._used_tokens: set[str] = set()
+        self._runner: web.AppRunner | None = None
+        self._url: str | None = None
+        self.requests_served = 0
+        #: Native status queries answered (a subset of requests_served).
+        self.status_queries = 0
+
+    @property
+    def residents(self) -> tuple[Resident, ...]:
+        """The residents with their current credential states."""
+        return tuple(self._residents.values())
+
+    @property
+    def url(self) -> str:
+        """Base URL (``http://127.0.0.1:PORT``); only while started."""
+        if self._url is None:
+            raise RuntimeError("simulator is not started")
+        return self._url
+
+    @property
+    def status_path(self) -> str:
+        """Path of the province's native status endpoint."""
+        return self._dialect.path
+
+    def set_state(self, credential_id: str, state: str) -> None:
+        """Change a credential's state (what the admin endpoint does)."""
+        if state not in _STATES:
+            raise ValueError(f"state must be one of {_STATES}")
+        resident = self._residents[credential_id]
+        self._residents[credential_id] = replace(resident, state=state)
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        if self._runner is not None:
+            return self.url
+        app = web.Application(middlewares=[self._count])
+        app.router.add_post("/wallet/qr", self._wallet_qr)
+        app.router.add_get("/residents", self._list_residents)
+        app.router.add_post("/admin/credentials/{credential_id}/state", self._admin_state)
+        app.router.add_post(self._dialect.path, self._native_status)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        bound_host, bound_port = runner.addresses[0][:2]
+        self._runner = runner
+        self._url = f"http://{bound_host}:{bound_port}"
+        return self._url
+
+    async def stop(self) -> None:
+        """Stop serving; idempotent."""
+        runner, self._runner = self._runner, None
+        self._url = None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> EidAuthoritySimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @web.middleware
+    async def _count(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        self.requests_served += 1
+        return await handler(request)
+
+    async def _wallet_qr(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _json_error(400, "body must be a JSON object")
+        if not isinstance(body, dict):
+            return _json_error(400, "body must be a JSON object")
+        credential_id = body.get("credential_id")
+        if not isinstance(credential_id, str) or credential_id not in self._residents:
+            return _json_error(404, "unknown credential_id")
+        ttl = body.get("ttl_seconds", _DEFAULT_TTL_SECONDS)
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 < ttl <= _MAX_TTL_SECONDS:
+            return _json_error(400, f"ttl_seconds must be an integer in 1..{_MAX_TTL_SECONDS}")
+        issued_at = body.get("issued_at")
+        if issued_at is None:
+            issued = self._clock.now()
+        elif isinstance(issued_at, int) and not isinstance(issued_at, bool) and issued_at > 0:
+            issued = datetime.fromtimestamp(issued_at, UTC)
+        else:
+            return _json_error(400, "issued_at must be epoch seconds (integer)")
+        token_id = str(uuid.uuid4())
+        qr = issue_token(
+            self._key,
+            key_id=self.key_id,
+            issuer=self.province,
+            credential_id=credential_id,
+            token_id=token_id,
+            issued_at=issued,
+            ttl=timedelta(seconds=ttl),
+        )
+        return web.json_response(
+            {"qr_payload": qr, "token_id": token_id, "expires_at": int(issued.timestamp()) + ttl}
+        )
+
+    async def _list_residents(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            [
+                {
+                    "credential_id": r.credential_id,
+                    "id_number": r.id_number,
+                    "full_name": r.full_name,
+                    "gender": r.gender,
+                    "state": r.state,
+                }
+                for r in self._residents.values()
+            ]
+        )
+
+    async def _admin_state(self, request: web.Request) -> web.Response:
+        credential_id = request.match_info["credential_id"]
+        if credential_id not in self._residents:
+            return _json_error(404, "unknown credential_id")
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _json_error(400, "body must be a JSON object")
+        state = body.get("state") if isinstance(body, dict) else None
+        if state not in _STATES:
+            return _json_error(400, f"state must be one of {', '.join(_STATES)}")
+        self.set_state(credential_id, state)
+        return web.json_response({"credential_id": credential_id, "state": state})
+
+    async def _native_status(self, request: web.Request) -> web.Response:
+        dialect = self._dialect
+        body = await request.read()
+        try:
+            credential_id, token_id = dialect.parse_request(body)
+        except BadNativeRequest as exc:
+            return web.Response(
+                status=400,
+                body=dialect.error(str(exc)),
+                content_type=_media(dialect),
+                charset="utf-8",
+            )
+        self.status_queries += 1
+        # Check-and-mark with no await in between: atomic on the event loop,
+        # so two concurrent queries of one token cannot both see "unused".
+        used = token_id in self._used_tokens
+        self._used_tokens.add(token_id)
+        resident = self._residents.get(credential_id)
+        answer = dialect.answer(
+            None if resident is None else resident.state, used, resident, self._clock.now()
+        )
+        return web.Response(body=answer, content_type=_media(dialect), charset="utf-8")
+
+
+def _media(dialect: _Dialect) -> str:
+    return dialect.content_type.split(";", 1)[0]

@@ -1,0 +1,142 @@
+"""What operators and peers see of a running node: reflection, health, admin,
+unimplemented RPCs, and garbage on the federation service."""
+
+from __future__ import annotations
+
+import os
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from gateway.localfed import LocalFederation
+from tests.integration.conftest import SH, ZJ, Wallet
+from yrd.admin.v1 import admin_pb2, admin_pb2_grpc
+from yrd.federation.v1 import federation_pb2
+from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
+from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
+
+OFFICE = (("authorization", f"Bearer dev-office-{SH}"),)
+
+
+class TestDiscovery:
+    """A gRPC client can discover and probe a node without any prior knowledge."""
+
+    async def test_reflection_lists_every_service(self, federation: LocalFederation) -> None:
+        stub = reflection_pb2_grpc.ServerReflectionStub(federation.channel(SH))
+        call = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=3
+        )
+        names = set()
+        async for response in call:
+            names |= {s.name for s in response.list_services_response.service}
+        assert {
+            "yrd.identity.v1.IdentityService",
+            "yrd.fund.v1.FundService",
+            "yrd.certificate.v1.CertificateService",
+            "yrd.case.v1.CaseService",
+            "yrd.admin.v1.AdminService",
+            "yrd.federation.v1.FederationService",
+            "grpc.health.v1.Health",
+        } <= names
+
+    async def test_health_is_serving(self, federation: LocalFederation) -> None:
+        stub = health_pb2_grpc.HealthStub(federation.channel(SH))
+        for service in ("", "yrd.identity.v1.IdentityService"):
+            answer = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=3)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+    async def test_admin_node_info_and_log_verification(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        stub = admin_pb2_grpc.AdminServiceStub(federation.channel(SH))
+        identity = identity_pb2_grpc.IdentityServiceStub(federation.channel(SH))
+        await identity.VerifyIdentity(
+            identity_pb2.VerifyIdentityRequest(
+                qr_payload=await wallet.fresh_qr(ZJ), purpose=identity_pb2.HOTEL_CHECK_IN
+            ),
+            metadata=(("authorization", f"Bearer dev-hotel-{SH}"),), timeout=3,
+        )
+        info = await stub.GetNodeInfo(admin_pb2.GetNodeInfoRequest(), metadata=OFFICE, timeout=3)
+        assert info.province == SH
+        assert {p.province for p in info.peers} == {"320000", "330000", "340000"}
+        assert info.message_log_rows == 2
+        report = await stub.VerifyMessageLog(
+            admin_pb2.VerifyMessageLogRequest(), metadata=OFFICE, timeout=3
+        )
+        assert report.intact
+        assert report.rows_checked == 2
+
+    async def test_unbuilt_rpcs_say_so(self, federation: LocalFederation) -> None:
+        stub = fund_pb2_grpc.FundServiceStub(federation.channel(SH))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.GetWithdrawal(fund_pb2.GetWithdrawalRequest(case_id="x"),
+                                     metadata=OFFICE, timeout=3)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "GetWithdrawal" in (info.value.details() or "")
+
+
+class TestFederationServiceGarbage:
+    """Arbitrary bytes at the federation service are refused; the node keeps serving."""
+
+    @pytest.mark.parametrize(
+        "payload",
+        [
+            b"\xff\xff\xff\xff",
+            os.urandom(64),
+            b"\x0a\x05abc",  # truncated length-delimited field
+            federation_pb2.SignedEnvelope(header=b"garbage", signature=b"x").SerializeToString(),
+            federation_pb2.SignedEnvelope().SerializeToString(),
+        ],
+    )
+    async def test_garbage_gets_a_clear_status(
+        self, federation: LocalFederation, wallet: Wallet, payload: bytes
+    ) -> None:
+        exchange = federation.channel(ZJ).unary_unary(
+            "/yrd.federation.v1.FederationService/Exchange",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        rows = await federation.node(ZJ).message_log.count()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await exchange(payload, timeout=3)
+        assert info.value.code() in (
+            grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED,
+        )
+        assert info.value.details()
+        assert "Exception" not in (info.value.details() or "")
+        assert await federation.node(ZJ).message_log.count() == rows
+        # and the node still serves real exchanges
+        identity = identity_pb2_grpc.IdentityServiceStub(federation.channel(SH))
+        answer = await identity.VerifyIdentity(
+            identity_pb2.VerifyIdentityRequest(
+                qr_payload=await wallet.fresh_qr(ZJ), purpose=identity_pb2.HOTEL_CHECK_IN
+            ),
+            metadata=(("authorization", f"Bearer dev-hotel-{SH}"),), timeout=3,
+        )
+        assert answer.verdict == identity_pb2.VALID
+
+    async def test_replayed_envelope_is_refused_and_logged_once(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        """An attacker re-sending a captured envelope gets ALREADY_EXISTS."""
+        identity = identity_pb2_grpc.IdentityServiceStub(federation.channel(SH))
+        await identity.VerifyIdentity(
+            identity_pb2.VerifyIdentityRequest(
+                qr_payload=await wallet.fresh_qr(ZJ), purpose=identity_pb2.HOTEL_CHECK_IN
+            ),
+            metadata=(("authorization", f"Bearer dev-hotel-{SH}"),), timeout=3,
+        )
+        sent = [r async for r in federation.node(SH).message_log.rows()
+                if r.entry.direction == "out"][-1]
+        exchange = federation.channel(ZJ).unary_unary(
+            "/yrd.federation.v1.FederationService/Exchange",
+            request_serializer=None, response_deserializer=None,
+        )
+        rows = await federation.node(ZJ).message_log.count()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await exchange(sent.entry.envelope, timeout=3)
+        assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert "nonce" in (info.value.details() or "")
+        assert await federation.node(ZJ).message_log.count() == rows
