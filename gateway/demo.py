@@ -59,10 +59,10 @@ class FrontDesk:
         self,
         qr: str,
         *,
-        purpose: int = identity_pb2.HOTEL_CHECK_IN,
+        purpose: identity_pb2.Purpose.ValueType = identity_pb2.HOTEL_CHECK_IN,
         timeout: float = HOTEL_DEADLINE,
     ) -> identity_pb2.VerifyIdentityResponse:
-        return await self.stub.VerifyIdentity(
+        response: identity_pb2.VerifyIdentityResponse = await self.stub.VerifyIdentity(
             identity_pb2.VerifyIdentityRequest(
                 qr_payload=qr,
                 relying_party_id=self.client_id,
@@ -72,6 +72,7 @@ class FrontDesk:
             metadata=self.metadata,
             timeout=timeout,
         )
+        return response
 
 
 class Phone:
@@ -226,7 +227,9 @@ async def run_scenarios(
                 qr = await phone.qr(issuer, await phone.resident(issuer))
                 return await _verdict(desk, qr, summary)
 
-            await play(f"{PROVINCES[issuer]} resident at a {PROVINCES[hotel]} hotel", "VALID", pair)
+            await play(
+                f"{PROVINCES[issuer]} resident at a hotel in {PROVINCES[hotel]}", "VALID", pair
+            )
 
     async def unreachable() -> tuple[str, str]:
         qr = await phone.qr(ZJ, zj_resident)

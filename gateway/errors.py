@@ -12,8 +12,10 @@
     ├── PermissionDenied                                            -> PERMISSION_DENIED
     ├── ResourceExhausted             (retryable)                   -> RESOURCE_EXHAUSTED
     ├── EnvelopeRejected              a signed envelope failed a check (carries its code)
-    └── PeerUnavailable               (retryable) a peer or back-end could not be reached
-                                                                    -> UNAVAILABLE
+    ├── PeerUnavailable               (retryable) a peer or back-end could not be reached
+    │   │                                                           -> UNAVAILABLE
+    │   └── PeerDown                  the peer's circuit breaker is open (not retried)
+    └── RemoteError                   a peer refused a request (carries the peer's code)
 Domain errors become gRPC statuses in exactly one place
 (:mod:`gateway.interceptors`); ``grpc.RpcError`` becomes a domain error in
 exactly one place on the client side (:mod:`gateway.federation.client`).
@@ -111,6 +113,12 @@ class PeerUnavailable(GatewayError):
 
     code = grpc.StatusCode.UNAVAILABLE
     retryable = True
+
+
+class PeerDown(PeerUnavailable):
+    """The peer's circuit breaker is open: fail fast, do not retry now."""
+
+    retryable = False
 
 
 class RemoteError(GatewayError):

@@ -79,7 +79,8 @@ def _status_details(exc: GatewayError) -> bytes:
     elif isinstance(exc, EnvelopeRejected):
         detail.Pack(error_details_pb2.ErrorInfo(reason=exc.reason.upper(), domain="yrd.gateway"))
         status.details.append(detail)
-    return status.SerializeToString()
+    serialized: bytes = status.SerializeToString()
+    return serialized
 
 
 class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc-stubs types it as Any

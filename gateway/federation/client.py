@@ -35,6 +35,7 @@ from gateway.envelope import EnvelopeSigner, EnvelopeVerifier, OpenedEnvelope
 from gateway.errors import (
     EnvelopeRejected,
     GatewayError,
+    PeerDown,
     PeerUnavailable,
     RemoteError,
     ResourceExhausted,
@@ -233,7 +234,7 @@ class FederationClient:
         message_id: str,
     ) -> tuple[M, OpenedEnvelope]:
         if not peer.breaker.allow():
-            raise PeerUnavailable(
+            raise PeerDown(
                 f"province {peer.code} is marked down (circuit open, next try in "
                 f"{peer.breaker.retry_in():.1f} s)"
             )

@@ -56,9 +56,13 @@ STATE_NAMES = federation_pb2.CredentialState
 
 @dataclass
 class _Checks:
-    results: dict[str, tuple[int, str]] = field(default_factory=dict)
+    results: dict[str, tuple[identity_pb2.CheckOutcome.ValueType, str]] = field(
+        default_factory=dict
+    )
 
-    def set(self, name: str, outcome: int, detail: str = "") -> None:
+    def set(
+        self, name: str, outcome: identity_pb2.CheckOutcome.ValueType, detail: str = ""
+    ) -> None:
         self.results[name] = (outcome, detail)
 
     def as_proto(self) -> list[identity_pb2.Check]:
@@ -149,7 +153,8 @@ class IdentityExchange:
             log.error("e-ID authority answer failed translation", error=str(exc))
             raise GatewayError(f"e-ID authority answer could not be translated: {exc}") from exc
         response = federation_pb2.CredentialCheckResponse(
-            state=check.state, token_already_used=check.token_already_used
+            state=federation_pb2.CredentialState.ValueType(check.state),
+            token_already_used=check.token_already_used,
         )
         response.checked_at.FromDatetime(check.checked_at)
         if (
@@ -210,7 +215,7 @@ class IdentityExchange:
         checks = _Checks()
         response = identity_pb2.VerifyIdentityResponse(correlation_id=correlation_id)
 
-        def verdict(value: int) -> identity_pb2.VerifyIdentityResponse:
+        def verdict(value: identity_pb2.Verdict.ValueType) -> identity_pb2.VerifyIdentityResponse:
             response.verdict = value
             response.checks.extend(checks.as_proto())
             log.info(
