@@ -48,8 +48,11 @@ class TestGeneratedCodeMatchesContract:
                     in_message += 1
                 elif stripped == "}" and in_message:
                     in_message -= 1
-                elif in_message and stripped.endswith(";") and "=" in stripped and not (
-                    stripped.startswith(("//", "option", "reserved"))
+                elif (
+                    in_message
+                    and stripped.endswith(";")
+                    and "=" in stripped
+                    and not (stripped.startswith(("//", "option", "reserved")))
                 ):
                     previous = lines[i - 1].strip()
                     if not previous.startswith("//") and "oneof" not in previous:

@@ -66,7 +66,11 @@ class TestHotelCheckIn:
         assert response.attributes.address == ""
         assert response.issuer_province == ZJ
         assert [c.name for c in response.checks] == [
-            "signature", "validity_window", "status", "single_use", "disclosure_policy",
+            "signature",
+            "validity_window",
+            "status",
+            "single_use",
+            "disclosure_policy",
         ]
         assert all(c.outcome == identity_pb2.PASSED for c in response.checks)
         assert response.HasField("status_checked_at")
@@ -74,7 +78,8 @@ class TestHotelCheckIn:
 
         record = await desk(federation, SH).GetCheckIn(
             identity_pb2.GetCheckInRequest(check_in_id=response.check_in_id),
-            metadata=hotel(SH), timeout=3,
+            metadata=hotel(SH),
+            timeout=3,
         )
         assert record.guest.id_number == resident["id_number"]
         assert record.client_reference == "room 1208"
@@ -87,7 +92,8 @@ class TestHotelCheckIn:
         assert response.verdict == identity_pb2.VALID
         for code, directions in ((SH, ["out", "in"]), (ZJ, ["in", "out"])):
             rows = [
-                row async for row in federation.node(code).message_log.rows()
+                row
+                async for row in federation.node(code).message_log.rows()
                 if row.entry.correlation_id == response.correlation_id
             ]
             assert [r.entry.direction for r in rows] == directions
@@ -128,8 +134,9 @@ class TestHotelCheckIn:
 
     async def test_expired_qr(self, federation: LocalFederation, wallet: Wallet) -> None:
         resident = await wallet.credential(ZJ)
-        qr = await wallet.qr(ZJ, resident["credential_id"], issued_at=int(time.time()) - 600,
-                             ttl_seconds=120)
+        qr = await wallet.qr(
+            ZJ, resident["credential_id"], issued_at=int(time.time()) - 600, ttl_seconds=120
+        )
         response = await verify(federation, SH, qr)
         assert response.verdict == identity_pb2.EXPIRED
         assert check(response, "signature") == identity_pb2.PASSED
@@ -184,8 +191,9 @@ class TestHotelCheckIn:
     async def test_age_check_discloses_only_the_derived_claim(
         self, federation: LocalFederation, wallet: Wallet
     ) -> None:
-        response = await verify(federation, SH, await wallet.fresh_qr(JS),
-                                purpose=identity_pb2.AGE_CHECK)
+        response = await verify(
+            federation, SH, await wallet.fresh_qr(JS), purpose=identity_pb2.AGE_CHECK
+        )
         assert response.verdict == identity_pb2.VALID
         assert list(response.disclosed_attributes) == ["age_over_18"]
         assert response.attributes.ByteSize() == 0
@@ -201,8 +209,9 @@ async def test_every_ordered_pair_of_provinces(
         if issuer == hotel_province:
             continue
         resident = await wallet.credential(issuer)
-        response = await verify(federation, hotel_province,
-                                await wallet.qr(issuer, resident["credential_id"]))
+        response = await verify(
+            federation, hotel_province, await wallet.qr(issuer, resident["credential_id"])
+        )
         assert response.verdict == identity_pb2.VALID, (hotel_province, issuer)
         assert response.attributes.id_number == resident["id_number"]
         assert set(response.disclosed_attributes) == HOTEL_ATTRIBUTES
@@ -236,7 +245,9 @@ class TestRefusals:
 
     async def test_missing_purpose(self, federation: LocalFederation, wallet: Wallet) -> None:
         error = await self.status(
-            verify(federation, SH, await wallet.fresh_qr(ZJ), purpose=identity_pb2.PURPOSE_UNSPECIFIED)
+            verify(
+                federation, SH, await wallet.fresh_qr(ZJ), purpose=identity_pb2.PURPOSE_UNSPECIFIED
+            )
         )
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "purpose" in (error.details() or "")
@@ -244,8 +255,11 @@ class TestRefusals:
     async def test_purpose_not_registered_for_the_hotel(
         self, federation: LocalFederation, wallet: Wallet
     ) -> None:
-        error = await self.status(verify(federation, SH, await wallet.fresh_qr(ZJ),
-                                         purpose=identity_pb2.GOVERNMENT_SERVICE))
+        error = await self.status(
+            verify(
+                federation, SH, await wallet.fresh_qr(ZJ), purpose=identity_pb2.GOVERNMENT_SERVICE
+            )
+        )
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "GOVERNMENT_SERVICE" in (error.details() or "")
 
@@ -254,8 +268,9 @@ class TestRefusals:
     ) -> None:
         qr = await wallet.fresh_qr(ZJ)
         served = federation.provinces[ZJ].simulator.requests_served
-        error = await self.status(verify(federation, SH, qr,
-                                         requested_attributes=["full_name", "birth_date"]))
+        error = await self.status(
+            verify(federation, SH, qr, requested_attributes=["full_name", "birth_date"])
+        )
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "birth_date" in (error.details() or "")
         assert federation.provinces[ZJ].simulator.requests_served == served  # never asked
@@ -263,8 +278,9 @@ class TestRefusals:
     async def test_narrower_request_gets_only_what_it_asked(
         self, federation: LocalFederation, wallet: Wallet
     ) -> None:
-        response = await verify(federation, SH, await wallet.fresh_qr(ZJ),
-                                requested_attributes=["full_name"])
+        response = await verify(
+            federation, SH, await wallet.fresh_qr(ZJ), requested_attributes=["full_name"]
+        )
         assert response.verdict == identity_pb2.VALID
         assert list(response.disclosed_attributes) == ["full_name"]
         assert response.attributes.id_number == ""
@@ -272,8 +288,9 @@ class TestRefusals:
     async def test_relying_party_cannot_pose_as_another(
         self, federation: LocalFederation, wallet: Wallet
     ) -> None:
-        error = await self.status(verify(federation, SH, await wallet.fresh_qr(ZJ),
-                                         relying_party_id="hotel-310000-999"))
+        error = await self.status(
+            verify(federation, SH, await wallet.fresh_qr(ZJ), relying_party_id="hotel-310000-999")
+        )
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "relying_party_id" in (error.details() or "")
 
@@ -290,8 +307,9 @@ class TestRefusals:
 
     async def test_hotel_may_not_use_the_admin_service(self, federation: LocalFederation) -> None:
         stub = admin_pb2_grpc.AdminServiceStub(federation.channel(SH))
-        error = await self.status(stub.GetNodeInfo(admin_pb2.GetNodeInfoRequest(),
-                                                   metadata=hotel(SH), timeout=3))
+        error = await self.status(
+            stub.GetNodeInfo(admin_pb2.GetNodeInfoRequest(), metadata=hotel(SH), timeout=3)
+        )
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
 
     async def test_oversized_request(self, federation: LocalFederation) -> None:

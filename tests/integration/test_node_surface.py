@@ -56,7 +56,8 @@ class TestDiscovery:
             identity_pb2.VerifyIdentityRequest(
                 qr_payload=await wallet.fresh_qr(ZJ), purpose=identity_pb2.HOTEL_CHECK_IN
             ),
-            metadata=(("authorization", f"Bearer dev-hotel-{SH}"),), timeout=3,
+            metadata=(("authorization", f"Bearer dev-hotel-{SH}"),),
+            timeout=3,
         )
         info = await stub.GetNodeInfo(admin_pb2.GetNodeInfoRequest(), metadata=OFFICE, timeout=3)
         assert info.province == SH
@@ -71,8 +72,9 @@ class TestDiscovery:
     async def test_unbuilt_rpcs_say_so(self, federation: LocalFederation) -> None:
         stub = fund_pb2_grpc.FundServiceStub(federation.channel(SH))
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.GetWithdrawal(fund_pb2.GetWithdrawalRequest(case_id="x"),
-                                     metadata=OFFICE, timeout=3)
+            await stub.GetWithdrawal(
+                fund_pb2.GetWithdrawalRequest(case_id="x"), metadata=OFFICE, timeout=3
+            )
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
         assert "GetWithdrawal" in (info.value.details() or "")
 
@@ -102,7 +104,8 @@ class TestFederationServiceGarbage:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await exchange(payload, timeout=3)
         assert info.value.code() in (
-            grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.UNAUTHENTICATED,
         )
         assert info.value.details()
         assert "Exception" not in (info.value.details() or "")
@@ -113,7 +116,8 @@ class TestFederationServiceGarbage:
             identity_pb2.VerifyIdentityRequest(
                 qr_payload=await wallet.fresh_qr(ZJ), purpose=identity_pb2.HOTEL_CHECK_IN
             ),
-            metadata=(("authorization", f"Bearer dev-hotel-{SH}"),), timeout=3,
+            metadata=(("authorization", f"Bearer dev-hotel-{SH}"),),
+            timeout=3,
         )
         assert answer.verdict == identity_pb2.VALID
 
@@ -126,13 +130,16 @@ class TestFederationServiceGarbage:
             identity_pb2.VerifyIdentityRequest(
                 qr_payload=await wallet.fresh_qr(ZJ), purpose=identity_pb2.HOTEL_CHECK_IN
             ),
-            metadata=(("authorization", f"Bearer dev-hotel-{SH}"),), timeout=3,
+            metadata=(("authorization", f"Bearer dev-hotel-{SH}"),),
+            timeout=3,
         )
-        sent = [r async for r in federation.node(SH).message_log.rows()
-                if r.entry.direction == "out"][-1]
+        sent = [
+            r async for r in federation.node(SH).message_log.rows() if r.entry.direction == "out"
+        ][-1]
         exchange = federation.channel(ZJ).unary_unary(
             "/yrd.federation.v1.FederationService/Exchange",
-            request_serializer=None, response_deserializer=None,
+            request_serializer=None,
+            response_deserializer=None,
         )
         rows = await federation.node(ZJ).message_log.count()
         with pytest.raises(grpc.aio.AioRpcError) as info:
