@@ -127,7 +127,8 @@ class TestReadingErrors:
             )
 
     def test_epoch_millis_must_be_local_midnight(self, translators: dict[str, Translator]) -> None:
-        # 1988-07-15T00:00Z: UTC midnight, the classic bug; Beijing midnight was 15:00Z the day before.
+        # 1988-07-15T00:00Z is UTC midnight, the classic bug: Beijing midnight
+        # (daylight time) was 15:00Z the day before.
         person = {"id_card_no": "330106198807151237", "name": "张伟", "gender": "男"}
         with pytest.raises(TranslationError, match=r"midnight in Asia/Shanghai"):
             translators["zhejiang"].to_canonical(
@@ -136,17 +137,17 @@ class TestReadingErrors:
 
     def test_xml_nested_path(self, translators: dict[str, Translator]) -> None:
         body = (
-            "<StatusResult><CredentialState>01</CredentialState><TokenUsed>no</TokenUsed>"
-            "</StatusResult>"
-        ).encode()
+            b"<StatusResult><CredentialState>01</CredentialState><TokenUsed>no</TokenUsed>"
+            b"</StatusResult>"
+        )
         with pytest.raises(TranslationError, match=r"TokenUsed: expected true or false"):
             translators["anhui"].decode("identity.status_response", body)
 
     def test_xml_repeated_element(self, translators: dict[str, Translator]) -> None:
         body = (
-            "<StatusResult><CredentialState>01</CredentialState>"
-            "<CredentialState>02</CredentialState><TokenUsed>true</TokenUsed></StatusResult>"
-        ).encode()
+            b"<StatusResult><CredentialState>01</CredentialState>"
+            b"<CredentialState>02</CredentialState><TokenUsed>true</TokenUsed></StatusResult>"
+        )
         with pytest.raises(TranslationError, match=r"CredentialState: expected one <"):
             translators["anhui"].decode("identity.status_response", body)
 
@@ -226,7 +227,9 @@ class TestWriting:
     """Canonical → native: required fields, code tables and proto helpers."""
 
     def test_required_canonical_missing(self, translators: dict[str, Translator]) -> None:
-        with pytest.raises(TranslationError, match=r"lpbh: expected a value for required canonical"):
+        with pytest.raises(
+            TranslationError, match=r"lpbh: expected a value for required canonical"
+        ):
             translators["shanghai"].encode("identity.status_request", {"credential_id": "EID1"})
 
     def test_value_not_in_code_table(self, translators: dict[str, Translator]) -> None:
@@ -273,6 +276,7 @@ class TestWriting:
             photo=b"\x00\xff",
         )
         native = translators["shanghai"].to_native("identity.person", from_message(person))
+        assert isinstance(native, dict)
         assert native["xb"] == "0"  # an explicit GENDER_UNSPECIFIED reaches the code table
         back = to_message(
             translators["shanghai"].to_canonical("identity.person", native), common_pb2.Person
@@ -281,5 +285,5 @@ class TestWriting:
         assert back == person
 
     def test_unknown_message_name(self, translators: dict[str, Translator]) -> None:
-        with pytest.raises(KeyError, match="identity.person"):
+        with pytest.raises(KeyError, match=r"identity\.person"):
             translators["jiangsu"].mapper("identity.persons")

@@ -111,9 +111,7 @@ class TestFieldRules:
         with pytest.raises(ValidationError, match="required canonical field 'birth_date'"):
             AdapterConfig.model_validate(table)
 
-    def test_required_canonical_field_needs_required_or_default(
-        self, adapter_table: Table
-    ) -> None:
+    def test_required_canonical_field_needs_required_or_default(self, adapter_table: Table) -> None:
         table = adapter_table("shanghai")
         _rule(table, "person", "id_number")["required"] = False
         with pytest.raises(ValidationError, match="needs required = true or a default"):

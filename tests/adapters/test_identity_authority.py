@@ -109,7 +109,7 @@ class TestCheckCredential:
     async def test_unknown_credential(
         self, running: tuple[EidAuthoritySimulator, IdentityAuthority]
     ) -> None:
-        simulator, authority = running
+        _simulator, authority = running
         check = await authority.check_credential("EID000000000000", "tok-2", timeout=5)
         assert check.state == federation_pb2.CREDENTIAL_UNKNOWN
         assert check.holder is None
