@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from adapters.simulators.eid_authority import EidAuthoritySimulator
 
+from adapters.simulators.eid_authority import EidAuthoritySimulator
 from gateway.clock import Clock, SystemClock
 from gateway.config import FederationConfig, ProvinceConfig, parse_province_file
 from gateway.federation.client import CHANNEL_OPTIONS
