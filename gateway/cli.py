@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify = log_commands.add_parser(
         "verify", help="walk a node's hash chain and report the first row that does not chain"
     )
-    verify.add_argument("database", metavar="NODE_DB")
+    verify.add_argument("database", metavar="MESSAGES_DB", help="a node's messages.db")
     verify.set_defaults(func=_log_verify)
     return parser
 

@@ -106,7 +106,8 @@ class ProvinceSection(_Model):
 
 class NodeSection(_Model):
     endpoint: str
-    store: Path = Path("node.db")
+    #: Folder of the node's SQLite stores (messages.db: message log; state.db: cases, outbox).
+    store: Path = Path("var")
     max_clock_skew_seconds: int = Field(120, ge=1, le=3600)
     status_max_age_seconds: int = Field(30, ge=1, le=3600)
 

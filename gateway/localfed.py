@@ -60,7 +60,7 @@ class LocalFederation:
             node = config.node.model_copy(
                 update={
                     "endpoint": f"127.0.0.1:{free_port()}",
-                    "store": self.work_dir / config.code / "node.db",
+                    "store": self.work_dir / config.code,
                 }
             )
             eid = config.eid.model_copy(update={"authority_url": url})

@@ -74,7 +74,7 @@ class Node:
         *,
         clock: Clock | None = None,
         authority: IdentityAuthority | None = None,
-        store_path: Path | None = None,
+        store_dir: Path | None = None,
         listen: str | None = None,
         grace: float = 5.0,
     ) -> None:
@@ -82,11 +82,11 @@ class Node:
         self.clock = clock or SystemClock()
         me = federation.me
         self.listen = listen or me.node.endpoint
-        self.store_path = store_path or me.node.store
+        self.store_dir = store_dir or me.node.store
         self.grace = grace
         self.trust = TrustStore(federation)
-        self.message_log = MessageLog(self.store_path, clock=self.clock)
-        self.state = StateStore(self.store_path)
+        self.message_log = MessageLog(self.store_dir / "messages.db", clock=self.clock)
+        self.state = StateStore(self.store_dir / "state.db")
         assert me.signing.private_key is not None  # load_federation checked it
         self.signer = EnvelopeSigner(
             me.code, me.signing.key_id, load_private_key(me.signing.private_key), self.clock

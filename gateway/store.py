@@ -1,15 +1,32 @@
-"""The node's business state in SQLite: guest registrations (and, later, the outbox).
+"""The node's business state in SQLite: guest registrations, withdrawal cases on
+both sides of the exchange, and the outbox of asynchronous deliveries.
 
-Kept apart from the message log's connection so that the log's grouped writer
-owns its transactions; both live in the same WAL-mode database file.
+Writes are grouped like the message log's: each write is a function run inside
+its own SAVEPOINT by one writer task, which commits a whole group at once and
+only then answers every caller. A caller is therefore answered only after its
+write is durable (WAL, ``synchronous=FULL``), and a failing write (an integrity
+error, say) rolls back alone without disturbing the others of its group.
+Reads use a second connection and see only committed data.
+
+Kept apart from the message log's connection; both live in one WAL database.
+Only this module speaks SQL, so the store can move to PostgreSQL without
+touching the rest.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiosqlite
+
+T = TypeVar("T")
+WriteOp = Callable[[aiosqlite.Connection], Awaitable[Any]]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS check_ins (
@@ -21,23 +38,106 @@ CREATE TABLE IF NOT EXISTS check_ins (
     recorded_at      TEXT NOT NULL,   -- ISO 8601 UTC
     correlation_id   TEXT NOT NULL
 );
+
+-- Applicant's side: cases submitted here for a fund held in another province.
+CREATE TABLE IF NOT EXISTS withdrawals (
+    case_id          TEXT PRIMARY KEY,
+    idempotency_key  TEXT NOT NULL UNIQUE,
+    body_digest      BLOB NOT NULL,   -- SHA-256 of the deterministic application bytes
+    client_id        TEXT NOT NULL,
+    fund_province    TEXT NOT NULL,
+    application      BLOB NOT NULL,   -- serialized yrd.fund.v1.WithdrawalApplication
+    status           INTEGER NOT NULL,
+    status_reason    TEXT NOT NULL DEFAULT '',
+    paid_amount_fen  INTEGER NOT NULL DEFAULT 0,
+    remote_reference TEXT NOT NULL DEFAULT '',
+    correlation_id   TEXT NOT NULL,
+    submitted_at     TEXT NOT NULL,
+    updated_at       TEXT NOT NULL
+);
+
+-- Fund province's side: applications received from other provinces' nodes.
+CREATE TABLE IF NOT EXISTS incoming_withdrawals (
+    reference        TEXT PRIMARY KEY,   -- this node's reference, sent to the fund centre
+    sender           TEXT NOT NULL,
+    idempotency_key  TEXT NOT NULL,
+    message_id       TEXT NOT NULL,
+    correlation_id   TEXT NOT NULL,
+    body_digest      BLOB NOT NULL,
+    application      BLOB NOT NULL,
+    status           INTEGER NOT NULL,   -- last status reported back to the sender
+    status_reason    TEXT NOT NULL DEFAULT '',
+    paid_amount_fen  INTEGER NOT NULL DEFAULT 0,
+    centre_reference TEXT NOT NULL DEFAULT '',
+    submitted        INTEGER NOT NULL DEFAULT 0,  -- handed to the fund centre
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_poll_at     REAL NOT NULL,              -- unix seconds
+    received_at      TEXT NOT NULL,
+    updated_at       TEXT NOT NULL,
+    UNIQUE (sender, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS incoming_withdrawals_due ON incoming_withdrawals (next_poll_at);
+
+-- Asynchronous deliveries to peers, kept until the peer acknowledges them.
+CREATE TABLE IF NOT EXISTS outbox (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    peer             TEXT NOT NULL,
+    service          TEXT NOT NULL,
+    message_id       TEXT NOT NULL UNIQUE,  -- kept across retries: the receiver dedupes on it
+    correlation_id   TEXT NOT NULL,
+    idempotency_key  TEXT NOT NULL,
+    payload          BLOB NOT NULL,
+    subject          TEXT NOT NULL,         -- the case it belongs to
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  REAL NOT NULL,         -- unix seconds
+    created_at       REAL NOT NULL,         -- unix seconds
+    last_error       TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt_at);
 """
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    peer: str
+    service: str
+    message_id: str
+    correlation_id: str
+    idempotency_key: str
+    payload: bytes
+    subject: str
+    attempts: int
+    next_attempt_at: float
+    created_at: float
+
+
+class StoreClosedError(RuntimeError):
+    pass
 
 
 class StateStore:
     """Business records of the node; an async context manager."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, batch_max: int = 256) -> None:
         self.path = path
-        self._db: aiosqlite.Connection | None = None
+        self._batch_max = batch_max
+        self._writer_db: aiosqlite.Connection | None = None
+        self._reader_db: aiosqlite.Connection | None = None
+        self._queue: asyncio.Queue[tuple[WriteOp, asyncio.Future[Any]] | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.commits = 0
+        self.writes = 0
 
     async def open(self) -> StateStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path, timeout=30)
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=FULL")
-        await self._db.executescript(SCHEMA)
-        await self._db.commit()
+        self._writer_db = await aiosqlite.connect(self.path, timeout=30, isolation_level=None)
+        await self._writer_db.execute("PRAGMA journal_mode=WAL")
+        await self._writer_db.execute("PRAGMA synchronous=FULL")
+        await self._writer_db.executescript(SCHEMA)
+        self._reader_db = await aiosqlite.connect(self.path, timeout=30, isolation_level=None)
+        self._task = asyncio.create_task(self._write_loop(), name=f"state-store:{self.path.name}")
         return self
 
     async def __aenter__(self) -> StateStore:
@@ -47,15 +147,95 @@ class StateStore:
         await self.close()
 
     @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise RuntimeError("state store is not open")
-        return self._db
+    def reader(self) -> aiosqlite.Connection:
+        if self._reader_db is None:
+            raise StoreClosedError("state store is not open")
+        return self._reader_db
+
+    async def write(self, op: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Run ``op`` in its own savepoint; return its result once committed."""
+        if self._closed or self._task is None:
+            raise StoreClosedError("state store is closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((op, future))
+        return await asyncio.shield(future)
+
+    async def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            item = await self._queue.get()
+            batch: list[tuple[WriteOp, asyncio.Future[Any]]] = []
+            if item is None:
+                stopping = True
+            else:
+                batch.append(item)
+            while len(batch) < self._batch_max and not self._queue.empty():
+                more = self._queue.get_nowait()
+                if more is None:
+                    stopping = True
+                else:
+                    batch.append(more)
+            if batch:
+                await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[tuple[WriteOp, asyncio.Future[Any]]]) -> None:
+        db = self._writer_db
+        assert db is not None
+        results: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            for op, future in batch:
+                await db.execute("SAVEPOINT op")
+                try:
+                    value = await op(db)
+                except Exception as exc:
+                    await db.execute("ROLLBACK TO op")
+                    await db.execute("RELEASE op")
+                    results.append((future, False, exc))
+                else:
+                    await db.execute("RELEASE op")
+                    results.append((future, True, value))
+            await db.execute("COMMIT")
+        except Exception as exc:  # the commit itself failed: nothing of the batch is durable
+            with contextlib.suppress(Exception):
+                await db.execute("ROLLBACK")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        self.commits += 1
+        self.writes += len(batch)
+        for future, ok, value in results:
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        """Finish queued writes, then close. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._queue.put_nowait(None)
+            await self._task
+        for db in (self._writer_db, self._reader_db):
+            if db is not None:
+                await db.close()
+        self._writer_db = self._reader_db = None
+
+    async def fetchone(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        async with self.reader.execute(sql, args) as cursor:
+            row = await cursor.fetchone()
+        return tuple(row) if row is not None else None
+
+    async def fetchall(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        async with self.reader.execute(sql, args) as cursor:
+            return [tuple(row) async for row in cursor]
+
+    # ---- guest registrations ---------------------------------------------------
 
     async def record_check_in(
         self,
@@ -68,27 +248,84 @@ class StateStore:
         recorded_at: datetime,
         correlation_id: str,
     ) -> None:
-        await self.db.execute(
-            "INSERT INTO check_ins VALUES (?,?,?,?,?,?,?)",
-            (
-                check_in_id,
-                relying_party_id,
-                issuer_province,
-                guest,
-                client_reference,
-                recorded_at.isoformat(),
-                correlation_id,
-            ),
-        )
-        await self.db.commit()
+        async def op(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "INSERT INTO check_ins VALUES (?,?,?,?,?,?,?)",
+                (
+                    check_in_id,
+                    relying_party_id,
+                    issuer_province,
+                    guest,
+                    client_reference,
+                    recorded_at.isoformat(),
+                    correlation_id,
+                ),
+            )
+
+        await self.write(op)
 
     async def get_check_in(self, check_in_id: str) -> tuple[str, str, bytes, str, str, str] | None:
-        async with self.db.execute(
+        row = await self.fetchone(
             "SELECT relying_party_id, issuer_province, guest, client_reference, recorded_at,"
             " correlation_id FROM check_ins WHERE check_in_id = ?",
             (check_in_id,),
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         if row is None:
             return None
         return (str(row[0]), str(row[1]), bytes(row[2]), str(row[3]), str(row[4]), str(row[5]))
+
+    # ---- outbox -----------------------------------------------------------------
+
+    @staticmethod
+    async def enqueue(db: aiosqlite.Connection, item: OutboxItem) -> None:
+        """Add an outbox item inside a write op (with the record it belongs to)."""
+        await db.execute(
+            "INSERT INTO outbox (peer, service, message_id, correlation_id, idempotency_key,"
+            " payload, subject, attempts, next_attempt_at, created_at)"
+            " VALUES (?,?,?,?,?,?,?,0,?,?)",
+            (
+                item.peer,
+                item.service,
+                item.message_id,
+                item.correlation_id,
+                item.idempotency_key,
+                item.payload,
+                item.subject,
+                item.next_attempt_at,
+                item.created_at,
+            ),
+        )
+
+    async def due_outbox(self, now: float, limit: int) -> list[OutboxItem]:
+        rows = await self.fetchall(
+            "SELECT id, peer, service, message_id, correlation_id, idempotency_key, payload,"
+            " subject, attempts, next_attempt_at, created_at FROM outbox"
+            " WHERE next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
+            (now, limit),
+        )
+        return [
+            OutboxItem(
+                int(r[0]),
+                str(r[1]),
+                str(r[2]),
+                str(r[3]),
+                str(r[4]),
+                str(r[5]),
+                bytes(r[6]),
+                str(r[7]),
+                int(r[8]),
+                float(r[9]),
+                float(r[10]),
+            )
+            for r in rows
+        ]
+
+    async def next_outbox_time(self) -> float | None:
+        row = await self.fetchone("SELECT MIN(next_attempt_at) FROM outbox")
+        return float(row[0]) if row and row[0] is not None else None
+
+    async def outbox_stats(self) -> tuple[int, float | None]:
+        """(items waiting, creation time of the oldest)."""
+        row = await self.fetchone("SELECT COUNT(*), MIN(created_at) FROM outbox")
+        assert row is not None
+        return int(row[0]), (float(row[1]) if row[1] is not None else None)

@@ -34,7 +34,7 @@ def copy_configs(tmp_path: Path) -> Path:
         text = re.sub(
             r'endpoint = "127\.0\.0\.1:\d+"', f'endpoint = "127.0.0.1:{free_port()}"', text
         )
-        text = re.sub(r'store = "[^"]+"', 'store = "var/node.db"', text)
+        text = re.sub(r'store = "[^"]+"', 'store = "var"', text)
         file.write_text(text, encoding="utf-8")
     return folder
 
@@ -119,7 +119,7 @@ class TestServe:
         assert process.returncode == 0, stderr
         assert '"event": "node stopped"' in stderr
 
-        database = folder / "var" / "node.db"
+        database = folder / "var" / "messages.db"
         assert run("log", "verify", str(database)).returncode == 0
 
     def test_bad_config_refuses_to_start(self, tmp_path: Path) -> None:
