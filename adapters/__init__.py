@@ -6,13 +6,22 @@ The gateway uses this package through a few names:
 - :class:`Translator` — that config compiled: native documents ⇄ canonical dicts;
 - :class:`IdentityAuthority` / :class:`CredentialCheck` — the e-ID back-end
   contract, and :func:`build_identity_authority` to get one for a province;
+- :class:`FundCentre` — the provident fund centre contract, and
+  :func:`build_fund_centre` to get one for a province;
 - the errors of :mod:`adapters.errors`.
 """
 
 from __future__ import annotations
 
-from adapters.base import CredentialCheck, IdentityAuthority
-from adapters.errors import AdapterError, BackendRejected, BackendUnavailable, TranslationError
+from adapters.base import CredentialCheck, FundCentre, IdentityAuthority
+from adapters.errors import (
+    AdapterError,
+    BackendRejected,
+    BackendUnavailable,
+    TranslationError,
+    WithdrawalNotFound,
+)
+from adapters.fund import HttpFundCentre
 from adapters.identity import HttpIdentityAuthority
 from adapters.mapping import Translator, from_message, to_message
 from adapters.spec import AdapterConfig
@@ -24,10 +33,14 @@ __all__ = [
     "BackendRejected",
     "BackendUnavailable",
     "CredentialCheck",
+    "FundCentre",
+    "HttpFundCentre",
     "HttpIdentityAuthority",
     "IdentityAuthority",
     "TranslationError",
     "Translator",
+    "WithdrawalNotFound",
+    "build_fund_centre",
     "build_identity_authority",
     "from_message",
     "to_message",
@@ -43,3 +56,14 @@ def build_identity_authority(
     province that needs code would be chosen here by a key of its config.
     """
     return HttpIdentityAuthority(adapter, base_url, clock=clock)
+
+
+def build_fund_centre(
+    adapter: AdapterConfig, base_url: str, *, clock: Clock | None = None
+) -> FundCentre:
+    """The connector to a province's provident fund centre at ``base_url``.
+
+    Raises ``ValueError`` when the province's adapter has no ``[adapter.fund]``
+    section: such a province cannot serve fund requests.
+    """
+    return HttpFundCentre(adapter, base_url, clock=clock)

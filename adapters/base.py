@@ -1,10 +1,12 @@
 """The contract between the gateway and a province's back-end systems.
 
 The gateway talks to its own e-ID authority only through
-:class:`IdentityAuthority`. The HTTP connector in :mod:`adapters.identity`
-implements it from the declarative mapping; a province whose back-end cannot
-be described declaratively provides its own object of this protocol.
-Tests use the real connector against the simulator, not a mock.
+:class:`IdentityAuthority`, and to its own housing provident fund centre only
+through :class:`FundCentre`. The HTTP connectors in :mod:`adapters.identity`
+and :mod:`adapters.fund` implement them from the declarative mapping; a
+province whose back-end cannot be described declaratively provides its own
+object of these protocols. Tests use the real connectors against the
+simulators, not mocks.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from yrd.common.v1 import common_pb2
+from yrd.fund.v1 import fund_pb2
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,55 @@ class IdentityAuthority(Protocol):
         be reached in time and ``TranslationError`` when its answer does not
         match the province's mapping. An unknown credential is an answer
         (``CREDENTIAL_UNKNOWN``), not an error.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; idempotent."""
+        ...
+
+
+@runtime_checkable
+class FundCentre(Protocol):
+    """A province's housing provident fund centre, as the gateway sees it.
+
+    Every call takes ``timeout`` (seconds) for the whole exchange, so the
+    caller's deadline carries through. Errors (:mod:`adapters.errors`):
+    ``BackendUnavailable`` (retryable) when the centre cannot be reached in
+    time or fails, ``BackendRejected`` when it refuses the request (HTTP 4xx),
+    ``TranslationError`` when a document does not match the mapping (also for
+    an application that cannot be written in the native format, e.g. reason
+    ``WITHDRAWAL_REASON_UNSPECIFIED``). Decisions of the centre (a rejected
+    withdrawal) are answers, not errors.
+    """
+
+    async def query_account(self, id_number: str, *, timeout: float) -> fund_pb2.FundAccount | None:
+        """The fund account of the holder with this resident ID number; None when none."""
+        ...
+
+    async def submit_withdrawal(
+        self, reference: str, application: fund_pb2.WithdrawalApplication, *, timeout: float
+    ) -> fund_pb2.WithdrawalStatusUpdate:
+        """Submit ``application`` under the gateway-chosen ``reference``.
+
+        Idempotent by ``reference``: submitting again (a retry after a lost
+        answer) creates no second case and no second payment; it answers the
+        case's current state. The answer's status is ``UNDER_REVIEW``, or
+        ``REJECTED`` with ``status_reason`` for an application the centre
+        refuses at once (later states when resubmitted after review);
+        ``remote_reference`` is the centre's case number and
+        ``idempotency_key`` that of ``application``.
+        """
+        ...
+
+    async def withdrawal_status(
+        self, reference: str, *, timeout: float
+    ) -> fund_pb2.WithdrawalStatusUpdate:
+        """The current state of the withdrawal submitted under ``reference``.
+
+        Raises ``WithdrawalNotFound`` (a ``BackendRejected``) when the centre
+        has no withdrawal with this reference. ``idempotency_key`` is left
+        empty: the centre knows the case only by ``reference``.
         """
         ...
 

@@ -9,8 +9,12 @@ Canonical values in a canonical dict are what
 ``google.protobuf.json_format.MessageToDict(preserving_proto_field_name=True)``
 produces: enums as value names (``"GENDER_MALE"``), bytes as standard base64
 strings, timestamps as RFC 3339 UTC strings, dates as ``"YYYY-MM-DD"``
-strings. Messages that exist only between an adapter and its back-end
-(the status request and response) are described here by hand.
+strings, int64 as integers (``MessageToDict`` writes them as decimal strings;
+the engine accepts both on writing and reads integers), repeated strings as
+lists. Messages that exist only between an adapter and its back-end (the
+status request and response, the fund centre's query documents) are
+described here by hand, or as a proto message plus the extra fields the
+back-end exchange needs.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from yrd.common.v1 import common_pb2
 from yrd.federation.v1 import federation_pb2
+from yrd.fund.v1 import fund_pb2
 
 
 class Kind(enum.StrEnum):
@@ -35,6 +40,8 @@ class Kind(enum.StrEnum):
     TIMESTAMP = "timestamp"  # RFC 3339 instant, UTC
     BOOL = "bool"
     BYTES = "bytes"  # base64 in a canonical dict
+    INT64 = "int64"  # an integer (money in fen, counts); never a float
+    LIST = "list"  # a repeated string field: a list of strings
     MESSAGE = "message"
 
 
@@ -46,8 +53,11 @@ class CanonicalField:
     enum_values: frozenset[str] = frozenset()
     #: Name of the nested canonical message, for ``Kind.MESSAGE``.
     message: str = ""
-    #: Every mapping of the message must map this field.
+    #: Every mapping of the message must map this field, with a value always present.
     required: bool = False
+    #: Every mapping must map this field, but its value may be absent from some
+    #: documents (an account's balance is absent from a "not found" answer).
+    mapped: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,33 +69,71 @@ class CanonicalMessage:
     def required(self) -> tuple[str, ...]:
         return tuple(name for name, f in self.fields.items() if f.required)
 
+    @property
+    def mapped(self) -> tuple[str, ...]:
+        """Fields every mapping must have a rule for (required ones included)."""
+        return tuple(name for name, f in self.fields.items() if f.required or f.mapped)
+
 
 _SCALAR_KINDS = {
     FieldDescriptor.TYPE_STRING: Kind.STRING,
     FieldDescriptor.TYPE_ENUM: Kind.ENUM,
     FieldDescriptor.TYPE_BOOL: Kind.BOOL,
     FieldDescriptor.TYPE_BYTES: Kind.BYTES,
+    FieldDescriptor.TYPE_INT64: Kind.INT64,
 }
+
+_TIMESTAMP = "google.protobuf.Timestamp"
 
 
 def _from_descriptor(
-    descriptor: Descriptor, *, kinds: Mapping[str, Kind], required: frozenset[str]
+    descriptor: Descriptor,
+    *,
+    kinds: Mapping[str, Kind] | None = None,
+    required: frozenset[str],
+    mapped: frozenset[str] = frozenset(),
+    messages: Mapping[str, str] | None = None,
+    extra: Mapping[str, CanonicalField] | None = None,
+    name: str | None = None,
 ) -> CanonicalMessage:
     """Derive the schema from the proto, so a new proto field is mappable at once.
 
     ``kinds`` overrides fields whose proto type is ``string`` but whose content
-    has a format (calendar dates).
+    has a format (calendar dates). ``messages`` names the mapping slot of each
+    nested message field (Timestamps need none: they are ``Kind.TIMESTAMP``).
+    ``extra`` adds fields that the back-end exchange carries beside the proto
+    message (the gateway's reference of a withdrawal, a "found" flag).
     """
+    kinds = kinds or {}
+    messages = messages or {}
     fields: dict[str, CanonicalField] = {}
     for f in descriptor.fields:
-        kind = kinds.get(f.name) or _SCALAR_KINDS.get(f.type)
+        nested = ""
+        message_name = f.message_type.full_name if f.message_type is not None else ""
+        if message_name == _TIMESTAMP:
+            kind: Kind | None = Kind.TIMESTAMP
+        elif message_name and f.name in messages:
+            kind, nested = Kind.MESSAGE, messages[f.name]
+        elif f.is_repeated:
+            kind = Kind.LIST if f.type == FieldDescriptor.TYPE_STRING else None
+        else:
+            kind = kinds.get(f.name) or _SCALAR_KINDS.get(f.type)
         if kind is None:  # pragma: no cover - guards future proto changes
             raise TypeError(f"{descriptor.full_name}.{f.name}: no canonical kind for its type")
         values: frozenset[str] = frozenset()
         if kind is Kind.ENUM and f.enum_type is not None:
             values = frozenset(v.name for v in f.enum_type.values)
-        fields[f.name] = CanonicalField(f.name, kind, values, required=f.name in required)
-    return CanonicalMessage(descriptor.full_name, MappingProxyType(fields))
+        fields[f.name] = CanonicalField(
+            f.name,
+            kind,
+            values,
+            message=nested,
+            required=f.name in required,
+            mapped=f.name in mapped,
+        )
+    for extra_name, extra_field in (extra or {}).items():
+        fields[extra_name] = extra_field
+    return CanonicalMessage(name or descriptor.full_name, MappingProxyType(fields))
 
 
 PERSON = _from_descriptor(
@@ -122,11 +170,90 @@ STATUS_RESPONSE = CanonicalMessage(
     ),
 )
 
+# ---- Fund domain: the gateway and its province's housing provident fund centre ----
+
+_REFERENCE = CanonicalField("reference", Kind.STRING, required=True)
+#: True when the centre knows the account / withdrawal asked about; the
+#: centre's "not found" answer is a code of the same native field as success.
+_FOUND = CanonicalField("found", Kind.BOOL, required=True)
+
+#: Account query: the holder's resident ID number (never in a URL: it is personal data).
+FUND_ACCOUNT_QUERY = CanonicalMessage(
+    "adapters.fund.AccountQuery",
+    MappingProxyType({"id_number": CanonicalField("id_number", Kind.STRING, required=True)}),
+)
+
+#: The centre's answer to an account query: ``yrd.fund.v1.FundAccount`` and ``found``.
+FUND_ACCOUNT = _from_descriptor(
+    fund_pb2.FundAccount.DESCRIPTOR,
+    required=frozenset(),
+    mapped=frozenset({"fund_account", "status", "balance_fen"}),
+    extra={"found": _FOUND},
+    name="adapters.fund.AccountAnswer",
+)
+
+#: The applicant as a fund centre records them: a Person of which only the ID
+#: number and name are needed (a centre's own format rarely carries more).
+FUND_APPLICANT = _from_descriptor(
+    common_pb2.Person.DESCRIPTOR,
+    kinds={"birth_date": Kind.DATE},
+    required=frozenset({"id_number", "full_name"}),
+)
+
+#: Withdrawal submission: ``yrd.fund.v1.WithdrawalApplication`` and the
+#: gateway-chosen ``reference`` by which the centre deduplicates.
+FUND_WITHDRAWAL = _from_descriptor(
+    fund_pb2.WithdrawalApplication.DESCRIPTOR,
+    required=frozenset(
+        {"applicant", "fund_account", "reason", "amount_fen", "payee_account", "payee_bank"}
+    ),
+    messages={"applicant": "applicant"},
+    extra={"reference": _REFERENCE},
+    name="adapters.fund.Withdrawal",
+)
+
+_OPTIONAL_REFERENCE = CanonicalField("reference", Kind.STRING)
+
+#: The centre's answer to a submission: ``WithdrawalStatusUpdate`` (its case
+#: number as ``remote_reference``) and, when echoed, the reference.
+FUND_SUBMIT_ANSWER = _from_descriptor(
+    fund_pb2.WithdrawalStatusUpdate.DESCRIPTOR,
+    required=frozenset({"status"}),
+    mapped=frozenset({"remote_reference", "status_reason"}),
+    extra={"reference": _OPTIONAL_REFERENCE},
+    name="adapters.fund.SubmitAnswer",
+)
+
+#: Status query by reference (for centres that take it in a document, not the URL).
+FUND_STATUS_QUERY = CanonicalMessage(
+    "adapters.fund.StatusQuery", MappingProxyType({"reference": _REFERENCE})
+)
+
+#: The centre's answer to a status query: ``WithdrawalStatusUpdate`` and ``found``.
+FUND_STATUS = _from_descriptor(
+    fund_pb2.WithdrawalStatusUpdate.DESCRIPTOR,
+    required=frozenset(),
+    mapped=frozenset({"status", "status_reason", "paid_amount_fen"}),
+    extra={"reference": _OPTIONAL_REFERENCE, "found": _FOUND},
+    name="adapters.fund.StatusAnswer",
+)
+
 #: Mapping slots per domain: ``[adapter.<domain>.<slot>]`` maps this message.
 DOMAINS: Mapping[str, Mapping[str, CanonicalMessage]] = MappingProxyType(
     {
         "identity": MappingProxyType(
             {"person": PERSON, "status_request": STATUS_REQUEST, "status_response": STATUS_RESPONSE}
+        ),
+        "fund": MappingProxyType(
+            {
+                "account_query": FUND_ACCOUNT_QUERY,
+                "account": FUND_ACCOUNT,
+                "applicant": FUND_APPLICANT,
+                "withdrawal": FUND_WITHDRAWAL,
+                "submit_answer": FUND_SUBMIT_ANSWER,
+                "status_query": FUND_STATUS_QUERY,
+                "status": FUND_STATUS,
+            }
         ),
     }
 )

@@ -7,6 +7,7 @@ table (the ``retryable`` flag tells its retry layer what is safe to repeat)::
     ├── TranslationError         a document does not match its mapping (ValueError)
     ├── BackendUnavailable       the back-end could not be reached in time (retryable)
     └── BackendRejected          the back-end refused our request (HTTP 4xx)
+        └── WithdrawalNotFound   the fund centre has no withdrawal with that reference
 
 Messages name the native field path and what was expected, never a resident's
 personal data: they end up in logs and in gRPC status messages.
@@ -48,4 +49,13 @@ class BackendRejected(AdapterError):
 
     Not retryable: the same request will be refused again. Usually a mapping
     that does not match what the back-end expects.
+    """
+
+
+class WithdrawalNotFound(BackendRejected):
+    """The fund centre has no withdrawal under the reference asked about.
+
+    Distinct so that a deliverer that lost track of whether its submission
+    arrived can tell "never arrived, submit (again)" from other refusals;
+    submitting is idempotent by reference, so that is always safe.
     """

@@ -25,6 +25,21 @@ Timestamp formats (canonical RFC 3339 in UTC, as protobuf JSON writes it):
 Bytes formats (canonical standard base64, as protobuf JSON writes it):
     ``base64`` (default), ``base64url``, ``hex``.
 
+Integer formats (canonical an ``int`` in the int64 range; on writing the
+decimal string protobuf JSON makes of an int64 is accepted too):
+    ``integer`` (default)
+        a JSON integer (in XML, decimal digits with an optional minus sign).
+    ``fen``
+        an amount of money in fen (1 yuan = 100 fen) as a non-negative
+        integer; a negative amount is refused in both directions.
+    ``yuan``
+        an amount of money written as a yuan decimal string with at most two
+        decimals (``"1234.56"`` is 123456 fen; written always with two). The
+        conversion is exact, by integer arithmetic on the digits, never
+        through a float: ``"0.1"`` is 10 fen, ``"12.345"`` and ``"-1.00"`` are
+        refused, and a JSON number is refused (a float would already have
+        lost the exact amount).
+
 In XML every native value is text, so integers and booleans are read from
 and written as their decimal / ``true``-``false`` spelling; in JSON they must
 be real JSON numbers and booleans.
@@ -48,7 +63,12 @@ NativeScalar = str | int | bool
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLI = timedelta(milliseconds=1)
 _ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
-_INTEGER = re.compile(r"-?\d{1,15}")
+_INTEGER = re.compile(r"-?[0-9]{1,15}")
+# ASCII digits only: ``\d`` and ``int()`` would also take "１" (full-width) and others.
+_INT64_TEXT = re.compile(r"-?[0-9]{1,19}")
+_YUAN = re.compile(r"(0|[1-9][0-9]{0,16})(?:\.([0-9]{1,2}))?")
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
 
 
 class Mismatch(Exception):
@@ -281,6 +301,71 @@ def _hex_decode(text: str) -> bytes:
     return bytes.fromhex(text)
 
 
+def canonical_int(value: object) -> int:
+    """A canonical int64: an ``int`` or the decimal string protobuf JSON writes."""
+    what = "an integer in the int64 range"
+    if isinstance(value, str) and _INT64_TEXT.fullmatch(value):
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise Mismatch(f"{what}, got {describe(value)}")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise Mismatch(what)
+    return value
+
+
+def _int64(raw: NativeScalar, ctx: FormatContext, what: str) -> int:
+    if ctx.textual and isinstance(raw, str) and _INT64_TEXT.fullmatch(raw):
+        number = int(raw)
+    elif not ctx.textual and isinstance(raw, int) and not isinstance(raw, bool):
+        number = raw
+    else:
+        kind = "decimal digits" if ctx.textual else "a JSON integer"
+        raise Mismatch(f"{what} ({kind}), got {describe(raw)}")
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise Mismatch(f"{what} in the int64 range")
+    return number
+
+
+def _integer_to_canonical(raw: NativeScalar, ctx: FormatContext) -> object:
+    return _int64(raw, ctx, "an integer")
+
+
+def _integer_to_native(value: object, ctx: FormatContext) -> NativeScalar:
+    return _native_int(canonical_int(value), ctx)
+
+
+def _fen_to_canonical(raw: NativeScalar, ctx: FormatContext) -> object:
+    fen = _int64(raw, ctx, "an amount in fen")
+    if fen < 0:
+        raise Mismatch("an amount in fen that is not negative")
+    return fen
+
+
+def _fen_to_native(value: object, ctx: FormatContext) -> NativeScalar:
+    fen = canonical_int(value)
+    if fen < 0:
+        raise Mismatch("an amount in fen that is not negative")
+    return _native_int(fen, ctx)
+
+
+def _yuan_to_canonical(raw: NativeScalar, ctx: FormatContext) -> object:
+    what = "an amount in yuan as a decimal string with at most two decimals (e.g. '1234.56')"
+    match = _YUAN.fullmatch(_text(raw, what))
+    if not match:
+        raise Mismatch(f"{what}, got {describe(raw)}")
+    fen = int(match[1]) * 100 + int((match[2] or "").ljust(2, "0"))
+    if fen > INT64_MAX:
+        raise Mismatch("an amount in yuan within the int64 range of fen")
+    return fen
+
+
+def _yuan_to_native(value: object, ctx: FormatContext) -> NativeScalar:
+    fen = canonical_int(value)
+    if fen < 0:
+        raise Mismatch("an amount in fen that is not negative")
+    return f"{fen // 100}.{fen % 100:02d}"
+
+
 _ALL: tuple[ValueFormat, ...] = (
     _pattern_date("yyyyMMdd", ""),
     _pattern_date("yyyy-MM-dd", "-"),
@@ -298,17 +383,25 @@ _ALL: tuple[ValueFormat, ...] = (
     _bytes("base64", lambda b: base64.b64encode(b).decode("ascii"), _b64decode),
     _bytes("base64url", _b64url_encode, _b64url_decode),
     _bytes("hex", bytes.hex, _hex_decode),
+    ValueFormat("integer", Kind.INT64, _integer_to_canonical, _integer_to_native),
+    ValueFormat("fen", Kind.INT64, _fen_to_canonical, _fen_to_native),
+    ValueFormat("yuan", Kind.INT64, _yuan_to_canonical, _yuan_to_native),
 )
 
 #: Formats by canonical kind, then by name (the ``format`` key of a field rule).
 FORMATS: Mapping[Kind, Mapping[str, ValueFormat]] = MappingProxyType(
     {
         kind: MappingProxyType({f.name: f for f in _ALL if f.kind is kind})
-        for kind in (Kind.DATE, Kind.TIMESTAMP, Kind.BYTES)
+        for kind in (Kind.DATE, Kind.TIMESTAMP, Kind.BYTES, Kind.INT64)
     }
 )
 
 #: The format used when a rule names none.
 DEFAULT_FORMAT: Mapping[Kind, str] = MappingProxyType(
-    {Kind.DATE: "yyyy-MM-dd", Kind.TIMESTAMP: "rfc3339", Kind.BYTES: "base64"}
+    {
+        Kind.DATE: "yyyy-MM-dd",
+        Kind.TIMESTAMP: "rfc3339",
+        Kind.BYTES: "base64",
+        Kind.INT64: "integer",
+    }
 )

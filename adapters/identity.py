@@ -1,41 +1,28 @@
 """HTTP connector to a province's e-ID authority, driven by the declarative mapping.
 
-The connector knows HTTP; the mapping knows the province's documents. It
-sends the canonical status request written in the native format to
+The connector knows the exchange; the mapping knows the province's documents;
+:mod:`adapters.http` maps HTTP failures to adapter errors, by the one table
+shared with the fund connector (unreachable, timeout or 5xx →
+``BackendUnavailable``; 4xx → ``BackendRejected``). It sends the canonical
+status request written in the native format to
 ``[adapter.identity].status_path`` and reads the native answer back into a
-:class:`CredentialCheck`. Failures are mapped once, here, at the layer
-boundary:
-
-=====================================  ==========================
-what happened                          raised
-=====================================  ==========================
-connection refused / reset, DNS, TLS   ``BackendUnavailable``
-no complete answer within ``timeout``  ``BackendUnavailable``
-HTTP 5xx (or any non-2xx, non-4xx)     ``BackendUnavailable``
-HTTP 4xx                               ``BackendRejected``
-answer does not match the mapping      ``TranslationError``
-=====================================  ==========================
+:class:`CredentialCheck`; an answer that does not match the mapping raises
+``TranslationError``.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-import aiohttp
-import structlog
-
 from adapters.base import CredentialCheck
-from adapters.errors import BackendRejected, BackendUnavailable, TranslationError
+from adapters.errors import TranslationError
 from adapters.formats import Mismatch, canonical_timestamp
+from adapters.http import BackendHttp
 from adapters.mapping import Translator, to_message
-from adapters.native import MAX_DOCUMENT_BYTES
 from adapters.spec import AdapterConfig
 from gateway.clock import Clock, SystemClock
 from yrd.common.v1 import common_pb2
 from yrd.federation.v1 import federation_pb2
-
-_log = structlog.get_logger(__name__)
 
 STATUS_REQUEST = "identity.status_request"
 STATUS_RESPONSE = "identity.status_response"
@@ -55,20 +42,15 @@ class HttpIdentityAuthority:
     ) -> None:
         if adapter.identity is None:
             raise ValueError("the adapter config has no [adapter.identity] section")
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(
-                f"expected an http(s) base URL for the e-ID authority, got {base_url!r}"
-            )
+        self._http = BackendHttp("e-ID authority", base_url)
         self._translator = Translator(adapter)
-        self._url = base_url.rstrip("/") + adapter.identity.status_path
+        self._path = adapter.identity.status_path
         self._clock: Clock = clock or SystemClock()
-        self._session: aiohttp.ClientSession | None = None
-        self._closed = False
 
     @property
     def url(self) -> str:
         """The native status endpoint this connector posts to."""
-        return self._url
+        return self._http.base_url + self._path
 
     async def check_credential(
         self, credential_id: str, token_id: str, *, timeout: float
@@ -76,45 +58,24 @@ class HttpIdentityAuthority:
         body = self._translator.encode(
             STATUS_REQUEST, {"credential_id": credential_id, "token_id": token_id}
         )
-        status, payload = await self._post(body, timeout)
-        if 400 <= status < 500:
-            raise BackendRejected(f"e-ID authority refused the status request: HTTP {status}")
-        if not 200 <= status < 300:
-            raise BackendUnavailable(f"e-ID authority failed: HTTP {status}")
+        payload = await self._http.exchange(
+            "POST",
+            self._path,
+            body,
+            content_type=self._translator.content_type,
+            timeout=timeout,
+            what="status request",
+        )
         return self._to_check(self._translator.decode(STATUS_RESPONSE, payload))
 
     async def aclose(self) -> None:
-        self._closed = True
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        await self._http.aclose()
 
     async def __aenter__(self) -> HttpIdentityAuthority:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-    async def _post(self, body: bytes, timeout: float) -> tuple[int, bytes]:
-        if self._closed:
-            raise BackendUnavailable("e-ID authority connector is closed")
-        if timeout <= 0:
-            raise BackendUnavailable("no time left to ask the e-ID authority")
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        headers = {"Content-Type": self._translator.content_type}
-        try:
-            async with asyncio.timeout(timeout):
-                async with self._session.post(self._url, data=body, headers=headers) as response:
-                    return response.status, await _read_limited(response)
-        except TimeoutError:
-            _log.warning("eid_authority_timeout", url=self._url, timeout_s=timeout)
-            raise BackendUnavailable(
-                f"e-ID authority did not answer within {timeout:.3f} s"
-            ) from None
-        except aiohttp.ClientError as exc:
-            _log.warning("eid_authority_unreachable", url=self._url, error=type(exc).__name__)
-            raise BackendUnavailable(f"e-ID authority unreachable: {type(exc).__name__}") from exc
 
     def _to_check(self, canonical: dict[str, Any]) -> CredentialCheck:
         state = federation_pb2.CredentialState.Value(canonical["state"])
@@ -139,15 +100,3 @@ class HttpIdentityAuthority:
             holder=holder,
             checked_at=checked_at,
         )
-
-
-async def _read_limited(response: aiohttp.ClientResponse) -> bytes:
-    """Read the body, refusing one larger than any native document may be."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > MAX_DOCUMENT_BYTES:
-            raise TranslationError("", f"an answer of at most {MAX_DOCUMENT_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)

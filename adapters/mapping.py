@@ -54,7 +54,13 @@ def check_gb11643(value: str) -> None:
     code to have existed on the birth date, which refuses real numbers (codes
     were assigned from 1980 on, to people born long before).
     """
-    if len(value) != 18 or not value[:17].isdigit() or value[17] not in "0123456789X":
+    # isascii(): str.isdigit() also takes full-width and other scripts' digits.
+    if (
+        len(value) != 18
+        or not value.isascii()
+        or not value[:17].isdigit()
+        or value[17] not in "0123456789X"
+    ):
         raise Mismatch("a GB 11643 resident ID number (17 digits and a digit or upper-case X)")
     if ric.calc_check_digit(value) != value[17]:
         raise Mismatch("a GB 11643 resident ID number with a valid check character")
@@ -132,6 +138,37 @@ class _FieldCodec:
         assert isinstance(value, str)  # STRING checked above; ENUM names are strings
         return value
 
+    def list_to_canonical(self, raw: NativeScalar | list[NativeScalar]) -> list[str]:
+        """Native list (or joined string, with a separator) → list of strings."""
+        separator = self.rule.separator
+        if separator is not None:
+            if not isinstance(raw, str):
+                raise Mismatch(f"a string of items joined by {separator!r}, got {describe(raw)}")
+            items: list[NativeScalar] = list(raw.split(separator))
+        else:
+            assert isinstance(raw, list)  # get_list returns lists
+            items = raw
+        result = []
+        for index, item in enumerate(items):
+            if not isinstance(item, str) or not item:
+                raise Mismatch(f"item {index} as a non-empty string, got {describe(item)}")
+            self.check(item)
+            result.append(item)
+        return result
+
+    def list_to_native(self, value: object) -> list[str]:
+        """Canonical list of strings → the items to write (validated)."""
+        if not isinstance(value, list | tuple):
+            raise Mismatch(f"a list of strings, got {describe(value)}")
+        separator = self.rule.separator
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                raise Mismatch(f"a list of non-empty strings, item {index} is {describe(item)}")
+            if separator is not None and separator in item:
+                raise Mismatch(f"items without the separator {separator!r} (item {index})")
+            self.check(item)
+        return list(value)
+
     def check(self, value: str) -> None:
         if self.rule.check == "gb11643":
             check_gb11643(value)
@@ -175,6 +212,23 @@ class MessageMapper:
                 elif rule.required:
                     raise TranslationError(where, f"an object (required for {rule.canonical!r})")
                 continue
+            if codec.kind is Kind.LIST:
+                raw_list: NativeScalar | list[NativeScalar] | None
+                if rule.separator is None:
+                    raw_list = node.get_list(rule.path, rule.item)
+                else:
+                    raw_list = node.get(rule.path)
+                if raw_list is None or raw_list in ("", []):
+                    if rule.required:
+                        raise TranslationError(
+                            where, f"at least one item (required for {rule.canonical!r})"
+                        )
+                    continue
+                try:
+                    result[rule.canonical] = codec.list_to_canonical(raw_list)
+                except Mismatch as exc:
+                    raise TranslationError(where, exc.expected) from None
+                continue
             raw = node.get(rule.path)
             if raw is None or raw == "":
                 if rule.required:
@@ -206,7 +260,7 @@ class MessageMapper:
             where = native.dotted(node.where, rule.path)
             field = f"{prefix}{rule.canonical}"
             value = canonical.get(rule.canonical)
-            if value is None or value in ("", {}):
+            if value is None or value in ("", {}, []):
                 if rule.required:
                     raise TranslationError(where, f"a value for required canonical {field!r}")
                 continue
@@ -215,6 +269,18 @@ class MessageMapper:
                     raise TranslationError(where, f"canonical {field!r} as an object")
                 nested = self._translator.mapper(self._nested(codec))
                 nested.write(value, node.make_child(rule.path), ctx, prefix=f"{field}.")
+                continue
+            if codec.kind is Kind.LIST:
+                try:
+                    items = codec.list_to_native(value)
+                except Mismatch as exc:
+                    raise TranslationError(
+                        where, f"canonical {field!r} as {exc.expected}"
+                    ) from None
+                if rule.separator is not None:
+                    node.put(rule.path, rule.separator.join(items))
+                else:
+                    node.put_list(rule.path, rule.item, items)
                 continue
             try:
                 node.put(rule.path, codec.to_native(value, ctx))

@@ -56,6 +56,14 @@ class NativeNode(Protocol):
         """Create (or reuse) the nested object at ``path``."""
         ...
 
+    def get_list(self, path: Path, item: str | None) -> list[NativeScalar] | None:
+        """The list at ``path`` (XML: the ``item`` elements below it); None when absent."""
+        ...
+
+    def put_list(self, path: Path, item: str | None, values: Sequence[NativeScalar]) -> None:
+        """Write a list at ``path`` (XML: one ``item`` element per value)."""
+        ...
+
 
 class JsonNode:
     """A JSON object; values are str / int / bool, nested objects are dicts."""
@@ -112,6 +120,25 @@ class JsonNode:
     def make_child(self, path: Path) -> JsonNode:
         node = self._parent(path).setdefault(path[-1], {})
         return JsonNode(node, dotted(self.where, path))
+
+    def get_list(self, path: Path, item: str | None) -> list[NativeScalar] | None:
+        found = self._walk(path)
+        if found is None:
+            return None
+        value = found[0].get(found[1])
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            raise TranslationError(dotted(self.where, path), f"an array, got {describe(value)}")
+        for index, element in enumerate(value):
+            if isinstance(element, dict | list | float) or element is None:
+                raise TranslationError(
+                    f"{dotted(self.where, path)}[{index}]", f"a string, got {describe(element)}"
+                )
+        return list(value)
+
+    def put_list(self, path: Path, item: str | None, values: Sequence[NativeScalar]) -> None:
+        self._parent(path)[path[-1]] = list(values)
 
 
 class XmlNode:
@@ -170,6 +197,33 @@ class XmlNode:
 
     def make_child(self, path: Path) -> XmlNode:
         return XmlNode(self._ensure(path), dotted(self.where, path))
+
+    def get_list(self, path: Path, item: str | None) -> list[NativeScalar] | None:
+        if item is None:  # pragma: no cover - AdapterConfig requires item or separator in XML
+            raise TranslationError(dotted(self.where, path), "a list mapping with 'item'")
+        container = self._find(path)
+        if container is None:
+            return None
+        values: list[NativeScalar] = []
+        for index, element in enumerate(container):
+            if element.tag != item:
+                raise TranslationError(
+                    f"{dotted(self.where, path)}[{index}]", f"an <{item}> element"
+                )
+            if len(element):
+                raise TranslationError(
+                    f"{dotted(self.where, path)}.{item}[{index}]",
+                    "text content, got an element with child elements",
+                )
+            values.append(element.text or "")
+        return values
+
+    def put_list(self, path: Path, item: str | None, values: Sequence[NativeScalar]) -> None:
+        if item is None:  # pragma: no cover - AdapterConfig requires item or separator in XML
+            raise TranslationError(dotted(self.where, path), "a list mapping with 'item'")
+        container = self._ensure(path)
+        for value in values:
+            ET.SubElement(container, item).text = str(value)
 
 
 def parse_json(body: bytes) -> dict[str, Any]:

@@ -68,8 +68,39 @@ A field rule:
 ``pattern``
     Regular expression the whole canonical string value must match.
 
+``separator``
+    For a list field (a repeated string, such as supporting certificate ids):
+    the native value is one string with the items joined by this separator
+    (``"C1,C2"``) instead of a JSON array / repeated XML elements.
+``item``
+    For a list field in XML: the element name of each item below the
+    container element at ``native`` (``<Proofs><ProofNo>…</ProofNo>…</Proofs>``).
+
 A field whose canonical kind is a message (``holder``) is mapped by the
 message's own mapping, with its native paths relative to ``native``.
+
+Integer fields (int64: amounts of money) take the formats ``integer``
+(default), ``fen`` (non-negative) or ``yuan`` (a decimal string such as
+``"1234.56"``, converted to fen exactly); see :mod:`adapters.formats`.
+
+The fund domain (the province's housing provident fund centre)::
+
+    [adapter.fund]
+    province = "310000"              # stamped on FundAccount.fund_province
+    account_path = "/api/gjj/zhcx"   # POST the account query here
+    submit_path = "/api/gjj/tqsq"    # POST a withdrawal here
+    status_path = "/api/gjj/tqcx"    # POST the status query here, or GET a
+                                     # path with "{reference}" in it (then no
+                                     # [adapter.fund.status_query])
+
+    [adapter.fund.account_query]     # {id_number}
+    [adapter.fund.account]           # FundAccount + found (bool, via a code table
+                                     # of the answer's result code)
+    [adapter.fund.withdrawal]        # WithdrawalApplication + reference
+    [adapter.fund.applicant]         # the nested applicant (Person): id_number, full_name
+    [adapter.fund.submit_answer]     # WithdrawalStatusUpdate (+ reference)
+    [adapter.fund.status_query]      # {reference} (only for a POST status_path)
+    [adapter.fund.status]            # WithdrawalStatusUpdate + found (+ reference)
 
 Messages in XML name their document element with ``root = "StatusQuery"``
 (JSON documents have none: nesting is in the paths).
@@ -119,6 +150,8 @@ class FieldRule(_Frozen):
     codes: StrictStr | None = None
     check: Literal["gb11643"] | None = None
     pattern: StrictStr | None = None
+    separator: StrictStr | None = Field(default=None, min_length=1)
+    item: StrictStr | None = None
 
     @field_validator("native")
     @classmethod
@@ -137,6 +170,10 @@ class FieldRule(_Frozen):
             raise ValueError("a 'const' rule takes no required, default, format or codes")
         if self.const is not None and (self.check or self.pattern):
             raise ValueError("a 'const' rule takes no check or pattern")
+        if self.const is not None and (self.separator or self.item):
+            raise ValueError("a 'const' rule takes no separator or item")
+        if self.separator is not None and self.item is not None:
+            raise ValueError("a list is either joined by a 'separator' or has 'item' elements")
         return self
 
     @property
@@ -182,6 +219,59 @@ class IdentityAdapter(_Frozen):
         return value
 
 
+def _url_path(value: str) -> str:
+    if not value.startswith("/") or any(c.isspace() for c in value):
+        raise ValueError("expected an absolute URL path such as '/api/status'")
+    return value
+
+
+class FundAdapter(_Frozen):
+    """The fund domain: the provident fund centre's account, withdrawal and status documents.
+
+    A province without this section cannot serve fund requests; one with it
+    can, without any code of its own.
+    """
+
+    #: GB/T 2260 code of the province whose centre this is (FundAccount.fund_province).
+    province: StrictStr = Field(pattern=r"^[1-9][0-9]{5}$")
+    account_path: StrictStr
+    submit_path: StrictStr
+    #: POST with [adapter.fund.status_query], or GET when it holds "{reference}".
+    status_path: StrictStr
+    account_query: MessageMapping
+    account: MessageMapping
+    applicant: MessageMapping
+    withdrawal: MessageMapping
+    submit_answer: MessageMapping
+    status_query: MessageMapping | None = None
+    status: MessageMapping
+
+    @field_validator("account_path", "submit_path", "status_path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return _url_path(value)
+
+    @property
+    def status_by_get(self) -> bool:
+        """True when the status query is a GET of ``status_path`` with the reference in it."""
+        return "{reference}" in self.status_path
+
+    @model_validator(mode="after")
+    def _status_query_shape(self) -> FundAdapter:
+        if self.status_by_get and self.status_query is not None:
+            raise ValueError(
+                "status_path holds '{reference}' (a GET): expected no [adapter.fund.status_query]"
+            )
+        if not self.status_by_get and self.status_query is None:
+            raise ValueError(
+                "expected [adapter.fund.status_query] (the POSTed status query), or a "
+                "status_path with '{reference}' in it for a GET"
+            )
+        if self.status_path.count("{") != self.status_path.count("{reference}"):
+            raise ValueError("status_path: the only placeholder allowed is '{reference}'")
+        return self
+
+
 class AdapterConfig(_Frozen):
     """The ``[adapter]`` table of a province config, validated as a whole."""
 
@@ -189,6 +279,7 @@ class AdapterConfig(_Frozen):
     timezone: StrictStr = "Asia/Shanghai"
     code_tables: Mapping[str, Mapping[str, CodeValue]] = Field(default_factory=dict)
     identity: IdentityAdapter | None = None
+    fund: FundAdapter | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -234,7 +325,8 @@ class AdapterConfig(_Frozen):
         section = getattr(self, name, None)
         if section is None:
             return {}
-        return {slot: getattr(section, slot) for slot in DOMAINS[name]}
+        slots = {slot: getattr(section, slot) for slot in DOMAINS[name]}
+        return {slot: mapping for slot, mapping in slots.items() if mapping is not None}
 
     def _problems(self) -> Iterator[str]:
         for domain, slots in DOMAINS.items():
@@ -268,10 +360,10 @@ class AdapterConfig(_Frozen):
                 yield f"{at}: already mapped by fields[{mapped[rule.canonical]}]"
             mapped[rule.canonical] = index
             yield from (f"{at}: {p}" for p in self._rule_problems(rule, target))
-        for name in schema.required:
+        for name in schema.mapped:
             if name not in mapped:
                 yield f"{where}: expected a rule for the required canonical field {name!r}"
-            else:
+            elif name in schema.required:
                 rule = mapping.fields[mapped[name]]
                 if not rule.required and rule.default is None:
                     yield (
@@ -301,12 +393,29 @@ class AdapterConfig(_Frozen):
                 yield "a message field needs an element path, not an attribute"
             if rule.default is not None or rule.check or rule.pattern:
                 yield "a message field takes no default, check or pattern"
+        if kind is Kind.LIST:
+            yield from self._list_problems(rule)
+        elif rule.separator is not None or rule.item is not None:
+            yield f"separator / item: only list fields take them, this one is a {kind}"
         if rule.check is not None and kind is not Kind.STRING:
             yield f"check: only string fields can be checked, this one is a {kind}"
-        if rule.pattern is not None and kind is not Kind.STRING:
-            yield f"pattern: only string fields take a pattern, this one is a {kind}"
+        if rule.pattern is not None and kind not in (Kind.STRING, Kind.LIST):
+            yield f"pattern: only string and list fields take a pattern, this one is a {kind}"
         if rule.default is not None:
             yield from (f"default: {p}" for p in _value_problems(rule.default, target))
+
+    def _list_problems(self, rule: FieldRule) -> Iterator[str]:
+        if rule.codes is not None or rule.default is not None:
+            yield "a list field takes no codes or default"
+        if rule.path[-1].startswith("@") and rule.separator is None:
+            yield "a list in an attribute needs a 'separator'"
+        if self.format == "xml" and rule.separator is None and rule.item is None:
+            yield "a list in XML needs 'item' (the element name of each item) or a 'separator'"
+        if rule.item is not None:
+            if self.format != "xml":
+                yield "item: only for XML; a JSON list is an array at the native path"
+            elif not _XML_NAME.fullmatch(rule.item):
+                yield f"item: expected an XML element name, got {rule.item!r}"
 
     def _code_problems(self, name: str, target: CanonicalField) -> Iterator[str]:
         table = self.code_tables.get(name)
@@ -364,3 +473,8 @@ def _value_problems(value: str | bool, target: CanonicalField) -> Iterator[str]:
             formats.canonical_bytes(value)
         except formats.Mismatch as exc:
             yield f"expected {exc.expected}"
+    elif kind is Kind.INT64:
+        try:
+            formats.canonical_int(value)
+        except formats.Mismatch as exc:
+            yield f"expected {exc.expected} (as a string of digits)"

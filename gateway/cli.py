@@ -96,6 +96,20 @@ def _log_verify(args: argparse.Namespace) -> int:
     return 0 if report.intact else 1
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from gateway.bench import bench_fund
+
+    if args.target == "fund":
+        figures = bench_fund(
+            count=args.count,
+            concurrency=args.concurrency,
+            paid_count=args.paid_count,
+            rate=args.rate,
+        )
+        print(figures.render())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="yrd-gateway",
@@ -167,6 +181,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("database", metavar="MESSAGES_DB", help="a node's messages.db")
     verify.set_defaults(func=_log_verify)
+
+    bench = commands.add_parser(
+        "bench", help="measure throughput and latency on this machine (processes on loopback)"
+    )
+    bench.add_argument("target", choices=["fund"], help="what to measure")
+    bench.add_argument("--count", type=int, default=2000, help="withdrawals for the throughput run")
+    bench.add_argument("--concurrency", type=int, default=64, help="calls in flight (default 64)")
+    bench.add_argument(
+        "--paid-count",
+        type=int,
+        default=200,
+        help="withdrawals followed to PAID for latency (default 200)",
+    )
+    bench.add_argument(
+        "--rate",
+        type=float,
+        default=20.0,
+        help="open-loop submissions per second for latency (default 20)",
+    )
+    bench.set_defaults(func=_bench)
     return parser
 
 

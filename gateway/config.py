@@ -74,9 +74,9 @@ DISCLOSABLE_ATTRIBUTES = frozenset(
 )
 
 _KEY_ID = r"^[A-Za-z0-9._:-]{1,128}$"
-_ENDPOINT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+_ENDPOINT = re.compile(r"[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}")
 
-RegionCode = Annotated[str, Field(pattern=r"^[1-9]\d{5}$")]
+RegionCode = Annotated[str, Field(pattern=r"^[1-9][0-9]{5}$")]
 KeyId = Annotated[str, Field(pattern=_KEY_ID)]
 
 
@@ -110,11 +110,13 @@ class NodeSection(_Model):
     store: Path = Path("var")
     max_clock_skew_seconds: int = Field(120, ge=1, le=3600)
     status_max_age_seconds: int = Field(30, ge=1, le=3600)
+    #: Longest wait between two delivery attempts of an outbox item.
+    outbox_max_backoff_seconds: float = Field(5.0, ge=0.1, le=3600)
 
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, value: str) -> str:
-        if not _ENDPOINT.match(value):
+        if not _ENDPOINT.fullmatch(value):
             raise ValueError("host:port")
         return value
 
@@ -158,6 +160,10 @@ class EidSection(_Model):
     issuer_keys: tuple[PublishedKey, ...] = Field(min_length=1)
 
     _issuer_private_key = field_validator("issuer_private_key")(_resolve)
+
+
+class FundSection(_Model):
+    centre_url: str = Field(pattern=r"^https?://")
 
 
 class ServicesSection(_Model):
@@ -204,6 +210,7 @@ class ProvinceConfig(_Model):
     node: NodeSection
     signing: SigningSection
     eid: EidSection
+    fund: FundSection | None = None
     services: ServicesSection = ServicesSection()
     disclosure: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     clients: tuple[ClientSection, ...] = ()
@@ -216,10 +223,13 @@ class ProvinceConfig(_Model):
     def _disclosure(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
         for purpose, attributes in value.items():
             if purpose not in PURPOSES:
-                raise ValueError(f"purposes from {sorted(PURPOSES)} as keys")
+                raise ValueError(f"purposes from {sorted(PURPOSES)} as keys, not {purpose!r}")
             for attribute in attributes:
                 if attribute not in DISCLOSABLE_ATTRIBUTES:
-                    raise ValueError(f"attribute names from {sorted(DISCLOSABLE_ATTRIBUTES)}")
+                    raise ValueError(
+                        f"attribute names from {sorted(DISCLOSABLE_ATTRIBUTES)} in "
+                        f"disclosure.{purpose}, not {attribute!r}"
+                    )
         return value
 
     @property
@@ -291,8 +301,8 @@ def _check_files(config: ProvinceConfig) -> list[str]:
     from gateway.crypto import load_public_key
 
     problems = []
-    keys = [("signing.public_keys", k) for k in config.signing.public_keys] + [
-        ("eid.issuer_keys", k) for k in config.eid.issuer_keys
+    keys = [(f"signing.public_keys.{i}", k) for i, k in enumerate(config.signing.public_keys)] + [
+        (f"eid.issuer_keys.{i}", k) for i, k in enumerate(config.eid.issuer_keys)
     ]
     for where, key in keys:
         try:

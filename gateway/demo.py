@@ -22,11 +22,15 @@ from typing import Any
 
 import aiohttp
 import grpc
+from stdnum import luhn
 
+from adapters.simulators.residents import synthetic_residents
 from gateway import crypto, logs
 from gateway.eid_token import issue_token
 from gateway.identifiers import PROVINCES
 from gateway.localfed import DEFAULT_CONFIG_DIR, LocalFederation
+from yrd.common.v1 import common_pb2
+from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
 
 SH, JS, ZJ, AH = "310000", "320000", "330000", "340000"
@@ -231,6 +235,8 @@ async def run_scenarios(
                 f"{PROVINCES[issuer]} resident at a hotel in {PROVINCES[hotel]}", "VALID", pair
             )
 
+    await play_fund(federation, play)
+
     async def unreachable() -> tuple[str, str]:
         qr = await phone.qr(ZJ, zj_resident)
         await federation.stop_node(ZJ)
@@ -243,6 +249,106 @@ async def run_scenarios(
 
     await play("the issuing node (Zhejiang) is stopped", "ISSUER_UNREACHABLE", unreachable)
     return outcomes
+
+
+OFFICE = (("authorization", f"Bearer dev-office-{SH}"),)
+S = fund_pb2.WithdrawalStatus
+
+
+def _payee_account() -> str:
+    body = "622202020011223344"
+    return body + luhn.calc_check_digit(body)
+
+
+async def play_fund(
+    federation: LocalFederation,
+    play: Callable[[str, str, Callable[[], Awaitable[tuple[str, str]]]], Awaitable[None]],
+) -> None:
+    """Withdrawals by a Shanghai service centre from funds held in Jiangsu."""
+    counter = fund_pb2_grpc.FundServiceStub(federation.channel(SH))
+    centre = federation.provinces[JS].fund_centre
+    holders = iter(
+        (number, account)
+        for number, account in sorted(centre.accounts.items())
+        if account.id_number.startswith("31") and str(account.status).endswith("NORMAL")
+    )
+    names = {r.id_number: r.full_name for r in synthetic_residents(SH)}
+
+    def application(amount_fen: int | None = None) -> fund_pb2.WithdrawalApplication:
+        number, account = next(holders)
+        return fund_pb2.WithdrawalApplication(
+            idempotency_key=f"demo-{uuid.uuid4().hex}",
+            applicant=common_pb2.Person(
+                id_number=account.id_number, full_name=names[account.id_number]
+            ),
+            fund_province=JS,
+            fund_account=number,
+            reason=fund_pb2.HOUSE_PURCHASE,
+            amount_fen=amount_fen if amount_fen is not None else 20_000_00,
+            payee_account=_payee_account(),
+            payee_bank="Bank of Shanghai",
+            supporting_certificates=["real-estate contract 2026-SH-000123"],
+        )
+
+    async def submit(app: fund_pb2.WithdrawalApplication) -> fund_pb2.Withdrawal:
+        answer: fund_pb2.Withdrawal = await counter.SubmitWithdrawal(
+            fund_pb2.SubmitWithdrawalRequest(application=app), metadata=OFFICE, timeout=5
+        )
+        return answer
+
+    async def final(case_id: str, seconds: float = 30) -> fund_pb2.Withdrawal:
+        deadline = time.monotonic() + seconds
+        while True:
+            case: fund_pb2.Withdrawal = await counter.GetWithdrawal(
+                fund_pb2.GetWithdrawalRequest(case_id=case_id), metadata=OFFICE, timeout=5
+            )
+            if case.status in (S.PAID, S.REJECTED) or time.monotonic() > deadline:
+                return case
+            await asyncio.sleep(0.05)
+
+    def payments(account: str) -> int:
+        return sum(1 for p in centre.payments if p[1] == account)
+
+    async def house_purchase() -> tuple[str, str]:
+        app = application()
+        case = await final((await submit(app)).case_id)
+        return S.Name(case.status), (
+            f"case {case.case_id}: {app.amount_fen / 100:.2f} yuan paid "
+            f"{payments(app.fund_account)} time(s)"
+        )
+
+    await play("Shanghai resident withdraws Jiangsu fund for a house", "PAID", house_purchase)
+
+    async def twice() -> tuple[str, str]:
+        app = application(5_000_00)
+        first, second = await submit(app), await submit(app)
+        case = await final(first.case_id)
+        count = payments(app.fund_account)
+        got = "ONE_CASE_ONE_PAYMENT" if first.case_id == second.case_id and count == 1 else "TWICE"
+        return got, f"case {case.case_id} {S.Name(case.status)}, {count} payment(s)"
+
+    await play("the same withdrawal submitted twice", "ONE_CASE_ONE_PAYMENT", twice)
+
+    async def too_much() -> tuple[str, str]:
+        app = application(10**11)
+        case = await final((await submit(app)).case_id)
+        return S.Name(case.status), case.status_reason
+
+    await play("a withdrawal of more than the balance", "REJECTED", too_much)
+
+    async def outage() -> tuple[str, str]:
+        await federation.stop_node(JS)
+        case = await submit(application(1_000_00))
+        queued = S.Name(case.status)
+        await asyncio.sleep(0.5)
+        await federation.start_node(JS)
+        done = await final(case.case_id)
+        return (
+            f"{queued}->{S.Name(done.status)}",
+            "accepted while Jiangsu was down, delivered when it returned",
+        )
+
+    await play("Jiangsu node stopped during a withdrawal", "QUEUED->PAID", outage)
 
 
 async def _verdict(

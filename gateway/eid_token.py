@@ -35,8 +35,8 @@ MAX_LIFETIME = timedelta(minutes=5)
 #: Largest QR payload accepted (bytes); a real token is about 400.
 MAX_TOKEN_BYTES = 4096
 
-_REGION = re.compile(r"^[1-9]\d{5}$")
-_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REGION = re.compile(r"[1-9][0-9]{5}")
+_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class TokenMalformed(ValueError):
@@ -48,7 +48,7 @@ def _b64encode(data: bytes) -> str:
 
 
 def _b64decode(part: str, what: str) -> bytes:
-    if not re.fullmatch(r"[A-Za-z0-9_-]*", part):
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", part, flags=re.ASCII):
         raise TokenMalformed(f"{what}: expected base64url characters")
     try:
         return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
@@ -59,7 +59,7 @@ def _b64decode(part: str, what: str) -> bytes:
 def _json(part: bytes, what: str) -> dict[str, Any]:
     try:
         value = json.loads(part)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise TokenMalformed(f"{what}: expected a JSON object") from exc
     if not isinstance(value, dict):
         raise TokenMalformed(f"{what}: expected a JSON object")
@@ -126,7 +126,9 @@ def parse_token(qr_payload: str) -> EidToken:
     """Parse a QR payload; raises TokenMalformed naming the part that is wrong."""
     if not qr_payload:
         raise TokenMalformed("qr_payload: expected a compact JWS, got an empty string")
-    if len(qr_payload.encode("utf-8")) > MAX_TOKEN_BYTES:
+    if not qr_payload.isascii():
+        raise TokenMalformed("qr_payload: expected ASCII characters only (a compact JWS)")
+    if len(qr_payload) > MAX_TOKEN_BYTES:
         raise TokenMalformed(f"qr_payload: expected at most {MAX_TOKEN_BYTES} bytes")
     parts = qr_payload.strip().split(".")
     if len(parts) != 3:
@@ -141,16 +143,16 @@ def parse_token(qr_payload: str) -> EidToken:
     if header.get("typ") != TOKEN_TYPE:
         raise TokenMalformed(f"token header typ: expected {TOKEN_TYPE!r}")
     issuer = header.get("iss")
-    if not isinstance(issuer, str) or not _REGION.match(issuer):
+    if not isinstance(issuer, str) or not _REGION.fullmatch(issuer):
         raise TokenMalformed("token header iss: expected a six-digit GB/T 2260 region code")
     if claims.get("iss") != issuer:
         raise TokenMalformed("token claims iss: expected the same issuer as the header")
     key_id = header.get("kid")
-    if not isinstance(key_id, str) or not _ID.match(key_id):
+    if not isinstance(key_id, str) or not _ID.fullmatch(key_id):
         raise TokenMalformed("token header kid: expected a key id of 1..128 [A-Za-z0-9._:-]")
     for name in ("sub", "jti"):
         value = claims.get(name)
-        if not isinstance(value, str) or not _ID.match(value):
+        if not isinstance(value, str) or not _ID.fullmatch(value):
             raise TokenMalformed(f"token claims {name}: expected 1..128 [A-Za-z0-9._:-]")
     times: dict[str, datetime] = {}
     for name in ("iat", "exp"):

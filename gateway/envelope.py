@@ -266,9 +266,27 @@ class EnvelopeVerifier:
         return OpenedEnvelope(header, signed.payload, signed)
 
     def open_response(
-        self, signed: federation_pb2.SignedEnvelope, *, peer: str, request_header: bytes
+        self,
+        signed: federation_pb2.SignedEnvelope,
+        *,
+        peer: str,
+        request_header: bytes,
+        service: str | None = None,
     ) -> OpenedEnvelope:
         header = self._authentic(signed)
+        if service is not None and header.service != service:
+            raise _reject(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "wrong_service",
+                f"response header.service: expected {service}",
+            )
+        expected = FEDERATION_SERVICES.get(header.service)
+        if header.status_code == 0 and expected is not None and header.payload_type != expected[1]:
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "wrong_payload_type",
+                f"response header.payload_type: expected {expected[1]}",
+            )
         if header.sender != peer:
             raise _reject(
                 grpc.StatusCode.UNAUTHENTICATED,

@@ -54,7 +54,8 @@ class ConfigError(GatewayError):
 def format_problem(file: object, key: str, value: object, expected: str) -> str:
     shown = repr(value)
     if len(shown) > 80:
-        shown = shown[:77] + "..."
+        # Keep the end: for paths it is the file name, for lists the newest entry.
+        shown = "..." + shown[-77:]
     return f"{file}: {key}: got {shown}, expected {expected}"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import date
 
+from stdnum import luhn
 from stdnum.cn import ric, uscc
 from stdnum.exceptions import ValidationError
 
@@ -18,7 +19,7 @@ PROVINCES: dict[str, str] = {
     "340000": "Anhui",
 }
 
-_REGION = re.compile(r"^[1-8]\d{5}$")
+_REGION = re.compile(r"[1-8][0-9]{5}")
 
 
 def province_of(region_code: str) -> str:
@@ -27,7 +28,7 @@ def province_of(region_code: str) -> str:
 
 
 def validate_region_code(field: str, value: str) -> str:
-    if not _REGION.match(value):
+    if not _REGION.fullmatch(value):
         raise InvalidArgument(field, f"a six-digit GB/T 2260 region code, got {value!r}")
     return value
 
@@ -45,9 +46,9 @@ def validate_id_number(field: str, value: str) -> str:
     if not value:
         raise InvalidArgument(field, "an 18-character GB 11643 resident ID number, got nothing")
     candidate = value.strip().upper()
-    if not re.fullmatch(r"\d{17}[\dX]", candidate):
+    if not re.fullmatch(r"[0-9]{17}[0-9X]", candidate):
         raise InvalidArgument(field, "18 characters: 17 digits then a digit or 'X' (GB 11643)")
-    if not _REGION.match(candidate[:6]):
+    if not _REGION.fullmatch(candidate[:6]):
         raise InvalidArgument(field, "a GB/T 2260 region code in characters 1-6")
     try:
         born = date(int(candidate[6:10]), int(candidate[10:12]), int(candidate[12:14]))
@@ -76,3 +77,27 @@ def mask_id_number(value: str) -> str:
     if len(value) <= 8:
         return "*" * len(value)
     return value[:4] + "*" * (len(value) - 8) + value[-4:]
+
+
+_IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{8,128}")
+
+
+def validate_idempotency_key(field: str, value: str) -> str:
+    if not _IDEMPOTENCY_KEY.fullmatch(value):
+        raise InvalidArgument(field, "8..128 characters of [A-Za-z0-9._:-], unique per case")
+    return value
+
+
+def validate_bank_account(field: str, value: str) -> str:
+    """A payee bank card/account number: 12..19 digits with a valid Luhn check digit."""
+    if not re.fullmatch(r"[0-9]{12,19}", value):
+        raise InvalidArgument(field, "a bank account number of 12..19 digits")
+    if not luhn.is_valid(value):
+        raise InvalidArgument(field, "a bank account number with a valid Luhn check digit")
+    return value
+
+
+def validate_fund_account(field: str, value: str) -> str:
+    if not re.fullmatch(r"[0-9]{8,20}", value):
+        raise InvalidArgument(field, "a provident-fund account number of 8..20 digits")
+    return value

@@ -16,8 +16,9 @@ from pathlib import Path
 import grpc
 
 from adapters.simulators.eid_authority import EidAuthoritySimulator
+from adapters.simulators.fund_centre import FundCentreSimulator
 from gateway.clock import Clock, SystemClock
-from gateway.config import FederationConfig, ProvinceConfig, parse_province_file
+from gateway.config import FederationConfig, FundSection, ProvinceConfig, parse_province_file
 from gateway.federation.client import CHANNEL_OPTIONS
 from gateway.node import Node
 
@@ -34,6 +35,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 class LocalProvince:
     config: ProvinceConfig
     simulator: EidAuthoritySimulator
+    fund_centre: FundCentreSimulator
     node: Node | None = None
     channel: grpc.aio.Channel | None = None
 
@@ -57,6 +59,8 @@ class LocalFederation:
                 config.code, key, config.eid.issuer_keys[-1].key_id, clock=self.clock
             )
             url = await simulator.start("127.0.0.1", 0)
+            fund_centre = FundCentreSimulator(config.code, clock=self.clock)
+            fund_url = await fund_centre.start("127.0.0.1", 0)
             node = config.node.model_copy(
                 update={
                     "endpoint": f"127.0.0.1:{free_port()}",
@@ -64,8 +68,11 @@ class LocalFederation:
                 }
             )
             eid = config.eid.model_copy(update={"authority_url": url})
+            fund = FundSection(centre_url=fund_url)
             self.provinces[config.code] = LocalProvince(
-                config.model_copy(update={"node": node, "eid": eid}), simulator
+                config.model_copy(update={"node": node, "eid": eid, "fund": fund}),
+                simulator,
+                fund_centre,
             )
         for code in self.provinces:
             await self.start_node(code)
@@ -115,6 +122,7 @@ class LocalFederation:
                 await province.node.stop(grace=0.5)
                 province.node = None
             await province.simulator.stop()
+            await province.fund_centre.stop()
 
     async def __aenter__(self) -> LocalFederation:
         try:

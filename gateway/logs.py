@@ -15,6 +15,8 @@ from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 
 #: Keys whose values are personal data and are never logged.
 PERSONAL_KEYS = frozenset(
@@ -55,7 +57,14 @@ def _mask_value(value: Any) -> Any:
         return {k: ("[masked]" if k in PERSONAL_KEYS else _mask_value(v)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_mask_value(v) for v in value]
-    return value
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, Message):
+        # Structured, so personal attributes are dropped by name, not guessed at.
+        return _mask_value(MessageToDict(value, preserving_proto_field_name=True))
+    # Anything else (a protobuf message, an exception) is rendered to text by the
+    # JSON renderer after this processor: render and mask it here instead.
+    return mask_text(str(value))
 
 
 def mask_personal_data(

@@ -19,6 +19,7 @@ import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -167,28 +168,30 @@ class MessageLog:
 
     async def _write_batch(self, batch: list[tuple[LogEntry, asyncio.Future[int]]]) -> None:
         assert self._db is not None
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         head, seq = self._head, self._next_seq
-        logged_at = self._clock.now().isoformat()
-        for entry, _ in batch:
-            digest = row_hash(head, seq, logged_at, entry)
-            rows.append(
-                (
-                    seq,
-                    logged_at,
-                    entry.direction,
-                    entry.kind,
-                    entry.message_id,
-                    entry.correlation_id,
-                    entry.peer,
-                    entry.service,
-                    entry.envelope,
-                    head,
-                    digest,
-                )
-            )
-            head, seq = digest, seq + 1
         try:
+            # Building rows can fail too (an entry that cannot be encoded): its
+            # callers get the error; the writer carries on with the next batch.
+            logged_at = self._clock.now().isoformat()
+            for entry, _ in batch:
+                digest = row_hash(head, seq, logged_at, entry)
+                rows.append(
+                    (
+                        seq,
+                        logged_at,
+                        entry.direction,
+                        entry.kind,
+                        entry.message_id,
+                        entry.correlation_id,
+                        entry.peer,
+                        entry.service,
+                        entry.envelope,
+                        head,
+                        digest,
+                    )
+                )
+                head, seq = digest, seq + 1
             await self._db.executemany(
                 "INSERT INTO message_log (seq, logged_at, direction, kind, message_id,"
                 " correlation_id, peer, service, envelope, prev_hash, row_hash)"
@@ -242,18 +245,18 @@ class MessageLog:
             async for r in cursor:
                 yield LoggedRow(
                     int(r[0]),
-                    str(r[1]),
+                    _text(r[1]),
                     LogEntry(
-                        str(r[2]),
-                        str(r[3]),
-                        str(r[4]),
-                        str(r[5]),
-                        str(r[6]),
-                        str(r[7]),
-                        bytes(r[8]),
+                        _text(r[2]),
+                        _text(r[3]),
+                        _text(r[4]),
+                        _text(r[5]),
+                        _text(r[6]),
+                        _text(r[7]),
+                        _blob(r[8]),
                     ),
-                    bytes(r[9]),
-                    bytes(r[10]),
+                    _blob(r[9]),
+                    _blob(r[10]),
                 )
 
     async def verify(self) -> ChainReport:
@@ -297,3 +300,17 @@ async def verify_file(path: Path) -> ChainReport:
     """Verify a log file without a running node (``yrd-gateway log verify``)."""
     async with MessageLog(path) as log:
         return await log.verify()
+
+
+def _text(value: object) -> str:
+    """A TEXT column's value as written, even if someone stored bytes in it."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _blob(value: object) -> bytes:
+    """A BLOB column's value as written, even if someone stored text in it."""
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode("utf-8", errors="replace")

@@ -17,8 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from adapters import build_identity_authority
-from adapters.base import IdentityAuthority
+from adapters import build_fund_centre, build_identity_authority
+from adapters.base import FundCentre, IdentityAuthority
 from gateway.clock import Clock, SystemClock
 from gateway.config import FederationConfig
 from gateway.crypto import load_private_key
@@ -27,13 +27,11 @@ from gateway.federation.client import FederationClient
 from gateway.federation.server import FederationServicer
 from gateway.interceptors import GatewayInterceptor
 from gateway.messagelog import MessageLog
+from gateway.outbox import Outbox
 from gateway.services.admin import AdminServicer
+from gateway.services.fund import FundExchange, FundProcessor, FundServicer
 from gateway.services.identity import IdentityExchange, IdentityServicer
-from gateway.services.pending import (
-    PendingCaseServicer,
-    PendingCertificateServicer,
-    PendingFundServicer,
-)
+from gateway.services.pending import PendingCaseServicer, PendingCertificateServicer
 from gateway.store import StateStore
 from gateway.trust import TrustStore
 from yrd.admin.v1 import admin_pb2, admin_pb2_grpc
@@ -74,6 +72,7 @@ class Node:
         *,
         clock: Clock | None = None,
         authority: IdentityAuthority | None = None,
+        fund_centre: FundCentre | None = None,
         store_dir: Path | None = None,
         listen: str | None = None,
         grace: float = 5.0,
@@ -96,6 +95,9 @@ class Node:
             federation, self.signer, self.verifier, self.message_log
         )
         self._authority = authority
+        self._fund_centre = fund_centre
+        self.outbox: Outbox | None = None
+        self.fund_processor: FundProcessor | None = None
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -127,7 +129,28 @@ class Node:
             interceptors=[GatewayInterceptor(lambda: self.federation.me)], options=SERVER_OPTIONS
         )
         identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(identity), server)
-        fund_pb2_grpc.add_FundServiceServicer_to_server(PendingFundServicer(), server)
+        centre = self._fund_centre
+        if centre is None and me.fund is not None and me.adapter.fund is not None:
+            centre = build_fund_centre(me.adapter, me.fund.centre_url, clock=self.clock)
+        self._fund_centre = centre
+        fund = FundExchange(
+            federation=self.federation,
+            client=self.federation_client,
+            store=self.state,
+            centre=centre,
+            clock=self.clock,
+        )
+        self.outbox = Outbox(
+            self.state,
+            self.federation_client,
+            fund.routes(),
+            max_backoff=me.node.outbox_max_backoff_seconds,
+        )
+        fund.outbox = self.outbox
+        if centre is not None:
+            self.fund_processor = FundProcessor(fund, self.state, centre, self.clock)
+            fund.processor = self.fund_processor
+        fund_pb2_grpc.add_FundServiceServicer_to_server(FundServicer(fund), server)
         certificate_pb2_grpc.add_CertificateServiceServicer_to_server(
             PendingCertificateServicer(), server
         )
@@ -137,7 +160,12 @@ class Node:
             self.signer,
             self.verifier,
             self.message_log,
-            {"identity.CheckCredential": identity.handle_federated},
+            {
+                "identity.CheckCredential": identity.handle_federated,
+                "fund.QueryAccount": fund.handle_query,
+                "fund.DeliverWithdrawal": fund.handle_delivery,
+                "fund.WithdrawalStatus": fund.handle_status,
+            },
         )
         server.add_generic_rpc_handlers((federation.generic_handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -157,6 +185,9 @@ class Node:
         for name in PUBLIC_SERVICE_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.outbox.start()
+        if self.fund_processor is not None:
+            await self.fund_processor.start()
         self.started_at = self.clock.now()
         log.info("node started", province=me.code, listen=self.listen, port=self.port)
         return self
@@ -176,9 +207,15 @@ class Node:
             await self.health.enter_graceful_shutdown()
             if self.server is not None:
                 await self.server.stop(self.grace if grace is None else grace)
+            if self.outbox is not None:
+                await self.outbox.stop()
+            if self.fund_processor is not None:
+                await self.fund_processor.stop()
             await self.federation_client.close()
             if self._authority is not None:
                 await self._authority.aclose()
+            if self._fund_centre is not None:
+                await self._fund_centre.aclose()
             await self.message_log.close()
             await self.state.close()
             log.info("node stopped", province=self.code)

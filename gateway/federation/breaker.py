@@ -23,6 +23,7 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._state = BreakerState.CLOSED
         self._trial_in_flight = False
+        self._trial_started = 0.0
 
     @property
     def state(self) -> BreakerState:
@@ -38,8 +39,14 @@ class CircuitBreaker:
         state = self.state
         if state is BreakerState.CLOSED:
             return True
-        if state is BreakerState.HALF_OPEN and not self._trial_in_flight:
+        if state is BreakerState.HALF_OPEN and (
+            not self._trial_in_flight
+            # A trial whose outcome never came back (cancelled) must not keep
+            # the peer marked down for ever: another may go after reset_after.
+            or time.monotonic() - self._trial_started >= self.reset_after
+        ):
             self._trial_in_flight = True
+            self._trial_started = time.monotonic()
             return True
         return False
 

@@ -175,8 +175,12 @@ class FederationClient:
         timeout: float,
         idempotency_key: str = "",
         message_id: str | None = None,
+        retry: bool = True,
     ) -> tuple[M, OpenedEnvelope]:
         """Exchange one request with a peer; return its parsed response and envelope.
+
+        ``retry=False`` makes one attempt only: the outbox, which owns the retries
+        of asynchronous deliveries, uses it so that retry layers never stack.
 
         Raises PeerUnavailable when the peer cannot be reached before the deadline,
         RemoteError for a refusal (signed or not), EnvelopeRejected if the
@@ -191,7 +195,7 @@ class FederationClient:
             return max(0.0, min(base_wait(state), deadline - time.monotonic() - 0.01))
 
         def retryable(exc: BaseException) -> bool:
-            if not (isinstance(exc, GatewayError) and exc.retryable):
+            if not retry or not (isinstance(exc, GatewayError) and exc.retryable):
                 return False
             if deadline - time.monotonic() <= 0.02 or self._closing.is_set():
                 return False
@@ -263,6 +267,9 @@ class FederationClient:
         )
         try:
             signed = await peer.stub.Exchange(request, timeout=remaining)
+        except asyncio.CancelledError:
+            peer.breaker.record_failure()  # the outcome is unknown: count it against the peer
+            raise
         except grpc.aio.AioRpcError as error:
             if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 peer.breaker.record_failure()
@@ -270,7 +277,9 @@ class FederationClient:
                 peer.breaker.record_success()  # the peer is up; it refused this envelope
             raise map_rpc_error(peer.code, error) from error
         peer.breaker.record_success()
-        opened = self._verifier.open_response(signed, peer=peer.code, request_header=request.header)
+        opened = self._verifier.open_response(
+            signed, peer=peer.code, request_header=request.header, service=service
+        )
         await self._log.append(
             LogEntry(
                 "in",

@@ -64,3 +64,30 @@ class Wallet:
 @pytest.fixture
 def wallet(federation: LocalFederation, http: aiohttp.ClientSession) -> Wallet:
     return Wallet(federation, http)
+
+
+def payee_account(seed: int = 0) -> str:
+    """A Luhn-valid 19-digit bank card number."""
+    from stdnum import luhn
+
+    body = f"622202{seed:012d}"
+    return body + luhn.calc_check_digit(body)
+
+
+def fund_holder(federation: LocalFederation, fund_province: str, home: str) -> tuple[str, str, int]:
+    """(account number, ID number, balance) of a NORMAL account at ``fund_province``
+    held by a resident registered in ``home``."""
+    for number, account in sorted(federation.provinces[fund_province].fund_centre.accounts.items()):
+        if account.id_number[:2] == home[:2] and str(account.status).endswith("NORMAL"):
+            return number, account.id_number, int(account.balance_fen)
+    raise LookupError(f"no NORMAL account of a {home} resident at {fund_province}")
+
+
+def full_name_of(id_number: str) -> str:
+    from adapters.simulators.residents import synthetic_residents
+
+    for province in ALL:
+        for resident in synthetic_residents(province):
+            if resident.id_number == id_number:
+                return resident.full_name
+    raise LookupError("unknown synthetic resident")

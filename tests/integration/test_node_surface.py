@@ -13,8 +13,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from gateway.localfed import LocalFederation
 from tests.integration.conftest import SH, ZJ, Wallet
 from yrd.admin.v1 import admin_pb2, admin_pb2_grpc
+from yrd.certificate.v1 import certificate_pb2, certificate_pb2_grpc
 from yrd.federation.v1 import federation_pb2
-from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
 
 OFFICE = (("authorization", f"Bearer dev-office-{SH}"),)
@@ -70,13 +70,13 @@ class TestDiscovery:
         assert report.rows_checked == 2
 
     async def test_unbuilt_rpcs_say_so(self, federation: LocalFederation) -> None:
-        stub = fund_pb2_grpc.FundServiceStub(federation.channel(SH))
+        stub = certificate_pb2_grpc.CertificateServiceStub(federation.channel(SH))
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.GetWithdrawal(
-                fund_pb2.GetWithdrawalRequest(case_id="x"), metadata=OFFICE, timeout=3
+            await stub.GetCertificate(
+                certificate_pb2.GetCertificateRequest(), metadata=OFFICE, timeout=3
             )
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "GetWithdrawal" in (info.value.details() or "")
+        assert "GetCertificate" in (info.value.details() or "")
 
 
 class TestFederationServiceGarbage:

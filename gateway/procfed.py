@@ -1,0 +1,171 @@
+"""A federation of real processes: simulator processes and `yrd-gateway serve` nodes
+on loopback, each node startable, killable (SIGKILL) and restartable. Used by the
+fault tests and the benchmarks, where nodes must run apart from the load generator."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.localfed import DEFAULT_CONFIG_DIR, free_port
+
+SLUGS = {"310000": "shanghai", "320000": "jiangsu", "330000": "zhejiang", "340000": "anhui"}
+
+
+@dataclass
+class SimulatorProcess:
+    province: str
+    process: subprocess.Popen[str]
+    eid_url: str
+    fund_url: str
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def start_simulator(province: str, keys_dir: Path, **delays: float) -> SimulatorProcess:
+    args = [
+        sys.executable,
+        "-m",
+        "adapters.simulators",
+        "--province",
+        province,
+        "--eid-port",
+        "0",
+        "--fund-port",
+        "0",
+        "--keys-dir",
+        str(keys_dir),
+    ]
+    for name, value in delays.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
+        args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line:
+        process.kill()
+        raise RuntimeError(f"simulator {province} did not start")
+    info = json.loads(line)
+    return SimulatorProcess(province, process, info["eid_url"], info["fund_url"])
+
+
+@dataclass
+class NodeProcess:
+    province: str
+    config: Path
+    endpoint: str
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+    kills: int = 0
+
+    def start(self) -> None:
+        assert self.process is None or self.process.poll() is not None
+        self.starts += 1
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway",
+                    "serve",
+                    "--config",
+                    str(self.config),
+                    "--grace",
+                    "1",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+
+    def wait_serving(self, seconds: float = 30) -> None:
+        deadline = time.monotonic() + seconds
+        with grpc.insecure_channel(self.endpoint) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                        return
+                except grpc.RpcError:
+                    time.sleep(0.1)
+        raise TimeoutError(f"node {self.province} not serving after {seconds} s")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+            self.kills += 1
+
+    def terminate(self) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@dataclass
+class ProcessFederation:
+    """Config copies with free ports, simulator processes, and node processes."""
+
+    root: Path
+    provinces: tuple[str, ...]
+    simulators: dict[str, SimulatorProcess] = field(default_factory=dict)
+    nodes: dict[str, NodeProcess] = field(default_factory=dict)
+
+    def start(self, **delays: float) -> ProcessFederation:
+        configs = self.root / "province_configs"
+        shutil.copytree(DEFAULT_CONFIG_DIR, configs, ignore=shutil.ignore_patterns("var"))
+        for code in self.provinces:
+            self.simulators[code] = start_simulator(code, configs / "keys", **delays)
+        for code, slug in SLUGS.items():
+            file = configs / f"{slug}.toml"
+            text = file.read_text(encoding="utf-8")
+            endpoint = f"127.0.0.1:{free_port()}"
+            text = re.sub(r'endpoint = "[^"]+"', f'endpoint = "{endpoint}"', text, count=1)
+            text = re.sub(
+                r'store = "[^"]+"', f'store = "{self.root / "var" / code}"', text, count=1
+            )
+            if code in self.simulators:
+                sim = self.simulators[code]
+                text = re.sub(r'authority_url = "[^"]+"', f'authority_url = "{sim.eid_url}"', text)
+                text = re.sub(r'centre_url = "[^"]+"', f'centre_url = "{sim.fund_url}"', text)
+            file.write_text(text, encoding="utf-8")
+            if code in self.provinces:
+                self.nodes[code] = NodeProcess(code, file, endpoint, self.root / f"{code}.log")
+        for node in self.nodes.values():
+            node.start()
+        for node in self.nodes.values():
+            node.wait_serving()
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.terminate()
+        for simulator in self.simulators.values():
+            simulator.stop()

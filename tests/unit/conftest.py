@@ -1,0 +1,83 @@
+"""Fixtures for the unit tests: the shipped federation config, keys and clocks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.clock import FrozenClock
+from gateway.config import FederationConfig, load_federation
+from gateway.crypto import load_private_key
+from gateway.envelope import EnvelopeSigner, EnvelopeVerifier
+from gateway.trust import TrustStore
+
+SH, JS, ZJ, AH = "310000", "320000", "330000", "340000"
+PROVINCE_CODES = (SH, JS, ZJ, AH)
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "province_configs"
+
+#: An instant inside every shipped key's validity window (2026-01-01 .. 2030-01-01).
+NOW = datetime(2027, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def signing_key(code: str) -> Ed25519PrivateKey:
+    """The development signing key of a province, as shipped in province_configs/keys/."""
+    return load_private_key(CONFIG_DIR / "keys" / code / "signing.key.pem")
+
+
+def eid_issuer_key(code: str) -> Ed25519PrivateKey:
+    """The development e-ID issuer key of a province."""
+    return load_private_key(CONFIG_DIR / "keys" / code / "eid-issuer.key.pem")
+
+
+@pytest.fixture(scope="session")
+def federation() -> FederationConfig:
+    """The shipped configs as Shanghai's node sees them: own=310000, every province a peer."""
+    return load_federation(CONFIG_DIR / "shanghai.toml")
+
+
+@pytest.fixture(scope="session")
+def trust(federation: FederationConfig) -> TrustStore:
+    return TrustStore(federation)
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    """The receiving node's clock."""
+    return FrozenClock(NOW)
+
+
+@pytest.fixture
+def verifier(
+    federation: FederationConfig, trust: TrustStore, clock: FrozenClock
+) -> EnvelopeVerifier:
+    """Shanghai's verifier, on the frozen receiver clock."""
+    return EnvelopeVerifier(federation, trust, clock)
+
+
+SignerFactory = Callable[..., EnvelopeSigner]
+
+
+@pytest.fixture
+def signer_for(federation: FederationConfig) -> SignerFactory:
+    """Build a province's signer with its shipped key and key id, on a clock of its own."""
+
+    def make(
+        code: str,
+        *,
+        clock: FrozenClock | None = None,
+        key_id: str | None = None,
+        key: Ed25519PrivateKey | None = None,
+    ) -> EnvelopeSigner:
+        return EnvelopeSigner(
+            code,
+            key_id or federation.provinces[code].signing.key_id,
+            key or signing_key(code),
+            clock or FrozenClock(NOW),
+        )
+
+    return make

@@ -1,0 +1,425 @@
+"""The message log: append-only, hash-chained, and every edit or deletion detected."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import sqlite3
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.clock import FrozenClock
+from gateway.messagelog import (
+    GENESIS,
+    LogEntry,
+    LoggedRow,
+    MessageLog,
+    MessageLogClosed,
+    row_hash,
+    verify_file,
+)
+from tests.unit.conftest import JS, NOW, SH, ZJ
+
+#: Longest a single append may take here before we call it hung.
+APPEND_TIMEOUT = 5.0
+
+
+def entry(n: int, *, peer: str = JS, envelope: bytes | None = None) -> LogEntry:
+    return LogEntry(
+        direction="out" if n % 2 else "in",
+        kind="request" if n % 3 else "response",
+        message_id=f"00000000-0000-4000-8000-{n:012d}",
+        correlation_id=f"corr-{n // 2}",
+        peer=peer,
+        service="identity.CheckCredential",
+        envelope=envelope if envelope is not None else f"envelope-{n}".encode(),
+    )
+
+
+async def append(log: MessageLog, item: LogEntry) -> int:
+    return await asyncio.wait_for(log.append(item), APPEND_TIMEOUT)
+
+
+async def all_rows(log: MessageLog) -> list[LoggedRow]:
+    return [row async for row in log.rows()]
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "var" / "messages.db"
+
+
+@pytest.fixture
+async def log(db_path: Path) -> AsyncIterator[MessageLog]:
+    async with MessageLog(db_path, clock=FrozenClock(NOW)) as opened:
+        yield opened
+
+
+async def filled(db_path: Path, count: int) -> None:
+    """Write ``count`` rows to a log at ``db_path``, one commit each, and close it."""
+    clock = FrozenClock(NOW)
+    async with MessageLog(db_path, clock=clock) as fresh:
+        for n in range(1, count + 1):
+            await append(fresh, entry(n))
+            clock.advance(timedelta(seconds=1))
+
+
+class TestAppend:
+    """An append returns the row's sequence number once the row is committed, and
+    the row reads back exactly as given, chained to the one before."""
+
+    async def test_sequence_numbers_start_at_one_and_count_up(self, log: MessageLog) -> None:
+        assert [await append(log, entry(n)) for n in range(1, 6)] == [1, 2, 3, 4, 5]
+        assert await log.count() == 5
+
+    async def test_rows_read_back_as_appended_and_chained(self, log: MessageLog) -> None:
+        entries = [entry(1), entry(2, peer=ZJ, envelope=b"\x00\xff" * 100), entry(3, peer=SH)]
+        for item in entries:
+            await append(log, item)
+
+        rows = await all_rows(log)
+
+        assert [row.entry for row in rows] == entries
+        assert [row.seq for row in rows] == [1, 2, 3]
+        assert rows[0].prev_hash == GENESIS
+        for previous, row in itertools.pairwise(rows):
+            assert row.prev_hash == previous.row_hash
+        for row in rows:
+            assert row.logged_at == NOW.isoformat()
+            assert row.row_hash == row_hash(row.prev_hash, row.seq, row.logged_at, row.entry)
+
+    async def test_a_returned_row_is_already_committed(
+        self, log: MessageLog, db_path: Path
+    ) -> None:
+        seq = await append(log, entry(1))
+        # Another connection (another process, say) sees the row at once.
+        with contextlib.closing(sqlite3.connect(db_path)) as other:
+            found = other.execute(
+                "SELECT message_id FROM message_log WHERE seq = ?", (seq,)
+            ).fetchone()
+        assert found == (entry(1).message_id,)
+
+    async def test_rows_by_message_id(self, log: MessageLog) -> None:
+        for n in range(1, 4):
+            await append(log, entry(n))
+        rows = [row async for row in log.rows(message_id=entry(2).message_id)]
+        assert [row.seq for row in rows] == [2]
+
+    async def test_the_file_is_in_wal_mode(self, log: MessageLog, db_path: Path) -> None:
+        await append(log, entry(1))
+        with contextlib.closing(sqlite3.connect(db_path)) as other:
+            assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+class TestConcurrentAppends:
+    """Many appends at once each get a distinct sequence number, the numbers are
+    consecutive, every row is there and the chain is intact; commits are grouped."""
+
+    async def test_two_hundred_at_once(self, log: MessageLog) -> None:
+        entries = [entry(n) for n in range(1, 201)]
+
+        seqs = await asyncio.wait_for(
+            asyncio.gather(*(log.append(item) for item in entries)), APPEND_TIMEOUT * 4
+        )
+
+        assert sorted(seqs) == list(range(1, 201))
+        assert await log.count() == 200
+        rows = await all_rows(log)
+        by_seq = {row.seq: row.entry for row in rows}
+        assert all(by_seq[seq] == item for seq, item in zip(seqs, entries, strict=True))
+        report = await log.verify()
+        assert report.intact, report.detail
+        assert report.rows_checked == 200
+        assert report.head_hash == rows[-1].row_hash
+        assert log.rows_written == 200
+        assert log.commits < 200, "rows waiting together should share a commit"
+
+    async def test_batches_never_exceed_batch_max(self, db_path: Path) -> None:
+        async with MessageLog(db_path, batch_max=7) as small:
+            await asyncio.gather(*(small.append(entry(n)) for n in range(1, 51)))
+            assert small.commits >= 50 / 7
+            assert (await small.verify()).intact
+
+
+class TestReopen:
+    """A closed log reopened continues the same chain where it stopped."""
+
+    async def test_continues_sequence_and_chain(self, db_path: Path) -> None:
+        await filled(db_path, 3)
+
+        async with MessageLog(db_path) as reopened:
+            assert await append(reopened, entry(4)) == 4
+            rows = await all_rows(reopened)
+            assert rows[3].prev_hash == rows[2].row_hash
+            report = await reopened.verify()
+        assert report.intact, report.detail
+        assert report.rows_checked == 4
+
+    async def test_reopening_an_empty_log_starts_at_genesis(self, db_path: Path) -> None:
+        async with MessageLog(db_path):
+            pass
+        async with MessageLog(db_path) as reopened:
+            assert await append(reopened, entry(1)) == 1
+            assert (await all_rows(reopened))[0].prev_hash == GENESIS
+
+    async def test_creates_missing_folders(self, tmp_path: Path) -> None:
+        path = tmp_path / "a" / "b" / "messages.db"
+        async with MessageLog(path) as fresh:
+            await append(fresh, entry(1))
+        assert path.exists()
+
+
+Tamper = Callable[[sqlite3.Connection], None]
+
+_CONTENT = (
+    "logged_at, direction, kind, message_id, correlation_id, peer, service, envelope,"
+    " prev_hash, row_hash"
+)
+
+
+def _swap_rows(a: int, b: int) -> Tamper:
+    def swap(db: sqlite3.Connection) -> None:
+        select = f"SELECT {_CONTENT} FROM message_log WHERE seq = ?"  # noqa: S608 - constant columns
+        row_a = db.execute(select, (a,)).fetchone()
+        row_b = db.execute(select, (b,)).fetchone()
+        assignments = ", ".join(f"{column.strip()} = ?" for column in _CONTENT.split(","))
+        db.execute(f"UPDATE message_log SET {assignments} WHERE seq = ?", (*row_b, a))  # noqa: S608 - column names are constants
+        db.execute(f"UPDATE message_log SET {assignments} WHERE seq = ?", (*row_a, b))  # noqa: S608 - column names are constants
+
+    return swap
+
+
+def _swap_contents_only(a: int, b: int) -> Tamper:
+    """Swap what two rows say, leaving each row's hashes in place."""
+
+    def swap(db: sqlite3.Connection) -> None:
+        columns = "direction, kind, message_id, correlation_id, peer, service, envelope"
+        row_a = db.execute(f"SELECT {columns} FROM message_log WHERE seq = ?", (a,)).fetchone()  # noqa: S608 - constant column list
+        row_b = db.execute(f"SELECT {columns} FROM message_log WHERE seq = ?", (b,)).fetchone()  # noqa: S608 - constant column list
+        assignments = ", ".join(f"{column.strip()} = ?" for column in columns.split(","))
+        db.execute(f"UPDATE message_log SET {assignments} WHERE seq = ?", (*row_b, a))  # noqa: S608 - column names are constants
+        db.execute(f"UPDATE message_log SET {assignments} WHERE seq = ?", (*row_a, b))  # noqa: S608 - column names are constants
+
+    return swap
+
+
+def _sql(statement: str) -> Tamper:
+    def run(db: sqlite3.Connection) -> None:
+        db.execute(statement)
+
+    return run
+
+
+TAMPERING = [
+    pytest.param(
+        _sql("UPDATE message_log SET envelope = X'00' WHERE seq = 3"), 3, "edited", id="envelope"
+    ),
+    pytest.param(
+        _sql("UPDATE message_log SET envelope = CAST(envelope || X'00' AS BLOB) WHERE seq = 5"),
+        5,
+        "edited",
+        id="envelope-appended",
+    ),
+    pytest.param(
+        # SQLite columns take any type: a forger may well write TEXT into a BLOB column.
+        _sql("UPDATE message_log SET envelope = 'forged' WHERE seq = 5"),
+        5,
+        "edited",
+        id="envelope-as-text",
+    ),
+    pytest.param(
+        _sql("UPDATE message_log SET message_id = X'6d2d31' WHERE seq = 3"),
+        3,
+        "edited",
+        id="message_id-as-blob",
+    ),
+    pytest.param(
+        _sql("UPDATE message_log SET service = 'fund.QueryAccount' WHERE seq = 2"),
+        2,
+        "edited",
+        id="service",
+    ),
+    pytest.param(
+        _sql("UPDATE message_log SET peer = '330000' WHERE seq = 1"), 1, "edited", id="peer"
+    ),
+    pytest.param(
+        _sql("UPDATE message_log SET direction = 'in' WHERE seq = 3"),
+        3,
+        "edited",
+        id="direction",
+    ),
+    pytest.param(
+        _sql("UPDATE message_log SET logged_at = '2020-01-01T00:00:00+00:00' WHERE seq = 4"),
+        4,
+        "edited",
+        id="logged_at",
+    ),
+    pytest.param(
+        _sql("UPDATE message_log SET row_hash = zeroblob(32) WHERE seq = 2"),
+        2,
+        "edited",
+        id="row_hash",
+    ),
+    pytest.param(
+        _sql("UPDATE message_log SET prev_hash = zeroblob(32) WHERE seq = 4"),
+        4,
+        "prev_hash",
+        id="prev_hash",
+    ),
+    pytest.param(
+        _sql("DELETE FROM message_log WHERE seq = 3"), 4, "deleted or reordered", id="delete-middle"
+    ),
+    pytest.param(
+        _sql("DELETE FROM message_log WHERE seq = 1"), 2, "deleted or reordered", id="delete-first"
+    ),
+    pytest.param(
+        _sql("UPDATE message_log SET seq = seq + 10 WHERE seq = 3"),
+        4,
+        "deleted or reordered",
+        id="renumber",
+    ),
+    pytest.param(_swap_rows(2, 4), 2, "prev_hash", id="swap-rows"),
+    pytest.param(_swap_contents_only(2, 4), 2, "edited", id="swap-contents"),
+]
+
+
+class TestTamperDetection:
+    """Editing, deleting or reordering any row of a closed log is reported by verify,
+    with the first row that does not chain."""
+
+    @pytest.mark.parametrize(("tamper", "first_bad_seq", "detail"), TAMPERING)
+    async def test_detected(
+        self, db_path: Path, tamper: Tamper, first_bad_seq: int, detail: str
+    ) -> None:
+        await filled(db_path, 5)
+        with contextlib.closing(sqlite3.connect(db_path)) as db:
+            tamper(db)
+            db.commit()
+
+        report = await verify_file(db_path)
+
+        assert not report.intact
+        assert report.first_bad_seq == first_bad_seq
+        assert f"row {first_bad_seq}:" in report.detail
+        assert detail in report.detail
+
+    async def test_an_untouched_log_is_intact(self, db_path: Path) -> None:
+        await filled(db_path, 5)
+        report = await verify_file(db_path)
+        assert report.intact
+        assert (report.rows_checked, report.first_bad_seq) == (5, 0)
+        assert "5 rows" in report.detail
+
+    async def test_an_empty_log_is_intact(self, db_path: Path) -> None:
+        report = await verify_file(db_path)
+        assert report.intact
+        assert (report.rows_checked, report.head_hash) == (0, GENESIS)
+
+    async def test_the_report_stops_at_the_first_bad_row(self, db_path: Path) -> None:
+        await filled(db_path, 5)
+        with contextlib.closing(sqlite3.connect(db_path)) as db:
+            db.execute("UPDATE message_log SET envelope = X'01' WHERE seq IN (2, 4)")
+            db.commit()
+        report = await verify_file(db_path)
+        assert (report.first_bad_seq, report.rows_checked) == (2, 2)
+
+
+class TestClose:
+    """close flushes every queued row, may be called again, and appends after it fail."""
+
+    async def test_close_is_idempotent(self, db_path: Path) -> None:
+        log = await MessageLog(db_path).open()
+        await log.close()
+        await log.close()
+
+    async def test_append_after_close_raises(self, db_path: Path) -> None:
+        log = await MessageLog(db_path).open()
+        await log.close()
+        with pytest.raises(MessageLogClosed, match="closed"):
+            await log.append(entry(1))
+
+    async def test_append_before_open_raises(self, db_path: Path) -> None:
+        with pytest.raises(MessageLogClosed):
+            await MessageLog(db_path).append(entry(1))
+
+    async def test_close_waits_for_queued_rows(self, db_path: Path) -> None:
+        log = await MessageLog(db_path).open()
+        pending = [asyncio.create_task(log.append(entry(n))) for n in range(1, 21)]
+        await asyncio.sleep(0)  # the appends are queued, not yet written
+        await log.close()
+        assert sorted([task.result() for task in pending]) == list(range(1, 21))
+        report = await verify_file(db_path)
+        assert report.intact
+        assert report.rows_checked == 20
+
+
+class TestWriterFailure:
+    """A row that cannot be written fails its own append; the log keeps working for
+    every later append and still closes cleanly."""
+
+    async def test_an_unwritable_row_does_not_wedge_the_log(self, db_path: Path) -> None:
+        log = await MessageLog(db_path).open()
+        try:
+            # A lone surrogate cannot be encoded to UTF-8 for hashing.
+            bad = LogEntry("out", "request", "\ud800", "corr", JS, "svc", b"x")
+            try:
+                await asyncio.wait_for(log.append(bad), 1.0)
+            except UnicodeEncodeError:
+                pass
+            except TimeoutError:
+                pytest.fail("the append of an unwritable row never returned (writer task died)")
+            else:
+                pytest.fail("an unwritable row was accepted")
+            assert await asyncio.wait_for(log.append(entry(1)), 1.0) == 1
+            await log.close()
+        finally:
+            # If the writer task died, close() re-raises its error and the SQLite
+            # thread stays open, which would keep the test process alive.
+            with contextlib.suppress(Exception):
+                await log.close()
+            if log._db is not None:
+                await log._db.close()
+
+
+_property = settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+_texts = st.text(max_size=12)
+_entries = st.builds(
+    LogEntry,
+    direction=st.sampled_from(["in", "out"]),
+    kind=st.sampled_from(["request", "response"]),
+    message_id=_texts,
+    correlation_id=_texts,
+    peer=_texts,
+    service=_texts,
+    envelope=st.binary(max_size=64),
+)
+
+
+class TestRoundTripProperty:
+    """Whatever text and bytes an entry holds, it reads back unchanged and chains."""
+
+    @_property
+    @given(entries=st.lists(_entries, min_size=1, max_size=12))
+    def test_any_entries(self, entries: list[LogEntry]) -> None:
+        async def scenario(path: Path) -> tuple[list[LoggedRow], bool]:
+            async with MessageLog(path) as fresh:
+                await asyncio.gather(*(fresh.append(item) for item in entries))
+                rows = await all_rows(fresh)
+                return rows, (await fresh.verify()).intact
+
+        with tempfile.TemporaryDirectory() as folder:
+            rows, intact = asyncio.run(scenario(Path(folder) / "messages.db"))
+        assert intact
+        assert sorted((row.entry for row in rows), key=repr) == sorted(entries, key=repr)
