@@ -29,6 +29,7 @@ from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
 OFFICE = (("authorization", f"Bearer dev-office-{SH}"),)
 S = fund_pb2.WithdrawalStatus
 N = 200
+RATE = 20.0  # submissions per second: the run spans about ten seconds of chaos
 
 
 def admin(url: str, path: str) -> object:
@@ -48,7 +49,7 @@ def processes(tmp_path: Path) -> Iterator[ProcessFederation]:
 def chaos(processes: ProcessFederation, stop: threading.Event, seed: int) -> None:
     """Kill and restart both nodes at random moments until told to stop."""
     rng = random.Random(seed)
-    while not stop.wait(rng.uniform(0.8, 2.0)):
+    while not stop.wait(rng.uniform(0.5, 1.5)):
         node = processes.nodes[rng.choice([SH, JS, JS])]
         node.kill()
         time.sleep(rng.uniform(0.05, 0.6))
@@ -105,6 +106,11 @@ def test_withdrawals_survive_sigkill_of_both_nodes(processes: ProcessFederation)
     }
     assert not_final == {}
 
+    print(
+        f"SIGKILLs: Jiangsu node {processes.nodes[JS].kills}, Shanghai node "
+        f"{processes.nodes[SH].kills}; {len(finals)} cases final, "
+        f"{sum(v.status == S.PAID for v in finals.values())} paid"
+    )
     payments = admin(fund_url, "/admin/payments")
     assert isinstance(payments, list)
     references = [p["reference"] for p in payments]
@@ -132,7 +138,9 @@ async def submit_all(
     async with grpc.aio.insecure_channel(endpoint) as channel:
         stub = fund_pb2_grpc.FundServiceStub(channel)
 
-        async def one(app: fund_pb2.WithdrawalApplication) -> str:
+        async def one(index: int, app: fund_pb2.WithdrawalApplication) -> str:
+            # Open loop at RATE per second, so the kills land among the submissions.
+            await asyncio.sleep(index / RATE)
             async with limit:
                 deadline = time.monotonic() + 120
                 while True:
@@ -154,7 +162,7 @@ async def submit_all(
                             raise
                         await asyncio.sleep(0.2)
 
-        return list(await asyncio.gather(*(one(a) for a in applications)))
+        return list(await asyncio.gather(*(one(i, a) for i, a in enumerate(applications))))
 
 
 async def wait_final(
