@@ -226,14 +226,16 @@ class StateStore:
                 await db.close()
         self._writer_db = self._reader_db = None
 
-    async def fetchone(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
-        async with self.reader.execute(sql, args) as cursor:
-            row = await cursor.fetchone()
-        return tuple(row) if row is not None else None
-
     async def fetchall(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        async with self.reader.execute(sql, args) as cursor:
-            return [tuple(row) async for row in cursor]
+        # One call on the connection's thread that runs the statement to its end:
+        # interleaved, half-read cursors would hold the read snapshot open and
+        # later reads would miss writes committed since (stale reads).
+        rows = await self.reader.execute_fetchall(sql, args)
+        return [tuple(row) for row in rows]
+
+    async def fetchone(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        rows = await self.fetchall(sql, args)
+        return rows[0] if rows else None
 
     # ---- guest registrations ---------------------------------------------------
 

@@ -1,0 +1,69 @@
+"""The state store: grouped writes, isolation of failing writes, fresh reads."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from gateway.store import StateStore, StoreClosedError
+
+
+async def insert(store: StateStore, key: str) -> str:
+    async def op(db: aiosqlite.Connection) -> str:
+        await db.execute(
+            "INSERT INTO check_ins VALUES (?, 'rp', '330000', x'00', '', '2026-01-01', 'c')", (key,)
+        )
+        return key
+
+    return await store.write(op)
+
+
+class TestStateStore:
+    """Writes are answered only once committed; reads see every answered write."""
+
+    async def test_read_after_write_under_concurrent_reads(self, tmp_path: Path) -> None:
+        """Each writer reads its own row back at once, while many readers interleave
+        (half-read cursors once held the read snapshot open and hid new rows)."""
+        async with StateStore(tmp_path / "state.db") as store:
+            await asyncio.gather(*(insert(store, f"warm-{i}") for i in range(300)))
+
+            async def reader() -> None:
+                for _ in range(30):
+                    await store.fetchall("SELECT check_in_id FROM check_ins")
+
+            async def writer(i: int) -> None:
+                key = await insert(store, f"k-{i}")
+                assert await store.fetchone(
+                    "SELECT check_in_id FROM check_ins WHERE check_in_id = ?", (key,)
+                ) == (key,)
+
+            await asyncio.gather(*(reader() for _ in range(8)), *(writer(i) for i in range(200)))
+            assert store.commits < store.writes  # writes were grouped into fewer commits
+
+    async def test_a_failing_write_rolls_back_alone(self, tmp_path: Path) -> None:
+        async with StateStore(tmp_path / "state.db") as store:
+            await insert(store, "dup")
+            results = await asyncio.gather(
+                insert(store, "a"),
+                insert(store, "dup"),
+                insert(store, "b"),
+                return_exceptions=True,
+            )
+            assert results[0] == "a"
+            assert isinstance(results[1], aiosqlite.IntegrityError)
+            assert results[2] == "b"
+            rows = await store.fetchall("SELECT check_in_id FROM check_ins ORDER BY 1")
+            assert rows == [("a",), ("b",), ("dup",)]
+
+    async def test_writes_survive_reopen_and_close_is_idempotent(self, tmp_path: Path) -> None:
+        store = await StateStore(tmp_path / "state.db").open()
+        await insert(store, "kept")
+        await store.close()
+        await store.close()
+        with pytest.raises(StoreClosedError):
+            await insert(store, "late")
+        async with StateStore(tmp_path / "state.db") as again:
+            assert await again.fetchone("SELECT COUNT(*) FROM check_ins") == (1,)
