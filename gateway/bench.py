@@ -23,7 +23,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 from stdnum import luhn
 
 from adapters.simulators.residents import synthetic_residents
@@ -172,10 +171,10 @@ async def _to_paid(
 
 
 async def _run_fund(
-    endpoint: str, fund_url: str, count: int, concurrency: int, paid_count: int, rate: float
+    federation: ProcessFederation, count: int, concurrency: int, paid_count: int, rate: float
 ) -> FundFigures:
-    apps = _Applications(fund_url)
-    async with grpc.aio.insecure_channel(endpoint) as channel:
+    apps = _Applications(federation.simulators[JS].fund_url)
+    async with federation.client_channel(SH) as channel:
         stub = fund_pb2_grpc.FundServiceStub(channel)
         case_ids: list[str] = []
         await _accept(stub, apps, min(50, count), concurrency, case_ids)  # warm-up
@@ -201,8 +200,7 @@ def bench_fund(
             federation.start(review_delay=0.0, payment_delay=0.0)
             return asyncio.run(
                 _run_fund(
-                    federation.nodes[SH].endpoint,
-                    federation.simulators[JS].fund_url,
+                    federation,
                     count,
                     concurrency,
                     paid_count,

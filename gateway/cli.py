@@ -61,10 +61,16 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _pki_init(args: argparse.Namespace) -> int:
-    from gateway.pki import init_keys
+    from gateway.pki import init_keys, init_tls
 
-    for key in init_keys(Path(args.directory), args.provinces, overwrite=args.overwrite):
+    directory = Path(args.directory)
+    for key in init_keys(directory, args.provinces, overwrite=args.overwrite):
         print(f"{key.province}  {key.kind:<11} {key.public_path}  sha256:{key.fingerprint}")
+    for cert in init_tls(directory, args.provinces, overwrite=args.overwrite):
+        print(
+            f"{cert.province or 'CA':<6}  {cert.kind:<11} {cert.certificate_path}  "
+            f"certificate sha256:{cert.fingerprint}"
+        )
     return 0
 
 
@@ -153,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     pki = commands.add_parser("pki", help="development keys")
     pki_commands = pki.add_subparsers(dest="pki_command", required=True, metavar="ACTION")
     init = pki_commands.add_parser(
-        "init", help="create signing, e-ID issuer and seal keys for every province in DIR"
+        "init",
+        help="create signing, e-ID issuer and seal keys, the federation CA and TLS certificates",
     )
     init.add_argument("directory", metavar="DIR")
     init.add_argument(

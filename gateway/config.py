@@ -105,7 +105,12 @@ class ProvinceSection(_Model):
 
 
 class NodeSection(_Model):
+    #: host:port where local clients reach the node (TLS, token or no client certificate).
     endpoint: str
+    #: host:port where peer nodes (and certificate-holding local clients) reach the
+    #: node over mutual TLS. Required with [tls]; without TLS it may be omitted
+    #: (development only) and peers use ``endpoint``.
+    federation_endpoint: str | None = None
     #: Folder of the node's SQLite stores (messages.db: message log; state.db: cases, outbox).
     store: Path = Path("var")
     max_clock_skew_seconds: int = Field(120, ge=1, le=3600)
@@ -113,12 +118,17 @@ class NodeSection(_Model):
     #: Longest wait between two delivery attempts of an outbox item.
     outbox_max_backoff_seconds: float = Field(5.0, ge=0.1, le=3600)
 
-    @field_validator("endpoint")
+    @field_validator("endpoint", "federation_endpoint")
     @classmethod
-    def _endpoint(cls, value: str) -> str:
-        if not _ENDPOINT.fullmatch(value):
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not _ENDPOINT.fullmatch(value):
             raise ValueError("host:port")
         return value
+
+    @property
+    def peer_endpoint(self) -> str:
+        """Where other nodes send federation envelopes."""
+        return self.federation_endpoint or self.endpoint
 
     _store = field_validator("store")(_resolve)
 
@@ -179,12 +189,38 @@ class ServicesSection(_Model):
         return value
 
 
+class TlsSection(_Model):
+    """This node's transport identity (own file only; peers need just the CA)."""
+
+    certificate: Path
+    private_key: Path
+    #: The federation CA's certificate: the trust anchor for peers and clients.
+    ca: Path
+
+    _certificate = field_validator("certificate")(_resolve)
+    _private_key = field_validator("private_key")(_resolve)
+    _ca = field_validator("ca")(_resolve)
+
+
 class ClientSection(_Model):
     id: str = Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")
     name: str = ""
-    token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    #: SHA-256 (hex) of the client's bearer token ...
+    token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    #: ... and/or SHA-256 (hex) of its TLS client certificate (DER), for clients
+    #: that call the mutual-TLS federation endpoint.
+    certificate_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     services: tuple[str, ...] = ()
     purposes: tuple[str, ...] = ()
+    #: Calls per second allowed on average, and the burst above it.
+    rate_per_second: float = Field(50.0, gt=0, le=100_000)
+    burst: int = Field(100, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _credential(self) -> ClientSection:
+        if self.token_sha256 is None and self.certificate_sha256 is None:
+            raise ValueError("token_sha256 or certificate_sha256 (a client needs a credential)")
+        return self
 
     @field_validator("services")
     @classmethod
@@ -211,6 +247,7 @@ class ProvinceConfig(_Model):
     signing: SigningSection
     eid: EidSection
     fund: FundSection | None = None
+    tls: TlsSection | None = None
     services: ServicesSection = ServicesSection()
     disclosure: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     clients: tuple[ClientSection, ...] = ()
@@ -239,6 +276,12 @@ class ProvinceConfig(_Model):
     def client_by_token_digest(self, digest: str) -> ClientSection | None:
         for client in self.clients:
             if client.token_sha256 == digest:
+                return client
+        return None
+
+    def client_by_certificate(self, fingerprint: str) -> ClientSection | None:
+        for client in self.clients:
+            if client.certificate_sha256 == fingerprint:
                 return client
         return None
 
@@ -349,6 +392,22 @@ def load_federation(own_file: Path, *, directory: Path | None = None) -> Federat
             own_code = config.code
     if not problems and own_code:
         me = provinces[own_code]
+        if me.tls is not None:
+            for key in ("certificate", "private_key", "ca"):
+                path = getattr(me.tls, key)
+                if not path.exists():
+                    problems.append(
+                        format_problem(own_file, f"tls.{key}", str(path), "an existing PEM file")
+                    )
+            if me.node.federation_endpoint is None:
+                problems.append(
+                    format_problem(
+                        own_file,
+                        "node.federation_endpoint",
+                        None,
+                        "host:port of the mutual-TLS endpoint (with [tls])",
+                    )
+                )
         if me.signing.private_key is None:
             problems.append(
                 format_problem(

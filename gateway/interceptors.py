@@ -33,6 +33,7 @@ from gateway.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
+from gateway.tls import certificate_fingerprint, peer_certificate
 
 log = structlog.get_logger("yrd.rpc")
 
@@ -88,7 +89,19 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
         #: Called per request so that a config reload takes effect at once.
         self._province = province
 
-    def authenticate(self, service: str, metadata: tuple[tuple[str, Any], ...]) -> ClientSection:
+    def authenticate(
+        self,
+        service: str,
+        metadata: tuple[tuple[str, Any], ...],
+        certificate: bytes | None = None,
+    ) -> ClientSection:
+        """The client by its TLS certificate (federation endpoint) or bearer token."""
+        if certificate is not None:
+            by_certificate = self._province().client_by_certificate(
+                certificate_fingerprint(certificate)
+            )
+            if by_certificate is not None:
+                return self._authorise(by_certificate, service)
         token = ""
         for key, value in metadata:
             if key == "authorization" and isinstance(value, str):
@@ -101,6 +114,10 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
         client = self._province().client_by_token_digest(digest)
         if client is None:
             raise Unauthenticated("authorization: the token is not registered with this node")
+        return self._authorise(client, service)
+
+    @staticmethod
+    def _authorise(client: ClientSection, service: str) -> ClientSection:
         if service not in client.services:
             raise PermissionDenied(f"client {client.id} may not call {service}")
         return client
@@ -132,7 +149,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
             code = grpc.StatusCode.OK
             try:
                 if service not in OPEN_SERVICES:
-                    client = self.authenticate(service, metadata)
+                    client = self.authenticate(service, metadata, peer_certificate(context))
                     current_client.set(client)
                     client_id = client.id
                 await context.send_initial_metadata((("x-correlation-id", correlation_id),))

@@ -25,6 +25,25 @@ from gateway.node import Node
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "province_configs"
 
 
+def client_channel(
+    config: ProvinceConfig,
+    endpoint: str,
+    *,
+    certificate: bytes | None = None,
+    private_key: bytes | None = None,
+) -> grpc.aio.Channel:
+    """A channel as a local client opens it: TLS with the federation CA as trust
+    anchor when the node has [tls], with a client certificate if given."""
+    if config.tls is None:
+        return grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=config.tls.ca.read_bytes(),
+        private_key=private_key,
+        certificate_chain=certificate,
+    )
+    return grpc.aio.secure_channel(endpoint, credentials, options=CHANNEL_OPTIONS)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -64,6 +83,7 @@ class LocalFederation:
             node = config.node.model_copy(
                 update={
                     "endpoint": f"127.0.0.1:{free_port()}",
+                    "federation_endpoint": f"127.0.0.1:{free_port()}",
                     "store": self.work_dir / config.code,
                 }
             )
@@ -106,11 +126,10 @@ class LocalFederation:
         return self.provinces[code].config.node.endpoint
 
     def channel(self, code: str) -> grpc.aio.Channel:
+        """A local client's channel to a node's public endpoint (TLS if configured)."""
         province = self.provinces[code]
         if province.channel is None:
-            province.channel = grpc.aio.insecure_channel(
-                self.endpoint(code), options=CHANNEL_OPTIONS
-            )
+            province.channel = client_channel(province.config, self.endpoint(code))
         return province.channel
 
     async def stop(self) -> None:

@@ -23,7 +23,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.config import FederationConfig
 from gateway.crypto import load_private_key
 from gateway.envelope import MAX_ENVELOPE_BYTES, EnvelopeSigner, EnvelopeVerifier
-from gateway.federation.client import FederationClient
+from gateway.federation.client import CHANNEL_OPTIONS, FederationClient
 from gateway.federation.server import FederationServicer
 from gateway.interceptors import GatewayInterceptor
 from gateway.messagelog import MessageLog
@@ -33,6 +33,7 @@ from gateway.services.fund import FundExchange, FundProcessor, FundServicer
 from gateway.services.identity import IdentityExchange, IdentityServicer
 from gateway.services.pending import PendingCaseServicer, PendingCertificateServicer
 from gateway.store import StateStore
+from gateway.tls import TlsMaterial
 from gateway.trust import TrustStore
 from yrd.admin.v1 import admin_pb2, admin_pb2_grpc
 from yrd.case.v1 import case_pb2, case_pb2_grpc
@@ -75,12 +76,17 @@ class Node:
         fund_centre: FundCentre | None = None,
         store_dir: Path | None = None,
         listen: str | None = None,
+        federation_listen: str | None = None,
         grace: float = 5.0,
     ) -> None:
         self.federation = federation
         self.clock = clock or SystemClock()
         me = federation.me
         self.listen = listen or me.node.endpoint
+        self.federation_listen = federation_listen or me.node.federation_endpoint
+        self.tls = (
+            TlsMaterial.load(me.tls.certificate, me.tls.private_key, me.tls.ca) if me.tls else None
+        )
         self.store_dir = store_dir or me.node.store
         self.grace = grace
         self.trust = TrustStore(federation)
@@ -91,8 +97,19 @@ class Node:
             me.code, me.signing.key_id, load_private_key(me.signing.private_key), self.clock
         )
         self.verifier = EnvelopeVerifier(federation, self.trust, self.clock)
+        tls = self.tls
         self.federation_client = FederationClient(
-            federation, self.signer, self.verifier, self.message_log
+            federation,
+            self.signer,
+            self.verifier,
+            self.message_log,
+            channel_factory=(
+                None
+                if tls is None
+                else lambda endpoint: grpc.aio.secure_channel(
+                    endpoint, tls.channel_credentials(), options=CHANNEL_OPTIONS
+                )
+            ),
         )
         self._authority = authority
         self._fund_centre = fund_centre
@@ -101,6 +118,7 @@ class Node:
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
+        self.federation_port = 0
         self.started_at = self.clock.now()
         self._stopped = False
         self._stop_lock = asyncio.Lock()
@@ -160,7 +178,8 @@ class Node:
             self.signer,
             self.verifier,
             self.message_log,
-            {
+            require_peer_certificate=self.tls is not None,
+            handlers={
                 "identity.CheckCredential": identity.handle_federated,
                 "fund.QueryAccount": fund.handle_query,
                 "fund.DeliverWithdrawal": fund.handle_delivery,
@@ -177,9 +196,19 @@ class Node:
             ),
             server,
         )
-        self.port = server.add_insecure_port(self.listen)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.listen}")
+        if self.tls is not None:
+            if self.federation_listen is None:
+                raise OSError("node.federation_endpoint is required with [tls]")
+            self.port = server.add_secure_port(self.listen, self.tls.public_server_credentials())
+            self.federation_port = server.add_secure_port(
+                self.federation_listen, self.tls.mutual_server_credentials()
+            )
+        else:
+            self.port = server.add_insecure_port(self.listen)
+            if self.federation_listen is not None:
+                self.federation_port = server.add_insecure_port(self.federation_listen)
+        if self.port == 0 or (self.federation_listen is not None and self.federation_port == 0):
+            raise OSError(f"cannot listen on {self.listen} / {self.federation_listen}")
         await server.start()
         self.server = server
         for name in PUBLIC_SERVICE_NAMES:

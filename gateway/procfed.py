@@ -75,6 +75,7 @@ class NodeProcess:
     config: Path
     endpoint: str
     log: Path
+    ca: Path
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
     kills: int = 0
@@ -100,7 +101,8 @@ class NodeProcess:
 
     def wait_serving(self, seconds: float = 30) -> None:
         deadline = time.monotonic() + seconds
-        with grpc.insecure_channel(self.endpoint) as channel:
+        credentials = grpc.ssl_channel_credentials(self.ca.read_bytes())
+        with grpc.secure_channel(self.endpoint, credentials) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 try:
@@ -147,7 +149,13 @@ class ProcessFederation:
             file = configs / f"{slug}.toml"
             text = file.read_text(encoding="utf-8")
             endpoint = f"127.0.0.1:{free_port()}"
-            text = re.sub(r'endpoint = "[^"]+"', f'endpoint = "{endpoint}"', text, count=1)
+            text = re.sub(r'\nendpoint = "[^"]+"', f'\nendpoint = "{endpoint}"', text, count=1)
+            text = re.sub(
+                r'federation_endpoint = "[^"]+"',
+                f'federation_endpoint = "127.0.0.1:{free_port()}"',
+                text,
+                count=1,
+            )
             text = re.sub(
                 r'store = "[^"]+"', f'store = "{self.root / "var" / code}"', text, count=1
             )
@@ -157,12 +165,19 @@ class ProcessFederation:
                 text = re.sub(r'centre_url = "[^"]+"', f'centre_url = "{sim.fund_url}"', text)
             file.write_text(text, encoding="utf-8")
             if code in self.provinces:
-                self.nodes[code] = NodeProcess(code, file, endpoint, self.root / f"{code}.log")
+                self.nodes[code] = NodeProcess(
+                    code, file, endpoint, self.root / f"{code}.log", configs / "keys" / "ca.crt.pem"
+                )
         for node in self.nodes.values():
             node.start()
         for node in self.nodes.values():
             node.wait_serving()
         return self
+
+    def client_channel(self, code: str) -> grpc.aio.Channel:
+        """A local client's TLS channel to a node's public endpoint."""
+        credentials = grpc.ssl_channel_credentials(self.nodes[code].ca.read_bytes())
+        return grpc.aio.secure_channel(self.nodes[code].endpoint, credentials)
 
     def stop(self) -> None:
         for node in self.nodes.values():

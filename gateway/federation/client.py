@@ -148,10 +148,10 @@ class FederationClient:
             config = self._federation.peer(code)
             if config is None:
                 raise PeerUnavailable(f"province {code} is not in the federation config")
-            channel = self._channel_factory(config.node.endpoint)
+            channel = self._channel_factory(config.node.peer_endpoint)
             peer = _Peer(
                 code,
-                config.node.endpoint,
+                config.node.peer_endpoint,
                 channel,
                 federation_pb2_grpc.FederationServiceStub(channel),
                 CircuitBreaker(),

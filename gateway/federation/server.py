@@ -30,6 +30,7 @@ from gateway.envelope import (
 )
 from gateway.errors import EnvelopeRejected, GatewayError
 from gateway.messagelog import LogEntry, MessageLog
+from gateway.tls import peer_certificate, province_of_certificate
 from yrd.federation.v1 import federation_pb2, federation_pb2_grpc
 
 log = structlog.get_logger("yrd.federation.server")
@@ -54,10 +55,12 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         signer: EnvelopeSigner,
         verifier: EnvelopeVerifier,
         message_log: MessageLog,
-        handlers: dict[str, Handler],
         *,
+        handlers: dict[str, Handler],
+        require_peer_certificate: bool = False,
         dedupe_entries: int = 100_000,
     ) -> None:
+        self._require_certificate = require_peer_certificate
         self._signer = signer
         self._verifier = verifier
         self._log = message_log
@@ -109,6 +112,8 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
     ) -> federation_pb2.SignedEnvelope:
         opened = self._verifier.open_request(request)
         header = opened.header
+        if self._require_certificate:
+            self._check_transport(context, header.sender)
         structlog.contextvars.bind_contextvars(
             correlation_id=header.correlation_id, peer=header.sender, service=header.service
         )
@@ -153,6 +158,26 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
             )
         )
         return response
+
+    @staticmethod
+    def _check_transport(context: grpc.aio.ServicerContext, sender: str) -> None:
+        """The TLS certificate must be the node of the province the envelope claims."""
+        pem = peer_certificate(context)
+        if pem is None:
+            raise EnvelopeRejected(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "no_client_certificate",
+                "transport: a federation call needs the calling node's TLS client certificate "
+                "(call the peer's federation endpoint)",
+            )
+        province = province_of_certificate(pem)
+        if province != sender:
+            raise EnvelopeRejected(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "certificate_province_mismatch",
+                f"transport: the TLS certificate is of province {province or 'none'}, "
+                f"the envelope claims {sender}",
+            )
 
     async def _handle(
         self, key: tuple[str, str], opened: OpenedEnvelope, context: grpc.aio.ServicerContext

@@ -31,8 +31,11 @@ def copy_configs(tmp_path: Path) -> Path:
     shutil.copytree(DEFAULT_CONFIG_DIR, folder, ignore=shutil.ignore_patterns("var"))
     for file in folder.glob("*.toml"):
         text = file.read_text(encoding="utf-8")
+        text = re.sub(r'\nendpoint = "[^"]+"', f'\nendpoint = "127.0.0.1:{free_port()}"', text)
         text = re.sub(
-            r'endpoint = "127\.0\.0\.1:\d+"', f'endpoint = "127.0.0.1:{free_port()}"', text
+            r'federation_endpoint = "[^"]+"',
+            f'federation_endpoint = "127.0.0.1:{free_port()}"',
+            text,
         )
         text = re.sub(r'store = "[^"]+"', 'store = "var"', text)
         file.write_text(text, encoding="utf-8")
@@ -85,7 +88,11 @@ class TestPki:
                 assert (tmp_path / "keys" / code / f"{stem}.key.pem").exists()
                 assert (tmp_path / "keys" / code / f"{stem}.pub.pem").exists()
         assert (tmp_path / "keys" / "310000" / "signing.key.pem").stat().st_mode & 0o077 == 0
-        assert result.stdout.count("sha256:") == 6
+        assert result.stdout.count("sha256:") == 6 + 1 + 4  # keys, the CA, node + client certs
+        assert (tmp_path / "keys" / "ca.crt.pem").exists()
+        for code in ("310000", "330000"):
+            for stem in ("tls", "office"):
+                assert (tmp_path / "keys" / code / f"{stem}.crt.pem").exists()
 
 
 class TestServe:
@@ -94,7 +101,7 @@ class TestServe:
     def test_serve_health_sigterm_and_log_verify(self, tmp_path: Path) -> None:
         folder = copy_configs(tmp_path)
         config = folder / "shanghai.toml"
-        endpoint = re.search(r'endpoint = "([^"]+)"', config.read_text(encoding="utf-8"))
+        endpoint = re.search(r'\nendpoint = "([^"]+)"', config.read_text(encoding="utf-8"))
         assert endpoint is not None
         process = subprocess.Popen(
             [*CLI, "serve", "--config", str(config), "--grace", "1"],
@@ -105,7 +112,10 @@ class TestServe:
         try:
             deadline = time.monotonic() + 30
             status = None
-            with grpc.insecure_channel(endpoint.group(1)) as channel:
+            credentials = grpc.ssl_channel_credentials(
+                (folder / "keys" / "ca.crt.pem").read_bytes()
+            )
+            with grpc.secure_channel(endpoint.group(1), credentials) as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
                 while time.monotonic() < deadline and status is None:
                     try:

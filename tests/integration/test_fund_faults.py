@@ -90,7 +90,7 @@ def test_withdrawals_survive_sigkill_of_both_nodes(processes: ProcessFederation)
     killer = threading.Thread(target=chaos, args=(processes, stop, 7), daemon=True)
     killer.start()
     try:
-        case_ids = asyncio.run(submit_all(processes.nodes[SH].endpoint, applications))
+        case_ids = asyncio.run(submit_all(processes, applications))
     finally:
         stop.set()
         killer.join(timeout=60)
@@ -100,7 +100,7 @@ def test_withdrawals_survive_sigkill_of_both_nodes(processes: ProcessFederation)
         node.wait_serving()
     assert processes.nodes[JS].kills + processes.nodes[SH].kills >= 3
 
-    finals = asyncio.run(wait_final(processes.nodes[SH].endpoint, case_ids, seconds=150))
+    finals = asyncio.run(wait_final(processes, case_ids, seconds=150))
     not_final = {
         k: S.Name(v.status) for k, v in finals.items() if v.status not in (S.PAID, S.REJECTED)
     }
@@ -131,11 +131,11 @@ def test_withdrawals_survive_sigkill_of_both_nodes(processes: ProcessFederation)
 
 
 async def submit_all(
-    endpoint: str, applications: list[fund_pb2.WithdrawalApplication]
+    processes: ProcessFederation, applications: list[fund_pb2.WithdrawalApplication]
 ) -> list[str]:
     """Submit every application, retrying (same key) while the node is down."""
     limit = asyncio.Semaphore(16)
-    async with grpc.aio.insecure_channel(endpoint) as channel:
+    async with processes.client_channel(SH) as channel:
         stub = fund_pb2_grpc.FundServiceStub(channel)
 
         async def one(index: int, app: fund_pb2.WithdrawalApplication) -> str:
@@ -166,11 +166,11 @@ async def submit_all(
 
 
 async def wait_final(
-    endpoint: str, case_ids: list[str], seconds: float
+    processes: ProcessFederation, case_ids: list[str], seconds: float
 ) -> dict[str, fund_pb2.Withdrawal]:
     results: dict[str, fund_pb2.Withdrawal] = {}
     deadline = time.monotonic() + seconds
-    async with grpc.aio.insecure_channel(endpoint) as channel:
+    async with processes.client_channel(SH) as channel:
         stub = fund_pb2_grpc.FundServiceStub(channel)
         while time.monotonic() < deadline:
             pending = [
