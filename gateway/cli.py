@@ -32,12 +32,26 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
     async def run() -> None:
-        node = Node(federation, listen=args.listen, grace=args.grace)
+        node = Node(federation, listen=args.listen, grace=args.grace, config_file=Path(args.config))
         await node.start()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        reloads: set[asyncio.Task[None]] = set()
+
+        async def reload() -> None:
+            try:
+                await node.reload_from_disk()
+            except ConfigError as exc:
+                print(f"reload refused, the old config stays:\n{exc}", file=sys.stderr, flush=True)
+
+        def on_hangup() -> None:
+            task = asyncio.create_task(reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
         print(
             f"node {federation.own} ({federation.me.province.name}) serving on "
             f"{node.listen} (port {node.port})",

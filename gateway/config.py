@@ -138,8 +138,12 @@ class PublishedKey(_Model):
     public_key: Path
     not_before: datetime
     not_after: datetime
+    #: Own file only: the private part, for a key this node signs with during
+    #: its window (key rotation). Peers' files never carry it.
+    private_key: Path | None = None
 
     _public_key = field_validator("public_key")(_resolve)
+    _private_key = field_validator("private_key")(_resolve)
 
     @model_validator(mode="after")
     def _window(self) -> PublishedKey:

@@ -22,7 +22,8 @@ from google.protobuf.message import DecodeError, Message
 
 from gateway import crypto
 from gateway.clock import Clock
-from gateway.config import FEDERATION_SERVICES, FederationConfig
+from gateway.config import FEDERATION_SERVICES, FederationConfig, ProvinceConfig
+from gateway.crypto import load_private_key
 from gateway.errors import EnvelopeRejected
 from gateway.trust import TrustStore
 from yrd.federation.v1 import federation_pb2
@@ -61,16 +62,70 @@ class OpenedEnvelope:
         return message
 
 
+@dataclass(frozen=True)
+class SigningKey:
+    key_id: str
+    private_key: Ed25519PrivateKey
+    not_before: datetime
+    not_after: datetime
+
+
 class EnvelopeSigner:
-    """Seals payloads into signed envelopes with this node's current key."""
+    """Seals payloads into signed envelopes with this node's current key.
+
+    With several keys configured (a rotation), the current key is the one whose
+    validity window holds now and began last: a new key published ahead with a
+    later ``not_before`` takes over by itself at that instant, while peers keep
+    accepting the old one until its window ends.
+    """
 
     def __init__(
-        self, province: str, key_id: str, private_key: Ed25519PrivateKey, clock: Clock
+        self,
+        province: str,
+        key_id: str,
+        private_key: Ed25519PrivateKey,
+        clock: Clock,
+        *,
+        rotation: tuple[SigningKey, ...] = (),
     ) -> None:
         self.province = province
-        self.key_id = key_id
-        self._key = private_key
+        self._default = (key_id, private_key)
+        self._rotation = tuple(sorted(rotation, key=lambda k: k.not_before, reverse=True))
         self._clock = clock
+
+    @classmethod
+    def from_config(cls, me: ProvinceConfig, clock: Clock) -> EnvelopeSigner:
+        """Every configured key with its private part; ``signing.key_id`` as fallback."""
+        if me.signing.private_key is None:
+            raise ValueError(f"{me.source}: signing.private_key is required to sign")
+        default = load_private_key(me.signing.private_key)
+        rotation = []
+        for published in me.signing.public_keys:
+            if published.private_key is not None:
+                key = load_private_key(published.private_key)
+            elif published.key_id == me.signing.key_id:
+                key = default
+            else:
+                continue
+            rotation.append(
+                SigningKey(published.key_id, key, published.not_before, published.not_after)
+            )
+        return cls(me.code, me.signing.key_id, default, clock, rotation=tuple(rotation))
+
+    def update(self, other: EnvelopeSigner) -> None:
+        """Take another signer's keys (config reload), keeping this object shared."""
+        self._default, self._rotation = other._default, other._rotation
+
+    def current(self) -> tuple[str, Ed25519PrivateKey]:
+        now = self._clock.now()
+        for key in self._rotation:
+            if key.not_before <= now < key.not_after:
+                return key.key_id, key.private_key
+        return self._default
+
+    @property
+    def key_id(self) -> str:
+        return self.current()[0]
 
     def seal(
         self,
@@ -86,6 +141,7 @@ class EnvelopeSigner:
         status_message: str = "",
     ) -> federation_pb2.SignedEnvelope:
         payload_bytes = payload.SerializeToString()
+        key_id, private_key = self.current()
         header = federation_pb2.EnvelopeHeader(
             message_id=message_id or str(uuid.uuid4()),
             correlation_id=correlation_id,
@@ -95,7 +151,7 @@ class EnvelopeSigner:
             service=service,
             nonce=os.urandom(NONCE_BYTES),
             payload_type=payload.DESCRIPTOR.full_name,
-            key_id=self.key_id,
+            key_id=key_id,
             algorithm=crypto.ED25519,
             payload_digest=crypto.sha256(payload_bytes),
             request_digest=request_digest,
@@ -105,7 +161,7 @@ class EnvelopeSigner:
         header.created_at.FromDatetime(self._clock.now())
         header_bytes = header.SerializeToString()
         return federation_pb2.SignedEnvelope(
-            header=header_bytes, payload=payload_bytes, signature=self._key.sign(header_bytes)
+            header=header_bytes, payload=payload_bytes, signature=private_key.sign(header_bytes)
         )
 
 
@@ -145,6 +201,12 @@ class EnvelopeVerifier:
     @property
     def own(self) -> str:
         return self._federation.own
+
+    def update(self, federation: FederationConfig, trust: TrustStore) -> None:
+        """New config and keys (reload); the nonces seen so far stay remembered."""
+        self._federation = federation
+        self._trust = trust
+        self._skew = timedelta(seconds=federation.me.node.max_clock_skew_seconds)
 
     def _authentic(self, signed: federation_pb2.SignedEnvelope) -> federation_pb2.EnvelopeHeader:
         if signed.ByteSize() > MAX_ENVELOPE_BYTES:

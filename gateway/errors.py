@@ -94,6 +94,11 @@ class ResourceExhausted(GatewayError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     retryable = True
 
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        #: Seconds after which a retry may succeed (sent as google.rpc.RetryInfo).
+        self.retry_after = retry_after
+
 
 class Unimplemented(GatewayError):
     code = grpc.StatusCode.UNIMPLEMENTED

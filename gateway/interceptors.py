@@ -74,7 +74,7 @@ def _status_details(exc: GatewayError) -> bytes:
         status.details.append(detail)
     elif isinstance(exc, ResourceExhausted):
         info = error_details_pb2.RetryInfo()
-        info.retry_delay.FromMilliseconds(int(getattr(exc, "retry_after", 1.0) * 1000))
+        info.retry_delay.FromMilliseconds(max(1, int(exc.retry_after * 1000)))
         detail.Pack(info)
         status.details.append(detail)
     elif isinstance(exc, EnvelopeRejected):
@@ -84,10 +84,32 @@ def _status_details(exc: GatewayError) -> bytes:
     return serialized
 
 
+class RateLimiter:
+    """A token bucket per local client: ``rate_per_second`` on average, ``burst`` at once."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def admit(self, client: ClientSection) -> None:
+        now = time.monotonic()
+        tokens, at = self._buckets.get(client.id, (float(client.burst), now))
+        tokens = min(float(client.burst), tokens + (now - at) * client.rate_per_second)
+        if tokens < 1.0:
+            self._buckets[client.id] = (tokens, now)
+            wait = (1.0 - tokens) / client.rate_per_second
+            raise ResourceExhausted(
+                f"client {client.id} is over its rate limit of {client.rate_per_second:g} calls/s "
+                f"(burst {client.burst}); retry after {wait:.2f} s",
+                retry_after=wait,
+            )
+        self._buckets[client.id] = (tokens - 1.0, now)
+
+
 class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc-stubs types it as Any
     def __init__(self, province: Callable[[], ProvinceConfig]) -> None:
         #: Called per request so that a config reload takes effect at once.
         self._province = province
+        self.rate_limiter = RateLimiter()
 
     def authenticate(
         self,
@@ -150,6 +172,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
             try:
                 if service not in OPEN_SERVICES:
                     client = self.authenticate(service, metadata, peer_certificate(context))
+                    self.rate_limiter.admit(client)
                     current_client.set(client)
                     client_id = client.id
                 await context.send_initial_metadata((("x-correlation-id", correlation_id),))

@@ -20,9 +20,9 @@ from grpc_reflection.v1alpha import reflection
 from adapters import build_fund_centre, build_identity_authority
 from adapters.base import FundCentre, IdentityAuthority
 from gateway.clock import Clock, SystemClock
-from gateway.config import FederationConfig
-from gateway.crypto import load_private_key
+from gateway.config import FederationConfig, load_federation
 from gateway.envelope import MAX_ENVELOPE_BYTES, EnvelopeSigner, EnvelopeVerifier
+from gateway.errors import ConfigError, FailedPrecondition
 from gateway.federation.client import CHANNEL_OPTIONS, FederationClient
 from gateway.federation.server import FederationServicer
 from gateway.interceptors import GatewayInterceptor
@@ -78,8 +78,12 @@ class Node:
         listen: str | None = None,
         federation_listen: str | None = None,
         grace: float = 5.0,
+        config_file: Path | None = None,
     ) -> None:
         self.federation = federation
+        #: Where the config was read from: SIGHUP and ReloadConfig re-read it.
+        self.config_file = config_file
+        self.reloads = 0
         self.clock = clock or SystemClock()
         me = federation.me
         self.listen = listen or me.node.endpoint
@@ -92,10 +96,7 @@ class Node:
         self.trust = TrustStore(federation)
         self.message_log = MessageLog(self.store_dir / "messages.db", clock=self.clock)
         self.state = StateStore(self.store_dir / "state.db")
-        assert me.signing.private_key is not None  # load_federation checked it
-        self.signer = EnvelopeSigner(
-            me.code, me.signing.key_id, load_private_key(me.signing.private_key), self.clock
-        )
+        self.signer = EnvelopeSigner.from_config(me, self.clock)
         self.verifier = EnvelopeVerifier(federation, self.trust, self.clock)
         tls = self.tls
         self.federation_client = FederationClient(
@@ -135,7 +136,7 @@ class Node:
             me.adapter, me.eid.authority_url, clock=self.clock
         )
         self._authority = authority
-        identity = IdentityExchange(
+        identity = self.identity = IdentityExchange(
             federation=self.federation,
             trust=self.trust,
             client=self.federation_client,
@@ -151,7 +152,7 @@ class Node:
         if centre is None and me.fund is not None and me.adapter.fund is not None:
             centre = build_fund_centre(me.adapter, me.fund.centre_url, clock=self.clock)
         self._fund_centre = centre
-        fund = FundExchange(
+        fund = self.fund = FundExchange(
             federation=self.federation,
             client=self.federation_client,
             store=self.state,
@@ -220,6 +221,39 @@ class Node:
         self.started_at = self.clock.now()
         log.info("node started", province=me.code, listen=self.listen, port=self.port)
         return self
+
+    async def reload(self, federation: FederationConfig) -> None:
+        """Take a new, already validated federation config without dropping calls.
+
+        Calls in flight finish with the config they started with; new calls see
+        the new one. Keys, peers, endpoints of peers, clients, disclosure
+        policies and services change; this node's own listening addresses and
+        TLS certificate need a restart.
+        """
+        if federation.own != self.federation.own:
+            raise ConfigError.one(
+                federation.me.source,
+                "province.code",
+                federation.own,
+                f"this node's province {self.federation.own} (a reload cannot change it)",
+            )
+        signer = EnvelopeSigner.from_config(federation.me, self.clock)
+        trust = TrustStore(federation)
+        self.signer.update(signer)
+        self.verifier.update(federation, trust)
+        await self.federation_client.update(federation)
+        self.identity.update(federation)
+        self.fund.update(federation)
+        self.trust = trust
+        self.federation = federation
+        self.reloads += 1
+        log.info("config reloaded", province=federation.own, provinces=sorted(federation.provinces))
+
+    async def reload_from_disk(self) -> None:
+        """Re-read the config folder; a bad config raises ConfigError and changes nothing."""
+        if self.config_file is None:
+            raise FailedPrecondition("this node was not started from a config file")
+        await self.reload(load_federation(self.config_file))
 
     async def __aenter__(self) -> Node:
         return await self.start()

@@ -160,6 +160,15 @@ class FederationClient:
             self._peers[code] = peer
         return peer
 
+    async def update(self, federation: FederationConfig) -> None:
+        """New config (reload): channels to peers that moved or left are closed."""
+        self._federation = federation
+        for code in list(self._peers):
+            config = federation.peer(code)
+            if config is None or config.node.peer_endpoint != self._peers[code].endpoint:
+                peer = self._peers.pop(code)
+                await peer.channel.close(grace=1.0)
+
     def breaker_state(self, code: str) -> BreakerState:
         peer = self._peers.get(code)
         return peer.breaker.state if peer else BreakerState.CLOSED

@@ -59,6 +59,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ReloadConfig(  # noqa: N802 - gRPC method name
         self, request: admin_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ReloadConfigResponse:
-        from gateway.errors import Unimplemented
+        from gateway.errors import ConfigError
 
-        raise Unimplemented("ReloadConfig: configuration reload is not built yet; restart the node")
+        try:
+            await self._node.reload_from_disk()
+        except ConfigError as exc:
+            # Refused: the old config stays in force. Say why, file by file.
+            return admin_pb2.ReloadConfigResponse(reloaded=False, detail=str(exc))
+        return admin_pb2.ReloadConfigResponse(
+            reloaded=True,
+            detail=f"{len(self._node.federation.provinces)} province configs in force",
+        )

@@ -147,6 +147,10 @@ class FundExchange:
         self.outbox: Outbox | None = None
         self.processor: FundProcessor | None = None
 
+    def update(self, federation: FederationConfig) -> None:
+        """A reloaded config: policies, clients and peers as now configured."""
+        self._federation = federation
+
     @property
     def own(self) -> str:
         return self._federation.own

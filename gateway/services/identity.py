@@ -19,7 +19,7 @@ import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from adapters.base import IdentityAuthority
-from adapters.errors import BackendUnavailable, TranslationError
+from adapters.errors import AdapterError, BackendUnavailable, TranslationError
 from gateway.clock import Clock
 from gateway.config import PURPOSES, ClientSection, FederationConfig
 from gateway.eid_token import MAX_TOKEN_BYTES, TokenMalformed, parse_token
@@ -120,6 +120,10 @@ class IdentityExchange:
         self._store = store
         self._clock = clock
 
+    def update(self, federation: FederationConfig) -> None:
+        """A reloaded config: policies, clients and peers as now configured."""
+        self._federation = federation
+
     # ---- issuer side -------------------------------------------------------------
 
     async def check_credential(
@@ -149,9 +153,14 @@ class IdentityExchange:
             )
         except BackendUnavailable as exc:
             raise PeerUnavailable(f"e-ID authority of {self._federation.own}: {exc}") from exc
-        except TranslationError as exc:
-            log.error("e-ID authority answer failed translation", error=str(exc))
-            raise GatewayError(f"e-ID authority answer could not be translated: {exc}") from exc
+        except (TranslationError, AdapterError) as exc:
+            # The back-end answered, but not in a way this province's adapter can
+            # use (a mapping mismatch, a refusal): a clear status, a logged event.
+            log.error("e-ID authority answer unusable", error=str(exc))
+            raise GatewayError(
+                f"the e-ID authority of {self._federation.own} gave an answer its adapter "
+                f"cannot use: {exc}"
+            ) from exc
         response = federation_pb2.CredentialCheckResponse(
             state=federation_pb2.CredentialState.ValueType(check.state),
             token_already_used=check.token_already_used,
@@ -278,8 +287,10 @@ class IdentityExchange:
             if exc.code == grpc.StatusCode.PERMISSION_DENIED:
                 checks.set("disclosure_policy", O.FAILED, exc.message)
                 raise PermissionDenied(f"issuer {token.issuer} refused: {exc.message}") from exc
-            if not exc.retryable:
+            if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise
+            # The issuer could not give a usable answer (its back-end failed, it
+            # refused the envelope): fail closed, saying why.
             checks.set("status", O.INDETERMINATE, f"issuer {token.issuer}: {exc.message}")
             return verdict(V.ISSUER_UNREACHABLE)
         except PeerUnavailable as exc:
