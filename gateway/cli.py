@@ -11,7 +11,10 @@ import argparse
 import asyncio
 import signal
 import sys
+from datetime import datetime
 from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway import __version__
 
@@ -101,14 +104,39 @@ def _config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _adapter_test(args: argparse.Namespace) -> int:
+    from adapters.conformance import run
+
+    return run(
+        [Path(f) for f in args.configs],
+        vectors=Path(args.vectors) if args.vectors else None,
+        examples=args.examples,
+    )
+
+
 def _log_verify(args: argparse.Namespace) -> int:
-    from gateway.messagelog import verify_file
+    from gateway.messagelog import HeadKeys, verify_file
 
     path = Path(args.database)
     if not path.exists():
         print(f"{path}: no such message log", file=sys.stderr)
         return 2
-    report = asyncio.run(verify_file(path))
+    keys: HeadKeys | None = None
+    if getattr(args, "config", None):
+        from gateway.config import load_federation
+        from gateway.errors import EnvelopeRejected
+        from gateway.trust import TrustStore
+
+        trust = TrustStore(load_federation(Path(args.config)))
+
+        def lookup(province: str, key_id: str, at: datetime) -> Ed25519PublicKey | None:
+            try:
+                return trust.envelope_key(province, key_id, at)
+            except EnvelopeRejected:
+                return None
+
+        keys = lookup
+    report = asyncio.run(verify_file(path, keys))
     print(
         f"{'intact' if report.intact else 'BROKEN'}: {report.detail}; "
         f"{report.rows_checked} rows checked; head {report.head_hash.hex()}"
@@ -128,6 +156,47 @@ def _bench(args: argparse.Namespace) -> int:
         )
         print(figures.render())
     return 0
+
+
+def _audit_export(args: argparse.Namespace) -> int:
+    from gateway import audit
+    from gateway.config import load_federation
+
+    federation = load_federation(Path(args.config))
+    database = Path(args.db) if args.db else federation.me.node.store / "messages.db"
+    try:
+        evidence = asyncio.run(audit.export(database, args.message_id, federation))
+    except audit.EvidenceError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    out = Path(args.out or f"evidence-{args.message_id}.json")
+    audit.write(evidence, out)
+    print(
+        f"wrote {out}: {len(evidence['envelopes'])} envelopes, "
+        f"{len(evidence['chain']['rows'])} chain rows, head at row {evidence['head']['head_seq']}"
+    )
+    return 0
+
+
+def _audit_check(args: argparse.Namespace) -> int:
+    import json
+
+    from gateway import audit
+
+    try:
+        evidence = json.loads(Path(args.file).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        print(f"{args.file}: cannot be read as evidence: {exc}", file=sys.stderr)
+        return 2
+    passed, problems = audit.check(evidence)
+    for line in passed:
+        print(f"ok    {line}")
+    for line in problems:
+        print(f"FAIL  {line}")
+    print(
+        "evidence holds" if not problems else f"evidence does NOT hold: {len(problems)} problem(s)"
+    )
+    return 0 if not problems else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,6 +264,29 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("files", nargs="+", metavar="FILE")
     check.set_defaults(func=_config_check)
 
+    adapter = commands.add_parser("adapter", help="province adapters (native formats)")
+    adapter_commands = adapter.add_subparsers(
+        dest="adapter_command", required=True, metavar="ACTION"
+    )
+    adapter_test = adapter_commands.add_parser(
+        "test",
+        help="run a province's golden vectors and round-trip checks; print a pass/fail table",
+    )
+    adapter_test.add_argument("configs", nargs="+", metavar="CONFIG", help="province TOML files")
+    adapter_test.add_argument(
+        "--vectors",
+        metavar="DIR",
+        help="golden vectors (default: golden/<code>/ beside the config; one CONFIG only)",
+    )
+    adapter_test.add_argument(
+        "--examples",
+        type=int,
+        default=50,
+        metavar="N",
+        help="generated values per message for the round trips (default 50)",
+    )
+    adapter_test.set_defaults(func=_adapter_test)
+
     log = commands.add_parser("log", help="the message log")
     log_commands = log.add_subparsers(dest="log_command", required=True, metavar="ACTION")
     verify = log_commands.add_parser(
@@ -202,6 +294,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("database", metavar="MESSAGES_DB", help="a node's messages.db")
     verify.set_defaults(func=_log_verify)
+
+    audit = commands.add_parser("audit", help="verify the message log; export and check evidence")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    a_verify = audit_commands.add_parser(
+        "verify",
+        help="report whether the log was edited, reordered or cut, and where; with --config "
+        "also check the signed chain heads' signatures",
+    )
+    a_verify.add_argument("database", metavar="MESSAGES_DB", help="a node's messages.db")
+    a_verify.add_argument("--config", metavar="FILE", help="the node's province config (for keys)")
+    a_verify.set_defaults(func=_log_verify)
+    a_export = audit_commands.add_parser(
+        "export", help="write a self-contained evidence file for one message id"
+    )
+    a_export.add_argument("message_id", metavar="MESSAGE_ID")
+    a_export.add_argument(
+        "--config",
+        required=True,
+        metavar="FILE",
+        help="the node's province config (keys; default database)",
+    )
+    a_export.add_argument("--db", metavar="MESSAGES_DB", help="default: the config's store")
+    a_export.add_argument("--out", metavar="FILE", help="default: evidence-MESSAGE_ID.json")
+    a_export.set_defaults(func=_audit_export)
+    a_check = audit_commands.add_parser(
+        "check", help="verify an evidence file offline (signatures, receipt, chain, signed head)"
+    )
+    a_check.add_argument("file", metavar="FILE")
+    a_check.set_defaults(func=_audit_check)
 
     bench = commands.add_parser(
         "bench", help="measure throughput and latency on this machine (processes on loopback)"

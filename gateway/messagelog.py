@@ -16,12 +16,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway import crypto
 from gateway.clock import Clock, SystemClock
@@ -44,7 +47,42 @@ CREATE TABLE IF NOT EXISTS message_log (
 );
 CREATE INDEX IF NOT EXISTS message_log_message_id ON message_log (message_id);
 CREATE INDEX IF NOT EXISTS message_log_correlation ON message_log (correlation_id);
+-- The chain head, signed by the node from time to time: a log cut short at its
+-- end (truncated) no longer reaches a signed head, which verify reports.
+CREATE TABLE IF NOT EXISTS chain_heads (
+    id         INTEGER PRIMARY KEY,
+    province   TEXT NOT NULL,
+    head_seq   INTEGER NOT NULL,
+    head_hash  BLOB NOT NULL,
+    signed_at  TEXT NOT NULL,       -- ISO 8601 UTC
+    key_id     TEXT NOT NULL,
+    signature  BLOB NOT NULL        -- over head_statement(...)
+);
 """
+
+#: Signs a chain-head statement: returns (key id, signature).
+HeadSigner = Callable[[bytes], tuple[str, bytes]]
+#: Finds the public key that verifies a province's head signature by key id.
+HeadKeys = Callable[[str, str, datetime], Ed25519PublicKey | None]
+
+
+def head_statement(province: str, head_seq: int, head_hash: bytes, signed_at: str) -> bytes:
+    """The exact bytes a node signs to vouch for its chain head."""
+    return f"yrd-chain-head/v1\n{province}\n{head_seq}\n{head_hash.hex()}\n{signed_at}".encode()
+
+
+@dataclass(frozen=True)
+class SignedHead:
+    province: str
+    head_seq: int
+    head_hash: bytes
+    signed_at: str
+    key_id: str
+    signature: bytes
+
+    @property
+    def statement(self) -> bytes:
+        return head_statement(self.province, self.head_seq, self.head_hash, self.signed_at)
 
 
 @dataclass(frozen=True)
@@ -76,8 +114,19 @@ class ChainReport:
     head_hash: bytes
 
 
-def row_hash(prev_hash: bytes, seq: int, logged_at: str, entry: LogEntry) -> bytes:
-    """SHA-256 over the previous hash and length-prefixed fields of the row."""
+def row_hash(
+    prev_hash: bytes,
+    seq: int,
+    logged_at: str,
+    entry: LogEntry,
+    *,
+    envelope_digest: bytes | None = None,
+) -> bytes:
+    """SHA-256 over the previous hash and length-prefixed fields of the row.
+
+    The envelope enters by its SHA-256, so a row can be re-checked from its
+    envelope's digest alone (audit evidence carries no other resident's data).
+    """
     parts = [
         str(seq).encode(),
         logged_at.encode(),
@@ -87,7 +136,7 @@ def row_hash(prev_hash: bytes, seq: int, logged_at: str, entry: LogEntry) -> byt
         entry.correlation_id.encode(),
         entry.peer.encode(),
         entry.service.encode(),
-        crypto.sha256(entry.envelope),
+        envelope_digest if envelope_digest is not None else crypto.sha256(entry.envelope),
     ]
     data = bytearray(prev_hash)
     for part in parts:
@@ -102,8 +151,22 @@ class MessageLogClosed(RuntimeError):
 class MessageLog:
     """Append-only, hash-chained log of envelopes; an async context manager."""
 
-    def __init__(self, path: Path, *, clock: Clock | None = None, batch_max: int = 512) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Clock | None = None,
+        batch_max: int = 512,
+        province: str = "",
+        head_signer: HeadSigner | None = None,
+        head_interval: float = 2.0,
+    ) -> None:
         self.path = path
+        self.province = province
+        self._head_signer = head_signer
+        self._head_interval = head_interval
+        self._head_signed_at = 0.0
+        self._signed_seq = 0
         self._clock = clock or SystemClock()
         self._batch_max = batch_max
         self._db: aiosqlite.Connection | None = None
@@ -165,6 +228,34 @@ class MessageLog:
                 batch.append(more)
             if batch:
                 await self._write_batch(batch)
+                if time.monotonic() - self._head_signed_at >= self._head_interval:
+                    await self._sign_head()
+        await self._sign_head()
+
+    async def _sign_head(self) -> None:
+        """Sign and store the committed chain head (if it moved since the last one)."""
+        if self._head_signer is None or self._db is None:
+            return
+        head_seq = self._next_seq - 1
+        if head_seq <= self._signed_seq:
+            return
+        signed_at = self._clock.now().isoformat()
+        key_id, signature = self._head_signer(
+            head_statement(self.province, head_seq, self._head, signed_at)
+        )
+        try:
+            await self._db.execute(
+                "INSERT INTO chain_heads (province, head_seq, head_hash, signed_at, key_id,"
+                " signature) VALUES (?,?,?,?,?,?)",
+                (self.province, head_seq, self._head, signed_at, key_id, signature),
+            )
+            await self._db.commit()
+        except Exception:  # a missed head is caught up by the next one
+            with contextlib.suppress(Exception):
+                await self._db.rollback()
+            return
+        self._signed_seq = head_seq
+        self._head_signed_at = time.monotonic()
 
     async def _write_batch(self, batch: list[tuple[LogEntry, asyncio.Future[int]]]) -> None:
         assert self._db is not None
@@ -259,8 +350,66 @@ class MessageLog:
                     _blob(r[10]),
                 )
 
-    async def verify(self) -> ChainReport:
-        return await verify_chain(self.rows())
+    async def heads(self) -> list[SignedHead]:
+        assert self._db is not None
+        async with self._db.execute(
+            "SELECT province, head_seq, head_hash, signed_at, key_id, signature FROM chain_heads"
+            " ORDER BY id"
+        ) as cursor:
+            return [
+                SignedHead(
+                    _text(r[0]), int(r[1]), _blob(r[2]), _text(r[3]), _text(r[4]), _blob(r[5])
+                )
+                async for r in cursor
+            ]
+
+    async def verify(self, keys: HeadKeys | None = None) -> ChainReport:
+        """The chain, then every signed head against it (and its signature, given keys)."""
+        hashes: dict[int, bytes] = {}
+
+        async def remembered() -> AsyncIterator[LoggedRow]:
+            async for row in self.rows():
+                hashes[row.seq] = row.row_hash
+                yield row
+
+        report = await verify_chain(remembered())
+        if not report.intact:
+            return report
+        last = max(hashes) if hashes else 0
+        heads = await self.heads()
+        for head in heads:
+            if head.head_seq > last:
+                return ChainReport(
+                    False,
+                    report.rows_checked,
+                    last + 1,
+                    f"truncated: a head signed at {head.signed_at} vouches for "
+                    f"row {head.head_seq}, the log ends at row {last}",
+                    report.head_hash,
+                )
+            if hashes.get(head.head_seq) != head.head_hash:
+                return ChainReport(
+                    False,
+                    report.rows_checked,
+                    head.head_seq,
+                    f"row {head.head_seq}: does not match the head signed at {head.signed_at}",
+                    report.head_hash,
+                )
+            if keys is not None:
+                key = keys(head.province, head.key_id, datetime.fromisoformat(head.signed_at))
+                if key is None or not crypto.verify(key, head.signature, head.statement):
+                    return ChainReport(
+                        False,
+                        report.rows_checked,
+                        head.head_seq,
+                        f"head signed at {head.signed_at}: signature does not "
+                        f"verify with key {head.key_id!r} of {head.province}",
+                        report.head_hash,
+                    )
+        signed = f"; {len(heads)} signed heads match" if heads else "; no signed head yet"
+        if heads and keys is None:
+            signed += " (signatures not checked: no keys given)"
+        return ChainReport(True, report.rows_checked, 0, report.detail + signed, report.head_hash)
 
 
 async def verify_chain(rows: AsyncIterator[LoggedRow]) -> ChainReport:
@@ -296,10 +445,10 @@ async def verify_chain(rows: AsyncIterator[LoggedRow]) -> ChainReport:
     return ChainReport(True, checked, 0, f"{checked} rows chain intact", head)
 
 
-async def verify_file(path: Path) -> ChainReport:
-    """Verify a log file without a running node (``yrd-gateway log verify``)."""
+async def verify_file(path: Path, keys: HeadKeys | None = None) -> ChainReport:
+    """Verify a log file without a running node (``yrd-gateway audit verify``)."""
     async with MessageLog(path) as log:
-        return await log.verify()
+        return await log.verify(keys)
 
 
 def _text(value: object) -> str:

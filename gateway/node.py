@@ -9,10 +9,12 @@ calls, then the message log is flushed and the stores are closed.
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from pathlib import Path
 
 import grpc
 import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -22,7 +24,7 @@ from adapters.base import FundCentre, IdentityAuthority
 from gateway.clock import Clock, SystemClock
 from gateway.config import FederationConfig, load_federation
 from gateway.envelope import MAX_ENVELOPE_BYTES, EnvelopeSigner, EnvelopeVerifier
-from gateway.errors import ConfigError, FailedPrecondition
+from gateway.errors import ConfigError, EnvelopeRejected, FailedPrecondition
 from gateway.federation.client import CHANNEL_OPTIONS, FederationClient
 from gateway.federation.server import FederationServicer
 from gateway.interceptors import GatewayInterceptor
@@ -94,9 +96,14 @@ class Node:
         self.store_dir = store_dir or me.node.store
         self.grace = grace
         self.trust = TrustStore(federation)
-        self.message_log = MessageLog(self.store_dir / "messages.db", clock=self.clock)
-        self.state = StateStore(self.store_dir / "state.db")
         self.signer = EnvelopeSigner.from_config(me, self.clock)
+        self.message_log = MessageLog(
+            self.store_dir / "messages.db",
+            clock=self.clock,
+            province=me.code,
+            head_signer=self.sign_statement,
+        )
+        self.state = StateStore(self.store_dir / "state.db")
         self.verifier = EnvelopeVerifier(federation, self.trust, self.clock)
         tls = self.tls
         self.federation_client = FederationClient(
@@ -127,6 +134,17 @@ class Node:
     @property
     def code(self) -> str:
         return self.federation.own
+
+    def sign_statement(self, statement: bytes) -> tuple[str, bytes]:
+        """Sign with the current envelope key (chain heads of the message log)."""
+        key_id, private_key = self.signer.current()
+        return key_id, private_key.sign(statement)
+
+    def head_keys(self, province: str, key_id: str, at: datetime) -> Ed25519PublicKey | None:
+        try:
+            return self.trust.envelope_key(province, key_id, at)
+        except EnvelopeRejected:
+            return None
 
     async def start(self) -> Node:
         me = self.federation.me

@@ -293,7 +293,7 @@ class FederationClient:
             LogEntry(
                 "in",
                 "response",
-                opened.header.message_id,
+                message_id,  # rows of one exchange share the request's message id
                 correlation_id,
                 peer.code,
                 service,

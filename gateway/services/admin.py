@@ -47,7 +47,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def VerifyMessageLog(  # noqa: N802 - gRPC method name
         self, request: admin_pb2.VerifyMessageLogRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.VerifyMessageLogResponse:
-        report = await self._node.message_log.verify()
+        report = await self._node.message_log.verify(self._node.head_keys)
         return admin_pb2.VerifyMessageLogResponse(
             intact=report.intact,
             rows_checked=report.rows_checked,
