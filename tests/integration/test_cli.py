@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import signal
@@ -14,7 +15,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from adapters.simulators.fund_centre import FundCentreSimulator
 from adapters.simulators.residents import synthetic_residents
+from gateway.demo import _payee_account as demo_payee_account
 from gateway.localfed import DEFAULT_CONFIG_DIR, free_port
 
 CLI = [sys.executable, "-m", "gateway"]
@@ -181,8 +184,15 @@ class TestDemo:
             assert verdict in result.stdout
         logged = log_file.read_text(encoding="utf-8")
         assert logged.count('"event": "rpc"') >= 20
-        # Personal data never reaches a log line: no resident's ID number or name.
+        # Personal data never reaches a log line nor a message shown to a caller
+        # (the demo table prints the callers' error messages): no resident's ID
+        # number, name or photo, no fund or payee account number.
+        shown = logged + result.stdout + result.stderr
         for province in ("310000", "320000", "330000", "340000"):
             for resident in synthetic_residents(province):
-                assert resident.id_number not in logged
-                assert resident.full_name not in logged
+                assert resident.id_number not in shown
+                assert resident.full_name not in shown
+                assert base64.b64encode(resident.photo).decode() not in shown
+            for account in FundCentreSimulator(province).accounts:
+                assert account not in shown
+        assert demo_payee_account() not in shown
