@@ -4,9 +4,10 @@ The gateway talks to its own e-ID authority only through
 :class:`IdentityAuthority`, and to its own housing provident fund centre only
 through :class:`FundCentre`. The HTTP connectors in :mod:`adapters.identity`
 and :mod:`adapters.fund` implement them from the declarative mapping; a
-province whose back-end cannot be described declaratively provides its own
-object of these protocols. Tests use the real connectors against the
-simulators, not mocks.
+province whose back-end cannot be described declaratively names an
+:class:`AdapterPlugin` in its config (``[adapter.plugin]``), which builds its
+own objects of these protocols (see :mod:`adapters.plugins`). Tests use the
+real connectors against the simulators, not mocks.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from adapters.spec import AdapterConfig
+from gateway.clock import Clock
+from yrd.case.v1 import case_pb2
+from yrd.certificate.v1 import certificate_pb2
 from yrd.common.v1 import common_pb2
 from yrd.fund.v1 import fund_pb2
 
@@ -102,6 +107,105 @@ class FundCentre(Protocol):
         Raises ``WithdrawalNotFound`` (a ``BackendRejected``) when the centre
         has no withdrawal with this reference. ``idempotency_key`` is left
         empty: the centre knows the case only by ``reference``.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; idempotent."""
+        ...
+
+
+@runtime_checkable
+class AdapterPlugin(Protocol):
+    """Python code for what a province's declarative mapping cannot express.
+
+    A plug-in is a small configured object: its factory (the registry entry,
+    see :mod:`adapters.plugins`) is called once with the plug-in's
+    ``[adapter.plugin.settings]`` table and validates them, raising
+    ``ValueError`` (or a pydantic ``ValidationError``) naming the setting; the
+    two methods below then build the connectors, once per node start.
+
+    Either method may return ``None`` for "this domain needs no code": the
+    gateway then uses the declarative HTTP connector (:mod:`adapters.identity`,
+    :mod:`adapters.fund`). A plug-in may reuse the province's mapping
+    (``adapter``) for the documents and add only what it must — a session
+    handshake, a signature, a computed field — or replace the exchange
+    entirely. Either way the objects it returns keep the contracts of
+    :class:`IdentityAuthority` and :class:`FundCentre`: errors from
+    :mod:`adapters.errors` only, never a resident's data in a message.
+    """
+
+    def identity_authority(
+        self, adapter: AdapterConfig, base_url: str, *, clock: Clock
+    ) -> IdentityAuthority | None:
+        """The connector to the province's e-ID authority at ``base_url``, or None."""
+        ...
+
+    def fund_centre(
+        self, adapter: AdapterConfig, base_url: str, *, clock: Clock
+    ) -> FundCentre | None:
+        """The connector to the province's fund centre at ``base_url``, or None."""
+        ...
+
+
+@runtime_checkable
+class CertificateLibrary(Protocol):
+    """A province's e-certificate library, as the gateway sees it (:mod:`adapters.certificate`).
+
+    Errors (:mod:`adapters.errors`): ``CertificateNotFound`` and
+    ``ConsentRefused(reason)`` (both ``BackendRejected``) for the library's
+    refusals, ``BackendRejected`` for a request it cannot read,
+    ``BackendUnavailable`` (retryable) when it cannot be reached in time, and
+    ``TranslationError`` when a document does not match the mapping — also
+    for a request with a category the province has no code for.
+    """
+
+    async def fetch(
+        self,
+        request: certificate_pb2.GetCertificateRequest,
+        requesting_province: str,
+        *,
+        timeout: float,
+    ) -> certificate_pb2.Certificate:
+        """The certificate asked for, in canonical form, exactly as sealed by its issuer.
+
+        ``request.category_code`` is the national code; the consent named by
+        ``request.consent_reference`` must cover the holder and
+        ``requesting_province`` (GB/T 2260). The seal is *not* verified here:
+        that is the gateway's job (:func:`adapters.certificate.seal_verdict`).
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; idempotent."""
+        ...
+
+
+@runtime_checkable
+class CaseSystem(Protocol):
+    """A province's system for inter-provincial service cases (:mod:`adapters.case`)."""
+
+    async def submit_case(
+        self, reference: str, application: case_pb2.CaseApplication, *, timeout: float
+    ) -> case_pb2.CaseStatusUpdate:
+        """Submit ``application`` under the gateway-chosen ``reference``.
+
+        Idempotent by ``reference``: a repeated submission opens no second
+        case and answers the case's current state. The status is
+        ``CASE_ACCEPTED``, or ``CASE_REFUSED`` with ``status_reason`` (service
+        not handled by this province, materials missing, ...);
+        ``remote_reference`` is the case system's case number. Raises
+        ``TranslationError`` for an application outside the limits of
+        :func:`adapters.case.check_application`.
+        """
+        ...
+
+    async def case_status(self, reference: str, *, timeout: float) -> case_pb2.CaseStatusUpdate:
+        """The current state of the case under ``reference``.
+
+        ``CASE_ACCEPTED`` → ``CASE_IN_PROGRESS`` → ``CASE_COMPLETED``, or
+        ``CASE_REFUSED``. Raises ``CaseNotFound`` (a ``BackendRejected``) when
+        the case system has no case with this reference.
         """
         ...
 

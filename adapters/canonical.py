@@ -26,6 +26,8 @@ from types import MappingProxyType
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from yrd.case.v1 import case_pb2
+from yrd.certificate.v1 import certificate_pb2
 from yrd.common.v1 import common_pb2
 from yrd.federation.v1 import federation_pb2
 from yrd.fund.v1 import fund_pb2
@@ -95,6 +97,7 @@ def _from_descriptor(
     messages: Mapping[str, str] | None = None,
     extra: Mapping[str, CanonicalField] | None = None,
     name: str | None = None,
+    exclude: frozenset[str] = frozenset(),
 ) -> CanonicalMessage:
     """Derive the schema from the proto, so a new proto field is mappable at once.
 
@@ -103,11 +106,15 @@ def _from_descriptor(
     nested message field (Timestamps need none: they are ``Kind.TIMESTAMP``).
     ``extra`` adds fields that the back-end exchange carries beside the proto
     message (the gateway's reference of a withdrawal, a "found" flag).
+    ``exclude`` leaves out fields that the connector maps in code (maps and
+    repeated messages, which the engine has no rule kind for).
     """
     kinds = kinds or {}
     messages = messages or {}
     fields: dict[str, CanonicalField] = {}
     for f in descriptor.fields:
+        if f.name in exclude:
+            continue
         nested = ""
         message_name = f.message_type.full_name if f.message_type is not None else ""
         if message_name == _TIMESTAMP:
@@ -238,6 +245,135 @@ FUND_STATUS = _from_descriptor(
     name="adapters.fund.StatusAnswer",
 )
 
+# ---- Certificate domain: the gateway and its province's e-certificate library ----
+# The structured ``fields`` map and the ``attachments`` list of a Certificate
+# are mapped by adapters.certificate (per category, from the national
+# catalogue), not by field rules; everything else is declarative.
+
+#: The holder or applicant: a Party, i.e. a person or an organisation.
+PARTY = _from_descriptor(
+    common_pb2.Party.DESCRIPTOR,
+    required=frozenset(),
+    messages={"person": "person", "organisation": "organisation"},
+)
+
+#: A person as a certificate or case names them: ID number and name.
+PARTY_PERSON = _from_descriptor(
+    common_pb2.Person.DESCRIPTOR,
+    kinds={"birth_date": Kind.DATE},
+    required=frozenset({"id_number", "full_name"}),
+)
+
+#: An organisation: unified social credit code and name.
+PARTY_ORGANISATION = _from_descriptor(
+    common_pb2.Organisation.DESCRIPTOR, required=frozenset({"credit_code", "name"})
+)
+
+#: One attachment reference (by digest; its content is not carried natively).
+ATTACHMENT = _from_descriptor(
+    common_pb2.AttachmentRef.DESCRIPTOR,
+    required=frozenset({"name", "media_type", "size_bytes", "sha256"}),
+    exclude=frozenset({"content"}),
+)
+
+#: The certificate envelope: ``yrd.certificate.v1.Certificate`` without
+#: ``fields`` and ``attachments``.
+CERTIFICATE = _from_descriptor(
+    certificate_pb2.Certificate.DESCRIPTOR,
+    kinds={"issue_date": Kind.DATE, "expiry_date": Kind.DATE},
+    required=frozenset(
+        {
+            "category_code",
+            "certificate_number",
+            "licence_id",
+            "holder",
+            "issuer_credit_code",
+            "issuer_name",
+            "issue_date",
+        }
+    ),
+    mapped=frozenset({"expiry_date", "seal", "seal_key_id", "seal_algorithm"}),
+    messages={"holder": "holder"},
+    exclude=frozenset({"fields", "attachments"}),
+    name="adapters.certificate.Certificate",
+)
+
+#: The fetch request to the library (the consent is checked by the library).
+CERTIFICATE_REQUEST = _from_descriptor(
+    certificate_pb2.GetCertificateRequest.DESCRIPTOR,
+    required=frozenset({"category_code", "holder_id", "consent_reference"}),
+    mapped=frozenset({"certificate_number", "purpose"}),
+    exclude=frozenset({"issuer_province"}),
+    extra={
+        "requesting_province": CanonicalField("requesting_province", Kind.STRING, required=True)
+    },
+    name="adapters.certificate.FetchRequest",
+)
+
+#: What a library answers to a fetch: an outcome, and the certificate when FOUND.
+CERTIFICATE_OUTCOMES = frozenset(
+    {
+        "FOUND",
+        "NOT_FOUND",
+        "CONSENT_MISSING",
+        "CONSENT_EXPIRED",
+        "CONSENT_OTHER_HOLDER",
+        "CONSENT_OTHER_PROVINCE",
+    }
+)
+CERTIFICATE_ANSWER = CanonicalMessage(
+    "adapters.certificate.FetchAnswer",
+    MappingProxyType(
+        {
+            "outcome": CanonicalField("outcome", Kind.ENUM, CERTIFICATE_OUTCOMES, required=True),
+            "certificate": CanonicalField(
+                "certificate", Kind.MESSAGE, message="certificate", mapped=True
+            ),
+        }
+    ),
+)
+
+# ---- Case domain: the gateway and its province's case system ----
+# ``materials`` of a CaseApplication are mapped by adapters.case, by the
+# [adapter.case.material] mapping per item.
+
+#: A case application as submitted, with the gateway-chosen ``reference``.
+CASE_APPLICATION = _from_descriptor(
+    case_pb2.CaseApplication.DESCRIPTOR,
+    required=frozenset({"service_code", "applicant", "submitting_province"}),
+    mapped=frozenset({"idempotency_key", "description"}),
+    messages={"applicant": "applicant"},
+    exclude=frozenset({"materials", "handling_province"}),
+    extra={"reference": _REFERENCE},
+    name="adapters.case.Submission",
+)
+
+#: The case system's answer to a submission (``CaseStatusUpdate`` + reference).
+CASE_SUBMIT_ANSWER = _from_descriptor(
+    case_pb2.CaseStatusUpdate.DESCRIPTOR,
+    required=frozenset({"status"}),
+    mapped=frozenset({"remote_reference", "status_reason"}),
+    exclude=frozenset({"idempotency_key"}),
+    extra={"reference": _OPTIONAL_REFERENCE},
+    name="adapters.case.SubmitAnswer",
+)
+
+#: Status query by reference.
+CASE_STATUS_QUERY = CanonicalMessage(
+    "adapters.case.StatusQuery", MappingProxyType({"reference": _REFERENCE})
+)
+
+#: The case system's answer to a status query: ``CaseStatusUpdate`` and ``found``.
+CASE_STATUS = _from_descriptor(
+    case_pb2.CaseStatusUpdate.DESCRIPTOR,
+    required=frozenset(),
+    mapped=frozenset({"status", "status_reason", "remote_reference"}),
+    exclude=frozenset({"idempotency_key"}),
+    extra={"reference": _OPTIONAL_REFERENCE, "found": _FOUND},
+    name="adapters.case.StatusAnswer",
+)
+
+
 #: Mapping slots per domain: ``[adapter.<domain>.<slot>]`` maps this message.
 DOMAINS: Mapping[str, Mapping[str, CanonicalMessage]] = MappingProxyType(
     {
@@ -253,6 +389,29 @@ DOMAINS: Mapping[str, Mapping[str, CanonicalMessage]] = MappingProxyType(
                 "submit_answer": FUND_SUBMIT_ANSWER,
                 "status_query": FUND_STATUS_QUERY,
                 "status": FUND_STATUS,
+            }
+        ),
+        "certificate": MappingProxyType(
+            {
+                "certificate": CERTIFICATE,
+                "holder": PARTY,
+                "person": PARTY_PERSON,
+                "organisation": PARTY_ORGANISATION,
+                "attachment": ATTACHMENT,
+                "request": CERTIFICATE_REQUEST,
+                "answer": CERTIFICATE_ANSWER,
+            }
+        ),
+        "case": MappingProxyType(
+            {
+                "submission": CASE_APPLICATION,
+                "applicant": PARTY,
+                "person": PARTY_PERSON,
+                "organisation": PARTY_ORGANISATION,
+                "material": ATTACHMENT,
+                "submit_answer": CASE_SUBMIT_ANSWER,
+                "status_query": CASE_STATUS_QUERY,
+                "status": CASE_STATUS,
             }
         ),
     }

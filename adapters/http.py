@@ -21,6 +21,7 @@ document: those carry personal data.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Literal
 
 import aiohttp
@@ -57,10 +58,13 @@ class BackendHttp:
         content_type: str,
         timeout: float,
         what: str,
+        headers: Mapping[str, str] | None = None,
     ) -> bytes:
         """Send one request to ``path``; the body of a 2xx answer, or an error.
 
-        ``what`` names the request in messages ("account query").
+        ``what`` names the request in messages ("account query"); ``headers``
+        are sent besides Accept / Content-Type (a plug-in's session token).
+        Header values are never logged.
         """
         if self._closed:
             raise BackendUnavailable(f"{self.backend} connector is closed")
@@ -69,14 +73,12 @@ class BackendHttp:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         url = self.base_url + path
-        headers = {"Accept": content_type}
+        sent = {**(headers or {}), "Accept": content_type}
         if body is not None:
-            headers["Content-Type"] = content_type
+            sent["Content-Type"] = content_type
         try:
             async with asyncio.timeout(timeout):
-                async with self._session.request(
-                    method, url, data=body, headers=headers
-                ) as response:
+                async with self._session.request(method, url, data=body, headers=sent) as response:
                     status = response.status
                     payload = await _read_limited(response)
         except TimeoutError:
@@ -92,7 +94,9 @@ class BackendHttp:
                 f"{self.backend} unreachable for the {what}: {type(exc).__name__}"
             ) from exc
         if 400 <= status < 500:
-            raise BackendRejected(f"{self.backend} refused the {what}: HTTP {status}")
+            raise BackendRejected(
+                f"{self.backend} refused the {what}: HTTP {status}", http_status=status
+            )
         if not 200 <= status < 300:
             _log.warning("backend_failed", backend=self.backend, request=what, http_status=status)
             raise BackendUnavailable(f"{self.backend} failed the {what}: HTTP {status}")

@@ -58,7 +58,13 @@ class HttpIdentityAuthority:
         body = self._translator.encode(
             STATUS_REQUEST, {"credential_id": credential_id, "token_id": token_id}
         )
-        payload = await self._http.exchange(
+        payload = await self._post_status(body, timeout)
+        return self._to_check(self._translator.decode(STATUS_RESPONSE, payload))
+
+    async def _post_status(self, body: bytes, timeout: float) -> bytes:
+        """Send the native status request; the native answer. Plug-ins override this
+        to add what the exchange needs beyond the documents (a session, a signature)."""
+        return await self._http.exchange(
             "POST",
             self._path,
             body,
@@ -66,7 +72,6 @@ class HttpIdentityAuthority:
             timeout=timeout,
             what="status request",
         )
-        return self._to_check(self._translator.decode(STATUS_RESPONSE, payload))
 
     async def aclose(self) -> None:
         await self._http.aclose()

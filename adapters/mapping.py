@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from stdnum.cn import ric
+from stdnum.cn import ric, uscc
 
 from adapters import formats, native
 from adapters.canonical import DOMAINS, CanonicalField, CanonicalMessage, Kind
@@ -68,6 +68,19 @@ def check_gb11643(value: str) -> None:
         ric.get_birth_date(value)
     except Exception:  # stdnum raises its own ValidationError subclasses
         raise Mismatch("a GB 11643 resident ID number with a valid birth date") from None
+
+
+def check_gb32100(value: str) -> None:
+    """Check a unified social credit code: 18 characters of its alphabet, check character."""
+    # compact() would upper-case and strip separators: the canonical form has none.
+    if len(value) != 18 or not value.isascii() or uscc.compact(value) != value:
+        raise Mismatch("a GB 32100 unified social credit code (18 characters)")
+    try:
+        uscc.validate(value)
+    except Exception:  # stdnum raises its own ValidationError subclasses
+        raise Mismatch(
+            "a GB 32100 unified social credit code with a valid check character"
+        ) from None
 
 
 class _FieldCodec:
@@ -172,6 +185,8 @@ class _FieldCodec:
     def check(self, value: str) -> None:
         if self.rule.check == "gb11643":
             check_gb11643(value)
+        elif self.rule.check == "gb32100":
+            check_gb32100(value)
         if self.pattern is not None and not self.pattern.fullmatch(value):
             raise Mismatch(f"a value matching {self.pattern.pattern!r}")
 

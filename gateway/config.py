@@ -115,10 +115,13 @@ class NodeSection(_Model):
     store: Path = Path("var")
     max_clock_skew_seconds: int = Field(120, ge=1, le=3600)
     status_max_age_seconds: int = Field(30, ge=1, le=3600)
+    #: host:port of the Prometheus /metrics endpoint (HTTP; keep it on loopback or
+    #: a management network). Omitted: no metrics endpoint.
+    metrics_endpoint: str | None = None
     #: Longest wait between two delivery attempts of an outbox item.
     outbox_max_backoff_seconds: float = Field(5.0, ge=0.1, le=3600)
 
-    @field_validator("endpoint", "federation_endpoint")
+    @field_validator("endpoint", "federation_endpoint", "metrics_endpoint")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
         if value is not None and not _ENDPOINT.fullmatch(value):

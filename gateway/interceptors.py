@@ -33,6 +33,7 @@ from gateway.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
+from gateway.metrics import NodeMetrics
 from gateway.tls import certificate_fingerprint, peer_certificate
 
 log = structlog.get_logger("yrd.rpc")
@@ -106,7 +107,10 @@ class RateLimiter:
 
 
 class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc-stubs types it as Any
-    def __init__(self, province: Callable[[], ProvinceConfig]) -> None:
+    def __init__(
+        self, province: Callable[[], ProvinceConfig], metrics: NodeMetrics | None = None
+    ) -> None:
+        self._metrics = metrics
         #: Called per request so that a config reload takes effect at once.
         self._province = province
         self.rate_limiter = RateLimiter()
@@ -165,7 +169,9 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
                     correlation_id = value
             correlation_id = correlation_id or str(uuid.uuid4())
             structlog.contextvars.clear_contextvars()
-            structlog.contextvars.bind_contextvars(correlation_id=correlation_id, method=method)
+            structlog.contextvars.bind_contextvars(
+                node=self._province().code, correlation_id=correlation_id, method=method
+            )
             current_correlation_id.set(correlation_id)
             client_id = "-"
             code = grpc.StatusCode.OK
@@ -195,6 +201,9 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
                     f"internal error; quote correlation id {correlation_id} to the operator",
                 )
             finally:
+                if self._metrics is not None:
+                    self._metrics.rpcs.labels(method, code.name).inc()
+                    self._metrics.rpc_seconds.labels(method).observe(time.monotonic() - started)
                 log.info(
                     "rpc",
                     client=client_id,

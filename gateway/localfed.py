@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -84,6 +85,7 @@ class LocalFederation:
                 update={
                     "endpoint": f"127.0.0.1:{free_port()}",
                     "federation_endpoint": f"127.0.0.1:{free_port()}",
+                    "metrics_endpoint": "127.0.0.1:0",
                     "store": self.work_dir / config.code,
                 }
             )
@@ -103,9 +105,11 @@ class LocalFederation:
             provinces={c: p.config for c, p in self.provinces.items()}, own=code
         )
 
-    async def start_node(self, code: str) -> Node:
+    async def start_node(self, code: str, **options: Any) -> Node:
+        """Start (or restart) a province's node; ``options`` go to :class:`Node`."""
         province = self.provinces[code]
-        node = Node(self.federation_for(code), clock=self.clock, grace=1.0)
+        options.setdefault("grace", 1.0)
+        node = Node(self.federation_for(code), clock=self.clock, **options)
         await node.start()
         province.node = node
         return node

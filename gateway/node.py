@@ -9,6 +9,7 @@ calls, then the message log is flushed and the stores are closed.
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from gateway.federation.client import CHANNEL_OPTIONS, FederationClient
 from gateway.federation.server import FederationServicer
 from gateway.interceptors import GatewayInterceptor
 from gateway.messagelog import MessageLog
+from gateway.metrics import BREAKER_VALUES, MetricsServer, NodeMetrics
 from gateway.outbox import Outbox
 from gateway.services.admin import AdminServicer
 from gateway.services.fund import FundExchange, FundProcessor, FundServicer
@@ -96,6 +98,8 @@ class Node:
         self.store_dir = store_dir or me.node.store
         self.grace = grace
         self.trust = TrustStore(federation)
+        self.metrics = NodeMetrics(me.code)
+        self.metrics_server: MetricsServer | None = None
         self.signer = EnvelopeSigner.from_config(me, self.clock)
         self.message_log = MessageLog(
             self.store_dir / "messages.db",
@@ -111,6 +115,7 @@ class Node:
             self.signer,
             self.verifier,
             self.message_log,
+            metrics=self.metrics,
             channel_factory=(
                 None
                 if tls is None
@@ -163,7 +168,8 @@ class Node:
             clock=self.clock,
         )
         server = grpc.aio.server(
-            interceptors=[GatewayInterceptor(lambda: self.federation.me)], options=SERVER_OPTIONS
+            interceptors=[GatewayInterceptor(lambda: self.federation.me, self.metrics)],
+            options=SERVER_OPTIONS,
         )
         identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(identity), server)
         centre = self._fund_centre
@@ -182,6 +188,7 @@ class Node:
             self.federation_client,
             fund.routes(),
             max_backoff=me.node.outbox_max_backoff_seconds,
+            metrics=self.metrics,
         )
         fund.outbox = self.outbox
         if centre is not None:
@@ -198,6 +205,7 @@ class Node:
             self.verifier,
             self.message_log,
             require_peer_certificate=self.tls is not None,
+            metrics=self.metrics,
             handlers={
                 "identity.CheckCredential": identity.handle_federated,
                 "fund.QueryAccount": fund.handle_query,
@@ -233,12 +241,28 @@ class Node:
         for name in PUBLIC_SERVICE_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        identity.metrics = fund.metrics = self.metrics
+        self.metrics.refresh = self._refresh_metrics
+        if me.node.metrics_endpoint is not None:
+            host, _, port = me.node.metrics_endpoint.rpartition(":")
+            self.metrics_server = await MetricsServer(self.metrics, host, int(port)).start()
         await self.outbox.start()
         if self.fund_processor is not None:
             await self.fund_processor.start()
         self.started_at = self.clock.now()
         log.info("node started", province=me.code, listen=self.listen, port=self.port)
         return self
+
+    async def _refresh_metrics(self) -> None:
+        depth, oldest = await self.state.outbox_stats()
+        self.metrics.outbox_depth.set(depth)
+        self.metrics.outbox_oldest.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
+        self.metrics.log_rows.set(await self.message_log.count())
+        self.metrics.log_commits.set(self.message_log.commits)
+        for code in self.federation.provinces:
+            if code != self.code:
+                state = self.federation_client.breaker_state(code).value
+                self.metrics.breaker.labels(code).set(BREAKER_VALUES[state])
 
     async def reload(self, federation: FederationConfig) -> None:
         """Take a new, already validated federation config without dropping calls.
@@ -288,6 +312,8 @@ class Node:
             await self.health.enter_graceful_shutdown()
             if self.server is not None:
                 await self.server.stop(self.grace if grace is None else grace)
+            if self.metrics_server is not None:
+                await self.metrics_server.stop()
             if self.outbox is not None:
                 await self.outbox.stop()
             if self.fund_processor is not None:

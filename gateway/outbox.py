@@ -32,6 +32,7 @@ from google.protobuf.message import Message
 
 from gateway.errors import GatewayError, PeerUnavailable
 from gateway.federation.client import FederationClient
+from gateway.metrics import NodeMetrics
 from gateway.store import OutboxItem, StateStore
 from yrd.federation.v1 import federation_pb2
 
@@ -65,7 +66,9 @@ class Outbox:
         base_backoff: float = 0.2,
         max_backoff: float = 5.0,
         per_peer: int = 32,
+        metrics: NodeMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._store = store
         self._client = client
         self._routes = routes
@@ -229,3 +232,5 @@ class Outbox:
 
         await self._store.write(op)
         self.retried += 1
+        if self._metrics is not None:
+            self._metrics.outbox_retries.labels(item.peer).inc()

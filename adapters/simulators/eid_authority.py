@@ -21,12 +21,25 @@ The province's native status endpoint (path and documents per province)
     holder's record. It marks the token used: the first query of a token id
     answers "not used", every later one "used". An unknown credential gets the
     province's "unknown" answer; a malformed request gets HTTP 400.
+The province's session endpoint (Anhui only: ``POST /eid/session``)
+    Anhui answers status queries only within a session: the caller opens one
+    with its application id and sends the token in ``X-Session-Token``; a
+    query without a live token gets HTTP 401 (and marks nothing used). The
+    gateway's side is the ``anhui-session`` plug-in (:mod:`adapters.session`).
+
+A region with no hand-written dialect (one known only by its config, such as
+a new province being added) is served by the *mapped* dialect of
+:mod:`adapters.simulators.mapped`, which writes its documents through the
+region's own ``[adapter]`` mapping: good for trying a new region end to end,
+no independent check of its mapping (its golden vectors are that check).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
+import secrets
 import uuid
 import xml.etree.ElementTree as ET  # building only; parsing uses defusedxml
 from abc import ABC, abstractmethod
@@ -41,6 +54,7 @@ import defusedxml.ElementTree as SafeET
 from aiohttp import web
 
 from adapters.simulators.residents import Resident, synthetic_residents
+from adapters.spec import AdapterConfig
 from gateway.clock import Clock, SystemClock
 from gateway.crypto import load_private_key
 from gateway.eid_token import issue_token
@@ -79,6 +93,25 @@ class _Dialect(ABC):
     @abstractmethod
     def error(self, message: str) -> bytes:
         """The native body of an HTTP 400 answer."""
+
+    #: POST here to open a session; when set, status queries need a live session token.
+    session_path: str | None = None
+    #: The header that carries the session token.
+    session_header = "X-Session-Token"
+
+    def parse_session_request(self, body: bytes) -> str:  # pragma: no cover - session dialects
+        """The application id of a session request; raises BadNativeRequest."""
+        raise BadNativeRequest("this authority has no sessions")
+
+    def accepts(self, app_id: str) -> bool:
+        """True when ``app_id`` may open a session."""
+        return False
+
+    def session_answer(
+        self, token: str | None, lifetime: int
+    ) -> bytes:  # pragma: no cover - session dialects
+        """The answer to a session request (token None: the application is refused)."""
+        raise NotImplementedError
 
 
 def _json_request(body: bytes, credential_key: str, token_key: str) -> tuple[str, str]:
@@ -232,10 +265,40 @@ class _Zhejiang(_Dialect):
 
 
 class _Anhui(_Dialect):
-    """XML documents, yyyy/MM/dd, male/female, two-digit state codes."""
+    """XML documents, yyyy/MM/dd, male/female, two-digit state codes, and sessions."""
 
     path = "/eid/status"
     content_type = "application/xml; charset=utf-8"
+    session_path = "/eid/session"
+    #: Application ids the authority has registered: the gateways of the federation.
+    _APP_ID = re.compile(r"YRD-GW-[1-9][0-9]{5}")
+
+    def parse_session_request(self, body: bytes) -> str:
+        try:
+            root = SafeET.fromstring(body, forbid_dtd=True)
+        except (SafeET.ParseError, ValueError):
+            raise BadNativeRequest("body is not a well-formed XML document") from None
+        if root.tag != "SessionRequest":
+            raise BadNativeRequest("document element must be <SessionRequest>")
+        app_id = root.findtext("AppId")
+        if not app_id:
+            raise BadNativeRequest("<AppId> is required")
+        return str(app_id)
+
+    def accepts(self, app_id: str) -> bool:
+        return self._APP_ID.fullmatch(app_id) is not None
+
+    def session_answer(self, token: str | None, lifetime: int) -> bytes:
+        if token is None:
+            root = ET.Element("SessionReply", code="1")
+            ET.SubElement(root, "Message").text = "应用未注册"
+        else:
+            root = ET.Element("SessionReply", code="0")
+            ET.SubElement(root, "Token").text = token
+            ET.SubElement(root, "ExpiresIn").text = str(lifetime)
+        data: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+        return data
+
     _STATES: ClassVar[dict[str, str]] = {
         "CREDENTIAL_ACTIVE": "01",
         "CREDENTIAL_REVOKED": "02",
@@ -308,6 +371,9 @@ class EidAuthoritySimulator:
     ``clock`` stamps tokens and answers (a frozen clock makes expiry testable);
     ``seed`` picks the residents. ``requests_served`` counts every HTTP request
     answered, so a test can assert that a call did — or did not — reach it.
+    ``adapter`` (the region's ``[adapter]`` config) serves a region without a
+    hand-written dialect through its own mapping. ``session_lifetime``
+    (seconds) is how long a session of a session dialect lasts.
     """
 
     def __init__(
@@ -318,16 +384,19 @@ class EidAuthoritySimulator:
         *,
         clock: Clock | None = None,
         seed: int = 0,
+        adapter: AdapterConfig | None = None,
+        session_lifetime: int = 600,
     ) -> None:
-        if province not in DIALECTS:
-            raise ValueError(f"no simulated e-ID authority for province {province!r}")
         self.province = province
         self.key_id = key_id
         self._key = load_private_key(Path(issuer_key_path))
         self._clock: Clock = clock or SystemClock()
-        self._dialect = DIALECTS[province]()
+        self._dialect = _dialect_for(province, adapter)
         self._residents = {r.credential_id: r for r in synthetic_residents(province, seed)}
         self._used_tokens: set[str] = set()
+        #: Open sessions (session dialects): token -> when it lapses.
+        self._sessions: dict[str, datetime] = {}
+        self.session_lifetime = session_lifetime
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
         self.requests_served = 0
@@ -351,6 +420,10 @@ class EidAuthoritySimulator:
         """Path of the province's native status endpoint."""
         return self._dialect.path
 
+    def expire_sessions(self) -> None:
+        """Drop every open session, as a restart of the authority would (tests)."""
+        self._sessions.clear()
+
     def set_state(self, credential_id: str, state: str) -> None:
         """Change a credential's state (what the admin endpoint does)."""
         if state not in _STATES:
@@ -366,6 +439,8 @@ class EidAuthoritySimulator:
         app.router.add_get("/residents", self._list_residents)
         app.router.add_post("/admin/credentials/{credential_id}/state", self._admin_state)
         app.router.add_post(self._dialect.path, self._native_status)
+        if self._dialect.session_path is not None:
+            app.router.add_post(self._dialect.session_path, self._native_session)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
@@ -462,8 +537,32 @@ class EidAuthoritySimulator:
         self.set_state(credential_id, state)
         return web.json_response({"credential_id": credential_id, "state": state})
 
+    async def _native_session(self, request: web.Request) -> web.Response:
+        dialect = self._dialect
+        try:
+            app_id = dialect.parse_session_request(await request.read())
+        except BadNativeRequest as exc:
+            return self._native(dialect.error(str(exc)), 400)
+        token = None
+        if dialect.accepts(app_id):
+            token = secrets.token_hex(16)
+            now = self._clock.now()
+            self._sessions = {t: end for t, end in self._sessions.items() if end > now}
+            self._sessions[token] = now + timedelta(seconds=self.session_lifetime)
+        return self._native(dialect.session_answer(token, self.session_lifetime))
+
+    def _native(self, body: bytes, status: int = 200) -> web.Response:
+        return web.Response(
+            status=status, body=body, content_type=_media(self._dialect), charset="utf-8"
+        )
+
     async def _native_status(self, request: web.Request) -> web.Response:
         dialect = self._dialect
+        if dialect.session_path is not None:
+            token = request.headers.get(dialect.session_header, "")
+            lapses = self._sessions.get(token)
+            if lapses is None or lapses <= self._clock.now():
+                return self._native(dialect.error("session token missing or expired"), 401)
         body = await request.read()
         try:
             credential_id, token_id = dialect.parse_request(body)
@@ -488,3 +587,17 @@ class EidAuthoritySimulator:
 
 def _media(dialect: _Dialect) -> str:
     return dialect.content_type.split(";", 1)[0]
+
+
+def _dialect_for(province: str, adapter: AdapterConfig | None) -> _Dialect:
+    """The hand-written dialect of a shipped province, else the region's mapped one."""
+    if province in DIALECTS:
+        return DIALECTS[province]()
+    if adapter is None:
+        raise ValueError(
+            f"no simulated e-ID authority for province {province!r}: pass its [adapter] "
+            "config to serve it through its mapping"
+        )
+    from adapters.simulators.mapped import MappedEidDialect  # imports this module
+
+    return MappedEidDialect(adapter)

@@ -58,6 +58,7 @@ import defusedxml.ElementTree as SafeET
 from aiohttp import web
 
 from adapters.simulators.residents import COUNTIES, synthetic_residents
+from adapters.spec import AdapterConfig
 from gateway.clock import Clock, SystemClock
 
 _CST = ZoneInfo("Asia/Shanghai")
@@ -295,6 +296,10 @@ class _Dialect(ABC):
     def parse_status_query(self, body: bytes) -> str:
         """The reference asked about (POSTed status queries)."""
         raise BadNativeRequest("status is queried by GET")  # pragma: no cover
+
+    def submit_answer(self, case: Case) -> bytes:
+        """Answer to a submission: the status answer's document unless a dialect differs."""
+        return self.case_answer(case)
 
     @abstractmethod
     def error(self, message: str) -> bytes:
@@ -691,6 +696,20 @@ def _json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _dialect_for(province: str, adapter: AdapterConfig | None) -> _Dialect:
+    """The hand-written dialect of a shipped province, else the region's mapped one."""
+    if province in DIALECTS:
+        return DIALECTS[province]()
+    if adapter is None or adapter.fund is None:
+        raise ValueError(
+            f"no simulated fund centre for province {province!r}: pass its [adapter] "
+            "config (with [adapter.fund]) to serve it through its mapping"
+        )
+    from adapters.simulators.mapped import MappedFundDialect  # imports this module
+
+    return MappedFundDialect(adapter)
+
+
 def _birth_date(id_number: str) -> date | None:
     try:
         return date(int(id_number[6:10]), int(id_number[10:12]), int(id_number[12:14]))
@@ -705,7 +724,9 @@ class FundCentreSimulator:
     changes so a caller sees UNDER_REVIEW, APPROVED and PAID in turn;
     ``clock`` stamps answers and decides applicants' ages. State lives in the
     object, so it survives :meth:`stop` / :meth:`start` (cases still under
-    review are resumed on start).
+    review are resumed on start). ``adapter`` (the region's ``[adapter]``
+    config, with ``[adapter.fund]``) serves a region without a hand-written
+    dialect through its own mapping (:mod:`adapters.simulators.mapped`).
     """
 
     def __init__(
@@ -716,16 +737,15 @@ class FundCentreSimulator:
         review_delay: float = 0.05,
         payment_delay: float = 0.05,
         clock: Clock | None = None,
+        adapter: AdapterConfig | None = None,
     ) -> None:
-        if province not in DIALECTS:
-            raise ValueError(f"no simulated fund centre for province {province!r}")
         if review_delay < 0 or payment_delay < 0:
             raise ValueError("review_delay and payment_delay must not be negative")
         self.province = province
         self.review_delay = review_delay
         self.payment_delay = payment_delay
         self._clock: Clock = clock or SystemClock()
-        self._dialect = DIALECTS[province]()
+        self._dialect = _dialect_for(province, adapter)
         #: Accounts by account number.
         self.accounts: dict[str, FundAccount] = synthetic_accounts(province, seed)
         #: Cases by the gateway's reference.
@@ -935,7 +955,7 @@ class FundCentreSimulator:
         except BadNativeRequest as exc:
             return self._native(self._dialect.error(str(exc)), 400)
         case = self.submit(submission)
-        return self._native(self._dialect.case_answer(case))
+        return self._native(self._dialect.submit_answer(case))
 
     async def _native_status(self, request: web.Request) -> web.Response:
         if self._dialect.status_by_get:

@@ -1,10 +1,15 @@
 """Synthetic residents for the back-end simulators.
 
 Deterministic from (province, seed), so a test or demo can rely on the same
-people each run. Every ID number is valid under GB 11643 as checked by
-``stdnum.cn.ric.validate`` — which also requires the county code to have
-existed on the birth date, so residents of counties created in the 1980s are
-born after that (the generator redraws until the number validates).
+people each run. Every ID number of a shipped province is valid under GB 11643
+as checked by ``stdnum.cn.ric.validate`` — which also requires the county code
+to have existed on the birth date, so residents of counties created in the
+1980s are born after that (the generator redraws until the number validates).
+
+Any other province-level code (a region being added, known only by its
+config) gets four synthetic counties, ``<xx>0102``, ``<xx>0104``, ``<xx>0105``
+and ``<xx>0202``; their numbers have a valid structure, birth date and check
+character (stdnum's county table does not know them, so it is not asked).
 
 None of these people exist; names are drawn from common surnames and given
 names, photos are a few bytes framed like a JPEG.
@@ -102,11 +107,28 @@ def id_number(region: str, birth: date, sequence: int) -> str:
     return first17 + check_character(first17)
 
 
+def counties_of(province: str) -> dict[str, str]:
+    """County codes of ``province`` with their address prefix (synthetic if not shipped)."""
+    if province in COUNTIES:
+        return COUNTIES[province]
+    if len(province) != 6 or not province.isascii() or not province.isdigit():
+        raise ValueError(f"expected a six-digit province-level code, got {province!r}")
+    if not province.endswith("0000") or province[0] == "0":
+        raise ValueError(f"expected a province-level code ending in 0000, got {province!r}")
+    prefix = province[:2]
+    return {
+        f"{prefix}0102": f"合成省({province})甲区",
+        f"{prefix}0104": f"合成省({province})乙区",
+        f"{prefix}0105": f"合成省({province})丙区",
+        f"{prefix}0202": f"合成省({province})丁县",
+    }
+
+
 def synthetic_residents(province: str, seed: int = 0, count: int = 40) -> tuple[Resident, ...]:
-    """``count`` residents of ``province`` (a key of COUNTIES), deterministic from ``seed``."""
-    counties = COUNTIES.get(province)
-    if counties is None:
-        raise ValueError(f"no synthetic counties for province {province!r}")
+    """``count`` residents of ``province``, deterministic from ``seed``."""
+    counties = counties_of(province)
+    # stdnum knows the counties of the shipped provinces only (see the module docstring).
+    validate = ric.is_valid if province in COUNTIES else lambda _number: True
     rng = random.Random(f"{province}:{seed}")
     span = (BIRTH_LAST - BIRTH_FIRST).days
     residents = []
@@ -118,7 +140,7 @@ def synthetic_residents(province: str, seed: int = 0, count: int = 40) -> tuple[
             # The sequence's parity is the gender (GB 11643): odd male, even female.
             sequence = rng.randrange(0, 500) * 2 + (1 if male else 0)
             number = id_number(region, birth, sequence)
-            if ric.is_valid(number):
+            if validate(number):
                 break
         given = _GIVEN_MALE if male else _GIVEN_FEMALE
         name = rng.choice(_SURNAMES) + "".join(rng.choice(given) for _ in range(rng.choice((1, 2))))

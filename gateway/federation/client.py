@@ -43,6 +43,7 @@ from gateway.errors import (
 )
 from gateway.federation.breaker import BreakerState, CircuitBreaker
 from gateway.messagelog import LogEntry, MessageLog
+from gateway.metrics import NodeMetrics
 from yrd.federation.v1 import federation_pb2_grpc
 
 M = TypeVar("M", bound=Message)
@@ -130,7 +131,9 @@ class FederationClient:
         message_log: MessageLog,
         *,
         channel_factory: Callable[[str], grpc.aio.Channel] | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._federation = federation
         self._signer = signer
         self._verifier = verifier
@@ -212,6 +215,8 @@ class FederationClient:
                 log.warning("retry budget exhausted", peer=peer_code, service=service)
                 return False
             self.retries += 1
+            if self._metrics is not None:
+                self._metrics.retries.labels(peer_code).inc()
             return True
 
         retrying = AsyncRetrying(
@@ -222,17 +227,40 @@ class FederationClient:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._attempt(
-                    peer,
-                    service,
-                    payload,
-                    response_type,
-                    correlation_id=correlation_id,
-                    deadline=deadline,
-                    idempotency_key=idempotency_key,
-                    message_id=message_id,
-                )
+                started = time.monotonic()
+                try:
+                    result = await self._attempt(
+                        peer,
+                        service,
+                        payload,
+                        response_type,
+                        correlation_id=correlation_id,
+                        deadline=deadline,
+                        idempotency_key=idempotency_key,
+                        message_id=message_id,
+                    )
+                except GatewayError as exc:
+                    self._observe(peer_code, service, exc.code.name, started, correlation_id)
+                    raise
+                self._observe(peer_code, service, "OK", started, correlation_id)
+                return result
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    def _observe(
+        self, peer: str, service: str, outcome: str, started: float, correlation_id: str
+    ) -> None:
+        """One JSON log line and the metrics of one exchange attempt (sender's side)."""
+        if self._metrics is not None:
+            self._metrics.observe_exchange(peer, service, "out", outcome, started)
+        log.info(
+            "exchange",
+            direction="out",
+            peer=peer,
+            service=service,
+            outcome=outcome,
+            correlation_id=correlation_id,
+            duration_ms=round((time.monotonic() - started) * 1000, 2),
+        )
 
     async def _attempt(
         self,

@@ -28,8 +28,9 @@ from gateway.envelope import (
     EnvelopeVerifier,
     OpenedEnvelope,
 )
-from gateway.errors import EnvelopeRejected, GatewayError
+from gateway.errors import EnvelopeRejected, GatewayError, status_from_int
 from gateway.messagelog import LogEntry, MessageLog
+from gateway.metrics import NodeMetrics
 from gateway.tls import peer_certificate, province_of_certificate
 from yrd.federation.v1 import federation_pb2, federation_pb2_grpc
 
@@ -59,7 +60,9 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         handlers: dict[str, Handler],
         require_peer_certificate: bool = False,
         dedupe_entries: int = 100_000,
+        metrics: NodeMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._require_certificate = require_peer_certificate
         self._signer = signer
         self._verifier = verifier
@@ -200,9 +203,18 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
                 while len(self._done) > self._dedupe_entries:
                     self._done.popitem(last=False)
             future.set_result(outcome)
+            if self._metrics is not None:
+                self._metrics.observe_exchange(
+                    opened.header.sender,
+                    opened.header.service,
+                    "in",
+                    status_from_int(outcome.status_code).name,
+                    started,
+                )
             log.info(
-                "exchange handled",
-                outcome=outcome.status_code,
+                "exchange",
+                direction="in",
+                outcome=status_from_int(outcome.status_code).name,
                 duration_ms=round((time.monotonic() - started) * 1000, 2),
             )
             return outcome

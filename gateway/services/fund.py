@@ -55,6 +55,7 @@ from gateway.identifiers import (
     validate_region_code,
 )
 from gateway.interceptors import current_client, current_correlation_id
+from gateway.metrics import NodeMetrics
 from gateway.outbox import Outbox, OutboxRoute
 from gateway.store import OutboxItem, StateStore
 from yrd.federation.v1 import federation_pb2
@@ -150,6 +151,9 @@ class FundExchange:
     def update(self, federation: FederationConfig) -> None:
         """A reloaded config: policies, clients and peers as now configured."""
         self._federation = federation
+
+    #: Set by the node: back-end latency goes to its metrics.
+    metrics: NodeMetrics | None = None
 
     @property
     def own(self) -> str:

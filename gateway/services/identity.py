@@ -10,6 +10,7 @@ purpose. The verdict fails closed: no answer, or a stale one, is never VALID.
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -34,6 +35,7 @@ from gateway.errors import (
 )
 from gateway.federation.client import FederationClient
 from gateway.interceptors import current_client, current_correlation_id
+from gateway.metrics import NodeMetrics
 from gateway.store import StateStore
 from gateway.trust import KeyLookupError, TrustStore
 from yrd.common.v1 import common_pb2
@@ -124,6 +126,9 @@ class IdentityExchange:
         """A reloaded config: policies, clients and peers as now configured."""
         self._federation = federation
 
+    #: Set by the node: back-end latency goes to its metrics.
+    metrics: NodeMetrics | None = None
+
     # ---- issuer side -------------------------------------------------------------
 
     async def check_credential(
@@ -147,11 +152,15 @@ class IdentityExchange:
                 f"(allowed: {', '.join(policy)})"
             )
         attributes = tuple(request.requested_attributes) or policy
+        started = time.monotonic()
+        outcome = "error"
         try:
             check = await self._authority.check_credential(
                 request.credential_id, request.token_id, timeout=timeout
             )
+            outcome = "ok"
         except BackendUnavailable as exc:
+            outcome = "unavailable"
             raise PeerUnavailable(f"e-ID authority of {self._federation.own}: {exc}") from exc
         except (TranslationError, AdapterError) as exc:
             # The back-end answered, but not in a way this province's adapter can
@@ -161,6 +170,9 @@ class IdentityExchange:
                 f"the e-ID authority of {self._federation.own} gave an answer its adapter "
                 f"cannot use: {exc}"
             ) from exc
+        finally:
+            if self.metrics is not None:
+                self.metrics.observe_backend("eid_authority", outcome, started)
         response = federation_pb2.CredentialCheckResponse(
             state=federation_pb2.CredentialState.ValueType(check.state),
             token_already_used=check.token_already_used,

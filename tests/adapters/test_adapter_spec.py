@@ -42,25 +42,33 @@ class TestCodeTables:
     def test_two_codes_for_one_value_rejected(self, adapter_table: Table) -> None:
         table = adapter_table("shanghai")
         table["code_tables"]["gender"]["3"] = "GENDER_MALE"
-        with pytest.raises(ValidationError, match=r"code_tables\.gender: .*'1' and '3'"):
+        with pytest.raises(
+            ValidationError, match=r"code_tables\.gender\.3\n.*one-to-one.*'1' and '3'"
+        ):
             AdapterConfig.model_validate(table)
 
     def test_value_not_in_enum_rejected(self, adapter_table: Table) -> None:
         table = adapter_table("jiangsu")
         table["code_tables"]["gender"]["X"] = "GENDER_OTHER"
-        with pytest.raises(ValidationError, match=r"code table 'gender' code 'X'.*GENDER_OTHER"):
+        with pytest.raises(
+            ValidationError,
+            match=r"code_tables\.gender\.X\n.*one of \[.*GENDER_MALE.*input_value='GENDER_OTHER'",
+        ):
             AdapterConfig.model_validate(table)
 
     def test_undefined_table_rejected(self, adapter_table: Table) -> None:
         table = adapter_table("zhejiang")
         _rule(table, "person", "gender")["codes"] = "sex"
-        with pytest.raises(ValidationError, match=r"identity\.person\.fields\[2\].*'sex'"):
+        with pytest.raises(
+            ValidationError,
+            match=r"identity\.person\.fields\.2\.codes\n.*defined under.*input_value='sex'",
+        ):
             AdapterConfig.model_validate(table)
 
     def test_bool_field_needs_bool_codes(self, adapter_table: Table) -> None:
         table = adapter_table("shanghai")
         table["code_tables"]["used_flag"] = {"1": "yes", "0": "no"}
-        with pytest.raises(ValidationError, match="expected true or false"):
+        with pytest.raises(ValidationError, match=r"code_tables\.used_flag\.1\n.*true or false"):
             AdapterConfig.model_validate(table)
 
     def test_integer_value_is_not_coerced(self, adapter_table: Table) -> None:
@@ -76,13 +84,17 @@ class TestFieldRules:
     def test_unknown_date_format_rejected(self, adapter_table: Table) -> None:
         table = adapter_table("shanghai")
         _rule(table, "person", "birth_date")["format"] = "ddMMyyyy"
-        with pytest.raises(ValidationError, match=r"format: expected one of .*'yyyyMMdd'"):
+        with pytest.raises(
+            ValidationError, match=r"person\.fields\.3\.format\n.*one of .*'yyyyMMdd'"
+        ):
             AdapterConfig.model_validate(table)
 
     def test_format_on_a_plain_string_rejected(self, adapter_table: Table) -> None:
         table = adapter_table("jiangsu")
         _rule(table, "person", "full_name")["format"] = "yyyyMMdd"
-        with pytest.raises(ValidationError, match="a string field takes no format"):
+        with pytest.raises(
+            ValidationError, match=r"fields\.1\.format\n.*a string field takes none"
+        ):
             AdapterConfig.model_validate(table)
 
     def test_unknown_key_rejected(self, adapter_table: Table) -> None:
@@ -100,7 +112,10 @@ class TestFieldRules:
     def test_unknown_canonical_field_rejected(self, adapter_table: Table) -> None:
         table = adapter_table("anhui")
         _rules(table, "person").append({"canonical": "shoe_size", "native": "ShoeSize"})
-        with pytest.raises(ValidationError, match=r"'shoe_size'.*expected one of"):
+        with pytest.raises(
+            ValidationError,
+            match=r"person\.fields\.9\.canonical\n.*one of.*input_value='shoe_size'",
+        ):
             AdapterConfig.model_validate(table)
 
     def test_required_canonical_field_must_be_mapped(self, adapter_table: Table) -> None:
@@ -114,7 +129,9 @@ class TestFieldRules:
     def test_required_canonical_field_needs_required_or_default(self, adapter_table: Table) -> None:
         table = adapter_table("shanghai")
         _rule(table, "person", "id_number")["required"] = False
-        with pytest.raises(ValidationError, match="needs required = true or a default"):
+        with pytest.raises(
+            ValidationError, match=r"person\.fields\.0\.required\n.*required = true or a default"
+        ):
             AdapterConfig.model_validate(table)
 
     def test_field_mapped_twice_rejected(self, adapter_table: Table) -> None:
@@ -132,7 +149,7 @@ class TestFieldRules:
     def test_bad_default_rejected(self, adapter_table: Table) -> None:
         table = adapter_table("jiangsu")
         _rule(table, "person", "gender")["default"] = "GENDER_UNKNOWN"
-        with pytest.raises(ValidationError, match="default: expected one of"):
+        with pytest.raises(ValidationError, match=r"person\.fields\.2\.default\n.*one of"):
             AdapterConfig.model_validate(table)
 
     def test_bad_pattern_rejected(self, adapter_table: Table) -> None:
@@ -160,7 +177,9 @@ class TestDocumentShape:
     def test_xml_needs_root(self, adapter_table: Table) -> None:
         table = adapter_table("anhui")
         del table["identity"]["status_request"]["root"]
-        with pytest.raises(ValidationError, match=r"status_request\.root: expected the XML"):
+        with pytest.raises(
+            ValidationError, match=r"status_request\.root\n.*the XML document element"
+        ):
             AdapterConfig.model_validate(table)
 
     def test_json_root_rejected(self, adapter_table: Table) -> None:
@@ -172,7 +191,7 @@ class TestDocumentShape:
     def test_xml_element_names_checked(self, adapter_table: Table) -> None:
         table = adapter_table("anhui")
         _rule(table, "person", "full_name")["native"] = "Full Name"
-        with pytest.raises(ValidationError, match="not a valid xml key"):
+        with pytest.raises(ValidationError, match=r"person\.fields\.1\.native\n.*valid xml keys"):
             AdapterConfig.model_validate(table)
 
     def test_unknown_time_zone_rejected(self, adapter_table: Table) -> None:

@@ -278,7 +278,7 @@ class TestFundConfig:
     def test_status_query_needed_for_post(self, adapter_table: Table) -> None:
         table = adapter_table("shanghai")
         del table["fund"]["status_query"]
-        with pytest.raises(ValidationError, match=r"fund\n.*status_query"):
+        with pytest.raises(ValidationError, match=r"fund\.status_query\n.*POSTed status query"):
             AdapterConfig.model_validate(table)
 
     def test_no_status_query_for_get(self, adapter_table: Table) -> None:
@@ -298,13 +298,18 @@ class TestFundConfig:
         table["fund"]["account"]["fields"] = [
             r for r in table["fund"]["account"]["fields"] if r["canonical"] != "balance_fen"
         ]
-        with pytest.raises(ValidationError, match=r"fund\.account: expected a rule .*balance_fen"):
+        with pytest.raises(
+            ValidationError,
+            match=r"fund\.account\.fields\n.*required canonical field 'balance_fen'",
+        ):
             AdapterConfig.model_validate(table)
 
     def test_money_format_on_a_string(self, adapter_table: Table) -> None:
         table = adapter_table("anhui")
         table["fund"]["withdrawal"]["fields"][2]["format"] = "yuan"  # fund_account
-        with pytest.raises(ValidationError, match=r"a string field takes no format"):
+        with pytest.raises(
+            ValidationError, match=r"withdrawal\.fields\.2\.format\n.*a string field takes none"
+        ):
             AdapterConfig.model_validate(table)
 
     def test_xml_list_needs_item(self, adapter_table: Table) -> None:

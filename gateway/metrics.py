@@ -1,0 +1,136 @@
+"""Prometheus metrics of a node, in a registry of its own (several nodes may
+share a process, as in the demo and the tests).
+
+Labels carry only province codes, logical service and gRPC method names,
+status codes and breaker states: never personal data. Gauges that need the
+store (outbox depth, age of the oldest item, message-log rows) are read at
+scrape time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+#: Latency buckets (seconds): loopback exchanges take milliseconds, back-ends more.
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class NodeMetrics:
+    """Every metric a node exports."""
+
+    def __init__(self, province: str) -> None:
+        self.province = province
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.rpcs = Counter(
+            "yrd_rpc_total", "Public RPCs by method and status code", ["method", "code"], registry=r
+        )
+        self.rpc_seconds = Histogram(
+            "yrd_rpc_duration_seconds",
+            "Public RPC latency (local client -> node)",
+            ["method"],
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.exchanges = Counter(
+            "yrd_exchanges_total",
+            "Federation exchanges by peer, logical service, direction (out: this node asked; "
+            "in: a peer asked) and outcome (gRPC status code name)",
+            ["peer", "service", "direction", "outcome"],
+            registry=r,
+        )
+        self.exchange_seconds = Histogram(
+            "yrd_exchange_duration_seconds",
+            "Federation exchange latency: out = node -> peer round trip, in = handling here",
+            ["peer", "service", "direction"],
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.backend_seconds = Histogram(
+            "yrd_backend_duration_seconds",
+            "Latency of calls to this province's back-ends",
+            ["backend", "outcome"],
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.retries = Counter(
+            "yrd_federation_retries_total",
+            "Retried attempts by peer (synchronous exchanges)",
+            ["peer"],
+            registry=r,
+        )
+        self.outbox_retries = Counter(
+            "yrd_outbox_retries_total",
+            "Outbox deliveries rescheduled after a failure",
+            ["peer"],
+            registry=r,
+        )
+        self.breaker = Gauge(
+            "yrd_breaker_state",
+            "Circuit breaker per peer: 0 closed, 1 half-open, 2 open",
+            ["peer"],
+            registry=r,
+        )
+        self.outbox_depth = Gauge("yrd_outbox_depth", "Items waiting in the outbox", registry=r)
+        self.outbox_oldest = Gauge(
+            "yrd_outbox_oldest_age_seconds",
+            "Age of the oldest waiting outbox item (0 if none)",
+            registry=r,
+        )
+        self.log_rows = Gauge("yrd_message_log_rows", "Rows in the message log", registry=r)
+        self.log_commits = Gauge(
+            "yrd_message_log_commits", "Commits of the message log's grouped writer", registry=r
+        )
+        #: Filled in by the node: refreshes the gauges read at scrape time.
+        self.refresh: Callable[[], Awaitable[None]] | None = None
+
+    def observe_exchange(
+        self, peer: str, service: str, direction: str, outcome: str, started: float
+    ) -> None:
+        self.exchanges.labels(peer, service, direction, outcome).inc()
+        self.exchange_seconds.labels(peer, service, direction).observe(time.monotonic() - started)
+
+    def observe_backend(self, backend: str, outcome: str, started: float) -> None:
+        self.backend_seconds.labels(backend, outcome).observe(time.monotonic() - started)
+
+    async def render(self) -> bytes:
+        if self.refresh is not None:
+            await self.refresh()
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """``GET /metrics`` in the Prometheus text format, on its own loopback port."""
+
+    def __init__(self, metrics: NodeMetrics, host: str, port: int) -> None:
+        self._metrics = metrics
+        self._host, self._port = host, port
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> MetricsServer:
+        app = web.Application()
+        app.router.add_get("/metrics", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        server = site._server  # aiohttp keeps the bound socket here
+        sockets = getattr(server, "sockets", None) or []
+        self.port = int(sockets[0].getsockname()[1]) if sockets else self._port
+        return self
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await self._metrics.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

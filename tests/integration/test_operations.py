@@ -1,0 +1,197 @@
+"""What an operator sees: Prometheus metrics, one JSON log line per exchange
+with a correlation id followed across nodes, and a drain on stop that lets
+calls in flight finish."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from datetime import datetime
+
+import aiohttp
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from adapters.base import CredentialCheck, IdentityAuthority
+from adapters.simulators.residents import synthetic_residents
+from gateway import logs
+from gateway.localfed import LocalFederation
+from tests.integration.conftest import SH, ZJ, Wallet
+from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
+
+HOTEL = (("authorization", f"Bearer dev-hotel-{SH}"),)
+
+
+async def check_in(
+    federation: LocalFederation, wallet: Wallet, **kw: object
+) -> identity_pb2.VerifyIdentityResponse:
+    stub = identity_pb2_grpc.IdentityServiceStub(federation.channel(SH))
+    answer: identity_pb2.VerifyIdentityResponse = await stub.VerifyIdentity(
+        identity_pb2.VerifyIdentityRequest(
+            qr_payload=await wallet.fresh_qr(ZJ), purpose=identity_pb2.HOTEL_CHECK_IN
+        ),
+        metadata=HOTEL + tuple(kw.get("metadata", ())),
+        timeout=10,  # type: ignore[operator]
+    )
+    return answer
+
+
+async def scrape(federation: LocalFederation, code: str) -> str:
+    server = federation.node(code).metrics_server
+    assert server is not None
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{server.port}/metrics") as response,
+    ):
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        return await response.text()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+class TestMetrics:
+    """Each node serves its metrics in the Prometheus text format."""
+
+    async def test_exchanges_latency_breaker_outbox_and_log(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        for _ in range(3):
+            assert (await check_in(federation, wallet)).verdict == identity_pb2.VALID
+        sh, zj = samples(await scrape(federation, SH)), samples(await scrape(federation, ZJ))
+        out = (
+            ("direction", "out"),
+            ("outcome", "OK"),
+            ("peer", ZJ),
+            ("service", "identity.CheckCredential"),
+        )
+        assert sh[("yrd_exchanges_total", out)] == 3
+        assert sh[("yrd_exchange_duration_seconds_count", out[:1] + out[2:])] == 3
+        incoming = (
+            ("direction", "in"),
+            ("outcome", "OK"),
+            ("peer", SH),
+            ("service", "identity.CheckCredential"),
+        )
+        assert zj[("yrd_exchanges_total", incoming)] == 3
+        assert (
+            zj[
+                (
+                    "yrd_backend_duration_seconds_count",
+                    (("backend", "eid_authority"), ("outcome", "ok")),
+                )
+            ]
+            == 3
+        )
+        method = "/yrd.identity.v1.IdentityService/VerifyIdentity"
+        assert sh[("yrd_rpc_total", (("code", "OK"), ("method", method)))] == 3
+        assert sh[("yrd_breaker_state", (("peer", ZJ),))] == 0
+        assert sh[("yrd_outbox_depth", ())] == 0
+        assert sh[("yrd_message_log_rows", ())] == 6
+
+    async def test_breaker_and_outbox_while_a_peer_is_down(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        await federation.stop_node(ZJ)
+        for _ in range(3):
+            answer = await check_in(federation, wallet)
+            assert answer.verdict == identity_pb2.ISSUER_UNREACHABLE
+        text = await scrape(federation, SH)
+        found = samples(text)
+        assert found[("yrd_breaker_state", (("peer", ZJ),))] == 2  # open
+        assert found[("yrd_federation_retries_total", (("peer", ZJ),))] >= 1
+
+    async def test_no_personal_data_in_metrics(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        await check_in(federation, wallet)
+        text = await scrape(federation, SH) + await scrape(federation, ZJ)
+        for resident in synthetic_residents(ZJ):
+            assert resident.id_number not in text
+            assert resident.full_name not in text
+
+
+class TestLogs:
+    async def test_one_json_line_per_exchange_followed_across_nodes(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        stream = io.StringIO()
+        logs.configure("INFO", stream)
+        try:
+            answer = await check_in(
+                federation, wallet, metadata=(("x-correlation-id", "trace-0001"),)
+            )
+        finally:
+            logs.configure("WARNING", io.StringIO())
+        assert answer.correlation_id == "trace-0001"
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        traced = [line for line in lines if line.get("correlation_id") == "trace-0001"]
+        exchanges = [line for line in traced if line["event"] == "exchange"]
+        assert {(line["node"], line["direction"]) for line in exchanges} == {
+            (SH, "out"),
+            (ZJ, "in"),
+        }
+        for line in exchanges:
+            assert line["peer"] in (SH, ZJ)
+            assert line["service"] == "identity.CheckCredential"
+            assert line["outcome"] == "OK"
+            assert isinstance(line["duration_ms"], float)
+            assert line["level"] == "info"
+            datetime.fromisoformat(line["timestamp"])
+        assert {line["node"] for line in traced if line["event"] == "rpc"} == {SH, ZJ}
+
+
+class SlowAuthority:
+    """A real e-ID authority connector, answering only after a pause."""
+
+    def __init__(self, inner: IdentityAuthority, delay: float) -> None:
+        self.inner = inner
+        self.delay = delay
+
+    async def check_credential(
+        self, credential_id: str, token_id: str, *, timeout: float
+    ) -> CredentialCheck:
+        await asyncio.sleep(self.delay)
+        return await self.inner.check_credential(credential_id, token_id, timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_stop_drains_calls_in_flight(federation: LocalFederation, wallet: Wallet) -> None:
+    """Stopping a node: health goes NOT_SERVING, calls in flight finish within the
+    grace period and are logged, new calls are refused."""
+    from adapters import build_identity_authority
+
+    await federation.stop_node(ZJ)
+    config = federation.provinces[ZJ].config
+    slow = SlowAuthority(build_identity_authority(config.adapter, config.eid.authority_url), 1.0)
+    node = await federation.start_node(ZJ, authority=slow, grace=5.0)
+    calls = [asyncio.create_task(check_in(federation, wallet)) for _ in range(8)]
+    await asyncio.sleep(0.5)  # the calls are now waiting on the slow authority
+    stopping = asyncio.create_task(node.stop())
+    await asyncio.sleep(0.1)
+    health = health_pb2_grpc.HealthStub(federation.channel(ZJ))
+    try:
+        status = (await health.Check(health_pb2.HealthCheckRequest(), timeout=2)).status
+    except grpc.aio.AioRpcError:
+        status = health_pb2.HealthCheckResponse.NOT_SERVING  # already refusing connections
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    answers = await asyncio.gather(*calls)
+    await stopping
+    assert [a.verdict for a in answers] == [identity_pb2.VALID] * 8
+    federation.provinces[ZJ].node = None
+    late = await check_in(federation, wallet)
+    assert late.verdict == identity_pb2.ISSUER_UNREACHABLE
+    # everything that was accepted is in the (closed, flushed) message log
+    restarted = await federation.start_node(ZJ)
+    assert await restarted.message_log.count() >= 16
+    assert (await restarted.message_log.verify()).intact
