@@ -183,6 +183,20 @@ class FundSection(_Model):
     centre_url: str = Field(pattern=r"^https?://")
 
 
+class CertificateSection(_Model):
+    """This province's e-certificate library, and the keys its issuing
+    authorities seal certificates with (published to every province)."""
+
+    library_url: str | None = Field(None, pattern=r"^https?://")
+    seal_keys: tuple[PublishedKey, ...] = ()
+
+
+class CaseSection(_Model):
+    """This province's system for inter-provincial service cases."""
+
+    system_url: str = Field(pattern=r"^https?://")
+
+
 class ServicesSection(_Model):
     offers: tuple[str, ...] = ()
     calls: tuple[str, ...] = ()
@@ -219,6 +233,9 @@ class ClientSection(_Model):
     certificate_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     services: tuple[str, ...] = ()
     purposes: tuple[str, ...] = ()
+    #: Purposes it may fetch e-certificates for (codes agreed in the federation,
+    #: e.g. MARRIAGE_REGISTRATION); sent with each request and logged.
+    certificate_purposes: tuple[str, ...] = ()
     #: Calls per second allowed on average, and the burst above it.
     rate_per_second: float = Field(50.0, gt=0, le=100_000)
     burst: int = Field(100, ge=1, le=1_000_000)
@@ -254,6 +271,8 @@ class ProvinceConfig(_Model):
     signing: SigningSection
     eid: EidSection
     fund: FundSection | None = None
+    certificate: CertificateSection | None = None
+    case: CaseSection | None = None
     tls: TlsSection | None = None
     services: ServicesSection = ServicesSection()
     disclosure: dict[str, tuple[str, ...]] = Field(default_factory=dict)
@@ -354,6 +373,10 @@ def _check_files(config: ProvinceConfig) -> list[str]:
     keys = [(f"signing.public_keys.{i}", k) for i, k in enumerate(config.signing.public_keys)] + [
         (f"eid.issuer_keys.{i}", k) for i, k in enumerate(config.eid.issuer_keys)
     ]
+    if config.certificate is not None:
+        keys += [
+            (f"certificate.seal_keys.{i}", k) for i, k in enumerate(config.certificate.seal_keys)
+        ]
     for where, key in keys:
         try:
             load_public_key(key.public_key.read_bytes())

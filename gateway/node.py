@@ -12,6 +12,7 @@ import asyncio
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
@@ -20,10 +21,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from adapters import build_fund_centre, build_identity_authority
+from adapters import (
+    build_case_system,
+    build_certificate_library,
+    build_fund_centre,
+    build_identity_authority,
+)
 from adapters.base import FundCentre, IdentityAuthority
 from gateway.clock import Clock, SystemClock
-from gateway.config import FederationConfig, load_federation
+from gateway.config import FederationConfig, ProvinceConfig, load_federation
 from gateway.envelope import MAX_ENVELOPE_BYTES, EnvelopeSigner, EnvelopeVerifier
 from gateway.errors import ConfigError, EnvelopeRejected, FailedPrecondition
 from gateway.federation.client import CHANNEL_OPTIONS, FederationClient
@@ -33,9 +39,11 @@ from gateway.messagelog import MessageLog
 from gateway.metrics import BREAKER_VALUES, MetricsServer, NodeMetrics
 from gateway.outbox import Outbox
 from gateway.services.admin import AdminServicer
-from gateway.services.fund import FundExchange, FundProcessor, FundServicer
+from gateway.services.case import SERVICE_CASE, CaseServicer
+from gateway.services.certificate import CertificateExchange, CertificateServicer
+from gateway.services.fund import WITHDRAWAL, FundExchange, FundServicer
 from gateway.services.identity import IdentityExchange, IdentityServicer
-from gateway.services.pending import PendingCaseServicer, PendingCertificateServicer
+from gateway.services.tracked import TrackedExchange, TrackedProcessor
 from gateway.store import StateStore
 from gateway.tls import TlsMaterial
 from gateway.trust import TrustStore
@@ -127,7 +135,8 @@ class Node:
         self._authority = authority
         self._fund_centre = fund_centre
         self.outbox: Outbox | None = None
-        self.fund_processor: FundProcessor | None = None
+        self.processors: list[TrackedProcessor[Any]] = []
+        self._closeables: list[Any] = []
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -172,33 +181,50 @@ class Node:
             options=SERVER_OPTIONS,
         )
         identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(identity), server)
-        centre = self._fund_centre
-        if centre is None and me.fund is not None and me.adapter.fund is not None:
-            centre = build_fund_centre(me.adapter, me.fund.centre_url, clock=self.clock)
-        self._fund_centre = centre
+        backends = self._backends(me)
         fund = self.fund = FundExchange(
+            WITHDRAWAL,
             federation=self.federation,
             client=self.federation_client,
             store=self.state,
-            centre=centre,
+            backend=backends["fund"],
             clock=self.clock,
         )
+        cases = self.cases = TrackedExchange(
+            SERVICE_CASE,
+            federation=self.federation,
+            client=self.federation_client,
+            store=self.state,
+            backend=backends["case"],
+            clock=self.clock,
+        )
+        certificates = self.certificates = CertificateExchange(
+            federation=self.federation,
+            trust=self.trust,
+            client=self.federation_client,
+            library=backends["certificate"],
+            clock=self.clock,
+        )
+        tracked: list[TrackedExchange[Any]] = [fund, cases]
         self.outbox = Outbox(
             self.state,
             self.federation_client,
-            fund.routes(),
+            {name: route for exchange in tracked for name, route in exchange.routes().items()},
             max_backoff=me.node.outbox_max_backoff_seconds,
             metrics=self.metrics,
         )
-        fund.outbox = self.outbox
-        if centre is not None:
-            self.fund_processor = FundProcessor(fund, self.state, centre, self.clock)
-            fund.processor = self.fund_processor
+        for exchange in tracked:
+            exchange.outbox = self.outbox
+            exchange.metrics = self.metrics
+            if exchange.backend is not None:
+                processor = TrackedProcessor(exchange, self.state, exchange.backend, self.clock)
+                exchange.processor = processor
+                self.processors.append(processor)
         fund_pb2_grpc.add_FundServiceServicer_to_server(FundServicer(fund), server)
         certificate_pb2_grpc.add_CertificateServiceServicer_to_server(
-            PendingCertificateServicer(), server
+            CertificateServicer(certificates), server
         )
-        case_pb2_grpc.add_CaseServiceServicer_to_server(PendingCaseServicer(), server)
+        case_pb2_grpc.add_CaseServiceServicer_to_server(CaseServicer(cases), server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self), server)
         federation = FederationServicer(
             self.signer,
@@ -208,9 +234,9 @@ class Node:
             metrics=self.metrics,
             handlers={
                 "identity.CheckCredential": identity.handle_federated,
-                "fund.QueryAccount": fund.handle_query,
-                "fund.DeliverWithdrawal": fund.handle_delivery,
-                "fund.WithdrawalStatus": fund.handle_status,
+                "certificate.Fetch": certificates.handle_fetch,
+                **fund.handlers(),
+                **cases.handlers(),
             },
         )
         server.add_generic_rpc_handlers((federation.generic_handler(),))
@@ -241,17 +267,35 @@ class Node:
         for name in PUBLIC_SERVICE_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        identity.metrics = fund.metrics = self.metrics
+        identity.metrics = certificates.metrics = self.metrics
         self.metrics.refresh = self._refresh_metrics
         if me.node.metrics_endpoint is not None:
             host, _, port = me.node.metrics_endpoint.rpartition(":")
             self.metrics_server = await MetricsServer(self.metrics, host, int(port)).start()
         await self.outbox.start()
-        if self.fund_processor is not None:
-            await self.fund_processor.start()
+        for processor in self.processors:
+            await processor.start()
         self.started_at = self.clock.now()
         log.info("node started", province=me.code, listen=self.listen, port=self.port)
         return self
+
+    def _backends(self, me: ProvinceConfig) -> dict[str, Any]:
+        """This province's back-end connectors (injected ones first, then from config)."""
+        found: dict[str, Any] = {"fund": self._fund_centre, "case": None, "certificate": None}
+        if found["fund"] is None and me.fund is not None and me.adapter.fund is not None:
+            found["fund"] = build_fund_centre(me.adapter, me.fund.centre_url, clock=self.clock)
+        if me.case is not None and me.adapter.case is not None:
+            found["case"] = build_case_system(me.adapter, me.case.system_url, clock=self.clock)
+        if (
+            me.certificate is not None
+            and me.certificate.library_url is not None
+            and me.adapter.certificate is not None
+        ):
+            found["certificate"] = build_certificate_library(
+                me.adapter, me.certificate.library_url, clock=self.clock
+            )
+        self._closeables = [b for b in found.values() if b is not None]
+        return found
 
     async def _refresh_metrics(self) -> None:
         depth, oldest = await self.state.outbox_stats()
@@ -286,6 +330,8 @@ class Node:
         await self.federation_client.update(federation)
         self.identity.update(federation)
         self.fund.update(federation)
+        self.cases.update(federation)
+        self.certificates.update(federation, trust)
         self.trust = trust
         self.federation = federation
         self.reloads += 1
@@ -316,13 +362,13 @@ class Node:
                 await self.metrics_server.stop()
             if self.outbox is not None:
                 await self.outbox.stop()
-            if self.fund_processor is not None:
-                await self.fund_processor.stop()
+            for processor in self.processors:
+                await processor.stop()
             await self.federation_client.close()
             if self._authority is not None:
                 await self._authority.aclose()
-            if self._fund_centre is not None:
-                await self._fund_centre.aclose()
+            for backend in self._closeables:
+                await backend.aclose()
             await self.message_log.close()
             await self.state.close()
             log.info("node stopped", province=self.code)

@@ -1,5 +1,6 @@
-"""The node's business state in SQLite: guest registrations, withdrawal cases on
-both sides of the exchange, and the outbox of asynchronous deliveries.
+"""The node's business state in SQLite: guest registrations, tracked cases
+(withdrawals, service cases) on both sides of their exchange, and the outbox of
+asynchronous deliveries.
 
 Writes are grouped like the message log's: each write is a function run inside
 its own SAVEPOINT by one writer task, which commits a whole group at once and
@@ -39,44 +40,47 @@ CREATE TABLE IF NOT EXISTS check_ins (
     correlation_id   TEXT NOT NULL
 );
 
--- Applicant's side: cases submitted here for a fund held in another province.
-CREATE TABLE IF NOT EXISTS withdrawals (
+-- Tracked exchanges (withdrawals, service cases), submitting node's side.
+CREATE TABLE IF NOT EXISTS outgoing_cases (
     case_id          TEXT PRIMARY KEY,
-    idempotency_key  TEXT NOT NULL UNIQUE,
-    body_digest      BLOB NOT NULL,   -- SHA-256 of the deterministic application bytes
+    domain           TEXT NOT NULL,     -- 'withdrawal' | 'case'
+    idempotency_key  TEXT NOT NULL,
+    body_digest      BLOB NOT NULL,     -- SHA-256 of the deterministic application bytes
     client_id        TEXT NOT NULL,
-    fund_province    TEXT NOT NULL,
-    application      BLOB NOT NULL,   -- serialized yrd.fund.v1.WithdrawalApplication
+    peer             TEXT NOT NULL,     -- the province that handles it
+    application      BLOB NOT NULL,     -- serialized application message
     status           INTEGER NOT NULL,
     status_reason    TEXT NOT NULL DEFAULT '',
-    paid_amount_fen  INTEGER NOT NULL DEFAULT 0,
+    amount_fen       INTEGER NOT NULL DEFAULT 0,   -- paid amount (withdrawals)
     remote_reference TEXT NOT NULL DEFAULT '',
     correlation_id   TEXT NOT NULL,
     submitted_at     TEXT NOT NULL,
-    updated_at       TEXT NOT NULL
+    updated_at       TEXT NOT NULL,
+    UNIQUE (domain, idempotency_key)
 );
 
--- Fund province's side: applications received from other provinces' nodes.
-CREATE TABLE IF NOT EXISTS incoming_withdrawals (
-    reference        TEXT PRIMARY KEY,   -- this node's reference, sent to the fund centre
-    sender           TEXT NOT NULL,
-    idempotency_key  TEXT NOT NULL,
-    message_id       TEXT NOT NULL,
-    correlation_id   TEXT NOT NULL,
-    body_digest      BLOB NOT NULL,
-    application      BLOB NOT NULL,
-    status           INTEGER NOT NULL,   -- last status reported back to the sender
-    status_reason    TEXT NOT NULL DEFAULT '',
-    paid_amount_fen  INTEGER NOT NULL DEFAULT 0,
-    centre_reference TEXT NOT NULL DEFAULT '',
-    submitted        INTEGER NOT NULL DEFAULT 0,  -- handed to the fund centre
-    attempts         INTEGER NOT NULL DEFAULT 0,
-    next_poll_at     REAL NOT NULL,              -- unix seconds
-    received_at      TEXT NOT NULL,
-    updated_at       TEXT NOT NULL,
-    UNIQUE (sender, idempotency_key)
+-- Tracked exchanges, handling node's side: applications received from peers.
+CREATE TABLE IF NOT EXISTS incoming_cases (
+    reference         TEXT PRIMARY KEY,  -- this node's reference, given to its back-end
+    domain            TEXT NOT NULL,
+    sender            TEXT NOT NULL,
+    idempotency_key   TEXT NOT NULL,
+    message_id        TEXT NOT NULL,
+    correlation_id    TEXT NOT NULL,
+    body_digest       BLOB NOT NULL,
+    application       BLOB NOT NULL,
+    status            INTEGER NOT NULL,   -- last status reported back to the sender
+    status_reason     TEXT NOT NULL DEFAULT '',
+    amount_fen        INTEGER NOT NULL DEFAULT 0,
+    backend_reference TEXT NOT NULL DEFAULT '',
+    submitted         INTEGER NOT NULL DEFAULT 0,  -- handed to the back-end
+    attempts          INTEGER NOT NULL DEFAULT 0,
+    next_poll_at      REAL NOT NULL,               -- unix seconds
+    received_at       TEXT NOT NULL,
+    updated_at        TEXT NOT NULL,
+    UNIQUE (domain, sender, idempotency_key)
 );
-CREATE INDEX IF NOT EXISTS incoming_withdrawals_due ON incoming_withdrawals (next_poll_at);
+CREATE INDEX IF NOT EXISTS incoming_cases_due ON incoming_cases (next_poll_at);
 
 -- Asynchronous deliveries to peers, kept until the peer acknowledges them.
 CREATE TABLE IF NOT EXISTS outbox (

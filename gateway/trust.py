@@ -57,9 +57,12 @@ class TrustStore:
     def __init__(self, federation: FederationConfig) -> None:
         self._signing: dict[str, dict[str, TrustedKey]] = {}
         self._eid: dict[str, dict[str, TrustedKey]] = {}
+        self._seal: dict[str, dict[str, TrustedKey]] = {}
         for code, province in federation.provinces.items():
             self._signing[code] = _load(code, province.signing.public_keys)
             self._eid[code] = _load(code, province.eid.issuer_keys)
+            if province.certificate is not None:
+                self._seal[code] = _load(code, province.certificate.seal_keys)
 
     def provinces(self) -> list[str]:
         return sorted(self._signing)
@@ -99,6 +102,13 @@ class TrustStore:
             return self._find(self._signing, "envelope", province, key_id, at).key
         except KeyLookupError as exc:
             raise EnvelopeRejected(grpc.StatusCode.UNAUTHENTICATED, exc.reason, str(exc)) from exc
+
+    def seal_key(self, province: str, key_id: str, at: datetime) -> Ed25519PublicKey | None:
+        """The key a province's issuing authority sealed a certificate with, if trusted."""
+        try:
+            return self._find(self._seal, "seal", province, key_id, at).key
+        except KeyLookupError:
+            return None
 
     def eid_issuer_key(self, province: str, key_id: str, at: datetime) -> Ed25519PublicKey:
         """The key a province's e-ID authority signs tokens with; raises KeyLookupError."""

@@ -204,7 +204,7 @@ class TestBadInput:
             await submit(federation, app)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in (info.value.details() or "")
-        rows = await federation.node(SH).state.fetchone("SELECT COUNT(*) FROM withdrawals")
+        rows = await federation.node(SH).state.fetchone("SELECT COUNT(*) FROM outgoing_cases")
         assert rows == (0,)
 
     async def test_bad_id_number(self, federation: LocalFederation) -> None:

@@ -13,7 +13,6 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from gateway.localfed import LocalFederation
 from tests.integration.conftest import SH, ZJ, Wallet
 from yrd.admin.v1 import admin_pb2, admin_pb2_grpc
-from yrd.certificate.v1 import certificate_pb2, certificate_pb2_grpc
 from yrd.federation.v1 import federation_pb2
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
 
@@ -68,15 +67,6 @@ class TestDiscovery:
         )
         assert report.intact
         assert report.rows_checked == 2
-
-    async def test_unbuilt_rpcs_say_so(self, federation: LocalFederation) -> None:
-        stub = certificate_pb2_grpc.CertificateServiceStub(federation.channel(SH))
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.GetCertificate(
-                certificate_pb2.GetCertificateRequest(), metadata=OFFICE, timeout=3
-            )
-        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "GetCertificate" in (info.value.details() or "")
 
 
 class TestFederationServiceGarbage:

@@ -1,0 +1,119 @@
+"""Inter-provincial service cases ("handled in another province", DESIGN §2).
+
+A case is a tracked exchange (:mod:`gateway.services.tracked`):
+``CASE_QUEUED → CASE_DELIVERED → CASE_ACCEPTED → CASE_IN_PROGRESS →
+CASE_COMPLETED``, or ``CASE_REFUSED`` with a reason. Materials travel by digest
+(and optionally with their content); both nodes check them against the limits
+of :mod:`adapters.case` — at most 20 materials, each at most 20 MiB declared, a
+PDF/OFD/JPEG/PNG media type, a 32-byte SHA-256, content (when sent) matching
+its declared size and digest, at most 4 MiB of content per case — so a
+material altered on the way is refused on arrival.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from adapters.base import CaseSystem
+from adapters.case import check_application
+from adapters.errors import CaseNotFound, TranslationError
+from gateway.errors import GatewayError, InvalidArgument
+from gateway.identifiers import validate_idempotency_key, validate_region_code
+from gateway.interceptors import current_client, current_correlation_id
+from gateway.services.tracked import Flow, TrackedExchange
+from yrd.case.v1 import case_pb2, case_pb2_grpc
+
+C = case_pb2.CaseStatus
+
+
+def validate_case(app: case_pb2.CaseApplication, *, prefix: str = "application.") -> None:
+    validate_idempotency_key(prefix + "idempotency_key", app.idempotency_key)
+    validate_region_code(prefix + "handling_province", app.handling_province)
+    try:
+        check_application(app)
+    except TranslationError as exc:
+        raise InvalidArgument(prefix + exc.path, exc.expected) from exc
+
+
+def _normalise(app: case_pb2.CaseApplication) -> None:
+    if app.applicant.WhichOneof("party") == "person":
+        app.applicant.person.id_number = app.applicant.person.id_number.strip().upper()
+    elif app.applicant.WhichOneof("party") == "organisation":
+        app.applicant.organisation.credit_code = (
+            app.applicant.organisation.credit_code.strip().upper()
+        )
+
+
+def _public(row: dict[str, Any]) -> case_pb2.Case:
+    case = case_pb2.Case(
+        case_id=row["case_id"],
+        status=row["status"],
+        status_reason=row["status_reason"],
+        idempotency_key=row["idempotency_key"],
+        handling_province=row["peer"],
+        remote_reference=row["remote_reference"],
+    )
+    case.submitted_at.FromDatetime(row["submitted_at"])
+    case.updated_at.FromDatetime(row["updated_at"])
+    return case
+
+
+async def _submit(system: CaseSystem, reference: str, app: Any, timeout: float) -> Any:
+    return await system.submit_case(reference, app, timeout=timeout)
+
+
+async def _status(system: CaseSystem, reference: str, timeout: float) -> Any:
+    return await system.case_status(reference, timeout=timeout)
+
+
+SERVICE_CASE: Flow[CaseSystem] = Flow(
+    domain="case",
+    case_prefix="CS",
+    reference_prefix="HC",
+    deliver_service="case.DeliverCase",
+    status_service="case.CaseStatus",
+    application_type=case_pb2.CaseApplication,
+    update_type=case_pb2.CaseStatusUpdate,
+    queued=C.CASE_QUEUED,
+    delivered=C.CASE_DELIVERED,
+    rejected=C.CASE_REFUSED,
+    progression=(C.CASE_ACCEPTED, C.CASE_IN_PROGRESS, C.CASE_COMPLETED),
+    status_name=lambda status: C.Name(status),  # type: ignore[arg-type]
+    origin_field="submitting_province",
+    target_field="handling_province",
+    validate=validate_case,
+    normalise=_normalise,
+    to_public=_public,
+    backend_name="case_system",
+    backend_submit=_submit,
+    backend_status=_status,
+    backend_not_found=CaseNotFound,
+)
+
+
+class CaseServicer(case_pb2_grpc.CaseServiceServicer):
+    def __init__(self, exchange: TrackedExchange[CaseSystem]) -> None:
+        self._exchange = exchange
+
+    async def SubmitCase(  # noqa: N802 - gRPC method name
+        self, request: case_pb2.SubmitCaseRequest, context: grpc.aio.ServicerContext
+    ) -> case_pb2.Case:
+        if not request.HasField("application"):
+            raise InvalidArgument("application", "a CaseApplication")
+        client = current_client.get()
+        if client is None:  # pragma: no cover - the interceptor authenticates first
+            raise GatewayError("no authenticated client")
+        answer = await self._exchange.submit(
+            request.application, client, current_correlation_id.get()
+        )
+        assert isinstance(answer, case_pb2.Case)
+        return answer
+
+    async def GetCase(  # noqa: N802 - gRPC method name
+        self, request: case_pb2.GetCaseRequest, context: grpc.aio.ServicerContext
+    ) -> case_pb2.Case:
+        answer = await self._exchange.get(request.case_id, current_client.get())
+        assert isinstance(answer, case_pb2.Case)
+        return answer
