@@ -16,10 +16,18 @@ from typing import Any
 
 import grpc
 
+from adapters.simulators.case_system import CaseSystemSimulator
+from adapters.simulators.certificate_library import CertificateLibrarySimulator
 from adapters.simulators.eid_authority import EidAuthoritySimulator
 from adapters.simulators.fund_centre import FundCentreSimulator
 from gateway.clock import Clock, SystemClock
-from gateway.config import FederationConfig, FundSection, ProvinceConfig, parse_province_file
+from gateway.config import (
+    CaseSection,
+    FederationConfig,
+    FundSection,
+    ProvinceConfig,
+    parse_province_file,
+)
 from gateway.federation.client import CHANNEL_OPTIONS
 from gateway.node import Node
 
@@ -56,6 +64,8 @@ class LocalProvince:
     config: ProvinceConfig
     simulator: EidAuthoritySimulator
     fund_centre: FundCentreSimulator
+    certificate_library: CertificateLibrarySimulator | None = None
+    case_system: CaseSystemSimulator | None = None
     node: Node | None = None
     channel: grpc.aio.Channel | None = None
 
@@ -91,10 +101,24 @@ class LocalFederation:
             )
             eid = config.eid.model_copy(update={"authority_url": url})
             fund = FundSection(centre_url=fund_url)
+            updates: dict[str, Any] = {"node": node, "eid": eid, "fund": fund}
+            library = cases = None
+            if config.certificate is not None and config.certificate.seal_keys:
+                seal_key = self.config_dir / "keys" / config.code / "seal.key.pem"
+                library = CertificateLibrarySimulator(
+                    config.code,
+                    seal_key,
+                    config.certificate.seal_keys[-1].key_id,
+                    clock=self.clock,
+                )
+                updates["certificate"] = config.certificate.model_copy(
+                    update={"library_url": await library.start("127.0.0.1", 0)}
+                )
+            if config.case is not None:
+                cases = CaseSystemSimulator(config.code, clock=self.clock)
+                updates["case"] = CaseSection(system_url=await cases.start("127.0.0.1", 0))
             self.provinces[config.code] = LocalProvince(
-                config.model_copy(update={"node": node, "eid": eid, "fund": fund}),
-                simulator,
-                fund_centre,
+                config.model_copy(update=updates), simulator, fund_centre, library, cases
             )
         for code in self.provinces:
             await self.start_node(code)
@@ -146,6 +170,10 @@ class LocalFederation:
                 province.node = None
             await province.simulator.stop()
             await province.fund_centre.stop()
+            if province.certificate_library is not None:
+                await province.certificate_library.stop()
+            if province.case_system is not None:
+                await province.case_system.stop()
 
     async def __aenter__(self) -> LocalFederation:
         try:
