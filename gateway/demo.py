@@ -9,6 +9,7 @@ a table and exits non-zero if any scenario gives another outcome.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import os
 import tempfile
@@ -16,7 +17,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from gateway import crypto, logs
 from gateway.eid_token import issue_token
 from gateway.identifiers import PROVINCES
 from gateway.localfed import DEFAULT_CONFIG_DIR, LocalFederation
+from yrd.case.v1 import case_pb2, case_pb2_grpc
+from yrd.certificate.v1 import certificate_pb2, certificate_pb2_grpc
 from yrd.common.v1 import common_pb2
 from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
@@ -236,6 +239,7 @@ async def run_scenarios(
             )
 
     await play_fund(federation, play)
+    await play_certificates_and_cases(federation, play)
 
     async def unreachable() -> tuple[str, str]:
         qr = await phone.qr(ZJ, zj_resident)
@@ -349,6 +353,109 @@ async def play_fund(
         )
 
     await play("Jiangsu node stopped during a withdrawal", "QUEUED->PAID", outage)
+
+
+async def play_certificates_and_cases(
+    federation: LocalFederation,
+    play: Callable[[str, str, Callable[[], Awaitable[tuple[str, str]]]], Awaitable[None]],
+) -> None:
+    """A Shanghai window fetches an Anhui marriage certificate; a Jiangsu system
+    submits a case handled in Zhejiang."""
+    library = federation.provinces[AH].certificate_library
+    assert library is not None
+    bad = {c.licence_id for c in library.forged} | {c.licence_id for c in library.expired}
+    marriage = next(
+        c for c in library.certificates if c.category_code == "11100000" and c.licence_id not in bad
+    )
+    holder = marriage.holder.person.id_number
+    window = certificate_pb2_grpc.CertificateServiceStub(federation.channel(SH))
+
+    async def fetch(cert: certificate_pb2.Certificate, consent: str) -> tuple[str, str]:
+        answer = await window.GetCertificate(
+            certificate_pb2.GetCertificateRequest(
+                category_code=cert.category_code,
+                holder_id=cert.holder.person.id_number,
+                issuer_province=AH,
+                certificate_number=cert.certificate_number,
+                consent_reference=consent,
+                purpose="MARRIAGE_REGISTRATION",
+            ),
+            metadata=OFFICE,
+            timeout=5,
+        )
+        return certificate_pb2.SealVerdict.Name(answer.seal_verdict), (
+            f"licence {answer.certificate.licence_id[:30]}..., Shanghai category code "
+            f"{answer.local_category_code}"
+        )
+
+    def consent(person: str) -> str:
+        expires = datetime.now(UTC) + timedelta(days=30)
+        return str(library.add_consent(person, SH, expires, "婚姻登记"))
+
+    await play(
+        "Anhui marriage certificate fetched in Shanghai",
+        "SEAL_VALID",
+        lambda: fetch(marriage, consent(holder)),
+    )
+    forged = library.forged[0]
+    await play(
+        "a certificate with a forged e-stamp",
+        "SEAL_FORGED",
+        lambda: fetch(forged, consent(forged.holder.person.id_number)),
+    )
+    await play(
+        "a certificate without the holder's consent",
+        "PERMISSION_DENIED",
+        lambda: fetch(marriage, "CONSENT-340000-9999"),
+    )
+
+    cases = case_pb2_grpc.CaseServiceStub(federation.channel(JS))
+    jiangsu_office = (("authorization", f"Bearer dev-office-{JS}"),)
+    resident = synthetic_residents(JS)[2]
+    material = b"%PDF-1.7 pension entitlement certification form"
+
+    async def case_round_trip() -> tuple[str, str]:
+        case = await cases.SubmitCase(
+            case_pb2.SubmitCaseRequest(
+                application=case_pb2.CaseApplication(
+                    idempotency_key=f"demo-case-{uuid.uuid4().hex}",
+                    service_code="KS0101",
+                    applicant=common_pb2.Party(
+                        person=common_pb2.Person(
+                            id_number=resident.id_number, full_name=resident.full_name
+                        )
+                    ),
+                    handling_province=ZJ,
+                    description="pension entitlement certification",
+                    materials=[
+                        common_pb2.AttachmentRef(
+                            name="form.pdf",
+                            media_type="application/pdf",
+                            size_bytes=len(material),
+                            sha256=hashlib.sha256(material).digest(),
+                            content=material,
+                        )
+                    ],
+                )
+            ),
+            metadata=jiangsu_office,
+            timeout=5,
+        )
+        trail = [case_pb2.CaseStatus.Name(case.status)]
+        deadline = time.monotonic() + 30
+        while case.status not in (case_pb2.CASE_COMPLETED, case_pb2.CASE_REFUSED) and (
+            time.monotonic() < deadline
+        ):
+            await asyncio.sleep(0.02)
+            case = await cases.GetCase(
+                case_pb2.GetCaseRequest(case_id=case.case_id), metadata=jiangsu_office, timeout=5
+            )
+            name = case_pb2.CaseStatus.Name(case.status)
+            if name != trail[-1]:
+                trail.append(name)
+        return trail[-1], " -> ".join(t.removeprefix("CASE_") for t in trail)
+
+    await play("Jiangsu case handled in Zhejiang", "CASE_COMPLETED", case_round_trip)
 
 
 async def _verdict(

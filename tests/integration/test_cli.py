@@ -171,7 +171,7 @@ class TestDemo:
         log_file = tmp_path / "nodes.log"
         result = run("demo", "--log-file", str(log_file), timeout=300)
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "24 of 24 scenarios gave the expected outcome" in result.stdout
+        assert "28 of 28 scenarios gave the expected outcome" in result.stdout
         for verdict in (
             "VALID",
             "REPLAYED",
