@@ -21,12 +21,79 @@ from gateway import __version__
 PROVINCE_CODES = ["310000", "320000", "330000", "340000"]
 
 
+def _supervise(args: argparse.Namespace) -> int:
+    """Run ``--workers`` node processes on the same ports (SO_REUSEPORT).
+
+    Signals are passed on to every worker (SIGTERM drains them, SIGHUP reloads
+    them); a worker that dies unexpectedly is started again.
+    """
+    import subprocess
+    import time
+
+    def spawn(index: int) -> subprocess.Popen[bytes]:
+        command = [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            args.config,
+            "--grace",
+            str(args.grace),
+            "--log-level",
+            args.log_level,
+            "--workers",
+            str(args.workers),
+            "--worker-index",
+            str(index),
+        ]
+        if args.listen:
+            command += ["--listen", args.listen]
+        return subprocess.Popen(command)  # noqa: S603 - our own interpreter and module
+
+    workers = {index: spawn(index) for index in range(args.workers)}
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for process in workers.values():
+            if process.poll() is None:
+                process.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    restarts: list[float] = []
+    while True:
+        time.sleep(0.2)
+        if stopping:
+            break
+        for index, process in list(workers.items()):
+            if process.poll() is not None:
+                restarts = [t for t in restarts if time.monotonic() - t < 60] + [time.monotonic()]
+                if len(restarts) > 10:
+                    print("workers keep dying; stopping", file=sys.stderr)
+                    forward(signal.SIGTERM, None)
+                    break
+                print(
+                    f"worker {index} exited ({process.returncode}); starting it again",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                workers[index] = spawn(index)
+    codes = [process.wait() for process in workers.values()]
+    return 0 if all(code == 0 for code in codes) else 1
+
+
 def _serve(args: argparse.Namespace) -> int:
     from gateway import logs
     from gateway.config import load_federation
     from gateway.errors import ConfigError
     from gateway.node import Node
 
+    if args.workers > 1 and args.worker_index is None:
+        return _supervise(args)
     logs.configure(args.log_level)
     try:
         federation = load_federation(Path(args.config))
@@ -35,7 +102,14 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
     async def run() -> None:
-        node = Node(federation, listen=args.listen, grace=args.grace, config_file=Path(args.config))
+        node = Node(
+            federation,
+            listen=args.listen,
+            grace=args.grace,
+            config_file=Path(args.config),
+            workers=args.workers,
+            worker_index=args.worker_index or 0,
+        )
         await node.start()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -226,6 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds in-flight calls get to finish on SIGTERM (default 5)",
     )
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the node's ports (SO_REUSEPORT); one per core (default 1)",
+    )
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
 
     demo = commands.add_parser(

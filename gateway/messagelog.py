@@ -94,6 +94,9 @@ class LogEntry:
     peer: str
     service: str
     envelope: bytes
+    #: Incoming requests: the envelope's nonce. Unique per peer in the log, so a
+    #: replay is caught even by another worker process of the same node.
+    nonce: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,10 @@ def row_hash(
     return crypto.sha256(bytes(data))
 
 
+class DuplicateNonce(Exception):
+    """An incoming request whose nonce the log already holds for that peer (a replay)."""
+
+
 class MessageLogClosed(RuntimeError):
     pass
 
@@ -181,10 +188,18 @@ class MessageLog:
 
     async def open(self) -> MessageLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path)
+        self._db = await aiosqlite.connect(self.path, timeout=30)
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=FULL")
         await self._db.executescript(SCHEMA)
+        async with self._db.execute("PRAGMA table_info(message_log)") as cursor:
+            columns = {row[1] async for row in cursor}
+        if "nonce" not in columns:  # logs written before nonces were kept
+            await self._db.execute("ALTER TABLE message_log ADD COLUMN nonce BLOB")
+        await self._db.execute(
+            "CREATE UNIQUE INDEX IF NOT EXISTS message_log_nonce ON message_log (peer, nonce)"
+            " WHERE nonce IS NOT NULL"
+        )
         await self._db.commit()
         async with self._db.execute(
             "SELECT seq, row_hash FROM message_log ORDER BY seq DESC LIMIT 1"
@@ -258,14 +273,36 @@ class MessageLog:
         self._head_signed_at = time.monotonic()
 
     async def _write_batch(self, batch: list[tuple[LogEntry, asyncio.Future[int]]]) -> None:
+        """Chain and insert a batch in one transaction, then answer its callers.
+
+        The head is read inside the write transaction (BEGIN IMMEDIATE), so
+        several worker processes of one node extend one chain without forking it.
+        """
         assert self._db is not None
         rows: list[tuple[Any, ...]] = []
-        head, seq = self._head, self._next_seq
+        written: list[asyncio.Future[int]] = []
         try:
+            await self._db.execute("BEGIN IMMEDIATE")
+            async with self._db.execute(
+                "SELECT seq, row_hash FROM message_log ORDER BY seq DESC LIMIT 1"
+            ) as cursor:
+                last = await cursor.fetchone()
+            head, seq = (bytes(last[1]), int(last[0]) + 1) if last else (GENESIS, 1)
             # Building rows can fail too (an entry that cannot be encoded): its
             # callers get the error; the writer carries on with the next batch.
             logged_at = self._clock.now().isoformat()
-            for entry, _ in batch:
+            nonces: set[tuple[str, bytes]] = set()
+            for entry, future in batch:
+                if entry.nonce:
+                    async with self._db.execute(
+                        "SELECT 1 FROM message_log WHERE peer = ? AND nonce = ?",
+                        (entry.peer, entry.nonce),
+                    ) as cursor:
+                        seen = await cursor.fetchone() is not None
+                    if seen or (entry.peer, entry.nonce) in nonces:
+                        future.set_exception(DuplicateNonce(entry.peer))
+                        continue
+                    nonces.add((entry.peer, entry.nonce))
                 digest = row_hash(head, seq, logged_at, entry)
                 rows.append(
                     (
@@ -280,13 +317,15 @@ class MessageLog:
                         entry.envelope,
                         head,
                         digest,
+                        entry.nonce or None,
                     )
                 )
+                written.append(future)
                 head, seq = digest, seq + 1
             await self._db.executemany(
                 "INSERT INTO message_log (seq, logged_at, direction, kind, message_id,"
-                " correlation_id, peer, service, envelope, prev_hash, row_hash)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " correlation_id, peer, service, envelope, prev_hash, row_hash, nonce)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
             await self._db.commit()
@@ -299,8 +338,8 @@ class MessageLog:
             return
         self._head, self._next_seq = head, seq
         self.commits += 1
-        self.rows_written += len(batch)
-        for (_, future), row in zip(batch, rows, strict=True):
+        self.rows_written += len(rows)
+        for future, row in zip(written, rows, strict=True):
             if not future.done():
                 future.set_result(int(row[0]))
 

@@ -63,7 +63,6 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_send_message_length", MAX_ENVELOPE_BYTES + 64 * 1024),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-    ("grpc.so_reuseport", 0),
 )
 
 PUBLIC_SERVICE_NAMES = (
@@ -91,7 +90,14 @@ class Node:
         federation_listen: str | None = None,
         grace: float = 5.0,
         config_file: Path | None = None,
+        workers: int = 1,
+        worker_index: int = 0,
     ) -> None:
+        #: Several worker processes may serve one node on the same ports
+        #: (SO_REUSEPORT); the first one also runs the background work (outbox,
+        #: back-end processors), the others only serve calls.
+        self.workers = workers
+        self.worker_index = worker_index
         self.federation = federation
         #: Where the config was read from: SIGHUP and ReloadConfig re-read it.
         self.config_file = config_file
@@ -178,7 +184,7 @@ class Node:
         )
         server = grpc.aio.server(
             interceptors=[GatewayInterceptor(lambda: self.federation.me, self.metrics)],
-            options=SERVER_OPTIONS,
+            options=(*SERVER_OPTIONS, ("grpc.so_reuseport", 1 if self.workers > 1 else 0)),
         )
         identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(identity), server)
         backends = self._backends(me)
@@ -212,12 +218,19 @@ class Node:
             {name: route for exchange in tracked for name, route in exchange.routes().items()},
             max_backoff=me.node.outbox_max_backoff_seconds,
             metrics=self.metrics,
+            idle_poll=1.0 if self.workers == 1 else 0.1,
         )
         for exchange in tracked:
             exchange.outbox = self.outbox
             exchange.metrics = self.metrics
             if exchange.backend is not None:
-                processor = TrackedProcessor(exchange, self.state, exchange.backend, self.clock)
+                processor = TrackedProcessor(
+                    exchange,
+                    self.state,
+                    exchange.backend,
+                    self.clock,
+                    idle_poll=1.0 if self.workers == 1 else 0.1,
+                )
                 exchange.processor = processor
                 self.processors.append(processor)
         fund_pb2_grpc.add_FundServiceServicer_to_server(FundServicer(fund), server)
@@ -271,10 +284,13 @@ class Node:
         self.metrics.refresh = self._refresh_metrics
         if me.node.metrics_endpoint is not None:
             host, _, port = me.node.metrics_endpoint.rpartition(":")
-            self.metrics_server = await MetricsServer(self.metrics, host, int(port)).start()
-        await self.outbox.start()
-        for processor in self.processors:
-            await processor.start()
+            # Worker i of a multi-process node serves its own metrics on port + i.
+            metrics_port = int(port) + self.worker_index if int(port) else 0
+            self.metrics_server = await MetricsServer(self.metrics, host, metrics_port).start()
+        if self.worker_index == 0:
+            await self.outbox.start()
+            for processor in self.processors:
+                await processor.start()
         self.started_at = self.clock.now()
         log.info("node started", province=me.code, listen=self.listen, port=self.port)
         return self

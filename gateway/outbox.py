@@ -67,7 +67,11 @@ class Outbox:
         max_backoff: float = 5.0,
         per_peer: int = 32,
         metrics: NodeMetrics | None = None,
+        idle_poll: float = 1.0,
     ) -> None:
+        #: Longest sleep with nothing due: items written by another worker process
+        #: of the node (which cannot wake this one) wait at most this long.
+        self.idle_poll = idle_poll
         self._metrics = metrics
         self._store = store
         self._client = client
@@ -138,7 +142,7 @@ class Outbox:
                     continue
                 self._peer_load[item.peer] += 1
                 self._inflight[item.id] = asyncio.create_task(self._deliver(item))
-            delay = 1.0
+            delay = self.idle_poll
             if upcoming and upcoming[0] is not None:
                 delay = min(delay, max(0.0, float(upcoming[0]) - time.time()))
             with contextlib.suppress(TimeoutError):

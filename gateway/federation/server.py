@@ -29,7 +29,7 @@ from gateway.envelope import (
     OpenedEnvelope,
 )
 from gateway.errors import EnvelopeRejected, GatewayError, status_from_int
-from gateway.messagelog import LogEntry, MessageLog
+from gateway.messagelog import DuplicateNonce, LogEntry, MessageLog
 from gateway.metrics import NodeMetrics
 from gateway.tls import peer_certificate, province_of_certificate
 from yrd.federation.v1 import federation_pb2, federation_pb2_grpc
@@ -120,17 +120,26 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         structlog.contextvars.bind_contextvars(
             correlation_id=header.correlation_id, peer=header.sender, service=header.service
         )
-        await self._log.append(
-            LogEntry(
-                "in",
-                "request",
-                header.message_id,
-                header.correlation_id,
-                header.sender,
-                header.service,
-                request.SerializeToString(),
+        try:
+            await self._log.append(
+                LogEntry(
+                    "in",
+                    "request",
+                    header.message_id,
+                    header.correlation_id,
+                    header.sender,
+                    header.service,
+                    request.SerializeToString(),
+                    nonce=header.nonce,
+                )
             )
-        )
+        except DuplicateNonce as exc:
+            # Seen by another worker process of this node: the log is the shared memory.
+            raise EnvelopeRejected(
+                grpc.StatusCode.ALREADY_EXISTS,
+                "replayed_nonce",
+                "header.nonce: already seen from this sender (replay)",
+            ) from exc
         key = (header.sender, header.message_id)
         outcome = self._done.get(key)
         if outcome is None:

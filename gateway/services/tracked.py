@@ -475,7 +475,10 @@ class TrackedProcessor(Generic[B]):
         poll_min: float = 0.05,
         poll_max: float = 2.0,
         concurrency: int = 32,
+        idle_poll: float = 1.0,
     ) -> None:
+        #: Longest sleep with nothing due (work stored by another worker process).
+        self.idle_poll = idle_poll
         self._exchange = exchange
         self._flow = exchange.flow
         self._store = store
@@ -531,7 +534,7 @@ class TrackedProcessor(Generic[B]):
                     " AND status NOT IN (?, ?) AND next_poll_at > ?",
                     (self._flow.domain, *final, now),
                 )
-                delay = 1.0
+                delay = self.idle_poll
                 if upcoming and upcoming[0] is not None:
                     delay = min(delay, max(0.0, float(upcoming[0]) - time.time()))
                 with contextlib.suppress(TimeoutError):
