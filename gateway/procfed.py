@@ -4,7 +4,9 @@ fault tests and the benchmarks, where nodes must run apart from the load generat
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -79,6 +81,7 @@ class NodeProcess:
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
     kills: int = 0
+    workers: int = 1
 
     def start(self) -> None:
         assert self.process is None or self.process.poll() is not None
@@ -94,6 +97,8 @@ class NodeProcess:
                     str(self.config),
                     "--grace",
                     "1",
+                    "--workers",
+                    str(self.workers),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
@@ -113,10 +118,27 @@ class NodeProcess:
         raise TimeoutError(f"node {self.province} not serving after {seconds} s")
 
     def kill(self) -> None:
+        """SIGKILL the node (with several workers: the workers too, then the supervisor)."""
         if self.process is not None and self.process.poll() is None:
+            for child in self.children():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
             self.process.kill()
             self.process.wait()
             self.kills += 1
+
+    def children(self) -> list[int]:
+        """Process ids of the worker processes (with --workers > 1)."""
+        if self.process is None:
+            return []
+        found = []
+        for status in Path("/proc").glob("[0-9]*/status"):
+            with contextlib.suppress(OSError):
+                text = status.read_text()
+                for line in text.splitlines():
+                    if line.startswith("PPid:") and int(line.split()[1]) == self.process.pid:
+                        found.append(int(status.parent.name))
+        return found
 
     def terminate(self) -> int | None:
         if self.process is None:
@@ -140,7 +162,7 @@ class ProcessFederation:
     simulators: dict[str, SimulatorProcess] = field(default_factory=dict)
     nodes: dict[str, NodeProcess] = field(default_factory=dict)
 
-    def start(self, **delays: float) -> ProcessFederation:
+    def start(self, workers: dict[str, int] | None = None, **delays: float) -> ProcessFederation:
         configs = self.root / "province_configs"
         shutil.copytree(DEFAULT_CONFIG_DIR, configs, ignore=shutil.ignore_patterns("var"))
         for code in self.provinces:
@@ -166,7 +188,12 @@ class ProcessFederation:
             file.write_text(text, encoding="utf-8")
             if code in self.provinces:
                 self.nodes[code] = NodeProcess(
-                    code, file, endpoint, self.root / f"{code}.log", configs / "keys" / "ca.crt.pem"
+                    code,
+                    file,
+                    endpoint,
+                    self.root / f"{code}.log",
+                    configs / "keys" / "ca.crt.pem",
+                    workers=(workers or {}).get(code, 1),
                 )
         for node in self.nodes.values():
             node.start()
