@@ -31,7 +31,7 @@ proto: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
 
 bench: $(STAMP)
-	$(BIN)/yrd-gateway bench fund
+	$(BIN)/yrd-gateway bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var

@@ -20,12 +20,15 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 from stdnum import luhn
 
 from adapters.simulators.residents import synthetic_residents
+from gateway.benchchain import BaselineChain
 from gateway.procfed import ProcessFederation
 from yrd.common.v1 import common_pb2
 from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
@@ -209,3 +212,283 @@ def bench_fund(
             )
         finally:
             federation.stop()
+
+
+# ---- hotel verification against the baseline chain ------------------------------------
+
+ZJ = "330000"
+HOTEL_METADATA = (("authorization", f"Bearer dev-office-{SH}"),)
+
+
+@dataclass
+class PathFigures:
+    name: str
+    saturation_rps: float
+    errors: int
+    rate: float
+    p50_ms: float
+    p99_ms: float
+
+
+@dataclass
+class IdentityFigures:
+    concurrency: int
+    seconds: float
+    baseline: PathFigures
+    real: PathFigures
+    soak_calls: int
+    soak_rps: float
+    rss_mb: dict[str, tuple[float, float]]
+    rows_per_commit: float
+
+    def render(self) -> str:
+        b, r = self.baseline, self.real
+        lines = [
+            f"saturation: closed loop, concurrency {self.concurrency}, {self.seconds:g} s each; "
+            f"latency: open loop at {b.rate:.0f}/s (half the baseline's saturation)",
+        ]
+        for path in (b, r):
+            lines += [
+                path.name,
+                f"  saturation:   {path.saturation_rps:8.0f} calls/s   ({path.errors} errors)",
+                f"  at {path.rate:.0f}/s:    p50 {path.p50_ms:6.1f} ms   p99 {path.p99_ms:6.1f} ms",
+            ]
+        lines += [
+            f"ratio real/baseline: throughput {r.saturation_rps / b.saturation_rps:.2f} "
+            f"(target >= 0.6), p99 {r.p99_ms / b.p99_ms:.2f} (target <= 2)",
+            f"soak: {self.soak_calls} verifications at {self.soak_rps:.0f}/s; node memory after "
+            "(RSS now / peak):",
+            *(
+                f"  {name}: {now:.0f} MB / {peak:.0f} MB"
+                for name, (now, peak) in sorted(self.rss_mb.items())
+            ),
+            f"message log: {self.rows_per_commit:.1f} rows per commit (grouped writes) "
+            "at the Shanghai node",
+        ]
+        return "\n".join(lines)
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process in MB, from /proc."""
+    values = {"VmRSS": 0.0, "VmHWM": 0.0}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in values:
+            values[key] = float(rest.split()[0]) / 1024
+    return values["VmRSS"], values["VmHWM"]
+
+
+class _Tokens:
+    """QR tokens as Zhejiang's e-ID authority would issue them (signed here, offline,
+    so that making them costs the nodes nothing)."""
+
+    def __init__(self, keys: Path) -> None:
+        from gateway import crypto
+
+        self._key = crypto.load_private_key(keys / ZJ / "eid-issuer.key.pem")
+        self._credentials = [
+            r.credential_id for r in synthetic_residents(ZJ) if r.state == "CREDENTIAL_ACTIVE"
+        ]
+
+    def make(self, count: int) -> list[str]:
+        from datetime import UTC, datetime, timedelta
+
+        from gateway.eid_token import issue_token
+
+        now = datetime.now(UTC)
+        return [
+            issue_token(
+                self._key,
+                key_id=f"{ZJ}-eid-2026",
+                issuer=ZJ,
+                credential_id=self._credentials[i % len(self._credentials)],
+                token_id=str(uuid.uuid4()),
+                issued_at=now,
+                ttl=timedelta(minutes=5),
+            )
+            for i in range(count)
+        ]
+
+
+async def _saturate(
+    call: Callable[[], Awaitable[bool]], concurrency: int, seconds: float
+) -> tuple[int, int, float]:
+    done = errors = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done, errors
+        while time.perf_counter() < stop_at:
+            if await call():
+                done += 1
+            else:
+                errors += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done, errors, time.perf_counter() - started
+
+
+async def _open_loop(
+    call: Callable[[], Awaitable[bool]], rate: float, seconds: float
+) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    errors = 0
+
+    async def one() -> None:
+        nonlocal errors
+        started = time.perf_counter()
+        if await call():
+            latencies.append((time.perf_counter() - started) * 1000)
+        else:
+            errors += 1
+
+    tasks = []
+    started = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one()))
+    await asyncio.gather(*tasks)
+    return latencies, errors
+
+
+async def _measure(
+    name: str,
+    call: Callable[[], Awaitable[bool]],
+    *,
+    concurrency: int,
+    seconds: float,
+    rate: float | None,
+) -> PathFigures:
+    await _saturate(call, concurrency, min(1.0, seconds))  # warm-up
+    done, errors, elapsed = await _saturate(call, concurrency, seconds)
+    saturation = done / elapsed
+    at = rate if rate is not None else saturation / 2
+    latencies, late_errors = await _open_loop(call, at, seconds)
+    return PathFigures(
+        name,
+        saturation,
+        errors + late_errors,
+        at,
+        percentile(latencies, 0.5),
+        percentile(latencies, 0.99),
+    )
+
+
+async def _run_identity(
+    chain: BaselineChain,
+    federation: ProcessFederation,
+    keys: Path,
+    *,
+    concurrency: int,
+    seconds: float,
+    soak: int,
+) -> IdentityFigures:
+    from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
+
+    request_body = b"q" * 420  # about a QR token
+    async with chain.channel() as base_channel:
+        echo = base_channel.unary_unary(
+            "/yrd.bench.v1.Chain/Call", request_serializer=None, response_deserializer=None
+        )
+
+        async def baseline_call() -> bool:
+            try:
+                await echo(request_body, timeout=10)
+            except grpc.aio.AioRpcError:
+                return False
+            return True
+
+        baseline = await _measure(
+            "baseline chain: client -> proxy -> proxy -> HTTP echo",
+            baseline_call,
+            concurrency=concurrency,
+            seconds=seconds,
+            rate=None,
+        )
+
+    tokens = _Tokens(keys)
+    supply: list[str] = []
+    async with federation.client_channel(SH) as channel:
+        stub = identity_pb2_grpc.IdentityServiceStub(channel)
+
+        async def real_call() -> bool:
+            if not supply:
+                supply.extend(tokens.make(2000))
+            answer = await stub.VerifyIdentity(
+                identity_pb2.VerifyIdentityRequest(
+                    qr_payload=supply.pop(), purpose=identity_pb2.HOTEL_CHECK_IN
+                ),
+                metadata=HOTEL_METADATA,
+                timeout=10,
+            )
+            return bool(answer.verdict == identity_pb2.VALID)
+
+        supply.extend(tokens.make(int(baseline.saturation_rps * seconds * 2.5) + 1000))
+        real = await _measure(
+            "hotel verification: client -> Shanghai node -> Zhejiang node -> e-ID authority",
+            real_call,
+            concurrency=concurrency,
+            seconds=seconds,
+            rate=baseline.rate,
+        )
+        soak_done = 0
+        soak_started = time.perf_counter()
+        while soak_done < soak:
+            batch = min(5000, soak - soak_done)
+            supply[:] = tokens.make(batch)
+
+            async def soak_worker() -> None:
+                nonlocal soak_done
+                while supply:
+                    await real_call()
+                    soak_done += 1
+
+            await asyncio.gather(*(soak_worker() for _ in range(concurrency)))
+        soak_rps = soak_done / max(1e-9, time.perf_counter() - soak_started)
+
+    rss = {
+        f"{code} node": rss_mb(node.process.pid)
+        for code, node in federation.nodes.items()
+        if node.process is not None
+    }
+    rows_per_commit = await asyncio.to_thread(_rows_per_commit, federation.nodes[SH].metrics_url)
+    return IdentityFigures(
+        concurrency, seconds, baseline, real, soak_done, soak_rps, rss, rows_per_commit
+    )
+
+
+def _rows_per_commit(metrics_url: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:  # noqa: S310 - loopback node
+        text = response.read().decode()
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[sample.name] = sample.value
+    commits = values.get("yrd_message_log_commits", 0.0)
+    return values.get("yrd_message_log_rows", 0.0) / commits if commits else float("nan")
+
+
+def bench_identity(
+    *, seconds: float = 10.0, concurrency: int = 64, soak: int = 100_000
+) -> IdentityFigures:
+    from gateway.localfed import DEFAULT_CONFIG_DIR
+
+    keys = DEFAULT_CONFIG_DIR / "keys"
+    with tempfile.TemporaryDirectory(prefix="yrd-bench-") as tmp:
+        chain = BaselineChain(keys).start()
+        federation = ProcessFederation(Path(tmp), (SH, ZJ))
+        try:
+            federation.start()
+            return asyncio.run(
+                _run_identity(
+                    chain, federation, keys, concurrency=concurrency, seconds=seconds, soak=soak
+                )
+            )
+        finally:
+            federation.stop()
+            chain.stop()

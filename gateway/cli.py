@@ -219,16 +219,28 @@ def _log_verify(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from gateway.bench import bench_fund
+    from gateway.bench import bench_fund, bench_identity
 
-    if args.target == "fund":
-        figures = bench_fund(
-            count=args.count,
-            concurrency=args.concurrency,
-            paid_count=args.paid_count,
-            rate=args.rate,
+    if args.smoke:  # a short run of every measurement: figures, not targets
+        args.seconds, args.concurrency, args.soak = 1.0, 8, 200
+        args.count, args.paid_count, args.rate = 50, 20, 10.0
+    if args.target in ("identity", "all"):
+        print(
+            bench_identity(
+                seconds=args.seconds, concurrency=args.concurrency, soak=args.soak
+            ).render(),
+            flush=True,
         )
-        print(figures.render())
+    if args.target in ("fund", "all"):
+        print(
+            bench_fund(
+                count=args.count,
+                concurrency=args.concurrency,
+                paid_count=args.paid_count,
+                rate=args.rate,
+            ).render(),
+            flush=True,
+        )
     return 0
 
 
@@ -409,7 +421,30 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench", help="measure throughput and latency on this machine (processes on loopback)"
     )
-    bench.add_argument("target", choices=["fund"], help="what to measure")
+    bench.add_argument(
+        "target",
+        nargs="?",
+        default="all",
+        choices=["all", "identity", "fund"],
+        help="what to measure (default: all)",
+    )
+    bench.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a short run of every measurement (seconds, not minutes)",
+    )
+    bench.add_argument(
+        "--seconds",
+        type=float,
+        default=10.0,
+        help="length of each saturation and open-loop run (default 10)",
+    )
+    bench.add_argument(
+        "--soak",
+        type=int,
+        default=100_000,
+        help="verifications before node memory is read (default 100000)",
+    )
     bench.add_argument("--count", type=int, default=2000, help="withdrawals for the throughput run")
     bench.add_argument("--concurrency", type=int, default=64, help="calls in flight (default 64)")
     bench.add_argument(

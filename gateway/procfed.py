@@ -83,6 +83,11 @@ class NodeProcess:
     kills: int = 0
     workers: int = 1
 
+    @property
+    def metrics_url(self) -> str:
+        text = self.config.read_text(encoding="utf-8")
+        return "http://" + text.split('metrics_endpoint = "', 1)[1].split('"', 1)[0] + "/metrics"
+
     def start(self) -> None:
         assert self.process is None or self.process.poll() is not None
         self.starts += 1
@@ -172,6 +177,9 @@ class ProcessFederation:
             text = file.read_text(encoding="utf-8")
             endpoint = f"127.0.0.1:{free_port()}"
             text = re.sub(r'\nendpoint = "[^"]+"', f'\nendpoint = "{endpoint}"', text, count=1)
+            text = text.replace(
+                "[node]\n", f'[node]\nmetrics_endpoint = "127.0.0.1:{free_port()}"\n', 1
+            )
             text = re.sub(
                 r'federation_endpoint = "[^"]+"',
                 f'federation_endpoint = "127.0.0.1:{free_port()}"',

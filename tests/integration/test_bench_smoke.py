@@ -1,0 +1,38 @@
+"""The benchmark runs end to end in its short mode and prints every figure.
+
+Speed is never asserted here: figures are for people (`make bench`)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_bench_smoke_prints_every_figure() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "bench", "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for needle in (
+        r"baseline chain: .*\n  saturation: +\d+ calls/s",
+        r"hotel verification: .*\n  saturation: +\d+ calls/s +\(0 errors\)",
+        r"at \d+/s: +p50 +[\d.]+ ms +p99 +[\d.]+ ms",
+        r"ratio real/baseline: throughput [\d.]+ .*p99 [\d.]+",
+        r"310000 node: \d+ MB / \d+ MB",
+        r"330000 node: \d+ MB / \d+ MB",
+        r"message log: [\d.]+ rows per commit",
+        r"accepted per second: +\d+",
+        r"median: +\d+ ms",
+        r"p99: +\d+ ms",
+    ):
+        assert re.search(needle, out), f"missing figure /{needle}/ in:\n{out}"
