@@ -14,10 +14,11 @@ is committed, and one fsync serves many rows under load.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import sqlite3
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -177,6 +178,8 @@ class MessageLog:
         self._clock = clock or SystemClock()
         self._batch_max = batch_max
         self._db: aiosqlite.Connection | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._queue: asyncio.Queue[tuple[LogEntry, asyncio.Future[int]] | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._head = GENESIS
@@ -188,28 +191,37 @@ class MessageLog:
 
     async def open(self) -> MessageLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="message-log")
+        loop = asyncio.get_running_loop()
+        self._head, self._next_seq = await loop.run_in_executor(self._executor, self._open_writer)
+        # Reads (count, rows, verify) on a connection of their own: they see
+        # only committed rows and never wait behind the writer's thread.
         self._db = await aiosqlite.connect(self.path, timeout=30)
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=FULL")
-        await self._db.executescript(SCHEMA)
-        async with self._db.execute("PRAGMA table_info(message_log)") as cursor:
-            columns = {row[1] async for row in cursor}
+        self._writer = asyncio.create_task(self._write_loop(), name=f"message-log:{self.path.name}")
+        return self
+
+    def _open_writer(self) -> tuple[bytes, int]:
+        """In the writer thread: connect, create or migrate the schema, read the head."""
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(message_log)")}
         if "nonce" not in columns:  # logs written before nonces were kept
-            await self._db.execute("ALTER TABLE message_log ADD COLUMN nonce BLOB")
-        await self._db.execute(
+            conn.execute("ALTER TABLE message_log ADD COLUMN nonce BLOB")
+        conn.execute(
             "CREATE UNIQUE INDEX IF NOT EXISTS message_log_nonce ON message_log (peer, nonce)"
             " WHERE nonce IS NOT NULL"
         )
-        await self._db.commit()
-        async with self._db.execute(
+        self._conn = conn
+        return self._last_row(conn)
+
+    @staticmethod
+    def _last_row(conn: sqlite3.Connection) -> tuple[bytes, int]:
+        row = conn.execute(
             "SELECT seq, row_hash FROM message_log ORDER BY seq DESC LIMIT 1"
-        ) as cursor:
-            row = await cursor.fetchone()
-        if row is not None:
-            self._next_seq = int(row[0]) + 1
-            self._head = bytes(row[1])
-        self._writer = asyncio.create_task(self._write_loop(), name=f"message-log:{self.path.name}")
-        return self
+        ).fetchone()
+        return (bytes(row[1]), int(row[0]) + 1) if row else (GENESIS, 1)
 
     async def __aenter__(self) -> MessageLog:
         return await self.open()
@@ -249,61 +261,89 @@ class MessageLog:
 
     async def _sign_head(self) -> None:
         """Sign and store the committed chain head (if it moved since the last one)."""
-        if self._head_signer is None or self._db is None:
+        if self._head_signer is None or self._conn is None:
             return
-        head_seq = self._next_seq - 1
+        head_seq, head = self._next_seq - 1, self._head
         if head_seq <= self._signed_seq:
             return
         signed_at = self._clock.now().isoformat()
         key_id, signature = self._head_signer(
-            head_statement(self.province, head_seq, self._head, signed_at)
+            head_statement(self.province, head_seq, head, signed_at)
         )
-        try:
-            await self._db.execute(
+        conn = self._conn
+
+        def insert() -> None:
+            conn.execute(
                 "INSERT INTO chain_heads (province, head_seq, head_hash, signed_at, key_id,"
                 " signature) VALUES (?,?,?,?,?,?)",
-                (self.province, head_seq, self._head, signed_at, key_id, signature),
+                (self.province, head_seq, head, signed_at, key_id, signature),
             )
-            await self._db.commit()
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, insert)
         except Exception:  # a missed head is caught up by the next one
-            with contextlib.suppress(Exception):
-                await self._db.rollback()
             return
         self._signed_seq = head_seq
         self._head_signed_at = time.monotonic()
 
     async def _write_batch(self, batch: list[tuple[LogEntry, asyncio.Future[int]]]) -> None:
-        """Chain and insert a batch in one transaction, then answer its callers.
-
-        The head is read inside the write transaction (BEGIN IMMEDIATE), so
-        several worker processes of one node extend one chain without forking it.
-        """
-        assert self._db is not None
-        rows: list[tuple[Any, ...]] = []
-        written: list[asyncio.Future[int]] = []
+        """Chain, insert and commit a batch in one hop to the writer thread, then
+        answer its callers (each only once its row is committed)."""
+        entries = [entry for entry, _ in batch]
+        logged_at = self._clock.now().isoformat()
         try:
-            await self._db.execute("BEGIN IMMEDIATE")
-            async with self._db.execute(
-                "SELECT seq, row_hash FROM message_log ORDER BY seq DESC LIMIT 1"
-            ) as cursor:
-                last = await cursor.fetchone()
-            head, seq = (bytes(last[1]), int(last[0]) + 1) if last else (GENESIS, 1)
-            # Building rows can fail too (an entry that cannot be encoded): its
-            # callers get the error; the writer carries on with the next batch.
-            logged_at = self._clock.now().isoformat()
+            outcomes, head, seq = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._write_sync, entries, logged_at
+            )
+        except Exception as exc:  # answer every waiter; never leave one hanging
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        self._head, self._next_seq = head, seq
+        self.commits += 1
+        self.rows_written += sum(isinstance(o, int) for o in outcomes)
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if future.done():
+                continue
+            if isinstance(outcome, int):
+                future.set_result(outcome)
+            else:
+                future.set_exception(outcome)
+
+    def _write_sync(
+        self, entries: list[LogEntry], logged_at: str
+    ) -> tuple[list[int | Exception], bytes, int]:
+        """In the writer thread. The head is read inside the write transaction
+        (BEGIN IMMEDIATE), so several worker processes of one node extend one
+        chain without forking it; a nonce already logged for the peer is refused."""
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            head, seq = self._last_row(conn)
+            rows: list[tuple[Any, ...]] = []
+            outcomes: list[int | Exception] = []
             nonces: set[tuple[str, bytes]] = set()
-            for entry, future in batch:
+            for entry in entries:
                 if entry.nonce:
-                    async with self._db.execute(
-                        "SELECT 1 FROM message_log WHERE peer = ? AND nonce = ?",
-                        (entry.peer, entry.nonce),
-                    ) as cursor:
-                        seen = await cursor.fetchone() is not None
-                    if seen or (entry.peer, entry.nonce) in nonces:
-                        future.set_exception(DuplicateNonce(entry.peer))
+                    key = (entry.peer, entry.nonce)
+                    seen = (
+                        key in nonces
+                        or conn.execute(
+                            "SELECT 1 FROM message_log WHERE peer = ? AND nonce = ?", key
+                        ).fetchone()
+                        is not None
+                    )
+                    if seen:
+                        outcomes.append(DuplicateNonce(entry.peer))
                         continue
-                    nonces.add((entry.peer, entry.nonce))
-                digest = row_hash(head, seq, logged_at, entry)
+                    nonces.add(key)
+                try:
+                    digest = row_hash(head, seq, logged_at, entry)
+                except Exception as exc:  # an entry that cannot be encoded fails alone
+                    outcomes.append(exc)
+                    continue
                 rows.append(
                     (
                         seq,
@@ -320,28 +360,19 @@ class MessageLog:
                         entry.nonce or None,
                     )
                 )
-                written.append(future)
+                outcomes.append(seq)
                 head, seq = digest, seq + 1
-            await self._db.executemany(
+            conn.executemany(
                 "INSERT INTO message_log (seq, logged_at, direction, kind, message_id,"
                 " correlation_id, peer, service, envelope, prev_hash, row_hash, nonce)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
-            await self._db.commit()
-        except Exception as exc:  # answer every waiter; never leave one hanging
-            with contextlib.suppress(Exception):
-                await self._db.rollback()
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        self._head, self._next_seq = head, seq
-        self.commits += 1
-        self.rows_written += len(rows)
-        for future, row in zip(written, rows, strict=True):
-            if not future.done():
-                future.set_result(int(row[0]))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return outcomes, head, seq
 
     async def close(self) -> None:
         """Flush every queued row, then close. Idempotent."""
@@ -351,6 +382,12 @@ class MessageLog:
         if self._writer is not None:
             self._queue.put_nowait(None)
             await self._writer
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         if self._db is not None:
             await self._db.close()
             self._db = None
