@@ -133,10 +133,37 @@ class LocalFederation:
         """Start (or restart) a province's node; ``options`` go to :class:`Node`."""
         province = self.provinces[code]
         options.setdefault("grace", 1.0)
-        node = Node(self.federation_for(code), clock=self.clock, **options)
-        await node.start()
-        province.node = node
-        return node
+        for attempt in range(5):
+            node = Node(self.federation_for(code), clock=self.clock, **options)
+            try:
+                await node.start()
+            except RuntimeError:
+                # A port reserved with free_port() was taken meanwhile (loopback is
+                # shared with other tests): move this node and tell the others.
+                await node.stop(grace=0)
+                if attempt == 4:
+                    raise
+                await self._move(code)
+                continue
+            province.node = node
+            return node
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _move(self, code: str) -> None:
+        province = self.provinces[code]
+        node_section = province.config.node.model_copy(
+            update={
+                "endpoint": f"127.0.0.1:{free_port()}",
+                "federation_endpoint": f"127.0.0.1:{free_port()}",
+            }
+        )
+        province.config = province.config.model_copy(update={"node": node_section})
+        if province.channel is not None:
+            await province.channel.close()
+            province.channel = None
+        for other, running in self.provinces.items():
+            if running.node is not None and other != code:
+                await running.node.reload(self.federation_for(other))
 
     async def stop_node(self, code: str) -> None:
         province = self.provinces[code]

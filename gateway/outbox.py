@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiosqlite
 import structlog
 from google.protobuf.message import Message
 
@@ -38,10 +38,9 @@ from yrd.federation.v1 import federation_pb2
 
 log = structlog.get_logger("yrd.outbox")
 
-AckCallback = Callable[
-    [aiosqlite.Connection, OutboxItem, federation_pb2.DeliveryAck], Awaitable[None]
-]
-RefusalCallback = Callable[[aiosqlite.Connection, OutboxItem, GatewayError], Awaitable[None]]
+#: Run inside the write transaction that deletes the item (no awaiting there).
+AckCallback = Callable[[sqlite3.Connection, OutboxItem, federation_pb2.DeliveryAck], None]
+RefusalCallback = Callable[[sqlite3.Connection, OutboxItem, GatewayError], None]
 
 
 @dataclass(frozen=True)
@@ -187,11 +186,11 @@ class Outbox:
     async def _acked(
         self, item: OutboxItem, route: OutboxRoute, ack: federation_pb2.DeliveryAck
     ) -> None:
-        async def op(db: aiosqlite.Connection) -> None:
-            await route.on_acked(db, item, ack)
-            await db.execute("DELETE FROM outbox WHERE id = ?", (item.id,))
+        def op(db: sqlite3.Connection) -> None:
+            route.on_acked(db, item, ack)
+            db.execute("DELETE FROM outbox WHERE id = ?", (item.id,))
             # The peer is back: everything waiting for it is due now.
-            await db.execute(
+            db.execute(
                 "UPDATE outbox SET next_attempt_at = ? WHERE peer = ? AND next_attempt_at > ?",
                 (time.time(), item.peer, time.time()),
             )
@@ -208,9 +207,9 @@ class Outbox:
         )
 
     async def _refused(self, item: OutboxItem, route: OutboxRoute, exc: GatewayError) -> None:
-        async def op(db: aiosqlite.Connection) -> None:
-            await route.on_refused(db, item, exc)
-            await db.execute("DELETE FROM outbox WHERE id = ?", (item.id,))
+        def op(db: sqlite3.Connection) -> None:
+            route.on_refused(db, item, exc)
+            db.execute("DELETE FROM outbox WHERE id = ?", (item.id,))
 
         await self._store.write(op)
         self.refused += 1
@@ -227,8 +226,8 @@ class Outbox:
         backoff = min(self.max_backoff, self.base_backoff * 2 ** min(item.attempts, 20))
         when = time.time() + random.uniform(backoff / 2, backoff)  # noqa: S311 - jitter, not crypto
 
-        async def op(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
                 "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
                 " WHERE id = ?",
                 (when, reason[:200], item.id),

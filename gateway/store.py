@@ -2,14 +2,15 @@
 (withdrawals, service cases) on both sides of their exchange, and the outbox of
 asynchronous deliveries.
 
-Writes are grouped like the message log's: each write is a function run inside
-its own SAVEPOINT by one writer task, which commits a whole group at once and
-only then answers every caller. A caller is therefore answered only after its
-write is durable (WAL, ``synchronous=FULL``), and a failing write (an integrity
-error, say) rolls back alone without disturbing the others of its group.
-Reads use a second connection and see only committed data.
+Writes are grouped like the message log's: each write is a plain function run
+inside its own SAVEPOINT in the store's writer thread; a whole group runs in one
+hop to that thread and one commit, and only then is every caller answered. A
+caller is therefore answered only after its write is durable (WAL,
+``synchronous=FULL``), and a failing write (an integrity error, say) rolls back
+alone without disturbing the others of its group. Reads use a second
+connection (aiosqlite) and see only committed data.
 
-Kept apart from the message log's connection; both live in one WAL database.
+Kept in ``state.db``, apart from the message log's ``messages.db``.
 Only this module speaks SQL, so the store can move to PostgreSQL without
 touching the rest.
 """
@@ -17,8 +18,9 @@ touching the rest.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +29,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 T = TypeVar("T")
-WriteOp = Callable[[aiosqlite.Connection], Awaitable[Any]]
+WriteOp = Callable[[sqlite3.Connection], Any]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS check_ins (
@@ -126,7 +128,8 @@ class StateStore:
     def __init__(self, path: Path, *, batch_max: int = 256) -> None:
         self.path = path
         self._batch_max = batch_max
-        self._writer_db: aiosqlite.Connection | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._reader_db: aiosqlite.Connection | None = None
         self._queue: asyncio.Queue[tuple[WriteOp, asyncio.Future[Any]] | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -136,13 +139,18 @@ class StateStore:
 
     async def open(self) -> StateStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer_db = await aiosqlite.connect(self.path, timeout=30, isolation_level=None)
-        await self._writer_db.execute("PRAGMA journal_mode=WAL")
-        await self._writer_db.execute("PRAGMA synchronous=FULL")
-        await self._writer_db.executescript(SCHEMA)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-store")
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._open_writer)
         self._reader_db = await aiosqlite.connect(self.path, timeout=30, isolation_level=None)
         self._task = asyncio.create_task(self._write_loop(), name=f"state-store:{self.path.name}")
         return self
+
+    def _open_writer(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(SCHEMA)
+        self._conn = conn
 
     async def __aenter__(self) -> StateStore:
         return await self.open()
@@ -150,14 +158,9 @@ class StateStore:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    @property
-    def reader(self) -> aiosqlite.Connection:
-        if self._reader_db is None:
-            raise StoreClosedError("state store is not open")
-        return self._reader_db
-
-    async def write(self, op: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
-        """Run ``op`` in its own savepoint; return its result once committed."""
+    async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``op`` (in the writer thread, in its own savepoint); return its
+        result once the group it was part of is committed."""
         if self._closed or self._task is None:
             raise StoreClosedError("state store is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -183,39 +186,49 @@ class StateStore:
                 await self._run_batch(batch)
 
     async def _run_batch(self, batch: list[tuple[WriteOp, asyncio.Future[Any]]]) -> None:
-        db = self._writer_db
-        assert db is not None
-        results: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        ops = [op for op, _ in batch]
         try:
-            await db.execute("BEGIN IMMEDIATE")
-            for op, future in batch:
-                await db.execute("SAVEPOINT op")
-                try:
-                    value = await op(db)
-                except Exception as exc:
-                    await db.execute("ROLLBACK TO op")
-                    await db.execute("RELEASE op")
-                    results.append((future, False, exc))
-                else:
-                    await db.execute("RELEASE op")
-                    results.append((future, True, value))
-            await db.execute("COMMIT")
+            outcomes = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._run_sync, ops
+            )
         except Exception as exc:  # the commit itself failed: nothing of the batch is durable
-            with contextlib.suppress(Exception):
-                await db.execute("ROLLBACK")
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
         self.commits += 1
         self.writes += len(batch)
-        for future, ok, value in results:
+        for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
             if future.done():
                 continue
             if ok:
                 future.set_result(value)
             else:
                 future.set_exception(value)
+
+    def _run_sync(self, ops: list[WriteOp]) -> list[tuple[bool, Any]]:
+        """In the writer thread: one transaction, a savepoint per op, one commit."""
+        conn = self._conn
+        assert conn is not None
+        outcomes: list[tuple[bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for op in ops:
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = op(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((False, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    outcomes.append((True, value))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return outcomes
 
     async def close(self) -> None:
         """Finish queued writes, then close. Idempotent."""
@@ -225,10 +238,21 @@ class StateStore:
         if self._task is not None:
             self._queue.put_nowait(None)
             await self._task
-        for db in (self._writer_db, self._reader_db):
-            if db is not None:
-                await db.close()
-        self._writer_db = self._reader_db = None
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        if self._reader_db is not None:
+            await self._reader_db.close()
+            self._reader_db = None
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        if self._reader_db is None:
+            raise StoreClosedError("state store is not open")
+        return self._reader_db
 
     async def fetchall(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         # One call on the connection's thread that runs the statement to its end:
@@ -254,8 +278,8 @@ class StateStore:
         recorded_at: datetime,
         correlation_id: str,
     ) -> None:
-        async def op(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT INTO check_ins VALUES (?,?,?,?,?,?,?)",
                 (
                     check_in_id,
@@ -283,9 +307,9 @@ class StateStore:
     # ---- outbox -----------------------------------------------------------------
 
     @staticmethod
-    async def enqueue(db: aiosqlite.Connection, item: OutboxItem) -> None:
+    def enqueue(db: sqlite3.Connection, item: OutboxItem) -> None:
         """Add an outbox item inside a write op (with the record it belongs to)."""
-        await db.execute(
+        db.execute(
             "INSERT INTO outbox (peer, service, message_id, correlation_id, idempotency_key,"
             " payload, subject, attempts, next_attempt_at, created_at)"
             " VALUES (?,?,?,?,?,?,?,0,?,?)",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -29,7 +30,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-import aiosqlite
 import structlog
 from google.protobuf.message import Message
 
@@ -218,13 +218,12 @@ class TrackedExchange(Generic[B]):
         case_id = f"{flow.case_prefix}-{self.own}-{uuid.uuid4().hex[:20]}"
         now, stamp = time.time(), self._now()
 
-        async def op(db: aiosqlite.Connection) -> str:
-            async with db.execute(
+        def op(db: sqlite3.Connection) -> str:
+            existing = db.execute(
                 "SELECT case_id, body_digest FROM outgoing_cases WHERE domain = ?"
                 " AND idempotency_key = ?",
                 (flow.domain, key),
-            ) as cursor:
-                existing = await cursor.fetchone()
+            ).fetchone()
             if existing is not None:
                 if bytes(existing[1]) != digest:
                     raise AlreadyExists(
@@ -232,7 +231,7 @@ class TrackedExchange(Generic[B]):
                         f"(case {existing[0]}); use a new key for a new application"
                     )
                 return str(existing[0])
-            await db.execute(
+            db.execute(
                 "INSERT INTO outgoing_cases (case_id, domain, idempotency_key, body_digest,"
                 " client_id, peer, application, status, correlation_id, submitted_at,"
                 " updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -250,7 +249,7 @@ class TrackedExchange(Generic[B]):
                     stamp,
                 ),
             )
-            await StateStore.enqueue(
+            StateStore.enqueue(
                 db,
                 OutboxItem(
                     0,
@@ -301,10 +300,10 @@ class TrackedExchange(Generic[B]):
             }
         )
 
-    async def _delivered(
-        self, db: aiosqlite.Connection, item: OutboxItem, ack: federation_pb2.DeliveryAck
+    def _delivered(
+        self, db: sqlite3.Connection, item: OutboxItem, ack: federation_pb2.DeliveryAck
     ) -> None:
-        await db.execute(
+        db.execute(
             "UPDATE outgoing_cases SET status = ?, remote_reference = ?, updated_at = ?"
             " WHERE case_id = ? AND status = ?",
             (
@@ -316,10 +315,10 @@ class TrackedExchange(Generic[B]):
             ),
         )
 
-    async def _refused(self, db: aiosqlite.Connection, item: OutboxItem, exc: Exception) -> None:
+    def _refused(self, db: sqlite3.Connection, item: OutboxItem, exc: Exception) -> None:
         message = getattr(exc, "message", str(exc))
         final = (self.flow.progression[-1], self.flow.rejected)
-        await db.execute(
+        db.execute(
             "UPDATE outgoing_cases SET status = ?, status_reason = ?, updated_at = ?"
             " WHERE case_id = ? AND status NOT IN (?, ?)",
             (
@@ -337,19 +336,18 @@ class TrackedExchange(Generic[B]):
         if update.status not in flow.rank or update.status == flow.queued:
             raise InvalidArgument("status", f"a {flow.domain} status after delivery")
 
-        async def op(db: aiosqlite.Connection) -> federation_pb2.DeliveryAck:
-            async with db.execute(
+        def op(db: sqlite3.Connection) -> federation_pb2.DeliveryAck:
+            row = db.execute(
                 "SELECT case_id, status FROM outgoing_cases WHERE domain = ?"
                 " AND idempotency_key = ? AND peer = ?",
                 (flow.domain, update.idempotency_key, sender),
-            ) as cursor:
-                row = await cursor.fetchone()
+            ).fetchone()
             if row is None:
                 raise NotFound(f"idempotency_key: no case delivered to {sender} with this key")
             case_id, status = str(row[0]), int(row[1])
             if status in flow.final or flow.rank[update.status] <= flow.rank.get(status, 0):
                 return federation_pb2.DeliveryAck(remote_reference=case_id, duplicate=True)
-            await db.execute(
+            db.execute(
                 "UPDATE outgoing_cases SET status = ?, status_reason = ?, amount_fen = ?,"
                 " updated_at = ?, remote_reference = CASE WHEN remote_reference = ''"
                 " THEN ? ELSE remote_reference END WHERE case_id = ?",
@@ -396,20 +394,19 @@ class TrackedExchange(Generic[B]):
         reference = f"{flow.reference_prefix}-{self.own}-{uuid.uuid4().hex[:20]}"
         stamp = self._now()
 
-        async def op(db: aiosqlite.Connection) -> federation_pb2.DeliveryAck:
-            async with db.execute(
+        def op(db: sqlite3.Connection) -> federation_pb2.DeliveryAck:
+            existing = db.execute(
                 "SELECT reference, body_digest FROM incoming_cases WHERE domain = ?"
                 " AND sender = ? AND idempotency_key = ?",
                 (flow.domain, sender, app.idempotency_key),
-            ) as cursor:
-                existing = await cursor.fetchone()
+            ).fetchone()
             if existing is not None:
                 if bytes(existing[1]) != digest:
                     raise AlreadyExists(
                         "application.idempotency_key: already delivered with a different body"
                     )
                 return federation_pb2.DeliveryAck(remote_reference=str(existing[0]), duplicate=True)
-            await db.execute(
+            db.execute(
                 "INSERT INTO incoming_cases (reference, domain, sender, idempotency_key,"
                 " message_id, correlation_id, body_digest, application, status, next_poll_at,"
                 " received_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -446,14 +443,12 @@ class TrackedExchange(Generic[B]):
     ) -> federation_pb2.DeliveryAck:
         return await self.apply_status(opened.header.sender, opened.parse(self.flow.update_type))
 
-    async def _update_acked(
-        self, db: aiosqlite.Connection, item: OutboxItem, ack: federation_pb2.DeliveryAck
+    def _update_acked(
+        self, db: sqlite3.Connection, item: OutboxItem, ack: federation_pb2.DeliveryAck
     ) -> None:
         return None
 
-    async def _update_refused(
-        self, db: aiosqlite.Connection, item: OutboxItem, exc: Exception
-    ) -> None:
+    def _update_refused(self, db: sqlite3.Connection, item: OutboxItem, exc: Exception) -> None:
         log.error(
             "status update refused by the submitting node",
             peer=item.peer,
@@ -576,8 +571,8 @@ class TrackedProcessor(Generic[B]):
     async def _reschedule(self, reference: str, attempts: int, *, submitted: bool) -> None:
         when = time.time() + self._backoff(attempts)
 
-        async def op(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
                 "UPDATE incoming_cases SET attempts = ?, next_poll_at = ?, submitted = ?"
                 " WHERE reference = ?",
                 (attempts, when, int(submitted), reference),
@@ -655,8 +650,8 @@ class TrackedProcessor(Generic[B]):
         next_poll = now + (self._poll_min if trail else self._backoff(attempts))
         amount = flow.amount_of(update)
 
-        async def op(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
                 "UPDATE incoming_cases SET status = ?, status_reason = ?, amount_fen = ?,"
                 " backend_reference = CASE WHEN ? != '' THEN ? ELSE backend_reference END,"
                 " submitted = 1, attempts = ?, next_poll_at = ?, updated_at = ?"
@@ -682,7 +677,7 @@ class TrackedProcessor(Generic[B]):
                     reference,
                     changed,
                 )
-                await StateStore.enqueue(
+                StateStore.enqueue(
                     db,
                     OutboxItem(
                         0,

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
-import aiosqlite
 import pytest
 
 from gateway.store import StateStore, StoreClosedError
 
 
 async def insert(store: StateStore, key: str) -> str:
-    async def op(db: aiosqlite.Connection) -> str:
-        await db.execute(
+    def op(db: sqlite3.Connection) -> str:
+        db.execute(
             "INSERT INTO check_ins VALUES (?, 'rp', '330000', x'00', '', '2026-01-01', 'c')", (key,)
         )
         return key
@@ -53,7 +53,7 @@ class TestStateStore:
                 return_exceptions=True,
             )
             assert results[0] == "a"
-            assert isinstance(results[1], aiosqlite.IntegrityError)
+            assert isinstance(results[1], sqlite3.IntegrityError)
             assert results[2] == "b"
             rows = await store.fetchall("SELECT check_in_id FROM check_ins ORDER BY 1")
             assert rows == [("a",), ("b",), ("dup",)]
