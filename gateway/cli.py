@@ -94,7 +94,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.workers > 1 and args.worker_index is None:
         return _supervise(args)
-    logs.configure(args.log_level)
+    logs.configure(args.log_level, cache=True)
     try:
         federation = load_federation(Path(args.config))
     except ConfigError as exc:

@@ -47,6 +47,8 @@ current_correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar(
     "current_correlation_id", default=""
 )
 
+FEDERATION_SERVICE = "yrd.federation.v1.FederationService"
+
 #: Services that need no client credential: standard probes, and the federation
 #: service, whose callers are authenticated by their signed envelopes (and mTLS).
 OPEN_SERVICES = frozenset(
@@ -181,7 +183,8 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
                     self.rate_limiter.admit(client)
                     current_client.set(client)
                     client_id = client.id
-                await context.send_initial_metadata((("x-correlation-id", correlation_id),))
+                # Echoed with the status (trailing metadata): no extra frame per call.
+                context.set_trailing_metadata((("x-correlation-id", correlation_id),))
                 return await behavior(request, context)
             except GatewayError as exc:
                 code = exc.code
@@ -204,12 +207,15 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
                 if self._metrics is not None:
                     self._metrics.rpcs.labels(method, code.name).inc()
                     self._metrics.rpc_seconds.labels(method).observe(time.monotonic() - started)
-                log.info(
-                    "rpc",
-                    client=client_id,
-                    code=code.name,
-                    duration_ms=round((time.monotonic() - started) * 1000, 2),
-                )
+                # An accepted federation call is logged by its "exchange" line; a
+                # refused one (bad envelope, wrong certificate) only here.
+                if service != FEDERATION_SERVICE or code != grpc.StatusCode.OK:
+                    log.info(
+                        "rpc",
+                        client=client_id,
+                        code=code.name,
+                        duration_ms=round((time.monotonic() - started) * 1000, 2),
+                    )
             return None  # pragma: no cover - abort raises
 
         return grpc.unary_unary_rpc_method_handler(

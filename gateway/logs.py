@@ -79,8 +79,14 @@ def mask_personal_data(
     return event_dict
 
 
-def configure(level: str = "INFO", stream: TextIO | None = None, *, json: bool = True) -> None:
-    """Configure structlog for a node process: JSON lines, UTC timestamps, masking."""
+def configure(
+    level: str = "INFO", stream: TextIO | None = None, *, json: bool = True, cache: bool = False
+) -> None:
+    """Configure structlog for a node process: JSON lines, UTC timestamps, masking.
+
+    ``cache=True`` (a served node) lets each logger resolve its configuration
+    once; tests and the demo, which reconfigure logging, leave it off.
+    """
     renderer: Any = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )
@@ -95,5 +101,5 @@ def configure(level: str = "INFO", stream: TextIO | None = None, *, json: bool =
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache,
     )

@@ -11,6 +11,7 @@ envelope and token signatures stay Ed25519.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +160,7 @@ def client_certificate(
     )
 
 
+@functools.lru_cache(maxsize=1024)
 def certificate_fingerprint(pem: bytes) -> str:
     """Hex SHA-256 of the DER certificate (how clients are registered by certificate)."""
     certificate = x509.load_pem_x509_certificate(pem)
@@ -181,6 +183,7 @@ def peer_certificate(context: grpc.aio.ServicerContext) -> bytes | None:
     return bytes(values[0]) if values else None
 
 
+@functools.lru_cache(maxsize=1024)  # the same few peers call again and again
 def province_of_certificate(pem: bytes) -> str | None:
     for uri in uris_of(pem):
         if uri.startswith(PROVINCE_URI_PREFIX):

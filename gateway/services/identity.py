@@ -239,7 +239,7 @@ class IdentityExchange:
         def verdict(value: identity_pb2.Verdict.ValueType) -> identity_pb2.VerifyIdentityResponse:
             response.verdict = value
             response.checks.extend(checks.as_proto())
-            log.info(
+            log.debug(
                 "identity verified",
                 verdict=V.Name(value),
                 issuer=response.issuer_province,

@@ -146,7 +146,7 @@ class TestLogs:
             assert isinstance(line["duration_ms"], float)
             assert line["level"] == "info"
             datetime.fromisoformat(line["timestamp"])
-        assert {line["node"] for line in traced if line["event"] == "rpc"} == {SH, ZJ}
+        assert {line["node"] for line in traced if line["event"] == "rpc"} == {SH}
 
 
 class SlowAuthority:
