@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway import crypto
 from gateway.clock import Clock, SystemClock
+from gateway.groupcommit import GroupCommit
 
 GENESIS = b"\x00" * 32
 
@@ -180,14 +181,10 @@ class MessageLog:
         self._db: aiosqlite.Connection | None = None
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._queue: asyncio.Queue[tuple[LogEntry, asyncio.Future[int]] | None] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
+        self._writer: GroupCommit[LogEntry] | None = None
         self._head = GENESIS
         self._next_seq = 1
         self._closed = False
-        #: Rows written per commit, for the benchmark's report.
-        self.commits = 0
-        self.rows_written = 0
 
     async def open(self) -> MessageLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,7 +194,14 @@ class MessageLog:
         # Reads (count, rows, verify) on a connection of their own: they see
         # only committed rows and never wait behind the writer's thread.
         self._db = await aiosqlite.connect(self.path, timeout=30)
-        self._writer = asyncio.create_task(self._write_loop(), name=f"message-log:{self.path.name}")
+        self._writer = GroupCommit(
+            f"message-log:{self.path.name}",
+            self._write_sync,
+            self._executor,
+            batch_max=self._batch_max,
+            after_group=self._after_group,
+        )
+        self._writer.start()
         return self
 
     def _open_writer(self) -> tuple[bytes, int]:
@@ -233,31 +237,21 @@ class MessageLog:
         """Append a row; return its sequence number once it is committed."""
         if self._closed or self._writer is None:
             raise MessageLogClosed("message log is closed")
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((entry, future))
-        return await asyncio.shield(future)
+        seq: int = await self._writer.submit(entry)
+        return seq
 
-    async def _write_loop(self) -> None:
-        assert self._db is not None
-        stopping = False
-        while not stopping:
-            item = await self._queue.get()
-            batch: list[tuple[LogEntry, asyncio.Future[int]]] = []
-            if item is None:
-                stopping = True
-            else:
-                batch.append(item)
-            while len(batch) < self._batch_max and not self._queue.empty():
-                more = self._queue.get_nowait()
-                if more is None:
-                    stopping = True
-                    continue
-                batch.append(more)
-            if batch:
-                await self._write_batch(batch)
-                if time.monotonic() - self._head_signed_at >= self._head_interval:
-                    await self._sign_head()
-        await self._sign_head()
+    @property
+    def commits(self) -> int:
+        """Commits of the grouped writer (rows per commit = rows_written / commits)."""
+        return self._writer.commits if self._writer else 0
+
+    @property
+    def rows_written(self) -> int:
+        return self._writer.items if self._writer else 0
+
+    async def _after_group(self) -> None:
+        if time.monotonic() - self._head_signed_at >= self._head_interval:
+            await self._sign_head()
 
     async def _sign_head(self) -> None:
         """Sign and store the committed chain head (if it moved since the last one)."""
@@ -286,44 +280,18 @@ class MessageLog:
         self._signed_seq = head_seq
         self._head_signed_at = time.monotonic()
 
-    async def _write_batch(self, batch: list[tuple[LogEntry, asyncio.Future[int]]]) -> None:
-        """Chain, insert and commit a batch in one hop to the writer thread, then
-        answer its callers (each only once its row is committed)."""
-        entries = [entry for entry, _ in batch]
-        logged_at = self._clock.now().isoformat()
-        try:
-            outcomes, head, seq = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._write_sync, entries, logged_at
-            )
-        except Exception as exc:  # answer every waiter; never leave one hanging
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        self._head, self._next_seq = head, seq
-        self.commits += 1
-        self.rows_written += sum(isinstance(o, int) for o in outcomes)
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
-            if future.done():
-                continue
-            if isinstance(outcome, int):
-                future.set_result(outcome)
-            else:
-                future.set_exception(outcome)
-
-    def _write_sync(
-        self, entries: list[LogEntry], logged_at: str
-    ) -> tuple[list[int | Exception], bytes, int]:
+    def _write_sync(self, entries: list[LogEntry]) -> list[tuple[bool, Any]]:
         """In the writer thread. The head is read inside the write transaction
         (BEGIN IMMEDIATE), so several worker processes of one node extend one
         chain without forking it; a nonce already logged for the peer is refused."""
         conn = self._conn
         assert conn is not None
+        logged_at = self._clock.now().isoformat()
         conn.execute("BEGIN IMMEDIATE")
         try:
             head, seq = self._last_row(conn)
             rows: list[tuple[Any, ...]] = []
-            outcomes: list[int | Exception] = []
+            outcomes: list[tuple[bool, Any]] = []
             nonces: set[tuple[str, bytes]] = set()
             for entry in entries:
                 if entry.nonce:
@@ -336,13 +304,13 @@ class MessageLog:
                         is not None
                     )
                     if seen:
-                        outcomes.append(DuplicateNonce(entry.peer))
+                        outcomes.append((False, DuplicateNonce(entry.peer)))
                         continue
                     nonces.add(key)
                 try:
                     digest = row_hash(head, seq, logged_at, entry)
                 except Exception as exc:  # an entry that cannot be encoded fails alone
-                    outcomes.append(exc)
+                    outcomes.append((False, exc))
                     continue
                 rows.append(
                     (
@@ -360,7 +328,7 @@ class MessageLog:
                         entry.nonce or None,
                     )
                 )
-                outcomes.append(seq)
+                outcomes.append((True, seq))
                 head, seq = digest, seq + 1
             conn.executemany(
                 "INSERT INTO message_log (seq, logged_at, direction, kind, message_id,"
@@ -372,7 +340,9 @@ class MessageLog:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return outcomes, head, seq
+        # Read by the event loop only after this group is answered.
+        self._head, self._next_seq = head, seq
+        return outcomes
 
     async def close(self) -> None:
         """Flush every queued row, then close. Idempotent."""
@@ -380,8 +350,8 @@ class MessageLog:
             return
         self._closed = True
         if self._writer is not None:
-            self._queue.put_nowait(None)
-            await self._writer
+            await self._writer.close()
+            await self._sign_head()  # the final head
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)

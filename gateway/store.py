@@ -28,6 +28,8 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from gateway.groupcommit import GroupCommit
+
 T = TypeVar("T")
 WriteOp = Callable[[sqlite3.Connection], Any]
 
@@ -131,18 +133,21 @@ class StateStore:
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._reader_db: aiosqlite.Connection | None = None
-        self._queue: asyncio.Queue[tuple[WriteOp, asyncio.Future[Any]] | None] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._writer: GroupCommit[WriteOp] | None = None
         self._closed = False
-        self.commits = 0
-        self.writes = 0
 
     async def open(self) -> StateStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-store")
         await asyncio.get_running_loop().run_in_executor(self._executor, self._open_writer)
         self._reader_db = await aiosqlite.connect(self.path, timeout=30, isolation_level=None)
-        self._task = asyncio.create_task(self._write_loop(), name=f"state-store:{self.path.name}")
+        self._writer = GroupCommit(
+            f"state-store:{self.path.name}",
+            self._run_sync,
+            self._executor,
+            batch_max=self._batch_max,
+        )
+        self._writer.start()
         return self
 
     def _open_writer(self) -> None:
@@ -161,50 +166,18 @@ class StateStore:
     async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``op`` (in the writer thread, in its own savepoint); return its
         result once the group it was part of is committed."""
-        if self._closed or self._task is None:
+        if self._closed or self._writer is None:
             raise StoreClosedError("state store is closed")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((op, future))
-        return await asyncio.shield(future)
+        result: T = await self._writer.submit(op)
+        return result
 
-    async def _write_loop(self) -> None:
-        stopping = False
-        while not stopping:
-            item = await self._queue.get()
-            batch: list[tuple[WriteOp, asyncio.Future[Any]]] = []
-            if item is None:
-                stopping = True
-            else:
-                batch.append(item)
-            while len(batch) < self._batch_max and not self._queue.empty():
-                more = self._queue.get_nowait()
-                if more is None:
-                    stopping = True
-                else:
-                    batch.append(more)
-            if batch:
-                await self._run_batch(batch)
+    @property
+    def commits(self) -> int:
+        return self._writer.commits if self._writer else 0
 
-    async def _run_batch(self, batch: list[tuple[WriteOp, asyncio.Future[Any]]]) -> None:
-        ops = [op for op, _ in batch]
-        try:
-            outcomes = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._run_sync, ops
-            )
-        except Exception as exc:  # the commit itself failed: nothing of the batch is durable
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        self.commits += 1
-        self.writes += len(batch)
-        for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
-            if future.done():
-                continue
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+    @property
+    def writes(self) -> int:
+        return self._writer.items if self._writer else 0
 
     def _run_sync(self, ops: list[WriteOp]) -> list[tuple[bool, Any]]:
         """In the writer thread: one transaction, a savepoint per op, one commit."""
@@ -235,9 +208,8 @@ class StateStore:
         if self._closed:
             return
         self._closed = True
-        if self._task is not None:
-            self._queue.put_nowait(None)
-            await self._task
+        if self._writer is not None:
+            await self._writer.close()
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
