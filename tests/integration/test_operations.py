@@ -11,6 +11,7 @@ from datetime import datetime
 
 import aiohttp
 import grpc
+import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -130,7 +131,7 @@ class TestLogs:
                 federation, wallet, metadata=(("x-correlation-id", "trace-0001"),)
             )
         finally:
-            logs.configure("WARNING", io.StringIO())
+            structlog.reset_defaults()  # leave no configuration behind for other tests
         assert answer.correlation_id == "trace-0001"
         lines = [json.loads(line) for line in stream.getvalue().splitlines()]
         traced = [line for line in lines if line.get("correlation_id") == "trace-0001"]
