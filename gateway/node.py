@@ -9,6 +9,7 @@ calls, then the message log is flushed and the stores are closed.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -117,6 +118,8 @@ class Node:
         self.signer = EnvelopeSigner.from_config(me, self.clock)
         self.message_log = MessageLog(
             self.store_dir / "messages.db",
+            # A measuring knob (docs/operations.md): 1 turns grouping off.
+            batch_max=int(os.environ.get("YRD_MESSAGE_LOG_BATCH_MAX", "512")),
             clock=self.clock,
             province=me.code,
             head_signer=self.sign_statement,
