@@ -40,15 +40,16 @@ from __future__ import annotations
 
 import hashlib
 import re
-import urllib.parse
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
+from adapters.connector import REFERENCE as REFERENCE
+from adapters.connector import MappedConnector, check_reference
 from adapters.errors import CaseNotFound, TranslationError
-from adapters.formats import FormatContext, Mismatch, canonical_timestamp, format_timestamp
+from adapters.formats import FormatContext, Mismatch
 from adapters.http import BackendHttp
 from adapters.mapping import Translator, check_gb11643, check_gb32100, from_message, to_message
 from adapters.native import JsonNode, XmlNode
@@ -71,7 +72,6 @@ MAX_NAME_BYTES = 255
 MAX_DESCRIPTION_BYTES = 4096
 MEDIA_TYPES = frozenset({"application/pdf", "application/ofd", "image/jpeg", "image/png"})
 
-REFERENCE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _PROVINCE = re.compile(r"[1-9][0-9]{5}")
 _SERVICE_CODE = re.compile(r"KS[0-9]{4}")
 
@@ -167,7 +167,7 @@ def check_application(application: case_pb2.CaseApplication) -> None:
         raise TranslationError("materials", f"content of at most {MAX_CONTENT_BYTES} bytes in all")
 
 
-class HttpCaseSystem:
+class HttpCaseSystem(MappedConnector):
     """:class:`~adapters.base.CaseSystem` over HTTP, in the province's native format.
 
     ``clock`` stamps ``changed_at`` when the case system's answer carries no
@@ -191,16 +191,12 @@ class HttpCaseSystem:
         self._clock: Clock = clock or SystemClock()
 
     @property
-    def base_url(self) -> str:
-        return self._http.base_url
-
-    @property
     def province(self) -> str:
         return self._case.province
 
     def encode_submission(self, reference: str, application: case_pb2.CaseApplication) -> bytes:
         """The native submission document (also what a mapped simulator would read)."""
-        _check_reference(reference)
+        check_reference(reference, SUBMISSION)
         try:
             check_application(application)
         except TranslationError as exc:
@@ -266,57 +262,25 @@ class HttpCaseSystem:
         return update
 
     async def case_status(self, reference: str, *, timeout: float) -> case_pb2.CaseStatusUpdate:
-        _check_reference(reference)
-        what = "case status query"
-        if self._case.status_by_get:
-            path = self._case.status_path.replace(
-                "{reference}", urllib.parse.quote(reference, safe="")
-            )
-            answer = await self._http.exchange(
-                "GET",
-                path,
-                None,
-                content_type=self._translator.content_type,
-                timeout=timeout,
-                what=what,
-            )
-        else:
-            body = self._translator.encode(STATUS_QUERY, {"reference": reference})
-            answer = await self._post(self._case.status_path, body, timeout, what)
+        check_reference(reference, SUBMISSION)
+        answer = await self._ask_status(
+            self._case.status_path,
+            self._case.status_by_get,
+            STATUS_QUERY,
+            reference,
+            timeout,
+            "case status query",
+        )
         canonical = self._translator.decode(STATUS, answer)
         if not canonical.pop("found"):
             raise CaseNotFound("the case system has no case with this reference")
         return self._to_update(canonical, STATUS, reference)
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def __aenter__(self) -> HttpCaseSystem:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def _post(self, path: str, body: bytes, timeout: float, what: str) -> bytes:
-        return await self._http.exchange(
-            "POST",
-            path,
-            body,
-            content_type=self._translator.content_type,
-            timeout=timeout,
-            what=what,
-        )
-
     def _to_update(
         self, canonical: dict[str, Any], message: str, reference: str
     ) -> case_pb2.CaseStatusUpdate:
         """The case system's answer as a status update, checked against what was asked."""
-        echoed = canonical.pop("reference", None)
-        if echoed is not None and echoed != reference:
-            # An answer about another case would move the wrong case.
-            raise TranslationError("reference", "the reference asked about", message=message)
-        if "status" not in canonical:
-            raise TranslationError("status", "a case status", message=message)
+        self._check_about(canonical, message, reference, "a case status")
         status = case_pb2.CaseStatus.Value(canonical["status"])
         if status not in SYSTEM_STATES:
             raise TranslationError(
@@ -324,21 +288,8 @@ class HttpCaseSystem:
                 "CASE_ACCEPTED, CASE_IN_PROGRESS, CASE_COMPLETED or CASE_REFUSED",
                 message=message,
             )
-        if "changed_at" in canonical:
-            try:
-                canonical_timestamp(canonical["changed_at"])
-            except Mismatch as exc:  # pragma: no cover - the mapping produced it
-                raise TranslationError("changed_at", exc.expected, message=message) from None
-        else:
-            canonical["changed_at"] = format_timestamp(self._clock.now())
+        self._stamp_changed_at(canonical, message)
         return to_message(canonical, case_pb2.CaseStatusUpdate)
-
-
-def _check_reference(reference: str) -> None:
-    if not REFERENCE.fullmatch(reference):
-        raise TranslationError(
-            "reference", "a reference of 1..128 characters of [A-Za-z0-9._:-]", message=SUBMISSION
-        )
 
 
 def _serialize(document: Any) -> bytes:

@@ -56,6 +56,7 @@ from stdnum.iso7064 import mod_37_36
 from adapters import catalogue, native
 from adapters.canonical import Kind
 from adapters.catalogue import FIELD_NAMES, FIELD_TABLE, FieldKind
+from adapters.connector import HttpConnector
 from adapters.errors import CertificateNotFound, ConsentRefused, TranslationError
 from adapters.formats import (
     FORMATS,
@@ -72,6 +73,7 @@ from adapters.mapping import (
     check_gb11643,
     check_gb32100,
     from_message,
+    tagged,
     to_message,
 )
 from adapters.native import JsonNode, NativeNode, XmlNode
@@ -431,12 +433,7 @@ class CertificateCodec:
     # -- internals -------------------------------------------------------------------
 
     def _tagged(self, work: Callable[[], T], message: str = CERTIFICATE) -> T:
-        try:
-            return work()
-        except TranslationError as exc:
-            if exc.message_type:
-                raise
-            raise TranslationError(exc.path, exc.expected, message=message) from None
+        return tagged(message, work)
 
     def _check_writable(self, cert: certificate_pb2.Certificate) -> None:
         self._tagged(lambda: check_certificate(cert))
@@ -599,7 +596,7 @@ def to_local(cert: certificate_pb2.Certificate, adapter: AdapterConfig) -> tuple
 # ---- The connector -------------------------------------------------------------------
 
 
-class HttpCertificateLibrary:
+class HttpCertificateLibrary(HttpConnector):
     """:class:`~adapters.base.CertificateLibrary` over HTTP, in the province's native format.
 
     POSTs ``[adapter.certificate.request]`` to ``fetch_path`` and reads
@@ -615,10 +612,6 @@ class HttpCertificateLibrary:
         self.codec = CertificateCodec(adapter)
         self._http = BackendHttp(_BACKEND, base_url)
         self._clock: Clock = clock or SystemClock()
-
-    @property
-    def base_url(self) -> str:
-        return self._http.base_url
 
     @property
     def province(self) -> str:
@@ -670,12 +663,3 @@ class HttpCertificateLibrary:
             )
         if cert.issuer_province and cert.issuer_province != self.province:
             raise TranslationError("issuer_province", "this library's province", message=ANSWER)
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def __aenter__(self) -> HttpCertificateLibrary:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()

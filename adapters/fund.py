@@ -18,12 +18,11 @@ Three exchanges (paths from ``[adapter.fund]``):
 
 from __future__ import annotations
 
-import re
-import urllib.parse
 from typing import Any
 
+from adapters.connector import REFERENCE as REFERENCE
+from adapters.connector import MappedConnector, check_reference
 from adapters.errors import TranslationError, WithdrawalNotFound
-from adapters.formats import Mismatch, canonical_timestamp, format_timestamp
 from adapters.http import BackendHttp
 from adapters.mapping import Translator, from_message, to_message
 from adapters.spec import AdapterConfig, FundAdapter
@@ -37,10 +36,6 @@ SUBMIT_ANSWER = "fund.submit_answer"
 STATUS_QUERY = "fund.status_query"
 STATUS = "fund.status"
 
-#: What a reference may look like: it goes into URLs and native documents, and
-#: the gateway derives it from an idempotency key of the same alphabet.
-REFERENCE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
 #: The states a fund centre can report; the earlier ones belong to the gateway.
 _CENTRE_STATES = frozenset(
     {fund_pb2.UNDER_REVIEW, fund_pb2.APPROVED, fund_pb2.PAID, fund_pb2.REJECTED}
@@ -48,7 +43,7 @@ _CENTRE_STATES = frozenset(
 _BACKEND = "fund centre"
 
 
-class HttpFundCentre:
+class HttpFundCentre(MappedConnector):
     """:class:`~adapters.base.FundCentre` over HTTP, in the province's native format.
 
     ``clock`` stamps ``as_of`` / ``changed_at`` when the centre's answer
@@ -64,10 +59,6 @@ class HttpFundCentre:
         self._translator = Translator(adapter)
         self._http = BackendHttp(_BACKEND, base_url)
         self._clock: Clock = clock or SystemClock()
-
-    @property
-    def base_url(self) -> str:
-        return self._http.base_url
 
     async def query_account(self, id_number: str, *, timeout: float) -> fund_pb2.FundAccount | None:
         body = self._translator.encode(ACCOUNT_QUERY, {"id_number": id_number})
@@ -85,7 +76,7 @@ class HttpFundCentre:
     async def submit_withdrawal(
         self, reference: str, application: fund_pb2.WithdrawalApplication, *, timeout: float
     ) -> fund_pb2.WithdrawalStatusUpdate:
-        _check_reference(reference)
+        check_reference(reference, WITHDRAWAL)
         canonical = from_message(application)
         canonical["reference"] = reference
         body = self._translator.encode(WITHDRAWAL, canonical)
@@ -99,60 +90,25 @@ class HttpFundCentre:
     async def withdrawal_status(
         self, reference: str, *, timeout: float
     ) -> fund_pb2.WithdrawalStatusUpdate:
-        _check_reference(reference)
-        what = "withdrawal status query"
-        if self._fund.status_by_get:
-            path = self._fund.status_path.replace(
-                "{reference}", urllib.parse.quote(reference, safe="")
-            )
-            answer = await self._http.exchange(
-                "GET",
-                path,
-                None,
-                content_type=self._translator.content_type,
-                timeout=timeout,
-                what=what,
-            )
-        else:
-            body = self._translator.encode(STATUS_QUERY, {"reference": reference})
-            answer = await self._post(self._fund.status_path, body, timeout, what)
+        check_reference(reference, WITHDRAWAL)
+        answer = await self._ask_status(
+            self._fund.status_path,
+            self._fund.status_by_get,
+            STATUS_QUERY,
+            reference,
+            timeout,
+            "withdrawal status query",
+        )
         canonical = self._translator.decode(STATUS, answer)
         if not canonical.pop("found"):
             raise WithdrawalNotFound("the fund centre has no withdrawal with this reference")
         return self._to_update(canonical, STATUS, reference)
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def __aenter__(self) -> HttpFundCentre:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def _post(self, path: str, body: bytes, timeout: float, what: str) -> bytes:
-        return await self._http.exchange(
-            "POST",
-            path,
-            body,
-            content_type=self._translator.content_type,
-            timeout=timeout,
-            what=what,
-        )
-
-    def _now(self) -> str:
-        return format_timestamp(self._clock.now())
-
     def _to_update(
         self, canonical: dict[str, Any], message: str, reference: str
     ) -> fund_pb2.WithdrawalStatusUpdate:
         """The centre's answer as a status update, checked against what was asked."""
-        echoed = canonical.pop("reference", None)
-        if echoed is not None and echoed != reference:
-            # An answer about another case would move the wrong withdrawal.
-            raise TranslationError("reference", "the reference asked about", message=message)
-        if "status" not in canonical:
-            raise TranslationError("status", "a withdrawal status", message=message)
+        self._check_about(canonical, message, reference, "a withdrawal status")
         status = fund_pb2.WithdrawalStatus.Value(canonical["status"])
         if status not in _CENTRE_STATES:
             raise TranslationError(
@@ -160,18 +116,5 @@ class HttpFundCentre:
             )
         if status != fund_pb2.PAID:
             canonical.pop("paid_amount_fen", None)  # set only when PAID (proto contract)
-        if "changed_at" in canonical:
-            try:
-                canonical_timestamp(canonical["changed_at"])
-            except Mismatch as exc:  # pragma: no cover - the mapping produced it
-                raise TranslationError("changed_at", exc.expected, message=message) from None
-        else:
-            canonical["changed_at"] = self._now()
+        self._stamp_changed_at(canonical, message)
         return to_message(canonical, fund_pb2.WithdrawalStatusUpdate)
-
-
-def _check_reference(reference: str) -> None:
-    if not REFERENCE.fullmatch(reference):
-        raise TranslationError(
-            "reference", "a reference of 1..128 characters of [A-Za-z0-9._:-]", message=WITHDRAWAL
-        )

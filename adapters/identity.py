@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from adapters.base import CredentialCheck
+from adapters.connector import MappedConnector
 from adapters.errors import TranslationError
 from adapters.formats import Mismatch, canonical_timestamp
 from adapters.http import BackendHttp
@@ -28,7 +29,7 @@ STATUS_REQUEST = "identity.status_request"
 STATUS_RESPONSE = "identity.status_response"
 
 
-class HttpIdentityAuthority:
+class HttpIdentityAuthority(MappedConnector):
     """:class:`~adapters.base.IdentityAuthority` over HTTP, in the province's native format.
 
     One ``aiohttp.ClientSession`` (connection pool) per connector, created on
@@ -64,23 +65,7 @@ class HttpIdentityAuthority:
     async def _post_status(self, body: bytes, timeout: float) -> bytes:
         """Send the native status request; the native answer. Plug-ins override this
         to add what the exchange needs beyond the documents (a session, a signature)."""
-        return await self._http.exchange(
-            "POST",
-            self._path,
-            body,
-            content_type=self._translator.content_type,
-            timeout=timeout,
-            what="status request",
-        )
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def __aenter__(self) -> HttpIdentityAuthority:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+        return await self._post(self._path, body, timeout, "status request")
 
     def _to_check(self, canonical: dict[str, Any]) -> CredentialCheck:
         state = federation_pb2.CredentialState.Value(canonical["state"])

@@ -395,12 +395,7 @@ class Translator:
 
     def _tagged(self, message: str, work: Callable[[], T]) -> T:
         """Run ``work``, naming ``message`` in any TranslationError it raises."""
-        try:
-            return work()
-        except TranslationError as exc:
-            if exc.message_type:
-                raise
-            raise TranslationError(exc.path, exc.expected, message=message) from None
+        return tagged(message, work)
 
 
 def from_message(message: Message) -> dict[str, Any]:
@@ -421,3 +416,13 @@ def to_message(canonical: Mapping[str, Any], message_type: type[M]) -> M:
     except json_format.ParseError:
         # The parser's message quotes the offending value: personal data.
         raise TranslationError("", f"a valid {message_type.DESCRIPTOR.full_name}") from None
+
+
+def tagged(message: str, work: Callable[[], T]) -> T:
+    """Run ``work``, naming ``message`` in any TranslationError it raises (that names none)."""
+    try:
+        return work()
+    except TranslationError as exc:
+        if exc.message_type:
+            raise
+        raise TranslationError(exc.path, exc.expected, message=message) from None

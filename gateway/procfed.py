@@ -109,7 +109,7 @@ class NodeProcess:
                 stderr=log,
             )
 
-    def wait_serving(self, seconds: float = 30) -> None:
+    def wait_serving(self, seconds: float = 60) -> None:
         deadline = time.monotonic() + seconds
         credentials = grpc.ssl_channel_credentials(self.ca.read_bytes())
         with grpc.secure_channel(self.endpoint, credentials) as channel:
@@ -120,7 +120,12 @@ class NodeProcess:
                         return
                 except grpc.RpcError:
                     time.sleep(0.1)
-        raise TimeoutError(f"node {self.province} not serving after {seconds} s")
+        tail = (
+            self.log.read_text(encoding="utf-8", errors="replace")[-2000:]
+            if (self.log.exists())
+            else ""
+        )
+        raise TimeoutError(f"node {self.province} not serving after {seconds} s; log:\n{tail}")
 
     def kill(self) -> None:
         """SIGKILL the node (with several workers: the workers too, then the supervisor)."""

@@ -34,22 +34,27 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import xml.etree.ElementTree as ET  # building only; parsing uses defusedxml
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
-from zoneinfo import ZoneInfo
 
-import defusedxml.ElementTree as SafeET
 from aiohttp import web
 
 from adapters.case import SERVICES
+from adapters.simulators.documents import BadNativeRequest as BadNativeRequest
+from adapters.simulators.documents import dumps as _dumps
+from adapters.simulators.documents import json_object as _json_object
+from adapters.simulators.documents import local as _local
+from adapters.simulators.documents import millis as _millis
+from adapters.simulators.documents import sub as _sub
+from adapters.simulators.documents import text as _text
+from adapters.simulators.documents import xml as _xml
+from adapters.simulators.documents import xml_root as _xml_root
+from adapters.simulators.server import SimulatorServer
 from gateway.clock import Clock, SystemClock
-
-_CST = ZoneInfo("Asia/Shanghai")
 
 ACCEPTED, IN_PROGRESS, COMPLETED, REFUSED = (
     "CASE_ACCEPTED",
@@ -113,38 +118,7 @@ class Case:
     refusal: str = ""
 
 
-class BadNativeRequest(ValueError):
-    """The native document cannot be read (answered with HTTP 400)."""
-
-
 # ---- Native helpers ------------------------------------------------------------------
-
-
-def _dumps(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, ensure_ascii=False).encode("utf-8")
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        document = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BadNativeRequest("body is not UTF-8 JSON") from None
-    if not isinstance(document, dict):
-        raise BadNativeRequest("body is not a JSON object")
-    return document
-
-
-def _text(document: Any, *path: str, required: bool = False) -> str:
-    node = document
-    for key in path:
-        node = node.get(key) if isinstance(node, dict) else None
-    if node is None or node == "":
-        if required:
-            raise BadNativeRequest(f"{'.'.join(path)} is required")
-        return ""
-    if not isinstance(node, str):
-        raise BadNativeRequest(f"{'.'.join(path)} must be a string")
-    return node
 
 
 def _object(value: Any) -> dict[str, Any]:
@@ -166,33 +140,6 @@ def _digest(text: str, encoding: str) -> bytes:
     if len(data) != 32:
         raise BadNativeRequest("digest must be a SHA-256 digest")
     return data
-
-
-def _xml(root: ET.Element) -> bytes:
-    data: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
-    return data
-
-
-def _xml_root(body: bytes, tag: str) -> ET.Element:
-    try:
-        root: ET.Element = SafeET.fromstring(body, forbid_dtd=True)
-    except (SafeET.ParseError, ValueError):
-        raise BadNativeRequest("body is not a well-formed XML document") from None
-    if root.tag != tag:
-        raise BadNativeRequest(f"document element must be <{tag}>")
-    return root
-
-
-def _sub(parent: ET.Element, tag: str, text: str) -> None:
-    ET.SubElement(parent, tag).text = text
-
-
-def _local(instant: datetime, pattern: str) -> str:
-    return instant.astimezone(_CST).strftime(pattern)
-
-
-def _millis(instant: datetime) -> int:
-    return int(instant.timestamp() * 1000)
 
 
 def _json_materials(
@@ -483,11 +430,7 @@ DIALECTS: dict[str, Callable[[], _Dialect]] = {
 }
 
 
-def _json_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
-class CaseSystemSimulator:
+class CaseSystemSimulator(SimulatorServer):
     """A province's case system on loopback (see the module docstring).
 
     ``processing_delay`` (seconds) spaces ACCEPTED → IN_PROGRESS → COMPLETED;
@@ -506,6 +449,7 @@ class CaseSystemSimulator:
     ) -> None:
         if province not in DIALECTS:
             raise ValueError(f"no simulated case system for province {province!r}")
+        super().__init__()
         if processing_delay < 0:
             raise ValueError("processing_delay must not be negative")
         self.province = province
@@ -516,15 +460,6 @@ class CaseSystemSimulator:
         self._dialect = DIALECTS[province]()
         #: Cases by the gateway's reference.
         self.cases: dict[str, Case] = {}
-        self._runner: web.AppRunner | None = None
-        self._url: str | None = None
-        self.requests_served = 0
-
-    @property
-    def url(self) -> str:
-        if self._url is None:
-            raise RuntimeError("simulator is not started")
-        return self._url
 
     @property
     def paths(self) -> dict[str, str]:
@@ -568,56 +503,20 @@ class CaseSystemSimulator:
             return CaseView(IN_PROGRESS, case.submitted_at + delay, "")
         return CaseView(ACCEPTED, case.submitted_at, "")
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        if self._runner is not None:
-            return self.url
+    # Serving (start / stop / url / ``async with``: :class:`SimulatorServer`); cases are kept.
+
+    def _routes(self, router: web.UrlDispatcher) -> None:
         d = self._dialect
-        app = web.Application(middlewares=[self._count])
-        app.router.add_post(d.submit_path, self._native_submit)
+        router.add_post(d.submit_path, self._native_submit)
         if d.status_by_get:
-            app.router.add_get(d.status_path, self._native_status)
+            router.add_get(d.status_path, self._native_status)
         else:
-            app.router.add_post(d.status_path, self._native_status)
-        app.router.add_get("/admin/cases", self._admin_cases)
-        app.router.add_get("/admin/services", self._admin_services)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, host, port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        bound_host, bound_port = runner.addresses[0][:2]
-        self._runner = runner
-        self._url = f"http://{bound_host}:{bound_port}"
-        return self._url
+            router.add_post(d.status_path, self._native_status)
+        router.add_get("/admin/cases", self._admin_cases)
+        router.add_get("/admin/services", self._admin_services)
 
-    async def stop(self) -> None:
-        """Stop serving; idempotent. Cases are kept."""
-        runner, self._runner = self._runner, None
-        self._url = None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> CaseSystemSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    @web.middleware
-    async def _count(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        self.requests_served += 1
-        return await handler(request)
-
-    def _native(self, body: bytes, status: int = 200) -> web.Response:
-        return web.Response(
-            status=status, body=body, content_type=self._dialect.content_type, charset="utf-8"
-        )
+    def _native_media(self) -> str:
+        return self._dialect.content_type
 
     async def _native_submit(self, request: web.Request) -> web.Response:
         try:

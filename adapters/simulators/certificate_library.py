@@ -49,25 +49,32 @@ Harness endpoints (uniform JSON, for tests and demos):
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 import xml.etree.ElementTree as ET  # building only; parsing uses defusedxml
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
-import defusedxml.ElementTree as SafeET
 from aiohttp import web
 from stdnum.cn import uscc
 
 from adapters.catalogue import CATALOGUE, FieldKind
 from adapters.certificate import licence_id, seal_certificate
+from adapters.simulators.documents import BadNativeRequest as BadNativeRequest
+from adapters.simulators.documents import dumps as _dumps
+from adapters.simulators.documents import fen_to_yuan as _fen_to_yuan
+from adapters.simulators.documents import json_object as _json_object
+from adapters.simulators.documents import sub as _sub
+from adapters.simulators.documents import text as _text
+from adapters.simulators.documents import xml as _xml
+from adapters.simulators.documents import xml_root as _xml_root
 from adapters.simulators.residents import COUNTIES, Resident, synthetic_residents
+from adapters.simulators.server import SimulatorServer, json_error, json_object, not_an_object
 from gateway.clock import Clock, SystemClock
 from gateway.crypto import load_private_key
 from yrd.certificate.v1 import certificate_pb2
@@ -132,61 +139,7 @@ class FetchQuery:
     purpose: str
 
 
-class BadNativeRequest(ValueError):
-    """The native document cannot be read (answered with HTTP 400)."""
-
-
 # ---- Native helpers ------------------------------------------------------------------
-
-
-def _dumps(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, ensure_ascii=False).encode("utf-8")
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        document = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BadNativeRequest("body is not UTF-8 JSON") from None
-    if not isinstance(document, dict):
-        raise BadNativeRequest("body is not a JSON object")
-    return document
-
-
-def _text(document: dict[str, Any], key: str, *, required: bool = False) -> str:
-    value = document.get(key)
-    if value is None or value == "":
-        if required:
-            raise BadNativeRequest(f"{key} is required")
-        return ""
-    if not isinstance(value, str):
-        raise BadNativeRequest(f"{key} must be a string")
-    return value
-
-
-def _xml(root: ET.Element) -> bytes:
-    data: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
-    return data
-
-
-def _xml_root(body: bytes, tag: str) -> ET.Element:
-    try:
-        root: ET.Element = SafeET.fromstring(body, forbid_dtd=True)
-    except (SafeET.ParseError, ValueError):
-        raise BadNativeRequest("body is not a well-formed XML document") from None
-    if root.tag != tag:
-        raise BadNativeRequest(f"document element must be <{tag}>")
-    return root
-
-
-def _sub(parent: ET.Element, tag: str, text: str) -> ET.Element:
-    element = ET.SubElement(parent, tag)
-    element.text = text
-    return element
-
-
-def _fen_to_yuan(fen: int) -> str:
-    return f"{fen // 100}.{fen % 100:02d}"
 
 
 def _midnight_millis(day: date) -> int:
@@ -1215,10 +1168,6 @@ def synthetic_certificates(
 # ---- The simulator -------------------------------------------------------------------
 
 
-def _json_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
 def _holder_id(cert: certificate_pb2.Certificate) -> str:
     if cert.holder.WhichOneof("party") == "organisation":
         return cert.holder.organisation.credit_code
@@ -1228,7 +1177,7 @@ def _holder_id(cert: certificate_pb2.Certificate) -> str:
 _PROVINCE = re.compile(r"[1-9][0-9]{5}")
 
 
-class CertificateLibrarySimulator:
+class CertificateLibrarySimulator(SimulatorServer):
     """A province's e-certificate library on loopback, with synthetic sealed certificates.
 
     ``seal_key_path`` is the PEM Ed25519 private key of the province's issuing
@@ -1249,6 +1198,7 @@ class CertificateLibrarySimulator:
     ) -> None:
         if province not in DIALECTS:
             raise ValueError(f"no simulated certificate library for province {province!r}")
+        super().__init__()
         self.province = province
         self.seal_key_id = seal_key_id
         self._clock: Clock = clock or SystemClock()
@@ -1266,16 +1216,6 @@ class CertificateLibrarySimulator:
         #: Consents by reference.
         self.consents: dict[str, Consent] = {}
         self._seed_consents()
-        self._runner: web.AppRunner | None = None
-        self._url: str | None = None
-        self.requests_served = 0
-
-    @property
-    def url(self) -> str:
-        """Base URL (``http://127.0.0.1:PORT``); only while started."""
-        if self._url is None:
-            raise RuntimeError("simulator is not started")
-        return self._url
 
     @property
     def fetch_path(self) -> str:
@@ -1354,54 +1294,17 @@ class CertificateLibrarySimulator:
         cert = self.find(query.category_code, query.holder_id, query.certificate_number)
         return (FOUND, cert) if cert is not None else (NOT_FOUND, None)
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        if self._runner is not None:
-            return self.url
-        app = web.Application(middlewares=[self._count])
-        app.router.add_post(self._dialect.fetch_path, self._native_fetch)
-        app.router.add_get("/admin/certificates", self._admin_certificates)
-        app.router.add_get("/admin/consents", self._admin_consents)
-        app.router.add_post("/admin/consents", self._admin_add_consent)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, host, port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        bound_host, bound_port = runner.addresses[0][:2]
-        self._runner = runner
-        self._url = f"http://{bound_host}:{bound_port}"
-        return self._url
+    # ---- HTTP (start / stop / url / ``async with``: :class:`SimulatorServer`) ---------
+    # Certificates and consents are kept across stop / start.
 
-    async def stop(self) -> None:
-        """Stop serving; idempotent. Certificates and consents are kept."""
-        runner, self._runner = self._runner, None
-        self._url = None
-        if runner is not None:
-            await runner.cleanup()
+    def _routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post(self._dialect.fetch_path, self._native_fetch)
+        router.add_get("/admin/certificates", self._admin_certificates)
+        router.add_get("/admin/consents", self._admin_consents)
+        router.add_post("/admin/consents", self._admin_add_consent)
 
-    async def __aenter__(self) -> CertificateLibrarySimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    # ---- HTTP ------------------------------------------------------------------------
-
-    @web.middleware
-    async def _count(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        self.requests_served += 1
-        return await handler(request)
-
-    def _native(self, body: bytes, status: int = 200) -> web.Response:
-        return web.Response(
-            status=status, body=body, content_type=self._dialect.content_type, charset="utf-8"
-        )
+    def _native_media(self) -> str:
+        return self._dialect.content_type
 
     async def _native_fetch(self, request: web.Request) -> web.Response:
         try:
@@ -1449,25 +1352,22 @@ class CertificateLibrarySimulator:
         )
 
     async def _admin_add_consent(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _json_error(400, "body must be a JSON object")
-        if not isinstance(body, dict):
-            return _json_error(400, "body must be a JSON object")
+        body = await json_object(request)
+        if body is None:
+            return not_an_object()
         holder_id, province = body.get("holder_id"), body.get("requesting_province")
         expires, purpose = body.get("expires_at"), body.get("purpose", "")
         if not isinstance(holder_id, str) or not holder_id:
-            return _json_error(400, "holder_id must be a non-empty string")
+            return json_error(400, "holder_id must be a non-empty string")
         if not isinstance(province, str) or not _PROVINCE.fullmatch(province):
-            return _json_error(400, "requesting_province must be a six-digit GB/T 2260 code")
+            return json_error(400, "requesting_province must be a six-digit GB/T 2260 code")
         if not isinstance(purpose, str):
-            return _json_error(400, "purpose must be a string")
+            return json_error(400, "purpose must be a string")
         try:
             expires_at = datetime.fromisoformat(expires) if isinstance(expires, str) else None
         except ValueError:
             expires_at = None
         if expires_at is None or expires_at.tzinfo is None:
-            return _json_error(400, "expires_at must be an RFC 3339 instant with an offset")
+            return json_error(400, "expires_at must be an RFC 3339 instant with an offset")
         reference = self.add_consent(holder_id, province, expires_at, purpose)
         return web.json_response({"reference": reference}, status=201)

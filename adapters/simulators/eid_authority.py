@@ -37,13 +37,12 @@ no independent check of its mapping (its golden vectors are that check).
 from __future__ import annotations
 
 import base64
-import json
 import re
 import secrets
 import uuid
 import xml.etree.ElementTree as ET  # building only; parsing uses defusedxml
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -53,7 +52,17 @@ from zoneinfo import ZoneInfo
 import defusedxml.ElementTree as SafeET
 from aiohttp import web
 
+from adapters.simulators.documents import BadNativeRequest as BadNativeRequest
+from adapters.simulators.documents import dumps as _dumps
+from adapters.simulators.documents import json_object as _json_object
 from adapters.simulators.residents import Resident, synthetic_residents
+from adapters.simulators.server import (
+    SimulatorServer,
+    admin_set_choice,
+    json_error,
+    json_object,
+    not_an_object,
+)
 from adapters.spec import AdapterConfig
 from gateway.clock import Clock, SystemClock
 from gateway.crypto import load_private_key
@@ -68,10 +77,6 @@ _STATES = (
     "CREDENTIAL_LOST",
     "CREDENTIAL_SUSPENDED",
 )
-
-
-class BadNativeRequest(ValueError):
-    """The native status request is malformed (answered with HTTP 400)."""
 
 
 class _Dialect(ABC):
@@ -115,12 +120,7 @@ class _Dialect(ABC):
 
 
 def _json_request(body: bytes, credential_key: str, token_key: str) -> tuple[str, str]:
-    try:
-        document = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BadNativeRequest("body is not UTF-8 JSON") from None
-    if not isinstance(document, dict):
-        raise BadNativeRequest("body is not a JSON object")
+    document = _json_object(body)
     values = []
     for key in (credential_key, token_key):
         value = document.get(key)
@@ -128,10 +128,6 @@ def _json_request(body: bytes, credential_key: str, token_key: str) -> tuple[str
             raise BadNativeRequest(f"{key} must be a non-empty string")
         values.append(value)
     return values[0], values[1]
-
-
-def _dumps(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, ensure_ascii=False).encode("utf-8")
 
 
 def _b64(data: bytes) -> str:
@@ -361,11 +357,7 @@ DIALECTS: dict[str, Callable[[], _Dialect]] = {
 }
 
 
-def _json_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
-class EidAuthoritySimulator:
+class EidAuthoritySimulator(SimulatorServer):
     """A province's e-ID authority on loopback, with synthetic residents.
 
     ``clock`` stamps tokens and answers (a frozen clock makes expiry testable);
@@ -387,6 +379,7 @@ class EidAuthoritySimulator:
         adapter: AdapterConfig | None = None,
         session_lifetime: int = 600,
     ) -> None:
+        super().__init__()
         self.province = province
         self.key_id = key_id
         self._key = load_private_key(Path(issuer_key_path))
@@ -397,9 +390,6 @@ class EidAuthoritySimulator:
         #: Open sessions (session dialects): token -> when it lapses.
         self._sessions: dict[str, datetime] = {}
         self.session_lifetime = session_lifetime
-        self._runner: web.AppRunner | None = None
-        self._url: str | None = None
-        self.requests_served = 0
         #: Native status queries answered (a subset of requests_served).
         self.status_queries = 0
 
@@ -407,13 +397,6 @@ class EidAuthoritySimulator:
     def residents(self) -> tuple[Resident, ...]:
         """The residents with their current credential states."""
         return tuple(self._residents.values())
-
-    @property
-    def url(self) -> str:
-        """Base URL (``http://127.0.0.1:PORT``); only while started."""
-        if self._url is None:
-            raise RuntimeError("simulator is not started")
-        return self._url
 
     @property
     def status_path(self) -> str:
@@ -431,70 +414,36 @@ class EidAuthoritySimulator:
         resident = self._residents[credential_id]
         self._residents[credential_id] = replace(resident, state=state)
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        if self._runner is not None:
-            return self.url
-        app = web.Application(middlewares=[self._count])
-        app.router.add_post("/wallet/qr", self._wallet_qr)
-        app.router.add_get("/residents", self._list_residents)
-        app.router.add_post("/admin/credentials/{credential_id}/state", self._admin_state)
-        app.router.add_post(self._dialect.path, self._native_status)
+    # Serving: start / stop / url / ``async with`` are :class:`SimulatorServer`'s.
+
+    def _routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/wallet/qr", self._wallet_qr)
+        router.add_get("/residents", self._list_residents)
+        router.add_post("/admin/credentials/{credential_id}/state", self._admin_state)
+        router.add_post(self._dialect.path, self._native_status)
         if self._dialect.session_path is not None:
-            app.router.add_post(self._dialect.session_path, self._native_session)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, host, port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        bound_host, bound_port = runner.addresses[0][:2]
-        self._runner = runner
-        self._url = f"http://{bound_host}:{bound_port}"
-        return self._url
+            router.add_post(self._dialect.session_path, self._native_session)
 
-    async def stop(self) -> None:
-        """Stop serving; idempotent."""
-        runner, self._runner = self._runner, None
-        self._url = None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> EidAuthoritySimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    @web.middleware
-    async def _count(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        self.requests_served += 1
-        return await handler(request)
+    def _native_media(self) -> str:
+        return self._dialect.content_type.split(";", 1)[0]
 
     async def _wallet_qr(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _json_error(400, "body must be a JSON object")
-        if not isinstance(body, dict):
-            return _json_error(400, "body must be a JSON object")
+        body = await json_object(request)
+        if body is None:
+            return not_an_object()
         credential_id = body.get("credential_id")
         if not isinstance(credential_id, str) or credential_id not in self._residents:
-            return _json_error(404, "unknown credential_id")
+            return json_error(404, "unknown credential_id")
         ttl = body.get("ttl_seconds", _DEFAULT_TTL_SECONDS)
         if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 < ttl <= _MAX_TTL_SECONDS:
-            return _json_error(400, f"ttl_seconds must be an integer in 1..{_MAX_TTL_SECONDS}")
+            return json_error(400, f"ttl_seconds must be an integer in 1..{_MAX_TTL_SECONDS}")
         issued_at = body.get("issued_at")
         if issued_at is None:
             issued = self._clock.now()
         elif isinstance(issued_at, int) and not isinstance(issued_at, bool) and issued_at > 0:
             issued = datetime.fromtimestamp(issued_at, UTC)
         else:
-            return _json_error(400, "issued_at must be epoch seconds (integer)")
+            return json_error(400, "issued_at must be epoch seconds (integer)")
         token_id = str(uuid.uuid4())
         qr = issue_token(
             self._key,
@@ -524,18 +473,15 @@ class EidAuthoritySimulator:
         )
 
     async def _admin_state(self, request: web.Request) -> web.Response:
-        credential_id = request.match_info["credential_id"]
-        if credential_id not in self._residents:
-            return _json_error(404, "unknown credential_id")
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _json_error(400, "body must be a JSON object")
-        state = body.get("state") if isinstance(body, dict) else None
-        if state not in _STATES:
-            return _json_error(400, f"state must be one of {', '.join(_STATES)}")
-        self.set_state(credential_id, state)
-        return web.json_response({"credential_id": credential_id, "state": state})
+        return await admin_set_choice(
+            request,
+            key="credential_id",
+            known=self._residents,
+            answer_key="credential_id",
+            field="state",
+            choices=_STATES,
+            apply=self.set_state,
+        )
 
     async def _native_session(self, request: web.Request) -> web.Response:
         dialect = self._dialect
@@ -551,11 +497,6 @@ class EidAuthoritySimulator:
             self._sessions[token] = now + timedelta(seconds=self.session_lifetime)
         return self._native(dialect.session_answer(token, self.session_lifetime))
 
-    def _native(self, body: bytes, status: int = 200) -> web.Response:
-        return web.Response(
-            status=status, body=body, content_type=_media(self._dialect), charset="utf-8"
-        )
-
     async def _native_status(self, request: web.Request) -> web.Response:
         dialect = self._dialect
         if dialect.session_path is not None:
@@ -567,12 +508,7 @@ class EidAuthoritySimulator:
         try:
             credential_id, token_id = dialect.parse_request(body)
         except BadNativeRequest as exc:
-            return web.Response(
-                status=400,
-                body=dialect.error(str(exc)),
-                content_type=_media(dialect),
-                charset="utf-8",
-            )
+            return self._native(dialect.error(str(exc)), 400)
         self.status_queries += 1
         # Check-and-mark with no await in between: atomic on the event loop,
         # so two concurrent queries of one token cannot both see "unused".
@@ -582,11 +518,7 @@ class EidAuthoritySimulator:
         answer = dialect.answer(
             None if resident is None else resident.state, used, resident, self._clock.now()
         )
-        return web.Response(body=answer, content_type=_media(dialect), charset="utf-8")
-
-
-def _media(dialect: _Dialect) -> str:
-    return dialect.content_type.split(";", 1)[0]
+        return self._native(answer)
 
 
 def _dialect_for(province: str, adapter: AdapterConfig | None) -> _Dialect:

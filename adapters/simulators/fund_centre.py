@@ -43,21 +43,29 @@ Harness endpoints (uniform JSON, for tests and demos):
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import re
 import xml.etree.ElementTree as ET  # building only; parsing uses defusedxml
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, ClassVar, NamedTuple
 from zoneinfo import ZoneInfo
 
-import defusedxml.ElementTree as SafeET
 from aiohttp import web
 
+from adapters.simulators.documents import BadNativeRequest as BadNativeRequest
+from adapters.simulators.documents import dumps as _dumps
+from adapters.simulators.documents import fen_to_yuan as fen_to_yuan
+from adapters.simulators.documents import json_object as _json_object
+from adapters.simulators.documents import local as _local
+from adapters.simulators.documents import millis as _millis
+from adapters.simulators.documents import text as _text
+from adapters.simulators.documents import xml as _xml
+from adapters.simulators.documents import xml_root as _xml_root
 from adapters.simulators.residents import COUNTIES, synthetic_residents
+from adapters.simulators.server import SimulatorServer, admin_set_choice
 from adapters.spec import AdapterConfig
 from gateway.clock import Clock, SystemClock
 
@@ -155,38 +163,7 @@ class Payment(NamedTuple):
     amount_fen: int
 
 
-class BadNativeRequest(ValueError):
-    """The native document cannot be read (answered with HTTP 400)."""
-
-
 # ---- Native helpers ------------------------------------------------------------------
-
-
-def _dumps(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, ensure_ascii=False).encode("utf-8")
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        document = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BadNativeRequest("body is not UTF-8 JSON") from None
-    if not isinstance(document, dict):
-        raise BadNativeRequest("body is not a JSON object")
-    return document
-
-
-def _text(document: dict[str, Any], *path: str, required: bool = False) -> str:
-    node: Any = document
-    for key in path:
-        node = node.get(key) if isinstance(node, dict) else None
-    if node is None or node == "":
-        if required:
-            raise BadNativeRequest(f"{'.'.join(path)} is required")
-        return ""
-    if not isinstance(node, str):
-        raise BadNativeRequest(f"{'.'.join(path)} must be a string")
-    return node
 
 
 def _fen(document: dict[str, Any], *path: str) -> int:
@@ -218,33 +195,6 @@ def yuan_to_fen(text: str) -> int:
     if not match:
         raise BadNativeRequest("amounts are yuan with at most two decimals")
     return int(match[1]) * 100 + int((match[2] or "").ljust(2, "0"))
-
-
-def fen_to_yuan(fen: int) -> str:
-    return f"{fen // 100}.{fen % 100:02d}"
-
-
-def _local(instant: datetime, pattern: str) -> str:
-    return instant.astimezone(_CST).strftime(pattern)
-
-
-def _millis(instant: datetime) -> int:
-    return int(instant.timestamp() * 1000)
-
-
-def _xml(root: ET.Element) -> bytes:
-    data: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
-    return data
-
-
-def _xml_root(body: bytes, tag: str) -> ET.Element:
-    try:
-        root: ET.Element = SafeET.fromstring(body, forbid_dtd=True)
-    except (SafeET.ParseError, ValueError):
-        raise BadNativeRequest("body is not a well-formed XML document") from None
-    if root.tag != tag:
-        raise BadNativeRequest(f"document element must be <{tag}>")
-    return root
 
 
 # ---- Dialects: each province's native endpoints --------------------------------------
@@ -692,10 +642,6 @@ def synthetic_accounts(province: str, seed: int = 0) -> dict[str, FundAccount]:
     return accounts
 
 
-def _json_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
 def _dialect_for(province: str, adapter: AdapterConfig | None) -> _Dialect:
     """The hand-written dialect of a shipped province, else the region's mapped one."""
     if province in DIALECTS:
@@ -717,7 +663,7 @@ def _birth_date(id_number: str) -> date | None:
         return None
 
 
-class FundCentreSimulator:
+class FundCentreSimulator(SimulatorServer):
     """A province's provident fund centre on loopback, with synthetic accounts.
 
     ``review_delay`` and ``payment_delay`` (seconds) space out the status
@@ -741,6 +687,7 @@ class FundCentreSimulator:
     ) -> None:
         if review_delay < 0 or payment_delay < 0:
             raise ValueError("review_delay and payment_delay must not be negative")
+        super().__init__()
         self.province = province
         self.review_delay = review_delay
         self.payment_delay = payment_delay
@@ -753,16 +700,6 @@ class FundCentreSimulator:
         #: Every payment made, in order: exactly one per paid reference.
         self.payments: list[Payment] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._runner: web.AppRunner | None = None
-        self._url: str | None = None
-        self.requests_served = 0
-
-    @property
-    def url(self) -> str:
-        """Base URL (``http://127.0.0.1:PORT``); only while started."""
-        if self._url is None:
-            raise RuntimeError("simulator is not started")
-        return self._url
 
     @property
     def paths(self) -> dict[str, str]:
@@ -780,54 +717,19 @@ class FundCentreSimulator:
             raise ValueError(f"status must be one of {ACCOUNT_STATUSES}")
         self.accounts[account_no].status = status
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        if self._runner is not None:
-            return self.url
-        d = self._dialect
-        app = web.Application(middlewares=[self._count])
-        app.router.add_post(d.account_path, self._native_account)
-        app.router.add_post(d.submit_path, self._native_submit)
-        if d.status_by_get:
-            app.router.add_get(d.status_path, self._native_status)
-        else:
-            app.router.add_post(d.status_path, self._native_status)
-        app.router.add_get("/admin/accounts", self._admin_accounts)
-        app.router.add_post("/admin/accounts/{account_no}/status", self._admin_status)
-        app.router.add_get("/admin/payments", self._admin_payments)
-        app.router.add_get("/admin/withdrawals", self._admin_withdrawals)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, host, port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        bound_host, bound_port = runner.addresses[0][:2]
-        self._runner = runner
-        self._url = f"http://{bound_host}:{bound_port}"
+    # Serving: start / stop / url / ``async with`` are :class:`SimulatorServer`'s.
+    # Stopping also stops reviewing; cases and accounts are kept.
+
+    def _started(self) -> None:
         for case in self.cases.values():
             if case.status not in _FINAL:
                 self._schedule(case)
-        return self._url
 
-    async def stop(self) -> None:
-        """Stop serving and reviewing; idempotent. Cases and accounts are kept."""
-        runner, self._runner = self._runner, None
-        self._url = None
+    async def _stopping(self) -> None:
         tasks, self._tasks = self._tasks, set()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> FundCentreSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     async def wait_idle(self) -> None:
         """Wait until every case has been reviewed and paid or rejected (tests)."""
@@ -930,17 +832,21 @@ class FundCentreSimulator:
 
     # ---- HTTP ------------------------------------------------------------------------
 
-    @web.middleware
-    async def _count(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        self.requests_served += 1
-        return await handler(request)
+    def _routes(self, router: web.UrlDispatcher) -> None:
+        d = self._dialect
+        router.add_post(d.account_path, self._native_account)
+        router.add_post(d.submit_path, self._native_submit)
+        if d.status_by_get:
+            router.add_get(d.status_path, self._native_status)
+        else:
+            router.add_post(d.status_path, self._native_status)
+        router.add_get("/admin/accounts", self._admin_accounts)
+        router.add_post("/admin/accounts/{account_no}/status", self._admin_status)
+        router.add_get("/admin/payments", self._admin_payments)
+        router.add_get("/admin/withdrawals", self._admin_withdrawals)
 
-    def _native(self, body: bytes, status: int = 200) -> web.Response:
-        return web.Response(
-            status=status, body=body, content_type=self._dialect.content_type, charset="utf-8"
-        )
+    def _native_media(self) -> str:
+        return self._dialect.content_type
 
     async def _native_account(self, request: web.Request) -> web.Response:
         try:
@@ -984,18 +890,15 @@ class FundCentreSimulator:
         )
 
     async def _admin_status(self, request: web.Request) -> web.Response:
-        account_no = request.match_info["account_no"]
-        if account_no not in self.accounts:
-            return _json_error(404, "unknown account_no")
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _json_error(400, "body must be a JSON object")
-        status = body.get("status") if isinstance(body, dict) else None
-        if status not in ACCOUNT_STATUSES:
-            return _json_error(400, f"status must be one of {', '.join(ACCOUNT_STATUSES)}")
-        self.set_status(account_no, status)
-        return web.json_response({"account": account_no, "status": status})
+        return await admin_set_choice(
+            request,
+            key="account_no",
+            known=self.accounts,
+            answer_key="account",
+            field="status",
+            choices=ACCOUNT_STATUSES,
+            apply=self.set_status,
+        )
 
     async def _admin_payments(self, request: web.Request) -> web.Response:
         return web.json_response(
