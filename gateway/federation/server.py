@@ -59,7 +59,8 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         *,
         handlers: dict[str, Handler],
         require_peer_certificate: bool = False,
-        dedupe_entries: int = 100_000,
+        dedupe_entries: int = 10_000,
+        dedupe_seconds: float = 300.0,
         metrics: NodeMetrics | None = None,
     ) -> None:
         self._metrics = metrics
@@ -68,7 +69,11 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         self._verifier = verifier
         self._log = message_log
         self._handlers = handlers
-        self._done: OrderedDict[tuple[str, str], _Outcome] = OrderedDict()
+        #: Answers by (sender, message id), kept only while a retry of the same
+        #: message can still come (a few minutes) and bounded in number: they
+        #: hold personal data, and memory must not grow with traffic.
+        self._done: OrderedDict[tuple[str, str], tuple[float, _Outcome]] = OrderedDict()
+        self._dedupe_seconds = dedupe_seconds
         self._in_flight: dict[tuple[str, str], asyncio.Future[_Outcome]] = {}
         self._dedupe_entries = dedupe_entries
 
@@ -141,7 +146,8 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
                 "header.nonce: already seen from this sender (replay)",
             ) from exc
         key = (header.sender, header.message_id)
-        outcome = self._done.get(key)
+        remembered = self._done.get(key)
+        outcome = remembered[1] if remembered is not None else None
         if outcome is None:
             pending = self._in_flight.get(key)
             if pending is not None:
@@ -208,8 +214,12 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
                 outcome = _Outcome(federation_pb2.DeliveryAck(), exc.code.value[0], exc.message)
             if outcome.status_code == 0 or not _is_transient(outcome.status_code):
                 # Transient failures are not remembered: a retry should try again.
-                self._done[key] = outcome
-                while len(self._done) > self._dedupe_entries:
+                now = time.monotonic()
+                self._done[key] = (now + self._dedupe_seconds, outcome)
+                while self._done and (
+                    len(self._done) > self._dedupe_entries
+                    or next(iter(self._done.values()))[0] < now
+                ):
                     self._done.popitem(last=False)
             future.set_result(outcome)
             if self._metrics is not None:
