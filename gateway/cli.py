@@ -11,10 +11,7 @@ import argparse
 import asyncio
 import signal
 import sys
-from datetime import datetime
 from pathlib import Path
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway import __version__
 
@@ -198,18 +195,9 @@ def _log_verify(args: argparse.Namespace) -> int:
     keys: HeadKeys | None = None
     if getattr(args, "config", None):
         from gateway.config import load_federation
-        from gateway.errors import EnvelopeRejected
         from gateway.trust import TrustStore
 
-        trust = TrustStore(load_federation(Path(args.config)))
-
-        def lookup(province: str, key_id: str, at: datetime) -> Ed25519PublicKey | None:
-            try:
-                return trust.envelope_key(province, key_id, at)
-            except EnvelopeRejected:
-                return None
-
-        keys = lookup
+        keys = TrustStore(load_federation(Path(args.config))).head_key
     report = asyncio.run(verify_file(path, keys))
     print(
         f"{'intact' if report.intact else 'BROKEN'}: {report.detail}; "

@@ -325,6 +325,30 @@ class FederationConfig(_Model):
     def peer(self, code: str) -> ProvinceConfig | None:
         return self.provinces.get(code)
 
+    def require_peer(self, field_name: str, province: str, service: str) -> ProvinceConfig:
+        """The peer named in a request field: it exists, is not this node's own
+        province, and accepts ``service`` from it; otherwise a status naming the field."""
+        from gateway.errors import FailedPrecondition, InvalidArgument
+        from gateway.identifiers import validate_region_code
+
+        validate_region_code(field_name, province)
+        peer = self.peer(province)
+        if peer is None:
+            raise InvalidArgument(
+                field_name, f"a province of the federation ({', '.join(sorted(self.provinces))})"
+            )
+        if province == self.own:
+            raise InvalidArgument(
+                field_name,
+                f"a province other than this node's own ({self.own}); this node's "
+                "own back-ends are reached directly",
+            )
+        if service not in peer.services.offers or service not in self.me.services.calls:
+            raise FailedPrecondition(
+                f"{field_name}: province {province} does not accept {service} from {self.own}"
+            )
+        return peer
+
 
 def _problems(path: Path, exc: ValidationError) -> list[str]:
     lines = []

@@ -374,9 +374,3 @@ class EnvelopeVerifier:
                 "response header.nonce: already seen (replay)",
             )
         return OpenedEnvelope(header, signed.payload, signed)
-
-
-def created_at(header: federation_pb2.EnvelopeHeader) -> datetime:
-    from datetime import UTC
-
-    return header.created_at.ToDatetime(tzinfo=UTC)

@@ -47,6 +47,15 @@ current_correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar(
     "current_correlation_id", default=""
 )
 
+
+def require_client() -> ClientSection:
+    """The authenticated local client of the current call (public services only)."""
+    client = current_client.get()
+    if client is None:  # pragma: no cover - the interceptor authenticates first
+        raise Unauthenticated("no authenticated client")
+    return client
+
+
 FEDERATION_SERVICE = "yrd.federation.v1.FederationService"
 
 #: Services that need no client credential: standard probes, and the federation

@@ -32,7 +32,7 @@ from adapters.base import FundCentre, IdentityAuthority
 from gateway.clock import Clock, SystemClock
 from gateway.config import FederationConfig, ProvinceConfig, load_federation
 from gateway.envelope import MAX_ENVELOPE_BYTES, EnvelopeSigner, EnvelopeVerifier
-from gateway.errors import ConfigError, EnvelopeRejected, FailedPrecondition
+from gateway.errors import ConfigError, FailedPrecondition
 from gateway.federation.client import CHANNEL_OPTIONS, FederationClient
 from gateway.federation.server import FederationServicer
 from gateway.interceptors import GatewayInterceptor
@@ -164,10 +164,7 @@ class Node:
         return key_id, private_key.sign(statement)
 
     def head_keys(self, province: str, key_id: str, at: datetime) -> Ed25519PublicKey | None:
-        try:
-            return self.trust.envelope_key(province, key_id, at)
-        except EnvelopeRejected:
-            return None
+        return self.trust.head_key(province, key_id, at)
 
     async def start(self) -> Node:
         me = self.federation.me

@@ -110,6 +110,13 @@ class TrustStore:
         except KeyLookupError:
             return None
 
+    def head_key(self, province: str, key_id: str, at: datetime) -> Ed25519PublicKey | None:
+        """The envelope key that verifies a province's signed chain head, if trusted then."""
+        try:
+            return self._find(self._signing, "chain head", province, key_id, at).key
+        except KeyLookupError:
+            return None
+
     def eid_issuer_key(self, province: str, key_id: str, at: datetime) -> Ed25519PublicKey:
         """The key a province's e-ID authority signs tokens with; raises KeyLookupError."""
         return self._find(self._eid, "e-ID token", province, key_id, at).key

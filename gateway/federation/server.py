@@ -28,7 +28,7 @@ from gateway.envelope import (
     EnvelopeVerifier,
     OpenedEnvelope,
 )
-from gateway.errors import EnvelopeRejected, GatewayError, status_from_int
+from gateway.errors import RETRYABLE_CODES, EnvelopeRejected, GatewayError, status_from_int
 from gateway.messagelog import DuplicateNonce, LogEntry, MessageLog
 from gateway.metrics import NodeMetrics
 from gateway.tls import peer_certificate, province_of_certificate
@@ -246,8 +246,4 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
 
 
 def _is_transient(code: int) -> bool:
-    return code in (
-        grpc.StatusCode.UNAVAILABLE.value[0],
-        grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
-        grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
-    )
+    return status_from_int(code) in RETRYABLE_CODES

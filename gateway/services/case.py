@@ -19,9 +19,9 @@ import grpc
 from adapters.base import CaseSystem
 from adapters.case import check_application
 from adapters.errors import CaseNotFound, TranslationError
-from gateway.errors import GatewayError, InvalidArgument
+from gateway.errors import InvalidArgument
 from gateway.identifiers import validate_idempotency_key, validate_region_code
-from gateway.interceptors import current_client, current_correlation_id
+from gateway.interceptors import current_correlation_id, require_client
 from gateway.services.tracked import Flow, TrackedExchange
 from yrd.case.v1 import case_pb2, case_pb2_grpc
 
@@ -102,11 +102,8 @@ class CaseServicer(case_pb2_grpc.CaseServiceServicer):
     ) -> case_pb2.Case:
         if not request.HasField("application"):
             raise InvalidArgument("application", "a CaseApplication")
-        client = current_client.get()
-        if client is None:  # pragma: no cover - the interceptor authenticates first
-            raise GatewayError("no authenticated client")
         answer = await self._exchange.submit(
-            request.application, client, current_correlation_id.get()
+            request.application, require_client(), current_correlation_id.get()
         )
         assert isinstance(answer, case_pb2.Case)
         return answer
@@ -114,6 +111,6 @@ class CaseServicer(case_pb2_grpc.CaseServiceServicer):
     async def GetCase(  # noqa: N802 - gRPC method name
         self, request: case_pb2.GetCaseRequest, context: grpc.aio.ServicerContext
     ) -> case_pb2.Case:
-        answer = await self._exchange.get(request.case_id, current_client.get())
+        answer = await self._exchange.get(request.case_id, require_client())
         assert isinstance(answer, case_pb2.Case)
         return answer

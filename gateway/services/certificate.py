@@ -44,7 +44,7 @@ from gateway.errors import (
 )
 from gateway.federation.client import FederationClient
 from gateway.identifiers import validate_credit_code, validate_id_number, validate_region_code
-from gateway.interceptors import current_client, current_correlation_id
+from gateway.interceptors import current_correlation_id, require_client
 from gateway.metrics import NodeMetrics
 from gateway.trust import TrustStore
 from yrd.certificate.v1 import certificate_pb2, certificate_pb2_grpc
@@ -130,22 +130,7 @@ class CertificateExchange:
             )
         validate_request(request)
         issuer = request.issuer_province
-        peer = self._federation.peer(issuer)
-        if peer is None:
-            raise InvalidArgument(
-                "issuer_province",
-                f"a province of the federation ({', '.join(sorted(self._federation.provinces))})",
-            )
-        if issuer == self.own:
-            raise InvalidArgument(
-                "issuer_province",
-                f"another province than {self.own}: certificates issued "
-                "here are read from this province's own library",
-            )
-        if FETCH not in peer.services.offers or FETCH not in self._federation.me.services.calls:
-            raise FailedPrecondition(
-                f"issuer_province: {issuer} does not release certificates to {self.own}"
-            )
+        self._federation.require_peer("issuer_province", issuer, FETCH)
         try:
             certificate, _ = await self._client.call(
                 issuer,
@@ -230,13 +215,10 @@ class CertificateServicer(certificate_pb2_grpc.CertificateServiceServicer):
     async def GetCertificate(  # noqa: N802 - gRPC method name
         self, request: certificate_pb2.GetCertificateRequest, context: grpc.aio.ServicerContext
     ) -> certificate_pb2.GetCertificateResponse:
-        client = current_client.get()
-        if client is None:  # pragma: no cover - the interceptor authenticates first
-            raise GatewayError("no authenticated client")
         remaining = context.time_remaining()
         return await self._exchange.get(
             request,
-            client,
+            require_client(),
             current_correlation_id.get(),
             DEFAULT_TIMEOUT if remaining is None else remaining,
         )

@@ -20,7 +20,6 @@ from adapters.errors import (
     TranslationError,
     WithdrawalNotFound,
 )
-from gateway.config import ClientSection
 from gateway.errors import (
     FailedPrecondition,
     GatewayError,
@@ -35,7 +34,7 @@ from gateway.identifiers import (
     validate_idempotency_key,
     validate_region_code,
 )
-from gateway.interceptors import current_client, current_correlation_id
+from gateway.interceptors import current_correlation_id, require_client
 from gateway.services.tracked import DEFAULT_TIMEOUT, Flow, TrackedExchange
 from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
 
@@ -147,7 +146,7 @@ class FundExchange(TrackedExchange[FundCentre]):
         validate_region_code("fund_province", request.fund_province)
         if request.fund_province == self.own:
             return await self.local_account(request, timeout)
-        self.check_peer("fund_province", request.fund_province, QUERY)
+        self._federation.require_peer("fund_province", request.fund_province, QUERY)
         account, _ = await self._client.call(
             request.fund_province,
             QUERY,
@@ -185,13 +184,6 @@ class FundExchange(TrackedExchange[FundCentre]):
         return {**super().handlers(), QUERY: self.handle_query}
 
 
-def current() -> ClientSection:
-    client = current_client.get()
-    if client is None:  # pragma: no cover - the interceptor authenticates first
-        raise GatewayError("no authenticated client")
-    return client
-
-
 class FundServicer(fund_pb2_grpc.FundServiceServicer):
     def __init__(self, exchange: FundExchange) -> None:
         self._exchange = exchange
@@ -202,7 +194,7 @@ class FundServicer(fund_pb2_grpc.FundServiceServicer):
         if not request.HasField("application"):
             raise InvalidArgument("application", "a WithdrawalApplication")
         answer = await self._exchange.submit(
-            request.application, current(), current_correlation_id.get()
+            request.application, require_client(), current_correlation_id.get()
         )
         assert isinstance(answer, fund_pb2.Withdrawal)
         return answer
@@ -210,7 +202,7 @@ class FundServicer(fund_pb2_grpc.FundServiceServicer):
     async def GetWithdrawal(  # noqa: N802 - gRPC method name
         self, request: fund_pb2.GetWithdrawalRequest, context: grpc.aio.ServicerContext
     ) -> fund_pb2.Withdrawal:
-        answer = await self._exchange.get(request.case_id, current())
+        answer = await self._exchange.get(request.case_id, require_client())
         assert isinstance(answer, fund_pb2.Withdrawal)
         return answer
 

@@ -34,7 +34,7 @@ from gateway.errors import (
     RemoteError,
 )
 from gateway.federation.client import FederationClient
-from gateway.interceptors import current_client, current_correlation_id
+from gateway.interceptors import current_correlation_id, require_client
 from gateway.metrics import NodeMetrics
 from gateway.store import StateStore
 from gateway.trust import KeyLookupError, TrustStore
@@ -382,13 +382,6 @@ class IdentityExchange:
         return record
 
 
-def _client() -> ClientSection:
-    client = current_client.get()
-    if client is None:  # pragma: no cover - the interceptor authenticates first
-        raise PermissionDenied("no authenticated client")
-    return client
-
-
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     def __init__(self, exchange: IdentityExchange) -> None:
         self._exchange = exchange
@@ -400,7 +393,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         timeout = DEFAULT_TIMEOUT if remaining is None else remaining
         return await self._exchange.verify(
             request,
-            client=_client(),
+            client=require_client(),
             correlation_id=current_correlation_id.get(),
             timeout=timeout,
         )
@@ -408,4 +401,4 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     async def GetCheckIn(  # noqa: N802 - gRPC method name
         self, request: identity_pb2.GetCheckInRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.CheckIn:
-        return await self._exchange.get_check_in(request.check_in_id, _client())
+        return await self._exchange.get_check_in(request.check_in_id, require_client())

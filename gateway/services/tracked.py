@@ -45,7 +45,6 @@ from gateway.errors import (
     NotFound,
 )
 from gateway.federation.client import FederationClient
-from gateway.identifiers import validate_region_code
 from gateway.metrics import NodeMetrics
 from gateway.outbox import Outbox, OutboxRoute
 from gateway.store import OutboxItem, StateStore
@@ -171,26 +170,6 @@ class TrackedExchange(Generic[B]):
             self.flow.status_service: self.handle_status,
         }
 
-    def check_peer(self, field_name: str, province: str, service: str) -> None:
-        """The province exists, is not this node's, and accepts ``service`` from it."""
-        validate_region_code(field_name, province)
-        peer = self._federation.peer(province)
-        if peer is None:
-            raise InvalidArgument(
-                field_name,
-                f"a province of the federation ({', '.join(sorted(self._federation.provinces))})",
-            )
-        if province == self.own:
-            raise InvalidArgument(
-                field_name,
-                f"a province other than this node's own ({self.own}); this node's "
-                "own back-ends are reached directly",
-            )
-        if service not in peer.services.offers or service not in self._federation.me.services.calls:
-            raise FailedPrecondition(
-                f"{field_name}: province {province} does not accept {service} from {self.own}"
-            )
-
     def _now(self) -> str:
         return self._clock.now().isoformat()
 
@@ -211,7 +190,9 @@ class TrackedExchange(Generic[B]):
         flow.normalise(app)
         flow.validate(app)
         target = getattr(app, flow.target_field)
-        self.check_peer(f"application.{flow.target_field}", target, flow.deliver_service)
+        self._federation.require_peer(
+            f"application.{flow.target_field}", target, flow.deliver_service
+        )
         key = app.idempotency_key  # type: ignore[attr-defined]
         body = app.SerializeToString(deterministic=True)
         digest = crypto.sha256(body)
