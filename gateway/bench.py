@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
 import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -29,7 +30,7 @@ from stdnum import luhn
 
 from adapters.simulators.residents import synthetic_residents
 from gateway.benchchain import BaselineChain
-from gateway.procfed import ProcessFederation
+from gateway.procfed import NodeProcess, ProcessFederation
 from yrd.common.v1 import common_pb2
 from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
 
@@ -232,6 +233,8 @@ class PathFigures:
     own_rate: float = 0.0
     own_p50_ms: float = float("nan")
     own_p99_ms: float = float("nan")
+    #: CPU milliseconds per call of each process during the saturation run.
+    cpu_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -257,6 +260,12 @@ class IdentityFigures:
                 f"  saturation:   {path.saturation_rps:8.0f} calls/s   ({path.errors} errors)",
                 f"  at {path.rate:.0f}/s:    p50 {path.p50_ms:6.1f} ms   p99 {path.p99_ms:6.1f} ms",
             ]
+            if path.cpu_ms:
+                lines.append(
+                    "  CPU per call: "
+                    + ", ".join(f"{name} {ms:.2f} ms" for name, ms in path.cpu_ms.items())
+                    + f"; total {sum(path.cpu_ms.values()):.2f} ms"
+                )
             if path.own_rate:
                 lines.append(
                     f"  at {path.own_rate:.0f}/s:    p50 {path.own_p50_ms:6.1f} ms   "
@@ -275,6 +284,12 @@ class IdentityFigures:
             "at the Shanghai node",
         ]
         return "\n".join(lines)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
@@ -370,9 +385,16 @@ async def _measure(
     concurrency: int,
     seconds: float,
     rate: float | None,
+    processes: dict[str, int],
 ) -> PathFigures:
     await _saturate(call, concurrency, min(1.0, seconds))  # warm-up
+    processes = {"load generator": os.getpid(), **processes}
+    before = {name: cpu_seconds(pid) for name, pid in processes.items()}
     done, errors, elapsed = await _saturate(call, concurrency, seconds)
+    cpu_ms = {
+        name: (cpu_seconds(pid) - before[name]) * 1000 / max(1, done)
+        for name, pid in processes.items()
+    }
     saturation = done / elapsed
     at = rate if rate is not None else saturation / 2
     latencies, late_errors = await _open_loop(call, at, seconds)
@@ -383,6 +405,7 @@ async def _measure(
         at,
         percentile(latencies, 0.5),
         percentile(latencies, 0.99),
+        cpu_ms=cpu_ms,
     )
     if rate is not None and saturation / 2 < rate:
         # Past its own saturation the fixed rate only measures a queue; say also
@@ -425,6 +448,7 @@ async def _run_identity(
             concurrency=concurrency,
             seconds=seconds,
             rate=None,
+            processes=dict(zip(("echo", "proxy 2", "proxy 1"), chain.pids, strict=True)),
         )
 
     tokens = _Tokens(keys)
@@ -454,6 +478,11 @@ async def _run_identity(
             concurrency=concurrency,
             seconds=seconds,
             rate=baseline.rate,
+            processes={
+                "Shanghai node": _pid(federation.nodes[SH]),
+                "Zhejiang node": _pid(federation.nodes[ZJ]),
+                "e-ID authority": federation.simulators[ZJ].process.pid,
+            },
         )
         soak_done = 0
         soak_started = time.perf_counter()
@@ -479,6 +508,11 @@ async def _run_identity(
     return IdentityFigures(
         concurrency, seconds, baseline, real, soak_done, soak_rps, rss, rows_per_commit
     )
+
+
+def _pid(node: NodeProcess) -> int:
+    assert node.process is not None
+    return node.process.pid
 
 
 def _rows_per_commit(metrics_url: str) -> float:

@@ -23,6 +23,7 @@ import aiohttp
 import grpc
 from aiohttp import web
 
+from gateway import eventloop
 from gateway.localfed import free_port
 
 METHOD = "/yrd.bench.v1.Chain/Call"
@@ -181,7 +182,8 @@ def main() -> None:
     echo = commands.add_parser("echo")
     echo.add_argument("--listen", required=True)
     args = parser.parse_args()
-    asyncio.run(_serve_proxy(args) if args.command == "proxy" else _serve_echo(args))
+    # The same event loop as the nodes: the baseline differs from them only in work.
+    eventloop.run(_serve_proxy(args) if args.command == "proxy" else _serve_echo(args))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from gateway import __version__
+from gateway import __version__, eventloop
 
 PROVINCE_CODES = ["310000", "320000", "330000", "340000"]
 
@@ -135,7 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
         await stop.wait()
         await node.stop()
 
-    asyncio.run(run())
+    eventloop.run(run())
     return 0
 
 

@@ -26,6 +26,11 @@ class GroupCommitClosed(RuntimeError):
     pass
 
 
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: a failure was already handled by the writer
+
+
 class GroupCommit(Generic[I]):
     def __init__(
         self,
@@ -58,6 +63,26 @@ class GroupCommit(Generic[I]):
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((item, future))
         return await asyncio.shield(future)
+
+    async def submit_all(self, items: list[I]) -> list[Any]:
+        """Queue ``items`` together (they are committed in one group); return
+        their results once it is committed."""
+        if self._closed or self._task is None:
+            raise GroupCommitClosed(f"{self._name} is closed")
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in items]
+        for item, future in zip(items, futures, strict=True):
+            self._queue.put_nowait((item, future))
+        return [await asyncio.shield(future) for future in futures]
+
+    def enqueue(self, item: I) -> None:
+        """Queue ``item`` without waiting for it (its commit is not reported;
+        :meth:`close` still writes it)."""
+        if self._closed or self._task is None:
+            raise GroupCommitClosed(f"{self._name} is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_consume)
+        self._queue.put_nowait((item, future))
 
     async def _run(self) -> None:
         stopping = False

@@ -43,8 +43,14 @@ _CREDIT_CODE = re.compile(
 )
 
 
+#: The shortest text any of the patterns above can match.
+_SHORTEST = 12
+
+
 def mask_text(text: str) -> str:
     """Mask ID numbers, account-like digit runs and credit codes inside free text."""
+    if len(text) < _SHORTEST:
+        return text
     text = _ID_NUMBER.sub(lambda m: m.group(1) + "*" * 10 + m.group(2), text)
     text = _CREDIT_CODE.sub(lambda m: m.group(1) + "*" * 10 + m.group(2), text)
     return _LONG_DIGITS.sub(lambda m: m.group(1) + "*" * 6 + m.group(2), text)

@@ -240,6 +240,19 @@ class MessageLog:
         seq: int = await self._writer.submit(entry)
         return seq
 
+    async def append_all(self, entries: tuple[LogEntry, ...]) -> list[int]:
+        """Append rows in one group (one commit); return their sequence numbers."""
+        if self._closed or self._writer is None:
+            raise MessageLogClosed("message log is closed")
+        return await self._writer.submit_all(list(entries))
+
+    def enqueue(self, entry: LogEntry) -> None:
+        """Queue a row without waiting for its commit (for a caller that cannot
+        wait, e.g. one being cancelled); :meth:`close` still writes it."""
+        if self._closed or self._writer is None:
+            raise MessageLogClosed("message log is closed")
+        self._writer.enqueue(entry)
+
     @property
     def commits(self) -> int:
         """Commits of the grouped writer (rows per commit = rows_written / commits)."""

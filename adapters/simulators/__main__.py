@@ -51,6 +51,7 @@ from pathlib import Path
 
 from adapters.simulators import case_system, certificate_library, eid_authority, fund_centre
 from adapters.spec import AdapterConfig
+from gateway import eventloop
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -208,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(
             "--review-delay, --payment-delay and --processing-delay must not be negative"
         )
-    asyncio.run(serve(args))
+    eventloop.run(serve(args))
     return 0
 
 

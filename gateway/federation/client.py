@@ -13,6 +13,7 @@ message id) and is logged, as is every response.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import uuid
@@ -43,7 +44,7 @@ from gateway.errors import (
     status_from_int,
 )
 from gateway.federation.breaker import BreakerState, CircuitBreaker
-from gateway.messagelog import LogEntry, MessageLog
+from gateway.messagelog import LogEntry, MessageLog, MessageLogClosed
 from gateway.metrics import NodeMetrics
 from yrd.federation.v1 import federation_pb2_grpc
 
@@ -306,41 +307,51 @@ class FederationClient:
             message_id=message_id,
             idempotency_key=idempotency_key,
         )
-        await self._log.append(
-            LogEntry(
-                "out",
-                "request",
-                message_id,
-                correlation_id,
-                peer.code,
-                service,
-                request.SerializeToString(),
-            )
+        sent = LogEntry(
+            "out",
+            "request",
+            message_id,
+            correlation_id,
+            peer.code,
+            service,
+            request.SerializeToString(),
         )
         try:
             signed = await peer.stub.Exchange(request, timeout=remaining)
         except asyncio.CancelledError:
+            with contextlib.suppress(MessageLogClosed):
+                self._log.enqueue(sent)  # committed by the writer (at the latest on close)
             peer.breaker.record_failure()  # the outcome is unknown: count it against the peer
             raise
         except grpc.aio.AioRpcError as error:
+            await self._log.append(sent)
             if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 peer.breaker.record_failure()
             else:
                 peer.breaker.record_success()  # the peer is up; it refused this envelope
             raise map_rpc_error(peer.code, error) from error
         peer.breaker.record_success()
-        opened = self._verifier.open_response(
-            signed, peer=peer.code, request_header=request.header, service=service
-        )
-        await self._log.append(
-            LogEntry(
-                "in",
-                "response",
-                message_id,  # rows of one exchange share the request's message id
-                correlation_id,
-                peer.code,
-                service,
-                signed.SerializeToString(),
+        try:
+            opened = self._verifier.open_response(
+                signed, peer=peer.code, request_header=request.header, service=service
+            )
+        except BaseException:
+            await self._log.append(sent)
+            raise
+        # The request and its answer are committed together, in one group, before
+        # anyone acts on the answer.
+        await self._log.append_all(
+            (
+                sent,
+                LogEntry(
+                    "in",
+                    "response",
+                    message_id,  # rows of one exchange share the request's message id
+                    correlation_id,
+                    peer.code,
+                    service,
+                    signed.SerializeToString(),
+                ),
             )
         )
         if opened.header.status_code != 0:
