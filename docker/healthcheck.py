@@ -70,6 +70,8 @@ def probe_grpc(
         try:
             answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                return  # serving at its max_concurrent_calls and shedding the rest: alive
             raise Unhealthy(f"{address}: {exc.code().name}: {exc.details()}") from None
     if answer.status != health_pb2.HealthCheckResponse.SERVING:
         status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)

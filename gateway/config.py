@@ -120,6 +120,10 @@ class NodeSection(_Model):
     metrics_endpoint: str | None = None
     #: Longest wait between two delivery attempts of an outbox item.
     outbox_max_backoff_seconds: float = Field(5.0, ge=0.1, le=3600)
+    #: Calls one worker serves at once (local and federation calls together).
+    #: Beyond it a call is refused at once with RESOURCE_EXHAUSTED instead of
+    #: queueing: an overloaded node sheds load with bounded memory and latency.
+    max_concurrent_calls: int = Field(500, ge=1, le=100_000)
 
     @field_validator("endpoint", "federation_endpoint", "metrics_endpoint")
     @classmethod

@@ -184,6 +184,7 @@ class Node:
         )
         server = grpc.aio.server(
             interceptors=[GatewayInterceptor(lambda: self.federation.me, self.metrics)],
+            maximum_concurrent_rpcs=me.node.max_concurrent_calls,
             options=(*SERVER_OPTIONS, ("grpc.so_reuseport", 1 if self.workers > 1 else 0)),
         )
         identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(identity), server)
@@ -329,8 +330,8 @@ class Node:
 
         Calls in flight finish with the config they started with; new calls see
         the new one. Keys, peers, endpoints of peers, clients, disclosure
-        policies and services change; this node's own listening addresses and
-        TLS certificate need a restart.
+        policies and services change; this node's own listening addresses, TLS
+        certificate and ``max_concurrent_calls`` need a restart.
         """
         if federation.own != self.federation.own:
             raise ConfigError.one(

@@ -196,3 +196,34 @@ async def test_stop_drains_calls_in_flight(federation: LocalFederation, wallet: 
     restarted = await federation.start_node(ZJ)
     assert await restarted.message_log.count() >= 16
     assert (await restarted.message_log.verify()).intact
+
+
+async def test_overload_is_refused_at_once_not_queued(
+    federation: LocalFederation, wallet: Wallet
+) -> None:
+    """Past ``max_concurrent_calls`` a node refuses a call at once with
+    RESOURCE_EXHAUSTED (memory and latency stay bounded); the calls it took
+    finish normally, and once they have, it takes calls again."""
+    from adapters import build_identity_authority
+
+    await federation.stop_node(ZJ)
+    config = federation.provinces[ZJ].config
+    slow = SlowAuthority(build_identity_authority(config.adapter, config.eid.authority_url), 1.0)
+    await federation.start_node(ZJ, authority=slow)
+    await federation.stop_node(SH)
+    shanghai = federation.provinces[SH]
+    node_section = shanghai.config.node.model_copy(update={"max_concurrent_calls": 2})
+    shanghai.config = shanghai.config.model_copy(update={"node": node_section})
+    await federation.start_node(SH)
+    taken = [asyncio.create_task(check_in(federation, wallet)) for _ in range(2)]
+    await asyncio.sleep(0.5)  # both are now waiting on the slow authority
+    try:
+        await check_in(federation, wallet)
+    except grpc.aio.AioRpcError as error:
+        refused = error
+    else:  # pragma: no cover - the assertion below fails
+        raise AssertionError("a third call was taken")
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert not any(call.done() for call in taken)  # refused at once, not queued behind them
+    assert [a.verdict for a in await asyncio.gather(*taken)] == [identity_pb2.VALID] * 2
+    assert (await check_in(federation, wallet)).verdict == identity_pb2.VALID
