@@ -23,7 +23,7 @@ import contextlib
 import random
 import sqlite3
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,6 +37,11 @@ from gateway.store import OutboxItem, StateStore
 from yrd.federation.v1 import federation_pb2
 
 log = structlog.get_logger("yrd.outbox")
+
+#: Shortest time between two reads of the due items while deliveries keep
+#: finishing (each wakes the deliverer): under a backlog one read serves the
+#: many deliveries that finished meanwhile.
+MIN_READ_INTERVAL = 0.005
 
 #: Run inside the write transaction that deletes the item (no awaiting there).
 AckCallback = Callable[[sqlite3.Connection, OutboxItem, federation_pb2.DeliveryAck], None]
@@ -83,6 +88,9 @@ class Outbox:
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._finished: set[int] = set()
         self._peer_load: defaultdict[str, int] = defaultdict(int)
+        #: Peers with no item known to be waiting out a backoff since the last
+        #: catch-up (empty at start: the first acknowledgement catches up).
+        self._caught_up: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.delivered = 0
@@ -118,21 +126,44 @@ class Outbox:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self) -> None:
+        last_read = -MIN_READ_INTERVAL
         while not self._stopping:
+            pause = last_read + MIN_READ_INTERVAL - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            last_read = time.monotonic()
             self._wake.clear()
             # Items finished after this point are skipped even if the read below
             # still saw them (the read and the finish race).
             self._finished.clear()
             now = time.time()
+            # Read only what can start: not what is in flight, not for a peer at
+            # its limit, no more than the free slots (a backlog is not re-read
+            # whole at every finished delivery).
+            full = [peer for peer, load in self._peer_load.items() if load >= self._per_peer]
+            free = self._per_peer + sum(
+                self._per_peer - load for load in self._peer_load.values() if load < self._per_peer
+            )
             try:
-                due = await self._store.due_outbox(now, limit=512)
+                due = await self._store.due_outbox(
+                    now, limit=min(512, free), skip_ids=tuple(self._inflight), skip_peers=full
+                )
+                taken: Counter[str] = Counter()
+                chosen = []
+                for item_id, peer in due:
+                    if item_id not in self._finished and (
+                        self._peer_load[peer] + taken[peer] < self._per_peer
+                    ):
+                        taken[peer] += 1
+                        chosen.append(item_id)
+                items = await self._store.outbox_items(chosen)
                 upcoming = await self._store.fetchone(
                     "SELECT MIN(next_attempt_at) FROM outbox WHERE next_attempt_at > ?", (now,)
                 )
             except Exception:
                 log.exception("outbox read failed")
-                due, upcoming = [], None
-            for item in due:
+                items, upcoming = [], None
+            for item in items:
                 if (
                     item.id in self._inflight
                     or item.id in self._finished
@@ -186,18 +217,24 @@ class Outbox:
     async def _acked(
         self, item: OutboxItem, route: OutboxRoute, ack: federation_pb2.DeliveryAck
     ) -> None:
+        catch_up = item.peer not in self._caught_up
+        self._caught_up.add(item.peer)
+
         def op(db: sqlite3.Connection) -> None:
             route.on_acked(db, item, ack)
             db.execute("DELETE FROM outbox WHERE id = ?", (item.id,))
-            # The peer is back: everything waiting for it is due now.
-            db.execute(
-                "UPDATE outbox SET next_attempt_at = ? WHERE peer = ? AND next_attempt_at > ?",
-                (time.time(), item.peer, time.time()),
-            )
+            if catch_up:
+                # The peer is back: everything waiting out a backoff for it is due now.
+                db.execute(
+                    "UPDATE outbox SET next_attempt_at = ? WHERE peer = ? AND next_attempt_at > ?",
+                    (time.time(), item.peer, time.time()),
+                )
 
         await self._store.write(op)
         self.delivered += 1
-        log.info(
+        # The exchange itself has its own log line; this one matters when the
+        # delivery took retries or the peer had it already.
+        (log.info if item.attempts or ack.duplicate else log.debug)(
             "outbox delivered",
             peer=item.peer,
             service=item.service,
@@ -223,6 +260,7 @@ class Outbox:
         )
 
     async def _reschedule(self, item: OutboxItem, reason: str) -> None:
+        self._caught_up.discard(item.peer)
         backoff = min(self.max_backoff, self.base_backoff * 2 ** min(item.attempts, 20))
         when = time.time() + random.uniform(backoff / 2, backoff)  # noqa: S311 - jitter, not crypto
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -298,12 +298,36 @@ class StateStore:
             ),
         )
 
-    async def due_outbox(self, now: float, limit: int) -> list[OutboxItem]:
+    async def due_outbox(
+        self,
+        now: float,
+        limit: int,
+        *,
+        skip_ids: Collection[int] = (),
+        skip_peers: Collection[str] = (),
+    ) -> list[tuple[int, str]]:
+        """(id, peer) of up to ``limit`` items due by ``now``, oldest first, except
+        the ``skip_ids`` (in flight already) and items for the ``skip_peers``."""
+        if limit <= 0:
+            return []
+        where = "next_attempt_at <= ?"
+        if skip_ids:
+            where += f" AND id NOT IN ({','.join('?' * len(skip_ids))})"
+        if skip_peers:
+            where += f" AND peer NOT IN ({','.join('?' * len(skip_peers))})"
+        sql = f"SELECT id, peer FROM outbox WHERE {where} ORDER BY next_attempt_at, id LIMIT ?"  # noqa: S608 - only placeholders are added
+        rows = await self.fetchall(sql, (now, *skip_ids, *skip_peers, limit))
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    async def outbox_items(self, ids: Collection[int]) -> list[OutboxItem]:
+        """The items with these ids (those still in the outbox), in id order."""
+        if not ids:
+            return []
         rows = await self.fetchall(
-            "SELECT id, peer, service, message_id, correlation_id, idempotency_key, payload,"
+            "SELECT id, peer, service, message_id, correlation_id, idempotency_key, payload,"  # noqa: S608 - only placeholders are added
             " subject, attempts, next_attempt_at, created_at FROM outbox"
-            " WHERE next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
-            (now, limit),
+            f" WHERE id IN ({','.join('?' * len(ids))}) ORDER BY id",
+            tuple(ids),
         )
         return [
             OutboxItem(

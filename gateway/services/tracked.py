@@ -54,6 +54,10 @@ log = structlog.get_logger("yrd.tracked")
 
 B = TypeVar("B")  # the back-end connector type of a flow
 DEFAULT_TIMEOUT = 5.0
+#: Cases a processor holds at once (running or waiting for a back-end slot).
+MAX_QUEUED = 256
+#: Shortest time between two reads of the due cases while steps keep finishing.
+MIN_READ_INTERVAL = 0.005
 
 
 @dataclass(frozen=True)
@@ -488,16 +492,27 @@ class TrackedProcessor(Generic[B]):
         final = (self._flow.progression[-1], self._flow.rejected)
         tasks: set[asyncio.Task[None]] = set()
         try:
+            last_read = -MIN_READ_INTERVAL
             while not self._stopping:
+                pause = last_read + MIN_READ_INTERVAL - time.monotonic()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                last_read = time.monotonic()
                 self._wake.clear()
                 now = time.time()
-                rows = await self._store.fetchall(
-                    "SELECT reference, sender, idempotency_key, correlation_id, application,"
-                    " status, submitted, attempts FROM incoming_cases WHERE domain = ?"
-                    " AND status NOT IN (?, ?) AND next_poll_at <= ?"
-                    " ORDER BY next_poll_at LIMIT 256",
-                    (self._flow.domain, *final, now),
-                )
+                # Only new work: what is in flight (or queued for a slot) is not
+                # read again, and nothing is read while the queue is full.
+                inflight = tuple(self._inflight)
+                rows: list[tuple[Any, ...]] = []
+                if len(inflight) < MAX_QUEUED:
+                    skip = f" AND reference NOT IN ({','.join('?' * len(inflight))})"
+                    rows = await self._store.fetchall(
+                        "SELECT reference, sender, idempotency_key, correlation_id, application,"  # noqa: S608 - only placeholders are added
+                        " status, submitted, attempts FROM incoming_cases WHERE domain = ?"
+                        f" AND status NOT IN (?, ?) AND next_poll_at <= ?{skip if inflight else ''}"
+                        " ORDER BY next_poll_at LIMIT ?",
+                        (self._flow.domain, *final, now, *inflight, MAX_QUEUED - len(inflight)),
+                    )
                 for row in rows:
                     if row[0] in self._inflight:
                         continue
