@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections import OrderedDict
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -166,25 +166,30 @@ class EnvelopeSigner:
 
 
 class NonceCache:
-    """Nonces seen within the skew window (older envelopes are refused by time anyway)."""
+    """Nonces seen within the skew window (older envelopes are refused by time anyway).
+
+    Compact, as it holds every nonce of the last minutes (hundreds of thousands
+    under load): one bytes key (sender + nonce) and its expiry per entry, in a
+    plain dict, with a FIFO of keys to forget the oldest first.
+    """
 
     def __init__(self, ttl: timedelta, max_entries: int = 1_000_000) -> None:
         self._ttl = ttl.total_seconds()
         self._max = max_entries
-        self._seen: OrderedDict[tuple[str, bytes], float] = OrderedDict()
+        self._expiry: dict[bytes, float] = {}
+        self._order: deque[bytes] = deque()
 
     def add(self, sender: str, nonce: bytes) -> bool:
         """Record a nonce; False if it was already seen (a replay)."""
         now = time.monotonic()
-        while self._seen:
-            key, expiry = next(iter(self._seen.items()))
-            if expiry > now and len(self._seen) < self._max:
-                break
-            del self._seen[key]
-        key = (sender, nonce)
-        if key in self._seen:
+        order, expiry = self._order, self._expiry
+        while order and (expiry[order[0]] <= now or len(order) >= self._max):
+            del expiry[order.popleft()]
+        key = sender.encode() + b"\0" + nonce
+        if key in expiry:
             return False
-        self._seen[key] = now + self._ttl
+        expiry[key] = now + self._ttl
+        order.append(key)
         return True
 
 
