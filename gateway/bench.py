@@ -229,10 +229,14 @@ class PathFigures:
     rate: float
     p50_ms: float
     p99_ms: float
+    #: Calls of the open loop at ``rate`` that failed: refused by an overloaded
+    #: node (RESOURCE_EXHAUSTED) or timed out; latencies are of the others.
+    failed: int = 0
     #: p50/p99 at half the path's own saturation (a rate it sustains), if measured.
     own_rate: float = 0.0
     own_p50_ms: float = float("nan")
     own_p99_ms: float = float("nan")
+    own_failed: int = 0
     #: CPU milliseconds per call of each process during the saturation run.
     cpu_ms: dict[str, float] = field(default_factory=dict)
 
@@ -258,7 +262,6 @@ class IdentityFigures:
             lines += [
                 path.name,
                 f"  saturation:   {path.saturation_rps:8.0f} calls/s   ({path.errors} errors)",
-                f"  at {path.rate:.0f}/s:    p50 {path.p50_ms:6.1f} ms   p99 {path.p99_ms:6.1f} ms",
             ]
             if path.cpu_ms:
                 lines.append(
@@ -266,10 +269,15 @@ class IdentityFigures:
                     + ", ".join(f"{name} {ms:.2f} ms" for name, ms in path.cpu_ms.items())
                     + f"; total {sum(path.cpu_ms.values()):.2f} ms"
                 )
+            lines.append(
+                f"  at {path.rate:.0f}/s:    p50 {path.p50_ms:6.1f} ms   p99 {path.p99_ms:6.1f} ms"
+                + _failed(path.failed)
+            )
             if path.own_rate:
                 lines.append(
                     f"  at {path.own_rate:.0f}/s:    p50 {path.own_p50_ms:6.1f} ms   "
                     f"p99 {path.own_p99_ms:6.1f} ms   (half its own saturation)"
+                    + _failed(path.own_failed)
                 )
         lines += [
             f"ratio real/baseline: throughput {r.saturation_rps / b.saturation_rps:.2f} "
@@ -284,6 +292,10 @@ class IdentityFigures:
             "at the Shanghai node",
         ]
         return "\n".join(lines)
+
+
+def _failed(count: int) -> str:
+    return f"   ({count} refused or timed out)" if count else ""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -397,24 +409,24 @@ async def _measure(
     }
     saturation = done / elapsed
     at = rate if rate is not None else saturation / 2
-    latencies, late_errors = await _open_loop(call, at, seconds)
+    latencies, failed = await _open_loop(call, at, seconds)
     figures = PathFigures(
         name,
         saturation,
-        errors + late_errors,
+        errors,
         at,
         percentile(latencies, 0.5),
         percentile(latencies, 0.99),
+        failed=failed,
         cpu_ms=cpu_ms,
     )
     if rate is not None and saturation / 2 < rate:
         # Past its own saturation the fixed rate only measures a queue; say also
         # what the path does at a rate it sustains.
         figures.own_rate = saturation / 2
-        own, own_errors = await _open_loop(call, figures.own_rate, seconds)
+        own, figures.own_failed = await _open_loop(call, figures.own_rate, seconds)
         figures.own_p50_ms = percentile(own, 0.5)
         figures.own_p99_ms = percentile(own, 0.99)
-        figures.errors += own_errors
     return figures
 
 

@@ -26,6 +26,9 @@ def test_bench_smoke_prints_every_figure() -> None:
     for needle in (
         r"baseline chain: .*\n  saturation: +\d+ calls/s",
         r"hotel verification: .*\n  saturation: +\d+ calls/s +\(0 errors\)",
+        r"CPU per call: load generator [\d.]+ ms, echo [\d.]+ ms, .*; total [\d.]+ ms",
+        r"CPU per call: load generator [\d.]+ ms, Shanghai node [\d.]+ ms, Zhejiang node "
+        r"[\d.]+ ms, e-ID authority [\d.]+ ms; total [\d.]+ ms",
         r"at \d+/s: +p50 +[\d.]+ ms +p99 +[\d.]+ ms",
         r"ratio real/baseline: throughput [\d.]+ .*p99 [\d.]+",
         r"310000 node: \d+ MB / \d+ MB",
