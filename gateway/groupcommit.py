@@ -62,7 +62,9 @@ class GroupCommit(Generic[I]):
             raise GroupCommitClosed(f"{self._name} is closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((item, future))
-        return await asyncio.shield(future)
+        # A caller that gives up (is cancelled) cancels only its own future: the
+        # item is still written, and the writer skips answering it.
+        return await future
 
     async def submit_all(self, items: list[I]) -> list[Any]:
         """Queue ``items`` together (they are committed in one group); return
@@ -73,7 +75,7 @@ class GroupCommit(Generic[I]):
         futures = [loop.create_future() for _ in items]
         for item, future in zip(items, futures, strict=True):
             self._queue.put_nowait((item, future))
-        return [await asyncio.shield(future) for future in futures]
+        return [await future for future in futures]
 
     def enqueue(self, item: I) -> None:
         """Queue ``item`` without waiting for it (its commit is not reported;
