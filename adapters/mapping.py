@@ -218,14 +218,16 @@ class MessageMapper:
         result: dict[str, Any] = {}
         for rule, codec in self._codecs:
             assert rule.canonical is not None
-            where = native.dotted(node.where, rule.path)
             if codec.kind is Kind.MESSAGE:
                 child = node.child(rule.path)
                 if child is not None:
                     nested = self._translator.mapper(self._nested(codec))
                     result[rule.canonical] = nested.read(child, ctx)
                 elif rule.required:
-                    raise TranslationError(where, f"an object (required for {rule.canonical!r})")
+                    raise TranslationError(
+                        native.dotted(node.where, rule.path),
+                        f"an object (required for {rule.canonical!r})",
+                    )
                 continue
             if codec.kind is Kind.LIST:
                 raw_list: NativeScalar | list[NativeScalar] | None
@@ -236,25 +238,31 @@ class MessageMapper:
                 if raw_list is None or raw_list in ("", []):
                     if rule.required:
                         raise TranslationError(
-                            where, f"at least one item (required for {rule.canonical!r})"
+                            native.dotted(node.where, rule.path),
+                            f"at least one item (required for {rule.canonical!r})",
                         )
                     continue
                 try:
                     result[rule.canonical] = codec.list_to_canonical(raw_list)
                 except Mismatch as exc:
-                    raise TranslationError(where, exc.expected) from None
+                    raise TranslationError(
+                        native.dotted(node.where, rule.path), exc.expected
+                    ) from None
                 continue
             raw = node.get(rule.path)
             if raw is None or raw == "":
                 if rule.required:
-                    raise TranslationError(where, f"a value (required for {rule.canonical!r})")
+                    raise TranslationError(
+                        native.dotted(node.where, rule.path),
+                        f"a value (required for {rule.canonical!r})",
+                    )
                 if rule.default is not None:
                     result[rule.canonical] = rule.default
                 continue
             try:
                 result[rule.canonical] = codec.to_canonical(raw, ctx)
             except Mismatch as exc:
-                raise TranslationError(where, exc.expected) from None
+                raise TranslationError(native.dotted(node.where, rule.path), exc.expected) from None
         return result
 
     def write(
