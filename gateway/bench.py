@@ -57,6 +57,11 @@ class FundFigures:
     latencies_ms: list[float]
     drained: int
     drain_seconds: float
+    #: SubmitWithdrawal answers at a fixed open-loop rate (half the accepted rate).
+    submit_rate: float = 0.0
+    submit_latencies_ms: list[float] = field(default_factory=list)
+    submit_failed: int = 0
+    rss_mb: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def render(self) -> str:
         lines = [
@@ -67,10 +72,25 @@ class FundFigures:
             f"  backlog final at the applicant's node: {self.drained} withdrawals by "
             f"{self.drain_seconds:.1f} s after the first submit "
             f"({self.drained / self.drain_seconds:.0f} per second end to end)",
+        ]
+        if self.submit_rate:
+            lines.append(
+                f"  at {self.submit_rate:.0f}/s:    p50 "
+                f"{percentile(self.submit_latencies_ms, 0.5):6.1f} ms   p99 "
+                f"{percentile(self.submit_latencies_ms, 0.99):6.1f} ms   (answered, open loop)"
+                + _failed(self.submit_failed)
+            )
+        lines += [
             f"submit -> PAID at {self.rate:.0f}/s open loop, peer up ({self.paid} cases)",
             f"  median: {statistics.median(self.latencies_ms):.0f} ms",
             f"  p99:    {percentile(self.latencies_ms, 0.99):.0f} ms",
         ]
+        if self.rss_mb:
+            lines.append("node memory after (RSS now / peak):")
+            lines += [
+                f"  {name}: {now:.0f} MB / {peak:.0f} MB"
+                for name, (now, peak) in sorted(self.rss_mb.items())
+            ]
         return "\n".join(lines)
 
 
@@ -175,7 +195,12 @@ async def _to_paid(
 
 
 async def _run_fund(
-    federation: ProcessFederation, count: int, concurrency: int, paid_count: int, rate: float
+    federation: ProcessFederation,
+    count: int,
+    concurrency: int,
+    paid_count: int,
+    rate: float,
+    seconds: float,
 ) -> FundFigures:
     apps = _Applications(federation.simulators[JS].fund_url)
     async with federation.client_channel(SH) as channel:
@@ -183,20 +208,58 @@ async def _run_fund(
         case_ids: list[str] = []
         await _accept(stub, apps, min(50, count), concurrency, case_ids)  # warm-up
         started = time.perf_counter()
-        seconds = await _accept(stub, apps, count, concurrency, case_ids)
+        accept_seconds = await _accept(stub, apps, count, concurrency, case_ids)
         # The accepted backlog is delivered, reviewed, paid and reported back
-        # asynchronously; wait for all of it so that the latency run below does
-        # not queue behind it.
+        # asynchronously; wait for all of it so that the runs below do not
+        # queue behind it.
         drained = await _wait_final(stub, case_ids, 600)
         drain_seconds = time.perf_counter() - started
+
+        submitted: list[str] = []
+
+        async def submit() -> bool:
+            try:
+                case = await stub.SubmitWithdrawal(
+                    fund_pb2.SubmitWithdrawalRequest(application=apps.next()),
+                    metadata=OFFICE,
+                    timeout=10,
+                )
+            except grpc.aio.AioRpcError:
+                return False
+            submitted.append(case.case_id)
+            return True
+
+        submit_rate = count / accept_seconds / 2
+        submit_latencies, submit_failed = await _open_loop(submit, submit_rate, seconds)
+        await _wait_final(stub, submitted, 600)
         latencies = await _to_paid(stub, apps, paid_count, rate)
     return FundFigures(
-        count, seconds, concurrency, len(latencies), rate, latencies, drained, drain_seconds
+        count,
+        accept_seconds,
+        concurrency,
+        len(latencies),
+        rate,
+        latencies,
+        drained,
+        drain_seconds,
+        submit_rate,
+        submit_latencies,
+        submit_failed,
+        {
+            f"{code} node": rss_mb(_pid(node))
+            for code, node in federation.nodes.items()
+            if node.process is not None
+        },
     )
 
 
 def bench_fund(
-    *, count: int = 2000, concurrency: int = 64, paid_count: int = 200, rate: float = 20.0
+    *,
+    count: int = 2000,
+    concurrency: int = 64,
+    paid_count: int = 200,
+    rate: float = 20.0,
+    seconds: float = 10.0,
 ) -> FundFigures:
     with tempfile.TemporaryDirectory(prefix="yrd-bench-") as tmp:
         federation = ProcessFederation(Path(tmp), (SH, JS))
@@ -209,6 +272,7 @@ def bench_fund(
                     concurrency,
                     paid_count,
                     rate,
+                    seconds,
                 )
             )
         finally:

@@ -226,6 +226,7 @@ def _bench(args: argparse.Namespace) -> int:
                 concurrency=args.concurrency,
                 paid_count=args.paid_count,
                 rate=args.rate,
+                seconds=args.seconds,
             ).render(),
             flush=True,
         )

@@ -35,6 +35,9 @@ def test_bench_smoke_prints_every_figure() -> None:
         r"330000 node: \d+ MB / \d+ MB",
         r"message log: [\d.]+ rows per commit",
         r"accepted per second: +\d+",
+        r"at \d+/s: +p50 +[\d.]+ ms +p99 +[\d.]+ ms +\(answered, open loop\)",
+        r"node memory after \(RSS now / peak\):\n  310000 node: \d+ MB / \d+ MB\n"
+        r"  320000 node: \d+ MB / \d+ MB",
         r"median: +\d+ ms",
         r"p99: +\d+ ms",
     ):
