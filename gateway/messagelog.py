@@ -19,7 +19,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,9 @@ class LogEntry:
     #: Incoming requests: the envelope's nonce. Unique per peer in the log, so a
     #: replay is caught even by another worker process of the same node.
     nonce: bytes = b""
+    #: Incoming requests: also look up the response this node already logged for
+    #: the same message id from the same peer (a retry whose answer was lost).
+    find_answer: bool = False
 
 
 @dataclass(frozen=True)
@@ -240,6 +243,17 @@ class MessageLog:
         seq: int = await self._writer.submit(entry)
         return seq
 
+    async def append_request(self, entry: LogEntry) -> tuple[int, bytes | None]:
+        """Append an incoming request; return its sequence number and the response
+        envelope this node already logged for the same message id from the same
+        peer (written by another worker, or before a restart), if any."""
+        if self._closed or self._writer is None:
+            raise MessageLogClosed("message log is closed")
+        logged: tuple[int, bytes | None] = await self._writer.submit(
+            replace(entry, find_answer=True)
+        )
+        return logged
+
     async def append_all(self, entries: tuple[LogEntry, ...]) -> list[int]:
         """Append rows in one group (one commit); return their sequence numbers."""
         if self._closed or self._writer is None:
@@ -341,7 +355,15 @@ class MessageLog:
                         entry.nonce or None,
                     )
                 )
-                outcomes.append((True, seq))
+                if entry.find_answer:
+                    answer = conn.execute(
+                        "SELECT envelope FROM message_log WHERE message_id = ? AND peer = ?"
+                        " AND direction = 'out' AND kind = 'response' ORDER BY seq DESC LIMIT 1",
+                        (entry.message_id, entry.peer),
+                    ).fetchone()
+                    outcomes.append((True, (seq, bytes(answer[0]) if answer else None)))
+                else:
+                    outcomes.append((True, seq))
                 head, seq = digest, seq + 1
             conn.executemany(
                 "INSERT INTO message_log (seq, logged_at, direction, kind, message_id,"

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import grpc
 import structlog
+from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
 from gateway import crypto
@@ -126,7 +127,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
             correlation_id=header.correlation_id, peer=header.sender, service=header.service
         )
         try:
-            await self._log.append(
+            _, answered = await self._log.append_request(
                 LogEntry(
                     "in",
                     "request",
@@ -148,6 +149,10 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         key = (header.sender, header.message_id)
         remembered = self._done.get(key)
         outcome = remembered[1] if remembered is not None else None
+        if outcome is None and answered is not None:
+            # A retry of a request this node answered before it was restarted, or
+            # that another worker answered: the same answer again.
+            outcome = _logged_outcome(answered)
         if outcome is None:
             pending = self._in_flight.get(key)
             if pending is not None:
@@ -243,6 +248,23 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
             raise
         finally:
             self._in_flight.pop(key, None)
+
+
+def _logged_outcome(envelope: bytes) -> _Outcome | None:
+    """The outcome a logged response envelope carried; None for a transient failure
+    (a retry should try again) or an envelope that does not parse."""
+    try:
+        signed = federation_pb2.SignedEnvelope.FromString(envelope)
+        header = federation_pb2.EnvelopeHeader.FromString(signed.header)
+        payload_type = message_factory.GetMessageClass(
+            descriptor_pool.Default().FindMessageTypeByName(header.payload_type)
+        )
+        payload = payload_type.FromString(signed.payload)
+    except (DecodeError, KeyError):
+        return None
+    if header.status_code != 0 and _is_transient(header.status_code):
+        return None
+    return _Outcome(payload, header.status_code, header.status_message)
 
 
 def _is_transient(code: int) -> bool:

@@ -320,3 +320,50 @@ class TestRefusals:
         error = await self.status(verify(federation, SH, "a." + "b" * 5000 + ".c"))
         assert error.code() in (grpc.StatusCode.INVALID_ARGUMENT,)
         assert "qr_payload" in (error.details() or "")
+
+
+async def test_a_retry_after_the_issuer_restarted_gets_the_first_answer(
+    federation: LocalFederation, wallet: Wallet
+) -> None:
+    """A retry of an answered request (same message id, a new envelope) that reaches
+    the issuing node after it restarted (or another of its workers) gets the answer
+    already given, read from the message log; the token is not spent twice."""
+    import uuid
+
+    from gateway.eid_token import parse_token
+    from yrd.federation.v1 import federation_pb2
+
+    token = parse_token(await wallet.fresh_qr(ZJ))
+    request = federation_pb2.CredentialCheckRequest(
+        token_id=token.token_id,
+        credential_id=token.credential_id,
+        purpose=identity_pb2.HOTEL_CHECK_IN,
+        relying_party_id="hotel-310000-001",
+    )
+    request.token_expires_at.FromDatetime(token.expires_at)
+    client = federation.node(SH).federation_client
+
+    async def ask(message_id: str) -> federation_pb2.CredentialCheckResponse:
+        answer, _ = await client.call(
+            ZJ,
+            "identity.CheckCredential",
+            request,
+            federation_pb2.CredentialCheckResponse,
+            correlation_id=str(uuid.uuid4()),
+            timeout=5,
+            message_id=message_id,
+        )
+        return answer
+
+    message_id = str(uuid.uuid4())
+    first = await ask(message_id)
+    assert first.state == federation_pb2.CREDENTIAL_ACTIVE
+    assert not first.token_already_used
+    assert first.claims.holder.full_name
+    await federation.stop_node(ZJ)
+    await federation.start_node(ZJ)
+    authority = federation.provinces[ZJ].simulator
+    queries = authority.status_queries
+    assert await ask(message_id) == first
+    assert authority.status_queries == queries  # answered from the log, not asked again
+    assert (await ask(str(uuid.uuid4()))).token_already_used  # a new question is new
