@@ -1,7 +1,7 @@
 """Cross-cutting concerns of every RPC, in one server interceptor.
 
 - correlation id: taken from ``x-correlation-id`` metadata or made, bound into
-  structlog's contextvars and echoed in the initial metadata;
+  structlog's contextvars and echoed in the trailing metadata;
 - authentication of local clients (``authorization: Bearer <token>``; the node
   keeps only the token's SHA-256) and authorisation per gRPC service;
 - the one mapping of domain errors to gRPC statuses, with ``google.rpc``
@@ -125,6 +125,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
         #: Called per request so that a config reload takes effect at once.
         self._province = province
         self.rate_limiter = RateLimiter()
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     def authenticate(
         self,
@@ -164,16 +165,26 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method
+        # One wrapped handler per method, made at its first call (the services
+        # are fixed when the server starts).
+        cached = self._handlers.get(method)
+        if cached is not None:
+            return cached
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        method: str = handler_call_details.method
+        wrapped_handler = self._wrap(method, handler)
+        self._handlers[method] = wrapped_handler
+        return wrapped_handler
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         service = method.split("/")[1] if method.count("/") >= 2 else method
         behavior = handler.unary_unary
-        metadata = tuple(handler_call_details.invocation_metadata or ())
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.monotonic()
+            metadata = context.invocation_metadata() or ()
             correlation_id = ""
             for key, value in metadata:
                 if key == "x-correlation-id" and isinstance(value, str) and len(value) <= 64:
@@ -214,8 +225,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
                 )
             finally:
                 if self._metrics is not None:
-                    self._metrics.rpcs.labels(method, code.name).inc()
-                    self._metrics.rpc_seconds.labels(method).observe(time.monotonic() - started)
+                    self._metrics.observe_rpc(method, code.name, started)
                 # An accepted federation call is logged by its "exchange" line; a
                 # refused one (bad envelope, wrong certificate) only here.
                 if service != FEDERATION_SERVICE or code != grpc.StatusCode.OK:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -87,14 +88,30 @@ class NodeMetrics:
         self.log_commits = Gauge(
             "yrd_message_log_commits", "Commits of the message log's grouped writer", registry=r
         )
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         #: Filled in by the node: refreshes the gauges read at scrape time.
         self.refresh: Callable[[], Awaitable[None]] | None = None
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per label set (on every call
+        it is a measurable part of a fast exchange)."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def observe_rpc(self, method: str, code: str, started: float) -> None:
+        self._child(self.rpcs, method, code).inc()
+        self._child(self.rpc_seconds, method).observe(time.monotonic() - started)
 
     def observe_exchange(
         self, peer: str, service: str, direction: str, outcome: str, started: float
     ) -> None:
-        self.exchanges.labels(peer, service, direction, outcome).inc()
-        self.exchange_seconds.labels(peer, service, direction).observe(time.monotonic() - started)
+        self._child(self.exchanges, peer, service, direction, outcome).inc()
+        self._child(self.exchange_seconds, peer, service, direction).observe(
+            time.monotonic() - started
+        )
 
     def observe_backend(self, backend: str, outcome: str, started: float) -> None:
         self.backend_seconds.labels(backend, outcome).observe(time.monotonic() - started)
