@@ -14,6 +14,8 @@ separate processes on loopback, then measures from this process:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -21,9 +23,10 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from stdnum import luhn
@@ -124,8 +127,18 @@ class _Applications:
         )
 
 
+class _FundStubs:
+    """FundService over several channels, each call on the next one."""
+
+    def __init__(self, channels: list[grpc.aio.Channel]) -> None:
+        self._stubs = itertools.cycle([fund_pb2_grpc.FundServiceStub(c) for c in channels])
+
+    def __getattr__(self, method: str) -> Any:
+        return getattr(next(self._stubs), method)
+
+
 async def _accept(
-    stub: fund_pb2_grpc.FundServiceStub,
+    stub: _FundStubs,
     apps: _Applications,
     count: int,
     concurrency: int,
@@ -147,9 +160,7 @@ async def _accept(
     return time.perf_counter() - started
 
 
-async def _wait_final(
-    stub: fund_pb2_grpc.FundServiceStub, case_ids: list[str], seconds: float
-) -> int:
+async def _wait_final(stub: _FundStubs, case_ids: list[str], seconds: float) -> int:
     """Wait until the applicant's node has recorded a final status for every case."""
     deadline = time.monotonic() + seconds
     done = 0
@@ -165,9 +176,7 @@ async def _wait_final(
     return done
 
 
-async def _to_paid(
-    stub: fund_pb2_grpc.FundServiceStub, apps: _Applications, count: int, rate: float
-) -> list[float]:
+async def _to_paid(stub: _FundStubs, apps: _Applications, count: int, rate: float) -> list[float]:
     """Submit at ``rate`` per second; latency is the applicant node's own record:
     from ``submitted_at`` to the ``updated_at`` at which it recorded PAID. Polling
     for completion is slow (0.2 s) so that it does not load the node it measures."""
@@ -201,10 +210,11 @@ async def _run_fund(
     paid_count: int,
     rate: float,
     seconds: float,
+    connections: int,
 ) -> FundFigures:
     apps = _Applications(federation.simulators[JS].fund_url)
-    async with federation.client_channel(SH) as channel:
-        stub = fund_pb2_grpc.FundServiceStub(channel)
+    async with _connections(federation, SH, connections) as channels:
+        stub = _FundStubs(channels)
         case_ids: list[str] = []
         await _accept(stub, apps, min(50, count), concurrency, case_ids)  # warm-up
         started = time.perf_counter()
@@ -245,11 +255,7 @@ async def _run_fund(
         submit_rate,
         submit_latencies,
         submit_failed,
-        {
-            f"{code} node": rss_mb(_pid(node))
-            for code, node in federation.nodes.items()
-            if node.process is not None
-        },
+        node_memory(federation),
     )
 
 
@@ -260,11 +266,14 @@ def bench_fund(
     paid_count: int = 200,
     rate: float = 20.0,
     seconds: float = 10.0,
+    workers: int = 1,
 ) -> FundFigures:
     with tempfile.TemporaryDirectory(prefix="yrd-bench-") as tmp:
         federation = ProcessFederation(Path(tmp), (SH, JS))
         try:
-            federation.start(review_delay=0.0, payment_delay=0.0)
+            federation.start(
+                workers={SH: workers, JS: workers}, review_delay=0.0, payment_delay=0.0
+            )
             return asyncio.run(
                 _run_fund(
                     federation,
@@ -273,6 +282,7 @@ def bench_fund(
                     paid_count,
                     rate,
                     seconds,
+                    1 if workers == 1 else 4 * workers,
                 )
             )
         finally:
@@ -362,10 +372,16 @@ def _failed(count: int) -> str:
     return f"   ({count} refused or timed out)" if count else ""
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(*pids: int) -> float:
+    """User + system CPU time of processes so far, from /proc (0 for one that is gone)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
@@ -461,15 +477,15 @@ async def _measure(
     concurrency: int,
     seconds: float,
     rate: float | None,
-    processes: dict[str, int],
+    processes: dict[str, list[int]],
 ) -> PathFigures:
     await _saturate(call, concurrency, min(1.0, seconds))  # warm-up
-    processes = {"load generator": os.getpid(), **processes}
-    before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+    processes = {"load generator": [os.getpid()], **processes}
+    before = {name: cpu_seconds(*pids) for name, pids in processes.items()}
     done, errors, elapsed = await _saturate(call, concurrency, seconds)
     cpu_ms = {
-        name: (cpu_seconds(pid) - before[name]) * 1000 / max(1, done)
-        for name, pid in processes.items()
+        name: (cpu_seconds(*pids) - before[name]) * 1000 / max(1, done)
+        for name, pids in processes.items()
     }
     saturation = done / elapsed
     at = rate if rate is not None else saturation / 2
@@ -502,6 +518,7 @@ async def _run_identity(
     concurrency: int,
     seconds: float,
     soak: int,
+    connections: int,
 ) -> IdentityFigures:
     from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
 
@@ -524,19 +541,22 @@ async def _run_identity(
             concurrency=concurrency,
             seconds=seconds,
             rate=None,
-            processes=dict(zip(("echo", "proxy 2", "proxy 1"), chain.pids, strict=True)),
+            processes={
+                name: [pid]
+                for name, pid in zip(("echo", "proxy 2", "proxy 1"), chain.pids, strict=True)
+            },
         )
 
     tokens = _Tokens(keys)
     supply: list[str] = []
-    async with federation.client_channel(SH) as channel:
-        stub = identity_pb2_grpc.IdentityServiceStub(channel)
+    async with _connections(federation, SH, connections) as channels:
+        stubs = itertools.cycle([identity_pb2_grpc.IdentityServiceStub(c) for c in channels])
 
         async def real_call() -> bool:
             if not supply:
                 supply.extend(tokens.make(2000))
             try:
-                answer = await stub.VerifyIdentity(
+                answer = await next(stubs).VerifyIdentity(
                     identity_pb2.VerifyIdentityRequest(
                         qr_payload=supply.pop(), purpose=identity_pb2.HOTEL_CHECK_IN
                     ),
@@ -555,9 +575,9 @@ async def _run_identity(
             seconds=seconds,
             rate=baseline.rate,
             processes={
-                "Shanghai node": _pid(federation.nodes[SH]),
-                "Zhejiang node": _pid(federation.nodes[ZJ]),
-                "e-ID authority": federation.simulators[ZJ].process.pid,
+                "Shanghai node": _pids(federation.nodes[SH]),
+                "Zhejiang node": _pids(federation.nodes[ZJ]),
+                "e-ID authority": [federation.simulators[ZJ].process.pid],
             },
         )
         soak_done = 0
@@ -575,37 +595,69 @@ async def _run_identity(
             await asyncio.gather(*(soak_worker() for _ in range(concurrency)))
         soak_rps = soak_done / max(1e-9, time.perf_counter() - soak_started)
 
-    rss = {
-        f"{code} node": rss_mb(node.process.pid)
-        for code, node in federation.nodes.items()
-        if node.process is not None
-    }
-    rows_per_commit = await asyncio.to_thread(_rows_per_commit, federation.nodes[SH].metrics_url)
+    rss = node_memory(federation)
+    rows_per_commit = await asyncio.to_thread(_rows_per_commit, federation.nodes[SH])
     return IdentityFigures(
         concurrency, seconds, baseline, real, soak_done, soak_rps, rss, rows_per_commit
     )
 
 
-def _pid(node: NodeProcess) -> int:
+@contextlib.asynccontextmanager
+async def _connections(
+    federation: ProcessFederation, code: str, count: int
+) -> AsyncIterator[list[grpc.aio.Channel]]:
+    """``count`` client channels to a node, each on its own connection (so that
+    the calls spread over the node's workers, as many clients' would)."""
+    channels = [federation.client_channel(code, own_connection=count > 1) for _ in range(count)]
+    try:
+        yield channels
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+def _pids(node: NodeProcess) -> list[int]:
+    """The node's process and, with --workers, its worker processes."""
     assert node.process is not None
-    return node.process.pid
+    return [node.process.pid, *node.children()]
 
 
-def _rows_per_commit(metrics_url: str) -> float:
+def node_memory(federation: ProcessFederation) -> dict[str, tuple[float, float]]:
+    """(RSS now, peak) of each node process; of each worker with --workers."""
+    memory = {}
+    for code, node in federation.nodes.items():
+        if node.process is None:
+            continue
+        workers = sorted(node.children())
+        if not workers:
+            memory[f"{code} node"] = rss_mb(node.process.pid)
+        for index, pid in enumerate(workers):
+            memory[f"{code} node worker {index}"] = rss_mb(pid)
+    return memory
+
+
+def _rows_per_commit(node: NodeProcess) -> float:
+    """Rows per commit of the node's message log, over all its workers (worker i
+    serves metrics on the metrics port + i)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:  # noqa: S310 - loopback node
-        text = response.read().decode()
-    values = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            values[sample.name] = sample.value
-    commits = values.get("yrd_message_log_commits", 0.0)
-    return values.get("yrd_message_log_rows", 0.0) / commits if commits else float("nan")
+    host, _, port = node.metrics_url.removeprefix("http://").partition("/")[0].rpartition(":")
+    rows = commits = 0.0
+    for index in range(node.workers):
+        url = f"http://{host}:{int(port) + index}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "yrd_message_log_rows":
+                    rows += sample.value
+                elif sample.name == "yrd_message_log_commits":
+                    commits += sample.value
+    return rows / commits if commits else float("nan")
 
 
 def bench_identity(
-    *, seconds: float = 10.0, concurrency: int = 64, soak: int = 100_000
+    *, seconds: float = 10.0, concurrency: int = 64, soak: int = 100_000, workers: int = 1
 ) -> IdentityFigures:
     from gateway.localfed import DEFAULT_CONFIG_DIR
 
@@ -614,10 +666,16 @@ def bench_identity(
         chain = BaselineChain(keys).start()
         federation = ProcessFederation(Path(tmp), (SH, ZJ))
         try:
-            federation.start()
+            federation.start(workers={SH: workers, ZJ: workers})
             return asyncio.run(
                 _run_identity(
-                    chain, federation, keys, concurrency=concurrency, seconds=seconds, soak=soak
+                    chain,
+                    federation,
+                    keys,
+                    concurrency=concurrency,
+                    seconds=seconds,
+                    soak=soak,
+                    connections=1 if workers == 1 else 4 * workers,
                 )
             )
         finally:

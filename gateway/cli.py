@@ -215,7 +215,10 @@ def _bench(args: argparse.Namespace) -> int:
     if args.target in ("identity", "all"):
         print(
             bench_identity(
-                seconds=args.seconds, concurrency=args.concurrency, soak=args.soak
+                seconds=args.seconds,
+                concurrency=args.concurrency,
+                soak=args.soak,
+                workers=args.workers,
             ).render(),
             flush=True,
         )
@@ -227,6 +230,7 @@ def _bench(args: argparse.Namespace) -> int:
                 paid_count=args.paid_count,
                 rate=args.rate,
                 seconds=args.seconds,
+                workers=args.workers,
             ).render(),
             flush=True,
         )
@@ -433,6 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=100_000,
         help="verifications before node memory is read (default 100000)",
+    )
+    bench.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes of each node (serve --workers; default 1)",
     )
     bench.add_argument("--count", type=int, default=2000, help="withdrawals for the throughput run")
     bench.add_argument("--concurrency", type=int, default=64, help="calls in flight (default 64)")

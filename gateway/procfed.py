@@ -214,10 +214,12 @@ class ProcessFederation:
             node.wait_serving()
         return self
 
-    def client_channel(self, code: str) -> grpc.aio.Channel:
-        """A local client's TLS channel to a node's public endpoint."""
+    def client_channel(self, code: str, *, own_connection: bool = False) -> grpc.aio.Channel:
+        """A local client's TLS channel to a node's public endpoint. ``own_connection``:
+        not shared with other channels to it (several reach several workers)."""
         credentials = grpc.ssl_channel_credentials(self.nodes[code].ca.read_bytes())
-        return grpc.aio.secure_channel(self.nodes[code].endpoint, credentials)
+        options = [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
+        return grpc.aio.secure_channel(self.nodes[code].endpoint, credentials, options=options)
 
     def stop(self) -> None:
         for node in self.nodes.values():

@@ -42,3 +42,26 @@ def test_bench_smoke_prints_every_figure() -> None:
         r"p99: +\d+ ms",
     ):
         assert re.search(needle, out), f"missing figure /{needle}/ in:\n{out}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_bench_smoke_with_workers_reports_each_worker() -> None:
+    """With --workers the load reaches every worker (its own connections) and each
+    worker's memory is printed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "bench", "identity", "--smoke", "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for needle in (
+        r"hotel verification: .*\n  saturation: +\d+ calls/s +\(0 errors\)",
+        r"310000 node worker 0: \d+ MB / \d+ MB\n  310000 node worker 1: \d+ MB / \d+ MB",
+        r"330000 node worker 0: \d+ MB / \d+ MB\n  330000 node worker 1: \d+ MB / \d+ MB",
+        r"message log: [\d.]+ rows per commit",
+    ):
+        assert re.search(needle, out), f"missing figure /{needle}/ in:\n{out}"
