@@ -11,9 +11,10 @@ a refusal (the peer answered no) is final and handed to the service's callback.
 This is the one retry layer for asynchronous work: deliveries call the
 federation client with ``retry=False``. Nothing polls faster than the earliest
 due item: the deliverer sleeps until then, or until woken by new work or by a
-finished delivery; when a delivery to a peer succeeds, every item waiting for
-that peer is made due at once, so a province that comes back is caught up
-immediately rather than at each item's next backoff.
+finished delivery (and reads the store at most every 5 ms, only for items it can
+start); when a delivery to a peer that had items backing off succeeds, every
+item waiting for that peer is made due at once, so a province that comes back
+is caught up immediately rather than at each item's next backoff.
 """
 
 from __future__ import annotations
