@@ -215,8 +215,10 @@ async def _run_fund(
     apps = _Applications(federation.simulators[JS].fund_url)
     async with _connections(federation, SH, connections) as channels:
         stub = _FundStubs(channels)
+        warm_up: list[str] = []
+        await _accept(stub, apps, min(50, count), concurrency, warm_up)
+        await _wait_final(stub, warm_up, 600)
         case_ids: list[str] = []
-        await _accept(stub, apps, min(50, count), concurrency, case_ids)  # warm-up
         started = time.perf_counter()
         accept_seconds = await _accept(stub, apps, count, concurrency, case_ids)
         # The accepted backlog is delivered, reviewed, paid and reported back
