@@ -65,6 +65,8 @@ class FundFigures:
     submit_latencies_ms: list[float] = field(default_factory=list)
     submit_failed: int = 0
     rss_mb: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: The baseline chain's saturation in the same run (calls/s).
+    baseline_rps: float = 0.0
 
     def render(self) -> str:
         lines = [
@@ -76,6 +78,12 @@ class FundFigures:
             f"{self.drain_seconds:.1f} s after the first submit "
             f"({self.drained / self.drain_seconds:.0f} per second end to end)",
         ]
+        if self.baseline_rps:
+            ratio = self.accepted / self.accept_seconds / self.baseline_rps
+            lines.append(
+                f"  ratio accepted/baseline: {ratio:.2f} "
+                f"(baseline chain {self.baseline_rps:.0f} calls/s in this run)"
+            )
         if self.submit_rate:
             lines.append(
                 f"  at {self.submit_rate:.0f}/s:    p50 "
@@ -269,14 +277,25 @@ def bench_fund(
     rate: float = 20.0,
     seconds: float = 10.0,
     workers: int = 1,
+    baseline_rps: float | None = None,
 ) -> FundFigures:
+    """``baseline_rps``: the baseline chain's saturation measured earlier in the same
+    run; without it the chain is started and measured here first."""
+    from gateway.localfed import DEFAULT_CONFIG_DIR
+
+    if baseline_rps is None:
+        chain = BaselineChain(DEFAULT_CONFIG_DIR / "keys").start()
+        try:
+            baseline_rps = asyncio.run(_chain_saturation(chain, concurrency, seconds))
+        finally:
+            chain.stop()
     with tempfile.TemporaryDirectory(prefix="yrd-bench-") as tmp:
         federation = ProcessFederation(Path(tmp), (SH, JS))
         try:
             federation.start(
                 workers={SH: workers, JS: workers}, review_delay=0.0, payment_delay=0.0
             )
-            return asyncio.run(
+            figures = asyncio.run(
                 _run_fund(
                     federation,
                     count,
@@ -289,6 +308,8 @@ def bench_fund(
             )
         finally:
             federation.stop()
+    figures.baseline_rps = baseline_rps
+    return figures
 
 
 # ---- hotel verification against the baseline chain ------------------------------------
@@ -524,22 +545,10 @@ async def _run_identity(
 ) -> IdentityFigures:
     from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
 
-    request_body = b"q" * 420  # about a QR token
     async with chain.channel() as base_channel:
-        echo = base_channel.unary_unary(
-            "/yrd.bench.v1.Chain/Call", request_serializer=None, response_deserializer=None
-        )
-
-        async def baseline_call() -> bool:
-            try:
-                await echo(request_body, timeout=10)
-            except grpc.aio.AioRpcError:
-                return False
-            return True
-
         baseline = await _measure(
             "baseline chain: client -> proxy -> proxy -> HTTP echo",
-            baseline_call,
+            _chain_call(base_channel),
             concurrency=concurrency,
             seconds=seconds,
             rate=None,
@@ -616,6 +625,31 @@ async def _connections(
     finally:
         for channel in channels:
             await channel.close()
+
+
+def _chain_call(channel: grpc.aio.Channel) -> Callable[[], Awaitable[bool]]:
+    """One call through the baseline chain, with a body about a QR token's size."""
+    echo = channel.unary_unary(
+        "/yrd.bench.v1.Chain/Call", request_serializer=None, response_deserializer=None
+    )
+    body = b"q" * 420
+
+    async def call() -> bool:
+        try:
+            await echo(body, timeout=10)
+        except grpc.aio.AioRpcError:
+            return False
+        return True
+
+    return call
+
+
+async def _chain_saturation(chain: BaselineChain, concurrency: int, seconds: float) -> float:
+    async with chain.channel() as channel:
+        call = _chain_call(channel)
+        await _saturate(call, concurrency, min(1.0, seconds))  # warm-up
+        done, _, elapsed = await _saturate(call, concurrency, seconds)
+    return done / elapsed
 
 
 def _pids(node: NodeProcess) -> list[int]:

@@ -212,16 +212,16 @@ def _bench(args: argparse.Namespace) -> int:
     if args.smoke:  # a short run of every measurement: figures, not targets
         args.seconds, args.concurrency, args.soak = 1.0, 8, 200
         args.count, args.paid_count, args.rate = 50, 20, 10.0
+    baseline_rps = None
     if args.target in ("identity", "all"):
-        print(
-            bench_identity(
-                seconds=args.seconds,
-                concurrency=args.concurrency,
-                soak=args.soak,
-                workers=args.workers,
-            ).render(),
-            flush=True,
+        identity = bench_identity(
+            seconds=args.seconds,
+            concurrency=args.concurrency,
+            soak=args.soak,
+            workers=args.workers,
         )
+        print(identity.render(), flush=True)
+        baseline_rps = identity.baseline.saturation_rps
     if args.target in ("fund", "all"):
         print(
             bench_fund(
@@ -231,6 +231,7 @@ def _bench(args: argparse.Namespace) -> int:
                 rate=args.rate,
                 seconds=args.seconds,
                 workers=args.workers,
+                baseline_rps=baseline_rps,
             ).render(),
             flush=True,
         )

@@ -35,6 +35,7 @@ def test_bench_smoke_prints_every_figure() -> None:
         r"330000 node: \d+ MB / \d+ MB",
         r"message log: [\d.]+ rows per commit",
         r"accepted per second: +\d+",
+        r"ratio accepted/baseline: [\d.]+ \(baseline chain \d+ calls/s in this run\)",
         r"at \d+/s: +p50 +[\d.]+ ms +p99 +[\d.]+ ms +\(answered, open loop\)",
         r"node memory after \(RSS now / peak\):\n  310000 node: \d+ MB / \d+ MB\n"
         r"  320000 node: \d+ MB / \d+ MB",
