@@ -348,6 +348,9 @@ class IdentityFigures:
     soak_rps: float
     rss_mb: dict[str, tuple[float, float]]
     rows_per_commit: float
+    #: Mean time of each hop (ms) from the nodes' own histograms, at ``hops_rate``.
+    hops_ms: dict[str, float] = field(default_factory=dict)
+    hops_rate: float = 0.0
 
     def render(self) -> str:
         b, r = self.baseline, self.real
@@ -388,6 +391,12 @@ class IdentityFigures:
             f"message log: {self.rows_per_commit:.1f} rows per commit (grouped writes) "
             "at the Shanghai node",
         ]
+        if self.hops_ms:
+            lines.append(
+                f"where a verification's time goes at {self.hops_rate:.0f}/s (means, from the "
+                "nodes' histograms):"
+            )
+            lines += [f"  {name}: {ms:.2f} ms" for name, ms in self.hops_ms.items()]
         return "\n".join(lines)
 
 
@@ -591,6 +600,18 @@ async def _run_identity(
                 "e-ID authority": [federation.simulators[ZJ].process.pid],
             },
         )
+        # Where the time goes, at a rate the path sustains: each hop's mean over
+        # one open-loop run, from the nodes' own latency histograms.
+        hops_rate = real.saturation_rps / 2
+        supply.extend(tokens.make(int(hops_rate * min(5.0, seconds)) + 100))
+        before = await asyncio.to_thread(_hop_totals, federation)
+        await _open_loop(real_call, hops_rate, min(5.0, seconds))
+        after = await asyncio.to_thread(_hop_totals, federation)
+        hops_ms = {
+            name: (after[name][0] - before[name][0]) * 1000 / (after[name][1] - before[name][1])
+            for name in after
+            if after[name][1] > before[name][1]
+        }
         soak_done = 0
         soak_started = time.perf_counter()
         while soak_done < soak:
@@ -609,7 +630,16 @@ async def _run_identity(
     rss = node_memory(federation)
     rows_per_commit = await asyncio.to_thread(_rows_per_commit, federation.nodes[SH])
     return IdentityFigures(
-        concurrency, seconds, baseline, real, soak_done, soak_rps, rss, rows_per_commit
+        concurrency,
+        seconds,
+        baseline,
+        real,
+        soak_done,
+        soak_rps,
+        rss,
+        rows_per_commit,
+        hops_ms,
+        hops_rate,
     )
 
 
@@ -672,23 +702,75 @@ def node_memory(federation: ProcessFederation) -> dict[str, tuple[float, float]]
     return memory
 
 
-def _rows_per_commit(node: NodeProcess) -> float:
-    """Rows per commit of the node's message log, over all its workers (worker i
-    serves metrics on the metrics port + i)."""
+#: The hops of a hotel verification: (label, node, metric, labels).
+_HOPS = (
+    (
+        "hotel's call at the Shanghai node",
+        SH,
+        "yrd_rpc_duration_seconds",
+        {"method": "/yrd.identity.v1.IdentityService/VerifyIdentity"},
+    ),
+    (
+        "  round trip Shanghai -> Zhejiang",
+        SH,
+        "yrd_exchange_duration_seconds",
+        {"direction": "out", "peer": ZJ, "service": "identity.CheckCredential"},
+    ),
+    (
+        "    handling at the Zhejiang node",
+        ZJ,
+        "yrd_exchange_duration_seconds",
+        {"direction": "in", "peer": SH, "service": "identity.CheckCredential"},
+    ),
+    (
+        "      Zhejiang's e-ID authority",
+        ZJ,
+        "yrd_backend_duration_seconds",
+        {"backend": "eid_authority", "outcome": "ok"},
+    ),
+)
+
+
+def _hop_totals(federation: ProcessFederation) -> dict[str, tuple[float, float]]:
+    """(sum of seconds, count) of each hop's histogram, over all workers."""
+    samples = {code: _samples(node) for code, node in federation.nodes.items()}
+    totals = {}
+    for name, code, metric, labels in _HOPS:
+        total = count = 0.0
+        for sample_name, sample_labels, value in samples[code]:
+            if labels.items() <= sample_labels.items():
+                if sample_name == metric + "_sum":
+                    total += value
+                elif sample_name == metric + "_count":
+                    count += value
+        totals[name] = (total, count)
+    return totals
+
+
+def _samples(node: NodeProcess) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample of every worker's metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
     host, _, port = node.metrics_url.removeprefix("http://").partition("/")[0].rpartition(":")
-    rows = commits = 0.0
+    found = []
     for index in range(node.workers):
         url = f"http://{host}:{int(port) + index}/metrics"
         with urllib.request.urlopen(url, timeout=10) as response:
             text = response.read().decode()
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == "yrd_message_log_rows":
-                    rows += sample.value
-                elif sample.name == "yrd_message_log_commits":
-                    commits += sample.value
+                found.append((sample.name, dict(sample.labels), sample.value))
+    return found
+
+
+def _rows_per_commit(node: NodeProcess) -> float:
+    """Rows per commit of the node's message log, over all its workers."""
+    rows = commits = 0.0
+    for name, _, value in _samples(node):
+        if name == "yrd_message_log_rows":
+            rows += value
+        elif name == "yrd_message_log_commits":
+            commits += value
     return rows / commits if commits else float("nan")
 
 

@@ -34,6 +34,9 @@ def test_bench_smoke_prints_every_figure() -> None:
         r"310000 node: \d+ MB / \d+ MB",
         r"330000 node: \d+ MB / \d+ MB",
         r"message log: [\d.]+ rows per commit",
+        r"where a verification's time goes at \d+/s .*\n  hotel's call at the Shanghai node: "
+        r"[\d.]+ ms\n +round trip Shanghai -> Zhejiang: [\d.]+ ms\n +handling at the Zhejiang "
+        r"node: [\d.]+ ms\n +Zhejiang's e-ID authority: [\d.]+ ms",
         r"accepted per second: +\d+",
         r"ratio accepted/baseline: [\d.]+ \(baseline chain \d+ calls/s in this run\)",
         r"at \d+/s: +p50 +[\d.]+ ms +p99 +[\d.]+ ms +\(answered, open loop\)",
