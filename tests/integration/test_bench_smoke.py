@@ -11,41 +11,48 @@ import sys
 import pytest
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_bench_smoke_prints_every_figure() -> None:
+def assert_bench_prints(args: list[str], needles: tuple[str, ...]) -> None:
+    """Run ``yrd-gateway bench ARGS`` and check that every figure is printed."""
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", "bench", "--smoke"],
+        [sys.executable, "-m", "gateway", "bench", *args],
         capture_output=True,
         text=True,
         timeout=280,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
-    for needle in (
-        r"baseline chain: .*\n  saturation: +\d+ calls/s",
-        r"hotel verification: .*\n  saturation: +\d+ calls/s +\(0 errors\)",
-        r"CPU per call: load generator [\d.]+ ms, echo [\d.]+ ms, .*; total [\d.]+ ms",
-        r"CPU per call: load generator [\d.]+ ms, Shanghai node [\d.]+ ms, Zhejiang node "
-        r"[\d.]+ ms, e-ID authority [\d.]+ ms; total [\d.]+ ms",
-        r"at \d+/s: +p50 +[\d.]+ ms +p99 +[\d.]+ ms",
-        r"ratio real/baseline: throughput [\d.]+ .*p99 [\d.]+",
-        r"310000 node: \d+ MB / \d+ MB",
-        r"330000 node: \d+ MB / \d+ MB",
-        r"message log: [\d.]+ rows per commit",
-        r"where a verification's time goes at \d+/s .*\n  hotel's call at the Shanghai node: "
-        r"[\d.]+ ms\n +round trip Shanghai -> Zhejiang: [\d.]+ ms\n +handling at the Zhejiang "
-        r"node: [\d.]+ ms\n +Zhejiang's e-ID authority: [\d.]+ ms",
-        r"accepted per second: +\d+",
-        r"ratio accepted/baseline: [\d.]+ \(baseline chain \d+ calls/s in this run\)",
-        r"at \d+/s: +p50 +[\d.]+ ms +p99 +[\d.]+ ms +\(answered, open loop\)",
-        r"node memory after \(RSS now / peak\):\n  310000 node: \d+ MB / \d+ MB\n"
-        r"  320000 node: \d+ MB / \d+ MB",
-        r"median: +\d+ ms",
-        r"p99: +\d+ ms",
-    ):
-        assert re.search(needle, out), f"missing figure /{needle}/ in:\n{out}"
+    for needle in needles:
+        assert re.search(needle, result.stdout), f"missing figure /{needle}/ in:\n{result.stdout}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_bench_smoke_prints_every_figure() -> None:
+    assert_bench_prints(
+        ["--smoke"],
+        (
+            r"baseline chain: .*\n  saturation: +\d+ calls/s",
+            r"hotel verification: .*\n  saturation: +\d+ calls/s +\(0 errors\)",
+            r"CPU per call: load generator [\d.]+ ms, echo [\d.]+ ms, .*; total [\d.]+ ms",
+            r"CPU per call: load generator [\d.]+ ms, Shanghai node [\d.]+ ms, Zhejiang node "
+            r"[\d.]+ ms, e-ID authority [\d.]+ ms; total [\d.]+ ms",
+            r"at \d+/s: +p50 +[\d.]+ ms +p99 +[\d.]+ ms",
+            r"ratio real/baseline: throughput [\d.]+ .*p99 [\d.]+",
+            r"310000 node: \d+ MB / \d+ MB",
+            r"330000 node: \d+ MB / \d+ MB",
+            r"message log: [\d.]+ rows per commit",
+            r"where a verification's time goes at \d+/s .*\n  hotel's call at the Shanghai node: "
+            r"[\d.]+ ms\n +round trip Shanghai -> Zhejiang: [\d.]+ ms\n +handling at the Zhejiang "
+            r"node: [\d.]+ ms\n +Zhejiang's e-ID authority: [\d.]+ ms",
+            r"accepted per second: +\d+",
+            r"ratio accepted/baseline: [\d.]+ \(baseline chain \d+ calls/s in this run\)",
+            r"at \d+/s: +p50 +[\d.]+ ms +p99 +[\d.]+ ms +\(answered, open loop\)",
+            r"node memory after \(RSS now / peak\):\n  310000 node: \d+ MB / \d+ MB\n"
+            r"  320000 node: \d+ MB / \d+ MB",
+            r"median: +\d+ ms",
+            r"p99: +\d+ ms",
+        ),
+    )
 
 
 @pytest.mark.slow
@@ -53,19 +60,12 @@ def test_bench_smoke_prints_every_figure() -> None:
 def test_bench_smoke_with_workers_reports_each_worker() -> None:
     """With --workers the load reaches every worker (its own connections) and each
     worker's memory is printed."""
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "bench", "identity", "--smoke", "--workers", "2"],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
+    assert_bench_prints(
+        ["identity", "--smoke", "--workers", "2"],
+        (
+            r"hotel verification: .*\n  saturation: +\d+ calls/s +\(0 errors\)",
+            r"310000 node worker 0: \d+ MB / \d+ MB\n  310000 node worker 1: \d+ MB / \d+ MB",
+            r"330000 node worker 0: \d+ MB / \d+ MB\n  330000 node worker 1: \d+ MB / \d+ MB",
+            r"message log: [\d.]+ rows per commit",
+        ),
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
-    for needle in (
-        r"hotel verification: .*\n  saturation: +\d+ calls/s +\(0 errors\)",
-        r"310000 node worker 0: \d+ MB / \d+ MB\n  310000 node worker 1: \d+ MB / \d+ MB",
-        r"330000 node worker 0: \d+ MB / \d+ MB\n  330000 node worker 1: \d+ MB / \d+ MB",
-        r"message log: [\d.]+ rows per commit",
-    ):
-        assert re.search(needle, out), f"missing figure /{needle}/ in:\n{out}"
