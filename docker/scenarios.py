@@ -38,7 +38,6 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +45,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from stdnum import luhn
 
-from gateway import crypto
-from gateway.eid_token import issue_token
+from gateway.demo import Outcome, flip_one_byte, foreign_token, render
 from yrd.common.v1 import common_pb2
 from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
@@ -96,19 +94,6 @@ def http_json(url: str, body: dict[str, Any] | None = None) -> Any:
     )
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
         return json.loads(response.read())
-
-
-@dataclass
-class Outcome:
-    scenario: str
-    expected: str
-    got: str
-    detail: str
-    elapsed_ms: float
-
-    @property
-    def ok(self) -> bool:
-        return self.expected == self.got
 
 
 class Federation:
@@ -187,26 +172,6 @@ def summary(response: identity_pb2.VerifyIdentityResponse) -> tuple[str, str]:
         c for c in response.checks if c.outcome in (identity_pb2.FAILED, identity_pb2.INDETERMINATE)
     ]
     return verdict, (f"{failed[0].name}: {failed[0].detail}" if failed else "")
-
-
-def flip_one_byte(qr: str) -> str:
-    head, claims, signature = qr.split(".")
-    i = len(signature) // 2
-    return ".".join(
-        [head, claims, signature[:i] + ("A" if signature[i] != "A" else "B") + signature[i + 1 :]]
-    )
-
-
-def foreign_token() -> str:
-    """A well-formed token from Beijing (110000), which is in no trust store."""
-    return issue_token(
-        crypto.generate_private_key(),
-        key_id="110000-eid-2026",
-        issuer="110000",
-        credential_id="EID110000000001",
-        token_id=str(uuid.uuid4()),
-        issued_at=datetime.now(UTC),
-    )
 
 
 Play = Callable[[str, str, Callable[[], tuple[str, str]]], None]
@@ -397,22 +362,6 @@ def outage_scenarios(
 
     play("the issuing node (Zhejiang) is stopped", "ISSUER_UNREACHABLE", unreachable)
     play("Jiangsu node stopped during a withdrawal", "QUEUED->PAID", queued)
-
-
-def render(outcomes: list[Outcome]) -> str:
-    width = max(len(o.scenario) for o in outcomes)
-    header = f"{'scenario':<{width}}  {'expected':<20}  {'got':<20}  {'ms':>7}  ok"
-    lines = [header, "-" * len(header)]
-    for o in outcomes:
-        lines.append(
-            f"{o.scenario:<{width}}  {o.expected:<20}  {o.got:<20}  {o.elapsed_ms:7.1f}  "
-            f"{'yes' if o.ok else 'NO'}"
-        )
-        if o.detail:
-            lines.append(f"{'':<{width}}    {o.detail[:110]}")
-    passed = sum(o.ok for o in outcomes)
-    lines.append(f"\n{passed} of {len(outcomes)} scenarios gave the expected outcome")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

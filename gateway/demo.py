@@ -468,7 +468,11 @@ async def _verdict(
 
 def render(outcomes: list[Outcome]) -> str:
     out = io.StringIO()
-    widths = (max(len(o.scenario) for o in outcomes), 18, 18)
+    widths = (
+        max(len(o.scenario) for o in outcomes),
+        max(18, *(len(o.expected) for o in outcomes)),
+        max(18, *(len(o.got) for o in outcomes)),
+    )
     header = (
         f"{'scenario':<{widths[0]}}  {'expected':<{widths[1]}}  {'got':<{widths[2]}}  {'ms':>6}  ok"
     )
