@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -47,3 +49,19 @@ class OffsetClock:
 
     def now(self) -> datetime:
         return datetime.now(UTC) + self.offset
+
+
+class Pacer:
+    """At most one pass per ``interval`` seconds: :meth:`wait` returns at once when
+    the last pass began longer ago, else sleeps the rest (a polling loop that many
+    events wake serves them in one pass)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last = -interval
+
+    async def wait(self) -> None:
+        pause = self._last + self.interval - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        self._last = time.monotonic()

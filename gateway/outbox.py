@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import structlog
 from google.protobuf.message import Message
 
+from gateway.clock import Pacer
 from gateway.errors import GatewayError, PeerUnavailable
 from gateway.federation.client import FederationClient
 from gateway.metrics import NodeMetrics
@@ -42,7 +43,7 @@ log = structlog.get_logger("yrd.outbox")
 #: Shortest time between two reads of the due items while deliveries keep
 #: finishing (each wakes the deliverer): under a backlog one read serves the
 #: many deliveries that finished meanwhile.
-MIN_READ_INTERVAL = 0.005
+READ_INTERVAL = 0.005
 
 #: Run inside the write transaction that deletes the item (no awaiting there).
 AckCallback = Callable[[sqlite3.Connection, OutboxItem, federation_pb2.DeliveryAck], None]
@@ -127,12 +128,9 @@ class Outbox:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self) -> None:
-        last_read = -MIN_READ_INTERVAL
+        pacer = Pacer(READ_INTERVAL)
         while not self._stopping:
-            pause = last_read + MIN_READ_INTERVAL - time.monotonic()
-            if pause > 0:
-                await asyncio.sleep(pause)
-            last_read = time.monotonic()
+            await pacer.wait()
             self._wake.clear()
             # Items finished after this point are skipped even if the read below
             # still saw them (the read and the finish race).

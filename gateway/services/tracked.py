@@ -35,7 +35,7 @@ from google.protobuf.message import Message
 
 from adapters.errors import BackendRejected, BackendUnavailable, TranslationError
 from gateway import crypto
-from gateway.clock import Clock
+from gateway.clock import Clock, Pacer
 from gateway.config import ClientSection, FederationConfig
 from gateway.envelope import OpenedEnvelope
 from gateway.errors import (
@@ -57,7 +57,7 @@ DEFAULT_TIMEOUT = 5.0
 #: Cases a processor holds at once (running or waiting for a back-end slot).
 MAX_QUEUED = 256
 #: Shortest time between two reads of the due cases while steps keep finishing.
-MIN_READ_INTERVAL = 0.005
+READ_INTERVAL = 0.005
 
 
 @dataclass(frozen=True)
@@ -492,12 +492,9 @@ class TrackedProcessor(Generic[B]):
         final = (self._flow.progression[-1], self._flow.rejected)
         tasks: set[asyncio.Task[None]] = set()
         try:
-            last_read = -MIN_READ_INTERVAL
+            pacer = Pacer(READ_INTERVAL)
             while not self._stopping:
-                pause = last_read + MIN_READ_INTERVAL - time.monotonic()
-                if pause > 0:
-                    await asyncio.sleep(pause)
-                last_read = time.monotonic()
+                await pacer.wait()
                 self._wake.clear()
                 now = time.time()
                 # Only new work: what is in flight (or queued for a slot) is not
