@@ -238,34 +238,31 @@ class MessageLog:
 
     async def append(self, entry: LogEntry) -> int:
         """Append a row; return its sequence number once it is committed."""
-        if self._closed or self._writer is None:
-            raise MessageLogClosed("message log is closed")
-        seq: int = await self._writer.submit(entry)
+        seq: int = await self._live_writer().submit(entry)
         return seq
 
     async def append_request(self, entry: LogEntry) -> tuple[int, bytes | None]:
         """Append an incoming request; return its sequence number and the response
         envelope this node already logged for the same message id from the same
         peer (written by another worker, or before a restart), if any."""
-        if self._closed or self._writer is None:
-            raise MessageLogClosed("message log is closed")
-        logged: tuple[int, bytes | None] = await self._writer.submit(
+        logged: tuple[int, bytes | None] = await self._live_writer().submit(
             replace(entry, find_answer=True)
         )
         return logged
 
     async def append_all(self, entries: tuple[LogEntry, ...]) -> list[int]:
         """Append rows in one group (one commit); return their sequence numbers."""
-        if self._closed or self._writer is None:
-            raise MessageLogClosed("message log is closed")
-        return await self._writer.submit_all(list(entries))
+        return await self._live_writer().submit_all(list(entries))
 
     def enqueue(self, entry: LogEntry) -> None:
         """Queue a row without waiting for its commit (for a caller that cannot
         wait, e.g. one being cancelled); :meth:`close` still writes it."""
+        self._live_writer().enqueue(entry)
+
+    def _live_writer(self) -> GroupCommit[LogEntry]:
         if self._closed or self._writer is None:
             raise MessageLogClosed("message log is closed")
-        self._writer.enqueue(entry)
+        return self._writer
 
     @property
     def commits(self) -> int:

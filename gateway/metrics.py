@@ -114,7 +114,7 @@ class NodeMetrics:
         )
 
     def observe_backend(self, backend: str, outcome: str, started: float) -> None:
-        self.backend_seconds.labels(backend, outcome).observe(time.monotonic() - started)
+        self._child(self.backend_seconds, backend, outcome).observe(time.monotonic() - started)
 
     async def render(self) -> bytes:
         if self.refresh is not None:
