@@ -98,10 +98,7 @@ class FundFigures:
         ]
         if self.rss_mb:
             lines.append("node memory after (RSS now / peak):")
-            lines += [
-                f"  {name}: {now:.0f} MB / {peak:.0f} MB"
-                for name, (now, peak) in sorted(self.rss_mb.items())
-            ]
+            lines += _memory_lines(self.rss_mb)
         return "\n".join(lines)
 
 
@@ -384,10 +381,7 @@ class IdentityFigures:
             f"(target >= 0.6), p99 {r.p99_ms / b.p99_ms:.2f} (target <= 2)",
             f"soak: {self.soak_calls} verifications at {self.soak_rps:.0f}/s; node memory after "
             "(RSS now / peak):",
-            *(
-                f"  {name}: {now:.0f} MB / {peak:.0f} MB"
-                for name, (now, peak) in sorted(self.rss_mb.items())
-            ),
+            *_memory_lines(self.rss_mb),
             f"message log: {self.rows_per_commit:.1f} rows per commit (grouped writes) "
             "at the Shanghai node",
         ]
@@ -398,6 +392,10 @@ class IdentityFigures:
             )
             lines += [f"  {name}: {ms:.2f} ms" for name, ms in self.hops_ms.items()]
         return "\n".join(lines)
+
+
+def _memory_lines(rss: dict[str, tuple[float, float]]) -> list[str]:
+    return [f"  {name}: {now:.0f} MB / {peak:.0f} MB" for name, (now, peak) in sorted(rss.items())]
 
 
 def _failed(count: int) -> str:
