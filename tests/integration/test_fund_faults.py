@@ -91,6 +91,13 @@ def test_withdrawals_survive_sigkill_of_both_nodes(processes: ProcessFederation)
     killer.start()
     try:
         case_ids = asyncio.run(submit_all(processes, applications))
+        # On a loaded machine restarts are slow and the submissions may all be
+        # accepted before three kills: keep the chaos going (while deliveries
+        # and payments flow) until it has killed three times.
+        waited = time.monotonic() + 120
+        while processes.nodes[JS].kills + processes.nodes[SH].kills < 3:
+            assert time.monotonic() < waited, "the chaos thread should kill three times"
+            time.sleep(0.2)
     finally:
         stop.set()
         killer.join(timeout=60)
