@@ -382,7 +382,7 @@ class TestReplay:
     ) -> None:
         signed = seal_request(signer_for(JS))
         verifier.open_request(signed)
-        again = reseal(signed, signing_key(JS), lambda h: setattr(h, "message_id", "m-2"))
+        again = reseal(signed, signing_key(JS), lambda h: setattr(h, "message_id", str(uuid.uuid4())))
         rejected(verifier, again, grpc.StatusCode.ALREADY_EXISTS, "replayed_nonce")
 
     def test_a_refused_envelope_does_not_spend_its_nonce(
