@@ -91,6 +91,10 @@ class OpenedEnvelope:
     def header_digest(self) -> bytes:
         return crypto.sha256(self.signed.header)
 
+    @property
+    def fingerprint(self) -> bytes:
+        return request_fingerprint(self.header)
+
     def parse(self, message_type: type[Message]) -> Message:
         message = message_type()
         try:
@@ -205,6 +209,26 @@ class EnvelopeSigner:
         return federation_pb2.SignedEnvelope(
             header=header_bytes, payload=payload_bytes, signature=private_key.sign(header_bytes)
         )
+
+
+def request_fingerprint(header: federation_pb2.EnvelopeHeader) -> bytes:
+    """What makes a request the same request: SHA-256 over its service, payload
+    type, idempotency key, correlation id and payload digest.
+
+    A retry is a freshly sealed envelope (new nonce, new created_at, new
+    signature) of the same message: its fingerprint is the original's, while a
+    different request reusing the message id has another one.
+    """
+    parts = (
+        header.service.encode(),
+        header.payload_type.encode(),
+        header.idempotency_key.encode(),
+        header.correlation_id.encode(),
+        bytes(header.payload_digest),
+    )
+    return crypto.sha256(
+        b"yrd-request/v1" + b"".join(len(part).to_bytes(4, "big") + part for part in parts)
+    )
 
 
 def check_header_bounds(header: federation_pb2.EnvelopeHeader) -> None:
