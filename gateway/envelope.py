@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 import uuid
 from collections import deque
@@ -274,6 +275,18 @@ class NonceCache:
         self._expiry: dict[bytes, float] = {}
         self._order: deque[bytes] = deque()
 
+    def __len__(self) -> int:
+        return len(self._order)
+
+    @property
+    def max_entries(self) -> int:
+        return self._max
+
+    def nbytes(self) -> int:
+        """Bytes the cache holds, estimated: keys, expiry floats, dict and deque slots."""
+        per_entry = sys.getsizeof(0.0) + 3 * 8 + 8  # float, dict slot (hash, key, value), deque
+        return sum(sys.getsizeof(key) + per_entry for key in self._order)
+
     def add(self, sender: str, nonce: bytes) -> bool:
         """Record a nonce; False if it was already seen (a replay)."""
         now = time.monotonic()
@@ -301,6 +314,11 @@ class EnvelopeVerifier:
     @property
     def own(self) -> str:
         return self._federation.own
+
+    @property
+    def nonces(self) -> NonceCache:
+        """The nonces seen (read-only use: sizes, for tests and metrics)."""
+        return self._nonces
 
     def update(self, federation: FederationConfig, trust: TrustStore) -> None:
         """New config and keys (reload); the nonces seen so far stay remembered."""

@@ -74,6 +74,14 @@ def _reference(field: str, value: str, *, required: bool = True) -> None:
         raise InvalidArgument(field, "1..128 printable ASCII characters without spaces")
 
 
+def _region(field: str, value: str) -> None:
+    """A region code: six ASCII digits (checked here first so that no longer value
+    reaches a message), then the GB/T 2260 check of gateway.identifiers."""
+    if not re.fullmatch(r"[0-9]{6}", value):
+        raise InvalidArgument(field, "a six-digit GB/T 2260 region code")
+    validate_region_code(field, value)
+
+
 def _enum(field: str, value: int, enum: Any, *, required: bool = True) -> None:
     """A value the enum defines (and not its UNSPECIFIED zero, if required)."""
     if value not in enum.values() or (required and value == 0):
@@ -133,13 +141,13 @@ def _credential_check(request: federation_pb2.CredentialCheckRequest) -> None:
 
 def _fund_query(request: fund_pb2.QueryFundAccountRequest) -> None:
     validate_id_number("id_number", request.id_number)
-    validate_region_code("fund_province", request.fund_province)
+    _region("fund_province", request.fund_province)
 
 
 def _withdrawal(app: fund_pb2.WithdrawalApplication) -> None:
     validate_idempotency_key("application.idempotency_key", app.idempotency_key)
-    validate_region_code("application.fund_province", app.fund_province)
-    validate_region_code("application.applicant_province", app.applicant_province)
+    _region("application.fund_province", app.fund_province)
+    _region("application.applicant_province", app.applicant_province)
     if not app.HasField("applicant"):
         raise InvalidArgument("application.applicant", "the applicant (a Person)")
     if not 0 < app.amount_fen <= MAX_FEN:
@@ -168,8 +176,8 @@ def _case_status(update: case_pb2.CaseStatusUpdate) -> None:
 
 def _case(app: case_pb2.CaseApplication) -> None:
     validate_idempotency_key("application.idempotency_key", app.idempotency_key)
-    validate_region_code("application.handling_province", app.handling_province)
-    validate_region_code("application.submitting_province", app.submitting_province)
+    _region("application.handling_province", app.handling_province)
+    _region("application.submitting_province", app.submitting_province)
     if app.applicant.WhichOneof("party") is None:
         raise InvalidArgument("application.applicant", "a person or an organisation")
 
@@ -181,7 +189,7 @@ def _certificate(request: certificate_pb2.GetCertificateRequest) -> None:
         raise InvalidArgument(
             "holder_id", "an 18-character resident ID number or unified social credit code"
         )
-    validate_region_code("issuer_province", request.issuer_province)
+    _region("issuer_province", request.issuer_province)
     if not _CONSENT.fullmatch(request.consent_reference):
         raise InvalidArgument("consent_reference", "1..128 characters of [A-Za-z0-9._:-]")
     if len(request.certificate_number) > 64:
