@@ -682,3 +682,54 @@ async def test_credential_check_with_empty_ids_is_invalid_not_internal(
         answer = await peer.send(peer.seal("identity.CheckCredential", payload))
         assert (answer.code, answer.signed) == (S.INVALID_ARGUMENT, True)
         assert answer.message.startswith(f"{field}: expected")
+
+
+async def test_a_handler_bug_is_a_signed_fault_logged_once_without_personal_data(
+    federation: LocalFederation, wallet: Wallet, peer: Peer
+) -> None:
+    """An unexpected exception inside a handler is answered (signed INTERNAL, which
+    the peer retries), logged once by its type only, and not remembered: a retry
+    is handled again."""
+    server = federation.node(ZJ).federation_server
+    calls = 0
+
+    async def broken(opened: Any, timeout: float) -> Message:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("holder 11010519491231002X broke it")
+
+    server._handlers["case.CaseStatus"] = broken  # test-only: a handler with a bug
+    update = valid_payloads(federation)["case.CaseStatus"]
+    message_id, correlation_id = str(uuid.uuid4()), str(uuid.uuid4())
+    with captured() as logs:
+        answers = [
+            await peer.send(
+                peer.seal(
+                    "case.CaseStatus", update, message_id=message_id, correlation_id=correlation_id
+                )
+            )
+            for _ in range(2)
+        ]
+    for answer in answers:
+        assert (answer.code, answer.signed) == (S.INTERNAL, True)
+        assert "11010519491231002X" not in answer.message
+    assert calls == 2  # a fault is not remembered: the retry is handled again
+    failures = [line for line in logs if line["event"] == "federation handler failed"]
+    assert [line["error_type"] for line in failures] == ["RuntimeError", "RuntimeError"]
+    assert not any("11010519491231002X" in json.dumps(line, default=str) for line in logs)
+
+
+async def test_the_answer_memory_stays_within_its_byte_bound(
+    federation: LocalFederation, wallet: Wallet, peer: Peer
+) -> None:
+    """Remembered answers are evicted by bytes as well as by number and age."""
+    server = federation.node(ZJ).federation_server
+    server._dedupe_bytes = 16 * 1024  # test-only: a small bound to reach quickly
+    query = valid_payloads(federation)["fund.QueryAccount"]
+    async with fuzz_class("answer memory bound", federation, wallet, peer):
+        for _ in range(60):
+            answer = await peer.send(peer.seal("fund.QueryAccount", query))
+            assert (answer.code, answer.signed) == (S.OK, True)
+            entries, size = server.remembered
+            assert size <= 16 * 1024
+    assert 0 < entries < 60
