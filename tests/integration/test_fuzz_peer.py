@@ -20,6 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -33,12 +34,14 @@ from structlog.testing import capture_logs
 
 from adapters.simulators.residents import synthetic_residents
 from gateway import crypto
-from gateway.config import FEDERATION_SERVICES
+from gateway.clock import SystemClock
+from gateway.config import FEDERATION_SERVICES, parse_province_file
 from gateway.envelope import HEADER_BOUNDS, EnvelopeSigner
 from gateway.federation.server import REUSED_MESSAGE_ID
 from gateway.localfed import LocalFederation
 from gateway.logs import mask_personal_data
-from tests.integration.conftest import SH, ZJ, Wallet, fund_holder, payee_account
+from gateway.procfed import ProcessFederation
+from tests.integration.conftest import JS, SH, ZJ, Wallet, fund_holder, payee_account
 from tests.integration.test_fuzz import mtls
 from yrd.case.v1 import case_pb2
 from yrd.certificate.v1 import certificate_pb2
@@ -147,8 +150,22 @@ class Peer:
     async def send(self, envelope: Signed | bytes) -> Answer:
         data = envelope if isinstance(envelope, bytes) else envelope.SerializeToString()
         self.sent += 1
+        return await self._answer(self._call, data)
+
+    @classmethod
+    async def exchange(cls, channel: grpc.aio.Channel, data: bytes) -> Answer:
+        """One call on a channel of its own."""
+        call = channel.unary_unary(
+            "/yrd.federation.v1.FederationService/Exchange",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        return await cls._answer(call, data)
+
+    @staticmethod
+    async def _answer(call: Any, data: bytes) -> Answer:
         try:
-            raw = await self._call(data, timeout=10)
+            raw = await call(data, timeout=10)
         except grpc.aio.AioRpcError as error:
             return Answer(error.code(), False, error.details() or "")
         response = Signed.FromString(raw)
@@ -733,3 +750,61 @@ async def test_the_answer_memory_stays_within_its_byte_bound(
             entries, size = server.remembered
             assert size <= 16 * 1024
     assert 0 < entries < 60
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_reused_message_id_is_refused_by_every_worker(tmp_path: Path) -> None:
+    """Item 1 across worker processes: Jiangsu served by two workers on one port;
+    each attempt on a fresh connection (the kernel spreads them over the workers).
+    The retry always gets the first answer, another request always a signed
+    ALREADY_EXISTS, whichever worker (and its empty memory) receives it."""
+    processes = ProcessFederation(tmp_path, (SH, JS))
+    try:
+        processes.start(workers={JS: 2})
+        jiangsu = processes.nodes[JS]
+        assert len(jiangsu.children()) == 2
+        shanghai = parse_province_file(processes.nodes[SH].config)
+        signer = EnvelopeSigner.from_config(shanghai, SystemClock())
+        keys = jiangsu.config.parent / "keys"
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=(keys / "ca.crt.pem").read_bytes(),
+            private_key=(keys / SH / "tls.key.pem").read_bytes(),
+            certificate_chain=(keys / SH / "tls.crt.pem").read_bytes(),
+        )
+        text = jiangsu.config.read_text(encoding="utf-8")
+        endpoint = text.split('federation_endpoint = "', 1)[1].split('"', 1)[0]
+        message_id, correlation_id = str(uuid.uuid4()), str(uuid.uuid4())
+
+        def seal(token_id: str) -> bytes:
+            return signer.seal(
+                receiver=JS,
+                service="identity.CheckCredential",
+                payload=federation_pb2.CredentialCheckRequest(
+                    token_id=token_id,
+                    credential_id="EID-FUZZ-WORKERS",
+                    purpose=identity_pb2.HOTEL_CHECK_IN,
+                ),
+                correlation_id=correlation_id,
+                message_id=message_id,
+            ).SerializeToString()
+
+        async def attempts() -> tuple[Answer, list[Answer], list[Answer]]:
+            async def once(data: bytes) -> Answer:
+                async with grpc.aio.secure_channel(endpoint, credentials) as channel:
+                    return await Peer.exchange(channel, data)
+
+            token = str(uuid.uuid4())
+            first = await once(seal(token))
+            retries, others = [], []
+            for _ in range(6):
+                others.append(await once(seal(str(uuid.uuid4()))))
+                retries.append(await once(seal(token)))
+            return first, retries, others
+
+        first, retries, others = asyncio.run(attempts())
+        assert (first.code, first.signed) == (S.OK, True)
+        assert retries == [first] * 6
+        assert {(o.code, o.signed, o.payload) for o in others} == {(S.ALREADY_EXISTS, True, b"")}
+    finally:
+        processes.stop()
