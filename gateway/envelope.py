@@ -10,6 +10,8 @@ the request's header bytes (``request_digest``): a signed receipt.
 from __future__ import annotations
 
 import os
+import re
+import sys
 import time
 import uuid
 from collections import deque
@@ -32,6 +34,47 @@ from yrd.federation.v1 import federation_pb2
 MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
 NONCE_BYTES = 16
 
+#: Bounds on the header strings a peer sends (DESIGN §4, docs/security.md
+#: "Envelope header bounds"): each field, the pattern it must match in full and
+#: what a refusal says was expected. They are checked right after the header
+#: parses, before any value is looked up, logged, cached or stored, so nothing
+#: a peer writes there can be large or carry control characters. The values
+#: themselves are never echoed.
+HEADER_BOUNDS: dict[str, tuple[re.Pattern[str], str]] = {
+    "message_id": (
+        re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"),
+        "a canonical UUID: 36 characters, lower-case hex digits and hyphens",
+    ),
+    # Empty only in a response that copies an empty one; a request needs one.
+    "correlation_id": (
+        re.compile(r"[\x20-\x7e]{0,128}"),
+        "1..128 printable ASCII characters",
+    ),
+    "idempotency_key": (
+        re.compile(r"[\x20-\x7e]{0,128}"),
+        "at most 128 printable ASCII characters",
+    ),
+    "sender": (re.compile(r"[1-9][0-9]{5}"), "a six-digit GB/T 2260 province code"),
+    "receiver": (re.compile(r"[1-9][0-9]{5}"), "a six-digit GB/T 2260 province code"),
+    "service": (
+        re.compile(r"[A-Za-z0-9_.]{1,64}"),
+        "a logical service name: 1..64 characters of [A-Za-z0-9_.]",
+    ),
+    "payload_type": (
+        re.compile(r"[A-Za-z0-9_.]{1,128}"),
+        "a protobuf message name: 1..128 characters of [A-Za-z0-9_.]",
+    ),
+    "key_id": (re.compile(r"[A-Za-z0-9._:-]{1,128}"), "1..128 characters of [A-Za-z0-9._:-]"),
+    "algorithm": (
+        # Empty or unknown names are refused next, as unsupported algorithms.
+        re.compile(r"[A-Za-z0-9._-]{0,32}"),
+        "an algorithm name: at most 32 characters of [A-Za-z0-9._-]",
+    ),
+}
+#: Longest ``status_message`` in a response header, in characters. A sealer cuts
+#: its own to this length, so no answer it signs is refused by the asker.
+MAX_STATUS_MESSAGE = 1024
+
 
 def _reject(code: grpc.StatusCode, reason: str, message: str) -> EnvelopeRejected:
     return EnvelopeRejected(code, reason, message)
@@ -48,6 +91,10 @@ class OpenedEnvelope:
     @property
     def header_digest(self) -> bytes:
         return crypto.sha256(self.signed.header)
+
+    @property
+    def fingerprint(self) -> bytes:
+        return request_fingerprint(self.header)
 
     def parse(self, message_type: type[Message]) -> Message:
         message = message_type()
@@ -156,12 +203,61 @@ class EnvelopeSigner:
             payload_digest=crypto.sha256(payload_bytes),
             request_digest=request_digest,
             status_code=status_code,
-            status_message=status_message,
+            status_message=status_message[:MAX_STATUS_MESSAGE],
         )
         header.created_at.FromDatetime(self._clock.now())
         header_bytes = header.SerializeToString()
         return federation_pb2.SignedEnvelope(
             header=header_bytes, payload=payload_bytes, signature=private_key.sign(header_bytes)
+        )
+
+
+def request_fingerprint(header: federation_pb2.EnvelopeHeader) -> bytes:
+    """What makes a request the same request: SHA-256 over its service, payload
+    type, idempotency key, correlation id and payload digest.
+
+    A retry is a freshly sealed envelope (new nonce, new created_at, new
+    signature) of the same message: its fingerprint is the original's, while a
+    different request reusing the message id has another one.
+    """
+    parts = (
+        header.service.encode(),
+        header.payload_type.encode(),
+        header.idempotency_key.encode(),
+        header.correlation_id.encode(),
+        bytes(header.payload_digest),
+    )
+    return crypto.sha256(
+        b"yrd-request/v1" + b"".join(len(part).to_bytes(4, "big") + part for part in parts)
+    )
+
+
+def check_header_bounds(header: federation_pb2.EnvelopeHeader) -> None:
+    """Refuse a header with any string outside its bound (:data:`HEADER_BOUNDS`).
+
+    Every bounded field must match its pattern in full. Raises EnvelopeRejected
+    (INVALID_ARGUMENT, reason ``malformed``) naming the field, never its value.
+    """
+    for field, (pattern, expected) in HEADER_BOUNDS.items():
+        value: str = getattr(header, field)
+        if len(value) > 256 or not pattern.fullmatch(value):
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed",
+                f"header.{field}: expected {expected}",
+            )
+    if len(header.status_message) > MAX_STATUS_MESSAGE:
+        raise _reject(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "malformed",
+            f"header.status_message: expected at most {MAX_STATUS_MESSAGE} characters",
+        )
+    if len(header.payload_digest) != 32 or len(header.request_digest) not in (0, 32):
+        raise _reject(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "malformed",
+            "header.payload_digest and header.request_digest: expected SHA-256 digests "
+            "(32 bytes; request_digest empty in a request)",
         )
 
 
@@ -178,6 +274,18 @@ class NonceCache:
         self._max = max_entries
         self._expiry: dict[bytes, float] = {}
         self._order: deque[bytes] = deque()
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    @property
+    def max_entries(self) -> int:
+        return self._max
+
+    def nbytes(self) -> int:
+        """Bytes the cache holds, estimated: keys, expiry floats, dict and deque slots."""
+        per_entry = sys.getsizeof(0.0) + 3 * 8 + 8  # float, dict slot (hash, key, value), deque
+        return sum(sys.getsizeof(key) + per_entry for key in self._order)
 
     def add(self, sender: str, nonce: bytes) -> bool:
         """Record a nonce; False if it was already seen (a replay)."""
@@ -207,6 +315,11 @@ class EnvelopeVerifier:
     def own(self) -> str:
         return self._federation.own
 
+    @property
+    def nonces(self) -> NonceCache:
+        """The nonces seen (read-only use: sizes, for tests and metrics)."""
+        return self._nonces
+
     def update(self, federation: FederationConfig, trust: TrustStore) -> None:
         """New config and keys (reload); the nonces seen so far stay remembered."""
         self._federation = federation
@@ -235,12 +348,12 @@ class EnvelopeVerifier:
                 "malformed",
                 "header: expected a serialized EnvelopeHeader",
             ) from exc
+        check_header_bounds(header)
         if header.algorithm not in crypto.SUPPORTED_ALGORITHMS:
             raise _reject(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "unsupported_algorithm",
-                f"header.algorithm: expected one of {sorted(crypto.SUPPORTED_ALGORITHMS)}, "
-                f"got {header.algorithm!r}",
+                f"header.algorithm: expected one of {sorted(crypto.SUPPORTED_ALGORITHMS)}",
             )
         if not header.HasField("created_at"):
             raise _reject(
@@ -291,7 +404,7 @@ class EnvelopeVerifier:
             raise _reject(
                 grpc.StatusCode.PERMISSION_DENIED,
                 "wrong_receiver",
-                f"header.receiver: expected {self.own}, got {header.receiver!r}",
+                f"header.receiver: expected {self.own}, got {header.receiver}",
             )
         expected = FEDERATION_SERVICES.get(header.service)
         if expected is None:
@@ -318,11 +431,11 @@ class EnvelopeVerifier:
                 "wrong_payload_type",
                 f"header.payload_type: expected {expected[0]} for {header.service}",
             )
-        if not header.message_id or not header.correlation_id:
+        if not header.correlation_id:
             raise _reject(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "malformed",
-                "header.message_id and header.correlation_id: expected UUIDs",
+                f"header.correlation_id: expected {HEADER_BOUNDS['correlation_id'][1]}",
             )
         if not self._nonces.add(header.sender, header.nonce):
             raise _reject(

@@ -104,6 +104,22 @@ class LogEntry:
     find_answer: bool = False
 
 
+#: Responses :meth:`MessageLog.append_request` returns for a message id, newest
+#: first: the answer to the request is among them unless a peer sent more than
+#: this many conflicting requests under its id since (then it is handled again).
+ANSWERS_LOOKED_UP = 4
+
+
+@dataclass(frozen=True)
+class LoggedExchange:
+    """What the log already held for an incoming request's (peer, message id)."""
+
+    #: The first request logged under it; None when this request is the first.
+    first_request: bytes | None
+    #: The newest responses logged under it (at most ANSWERS_LOOKED_UP), newest first.
+    answers: tuple[bytes, ...]
+
+
 @dataclass(frozen=True)
 class LoggedRow:
     seq: int
@@ -241,11 +257,12 @@ class MessageLog:
         seq: int = await self._live_writer().submit(entry)
         return seq
 
-    async def append_request(self, entry: LogEntry) -> tuple[int, bytes | None]:
-        """Append an incoming request; return its sequence number and the response
-        envelope this node already logged for the same message id from the same
-        peer (written by another worker, or before a restart), if any."""
-        logged: tuple[int, bytes | None] = await self._live_writer().submit(
+    async def append_request(self, entry: LogEntry) -> tuple[int, LoggedExchange]:
+        """Append an incoming request; return its sequence number and what this
+        node already logged for the same message id from the same peer (written
+        by another worker, or before a restart): the first request and the
+        newest responses."""
+        logged: tuple[int, LoggedExchange] = await self._live_writer().submit(
             replace(entry, find_answer=True)
         )
         return logged
@@ -317,6 +334,8 @@ class MessageLog:
             rows: list[tuple[Any, ...]] = []
             outcomes: list[tuple[bool, Any]] = []
             nonces: set[tuple[str, bytes]] = set()
+            #: First request of each (peer, message id) in this group, not yet inserted.
+            firsts: dict[tuple[str, str], bytes] = {}
             for entry in entries:
                 if entry.nonce:
                     key = (entry.peer, entry.nonce)
@@ -353,12 +372,7 @@ class MessageLog:
                     )
                 )
                 if entry.find_answer:
-                    answer = conn.execute(
-                        "SELECT envelope FROM message_log WHERE message_id = ? AND peer = ?"
-                        " AND direction = 'out' AND kind = 'response' ORDER BY seq DESC LIMIT 1",
-                        (entry.message_id, entry.peer),
-                    ).fetchone()
-                    outcomes.append((True, (seq, bytes(answer[0]) if answer else None)))
+                    outcomes.append((True, (seq, self._logged_exchange(conn, entry, firsts))))
                 else:
                     outcomes.append((True, seq))
                 head, seq = digest, seq + 1
@@ -375,6 +389,30 @@ class MessageLog:
         # Read by the event loop only after this group is answered.
         self._head, self._next_seq = head, seq
         return outcomes
+
+    @staticmethod
+    def _logged_exchange(
+        conn: sqlite3.Connection, entry: LogEntry, firsts: dict[tuple[str, str], bytes]
+    ) -> LoggedExchange:
+        """The first request and the newest responses logged under the entry's
+        (peer, message id), rows of the current group included."""
+        key = (entry.peer, entry.message_id)
+        first = firsts.get(key)
+        if first is None:
+            row = conn.execute(
+                "SELECT envelope FROM message_log WHERE message_id = ? AND peer = ?"
+                " AND direction = 'in' AND kind = 'request' ORDER BY seq LIMIT 1",
+                (entry.message_id, entry.peer),
+            ).fetchone()
+            first = bytes(row[0]) if row else None
+        if first is None:
+            firsts[key] = entry.envelope
+        answers = conn.execute(
+            "SELECT envelope FROM message_log WHERE message_id = ? AND peer = ?"
+            " AND direction = 'out' AND kind = 'response' ORDER BY seq DESC LIMIT ?",
+            (entry.message_id, entry.peer, ANSWERS_LOOKED_UP),
+        ).fetchall()
+        return LoggedExchange(first, tuple(bytes(row[0]) for row in answers))
 
     async def close(self) -> None:
         """Flush every queued row, then close. Idempotent."""

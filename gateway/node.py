@@ -254,6 +254,7 @@ class Node:
             },
         )
         server.add_generic_rpc_handlers((federation.generic_handler(),))
+        self.federation_server = federation  # its answer memory's size, for tests
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (

@@ -2,16 +2,24 @@
 
 Every request is opened by the :class:`~gateway.envelope.EnvelopeVerifier`
 (each rejection of DESIGN §4 is a gRPC error, not a signed answer), logged,
-deduplicated by (sender, message id), handed to the handler registered for its
+deduplicated by (sender, message id), its payload checked field by field
+(:mod:`gateway.federation.payloads`), handed to the handler registered for its
 logical service, and answered with a response envelope signed by this node
 that names the request's digest. Business outcomes, refusals included, are
 signed answers (``status_code`` in the header); only an envelope that cannot be
 trusted gets a bare gRPC error.
+
+A message id is bound to the request it first came with (its
+:func:`~gateway.envelope.request_fingerprint`): a retry of that request gets
+the same answer again, from memory or from the message log (another worker
+process, a restart); a different request under a used message id is refused
+with a signed ALREADY_EXISTS and never gets another request's answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -28,9 +36,11 @@ from gateway.envelope import (
     EnvelopeSigner,
     EnvelopeVerifier,
     OpenedEnvelope,
+    request_fingerprint,
 )
-from gateway.errors import RETRYABLE_CODES, EnvelopeRejected, GatewayError, status_from_int
-from gateway.messagelog import DuplicateNonce, LogEntry, MessageLog
+from gateway.errors import EnvelopeRejected, GatewayError, status_from_int
+from gateway.federation.payloads import validate_payload
+from gateway.messagelog import DuplicateNonce, LogEntry, LoggedExchange, MessageLog
 from gateway.metrics import NodeMetrics
 from gateway.tls import peer_certificate, province_of_certificate
 from yrd.federation.v1 import federation_pb2, federation_pb2_grpc
@@ -44,11 +54,68 @@ SERVICE_NAME = federation_pb2.DESCRIPTOR.services_by_name["FederationService"].f
 Handler = Callable[[OpenedEnvelope, float], Awaitable[Message]]
 
 
+#: Outcomes a retry gets again: success and the decisions about the request
+#: (DESIGN §5; the set of gateway.errors.DECISION_CODES). Faults are not
+#: remembered: a retry of a request that met one is handled again.
+_REMEMBERED = frozenset(
+    code.value[0]
+    for code in (
+        grpc.StatusCode.OK,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.OUT_OF_RANGE,
+    )
+)
+#: How a refusal of a reused message id begins; a logged answer that begins so
+#: answered a conflicting request and is never taken as the first one's answer.
+REUSED_MESSAGE_ID = "header.message_id: already used"
+_REUSED_MESSAGE_ID_REFUSAL = (
+    f"{REUSED_MESSAGE_ID} by this sender for another request; expected a new message id "
+    "for a new request (a retry repeats the service, payload type, idempotency key, "
+    "correlation id and payload of the first)"
+)
+#: Bytes an entry of the answer memory holds besides its payload and message:
+#: keys, fingerprint, tuple, dataclass and dict slot.
+_ENTRY_OVERHEAD = 512
+
+
 @dataclass(frozen=True)
 class _Outcome:
     payload: Message
     status_code: int
     status_message: str
+
+    @property
+    def remembered(self) -> bool:
+        return self.status_code in _REMEMBERED
+
+    def size(self) -> int:
+        """Bytes the outcome holds in memory, roughly (for the memory bound)."""
+        return (
+            sys.getsizeof(self.payload)
+            + self.payload.ByteSize()
+            + sys.getsizeof(self.status_message)
+            + _ENTRY_OVERHEAD
+        )
+
+
+@dataclass(frozen=True)
+class _Remembered:
+    expires: float
+    fingerprint: bytes
+    outcome: _Outcome
+    size: int
+
+
+def _reused_message_id() -> _Outcome:
+    return _Outcome(
+        federation_pb2.DeliveryAck(),
+        grpc.StatusCode.ALREADY_EXISTS.value[0],
+        _REUSED_MESSAGE_ID_REFUSAL,
+    )
 
 
 class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
@@ -61,6 +128,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         handlers: dict[str, Handler],
         require_peer_certificate: bool = False,
         dedupe_entries: int = 10_000,
+        dedupe_bytes: int = 64 * 1024 * 1024,
         dedupe_seconds: float = 300.0,
         metrics: NodeMetrics | None = None,
     ) -> None:
@@ -70,13 +138,26 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         self._verifier = verifier
         self._log = message_log
         self._handlers = handlers
-        #: Answers by (sender, message id), kept only while a retry of the same
-        #: message can still come (a few minutes) and bounded in number: they
-        #: hold personal data, and memory must not grow with traffic.
-        self._done: OrderedDict[tuple[str, str], tuple[float, _Outcome]] = OrderedDict()
+        #: Answers by (sender, message id), with the fingerprint of the request
+        #: they answered, kept only while a retry of the same message can still
+        #: come (a few minutes) and bounded in number and in bytes: they hold
+        #: personal data, and memory must not grow with traffic.
+        self._done: OrderedDict[tuple[str, str], _Remembered] = OrderedDict()
+        self._done_bytes = 0
         self._dedupe_seconds = dedupe_seconds
-        self._in_flight: dict[tuple[str, str], asyncio.Future[_Outcome]] = {}
         self._dedupe_entries = dedupe_entries
+        self._dedupe_bytes = dedupe_bytes
+        #: Requests being handled: their fingerprint and the answer to come.
+        self._in_flight: dict[tuple[str, str], tuple[bytes, asyncio.Future[_Outcome]]] = {}
+
+    @property
+    def remembered(self) -> tuple[int, int]:
+        """Entries and bytes (estimated) of the answer memory."""
+        return len(self._done), self._done_bytes
+
+    @property
+    def remembered_bounds(self) -> tuple[int, int]:
+        return self._dedupe_entries, self._dedupe_bytes
 
     def generic_handler(self) -> grpc.GenericRpcHandler:
         """The service's handler, taking raw request bytes.
@@ -126,8 +207,9 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         structlog.contextvars.bind_contextvars(
             correlation_id=header.correlation_id, peer=header.sender, service=header.service
         )
+        fingerprint = opened.fingerprint
         try:
-            _, answered = await self._log.append_request(
+            _, logged = await self._log.append_request(
                 LogEntry(
                     "in",
                     "request",
@@ -147,16 +229,11 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
                 "header.nonce: already seen from this sender (replay)",
             ) from exc
         key = (header.sender, header.message_id)
-        remembered = self._done.get(key)
-        outcome = remembered[1] if remembered is not None else None
-        if outcome is None and answered is not None:
-            # A retry of a request this node answered before it was restarted, or
-            # that another worker answered: the same answer again.
-            outcome = _logged_outcome(answered)
+        outcome = self._earlier_outcome(key, fingerprint, logged)
         if outcome is None:
             pending = self._in_flight.get(key)
             if pending is not None:
-                outcome = await asyncio.shield(pending)
+                outcome = await asyncio.shield(pending[1])
             else:
                 outcome = await self._handle(key, opened, context)
         response = self._signer.seal(
@@ -182,6 +259,51 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         )
         return response
 
+    def _earlier_outcome(
+        self, key: tuple[str, str], fingerprint: bytes, logged: LoggedExchange
+    ) -> _Outcome | None:
+        """The answer a request gets without being handled: the refusal of a
+        message id reused for another request, or the answer a retry of the same
+        request was given before (remembered here or logged); None to handle it."""
+        now = time.monotonic()
+        remembered = self._done.get(key)
+        if remembered is not None and remembered.expires < now:
+            remembered = None
+        pending = self._in_flight.get(key)
+        first = _fingerprint_of(logged.first_request) if logged.first_request else None
+        if (
+            (remembered is not None and remembered.fingerprint != fingerprint)
+            or (pending is not None and pending[0] != fingerprint)
+            or (logged.first_request is not None and first != fingerprint)
+        ):
+            log.warning("message id reused for another request", reason="reused_message_id")
+            return _reused_message_id()
+        if remembered is not None:
+            return remembered.outcome
+        # A retry of a request this node answered before it was restarted, or
+        # that another worker answered: the same answer again.
+        return _logged_outcome(logged.answers)
+
+    def _remember(self, key: tuple[str, str], fingerprint: bytes, outcome: _Outcome) -> None:
+        """Keep a decision or success for retries, within the memory bounds."""
+        now = time.monotonic()
+        old = self._done.pop(key, None)
+        if old is not None:
+            self._done_bytes -= old.size
+        size = outcome.size() + len(key[0]) + len(key[1]) + len(fingerprint)
+        if size <= self._dedupe_bytes // 4:  # a huge answer stays in the log only
+            self._done[key] = _Remembered(now + self._dedupe_seconds, fingerprint, outcome, size)
+            self._done_bytes += size
+        while self._done:
+            oldest = next(iter(self._done.values()))
+            if (
+                len(self._done) <= self._dedupe_entries
+                and self._done_bytes <= self._dedupe_bytes
+                and oldest.expires >= now
+            ):
+                break
+            self._done_bytes -= self._done.popitem(last=False)[1].size
+
     @staticmethod
     def _check_transport(context: grpc.aio.ServicerContext, sender: str) -> None:
         """The TLS certificate must be the node of the province the envelope claims."""
@@ -206,26 +328,33 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         self, key: tuple[str, str], opened: OpenedEnvelope, context: grpc.aio.ServicerContext
     ) -> _Outcome:
         future: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = future
+        fingerprint = opened.fingerprint
+        self._in_flight[key] = (fingerprint, future)
         started = time.monotonic()
         try:
             handler = self._handlers[opened.header.service]
             remaining = context.time_remaining()
             timeout = 30.0 if remaining is None else max(0.0, remaining - 0.02)
             try:
+                validate_payload(opened)
                 payload = await handler(opened, timeout)
                 outcome = _Outcome(payload, 0, "")
             except GatewayError as exc:
                 outcome = _Outcome(federation_pb2.DeliveryAck(), exc.code.value[0], exc.message)
-            if outcome.status_code == 0 or not _is_transient(outcome.status_code):
-                # Transient failures are not remembered: a retry should try again.
-                now = time.monotonic()
-                self._done[key] = (now + self._dedupe_seconds, outcome)
-                while self._done and (
-                    len(self._done) > self._dedupe_entries
-                    or next(iter(self._done.values()))[0] < now
-                ):
-                    self._done.popitem(last=False)
+            except Exception as exc:
+                # A bug, not the peer's fault: answered (signed INTERNAL, which the
+                # peer retries) and logged once, by type only (the message may
+                # carry personal data from the payload).
+                log.error(
+                    "federation handler failed", error_type=type(exc).__name__, exc_info=False
+                )
+                outcome = _Outcome(
+                    federation_pb2.DeliveryAck(),
+                    grpc.StatusCode.INTERNAL.value[0],
+                    f"internal error at {self._signer.province}; the request may be retried",
+                )
+            if outcome.remembered:
+                self._remember(key, fingerprint, outcome)
             future.set_result(outcome)
             if self._metrics is not None:
                 self._metrics.observe_exchange(
@@ -250,22 +379,36 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
             self._in_flight.pop(key, None)
 
 
-def _logged_outcome(envelope: bytes) -> _Outcome | None:
-    """The outcome a logged response envelope carried; None for a transient failure
-    (a retry should try again) or an envelope that does not parse."""
+def _fingerprint_of(envelope: bytes) -> bytes | None:
+    """The request fingerprint of a logged request envelope (None if unreadable)."""
     try:
         signed = federation_pb2.SignedEnvelope.FromString(envelope)
-        header = federation_pb2.EnvelopeHeader.FromString(signed.header)
-        payload_type = message_factory.GetMessageClass(
-            descriptor_pool.Default().FindMessageTypeByName(header.payload_type)
-        )
-        payload = payload_type.FromString(signed.payload)
-    except (DecodeError, KeyError):
+        return request_fingerprint(federation_pb2.EnvelopeHeader.FromString(signed.header))
+    except DecodeError:
         return None
-    if header.status_code != 0 and _is_transient(header.status_code):
-        return None
-    return _Outcome(payload, header.status_code, header.status_message)
 
 
-def _is_transient(code: int) -> bool:
-    return status_from_int(code) in RETRYABLE_CODES
+def _logged_outcome(answers: tuple[bytes, ...]) -> _Outcome | None:
+    """The outcome the newest logged answer to the request carried, skipping
+    refusals of conflicting requests; None for a fault (a retry should try
+    again), an envelope that does not parse, or no answer."""
+    for envelope in answers:
+        try:
+            signed = federation_pb2.SignedEnvelope.FromString(envelope)
+            header = federation_pb2.EnvelopeHeader.FromString(signed.header)
+        except DecodeError:
+            return None
+        if header.status_code == grpc.StatusCode.ALREADY_EXISTS.value[0] and (
+            header.status_message.startswith(REUSED_MESSAGE_ID)
+        ):
+            continue
+        try:
+            payload_type = message_factory.GetMessageClass(
+                descriptor_pool.Default().FindMessageTypeByName(header.payload_type)
+            )
+            payload = payload_type.FromString(signed.payload)
+        except (DecodeError, KeyError):
+            return None
+        outcome = _Outcome(payload, header.status_code, header.status_message)
+        return outcome if outcome.remembered else None
+    return None

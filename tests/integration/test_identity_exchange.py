@@ -344,12 +344,13 @@ async def test_a_retry_after_the_issuer_restarted_gets_the_first_answer(
     client = federation.node(SH).federation_client
 
     async def ask(message_id: str) -> federation_pb2.CredentialCheckResponse:
+        # A retry repeats the request: the same message id with the same correlation id.
         answer, _ = await client.call(
             ZJ,
             "identity.CheckCredential",
             request,
             federation_pb2.CredentialCheckResponse,
-            correlation_id=str(uuid.uuid4()),
+            correlation_id=str(uuid.uuid5(uuid.NAMESPACE_URL, message_id)),
             timeout=5,
             message_id=message_id,
         )

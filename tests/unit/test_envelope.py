@@ -22,12 +22,15 @@ from gateway import crypto
 from gateway.clock import FrozenClock
 from gateway.config import FEDERATION_SERVICES, FederationConfig
 from gateway.envelope import (
+    HEADER_BOUNDS,
     MAX_ENVELOPE_BYTES,
+    MAX_STATUS_MESSAGE,
     NONCE_BYTES,
     EnvelopeSigner,
     EnvelopeVerifier,
     NonceCache,
     OpenedEnvelope,
+    request_fingerprint,
 )
 from gateway.errors import EnvelopeRejected
 from gateway.trust import TrustStore
@@ -382,7 +385,9 @@ class TestReplay:
     ) -> None:
         signed = seal_request(signer_for(JS))
         verifier.open_request(signed)
-        again = reseal(signed, signing_key(JS), lambda h: setattr(h, "message_id", "m-2"))
+        again = reseal(
+            signed, signing_key(JS), lambda h: setattr(h, "message_id", str(uuid.uuid4()))
+        )
         rejected(verifier, again, grpc.StatusCode.ALREADY_EXISTS, "replayed_nonce")
 
     def test_a_refused_envelope_does_not_spend_its_nonce(
@@ -742,6 +747,132 @@ class TestNonceCache:
         for pair in pairs:
             assert cache.add(*pair) is (pair not in seen)
             seen.add(pair)
+
+
+class TestHeaderBounds:
+    """Every header string a peer sends is bounded and checked before anything
+    else looks at it; a refusal names the field and never echoes the value."""
+
+    BIG = "9" * (3 * 1024 * 1024)
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("message_id", BIG),
+            ("message_id", "m-1"),
+            ("message_id", str(uuid.uuid4()).upper()),
+            ("message_id", "{" + str(uuid.uuid4()) + "}"),
+            ("correlation_id", "c" * 129),
+            ("correlation_id", "tab\there"),
+            ("correlation_id", "ünïcode"),
+            ("idempotency_key", "k" * 129),
+            ("idempotency_key", "new\nline"),
+            ("sender", BIG),
+            ("sender", "31000"),
+            ("receiver", "3100000"),
+            ("service", "s" * 65),
+            ("service", "identity CheckCredential"),
+            ("payload_type", "p" * 129),
+            ("key_id", "k" * 129),
+            ("key_id", "key id"),
+            ("algorithm", "A" * 33),
+            ("status_message", "m" * (MAX_STATUS_MESSAGE + 1)),
+        ],
+    )
+    def test_out_of_bounds_field_is_refused_by_name(
+        self, field: str, value: str, signer_for: SignerFactory, verifier: EnvelopeVerifier
+    ) -> None:
+        signed = reseal(
+            seal_request(signer_for(JS)), signing_key(JS), lambda h: setattr(h, field, value)
+        )
+        error = rejected(verifier, signed, grpc.StatusCode.INVALID_ARGUMENT, "malformed")
+        assert error.message.startswith(f"header.{field}: expected")
+        assert len(error.message) < 200
+        assert value[:8] not in error.message.removeprefix(f"header.{field}")
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("correlation_id", "c" * 128),
+            ("correlation_id", "a printable ~ASCII! id"),
+            ("idempotency_key", "k" * 128),
+            ("idempotency_key", ""),
+        ],
+    )
+    def test_values_at_the_bound_pass(
+        self, field: str, value: str, signer_for: SignerFactory, verifier: EnvelopeVerifier
+    ) -> None:
+        signed = reseal(
+            seal_request(signer_for(JS)), signing_key(JS), lambda h: setattr(h, field, value)
+        )
+        assert getattr(verifier.open_request(signed).header, field) == value
+
+    def test_bounds_are_checked_before_the_signature(
+        self, signer_for: SignerFactory, verifier: EnvelopeVerifier
+    ) -> None:
+        """An unsigned garbage header is refused for its field, not looked up."""
+        header = Header.FromString(seal_request(signer_for(JS)).header)
+        header.key_id = "k" * 10_000
+        signed = Signed(header=header.SerializeToString(), payload=b"", signature=b"x")
+        error = rejected(verifier, signed, grpc.StatusCode.INVALID_ARGUMENT, "malformed")
+        assert error.message.startswith("header.key_id")
+
+    def test_every_bound_is_documented_with_what_is_expected(self) -> None:
+        assert set(HEADER_BOUNDS) == {
+            "message_id",
+            "correlation_id",
+            "idempotency_key",
+            "sender",
+            "receiver",
+            "service",
+            "payload_type",
+            "key_id",
+            "algorithm",
+        }
+        assert all(expected for _, expected in HEADER_BOUNDS.values())
+
+    def test_a_sealer_cuts_its_own_status_message_to_the_bound(
+        self, signer_for: SignerFactory
+    ) -> None:
+        signed = seal_request(signer_for(JS), status_message="x" * 5000)
+        assert len(Header.FromString(signed.header).status_message) == MAX_STATUS_MESSAGE
+
+
+class TestRequestFingerprint:
+    """A retry (a new seal of the same request) keeps the fingerprint; a change to
+    what the request asks changes it."""
+
+    def test_a_new_seal_of_the_same_request_keeps_it(self, signer_for: SignerFactory) -> None:
+        signer = signer_for(JS)
+        fields = {"message_id": str(uuid.uuid4()), "correlation_id": str(uuid.uuid4())}
+        first, retry = seal_request(signer, **fields), seal_request(signer, **fields)
+        assert first.header != retry.header
+        assert request_fingerprint(Header.FromString(first.header)) == request_fingerprint(
+            Header.FromString(retry.header)
+        )
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            {"correlation_id": str(uuid.uuid4())},
+            {"idempotency_key": "another-key"},
+            {"payload": federation_pb2.CredentialCheckRequest(token_id="other")},
+            {"service": FETCH, "payload": certificate_pb2.GetCertificateRequest()},
+        ],
+    )
+    def test_another_request_has_another(
+        self, change: dict[str, object], signer_for: SignerFactory
+    ) -> None:
+        signer = signer_for(JS)
+        fields: dict[str, object] = {
+            "message_id": str(uuid.uuid4()),
+            "correlation_id": str(uuid.uuid4()),
+        }
+        first = seal_request(signer, **fields)
+        other = seal_request(signer, **{**fields, **change})
+        assert request_fingerprint(Header.FromString(first.header)) != request_fingerprint(
+            Header.FromString(other.header)
+        )
 
 
 # ---- property tests: no input makes the verifier fail with anything else ----

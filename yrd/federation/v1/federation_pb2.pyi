@@ -74,27 +74,39 @@ class EnvelopeHeader(_message.Message):
     STATUS_CODE_FIELD_NUMBER: _builtins.int
     STATUS_MESSAGE_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
-    """UUID (RFC 4122, lower-case hex with hyphens), unique per message; retries
-    of the same message keep it.
+    """UUID (RFC 4122, lower-case hex with hyphens, 36 characters), unique per
+    message; retries of the same message keep it. Bound to the request it
+    first came with (service, payload_type, idempotency_key, correlation_id,
+    payload_digest): another request under it is refused, ALREADY_EXISTS.
     """
     correlation_id: _builtins.str
-    """UUID shared by every message of one business exchange across nodes."""
+    """UUID shared by every message of one business exchange across nodes;
+    1..128 printable ASCII characters.
+    """
     idempotency_key: _builtins.str
-    """Business idempotency key (withdrawal, case); empty when not applicable."""
+    """Business idempotency key (withdrawal, case); empty when not applicable;
+    at most 128 printable ASCII characters.
+    """
     sender: _builtins.str
-    """GB/T 2260 code of the sending province."""
+    """GB/T 2260 code of the sending province (six digits)."""
     receiver: _builtins.str
-    """GB/T 2260 code of the receiving province."""
+    """GB/T 2260 code of the receiving province (six digits)."""
     service: _builtins.str
-    """Logical service, "<domain>.<Operation>", e.g. "identity.CheckCredential"."""
+    """Logical service, "<domain>.<Operation>", e.g. "identity.CheckCredential";
+    1..64 characters of [A-Za-z0-9_.].
+    """
     nonce: _builtins.bytes
     """16 random bytes, never reused by a sender."""
     payload_type: _builtins.str
-    """Fully qualified protobuf name of the payload message."""
+    """Fully qualified protobuf name of the payload message; 1..128 characters
+    of [A-Za-z0-9_.].
+    """
     key_id: _builtins.str
-    """Id of the sender's signing key (as published in its province config)."""
+    """Id of the sender's signing key (as published in its province config);
+    1..128 characters of [A-Za-z0-9._:-].
+    """
     algorithm: _builtins.str
-    """Signature algorithm: "Ed25519"."""
+    """Signature algorithm: "Ed25519" (at most 32 characters)."""
     payload_digest: _builtins.bytes
     """SHA-256 of the payload bytes, 32 raw bytes."""
     request_digest: _builtins.bytes
@@ -102,7 +114,9 @@ class EnvelopeHeader(_message.Message):
     status_code: _builtins.int
     """Responses only: gRPC status code of the business outcome (0 = OK)."""
     status_message: _builtins.str
-    """Responses only: readable message for a non-OK status_code."""
+    """Responses only: readable message for a non-OK status_code; at most 1024
+    characters.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the envelope was signed (UTC); checked against the allowed skew."""

@@ -48,7 +48,8 @@ class FederationServiceServicer:
         """Deliver one signed request; the answer is signed by the receiver and
         names the digest of the request header (proof of delivery).
         Rejections of the envelope itself are gRPC errors:
-        INVALID_ARGUMENT   malformed envelope / payload, digest mismatch
+        INVALID_ARGUMENT   malformed envelope, a header field out of its bound
+        (docs/security.md), digest mismatch
         UNAUTHENTICATED    bad signature, unknown sender or key, expired key
         PERMISSION_DENIED  wrong receiver, service not allowed for the sender
         FAILED_PRECONDITION timestamp outside the allowed clock skew

@@ -39,7 +39,8 @@ class FederationServiceStub:
     """Deliver one signed request; the answer is signed by the receiver and
     names the digest of the request header (proof of delivery).
     Rejections of the envelope itself are gRPC errors:
-      INVALID_ARGUMENT   malformed envelope / payload, digest mismatch
+      INVALID_ARGUMENT   malformed envelope, a header field out of its bound
+                         (docs/security.md), digest mismatch
       UNAUTHENTICATED    bad signature, unknown sender or key, expired key
       PERMISSION_DENIED  wrong receiver, service not allowed for the sender
       FAILED_PRECONDITION timestamp outside the allowed clock skew
@@ -53,7 +54,8 @@ class FederationServiceAsyncStub(FederationServiceStub):
     """Deliver one signed request; the answer is signed by the receiver and
     names the digest of the request header (proof of delivery).
     Rejections of the envelope itself are gRPC errors:
-      INVALID_ARGUMENT   malformed envelope / payload, digest mismatch
+      INVALID_ARGUMENT   malformed envelope, a header field out of its bound
+                         (docs/security.md), digest mismatch
       UNAUTHENTICATED    bad signature, unknown sender or key, expired key
       PERMISSION_DENIED  wrong receiver, service not allowed for the sender
       FAILED_PRECONDITION timestamp outside the allowed clock skew
@@ -70,7 +72,8 @@ class FederationServiceServicer(metaclass=_abc_1.ABCMeta):
         """Deliver one signed request; the answer is signed by the receiver and
         names the digest of the request header (proof of delivery).
         Rejections of the envelope itself are gRPC errors:
-          INVALID_ARGUMENT   malformed envelope / payload, digest mismatch
+          INVALID_ARGUMENT   malformed envelope, a header field out of its bound
+                             (docs/security.md), digest mismatch
           UNAUTHENTICATED    bad signature, unknown sender or key, expired key
           PERMISSION_DENIED  wrong receiver, service not allowed for the sender
           FAILED_PRECONDITION timestamp outside the allowed clock skew
