@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -248,10 +249,23 @@ class ProcessFederation:
     def start(self, workers: dict[str, int] | None = None, **delays: float) -> ProcessFederation:
         configs = self.root / "province_configs"
         shutil.copytree(DEFAULT_CONFIG_DIR, configs, ignore=shutil.ignore_patterns("var"))
-        for code in self.provinces:
-            self.simulators[code] = spawn_simulator(
-                code, configs / "keys", options=self.simulator_options.get(code, ()), delays=delays
-            )
+        with ThreadPoolExecutor(max_workers=len(self.provinces) or 1) as pool:  # start together
+            starting = {
+                code: pool.submit(
+                    spawn_simulator,
+                    code,
+                    configs / "keys",
+                    options=self.simulator_options.get(code, ()),
+                    delays=delays,
+                )
+                for code in self.provinces
+            }
+        failed = [error for f in starting.values() if (error := f.exception()) is not None]
+        self.simulators.update(
+            {code: f.result() for code, f in starting.items() if f.exception() is None}
+        )
+        if failed:
+            raise failed[0]
         for code, slug in SLUGS.items():
             file = configs / f"{slug}.toml"
             text = file.read_text(encoding="utf-8")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import random
@@ -32,7 +33,6 @@ import resource
 import signal
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -107,11 +107,11 @@ class SoakConfig:
         return cls(
             withdrawals=26,
             cases=14,
-            seconds=14.0,
-            kill_interval=4.0,
-            disk_fault_interval=6.0,
+            seconds=12.0,
+            kill_interval=3.0,
+            disk_fault_interval=5.0,
             disk_fault_seconds=3.0,
-            drain_seconds=40.0,
+            drain_seconds=25.0,
             seed=seed,
             max_kills=2,
             max_disk_faults=1,
@@ -249,14 +249,10 @@ def _copy(source: IO[bytes], log: Path) -> None:
 
 def simulators_keep_state() -> bool:
     """Whether the simulators can keep their state on disk (``--state-dir``)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "adapters.simulators", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return "--state-dir" in result.stdout
+    spec = importlib.util.find_spec("adapters.simulators.__main__")
+    if spec is None or spec.origin is None:
+        return False
+    return "--state-dir" in Path(spec.origin).read_text(encoding="utf-8")
 
 
 @dataclass
@@ -309,23 +305,30 @@ class Chaos:
             self._closing = True
 
     def _run(self) -> None:
+        """Until ``seconds`` have passed; with a fixed number of faults (``max_kills``,
+        ``max_disk_faults``), until they are all done too (at most 3x ``seconds``)."""
         config, rng = self.config, self.rng
-        end = time.monotonic() + config.seconds
-        next_kill = time.monotonic() + rng.expovariate(1 / config.kill_interval)
-        next_disk = time.monotonic() + config.disk_fault_interval * rng.uniform(0.3, 0.8)
+        started = time.monotonic()
+        end, hard_end = started + config.seconds, started + 3 * config.seconds
+        next_kill = started + rng.expovariate(1 / config.kill_interval)
+        next_disk = started + config.disk_fault_interval * rng.uniform(0.3, 0.8)
         disk_order: list[str] = []
-        while not self.stop.is_set() and time.monotonic() < end:
-            self.heal()
+        while not self.stop.is_set():
             kills = sum(self.faults.node_kills.values()) + sum(self.faults.backend_kills.values())
             can_kill = config.max_kills is None or kills < config.max_kills
             can_fail = (
                 config.max_disk_faults is None
                 or len(self.faults.disk_faults) < config.max_disk_faults
             )
-            due = min(next_kill if can_kill else end, next_disk if can_fail else end, end)
-            if self.stop.wait(max(0.0, min(1.0, due - time.monotonic()))):
-                break
+            quota_left = (config.max_kills is not None and can_kill) or (
+                config.max_disk_faults is not None and can_fail
+            )
             now = time.monotonic()
+            if now >= hard_end or (now >= end and not quota_left):
+                break
+            if now >= end:  # past the planned time: the faults still owed are due now
+                next_kill, next_disk = min(next_kill, now), min(next_disk, now)
+            self.heal()
             if can_kill and now >= next_kill:
                 self.kill_one()
                 next_kill = time.monotonic() + rng.expovariate(1 / config.kill_interval)
@@ -335,6 +338,9 @@ class Chaos:
                     rng.shuffle(disk_order)
                 self.fail_disk(disk_order.pop())
                 next_disk = time.monotonic() + config.disk_fault_interval * rng.uniform(0.5, 1.5)
+            else:
+                due = min(next_kill if can_kill else end, next_disk if can_fail else end, end)
+                self.stop.wait(max(0.05, min(1.0, due - now)))
 
     def kill_one(self) -> None:
         code = self.rng.choice(PROVINCES)
@@ -469,8 +475,8 @@ class Submitter:
 class StoreView:
     """What a node's state store says (read-only), keyed for the accounting."""
 
-    #: (domain, idempotency key) -> [(case id, status)] on the submitting side.
-    outgoing: dict[tuple[str, str], list[tuple[str, int]]] = field(default_factory=dict)
+    #: (domain, idempotency key) -> [(case id, status, reason)] on the submitting side.
+    outgoing: dict[tuple[str, str], list[tuple[str, int, str]]] = field(default_factory=dict)
     #: (domain, idempotency key) -> [(reference, sender, status, reconciliation)].
     incoming: dict[tuple[str, str], list[tuple[str, str, int, bool]]] = field(default_factory=dict)
     #: outbox subject (case id or reference) -> states ('pending' / 'parked').
@@ -489,11 +495,11 @@ def read_store(path: Path) -> StoreView:
         def columns(table: str) -> set[str]:
             return {str(row[1]) for row in db.execute(f"PRAGMA table_info({table})")}
 
-        outgoing: defaultdict[tuple[str, str], list[tuple[str, int]]] = defaultdict(list)
-        for case_id, domain, key, status in db.execute(
-            "SELECT case_id, domain, idempotency_key, status FROM outgoing_cases"
+        outgoing: defaultdict[tuple[str, str], list[tuple[str, int, str]]] = defaultdict(list)
+        for case_id, domain, key, status, reason in db.execute(
+            "SELECT case_id, domain, idempotency_key, status, status_reason FROM outgoing_cases"
         ):
-            outgoing[(domain, key)].append((case_id, int(status)))
+            outgoing[(domain, key)].append((case_id, int(status), str(reason)))
         reconciliation = "reconciliation" if "reconciliation" in columns("incoming_cases") else "0"
         incoming: defaultdict[tuple[str, str], list[tuple[str, str, int, bool]]] = defaultdict(list)
         for reference, domain, sender, key, status, flag in db.execute(
@@ -556,6 +562,8 @@ class Outcome:
     where: str
     status: str = ""
     duplicated: bool = False
+    #: The submitting node's status reason.
+    reason: str = ""
 
 
 def _status_name(domain: str, status: int) -> str:
@@ -570,25 +578,25 @@ def classify(exchange: Exchange, views: dict[str, StoreView]) -> Outcome:
     duplicated = (
         len(rows) > 1
         or len(incoming) > 1
-        or any(case_id != exchange.case_id for case_id, _ in rows)
+        or any(case_id != exchange.case_id for case_id, *_ in rows)
     )
     if not rows:
         return Outcome("lost", "missing at the submitting node", duplicated)
-    case_id, status = rows[0]
+    case_id, status, reason = rows[0]
     name = _status_name(exchange.domain, status)
     if status in FINAL[exchange.domain]:
-        return Outcome("final", name, duplicated)
+        return Outcome("final", name, duplicated, reason)
     if any(flag for *_, flag in incoming):
-        return Outcome("reconciliation", name, duplicated)
+        return Outcome("reconciliation", name, duplicated, reason)
     states = mine.outbox.get(case_id, []) + [
         s for reference, *_ in incoming for s in theirs.outbox.get(reference, [])
     ]
     if "parked" in states:
-        return Outcome("parked", name, duplicated)
+        return Outcome("parked", name, duplicated, reason)
     moving = "pending" in states or any(
         status not in FINAL[exchange.domain] for _, _, status, _ in incoming
     )
-    return Outcome("in progress" if moving else "lost", name, duplicated)
+    return Outcome("in progress" if moving else "lost", name, duplicated, reason)
 
 
 @dataclass
@@ -682,9 +690,36 @@ class Report:
         for label, (w, c) in self.rows().items():
             lines.append(f"  {label:28}{w:>12}{c:>8}{w + c:>8}")
         lines.append(f"  {'paid, applicant not told':28}{self.paid_not_told:>12}")
+        examples = self.examples()
+        if examples:
+            lines += ["", "  examples (idempotency key, submitting -> handling province: what):"]
+            lines += [f"    {line}" for line in examples]
         failures = self.failures
         lines += ["", "PASS" if not failures else "FAIL: " + ", ".join(failures)]
         return "\n".join(lines)
+
+    def examples(self, each: int = 3) -> list[str]:
+        """A few of the exchanges behind each failing row, with the node's reason."""
+        found: list[str] = []
+        paid_twice = set(self.paid_twice)
+        for label, test in (
+            ("lost", lambda e, o: o.where == "lost"),
+            ("duplicated", lambda e, o: o.duplicated),
+            ("paid twice", lambda e, o: e.key in paid_twice),
+            ("wrongly refused", lambda e, o: self.wrongly_refused(e)),
+            ("still in progress", lambda e, o: o.where == "in progress"),
+        ):
+            hits = [
+                e
+                for e in self.exchanges
+                if test(e, self.outcomes.get(e.key, Outcome("")))
+                and (e.case_id or label == "wrongly refused")
+            ]
+            for e in hits[:each]:
+                o = self.outcomes.get(e.key, Outcome(""))
+                what = e.refused or f"{o.status} {o.reason!r}".strip()
+                found.append(f"{label}: {e.key}, {e.submitter} -> {e.handler}: {what}"[:240])
+        return found
 
 
 def _counts(counter: Counter[str]) -> str:
@@ -698,11 +733,17 @@ def account(
     views: dict[str, StoreView],
     paid: Counter[str],
     *,
+    earlier: dict[str, StoreView] | None = None,
     durable: bool,
     chaos_seconds: float,
     drain_seconds: float,
 ) -> Report:
     outcomes = {e.key: classify(e, views) for e in exchanges if e.case_id}
+    for e in exchanges:
+        if e.key in outcomes and outcomes[e.key].where == "lost" and earlier is not None:
+            before = classify(e, earlier)
+            if before.where != "lost":
+                outcomes[e.key] = Outcome("in progress", before.status, before.duplicated)
     key_of = {
         reference: key
         for view in views.values()
@@ -771,6 +812,7 @@ async def _drive(
         # Drain: every process healthy, every submission answered, then wait until
         # every accepted exchange is final, parked or in reconciliation.
         drain_started = time.monotonic()
+        earlier: dict[str, StoreView] | None = None
         await asyncio.to_thread(chaos.heal)
         if submitter.tasks:
             await asyncio.wait(submitter.tasks)
@@ -787,6 +829,12 @@ async def _drive(
             await asyncio.sleep(2.0)
             await asyncio.to_thread(chaos.heal)
         drain_seconds = time.monotonic() - drain_started
+        if moving:
+            # The stores are read one after the other, not at one instant: an exchange
+            # counts as lost only if a second read, a moment later, agrees.
+            earlier = views
+            await asyncio.sleep(2.0)
+            views = await asyncio.to_thread(read_stores, federation)
         paid = count_payments(
             chaos.faults.payment_snapshots, final_payments(federation), durable=durable
         )
@@ -801,6 +849,7 @@ async def _drive(
         exchanges,
         views,
         paid,
+        earlier=earlier,
         durable=durable,
         chaos_seconds=chaos_seconds,
         drain_seconds=drain_seconds,
@@ -821,6 +870,46 @@ def _terminated_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _signal_all(federation: ProcessFederation) -> None:
+    """SIGTERM every node and back-end at once (ProcessFederation.stop then waits)."""
+    processes: list[subprocess.Popen[Any]] = [
+        node.process for node in federation.nodes.values() if node.process is not None
+    ]
+    processes += [simulator.process for simulator in federation.simulators.values()]
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+
+
+def _start_federation(
+    stack: contextlib.ExitStack, root: Path, durable: bool, attempts: int = 3
+) -> ProcessFederation:
+    """Start the 4 nodes and 4 back-ends; again in a fresh folder when a port that
+    was free when chosen was taken meanwhile (other programs on the machine)."""
+    for attempt in range(1, attempts + 1):
+        began = time.monotonic()
+        federation = ProcessFederation(root / f"run{attempt}", PROVINCES, node_class=PipedNode)
+        if durable:
+            federation.simulator_options = {
+                code: ("--state-dir", str(federation.root / "backends" / code))
+                for code in PROVINCES
+            }
+        stack.callback(federation.stop)
+        stack.callback(_signal_all, federation)  # first: every process stops at once
+        try:
+            federation.start(None, **DELAYS)
+        except (TimeoutError, RuntimeError) as exc:
+            if attempt == attempts:
+                raise
+            print(f"  start-up failed ({str(exc).splitlines()[0]}); again", flush=True)
+            _signal_all(federation)
+            federation.stop()
+            continue
+        print(f"  started 4 nodes and 4 back-ends in {time.monotonic() - began:.0f} s", flush=True)
+        return federation
+    raise AssertionError("unreachable")
+
+
 def run_soak(config: SoakConfig, *, keep: Path | None = None) -> Report:
     """Run the soak; every process it starts is stopped when it returns or is
     interrupted. ``keep``: a folder for the run's stores and logs (default a
@@ -832,13 +921,7 @@ def run_soak(config: SoakConfig, *, keep: Path | None = None) -> Report:
         else:
             root = keep
             root.mkdir(parents=True, exist_ok=True)
-        federation = ProcessFederation(root, PROVINCES, node_class=PipedNode)
-        if durable:
-            federation.simulator_options = {
-                code: ("--state-dir", str(root / "backends" / code)) for code in PROVINCES
-            }
-        stack.callback(federation.stop)
-        federation.start(None, **DELAYS)
+        federation = _start_federation(stack, root, durable)
         run = uuid.uuid4().hex[:8]
         exchanges, probes = plan_workload(federation, config, run)
         return asyncio.run(_drive(federation, config, exchanges, probes, durable))
