@@ -933,6 +933,10 @@ def main(config: SoakConfig, keep: Path | None = None) -> int:
         f"{config.seconds:g} s of chaos (pid {os.getpid()}); Ctrl-C stops it",
         flush=True,
     )
-    report = run_soak(config, keep=keep)
+    try:
+        report = run_soak(config, keep=keep)
+    except KeyboardInterrupt:
+        print("interrupted: every process the soak started is stopped", flush=True)
+        return 130
     print(report.render(), flush=True)
     return 0 if not report.failures else 1
