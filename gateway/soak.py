@@ -612,6 +612,8 @@ class Report:
     durable_backends: bool
     chaos_seconds: float
     drain_seconds: float
+    #: Each node's message log, verified after the nodes stopped: (intact, what).
+    logs: dict[str, tuple[bool, str]] = field(default_factory=dict)
 
     def rows(self) -> dict[str, tuple[int, int]]:
         def count(domain: str, test: Any) -> int:
@@ -666,6 +668,8 @@ class Report:
         ]
         if len(self.paid_twice) > sum(rows["paid twice"]):
             found.append("paid twice (references of no accepted exchange)")
+        if any(not intact for intact, _ in self.logs.values()):
+            found.append("message log broken")
         return found
 
     def render(self) -> str:
@@ -684,6 +688,11 @@ class Report:
             f"unexpected exits: {sum(f.unexpected_exits.values())}"
             + (f" ({_counts(f.unexpected_exits)})" if f.unexpected_exits else ""),
             *([f"  the chaos thread stopped early: {f.error}"] if f.error else []),
+            *(
+                ["  message logs: " + "; ".join(f"{c} {w}" for c, (_, w) in self.logs.items())]
+                if self.logs
+                else []
+            ),
             "",
             f"  {'':28}{'withdrawals':>12}{'cases':>8}{'total':>8}",
         ]
@@ -924,7 +933,35 @@ def run_soak(config: SoakConfig, *, keep: Path | None = None) -> Report:
         federation = _start_federation(stack, root, durable)
         run = uuid.uuid4().hex[:8]
         exchanges, probes = plan_workload(federation, config, run)
-        return asyncio.run(_drive(federation, config, exchanges, probes, durable))
+        report = asyncio.run(_drive(federation, config, exchanges, probes, durable))
+        _signal_all(federation)
+        federation.stop()
+        report.logs = verify_logs(federation)
+        return report
+
+
+def verify_logs(federation: ProcessFederation) -> dict[str, tuple[bool, str]]:
+    """Each stopped node's message log, verified as ``yrd-gateway audit verify`` does
+    (hash chain and signed heads)."""
+    from gateway.config import load_federation
+    from gateway.messagelog import verify_file
+    from gateway.trust import TrustStore
+
+    found = {}
+    for code, node in federation.nodes.items():
+        try:
+            keys = TrustStore(load_federation(node.config)).head_key
+            report = asyncio.run(verify_file(node.store_dir / "messages.db", keys))
+        except Exception as exc:  # reported: a log that cannot be verified is not intact
+            found[code] = (False, f"not verified ({type(exc).__name__}: {exc})"[:200])
+            continue
+        found[code] = (
+            report.intact,
+            f"intact ({report.rows_checked} rows)"
+            if report.intact
+            else f"BROKEN: {report.detail}"[:200],
+        )
+    return found
 
 
 def main(config: SoakConfig, keep: Path | None = None) -> int:

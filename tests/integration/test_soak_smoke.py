@@ -4,7 +4,7 @@ period of failing disk) and its table adds up.
 The full soak is ``make soak``; this checks that the tool works and tells the truth:
 every submitted exchange is counted once, every accepted one is in exactly one
 row, the faults it announces happened (the failing disk really refused a write),
-and the exit status follows the verdict."""
+every message log still verifies, and the exit status follows the verdict."""
 
 from __future__ import annotations
 
@@ -69,6 +69,10 @@ def test_soak_smoke_table_adds_up() -> None:
     assert disk[1] == "1"
     assert "OK" not in disk[2], "a node whose file-size limit was lowered accepted a write"
     assert "the chaos thread stopped early" not in out
+    # every node's message log still verifies after the kills and the failing disk
+    logs = re.search(r"message logs: (.*)", out)
+    assert logs is not None, out
+    assert re.findall(r"\d{6} intact \(\d+ rows\)", logs[1]) == re.split(r"; ", logs[1]), out
 
     verdict = out.strip().splitlines()[-1]
     assert (verdict == "PASS") == (result.returncode == 0), verdict
