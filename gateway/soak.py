@@ -261,8 +261,9 @@ class Faults:
 
     node_kills: Counter[str] = field(default_factory=Counter)
     backend_kills: Counter[str] = field(default_factory=Counter)
-    #: (node, how the probe submission was answered while its disk failed).
-    disk_faults: list[tuple[str, str]] = field(default_factory=list)
+    #: (node, how the probe submission was answered while its disk failed, whether
+    #: the node logged a failed write then).
+    disk_faults: list[tuple[str, str, bool]] = field(default_factory=list)
     #: Processes found dead that no one killed (restarted).
     unexpected_exits: Counter[str] = field(default_factory=Counter)
     #: Payments each fund centre reported just before it was killed, per incarnation.
@@ -271,6 +272,26 @@ class Faults:
     )
     #: Why the chaos thread stopped early, if it did.
     error: str = ""
+
+
+#: What SQLite says when a write fails for a lowered file-size limit (EFBIG).
+WRITE_FAILED = (
+    b"disk I/O error",
+    b"database or disk is full",
+    b"File too large",
+    b"Errno 27",
+    b"StoreUnavailable",
+)
+
+
+def _write_failed(log: Path, offset: int) -> bool:
+    """Whether the node logged a failed write after ``offset`` in its log."""
+    time.sleep(0.2)  # let the log pipe catch up
+    with contextlib.suppress(OSError), log.open("rb") as f:
+        f.seek(offset)
+        text = f.read(16 * 1024 * 1024)
+        return any(needle in text for needle in WRITE_FAILED)
+    return False
 
 
 class Chaos:
@@ -366,16 +387,17 @@ class Chaos:
         if node.process is None or node.process.poll() is not None:
             return
         pid = node.process.pid
+        logged = node.log.stat().st_size if node.log.exists() else 0
         before = resource.prlimit(pid, resource.RLIMIT_FSIZE)
         resource.prlimit(pid, resource.RLIMIT_FSIZE, (FAILING_DISK_LIMIT, before[1]))
         try:
             answer = self._probe(code)
-            self.faults.disk_faults.append((code, answer))
             length = self.config.disk_fault_seconds * self.rng.uniform(0.75, 1.25)
             self.stop.wait(length)
         finally:
             with contextlib.suppress(ProcessLookupError):
                 resource.prlimit(pid, resource.RLIMIT_FSIZE, before)
+        self.faults.disk_faults.append((code, answer, _write_failed(node.log, logged)))
 
     def heal(self) -> None:
         """Start again any process that is not running (one that exited by itself is
@@ -674,7 +696,8 @@ class Report:
 
     def render(self) -> str:
         f = self.faults
-        disk = Counter(answer for _, answer in f.disk_faults)
+        disk = Counter(answer for _, answer, _ in f.disk_faults)
+        logged = sum(1 for *_, failed in f.disk_faults if failed)
         lines = [
             f"chaos soak (seed {self.config.seed}): 4 nodes and 4 back-ends as processes; "
             f"{self.chaos_seconds:.0f} s of chaos, drain {self.drain_seconds:.0f} s",
@@ -682,8 +705,9 @@ class Report:
             f"({_counts(f.node_kills)}), {sum(f.backend_kills.values())} of back-ends "
             f"({_counts(f.backend_kills)})",
             f"  failing disk: {len(f.disk_faults)} periods "
-            f"({_counts(Counter(c for c, _ in f.disk_faults))}); "
-            f"probe submission answered: {_counts(disk)}",
+            f"({_counts(Counter(c for c, *_ in f.disk_faults))}); "
+            f"probe submission answered: {_counts(disk)}; "
+            f"a failed write logged: {logged} of {len(f.disk_faults)}",
             f"  back-ends keep state on disk: {'yes' if self.durable_backends else 'no'}; "
             f"unexpected exits: {sum(f.unexpected_exits.values())}"
             + (f" ({_counts(f.unexpected_exits)})" if f.unexpected_exits else ""),

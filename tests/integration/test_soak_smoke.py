@@ -64,10 +64,15 @@ def test_soak_smoke_table_adds_up() -> None:
     kills = re.search(r"SIGKILLs: (\d+) of nodes .*, (\d+) of back-ends", out)
     assert kills is not None, out
     assert int(kills[1]) + int(kills[2]) == 2
-    disk = re.search(r"failing disk: (\d+) periods .*; probe submission answered: (.*)", out)
+    disk = re.search(
+        r"failing disk: (\d+) periods .*; probe submission answered: (.*); "
+        r"a failed write logged: (\d+) of (\d+)",
+        out,
+    )
     assert disk is not None, out
     assert disk[1] == "1"
     assert "OK" not in disk[2], "a node whose file-size limit was lowered accepted a write"
+    assert disk[3] == disk[4] == "1", "the node under a lowered file-size limit wrote nothing"
     assert "the chaos thread stopped early" not in out
     # every node's message log still verifies after the kills and the failing disk
     logs = re.search(r"message logs: (.*)", out)
