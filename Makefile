@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck proto unit bench clean
+.PHONY: demo test lint typecheck proto unit bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ proto: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/yrd-gateway bench
+
+# The chaos soak (not part of `make test`): about 5-8 minutes; SOAK_ARGS=--seed 3 ...
+soak: $(STAMP)
+	$(BIN)/yrd-gateway soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var

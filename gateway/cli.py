@@ -238,6 +238,20 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _soak(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from gateway.soak import SoakConfig, main
+
+    names = ("withdrawals", "cases", "seconds", "kill_interval", "disk_fault_interval")
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    for name, value in given.items():
+        if value <= 0:
+            raise SystemExit(f"--{name.replace('_', '-')}: expected a positive number")
+    config = SoakConfig.smoke(args.seed) if args.smoke else SoakConfig(seed=args.seed)
+    return main(dataclasses.replace(config, **given), keep=args.keep)
+
+
 def _audit_export(args: argparse.Namespace) -> int:
     from gateway import audit
     from gateway.config import load_federation
@@ -460,6 +474,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="open-loop submissions per second for latency (default 20)",
     )
     bench.set_defaults(func=_bench)
+
+    soak = commands.add_parser(
+        "soak",
+        help="chaos soak: exchanges through 4 node and 4 back-end processes while they are "
+        "SIGKILLed and their disks fail; prints a table, exits 1 on a lost, duplicated, "
+        "twice-paid or wrongly refused exchange",
+    )
+    soak.add_argument(
+        "--smoke", action="store_true", help="40 exchanges, 2 kills, 1 disk fault (< 1 minute)"
+    )
+    soak.add_argument("--withdrawals", type=int, help="withdrawals to submit (default 800)")
+    soak.add_argument("--cases", type=int, help="service cases to submit (default 400)")
+    soak.add_argument("--seconds", type=float, help="length of the chaos phase (default 150)")
+    soak.add_argument(
+        "--kill-interval", type=float, help="mean seconds between SIGKILLs (default 5)"
+    )
+    soak.add_argument(
+        "--disk-fault-interval",
+        type=float,
+        help="mean seconds between periods of failing disk (default 15)",
+    )
+    soak.add_argument("--seed", type=int, default=17, help="random seed (default 17)")
+    soak.add_argument(
+        "--keep", type=Path, metavar="DIR", help="keep stores and logs in DIR (default: removed)"
+    )
+    soak.set_defaults(func=_soak)
     return parser
 
 

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,29 @@ class SimulatorProcess:
     process: subprocess.Popen[str]
     eid_url: str
     fund_url: str
+    #: The e-certificate library and the case system (None: not served).
+    cert_url: str | None = None
+    case_url: str | None = None
+    #: The arguments it was started with beyond the ports (to restart it alike).
+    options: tuple[str, ...] = ()
+
+    def ports(self) -> dict[str, int]:
+        """Its listening ports by option name (``eid-port`` …), to start it again on them."""
+        urls = {
+            "eid-port": self.eid_url,
+            "fund-port": self.fund_url,
+            "cert-port": self.cert_url,
+            "case-port": self.case_url,
+        }
+        return {name: int(url.rsplit(":", 1)[1]) for name, url in urls.items() if url}
+
+    def kill(self) -> None:
+        """SIGKILL it (a back-end that crashes); its in-memory state is gone."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -44,6 +68,19 @@ class SimulatorProcess:
 
 
 def start_simulator(province: str, keys_dir: Path, **delays: float) -> SimulatorProcess:
+    return spawn_simulator(province, keys_dir, delays=delays)
+
+
+def spawn_simulator(
+    province: str,
+    keys_dir: Path,
+    *,
+    ports: dict[str, int] | None = None,
+    options: tuple[str, ...] = (),
+    delays: dict[str, float] | None = None,
+) -> SimulatorProcess:
+    """Start a province's simulators; on ``ports`` (by option name, see
+    :meth:`SimulatorProcess.ports`) instead of free ones; ``options`` passed as given."""
     args = [
         sys.executable,
         "-m",
@@ -57,8 +94,11 @@ def start_simulator(province: str, keys_dir: Path, **delays: float) -> Simulator
         "--keys-dir",
         str(keys_dir),
     ]
-    for name, value in delays.items():
+    for name, value in (delays or {}).items():
         args += [f"--{name.replace('_', '-')}", str(value)]
+    for name, port in (ports or {}).items():
+        args += [f"--{name}", str(port)]
+    args += options
     process = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
         args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )
@@ -68,7 +108,29 @@ def start_simulator(province: str, keys_dir: Path, **delays: float) -> Simulator
         process.kill()
         raise RuntimeError(f"simulator {province} did not start")
     info = json.loads(line)
-    return SimulatorProcess(province, process, info["eid_url"], info["fund_url"])
+    return SimulatorProcess(
+        province,
+        process,
+        info["eid_url"],
+        info["fund_url"],
+        info.get("cert_url"),
+        info.get("case_url"),
+        options,
+    )
+
+
+def restart_simulator(
+    simulator: SimulatorProcess, keys_dir: Path, **delays: float
+) -> SimulatorProcess:
+    """Start a stopped (or killed) simulator process again on the same ports, with the
+    same options, so that the nodes' configured back-end URLs reach it again."""
+    return spawn_simulator(
+        simulator.province,
+        keys_dir,
+        ports=simulator.ports(),
+        options=simulator.options,
+        delays=delays,
+    )
 
 
 @dataclass
@@ -84,6 +146,12 @@ class NodeProcess:
     workers: int = 1
 
     @property
+    def store_dir(self) -> Path:
+        """The folder of its SQLite stores (``[node].store``, as written by the federation)."""
+        text = self.config.read_text(encoding="utf-8")
+        return Path(text.split('\nstore = "', 1)[1].split('"', 1)[0])
+
+    @property
     def metrics_url(self) -> str:
         text = self.config.read_text(encoding="utf-8")
         return "http://" + text.split('metrics_endpoint = "', 1)[1].split('"', 1)[0] + "/metrics"
@@ -93,21 +161,23 @@ class NodeProcess:
         self.starts += 1
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [
-                    sys.executable,
-                    "-m",
-                    "gateway",
-                    "serve",
-                    "--config",
-                    str(self.config),
-                    "--grace",
-                    "1",
-                    "--workers",
-                    str(self.workers),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=log,
+                self.command(), stdout=subprocess.DEVNULL, stderr=log
             )
+
+    def command(self) -> list[str]:
+        """The command line that serves the node."""
+        return [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(self.config),
+            "--grace",
+            "1",
+            "--workers",
+            str(self.workers),
+        ]
 
     def wait_serving(self, seconds: float = 60) -> None:
         deadline = time.monotonic() + seconds
@@ -171,12 +241,31 @@ class ProcessFederation:
     provinces: tuple[str, ...]
     simulators: dict[str, SimulatorProcess] = field(default_factory=dict)
     nodes: dict[str, NodeProcess] = field(default_factory=dict)
+    #: The class of the node processes (a subclass may start them differently).
+    node_class: type[NodeProcess] = NodeProcess
+    #: Options of each province's simulator process beyond ports and delays.
+    simulator_options: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def start(self, workers: dict[str, int] | None = None, **delays: float) -> ProcessFederation:
         configs = self.root / "province_configs"
         shutil.copytree(DEFAULT_CONFIG_DIR, configs, ignore=shutil.ignore_patterns("var"))
-        for code in self.provinces:
-            self.simulators[code] = start_simulator(code, configs / "keys", **delays)
+        with ThreadPoolExecutor(max_workers=len(self.provinces) or 1) as pool:  # start together
+            starting = {
+                code: pool.submit(
+                    spawn_simulator,
+                    code,
+                    configs / "keys",
+                    options=self.simulator_options.get(code, ()),
+                    delays=delays,
+                )
+                for code in self.provinces
+            }
+        failed = [error for f in starting.values() if (error := f.exception()) is not None]
+        self.simulators.update(
+            {code: f.result() for code, f in starting.items() if f.exception() is None}
+        )
+        if failed:
+            raise failed[0]
         for code, slug in SLUGS.items():
             file = configs / f"{slug}.toml"
             text = file.read_text(encoding="utf-8")
@@ -198,9 +287,13 @@ class ProcessFederation:
                 sim = self.simulators[code]
                 text = re.sub(r'authority_url = "[^"]+"', f'authority_url = "{sim.eid_url}"', text)
                 text = re.sub(r'centre_url = "[^"]+"', f'centre_url = "{sim.fund_url}"', text)
+                if sim.cert_url:
+                    text = re.sub(r'library_url = "[^"]+"', f'library_url = "{sim.cert_url}"', text)
+                if sim.case_url:
+                    text = re.sub(r'system_url = "[^"]+"', f'system_url = "{sim.case_url}"', text)
             file.write_text(text, encoding="utf-8")
             if code in self.provinces:
-                self.nodes[code] = NodeProcess(
+                self.nodes[code] = self.node_class(
                     code,
                     file,
                     endpoint,
