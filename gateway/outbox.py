@@ -84,7 +84,8 @@ class Outbox:
         #: Seconds after an item was written past which a failing delivery is parked.
         self.park_after = park_after
         #: Items whose next attempt could not be written: id -> (when, failures,
-        #: peer). At most one entry per outbox item; dropped once a write succeeds.
+        #: peer). At most one entry per outbox item; dropped once a write about
+        #: the item succeeds (or a minute after it fell due and was not seen again).
         self._held: dict[int, tuple[float, int, str]] = {}
         #: Longest sleep with nothing due: items written by another worker process
         #: of the node (which cannot wake this one) wait at most this long.
@@ -148,8 +149,11 @@ class Outbox:
             # still saw them (the read and the finish race).
             self._finished.clear()
             now = time.time()
+            waiting = []
             for item_id, (when, _, _) in list(self._held.items()):
-                if when <= now:  # due again: the store still has it due
+                if when > now:
+                    waiting.append(item_id)
+                elif when < now - 60:  # not seen again since (gone): forget it
                     del self._held[item_id]
             # Read only what can start: not what is in flight, not for a peer at
             # its limit, no more than the free slots (a backlog is not re-read
@@ -162,7 +166,7 @@ class Outbox:
                 due = await self._store.due_outbox(
                     now,
                     limit=min(512, free),
-                    skip_ids=(*self._inflight, *self._held),
+                    skip_ids=(*self._inflight, *waiting),
                     skip_peers=full,
                 )
                 taken: Counter[str] = Counter()
@@ -194,8 +198,8 @@ class Outbox:
             delay = self.idle_poll
             if upcoming and upcoming[0] is not None:
                 delay = min(delay, max(0.0, float(upcoming[0]) - time.time()))
-            if self._held:
-                soonest = min(when for when, _, _ in self._held.values())
+            if waiting:
+                soonest = min(self._held[item_id][0] for item_id in waiting)
                 delay = min(delay, max(0.0, soonest - time.time()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
