@@ -94,7 +94,7 @@ async def insert(store: StateStore, key: str) -> str:
 
 def read_only(store: StateStore | MessageLog, on: bool) -> None:
     """Make the store's writer connection refuse writes (as a read-only file would)."""
-    conn = cast(sqlite3.Connection, store._conn)  # noqa: SLF001 - the test reaches the file's connection
+    conn = cast(sqlite3.Connection, store._conn)
     conn.execute(f"PRAGMA query_only = {int(on)}")
 
 
@@ -237,7 +237,8 @@ class TestOutboxWhenTheStoreFails:
             fault = FailingClient(RemoteError(grpc.StatusCode.UNAVAILABLE, "x", signed=True))
             async with Outbox(store, cast(FederationClient, fault), {"svc": route}):
                 await asyncio.sleep(0.3)
-            assert refused == [] and fault.attempts >= 1
+            assert refused == []
+            assert fault.attempts >= 1
             assert len(await store.outbox_entries()) == 1
             decision = FailingClient(
                 RemoteError(grpc.StatusCode.FAILED_PRECONDITION, "no", signed=True)
@@ -251,9 +252,7 @@ class TestOutboxWhenTheStoreFails:
             assert refused == ["CASE-1"]
             assert await store.outbox_entries() == []
 
-    async def test_parked_past_park_after_and_retried_by_an_operator(
-        self, tmp_path: Path
-    ) -> None:
+    async def test_parked_past_park_after_and_retried_by_an_operator(self, tmp_path: Path) -> None:
         route = OutboxRoute(
             federation_pb2.DeliveryAck, lambda db, item, ack: None, lambda db, item, exc: None
         )
@@ -269,5 +268,6 @@ class TestOutboxWhenTheStoreFails:
             assert entry.parked_at is not None
             assert await store.set_outbox_state(entry.id, "pending", now=time.time())
             (entry,) = await store.outbox_entries()
-            assert entry.state == "pending" and entry.parked_at is None
+            assert entry.state == "pending"
+            assert entry.parked_at is None
             assert not await store.set_outbox_state(entry.id, "pending", now=time.time())
