@@ -193,6 +193,10 @@ class GroupCommit(Generic[I]):
                 future.set_exception(value)
         self._set_writable(writable)
 
+    def set_writable(self, writable: bool) -> None:
+        """Record whether the store can write (a probe's finding, or a group's)."""
+        self._set_writable(writable)
+
     def _set_writable(self, writable: bool) -> None:
         if writable != self.writable:
             self.writable = writable

@@ -63,6 +63,9 @@ CREATE TABLE IF NOT EXISTS chain_heads (
     key_id     TEXT NOT NULL,
     signature  BLOB NOT NULL        -- over head_statement(...)
 );
+-- One row, rewritten by a node that could not write, to learn when it can again
+-- (outside the chain: it records nothing).
+CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 """
 
 #: Signs a chain-head statement: returns (key id, signature).
@@ -236,6 +239,30 @@ class MessageLog:
             "SELECT seq, row_hash FROM message_log ORDER BY seq DESC LIMIT 1"
         ).fetchone()
         return (bytes(row[1]), int(row[0]) + 1) if row else (GENESIS, 1)
+
+    async def probe(self) -> bool:
+        """Try a real (tiny) write outside the chain: True if the log can write again."""
+        conn, writer = self._conn, self._writer
+        if conn is None or writer is None or self._closed:
+            return False
+
+        def write() -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, ?)", (time.time(),)
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                rollback(conn)
+                raise
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, write)
+        except Exception:  # still failing: the next probe tries again
+            return False
+        writer.set_writable(True)
+        return True
 
     def _writable_changed(self, writable: bool) -> None:
         if self.on_writable is not None:

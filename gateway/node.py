@@ -129,6 +129,7 @@ class Node:
         #: Stores that cannot write now: health is NOT_SERVING while any is here.
         self.unwritable: set[str] = set()
         self._health_tasks: set[asyncio.Task[None]] = set()
+        self._probing: asyncio.Task[Any] | None = None
         self.state.on_writable = self._store_writable("state store")
         self.message_log.on_writable = self._store_writable("message log")
         self.verifier = EnvelopeVerifier(federation, self.trust, self.clock)
@@ -174,11 +175,29 @@ class Node:
                 "store writable again" if writable else "store cannot write; NOT_SERVING",
                 store=name,
             )
-            task = asyncio.create_task(self._follow_writable())
-            self._health_tasks.add(task)
-            task.add_done_callback(self._health_tasks.discard)
+            tasks = [self._follow_writable()]
+            if not writable and self._probing is None:
+                tasks.append(self._probe_stores())
+            for coroutine in tasks:
+                task = asyncio.create_task(coroutine)
+                self._health_tasks.add(task)
+                task.add_done_callback(self._health_tasks.discard)
 
         return changed
+
+    async def _probe_stores(self) -> None:
+        """While a store cannot write, try a tiny write every second: a node with no
+        traffic (health NOT_SERVING keeps it away) still learns that it recovered."""
+        self._probing = asyncio.current_task()
+        try:
+            while self.unwritable and not self._stopped:
+                await asyncio.sleep(1.0)
+                if "state store" in self.unwritable:
+                    await self.state.probe()
+                if "message log" in self.unwritable:
+                    await self.message_log.probe()
+        finally:
+            self._probing = None
 
     async def _follow_writable(self) -> None:
         """Health as the stores now are (read when the task runs: flips keep order)."""
@@ -414,6 +433,8 @@ class Node:
             if self._stopped:
                 return
             self._stopped = True
+            for task in list(self._health_tasks):  # store probes, health updates
+                task.cancel()
             await self.health.enter_graceful_shutdown()
             if self.server is not None:
                 await self.server.stop(self.grace if grace is None else grace)

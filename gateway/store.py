@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -104,6 +105,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     parked_at        REAL                   -- unix seconds, while parked
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt_at);
+
+-- One row, rewritten by a node that could not write, to learn when it can again.
+CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 """
 
 #: Outbox columns added after the first release: (name, definition), added to
@@ -217,6 +221,18 @@ class StateStore:
             raise StoreClosedError("state store is closed")
         result: T = await self._writer.submit(op)
         return result
+
+    async def probe(self) -> bool:
+        """Try a real (tiny) write: True if the store can write again."""
+
+        def op(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, ?)", (time.time(),))
+
+        try:
+            await self.write(op)
+        except Exception:  # still failing (or closed): the next probe tries again
+            return False
+        return True
 
     @property
     def commits(self) -> int:

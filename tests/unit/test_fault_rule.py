@@ -117,6 +117,28 @@ class TestStoreCannotWrite:
             rows = await store.fetchall("SELECT check_in_id FROM check_ins ORDER BY 1")
             assert rows == [("a",), ("d",)]
 
+    async def test_a_probe_finds_the_store_writable_again(self, tmp_path: Path) -> None:
+        """A node with no traffic learns that its store recovered by probing it."""
+        heard: list[bool] = []
+        async with StateStore(tmp_path / "state.db", on_writable=heard.append) as store:
+            read_only(store, True)
+            with pytest.raises(StoreUnavailable):
+                await insert(store, "a")
+            assert not await store.probe()
+            read_only(store, False)
+            assert await store.probe()
+            assert heard == [False, True]
+        async with MessageLog(tmp_path / "messages.db") as log:
+            log.on_writable = heard.append
+            read_only(log, True)
+            with pytest.raises(StoreUnavailable):
+                await log.append(LogEntry("out", "request", "m1", "c1", "320000", "s", b"e"))
+            assert not await log.probe()
+            read_only(log, False)
+            assert await log.probe()
+            assert heard == [False, True, False, True]
+            assert await log.count() == 0  # the probe is outside the chain
+
     async def test_a_constraint_is_not_a_store_failure(self, tmp_path: Path) -> None:
         heard: list[bool] = []
         async with StateStore(tmp_path / "state.db", on_writable=heard.append) as store:
