@@ -12,8 +12,12 @@ import asyncio
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import __version__, eventloop
+
+if TYPE_CHECKING:
+    from gateway.config import FederationConfig
 
 PROVINCE_CODES = ["310000", "320000", "330000", "340000"]
 
@@ -293,6 +297,120 @@ def _audit_check(args: argparse.Namespace) -> int:
     return 0 if not problems else 1
 
 
+# ---- outbox: list, retry and park deliveries (an operator's commands) -----------
+
+
+def _outbox_stores(config: str) -> tuple[FederationConfig, Path, Path]:
+    """(the federation config, state.db, messages.db) of the node of ``config``."""
+    from gateway.config import load_federation
+
+    federation = load_federation(Path(config))
+    store = federation.me.node.store
+    return federation, store / "state.db", store / "messages.db"
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _outbox_list(args: argparse.Namespace) -> int:
+    import time
+
+    from gateway.store import PARKED, OutboxEntry, StateStore
+
+    _, state_db, _ = _outbox_stores(args.config)
+    if not state_db.exists():
+        print(f"{state_db}: no state store", file=sys.stderr)
+        return 2
+
+    async def read() -> list[OutboxEntry]:
+        async with StateStore(state_db) as store:
+            return await store.outbox_entries(state=PARKED if args.parked else None)
+
+    entries = asyncio.run(read())
+    now = time.time()
+    header = ("REFERENCE", "PEER", "SERVICE", "STATE", "ATTEMPTS", "AGE", "NEXT", "LAST ERROR")
+    rows = [header]
+    for e in entries:
+        rows.append(
+            (
+                e.subject,
+                e.peer,
+                e.service,
+                e.state,
+                str(e.attempts),
+                _age(now - e.created_at),
+                "-" if e.state == PARKED else _age(e.next_attempt_at - now),
+                e.last_error or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]))
+    print(f"{len(entries)} item(s)", file=sys.stderr)
+    return 0
+
+
+def _outbox_steer(args: argparse.Namespace) -> int:
+    """``outbox retry`` / ``outbox park``: change the items of REF, log each change."""
+    import getpass
+    import time
+
+    from gateway.clock import SystemClock
+    from gateway.envelope import EnvelopeSigner
+    from gateway.messagelog import MessageLog
+    from gateway.store import PARKED, PENDING, StateStore
+
+    federation, state_db, messages_db = _outbox_stores(args.config)
+    if not state_db.exists():
+        print(f"{state_db}: no state store", file=sys.stderr)
+        return 2
+    action = args.outbox_command
+    target, source = (PENDING, PARKED) if action == "retry" else (PARKED, PENDING)
+    operator = args.operator or getpass.getuser()
+    me = federation.me
+    signer = EnvelopeSigner.from_config(me, SystemClock())
+
+    def sign(statement: bytes) -> tuple[str, bytes]:
+        key_id, key = signer.current()
+        return key_id, key.sign(statement)
+
+    async def steer() -> tuple[int, int]:
+        async with (
+            StateStore(state_db) as store,
+            MessageLog(messages_db, province=me.code, head_signer=sign) as log,
+        ):
+            entries = await store.outbox_entries(reference=args.reference)
+            changed = 0
+            for entry in entries:
+                if entry.state != source:
+                    continue
+                if await store.set_outbox_state(entry.id, target, now=time.time()):
+                    await log.append_operator_action(
+                        action=action,
+                        subject=entry.message_id,
+                        operator=operator,
+                        reason=args.reason or f"{entry.service} of {entry.subject} to {entry.peer}",
+                    )
+                    changed += 1
+                    print(f"{action}: {entry.subject} {entry.service} -> {entry.peer} ({target})")
+            return len(entries), changed
+
+    found, changed = asyncio.run(steer())
+    if found == 0:
+        print(f"no outbox item for {args.reference!r}", file=sys.stderr)
+        return 1
+    if changed == 0:
+        print(f"no {source} outbox item for {args.reference!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="yrd-gateway",
@@ -425,6 +543,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a_check.add_argument("file", metavar="FILE")
     a_check.set_defaults(func=_audit_check)
+
+    outbox = commands.add_parser(
+        "outbox", help="deliveries waiting for a peer: list them, retry or park them"
+    )
+    outbox_commands = outbox.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
+    o_list = outbox_commands.add_parser(
+        "list", help="reference, peer, service, state, attempts, age, next attempt, last error"
+    )
+    o_list.add_argument("--config", required=True, metavar="FILE", help="the node's config")
+    o_list.add_argument("--parked", action="store_true", help="only items parked for an operator")
+    o_list.set_defaults(func=_outbox_list)
+    for name, text in (
+        ("retry", "make the parked items of REF pending and due now"),
+        ("park", "park the pending items of REF (give up for now; retry brings them back)"),
+    ):
+        steer = outbox_commands.add_parser(name, help=text)
+        steer.add_argument(
+            "reference", metavar="REF", help="a case id or reference, or an item's message id"
+        )
+        steer.add_argument("--config", required=True, metavar="FILE", help="the node's config")
+        steer.add_argument(
+            "--operator", metavar="NAME", help="who acts (default: the OS user); logged"
+        )
+        steer.add_argument("--reason", metavar="TEXT", default="", help="why (logged)")
+        steer.set_defaults(func=_outbox_steer)
 
     bench = commands.add_parser(
         "bench", help="measure throughput and latency on this machine (processes on loopback)"

@@ -120,6 +120,9 @@ class NodeSection(_Model):
     metrics_endpoint: str | None = None
     #: Longest wait between two delivery attempts of an outbox item.
     outbox_max_backoff_seconds: float = Field(5.0, ge=0.1, le=3600)
+    #: An outbox item still failing this long after it was written is PARKED for an
+    #: operator (``yrd-gateway outbox list --parked``) instead of retried for ever.
+    park_after_seconds: float = Field(86_400.0, gt=0, le=365 * 86_400)
     #: Calls one worker serves at once (local and federation calls together).
     #: Beyond it a call is refused at once with RESOURCE_EXHAUSTED instead of
     #: queueing: an overloaded node sheds load with bounded memory and latency.

@@ -15,7 +15,12 @@
     ├── PeerUnavailable               (retryable) a peer or back-end could not be reached
     │   │                                                           -> UNAVAILABLE
     │   └── PeerDown                  the peer's circuit breaker is open (not retried)
-    └── RemoteError                   a peer refused a request (carries the peer's code)
+    ├── StoreUnavailable              (retryable) this node cannot write its stores
+    │                                                               -> UNAVAILABLE + RetryInfo
+    └── RemoteError                   a peer answered non-OK (its code; signed or not)
+
+What ends an exchange is decided in one place, :func:`ends_exchange` (DESIGN §5):
+only a peer's *signed* decision about the request. Every other failure is retried.
 Domain errors become gRPC statuses in exactly one place
 (:mod:`gateway.interceptors`); ``grpc.RpcError`` becomes a domain error in
 exactly one place on the client side (:mod:`gateway.federation.client`).
@@ -127,11 +132,31 @@ class PeerDown(PeerUnavailable):
     retryable = False
 
 
-class RemoteError(GatewayError):
-    """A peer answered a request with a non-OK status (signed or not)."""
+class StoreUnavailable(GatewayError):
+    """This node cannot write its state store or message log (disk full, file-size
+    limit, I/O error, read-only): a fault that passes, answered UNAVAILABLE with
+    RetryInfo, never INTERNAL."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    code = grpc.StatusCode.UNAVAILABLE
+    retryable = True
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        #: Seconds after which a retry may succeed (sent as google.rpc.RetryInfo).
+        self.retry_after = retry_after
+
+
+class RemoteError(GatewayError):
+    """A peer answered a request with a non-OK status.
+
+    ``signed`` is True when the status came in a response envelope the peer
+    signed (its decision, or a fault it vouches for); False for a bare gRPC error
+    (a transport failure, or the peer's verifier refusing the envelope).
+    """
+
+    def __init__(self, code: grpc.StatusCode, message: str, *, signed: bool = False) -> None:
         self.code = code
+        self.signed = signed
         self.retryable = code in RETRYABLE_CODES
         super().__init__(message)
 
@@ -144,6 +169,32 @@ RETRYABLE_CODES = frozenset(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 )
+
+
+#: Codes by which a peer decides about a request itself: signed, they end the
+#: exchange (the request is wrong, not permitted, conflicts, or names nothing).
+DECISION_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.OUT_OF_RANGE,
+    }
+)
+
+
+def ends_exchange(exc: BaseException) -> bool:
+    """The one rule of what ends an exchange (DESIGN §5): a peer's signed decision.
+
+    True only for a :class:`RemoteError` the peer signed whose code is one of
+    :data:`DECISION_CODES`. Everything else -- INTERNAL, UNKNOWN, DATA_LOSS,
+    ABORTED, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, unsigned
+    errors, transport errors, this node's own store failures -- is a fault
+    and is retried with backoff.
+    """
+    return isinstance(exc, RemoteError) and exc.signed and exc.code in DECISION_CODES
 
 
 def status_from_int(code: int) -> grpc.StatusCode:

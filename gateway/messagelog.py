@@ -14,9 +14,12 @@ is committed, and one fsync serves many rows under load.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import sqlite3
 import struct
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -29,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway import crypto
 from gateway.clock import Clock, SystemClock
-from gateway.groupcommit import GroupCommit
+from gateway.groupcommit import GroupCommit, rollback
 
 GENESIS = b"\x00" * 32
 
@@ -60,6 +63,9 @@ CREATE TABLE IF NOT EXISTS chain_heads (
     key_id     TEXT NOT NULL,
     signature  BLOB NOT NULL        -- over head_statement(...)
 );
+-- One row, rewritten by a node that could not write, to learn when it can again
+-- (outside the chain: it records nothing).
+CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 """
 
 #: Signs a chain-head statement: returns (key id, signature).
@@ -204,6 +210,9 @@ class MessageLog:
         self._head = GENESIS
         self._next_seq = 1
         self._closed = False
+        #: Told False when a write fails because the file cannot be written, True
+        #: when a write succeeds again (the node's health follows it).
+        self.on_writable: Callable[[bool], None] | None = None
 
     async def open(self) -> MessageLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -219,6 +228,7 @@ class MessageLog:
             self._executor,
             batch_max=self._batch_max,
             after_group=self._after_group,
+            on_writable=self._writable_changed,
         )
         self._writer.start()
         return self
@@ -246,6 +256,34 @@ class MessageLog:
         ).fetchone()
         return (bytes(row[1]), int(row[0]) + 1) if row else (GENESIS, 1)
 
+    async def probe(self) -> bool:
+        """Try a real (tiny) write outside the chain: True if the log can write again."""
+        conn, writer = self._conn, self._writer
+        if conn is None or writer is None or self._closed:
+            return False
+
+        def write() -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, ?)", (time.time(),)
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                rollback(conn)
+                raise
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, write)
+        except Exception:  # still failing: the next probe tries again
+            return False
+        writer.set_writable(True)
+        return True
+
+    def _writable_changed(self, writable: bool) -> None:
+        if self.on_writable is not None:
+            self.on_writable(writable)
+
     async def __aenter__(self) -> MessageLog:
         return await self.open()
 
@@ -270,6 +308,38 @@ class MessageLog:
     async def append_all(self, entries: tuple[LogEntry, ...]) -> list[int]:
         """Append rows in one group (one commit); return their sequence numbers."""
         return await self._live_writer().submit_all(list(entries))
+
+    async def append_operator_action(
+        self, *, action: str, subject: str, operator: str, reason: str = ""
+    ) -> int:
+        """Record an operator's action (retry, park, resolve ...) as a chained row:
+        direction "local", kind "operator", service "operator.<action>", and as
+        envelope a JSON statement of the action, signed with the node's key when
+        the log has one (the same key that signs its chain heads)."""
+        statement = {
+            "action": action,
+            "subject": subject,
+            "operator": operator,
+            "reason": reason,
+            "at": self._clock.now().isoformat(),
+        }
+        body = json.dumps(statement, sort_keys=True, separators=(",", ":")).encode()
+        document: dict[str, Any] = {"statement": statement}
+        if self._head_signer is not None:
+            key_id, signature = self._head_signer(b"yrd-operator-action/v1\n" + body)
+            document["key_id"] = key_id
+            document["signature"] = base64.b64encode(signature).decode()
+        return await self.append(
+            LogEntry(
+                "local",
+                "operator",
+                str(uuid.uuid4()),
+                "",
+                "",
+                f"operator.{action}",
+                json.dumps(document, sort_keys=True).encode(),
+            )
+        )
 
     def enqueue(self, entry: LogEntry) -> None:
         """Queue a row without waiting for its commit (for a caller that cannot
@@ -384,7 +454,7 @@ class MessageLog:
             )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback(conn)  # the first error is the one reported
             raise
         # Read by the event loop only after this group is answered.
         self._head, self._next_seq = head, seq

@@ -78,6 +78,31 @@ class NodeMetrics:
             ["peer"],
             registry=r,
         )
+        self.outbox_parked = Counter(
+            "yrd_outbox_parked_total",
+            "Outbox items parked for an operator after failing past node.park_after_seconds",
+            ["peer"],
+            registry=r,
+        )
+        self.outbox_items = Gauge(
+            "yrd_outbox_items",
+            "Outbox items by peer and state (pending: being delivered; parked: waits for "
+            "an operator)",
+            ["peer", "state"],
+            registry=r,
+        )
+        self.outbox_items_oldest = Gauge(
+            "yrd_outbox_items_oldest_age_seconds",
+            "Age of the oldest outbox item by peer and state",
+            ["peer", "state"],
+            registry=r,
+        )
+        self.store_writable = Gauge(
+            "yrd_store_writable",
+            "1 while this node can write its stores (state store and message log), else 0",
+            registry=r,
+        )
+        self.store_writable.set(1)
         self.outbox_depth = Gauge("yrd_outbox_depth", "Items waiting in the outbox", registry=r)
         self.outbox_oldest = Gauge(
             "yrd_outbox_oldest_age_seconds",

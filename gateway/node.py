@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,12 @@ class Node:
             head_signer=self.sign_statement,
         )
         self.state = StateStore(self.store_dir / "state.db")
+        #: Stores that cannot write now: health is NOT_SERVING while any is here.
+        self.unwritable: set[str] = set()
+        self._health_tasks: set[asyncio.Task[None]] = set()
+        self._probing: asyncio.Task[Any] | None = None
+        self.state.on_writable = self._store_writable("state store")
+        self.message_log.on_writable = self._store_writable("message log")
         self.verifier = EnvelopeVerifier(federation, self.trust, self.clock)
         tls = self.tls
         self.federation_client = FederationClient(
@@ -157,6 +164,52 @@ class Node:
     @property
     def code(self) -> str:
         return self.federation.own
+
+    def _store_writable(self, name: str) -> Callable[[bool], None]:
+        """The callback a store calls when it stops or starts being writable."""
+
+        def changed(writable: bool) -> None:
+            (self.unwritable.discard if writable else self.unwritable.add)(name)
+            self.metrics.store_writable.set(0 if self.unwritable else 1)
+            log.warning(
+                "store writable again" if writable else "store cannot write; NOT_SERVING",
+                store=name,
+            )
+            tasks = [self._follow_writable()]
+            if not writable and self._probing is None:
+                tasks.append(self._probe_stores())
+            for coroutine in tasks:
+                task = asyncio.create_task(coroutine)
+                self._health_tasks.add(task)
+                task.add_done_callback(self._health_tasks.discard)
+
+        return changed
+
+    async def _probe_stores(self) -> None:
+        """While a store cannot write, try a tiny write every second: a node with no
+        traffic (health NOT_SERVING keeps it away) still learns that it recovered."""
+        self._probing = asyncio.current_task()
+        try:
+            while self.unwritable and not self._stopped:
+                await asyncio.sleep(1.0)
+                if "state store" in self.unwritable:
+                    await self.state.probe()
+                if "message log" in self.unwritable:
+                    await self.message_log.probe()
+        finally:
+            self._probing = None
+
+    async def _follow_writable(self) -> None:
+        """Health as the stores now are (read when the task runs: flips keep order)."""
+        if self._stopped or self.server is None:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.NOT_SERVING
+            if self.unwritable
+            else health_pb2.HealthCheckResponse.SERVING
+        )
+        for name in (*PUBLIC_SERVICE_NAMES, ""):
+            await self.health.set(name, status)
 
     def sign_statement(self, statement: bytes) -> tuple[str, bytes]:
         """Sign with the current envelope key (chain heads of the message log)."""
@@ -218,6 +271,7 @@ class Node:
             self.federation_client,
             {name: route for exchange in tracked for name, route in exchange.routes().items()},
             max_backoff=me.node.outbox_max_backoff_seconds,
+            park_after=me.node.park_after_seconds,
             metrics=self.metrics,
             idle_poll=1.0 if self.workers == 1 else 0.1,
         )
@@ -319,6 +373,13 @@ class Node:
         depth, oldest = await self.state.outbox_stats()
         self.metrics.outbox_depth.set(depth)
         self.metrics.outbox_oldest.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
+        self.metrics.outbox_items.clear()
+        self.metrics.outbox_items_oldest.clear()
+        for peer, state, items, created in await self.state.outbox_by_peer():
+            self.metrics.outbox_items.labels(peer, state).set(items)
+            self.metrics.outbox_items_oldest.labels(peer, state).set(
+                max(0.0, time.time() - created)
+            )
         self.metrics.log_rows.set(await self.message_log.count())
         self.metrics.log_commits.set(self.message_log.commits)
         for code in self.federation.provinces:
@@ -373,6 +434,8 @@ class Node:
             if self._stopped:
                 return
             self._stopped = True
+            for task in list(self._health_tasks):  # store probes, health updates
+                task.cancel()
             await self.health.enter_graceful_shutdown()
             if self.server is not None:
                 await self.server.stop(self.grace if grace is None else grace)

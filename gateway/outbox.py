@@ -4,9 +4,14 @@ A record and its outbox item are written in one transaction before the caller
 is answered. The deliverer sends each due item to its peer as a signed
 envelope, keeping the item's message id across attempts so that the receiver
 can deduplicate, and deletes it only in the same transaction as the effect of
-the peer's acknowledgement. Failures that may pass (peer unreachable, overloaded,
-breaker open) are retried with exponential backoff and full jitter up to a cap;
-a refusal (the peer answered no) is final and handed to the service's callback.
+the peer's acknowledgement. Only a peer's signed decision about the request
+ends a delivery (:func:`gateway.errors.ends_exchange`), handed to the service's
+refusal callback; every other failure -- the peer unreachable, overloaded or
+failing, this node's own store failing -- is retried with the gateway's one
+backoff (:mod:`gateway.backoff`). When the store cannot record the next attempt,
+the time is kept in memory, so a failing disk does not turn into a retry storm.
+An item still failing ``park_after`` seconds after it was written is PARKED with
+its last error: not delivered until an operator retries it.
 
 This is the one retry layer for asynchronous work: deliveries call the
 federation client with ``retry=False``. Nothing polls faster than the earliest
@@ -21,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import sqlite3
 import time
 from collections import Counter, defaultdict
@@ -31,11 +35,12 @@ from dataclasses import dataclass
 import structlog
 from google.protobuf.message import Message
 
+from gateway.backoff import backoff_delay
 from gateway.clock import Pacer
-from gateway.errors import GatewayError, PeerUnavailable
+from gateway.errors import GatewayError, ends_exchange
 from gateway.federation.client import FederationClient
 from gateway.metrics import NodeMetrics
-from gateway.store import OutboxItem, StateStore
+from gateway.store import PARKED, PENDING, OutboxItem, StateStore
 from yrd.federation.v1 import federation_pb2
 
 log = structlog.get_logger("yrd.outbox")
@@ -74,7 +79,14 @@ class Outbox:
         per_peer: int = 32,
         metrics: NodeMetrics | None = None,
         idle_poll: float = 1.0,
+        park_after: float = 86_400.0,
     ) -> None:
+        #: Seconds after an item was written past which a failing delivery is parked.
+        self.park_after = park_after
+        #: Items whose next attempt could not be written: id -> (when, failures,
+        #: peer). At most one entry per outbox item; dropped once a write about
+        #: the item succeeds (or a minute after it fell due and was not seen again).
+        self._held: dict[int, tuple[float, int, str]] = {}
         #: Longest sleep with nothing due: items written by another worker process
         #: of the node (which cannot wake this one) wait at most this long.
         self.idle_poll = idle_poll
@@ -98,6 +110,7 @@ class Outbox:
         self.delivered = 0
         self.retried = 0
         self.refused = 0
+        self.parked = 0
 
     def wake(self) -> None:
         self._wake.set()
@@ -136,6 +149,12 @@ class Outbox:
             # still saw them (the read and the finish race).
             self._finished.clear()
             now = time.time()
+            waiting = []
+            for item_id, (when, _, _) in list(self._held.items()):
+                if when > now:
+                    waiting.append(item_id)
+                elif when < now - 60:  # not seen again since (gone): forget it
+                    del self._held[item_id]
             # Read only what can start: not what is in flight, not for a peer at
             # its limit, no more than the free slots (a backlog is not re-read
             # whole at every finished delivery).
@@ -145,7 +164,10 @@ class Outbox:
             )
             try:
                 due = await self._store.due_outbox(
-                    now, limit=min(512, free), skip_ids=tuple(self._inflight), skip_peers=full
+                    now,
+                    limit=min(512, free),
+                    skip_ids=(*self._inflight, *waiting),
+                    skip_peers=full,
                 )
                 taken: Counter[str] = Counter()
                 chosen = []
@@ -157,7 +179,9 @@ class Outbox:
                         chosen.append(item_id)
                 items = await self._store.outbox_items(chosen)
                 upcoming = await self._store.fetchone(
-                    "SELECT MIN(next_attempt_at) FROM outbox WHERE next_attempt_at > ?", (now,)
+                    "SELECT MIN(next_attempt_at) FROM outbox WHERE next_attempt_at > ?"
+                    " AND state = 'pending'",
+                    (now,),
                 )
             except Exception:
                 log.exception("outbox read failed")
@@ -174,10 +198,28 @@ class Outbox:
             delay = self.idle_poll
             if upcoming and upcoming[0] is not None:
                 delay = min(delay, max(0.0, float(upcoming[0]) - time.time()))
+            if waiting:
+                soonest = min(self._held[item_id][0] for item_id in waiting)
+                delay = min(delay, max(0.0, soonest - time.time()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
 
     async def _deliver(self, item: OutboxItem) -> None:
+        """One attempt; its outcome is written, or its next attempt kept in memory.
+        Nothing escapes this task (no unretrieved task exception)."""
+        try:
+            await self._attempt(item)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # pragma: no cover - _attempt handles its failures itself
+            log.exception("outbox delivery step failed", service=item.service)
+        finally:
+            self._finished.add(item.id)
+            self._inflight.pop(item.id, None)
+            self._peer_load[item.peer] -= 1
+            self._wake.set()
+
+    async def _attempt(self, item: OutboxItem) -> None:
         route = self._routes.get(item.service)
         try:
             if route is None:
@@ -197,21 +239,19 @@ class Outbox:
             )
         except asyncio.CancelledError:
             raise
-        except GatewayError as exc:
-            if isinstance(exc, PeerUnavailable) or exc.retryable or route is None:
-                await self._reschedule(item, exc.message)
-            else:
-                await self._refused(item, route, exc)
-        except Exception as exc:  # never lose an item to an unexpected error: retry later
-            log.exception("outbox delivery failed unexpectedly", service=item.service)
-            await self._reschedule(item, type(exc).__name__)
-        else:
+        except Exception as exc:
+            if route is not None and isinstance(exc, GatewayError) and ends_exchange(exc):
+                try:
+                    await self._refused(item, route, exc)
+                except Exception as failure:  # the refusal is not written: it comes again
+                    await self._retry_later(item, failure)
+                return
+            await self._retry_later(item, exc)
+            return
+        try:
             await self._acked(item, route, ack)
-        finally:
-            self._finished.add(item.id)
-            self._inflight.pop(item.id, None)
-            self._peer_load[item.peer] -= 1
-            self._wake.set()
+        except Exception as failure:  # not written: deliver again (the peer dedupes)
+            await self._retry_later(item, failure)
 
     async def _acked(
         self, item: OutboxItem, route: OutboxRoute, ack: federation_pb2.DeliveryAck
@@ -225,11 +265,21 @@ class Outbox:
             if catch_up:
                 # The peer is back: everything waiting out a backoff for it is due now.
                 db.execute(
-                    "UPDATE outbox SET next_attempt_at = ? WHERE peer = ? AND next_attempt_at > ?",
+                    "UPDATE outbox SET next_attempt_at = ? WHERE peer = ? AND next_attempt_at > ?"
+                    " AND state = 'pending'",
                     (time.time(), item.peer, time.time()),
                 )
 
-        await self._store.write(op)
+        try:
+            await self._store.write(op)
+        except BaseException:
+            self._caught_up.discard(item.peer)
+            raise
+        self._held.pop(item.id, None)
+        if catch_up:
+            for held_id, (_, _, peer) in list(self._held.items()):
+                if peer == item.peer:
+                    del self._held[held_id]
         self.delivered += 1
         # The exchange itself has its own log line; this one matters when the
         # delivery took retries or the peer had it already.
@@ -248,6 +298,7 @@ class Outbox:
             db.execute("DELETE FROM outbox WHERE id = ?", (item.id,))
 
         await self._store.write(op)
+        self._held.pop(item.id, None)
         self.refused += 1
         log.warning(
             "outbox delivery refused",
@@ -258,19 +309,78 @@ class Outbox:
             reason=exc.message,
         )
 
-    async def _reschedule(self, item: OutboxItem, reason: str) -> None:
+    async def _retry_later(self, item: OutboxItem, exc: BaseException) -> None:
+        """Schedule the next attempt (or park the item past ``park_after``): one
+        log line per item per backoff step, and the schedule kept in memory when
+        the store cannot write it."""
         self._caught_up.discard(item.peer)
-        backoff = min(self.max_backoff, self.base_backoff * 2 ** min(item.attempts, 20))
-        when = time.time() + random.uniform(backoff / 2, backoff)  # noqa: S311 - jitter, not crypto
+        held = self._held.get(item.id)
+        failures = max(item.attempts, held[1] if held else 0)
+        reason = describe(exc)
+        now = time.time()
+        when = now + backoff_delay(failures, base=self.base_backoff, cap=self.max_backoff)
+        park = now - item.created_at >= self.park_after
 
         def op(db: sqlite3.Connection) -> None:
             db.execute(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
-                " WHERE id = ?",
-                (when, reason[:200], item.id),
+                "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ?,"
+                " state = ?, parked_at = ? WHERE id = ?",
+                (
+                    failures + 1,
+                    when,
+                    reason,
+                    PARKED if park else PENDING,
+                    now if park else None,
+                    item.id,
+                ),
             )
 
-        await self._store.write(op)
-        self.retried += 1
+        fields = {
+            "peer": item.peer,
+            "service": item.service,
+            "subject": item.subject,
+            "attempts": failures + 1,
+            "error": reason,
+        }
         if self._metrics is not None:
             self._metrics.outbox_retries.labels(item.peer).inc()
+        self.retried += 1
+        try:
+            await self._store.write(op)
+        except Exception as failure:
+            self._held[item.id] = (when, failures + 1, item.peer)
+            log.warning(
+                "outbox delivery failed; the next attempt is kept in memory (store cannot write)",
+                retry_in=round(when - now, 3),
+                store_error=describe(failure),
+                **fields,
+            )
+            return
+        self._held.pop(item.id, None)
+        if park:
+            self.parked += 1
+            if self._metrics is not None:
+                self._metrics.outbox_parked.labels(item.peer).inc()
+            log.error("outbox item parked for an operator", **fields)
+        elif isinstance(exc, GatewayError):
+            # The first failure of an item at INFO; the later ones (a peer down
+            # for an hour) at DEBUG: the retries metric counts them.
+            (log.info if failures == 0 else log.debug)(
+                "outbox delivery failed; retrying", retry_in=round(when - now, 3), **fields
+            )
+        else:  # not a known fault: the traceback says where it came from
+            log.warning(
+                "outbox delivery failed unexpectedly; retrying",
+                retry_in=round(when - now, 3),
+                exc_info=exc,
+                **fields,
+            )
+
+
+def describe(exc: BaseException) -> str:
+    """A failure in one line for the item's ``last_error`` (at most 200 characters)."""
+    if isinstance(exc, GatewayError):
+        text = f"{exc.code.name}: {exc.message}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return text[:200]

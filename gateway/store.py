@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from gateway.groupcommit import GroupCommit
+from gateway.groupcommit import GroupCommit, rollback
 
 T = TypeVar("T")
 WriteOp = Callable[[sqlite3.Connection], Any]
@@ -99,10 +100,25 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts         INTEGER NOT NULL DEFAULT 0,
     next_attempt_at  REAL NOT NULL,         -- unix seconds
     created_at       REAL NOT NULL,         -- unix seconds
-    last_error       TEXT NOT NULL DEFAULT ''
+    last_error       TEXT NOT NULL DEFAULT '',
+    state            TEXT NOT NULL DEFAULT 'pending',  -- 'pending' | 'parked' (for an operator)
+    parked_at        REAL                   -- unix seconds, while parked
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt_at);
+
+-- One row, rewritten by a node that could not write, to learn when it can again.
+CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 """
+
+#: Outbox columns added after the first release: (name, definition), added to
+#: older files by ALTER TABLE until the schema gets numbered migrations.
+_OUTBOX_ADDED = (
+    ("state", "TEXT NOT NULL DEFAULT 'pending'"),
+    ("parked_at", "REAL"),
+)
+
+#: Outbox item states.
+PENDING, PARKED = "pending", "parked"
 
 
 @dataclass(frozen=True)
@@ -120,6 +136,23 @@ class OutboxItem:
     created_at: float
 
 
+@dataclass(frozen=True)
+class OutboxEntry:
+    """An outbox item as an operator sees it (no payload: it holds personal data)."""
+
+    id: int
+    subject: str
+    message_id: str
+    peer: str
+    service: str
+    state: str
+    attempts: int
+    created_at: float
+    next_attempt_at: float
+    last_error: str
+    parked_at: float | None
+
+
 class StoreClosedError(RuntimeError):
     pass
 
@@ -127,8 +160,17 @@ class StoreClosedError(RuntimeError):
 class StateStore:
     """Business records of the node; an async context manager."""
 
-    def __init__(self, path: Path, *, batch_max: int = 256) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        batch_max: int = 256,
+        on_writable: Callable[[bool], None] | None = None,
+    ) -> None:
         self.path = path
+        #: Told False when a write fails because the file cannot be written, True
+        #: when a write succeeds again (the node's health follows it).
+        self.on_writable = on_writable
         self._batch_max = batch_max
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -146,15 +188,24 @@ class StateStore:
             self._run_sync,
             self._executor,
             batch_max=self._batch_max,
+            on_writable=self._writable_changed,
         )
         self._writer.start()
         return self
+
+    def _writable_changed(self, writable: bool) -> None:
+        if self.on_writable is not None:
+            self.on_writable(writable)
 
     def _open_writer(self) -> None:
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.executescript(SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
+        for name, definition in _OUTBOX_ADDED:
+            if name not in columns:
+                conn.execute(f"ALTER TABLE outbox ADD COLUMN {name} {definition}")
         self._conn = conn
 
     async def __aenter__(self) -> StateStore:
@@ -170,6 +221,18 @@ class StateStore:
             raise StoreClosedError("state store is closed")
         result: T = await self._writer.submit(op)
         return result
+
+    async def probe(self) -> bool:
+        """Try a real (tiny) write: True if the store can write again."""
+
+        def op(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, ?)", (time.time(),))
+
+        try:
+            await self.write(op)
+        except Exception:  # still failing (or closed): the next probe tries again
+            return False
+        return True
 
     @property
     def commits(self) -> int:
@@ -191,15 +254,20 @@ class StateStore:
                 try:
                     value = op(conn)
                 except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
+                    try:
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                    except sqlite3.Error:
+                        # The transaction itself is gone (an I/O error): the op's
+                        # error, not the rollback's, is the one reported.
+                        raise exc from None
                     outcomes.append((False, exc))
                 else:
                     conn.execute("RELEASE op")
                     outcomes.append((True, value))
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback(conn)
             raise
         return outcomes
 
@@ -310,7 +378,7 @@ class StateStore:
         the ``skip_ids`` (in flight already) and items for the ``skip_peers``."""
         if limit <= 0:
             return []
-        where = "next_attempt_at <= ?"
+        where = "next_attempt_at <= ? AND state = 'pending'"
         if skip_ids:
             where += f" AND id NOT IN ({','.join('?' * len(skip_ids))})"
         if skip_peers:
@@ -347,8 +415,73 @@ class StateStore:
         ]
 
     async def next_outbox_time(self) -> float | None:
-        row = await self.fetchone("SELECT MIN(next_attempt_at) FROM outbox")
+        row = await self.fetchone("SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'")
         return float(row[0]) if row and row[0] is not None else None
+
+    async def outbox_entries(
+        self, *, state: str | None = None, reference: str | None = None
+    ) -> list[OutboxEntry]:
+        """Outbox items for an operator, oldest first: all, those in ``state``, or
+        those of one ``reference`` (the case id or reference they belong to, or
+        their message id)."""
+        where, args = "1 = 1", []
+        if state is not None:
+            where += " AND state = ?"
+            args.append(state)
+        if reference is not None:
+            where += " AND (subject = ? OR message_id = ?)"
+            args += [reference, reference]
+        rows = await self.fetchall(
+            "SELECT id, subject, message_id, peer, service, state, attempts, created_at,"  # noqa: S608 - only placeholders are added
+            f" next_attempt_at, last_error, parked_at FROM outbox WHERE {where}"
+            " ORDER BY created_at, id",
+            tuple(args),
+        )
+        return [
+            OutboxEntry(
+                int(r[0]),
+                str(r[1]),
+                str(r[2]),
+                str(r[3]),
+                str(r[4]),
+                str(r[5]),
+                int(r[6]),
+                float(r[7]),
+                float(r[8]),
+                str(r[9]),
+                None if r[10] is None else float(r[10]),
+            )
+            for r in rows
+        ]
+
+    async def set_outbox_state(self, item_id: int, state: str, *, now: float) -> bool:
+        """Park a pending item, or make a parked one pending and due ``now``.
+        False if the item is gone or was not in the other state."""
+        other = PENDING if state == PARKED else PARKED
+
+        def op(db: sqlite3.Connection) -> bool:
+            if state == PARKED:
+                cursor = db.execute(
+                    "UPDATE outbox SET state = ?, parked_at = ? WHERE id = ? AND state = ?",
+                    (PARKED, now, item_id, other),
+                )
+            else:
+                cursor = db.execute(
+                    "UPDATE outbox SET state = ?, parked_at = NULL, next_attempt_at = ?"
+                    " WHERE id = ? AND state = ?",
+                    (PENDING, now, item_id, other),
+                )
+            return cursor.rowcount == 1
+
+        changed: bool = await self.write(op)
+        return changed
+
+    async def outbox_by_peer(self) -> list[tuple[str, str, int, float]]:
+        """(peer, state, items, creation time of the oldest) for every peer and state."""
+        rows = await self.fetchall(
+            "SELECT peer, state, COUNT(*), MIN(created_at) FROM outbox GROUP BY peer, state"
+        )
+        return [(str(r[0]), str(r[1]), int(r[2]), float(r[3])) for r in rows]
 
     async def outbox_stats(self) -> tuple[int, float | None]:
         """(items waiting, creation time of the oldest)."""

@@ -1,9 +1,12 @@
 """The federation client: sends signed envelopes to peer nodes.
 
 One retry layer lives here and nowhere else (DESIGN §5): tenacity retries an
-exchange only on UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED, with
-random exponential backoff, never past the caller's deadline, and only while
-the peer's retry budget lasts. A circuit breaker per peer fails fast while a
+exchange only on a transport failure -- a bare (unsigned) UNAVAILABLE /
+DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED, a connection error -- never on an
+answer the peer signed (its "my back-end is unreachable" is said at once to
+the caller), with the gateway's one backoff (:mod:`gateway.backoff`), only
+while the peer's retry budget lasts, and never into the last fifth of the
+caller's deadline, which is kept for the verdict. A circuit breaker per peer fails fast while a
 province is down. Every attempt is a freshly signed envelope (new nonce, same
 message id) and is logged, as is every response.
 
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 import uuid
 from collections.abc import Callable
@@ -29,9 +31,9 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_delay,
-    wait_random_exponential,
 )
 
+from gateway.backoff import backoff_delay
 from gateway.config import FederationConfig
 from gateway.envelope import EnvelopeSigner, EnvelopeVerifier, OpenedEnvelope
 from gateway.errors import (
@@ -67,8 +69,16 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_reconnect_backoff_ms", 2_000),
 )
 
-#: How much of the caller's remaining time is kept back to answer it.
-DEADLINE_MARGIN = 0.05
+#: The share of the caller's time no attempt or retry may use: it is kept for the
+#: caller's verdict (ISSUER_UNREACHABLE, a queued delivery) to reach it in time.
+VERDICT_RESERVE = 0.2
+#: Backoff between retries of one call: base and cap, seconds.
+RETRY_BASE, RETRY_CAP = 0.05, 1.0
+
+
+def transport_failure(exc: BaseException) -> bool:
+    """A failure of the transport (retried here), not an answer of the peer."""
+    return isinstance(exc, PeerUnavailable | ResourceExhausted) and exc.retryable
 
 
 class RetryBudget:
@@ -201,15 +211,15 @@ class FederationClient:
         response itself fails verification.
         """
         peer = self._peer(peer_code)
-        deadline = time.monotonic() + max(0.0, timeout - DEADLINE_MARGIN)
+        deadline = time.monotonic() + max(0.0, timeout) * (1.0 - VERDICT_RESERVE)
         message_id = message_id or str(uuid.uuid4())
-        base_wait = wait_random_exponential(multiplier=0.05, max=1.0)
 
         def wait(state: RetryCallState) -> float:
-            return max(0.0, min(base_wait(state), deadline - time.monotonic() - 0.01))
+            delay = backoff_delay(state.attempt_number, base=RETRY_BASE, cap=RETRY_CAP)
+            return max(0.0, min(delay, deadline - time.monotonic() - 0.01))
 
         def retryable(exc: BaseException) -> bool:
-            if not retry or not (isinstance(exc, GatewayError) and exc.retryable):
+            if not retry or not transport_failure(exc):
                 return False
             if deadline - time.monotonic() <= 0.02 or self._closing.is_set():
                 return False
@@ -255,7 +265,13 @@ class FederationClient:
         )
         # The backoff tenacity would have waited before its second attempt.
         await asyncio.sleep(
-            max(0.0, min(random.uniform(0, 0.1), deadline - time.monotonic() - 0.01))  # noqa: S311 - jitter
+            max(
+                0.0,
+                min(
+                    backoff_delay(0, base=RETRY_BASE, cap=RETRY_CAP),
+                    deadline - time.monotonic() - 0.01,
+                ),
+            )
         )
         async for retry_attempt in retrying:
             with retry_attempt:
@@ -355,8 +371,12 @@ class FederationClient:
             )
         )
         if opened.header.status_code != 0:
+            # The peer signed this status: its decision, or a fault it vouches for
+            # (ends_exchange tells which); never retried here.
             raise RemoteError(
-                status_from_int(opened.header.status_code), opened.header.status_message
+                status_from_int(opened.header.status_code),
+                opened.header.status_message,
+                signed=True,
             )
         response = opened.parse(response_type)
         if not isinstance(response, response_type):  # pragma: no cover - parse builds it

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import sqlite3
 import time
 import uuid
@@ -35,12 +34,14 @@ from google.protobuf.message import Message
 
 from adapters.errors import BackendRejected, BackendUnavailable, TranslationError
 from gateway import crypto
+from gateway.backoff import backoff_delay
 from gateway.clock import Clock, Pacer
 from gateway.config import ClientSection, FederationConfig
 from gateway.envelope import OpenedEnvelope
 from gateway.errors import (
     AlreadyExists,
     FailedPrecondition,
+    GatewayError,
     InvalidArgument,
     NotFound,
 )
@@ -533,8 +534,7 @@ class TrackedProcessor(Generic[B]):
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _backoff(self, attempts: int) -> float:
-        delay = min(self._poll_max, self._poll_min * 2 ** min(attempts, 10))
-        return random.uniform(delay / 2, delay)  # noqa: S311 - jitter, not crypto
+        return backoff_delay(attempts, base=self._poll_min, cap=self._poll_max)
 
     async def _advance(
         self,
@@ -547,6 +547,10 @@ class TrackedProcessor(Generic[B]):
         submitted: int,
         attempts: int,
     ) -> None:
+        """One step of a case; nothing escapes this task. When the store cannot
+        record the next attempt, the case stays out of the reads (in flight) until
+        a backoff at the cap has passed: a failing disk makes no retry storm."""
+        hold = 0.0
         try:
             async with self._limit:
                 await self._step(
@@ -554,14 +558,42 @@ class TrackedProcessor(Generic[B]):
                 )
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("processing step failed", domain=self._flow.domain, reference=reference)
-            await self._reschedule(reference, attempts + 1, submitted=bool(submitted))
+        except Exception as exc:
+            try:
+                await self._reschedule(reference, attempts + 1, submitted=bool(submitted))
+            except Exception as failure:
+                hold = self._backoff(10)  # the cap: the store is failing, no hurry
+                log.warning(
+                    "processing step failed; the next attempt is kept in memory"
+                    " (store cannot write)",
+                    domain=self._flow.domain,
+                    reference=reference,
+                    error=str(exc)[:200],
+                    store_error=str(failure)[:200],
+                    retry_in=round(hold, 3),
+                )
+            else:
+                log.warning(
+                    "processing step failed; retrying",
+                    domain=self._flow.domain,
+                    reference=reference,
+                    error=f"{type(exc).__name__}: {exc}"[:200],
+                    exc_info=not isinstance(exc, GatewayError),
+                )
         finally:
-            self._inflight.discard(reference)
-            self._wake.set()
+
+            def release() -> None:
+                self._inflight.discard(reference)
+                self._wake.set()
+
+            if hold:
+                asyncio.get_running_loop().call_later(hold, release)
+            else:
+                release()
 
     async def _reschedule(self, reference: str, attempts: int, *, submitted: bool) -> None:
+        """Record the next attempt (raises if the store cannot write: the caller
+        then keeps it in memory)."""
         when = time.time() + self._backoff(attempts)
 
         def op(db: sqlite3.Connection) -> None:
