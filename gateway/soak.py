@@ -48,6 +48,7 @@ import grpc
 from stdnum import luhn
 
 from adapters.simulators.residents import synthetic_residents
+from gateway.errors import DECISION_CODES
 from gateway.procfed import NodeProcess, ProcessFederation, SimulatorProcess, restart_simulator
 from yrd.case.v1 import case_pb2, case_pb2_grpc
 from yrd.common.v1 import common_pb2
@@ -63,17 +64,7 @@ FINAL: dict[str, frozenset[int]] = {
 }
 REFUSED: dict[str, int] = {WITHDRAWAL: W.REJECTED, CASE: C.CASE_REFUSED}
 #: Answers to a submission that are a decision about it: not retried.
-DECISIONS = frozenset(
-    {
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.ALREADY_EXISTS,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.OUT_OF_RANGE,
-        grpc.StatusCode.UNAUTHENTICATED,
-    }
-)
+DECISIONS = DECISION_CODES | {grpc.StatusCode.UNAUTHENTICATED}
 #: A file-size limit (bytes) below any SQLite file (pages are 4 KiB): writes fail.
 FAILING_DISK_LIMIT = 1024
 #: The service every province handles (a person, one material).

@@ -38,7 +38,7 @@ from gateway.envelope import (
     OpenedEnvelope,
     request_fingerprint,
 )
-from gateway.errors import EnvelopeRejected, GatewayError, status_from_int
+from gateway.errors import DECISION_CODES, EnvelopeRejected, GatewayError, status_from_int
 from gateway.federation.payloads import validate_payload
 from gateway.messagelog import DuplicateNonce, LogEntry, LoggedExchange, MessageLog
 from gateway.metrics import NodeMetrics
@@ -57,18 +57,7 @@ Handler = Callable[[OpenedEnvelope, float], Awaitable[Message]]
 #: Outcomes a retry gets again: success and the decisions about the request
 #: (DESIGN §5; the set of gateway.errors.DECISION_CODES). Faults are not
 #: remembered: a retry of a request that met one is handled again.
-_REMEMBERED = frozenset(
-    code.value[0]
-    for code in (
-        grpc.StatusCode.OK,
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.ALREADY_EXISTS,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.OUT_OF_RANGE,
-    )
-)
+_REMEMBERED = frozenset(code.value[0] for code in (grpc.StatusCode.OK, *DECISION_CODES))
 #: How a refusal of a reused message id begins; a logged answer that begins so
 #: answered a conflicting request and is never taken as the first one's answer.
 REUSED_MESSAGE_ID = "header.message_id: already used"
