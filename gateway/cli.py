@@ -149,8 +149,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from gateway.procfed import run_up
-
+    try:
+        from gateway.procfed import run_up
+    except KeyboardInterrupt:  # Ctrl-C while importing: nothing was started yet
+        return 130
     return run_up(Path(args.run_dir), args.base_port, fresh=args.fresh)
 
 

@@ -486,10 +486,14 @@ def run_up(run_dir: Path, base_port: int = DEFAULT_BASE_PORT, *, fresh: bool = F
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     result = 0
     try:
-        print(f"starting 4 provinces' back-ends and nodes (logs and stores: {run_dir}/<code>/)")
+        print(
+            f"starting 4 provinces' back-ends and nodes (logs and stores: {run_dir}/<code>/)",
+            flush=True,
+        )
         federation.start()
-        print(up_table(run_dir, base_port))
-        print("ready: 4 nodes serving; Ctrl-C stops them", flush=True)
+        if not stopping:
+            print(up_table(run_dir, base_port))
+            print("ready: 4 nodes serving; Ctrl-C stops them", flush=True)
         while not stopping:
             time.sleep(0.2)
             gone = [
