@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -94,4 +95,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except urllib.error.URLError as exc:
+        sys.exit(f"cannot reach a simulated back-end ({exc.reason}); is `make federation` running?")
+    except grpc.RpcError as exc:  # the call's status: code and message
+        sys.exit(f"the node answered {exc.code().name}: {exc.details()}")

@@ -19,6 +19,7 @@ import hashlib
 import json
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 
@@ -94,4 +95,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except urllib.error.URLError as exc:
+        sys.exit(f"cannot reach a simulated back-end ({exc.reason}); is `make federation` running?")
+    except grpc.RpcError as exc:  # the call's status: code and message
+        sys.exit(f"the node answered {exc.code().name}: {exc.details()}")
