@@ -30,6 +30,11 @@ lint: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
 
+# The four provinces as separate processes until Ctrl-C (logs, stores: var/federation/).
+.PHONY: federation
+federation: $(STAMP)
+	$(BIN)/yrd-gateway up
+
 bench: $(STAMP)
 	$(BIN)/yrd-gateway bench
 

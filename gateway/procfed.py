@@ -1,6 +1,8 @@
 """A federation of real processes: simulator processes and `yrd-gateway serve` nodes
 on loopback, each node startable, killable (SIGKILL) and restartable. Used by the
-fault tests and the benchmarks, where nodes must run apart from the load generator."""
+fault tests and the benchmarks, where nodes must run apart from the load generator,
+and by ``yrd-gateway up`` (:func:`run_up`), which runs the four provinces on fixed
+ports (:func:`ports_for`) until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -10,10 +12,10 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,41 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway.localfed import DEFAULT_CONFIG_DIR, free_port
 
 SLUGS = {"310000": "shanghai", "320000": "jiangsu", "330000": "zhejiang", "340000": "anhui"}
+
+#: ``yrd-gateway up``'s default: the ports of the shipped province configs.
+DEFAULT_BASE_PORT = 7300
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The fixed ports of one province under ``yrd-gateway up --base-port BASE``.
+
+    Province k (the second digit of its code: Shanghai 1, Jiangsu 2, Zhejiang 3,
+    Anhui 4) listens at BASE+10k (public, TLS + token), BASE+10k+1 (mutual TLS),
+    BASE+10k+2 (metrics); its back-ends at BASE+1000+10k, +1, +2, +3 (e-ID
+    authority, fund centre, certificate library, case system). BASE 7300 gives the
+    shipped configs' ports: 7310, 7311, 8310-8313 for Shanghai.
+    """
+
+    public: int
+    federation: int
+    metrics: int
+    eid: int
+    fund: int
+    cert: int
+    case: int
+
+    def all(self) -> tuple[int, ...]:
+        return (self.public, self.federation, self.metrics, *self.backends())
+
+    def backends(self) -> tuple[int, int, int, int]:
+        return (self.eid, self.fund, self.cert, self.case)
+
+
+def ports_for(code: str, base: int = DEFAULT_BASE_PORT) -> Ports:
+    node = base + 10 * int(code[1])
+    backend = node + 1000
+    return Ports(node, node + 1, node + 2, backend, backend + 1, backend + 2, backend + 3)
 
 
 @dataclass
@@ -36,6 +73,10 @@ class SimulatorProcess:
     case_url: str | None = None
     #: The arguments it was started with beyond the ports (to restart it alike).
     options: tuple[str, ...] = ()
+    #: Where its stderr goes (None: discarded).
+    log: Path | None = None
+    #: Not in the terminal's process group (``yrd-gateway up`` stops it itself).
+    own_session: bool = False
 
     def ports(self) -> dict[str, int]:
         """Its listening ports by option name (``eid-port`` …), to start it again on them."""
@@ -67,8 +108,36 @@ class SimulatorProcess:
             self.process.stdout.close()
 
 
-def start_simulator(province: str, keys_dir: Path, **delays: float) -> SimulatorProcess:
-    return spawn_simulator(province, keys_dir, delays=delays)
+def _port_options(ports: Ports) -> dict[str, int]:
+    """The simulator's port options for a province's fixed back-end ports."""
+    return {
+        "eid-port": ports.eid,
+        "fund-port": ports.fund,
+        "cert-port": ports.cert,
+        "case-port": ports.case,
+    }
+
+
+def start_simulator(
+    province: str,
+    keys_dir: Path,
+    *,
+    ports: Ports | None = None,
+    log: Path | None = None,
+    own_session: bool = False,
+    **delays: float,
+) -> SimulatorProcess:
+    """Start a province's four simulated back-ends; ``ports`` fixed (else free ones),
+    stderr to ``log`` (else discarded); ``own_session``: not in the terminal's process
+    group, so that Ctrl-C reaches only the caller, which stops them in order."""
+    return spawn_simulator(
+        province,
+        keys_dir,
+        ports=_port_options(ports) if ports is not None else None,
+        log=log,
+        own_session=own_session,
+        delays=delays,
+    )
 
 
 def spawn_simulator(
@@ -78,35 +147,68 @@ def spawn_simulator(
     ports: dict[str, int] | None = None,
     options: tuple[str, ...] = (),
     delays: dict[str, float] | None = None,
+    log: Path | None = None,
+    own_session: bool = False,
 ) -> SimulatorProcess:
     """Start a province's simulators; on ``ports`` (by option name, see
     :meth:`SimulatorProcess.ports`) instead of free ones; ``options`` passed as given."""
-    args = [
-        sys.executable,
-        "-m",
-        "adapters.simulators",
-        "--province",
+    process = _spawn_simulator(
         province,
-        "--eid-port",
-        "0",
-        "--fund-port",
-        "0",
-        "--keys-dir",
-        str(keys_dir),
-    ]
+        keys_dir,
+        ports=ports,
+        options=options,
+        delays=delays,
+        log=log,
+        own_session=own_session,
+    )
+    return _announced(province, process, options=options, log=log, own_session=own_session)
+
+
+def _spawn_simulator(
+    province: str,
+    keys_dir: Path,
+    *,
+    ports: dict[str, int] | None,
+    options: tuple[str, ...],
+    delays: dict[str, float] | None,
+    log: Path | None,
+    own_session: bool,
+) -> subprocess.Popen[str]:
+    chosen = {"eid-port": 0, "fund-port": 0, "cert-port": 0, "case-port": 0, **(ports or {})}
+    args = [sys.executable, "-m", "adapters.simulators", "--province", province]
+    for name, port in chosen.items():
+        args += [f"--{name}", str(port)]
+    args += ["--keys-dir", str(keys_dir)]
     for name, value in (delays or {}).items():
         args += [f"--{name.replace('_', '-')}", str(value)]
-    for name, port in (ports or {}).items():
-        args += [f"--{name}", str(port)]
     args += options
-    process = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
-        args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
+    with contextlib.ExitStack() as files:
+        stderr = files.enter_context(log.open("ab")) if log is not None else subprocess.DEVNULL
+        return subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
+            args,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            start_new_session=own_session,
+        )
+
+
+def _announced(
+    province: str,
+    process: subprocess.Popen[str],
+    *,
+    options: tuple[str, ...] = (),
+    log: Path | None = None,
+    own_session: bool = False,
+) -> SimulatorProcess:
+    """The simulator once it has printed its URLs (it serves from then on)."""
     assert process.stdout is not None
     line = process.stdout.readline()
     if not line:
         process.kill()
-        raise RuntimeError(f"simulator {province} did not start")
+        process.wait()
+        where = f"; see {log}" if log is not None else ""
+        raise RuntimeError(f"simulator {province} did not start{where}")
     info = json.loads(line)
     return SimulatorProcess(
         province,
@@ -115,7 +217,9 @@ def spawn_simulator(
         info["fund_url"],
         info.get("cert_url"),
         info.get("case_url"),
-        options,
+        options=options,
+        log=log,
+        own_session=own_session,
     )
 
 
@@ -130,6 +234,8 @@ def restart_simulator(
         ports=simulator.ports(),
         options=simulator.options,
         delays=delays,
+        log=simulator.log,
+        own_session=simulator.own_session,
     )
 
 
@@ -144,6 +250,8 @@ class NodeProcess:
     starts: int = 0
     kills: int = 0
     workers: int = 1
+    #: Not in the terminal's process group (``yrd-gateway up`` stops it itself).
+    own_session: bool = False
 
     @property
     def store_dir(self) -> Path:
@@ -161,7 +269,10 @@ class NodeProcess:
         self.starts += 1
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                self.command(), stdout=subprocess.DEVNULL, stderr=log
+                self.command(),
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=self.own_session,
             )
 
     def command(self) -> list[str]:
@@ -235,7 +346,13 @@ class NodeProcess:
 
 @dataclass
 class ProcessFederation:
-    """Config copies with free ports, simulator processes, and node processes."""
+    """Config copies with free ports, simulator processes, and node processes.
+
+    ``base_port``: the fixed ports of :func:`ports_for` instead of free ones.
+    ``province_dirs``: ``yrd-gateway up``'s layout, ``root/<code>/`` holding
+    ``node.log``, ``backends.log`` and ``store/``, the config copies regenerated at
+    each start (the stores kept), and every process in a session of its own.
+    Otherwise (tests, bench) ``root/<code>.log``, ``root/var/<code>/``."""
 
     root: Path
     provinces: tuple[str, ...]
@@ -245,51 +362,81 @@ class ProcessFederation:
     node_class: type[NodeProcess] = NodeProcess
     #: Options of each province's simulator process beyond ports and delays.
     simulator_options: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    base_port: int | None = None
+    province_dirs: bool = False
+
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "province_configs"
+
+    def store_dir(self, code: str) -> Path:
+        return self.root / code / "store" if self.province_dirs else self.root / "var" / code
+
+    def node_log(self, code: str) -> Path:
+        return self.root / code / "node.log" if self.province_dirs else self.root / f"{code}.log"
+
+    def backends_log(self, code: str) -> Path | None:
+        return self.root / code / "backends.log" if self.province_dirs else None
 
     def start(self, workers: dict[str, int] | None = None, **delays: float) -> ProcessFederation:
-        configs = self.root / "province_configs"
+        configs = self.config_dir
+        if self.province_dirs:
+            shutil.rmtree(configs, ignore_errors=True)
+            for code in self.provinces:
+                (self.root / code).mkdir(parents=True, exist_ok=True)
         shutil.copytree(DEFAULT_CONFIG_DIR, configs, ignore=shutil.ignore_patterns("var"))
-        with ThreadPoolExecutor(max_workers=len(self.provinces) or 1) as pool:  # start together
-            starting = {
-                code: pool.submit(
-                    spawn_simulator,
+        fixed = {
+            code: ports_for(code, self.base_port) for code in SLUGS if self.base_port is not None
+        }
+        spawned = {  # all at once: each takes a while to import
+            code: _spawn_simulator(
+                code,
+                configs / "keys",
+                ports=_port_options(fixed[code]) if code in fixed else None,
+                options=self.simulator_options.get(code, ()),
+                delays=delays,
+                log=self.backends_log(code),
+                own_session=self.province_dirs,
+            )
+            for code in self.provinces
+        }
+        try:
+            for code, process in spawned.items():
+                self.simulators[code] = _announced(
                     code,
-                    configs / "keys",
+                    process,
                     options=self.simulator_options.get(code, ()),
-                    delays=delays,
+                    log=self.backends_log(code),
+                    own_session=self.province_dirs,
                 )
-                for code in self.provinces
-            }
-        failed = [error for f in starting.values() if (error := f.exception()) is not None]
-        self.simulators.update(
-            {code: f.result() for code, f in starting.items() if f.exception() is None}
-        )
-        if failed:
-            raise failed[0]
+        except RuntimeError:
+            for process in spawned.values():
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+                if process.stdout is not None:
+                    process.stdout.close()
+            raise
         for code, slug in SLUGS.items():
             file = configs / f"{slug}.toml"
             text = file.read_text(encoding="utf-8")
-            endpoint = f"127.0.0.1:{free_port()}"
+            ports = fixed.get(code)
+            endpoint = f"127.0.0.1:{ports.public if ports else free_port()}"
+            metrics = f"127.0.0.1:{ports.metrics if ports else free_port()}"
+            peers = f"127.0.0.1:{ports.federation if ports else free_port()}"
             text = re.sub(r'\nendpoint = "[^"]+"', f'\nendpoint = "{endpoint}"', text, count=1)
-            text = text.replace(
-                "[node]\n", f'[node]\nmetrics_endpoint = "127.0.0.1:{free_port()}"\n', 1
-            )
+            text = text.replace("[node]\n", f'[node]\nmetrics_endpoint = "{metrics}"\n', 1)
             text = re.sub(
-                r'federation_endpoint = "[^"]+"',
-                f'federation_endpoint = "127.0.0.1:{free_port()}"',
-                text,
-                count=1,
+                r'federation_endpoint = "[^"]+"', f'federation_endpoint = "{peers}"', text, count=1
             )
-            text = re.sub(
-                r'store = "[^"]+"', f'store = "{self.root / "var" / code}"', text, count=1
-            )
+            text = re.sub(r'store = "[^"]+"', f'store = "{self.store_dir(code)}"', text, count=1)
             if code in self.simulators:
                 sim = self.simulators[code]
                 text = re.sub(r'authority_url = "[^"]+"', f'authority_url = "{sim.eid_url}"', text)
                 text = re.sub(r'centre_url = "[^"]+"', f'centre_url = "{sim.fund_url}"', text)
-                if sim.cert_url:
+                if sim.cert_url is not None:
                     text = re.sub(r'library_url = "[^"]+"', f'library_url = "{sim.cert_url}"', text)
-                if sim.case_url:
+                if sim.case_url is not None:
                     text = re.sub(r'system_url = "[^"]+"', f'system_url = "{sim.case_url}"', text)
             file.write_text(text, encoding="utf-8")
             if code in self.provinces:
@@ -297,9 +444,10 @@ class ProcessFederation:
                     code,
                     file,
                     endpoint,
-                    self.root / f"{code}.log",
+                    self.node_log(code),
                     configs / "keys" / "ca.crt.pem",
                     workers=(workers or {}).get(code, 1),
+                    own_session=self.province_dirs,
                 )
         for node in self.nodes.values():
             node.start()
@@ -319,3 +467,176 @@ class ProcessFederation:
             node.terminate()
         for simulator in self.simulators.values():
             simulator.stop()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def busy_ports(base_port: int) -> list[int]:
+    """The ports of ``yrd-gateway up --base-port base_port`` that something already holds."""
+    return [
+        port for code in SLUGS for port in ports_for(code, base_port).all() if not _port_free(port)
+    ]
+
+
+def _rows(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+
+
+def up_table(run_dir: Path, base_port: int) -> str:
+    """What ``yrd-gateway up`` prints once every node serves: endpoints, back-ends,
+    logs and stores (``run_dir`` as the user gave it), and how to try it."""
+    names = {code: slug.capitalize() for code, slug in SLUGS.items()}
+    ports = {code: ports_for(code, base_port) for code in SLUGS}
+    url = "http://127.0.0.1:{}".format
+    endpoints = _rows(
+        ("province", "public endpoint (TLS + token)", "mutual TLS endpoint", "metrics"),
+        [
+            (
+                f"{code} {names[code]}",
+                f"127.0.0.1:{p.public}",
+                f"127.0.0.1:{p.federation}",
+                url(p.metrics) + "/metrics",
+            )
+            for code, p in ports.items()
+        ],
+    )
+    backends = _rows(
+        ("back-ends", "e-ID authority", "fund centre", "certificate library", "case system"),
+        [(code, *(url(port) for port in p.backends())) for code, p in ports.items()],
+    )
+    files = _rows(
+        ("files", "node log", "back-ends log", "store (messages.db, state.db)"),
+        [
+            (
+                code,
+                str(run_dir / code / "node.log"),
+                str(run_dir / code / "backends.log"),
+                str(run_dir / code / "store") + "/",
+            )
+            for code in SLUGS
+        ],
+    )
+    zj, js, sh, ah = ports["330000"], ports["320000"], ports["310000"], ports["340000"]
+    node = f"--node 127.0.0.1:{sh.public}"
+    lines = [
+        *endpoints,
+        "",
+        *backends,
+        "",
+        *files,
+        "",
+        f"CA certificate: {run_dir / 'province_configs' / 'keys' / 'ca.crt.pem'} (the same as "
+        "province_configs/keys/ca.crt.pem); tokens: dev-hotel-<code>, dev-office-<code>",
+        "Synthetic residents of Zhejiang, and a fresh QR code (single use, valid 120 s):",
+        f"  curl -s {url(zj.eid)}/residents",
+        f'  curl -s -X POST {url(zj.eid)}/wallet/qr -d \'{{"credential_id": "<credential_id>"}}\'',
+        f"Jiangsu fund accounts: curl -s {url(js.fund)}/admin/accounts",
+        "Examples (README, 'Calling a node'):",
+        f"  .venv/bin/python examples/hotel_checkin.py {node} --eid-url {url(zj.eid)}",
+        f"  .venv/bin/python examples/fund_withdrawal.py {node} "
+        f"--fund-url {url(js.fund)} --eid-url {url(sh.eid)}",
+        f"  .venv/bin/python examples/certificate_fetch.py {node} --library-url {url(ah.cert)}",
+        f"  .venv/bin/python examples/service_case.py --node 127.0.0.1:{js.public} "
+        f"--eid-url {url(js.eid)}",
+    ]
+    return "\n".join(lines)
+
+
+def run_up(run_dir: Path, base_port: int = DEFAULT_BASE_PORT, *, fresh: bool = False) -> int:
+    """``yrd-gateway up``: the four provinces' back-ends and nodes as separate processes
+    on :func:`ports_for` ports until SIGINT/SIGTERM; then every node drains (SIGTERM),
+    then the back-ends stop. 0 when everything stopped cleanly, 1 when something failed
+    or exited on its own, 2 when a port is taken."""
+    if not 1024 <= base_port <= 65535 - 1043:
+        print(f"--base-port: expected 1024..{65535 - 1043}, got {base_port}", file=sys.stderr)
+        return 2
+    busy = busy_ports(base_port)
+    if busy:
+        print(
+            f"ports already in use: {', '.join(map(str, busy))} (another `yrd-gateway up`, "
+            "or `make demo`?); stop it, or pass --base-port",
+            file=sys.stderr,
+        )
+        return 2
+    if fresh:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    federation = ProcessFederation(
+        run_dir.resolve(), tuple(SLUGS), base_port=base_port, province_dirs=True
+    )
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    result = 0
+    try:
+        print(
+            f"starting 4 provinces' back-ends and nodes (logs and stores: {run_dir}/<code>/)",
+            flush=True,
+        )
+        federation.start()
+        if not stopping:
+            print(up_table(run_dir, base_port))
+            print("ready: 4 nodes serving; Ctrl-C stops them", flush=True)
+        while not stopping:
+            time.sleep(0.2)
+            gone = [
+                f"node {code} (see {run_dir / code / 'node.log'})"
+                for code, node in federation.nodes.items()
+                if node.process is not None and node.process.poll() is not None
+            ] + [
+                f"back-ends {code} (see {run_dir / code / 'backends.log'})"
+                for code, sim in federation.simulators.items()
+                if sim.process.poll() is not None
+            ]
+            if gone:
+                print(f"exited on their own: {'; '.join(gone)}", file=sys.stderr)
+                result = 1
+                break
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        print(f"the federation did not start: {exc}", file=sys.stderr)
+        result = 1
+    finally:
+        print("stopping: nodes drain, then the back-ends stop", flush=True)
+        if _stop_in_order(federation) != 0:
+            result = 1
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(f"stopped; logs and stores kept in {run_dir}/", flush=True)
+    return result
+
+
+def _stop_in_order(federation: ProcessFederation) -> int:
+    """SIGTERM every node at once, wait for each (15 s, then SIGKILL), then the
+    simulators. 0 when every node exited 0."""
+    running = [
+        node.process
+        for node in federation.nodes.values()
+        if node.process is not None and node.process.poll() is None
+    ]
+    for process in running:
+        process.send_signal(signal.SIGTERM)
+    failed = 0
+    for process in running:
+        try:
+            failed |= process.wait(timeout=15) != 0
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            failed = 1
+    for simulator in federation.simulators.values():
+        simulator.stop()
+    return failed

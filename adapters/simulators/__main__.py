@@ -35,6 +35,15 @@ The province's e-certificate library and case system are started too
 the JSON line (null for a region without hand-written ones). The library
 seals with ``<keys-dir>/<province>/seal.key.pem`` under key id
 ``--seal-key-id`` (default ``"<province>-seal-2026"``).
+
+Besides the native endpoints the node calls, the simulators answer plain HTTP for
+people and tests (README, "Residents, QR codes and fund accounts"):
+``GET <eid_url>/residents`` (credential ids, ID numbers, names, states),
+``POST <eid_url>/wallet/qr`` with ``{"credential_id": ..., "ttl_seconds": 120}``
+(a fresh single-use QR code), ``GET <fund_url>/admin/accounts`` (accounts, holders,
+balances), ``GET <cert_url>/admin/certificates`` and ``POST <cert_url>/admin/consents``
+with ``{"holder_id", "requesting_province", "expires_at", "purpose"}``.
+``yrd-gateway up`` runs these for all four provinces on fixed ports.
 """
 
 from __future__ import annotations
