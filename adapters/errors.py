@@ -43,9 +43,18 @@ class TranslationError(AdapterError, ValueError):
 
 
 class BackendUnavailable(AdapterError):
-    """The back-end did not answer in time, refused the connection or failed (5xx)."""
+    """The back-end did not answer in time, refused the connection or failed (5xx).
+
+    ``may_have_arrived`` is False only when the request surely never reached
+    the back-end (no connection was made); otherwise the back-end may have
+    acted on it although its answer was lost.
+    """
 
     retryable = True
+
+    def __init__(self, message: str, *, may_have_arrived: bool = True) -> None:
+        super().__init__(message)
+        self.may_have_arrived = may_have_arrived
 
 
 class BackendRejected(AdapterError):

@@ -279,6 +279,112 @@ def _audit_check(args: argparse.Namespace) -> int:
     return 0 if not problems else 1
 
 
+# ---- outbox: money-moving cases in reconciliation -----------------------------------
+
+
+def _state_dir(config_file: str) -> tuple[str, Path] | None:
+    """(province code, store folder) of a node's config; None (and a message) when
+    the config or its state store cannot be used."""
+    from gateway.config import parse_province_file
+    from gateway.errors import ConfigError
+
+    try:
+        config = parse_province_file(Path(config_file))
+    except ConfigError as exc:
+        print(f"configuration refused:\n{exc}", file=sys.stderr)
+        return None
+    if not (config.node.store / "state.db").is_file():
+        print(
+            f"no state store in {config.node.store} (node.store of {config_file})", file=sys.stderr
+        )
+        return None
+    return config.code, config.node.store
+
+
+def _outbox_list_reconciliation(args: argparse.Namespace) -> int:
+    from gateway.services.case import SERVICE_CASE
+    from gateway.services.fund import WITHDRAWAL
+    from gateway.store import StateStore
+
+    found = _state_dir(args.config)
+    if found is None:
+        return 2
+    names = {f.domain: f.status_name for f in (WITHDRAWAL, SERVICE_CASE)}
+
+    async def run() -> int:
+        async with StateStore(found[1] / "state.db") as store:
+            cases = await store.reconciliation_cases()
+        print(f"{len(cases)} case(s) in reconciliation")
+        if cases:
+            print(f"{'REFERENCE':<34} {'DOMAIN':<10} {'SENDER':<7} {'SINCE':<32} LAST STATUS")
+        for case in cases:
+            status = names[case.domain](case.status) if case.domain in names else str(case.status)
+            print(
+                f"{case.reference:<34} {case.domain:<10} {case.sender:<7} {case.since:<32} {status}"
+            )
+        return 0
+
+    return eventloop.run(run())
+
+
+def _outbox_resolve(args: argparse.Namespace) -> int:
+    from gateway.clock import SystemClock
+    from gateway.errors import GatewayError
+    from gateway.messagelog import MessageLog
+    from gateway.services.case import SERVICE_CASE
+    from gateway.services.fund import WITHDRAWAL
+    from gateway.services.tracked import pending_reconciliation, resolve_reconciliation
+    from gateway.store import StateStore
+
+    operator = args.operator.strip()
+    if not 1 <= len(operator) <= 64 or not operator.isprintable():
+        print(
+            "--operator: expected the operator's name, 1..64 printable characters", file=sys.stderr
+        )
+        return 2
+    found = _state_dir(args.config)
+    if found is None:
+        return 2
+    province, folder = found
+    flows = {f.domain: f for f in (WITHDRAWAL, SERVICE_CASE)}
+    action = "resolve_paid" if args.paid else "resolve_not_paid"
+
+    async def run() -> str:
+        async with StateStore(folder / "state.db") as store:
+            case = await pending_reconciliation(store, args.reference)
+            flow = flows[case.domain]
+            if args.paid and not flow.moves_money:
+                return f"--paid: a {flow.domain} moves no money; use --not-paid"
+            # The operator's statement is logged first: what follows rests on it.
+            async with MessageLog(folder / "messages.db", province=province) as log:
+                seq = await log.append_operator_action(
+                    action=action, subject=args.reference, operator=operator, reason=args.reason
+                )
+            status = await resolve_reconciliation(
+                store, flow, args.reference, paid=args.paid, clock=SystemClock()
+            )
+            if args.paid:
+                print(
+                    f"{args.reference}: {flow.status_name(status)} recorded; status updates"
+                    f" queued for {case.sender}; message log row {seq}"
+                )
+            else:
+                print(
+                    f"{args.reference}: out of reconciliation; the node submits it to its"
+                    f" {flow.backend_name.replace('_', ' ')} again; message log row {seq}"
+                )
+            return ""
+
+    try:
+        problem = eventloop.run(run())
+    except GatewayError as exc:
+        problem = exc.message
+    if problem:
+        print(problem, file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="yrd-gateway",
@@ -460,7 +566,54 @@ def build_parser() -> argparse.ArgumentParser:
         help="open-loop submissions per second for latency (default 20)",
     )
     bench.set_defaults(func=_bench)
+
+    outbox = commands.add_parser("outbox", help="list and steer asynchronous exchanges")
+    outbox_commands = outbox.add_subparsers(dest="outbox_command", required=True)
+    o_list = outbox_commands.add_parser(
+        "list", help="list exchanges waiting for an operator (no personal data)"
+    )
+    o_list.add_argument("--config", required=True, metavar="FILE", help="the node's config")
+    o_list.add_argument(
+        "--reconciliation",
+        action="store_true",
+        required=True,
+        help="received money-moving cases whose back-end lost track of them",
+    )
+    o_list.set_defaults(func=_outbox_list_reconciliation)
+    o_resolve = outbox_commands.add_parser(
+        "resolve",
+        help="resolve a case in reconciliation from the back-end's own records",
+    )
+    o_resolve.add_argument("reference", metavar="REF", help="this node's reference (FW-…)")
+    outcome = o_resolve.add_mutually_exclusive_group(required=True)
+    outcome.add_argument(
+        "--paid", action="store_true", help="the back-end paid it: record it PAID, tell the sender"
+    )
+    outcome.add_argument(
+        "--not-paid",
+        action="store_true",
+        help="no money moved: submit it to the back-end again",
+    )
+    o_resolve.add_argument("--config", required=True, metavar="FILE", help="the node's config")
+    o_resolve.add_argument(
+        "--operator",
+        default=_login_name(),
+        help="who resolves it, recorded in the message log (default: the login name)",
+    )
+    o_resolve.add_argument(
+        "--reason", default="", help="what the back-end's records showed (no personal data)"
+    )
+    o_resolve.set_defaults(func=_outbox_resolve)
     return parser
+
+
+def _login_name() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

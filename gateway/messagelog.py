@@ -14,9 +14,11 @@ is committed, and one fsync serves many rows under load.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import struct
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -253,6 +255,31 @@ class MessageLog:
     async def append_all(self, entries: tuple[LogEntry, ...]) -> list[int]:
         """Append rows in one group (one commit); return their sequence numbers."""
         return await self._live_writer().submit_all(list(entries))
+
+    async def append_operator_action(
+        self, *, action: str, subject: str, operator: str, reason: str = ""
+    ) -> int:
+        """Record an operator's action (e.g. a reconciliation resolved) as a chained
+        row: direction "local", kind "operator", service "operator.<action>", the
+        envelope a small JSON statement of it. Returns the row's sequence number."""
+        statement = {
+            "action": action,
+            "subject": subject,
+            "operator": operator,
+            "reason": reason,
+            "at": self._clock.now().isoformat(),
+        }
+        return await self.append(
+            LogEntry(
+                direction="local",
+                kind="operator",
+                message_id=str(uuid.uuid4()),
+                correlation_id="",
+                peer="",
+                service=f"operator.{action}",
+                envelope=json.dumps(statement, ensure_ascii=False, sort_keys=True).encode(),
+            )
+        )
 
     def enqueue(self, entry: LogEntry) -> None:
         """Queue a row without waiting for its commit (for a caller that cannot
