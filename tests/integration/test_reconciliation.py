@@ -82,8 +82,10 @@ async def resolve(federation: LocalFederation, reference: str, *outcome: str) ->
     opens the node's stores through their own connections)."""
     return await asyncio.to_thread(
         cli.main,
-        ["outbox", "resolve", reference, *outcome, "--config", config_of(federation)]
-        + ["--operator", "op-zhang", "--reason", "centre ledger checked"],
+        [
+            *("outbox", "resolve", reference, *outcome, "--config", config_of(federation)),
+            *("--operator", "op-zhang", "--reason", "centre ledger checked"),
+        ],
     )
 
 
@@ -130,8 +132,10 @@ async def test_a_centre_that_forgets_paid_withdrawals_pays_each_once(
 
     listing = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "gateway", "outbox", "list", "--reconciliation"]
-        + ["--config", config_of(federation)],
+        [
+            *(sys.executable, "-m", "gateway", "outbox", "list", "--reconciliation"),
+            *("--config", config_of(federation)),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
