@@ -25,8 +25,11 @@ import pytest_asyncio
 from gateway import cli
 from gateway.localfed import DEFAULT_CONFIG_DIR, LocalFederation
 from gateway.messagelog import verify_file
-from tests.integration.conftest import JS, SH
+from tests.integration.conftest import JS, SH, ZJ
+from tests.integration.test_certificates_and_cases import case_application, submit_case
+from tests.integration.test_certificates_and_cases import until_final as until_case_final
 from tests.integration.test_fund_exchange import application, counter, submit, until_final
+from yrd.case.v1 import case_pb2, case_pb2_grpc
 from yrd.fund.v1 import fund_pb2
 
 OFFICE = (("authorization", f"Bearer dev-office-{SH}"),)
@@ -222,3 +225,36 @@ async def test_a_lost_submit_answer_then_a_forgetful_centre_and_a_case_never_pai
         "operator.resolve_paid",
         "operator.resolve_not_paid",
     ]
+
+
+@pytest.mark.timeout(120)
+async def test_a_case_system_that_forgets_is_given_the_case_again(
+    federation: LocalFederation,
+) -> None:
+    """Service cases move no money: a case the case system lost is submitted again
+    (idempotent by reference), never held for reconciliation."""
+    system = federation.provinces[ZJ].case_system
+    assert system is not None
+    system.processing_delay = 60.0
+    case = await submit_case(federation, case_application())
+    stub = case_pb2_grpc.CaseServiceStub(federation.channel(JS))
+
+    async def accepted() -> bool:
+        got = await stub.GetCase(
+            case_pb2.GetCaseRequest(case_id=case.case_id),
+            metadata=(("authorization", f"Bearer dev-office-{JS}"),),
+            timeout=5,
+        )
+        return bool(got.status == case_pb2.CASE_ACCEPTED)
+
+    await until(accepted, what="the case ACCEPTED")
+    [reference] = list(system.cases)
+    assert system.forget() == 1
+    system.processing_delay = 0.05
+    final, _ = await until_case_final(federation, case.case_id)
+    assert final.status == case_pb2.CASE_COMPLETED
+    assert list(system.cases) == [reference]  # given again, under the same reference
+    rows = await federation.node(ZJ).state.fetchall(
+        "SELECT COUNT(*) FROM incoming_cases WHERE reconciliation = 1"
+    )
+    assert rows == [(0,)]
