@@ -73,9 +73,10 @@ class BackendRejected(AdapterError):
 class WithdrawalNotFound(BackendRejected):
     """The fund centre has no withdrawal under the reference asked about.
 
-    Distinct so that a deliverer that lost track of whether its submission
-    arrived can tell "never arrived, submit (again)" from other refusals;
-    submitting is idempotent by reference, so that is always safe.
+    Distinct so that a deliverer can tell "the centre does not know it" from
+    other refusals. For a submission that was (or may have been) made, it means
+    the centre lost its state: the gateway then never submits it again on its
+    own (money could move twice) but holds it for reconciliation.
     """
 
 

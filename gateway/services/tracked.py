@@ -13,8 +13,12 @@ peer's reason. Status updates move a case forward only, never back.
 
 Handling node: a delivery is stored once per (sender, idempotency key) — a retry
 or duplicate returns the same reference and never reaches the back-end twice —
-and the :class:`TrackedProcessor` hands it to the back-end (idempotent by this
-node's reference), follows it, and queues each change for the submitting node.
+and the :class:`TrackedProcessor` hands it to the back-end (with this node's
+reference and the exchange's idempotency key), follows it, and queues each
+change for the submitting node. When a back-end no longer knows a case it was
+(or may have been) given, a flow that moves money (``Flow.moves_money``) is
+never submitted again on its own: the case goes to reconciliation until an
+operator resolves it from the back-end's records (:func:`resolve_reconciliation`).
 """
 
 from __future__ import annotations
