@@ -32,7 +32,8 @@ Harness endpoints (uniform JSON, for tests and demos):
   case (as one that lost its state).
 
 Submissions are idempotent by reference and by (submitting province,
-idempotency key). With a ``state_file`` (``--state-dir`` of
+idempotency key): the same application under another reference is the same
+case. With a ``state_file`` (``--state-dir`` of
 ``python -m adapters.simulators``) cases are kept in SQLite and survive a
 restart.
 """
@@ -44,7 +45,7 @@ import binascii
 import xml.etree.ElementTree as ET  # building only; parsing uses defusedxml
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -510,9 +511,13 @@ class CaseSystemSimulator(SimulatorServer):
         """Open a case, or return the one already open under its reference."""
         existing = self.cases.get(submission.reference)
         if existing is None and submission.idempotency_key:
-            existing = self._by_key.get(
-                (submission.submitting_province, submission.idempotency_key)
-            )
+            # The same application under another reference (from a gateway that
+            # lost its own records and received it again) is the same case.
+            keyed = self._by_key.get((submission.submitting_province, submission.idempotency_key))
+            if keyed is not None and replace(keyed.submission, reference=submission.reference) == (
+                submission
+            ):
+                existing = keyed
         if existing is not None:
             return existing
         self._opened += 1

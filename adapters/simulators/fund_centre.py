@@ -44,7 +44,8 @@ Harness endpoints (uniform JSON, for tests and demos):
   still acted on, but answered HTTP 503 (the answer lost on the way).
 
 Submissions are idempotent by reference and by (applicant's province,
-idempotency key). With a ``state_file`` (``--state-dir`` of
+idempotency key): the same application under another reference is the same
+case. With a ``state_file`` (``--state-dir`` of
 ``python -m adapters.simulators``) cases, balances and the payment ledger
 are kept in SQLite and survive a restart.
 """
@@ -57,7 +58,7 @@ import re
 import xml.etree.ElementTree as ET  # building only; parsing uses defusedxml
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -870,7 +871,13 @@ class FundCentreSimulator(SimulatorServer):
         """Open a case for ``submission``, or return the one already open under its reference."""
         existing = self.cases.get(submission.reference)
         if existing is None and submission.idempotency_key:
-            existing = self._by_key.get((submission.applicant_province, submission.idempotency_key))
+            # The same application under another reference (from a gateway that
+            # lost its own records and received it again) is the same case.
+            keyed = self._by_key.get((submission.applicant_province, submission.idempotency_key))
+            if keyed is not None and replace(keyed.submission, reference=submission.reference) == (
+                submission
+            ):
+                existing = keyed
         if existing is not None:
             return existing  # idempotent: a retry never opens a second case
         self._opened += 1
