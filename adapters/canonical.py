@@ -214,6 +214,9 @@ FUND_WITHDRAWAL = _from_descriptor(
     required=frozenset(
         {"applicant", "fund_account", "reason", "amount_fen", "payee_account", "payee_bank"}
     ),
+    # The exchange's idempotency key reaches the centre, which can then refuse to
+    # take one application twice (with the applicant's province).
+    mapped=frozenset({"idempotency_key"}),
     messages={"applicant": "applicant"},
     extra={"reference": _REFERENCE},
     name="adapters.fund.Withdrawal",

@@ -43,9 +43,18 @@ class TranslationError(AdapterError, ValueError):
 
 
 class BackendUnavailable(AdapterError):
-    """The back-end did not answer in time, refused the connection or failed (5xx)."""
+    """The back-end did not answer in time, refused the connection or failed (5xx).
+
+    ``may_have_arrived`` is False only when the request surely never reached
+    the back-end (no connection was made); otherwise the back-end may have
+    acted on it although its answer was lost.
+    """
 
     retryable = True
+
+    def __init__(self, message: str, *, may_have_arrived: bool = True) -> None:
+        super().__init__(message)
+        self.may_have_arrived = may_have_arrived
 
 
 class BackendRejected(AdapterError):
@@ -64,9 +73,10 @@ class BackendRejected(AdapterError):
 class WithdrawalNotFound(BackendRejected):
     """The fund centre has no withdrawal under the reference asked about.
 
-    Distinct so that a deliverer that lost track of whether its submission
-    arrived can tell "never arrived, submit (again)" from other refusals;
-    submitting is idempotent by reference, so that is always safe.
+    Distinct so that a deliverer can tell "the centre does not know it" from
+    other refusals. For a submission that was (or may have been) made, it means
+    the centre lost its state: the gateway then never submits it again on its
+    own (money could move twice) but holds it for reconciliation.
     """
 
 

@@ -14,6 +14,10 @@ HTTP 4xx                               ``BackendRejected``
 an answer larger than any document     ``TranslationError``
 =====================================  ==========================
 
+Only a failed connection (``aiohttp.ClientConnectorError``) tells that the
+request never reached the back-end (``BackendUnavailable.may_have_arrived``
+False); after a timeout, a reset or a 5xx it may have been acted on.
+
 Log lines and messages name the back-end and the endpoint path, never a
 document: those carry personal data.
 """
@@ -67,9 +71,11 @@ class BackendHttp:
         Header values are never logged.
         """
         if self._closed:
-            raise BackendUnavailable(f"{self.backend} connector is closed")
+            raise BackendUnavailable(f"{self.backend} connector is closed", may_have_arrived=False)
         if timeout <= 0:
-            raise BackendUnavailable(f"no time left to ask the {self.backend}")
+            raise BackendUnavailable(
+                f"no time left to ask the {self.backend}", may_have_arrived=False
+            )
         if self._session is None:
             self._session = aiohttp.ClientSession()
         url = self.base_url + path
@@ -91,7 +97,9 @@ class BackendHttp:
                 "backend_unreachable", backend=self.backend, request=what, error=type(exc).__name__
             )
             raise BackendUnavailable(
-                f"{self.backend} unreachable for the {what}: {type(exc).__name__}"
+                f"{self.backend} unreachable for the {what}: {type(exc).__name__}",
+                # No connection, nothing sent; any later failure may follow its arrival.
+                may_have_arrived=not isinstance(exc, aiohttp.ClientConnectorError),
             ) from exc
         if 400 <= status < 500:
             raise BackendRejected(

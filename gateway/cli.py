@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 from gateway import __version__, eventloop
 
 if TYPE_CHECKING:
-    from gateway.config import FederationConfig
+    from gateway.config import ProvinceConfig
+    from gateway.messagelog import MessageLog
 
 PROVINCE_CODES = ["310000", "320000", "330000", "340000"]
 
@@ -308,13 +309,39 @@ def _audit_check(args: argparse.Namespace) -> int:
 # ---- outbox: list, retry and park deliveries (an operator's commands) -----------
 
 
-def _outbox_stores(config: str) -> tuple[FederationConfig, Path, Path]:
-    """(the federation config, state.db, messages.db) of the node of ``config``."""
-    from gateway.config import load_federation
+def _node_stores(config_file: str) -> tuple[ProvinceConfig, Path] | None:
+    """(the node's own config, its store folder) for an operator's command; None
+    (and a message) when the config or its state store cannot be used."""
+    from gateway.config import parse_province_file
+    from gateway.errors import ConfigError
 
-    federation = load_federation(Path(config))
-    store = federation.me.node.store
-    return federation, store / "state.db", store / "messages.db"
+    try:
+        config = parse_province_file(Path(config_file))
+    except ConfigError as exc:
+        print(f"configuration refused:\n{exc}", file=sys.stderr)
+        return None
+    if not (config.node.store / "state.db").is_file():
+        print(
+            f"no state store in {config.node.store} (node.store of {config_file})", file=sys.stderr
+        )
+        return None
+    return config, config.node.store
+
+
+def _operator_log(me: ProvinceConfig, folder: Path) -> MessageLog:
+    """The node's message log, opened to record operator actions signed with the
+    node's current envelope key (as its chain heads are)."""
+    from gateway.clock import SystemClock
+    from gateway.envelope import EnvelopeSigner
+    from gateway.messagelog import MessageLog
+
+    signer = EnvelopeSigner.from_config(me, SystemClock())
+
+    def sign(statement: bytes) -> tuple[str, bytes]:
+        key_id, key = signer.current()
+        return key_id, key.sign(statement)
+
+    return MessageLog(folder / "messages.db", province=me.code, head_signer=sign)
 
 
 def _age(seconds: float) -> str:
@@ -330,13 +357,14 @@ def _outbox_list(args: argparse.Namespace) -> int:
 
     from gateway.store import PARKED, OutboxEntry, StateStore
 
-    _, state_db, _ = _outbox_stores(args.config)
-    if not state_db.exists():
-        print(f"{state_db}: no state store", file=sys.stderr)
+    if args.reconciliation:
+        return _outbox_list_reconciliation(args)
+    found = _node_stores(args.config)
+    if found is None:
         return 2
 
     async def read() -> list[OutboxEntry]:
-        async with StateStore(state_db) as store:
+        async with StateStore(found[1] / "state.db") as store:
             return await store.outbox_entries(state=PARKED if args.parked else None)
 
     entries = asyncio.run(read())
@@ -366,33 +394,22 @@ def _outbox_list(args: argparse.Namespace) -> int:
 
 def _outbox_steer(args: argparse.Namespace) -> int:
     """``outbox retry`` / ``outbox park``: change the items of REF, log each change."""
-    import getpass
     import time
 
-    from gateway.clock import SystemClock
-    from gateway.envelope import EnvelopeSigner
-    from gateway.messagelog import MessageLog
     from gateway.store import PARKED, PENDING, StateStore
 
-    federation, state_db, messages_db = _outbox_stores(args.config)
-    if not state_db.exists():
-        print(f"{state_db}: no state store", file=sys.stderr)
+    found = _node_stores(args.config)
+    if found is None:
         return 2
+    me, folder = found
     action = args.outbox_command
     target, source = (PENDING, PARKED) if action == "retry" else (PARKED, PENDING)
-    operator = args.operator or getpass.getuser()
-    me = federation.me
-    signer = EnvelopeSigner.from_config(me, SystemClock())
-
-    def sign(statement: bytes) -> tuple[str, bytes]:
-        key_id, key = signer.current()
-        return key_id, key.sign(statement)
+    operator = _operator_name(args.operator)
+    if operator is None:
+        return 2
 
     async def steer() -> tuple[int, int]:
-        async with (
-            StateStore(state_db) as store,
-            MessageLog(messages_db, province=me.code, head_signer=sign) as log,
-        ):
+        async with StateStore(folder / "state.db") as store, _operator_log(me, folder) as log:
             entries = await store.outbox_entries(reference=args.reference)
             changed = 0
             for entry in entries:
@@ -409,12 +426,95 @@ def _outbox_steer(args: argparse.Namespace) -> int:
                     print(f"{action}: {entry.subject} {entry.service} -> {entry.peer} ({target})")
             return len(entries), changed
 
-    found, changed = asyncio.run(steer())
-    if found == 0:
+    items, changed = asyncio.run(steer())
+    if items == 0:
         print(f"no outbox item for {args.reference!r}", file=sys.stderr)
         return 1
     if changed == 0:
         print(f"no {source} outbox item for {args.reference!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---- outbox: money-moving cases in reconciliation -----------------------------------
+
+
+def _outbox_list_reconciliation(args: argparse.Namespace) -> int:
+    from gateway.services.case import SERVICE_CASE
+    from gateway.services.fund import WITHDRAWAL
+    from gateway.store import StateStore
+
+    found = _node_stores(args.config)
+    if found is None:
+        return 2
+    names = {f.domain: f.status_name for f in (WITHDRAWAL, SERVICE_CASE)}
+
+    async def run() -> int:
+        async with StateStore(found[1] / "state.db") as store:
+            cases = await store.reconciliation_cases()
+        print(f"{len(cases)} case(s) in reconciliation")
+        if cases:
+            print(f"{'REFERENCE':<34} {'DOMAIN':<10} {'SENDER':<7} {'SINCE':<32} LAST STATUS")
+        for case in cases:
+            status = names[case.domain](case.status) if case.domain in names else str(case.status)
+            print(
+                f"{case.reference:<34} {case.domain:<10} {case.sender:<7} {case.since:<32} {status}"
+            )
+        return 0
+
+    return eventloop.run(run())
+
+
+def _outbox_resolve(args: argparse.Namespace) -> int:
+    from gateway.clock import SystemClock
+    from gateway.errors import GatewayError
+    from gateway.services.case import SERVICE_CASE
+    from gateway.services.fund import WITHDRAWAL
+    from gateway.services.tracked import pending_reconciliation, resolve_reconciliation
+    from gateway.store import StateStore
+
+    operator = _operator_name(args.operator)
+    if operator is None:
+        return 2
+    found = _node_stores(args.config)
+    if found is None:
+        return 2
+    me, folder = found
+    flows = {f.domain: f for f in (WITHDRAWAL, SERVICE_CASE)}
+    action = "resolve_paid" if args.paid else "resolve_not_paid"
+
+    async def run() -> str:
+        async with StateStore(folder / "state.db") as store:
+            case = await pending_reconciliation(store, args.reference)
+            flow = flows[case.domain]
+            if args.paid and not flow.moves_money:
+                return f"--paid: a {flow.domain} moves no money; use --not-paid"
+            # The operator's statement is logged first: what follows rests on it.
+            async with _operator_log(me, folder) as log:
+                seq = await log.append_operator_action(
+                    action=action, subject=args.reference, operator=operator, reason=args.reason
+                )
+            status = await resolve_reconciliation(
+                store, flow, args.reference, paid=args.paid, clock=SystemClock()
+            )
+            if args.paid:
+                print(
+                    f"{args.reference}: {flow.status_name(status)} recorded; status updates"
+                    f" queued for {case.sender}; message log row {seq}"
+                )
+            else:
+                print(
+                    f"{args.reference}: out of reconciliation; the node submits it to its"
+                    f" {flow.backend_name.replace('_', ' ')} again; message log row {seq}"
+                )
+            return ""
+
+    try:
+        problem = eventloop.run(run())
+    except GatewayError as exc:
+        problem = exc.message
+    if problem:
+        print(problem, file=sys.stderr)
         return 1
     return 0
 
@@ -597,7 +697,13 @@ def build_parser() -> argparse.ArgumentParser:
         "list", help="reference, peer, service, state, attempts, age, next attempt, last error"
     )
     o_list.add_argument("--config", required=True, metavar="FILE", help="the node's config")
-    o_list.add_argument("--parked", action="store_true", help="only items parked for an operator")
+    shown = o_list.add_mutually_exclusive_group()
+    shown.add_argument("--parked", action="store_true", help="only items parked for an operator")
+    shown.add_argument(
+        "--reconciliation",
+        action="store_true",
+        help="received money-moving cases whose back-end lost track of them (see resolve)",
+    )
     o_list.set_defaults(func=_outbox_list)
     for name, text in (
         ("retry", "make the parked items of REF pending and due now"),
@@ -609,10 +715,37 @@ def build_parser() -> argparse.ArgumentParser:
         )
         steer.add_argument("--config", required=True, metavar="FILE", help="the node's config")
         steer.add_argument(
-            "--operator", metavar="NAME", help="who acts (default: the OS user); logged"
+            "--operator",
+            metavar="NAME",
+            default=_login_name(),
+            help="who acts, recorded in the message log (default: the login name)",
         )
         steer.add_argument("--reason", metavar="TEXT", default="", help="why (logged)")
         steer.set_defaults(func=_outbox_steer)
+    o_resolve = outbox_commands.add_parser(
+        "resolve",
+        help="resolve a case in reconciliation from the back-end's own records",
+    )
+    o_resolve.add_argument("reference", metavar="REF", help="this node's reference (FW-…)")
+    outcome = o_resolve.add_mutually_exclusive_group(required=True)
+    outcome.add_argument(
+        "--paid", action="store_true", help="the back-end paid it: record it PAID, tell the sender"
+    )
+    outcome.add_argument(
+        "--not-paid",
+        action="store_true",
+        help="no money moved: submit it to the back-end again",
+    )
+    o_resolve.add_argument("--config", required=True, metavar="FILE", help="the node's config")
+    o_resolve.add_argument(
+        "--operator",
+        default=_login_name(),
+        help="who resolves it, recorded in the message log (default: the login name)",
+    )
+    o_resolve.add_argument(
+        "--reason", default="", help="what the back-end's records showed (no personal data)"
+    )
+    o_resolve.set_defaults(func=_outbox_resolve)
 
     bench = commands.add_parser(
         "bench", help="measure throughput and latency on this machine (processes on loopback)"
@@ -689,6 +822,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     soak.set_defaults(func=_soak)
     return parser
+
+
+def _operator_name(given: str) -> str | None:
+    """The operator's name as given (recorded in the message log); None (and a
+    message) unless it is 1..64 printable characters."""
+    operator = given.strip()
+    if not 1 <= len(operator) <= 64 or not operator.isprintable():
+        print(
+            "--operator: expected the operator's name, 1..64 printable characters", file=sys.stderr
+        )
+        return None
+    return operator
+
+
+def _login_name() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

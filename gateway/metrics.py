@@ -113,6 +113,13 @@ class NodeMetrics:
         self.log_commits = Gauge(
             "yrd_message_log_commits", "Commits of the message log's grouped writer", registry=r
         )
+        self.reconciliation = Gauge(
+            "yrd_reconciliation_cases",
+            "Received money-moving cases their back-end lost track of, waiting for an "
+            "operator (yrd-gateway outbox resolve), by domain",
+            ["domain"],
+            registry=r,
+        )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         #: Filled in by the node: refreshes the gauges read at scrape time.
         self.refresh: Callable[[], Awaitable[None]] | None = None

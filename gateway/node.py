@@ -382,6 +382,9 @@ class Node:
             )
         self.metrics.log_rows.set(await self.message_log.count())
         self.metrics.log_commits.set(self.message_log.commits)
+        in_reconciliation = await self.state.reconciliation_counts()
+        for domain in ("withdrawal", "case"):
+            self.metrics.reconciliation.labels(domain).set(in_reconciliation.get(domain, 0))
         for code in self.federation.provinces:
             if code != self.code:
                 state = self.federation_client.breaker_state(code).value

@@ -78,11 +78,14 @@ CREATE TABLE IF NOT EXISTS incoming_cases (
     status_reason     TEXT NOT NULL DEFAULT '',
     amount_fen        INTEGER NOT NULL DEFAULT 0,
     backend_reference TEXT NOT NULL DEFAULT '',
-    submitted         INTEGER NOT NULL DEFAULT 0,  -- handed to the back-end
+    submitted         INTEGER NOT NULL DEFAULT 0,  -- handed to the back-end (or may have been)
     attempts          INTEGER NOT NULL DEFAULT 0,
     next_poll_at      REAL NOT NULL,               -- unix seconds
     received_at       TEXT NOT NULL,
     updated_at        TEXT NOT NULL,
+    -- 1: a money-moving case its back-end lost track of; left alone until an
+    -- operator resolves it (`yrd-gateway outbox resolve`).
+    reconciliation    INTEGER NOT NULL DEFAULT 0,
     UNIQUE (domain, sender, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS incoming_cases_due ON incoming_cases (next_poll_at);
@@ -110,11 +113,12 @@ CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt_at);
 CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 """
 
-#: Outbox columns added after the first release: (name, definition), added to
+#: Columns added after the first release: (table, name, definition), added to
 #: older files by ALTER TABLE until the schema gets numbered migrations.
-_OUTBOX_ADDED = (
-    ("state", "TEXT NOT NULL DEFAULT 'pending'"),
-    ("parked_at", "REAL"),
+_ADDED_COLUMNS = (
+    ("outbox", "state", "TEXT NOT NULL DEFAULT 'pending'"),
+    ("outbox", "parked_at", "REAL"),
+    ("incoming_cases", "reconciliation", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 #: Outbox item states.
@@ -202,10 +206,10 @@ class StateStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.executescript(SCHEMA)
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
-        for name, definition in _OUTBOX_ADDED:
+        for table, name, definition in _ADDED_COLUMNS:
+            columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
             if name not in columns:
-                conn.execute(f"ALTER TABLE outbox ADD COLUMN {name} {definition}")
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
         self._conn = conn
 
     async def __aenter__(self) -> StateStore:
@@ -488,3 +492,37 @@ class StateStore:
         row = await self.fetchone("SELECT COUNT(*), MIN(created_at) FROM outbox")
         assert row is not None
         return int(row[0]), (float(row[1]) if row[1] is not None else None)
+
+    # ---- incoming cases in reconciliation -----------------------------------------
+
+    async def reconciliation_counts(self) -> dict[str, int]:
+        """Incoming cases waiting for an operator's reconciliation, by domain."""
+        rows = await self.fetchall(
+            "SELECT domain, COUNT(*) FROM incoming_cases WHERE reconciliation = 1 GROUP BY domain"
+        )
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    async def reconciliation_cases(self) -> list[ReconciliationCase]:
+        """Every incoming case in reconciliation, the longest waiting first."""
+        rows = await self.fetchall(
+            "SELECT reference, domain, sender, status, updated_at, backend_reference"
+            " FROM incoming_cases WHERE reconciliation = 1 ORDER BY updated_at, reference"
+        )
+        return [
+            ReconciliationCase(str(r[0]), str(r[1]), str(r[2]), int(r[3]), str(r[4]), str(r[5]))
+            for r in rows
+        ]
+
+
+@dataclass(frozen=True)
+class ReconciliationCase:
+    """An incoming case its back-end lost track of (no personal data)."""
+
+    reference: str
+    domain: str
+    sender: str
+    #: Last status reported to the sender.
+    status: int
+    #: When it went to reconciliation (ISO 8601 UTC).
+    since: str
+    backend_reference: str

@@ -30,6 +30,11 @@ and the native documents from ``[adapter]`` (the mapped dialect of
 The fund centre is started only when the region has ``[adapter.fund]``;
 otherwise ``fund_url`` is null.
 
+``--state-dir DIR`` keeps the fund centre's cases, balances and payment
+ledger, and the case system's cases, in SQLite files in DIR
+(``fund-<province>.db``, ``cases-<province>.db``), so a simulator killed and
+started again with the same DIR still knows what it took and paid.
+
 The province's e-certificate library and case system are started too
 (``--cert-port``, ``--case-port``), adding ``cert_url`` and ``case_url`` to
 the JSON line (null for a region without hand-written ones). The library
@@ -90,6 +95,13 @@ def _parser() -> argparse.ArgumentParser:
         "--seal-key-id", help="key id of the seal key (default <province>-seal-2026)"
     )
     parser.add_argument("--processing-delay", type=float, default=0.05, help="cases, seconds")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep the fund centre's and case system's cases, balances and payment ledger"
+        " in DIR (fund-<province>.db, cases-<province>.db), surviving a restart",
+    )
     return parser
 
 
@@ -154,6 +166,11 @@ def _region(args: argparse.Namespace) -> Region:
     return Region(args.province, args.keys_dir / args.province / "eid-issuer.key.pem", key_id)
 
 
+def _state_file(args: argparse.Namespace, name: str, province: str) -> Path | None:
+    directory: Path | None = args.state_dir
+    return None if directory is None else directory / f"{name}-{province}.db"
+
+
 async def serve(args: argparse.Namespace) -> None:
     """Start both simulators, announce them, and serve until SIGTERM / SIGINT."""
     region = _region(args)
@@ -174,6 +191,7 @@ async def serve(args: argparse.Namespace) -> None:
             review_delay=args.review_delay,
             payment_delay=args.payment_delay,
             adapter=region.adapter,
+            state_file=_state_file(args, "fund", region.code),
         )
     library = None
     cases = None
@@ -185,7 +203,10 @@ async def serve(args: argparse.Namespace) -> None:
             seed=args.seed,
         )
         cases = case_system.CaseSystemSimulator(
-            region.code, seed=args.seed, processing_delay=args.processing_delay
+            region.code,
+            seed=args.seed,
+            processing_delay=args.processing_delay,
+            state_file=_state_file(args, "cases", region.code),
         )
     try:
         eid_url = await eid.start(args.host, args.eid_port)
@@ -205,10 +226,12 @@ async def serve(args: argparse.Namespace) -> None:
     finally:
         if cases is not None:
             await cases.stop()
+            cases.close_state()
         if library is not None:
             await library.stop()
         if fund is not None:
             await fund.stop()
+            fund.close_state()
         await eid.stop()
 
 

@@ -27,7 +27,15 @@ Harness endpoints (uniform JSON, for tests and demos):
 
 - ``GET /admin/cases`` → ``[{"reference", "case_no", "service_code",
   "status", "reason", "materials", "submitted_at"}]`` (status a CaseStatus name);
-- ``GET /admin/services`` → ``[{"service_code", "name", "handled"}]``.
+- ``GET /admin/services`` → ``[{"service_code", "name", "handled"}]``;
+- ``POST /admin/forget`` → ``{"forgotten_cases": n}``: the system loses every
+  case (as one that lost its state).
+
+Submissions are idempotent by reference and by (submitting province,
+idempotency key): the same application under another reference is the same
+case. With a ``state_file`` (``--state-dir`` of
+``python -m adapters.simulators``) cases are kept in SQLite and survive a
+restart.
 """
 
 from __future__ import annotations
@@ -37,8 +45,9 @@ import binascii
 import xml.etree.ElementTree as ET  # building only; parsing uses defusedxml
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, ClassVar
 
 from aiohttp import web
@@ -53,6 +62,7 @@ from adapters.simulators.documents import sub as _sub
 from adapters.simulators.documents import text as _text
 from adapters.simulators.documents import xml as _xml
 from adapters.simulators.documents import xml_root as _xml_root
+from adapters.simulators.durable import DurableState
 from adapters.simulators.server import SimulatorServer
 from gateway.clock import Clock, SystemClock
 
@@ -435,8 +445,9 @@ class CaseSystemSimulator(SimulatorServer):
 
     ``processing_delay`` (seconds) spaces ACCEPTED → IN_PROGRESS → COMPLETED;
     ``clock`` decides when. State lives in the object and survives
-    :meth:`stop` / :meth:`start`. ``seed`` is accepted for symmetry with the
-    other simulators (the case system starts empty).
+    :meth:`stop` / :meth:`start`; with ``state_file`` it is kept in that SQLite
+    file too, and survives a restart of the process. ``seed`` is accepted for
+    symmetry with the other simulators (the case system starts empty).
     """
 
     def __init__(
@@ -446,6 +457,7 @@ class CaseSystemSimulator(SimulatorServer):
         seed: int = 0,
         processing_delay: float = 0.05,
         clock: Clock | None = None,
+        state_file: Path | None = None,
     ) -> None:
         if province not in DIALECTS:
             raise ValueError(f"no simulated case system for province {province!r}")
@@ -460,6 +472,36 @@ class CaseSystemSimulator(SimulatorServer):
         self._dialect = DIALECTS[province]()
         #: Cases by the gateway's reference.
         self.cases: dict[str, Case] = {}
+        #: Cases by (submitting province, idempotency key).
+        self._by_key: dict[tuple[str, str], Case] = {}
+        self._opened = 0
+        self._durable = None if state_file is None else DurableState(state_file)
+        if self._durable is not None:
+            for reference, saved in self._durable.records("case"):
+                self.cases[reference] = _case_from(saved)
+                self._index(self.cases[reference])
+            for _, saved in self._durable.records("meta"):
+                self._opened = int(saved.get("opened", 0))
+
+    def _index(self, case: Case) -> None:
+        s = case.submission
+        if s.idempotency_key:
+            self._by_key.setdefault((s.submitting_province, s.idempotency_key), case)
+
+    def forget(self) -> int:
+        """Lose every case (a system that lost its state); how many were dropped."""
+        dropped = len(self.cases)
+        self.cases.clear()
+        self._by_key.clear()
+        if self._durable is not None:
+            self._durable.forget("case")
+        return dropped
+
+    def close_state(self) -> None:
+        """Close the state file (after :meth:`stop`, when done with the system)."""
+        if self._durable is not None:
+            self._durable.close()
+            self._durable = None
 
     @property
     def paths(self) -> dict[str, str]:
@@ -468,15 +510,28 @@ class CaseSystemSimulator(SimulatorServer):
     def submit(self, submission: Submission) -> Case:
         """Open a case, or return the one already open under its reference."""
         existing = self.cases.get(submission.reference)
+        if existing is None and submission.idempotency_key:
+            # The same application under another reference (from a gateway that
+            # lost its own records and received it again) is the same case.
+            keyed = self._by_key.get((submission.submitting_province, submission.idempotency_key))
+            if keyed is not None and replace(keyed.submission, reference=submission.reference) == (
+                submission
+            ):
+                existing = keyed
         if existing is not None:
             return existing
+        self._opened += 1
         case = Case(
-            case_no=f"{self.province[:2]}KS{len(self.cases) + 1:08d}",
+            case_no=f"{self.province[:2]}KS{self._opened:08d}",
             submission=submission,
             submitted_at=self._clock.now(),
         )
         case.refusal = self._intake(submission)
         self.cases[submission.reference] = case
+        self._index(case)
+        if self._durable is not None:
+            self._durable.put("case", submission.reference, _case_record(case))
+            self._durable.put("meta", "counters", {"opened": self._opened})
         return case
 
     def _intake(self, s: Submission) -> str:
@@ -514,6 +569,7 @@ class CaseSystemSimulator(SimulatorServer):
             router.add_post(d.status_path, self._native_status)
         router.add_get("/admin/cases", self._admin_cases)
         router.add_get("/admin/services", self._admin_services)
+        router.add_post("/admin/forget", self._admin_forget)
 
     def _native_media(self) -> str:
         return self._dialect.content_type
@@ -555,6 +611,9 @@ class CaseSystemSimulator(SimulatorServer):
             )
         return web.json_response(rows)
 
+    async def _admin_forget(self, request: web.Request) -> web.Response:
+        return web.json_response({"forgotten_cases": self.forget()})
+
     async def _admin_services(self, request: web.Request) -> web.Response:
         return web.json_response(
             [
@@ -562,3 +621,39 @@ class CaseSystemSimulator(SimulatorServer):
                 for s in SERVICES.values()
             ]
         )
+
+
+def _case_record(case: Case) -> dict[str, Any]:
+    s = case.submission
+    return {
+        "case_no": case.case_no,
+        "submitted_at": case.submitted_at.isoformat(),
+        "refusal": case.refusal,
+        "submission": {
+            "reference": s.reference,
+            "idempotency_key": s.idempotency_key,
+            "service_code": s.service_code,
+            "applicant_kind": s.applicant_kind,
+            "applicant_id": s.applicant_id,
+            "applicant_name": s.applicant_name,
+            "submitting_province": s.submitting_province,
+            "description": s.description,
+            "materials": [
+                [m.name, m.media_type, m.size_bytes, m.sha256.hex()] for m in s.materials
+            ],
+        },
+    }
+
+
+def _case_from(saved: dict[str, Any]) -> Case:
+    fields = dict(saved["submission"])
+    fields["materials"] = tuple(
+        Material(str(name), str(media), int(size), bytes.fromhex(digest))
+        for name, media, size, digest in fields["materials"]
+    )
+    return Case(
+        case_no=str(saved["case_no"]),
+        submission=Submission(**fields),
+        submitted_at=datetime.fromisoformat(saved["submitted_at"]),
+        refusal=str(saved["refusal"]),
+    )

@@ -37,7 +37,17 @@ Harness endpoints (uniform JSON, for tests and demos):
 - ``GET /admin/payments`` → ``[{"reference", "account", "amount_fen"}]`` in order;
 - ``GET /admin/withdrawals`` → ``[{"reference", "case_no", "status", "reason",
   "amount_fen", "paid_fen"}]``;
-- ``POST /admin/accounts/{account}/status`` with ``{"status": "FROZEN"}``.
+- ``POST /admin/accounts/{account}/status`` with ``{"status": "FROZEN"}``;
+- ``POST /admin/forget`` → ``{"forgotten_cases": n}``: the centre loses every
+  case (as one that lost its state); balances and the payment ledger stay;
+- ``POST /admin/faults`` with ``{"lose_answers": true}``: native requests are
+  still acted on, but answered HTTP 503 (the answer lost on the way).
+
+Submissions are idempotent by reference and by (applicant's province,
+idempotency key): the same application under another reference is the same
+case. With a ``state_file`` (``--state-dir`` of
+``python -m adapters.simulators``) cases, balances and the payment ledger
+are kept in SQLite and survive a restart.
 """
 
 from __future__ import annotations
@@ -48,8 +58,9 @@ import re
 import xml.etree.ElementTree as ET  # building only; parsing uses defusedxml
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -64,8 +75,15 @@ from adapters.simulators.documents import millis as _millis
 from adapters.simulators.documents import text as _text
 from adapters.simulators.documents import xml as _xml
 from adapters.simulators.documents import xml_root as _xml_root
+from adapters.simulators.durable import DurableState
 from adapters.simulators.residents import COUNTIES, synthetic_residents
-from adapters.simulators.server import SimulatorServer, admin_set_choice
+from adapters.simulators.server import (
+    SimulatorServer,
+    admin_set_choice,
+    json_error,
+    json_object,
+    not_an_object,
+)
 from adapters.spec import AdapterConfig
 from gateway.clock import Clock, SystemClock
 
@@ -140,6 +158,9 @@ class Submission:
     payee_bank: str = ""
     certificates: tuple[str, ...] = ()
     applicant_province: str = ""
+    #: The exchange's idempotency key: with the applicant's province, one
+    #: application, whatever reference it comes under.
+    idempotency_key: str = ""
 
 
 @dataclass
@@ -317,6 +338,7 @@ class _Shanghai(_Dialect):
             payee_bank=_text(d, "skyh"),
             certificates=_string_list(d, "zmcl"),
             applicant_province=_text(d, "sldq"),
+            idempotency_key=_text(d, "qqbs"),
         )
 
     def parse_status_query(self, body: bytes) -> str:
@@ -400,6 +422,7 @@ class _Jiangsu(_Dialect):
             payee_bank=_text(d, "payee", "bankName"),
             certificates=_string_list(d, "attachments"),
             applicant_province=_text(d, "originRegion"),
+            idempotency_key=_text(d, "idempotencyKey"),
         )
 
     def case_answer(self, case: Case | None) -> bytes:
@@ -484,6 +507,7 @@ class _Zhejiang(_Dialect):
             payee_bank=_text(d, "payee_bank_name"),
             certificates=tuple(p for p in proofs.split(",") if p),
             applicant_province=_text(d, "accept_region"),
+            idempotency_key=_text(d, "idem_key"),
         )
 
     def parse_status_query(self, body: bytes) -> str:
@@ -575,6 +599,7 @@ class _Anhui(_Dialect):
                 e.text for e in ([] if proofs is None else proofs.iter("ProofNo")) if e.text
             ),
             applicant_province=root.findtext("AcceptRegion") or "",
+            idempotency_key=root.findtext("IdemKey") or "",
         )
 
     def parse_status_query(self, body: bytes) -> str:
@@ -673,6 +698,12 @@ class FundCentreSimulator(SimulatorServer):
     review are resumed on start). ``adapter`` (the region's ``[adapter]``
     config, with ``[adapter.fund]``) serves a region without a hand-written
     dialect through its own mapping (:mod:`adapters.simulators.mapped`).
+
+    ``state_file``: keep cases, accounts and the payment ledger in that SQLite
+    file (:mod:`adapters.simulators.durable`), so they survive a restart of
+    the process; :meth:`forget` drops the cases but never the ledger.
+    ``lose_answers``: take and act on native requests but answer them HTTP 503,
+    as a centre whose answers are lost on the way.
     """
 
     def __init__(
@@ -684,6 +715,7 @@ class FundCentreSimulator(SimulatorServer):
         payment_delay: float = 0.05,
         clock: Clock | None = None,
         adapter: AdapterConfig | None = None,
+        state_file: Path | None = None,
     ) -> None:
         if review_delay < 0 or payment_delay < 0:
             raise ValueError("review_delay and payment_delay must not be negative")
@@ -699,7 +731,14 @@ class FundCentreSimulator(SimulatorServer):
         self.cases: dict[str, Case] = {}
         #: Every payment made, in order: exactly one per paid reference.
         self.payments: list[Payment] = []
+        #: Cases by (applicant's province, idempotency key).
+        self._by_key: dict[tuple[str, str], Case] = {}
+        self._opened = 0
+        self.lose_answers = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._durable = None if state_file is None else DurableState(state_file)
+        if self._durable is not None:
+            self._load(self._durable)
 
     @property
     def paths(self) -> dict[str, str]:
@@ -716,6 +755,7 @@ class FundCentreSimulator(SimulatorServer):
         if status not in ACCOUNT_STATUSES:
             raise ValueError(f"status must be one of {ACCOUNT_STATUSES}")
         self.accounts[account_no].status = status
+        self._save_account(self.accounts[account_no])
 
     # Serving: start / stop / url / ``async with`` are :class:`SimulatorServer`'s.
     # Stopping also stops reviewing; cases and accounts are kept.
@@ -726,10 +766,99 @@ class FundCentreSimulator(SimulatorServer):
                 self._schedule(case)
 
     async def _stopping(self) -> None:
+        await self._cancel_reviews()
+
+    async def _cancel_reviews(self) -> None:
         tasks, self._tasks = self._tasks, set()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def forget(self) -> int:
+        """Lose every case (a centre that lost its state); the ledger of payments
+        and the accounts' balances stay. Returns how many cases were dropped."""
+        await self._cancel_reviews()
+        for case in self.cases.values():
+            if case.status == APPROVED:  # approved, never paid: release the reserve
+                account = self.accounts[case.submission.account_no]
+                account.reserved_fen -= case.submission.amount_fen
+                self._save_account(account)
+        dropped = len(self.cases)
+        self.cases.clear()
+        self._by_key.clear()
+        if self._durable is not None:
+            self._durable.forget("case")
+        return dropped
+
+    # ---- Durable state ------------------------------------------------------------------
+
+    def _load(self, durable: DurableState) -> None:
+        for number, saved in durable.records("account"):
+            if number in self.accounts:
+                account = self.accounts[number]
+                account.balance_fen = int(saved["balance_fen"])
+                account.reserved_fen = int(saved["reserved_fen"])
+                account.status = str(saved["status"])
+        for reference, saved in durable.records("case"):
+            submission = dict(saved["submission"])
+            submission["certificates"] = tuple(submission.get("certificates", ()))
+            case = Case(
+                case_no=str(saved["case_no"]),
+                submission=Submission(**submission),
+                status=str(saved["status"]),
+                changed_at=datetime.fromisoformat(saved["changed_at"]),
+                rejection=str(saved["rejection"]),
+                paid_fen=int(saved["paid_fen"]),
+            )
+            self.cases[reference] = case
+            self._index(case)
+        for _, saved in durable.records("meta"):
+            self._opened = int(saved.get("opened", 0))
+        self.payments = [
+            Payment(str(e["reference"]), str(e["account"]), int(e["amount_fen"]))
+            for e in durable.ledger()
+        ]
+
+    def _index(self, case: Case) -> None:
+        s = case.submission
+        if s.idempotency_key:
+            self._by_key.setdefault((s.applicant_province, s.idempotency_key), case)
+
+    @staticmethod
+    def _case_record(case: Case) -> dict[str, Any]:
+        return {
+            "case_no": case.case_no,
+            "submission": {
+                **asdict(case.submission),
+                "certificates": list(case.submission.certificates),
+            },
+            "status": case.status,
+            "changed_at": case.changed_at.isoformat(),
+            "rejection": case.rejection,
+            "paid_fen": case.paid_fen,
+        }
+
+    @staticmethod
+    def _account_record(account: FundAccount) -> dict[str, Any]:
+        return {
+            "balance_fen": account.balance_fen,
+            "reserved_fen": account.reserved_fen,
+            "status": account.status,
+        }
+
+    def _save_case(self, case: Case) -> None:
+        if self._durable is not None:
+            self._durable.put("case", case.submission.reference, self._case_record(case))
+
+    def _save_account(self, account: FundAccount) -> None:
+        if self._durable is not None:
+            self._durable.put("account", account.account_no, self._account_record(account))
+
+    def close_state(self) -> None:
+        """Close the state file (after :meth:`stop`, when done with the centre)."""
+        if self._durable is not None:
+            self._durable.close()
+            self._durable = None
 
     async def wait_idle(self) -> None:
         """Wait until every case has been reviewed and paid or rejected (tests)."""
@@ -741,20 +870,34 @@ class FundCentreSimulator(SimulatorServer):
     def submit(self, submission: Submission) -> Case:
         """Open a case for ``submission``, or return the one already open under its reference."""
         existing = self.cases.get(submission.reference)
+        if existing is None and submission.idempotency_key:
+            # The same application under another reference (from a gateway that
+            # lost its own records and received it again) is the same case.
+            keyed = self._by_key.get((submission.applicant_province, submission.idempotency_key))
+            if keyed is not None and replace(keyed.submission, reference=submission.reference) == (
+                submission
+            ):
+                existing = keyed
         if existing is not None:
             return existing  # idempotent: a retry never opens a second case
+        self._opened += 1
         case = Case(
-            case_no=f"{self.province[:2]}WD{len(self.cases) + 1:08d}",
+            case_no=f"{self.province[:2]}WD{self._opened:08d}",
             submission=submission,
             status=UNDER_REVIEW,
             changed_at=self._clock.now(),
         )
         self.cases[submission.reference] = case
+        self._index(case)
+        if self._durable is not None:
+            self._durable.put("meta", "counters", {"opened": self._opened})
         rejection = self._intake(submission)
         if rejection:
             self._set(case, REJECTED, rejection)
-        elif self._runner is not None:
-            self._schedule(case)
+        else:
+            self._save_case(case)
+            if self._runner is not None:
+                self._schedule(case)
         return case
 
     def _intake(self, s: Submission) -> str:
@@ -806,7 +949,9 @@ class FundCentreSimulator(SimulatorServer):
             if rejection:
                 self._set(case, REJECTED, rejection)
                 return
-            self.accounts[case.submission.account_no].reserved_fen += case.submission.amount_fen
+            account = self.accounts[case.submission.account_no]
+            account.reserved_fen += case.submission.amount_fen
+            self._save_account(account)
             self._set(case, APPROVED)
         if case.status == APPROVED:
             await asyncio.sleep(self.payment_delay)
@@ -822,13 +967,29 @@ class FundCentreSimulator(SimulatorServer):
         account.reserved_fen -= s.amount_fen
         account.balance_fen -= s.amount_fen
         case.paid_fen = s.amount_fen
+        case.status, case.rejection, case.changed_at = PAID, "", self._clock.now()
+        if self._durable is not None:
+            # The payment, the case and the balance on disk at once.
+            self._durable.record(
+                {
+                    "reference": s.reference,
+                    "account": s.account_no,
+                    "amount_fen": s.amount_fen,
+                    "applicant_province": s.applicant_province,
+                    "idempotency_key": s.idempotency_key,
+                },
+                with_records={
+                    ("case", s.reference): self._case_record(case),
+                    ("account", s.account_no): self._account_record(account),
+                },
+            )
         self.payments.append(Payment(s.reference, s.account_no, s.amount_fen))
-        self._set(case, PAID)
 
     def _set(self, case: Case, status: str, rejection: str = "") -> None:
         case.status = status
         case.rejection = rejection
         case.changed_at = self._clock.now()
+        self._save_case(case)
 
     # ---- HTTP ------------------------------------------------------------------------
 
@@ -844,6 +1005,8 @@ class FundCentreSimulator(SimulatorServer):
         router.add_post("/admin/accounts/{account_no}/status", self._admin_status)
         router.add_get("/admin/payments", self._admin_payments)
         router.add_get("/admin/withdrawals", self._admin_withdrawals)
+        router.add_post("/admin/forget", self._admin_forget)
+        router.add_post("/admin/faults", self._admin_faults)
 
     def _native_media(self) -> str:
         return self._dialect.content_type
@@ -861,6 +1024,8 @@ class FundCentreSimulator(SimulatorServer):
         except BadNativeRequest as exc:
             return self._native(self._dialect.error(str(exc)), 400)
         case = self.submit(submission)
+        if self.lose_answers:
+            return self._native(self._dialect.error("answer lost"), 503)
         return self._native(self._dialect.submit_answer(case))
 
     async def _native_status(self, request: web.Request) -> web.Response:
@@ -872,6 +1037,8 @@ class FundCentreSimulator(SimulatorServer):
             except BadNativeRequest as exc:
                 return self._native(self._dialect.error(str(exc)), 400)
         case = self.cases.get(reference)
+        if self.lose_answers:
+            return self._native(self._dialect.error("answer lost"), 503)
         return self._native(self._dialect.case_answer(case))
 
     async def _admin_accounts(self, request: web.Request) -> web.Response:
@@ -922,6 +1089,19 @@ class FundCentreSimulator(SimulatorServer):
                 for reference, c in self.cases.items()
             ]
         )
+
+    async def _admin_forget(self, request: web.Request) -> web.Response:
+        return web.json_response({"forgotten_cases": await self.forget()})
+
+    async def _admin_faults(self, request: web.Request) -> web.Response:
+        body = await json_object(request)
+        if body is None:
+            return not_an_object()
+        lose = body.get("lose_answers")
+        if not isinstance(lose, bool):
+            return json_error(400, "lose_answers must be true or false")
+        self.lose_answers = lose
+        return web.json_response({"lose_answers": self.lose_answers})
 
     def _now(self) -> datetime:
         return self._clock.now()

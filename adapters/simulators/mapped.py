@@ -150,6 +150,7 @@ class MappedFundDialect(fund_centre._Dialect):
             payee_bank=str(application.get("payee_bank", "")),
             certificates=tuple(application.get("supporting_certificates", ())),
             applicant_province=str(application.get("applicant_province", "")),
+            idempotency_key=str(application.get("idempotency_key", "")),
         )
 
     def parse_status_query(self, body: bytes) -> str:

@@ -130,6 +130,8 @@ WITHDRAWAL: Flow[FundCentre] = Flow(
     backend_status=_status,
     backend_not_found=WithdrawalNotFound,
     amount_field="paid_amount_fen",
+    moves_money=True,
+    applied_amount_field="amount_fen",
 )
 
 

@@ -13,8 +13,12 @@ peer's reason. Status updates move a case forward only, never back.
 
 Handling node: a delivery is stored once per (sender, idempotency key) — a retry
 or duplicate returns the same reference and never reaches the back-end twice —
-and the :class:`TrackedProcessor` hands it to the back-end (idempotent by this
-node's reference), follows it, and queues each change for the submitting node.
+and the :class:`TrackedProcessor` hands it to the back-end (with this node's
+reference and the exchange's idempotency key), follows it, and queues each
+change for the submitting node. When a back-end no longer knows a case it was
+(or may have been) given, a flow that moves money (``Flow.moves_money``) is
+never submitted again on its own: the case goes to reconciliation until an
+operator resolves it from the back-end's records (:func:`resolve_reconciliation`).
 """
 
 from __future__ import annotations
@@ -95,10 +99,17 @@ class Flow(Generic[B]):
     backend_name: str
     backend_submit: Callable[[B, str, Any, float], Awaitable[Any]]
     backend_status: Callable[[B, str, float], Awaitable[Any]]
-    #: The back-end error meaning "no such reference" (submit again, it is idempotent).
+    #: The back-end error meaning "no such reference". A flow that moves no money
+    #: submits again (idempotent by reference); a money-moving one goes to
+    #: reconciliation when the case was, or may have been, submitted already.
     backend_not_found: type[BackendRejected]
     #: Field of the update carrying an amount (withdrawals), if any.
     amount_field: str | None = None
+    #: The back-end moves money for it (withdrawals): never submitted twice
+    #: automatically (DESIGN §5).
+    moves_money: bool = False
+    #: Field of the application carrying the amount applied for (money flows).
+    applied_amount_field: str | None = None
     rank: dict[int, int] = field(init=False)
     final: frozenset[int] = field(init=False)
 
@@ -123,6 +134,57 @@ class Flow(Generic[B]):
 
     def amount_of(self, update: Any) -> int:
         return int(getattr(update, self.amount_field)) if self.amount_field else 0
+
+    def trail(self, status: int, new: int) -> list[int]:
+        """The statuses to report, in order, when a case moves from ``status`` to
+        ``new`` (nothing when it does not move forward or was final already)."""
+        if new == status or status in self.final:
+            return []
+        if new == self.rejected:
+            return [self.rejected]
+        return [s for s in self.progression if self.rank[status] < self.rank[s] <= self.rank[new]]
+
+    def queue_updates(
+        self,
+        db: sqlite3.Connection,
+        trail: list[int],
+        *,
+        sender: str,
+        key: str,
+        correlation_id: str,
+        reason: str,
+        amount: int,
+        reference: str,
+        changed: datetime,
+    ) -> None:
+        """Queue, inside a write op, one status update per step of ``trail`` for
+        the submitting node (``reason`` on a final step, ``amount`` on success)."""
+        now = time.time()
+        for step in trail:
+            message = self.make_update(
+                key,
+                step,
+                reason if step in self.final else "",
+                amount if step == self.progression[-1] else 0,
+                reference,
+                changed,
+            )
+            StateStore.enqueue(
+                db,
+                OutboxItem(
+                    0,
+                    sender,
+                    self.status_service,
+                    str(uuid.uuid4()),
+                    correlation_id,
+                    key,
+                    message.SerializeToString(),
+                    reference,
+                    0,
+                    now,
+                    now,
+                ),
+            )
 
 
 class TrackedExchange(Generic[B]):
@@ -507,7 +569,8 @@ class TrackedProcessor(Generic[B]):
                     rows = await self._store.fetchall(
                         "SELECT reference, sender, idempotency_key, correlation_id, application,"  # noqa: S608 - only placeholders are added
                         " status, submitted, attempts FROM incoming_cases WHERE domain = ?"
-                        f" AND status NOT IN (?, ?) AND next_poll_at <= ?{skip if inflight else ''}"
+                        " AND status NOT IN (?, ?) AND reconciliation = 0"
+                        f" AND next_poll_at <= ?{skip if inflight else ''}"
                         " ORDER BY next_poll_at LIMIT ?",
                         (self._flow.domain, *final, now, *inflight, MAX_QUEUED - len(inflight)),
                     )
@@ -520,7 +583,7 @@ class TrackedProcessor(Generic[B]):
                     task.add_done_callback(tasks.discard)
                 upcoming = await self._store.fetchone(
                     "SELECT MIN(next_poll_at) FROM incoming_cases WHERE domain = ?"
-                    " AND status NOT IN (?, ?) AND next_poll_at > ?",
+                    " AND status NOT IN (?, ?) AND reconciliation = 0 AND next_poll_at > ?",
                     (self._flow.domain, *final, now),
                 )
                 delay = self.idle_poll
@@ -639,9 +702,17 @@ class TrackedProcessor(Generic[B]):
             update = await self._call_backend(reference, app, submitted)
         except BackendUnavailable as exc:
             log.warning(f"{flow.backend_name} unavailable", reason=str(exc))
-            await self._reschedule(reference, attempts + 1, submitted=submitted)
+            # A submission whose answer was lost may have reached the back-end:
+            # from now on its status is asked for, it is not taken as absent.
+            maybe_submitted = submitted or exc.may_have_arrived
+            await self._reschedule(reference, attempts + 1, submitted=maybe_submitted)
             return
         except flow.backend_not_found:
+            if flow.moves_money and submitted:
+                # Submitting again could pay twice: an operator confirms from the
+                # back-end's own records what happened (`outbox resolve`).
+                await self._to_reconciliation(reference, sender, status)
+                return
             # The back-end does not know the reference (it lost its state?):
             # submitting again is safe, it is idempotent by reference.
             log.warning(
@@ -663,16 +734,9 @@ class TrackedProcessor(Generic[B]):
                 self._clock.now(),
             )
         new = update.status if update.status in flow.rank else status
-        if new == flow.rejected:
-            trail = [flow.rejected]
-        else:
-            trail = [
-                s for s in flow.progression if flow.rank[status] < flow.rank[s] <= flow.rank[new]
-            ]
-        if new == status or status in flow.final:
-            trail = []
-        now, changed = time.time(), self._clock.now()
-        next_poll = now + (self._poll_min if trail else self._backoff(attempts))
+        trail = flow.trail(status, new)
+        changed = self._clock.now()
+        next_poll = time.time() + (self._poll_min if trail else self._backoff(attempts))
         amount = flow.amount_of(update)
 
         def op(db: sqlite3.Connection) -> None:
@@ -693,34 +757,136 @@ class TrackedProcessor(Generic[B]):
                     reference,
                 ),
             )
-            for step in trail:
-                message = flow.make_update(
-                    key,
-                    step,
-                    update.status_reason if step in flow.final else "",
-                    amount if step == flow.progression[-1] else 0,
-                    reference,
-                    changed,
-                )
-                StateStore.enqueue(
-                    db,
-                    OutboxItem(
-                        0,
-                        sender,
-                        flow.status_service,
-                        str(uuid.uuid4()),
-                        correlation_id,
-                        key,
-                        message.SerializeToString(),
-                        reference,
-                        0,
-                        now,
-                        now,
-                    ),
-                )
+            flow.queue_updates(
+                db,
+                trail,
+                sender=sender,
+                key=key,
+                correlation_id=correlation_id,
+                reason=update.status_reason,
+                amount=amount,
+                reference=reference,
+                changed=changed,
+            )
 
         await self._store.write(op)
         if trail:
             if self._exchange.outbox is not None:
                 self._exchange.outbox.wake()
             log.info(f"{flow.domain} progressed", reference=reference, status=flow.status_name(new))
+
+    async def _to_reconciliation(self, reference: str, sender: str, status: int) -> None:
+        """The back-end lost a money-moving case: leave it alone until an operator
+        resolves it. Logged at error level with the reference only."""
+        stamp = self._clock.now().isoformat()
+
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE incoming_cases SET reconciliation = 1, submitted = 1, attempts = 0,"
+                " updated_at = ? WHERE reference = ?",
+                (stamp, reference),
+            )
+
+        await self._store.write(op)
+        log.error(
+            f"{self._flow.backend_name} does not know a {self._flow.domain} it was given;"
+            " not submitted again, waiting for reconciliation (yrd-gateway outbox resolve)",
+            reference=reference,
+            sender=sender,
+            last_status=self._flow.status_name(status),
+        )
+
+
+# ---- reconciliation (the operator's side) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """An incoming case waiting for an operator, as read before resolving it."""
+
+    reference: str
+    domain: str
+    sender: str
+    status: int
+
+
+async def pending_reconciliation(store: StateStore, reference: str) -> Reconciliation:
+    """The incoming case ``reference`` if it is in reconciliation (NotFound /
+    FailedPrecondition otherwise)."""
+    row = await store.fetchone(
+        "SELECT domain, sender, status, reconciliation FROM incoming_cases WHERE reference = ?",
+        (reference,),
+    )
+    if row is None:
+        raise NotFound(f"reference: no case received by this node under {reference!r}")
+    if not row[3]:
+        raise FailedPrecondition(f"reference: case {reference} is not in reconciliation")
+    return Reconciliation(reference, str(row[0]), str(row[1]), int(row[2]))
+
+
+async def resolve_reconciliation(
+    store: StateStore, flow: Flow[Any], reference: str, *, paid: bool, clock: Clock
+) -> int:
+    """Resolve a case in reconciliation from the back-end's own records.
+
+    ``paid``: it was paid — record the final status with the amount applied for
+    and queue the status updates for the submitting node, as the processor
+    would. Otherwise no money moved: clear the flag so the processor submits it
+    again. Returns the case's status afterwards.
+    """
+    if paid and not flow.moves_money:
+        raise FailedPrecondition(f"--paid: a {flow.domain} moves no money; use --not-paid")
+    changed = clock.now()
+
+    def op(db: sqlite3.Connection) -> int:
+        row = db.execute(
+            "SELECT sender, idempotency_key, correlation_id, application, status"
+            " FROM incoming_cases WHERE reference = ? AND domain = ? AND reconciliation = 1",
+            (reference, flow.domain),
+        ).fetchone()
+        if row is None:
+            raise FailedPrecondition(f"reference: case {reference} is not in reconciliation")
+        sender, key, correlation_id, body, status = (
+            str(row[0]),
+            str(row[1]),
+            str(row[2]),
+            bytes(row[3]),
+            int(row[4]),
+        )
+        if not paid:
+            db.execute(
+                "UPDATE incoming_cases SET reconciliation = 0, submitted = 0, attempts = 0,"
+                " next_poll_at = ?, updated_at = ? WHERE reference = ?",
+                (time.time(), changed.isoformat(), reference),
+            )
+            return status
+        app = flow.application_type.FromString(body)
+        amount = int(getattr(app, flow.applied_amount_field)) if flow.applied_amount_field else 0
+        new = flow.progression[-1]
+        reason = f"paid; confirmed from the {flow.backend_name.replace('_', ' ')}'s records"
+        db.execute(
+            "UPDATE incoming_cases SET status = ?, status_reason = ?, amount_fen = ?,"
+            " reconciliation = 0, submitted = 1, attempts = 0, next_poll_at = ?, updated_at = ?"
+            " WHERE reference = ?",
+            (new, reason, amount, time.time(), changed.isoformat(), reference),
+        )
+        flow.queue_updates(
+            db,
+            flow.trail(status, new),
+            sender=sender,
+            key=key,
+            correlation_id=correlation_id,
+            reason=reason,
+            amount=amount,
+            reference=reference,
+            changed=changed,
+        )
+        return new
+
+    status: int = await store.write(op)
+    log.warning(
+        f"{flow.domain} reconciliation resolved",
+        reference=reference,
+        outcome="paid" if paid else "not paid; submitted again",
+    )
+    return status
