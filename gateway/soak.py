@@ -265,8 +265,10 @@ class Faults:
     error: str = ""
 
 
-#: What SQLite says when a write fails for a lowered file-size limit (EFBIG).
+#: What a node logs when its store cannot write (its own event, or what SQLite
+#: says when a write fails for a lowered file-size limit, EFBIG).
 WRITE_FAILED = (
+    b"store cannot write",
     b"disk I/O error",
     b"database or disk is full",
     b"File too large",

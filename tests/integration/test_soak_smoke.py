@@ -14,7 +14,6 @@ import sys
 
 import pytest
 
-from gateway import errors
 from gateway.soak import simulators_keep_state
 
 COUNTED = re.compile(r"^  (\S.*?)\s+(\d+)\s+(\d+)\s+(\d+)$")
@@ -82,11 +81,8 @@ def test_soak_smoke_table_adds_up() -> None:
     verdict = out.strip().splitlines()[-1]
     assert (verdict == "PASS") == (result.returncode == 0), verdict
     assert rows["duplicated"][2] == 0, out
-    if simulators_keep_state():
-        assert rows["paid twice"][2] == 0, out
-    if hasattr(errors, "ends_exchange") and simulators_keep_state():
-        # with the fault rule (issue 17) and back-ends that keep their state, the
-        # soak passes: nothing lost, nothing wrongly refused
-        assert result.returncode == 0, out
-    elif result.returncode != 0:
-        pytest.xfail(f"before the fault rule of issue 17 is merged: {verdict}")
+    assert simulators_keep_state()
+    assert rows["paid twice"][2] == 0, out
+    # with the fault rule (issue 17) and back-ends that keep their state, the soak
+    # passes: nothing lost, nothing wrongly refused
+    assert result.returncode == 0, out
