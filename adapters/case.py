@@ -125,21 +125,27 @@ def check_application(application: case_pb2.CaseApplication) -> None:
     if not _SERVICE_CODE.fullmatch(application.service_code):
         raise TranslationError("service_code", "a national service item code KS + 4 digits")
     kind = application.applicant.WhichOneof("party")
+    # Each check names its own field (applicant.person.full_name, ...).
+    field = f"applicant.{kind}" if kind else "applicant"
     try:
         if kind == "person":
+            field = "applicant.person.id_number"
             check_gb11643(application.applicant.person.id_number)
+            field = "applicant.person.full_name"
             name = application.applicant.person.full_name
             if not name.strip() or len(name) > 64 or not is_plain_text(name):
                 raise Mismatch("the applicant's name, 1..64 characters")
         elif kind == "organisation":
+            field = "applicant.organisation.credit_code"
             check_gb32100(application.applicant.organisation.credit_code)
+            field = "applicant.organisation.name"
             name = application.applicant.organisation.name
             if not name.strip() or len(name) > 200 or not is_plain_text(name):
                 raise Mismatch("the organisation's name, 1..200 characters")
         else:
             raise Mismatch("a person or an organisation")
     except Mismatch as exc:
-        raise TranslationError(f"applicant.{kind or ''}".rstrip("."), exc.expected) from None
+        raise TranslationError(field, exc.expected) from None
     for name in ("submitting_province", "handling_province"):
         value = getattr(application, name)
         if value and not is_region_code(value):

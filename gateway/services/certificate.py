@@ -41,7 +41,6 @@ from gateway.errors import (
     PeerUnavailable,
     PermissionDenied,
     RemoteError,
-    shown,
 )
 from gateway.federation.client import FederationClient
 from gateway.identifiers import (
@@ -132,7 +131,7 @@ class CertificateExchange:
         if request.purpose not in client.certificate_purposes:
             raise PermissionDenied(
                 f"purpose: {client.id} is not registered to fetch certificates for "
-                f"{shown(request.purpose) if request.purpose else '(none given)'}; expected one of "
+                f"{'this purpose' if request.purpose else '(none given)'}; expected one of "
                 f"{', '.join(sorted(client.certificate_purposes)) or '(none registered)'}"
             )
         validate_request(request)

@@ -36,6 +36,7 @@ from gateway.errors import (
     shown,
 )
 from gateway.federation.client import FederationClient
+from gateway.identifiers import is_plain_text
 from gateway.interceptors import current_correlation_id, require_client
 from gateway.metrics import NodeMetrics
 from gateway.store import StateStore
@@ -58,6 +59,7 @@ O = identity_pb2.CheckOutcome  # noqa: E741 - short alias for the outcome enum
 STATE_NAMES = federation_pb2.CredentialState
 #: Check-in ids as this node assigns them (see ``verify``), a little looser.
 _CHECK_IN_ID = re.compile(r"CI-[0-9]{6}-[0-9a-f]{1,32}")
+_ATTRIBUTE_NAMES = frozenset({*common_pb2.Person.DESCRIPTOR.fields_by_name, "age_over_18"})
 
 
 @dataclass
@@ -215,12 +217,17 @@ class IdentityExchange:
         policy = self._federation.me.disclosure.get(purpose, ())
         extra = [a for a in request.requested_attributes if a not in policy]
         if extra:
+            # Only a real attribute name is repeated; anything else the caller sent is not.
+            first = shown(extra[0]) if extra[0] in _ATTRIBUTE_NAMES else "an unknown name"
             raise PermissionDenied(
                 f"requested_attributes: {len(extra)} attribute(s) beyond what {purpose} allows, "
-                f"first {shown(extra[0], 32)}; expected some of {', '.join(policy)}"
+                f"first {first}; expected some of {', '.join(policy)}"
             )
-        if len(request.client_reference) > 64:
-            raise InvalidArgument("client_reference", "at most 64 characters")
+        reference = request.client_reference
+        if len(reference) > 64 or not is_plain_text(reference):
+            raise InvalidArgument(
+                "client_reference", "at most 64 characters, no control characters"
+            )
         return purpose, relying_party
 
     async def verify(
