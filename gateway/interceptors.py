@@ -36,7 +36,7 @@ from gateway.errors import (
     Unauthenticated,
 )
 from gateway.metrics import NodeMetrics
-from gateway.tls import certificate_fingerprint, peer_certificate
+from gateway.tls import certificate_fingerprint, peer_certificate, province_of_certificate
 
 log = structlog.get_logger("yrd.rpc")
 
@@ -122,6 +122,19 @@ def status_of(exc: GatewayError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
+def _peer_name(context: grpc.aio.ServicerContext) -> str:
+    """Who called the federation service, by its TLS certificate: ``peer:<province>``
+    (the province the federation CA certified), else ``certificate:<8 hex>``, else ``-``.
+    The sender an envelope claims is the federation server's to log."""
+    certificate = peer_certificate(context)
+    if certificate is None:
+        return "-"
+    province = province_of_certificate(certificate)
+    if province is not None:
+        return f"peer:{province}"
+    return f"certificate:{certificate_fingerprint(certificate)[:8]}"
+
+
 @dataclass(frozen=True)
 class _CallStatus(grpc.Status):  # type: ignore[misc]  # grpc-stubs types grpc.Status as Any
     """A status to abort with: grpc-status-details plus the correlation id."""
@@ -189,7 +202,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
                 return client, client.id
             return None, f"token:{digest[:8]}"
         if fingerprint:
-            return None, f"certificate:{fingerprint.replace(':', '')[:8].lower()}"
+            return None, f"certificate:{fingerprint[:8]}"
         return None, "-"
 
     def authenticate(
@@ -294,6 +307,8 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
                 # refused one (bad envelope, wrong certificate) only here. A
                 # refusal names the client it claimed to be and why.
                 if code != grpc.StatusCode.OK:
+                    if service == FEDERATION_SERVICE:
+                        client_id = _peer_name(context)
                     log.info(
                         "rpc",
                         client=client_id,

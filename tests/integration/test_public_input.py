@@ -25,6 +25,7 @@ from grpc_status import rpc_status
 from adapters.catalogue import CATALOGUE
 from gateway.localfed import LocalFederation
 from tests.integration.conftest import SH, ZJ, full_name_of, fund_holder, payee_account
+from tests.integration.test_fuzz import mtls, send_raw
 from yrd.case.v1 import case_pb2, case_pb2_grpc
 from yrd.certificate.v1 import certificate_pb2, certificate_pb2_grpc
 from yrd.common.v1 import common_pb2
@@ -342,3 +343,16 @@ async def test_refused_calls_are_logged_with_the_claimed_client(
     text = repr(logs)
     assert token not in text
     assert ID_NUMBER[:-1] not in text
+
+
+async def test_refused_federation_calls_name_the_peer_certificate(
+    federation: LocalFederation,
+) -> None:
+    with structlog.testing.capture_logs() as logs:
+        async with mtls(federation, SH) as channel:
+            code = await send_raw(channel, b"\x00not an envelope")
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    refused = [line for line in logs if line.get("event") == "rpc" and line["code"] != "OK"]
+    assert refused, logs
+    assert refused[-1]["client"] == f"peer:{SH}"
+    assert refused[-1]["reason"]
