@@ -56,6 +56,7 @@ from adapters.native import JsonNode, XmlNode
 from adapters.repeated import read_messages, write_messages
 from adapters.spec import AdapterConfig, CaseAdapter
 from gateway.clock import Clock, SystemClock
+from gateway.identifiers import is_plain_text, is_region_code
 from yrd.case.v1 import case_pb2
 from yrd.common.v1 import common_pb2
 
@@ -72,7 +73,6 @@ MAX_NAME_BYTES = 255
 MAX_DESCRIPTION_BYTES = 4096
 MEDIA_TYPES = frozenset({"application/pdf", "application/ofd", "image/jpeg", "image/png"})
 
-_PROVINCE = re.compile(r"[1-9][0-9]{5}")
 _SERVICE_CODE = re.compile(r"KS[0-9]{4}")
 
 #: The states a case system can report; QUEUED and DELIVERED belong to the gateway.
@@ -125,31 +125,46 @@ def check_application(application: case_pb2.CaseApplication) -> None:
     if not _SERVICE_CODE.fullmatch(application.service_code):
         raise TranslationError("service_code", "a national service item code KS + 4 digits")
     kind = application.applicant.WhichOneof("party")
+    # Each check names its own field (applicant.person.full_name, ...).
+    field = f"applicant.{kind}" if kind else "applicant"
     try:
         if kind == "person":
+            field = "applicant.person.id_number"
             check_gb11643(application.applicant.person.id_number)
-            if not application.applicant.person.full_name:
-                raise Mismatch("the applicant's name")
+            field = "applicant.person.full_name"
+            name = application.applicant.person.full_name
+            if not name.strip() or len(name) > 64 or not is_plain_text(name):
+                raise Mismatch("the applicant's name, 1..64 characters")
         elif kind == "organisation":
+            field = "applicant.organisation.credit_code"
             check_gb32100(application.applicant.organisation.credit_code)
-            if not application.applicant.organisation.name:
-                raise Mismatch("the organisation's name")
+            field = "applicant.organisation.name"
+            name = application.applicant.organisation.name
+            if not name.strip() or len(name) > 200 or not is_plain_text(name):
+                raise Mismatch("the organisation's name, 1..200 characters")
         else:
             raise Mismatch("a person or an organisation")
     except Mismatch as exc:
-        raise TranslationError(f"applicant.{kind or ''}".rstrip("."), exc.expected) from None
+        raise TranslationError(field, exc.expected) from None
     for name in ("submitting_province", "handling_province"):
         value = getattr(application, name)
-        if value and not _PROVINCE.fullmatch(value):
+        if value and not is_region_code(value):
             raise TranslationError(name, "a GB/T 2260 six-digit province code")
-    if len(application.description.encode("utf-8")) > MAX_DESCRIPTION_BYTES:
-        raise TranslationError("description", f"at most {MAX_DESCRIPTION_BYTES} UTF-8 bytes")
+    description = application.description
+    if len(description.encode("utf-8")) > MAX_DESCRIPTION_BYTES or not is_plain_text(
+        description, multiline=True
+    ):
+        raise TranslationError(
+            "description", f"at most {MAX_DESCRIPTION_BYTES} UTF-8 bytes of text"
+        )
     if len(application.materials) > MAX_MATERIALS:
         raise TranslationError("materials", f"at most {MAX_MATERIALS} materials")
     content_total = 0
     for index, material in enumerate(application.materials):
         at = f"materials[{index}]"
-        if not 1 <= len(material.name.encode("utf-8")) <= MAX_NAME_BYTES:
+        if not 1 <= len(material.name.encode("utf-8")) <= MAX_NAME_BYTES or not is_plain_text(
+            material.name
+        ):
             raise TranslationError(f"{at}.name", f"1..{MAX_NAME_BYTES} UTF-8 bytes")
         if material.media_type not in MEDIA_TYPES:
             raise TranslationError(f"{at}.media_type", f"one of {sorted(MEDIA_TYPES)}")

@@ -40,6 +40,7 @@ from adapters.errors import TranslationError
 from adapters.formats import Mismatch, canonical_date
 from adapters.mapping import check_gb11643, check_gb32100
 from adapters.spec import AdapterConfig
+from gateway.identifiers import PROVINCE_PREFIXES, is_region_code
 
 #: The code table of a province's own category codes (native code = national code).
 CATEGORY_TABLE = "certificate_category"
@@ -48,7 +49,6 @@ FIELD_TABLE = "certificate_field"
 
 _NATIONAL_CODE = re.compile(r"[1-9][0-9]{7}")
 _DECIMAL = re.compile(r"0|[1-9][0-9]{0,17}")
-_REGION = re.compile(r"[1-9][0-9]{5}")
 
 
 class FieldKind(enum.StrEnum):
@@ -418,8 +418,8 @@ def check_value(kind: FieldKind, value: str) -> None:
         check_gb11643(value)
     elif kind is FieldKind.CREDIT_CODE:
         check_gb32100(value)
-    elif kind is FieldKind.REGION and not _REGION.fullmatch(value):
-        raise Mismatch("a GB/T 2260 six-digit region code")
+    elif kind is FieldKind.REGION and not is_region_code(value):
+        raise Mismatch(f"a GB/T 2260 six-digit region code (province prefix {PROVINCE_PREFIXES})")
 
 
 def check_fields(entry: Category, fields: Mapping[str, str]) -> None:

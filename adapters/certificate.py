@@ -80,6 +80,7 @@ from adapters.native import JsonNode, NativeNode, XmlNode
 from adapters.repeated import read_messages, write_messages
 from adapters.spec import AdapterConfig, CertificateAdapter
 from gateway.clock import Clock, SystemClock
+from gateway.identifiers import is_region_code
 from yrd.certificate.v1 import certificate_pb2
 from yrd.common.v1 import common_pb2
 
@@ -96,7 +97,6 @@ _LICENCE_ID = re.compile(
     r"1\.2\.156\.3005\.2\.([1-9][0-9]{7})\.([0-9A-Z]{18})\.([0-9A-Z]{1,32})\.([0-9]{3})\.([0-9A-Z])"
 )
 _SERIAL = re.compile(r"[0-9A-Z]{1,32}")
-_PROVINCE = re.compile(r"[1-9][0-9]{5}")
 _SHA256_BYTES = 32
 
 #: Library outcomes (``[adapter.code_tables.certificate_outcome]`` values) → consent reasons.
@@ -250,7 +250,7 @@ def check_certificate(cert: certificate_pb2.Certificate) -> None:
         raise TranslationError(
             "licence_id", "the certificate's own category code and issuer credit code"
         )
-    if cert.issuer_province and not _PROVINCE.fullmatch(cert.issuer_province):
+    if cert.issuer_province and not is_region_code(cert.issuer_province):
         raise TranslationError("issuer_province", "a GB/T 2260 six-digit province code")
     issued = _date("issue_date", cert.issue_date)
     if cert.expiry_date and _date("expiry_date", cert.expiry_date) < issued:
@@ -377,7 +377,7 @@ class CertificateCodec:
         self, request: certificate_pb2.GetCertificateRequest, requesting_province: str
     ) -> bytes:
         """The native fetch request (category in the province's code)."""
-        if not _PROVINCE.fullmatch(requesting_province):
+        if not is_region_code(requesting_province):
             raise TranslationError(
                 "requesting_province", "a GB/T 2260 six-digit province code", message=REQUEST
             )

@@ -39,6 +39,7 @@ from adapters.golden import check_vector, load_vectors
 from adapters.mapping import Translator
 from adapters.plugins import resolve
 from adapters.spec import AdapterConfig, FieldRule
+from gateway.identifiers import REGION_CODE_PATTERN
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -279,8 +280,8 @@ def _string(rule: FieldRule) -> SearchStrategy[str]:
     if rule.check == "gb11643":
         return st.builds(
             id_number,
-            st.from_regex(r"[1-8][0-9]{5}", fullmatch=True),
-            st.dates(date(1900, 1, 1), date(2030, 12, 31)),
+            st.from_regex(REGION_CODE_PATTERN, fullmatch=True),
+            st.dates(date(1900, 1, 1), date.today()),
             st.integers(0, 999),
         )
     if rule.check == "gb32100":

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from stdnum.cn import ric, uscc
+from stdnum.cn import uscc
 
 from adapters import formats, native
 from adapters.canonical import DOMAINS, CanonicalField, CanonicalMessage, Kind
@@ -39,6 +39,7 @@ from adapters.errors import TranslationError
 from adapters.formats import FormatContext, Mismatch, NativeScalar, describe
 from adapters.native import JsonNode, NativeNode, XmlNode
 from adapters.spec import AdapterConfig, FieldRule, MessageMapping
+from gateway.identifiers import id_number_problem
 
 NativeDocument = dict[str, Any] | ET.Element
 M = TypeVar("M", bound=Message)
@@ -48,26 +49,14 @@ _MAX_CODE_SHOWN = 16
 
 
 def check_gb11643(value: str) -> None:
-    """Check a resident ID number's structure, birth date and check character.
-
-    Deliberately not ``stdnum.cn.ric.validate``: that also requires the region
-    code to have existed on the birth date, which refuses real numbers (codes
-    were assigned from 1980 on, to people born long before).
+    """Check a resident ID number in canonical form: the node's one rule
+    (:func:`gateway.identifiers.id_number_problem`: form, province prefix,
+    birth date, check character), so a number the node refuses is never read
+    from or written to a back-end either.
     """
-    # isascii(): str.isdigit() also takes full-width and other scripts' digits.
-    if (
-        len(value) != 18
-        or not value.isascii()
-        or not value[:17].isdigit()
-        or value[17] not in "0123456789X"
-    ):
-        raise Mismatch("a GB 11643 resident ID number (17 digits and a digit or upper-case X)")
-    if ric.calc_check_digit(value) != value[17]:
-        raise Mismatch("a GB 11643 resident ID number with a valid check character")
-    try:
-        ric.get_birth_date(value)
-    except Exception:  # stdnum raises its own ValidationError subclasses
-        raise Mismatch("a GB 11643 resident ID number with a valid birth date") from None
+    problem = id_number_problem(value)
+    if problem is not None:
+        raise Mismatch(f"a GB 11643 resident ID number: {problem}")
 
 
 def check_gb32100(value: str) -> None:

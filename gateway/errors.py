@@ -64,6 +64,20 @@ def format_problem(file: object, key: str, value: object, expected: str) -> str:
     return f"{file}: {key}: got {shown}, expected {expected}"
 
 
+def shown(value: object, limit: int = 64) -> str:
+    """A non-personal value as an error message may show it: ``repr`` (control
+    characters escaped), cut to ``limit`` characters with a trailing ``…``.
+
+    The one renderer of echoed values. Never pass it a personal value (ID
+    numbers, names, accounts, free text): name the field and what was expected
+    instead.
+    """
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return text[: max(0, limit - 1)] + "…"
+
+
 class InvalidArgument(GatewayError):
     """A request field is missing or ill-formed."""
 

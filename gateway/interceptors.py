@@ -17,12 +17,14 @@ import hashlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import structlog
-from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from gateway.config import ClientSection, ProvinceConfig
 from gateway.errors import (
@@ -34,7 +36,7 @@ from gateway.errors import (
     Unauthenticated,
 )
 from gateway.metrics import NodeMetrics
-from gateway.tls import certificate_fingerprint, peer_certificate
+from gateway.tls import certificate_fingerprint, peer_certificate, province_of_certificate
 
 log = structlog.get_logger("yrd.rpc")
 
@@ -70,30 +72,76 @@ OPEN_SERVICES = frozenset(
 )
 
 
-def _status_details(exc: GatewayError) -> bytes:
-    status = status_pb2.Status(code=exc.code.value[0], message=exc.message)
-    detail = any_pb2.Any()
+#: Longest status message a caller gets, in UTF-8 bytes. Clients refuse
+#: response metadata over 16 KiB (the message travels percent-encoded in
+#: ``grpc-message`` and again in ``grpc-status-details-bin``): a longer one
+#: would reach the caller as RESOURCE_EXHAUSTED instead of its real code.
+MAX_STATUS_MESSAGE = 1024
+#: Longest field path in a BadRequest detail.
+MAX_FIELD_NAME = 128
+
+
+def bounded(text: str, limit: int = MAX_STATUS_MESSAGE) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (on a character boundary)."""
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - 3].decode("utf-8", "ignore") + "…"
+
+
+def status_of(exc: GatewayError) -> grpc.Status:
+    """The status a caller gets for a domain error, with ``google.rpc`` details:
+    BadRequest (the field) for InvalidArgument, RetryInfo for any error that
+    says when to retry (``retry_after``), ErrorInfo for a refused envelope."""
+    message = bounded(exc.message)
+    details: list[Message] = []
     if isinstance(exc, InvalidArgument):
-        detail.Pack(
+        details.append(
             error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=exc.field, description=exc.message
+                        field=bounded(exc.field, MAX_FIELD_NAME), description=message
                     )
                 ]
             )
         )
-        status.details.append(detail)
-    elif isinstance(exc, ResourceExhausted):
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(retry_after, int | float):
         info = error_details_pb2.RetryInfo()
-        info.retry_delay.FromMilliseconds(max(1, int(exc.retry_after * 1000)))
-        detail.Pack(info)
-        status.details.append(detail)
-    elif isinstance(exc, EnvelopeRejected):
-        detail.Pack(error_details_pb2.ErrorInfo(reason=exc.reason.upper(), domain="yrd.gateway"))
-        status.details.append(detail)
-    serialized: bytes = status.SerializeToString()
-    return serialized
+        info.retry_delay.FromMilliseconds(max(1, int(retry_after * 1000)))
+        details.append(info)
+    if isinstance(exc, EnvelopeRejected):
+        details.append(
+            error_details_pb2.ErrorInfo(
+                reason=bounded(exc.reason.upper(), MAX_FIELD_NAME), domain="yrd.gateway"
+            )
+        )
+    status = status_pb2.Status(code=exc.code.value[0], message=message)
+    for detail in details:
+        status.details.add().Pack(detail)
+    return rpc_status.to_status(status)
+
+
+def _peer_name(context: grpc.aio.ServicerContext) -> str:
+    """Who called the federation service, by its TLS certificate: ``peer:<province>``
+    (the province the federation CA certified), else ``certificate:<8 hex>``, else ``-``.
+    The sender an envelope claims is the federation server's to log."""
+    certificate = peer_certificate(context)
+    if certificate is None:
+        return "-"
+    province = province_of_certificate(certificate)
+    if province is not None:
+        return f"peer:{province}"
+    return f"certificate:{certificate_fingerprint(certificate)[:8]}"
+
+
+@dataclass(frozen=True)
+class _CallStatus(grpc.Status):  # type: ignore[misc]  # grpc-stubs types grpc.Status as Any
+    """A status to abort with: grpc-status-details plus the correlation id."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
 
 
 class RateLimiter:
@@ -127,6 +175,36 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
         self.rate_limiter = RateLimiter()
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
+    def identify(
+        self, metadata: tuple[tuple[str, Any], ...], certificate: bytes | None = None
+    ) -> tuple[ClientSection | None, str]:
+        """The registered client a call presents (by TLS certificate or bearer
+        token), or None, and the name it goes by in the log: the client id, or
+        for an unregistered credential a fingerprint (the first 8 hex digits of
+        its SHA-256, never the token itself), or ``-`` when it presents none."""
+        province = self._province()
+        fingerprint = ""
+        if certificate is not None:
+            fingerprint = certificate_fingerprint(certificate)
+            by_certificate = province.client_by_certificate(fingerprint)
+            if by_certificate is not None:
+                return by_certificate, by_certificate.id
+        token = ""
+        for key, value in metadata:
+            if key == "authorization" and isinstance(value, str):
+                scheme, _, token = value.partition(" ")
+                if scheme.lower() != "bearer":
+                    token = ""
+        if token:
+            digest = hashlib.sha256(token.encode()).hexdigest()
+            client = province.client_by_token_digest(digest)
+            if client is not None:
+                return client, client.id
+            return None, f"token:{digest[:8]}"
+        if fingerprint:
+            return None, f"certificate:{fingerprint[:8]}"
+        return None, "-"
+
     def authenticate(
         self,
         service: str,
@@ -134,24 +212,13 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
         certificate: bytes | None = None,
     ) -> ClientSection:
         """The client by its TLS certificate (federation endpoint) or bearer token."""
-        if certificate is not None:
-            by_certificate = self._province().client_by_certificate(
-                certificate_fingerprint(certificate)
-            )
-            if by_certificate is not None:
-                return self._authorise(by_certificate, service)
-        token = ""
-        for key, value in metadata:
-            if key == "authorization" and isinstance(value, str):
-                scheme, _, token = value.partition(" ")
-                if scheme.lower() != "bearer":
-                    token = ""
-        if not token:
-            raise Unauthenticated("authorization: expected 'Bearer <client token>' metadata")
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        client = self._province().client_by_token_digest(digest)
+        return self._admit(*self.identify(metadata, certificate), service)
+
+    def _admit(self, client: ClientSection | None, claimed: str, service: str) -> ClientSection:
         if client is None:
-            raise Unauthenticated("authorization: the token is not registered with this node")
+            if claimed.startswith("token:"):
+                raise Unauthenticated("authorization: the token is not registered with this node")
+            raise Unauthenticated("authorization: expected 'Bearer <client token>' metadata")
         return self._authorise(client, service)
 
     @staticmethod
@@ -197,38 +264,59 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
             current_correlation_id.set(correlation_id)
             client_id = "-"
             code = grpc.StatusCode.OK
+            reason = ""
             try:
                 if service not in OPEN_SERVICES:
-                    client = self.authenticate(service, metadata, peer_certificate(context))
+                    claimed, client_id = self.identify(metadata, peer_certificate(context))
+                    client = self._admit(claimed, client_id, service)
                     self.rate_limiter.admit(client)
                     current_client.set(client)
-                    client_id = client.id
                 # Echoed with the status (trailing metadata): no extra frame per call.
                 context.set_trailing_metadata((("x-correlation-id", correlation_id),))
                 return await behavior(request, context)
             except GatewayError as exc:
                 code = exc.code
-                await context.abort(
-                    exc.code,
-                    exc.message,
-                    trailing_metadata=(("grpc-status-details-bin", _status_details(exc)),),
+                reason = (
+                    exc.reason if isinstance(exc, EnvelopeRejected) else bounded(exc.message, 200)
+                )
+                status = status_of(exc)
+                await context.abort_with_status(
+                    _CallStatus(
+                        status.code,
+                        status.details,
+                        (*status.trailing_metadata, ("x-correlation-id", correlation_id)),
+                    )
                 )
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
+                reason = "aborted by the handler"
                 raise
             except Exception:
                 code = grpc.StatusCode.INTERNAL
+                reason = "unexpected error"
                 log.exception("unexpected error")
                 await context.abort(
                     grpc.StatusCode.INTERNAL,
                     f"internal error; quote correlation id {correlation_id} to the operator",
+                    trailing_metadata=(("x-correlation-id", correlation_id),),
                 )
             finally:
                 if self._metrics is not None:
                     self._metrics.observe_rpc(method, code.name, started)
                 # An accepted federation call is logged by its "exchange" line; a
-                # refused one (bad envelope, wrong certificate) only here.
-                if service != FEDERATION_SERVICE or code != grpc.StatusCode.OK:
+                # refused one (bad envelope, wrong certificate) only here. A
+                # refusal names the client it claimed to be and why.
+                if code != grpc.StatusCode.OK:
+                    if service == FEDERATION_SERVICE:
+                        client_id = _peer_name(context)
+                    log.info(
+                        "rpc",
+                        client=client_id,
+                        code=code.name,
+                        reason=reason,
+                        duration_ms=round((time.monotonic() - started) * 1000, 2),
+                    )
+                elif service != FEDERATION_SERVICE:
                     log.info(
                         "rpc",
                         client=client_id,

@@ -21,7 +21,6 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from adapters import (
     build_case_system,
@@ -40,6 +39,7 @@ from gateway.interceptors import GatewayInterceptor
 from gateway.messagelog import MessageLog
 from gateway.metrics import BREAKER_VALUES, MetricsServer, NodeMetrics
 from gateway.outbox import Outbox
+from gateway.reflection import enable_server_reflection
 from gateway.services.admin import AdminServicer
 from gateway.services.case import SERVICE_CASE, CaseServicer
 from gateway.services.certificate import CertificateExchange, CertificateServicer
@@ -310,12 +310,9 @@ class Node:
         server.add_generic_rpc_handlers((federation.generic_handler(),))
         self.federation_server = federation  # its answer memory's size, for tests
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (
-                *PUBLIC_SERVICE_NAMES,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
+        # grpc.reflection.v1 and v1alpha (current tools ask for v1 first).
+        enable_server_reflection(
+            (*PUBLIC_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
             server,
         )
         if self.tls is not None:

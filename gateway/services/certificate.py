@@ -43,7 +43,12 @@ from gateway.errors import (
     RemoteError,
 )
 from gateway.federation.client import FederationClient
-from gateway.identifiers import validate_credit_code, validate_id_number, validate_region_code
+from gateway.identifiers import (
+    is_plain_text,
+    validate_credit_code,
+    validate_id_number,
+    validate_region_code,
+)
 from gateway.interceptors import current_correlation_id, require_client
 from gateway.metrics import NodeMetrics
 from gateway.trust import TrustStore
@@ -80,8 +85,8 @@ def validate_request(request: certificate_pb2.GetCertificateRequest) -> None:
         raise PermissionDenied("consent_reference: the holder's consent reference is required")
     if not _CONSENT.fullmatch(request.consent_reference):
         raise InvalidArgument("consent_reference", "1..128 characters of [A-Za-z0-9._:-]")
-    if len(request.certificate_number) > 64:
-        raise InvalidArgument("certificate_number", "at most 64 characters")
+    if len(request.certificate_number) > 64 or not is_plain_text(request.certificate_number):
+        raise InvalidArgument("certificate_number", "at most 64 characters, no control characters")
 
 
 class CertificateExchange:
@@ -126,7 +131,8 @@ class CertificateExchange:
         if request.purpose not in client.certificate_purposes:
             raise PermissionDenied(
                 f"purpose: {client.id} is not registered to fetch certificates for "
-                f"{request.purpose or '(none given)'}"
+                f"{'this purpose' if request.purpose else '(none given)'}; expected one of "
+                f"{', '.join(sorted(client.certificate_purposes)) or '(none registered)'}"
             )
         validate_request(request)
         issuer = request.issuer_province

@@ -33,6 +33,7 @@ from gateway.identifiers import (
     validate_id_number,
     validate_idempotency_key,
     validate_region_code,
+    validate_text,
 )
 from gateway.interceptors import current_correlation_id, require_client
 from gateway.services.tracked import DEFAULT_TIMEOUT, Flow, TrackedExchange
@@ -49,10 +50,9 @@ def validate_application(
     """Every field check of a withdrawal application (both nodes run it)."""
     validate_idempotency_key(prefix + "idempotency_key", app.idempotency_key)
     validate_id_number(prefix + "applicant.id_number", app.applicant.id_number)
-    if not app.applicant.full_name.strip() or len(app.applicant.full_name) > 64:
-        raise InvalidArgument(
-            prefix + "applicant.full_name", "the applicant's name, 1..64 characters"
-        )
+    validate_text(
+        prefix + "applicant.full_name", app.applicant.full_name, "the applicant's name", 64
+    )
     validate_region_code(prefix + "fund_province", app.fund_province)
     validate_fund_account(prefix + "fund_account", app.fund_account)
     if app.reason not in fund_pb2.WithdrawalReason.values() or app.reason == 0:
@@ -69,15 +69,15 @@ def validate_application(
     if app.amount_fen > 10**12:
         raise InvalidArgument(prefix + "amount_fen", "at most 10^12 fen")
     validate_bank_account(prefix + "payee_account", app.payee_account)
-    if not app.payee_bank.strip() or len(app.payee_bank) > 100:
-        raise InvalidArgument(prefix + "payee_bank", "the payee's bank name, 1..100 characters")
+    validate_text(prefix + "payee_bank", app.payee_bank, "the payee's bank name", 100)
     if len(app.supporting_certificates) > MAX_SUPPORTING:
         raise InvalidArgument(
             prefix + "supporting_certificates", f"at most {MAX_SUPPORTING} references"
         )
     for i, reference in enumerate(app.supporting_certificates):
-        if not reference.strip() or len(reference) > 128:
-            raise InvalidArgument(f"{prefix}supporting_certificates[{i}]", "1..128 characters")
+        validate_text(
+            f"{prefix}supporting_certificates[{i}]", reference, "a certificate reference", 128
+        )
 
 
 def _normalise(app: fund_pb2.WithdrawalApplication) -> None:

@@ -10,6 +10,7 @@ purpose. The verdict fails closed: no answer, or a stale one, is never VALID.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -32,8 +33,10 @@ from gateway.errors import (
     PeerUnavailable,
     PermissionDenied,
     RemoteError,
+    shown,
 )
 from gateway.federation.client import FederationClient
+from gateway.identifiers import is_plain_text
 from gateway.interceptors import current_correlation_id, require_client
 from gateway.metrics import NodeMetrics
 from gateway.store import StateStore
@@ -54,6 +57,9 @@ DEFAULT_TIMEOUT = 5.0
 V = identity_pb2.Verdict
 O = identity_pb2.CheckOutcome  # noqa: E741 - short alias for the outcome enum
 STATE_NAMES = federation_pb2.CredentialState
+#: Check-in ids as this node assigns them (see ``verify``), a little looser.
+_CHECK_IN_ID = re.compile(r"CI-[0-9]{6}-[0-9a-f]{1,32}")
+_ATTRIBUTE_NAMES = frozenset({*common_pb2.Person.DESCRIPTOR.fields_by_name, "age_over_18"})
 
 
 @dataclass
@@ -203,18 +209,25 @@ class IdentityExchange:
         purpose = identity_pb2.Purpose.Name(request.purpose)
         relying_party = request.relying_party_id or client.id
         if relying_party != client.id:
-            raise PermissionDenied(f"relying_party_id: expected the caller's own id {client.id!r}")
+            raise PermissionDenied(
+                f"relying_party_id: expected the caller's own id {shown(client.id)} (or empty)"
+            )
         if purpose not in client.purposes:
             raise PermissionDenied(f"purpose: {client.id} is not registered for {purpose}")
         policy = self._federation.me.disclosure.get(purpose, ())
         extra = [a for a in request.requested_attributes if a not in policy]
         if extra:
+            # Only a real attribute name is repeated; anything else the caller sent is not.
+            first = shown(extra[0]) if extra[0] in _ATTRIBUTE_NAMES else "an unknown name"
             raise PermissionDenied(
-                f"requested_attributes: {', '.join(extra)} exceed what {purpose} allows "
-                f"({', '.join(policy)})"
+                f"requested_attributes: {len(extra)} attribute(s) beyond what {purpose} allows, "
+                f"first {first}; expected some of {', '.join(policy)}"
             )
-        if len(request.client_reference) > 64:
-            raise InvalidArgument("client_reference", "at most 64 characters")
+        reference = request.client_reference
+        if len(reference) > 64 or not is_plain_text(reference):
+            raise InvalidArgument(
+                "client_reference", "at most 64 characters, no control characters"
+            )
         return purpose, relying_party
 
     async def verify(
@@ -362,11 +375,13 @@ class IdentityExchange:
         return verdict(V.VALID)
 
     async def get_check_in(self, check_in_id: str, client: ClientSection) -> identity_pb2.CheckIn:
-        if not check_in_id:
-            raise InvalidArgument("check_in_id", "the id returned by VerifyIdentity")
+        if not _CHECK_IN_ID.fullmatch(check_in_id):
+            raise InvalidArgument(
+                "check_in_id", "the id VerifyIdentity returned (CI-<province>-<16 hex digits>)"
+            )
         row = await self._store.get_check_in(check_in_id)
         if row is None or row[0] != client.id:
-            raise NotFound(f"check_in_id: no check-in {check_in_id!r} for {client.id}")
+            raise NotFound(f"check_in_id: no check-in {shown(check_in_id)} for {client.id}")
         relying_party, issuer, guest, reference, recorded_at, correlation_id = row
         record = identity_pb2.CheckIn(
             check_in_id=check_in_id,

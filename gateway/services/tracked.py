@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sqlite3
 import time
 import uuid
@@ -48,6 +49,7 @@ from gateway.errors import (
     GatewayError,
     InvalidArgument,
     NotFound,
+    shown,
 )
 from gateway.federation.client import FederationClient
 from gateway.metrics import NodeMetrics
@@ -63,6 +65,8 @@ DEFAULT_TIMEOUT = 5.0
 MAX_QUEUED = 256
 #: Shortest time between two reads of the due cases while steps keep finishing.
 READ_INTERVAL = 0.005
+#: Case ids as ``submit`` assigns them (``WD-310000-<20 hex>``), a little looser.
+_CASE_ID = re.compile(r"[A-Z]{2}-[0-9]{6}-[0-9a-f]{1,32}")
 
 
 @dataclass(frozen=True)
@@ -324,8 +328,10 @@ class TrackedExchange(Generic[B]):
         return await self.get(stored, client)
 
     async def get(self, case_id: str, client: ClientSection | None) -> Message:
-        if not case_id:
-            raise InvalidArgument("case_id", "the case id returned when it was submitted")
+        if not _CASE_ID.fullmatch(case_id):
+            raise InvalidArgument(
+                "case_id", "the case id returned when it was submitted (<prefix>-<province>-<hex>)"
+            )
         row = await self._store.fetchone(
             "SELECT status, status_reason, amount_fen, submitted_at, updated_at,"
             " idempotency_key, peer, remote_reference, client_id FROM outgoing_cases"
@@ -333,7 +339,7 @@ class TrackedExchange(Generic[B]):
             (case_id, self.flow.domain),
         )
         if row is None or (client is not None and row[8] != client.id):
-            raise NotFound(f"case_id: no {self.flow.domain} case {case_id!r} for this client")
+            raise NotFound(f"case_id: no {self.flow.domain} case {shown(case_id)} for this client")
         return self.flow.to_public(
             {
                 "case_id": case_id,

@@ -35,6 +35,7 @@ from adapters.golden import load_vectors
 from adapters.simulators.residents import id_number
 from adapters.spec import AdapterConfig
 from gateway.crypto import load_private_key, load_public_key
+from gateway.identifiers import REGION_CODE_PATTERN
 from yrd.certificate.v1 import certificate_pb2
 from yrd.common.v1 import common_pb2
 
@@ -278,7 +279,7 @@ def field_values(draw: st.DrawFn, kind: FieldKind) -> str:
             f"91{draw(st.sampled_from(['310115', '330106']))}{draw(st.integers(0, 10**9 - 1)):09d}"
         )
     if kind is FieldKind.REGION:
-        return draw(st.from_regex(r"[1-9][0-9]{5}", fullmatch=True))
+        return draw(st.from_regex(REGION_CODE_PATTERN, fullmatch=True))
     return draw(st.text(_TEXT, min_size=1, max_size=20).filter(lambda s: s.strip() == s and s))
 
 

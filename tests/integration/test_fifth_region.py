@@ -42,7 +42,7 @@ from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "adding-a-province.md"
-CODE = "880000"
+CODE = "360000"
 SH = "310000"
 CLI = [sys.executable, "-m", "gateway"]
 SERVICES = (

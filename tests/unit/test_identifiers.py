@@ -8,9 +8,11 @@ from datetime import date
 
 import grpc
 import pytest
-from hypothesis import example, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
+from adapters.formats import Mismatch
+from adapters.mapping import check_gb11643
 from gateway.errors import InvalidArgument
 from gateway.identifiers import (
     PROVINCES,
@@ -29,6 +31,11 @@ _ID_CHECK = "10X98765432"  # remainder 0..10 -> check character
 _USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
 _USCC_WEIGHTS = (1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28)
 
+#: GB/T 2260 province-level prefixes, written out from the standard.
+_PROVINCE_NUMBERS = (*range(11, 16), *range(21, 24), *range(31, 38), *range(41, 47))
+PREFIXES = frozenset(
+    str(n) for n in (*_PROVINCE_NUMBERS, *range(50, 55), *range(61, 66), 71, *range(81, 84))
+)
 EXAMPLE_ID = "11010519491231002X"  # the GB 11643 example
 FIELD = "guest.id_number"
 
@@ -100,8 +107,7 @@ class TestValidateIdNumber:
 
     @given(id_bodies(), st.sampled_from(_ID_CHECK))
     def test_rejects_every_wrong_check_character(self, body: str, check: str) -> None:
-        if check == id_check_char(body):
-            return
+        assume(check != id_check_char(body))
         number = body + check
         with pytest.raises(InvalidArgument) as caught:
             validate_id_number(FIELD, number)
@@ -159,6 +165,40 @@ class TestValidateIdNumber:
             assert re.fullmatch(r"[0-9]{17}[0-9X]", result)
             assert result[17] == id_check_char(result[:17])
 
+    def test_refuses_a_number_outside_every_province(self) -> None:
+        # Right form, birth date and check character; 89 is no province.
+        number = "890000194912310022"
+        assert id_check_char(number[:17]) == number[17]
+        with pytest.raises(InvalidArgument) as caught:
+            validate_id_number(FIELD, number)
+        assert "region code in characters 1-6" in caught.value.message
+        assert number not in caught.value.message
+
+    @pytest.mark.parametrize("prefix", sorted(PREFIXES))
+    def test_accepts_a_number_from_every_province(self, prefix: str) -> None:
+        body = prefix + "0102" + "19900517" + "123"
+        assert validate_id_number(FIELD, body + id_check_char(body)) == body + id_check_char(body)
+
+    @given(
+        st.text(alphabet="0123456789Xx ", min_size=16, max_size=20)
+        | st.builds(
+            lambda body: body + id_check_char(body), st.from_regex(r"[0-9]{17}", fullmatch=True)
+        )
+    )
+    def test_the_mapping_engine_applies_the_same_rule(self, value: str) -> None:
+        # One validator: what the node accepts, the adapters' gb11643 check
+        # accepts (in canonical form), and the other way round.
+        result = outcome(validate_id_number, FIELD, value)
+        canonical = value.strip().upper()
+        try:
+            check_gb11643(canonical)
+            engine_refusal = ""
+        except Mismatch as mismatch:
+            engine_refusal = mismatch.expected
+        assert (engine_refusal == "") == (not isinstance(result, InvalidArgument))
+        if engine_refusal and len(canonical) >= 8:
+            assert canonical not in engine_refusal
+
     @pytest.mark.parametrize(
         "digits",
         [
@@ -193,8 +233,7 @@ class TestValidateCreditCode:
 
     @given(valid_credit_codes(), st.sampled_from(_USCC_ALPHABET))
     def test_rejects_a_wrong_check_character(self, code: str, check: str) -> None:
-        if check == code[-1]:
-            return
+        assume(check != code[-1])
         wrong = code[:-1] + check
         with pytest.raises(InvalidArgument) as caught:
             validate_credit_code("org.credit_code", wrong)
@@ -223,14 +262,16 @@ class TestValidateCreditCode:
 
 
 class TestValidateRegionCode:
-    """Six digits, first 1-8, nothing else; the refusal names the field."""
+    """Six digits starting with a GB/T 2260 province-level prefix, nothing else;
+    the refusal names the field and never echoes the value."""
 
-    @pytest.mark.parametrize("value", ["310000", "320583", "110105", "810000"])
+    @pytest.mark.parametrize("value", ["310000", "320583", "110105", "810000", "710000"])
     def test_accepts_region_codes(self, value: str) -> None:
         assert validate_region_code("hotel.region", value) == value
 
     @pytest.mark.parametrize(
-        "value", ["", "31000", "3100000", "010000", "910000", "31OOOO", " 310000", "310000 "]
+        "value",
+        ["", "31000", "3100000", "010000", "910000", "890000", "160000", "31OOOO", " 310000"],
     )
     def test_refuses_anything_else(self, value: str) -> None:
         with pytest.raises(InvalidArgument) as caught:
@@ -244,13 +285,28 @@ class TestValidateRegionCode:
         with pytest.raises(InvalidArgument):
             validate_region_code("hotel.region", "310000\n")
 
-    @given(st.text(max_size=10))
-    def test_accepted_values_are_exactly_six_digits(self, value: str) -> None:
-        try:
-            accepted = validate_region_code("hotel.region", value)
-        except InvalidArgument:
-            return
-        assert re.fullmatch(r"[1-8][0-9]{5}", accepted)
+    @given(st.text(max_size=10) | st.from_regex(r"[0-9]{6}", fullmatch=True))
+    def test_accepted_values_are_six_digits_with_a_province_prefix(self, value: str) -> None:
+        result = outcome(validate_region_code, "hotel.region", value)
+        if isinstance(result, InvalidArgument):
+            assert result.field == "hotel.region"
+            assert "six-digit GB/T 2260 region code" in result.message
+        else:
+            assert re.fullmatch(r"[0-9]{6}", result)
+            assert result[:2] in PREFIXES
+
+    @pytest.mark.parametrize("prefix", sorted(PREFIXES))
+    def test_accepts_every_province_level_prefix(self, prefix: str) -> None:
+        assert validate_region_code("hotel.region", prefix + "0000") == prefix + "0000"
+        assert validate_region_code("hotel.region", prefix + "0102") == prefix + "0102"
+
+    @pytest.mark.parametrize(
+        "prefix", [f"{n:02d}" for n in range(100) if f"{n:02d}" not in PREFIXES]
+    )
+    def test_refuses_every_other_prefix(self, prefix: str) -> None:
+        with pytest.raises(InvalidArgument) as caught:
+            validate_region_code("hotel.region", prefix + "0000")
+        assert prefix + "0000" not in caught.value.message
 
     def test_refuses_digits_other_than_ascii(self) -> None:
         with pytest.raises(InvalidArgument):
