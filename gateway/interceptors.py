@@ -27,6 +27,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from gateway.config import ClientSection, ProvinceConfig
+from gateway.envelope import HEADER_BOUNDS
 from gateway.errors import (
     EnvelopeRejected,
     GatewayError,
@@ -39,6 +40,9 @@ from gateway.metrics import NodeMetrics
 from gateway.tls import certificate_fingerprint, peer_certificate, province_of_certificate
 
 log = structlog.get_logger("yrd.rpc")
+
+#: A caller's correlation id as envelope headers carry it (1..128 printable ASCII).
+_CORRELATION_ID = HEADER_BOUNDS["correlation_id"][0]
 
 #: The authenticated local client of the current call (None on the federation service).
 current_client: contextvars.ContextVar[ClientSection | None] = contextvars.ContextVar(
@@ -254,7 +258,14 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
             metadata = context.invocation_metadata() or ()
             correlation_id = ""
             for key, value in metadata:
-                if key == "x-correlation-id" and isinstance(value, str) and len(value) <= 64:
+                # Only one that a peer's envelope check accepts travels on; any
+                # other is replaced by a fresh one.
+                if (
+                    key == "x-correlation-id"
+                    and isinstance(value, str)
+                    and value
+                    and _CORRELATION_ID.fullmatch(value)
+                ):
                     correlation_id = value
             correlation_id = correlation_id or str(uuid.uuid4())
             structlog.contextvars.clear_contextvars()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import uuid
 from datetime import datetime
 
 import aiohttp
@@ -121,6 +122,20 @@ class TestMetrics:
 
 
 class TestLogs:
+    async def test_a_correlation_id_peers_would_refuse_is_replaced_not_forwarded(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        """Only a correlation id within the envelope's bound (1..128 printable ASCII)
+        travels to the issuing province; a longer one is replaced by a fresh one, so
+        the check-in still gets its verdict."""
+        answer = await check_in(federation, wallet, metadata=(("x-correlation-id", "t" * 200),))
+        assert answer.verdict == identity_pb2.VALID
+        assert answer.correlation_id != "t" * 200
+        uuid.UUID(answer.correlation_id)
+        kept = await check_in(federation, wallet, metadata=(("x-correlation-id", "k" * 128),))
+        assert kept.verdict == identity_pb2.VALID
+        assert kept.correlation_id == "k" * 128
+
     async def test_one_json_line_per_exchange_followed_across_nodes(
         self, federation: LocalFederation, wallet: Wallet
     ) -> None:
