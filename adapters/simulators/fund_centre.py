@@ -703,7 +703,8 @@ class FundCentreSimulator(SimulatorServer):
     file (:mod:`adapters.simulators.durable`), so they survive a restart of
     the process; :meth:`forget` drops the cases but never the ledger.
     ``lose_answers``: take and act on native requests but answer them HTTP 503,
-    as a centre whose answers are lost on the way.
+    as a centre whose answers are lost on the way; ``garble_submit_answers``: take
+    and act on submissions but answer them with a body no adapter can read.
     """
 
     def __init__(
@@ -735,6 +736,7 @@ class FundCentreSimulator(SimulatorServer):
         self._by_key: dict[tuple[str, str], Case] = {}
         self._opened = 0
         self.lose_answers = False
+        self.garble_submit_answers = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._durable = None if state_file is None else DurableState(state_file)
         if self._durable is not None:
@@ -1026,6 +1028,8 @@ class FundCentreSimulator(SimulatorServer):
         case = self.submit(submission)
         if self.lose_answers:
             return self._native(self._dialect.error("answer lost"), 503)
+        if self.garble_submit_answers:
+            return web.Response(body=b"\x00garbled", content_type="application/octet-stream")
         return self._native(self._dialect.submit_answer(case))
 
     async def _native_status(self, request: web.Request) -> web.Response:

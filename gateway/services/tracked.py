@@ -727,8 +727,12 @@ class TrackedProcessor(Generic[B]):
             await self._reschedule(reference, 0, submitted=False)
             return
         except (BackendRejected, TranslationError) as exc:
-            if submitted:
-                log.error(f"{flow.backend_name} status answer unusable", reason=str(exc))
+            if submitted or (flow.moves_money and isinstance(exc, TranslationError)):
+                # A status answer, or a money-moving submission's answer, that the
+                # adapter cannot read: the back-end may have taken it, so it is not
+                # refused; its status is asked for (and an operator reconciles it
+                # if the back-end does not know it).
+                log.error(f"{flow.backend_name} answer unusable", reason=str(exc))
                 await self._reschedule(reference, attempts + 1, submitted=True)
                 return
             update = flow.make_update(

@@ -258,3 +258,23 @@ async def test_a_case_system_that_forgets_is_given_the_case_again(
         "SELECT COUNT(*) FROM incoming_cases WHERE reconciliation = 1"
     )
     assert rows == [(0,)]
+
+
+@pytest.mark.timeout(120)
+async def test_an_unreadable_submit_answer_is_not_a_refusal(federation: LocalFederation) -> None:
+    """The fund centre takes a withdrawal but answers with a body the adapter cannot
+    read: the centre may have taken it, so it is not REJECTED; its status is asked
+    for and it is paid, once."""
+    centre = federation.provinces[JS].fund_centre
+    centre.garble_submit_answers = True
+    app = application(federation, amount_fen=34_567, reason=fund_pb2.RENT)
+    case_id = (await submit(federation, app)).case_id
+
+    async def taken() -> bool:
+        return len(centre.cases) == 1
+
+    await until(taken, what="the centre taking the withdrawal")
+    centre.garble_submit_answers = False
+    final, _ = await until_final(federation, case_id)
+    assert (final.status, final.paid_amount_fen) == (S.PAID, 34_567)
+    assert [p.amount_fen for p in centre.payments] == [34_567]
