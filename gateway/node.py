@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import socket
 import sqlite3
 import time
 from datetime import datetime
@@ -39,7 +40,7 @@ from gateway.errors import ConfigError, FailedPrecondition
 from gateway.federation.client import CHANNEL_OPTIONS, FederationClient
 from gateway.federation.server import FederationServicer
 from gateway.interceptors import GatewayInterceptor
-from gateway.messagelog import MessageLog
+from gateway.messagelog import HeadKeys, MessageLog
 from gateway.metrics import BREAKER_VALUES, MetricsServer, NodeMetrics
 from gateway.outbox import Outbox
 from gateway.services.admin import AdminServicer
@@ -86,6 +87,31 @@ class NodeStartError(Exception):
 
 class LogIntegrityError(NodeStartError):
     """The message log does not verify from its last signed head to its tail."""
+
+
+class AddressUnavailable(NodeStartError, RuntimeError):
+    """A port the node cannot bind. Also a RuntimeError, what grpc raises for it,
+    so a harness that retries on another port (LocalFederation) still does."""
+
+
+def probe_address(address: str | None) -> None:
+    """Raise AddressUnavailable if ``address`` (HOST:PORT) cannot be bound now.
+
+    Bound without SO_REUSEPORT, so a listener that shares its port with others
+    (another node's workers) is found too; port 0 is always free."""
+    if address is None:
+        return
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit() or int(port) == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            raise AddressUnavailable(f"cannot listen on {address}: {exc.strerror}") from exc
 
 
 class StoreLock:
@@ -173,6 +199,56 @@ def check_keys(me: ProvinceConfig) -> None:
             raise NodeStartError(f"cannot read {name} ({path}): {cause}") from exc
 
 
+async def check_log_at_start(
+    message_log: MessageLog, keys: HeadKeys, *, continue_past_break: bool
+) -> None:
+    """Verify an open message log as a node does before serving
+    (MessageLog.check_at_start). A break no segment acknowledges raises
+    LogIntegrityError naming the row and the cause, unless the operator asked to
+    continue past it: then a new signed segment records it."""
+    report = await message_log.check_at_start(keys)
+    broken = report.unacknowledged
+    if broken is None:
+        return
+    if not continue_past_break:
+        raise LogIntegrityError(
+            f"refusing to start: the message log {message_log.path} is broken at "
+            f"row {broken.seq}: {broken.detail} (see `yrd-gateway audit verify`; "
+            "`serve --continue-past-break` records it and continues)"
+        )
+    seq = await message_log.continue_past_break(report)
+    log.warning(
+        "continued past a break in the message log",
+        broken_row=broken.seq,
+        cause=broken.detail,
+        segment_row=seq,
+    )
+
+
+async def check_node_log(federation: FederationConfig, *, continue_past_break: bool) -> None:
+    """check_log_at_start for a node's log without starting the node (the
+    supervisor of ``serve --workers N`` checks once, before its workers start)."""
+    me = federation.me
+    signer = EnvelopeSigner.from_config(me, SystemClock())
+
+    def sign(statement: bytes) -> tuple[str, bytes]:
+        key_id, private_key = signer.current()
+        return key_id, private_key.sign(statement)
+
+    try:
+        message_log = await MessageLog(
+            me.node.store / "messages.db", province=me.code, head_signer=sign
+        ).open()
+    except (OSError, sqlite3.Error) as exc:
+        raise NodeStartError(f"cannot open the message log: {exc}") from exc
+    try:
+        await check_log_at_start(
+            message_log, TrustStore(federation).head_key, continue_past_break=continue_past_break
+        )
+    finally:
+        await message_log.close()
+
+
 class Node:
     """One province's gateway node."""
 
@@ -212,6 +288,7 @@ class Node:
         self.continue_past_break = continue_past_break
         self._lock_fd = lock_fd
         self._store_lock: StoreLock | None = None
+        self._quiet_stop = False
         self.listen = listen or me.node.endpoint
         self.federation_listen = federation_listen or me.node.federation_endpoint
         self.tls = (
@@ -280,6 +357,7 @@ class Node:
         try:
             return await self._start()
         except BaseException:
+            self._quiet_stop = True  # it never served: no "node stopped" line
             await self.stop(0)
             raise
 
@@ -308,6 +386,8 @@ class Node:
         ):
             if address is None:
                 continue
+            if self.workers == 1:  # (the supervisor of several workers probed already)
+                probe_address(address)
             try:
                 port = (
                     server.add_insecure_port(address)
@@ -317,7 +397,7 @@ class Node:
             except RuntimeError:  # grpc: "Failed to bind to address ..."
                 port = 0
             if port == 0:
-                raise NodeStartError(
+                raise AddressUnavailable(
                     f"cannot listen on {address}: the address is in use or not available here"
                 )
             if address == self.listen:
@@ -336,22 +416,9 @@ class Node:
                 f"cannot open the message log {self.message_log.path}: {exc}"
             ) from exc
         if self.check_log:
-            report = await self.message_log.check_at_start(self.head_keys)
-            broken = report.unacknowledged
-            if broken is not None and not self.continue_past_break:
-                raise LogIntegrityError(
-                    f"refusing to start: the message log {self.message_log.path} is broken at "
-                    f"row {broken.seq}: {broken.detail} (see `yrd-gateway audit verify`; "
-                    "`serve --continue-past-break` records it and continues)"
-                )
-            if broken is not None:
-                seq = await self.message_log.continue_past_break(report)
-                log.warning(
-                    "continued past a break in the message log",
-                    broken_row=broken.seq,
-                    cause=broken.detail,
-                    segment_row=seq,
-                )
+            await check_log_at_start(
+                self.message_log, self.head_keys, continue_past_break=self.continue_past_break
+            )
         try:
             await self.state.open()
         except (OSError, sqlite3.Error) as exc:
@@ -568,7 +635,8 @@ class Node:
             await self.state.close()
             if self._store_lock is not None:
                 self._store_lock.release()
-            log.info("node stopped", province=self.code)
+            if not self._quiet_stop:
+                log.info("node stopped", province=self.code)
 
     async def wait(self) -> None:
         if self.server is not None:
