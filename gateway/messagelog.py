@@ -245,6 +245,9 @@ class MessageLog:
         self._head = GENESIS
         self._next_seq = 1
         self._closed = False
+        #: A start-up check found a break no segment acknowledges: sign no head
+        #: (it would vouch for the broken rows) until a segment records it.
+        self._break_found = False
 
     async def open(self) -> MessageLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -283,6 +286,8 @@ class MessageLog:
             " WHERE kind = 'segment'"  # SEGMENT_KIND (a partial index takes no parameters)
         )
         self._conn = conn
+        signed = conn.execute("SELECT MAX(head_seq) FROM chain_heads").fetchone()
+        self._signed_seq = int(signed[0]) if signed and signed[0] is not None else 0
         return self._last_row(conn)
 
     @staticmethod
@@ -341,7 +346,7 @@ class MessageLog:
 
     async def _sign_head(self) -> None:
         """Sign and store the committed chain head (if it moved since the last one)."""
-        if self._head_signer is None or self._conn is None:
+        if self._head_signer is None or self._conn is None or self._break_found:
             return
         head_seq, head = self._next_seq - 1, self._head
         if head_seq <= self._signed_seq:
@@ -532,7 +537,9 @@ class MessageLog:
         ) as cursor:
             row = await cursor.fetchone()
         anchor = int(row[0]) if row and row[0] is not None else 1
-        return await self._check(keys, since=max(1, anchor))
+        report = await self._check(keys, since=max(1, anchor))
+        self._break_found = report.unacknowledged is not None
+        return report
 
     async def _segments(self) -> list[tuple[int, int]]:
         """(seq, heads_before) of every segment row."""
@@ -657,6 +664,7 @@ class MessageLog:
         if self._head_signer is not None:
             key_id, signature = self._head_signer(statement)
             signed.update(key_id=key_id, signature=base64.b64encode(signature).decode("ascii"))
+        self._break_found = False  # the segment row and the head after it record it
         seq = await self.append(
             LogEntry(
                 direction="local",
