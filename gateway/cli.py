@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -182,6 +184,19 @@ def _serve(args: argparse.Namespace) -> int:
             task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        if args.worker_index is not None:
+            # A worker whose supervisor died (SIGKILL) stops too: it would hold
+            # the node's store lock and ports with no one to restart it.
+            supervisor = os.getppid()
+
+            async def orphaned() -> None:
+                while os.getppid() == supervisor:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 0.5)
+                        return
+                stop.set()
+
+            reloads.add(asyncio.create_task(orphaned()))
         print(
             f"node {federation.own} ({federation.me.province.name}) serving on "
             f"{node.listen} (port {node.port})",

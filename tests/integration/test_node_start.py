@@ -5,6 +5,7 @@ another node holds, a key it cannot read, a message log that does not verify
 
 from __future__ import annotations
 
+import fcntl
 import re
 import shutil
 import signal
@@ -201,6 +202,24 @@ class TestServeFailsFast:
         finally:
             stderr = served.stop()
         assert served.process.returncode == 0, stderr
+
+    def test_workers_of_a_killed_supervisor_stop_and_free_the_store(self, tmp_path: Path) -> None:
+        served = start(copy_configs(tmp_path), "--workers", "2")
+        served.process.kill()
+        served.process.communicate(timeout=30)
+        # The orphaned workers notice, drain and exit; the lock goes with them.
+        deadline = time.monotonic() + 30
+        with (served.store / "node.lock").open("rb") as lock:
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    assert time.monotonic() < deadline, "the workers still hold the store"
+                    time.sleep(0.2)
+        again = start(served.folder)
+        stderr = again.stop()
+        assert again.process.returncode == 0, stderr
 
     @pytest.mark.parametrize(
         ("key", "config_key"),
