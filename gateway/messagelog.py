@@ -624,6 +624,8 @@ class MessageLog:
             detail += f"; {len(heads)} signed heads match" if heads else "; no signed head yet"
             if heads and keys is None:
                 detail += " (signatures not checked: no keys given)"
+            elif heads:
+                detail += f" ({checked_heads} signatures verified)"
             return ChainReport(True, walk.checked, 0, detail, walk.head)
         first = breaks[0]
         parts = []
