@@ -151,11 +151,14 @@ class ChainReport:
         return next((b for b in self.breaks if not b.acknowledged_by), None)
 
 
-def segment_statement(broken: Break, *, previous_tail: int, heads_before: int, at: str) -> bytes:
+def segment_statement(
+    broken: Break, *, province: str, previous_tail: int, heads_before: int, at: str
+) -> bytes:
     """The statement of a segment row: what the node continued past, and when."""
     return json.dumps(
         {
             "statement": "yrd-continue-past-break/v1",
+            "province": province,
             "broken_row": broken.seq,
             "cause": broken.detail,
             "previous_tail": previous_tail,
@@ -169,11 +172,19 @@ def segment_statement(broken: Break, *, previous_tail: int, heads_before: int, a
     ).encode()
 
 
-def _heads_before(envelope: bytes) -> int:
-    """``heads_before`` of a segment row's envelope (0 if it cannot be read)."""
+def _heads_before(envelope: bytes, keys: HeadKeys | None) -> int:
+    """``heads_before`` of a segment row's envelope; 0 (no head is taken as the
+    old segment's) if it cannot be read or, given keys, its signature does not
+    verify with the node's key: a forged statement excuses nothing."""
     try:
         outer = json.loads(envelope)
-        inner = json.loads(base64.b64decode(outer["statement"]))
+        statement = base64.b64decode(outer["statement"])
+        inner = json.loads(statement)
+        if keys is not None:
+            key = keys(inner["province"], outer["key_id"], datetime.fromisoformat(inner["at"]))
+            signature = base64.b64decode(outer["signature"])
+            if key is None or not crypto.verify(key, signature, statement):
+                return 0
         return int(inner["heads_before"])
     except (ValueError, KeyError, TypeError):
         return 0
@@ -541,14 +552,14 @@ class MessageLog:
         self._break_found = report.unacknowledged is not None
         return report
 
-    async def _segments(self) -> list[tuple[int, int]]:
+    async def _segments(self, keys: HeadKeys | None) -> list[tuple[int, int]]:
         """(seq, heads_before) of every segment row."""
         assert self._db is not None
         async with self._db.execute(
             # A literal, so that the partial index message_log_segments serves it.
             "SELECT seq, envelope FROM message_log WHERE kind = 'segment' ORDER BY seq"
         ) as cursor:
-            return [(int(r[0]), _heads_before(_blob(r[1]))) async for r in cursor]
+            return [(int(r[0]), _heads_before(_blob(r[1]), keys)) async for r in cursor]
 
     async def _head_rows(self) -> list[tuple[int, SignedHead, bytes | None]]:
         """Every signed head (by id) with the hash of the row it names (None: no such row)."""
@@ -570,7 +581,7 @@ class MessageLog:
             ]
 
     async def _check(self, keys: HeadKeys | None, *, since: int) -> ChainReport:
-        segments = await self._segments()
+        segments = await self._segments(keys)
         walk = _ChainWalk(segments, from_genesis=since <= 1)
         async for row in self.rows(since=since):
             walk.add(row)
@@ -658,6 +669,7 @@ class MessageLog:
         heads_before = int(row[0]) if row else 0
         statement = segment_statement(
             broken,
+            province=self.province,
             previous_tail=self._next_seq - 1,
             heads_before=heads_before,
             at=self._clock.now().isoformat(),

@@ -178,3 +178,43 @@ class TestContinuePastBreak:
         async with opened(path) as log:
             with pytest.raises(ValueError, match="no unacknowledged break"):
                 await log.continue_past_break(await log.check_at_start(keys))
+
+    async def test_a_forged_statement_excuses_no_head(self, path: Path) -> None:
+        await write(path, 3)
+        tamper(path, "UPDATE message_log SET envelope = X'00' WHERE seq = 2")
+        async with opened(path) as log:
+            segment = await log.continue_past_break(await log.check_at_start(keys))
+            for n in range(3, 6):
+                await log.append(entry(n))
+        # Someone rewrites the statement to call every head "old", then re-hashes
+        # the chain from there so that every row links again.
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            (envelope,) = db.execute(
+                "SELECT envelope FROM message_log WHERE seq = ?", (segment,)
+            ).fetchone()
+            signed = json.loads(envelope)
+            said = json.loads(base64.b64decode(signed["statement"]))
+            said["heads_before"] = 10**6
+            signed["statement"] = base64.b64encode(json.dumps(said).encode()).decode()
+            db.execute(
+                "UPDATE message_log SET envelope = ? WHERE seq = ?",
+                (json.dumps(signed).encode(), segment),
+            )
+            rows = db.execute(
+                "SELECT seq, logged_at, direction, kind, message_id, correlation_id, peer,"
+                " service, envelope, prev_hash FROM message_log WHERE seq >= ? ORDER BY seq",
+                (segment,),
+            ).fetchall()
+            prev = rows[0][9]
+            for seq, at, *fields, _ in rows:
+                digest = messagelog.row_hash(prev, seq, at, LogEntry(*fields))
+                db.execute(
+                    "UPDATE message_log SET prev_hash = ?, row_hash = ? WHERE seq = ?",
+                    (prev, digest, seq),
+                )
+                prev = digest
+            db.commit()
+        async with opened(path) as log:
+            report = await log.check_at_start(keys)
+        assert report.unacknowledged is not None
+        assert "does not match the head signed at" in report.unacknowledged.detail
