@@ -89,6 +89,8 @@ def _supervise(args: argparse.Namespace) -> int:
             "--lock-fd",
             str(lock_fd),
             "--log-checked",
+            "--supervisor-pid",
+            str(os.getpid()),
         ]
         if args.listen:
             command += ["--listen", args.listen]
@@ -184,10 +186,10 @@ def _serve(args: argparse.Namespace) -> int:
             task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, on_hangup)
-        if args.worker_index is not None:
+        if args.supervisor_pid is not None:
             # A worker whose supervisor died (SIGKILL) stops too: it would hold
             # the node's store lock and ports with no one to restart it.
-            supervisor = os.getppid()
+            supervisor = args.supervisor_pid
 
             async def orphaned() -> None:
                 while os.getppid() == supervisor:
@@ -398,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     # the message log was checked already.
     serve.add_argument("--lock-fd", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--log-checked", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument("--supervisor-pid", type=int, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
 
     demo = commands.add_parser(
