@@ -2,13 +2,15 @@
 check configs, verify a message log.
 
 Every command has ``--help``. Exit codes: 0 success, 1 a check failed, 2 bad
-usage or configuration.
+usage or configuration, 3 ``serve`` refused to start (one line on stderr says why).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -23,14 +25,55 @@ if TYPE_CHECKING:
 PROVINCE_CODES = ["310000", "320000", "330000", "340000"]
 
 
+#: ``serve``'s exit code when the node refuses to start (a port it cannot bind,
+#: a store it cannot open or lock, a key it cannot read, a broken message log).
+EXIT_REFUSED = 3
+
+
+def _refused(message: str) -> int:
+    print(f"yrd-gateway serve: {message}", file=sys.stderr, flush=True)
+    return EXIT_REFUSED
+
+
 def _supervise(args: argparse.Namespace) -> int:
     """Run ``--workers`` node processes on the same ports (SO_REUSEPORT).
 
-    Signals are passed on to every worker (SIGTERM drains them, SIGHUP reloads
-    them); a worker that dies unexpectedly is started again.
+    Before any worker starts, the supervisor locks the node's store folder (the
+    workers inherit the lock), checks that its ports are free and checks the
+    message log once. Signals are passed on to every worker (SIGTERM drains
+    them, SIGHUP reloads them); a worker that dies unexpectedly is started
+    again, unless it refused to start (then the node stops).
     """
     import subprocess
     import time
+
+    from gateway.config import load_federation
+    from gateway.errors import ConfigError
+    from gateway.node import NodeStartError, StoreLock, check_node_log, probe_address
+
+    try:
+        federation = load_federation(Path(args.config))
+    except ConfigError as exc:
+        print(f"configuration refused:\n{exc}", file=sys.stderr)
+        return 2
+    node = federation.me.node
+    try:
+        lock = StoreLock.acquire(node.store)
+    except NodeStartError as exc:
+        return _refused(str(exc))
+    for address in (args.listen or node.endpoint, node.federation_endpoint):
+        try:
+            probe_address(address)
+        except NodeStartError as exc:
+            lock.release()
+            return _refused(str(exc))
+    try:
+        asyncio.run(check_node_log(federation, continue_past_break=args.continue_past_break))
+    except NodeStartError as exc:
+        lock.release()
+        return _refused(str(exc))
+    lock_fd = lock.fd
+    assert lock_fd is not None
 
     def spawn(index: int) -> subprocess.Popen[bytes]:
         command = [
@@ -48,10 +91,16 @@ def _supervise(args: argparse.Namespace) -> int:
             str(args.workers),
             "--worker-index",
             str(index),
+            "--lock-fd",
+            str(lock_fd),
+            "--log-checked",
+            "--supervisor-pid",
+            str(os.getpid()),
         ]
         if args.listen:
             command += ["--listen", args.listen]
-        return subprocess.Popen(command)  # noqa: S603 - our own interpreter and module
+        # S603: our own interpreter and module. The lock's open file is passed on.
+        return subprocess.Popen(command, pass_fds=(lock_fd,))  # noqa: S603
 
     workers = {index: spawn(index) for index in range(args.workers)}
     stopping = False
@@ -72,6 +121,13 @@ def _supervise(args: argparse.Namespace) -> int:
         if stopping:
             break
         for index, process in list(workers.items()):
+            if process.poll() == EXIT_REFUSED:
+                print(f"worker {index} refused to start; stopping", file=sys.stderr, flush=True)
+                forward(signal.SIGTERM, None)
+                for other in workers.values():
+                    other.wait()
+                lock.release()
+                return EXIT_REFUSED
             if process.poll() is not None:
                 restarts = [t for t in restarts if time.monotonic() - t < 60] + [time.monotonic()]
                 if len(restarts) > 10:
@@ -85,6 +141,7 @@ def _supervise(args: argparse.Namespace) -> int:
                 )
                 workers[index] = spawn(index)
     codes = [process.wait() for process in workers.values()]
+    lock.release()
     return 0 if all(code == 0 for code in codes) else 1
 
 
@@ -92,7 +149,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway import logs
     from gateway.config import load_federation
     from gateway.errors import ConfigError
-    from gateway.node import Node
+    from gateway.node import Node, NodeStartError
 
     if args.workers > 1 and args.worker_index is None:
         return _supervise(args)
@@ -111,6 +168,9 @@ def _serve(args: argparse.Namespace) -> int:
             config_file=Path(args.config),
             workers=args.workers,
             worker_index=args.worker_index or 0,
+            continue_past_break=args.continue_past_break,
+            check_log=not args.log_checked,
+            lock_fd=args.lock_fd,
         )
         await node.start()
         loop = asyncio.get_running_loop()
@@ -131,6 +191,19 @@ def _serve(args: argparse.Namespace) -> int:
             task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        if args.supervisor_pid is not None:
+            # A worker whose supervisor died (SIGKILL) stops too: it would hold
+            # the node's store lock and ports with no one to restart it.
+            supervisor = args.supervisor_pid
+
+            async def orphaned() -> None:
+                while os.getppid() == supervisor:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 0.5)
+                        return
+                stop.set()
+
+            reloads.add(asyncio.create_task(orphaned()))
         print(
             f"node {federation.own} ({federation.me.province.name}) serving on "
             f"{node.listen} (port {node.port})",
@@ -140,7 +213,10 @@ def _serve(args: argparse.Namespace) -> int:
         await stop.wait()
         await node.stop()
 
-    eventloop.run(run())
+    try:
+        eventloop.run(run())
+    except NodeStartError as exc:
+        return _refused(str(exc))
     return 0
 
 
@@ -588,7 +664,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="worker processes sharing the node's ports (SO_REUSEPORT); one per core (default 1)",
     )
+    serve.add_argument(
+        "--continue-past-break",
+        action="store_true",
+        help="start although the message log is broken, recording in a new signed segment "
+        "that the node continued past the break (audit verify reports both)",
+    )
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    # From the supervisor to its workers: the store lock's open file, and that
+    # the message log was checked already.
+    serve.add_argument("--lock-fd", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--log-checked", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument("--supervisor-pid", type=int, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
 
     demo = commands.add_parser(

@@ -68,6 +68,16 @@ CREATE TABLE IF NOT EXISTS chain_heads (
 CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 """
 
+#: A row of this kind starts a new segment of the chain: the node was started
+#: past a break (``serve --continue-past-break``). Its envelope is a signed JSON
+#: statement naming the broken row and the cause; a signed head follows it.
+SEGMENT_KIND = "segment"
+SEGMENT_SERVICE = "log.continue-past-break"
+#: At start the node re-checks the rows from the last signed head that lies at
+#: least this many rows before the tail (or from row 1): a bounded cost however
+#: long the log (docs/operations.md); ``audit verify`` checks the whole log.
+START_CHECK_ROWS = 10_000
+
 #: Signs a chain-head statement: returns (key id, signature).
 HeadSigner = Callable[[bytes], tuple[str, bytes]]
 #: Finds the public key that verifies a province's head signature by key id.
@@ -136,12 +146,67 @@ class LoggedRow:
 
 
 @dataclass(frozen=True)
+class Break:
+    """A row where the chain does not hold, and the segment row (if any) by which
+    the node recorded that it continued past it."""
+
+    seq: int
+    detail: str
+    acknowledged_by: int = 0  # seq of a later segment row; 0 = not acknowledged
+
+
+@dataclass(frozen=True)
 class ChainReport:
     intact: bool
     rows_checked: int
     first_bad_seq: int
     detail: str
     head_hash: bytes
+    breaks: tuple[Break, ...] = ()
+
+    @property
+    def unacknowledged(self) -> Break | None:
+        """The first break no later segment acknowledges (a node refuses to start on it)."""
+        return next((b for b in self.breaks if not b.acknowledged_by), None)
+
+
+def segment_statement(
+    broken: Break, *, province: str, previous_tail: int, heads_before: int, at: str
+) -> bytes:
+    """The statement of a segment row: what the node continued past, and when."""
+    return json.dumps(
+        {
+            "statement": "yrd-continue-past-break/v1",
+            "province": province,
+            "broken_row": broken.seq,
+            "cause": broken.detail,
+            "previous_tail": previous_tail,
+            # Chain heads signed before the continuation (ids up to this one)
+            # vouch for the old segment; a mismatch there is part of the break.
+            "heads_before": heads_before,
+            "at": at,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+
+
+def _heads_before(envelope: bytes, keys: HeadKeys | None) -> int:
+    """``heads_before`` of a segment row's envelope; 0 (no head is taken as the
+    old segment's) if it cannot be read or, given keys, its signature does not
+    verify with the node's key: a forged statement excuses nothing."""
+    try:
+        outer = json.loads(envelope)
+        statement = base64.b64decode(outer["statement"])
+        inner = json.loads(statement)
+        if keys is not None:
+            key = keys(inner["province"], outer["key_id"], datetime.fromisoformat(inner["at"]))
+            signature = base64.b64decode(outer["signature"])
+            if key is None or not crypto.verify(key, signature, statement):
+                return 0
+        return int(inner["heads_before"])
+    except (ValueError, KeyError, TypeError):
+        return 0
 
 
 def row_hash(
@@ -214,6 +279,10 @@ class MessageLog:
         #: when a write succeeds again (the node's health follows it).
         self.on_writable: Callable[[bool], None] | None = None
 
+        #: A start-up check found a break no segment acknowledges: sign no head
+        #: (it would vouch for the broken rows) until a segment records it.
+        self._break_found = False
+
     async def open(self) -> MessageLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="message-log")
@@ -246,7 +315,14 @@ class MessageLog:
             "CREATE UNIQUE INDEX IF NOT EXISTS message_log_nonce ON message_log (peer, nonce)"
             " WHERE nonce IS NOT NULL"
         )
+        # Segment rows are few; start-up and audit find them without a scan.
+        conn.execute(
+            "CREATE INDEX IF NOT EXISTS message_log_segments ON message_log (seq)"
+            " WHERE kind = 'segment'"  # SEGMENT_KIND (a partial index takes no parameters)
+        )
         self._conn = conn
+        signed = conn.execute("SELECT MAX(head_seq) FROM chain_heads").fetchone()
+        self._signed_seq = int(signed[0]) if signed and signed[0] is not None else 0
         return self._last_row(conn)
 
     @staticmethod
@@ -366,7 +442,7 @@ class MessageLog:
 
     async def _sign_head(self) -> None:
         """Sign and store the committed chain head (if it moved since the last one)."""
-        if self._head_signer is None or self._conn is None:
+        if self._head_signer is None or self._conn is None or self._break_found:
             return
         head_seq, head = self._next_seq - 1, self._head
         if head_seq <= self._signed_seq:
@@ -508,16 +584,21 @@ class MessageLog:
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
-    async def rows(self, *, message_id: str | None = None) -> AsyncIterator[LoggedRow]:
+    async def rows(
+        self, *, message_id: str | None = None, since: int = 0
+    ) -> AsyncIterator[LoggedRow]:
         assert self._db is not None
         query = (
             "SELECT seq, logged_at, direction, kind, message_id, correlation_id, peer, service,"
             " envelope, prev_hash, row_hash FROM message_log"
         )
-        args: tuple[str, ...] = ()
+        args: tuple[str | int, ...] = ()
         if message_id is not None:
             query += " WHERE message_id = ?"
             args = (message_id,)
+        elif since > 1:
+            query += " WHERE seq >= ?"
+            args = (since,)
         async with self._db.execute(query + " ORDER BY seq", args) as cursor:
             async for r in cursor:
                 yield LoggedRow(
@@ -550,85 +631,228 @@ class MessageLog:
             ]
 
     async def verify(self, keys: HeadKeys | None = None) -> ChainReport:
-        """The chain, then every signed head against it (and its signature, given keys)."""
-        hashes: dict[int, bytes] = {}
+        """The whole chain, then every signed head against it (and its signature, given keys).
 
-        async def remembered() -> AsyncIterator[LoggedRow]:
-            async for row in self.rows():
-                hashes[row.seq] = row.row_hash
-                yield row
+        A break followed by a segment row (the node continued past it) is reported
+        with that acknowledgement; the segment after it is verified like any chain.
+        """
+        return await self._check(keys, since=1)
 
-        report = await verify_chain(remembered())
-        if not report.intact:
-            return report
-        last = max(hashes) if hashes else 0
-        heads = await self.heads()
-        for head in heads:
-            if head.head_seq > last:
-                return ChainReport(
-                    False,
-                    report.rows_checked,
-                    last + 1,
-                    f"truncated: a head signed at {head.signed_at} vouches for "
-                    f"row {head.head_seq}, the log ends at row {last}",
-                    report.head_hash,
+    async def check_at_start(self, keys: HeadKeys | None) -> ChainReport:
+        """The check a node makes before serving (bounded, see START_CHECK_ROWS):
+        the rows from the last signed head at least START_CHECK_ROWS before the
+        tail (or row 1) to the tail; every head's hash against the row it names
+        (an indexed lookup, no row is re-read); the signatures of the heads in
+        that stretch and of the last head."""
+        assert self._db is not None
+        async with self._db.execute("SELECT MAX(seq) FROM message_log") as cursor:
+            row = await cursor.fetchone()
+        tail = int(row[0]) if row and row[0] is not None else 0
+        async with self._db.execute(
+            "SELECT MAX(head_seq) FROM chain_heads WHERE head_seq <= ?",
+            (tail - START_CHECK_ROWS,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        anchor = int(row[0]) if row and row[0] is not None else 1
+        report = await self._check(keys, since=max(1, anchor))
+        self._break_found = report.unacknowledged is not None
+        return report
+
+    async def _segments(self, keys: HeadKeys | None) -> list[tuple[int, int]]:
+        """(seq, heads_before) of every segment row."""
+        assert self._db is not None
+        async with self._db.execute(
+            # A literal, so that the partial index message_log_segments serves it.
+            "SELECT seq, envelope FROM message_log WHERE kind = 'segment' ORDER BY seq"
+        ) as cursor:
+            return [(int(r[0]), _heads_before(_blob(r[1]), keys)) async for r in cursor]
+
+    async def _head_rows(self) -> list[tuple[int, SignedHead, bytes | None]]:
+        """Every signed head (by id) with the hash of the row it names (None: no such row)."""
+        assert self._db is not None
+        async with self._db.execute(
+            "SELECT h.id, h.province, h.head_seq, h.head_hash, h.signed_at, h.key_id,"
+            " h.signature, m.row_hash FROM chain_heads h"
+            " LEFT JOIN message_log m ON m.seq = h.head_seq ORDER BY h.id"
+        ) as cursor:
+            return [
+                (
+                    int(r[0]),
+                    SignedHead(
+                        _text(r[1]), int(r[2]), _blob(r[3]), _text(r[4]), _text(r[5]), _blob(r[6])
+                    ),
+                    None if r[7] is None else _blob(r[7]),
                 )
-            if hashes.get(head.head_seq) != head.head_hash:
-                return ChainReport(
-                    False,
-                    report.rows_checked,
-                    head.head_seq,
-                    f"row {head.head_seq}: does not match the head signed at {head.signed_at}",
-                    report.head_hash,
-                )
-            if keys is not None:
+                async for r in cursor
+            ]
+
+    async def _check(self, keys: HeadKeys | None, *, since: int) -> ChainReport:
+        segments = await self._segments(keys)
+        walk = _ChainWalk(segments, from_genesis=since <= 1)
+        async for row in self.rows(since=since):
+            walk.add(row)
+        breaks = walk.breaks
+        last_seq = walk.last_seq
+        # Heads signed before the last continuation vouch for the old segment.
+        old_heads = max((before for _, before in segments), default=0)
+        heads = await self._head_rows()
+        checked_heads = 0
+        for head_id, head, actual in heads:
+            problem = ""
+            if actual is None:
+                if head.head_seq > last_seq or last_seq == 0:
+                    problem = (
+                        f"truncated: a head signed at {head.signed_at} vouches for "
+                        f"row {head.head_seq}, the log ends at row {last_seq}"
+                    )
+                    seq = last_seq + 1
+                else:
+                    problem = (
+                        f"row {head.head_seq}: missing, but a head signed at "
+                        f"{head.signed_at} vouches for it"
+                    )
+                    seq = head.head_seq
+            elif actual != head.head_hash:
+                problem = f"row {head.head_seq}: does not match the head signed at {head.signed_at}"
+                seq = head.head_seq
+            elif keys is not None and (
+                since <= 1 or head.head_seq >= since or head_id == heads[-1][0]
+            ):
                 key = keys(head.province, head.key_id, datetime.fromisoformat(head.signed_at))
                 if key is None or not crypto.verify(key, head.signature, head.statement):
-                    return ChainReport(
-                        False,
-                        report.rows_checked,
-                        head.head_seq,
+                    problem = (
                         f"head signed at {head.signed_at}: signature does not "
-                        f"verify with key {head.key_id!r} of {head.province}",
-                        report.head_hash,
+                        f"verify with key {head.key_id!r} of {head.province}"
                     )
-        signed = f"; {len(heads)} signed heads match" if heads else "; no signed head yet"
-        if heads and keys is None:
-            signed += " (signatures not checked: no keys given)"
-        return ChainReport(True, report.rows_checked, 0, report.detail + signed, report.head_hash)
+                    seq = head.head_seq
+                else:
+                    checked_heads += 1
+            if not problem:
+                continue
+            if head_id <= old_heads:
+                ack = next(s for s, before in segments if head_id <= before)
+                breaks.append(Break(seq, problem, ack))
+            else:
+                breaks.append(Break(seq, problem))
+        breaks.sort(key=lambda b: b.seq)
+        what = "rows chain intact" if since <= 1 else f"rows from row {since} chain intact"
+        if not breaks:
+            detail = f"{walk.checked} {what}"
+            detail += f"; {len(heads)} signed heads match" if heads else "; no signed head yet"
+            if heads and keys is None:
+                detail += " (signatures not checked: no keys given)"
+            elif heads:
+                detail += f" ({checked_heads} signatures verified)"
+            return ChainReport(True, walk.checked, 0, detail, walk.head)
+        first = breaks[0]
+        parts = []
+        for b in breaks:
+            if b.acknowledged_by:
+                parts.append(
+                    f"{b.detail} -- acknowledged: the node continued past it in a new "
+                    f"segment at row {b.acknowledged_by}"
+                )
+            else:
+                parts.append(b.detail)
+        detail = "; ".join(parts)
+        if all(b.acknowledged_by for b in breaks):
+            last_segment = max(b.acknowledged_by for b in breaks)
+            detail += f"; the segment from row {last_segment} to row {last_seq} is intact" + (
+                "" if keys is None else " and its signed heads verify"
+            )
+        return ChainReport(False, walk.checked, first.seq, detail, walk.head, tuple(breaks))
+
+    async def continue_past_break(self, report: ChainReport) -> int:
+        """Record, as a new signed segment, that the node continues past the break
+        ``report`` found: a segment row naming the broken row and the cause, then
+        a signed chain head over it. Returns the segment row's seq."""
+        broken = report.unacknowledged
+        if broken is None:
+            raise ValueError("no unacknowledged break to continue past")
+        assert self._db is not None
+        async with self._db.execute("SELECT COALESCE(MAX(id), 0) FROM chain_heads") as cursor:
+            row = await cursor.fetchone()
+        heads_before = int(row[0]) if row else 0
+        statement = segment_statement(
+            broken,
+            province=self.province,
+            previous_tail=self._next_seq - 1,
+            heads_before=heads_before,
+            at=self._clock.now().isoformat(),
+        )
+        signed: dict[str, str] = {"statement": base64.b64encode(statement).decode("ascii")}
+        if self._head_signer is not None:
+            key_id, signature = self._head_signer(statement)
+            signed.update(key_id=key_id, signature=base64.b64encode(signature).decode("ascii"))
+        self._break_found = False  # the segment row and the head after it record it
+        seq = await self.append(
+            LogEntry(
+                direction="local",
+                kind=SEGMENT_KIND,
+                message_id=str(uuid.uuid4()),
+                correlation_id="",
+                peer="",
+                service=SEGMENT_SERVICE,
+                envelope=json.dumps(signed, sort_keys=True).encode(),
+            )
+        )
+        await self._sign_head()
+        return seq
+
+
+class _ChainWalk:
+    """Walks rows in order. At a break it records the row and cause, then skips
+    to the next segment row (if any), where the chain starts again from that
+    row's own prev_hash."""
+
+    def __init__(self, segments: list[tuple[int, int]], *, from_genesis: bool = True) -> None:
+        self._segments = {seq for seq, _ in segments}
+        self.breaks: list[Break] = []
+        self.head = GENESIS
+        #: 0: a stretch from a signed head: start from the first row's own
+        #: prev_hash (the head's hash is checked against that row apart).
+        self.expected = 1 if from_genesis else 0
+        self.checked = 0
+        self.last_seq = 0
+        self._broken = False
+
+    def add(self, row: LoggedRow) -> None:
+        self.last_seq = max(self.last_seq, row.seq)
+        if self._broken:
+            if row.seq not in self._segments or row.entry.kind != SEGMENT_KIND:
+                return  # skipped, not checked: the old segment past its break
+            self.breaks[-1] = replace(self.breaks[-1], acknowledged_by=row.seq)
+            self._broken = False
+            self.head, self.expected = row.prev_hash, row.seq
+        elif self.expected == 0:
+            self.expected = row.seq
+            self.head = GENESIS if row.seq == 1 else row.prev_hash
+        self.checked += 1
+        problem = ""
+        if row.seq != self.expected:
+            problem = (
+                f"row {row.seq}: expected sequence {self.expected} (a row was deleted or reordered)"
+            )
+        elif row.prev_hash != self.head:
+            problem = f"row {row.seq}: prev_hash does not match the previous row's hash"
+        elif row_hash(self.head, row.seq, row.logged_at, row.entry) != row.row_hash:
+            problem = f"row {row.seq}: content does not match its hash (edited)"
+        if problem:
+            self.breaks.append(Break(row.seq, problem))
+            self._broken = True
+            return
+        self.head, self.expected = row.row_hash, row.seq + 1
 
 
 async def verify_chain(rows: AsyncIterator[LoggedRow]) -> ChainReport:
     """Walk rows in order; report the first one that does not chain."""
-    head, expected_seq, checked = GENESIS, 1, 0
+    walk = _ChainWalk([])
     async for row in rows:
-        checked += 1
-        if row.seq != expected_seq:
-            return ChainReport(
-                False,
-                checked,
-                row.seq,
-                f"row {row.seq}: expected sequence {expected_seq} (a row was deleted or reordered)",
-                head,
-            )
-        if row.prev_hash != head:
-            return ChainReport(
-                False,
-                checked,
-                row.seq,
-                f"row {row.seq}: prev_hash does not match the previous row's hash",
-                head,
-            )
-        if row_hash(head, row.seq, row.logged_at, row.entry) != row.row_hash:
-            return ChainReport(
-                False,
-                checked,
-                row.seq,
-                f"row {row.seq}: content does not match its hash (edited)",
-                head,
-            )
-        head, expected_seq = row.row_hash, expected_seq + 1
-    return ChainReport(True, checked, 0, f"{checked} rows chain intact", head)
+        walk.add(row)
+        if walk.breaks:
+            b = walk.breaks[0]
+            return ChainReport(False, walk.checked, b.seq, b.detail, walk.head, (b,))
+    return ChainReport(True, walk.checked, 0, f"{walk.checked} rows chain intact", walk.head)
 
 
 async def verify_file(path: Path, keys: HeadKeys | None = None) -> ChainReport:

@@ -9,7 +9,10 @@ calls, then the message log is flushed and the stores are closed.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
+import socket
+import sqlite3
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -18,6 +21,7 @@ from typing import Any
 
 import grpc
 import structlog
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -36,7 +40,7 @@ from gateway.errors import ConfigError, FailedPrecondition
 from gateway.federation.client import CHANNEL_OPTIONS, FederationClient
 from gateway.federation.server import FederationServicer
 from gateway.interceptors import GatewayInterceptor
-from gateway.messagelog import MessageLog
+from gateway.messagelog import HeadKeys, MessageLog
 from gateway.metrics import BREAKER_VALUES, MetricsServer, NodeMetrics
 from gateway.outbox import Outbox
 from gateway.reflection import enable_server_reflection
@@ -77,6 +81,175 @@ PUBLIC_SERVICE_NAMES = (
 )
 
 
+class NodeStartError(Exception):
+    """The node cannot start. The message names the cause in one line; nothing
+    the node opened is left open (no listener, no store, no lock)."""
+
+
+class LogIntegrityError(NodeStartError):
+    """The message log does not verify from its last signed head to its tail."""
+
+
+class AddressUnavailable(NodeStartError, RuntimeError):
+    """A port the node cannot bind. Also a RuntimeError, what grpc raises for it,
+    so a harness that retries on another port (LocalFederation) still does."""
+
+
+def probe_address(address: str | None) -> None:
+    """Raise AddressUnavailable if ``address`` (HOST:PORT) cannot be bound now.
+
+    Bound without SO_REUSEPORT, so a listener that shares its port with others
+    (another node's workers) is found too; port 0 is always free."""
+    if address is None:
+        return
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit() or int(port) == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            raise AddressUnavailable(f"cannot listen on {address}: {exc.strerror}") from exc
+
+
+class StoreLock:
+    """An OS lock (``flock``) on ``node.lock`` in the store folder, held for the
+    node's life: a second node on the same stores is refused before it opens
+    them. The worker processes of one node (``serve --workers N``) share the
+    supervisor's lock: they inherit its open file (the lock belongs to it), so
+    the stores stay locked until the last process of the node has exited."""
+
+    FILE = "node.lock"
+
+    def __init__(self, store_dir: Path, fd: int) -> None:
+        self.path = store_dir / self.FILE
+        self.fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, store_dir: Path) -> StoreLock:
+        path = store_dir / cls.FILE
+        try:
+            store_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise NodeStartError(f"cannot lock the store {store_dir}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise NodeStartError(
+                f"the store {store_dir} is in use by another node (pid {holder}); "
+                "one node per store folder"
+            ) from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return cls(store_dir, fd)
+
+    @classmethod
+    def inherited(cls, store_dir: Path, fd: int) -> StoreLock:
+        """The lock a supervisor passed to its worker (its open file ``fd``)."""
+        path = store_dir / cls.FILE
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+            # Our own open file already holds the lock: this succeeds at once;
+            # any other file of a node holding the lock is refused.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            raise NodeStartError(f"the store {store_dir} is not locked for this worker") from exc
+        if not same:
+            raise NodeStartError(f"the store {store_dir} is not locked for this worker")
+        return cls(store_dir, fd)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+
+def check_keys(me: ProvinceConfig) -> None:
+    """Read every private key and certificate this node will use, so that an
+    unreadable one stops the start with its config key and file named."""
+    paths: list[tuple[str, Path | None]] = [("signing.private_key", me.signing.private_key)]
+    paths += [
+        (f"signing.public_keys[{k.key_id}].private_key", k.private_key)
+        for k in me.signing.public_keys
+    ]
+    if me.tls is not None:
+        paths += [
+            ("tls.private_key", me.tls.private_key),
+            ("tls.certificate", me.tls.certificate),
+            ("tls.ca", me.tls.ca),
+        ]
+    for name, path in paths:
+        if path is None:
+            continue
+        try:
+            data = path.read_bytes()
+            if name.endswith("private_key"):
+                serialization.load_pem_private_key(data, password=None)
+            elif b"-----BEGIN CERTIFICATE-----" not in data:
+                raise ValueError("not a PEM certificate")
+        except OSError as exc:
+            raise NodeStartError(f"cannot read {name} ({path}): {exc.strerror}") from exc
+        except (ValueError, TypeError) as exc:
+            cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise NodeStartError(f"cannot read {name} ({path}): {cause}") from exc
+
+
+async def check_log_at_start(
+    message_log: MessageLog, keys: HeadKeys, *, continue_past_break: bool
+) -> None:
+    """Verify an open message log as a node does before serving
+    (MessageLog.check_at_start). A break no segment acknowledges raises
+    LogIntegrityError naming the row and the cause, unless the operator asked to
+    continue past it: then a new signed segment records it."""
+    report = await message_log.check_at_start(keys)
+    broken = report.unacknowledged
+    if broken is None:
+        return
+    if not continue_past_break:
+        raise LogIntegrityError(
+            f"refusing to start: the message log {message_log.path} is broken at "
+            f"row {broken.seq}: {broken.detail} (see `yrd-gateway audit verify`; "
+            "`serve --continue-past-break` records it and continues)"
+        )
+    seq = await message_log.continue_past_break(report)
+    log.warning(
+        "continued past a break in the message log",
+        broken_row=broken.seq,
+        cause=broken.detail,
+        segment_row=seq,
+    )
+
+
+async def check_node_log(federation: FederationConfig, *, continue_past_break: bool) -> None:
+    """check_log_at_start for a node's log without starting the node (the
+    supervisor of ``serve --workers N`` checks once, before its workers start)."""
+    me = federation.me
+    signer = EnvelopeSigner.from_config(me, SystemClock())
+
+    def sign(statement: bytes) -> tuple[str, bytes]:
+        key_id, private_key = signer.current()
+        return key_id, private_key.sign(statement)
+
+    try:
+        message_log = await MessageLog(
+            me.node.store / "messages.db", province=me.code, head_signer=sign
+        ).open()
+    except (OSError, sqlite3.Error) as exc:
+        raise NodeStartError(f"cannot open the message log: {exc}") from exc
+    try:
+        await check_log_at_start(
+            message_log, TrustStore(federation).head_key, continue_past_break=continue_past_break
+        )
+    finally:
+        await message_log.close()
+
+
 class Node:
     """One province's gateway node."""
 
@@ -94,6 +267,9 @@ class Node:
         config_file: Path | None = None,
         workers: int = 1,
         worker_index: int = 0,
+        continue_past_break: bool = False,
+        check_log: bool = True,
+        lock_fd: int | None = None,
     ) -> None:
         #: Several worker processes may serve one node on the same ports
         #: (SO_REUSEPORT); the first one also runs the background work (outbox,
@@ -106,6 +282,14 @@ class Node:
         self.reloads = 0
         self.clock = clock or SystemClock()
         me = federation.me
+        check_keys(me)
+        #: Start-up: verify the message log (check_at_start) and refuse a break,
+        #: or record a new segment past it (``serve --continue-past-break``).
+        self.check_log = check_log
+        self.continue_past_break = continue_past_break
+        self._lock_fd = lock_fd
+        self._store_lock: StoreLock | None = None
+        self._quiet_stop = False
         self.listen = listen or me.node.endpoint
         self.federation_listen = federation_listen or me.node.federation_endpoint
         self.tls = (
@@ -220,9 +404,84 @@ class Node:
         return self.trust.head_key(province, key_id, at)
 
     async def start(self) -> Node:
+        """Lock the stores, bind the ports, then open and check the stores, then
+        serve. Any failure undoes what was done and raises (NodeStartError with a
+        one-line cause for what an operator can fix)."""
+        try:
+            return await self._start()
+        except BaseException:
+            self._quiet_stop = True  # it never served: no "node stopped" line
+            await self.stop(0)
+            raise
+
+    def _lock_store(self) -> None:
+        if self._lock_fd is not None:
+            self._store_lock = StoreLock.inherited(self.store_dir, self._lock_fd)
+        else:
+            self._store_lock = StoreLock.acquire(self.store_dir)
+
+    def _bind(self, me: ProvinceConfig) -> grpc.aio.Server:
+        """The server with its ports bound (before any store is opened)."""
+        server = grpc.aio.server(
+            interceptors=[GatewayInterceptor(lambda: self.federation.me, self.metrics)],
+            maximum_concurrent_rpcs=me.node.max_concurrent_calls,
+            options=(*SERVER_OPTIONS, ("grpc.so_reuseport", 1 if self.workers > 1 else 0)),
+        )
+        self.server = server
+        if self.tls is not None and self.federation_listen is None:
+            raise NodeStartError("node.federation_endpoint is required with [tls]")
+        for address, credentials in (
+            (self.listen, None if self.tls is None else self.tls.public_server_credentials()),
+            (
+                self.federation_listen,
+                None if self.tls is None else self.tls.mutual_server_credentials(),
+            ),
+        ):
+            if address is None:
+                continue
+            if self.workers == 1:  # (the supervisor of several workers probed already)
+                probe_address(address)
+            try:
+                port = (
+                    server.add_insecure_port(address)
+                    if credentials is None
+                    else server.add_secure_port(address, credentials)
+                )
+            except RuntimeError:  # grpc: "Failed to bind to address ..."
+                port = 0
+            if port == 0:
+                raise AddressUnavailable(
+                    f"cannot listen on {address}: the address is in use or not available here"
+                )
+            if address == self.listen:
+                self.port = port
+            else:
+                self.federation_port = port
+        return server
+
+    async def _open_stores(self) -> None:
+        """Open the message log, check it (see MessageLog.check_at_start), then
+        the state store."""
+        try:
+            await self.message_log.open()
+        except (OSError, sqlite3.Error) as exc:
+            raise NodeStartError(
+                f"cannot open the message log {self.message_log.path}: {exc}"
+            ) from exc
+        if self.check_log:
+            await check_log_at_start(
+                self.message_log, self.head_keys, continue_past_break=self.continue_past_break
+            )
+        try:
+            await self.state.open()
+        except (OSError, sqlite3.Error) as exc:
+            raise NodeStartError(f"cannot open the state store {self.state.path}: {exc}") from exc
+
+    async def _start(self) -> Node:
         me = self.federation.me
-        await self.message_log.open()
-        await self.state.open()
+        self._lock_store()
+        server = self._bind(me)
+        await self._open_stores()
         authority = self._authority or build_identity_authority(
             me.adapter, me.eid.authority_url, clock=self.clock
         )
@@ -234,11 +493,6 @@ class Node:
             authority=authority,
             store=self.state,
             clock=self.clock,
-        )
-        server = grpc.aio.server(
-            interceptors=[GatewayInterceptor(lambda: self.federation.me, self.metrics)],
-            maximum_concurrent_rpcs=me.node.max_concurrent_calls,
-            options=(*SERVER_OPTIONS, ("grpc.so_reuseport", 1 if self.workers > 1 else 0)),
         )
         identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(identity), server)
         backends = self._backends(me)
@@ -315,21 +569,7 @@ class Node:
             (*PUBLIC_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
             server,
         )
-        if self.tls is not None:
-            if self.federation_listen is None:
-                raise OSError("node.federation_endpoint is required with [tls]")
-            self.port = server.add_secure_port(self.listen, self.tls.public_server_credentials())
-            self.federation_port = server.add_secure_port(
-                self.federation_listen, self.tls.mutual_server_credentials()
-            )
-        else:
-            self.port = server.add_insecure_port(self.listen)
-            if self.federation_listen is not None:
-                self.federation_port = server.add_insecure_port(self.federation_listen)
-        if self.port == 0 or (self.federation_listen is not None and self.federation_port == 0):
-            raise OSError(f"cannot listen on {self.listen} / {self.federation_listen}")
         await server.start()
-        self.server = server
         for name in PUBLIC_SERVICE_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -339,7 +579,12 @@ class Node:
             host, _, port = me.node.metrics_endpoint.rpartition(":")
             # Worker i of a multi-process node serves its own metrics on port + i.
             metrics_port = int(port) + self.worker_index if int(port) else 0
-            self.metrics_server = await MetricsServer(self.metrics, host, metrics_port).start()
+            try:
+                self.metrics_server = await MetricsServer(self.metrics, host, metrics_port).start()
+            except OSError as exc:
+                raise NodeStartError(
+                    f"cannot listen on {host}:{metrics_port} (metrics): {exc.strerror}"
+                ) from exc
         if self.worker_index == 0:
             await self.outbox.start()
             for processor in self.processors:
@@ -452,7 +697,10 @@ class Node:
                 await backend.aclose()
             await self.message_log.close()
             await self.state.close()
-            log.info("node stopped", province=self.code)
+            if self._store_lock is not None:
+                self._store_lock.release()
+            if not self._quiet_stop:
+                log.info("node stopped", province=self.code)
 
     async def wait(self) -> None:
         if self.server is not None:

@@ -45,6 +45,15 @@ CREATE TABLE IF NOT EXISTS check_ins (
     correlation_id   TEXT NOT NULL
 );
 
+-- e-ID tokens of this province this node answered "first use" for, kept for the
+-- token's validity window: single use holds even if the e-ID authority forgets.
+CREATE TABLE IF NOT EXISTS answered_tokens (
+    token_id    TEXT PRIMARY KEY,
+    keep_until  REAL NOT NULL,        -- unix seconds; pruned after
+    answered_at REAL NOT NULL         -- unix seconds
+);
+CREATE INDEX IF NOT EXISTS answered_tokens_expiry ON answered_tokens (keep_until);
+
 -- Tracked exchanges (withdrawals, service cases), submitting node's side.
 CREATE TABLE IF NOT EXISTS outgoing_cases (
     case_id          TEXT PRIMARY KEY,
@@ -347,6 +356,27 @@ class StateStore:
         if row is None:
             return None
         return (str(row[0]), str(row[1]), bytes(row[2]), str(row[3]), str(row[4]), str(row[5]))
+
+    async def claim_token(self, token_id: str, *, keep_until: float, now: float) -> bool:
+        """Record that this node answers "first use" for ``token_id`` until
+        ``keep_until`` (unix seconds). False if it already did (a replay): of two
+        concurrent claims, in any worker process, exactly one wins. Rows past
+        their time are pruned on the way."""
+
+        def op(db: sqlite3.Connection) -> bool:
+            db.execute("DELETE FROM answered_tokens WHERE keep_until < ?", (now,))
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO answered_tokens (token_id, keep_until, answered_at)"
+                " VALUES (?,?,?)",
+                (token_id, keep_until, now),
+            )
+            return cursor.rowcount == 1
+
+        return await self.write(op)
+
+    async def answered_token_count(self) -> int:
+        row = await self.fetchone("SELECT COUNT(*) FROM answered_tokens")
+        return int(row[0]) if row else 0
 
     # ---- outbox -----------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from adapters.base import IdentityAuthority
 from adapters.errors import AdapterError, BackendUnavailable, TranslationError
 from gateway.clock import Clock
 from gateway.config import PURPOSES, ClientSection, FederationConfig
-from gateway.eid_token import MAX_TOKEN_BYTES, TokenMalformed, parse_token
+from gateway.eid_token import MAX_LIFETIME, MAX_TOKEN_BYTES, TokenMalformed, parse_token
 from gateway.envelope import OpenedEnvelope
 from gateway.errors import (
     GatewayError,
@@ -179,18 +179,34 @@ class IdentityExchange:
         finally:
             if self.metrics is not None:
                 self.metrics.observe_backend("eid_authority", outcome, started)
+        used = check.token_already_used
+        if check.state == STATE_NAMES.CREDENTIAL_ACTIVE and not used:
+            # Single use is kept here too: an authority that lost its memory
+            # (restarted) must not make a replay VALID. The claim is atomic.
+            used = not await self._claim_token(request)
         response = federation_pb2.CredentialCheckResponse(
             state=federation_pb2.CredentialState.ValueType(check.state),
-            token_already_used=check.token_already_used,
+            token_already_used=used,
         )
         response.checked_at.FromDatetime(check.checked_at)
-        if (
-            check.state == STATE_NAMES.CREDENTIAL_ACTIVE
-            and not check.token_already_used
-            and check.holder is not None
-        ):
+        if check.state == STATE_NAMES.CREDENTIAL_ACTIVE and not used and check.holder is not None:
             response.claims.CopyFrom(disclose(check.holder, attributes, self._clock.now().date()))
         return response
+
+    async def _claim_token(self, request: federation_pb2.CredentialCheckRequest) -> bool:
+        """Record the token as answered for; False if this node answered for it before.
+
+        Kept until the token's expiry (capped at the longest lifetime a token
+        may have from now) plus the federation's allowed clock skew: a relying
+        node whose clock is behind still accepts the token that long."""
+        if not request.token_id or len(request.token_id) > 128:
+            raise InvalidArgument("token_id", "the token's id (jti), 1..128 characters")
+        now = self._clock.now().timestamp()
+        longest = now + (MAX_LIFETIME + ISSUE_LEEWAY).total_seconds()
+        expires = request.token_expires_at.seconds if request.HasField("token_expires_at") else 0
+        skew = self._federation.me.node.max_clock_skew_seconds
+        keep_until = min(expires or longest, longest) + skew
+        return await self._store.claim_token(request.token_id, keep_until=keep_until, now=now)
 
     async def handle_federated(
         self, opened: OpenedEnvelope, timeout: float

@@ -1,0 +1,155 @@
+"""Single use is kept by the issuing node too: a token it has answered "first
+use" for is REPLAYED the second time, even when its e-ID authority lost its
+memory (restarted), and of concurrent checks of one token at most one is VALID."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from adapters import build_identity_authority
+from adapters.base import CredentialCheck, IdentityAuthority
+from adapters.simulators.eid_authority import EidAuthoritySimulator
+from gateway.localfed import LocalFederation
+from gateway.store import StateStore
+from tests.integration.conftest import JS, SH, ZJ, Wallet
+from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
+
+
+async def verify(
+    federation: LocalFederation, relying: str, qr: str
+) -> identity_pb2.VerifyIdentityResponse:
+    stub = identity_pb2_grpc.IdentityServiceStub(federation.channel(relying))
+    answer: identity_pb2.VerifyIdentityResponse = await stub.VerifyIdentity(
+        identity_pb2.VerifyIdentityRequest(qr_payload=qr, purpose=identity_pb2.HOTEL_CHECK_IN),
+        metadata=(("authorization", f"Bearer dev-hotel-{relying}"),),
+        timeout=5,
+    )
+    return answer
+
+
+def single_use(answer: identity_pb2.VerifyIdentityResponse) -> identity_pb2.Check:
+    return next(c for c in answer.checks if c.name == "single_use")
+
+
+async def restart_authority(federation: LocalFederation, code: str) -> EidAuthoritySimulator:
+    """Stop the province's e-ID authority and start a new one on the same port:
+    the used tokens it remembered (in memory) are gone, as after a real restart."""
+    province = federation.provinces[code]
+    port = urlsplit(province.simulator.url).port
+    assert port is not None
+    await province.simulator.stop()
+    eid = province.config.eid
+    assert eid.issuer_private_key is not None
+    fresh = EidAuthoritySimulator(
+        code, eid.issuer_private_key, eid.issuer_keys[-1].key_id, clock=federation.clock
+    )
+    await fresh.start("127.0.0.1", port)
+    province.simulator = fresh
+    return fresh
+
+
+class ForgetfulAuthority:
+    """The province's real e-ID authority adapter, answering as an authority
+    that keeps no memory of used tokens would: every token "not used"."""
+
+    def __init__(self, inner: IdentityAuthority) -> None:
+        self._inner = inner
+
+    async def check_credential(
+        self, credential_id: str, token_id: str, *, timeout: float
+    ) -> CredentialCheck:
+        check = await self._inner.check_credential(credential_id, token_id, timeout=timeout)
+        return dataclasses.replace(check, token_already_used=False)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class TestSingleUseAtTheIssuingNode:
+    async def test_replay_after_the_authority_restarted_is_replayed(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        qr = await wallet.fresh_qr(ZJ)
+        first = await verify(federation, SH, qr)
+        assert first.verdict == identity_pb2.VALID
+
+        fresh = await restart_authority(federation, ZJ)
+        again = await verify(federation, SH, qr)
+        assert again.verdict == identity_pb2.REPLAYED
+        assert single_use(again).outcome == identity_pb2.FAILED
+        assert not again.disclosed_attributes
+        assert not again.check_in_id
+        # The restarted authority was asked and did not remember the token.
+        assert fresh.status_queries == 1
+
+        # From another relying province too: the issuing node remembers.
+        from_js = await verify(federation, JS, qr)
+        assert from_js.verdict == identity_pb2.REPLAYED
+
+    async def test_a_fresh_token_is_still_valid_after_the_restart(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        assert (await verify(federation, SH, await wallet.fresh_qr(ZJ))).verdict == (
+            identity_pb2.VALID
+        )
+        await restart_authority(federation, ZJ)
+        assert (await verify(federation, SH, await wallet.fresh_qr(ZJ))).verdict == (
+            identity_pb2.VALID
+        )
+
+    async def test_concurrent_checks_of_one_token_give_at_most_one_valid(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        config = federation.provinces[ZJ].config
+        await federation.stop_node(ZJ)
+        await federation.start_node(
+            ZJ,
+            authority=ForgetfulAuthority(
+                build_identity_authority(config.adapter, config.eid.authority_url)
+            ),
+        )
+        qr = await wallet.fresh_qr(ZJ)
+        answers = await asyncio.gather(*(verify(federation, SH, qr) for _ in range(12)))
+        verdicts = sorted(identity_pb2.Verdict.Name(a.verdict) for a in answers)
+        assert verdicts == ["REPLAYED"] * 11 + ["VALID"], verdicts
+        # And one by one, with the authority forgetting every time.
+        assert (await verify(federation, JS, qr)).verdict == identity_pb2.REPLAYED
+
+
+class TestAnsweredTokens:
+    """The issuing node's record of answered tokens: atomic, and bounded by the
+    tokens' validity windows."""
+
+    @pytest.fixture
+    async def store(self, tmp_path: Path) -> StateStore:
+        return await StateStore(tmp_path / "state.db").open()
+
+    async def test_one_claim_wins(self, store: StateStore) -> None:
+        try:
+            now = time.time()
+            claims = await asyncio.gather(
+                *(store.claim_token("t-1", keep_until=now + 60, now=now) for _ in range(20))
+            )
+            assert sorted(claims) == [False] * 19 + [True]
+        finally:
+            await store.close()
+
+    async def test_expired_rows_are_pruned(self, store: StateStore) -> None:
+        try:
+            now = time.time()
+            for i in range(50):
+                assert await store.claim_token(f"old-{i}", keep_until=now + 10, now=now)
+            assert await store.answered_token_count() == 50
+            # Past their window: the next claim prunes them; the id may be used
+            # again only once no token with it can still be valid.
+            later = now + 11
+            assert await store.claim_token("old-0", keep_until=later + 10, now=later)
+            assert await store.answered_token_count() == 1
+        finally:
+            await store.close()
