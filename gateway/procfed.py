@@ -417,13 +417,16 @@ class ProcessFederation:
                 if process.stdout is not None:
                     process.stdout.close()
             raise
+        taken: set[int] = set()
         for code, slug in SLUGS.items():
             file = configs / f"{slug}.toml"
             text = file.read_text(encoding="utf-8")
             ports = fixed.get(code)
-            endpoint = f"127.0.0.1:{ports.public if ports else free_port()}"
-            metrics = f"127.0.0.1:{ports.metrics if ports else free_port()}"
-            peers = f"127.0.0.1:{ports.federation if ports else free_port()}"
+            # Worker i of a node serves metrics on the metrics port + i.
+            workers_of = (workers or {}).get(code, 1)
+            endpoint = f"127.0.0.1:{ports.public if ports else _reserve(taken)}"
+            metrics = f"127.0.0.1:{ports.metrics if ports else _reserve(taken, workers_of)}"
+            peers = f"127.0.0.1:{ports.federation if ports else _reserve(taken)}"
             text = re.sub(r'\nendpoint = "[^"]+"', f'\nendpoint = "{endpoint}"', text, count=1)
             text = text.replace("[node]\n", f'[node]\nmetrics_endpoint = "{metrics}"\n', 1)
             text = re.sub(
@@ -446,7 +449,7 @@ class ProcessFederation:
                     endpoint,
                     self.node_log(code),
                     configs / "keys" / "ca.crt.pem",
-                    workers=(workers or {}).get(code, 1),
+                    workers=workers_of,
                     own_session=self.province_dirs,
                 )
         for node in self.nodes.values():
@@ -467,6 +470,17 @@ class ProcessFederation:
             node.terminate()
         for simulator in self.simulators.values():
             simulator.stop()
+
+
+def _reserve(taken: set[int], count: int = 1) -> int:
+    """A port p such that p .. p+count-1 are free now and none was handed out before
+    from ``taken`` (which records them): the ports of one start never collide."""
+    while True:
+        port = free_port()
+        block = range(port, port + count)
+        if not taken.intersection(block) and all(_port_free(p) for p in block[1:]):
+            taken.update(block)
+            return port
 
 
 def _port_free(port: int) -> bool:

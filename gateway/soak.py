@@ -499,32 +499,25 @@ class StoreView:
 
 
 def read_store(path: Path) -> StoreView:
-    """A node's ``state.db``, read-only. The columns ``outbox.state`` and
-    ``incoming_cases.reconciliation`` are read when the store has them."""
+    """A node's ``state.db``, read-only."""
     view = StoreView()
     if not path.exists():
         return view
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
     try:
-
-        def columns(table: str) -> set[str]:
-            return {str(row[1]) for row in db.execute(f"PRAGMA table_info({table})")}
-
         outgoing: defaultdict[tuple[str, str], list[tuple[str, int, str]]] = defaultdict(list)
         for case_id, domain, key, status, reason in db.execute(
             "SELECT case_id, domain, idempotency_key, status, status_reason FROM outgoing_cases"
         ):
             outgoing[(domain, key)].append((case_id, int(status), str(reason)))
-        reconciliation = "reconciliation" if "reconciliation" in columns("incoming_cases") else "0"
         incoming: defaultdict[tuple[str, str], list[tuple[str, str, int, bool]]] = defaultdict(list)
         for reference, domain, sender, key, status, flag in db.execute(
-            "SELECT reference, domain, sender, idempotency_key, status,"  # noqa: S608 - a column name of ours
-            f" {reconciliation} FROM incoming_cases"
+            "SELECT reference, domain, sender, idempotency_key, status, reconciliation"
+            " FROM incoming_cases"
         ):
             incoming[(domain, key)].append((reference, sender, int(status), bool(flag)))
-        state = "state" if "state" in columns("outbox") else "'pending'"
         outbox: defaultdict[str, list[str]] = defaultdict(list)
-        for subject, item_state in db.execute(f"SELECT subject, {state} FROM outbox"):  # noqa: S608 - a column name of ours
+        for subject, item_state in db.execute("SELECT subject, state FROM outbox"):
             outbox[subject].append(str(item_state))
     finally:
         db.close()

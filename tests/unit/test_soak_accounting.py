@@ -149,17 +149,12 @@ class TestReport:
 
 
 class TestReadStore:
-    """The soak reads a node's state.db read-only, with or without the columns
-    that the PARKED and RECONCILIATION states add."""
+    """The soak reads a node's state.db read-only, the PARKED and RECONCILIATION
+    states included."""
 
-    def make(self, path: Path, *, new_columns: bool) -> None:
+    def make(self, path: Path, *, parked: bool) -> None:
         db = sqlite3.connect(path)
         db.executescript(SCHEMA)
-        if new_columns:
-            db.execute("ALTER TABLE outbox ADD COLUMN state TEXT NOT NULL DEFAULT 'pending'")
-            db.execute(
-                "ALTER TABLE incoming_cases ADD COLUMN reconciliation INTEGER NOT NULL DEFAULT 0"
-            )
         now = time.time()
         db.execute(
             "INSERT INTO outgoing_cases (case_id, domain, idempotency_key, body_digest,"
@@ -181,22 +176,22 @@ class TestReadStore:
             " VALUES (?, 'case.CaseStatus', 'm1', 'corr', 'soak-k-c2', x'', 'FK-1', ?, ?)",
             (SH, now, now),
         )
-        if new_columns:
+        if parked:
             db.execute("UPDATE outbox SET state = 'parked'")
             db.execute("UPDATE incoming_cases SET reconciliation = 1")
         db.commit()
         db.close()
 
-    @pytest.mark.parametrize("new_columns", [False, True])
-    def test_reads(self, tmp_path: Path, new_columns: bool) -> None:
+    @pytest.mark.parametrize("parked", [False, True])
+    def test_reads(self, tmp_path: Path, parked: bool) -> None:
         path = tmp_path / "state.db"
-        self.make(path, new_columns=new_columns)
+        self.make(path, parked=parked)
         view = read_store(path)
         assert view.outgoing == {(CASE, "soak-k-c1"): [("c1", case_pb2.CASE_REFUSED, "because")]}
         assert view.incoming == {
-            (CASE, "soak-k-c2"): [("FK-1", SH, case_pb2.CASE_ACCEPTED, new_columns)]
+            (CASE, "soak-k-c2"): [("FK-1", SH, case_pb2.CASE_ACCEPTED, parked)]
         }
-        assert view.outbox == {"FK-1": ["parked" if new_columns else "pending"]}
+        assert view.outbox == {"FK-1": ["parked" if parked else "pending"]}
 
     def test_absent_store_reads_empty(self, tmp_path: Path) -> None:
         assert read_store(tmp_path / "state.db") == StoreView()
