@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import random
@@ -238,14 +237,6 @@ def _copy(source: IO[bytes], log: Path) -> None:
             sink.flush()
 
 
-def simulators_keep_state() -> bool:
-    """Whether the simulators can keep their state on disk (``--state-dir``)."""
-    spec = importlib.util.find_spec("adapters.simulators.__main__")
-    if spec is None or spec.origin is None:
-        return False
-    return "--state-dir" in Path(spec.origin).read_text(encoding="utf-8")
-
-
 @dataclass
 class Faults:
     """What the chaos thread did."""
@@ -257,10 +248,6 @@ class Faults:
     disk_faults: list[tuple[str, str, bool]] = field(default_factory=list)
     #: Processes found dead that no one killed (restarted).
     unexpected_exits: Counter[str] = field(default_factory=Counter)
-    #: Payments each fund centre reported just before it was killed, per incarnation.
-    payment_snapshots: dict[str, list[list[dict[str, Any]]]] = field(
-        default_factory=lambda: defaultdict(list)
-    )
     #: Why the chaos thread stopped early, if it did.
     error: str = ""
 
@@ -367,7 +354,6 @@ class Chaos:
             self._start_node(node)
         else:
             simulator = self.federation.simulators[code]
-            self._snapshot_payments(simulator)
             simulator.kill()
             self.faults.backend_kills[code] += 1
             self.stop.wait(down)
@@ -420,13 +406,6 @@ class Chaos:
             self.federation.simulators[simulator.province] = restart_simulator(
                 simulator, self._keys, **DELAYS
             )
-
-    def _snapshot_payments(self, simulator: SimulatorProcess) -> None:
-        try:
-            payments = _admin(simulator.fund_url, "/admin/payments", timeout=5)
-        except OSError:
-            return
-        self.faults.payment_snapshots[simulator.province].append(payments)
 
 
 # ---- submitting ---------------------------------------------------------------------
@@ -531,24 +510,16 @@ def read_stores(federation: ProcessFederation) -> dict[str, StoreView]:
     }
 
 
-def count_payments(
-    snapshots: dict[str, list[list[dict[str, Any]]]],
-    final: dict[str, list[dict[str, Any]]],
-    *,
-    durable: bool,
-) -> Counter[str]:
+def count_payments(final: dict[str, list[dict[str, Any]]]) -> Counter[str]:
     """Payments per handling-node reference, over every fund centre's life.
 
-    The one place that knows where payments are recorded. Without durable state a
-    killed centre forgets its payments, so each incarnation's list (read just before
-    it was killed, and at the end) is added up; with durable state (``--state-dir``)
-    the final list holds them all. (A payment made between the last read and the
-    kill is missed: a window of milliseconds.)"""
+    The one place that knows where payments are recorded. The centres keep their
+    state on disk (``--state-dir``), so each one's final ``/admin/payments`` lists
+    every payment it made, before and after its kills; a reference listed twice
+    was paid twice."""
     paid: Counter[str] = Counter()
-    for province, payments in final.items():
-        lives = [payments] if durable else [*snapshots.get(province, []), payments]
-        for life in lives:
-            paid.update(str(p["reference"]) for p in life)
+    for payments in final.values():
+        paid.update(str(p["reference"]) for p in payments)
     return paid
 
 
@@ -617,7 +588,6 @@ class Report:
     paid_twice: list[str]
     #: Accepted withdrawals paid by the centre but not PAID at the applicant's node.
     paid_not_told: int
-    durable_backends: bool
     chaos_seconds: float
     drain_seconds: float
     #: Each node's message log, verified after the nodes stopped: (intact, what).
@@ -694,8 +664,7 @@ class Report:
             f"({_counts(Counter(c for c, *_ in f.disk_faults))}); "
             f"probe submission answered: {_counts(disk)}; "
             f"a failed write logged: {logged} of {len(f.disk_faults)}",
-            f"  back-ends keep state on disk: {'yes' if self.durable_backends else 'no'}; "
-            f"unexpected exits: {sum(f.unexpected_exits.values())}"
+            f"  unexpected exits: {sum(f.unexpected_exits.values())}"
             + (f" ({_counts(f.unexpected_exits)})" if f.unexpected_exits else ""),
             *([f"  the chaos thread stopped early: {f.error}"] if f.error else []),
             *(
@@ -753,7 +722,6 @@ def account(
     paid: Counter[str],
     *,
     earlier: dict[str, StoreView] | None = None,
-    durable: bool,
     chaos_seconds: float,
     drain_seconds: float,
 ) -> Report:
@@ -788,7 +756,6 @@ def account(
         outcomes,
         paid_twice,
         paid_not_told,
-        durable,
         chaos_seconds,
         drain_seconds,
     )
@@ -802,7 +769,6 @@ async def _drive(
     config: SoakConfig,
     exchanges: list[Exchange],
     probes: list[Exchange],
-    durable: bool,
 ) -> Report:
     loop = asyncio.get_running_loop()
     started = time.monotonic()
@@ -854,9 +820,7 @@ async def _drive(
             earlier = views
             await asyncio.sleep(2.0)
             views = await asyncio.to_thread(read_stores, federation)
-        paid = count_payments(
-            chaos.faults.payment_snapshots, final_payments(federation), durable=durable
-        )
+        paid = count_payments(final_payments(federation))
     finally:
         await asyncio.to_thread(chaos.close)
         for task in submitter.tasks:
@@ -869,7 +833,6 @@ async def _drive(
         views,
         paid,
         earlier=earlier,
-        durable=durable,
         chaos_seconds=chaos_seconds,
         drain_seconds=drain_seconds,
     )
@@ -901,18 +864,16 @@ def _signal_all(federation: ProcessFederation) -> None:
 
 
 def _start_federation(
-    stack: contextlib.ExitStack, root: Path, durable: bool, attempts: int = 3
+    stack: contextlib.ExitStack, root: Path, attempts: int = 3
 ) -> ProcessFederation:
     """Start the 4 nodes and 4 back-ends; again in a fresh folder when a port that
     was free when chosen was taken meanwhile (other programs on the machine)."""
     for attempt in range(1, attempts + 1):
         began = time.monotonic()
         federation = ProcessFederation(root / f"run{attempt}", PROVINCES, node_class=PipedNode)
-        if durable:
-            federation.simulator_options = {
-                code: ("--state-dir", str(federation.root / "backends" / code))
-                for code in PROVINCES
-            }
+        federation.simulator_options = {
+            code: ("--state-dir", str(federation.root / "backends" / code)) for code in PROVINCES
+        }
         stack.callback(federation.stop)
         stack.callback(_signal_all, federation)  # first: every process stops at once
         try:
@@ -933,17 +894,16 @@ def run_soak(config: SoakConfig, *, keep: Path | None = None) -> Report:
     """Run the soak; every process it starts is stopped when it returns or is
     interrupted. ``keep``: a folder for the run's stores and logs (default a
     temporary one, removed)."""
-    durable = simulators_keep_state()
     with _terminated_as_interrupt(), contextlib.ExitStack() as stack:
         if keep is None:
             root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="yrd-soak-")))
         else:
             root = keep
             root.mkdir(parents=True, exist_ok=True)
-        federation = _start_federation(stack, root, durable)
+        federation = _start_federation(stack, root)
         run = uuid.uuid4().hex[:8]
         exchanges, probes = plan_workload(federation, config, run)
-        report = asyncio.run(_drive(federation, config, exchanges, probes, durable))
+        report = asyncio.run(_drive(federation, config, exchanges, probes))
         _signal_all(federation)
         federation.stop()
         report.logs = verify_logs(federation)

@@ -99,17 +99,19 @@ class TestClassify:
 
 
 class TestPayments:
-    def test_forgetful_centre_lives_add_up(self) -> None:
-        before_kill = [{"reference": "FW-1"}, {"reference": "FW-2"}]
-        after = [{"reference": "FW-1"}]  # the restarted centre paid FW-1 again
-        paid = count_payments({JS: [before_kill]}, {JS: after}, durable=False)
+    """The centres keep their state on disk: the final ``/admin/payments`` of each
+    lists every payment over all its lives."""
+
+    def test_reference_listed_twice_is_paid_twice(self) -> None:
+        # the restarted centre paid FW-1 again: its list holds FW-1 twice
+        final = [{"reference": "FW-1"}, {"reference": "FW-2"}, {"reference": "FW-1"}]
+        paid = count_payments({JS: final})
         assert paid == Counter({"FW-1": 2, "FW-2": 1})
 
     def test_durable_centre_final_list_holds_all(self) -> None:
-        before_kill = [{"reference": "FW-1"}]
-        after = [{"reference": "FW-1"}, {"reference": "FW-2"}]
-        paid = count_payments({JS: [before_kill]}, {JS: after}, durable=True)
-        assert paid == Counter({"FW-1": 1, "FW-2": 1})
+        # payments made before a kill are in the final list, counted once each
+        final = {JS: [{"reference": "FW-1"}, {"reference": "FW-2"}], SH: [{"reference": "FW-3"}]}
+        assert count_payments(final) == Counter({"FW-1": 1, "FW-2": 1, "FW-3": 1})
 
 
 class TestReport:
@@ -122,7 +124,6 @@ class TestReport:
             exchanges,
             found,
             paid,
-            durable=False,
             chaos_seconds=1,
             drain_seconds=1,
         )
