@@ -22,29 +22,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.localfed import DEFAULT_CONFIG_DIR, LocalFederation, free_port
+from gateway.localfed import LocalFederation, free_port
 from tests.integration.conftest import SH, ZJ, Wallet
+from tests.integration.test_cli import copy_configs
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
 
 CLI = [sys.executable, "-m", "gateway"]
 REFUSED = 3
-
-
-def copy_configs(tmp_path: Path) -> Path:
-    """The shipped configs with free ports and the stores in ``var/``."""
-    folder = tmp_path / "province_configs"
-    shutil.copytree(DEFAULT_CONFIG_DIR, folder, ignore=shutil.ignore_patterns("var"))
-    for file in folder.glob("*.toml"):
-        text = file.read_text(encoding="utf-8")
-        text = re.sub(r'\nendpoint = "[^"]+"', f'\nendpoint = "127.0.0.1:{free_port()}"', text)
-        text = re.sub(
-            r'federation_endpoint = "[^"]+"',
-            f'federation_endpoint = "127.0.0.1:{free_port()}"',
-            text,
-        )
-        text = re.sub(r'store = "[^"]+"', 'store = "var"', text)
-        file.write_text(text, encoding="utf-8")
-    return folder
 
 
 def serve(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
