@@ -29,10 +29,8 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-async def logged(federation: LocalFederation, wallet: Wallet, tmp_path: Path) -> tuple[Path, str]:
-    """Shanghai's messages.db after three check-ins of Zhejiang residents, node stopped
-    (so its last chain head is signed), and the message id of the first exchange."""
+async def three_check_ins(federation: LocalFederation, wallet: Wallet) -> None:
+    """Three VALID check-ins of Zhejiang residents at a Shanghai hotel."""
     stub = identity_pb2_grpc.IdentityServiceStub(federation.channel(SH))
     for _ in range(3):
         answer = await stub.VerifyIdentity(
@@ -43,6 +41,13 @@ async def logged(federation: LocalFederation, wallet: Wallet, tmp_path: Path) ->
             timeout=5,
         )
         assert answer.verdict == identity_pb2.VALID
+
+
+@pytest.fixture
+async def logged(federation: LocalFederation, wallet: Wallet, tmp_path: Path) -> tuple[Path, str]:
+    """Shanghai's messages.db after three check-ins of Zhejiang residents, node stopped
+    (so its last chain head is signed), and the message id of the first exchange."""
+    await three_check_ins(federation, wallet)
     first = await anext(aiter(federation.node(SH).message_log.rows()))
     database = federation.node(SH).message_log.path
     await federation.stop_node(SH)

@@ -23,9 +23,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.localfed import LocalFederation, free_port
-from tests.integration.conftest import SH, ZJ, Wallet
+from tests.integration.conftest import SH, Wallet
+from tests.integration.test_audit import three_check_ins
 from tests.integration.test_cli import copy_configs
-from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
 
 CLI = [sys.executable, "-m", "gateway"]
 REFUSED = 3
@@ -235,16 +235,7 @@ class TestServeFailsFast:
 async def logged_store(federation: LocalFederation, wallet: Wallet, tmp_path: Path) -> Path:
     """A config folder whose Shanghai store holds a message log of three
     check-ins, written by a real node that was then stopped."""
-    stub = identity_pb2_grpc.IdentityServiceStub(federation.channel(SH))
-    for _ in range(3):
-        answer = await stub.VerifyIdentity(
-            identity_pb2.VerifyIdentityRequest(
-                qr_payload=await wallet.fresh_qr(ZJ), purpose=identity_pb2.HOTEL_CHECK_IN
-            ),
-            metadata=(("authorization", f"Bearer dev-hotel-{SH}"),),
-            timeout=5,
-        )
-        assert answer.verdict == identity_pb2.VALID
+    await three_check_ins(federation, wallet)
     database = federation.node(SH).message_log.path
     await federation.stop_node(SH)
     folder = copy_configs(tmp_path)

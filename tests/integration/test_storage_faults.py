@@ -14,8 +14,6 @@ import asyncio
 import contextlib
 import os
 import resource
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -29,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from adapters.simulators.residents import synthetic_residents
 from gateway.procfed import NodeProcess, ProcessFederation
 from tests.integration.conftest import JS, SH, payee_account
+from tests.integration.test_audit import cli
 from tests.integration.test_fund_faults import OFFICE, S, admin, wait_final
 from yrd.common.v1 import common_pb2
 from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
@@ -228,16 +227,6 @@ def test_withdrawals_when_the_applicant_node_cannot_write(
     assert_quiet(logs[SH], 10)
     assert_quiet(logs[JS], 10)
     assert "status update refused" not in logs[JS].text()
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 @pytest.mark.slow
