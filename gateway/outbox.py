@@ -10,8 +10,9 @@ refusal callback; every other failure -- the peer unreachable, overloaded or
 failing, this node's own store failing -- is retried with the gateway's one
 backoff (:mod:`gateway.backoff`). When the store cannot record the next attempt,
 the time is kept in memory, so a failing disk does not turn into a retry storm.
-An item still failing ``park_after`` seconds after it was written is PARKED with
-its last error: not delivered until an operator retries it.
+An item still failing ``park_after`` seconds after it was written (or after an
+operator last retried it) is PARKED with its last error: not delivered until an
+operator retries it.
 
 This is the one retry layer for asynchronous work: deliveries call the
 federation client with ``retry=False``. Nothing polls faster than the earliest
@@ -319,7 +320,7 @@ class Outbox:
         reason = describe(exc)
         now = time.time()
         when = now + backoff_delay(failures, base=self.base_backoff, cap=self.max_backoff)
-        park = now - item.created_at >= self.park_after
+        park = now - (item.pending_since or item.created_at) >= self.park_after
 
         def op(db: sqlite3.Connection) -> None:
             db.execute(

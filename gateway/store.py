@@ -114,7 +114,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at       REAL NOT NULL,         -- unix seconds
     last_error       TEXT NOT NULL DEFAULT '',
     state            TEXT NOT NULL DEFAULT 'pending',  -- 'pending' | 'parked' (for an operator)
-    parked_at        REAL                   -- unix seconds, while parked
+    parked_at        REAL,                  -- unix seconds, while parked
+    retried_at       REAL                   -- unix seconds, an operator's last retry
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt_at);
 
@@ -127,6 +128,7 @@ CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL
 _ADDED_COLUMNS = (
     ("outbox", "state", "TEXT NOT NULL DEFAULT 'pending'"),
     ("outbox", "parked_at", "REAL"),
+    ("outbox", "retried_at", "REAL"),
     ("incoming_cases", "reconciliation", "INTEGER NOT NULL DEFAULT 0"),
 )
 
@@ -147,6 +149,9 @@ class OutboxItem:
     attempts: int
     next_attempt_at: float
     created_at: float
+    #: When its time to be parked started: its creation, or an operator's last
+    #: retry (so that a retried item gets a whole ``park_after`` again).
+    pending_since: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -427,7 +432,8 @@ class StateStore:
             return []
         rows = await self.fetchall(
             "SELECT id, peer, service, message_id, correlation_id, idempotency_key, payload,"  # noqa: S608 - only placeholders are added
-            " subject, attempts, next_attempt_at, created_at FROM outbox"
+            " subject, attempts, next_attempt_at, created_at,"
+            " COALESCE(retried_at, created_at) FROM outbox"
             f" WHERE id IN ({','.join('?' * len(ids))}) ORDER BY id",
             tuple(ids),
         )
@@ -444,6 +450,7 @@ class StateStore:
                 int(r[8]),
                 float(r[9]),
                 float(r[10]),
+                float(r[11]),
             )
             for r in rows
         ]
@@ -501,9 +508,9 @@ class StateStore:
                 )
             else:
                 cursor = db.execute(
-                    "UPDATE outbox SET state = ?, parked_at = NULL, next_attempt_at = ?"
-                    " WHERE id = ? AND state = ?",
-                    (PENDING, now, item_id, other),
+                    "UPDATE outbox SET state = ?, parked_at = NULL, next_attempt_at = ?,"
+                    " retried_at = ? WHERE id = ? AND state = ?",
+                    (PENDING, now, now, item_id, other),
                 )
             return cursor.rowcount == 1
 

@@ -293,3 +293,10 @@ class TestOutboxWhenTheStoreFails:
             assert entry.state == "pending"
             assert entry.parked_at is None
             assert not await store.set_outbox_state(entry.id, "pending", now=time.time())
+            # A retried item that fails again gets a whole park_after before it is
+            # parked again (its age counts from the operator's retry).
+            async with Outbox(store, cast(FederationClient, client), {"svc": route}, park_after=5):
+                await asyncio.sleep(0.5)
+            assert client.attempts > attempts
+            (entry,) = await store.outbox_entries()
+            assert entry.state == "pending"
