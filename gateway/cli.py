@@ -39,8 +39,9 @@ def _supervise(args: argparse.Namespace) -> int:
     """Run ``--workers`` node processes on the same ports (SO_REUSEPORT).
 
     Before any worker starts, the supervisor locks the node's store folder (the
-    workers inherit the lock), checks that its ports are free and checks the
-    message log once. Signals are passed on to every worker (SIGTERM drains
+    workers inherit the lock), checks that its ports are free, checks the
+    message log once and creates the state store (workers racing to create it
+    on a fresh folder would find it locked). Signals are passed on to every worker (SIGTERM drains
     them, SIGHUP reloads them); a worker that dies unexpectedly is started
     again, unless it refused to start (then the node stops).
     """
@@ -49,7 +50,7 @@ def _supervise(args: argparse.Namespace) -> int:
 
     from gateway.config import load_federation
     from gateway.errors import ConfigError
-    from gateway.node import NodeStartError, StoreLock, check_node_log, probe_address
+    from gateway.node import NodeStartError, StoreLock, prepare_node_stores, probe_address
 
     try:
         federation = load_federation(Path(args.config))
@@ -68,7 +69,7 @@ def _supervise(args: argparse.Namespace) -> int:
             lock.release()
             return _refused(str(exc))
     try:
-        asyncio.run(check_node_log(federation, continue_past_break=args.continue_past_break))
+        asyncio.run(prepare_node_stores(federation, continue_past_break=args.continue_past_break))
     except NodeStartError as exc:
         lock.release()
         return _refused(str(exc))

@@ -226,9 +226,11 @@ async def check_log_at_start(
     )
 
 
-async def check_node_log(federation: FederationConfig, *, continue_past_break: bool) -> None:
-    """check_log_at_start for a node's log without starting the node (the
-    supervisor of ``serve --workers N`` checks once, before its workers start)."""
+async def prepare_node_stores(federation: FederationConfig, *, continue_past_break: bool) -> None:
+    """Open a node's stores once without starting the node, before the workers of
+    ``serve --workers N`` do: the message log is checked once
+    (check_log_at_start), and the state store is created (or migrated) by one
+    process rather than raced for by several on a fresh folder."""
     me = federation.me
     signer = EnvelopeSigner.from_config(me, SystemClock())
 
@@ -248,6 +250,13 @@ async def check_node_log(federation: FederationConfig, *, continue_past_break: b
         )
     finally:
         await message_log.close()
+    state = StateStore(me.node.store / "state.db")
+    try:
+        await state.open()
+    except (OSError, sqlite3.Error) as exc:
+        raise NodeStartError(f"cannot open the state store {state.path}: {exc}") from exc
+    finally:
+        await state.close()
 
 
 class Node:
