@@ -33,6 +33,7 @@ from gateway.groupcommit import rollback
 from gateway.messagelog import LogEntry, MessageLog
 from gateway.outbox import Outbox, OutboxRoute
 from gateway.store import PARKED, OutboxItem, StateStore
+from tests.unit.test_store import insert
 from yrd.federation.v1 import federation_pb2
 
 DECISIONS = {
@@ -80,16 +81,6 @@ class TestEndsExchange:
         assert exc.code == grpc.StatusCode.UNAVAILABLE
         assert exc.retryable
         assert exc.retry_after > 0
-
-
-async def insert(store: StateStore, key: str) -> str:
-    def op(db: sqlite3.Connection) -> str:
-        db.execute(
-            "INSERT INTO check_ins VALUES (?, 'rp', '330000', x'00', '', '2026-01-01', 'c')", (key,)
-        )
-        return key
-
-    return await store.write(op)
 
 
 def read_only(store: StateStore | MessageLog, on: bool) -> None:
