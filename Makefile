@@ -7,10 +7,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck proto unit bench soak clean
 
-$(STAMP): pyproject.toml
+# The node with its development tools, and the simulated back-ends (a package of
+# their own, simulators/, never installed with the node).
+$(STAMP): pyproject.toml simulators/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,adapter-kit]' -e ./simulators
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -23,9 +25,10 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway adapters tests scripts
-	$(BIN)/ruff format --check gateway adapters tests scripts
+	$(BIN)/ruff check gateway adapters simulators tests scripts
+	$(BIN)/ruff format --check gateway adapters simulators tests scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py

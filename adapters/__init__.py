@@ -47,7 +47,7 @@ from adapters.identity import HttpIdentityAuthority
 from adapters.mapping import Translator, from_message, to_message
 from adapters.plugins import resolve
 from adapters.spec import AdapterConfig
-from gateway.clock import Clock, SystemClock
+from gateway.core.clock import Clock, SystemClock
 
 __all__ = [
     "AdapterConfig",

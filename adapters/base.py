@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from adapters.spec import AdapterConfig
-from gateway.clock import Clock
+from gateway.core.clock import Clock
 from yrd.case.v1 import case_pb2
 from yrd.certificate.v1 import certificate_pb2
 from yrd.common.v1 import common_pb2

@@ -55,8 +55,8 @@ from adapters.mapping import Translator, check_gb11643, check_gb32100, from_mess
 from adapters.native import JsonNode, XmlNode
 from adapters.repeated import read_messages, write_messages
 from adapters.spec import AdapterConfig, CaseAdapter
-from gateway.clock import Clock, SystemClock
-from gateway.identifiers import is_plain_text, is_region_code
+from gateway.core.clock import Clock, SystemClock
+from gateway.core.identifiers import is_plain_text, is_region_code
 from yrd.case.v1 import case_pb2
 from yrd.common.v1 import common_pb2
 

@@ -40,7 +40,7 @@ from adapters.errors import TranslationError
 from adapters.formats import Mismatch, canonical_date
 from adapters.mapping import check_gb11643, check_gb32100
 from adapters.spec import AdapterConfig
-from gateway.identifiers import PROVINCE_PREFIXES, is_region_code
+from gateway.core.identifiers import PROVINCE_PREFIXES, is_region_code
 
 #: The code table of a province's own category codes (native code = national code).
 CATEGORY_TABLE = "certificate_category"

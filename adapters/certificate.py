@@ -79,8 +79,8 @@ from adapters.mapping import (
 from adapters.native import JsonNode, NativeNode, XmlNode
 from adapters.repeated import read_messages, write_messages
 from adapters.spec import AdapterConfig, CertificateAdapter
-from gateway.clock import Clock, SystemClock
-from gateway.identifiers import is_region_code
+from gateway.core.clock import Clock, SystemClock
+from gateway.core.identifiers import is_region_code
 from yrd.certificate.v1 import certificate_pb2
 from yrd.common.v1 import common_pb2
 

@@ -39,7 +39,7 @@ from adapters.golden import check_vector, load_vectors
 from adapters.mapping import Translator
 from adapters.plugins import resolve
 from adapters.spec import AdapterConfig, FieldRule
-from gateway.identifiers import REGION_CODE_PATTERN
+from gateway.core.identifiers import REGION_CODE_PATTERN, make_id_number
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -168,13 +168,13 @@ def round_trip(translator: Translator, message: str, examples: int) -> CheckResu
     label = f"{examples} generated"
     try:
         from hypothesis import HealthCheck, Phase, given, settings
-    except ImportError:  # pragma: no cover - hypothesis is installed with the dev tools
+    except ImportError:  # pragma: no cover - make installs the adapter-kit extra
         return CheckResult(
             message,
             label,
             "round trip",
             False,
-            ("round trips need hypothesis: pip install hypothesis",),
+            ("round trips need hypothesis: pip install 'yrd-gateway[adapter-kit]'",),
         )
     strategy = canonical_values(translator, message)
 
@@ -275,11 +275,9 @@ def _scalar(rule: FieldRule, target: CanonicalField, config: AdapterConfig) -> S
 def _string(rule: FieldRule) -> SearchStrategy[str]:
     from hypothesis import strategies as st
 
-    from adapters.simulators.residents import id_number
-
     if rule.check == "gb11643":
         return st.builds(
-            id_number,
+            make_id_number,
             st.from_regex(REGION_CODE_PATTERN, fullmatch=True),
             st.dates(date(1900, 1, 1), date.today()),
             st.integers(0, 999),
@@ -304,40 +302,3 @@ def _item(rule: FieldRule) -> SearchStrategy[str]:
         return st.from_regex(rule.pattern, fullmatch=True).filter(bool)
     alphabet = _SAFE_TEXT.replace(rule.separator or "", "") if rule.separator else _SAFE_TEXT
     return st.text(alphabet, min_size=1, max_size=16)
-
-
-# ---- The command -----------------------------------------------------------------------
-
-
-def run(
-    configs: list[Path],
-    *,
-    vectors: Path | None = None,
-    examples: int = DEFAULT_EXAMPLES,
-    out: Callable[[str], None] = print,
-) -> int:
-    """``yrd-gateway adapter test``: 0 when every check of every config passed, 1 when
-    one failed, 2 when a config cannot be read or validated (its problems printed)."""
-    from gateway.config import parse_province_file  # the gateway's own validation and errors
-    from gateway.errors import ConfigError
-
-    if vectors is not None and len(configs) > 1:
-        out("--vectors names the vectors of one config; give one CONFIG with it")
-        return 2
-    status = 0
-    for path in configs:
-        try:
-            config = parse_province_file(path)
-        except ConfigError as exc:
-            out(f"{path}: configuration refused (run `yrd-gateway config check` on it):")
-            out("\n".join(f"  {problem}" for problem in exc.problems))
-            status = 2
-            continue
-        folder = vectors or path.resolve().parent / "golden" / config.code
-        report = check_province(
-            config.adapter, config=path, code=config.code, vectors=folder, examples=examples
-        )
-        out(report.render())
-        if not report.passed and status == 0:
-            status = 1
-    return status

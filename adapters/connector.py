@@ -20,7 +20,7 @@ from adapters.errors import TranslationError
 from adapters.formats import Mismatch, canonical_timestamp, format_timestamp
 from adapters.http import BackendHttp
 from adapters.mapping import Translator
-from gateway.clock import Clock
+from gateway.core.clock import Clock
 
 #: What a reference may look like: it goes into URLs and native documents, and
 #: the gateway derives it from an idempotency key of the same alphabet.

@@ -26,7 +26,7 @@ from adapters.errors import TranslationError, WithdrawalNotFound
 from adapters.http import BackendHttp
 from adapters.mapping import Translator, from_message, to_message
 from adapters.spec import AdapterConfig, FundAdapter
-from gateway.clock import Clock, SystemClock
+from gateway.core.clock import Clock, SystemClock
 from yrd.fund.v1 import fund_pb2
 
 ACCOUNT_QUERY = "fund.account_query"

@@ -21,7 +21,7 @@ from adapters.formats import Mismatch, canonical_timestamp
 from adapters.http import BackendHttp
 from adapters.mapping import Translator, to_message
 from adapters.spec import AdapterConfig
-from gateway.clock import Clock, SystemClock
+from gateway.core.clock import Clock, SystemClock
 from yrd.common.v1 import common_pb2
 from yrd.federation.v1 import federation_pb2
 

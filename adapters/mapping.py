@@ -39,7 +39,7 @@ from adapters.errors import TranslationError
 from adapters.formats import FormatContext, Mismatch, NativeScalar, describe
 from adapters.native import JsonNode, NativeNode, XmlNode
 from adapters.spec import AdapterConfig, FieldRule, MessageMapping
-from gateway.identifiers import id_number_problem
+from gateway.core.identifiers import id_number_problem
 
 NativeDocument = dict[str, Any] | ET.Element
 M = TypeVar("M", bound=Message)
@@ -50,7 +50,7 @@ _MAX_CODE_SHOWN = 16
 
 def check_gb11643(value: str) -> None:
     """Check a resident ID number in canonical form: the node's one rule
-    (:func:`gateway.identifiers.id_number_problem`: form, province prefix,
+    (:func:`gateway.core.identifiers.id_number_problem`: form, province prefix,
     birth date, check character), so a number the node refuses is never read
     from or written to a back-end either.
     """

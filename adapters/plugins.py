@@ -39,15 +39,13 @@ import importlib
 import importlib.metadata
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
 from adapters.base import AdapterPlugin
 from adapters.errors import PluginError
-
-if TYPE_CHECKING:
-    from adapters.spec import PluginRef
+from adapters.spec import AdapterConfig, PluginRef, Problem, problems_error
 
 #: Entry point group third-party adapter plug-ins register under.
 ENTRY_POINT_GROUP = "yrd_gateway.adapters"
@@ -197,3 +195,31 @@ def default_registry() -> PluginRegistry:
 def resolve(ref: PluginRef, registry: PluginRegistry | None = None) -> AdapterPlugin:
     """The configured plug-in object of ``ref`` (raises PluginError)."""
     return (registry or default_registry()).create(ref)
+
+
+def plugin_problems(
+    adapter: AdapterConfig, registry: PluginRegistry | None = None
+) -> list[Problem]:
+    """What is wrong with ``[adapter.plugin]`` (not installed, bad settings), at
+    key paths below ``[adapter]``; empty when it resolves or there is none."""
+    if adapter.plugin is None:
+        return []
+    try:
+        resolve(adapter.plugin, registry)
+    except PluginError as exc:
+        return [Problem(("plugin", *loc), value, expected) for loc, value, expected in exc.problems]
+    return []
+
+
+def validate_adapter(
+    data: Mapping[str, Any], *, registry: PluginRegistry | None = None
+) -> AdapterConfig:
+    """An ``[adapter]`` table validated as a whole, its plug-in included: the
+    mappings against the canonical schema (:class:`~adapters.spec.AdapterConfig`),
+    then the plug-in it names looked up in ``registry`` (default: built-in and
+    installed). Raises one pydantic ``ValidationError`` naming every key path."""
+    adapter = AdapterConfig.model_validate(data)
+    problems = plugin_problems(adapter, registry)
+    if problems:
+        raise problems_error(problems)
+    return adapter

@@ -51,7 +51,7 @@ from adapters.errors import BackendRejected, BackendUnavailable, TranslationErro
 from adapters.identity import HttpIdentityAuthority
 from adapters.native import parse_xml, serialize_xml
 from adapters.spec import AdapterConfig
-from gateway.clock import Clock
+from gateway.core.clock import Clock
 
 _log = structlog.get_logger(__name__)
 

@@ -190,7 +190,6 @@ from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from adapters import formats
 from adapters.canonical import DOMAINS, CanonicalField, CanonicalMessage, Kind
-from adapters.errors import PluginError
 
 _JSON_KEY = re.compile(r"[^.\s][^.]*")
 # XML element names without namespaces (prefixed names would need a namespace map).
@@ -557,7 +556,9 @@ class AdapterConfig(_Frozen):
 
     def _check(self, info: ValidationInfo) -> None:
         """Raise one error per problem of the whole table (mappings against the canonical
-        schema, code tables, plug-in)."""
+        schema, code tables). Whether a named plug-in is installed is checked where
+        the province config is loaded (:func:`adapters.plugins.validate_adapter`):
+        looking it up needs the registry, which builds on this module."""
         problems: list[Problem] = []
         seen: set[tuple[Loc, str]] = set()
         for problem in self._problems():
@@ -565,8 +566,6 @@ class AdapterConfig(_Frozen):
             if (problem.loc, problem.expected) not in seen:
                 seen.add((problem.loc, problem.expected))
                 problems.append(problem)
-        if self.plugin is not None:
-            problems.extend(self._plugin_problems(self.plugin, info))
         if problems:
             raise problems_error(problems)
 
@@ -577,18 +576,6 @@ class AdapterConfig(_Frozen):
             return {}
         slots = {slot: getattr(section, slot) for slot in DOMAINS[name]}
         return {slot: mapping for slot, mapping in slots.items() if mapping is not None}
-
-    def _plugin_problems(self, ref: PluginRef, info: ValidationInfo) -> Iterator[Problem]:
-        # Imported here: the registry imports the connectors, which import this module.
-        from adapters.plugins import default_registry
-
-        context = info.context if isinstance(info.context, dict) else {}
-        registry = context.get("adapter_plugins") or default_registry()
-        try:
-            registry.create(ref)
-        except PluginError as exc:
-            for loc, value, expected in exc.problems:
-                yield Problem(("plugin", *loc), value, expected)
 
     def _problems(self) -> Iterator[Problem]:
         yield from self._code_table_problems()

@@ -23,7 +23,7 @@ Exit 0 when healthy, 1 when not (one line on stderr says why), 2 on bad usage.
     yrd-healthcheck [auto [--pid PID]]
         what the image's HEALTHCHECK runs: looks at the container's main
         process (PID 1, or PID) and probes a ``yrd-gateway serve --config FILE`` as
-        ``grpc --config FILE`` and a ``python -m adapters.simulators`` on the
+        ``grpc --config FILE`` and a ``python -m yrd_simulators`` on the
         ports it was given; anything else (``--help``, ``demo``) is healthy.
 
 The endpoints' certificates name ``localhost`` and 127.0.0.1, so probing from
@@ -151,7 +151,7 @@ def auto(timeout: float, pid: int = 1) -> str:
             config = proc / "cwd" / config  # relative to the main process's folder
         listen = _option(argv, "--listen"), _option(argv, "--federation-listen")
         return run_node(config, timeout, *listen)
-    if "adapters.simulators" in argv:
+    if "yrd_simulators" in argv:
         urls = []
         host = "127.0.0.1"
         for option in SIMULATOR_PORT_OPTIONS:

@@ -30,7 +30,7 @@ What is rewritten (nothing else; the result is re-read and compared):
 
 A loopback address left anywhere after that is an error (a container cannot
 reach it), as is a file that does not parse or, with the gateway installed,
-a federation that ``gateway.config.load_federation`` refuses.
+a federation that ``gateway.config.models.load_federation`` refuses.
 
 Host templates and ``--store`` take ``{code}`` (province code, e.g. 310000)
 and ``{name}`` (the file's name without ``.toml``, e.g. shanghai). Only the standard library
@@ -217,8 +217,8 @@ def make(
 def check(own_files: dict[str, Path]) -> list[str]:
     """Load each node's federation as ``yrd-gateway serve`` would; return problems."""
     try:
-        from gateway.config import load_federation
-        from gateway.errors import ConfigError
+        from gateway.config.models import load_federation
+        from gateway.core.errors import ConfigError
     except ImportError:
         return []
     problems = []
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         help="accept loopback hosts in the result (a federation on one machine)",
     )
     parser.add_argument(
-        "--no-check", action="store_true", help="skip loading the result with gateway.config"
+        "--no-check", action="store_true", help="skip loading the result with gateway.config.models"
     )
     args = parser.parse_args(argv)
     try:

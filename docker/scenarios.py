@@ -45,7 +45,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from stdnum import luhn
 
-from gateway.demo import Outcome, flip_one_byte, foreign_token, render
+from gateway.tools.demo import Outcome, flip_one_byte, foreign_token, render
 from yrd.common.v1 import common_pb2
 from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway import crypto
-from gateway.messagelog import (
+from gateway.core import crypto
+from gateway.storage.messagelog import (
     GENESIS,
     SCHEMA,
     LogEntry,

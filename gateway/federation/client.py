@@ -4,7 +4,7 @@ One retry layer lives here and nowhere else (DESIGN §5): tenacity retries an
 exchange only on a transport failure -- a bare (unsigned) UNAVAILABLE /
 DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED, a connection error -- never on an
 answer the peer signed (its "my back-end is unreachable" is said at once to
-the caller), with the gateway's one backoff (:mod:`gateway.backoff`), only
+the caller), with the gateway's one backoff (:mod:`gateway.core.backoff`), only
 while the peer's retry budget lasts, and never into the last fifth of the
 caller's deadline, which is kept for the verdict. A circuit breaker per peer fails fast while a
 province is down. Every attempt is a freshly signed envelope (new nonce, same
@@ -33,10 +33,9 @@ from tenacity import (
     stop_after_delay,
 )
 
-from gateway.backoff import backoff_delay
-from gateway.config import FederationConfig
-from gateway.envelope import EnvelopeSigner, EnvelopeVerifier, OpenedEnvelope
-from gateway.errors import (
+from gateway.config.models import FederationConfig
+from gateway.core.backoff import backoff_delay
+from gateway.core.errors import (
     EnvelopeRejected,
     GatewayError,
     PeerDown,
@@ -45,9 +44,11 @@ from gateway.errors import (
     ResourceExhausted,
     status_from_int,
 )
+from gateway.core.metrics import NodeMetrics
+from gateway.core.tokenbucket import TokenBucket
 from gateway.federation.breaker import BreakerState, CircuitBreaker
-from gateway.messagelog import LogEntry, MessageLog, MessageLogClosed
-from gateway.metrics import NodeMetrics
+from gateway.storage.messagelog import LogEntry, MessageLog, MessageLogClosed
+from gateway.trust.envelope import EnvelopeSigner, EnvelopeVerifier, OpenedEnvelope
 from yrd.federation.v1 import federation_pb2_grpc
 
 M = TypeVar("M", bound=Message)
@@ -81,23 +82,10 @@ def transport_failure(exc: BaseException) -> bool:
     return isinstance(exc, PeerUnavailable | ResourceExhausted) and exc.retryable
 
 
-class RetryBudget:
-    """Token bucket of retries per peer: a retry storm cannot amplify an outage."""
-
-    def __init__(self, capacity: float = 20.0, per_second: float = 5.0) -> None:
-        self.capacity = capacity
-        self.per_second = per_second
-        self._tokens = capacity
-        self._at = time.monotonic()
-
-    def try_spend(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.per_second)
-        self._at = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
+def retry_budget() -> TokenBucket:
+    """Retries allowed towards one peer: 5 a second, 20 at once. A retry storm
+    cannot amplify an outage."""
+    return TokenBucket(rate=5.0, capacity=20.0)
 
 
 @dataclass
@@ -107,7 +95,7 @@ class _Peer:
     channel: grpc.aio.Channel
     stub: federation_pb2_grpc.FederationServiceStub
     breaker: CircuitBreaker
-    budget: RetryBudget
+    budget: TokenBucket
 
 
 _MAPPED: dict[grpc.StatusCode, Callable[[str, str], GatewayError]] = {
@@ -170,7 +158,7 @@ class FederationClient:
                 channel,
                 federation_pb2_grpc.FederationServiceStub(channel),
                 CircuitBreaker(),
-                RetryBudget(),
+                retry_budget(),
             )
             self._peers[code] = peer
         return peer
@@ -223,7 +211,7 @@ class FederationClient:
                 return False
             if deadline - time.monotonic() <= 0.02 or self._closing.is_set():
                 return False
-            if not peer.budget.try_spend():
+            if not peer.budget.try_take():
                 log.warning("retry budget exhausted", peer=peer_code, service=service)
                 return False
             self.retries += 1

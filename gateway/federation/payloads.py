@@ -3,7 +3,7 @@
 A peer's request payload is parsed and checked here, after the envelope was
 verified and logged and before the handler for its service runs, so that no
 malformed request reaches a back-end adapter and comes back as a server fault:
-every problem is an :class:`~gateway.errors.InvalidArgument` naming the field
+every problem is an :class:`~gateway.core.errors.InvalidArgument` naming the field
 and what was expected (never its value), which the server signs as a decision.
 
 Two layers of checks:
@@ -31,14 +31,14 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from gateway.config import DISCLOSABLE_ATTRIBUTES, FEDERATION_SERVICES
-from gateway.envelope import OpenedEnvelope
-from gateway.errors import InvalidArgument
-from gateway.identifiers import (
+from gateway.config.models import DISCLOSABLE_ATTRIBUTES, FEDERATION_SERVICES
+from gateway.core.errors import InvalidArgument
+from gateway.core.identifiers import (
     validate_id_number,
     validate_idempotency_key,
     validate_region_code,
 )
+from gateway.trust.envelope import OpenedEnvelope
 from yrd.case.v1 import case_pb2
 from yrd.certificate.v1 import certificate_pb2
 from yrd.federation.v1 import federation_pb2
@@ -76,7 +76,7 @@ def _reference(field: str, value: str, *, required: bool = True) -> None:
 
 def _region(field: str, value: str) -> None:
     """A region code: six ASCII digits (checked here first so that no longer value
-    reaches a message), then the GB/T 2260 check of gateway.identifiers."""
+    reaches a message), then the GB/T 2260 check of gateway.core.identifiers."""
     if not re.fullmatch(r"[0-9]{6}", value):
         raise InvalidArgument(field, "a six-digit GB/T 2260 region code")
     validate_region_code(field, value)

@@ -1,6 +1,6 @@
 """The federation server: receives signed envelopes from peers.
 
-Every request is opened by the :class:`~gateway.envelope.EnvelopeVerifier`
+Every request is opened by the :class:`~gateway.trust.envelope.EnvelopeVerifier`
 (each rejection of DESIGN §4 is a gRPC error, not a signed answer), logged,
 deduplicated by (sender, message id), its payload checked field by field
 (:mod:`gateway.federation.payloads`), handed to the handler registered for its
@@ -10,7 +10,7 @@ signed answers (``status_code`` in the header); only an envelope that cannot be
 trusted gets a bare gRPC error.
 
 A message id is bound to the request it first came with (its
-:func:`~gateway.envelope.request_fingerprint`): a retry of that request gets
+:func:`~gateway.trust.envelope.request_fingerprint`): a retry of that request gets
 the same answer again, from memory or from the message log (another worker
 process, a restart); a different request under a used message id is refused
 with a signed ALREADY_EXISTS and never gets another request's answer.
@@ -30,19 +30,19 @@ import structlog
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
-from gateway import crypto
-from gateway.envelope import (
+from gateway.core import crypto
+from gateway.core.errors import DECISION_CODES, EnvelopeRejected, GatewayError, status_from_int
+from gateway.core.metrics import NodeMetrics
+from gateway.federation.payloads import validate_payload
+from gateway.storage.messagelog import DuplicateNonce, LogEntry, LoggedExchange, MessageLog
+from gateway.trust.envelope import (
     MAX_ENVELOPE_BYTES,
     EnvelopeSigner,
     EnvelopeVerifier,
     OpenedEnvelope,
     request_fingerprint,
 )
-from gateway.errors import DECISION_CODES, EnvelopeRejected, GatewayError, status_from_int
-from gateway.federation.payloads import validate_payload
-from gateway.messagelog import DuplicateNonce, LogEntry, LoggedExchange, MessageLog
-from gateway.metrics import NodeMetrics
-from gateway.tls import peer_certificate, province_of_certificate
+from gateway.trust.tls import peer_certificate, province_of_certificate
 from yrd.federation.v1 import federation_pb2, federation_pb2_grpc
 
 log = structlog.get_logger("yrd.federation.server")
@@ -55,7 +55,7 @@ Handler = Callable[[OpenedEnvelope, float], Awaitable[Message]]
 
 
 #: Outcomes a retry gets again: success and the decisions about the request
-#: (DESIGN §5; the set of gateway.errors.DECISION_CODES). Faults are not
+#: (DESIGN §5; the set of gateway.core.errors.DECISION_CODES). Faults are not
 #: remembered: a retry of a request that met one is handled again.
 _REMEMBERED = frozenset(code.value[0] for code in (grpc.StatusCode.OK, *DECISION_CODES))
 #: How a refusal of a reused message id begins; a logged answer that begins so

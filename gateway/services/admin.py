@@ -2,19 +2,43 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import Protocol
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway import __version__
+from gateway.config.models import FederationConfig
+from gateway.core.errors import ConfigError
+from gateway.federation.client import FederationClient
+from gateway.storage.messagelog import MessageLog
+from gateway.trust.truststore import TrustStore
 from yrd.admin.v1 import admin_pb2, admin_pb2_grpc
 
-if TYPE_CHECKING:
-    from gateway.node import Node
+
+class OperatedNode(Protocol):
+    """What the operator service reads and steers of its node: the node passes
+    itself, and this service needs nothing of the server layer."""
+
+    @property
+    def federation(self) -> FederationConfig: ...
+    @property
+    def federation_client(self) -> FederationClient: ...
+    @property
+    def trust(self) -> TrustStore: ...
+    @property
+    def message_log(self) -> MessageLog: ...
+    @property
+    def started_at(self) -> datetime: ...
+
+    def head_keys(self, province: str, key_id: str, at: datetime) -> Ed25519PublicKey | None: ...
+
+    async def reload_from_disk(self) -> None: ...
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: OperatedNode) -> None:
         self._node = node
 
     async def GetNodeInfo(  # noqa: N802 - gRPC method name
@@ -59,8 +83,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ReloadConfig(  # noqa: N802 - gRPC method name
         self, request: admin_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ReloadConfigResponse:
-        from gateway.errors import ConfigError
-
         try:
             await self._node.reload_from_disk()
         except ConfigError as exc:

@@ -19,9 +19,9 @@ import grpc
 from adapters.base import CaseSystem
 from adapters.case import check_application
 from adapters.errors import CaseNotFound, TranslationError
-from gateway.errors import InvalidArgument
-from gateway.identifiers import validate_idempotency_key, validate_region_code
-from gateway.interceptors import current_correlation_id, require_client
+from gateway.core.errors import InvalidArgument
+from gateway.core.identifiers import validate_idempotency_key, validate_region_code
+from gateway.services.calls import current_correlation_id, require_client
 from gateway.services.tracked import Flow, TrackedExchange
 from yrd.case.v1 import case_pb2, case_pb2_grpc
 

@@ -30,10 +30,9 @@ from adapters.errors import (
     ConsentRefused,
     TranslationError,
 )
-from gateway.clock import Clock
-from gateway.config import ClientSection, FederationConfig
-from gateway.envelope import OpenedEnvelope
-from gateway.errors import (
+from gateway.config.models import ClientSection, FederationConfig
+from gateway.core.clock import Clock
+from gateway.core.errors import (
     FailedPrecondition,
     GatewayError,
     InvalidArgument,
@@ -42,16 +41,17 @@ from gateway.errors import (
     PermissionDenied,
     RemoteError,
 )
-from gateway.federation.client import FederationClient
-from gateway.identifiers import (
+from gateway.core.identifiers import (
     is_plain_text,
     validate_credit_code,
     validate_id_number,
     validate_region_code,
 )
-from gateway.interceptors import current_correlation_id, require_client
-from gateway.metrics import NodeMetrics
-from gateway.trust import TrustStore
+from gateway.core.metrics import NodeMetrics
+from gateway.federation.client import FederationClient
+from gateway.services.calls import current_correlation_id, require_client
+from gateway.trust.envelope import OpenedEnvelope
+from gateway.trust.truststore import TrustStore
 from yrd.certificate.v1 import certificate_pb2, certificate_pb2_grpc
 
 log = structlog.get_logger("yrd.certificate")

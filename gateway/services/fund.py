@@ -20,14 +20,14 @@ from adapters.errors import (
     TranslationError,
     WithdrawalNotFound,
 )
-from gateway.errors import (
+from gateway.core.errors import (
     FailedPrecondition,
     GatewayError,
     InvalidArgument,
     NotFound,
     PeerUnavailable,
 )
-from gateway.identifiers import (
+from gateway.core.identifiers import (
     validate_bank_account,
     validate_fund_account,
     validate_id_number,
@@ -35,7 +35,7 @@ from gateway.identifiers import (
     validate_region_code,
     validate_text,
 )
-from gateway.interceptors import current_correlation_id, require_client
+from gateway.services.calls import current_correlation_id, require_client
 from gateway.services.tracked import DEFAULT_TIMEOUT, Flow, TrackedExchange
 from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
 

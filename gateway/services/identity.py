@@ -22,11 +22,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from adapters.base import IdentityAuthority
 from adapters.errors import AdapterError, BackendUnavailable, TranslationError
-from gateway.clock import Clock
-from gateway.config import PURPOSES, ClientSection, FederationConfig
-from gateway.eid_token import MAX_LIFETIME, MAX_TOKEN_BYTES, TokenMalformed, parse_token
-from gateway.envelope import OpenedEnvelope
-from gateway.errors import (
+from gateway.config.models import PURPOSES, ClientSection, FederationConfig
+from gateway.core.clock import Clock
+from gateway.core.eid_token import MAX_LIFETIME, MAX_TOKEN_BYTES, TokenMalformed, parse_token
+from gateway.core.errors import (
     GatewayError,
     InvalidArgument,
     NotFound,
@@ -35,12 +34,13 @@ from gateway.errors import (
     RemoteError,
     shown,
 )
+from gateway.core.identifiers import is_plain_text
+from gateway.core.metrics import NodeMetrics
 from gateway.federation.client import FederationClient
-from gateway.identifiers import is_plain_text
-from gateway.interceptors import current_correlation_id, require_client
-from gateway.metrics import NodeMetrics
-from gateway.store import StateStore
-from gateway.trust import KeyLookupError, TrustStore
+from gateway.services.calls import current_correlation_id, require_client
+from gateway.storage.state import StateStore
+from gateway.trust.envelope import OpenedEnvelope
+from gateway.trust.truststore import KeyLookupError, TrustStore
 from yrd.common.v1 import common_pb2
 from yrd.federation.v1 import federation_pb2
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc

@@ -38,12 +38,11 @@ import structlog
 from google.protobuf.message import Message
 
 from adapters.errors import BackendRejected, BackendUnavailable, TranslationError
-from gateway import crypto
-from gateway.backoff import backoff_delay
-from gateway.clock import Clock, Pacer
-from gateway.config import ClientSection, FederationConfig
-from gateway.envelope import OpenedEnvelope
-from gateway.errors import (
+from gateway.config.models import ClientSection, FederationConfig
+from gateway.core import crypto
+from gateway.core.backoff import backoff_delay
+from gateway.core.clock import Clock, Pacer
+from gateway.core.errors import (
     AlreadyExists,
     FailedPrecondition,
     GatewayError,
@@ -51,10 +50,11 @@ from gateway.errors import (
     NotFound,
     shown,
 )
+from gateway.core.metrics import NodeMetrics
 from gateway.federation.client import FederationClient
-from gateway.metrics import NodeMetrics
-from gateway.outbox import Outbox, OutboxRoute
-from gateway.store import OutboxItem, StateStore
+from gateway.federation.outbox import Outbox, OutboxRoute
+from gateway.storage.state import OutboxItem, StateStore
+from gateway.trust.envelope import OpenedEnvelope
 from yrd.federation.v1 import federation_pb2
 
 log = structlog.get_logger("yrd.tracked")

@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 
 from adapters.spec import AdapterConfig
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "province_configs"
+from tests.paths import CONFIG_DIR
 
 #: (province code, config file stem), the four shipped provinces.
 PROVINCES = [

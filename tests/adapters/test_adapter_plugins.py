@@ -21,11 +21,11 @@ from adapters import (
     build_identity_authority,
 )
 from adapters.fund import HttpFundCentre
-from adapters.plugins import ENTRY_POINT_GROUP, PluginRegistry
+from adapters.plugins import ENTRY_POINT_GROUP, PluginRegistry, validate_adapter
 from adapters.session import SessionIdentityAuthority
-from adapters.simulators.eid_authority import EidAuthoritySimulator
 from adapters.spec import AdapterConfig, PluginRef
 from yrd.federation.v1 import federation_pb2
+from yrd_simulators.eid_authority import EidAuthoritySimulator
 
 Table = Callable[[str], dict[str, Any]]
 
@@ -136,7 +136,7 @@ class TestConfigValidation:
     def test_missing_plugin_is_a_config_error(self, adapter_table: Table) -> None:
         table = _with_plugin(adapter_table("jiangsu"), {"name": "jiangsu-magic"})
         with pytest.raises(ValidationError) as info:
-            AdapterConfig.model_validate(table)
+            validate_adapter(table)
         (error,) = info.value.errors()
         assert error["loc"] == ("plugin", "name")
         assert "pip install yrd-gateway-adapter-jiangsu-magic" in error["msg"]
@@ -145,16 +145,14 @@ class TestConfigValidation:
         table = adapter_table("anhui")
         table["plugin"]["settings"]["app_idd"] = "YRD-GW-340000"
         with pytest.raises(ValidationError) as info:
-            AdapterConfig.model_validate(table)
+            validate_adapter(table)
         assert [e["loc"] for e in info.value.errors()] == [("plugin", "settings", "app_idd")]
 
     def test_registry_from_the_validation_context(self, adapter_table: Table) -> None:
         # A test (or an embedding application) may validate against its own registry.
         table = adapter_table("anhui")
         with pytest.raises(ValidationError, match="available: none"):
-            AdapterConfig.model_validate(
-                table, context={"adapter_plugins": PluginRegistry(builtin={})}
-            )
+            validate_adapter(table, registry=PluginRegistry(builtin={}))
 
 
 class TestBuild:

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 
 from adapters import TranslationError, Translator
 from adapters.mapping import to_message
-from adapters.simulators.residents import id_number
 from adapters.spec import AdapterConfig
-from gateway.identifiers import REGION_CODE_PATTERN
+from gateway.core.identifiers import REGION_CODE_PATTERN
 from tests.adapters.native_documents import documents
 from yrd.common.v1 import common_pb2
+from yrd_simulators.residents import id_number
 
 _GENDERS = ["GENDER_UNSPECIFIED", "GENDER_MALE", "GENDER_FEMALE", "GENDER_NOT_STATED"]
 _STATES = [

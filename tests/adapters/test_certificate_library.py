@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -20,16 +19,17 @@ from adapters import (
     build_certificate_library,
 )
 from adapters.certificate import HttpCertificateLibrary, seal_verdict, to_local, verify_seal
-from adapters.simulators.certificate_library import CertificateLibrarySimulator
-from adapters.simulators.residents import synthetic_residents
 from adapters.spec import AdapterConfig
-from gateway.clock import FrozenClock
-from gateway.crypto import load_public_key
+from gateway.core.clock import FrozenClock
+from gateway.core.crypto import load_public_key
+from tests.paths import KEYS_DIR
 from yrd.certificate.v1 import certificate_pb2
+from yrd_simulators.certificate_library import CertificateLibrarySimulator
+from yrd_simulators.residents import synthetic_residents
 
 NOW = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
 TODAY = date(2026, 3, 1)
-KEYS = Path(__file__).resolve().parents[2] / "province_configs" / "keys"
+KEYS = KEYS_DIR
 Running = tuple[CertificateLibrarySimulator, HttpCertificateLibrary]
 
 

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import pytest
 from stdnum.cn import ric
 
-from adapters.simulators.eid_authority import DIALECTS, EidAuthoritySimulator
-from adapters.simulators.residents import check_character, synthetic_residents
-from gateway.clock import FrozenClock
-from gateway.eid_token import parse_token
+from gateway.core.clock import FrozenClock
+from gateway.core.eid_token import parse_token
+from gateway.core.identifiers import make_id_number
+from yrd_simulators.eid_authority import DIALECTS, EidAuthoritySimulator
+from yrd_simulators.residents import synthetic_residents
 
 NOW = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 
@@ -68,7 +69,7 @@ class TestResidents:
 
     def test_check_character(self) -> None:
         # The example of GB 11643-1999 itself.
-        assert check_character("11010519491231002") == "X"
+        assert make_id_number("110105", date(1949, 12, 31), 2) == "11010519491231002X"
 
 
 class TestWallet:

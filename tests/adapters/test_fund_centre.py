@@ -25,17 +25,17 @@ from adapters import (
     WithdrawalNotFound,
     build_fund_centre,
 )
-from adapters.simulators.fund_centre import (
+from adapters.spec import AdapterConfig
+from gateway.core.clock import FrozenClock
+from yrd.common.v1 import common_pb2
+from yrd.fund.v1 import fund_pb2
+from yrd_simulators.fund_centre import (
     RENT_LIMIT_FEN,
     FundAccount,
     FundCentreSimulator,
     synthetic_accounts,
 )
-from adapters.simulators.residents import Resident, id_number, synthetic_residents
-from adapters.spec import AdapterConfig
-from gateway.clock import FrozenClock
-from yrd.common.v1 import common_pb2
-from yrd.fund.v1 import fund_pb2
+from yrd_simulators.residents import Resident, id_number, synthetic_residents
 
 NOW = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 PROVINCES = ("310000", "320000", "330000", "340000")
@@ -502,14 +502,14 @@ class TestConnectorErrors:
 
 
 class TestStandaloneProcess:
-    """``python -m adapters.simulators`` announces its URLs, serves, and stops on a signal."""
+    """``python -m yrd_simulators`` announces its URLs, serves, and stops on a signal."""
 
     @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
     async def test_serves_until_signalled(self, config_dir: Path, sig: signal.Signals) -> None:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "adapters.simulators",
+            "yrd_simulators",
             "--province",
             "320000",
             "--eid-port",
@@ -553,7 +553,7 @@ class TestStandaloneProcess:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "adapters.simulators",
+            "yrd_simulators",
             "--province",
             "110000",
             stdout=asyncio.subprocess.PIPE,

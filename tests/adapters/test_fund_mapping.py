@@ -16,9 +16,8 @@ from adapters import TranslationError, Translator
 from adapters.canonical import DOMAINS
 from adapters.formats import FORMATS, FormatContext, Mismatch
 from adapters.mapping import from_message, to_message
-from adapters.simulators.residents import id_number
 from adapters.spec import AdapterConfig
-from gateway.identifiers import REGION_CODE_PATTERN
+from gateway.core.identifiers import REGION_CODE_PATTERN, make_id_number
 from tests.adapters.native_documents import documents
 from yrd.fund.v1 import fund_pb2
 
@@ -355,7 +354,7 @@ def withdrawals(draw: st.DrawFn) -> dict[str, Any]:
     return {
         "reference": draw(_REFERENCE),
         "applicant": {
-            "id_number": id_number(region, birth, draw(st.integers(0, 999))),
+            "id_number": make_id_number(region, birth, draw(st.integers(0, 999))),
             "full_name": draw(st.text(_HAN, min_size=1, max_size=6)),
         },
         "fund_account": draw(_DIGITS),

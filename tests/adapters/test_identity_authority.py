@@ -20,11 +20,11 @@ from adapters import (
     TranslationError,
     build_identity_authority,
 )
-from adapters.simulators.eid_authority import EidAuthoritySimulator
 from adapters.spec import AdapterConfig
-from gateway.clock import FrozenClock
+from gateway.core.clock import FrozenClock
 from yrd.common.v1 import common_pb2
 from yrd.federation.v1 import federation_pb2
+from yrd_simulators.eid_authority import EidAuthoritySimulator
 
 NOW = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 Table = Callable[[str], dict[str, Any]]

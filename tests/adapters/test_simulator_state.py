@@ -16,14 +16,15 @@ from typing import Any
 import pytest
 
 from adapters import BackendUnavailable, build_fund_centre
-from adapters.simulators.case_system import CaseSystemSimulator
-from adapters.simulators.case_system import Submission as CaseSubmission
-from adapters.simulators.fund_centre import PAID, FundCentreSimulator, Submission
-from adapters.simulators.residents import synthetic_residents
 from adapters.spec import AdapterConfig
-from gateway.clock import FrozenClock
+from gateway.core.clock import FrozenClock
+from tests.paths import KEYS_DIR
 from yrd.common.v1 import common_pb2
 from yrd.fund.v1 import fund_pb2
+from yrd_simulators.case_system import CaseSystemSimulator
+from yrd_simulators.case_system import Submission as CaseSubmission
+from yrd_simulators.fund_centre import PAID, FundCentreSimulator, Submission
+from yrd_simulators.residents import synthetic_residents
 
 NOW = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 
@@ -182,15 +183,15 @@ def _admin(url: str, path: str, body: object | None = None) -> Any:
 
 @pytest.mark.timeout(60)
 def test_simulator_process_keeps_its_state_across_a_restart(tmp_path: Path) -> None:
-    """`python -m adapters.simulators --state-dir DIR`: killed and started again,
+    """`python -m yrd_simulators --state-dir DIR`: killed and started again,
     the fund centre still has its cases; /admin/forget drops them, not the ledger."""
-    keys = Path(__file__).resolve().parents[2] / "province_configs" / "keys"
+    keys = KEYS_DIR
 
     def start() -> tuple[subprocess.Popen[str], str]:
         args = ["--province", "320000", "--keys-dir", str(keys)]
         args += ["--state-dir", str(tmp_path / "state"), "--review-delay", "0"]
         process = subprocess.Popen(
-            [sys.executable, "-m", "adapters.simulators", *args],
+            [sys.executable, "-m", "yrd_simulators", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,

@@ -10,7 +10,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from gateway.localfed import DEFAULT_CONFIG_DIR, LocalFederation
+from gateway.testing.localfed import LocalFederation
+from tests.paths import CONFIG_DIR
 
 SH, JS, ZJ, AH = "310000", "320000", "330000", "340000"
 ALL = (SH, JS, ZJ, AH)
@@ -18,7 +19,7 @@ ALL = (SH, JS, ZJ, AH)
 
 @pytest_asyncio.fixture
 async def federation(tmp_path: Path) -> AsyncIterator[LocalFederation]:
-    async with LocalFederation(DEFAULT_CONFIG_DIR, tmp_path) as running:
+    async with LocalFederation(CONFIG_DIR, tmp_path) as running:
         yield running
 
 
@@ -84,7 +85,7 @@ def fund_holder(federation: LocalFederation, fund_province: str, home: str) -> t
 
 
 def full_name_of(id_number: str) -> str:
-    from adapters.simulators.residents import synthetic_residents
+    from yrd_simulators.residents import synthetic_residents
 
     for province in ALL:
         for resident in synthetic_residents(province):

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.localfed import DEFAULT_CONFIG_DIR, LocalFederation
+from gateway.testing.localfed import LocalFederation
 from tests.integration.conftest import SH, ZJ, Wallet
+from tests.paths import CONFIG_DIR
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
 
-CONFIG = str(DEFAULT_CONFIG_DIR / "shanghai.toml")
+CONFIG = str(CONFIG_DIR / "shanghai.toml")
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -14,8 +14,8 @@ from typing import cast
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.localfed import LocalFederation
-from gateway.node import Node
+from gateway.server.node import Node
+from gateway.testing.localfed import LocalFederation
 from tests.integration.conftest import JS, ZJ
 from tests.integration.test_certificates_and_cases import (
     case_application,

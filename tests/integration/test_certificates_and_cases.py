@@ -13,12 +13,12 @@ import uuid
 import grpc
 import pytest
 
-from adapters.simulators.residents import synthetic_residents
-from gateway.localfed import LocalFederation
+from gateway.testing.localfed import LocalFederation
 from tests.integration.conftest import AH, JS, SH, ZJ
 from yrd.case.v1 import case_pb2, case_pb2_grpc
 from yrd.certificate.v1 import certificate_pb2, certificate_pb2_grpc
 from yrd.common.v1 import common_pb2
+from yrd_simulators.residents import synthetic_residents
 
 MARRIAGE = "11100000"
 

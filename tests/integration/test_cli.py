@@ -15,10 +15,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from adapters.simulators.fund_centre import FundCentreSimulator
-from adapters.simulators.residents import synthetic_residents
-from gateway.demo import _payee_account as demo_payee_account
-from gateway.localfed import DEFAULT_CONFIG_DIR, free_port
+from gateway.testing.localfed import free_port
+from gateway.tools.demo import _payee_account as demo_payee_account
+from tests.paths import CONFIG_DIR
+from yrd_simulators.fund_centre import FundCentreSimulator
+from yrd_simulators.residents import synthetic_residents
 
 CLI = [sys.executable, "-m", "gateway"]
 
@@ -31,7 +32,7 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 def copy_configs(tmp_path: Path) -> Path:
     folder = tmp_path / "province_configs"
-    shutil.copytree(DEFAULT_CONFIG_DIR, folder, ignore=shutil.ignore_patterns("var"))
+    shutil.copytree(CONFIG_DIR, folder, ignore=shutil.ignore_patterns("var"))
     for file in folder.glob("*.toml"):
         text = file.read_text(encoding="utf-8")
         text = re.sub(r'\nendpoint = "[^"]+"', f'\nendpoint = "127.0.0.1:{free_port()}"', text)
@@ -66,7 +67,7 @@ class TestConfigCheck:
     """`config check` names every problem and exits non-zero."""
 
     def test_shipped_configs_are_valid(self) -> None:
-        result = run("config", "check", *map(str, sorted(DEFAULT_CONFIG_DIR.glob("*.toml"))))
+        result = run("config", "check", *map(str, sorted(CONFIG_DIR.glob("*.toml"))))
         assert result.returncode == 0, result.stdout + result.stderr
         assert "4 file(s) valid" in result.stdout
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.procfed import busy_ports, ports_for
+from gateway.testing.procfed import busy_ports, ports_for
 
 pytestmark = pytest.mark.slow
 

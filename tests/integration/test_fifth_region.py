@@ -5,7 +5,7 @@ makes the new region's keys with ``yrd-gateway pki init``, writes its config
 from Shanghai's (top sections edited as the guide's table says, the
 ``[adapter]`` tables and golden vectors taken verbatim from the guide), checks
 it with ``config check`` and ``adapter test``, then starts the region's
-simulators (``python -m adapters.simulators --config``) and node
+simulators (``python -m yrd_simulators --config``) and node
 (``yrd-gateway serve``) beside Shanghai's, as separate processes, and plays a
 hotel check-in each way and a withdrawal of a Shanghai resident's fund held in
 the new region. Nothing in ``gateway/`` or ``adapters/`` knows the region.
@@ -34,12 +34,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from stdnum import luhn
 
-from adapters.simulators.residents import synthetic_residents
-from gateway.config import parse_province_file
-from gateway.localfed import DEFAULT_CONFIG_DIR, free_port
+from gateway.config.models import parse_province_file
+from gateway.testing.localfed import free_port
+from tests.paths import CONFIG_DIR
 from yrd.common.v1 import common_pb2
 from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
+from yrd_simulators.residents import synthetic_residents
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "adding-a-province.md"
 CODE = "360000"
@@ -86,7 +87,7 @@ def sha256_hex(text: str) -> str:
 def make_region(root: Path) -> Path:
     """Steps 1-4 of the guide in a copy of province_configs; returns the new file."""
     folder = root / "province_configs"
-    shutil.copytree(DEFAULT_CONFIG_DIR, folder, ignore=shutil.ignore_patterns("var"))
+    shutil.copytree(CONFIG_DIR, folder, ignore=shutil.ignore_patterns("var"))
     keys = cli("pki", "init", str(folder / "keys"), "--provinces", CODE)
     assert keys.returncode == 0, keys.stderr
     office = re.search(rf"{CODE}\s+office\s+\S+\s+certificate sha256:([0-9a-f]{{64}})", keys.stdout)
@@ -127,7 +128,7 @@ class Running:
 
     def start_simulator(self, code: str) -> None:
         process = subprocess.Popen(
-            [sys.executable, "-m", "adapters.simulators", "--config", str(self.files[code])],
+            [sys.executable, "-m", "yrd_simulators", "--config", str(self.files[code])],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,

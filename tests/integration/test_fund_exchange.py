@@ -10,7 +10,7 @@ import uuid
 import grpc
 import pytest
 
-from gateway.localfed import LocalFederation
+from gateway.testing.localfed import LocalFederation
 from tests.integration.conftest import (
     JS,
     SH,

@@ -13,17 +13,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import crypto
-from gateway.clock import OffsetClock
-from gateway.envelope import EnvelopeSigner
-from gateway.localfed import DEFAULT_CONFIG_DIR, LocalFederation
+from gateway.core import crypto
+from gateway.core.clock import OffsetClock
+from gateway.testing.localfed import LocalFederation
+from gateway.trust.envelope import EnvelopeSigner
 from tests.integration.conftest import AH, JS, SH, ZJ, Wallet
+from tests.paths import CONFIG_DIR
 from yrd.common.v1 import common_pb2
 from yrd.federation.v1 import federation_pb2
 from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
 
-KEYS = DEFAULT_CONFIG_DIR / "keys"
+KEYS = CONFIG_DIR / "keys"
 FITTING = {
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.UNAUTHENTICATED,

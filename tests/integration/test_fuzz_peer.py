@@ -32,15 +32,14 @@ from google.protobuf.message import Message
 from stdnum.cn import ric
 from structlog.testing import capture_logs
 
-from adapters.simulators.residents import synthetic_residents
-from gateway import crypto
-from gateway.clock import SystemClock
-from gateway.config import FEDERATION_SERVICES, parse_province_file
-from gateway.envelope import HEADER_BOUNDS, EnvelopeSigner
+from gateway.config.models import FEDERATION_SERVICES, parse_province_file
+from gateway.core import crypto
+from gateway.core.clock import SystemClock
+from gateway.core.logs import mask_personal_data
 from gateway.federation.server import REUSED_MESSAGE_ID
-from gateway.localfed import LocalFederation
-from gateway.logs import mask_personal_data
-from gateway.procfed import ProcessFederation
+from gateway.testing.localfed import LocalFederation
+from gateway.testing.procfed import ProcessFederation
+from gateway.trust.envelope import HEADER_BOUNDS, EnvelopeSigner
 from tests.integration.conftest import JS, SH, ZJ, Wallet, fund_holder, payee_account
 from tests.integration.test_fuzz import mtls
 from yrd.case.v1 import case_pb2
@@ -49,6 +48,7 @@ from yrd.common.v1 import common_pb2
 from yrd.federation.v1 import federation_pb2
 from yrd.fund.v1 import fund_pb2
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
+from yrd_simulators.residents import synthetic_residents
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -12,8 +12,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from gateway.demo import flip_one_byte, foreign_token
-from gateway.localfed import LocalFederation
+from gateway.testing.localfed import LocalFederation
+from gateway.tools.demo import flip_one_byte, foreign_token
 from tests.integration.conftest import ALL, JS, SH, ZJ, Wallet
 from yrd.admin.v1 import admin_pb2, admin_pb2_grpc
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
@@ -330,7 +330,7 @@ async def test_a_retry_after_the_issuer_restarted_gets_the_first_answer(
     already given, read from the message log; the token is not spent twice."""
     import uuid
 
-    from gateway.eid_token import parse_token
+    from gateway.core.eid_token import parse_token
     from yrd.federation.v1 import federation_pb2
 
     token = parse_token(await wallet.fresh_qr(ZJ))

@@ -18,12 +18,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway import crypto
-from gateway.clock import OffsetClock
-from gateway.envelope import EnvelopeSigner
-from gateway.errors import EnvelopeRejected
-from gateway.localfed import DEFAULT_CONFIG_DIR, LocalFederation
+from gateway.core import crypto
+from gateway.core.clock import OffsetClock
+from gateway.core.errors import EnvelopeRejected
+from gateway.testing.localfed import LocalFederation
+from gateway.trust.envelope import EnvelopeSigner
 from tests.integration.conftest import SH, ZJ, Wallet
+from tests.paths import CONFIG_DIR
 from yrd.federation.v1 import federation_pb2
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
 
@@ -36,7 +37,7 @@ def stamp(instant: dt.datetime) -> str:
 
 def rotate_config(tmp_path: Path, switch: dt.datetime, old_end: dt.datetime) -> Path:
     configs = tmp_path / "province_configs"
-    shutil.copytree(DEFAULT_CONFIG_DIR, configs, ignore=shutil.ignore_patterns("var"))
+    shutil.copytree(CONFIG_DIR, configs, ignore=shutil.ignore_patterns("var"))
     key = crypto.generate_private_key()
     (configs / "keys" / ZJ / "signing-2027.key.pem").write_bytes(crypto.private_key_pem(key))
     (configs / "keys" / ZJ / "signing-2027.pub.pem").write_bytes(

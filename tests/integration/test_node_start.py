@@ -22,7 +22,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.localfed import LocalFederation, free_port
+from gateway.testing.localfed import LocalFederation, free_port
 from tests.integration.conftest import SH, Wallet
 from tests.integration.test_audit import three_check_ins
 from tests.integration.test_cli import copy_configs

@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from gateway.localfed import LocalFederation
+from gateway.testing.localfed import LocalFederation
 from tests.integration.conftest import SH, ZJ, Wallet
 from yrd.admin.v1 import admin_pb2, admin_pb2_grpc
 from yrd.federation.v1 import federation_pb2

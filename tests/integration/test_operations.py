@@ -17,11 +17,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.base import CredentialCheck, IdentityAuthority
-from adapters.simulators.residents import synthetic_residents
-from gateway import logs
-from gateway.localfed import LocalFederation
+from gateway.core import logs
+from gateway.testing.localfed import LocalFederation
 from tests.integration.conftest import SH, ZJ, Wallet
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
+from yrd_simulators.residents import synthetic_residents
 
 HOTEL = (("authorization", f"Bearer dev-hotel-{SH}"),)
 

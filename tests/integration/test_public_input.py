@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from grpc_status import rpc_status
 
 from adapters.catalogue import CATALOGUE
-from gateway.localfed import LocalFederation
+from gateway.testing.localfed import LocalFederation
 from tests.integration.conftest import SH, ZJ, full_name_of, fund_holder, payee_account
 from tests.integration.test_fuzz import mtls, send_raw
 from yrd.case.v1 import case_pb2, case_pb2_grpc

@@ -22,13 +22,14 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from gateway import cli
-from gateway.localfed import DEFAULT_CONFIG_DIR, LocalFederation
-from gateway.messagelog import verify_file
+from gateway.cli import main as cli
+from gateway.storage.messagelog import verify_file
+from gateway.testing.localfed import LocalFederation
 from tests.integration.conftest import JS, SH, ZJ
 from tests.integration.test_certificates_and_cases import case_application, submit_case
 from tests.integration.test_certificates_and_cases import until_final as until_case_final
 from tests.integration.test_fund_exchange import application, counter, submit, until_final
+from tests.paths import CONFIG_DIR
 from yrd.case.v1 import case_pb2, case_pb2_grpc
 from yrd.fund.v1 import fund_pb2
 
@@ -42,7 +43,7 @@ async def federation(tmp_path: Path) -> AsyncIterator[LocalFederation]:
     """The federation, from a copy of the configs whose Jiangsu file names the
     store the running Jiangsu node uses (so the CLI can be pointed at it)."""
     configs = tmp_path / "configs"
-    shutil.copytree(DEFAULT_CONFIG_DIR, configs, ignore=shutil.ignore_patterns("var"))
+    shutil.copytree(CONFIG_DIR, configs, ignore=shutil.ignore_patterns("var"))
     work = tmp_path / "work"
     jiangsu = configs / "jiangsu.toml"
     text = re.sub(

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gateway.procfed import ProcessFederation
+from gateway.testing.procfed import ProcessFederation
 from tests.integration.conftest import JS, SH
 from yrd.admin.v1 import admin_pb2, admin_pb2_grpc
 

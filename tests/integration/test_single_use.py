@@ -14,11 +14,11 @@ import pytest
 
 from adapters import build_identity_authority
 from adapters.base import CredentialCheck, IdentityAuthority
-from adapters.simulators.eid_authority import EidAuthoritySimulator
-from gateway.localfed import LocalFederation
-from gateway.store import StateStore
+from gateway.storage.state import StateStore
+from gateway.testing.localfed import LocalFederation
 from tests.integration.conftest import JS, SH, ZJ, Wallet
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
+from yrd_simulators.eid_authority import EidAuthoritySimulator
 
 
 async def verify(

@@ -24,13 +24,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from adapters.simulators.residents import synthetic_residents
-from gateway.procfed import NodeProcess, ProcessFederation
+from gateway.testing.procfed import NodeProcess, ProcessFederation
 from tests.integration.conftest import JS, SH, payee_account
 from tests.integration.test_audit import cli
 from tests.integration.test_fund_faults import OFFICE, S, admin, wait_final
 from yrd.common.v1 import common_pb2
 from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
+from yrd_simulators.residents import synthetic_residents
 
 N = 12
 

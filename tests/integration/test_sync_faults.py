@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from gateway.localfed import LocalFederation
+from gateway.testing.localfed import LocalFederation
 from tests.integration.conftest import SH, ZJ, Wallet
 from tests.integration.test_identity_exchange import check, verify
 from yrd.identity.v1 import identity_pb2

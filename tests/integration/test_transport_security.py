@@ -11,14 +11,15 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from gateway import tls
-from gateway.localfed import DEFAULT_CONFIG_DIR, LocalFederation, client_channel
-from gateway.pki import DEV_NOT_AFTER, DEV_NOT_BEFORE
+from gateway.testing.localfed import LocalFederation, client_channel
+from gateway.tools.pki import DEV_NOT_AFTER, DEV_NOT_BEFORE
+from gateway.trust import tls
 from tests.integration.conftest import AH, SH, ZJ
+from tests.paths import CONFIG_DIR
 from yrd.admin.v1 import admin_pb2, admin_pb2_grpc
 from yrd.federation.v1 import federation_pb2
 
-KEYS = DEFAULT_CONFIG_DIR / "keys"
+KEYS = CONFIG_DIR / "keys"
 NOW = dt.datetime.now(dt.UTC)
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from adapters.simulators.residents import synthetic_residents
-from gateway.procfed import ProcessFederation
+from gateway.testing.procfed import ProcessFederation
 from tests.integration.conftest import JS, SH, payee_account
 from yrd.common.v1 import common_pb2
 from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
+from yrd_simulators.residents import synthetic_residents
 
 OFFICE = (("authorization", f"Bearer dev-office-{SH}"),)
 S = fund_pb2.WithdrawalStatus

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.clock import FrozenClock
-from gateway.config import FederationConfig, load_federation
-from gateway.crypto import load_private_key
-from gateway.envelope import EnvelopeSigner, EnvelopeVerifier
-from gateway.trust import TrustStore
+from gateway.config.models import FederationConfig, load_federation
+from gateway.core.clock import FrozenClock
+from gateway.core.crypto import load_private_key
+from gateway.trust.envelope import EnvelopeSigner, EnvelopeVerifier
+from gateway.trust.truststore import TrustStore
+from tests.paths import CONFIG_DIR
 
 SH, JS, ZJ, AH = "310000", "320000", "330000", "340000"
 PROVINCE_CODES = (SH, JS, ZJ, AH)
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "province_configs"
 
 #: An instant inside every shipped key's validity window (2026-01-01 .. 2030-01-01).
 NOW = datetime(2027, 6, 1, 12, 0, tzinfo=UTC)

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import (
+from gateway.config.models import (
     FEDERATION_SERVICES,
     FederationConfig,
     ProvinceConfig,
@@ -27,7 +27,7 @@ from gateway.config import (
     parse_province_file,
     validate_province,
 )
-from gateway.errors import ConfigError, GatewayError
+from gateway.core.errors import ConfigError, GatewayError
 from tests.unit.conftest import CONFIG_DIR, JS, PROVINCE_CODES, SH, ZJ
 
 FILES = {SH: "shanghai.toml", JS: "jiangsu.toml", ZJ: "zhejiang.toml", "340000": "anhui.toml"}

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gateway.eid_token import (
+from gateway.core.eid_token import (
     JWS_ALGORITHM,
     MAX_LIFETIME,
     MAX_TOKEN_BYTES,

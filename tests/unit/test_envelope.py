@@ -18,10 +18,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from gateway import crypto
-from gateway.clock import FrozenClock
-from gateway.config import FEDERATION_SERVICES, FederationConfig
-from gateway.envelope import (
+from gateway.config.models import FEDERATION_SERVICES, FederationConfig
+from gateway.core import crypto
+from gateway.core.clock import FrozenClock
+from gateway.core.errors import EnvelopeRejected
+from gateway.trust.envelope import (
     HEADER_BOUNDS,
     MAX_ENVELOPE_BYTES,
     MAX_STATUS_MESSAGE,
@@ -32,8 +33,7 @@ from gateway.envelope import (
     OpenedEnvelope,
     request_fingerprint,
 )
-from gateway.errors import EnvelopeRejected
-from gateway.trust import TrustStore
+from gateway.trust.truststore import TrustStore
 from tests.unit.conftest import AH, JS, NOW, PROVINCE_CODES, SH, ZJ, SignerFactory, signing_key
 from yrd.certificate.v1 import certificate_pb2
 from yrd.federation.v1 import federation_pb2

@@ -17,7 +17,7 @@ from typing import Any, cast
 import grpc
 import pytest
 
-from gateway.errors import (
+from gateway.core.errors import (
     DECISION_CODES,
     GatewayError,
     InvalidArgument,
@@ -29,10 +29,10 @@ from gateway.errors import (
     ends_exchange,
 )
 from gateway.federation.client import FederationClient
-from gateway.groupcommit import rollback
-from gateway.messagelog import LogEntry, MessageLog
-from gateway.outbox import Outbox, OutboxRoute
-from gateway.store import PARKED, OutboxItem, StateStore
+from gateway.federation.outbox import Outbox, OutboxRoute
+from gateway.storage.groupcommit import rollback
+from gateway.storage.messagelog import LogEntry, MessageLog
+from gateway.storage.state import PARKED, OutboxItem, StateStore
 from tests.unit.test_store import insert
 from yrd.federation.v1 import federation_pb2
 

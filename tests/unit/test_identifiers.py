@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from adapters.formats import Mismatch
 from adapters.mapping import check_gb11643
-from gateway.errors import InvalidArgument
-from gateway.identifiers import (
+from gateway.core.errors import InvalidArgument
+from gateway.core.identifiers import (
     PROVINCES,
     mask_id_number,
     province_of,

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway import crypto, messagelog
-from gateway.clock import FrozenClock
-from gateway.messagelog import LogEntry, MessageLog
+from gateway.core import crypto
+from gateway.core.clock import FrozenClock
+from gateway.storage import messagelog
+from gateway.storage.messagelog import LogEntry, MessageLog
 from tests.unit.conftest import JS, NOW, SH
 
 KEY = crypto.generate_private_key()

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from gateway.logs import PERSONAL_KEYS, configure, mask_personal_data, mask_text
+from gateway.core.logs import PERSONAL_KEYS, configure, mask_personal_data, mask_text
 from tests.unit.test_identifiers import valid_credit_codes, valid_id_numbers
 from yrd.common.v1 import common_pb2
 from yrd.identity.v1 import identity_pb2

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.clock import FrozenClock
-from gateway.messagelog import (
+from gateway.core.clock import FrozenClock
+from gateway.storage.messagelog import (
     GENESIS,
     LogEntry,
     LoggedRow,

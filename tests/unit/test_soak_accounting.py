@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.soak import (
+from gateway.storage.state import SCHEMA
+from gateway.tools.soak import (
     CASE,
     WITHDRAWAL,
     Exchange,
@@ -24,7 +25,6 @@ from gateway.soak import (
     count_payments,
     read_store,
 )
-from gateway.store import SCHEMA
 from yrd.case.v1 import case_pb2
 from yrd.fund.v1 import fund_pb2
 

@@ -8,8 +8,8 @@ from google.rpc import error_details_pb2, status_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.errors import GatewayError, InvalidArgument, ResourceExhausted, shown
-from gateway.interceptors import MAX_STATUS_MESSAGE, bounded, status_of
+from gateway.core.errors import GatewayError, InvalidArgument, ResourceExhausted, shown
+from gateway.server.interceptors import MAX_STATUS_MESSAGE, bounded, status_of
 
 
 class TestShown:

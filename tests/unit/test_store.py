@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store import StateStore, StoreClosedError
+from gateway.storage.state import StateStore, StoreClosedError
 
 
 async def insert(store: StateStore, key: str) -> str:

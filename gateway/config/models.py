@@ -1,0 +1,531 @@
+"""Province configs: parse TOML, validate into frozen models, fail with one ConfigError.
+
+Every node reads every ``*.toml`` in its config folder: its own file for its
+private settings (signing key, clients, back-ends), the others for their public
+part (endpoint, public keys with validity windows, services). Relative paths in
+a file are resolved against that file's folder. Any problem, in any file, is
+reported together in one :class:`~gateway.core.errors.ConfigError` whose lines each
+name the file, the key path, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from adapters.plugins import PluginRegistry, plugin_problems
+from adapters.spec import AdapterConfig, problems_error
+from gateway.core.errors import ConfigError, format_problem
+from yrd.common.v1 import common_pb2
+from yrd.identity.v1 import identity_pb2
+
+#: Logical federation services (DESIGN §2) and their request/response payload types.
+FEDERATION_SERVICES: dict[str, tuple[str, str]] = {
+    "identity.CheckCredential": (
+        "yrd.federation.v1.CredentialCheckRequest",
+        "yrd.federation.v1.CredentialCheckResponse",
+    ),
+    "fund.QueryAccount": ("yrd.fund.v1.QueryFundAccountRequest", "yrd.fund.v1.FundAccount"),
+    "fund.DeliverWithdrawal": (
+        "yrd.fund.v1.WithdrawalApplication",
+        "yrd.federation.v1.DeliveryAck",
+    ),
+    "fund.WithdrawalStatus": (
+        "yrd.fund.v1.WithdrawalStatusUpdate",
+        "yrd.federation.v1.DeliveryAck",
+    ),
+    "certificate.Fetch": (
+        "yrd.certificate.v1.GetCertificateRequest",
+        "yrd.certificate.v1.Certificate",
+    ),
+    "case.DeliverCase": ("yrd.case.v1.CaseApplication", "yrd.federation.v1.DeliveryAck"),
+    "case.CaseStatus": ("yrd.case.v1.CaseStatusUpdate", "yrd.federation.v1.DeliveryAck"),
+}
+
+#: Public gRPC services a local client may be granted.
+PUBLIC_SERVICES = frozenset(
+    {
+        "yrd.identity.v1.IdentityService",
+        "yrd.fund.v1.FundService",
+        "yrd.certificate.v1.CertificateService",
+        "yrd.case.v1.CaseService",
+        "yrd.admin.v1.AdminService",
+    }
+)
+
+PURPOSES = frozenset(
+    name for name in identity_pb2.Purpose.DESCRIPTOR.values_by_name if name != "PURPOSE_UNSPECIFIED"
+)
+DISCLOSABLE_ATTRIBUTES = frozenset(
+    [f.name for f in common_pb2.Person.DESCRIPTOR.fields] + ["age_over_18"]
+)
+
+_KEY_ID = r"^[A-Za-z0-9._:-]{1,128}$"
+_ENDPOINT = re.compile(r"[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}")
+
+RegionCode = Annotated[str, Field(pattern=r"^[1-9][0-9]{5}$")]
+KeyId = Annotated[str, Field(pattern=_KEY_ID)]
+
+
+def _resolve(value: Path | None, info: ValidationInfo) -> Path | None:
+    if value is None or value.is_absolute():
+        return value
+    base = (info.context or {}).get("base_dir")
+    return (Path(base) / value).resolve() if base else value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ProvinceSection(_Model):
+    code: RegionCode
+    name: str = Field(min_length=1)
+    local_name: str = ""
+
+    @field_validator("code")
+    @classmethod
+    def _province_level(cls, value: str) -> str:
+        if not value.endswith("0000"):
+            raise ValueError("a province-level GB/T 2260 code ending in 0000")
+        return value
+
+
+class NodeSection(_Model):
+    #: host:port where local clients reach the node (TLS, token or no client certificate).
+    endpoint: str
+    #: host:port where peer nodes (and certificate-holding local clients) reach the
+    #: node over mutual TLS. Required with [tls]; without TLS it may be omitted
+    #: (development only) and peers use ``endpoint``.
+    federation_endpoint: str | None = None
+    #: Folder of the node's SQLite stores (messages.db: message log; state.db: cases, outbox).
+    store: Path = Path("var")
+    max_clock_skew_seconds: int = Field(120, ge=1, le=3600)
+    status_max_age_seconds: int = Field(30, ge=1, le=3600)
+    #: host:port of the Prometheus /metrics endpoint (HTTP; keep it on loopback or
+    #: a management network). Omitted: no metrics endpoint.
+    metrics_endpoint: str | None = None
+    #: Longest wait between two delivery attempts of an outbox item.
+    outbox_max_backoff_seconds: float = Field(5.0, ge=0.1, le=3600)
+    #: An outbox item still failing this long after it was written is PARKED for an
+    #: operator (``yrd-gateway outbox list --parked``) instead of retried for ever.
+    park_after_seconds: float = Field(86_400.0, gt=0, le=365 * 86_400)
+    #: Calls one worker serves at once (local and federation calls together).
+    #: Beyond it a call is refused at once with RESOURCE_EXHAUSTED instead of
+    #: queueing: an overloaded node sheds load with bounded memory and latency.
+    max_concurrent_calls: int = Field(500, ge=1, le=100_000)
+
+    @field_validator("endpoint", "federation_endpoint", "metrics_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not _ENDPOINT.fullmatch(value):
+            raise ValueError("host:port")
+        return value
+
+    @property
+    def peer_endpoint(self) -> str:
+        """Where other nodes send federation envelopes."""
+        return self.federation_endpoint or self.endpoint
+
+    _store = field_validator("store")(_resolve)
+
+
+class PublishedKey(_Model):
+    key_id: KeyId
+    public_key: Path
+    not_before: datetime
+    not_after: datetime
+    #: Own file only: the private part, for a key this node signs with during
+    #: its window (key rotation). Peers' files never carry it.
+    private_key: Path | None = None
+
+    _public_key = field_validator("public_key")(_resolve)
+    _private_key = field_validator("private_key")(_resolve)
+
+    @model_validator(mode="after")
+    def _window(self) -> PublishedKey:
+        if self.not_before.tzinfo is None or self.not_after.tzinfo is None:
+            raise ValueError("not_before and not_after as UTC instants (ending in Z)")
+        if self.not_after <= self.not_before:
+            raise ValueError("not_after later than not_before")
+        return self
+
+
+class SigningSection(_Model):
+    private_key: Path | None = None
+    key_id: KeyId
+    public_keys: tuple[PublishedKey, ...] = Field(min_length=1)
+
+    _private_key = field_validator("private_key")(_resolve)
+
+    @model_validator(mode="after")
+    def _own_key_published(self) -> SigningSection:
+        if self.key_id not in {k.key_id for k in self.public_keys}:
+            raise ValueError(f"key_id {self.key_id!r} to be one of signing.public_keys")
+        return self
+
+
+class EidSection(_Model):
+    authority_url: str = Field(pattern=r"^https?://")
+    issuer_private_key: Path | None = None
+    issuer_keys: tuple[PublishedKey, ...] = Field(min_length=1)
+
+    _issuer_private_key = field_validator("issuer_private_key")(_resolve)
+
+
+class FundSection(_Model):
+    centre_url: str = Field(pattern=r"^https?://")
+
+
+class CertificateSection(_Model):
+    """This province's e-certificate library, and the keys its issuing
+    authorities seal certificates with (published to every province)."""
+
+    library_url: str | None = Field(None, pattern=r"^https?://")
+    seal_keys: tuple[PublishedKey, ...] = ()
+
+
+class CaseSection(_Model):
+    """This province's system for inter-provincial service cases."""
+
+    system_url: str = Field(pattern=r"^https?://")
+
+
+class ServicesSection(_Model):
+    offers: tuple[str, ...] = ()
+    calls: tuple[str, ...] = ()
+
+    @field_validator("offers", "calls")
+    @classmethod
+    def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if name not in FEDERATION_SERVICES:
+                raise ValueError(f"federation service names from {sorted(FEDERATION_SERVICES)}")
+        return value
+
+
+class TlsSection(_Model):
+    """This node's transport identity (own file only; peers need just the CA)."""
+
+    certificate: Path
+    private_key: Path
+    #: The federation CA's certificate: the trust anchor for peers and clients.
+    ca: Path
+
+    _certificate = field_validator("certificate")(_resolve)
+    _private_key = field_validator("private_key")(_resolve)
+    _ca = field_validator("ca")(_resolve)
+
+
+class ClientSection(_Model):
+    id: str = Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")
+    name: str = ""
+    #: SHA-256 (hex) of the client's bearer token ...
+    token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    #: ... and/or SHA-256 (hex) of its TLS client certificate (DER), for clients
+    #: that call the mutual-TLS federation endpoint.
+    certificate_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    services: tuple[str, ...] = ()
+    purposes: tuple[str, ...] = ()
+    #: Purposes it may fetch e-certificates for (codes agreed in the federation,
+    #: e.g. MARRIAGE_REGISTRATION); sent with each request and logged.
+    certificate_purposes: tuple[str, ...] = ()
+    #: Calls per second allowed on average, and the burst above it.
+    rate_per_second: float = Field(50.0, gt=0, le=100_000)
+    burst: int = Field(100, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _credential(self) -> ClientSection:
+        if self.token_sha256 is None and self.certificate_sha256 is None:
+            raise ValueError("token_sha256 or certificate_sha256 (a client needs a credential)")
+        return self
+
+    @field_validator("services")
+    @classmethod
+    def _services(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if name not in PUBLIC_SERVICES:
+                raise ValueError(f"gRPC service names from {sorted(PUBLIC_SERVICES)}")
+        return value
+
+    @field_validator("purposes")
+    @classmethod
+    def _purposes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if name not in PURPOSES:
+                raise ValueError(f"purposes from {sorted(PURPOSES)}")
+        return value
+
+
+class ProvinceConfig(_Model):
+    """One province's config file, validated."""
+
+    province: ProvinceSection
+    node: NodeSection
+    signing: SigningSection
+    eid: EidSection
+    fund: FundSection | None = None
+    certificate: CertificateSection | None = None
+    case: CaseSection | None = None
+    tls: TlsSection | None = None
+    services: ServicesSection = ServicesSection()
+    disclosure: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    clients: tuple[ClientSection, ...] = ()
+    adapter: AdapterConfig
+    #: The file this config was read from (set by the loader).
+    source: Path = Path("<memory>")
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_plugin(cls, value: AdapterConfig, info: ValidationInfo) -> AdapterConfig:
+        # The plug-in [adapter.plugin] names must be installed, and take its
+        # settings, before a node starts. An embedding application or a test may
+        # pass its own registry in the validation context ("adapter_plugins").
+        context = info.context if isinstance(info.context, dict) else {}
+        registry = context.get("adapter_plugins")
+        problems = plugin_problems(
+            value, registry if isinstance(registry, PluginRegistry) else None
+        )
+        if problems:
+            raise problems_error(problems)
+        return value
+
+    @field_validator("disclosure")
+    @classmethod
+    def _disclosure(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for purpose, attributes in value.items():
+            if purpose not in PURPOSES:
+                raise ValueError(f"purposes from {sorted(PURPOSES)} as keys, not {purpose!r}")
+            for attribute in attributes:
+                if attribute not in DISCLOSABLE_ATTRIBUTES:
+                    raise ValueError(
+                        f"attribute names from {sorted(DISCLOSABLE_ATTRIBUTES)} in "
+                        f"disclosure.{purpose}, not {attribute!r}"
+                    )
+        return value
+
+    @property
+    def code(self) -> str:
+        return self.province.code
+
+    def client_by_token_digest(self, digest: str) -> ClientSection | None:
+        for client in self.clients:
+            if client.token_sha256 == digest:
+                return client
+        return None
+
+    def client_by_certificate(self, fingerprint: str) -> ClientSection | None:
+        for client in self.clients:
+            if client.certificate_sha256 == fingerprint:
+                return client
+        return None
+
+
+class FederationConfig(_Model):
+    """Every province's config, keyed by province code, and which one is this node."""
+
+    provinces: dict[str, ProvinceConfig]
+    own: str
+
+    @property
+    def me(self) -> ProvinceConfig:
+        return self.provinces[self.own]
+
+    def peer(self, code: str) -> ProvinceConfig | None:
+        return self.provinces.get(code)
+
+    def require_peer(self, field_name: str, province: str, service: str) -> ProvinceConfig:
+        """The peer named in a request field: it exists, is not this node's own
+        province, and accepts ``service`` from it; otherwise a status naming the field."""
+        from gateway.core.errors import FailedPrecondition, InvalidArgument
+        from gateway.core.identifiers import validate_region_code
+
+        validate_region_code(field_name, province)
+        peer = self.peer(province)
+        if peer is None:
+            raise InvalidArgument(
+                field_name, f"a province of the federation ({', '.join(sorted(self.provinces))})"
+            )
+        if province == self.own:
+            raise InvalidArgument(
+                field_name,
+                f"a province other than this node's own ({self.own}); this node's "
+                "own back-ends are reached directly",
+            )
+        if service not in peer.services.offers or service not in self.me.services.calls:
+            raise FailedPrecondition(
+                f"{field_name}: province {province} does not accept {service} from {self.own}"
+            )
+        return peer
+
+
+def _problems(path: Path, exc: ValidationError) -> list[str]:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        expected = error["msg"]
+        expected = expected.removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            expected = "no such key (unknown keys are refused)"
+        elif error["type"] == "missing":
+            expected = "this required key"
+            lines.append(f"{path}: {key}: missing, expected {expected}")
+            continue
+        lines.append(format_problem(path, key, error.get("input"), expected))
+    return lines
+
+
+def parse_province_file(path: Path) -> ProvinceConfig:
+    """Read and validate one province file; raise ConfigError naming every problem."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot be read: {exc.strerror}"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
+    return validate_province(raw, path)
+
+
+def validate_province(raw: Mapping[str, Any], path: Path) -> ProvinceConfig:
+    data = dict(raw)
+    data["source"] = path
+    try:
+        config = ProvinceConfig.model_validate(data, context={"base_dir": path.parent})
+    except ValidationError as exc:
+        raise ConfigError(_problems(path, exc)) from exc
+    problems = _check_files(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _check_files(config: ProvinceConfig) -> list[str]:
+    from gateway.core.crypto import load_public_key
+
+    problems = []
+    keys = [(f"signing.public_keys.{i}", k) for i, k in enumerate(config.signing.public_keys)] + [
+        (f"eid.issuer_keys.{i}", k) for i, k in enumerate(config.eid.issuer_keys)
+    ]
+    if config.certificate is not None:
+        keys += [
+            (f"certificate.seal_keys.{i}", k) for i, k in enumerate(config.certificate.seal_keys)
+        ]
+    for where, key in keys:
+        try:
+            load_public_key(key.public_key.read_bytes())
+        except OSError:
+            problems.append(
+                format_problem(
+                    config.source, f"{where}.public_key", str(key.public_key), "a readable PEM file"
+                )
+            )
+        except ValueError as exc:
+            problems.append(
+                format_problem(config.source, f"{where}.public_key", str(key.public_key), str(exc))
+            )
+    return problems
+
+
+def load_federation(own_file: Path, *, directory: Path | None = None) -> FederationConfig:
+    """Load ``own_file`` and every other ``*.toml`` beside it (or in ``directory``)."""
+    own_file = own_file.resolve()
+    folder = directory or own_file.parent
+    files = sorted({own_file, *(p.resolve() for p in folder.glob("*.toml"))})
+    problems: list[str] = []
+    provinces: dict[str, ProvinceConfig] = {}
+    own_code = ""
+    for path in files:
+        try:
+            config = parse_province_file(path)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        if config.code in provinces:
+            problems.append(
+                format_problem(
+                    path,
+                    "province.code",
+                    config.code,
+                    f"a code not already used by {provinces[config.code].source}",
+                )
+            )
+            continue
+        provinces[config.code] = config
+        if path == own_file:
+            own_code = config.code
+    if not problems and own_code:
+        me = provinces[own_code]
+        if me.tls is not None:
+            for key in ("certificate", "private_key", "ca"):
+                path = getattr(me.tls, key)
+                if not path.exists():
+                    problems.append(
+                        format_problem(own_file, f"tls.{key}", str(path), "an existing PEM file")
+                    )
+            if me.node.federation_endpoint is None:
+                problems.append(
+                    format_problem(
+                        own_file,
+                        "node.federation_endpoint",
+                        None,
+                        "host:port of the mutual-TLS endpoint (with [tls])",
+                    )
+                )
+        if me.signing.private_key is None:
+            problems.append(
+                format_problem(
+                    own_file,
+                    "signing.private_key",
+                    None,
+                    "the path of this node's signing key (PKCS#8 PEM)",
+                )
+            )
+        elif not me.signing.private_key.exists():
+            problems.append(
+                format_problem(
+                    own_file,
+                    "signing.private_key",
+                    str(me.signing.private_key),
+                    "an existing PEM file",
+                )
+            )
+    if problems:
+        raise ConfigError(problems)
+    return FederationConfig(provinces=provinces, own=own_code)
+
+
+def check_files(files: list[Path]) -> list[str]:
+    """Validate each file on its own (``yrd-gateway config check``); return problems."""
+    problems: list[str] = []
+    seen: dict[str, Path] = {}
+    for path in files:
+        try:
+            config = parse_province_file(path)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        if config.code in seen:
+            problems.append(
+                format_problem(
+                    path,
+                    "province.code",
+                    config.code,
+                    f"a code not already used by {seen[config.code]}",
+                )
+            )
+        seen[config.code] = path
+    return problems

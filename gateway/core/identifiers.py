@@ -1,0 +1,169 @@
+"""Real-world identifiers, validated: resident ID numbers, credit codes, regions."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from datetime import date
+
+from stdnum import luhn
+from stdnum.cn import ric, uscc
+from stdnum.exceptions import ValidationError
+
+from gateway.core.errors import InvalidArgument
+
+#: GB/T 2260 codes of the provinces of the federation and their names.
+PROVINCES: dict[str, str] = {
+    "310000": "Shanghai",
+    "320000": "Jiangsu",
+    "330000": "Zhejiang",
+    "340000": "Anhui",
+}
+
+#: GB/T 2260 province-level prefixes: the first two digits of every region code
+#: (and so of every resident ID number). Anything else is not a region of China.
+PROVINCE_PREFIXES = "11-15, 21-23, 31-37, 41-46, 50-54, 61-65, 71, 81-83"
+_PREFIX = r"(?:1[1-5]|2[1-3]|3[1-7]|4[1-6]|5[0-4]|6[1-5]|71|8[1-3])"
+# [0-9], not \d: \d also matches full-width and other scripts' digits.
+REGION_CODE_PATTERN = _PREFIX + r"[0-9]{4}"
+_REGION = re.compile(REGION_CODE_PATTERN)
+_ID_FORM = re.compile(r"[0-9]{17}[0-9X]")
+
+
+def province_of(region_code: str) -> str:
+    """The province-level code (``xx0000``) of a six-digit region code."""
+    return region_code[:2] + "0000"
+
+
+def is_region_code(value: str) -> bool:
+    """Six ASCII digits starting with a GB/T 2260 province-level prefix."""
+    return _REGION.fullmatch(value) is not None
+
+
+def validate_region_code(field: str, value: str) -> str:
+    if not is_region_code(value):
+        raise InvalidArgument(
+            field,
+            f"a six-digit GB/T 2260 region code (province prefix {PROVINCE_PREFIXES})",
+        )
+    return value
+
+
+def id_number_problem(value: str, today: date | None = None) -> str | None:
+    """What is wrong with an ID number in canonical form (upper-case, no blanks),
+    as the expectation it fails, or None when it is a valid GB 11643 number.
+
+    The one rule for resident ID numbers: the node's field checks
+    (:func:`validate_id_number`) and the mapping engine's ``gb11643`` check use
+    it. It checks the form, the province prefix of the region code, a real
+    birth date between 1900 and today, and the ISO 7064 MOD 11-2 check
+    character (python-stdnum's). It never includes the number. The county code
+    is not looked up in a table: counties are created and merged, and a
+    resident keeps the number of a county that no longer exists (stdnum's full
+    validate would refuse them, as it refuses codes assigned after the birth).
+    """
+    if not _ID_FORM.fullmatch(value):
+        return "18 characters: 17 digits then a digit or upper-case X (GB 11643)"
+    if not _REGION.fullmatch(value[:6]):
+        return f"a GB/T 2260 region code in characters 1-6 (province prefix {PROVINCE_PREFIXES})"
+    try:
+        born = date(int(value[6:10]), int(value[10:12]), int(value[12:14]))
+    except ValueError:
+        return "a real birth date YYYYMMDD in characters 7-14"
+    if born.year < 1900 or born > (today or date.today()):
+        return "a birth date between 1900 and today in characters 7-14"
+    if ric.calc_check_digit(value) != value[17]:
+        return "a valid check character in position 18 (ISO 7064 MOD 11-2)"
+    return None
+
+
+def make_id_number(region: str, birth: date, sequence: int) -> str:
+    """An 18-character resident ID number from its parts (sequence 0..999, odd
+    for a man), with its ISO 7064 MOD 11-2 check character: synthetic residents
+    and generated test data are built by the same rule that checks them."""
+    first17 = f"{region}{birth:%Y%m%d}{sequence:03d}"
+    # stdnum computes over a whole number: the 18th character is a placeholder.
+    return first17 + ric.calc_check_digit(first17 + "0")
+
+
+def validate_id_number(field: str, value: str) -> str:
+    """Validate an 18-character GB 11643 resident ID number; return it upper-cased.
+
+    Blanks around it and a lower-case ``x`` are accepted; the rule is
+    :func:`id_number_problem`'s, and a refusal says which part failed without
+    echoing the number.
+    """
+    if not value:
+        raise InvalidArgument(field, "an 18-character GB 11643 resident ID number, got nothing")
+    candidate = value.strip().upper()
+    problem = id_number_problem(candidate)
+    if problem is not None:
+        raise InvalidArgument(field, problem)
+    return candidate
+
+
+#: Bidirectional embedding, override and isolate controls: text that displays
+#: otherwise than it reads.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def is_plain_text(value: str, *, multiline: bool = False) -> bool:
+    """No control characters (line breaks and tabs allowed when ``multiline``),
+    lone surrogates or bidirectional overrides. Private-use characters pass:
+    rare characters in Chinese names are often encoded there."""
+    allowed = "\n\r\t" if multiline else ""
+    return not any(
+        ch not in allowed and (unicodedata.category(ch) in ("Cc", "Cs") or ch in _BIDI_CONTROLS)
+        for ch in value
+    )
+
+
+def validate_text(field: str, value: str, what: str, max_chars: int) -> str:
+    """A required one-line text field (a name, a bank): 1..max_chars plain characters."""
+    if not value.strip() or len(value) > max_chars or not is_plain_text(value):
+        raise InvalidArgument(
+            field, f"{what}, 1..{max_chars} characters without control characters"
+        )
+    return value
+
+
+def validate_credit_code(field: str, value: str) -> str:
+    """Validate an 18-character GB 32100 unified social credit code."""
+    candidate = value.strip().upper()
+    try:
+        return str(uscc.validate(candidate))
+    except ValidationError as exc:
+        raise InvalidArgument(
+            field, "an 18-character GB 32100 unified social credit code with a valid check"
+        ) from exc
+
+
+def mask_id_number(value: str) -> str:
+    """Mask an ID number for logs: region prefix (4) and last 4 kept."""
+    if len(value) <= 8:
+        return "*" * len(value)
+    return value[:4] + "*" * (len(value) - 8) + value[-4:]
+
+
+_IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{8,128}")
+
+
+def validate_idempotency_key(field: str, value: str) -> str:
+    if not _IDEMPOTENCY_KEY.fullmatch(value):
+        raise InvalidArgument(field, "8..128 characters of [A-Za-z0-9._:-], unique per case")
+    return value
+
+
+def validate_bank_account(field: str, value: str) -> str:
+    """A payee bank card/account number: 12..19 digits with a valid Luhn check digit."""
+    if not re.fullmatch(r"[0-9]{12,19}", value):
+        raise InvalidArgument(field, "a bank account number of 12..19 digits")
+    if not luhn.is_valid(value):
+        raise InvalidArgument(field, "a bank account number with a valid Luhn check digit")
+    return value
+
+
+def validate_fund_account(field: str, value: str) -> str:
+    if not re.fullmatch(r"[0-9]{8,20}", value):
+        raise InvalidArgument(field, "a provident-fund account number of 8..20 digits")
+    return value

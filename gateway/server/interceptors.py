@@ -1,0 +1,325 @@
+"""Cross-cutting concerns of every RPC, in one server interceptor.
+
+- correlation id: taken from ``x-correlation-id`` metadata or made, bound into
+  structlog's contextvars and echoed in the trailing metadata;
+- authentication of local clients (``authorization: Bearer <token>``; the node
+  keeps only the token's SHA-256) and authorisation per gRPC service;
+- the one mapping of domain errors to gRPC statuses, with ``google.rpc``
+  details (BadRequest field violations, RetryInfo) where they help; anything
+  unexpected becomes INTERNAL with the correlation id, never a raw UNKNOWN;
+- one JSON log line per call with method, client, status and duration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from gateway.config.models import ClientSection, ProvinceConfig
+from gateway.core.errors import (
+    EnvelopeRejected,
+    GatewayError,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
+from gateway.core.metrics import NodeMetrics
+from gateway.core.tokenbucket import TokenBucket
+from gateway.services.calls import current_client, current_correlation_id
+from gateway.trust.envelope import HEADER_BOUNDS
+from gateway.trust.tls import certificate_fingerprint, peer_certificate, province_of_certificate
+
+log = structlog.get_logger("yrd.rpc")
+
+#: A caller's correlation id as envelope headers carry it (1..128 printable ASCII).
+_CORRELATION_ID = HEADER_BOUNDS["correlation_id"][0]
+
+FEDERATION_SERVICE = "yrd.federation.v1.FederationService"
+
+#: Services that need no client credential: standard probes, and the federation
+#: service, whose callers are authenticated by their signed envelopes (and mTLS).
+OPEN_SERVICES = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+        "yrd.federation.v1.FederationService",
+    }
+)
+
+
+#: Longest status message a caller gets, in UTF-8 bytes. Clients refuse
+#: response metadata over 16 KiB (the message travels percent-encoded in
+#: ``grpc-message`` and again in ``grpc-status-details-bin``): a longer one
+#: would reach the caller as RESOURCE_EXHAUSTED instead of its real code.
+MAX_STATUS_MESSAGE = 1024
+#: Longest field path in a BadRequest detail.
+MAX_FIELD_NAME = 128
+
+
+def bounded(text: str, limit: int = MAX_STATUS_MESSAGE) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (on a character boundary)."""
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - 3].decode("utf-8", "ignore") + "…"
+
+
+def status_of(exc: GatewayError) -> grpc.Status:
+    """The status a caller gets for a domain error, with ``google.rpc`` details:
+    BadRequest (the field) for InvalidArgument, RetryInfo for any error that
+    says when to retry (``retry_after``), ErrorInfo for a refused envelope."""
+    message = bounded(exc.message)
+    details: list[Message] = []
+    if isinstance(exc, InvalidArgument):
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=bounded(exc.field, MAX_FIELD_NAME), description=message
+                    )
+                ]
+            )
+        )
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(retry_after, int | float):
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.FromMilliseconds(max(1, int(retry_after * 1000)))
+        details.append(info)
+    if isinstance(exc, EnvelopeRejected):
+        details.append(
+            error_details_pb2.ErrorInfo(
+                reason=bounded(exc.reason.upper(), MAX_FIELD_NAME), domain="yrd.gateway"
+            )
+        )
+    status = status_pb2.Status(code=exc.code.value[0], message=message)
+    for detail in details:
+        status.details.add().Pack(detail)
+    return rpc_status.to_status(status)
+
+
+def _peer_name(context: grpc.aio.ServicerContext) -> str:
+    """Who called the federation service, by its TLS certificate: ``peer:<province>``
+    (the province the federation CA certified), else ``certificate:<8 hex>``, else ``-``.
+    The sender an envelope claims is the federation server's to log."""
+    certificate = peer_certificate(context)
+    if certificate is None:
+        return "-"
+    province = province_of_certificate(certificate)
+    if province is not None:
+        return f"peer:{province}"
+    return f"certificate:{certificate_fingerprint(certificate)[:8]}"
+
+
+@dataclass(frozen=True)
+class _CallStatus(grpc.Status):  # type: ignore[misc]  # grpc-stubs types grpc.Status as Any
+    """A status to abort with: grpc-status-details plus the correlation id."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
+class RateLimiter:
+    """A token bucket per local client: ``rate_per_second`` on average, ``burst`` at once."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def admit(self, client: ClientSection) -> None:
+        bucket = self._buckets.get(client.id)
+        if bucket is None:
+            bucket = self._buckets[client.id] = TokenBucket(client.rate_per_second, client.burst)
+        bucket.rate, bucket.capacity = client.rate_per_second, client.burst  # after a reload
+        wait = bucket.take()
+        if wait > 0.0:
+            raise ResourceExhausted(
+                f"client {client.id} is over its rate limit of {client.rate_per_second:g} calls/s "
+                f"(burst {client.burst}); retry after {wait:.2f} s",
+                retry_after=wait,
+            )
+
+
+class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc-stubs types it as Any
+    def __init__(
+        self, province: Callable[[], ProvinceConfig], metrics: NodeMetrics | None = None
+    ) -> None:
+        self._metrics = metrics
+        #: Called per request so that a config reload takes effect at once.
+        self._province = province
+        self.rate_limiter = RateLimiter()
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def identify(
+        self, metadata: tuple[tuple[str, Any], ...], certificate: bytes | None = None
+    ) -> tuple[ClientSection | None, str]:
+        """The registered client a call presents (by TLS certificate or bearer
+        token), or None, and the name it goes by in the log: the client id, or
+        for an unregistered credential a fingerprint (the first 8 hex digits of
+        its SHA-256, never the token itself), or ``-`` when it presents none."""
+        province = self._province()
+        fingerprint = ""
+        if certificate is not None:
+            fingerprint = certificate_fingerprint(certificate)
+            by_certificate = province.client_by_certificate(fingerprint)
+            if by_certificate is not None:
+                return by_certificate, by_certificate.id
+        token = ""
+        for key, value in metadata:
+            if key == "authorization" and isinstance(value, str):
+                scheme, _, token = value.partition(" ")
+                if scheme.lower() != "bearer":
+                    token = ""
+        if token:
+            digest = hashlib.sha256(token.encode()).hexdigest()
+            client = province.client_by_token_digest(digest)
+            if client is not None:
+                return client, client.id
+            return None, f"token:{digest[:8]}"
+        if fingerprint:
+            return None, f"certificate:{fingerprint[:8]}"
+        return None, "-"
+
+    def authenticate(
+        self,
+        service: str,
+        metadata: tuple[tuple[str, Any], ...],
+        certificate: bytes | None = None,
+    ) -> ClientSection:
+        """The client by its TLS certificate (federation endpoint) or bearer token."""
+        return self._admit(*self.identify(metadata, certificate), service)
+
+    def _admit(self, client: ClientSection | None, claimed: str, service: str) -> ClientSection:
+        if client is None:
+            if claimed.startswith("token:"):
+                raise Unauthenticated("authorization: the token is not registered with this node")
+            raise Unauthenticated("authorization: expected 'Bearer <client token>' metadata")
+        return self._authorise(client, service)
+
+    @staticmethod
+    def _authorise(client: ClientSection, service: str) -> ClientSection:
+        if service not in client.services:
+            raise PermissionDenied(f"client {client.id} may not call {service}")
+        return client
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method
+        # One wrapped handler per method, made at its first call (the services
+        # are fixed when the server starts).
+        cached = self._handlers.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        wrapped_handler = self._wrap(method, handler)
+        self._handlers[method] = wrapped_handler
+        return wrapped_handler
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        service = method.split("/")[1] if method.count("/") >= 2 else method
+        behavior = handler.unary_unary
+
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.monotonic()
+            metadata = context.invocation_metadata() or ()
+            correlation_id = ""
+            for key, value in metadata:
+                # Only one that a peer's envelope check accepts travels on; any
+                # other is replaced by a fresh one.
+                if (
+                    key == "x-correlation-id"
+                    and isinstance(value, str)
+                    and value
+                    and _CORRELATION_ID.fullmatch(value)
+                ):
+                    correlation_id = value
+            correlation_id = correlation_id or str(uuid.uuid4())
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(
+                node=self._province().code, correlation_id=correlation_id, method=method
+            )
+            current_correlation_id.set(correlation_id)
+            client_id = "-"
+            code = grpc.StatusCode.OK
+            reason = ""
+            try:
+                if service not in OPEN_SERVICES:
+                    claimed, client_id = self.identify(metadata, peer_certificate(context))
+                    client = self._admit(claimed, client_id, service)
+                    self.rate_limiter.admit(client)
+                    current_client.set(client)
+                # Echoed with the status (trailing metadata): no extra frame per call.
+                context.set_trailing_metadata((("x-correlation-id", correlation_id),))
+                return await behavior(request, context)
+            except GatewayError as exc:
+                code = exc.code
+                reason = (
+                    exc.reason if isinstance(exc, EnvelopeRejected) else bounded(exc.message, 200)
+                )
+                status = status_of(exc)
+                await context.abort_with_status(
+                    _CallStatus(
+                        status.code,
+                        status.details,
+                        (*status.trailing_metadata, ("x-correlation-id", correlation_id)),
+                    )
+                )
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                reason = "aborted by the handler"
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                reason = "unexpected error"
+                log.exception("unexpected error")
+                await context.abort(
+                    grpc.StatusCode.INTERNAL,
+                    f"internal error; quote correlation id {correlation_id} to the operator",
+                    trailing_metadata=(("x-correlation-id", correlation_id),),
+                )
+            finally:
+                if self._metrics is not None:
+                    self._metrics.observe_rpc(method, code.name, started)
+                # An accepted federation call is logged by its "exchange" line; a
+                # refused one (bad envelope, wrong certificate) only here. A
+                # refusal names the client it claimed to be and why.
+                if code != grpc.StatusCode.OK:
+                    if service == FEDERATION_SERVICE:
+                        client_id = _peer_name(context)
+                    log.info(
+                        "rpc",
+                        client=client_id,
+                        code=code.name,
+                        reason=reason,
+                        duration_ms=round((time.monotonic() - started) * 1000, 2),
+                    )
+                elif service != FEDERATION_SERVICE:
+                    log.info(
+                        "rpc",
+                        client=client_id,
+                        code=code.name,
+                        duration_ms=round((time.monotonic() - started) * 1000, 2),
+                    )
+            return None  # pragma: no cover - abort raises
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -1,0 +1,716 @@
+"""A province node: one ``grpc.aio`` server hosting the public services and the
+federation service, with its trust store, message log and back-end adapters.
+
+A node is an async context manager with an idempotent :meth:`Node.stop`:
+health goes NOT_SERVING, the server stops with a grace period for in-flight
+calls, then the message log is flushed and the stores are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from adapters import (
+    build_case_system,
+    build_certificate_library,
+    build_fund_centre,
+    build_identity_authority,
+)
+from adapters.base import FundCentre, IdentityAuthority
+from gateway.config.models import FederationConfig, ProvinceConfig, load_federation
+from gateway.core.clock import Clock, SystemClock
+from gateway.core.errors import ConfigError, FailedPrecondition
+from gateway.core.metrics import BREAKER_VALUES, MetricsServer, NodeMetrics
+from gateway.federation.client import CHANNEL_OPTIONS, FederationClient
+from gateway.federation.outbox import Outbox
+from gateway.federation.server import FederationServicer
+from gateway.server.interceptors import GatewayInterceptor
+from gateway.server.reflection import enable_server_reflection
+from gateway.services.admin import AdminServicer
+from gateway.services.case import SERVICE_CASE, CaseServicer
+from gateway.services.certificate import CertificateExchange, CertificateServicer
+from gateway.services.fund import WITHDRAWAL, FundExchange, FundServicer
+from gateway.services.identity import IdentityExchange, IdentityServicer
+from gateway.services.tracked import TrackedExchange, TrackedProcessor
+from gateway.storage.messagelog import HeadKeys, MessageLog
+from gateway.storage.state import StateStore
+from gateway.trust.envelope import MAX_ENVELOPE_BYTES, EnvelopeSigner, EnvelopeVerifier
+from gateway.trust.tls import TlsMaterial
+from gateway.trust.truststore import TrustStore
+from yrd.admin.v1 import admin_pb2, admin_pb2_grpc
+from yrd.case.v1 import case_pb2, case_pb2_grpc
+from yrd.certificate.v1 import certificate_pb2, certificate_pb2_grpc
+from yrd.federation.v1 import federation_pb2
+from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
+from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
+
+log = structlog.get_logger("yrd.node")
+
+#: Server options: the documented maximum message size (an envelope of
+#: MAX_ENVELOPE_BYTES plus framing); larger messages get RESOURCE_EXHAUSTED.
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_receive_message_length", MAX_ENVELOPE_BYTES + 64 * 1024),
+    ("grpc.max_send_message_length", MAX_ENVELOPE_BYTES + 64 * 1024),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+)
+
+PUBLIC_SERVICE_NAMES = (
+    identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name,
+    fund_pb2.DESCRIPTOR.services_by_name["FundService"].full_name,
+    certificate_pb2.DESCRIPTOR.services_by_name["CertificateService"].full_name,
+    case_pb2.DESCRIPTOR.services_by_name["CaseService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    federation_pb2.DESCRIPTOR.services_by_name["FederationService"].full_name,
+)
+
+
+class NodeStartError(Exception):
+    """The node cannot start. The message names the cause in one line; nothing
+    the node opened is left open (no listener, no store, no lock)."""
+
+
+class LogIntegrityError(NodeStartError):
+    """The message log does not verify from its last signed head to its tail."""
+
+
+class AddressUnavailable(NodeStartError, RuntimeError):
+    """A port the node cannot bind. Also a RuntimeError, what grpc raises for it,
+    so a harness that retries on another port (LocalFederation) still does."""
+
+
+def probe_address(address: str | None) -> None:
+    """Raise AddressUnavailable if ``address`` (HOST:PORT) cannot be bound now.
+
+    Bound without SO_REUSEPORT, so a listener that shares its port with others
+    (another node's workers) is found too; port 0 is always free."""
+    if address is None:
+        return
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit() or int(port) == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            raise AddressUnavailable(f"cannot listen on {address}: {exc.strerror}") from exc
+
+
+class StoreLock:
+    """An OS lock (``flock``) on ``node.lock`` in the store folder, held for the
+    node's life: a second node on the same stores is refused before it opens
+    them. The worker processes of one node (``serve --workers N``) share the
+    supervisor's lock: they inherit its open file (the lock belongs to it), so
+    the stores stay locked until the last process of the node has exited."""
+
+    FILE = "node.lock"
+
+    def __init__(self, store_dir: Path, fd: int) -> None:
+        self.path = store_dir / self.FILE
+        self.fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, store_dir: Path) -> StoreLock:
+        path = store_dir / cls.FILE
+        try:
+            store_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise NodeStartError(f"cannot lock the store {store_dir}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise NodeStartError(
+                f"the store {store_dir} is in use by another node (pid {holder}); "
+                "one node per store folder"
+            ) from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return cls(store_dir, fd)
+
+    @classmethod
+    def inherited(cls, store_dir: Path, fd: int) -> StoreLock:
+        """The lock a supervisor passed to its worker (its open file ``fd``)."""
+        path = store_dir / cls.FILE
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+            # Our own open file already holds the lock: this succeeds at once;
+            # any other file of a node holding the lock is refused.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            raise NodeStartError(f"the store {store_dir} is not locked for this worker") from exc
+        if not same:
+            raise NodeStartError(f"the store {store_dir} is not locked for this worker")
+        return cls(store_dir, fd)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+
+def check_keys(me: ProvinceConfig) -> None:
+    """Read every private key and certificate this node will use, so that an
+    unreadable one stops the start with its config key and file named."""
+    paths: list[tuple[str, Path | None]] = [("signing.private_key", me.signing.private_key)]
+    paths += [
+        (f"signing.public_keys[{k.key_id}].private_key", k.private_key)
+        for k in me.signing.public_keys
+    ]
+    if me.tls is not None:
+        paths += [
+            ("tls.private_key", me.tls.private_key),
+            ("tls.certificate", me.tls.certificate),
+            ("tls.ca", me.tls.ca),
+        ]
+    for name, path in paths:
+        if path is None:
+            continue
+        try:
+            data = path.read_bytes()
+            if name.endswith("private_key"):
+                serialization.load_pem_private_key(data, password=None)
+            elif b"-----BEGIN CERTIFICATE-----" not in data:
+                raise ValueError("not a PEM certificate")
+        except OSError as exc:
+            raise NodeStartError(f"cannot read {name} ({path}): {exc.strerror}") from exc
+        except (ValueError, TypeError) as exc:
+            cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise NodeStartError(f"cannot read {name} ({path}): {cause}") from exc
+
+
+async def check_log_at_start(
+    message_log: MessageLog, keys: HeadKeys, *, continue_past_break: bool
+) -> None:
+    """Verify an open message log as a node does before serving
+    (MessageLog.check_at_start). A break no segment acknowledges raises
+    LogIntegrityError naming the row and the cause, unless the operator asked to
+    continue past it: then a new signed segment records it."""
+    report = await message_log.check_at_start(keys)
+    broken = report.unacknowledged
+    if broken is None:
+        return
+    if not continue_past_break:
+        raise LogIntegrityError(
+            f"refusing to start: the message log {message_log.path} is broken at "
+            f"row {broken.seq}: {broken.detail} (see `yrd-gateway audit verify`; "
+            "`serve --continue-past-break` records it and continues)"
+        )
+    seq = await message_log.continue_past_break(report)
+    log.warning(
+        "continued past a break in the message log",
+        broken_row=broken.seq,
+        cause=broken.detail,
+        segment_row=seq,
+    )
+
+
+async def prepare_node_stores(federation: FederationConfig, *, continue_past_break: bool) -> None:
+    """Open a node's stores once without starting the node, before the workers of
+    ``serve --workers N`` do: the message log is checked once
+    (check_log_at_start), and the state store is created (or migrated) by one
+    process rather than raced for by several on a fresh folder."""
+    me = federation.me
+    signer = EnvelopeSigner.from_config(me, SystemClock())
+
+    def sign(statement: bytes) -> tuple[str, bytes]:
+        key_id, private_key = signer.current()
+        return key_id, private_key.sign(statement)
+
+    try:
+        message_log = await MessageLog(
+            me.node.store / "messages.db", province=me.code, head_signer=sign
+        ).open()
+    except (OSError, sqlite3.Error) as exc:
+        raise NodeStartError(f"cannot open the message log: {exc}") from exc
+    try:
+        await check_log_at_start(
+            message_log, TrustStore(federation).head_key, continue_past_break=continue_past_break
+        )
+    finally:
+        await message_log.close()
+    state = StateStore(me.node.store / "state.db")
+    try:
+        await state.open()
+    except (OSError, sqlite3.Error) as exc:
+        raise NodeStartError(f"cannot open the state store {state.path}: {exc}") from exc
+    finally:
+        await state.close()
+
+
+class Node:
+    """One province's gateway node."""
+
+    def __init__(
+        self,
+        federation: FederationConfig,
+        *,
+        clock: Clock | None = None,
+        authority: IdentityAuthority | None = None,
+        fund_centre: FundCentre | None = None,
+        store_dir: Path | None = None,
+        listen: str | None = None,
+        federation_listen: str | None = None,
+        grace: float = 5.0,
+        config_file: Path | None = None,
+        workers: int = 1,
+        worker_index: int = 0,
+        continue_past_break: bool = False,
+        check_log: bool = True,
+        lock_fd: int | None = None,
+    ) -> None:
+        #: Several worker processes may serve one node on the same ports
+        #: (SO_REUSEPORT); the first one also runs the background work (outbox,
+        #: back-end processors), the others only serve calls.
+        self.workers = workers
+        self.worker_index = worker_index
+        self.federation = federation
+        #: Where the config was read from: SIGHUP and ReloadConfig re-read it.
+        self.config_file = config_file
+        self.reloads = 0
+        self.clock = clock or SystemClock()
+        me = federation.me
+        check_keys(me)
+        #: Start-up: verify the message log (check_at_start) and refuse a break,
+        #: or record a new segment past it (``serve --continue-past-break``).
+        self.check_log = check_log
+        self.continue_past_break = continue_past_break
+        self._lock_fd = lock_fd
+        self._store_lock: StoreLock | None = None
+        self._quiet_stop = False
+        self.listen = listen or me.node.endpoint
+        self.federation_listen = federation_listen or me.node.federation_endpoint
+        self.tls = (
+            TlsMaterial.load(me.tls.certificate, me.tls.private_key, me.tls.ca) if me.tls else None
+        )
+        self.store_dir = store_dir or me.node.store
+        self.grace = grace
+        self.trust = TrustStore(federation)
+        self.metrics = NodeMetrics(me.code)
+        self.metrics_server: MetricsServer | None = None
+        self.signer = EnvelopeSigner.from_config(me, self.clock)
+        self.message_log = MessageLog(
+            self.store_dir / "messages.db",
+            # A measuring knob (docs/operations.md): 1 turns grouping off.
+            batch_max=int(os.environ.get("YRD_MESSAGE_LOG_BATCH_MAX", "512")),
+            clock=self.clock,
+            province=me.code,
+            head_signer=self.sign_statement,
+        )
+        self.state = StateStore(self.store_dir / "state.db")
+        #: Stores that cannot write now: health is NOT_SERVING while any is here.
+        self.unwritable: set[str] = set()
+        self._health_tasks: set[asyncio.Task[None]] = set()
+        self._probing: asyncio.Task[Any] | None = None
+        self.state.on_writable = self._store_writable("state store")
+        self.message_log.on_writable = self._store_writable("message log")
+        self.verifier = EnvelopeVerifier(federation, self.trust, self.clock)
+        tls = self.tls
+        self.federation_client = FederationClient(
+            federation,
+            self.signer,
+            self.verifier,
+            self.message_log,
+            metrics=self.metrics,
+            channel_factory=(
+                None
+                if tls is None
+                else lambda endpoint: grpc.aio.secure_channel(
+                    endpoint, tls.channel_credentials(), options=CHANNEL_OPTIONS
+                )
+            ),
+        )
+        self._authority = authority
+        self._fund_centre = fund_centre
+        self.outbox: Outbox | None = None
+        self.processors: list[TrackedProcessor[Any]] = []
+        self._closeables: list[Any] = []
+        self.health = HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.federation_port = 0
+        self.started_at = self.clock.now()
+        self._stopped = False
+        self._stop_lock = asyncio.Lock()
+
+    @property
+    def code(self) -> str:
+        return self.federation.own
+
+    def _store_writable(self, name: str) -> Callable[[bool], None]:
+        """The callback a store calls when it stops or starts being writable."""
+
+        def changed(writable: bool) -> None:
+            (self.unwritable.discard if writable else self.unwritable.add)(name)
+            self.metrics.store_writable.set(0 if self.unwritable else 1)
+            log.warning(
+                "store writable again" if writable else "store cannot write; NOT_SERVING",
+                store=name,
+            )
+            tasks = [self._follow_writable()]
+            if not writable and self._probing is None:
+                tasks.append(self._probe_stores())
+            for coroutine in tasks:
+                task = asyncio.create_task(coroutine)
+                self._health_tasks.add(task)
+                task.add_done_callback(self._health_tasks.discard)
+
+        return changed
+
+    async def _probe_stores(self) -> None:
+        """While a store cannot write, try a tiny write every second: a node with no
+        traffic (health NOT_SERVING keeps it away) still learns that it recovered."""
+        self._probing = asyncio.current_task()
+        try:
+            while self.unwritable and not self._stopped:
+                await asyncio.sleep(1.0)
+                if "state store" in self.unwritable:
+                    await self.state.probe()
+                if "message log" in self.unwritable:
+                    await self.message_log.probe()
+        finally:
+            self._probing = None
+
+    async def _follow_writable(self) -> None:
+        """Health as the stores now are (read when the task runs: flips keep order)."""
+        if self._stopped or self.server is None:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.NOT_SERVING
+            if self.unwritable
+            else health_pb2.HealthCheckResponse.SERVING
+        )
+        for name in (*PUBLIC_SERVICE_NAMES, ""):
+            await self.health.set(name, status)
+
+    def sign_statement(self, statement: bytes) -> tuple[str, bytes]:
+        """Sign with the current envelope key (chain heads of the message log)."""
+        key_id, private_key = self.signer.current()
+        return key_id, private_key.sign(statement)
+
+    def head_keys(self, province: str, key_id: str, at: datetime) -> Ed25519PublicKey | None:
+        return self.trust.head_key(province, key_id, at)
+
+    async def start(self) -> Node:
+        """Lock the stores, bind the ports, then open and check the stores, then
+        serve. Any failure undoes what was done and raises (NodeStartError with a
+        one-line cause for what an operator can fix)."""
+        try:
+            return await self._start()
+        except BaseException:
+            self._quiet_stop = True  # it never served: no "node stopped" line
+            await self.stop(0)
+            raise
+
+    def _lock_store(self) -> None:
+        if self._lock_fd is not None:
+            self._store_lock = StoreLock.inherited(self.store_dir, self._lock_fd)
+        else:
+            self._store_lock = StoreLock.acquire(self.store_dir)
+
+    def _bind(self, me: ProvinceConfig) -> grpc.aio.Server:
+        """The server with its ports bound (before any store is opened)."""
+        server = grpc.aio.server(
+            interceptors=[GatewayInterceptor(lambda: self.federation.me, self.metrics)],
+            maximum_concurrent_rpcs=me.node.max_concurrent_calls,
+            options=(*SERVER_OPTIONS, ("grpc.so_reuseport", 1 if self.workers > 1 else 0)),
+        )
+        self.server = server
+        if self.tls is not None and self.federation_listen is None:
+            raise NodeStartError("node.federation_endpoint is required with [tls]")
+        for address, credentials in (
+            (self.listen, None if self.tls is None else self.tls.public_server_credentials()),
+            (
+                self.federation_listen,
+                None if self.tls is None else self.tls.mutual_server_credentials(),
+            ),
+        ):
+            if address is None:
+                continue
+            if self.workers == 1:  # (the supervisor of several workers probed already)
+                probe_address(address)
+            try:
+                port = (
+                    server.add_insecure_port(address)
+                    if credentials is None
+                    else server.add_secure_port(address, credentials)
+                )
+            except RuntimeError:  # grpc: "Failed to bind to address ..."
+                port = 0
+            if port == 0:
+                raise AddressUnavailable(
+                    f"cannot listen on {address}: the address is in use or not available here"
+                )
+            if address == self.listen:
+                self.port = port
+            else:
+                self.federation_port = port
+        return server
+
+    async def _open_stores(self) -> None:
+        """Open the message log, check it (see MessageLog.check_at_start), then
+        the state store."""
+        try:
+            await self.message_log.open()
+        except (OSError, sqlite3.Error) as exc:
+            raise NodeStartError(
+                f"cannot open the message log {self.message_log.path}: {exc}"
+            ) from exc
+        if self.check_log:
+            await check_log_at_start(
+                self.message_log, self.head_keys, continue_past_break=self.continue_past_break
+            )
+        try:
+            await self.state.open()
+        except (OSError, sqlite3.Error) as exc:
+            raise NodeStartError(f"cannot open the state store {self.state.path}: {exc}") from exc
+
+    async def _start(self) -> Node:
+        me = self.federation.me
+        self._lock_store()
+        server = self._bind(me)
+        await self._open_stores()
+        authority = self._authority or build_identity_authority(
+            me.adapter, me.eid.authority_url, clock=self.clock
+        )
+        self._authority = authority
+        identity = self.identity = IdentityExchange(
+            federation=self.federation,
+            trust=self.trust,
+            client=self.federation_client,
+            authority=authority,
+            store=self.state,
+            clock=self.clock,
+        )
+        identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(identity), server)
+        backends = self._backends(me)
+        fund = self.fund = FundExchange(
+            WITHDRAWAL,
+            federation=self.federation,
+            client=self.federation_client,
+            store=self.state,
+            backend=backends["fund"],
+            clock=self.clock,
+        )
+        cases = self.cases = TrackedExchange(
+            SERVICE_CASE,
+            federation=self.federation,
+            client=self.federation_client,
+            store=self.state,
+            backend=backends["case"],
+            clock=self.clock,
+        )
+        certificates = self.certificates = CertificateExchange(
+            federation=self.federation,
+            trust=self.trust,
+            client=self.federation_client,
+            library=backends["certificate"],
+            clock=self.clock,
+        )
+        tracked: list[TrackedExchange[Any]] = [fund, cases]
+        self.outbox = Outbox(
+            self.state,
+            self.federation_client,
+            {name: route for exchange in tracked for name, route in exchange.routes().items()},
+            max_backoff=me.node.outbox_max_backoff_seconds,
+            park_after=me.node.park_after_seconds,
+            metrics=self.metrics,
+            idle_poll=1.0 if self.workers == 1 else 0.1,
+        )
+        for exchange in tracked:
+            exchange.outbox = self.outbox
+            exchange.metrics = self.metrics
+            if exchange.backend is not None:
+                processor = TrackedProcessor(
+                    exchange,
+                    self.state,
+                    exchange.backend,
+                    self.clock,
+                    idle_poll=1.0 if self.workers == 1 else 0.1,
+                )
+                exchange.processor = processor
+                self.processors.append(processor)
+        fund_pb2_grpc.add_FundServiceServicer_to_server(FundServicer(fund), server)
+        certificate_pb2_grpc.add_CertificateServiceServicer_to_server(
+            CertificateServicer(certificates), server
+        )
+        case_pb2_grpc.add_CaseServiceServicer_to_server(CaseServicer(cases), server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self), server)
+        federation = FederationServicer(
+            self.signer,
+            self.verifier,
+            self.message_log,
+            require_peer_certificate=self.tls is not None,
+            metrics=self.metrics,
+            handlers={
+                "identity.CheckCredential": identity.handle_federated,
+                "certificate.Fetch": certificates.handle_fetch,
+                **fund.handlers(),
+                **cases.handlers(),
+            },
+        )
+        server.add_generic_rpc_handlers((federation.generic_handler(),))
+        self.federation_server = federation  # its answer memory's size, for tests
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        # grpc.reflection.v1 and v1alpha (current tools ask for v1 first).
+        enable_server_reflection(
+            (*PUBLIC_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
+            server,
+        )
+        await server.start()
+        for name in PUBLIC_SERVICE_NAMES:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        identity.metrics = certificates.metrics = self.metrics
+        self.metrics.refresh = self._refresh_metrics
+        if me.node.metrics_endpoint is not None:
+            host, _, port = me.node.metrics_endpoint.rpartition(":")
+            # Worker i of a multi-process node serves its own metrics on port + i.
+            metrics_port = int(port) + self.worker_index if int(port) else 0
+            try:
+                self.metrics_server = await MetricsServer(self.metrics, host, metrics_port).start()
+            except OSError as exc:
+                raise NodeStartError(
+                    f"cannot listen on {host}:{metrics_port} (metrics): {exc.strerror}"
+                ) from exc
+        if self.worker_index == 0:
+            await self.outbox.start()
+            for processor in self.processors:
+                await processor.start()
+        self.started_at = self.clock.now()
+        log.info("node started", province=me.code, listen=self.listen, port=self.port)
+        return self
+
+    def _backends(self, me: ProvinceConfig) -> dict[str, Any]:
+        """This province's back-end connectors (injected ones first, then from config)."""
+        found: dict[str, Any] = {"fund": self._fund_centre, "case": None, "certificate": None}
+        if found["fund"] is None and me.fund is not None and me.adapter.fund is not None:
+            found["fund"] = build_fund_centre(me.adapter, me.fund.centre_url, clock=self.clock)
+        if me.case is not None and me.adapter.case is not None:
+            found["case"] = build_case_system(me.adapter, me.case.system_url, clock=self.clock)
+        if (
+            me.certificate is not None
+            and me.certificate.library_url is not None
+            and me.adapter.certificate is not None
+        ):
+            found["certificate"] = build_certificate_library(
+                me.adapter, me.certificate.library_url, clock=self.clock
+            )
+        self._closeables = [b for b in found.values() if b is not None]
+        return found
+
+    async def _refresh_metrics(self) -> None:
+        depth, oldest = await self.state.outbox_stats()
+        self.metrics.outbox_depth.set(depth)
+        self.metrics.outbox_oldest.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
+        self.metrics.outbox_items.clear()
+        self.metrics.outbox_items_oldest.clear()
+        for peer, state, items, created in await self.state.outbox_by_peer():
+            self.metrics.outbox_items.labels(peer, state).set(items)
+            self.metrics.outbox_items_oldest.labels(peer, state).set(
+                max(0.0, time.time() - created)
+            )
+        self.metrics.log_rows.set(await self.message_log.count())
+        self.metrics.log_commits.set(self.message_log.commits)
+        in_reconciliation = await self.state.reconciliation_counts()
+        for domain in ("withdrawal", "case"):
+            self.metrics.reconciliation.labels(domain).set(in_reconciliation.get(domain, 0))
+        for code in self.federation.provinces:
+            if code != self.code:
+                state = self.federation_client.breaker_state(code).value
+                self.metrics.breaker.labels(code).set(BREAKER_VALUES[state])
+
+    async def reload(self, federation: FederationConfig) -> None:
+        """Take a new, already validated federation config without dropping calls.
+
+        Calls in flight finish with the config they started with; new calls see
+        the new one. Keys, peers, endpoints of peers, clients, disclosure
+        policies and services change; this node's own listening addresses, TLS
+        certificate and ``max_concurrent_calls`` need a restart.
+        """
+        if federation.own != self.federation.own:
+            raise ConfigError.one(
+                federation.me.source,
+                "province.code",
+                federation.own,
+                f"this node's province {self.federation.own} (a reload cannot change it)",
+            )
+        signer = EnvelopeSigner.from_config(federation.me, self.clock)
+        trust = TrustStore(federation)
+        self.signer.update(signer)
+        self.verifier.update(federation, trust)
+        await self.federation_client.update(federation)
+        self.identity.update(federation)
+        self.fund.update(federation)
+        self.cases.update(federation)
+        self.certificates.update(federation, trust)
+        self.trust = trust
+        self.federation = federation
+        self.reloads += 1
+        log.info("config reloaded", province=federation.own, provinces=sorted(federation.provinces))
+
+    async def reload_from_disk(self) -> None:
+        """Re-read the config folder; a bad config raises ConfigError and changes nothing."""
+        if self.config_file is None:
+            raise FailedPrecondition("this node was not started from a config file")
+        await self.reload(load_federation(self.config_file))
+
+    async def __aenter__(self) -> Node:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain and stop; safe to call more than once."""
+        async with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            for task in list(self._health_tasks):  # store probes, health updates
+                task.cancel()
+            await self.health.enter_graceful_shutdown()
+            if self.server is not None:
+                await self.server.stop(self.grace if grace is None else grace)
+            if self.metrics_server is not None:
+                await self.metrics_server.stop()
+            if self.outbox is not None:
+                await self.outbox.stop()
+            for processor in self.processors:
+                await processor.stop()
+            await self.federation_client.close()
+            if self._authority is not None:
+                await self._authority.aclose()
+            for backend in self._closeables:
+                await backend.aclose()
+            await self.message_log.close()
+            await self.state.close()
+            if self._store_lock is not None:
+                self._store_lock.release()
+            if not self._quiet_stop:
+                log.info("node stopped", province=self.code)
+
+    async def wait(self) -> None:
+        if self.server is not None:
+            await self.server.wait_for_termination()

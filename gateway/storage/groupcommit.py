@@ -1,0 +1,213 @@
+"""Group commit: many writers, one transaction, every caller answered after it.
+
+Callers submit items and wait. One task takes every item waiting (up to
+``batch_max``) and hands the whole group, in one hop, to the store's own
+thread, where ``apply`` writes them in one transaction and commits; only then
+is each caller answered, with its own outcome. Under load one commit (one
+fsync) serves many callers; with no load a lone item is written at once.
+
+The message log and the state store are both written this way, and this is
+where their SQLite write failures (disk full, file-size limit, I/O error,
+read-only file) become :class:`~gateway.core.errors.StoreUnavailable`: a node that
+cannot write answers UNAVAILABLE, never INTERNAL. ``on_writable`` hears when the
+store stops being writable and when a commit succeeds again (node health).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Generic, TypeVar
+
+from gateway.core.errors import StoreUnavailable
+
+I = TypeVar("I")  # noqa: E741 - the item type
+
+#: An item's outcome: (True, result) or (False, the exception to raise for it).
+Outcome = tuple[bool, Any]
+
+
+class GroupCommitClosed(RuntimeError):
+    pass
+
+
+#: SQLite primary result codes meaning "this write cannot be done now": busy or
+#: locked past the busy timeout, read-only, I/O error (EFBIG included), disk
+#: full, cannot open, locking protocol.
+_CANNOT_WRITE = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """Roll back after a failed write, if a transaction is still open: SQLite ends
+    it itself on some errors (a failed COMMIT), and "cannot rollback - no
+    transaction is active" must not hide the error that caused it."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):  # the first error is the one reported
+            conn.execute("ROLLBACK")
+
+
+def write_failure(name: str, exc: BaseException) -> StoreUnavailable | None:
+    """The StoreUnavailable for a failed SQLite write, or None if ``exc`` is not one
+    (a constraint, a bug: those stay what they are)."""
+    if isinstance(exc, StoreUnavailable):
+        return exc
+    if isinstance(exc, sqlite3.DatabaseError):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in _CANNOT_WRITE:
+            return StoreUnavailable(f"{name} cannot write: {exc}")
+        if code is None and isinstance(exc, sqlite3.OperationalError):
+            return StoreUnavailable(f"{name} cannot write: {exc}")
+    if isinstance(exc, OSError):
+        return StoreUnavailable(f"{name} cannot write: {exc.strerror or exc}")
+    return None
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: a failure was already handled by the writer
+
+
+class GroupCommit(Generic[I]):
+    def __init__(
+        self,
+        name: str,
+        apply: Callable[[list[I]], list[Outcome]],
+        executor: ThreadPoolExecutor,
+        *,
+        batch_max: int,
+        after_group: Callable[[], Awaitable[None]] | None = None,
+        on_writable: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._name = name
+        self._apply = apply
+        self._executor = executor
+        self._batch_max = batch_max
+        self._after_group = after_group
+        #: Told False when a group fails because the store cannot write, and
+        #: True at the next group that commits.
+        self.on_writable = on_writable
+        self.writable = True
+        self._queue: asyncio.Queue[tuple[I, asyncio.Future[Any]] | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        #: Commits made and items written, for metrics and the benchmark.
+        self.commits = 0
+        self.items = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self._name)
+
+    async def submit(self, item: I) -> Any:
+        """Queue ``item``; return its result once its group is committed."""
+        if self._closed or self._task is None:
+            raise GroupCommitClosed(f"{self._name} is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((item, future))
+        # A caller that gives up (is cancelled) cancels only its own future: the
+        # item is still written, and the writer skips answering it.
+        return await future
+
+    async def submit_all(self, items: list[I]) -> list[Any]:
+        """Queue ``items`` together (they are committed in one group); return
+        their results once it is committed."""
+        if self._closed or self._task is None:
+            raise GroupCommitClosed(f"{self._name} is closed")
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in items]
+        for item, future in zip(items, futures, strict=True):
+            self._queue.put_nowait((item, future))
+        return [await future for future in futures]
+
+    def enqueue(self, item: I) -> None:
+        """Queue ``item`` without waiting for it (its commit is not reported;
+        :meth:`close` still writes it)."""
+        if self._closed or self._task is None:
+            raise GroupCommitClosed(f"{self._name} is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_consume)
+        self._queue.put_nowait((item, future))
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            group: list[tuple[I, asyncio.Future[Any]]] = []
+            if first is None:
+                stopping = True
+            else:
+                group.append(first)
+            while len(group) < self._batch_max and not self._queue.empty():
+                more = self._queue.get_nowait()
+                if more is None:
+                    stopping = True
+                else:
+                    group.append(more)
+            if group:
+                await self._commit(group)
+                if self._after_group is not None:
+                    await self._after_group()
+
+    async def _commit(self, group: list[tuple[I, asyncio.Future[Any]]]) -> None:
+        try:
+            outcomes = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._apply, [item for item, _ in group]
+            )
+        except Exception as exc:  # the transaction failed: nothing of the group is durable
+            mapped = write_failure(self._name, exc)
+            if mapped is not None:
+                self._set_writable(False)
+            for _, future in group:
+                if not future.done():
+                    # A fresh exception per caller: one raised object shared by
+                    # many tasks would chain their tracebacks into each other.
+                    future.set_exception(
+                        exc if mapped is None else StoreUnavailable(mapped.message)
+                    )
+            return
+        self.commits += 1
+        self.items += sum(ok for ok, _ in outcomes)
+        writable = True
+        for (_, future), (ok, value) in zip(group, outcomes, strict=True):
+            if not ok:
+                mapped = write_failure(self._name, value)
+                if mapped is not None:
+                    writable, value = False, mapped
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+        self._set_writable(writable)
+
+    def set_writable(self, writable: bool) -> None:
+        """Record whether the store can write (a probe's finding, or a group's)."""
+        self._set_writable(writable)
+
+    def _set_writable(self, writable: bool) -> None:
+        if writable != self.writable:
+            self.writable = writable
+            if self.on_writable is not None:
+                self.on_writable(writable)
+
+    async def close(self) -> None:
+        """Write everything queued, then stop. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._queue.put_nowait(None)
+            await self._task

@@ -1,0 +1,875 @@
+"""The message log: every envelope sent and received, hash-chained (DESIGN §4).
+
+Rows live in SQLite (aiosqlite, WAL, ``synchronous=FULL``). Each row's hash
+covers the previous row's hash and the row's own fields (with the SHA-256 of
+the envelope), so editing, deleting or reordering any row breaks the chain at
+that row, which :meth:`MessageLog.verify` reports.
+
+Writes are grouped: callers enqueue a row and wait; one writer task takes every
+row waiting (up to ``batch_max``), chains them, inserts them in one transaction
+and commits, then answers every caller. A caller is answered only once its row
+is committed, and one fsync serves many rows under load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sqlite3
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gateway.core import crypto
+from gateway.core.clock import Clock, SystemClock
+from gateway.storage.groupcommit import GroupCommit, rollback
+
+GENESIS = b"\x00" * 32
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS message_log (
+    seq            INTEGER PRIMARY KEY,
+    logged_at      TEXT NOT NULL,      -- ISO 8601 UTC
+    direction      TEXT NOT NULL,      -- 'out' | 'in'
+    kind           TEXT NOT NULL,      -- 'request' | 'response'
+    message_id     TEXT NOT NULL,
+    correlation_id TEXT NOT NULL,
+    peer           TEXT NOT NULL,      -- GB/T 2260 code of the other node
+    service        TEXT NOT NULL,
+    envelope       BLOB NOT NULL,      -- serialized SignedEnvelope, as sent/received
+    prev_hash      BLOB NOT NULL,
+    row_hash       BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS message_log_message_id ON message_log (message_id);
+CREATE INDEX IF NOT EXISTS message_log_correlation ON message_log (correlation_id);
+-- The chain head, signed by the node from time to time: a log cut short at its
+-- end (truncated) no longer reaches a signed head, which verify reports.
+CREATE TABLE IF NOT EXISTS chain_heads (
+    id         INTEGER PRIMARY KEY,
+    province   TEXT NOT NULL,
+    head_seq   INTEGER NOT NULL,
+    head_hash  BLOB NOT NULL,
+    signed_at  TEXT NOT NULL,       -- ISO 8601 UTC
+    key_id     TEXT NOT NULL,
+    signature  BLOB NOT NULL        -- over head_statement(...)
+);
+-- One row, rewritten by a node that could not write, to learn when it can again
+-- (outside the chain: it records nothing).
+CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
+"""
+
+#: A row of this kind starts a new segment of the chain: the node was started
+#: past a break (``serve --continue-past-break``). Its envelope is a signed JSON
+#: statement naming the broken row and the cause; a signed head follows it.
+SEGMENT_KIND = "segment"
+SEGMENT_SERVICE = "log.continue-past-break"
+#: At start the node re-checks the rows from the last signed head that lies at
+#: least this many rows before the tail (or from row 1): a bounded cost however
+#: long the log (docs/operations.md); ``audit verify`` checks the whole log.
+START_CHECK_ROWS = 10_000
+
+#: Signs a chain-head statement: returns (key id, signature).
+HeadSigner = Callable[[bytes], tuple[str, bytes]]
+#: Finds the public key that verifies a province's head signature by key id.
+HeadKeys = Callable[[str, str, datetime], Ed25519PublicKey | None]
+
+
+def head_statement(province: str, head_seq: int, head_hash: bytes, signed_at: str) -> bytes:
+    """The exact bytes a node signs to vouch for its chain head."""
+    return f"yrd-chain-head/v1\n{province}\n{head_seq}\n{head_hash.hex()}\n{signed_at}".encode()
+
+
+@dataclass(frozen=True)
+class SignedHead:
+    province: str
+    head_seq: int
+    head_hash: bytes
+    signed_at: str
+    key_id: str
+    signature: bytes
+
+    @property
+    def statement(self) -> bytes:
+        return head_statement(self.province, self.head_seq, self.head_hash, self.signed_at)
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    direction: str
+    kind: str
+    message_id: str
+    correlation_id: str
+    peer: str
+    service: str
+    envelope: bytes
+    #: Incoming requests: the envelope's nonce. Unique per peer in the log, so a
+    #: replay is caught even by another worker process of the same node.
+    nonce: bytes = b""
+    #: Incoming requests: also look up the response this node already logged for
+    #: the same message id from the same peer (a retry whose answer was lost).
+    find_answer: bool = False
+
+
+#: Responses :meth:`MessageLog.append_request` returns for a message id, newest
+#: first: the answer to the request is among them unless a peer sent more than
+#: this many conflicting requests under its id since (then it is handled again).
+ANSWERS_LOOKED_UP = 4
+
+
+@dataclass(frozen=True)
+class LoggedExchange:
+    """What the log already held for an incoming request's (peer, message id)."""
+
+    #: The first request logged under it; None when this request is the first.
+    first_request: bytes | None
+    #: The newest responses logged under it (at most ANSWERS_LOOKED_UP), newest first.
+    answers: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class LoggedRow:
+    seq: int
+    logged_at: str
+    entry: LogEntry
+    prev_hash: bytes
+    row_hash: bytes
+
+
+@dataclass(frozen=True)
+class Break:
+    """A row where the chain does not hold, and the segment row (if any) by which
+    the node recorded that it continued past it."""
+
+    seq: int
+    detail: str
+    acknowledged_by: int = 0  # seq of a later segment row; 0 = not acknowledged
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    intact: bool
+    rows_checked: int
+    first_bad_seq: int
+    detail: str
+    head_hash: bytes
+    breaks: tuple[Break, ...] = ()
+
+    @property
+    def unacknowledged(self) -> Break | None:
+        """The first break no later segment acknowledges (a node refuses to start on it)."""
+        return next((b for b in self.breaks if not b.acknowledged_by), None)
+
+
+def segment_statement(
+    broken: Break, *, province: str, previous_tail: int, heads_before: int, at: str
+) -> bytes:
+    """The statement of a segment row: what the node continued past, and when."""
+    return json.dumps(
+        {
+            "statement": "yrd-continue-past-break/v1",
+            "province": province,
+            "broken_row": broken.seq,
+            "cause": broken.detail,
+            "previous_tail": previous_tail,
+            # Chain heads signed before the continuation (ids up to this one)
+            # vouch for the old segment; a mismatch there is part of the break.
+            "heads_before": heads_before,
+            "at": at,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+
+
+def _heads_before(envelope: bytes, keys: HeadKeys | None) -> int:
+    """``heads_before`` of a segment row's envelope; 0 (no head is taken as the
+    old segment's) if it cannot be read or, given keys, its signature does not
+    verify with the node's key: a forged statement excuses nothing."""
+    try:
+        outer = json.loads(envelope)
+        statement = base64.b64decode(outer["statement"])
+        inner = json.loads(statement)
+        if keys is not None:
+            key = keys(inner["province"], outer["key_id"], datetime.fromisoformat(inner["at"]))
+            signature = base64.b64decode(outer["signature"])
+            if key is None or not crypto.verify(key, signature, statement):
+                return 0
+        return int(inner["heads_before"])
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
+def row_hash(
+    prev_hash: bytes,
+    seq: int,
+    logged_at: str,
+    entry: LogEntry,
+    *,
+    envelope_digest: bytes | None = None,
+) -> bytes:
+    """SHA-256 over the previous hash and length-prefixed fields of the row.
+
+    The envelope enters by its SHA-256, so a row can be re-checked from its
+    envelope's digest alone (audit evidence carries no other resident's data).
+    """
+    parts = [
+        str(seq).encode(),
+        logged_at.encode(),
+        entry.direction.encode(),
+        entry.kind.encode(),
+        entry.message_id.encode(),
+        entry.correlation_id.encode(),
+        entry.peer.encode(),
+        entry.service.encode(),
+        envelope_digest if envelope_digest is not None else crypto.sha256(entry.envelope),
+    ]
+    data = bytearray(prev_hash)
+    for part in parts:
+        data += struct.pack(">I", len(part)) + part
+    return crypto.sha256(bytes(data))
+
+
+class DuplicateNonce(Exception):
+    """An incoming request whose nonce the log already holds for that peer (a replay)."""
+
+
+class MessageLogClosed(RuntimeError):
+    pass
+
+
+class MessageLog:
+    """Append-only, hash-chained log of envelopes; an async context manager."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Clock | None = None,
+        batch_max: int = 512,
+        province: str = "",
+        head_signer: HeadSigner | None = None,
+        head_interval: float = 2.0,
+    ) -> None:
+        self.path = path
+        self.province = province
+        self._head_signer = head_signer
+        self._head_interval = head_interval
+        self._head_signed_at = 0.0
+        self._signed_seq = 0
+        self._clock = clock or SystemClock()
+        self._batch_max = batch_max
+        self._db: aiosqlite.Connection | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._writer: GroupCommit[LogEntry] | None = None
+        self._head = GENESIS
+        self._next_seq = 1
+        self._closed = False
+        #: Told False when a write fails because the file cannot be written, True
+        #: when a write succeeds again (the node's health follows it).
+        self.on_writable: Callable[[bool], None] | None = None
+
+        #: A start-up check found a break no segment acknowledges: sign no head
+        #: (it would vouch for the broken rows) until a segment records it.
+        self._break_found = False
+
+    async def open(self) -> MessageLog:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="message-log")
+        loop = asyncio.get_running_loop()
+        self._head, self._next_seq = await loop.run_in_executor(self._executor, self._open_writer)
+        # Reads (count, rows, verify) on a connection of their own: they see
+        # only committed rows and never wait behind the writer's thread.
+        self._db = await aiosqlite.connect(self.path, timeout=30)
+        self._writer = GroupCommit(
+            f"message-log:{self.path.name}",
+            self._write_sync,
+            self._executor,
+            batch_max=self._batch_max,
+            after_group=self._after_group,
+            on_writable=self._writable_changed,
+        )
+        self._writer.start()
+        return self
+
+    def _open_writer(self) -> tuple[bytes, int]:
+        """In the writer thread: connect, create or migrate the schema, read the head."""
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(message_log)")}
+        if "nonce" not in columns:  # logs written before nonces were kept
+            conn.execute("ALTER TABLE message_log ADD COLUMN nonce BLOB")
+        conn.execute(
+            "CREATE UNIQUE INDEX IF NOT EXISTS message_log_nonce ON message_log (peer, nonce)"
+            " WHERE nonce IS NOT NULL"
+        )
+        # Segment rows are few; start-up and audit find them without a scan.
+        conn.execute(
+            "CREATE INDEX IF NOT EXISTS message_log_segments ON message_log (seq)"
+            " WHERE kind = 'segment'"  # SEGMENT_KIND (a partial index takes no parameters)
+        )
+        self._conn = conn
+        signed = conn.execute("SELECT MAX(head_seq) FROM chain_heads").fetchone()
+        self._signed_seq = int(signed[0]) if signed and signed[0] is not None else 0
+        return self._last_row(conn)
+
+    @staticmethod
+    def _last_row(conn: sqlite3.Connection) -> tuple[bytes, int]:
+        row = conn.execute(
+            "SELECT seq, row_hash FROM message_log ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        return (bytes(row[1]), int(row[0]) + 1) if row else (GENESIS, 1)
+
+    async def probe(self) -> bool:
+        """Try a real (tiny) write outside the chain: True if the log can write again."""
+        conn, writer = self._conn, self._writer
+        if conn is None or writer is None or self._closed:
+            return False
+
+        def write() -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, ?)", (time.time(),)
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                rollback(conn)
+                raise
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, write)
+        except Exception:  # still failing: the next probe tries again
+            return False
+        writer.set_writable(True)
+        return True
+
+    def _writable_changed(self, writable: bool) -> None:
+        if self.on_writable is not None:
+            self.on_writable(writable)
+
+    async def __aenter__(self) -> MessageLog:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def append(self, entry: LogEntry) -> int:
+        """Append a row; return its sequence number once it is committed."""
+        seq: int = await self._live_writer().submit(entry)
+        return seq
+
+    async def append_request(self, entry: LogEntry) -> tuple[int, LoggedExchange]:
+        """Append an incoming request; return its sequence number and what this
+        node already logged for the same message id from the same peer (written
+        by another worker, or before a restart): the first request and the
+        newest responses."""
+        logged: tuple[int, LoggedExchange] = await self._live_writer().submit(
+            replace(entry, find_answer=True)
+        )
+        return logged
+
+    async def append_all(self, entries: tuple[LogEntry, ...]) -> list[int]:
+        """Append rows in one group (one commit); return their sequence numbers."""
+        return await self._live_writer().submit_all(list(entries))
+
+    async def append_operator_action(
+        self, *, action: str, subject: str, operator: str, reason: str = ""
+    ) -> int:
+        """Record an operator's action (retry, park, resolve ...) as a chained row:
+        direction "local", kind "operator", service "operator.<action>", and as
+        envelope a JSON statement of the action, signed with the node's key when
+        the log has one (the same key that signs its chain heads)."""
+        statement = {
+            "action": action,
+            "subject": subject,
+            "operator": operator,
+            "reason": reason,
+            "at": self._clock.now().isoformat(),
+        }
+        body = json.dumps(statement, sort_keys=True, separators=(",", ":")).encode()
+        document: dict[str, Any] = {"statement": statement}
+        if self._head_signer is not None:
+            key_id, signature = self._head_signer(b"yrd-operator-action/v1\n" + body)
+            document["key_id"] = key_id
+            document["signature"] = base64.b64encode(signature).decode()
+        return await self.append(
+            LogEntry(
+                "local",
+                "operator",
+                str(uuid.uuid4()),
+                "",
+                "",
+                f"operator.{action}",
+                json.dumps(document, sort_keys=True).encode(),
+            )
+        )
+
+    def enqueue(self, entry: LogEntry) -> None:
+        """Queue a row without waiting for its commit (for a caller that cannot
+        wait, e.g. one being cancelled); :meth:`close` still writes it."""
+        self._live_writer().enqueue(entry)
+
+    def _live_writer(self) -> GroupCommit[LogEntry]:
+        if self._closed or self._writer is None:
+            raise MessageLogClosed("message log is closed")
+        return self._writer
+
+    @property
+    def commits(self) -> int:
+        """Commits of the grouped writer (rows per commit = rows_written / commits)."""
+        return self._writer.commits if self._writer else 0
+
+    @property
+    def rows_written(self) -> int:
+        return self._writer.items if self._writer else 0
+
+    async def _after_group(self) -> None:
+        if time.monotonic() - self._head_signed_at >= self._head_interval:
+            await self._sign_head()
+
+    async def _sign_head(self) -> None:
+        """Sign and store the committed chain head (if it moved since the last one)."""
+        if self._head_signer is None or self._conn is None or self._break_found:
+            return
+        head_seq, head = self._next_seq - 1, self._head
+        if head_seq <= self._signed_seq:
+            return
+        signed_at = self._clock.now().isoformat()
+        key_id, signature = self._head_signer(
+            head_statement(self.province, head_seq, head, signed_at)
+        )
+        conn = self._conn
+
+        def insert() -> None:
+            conn.execute(
+                "INSERT INTO chain_heads (province, head_seq, head_hash, signed_at, key_id,"
+                " signature) VALUES (?,?,?,?,?,?)",
+                (self.province, head_seq, head, signed_at, key_id, signature),
+            )
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, insert)
+        except Exception:  # a missed head is caught up by the next one
+            return
+        self._signed_seq = head_seq
+        self._head_signed_at = time.monotonic()
+
+    def _write_sync(self, entries: list[LogEntry]) -> list[tuple[bool, Any]]:
+        """In the writer thread. The head is read inside the write transaction
+        (BEGIN IMMEDIATE), so several worker processes of one node extend one
+        chain without forking it; a nonce already logged for the peer is refused."""
+        conn = self._conn
+        assert conn is not None
+        logged_at = self._clock.now().isoformat()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            head, seq = self._last_row(conn)
+            rows: list[tuple[Any, ...]] = []
+            outcomes: list[tuple[bool, Any]] = []
+            nonces: set[tuple[str, bytes]] = set()
+            #: First request of each (peer, message id) in this group, not yet inserted.
+            firsts: dict[tuple[str, str], bytes] = {}
+            for entry in entries:
+                if entry.nonce:
+                    key = (entry.peer, entry.nonce)
+                    seen = (
+                        key in nonces
+                        or conn.execute(
+                            "SELECT 1 FROM message_log WHERE peer = ? AND nonce = ?", key
+                        ).fetchone()
+                        is not None
+                    )
+                    if seen:
+                        outcomes.append((False, DuplicateNonce(entry.peer)))
+                        continue
+                    nonces.add(key)
+                try:
+                    digest = row_hash(head, seq, logged_at, entry)
+                except Exception as exc:  # an entry that cannot be encoded fails alone
+                    outcomes.append((False, exc))
+                    continue
+                rows.append(
+                    (
+                        seq,
+                        logged_at,
+                        entry.direction,
+                        entry.kind,
+                        entry.message_id,
+                        entry.correlation_id,
+                        entry.peer,
+                        entry.service,
+                        entry.envelope,
+                        head,
+                        digest,
+                        entry.nonce or None,
+                    )
+                )
+                if entry.find_answer:
+                    outcomes.append((True, (seq, self._logged_exchange(conn, entry, firsts))))
+                else:
+                    outcomes.append((True, seq))
+                head, seq = digest, seq + 1
+            conn.executemany(
+                "INSERT INTO message_log (seq, logged_at, direction, kind, message_id,"
+                " correlation_id, peer, service, envelope, prev_hash, row_hash, nonce)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            rollback(conn)  # the first error is the one reported
+            raise
+        # Read by the event loop only after this group is answered.
+        self._head, self._next_seq = head, seq
+        return outcomes
+
+    @staticmethod
+    def _logged_exchange(
+        conn: sqlite3.Connection, entry: LogEntry, firsts: dict[tuple[str, str], bytes]
+    ) -> LoggedExchange:
+        """The first request and the newest responses logged under the entry's
+        (peer, message id), rows of the current group included."""
+        key = (entry.peer, entry.message_id)
+        first = firsts.get(key)
+        if first is None:
+            row = conn.execute(
+                "SELECT envelope FROM message_log WHERE message_id = ? AND peer = ?"
+                " AND direction = 'in' AND kind = 'request' ORDER BY seq LIMIT 1",
+                (entry.message_id, entry.peer),
+            ).fetchone()
+            first = bytes(row[0]) if row else None
+        if first is None:
+            firsts[key] = entry.envelope
+        answers = conn.execute(
+            "SELECT envelope FROM message_log WHERE message_id = ? AND peer = ?"
+            " AND direction = 'out' AND kind = 'response' ORDER BY seq DESC LIMIT ?",
+            (entry.message_id, entry.peer, ANSWERS_LOOKED_UP),
+        ).fetchall()
+        return LoggedExchange(first, tuple(bytes(row[0]) for row in answers))
+
+    async def close(self) -> None:
+        """Flush every queued row, then close. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            await self._writer.close()
+            await self._sign_head()  # the final head
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def count(self) -> int:
+        assert self._db is not None
+        async with self._db.execute("SELECT COUNT(*) FROM message_log") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def rows(
+        self, *, message_id: str | None = None, since: int = 0
+    ) -> AsyncIterator[LoggedRow]:
+        assert self._db is not None
+        query = (
+            "SELECT seq, logged_at, direction, kind, message_id, correlation_id, peer, service,"
+            " envelope, prev_hash, row_hash FROM message_log"
+        )
+        args: tuple[str | int, ...] = ()
+        if message_id is not None:
+            query += " WHERE message_id = ?"
+            args = (message_id,)
+        elif since > 1:
+            query += " WHERE seq >= ?"
+            args = (since,)
+        async with self._db.execute(query + " ORDER BY seq", args) as cursor:
+            async for r in cursor:
+                yield LoggedRow(
+                    int(r[0]),
+                    _text(r[1]),
+                    LogEntry(
+                        _text(r[2]),
+                        _text(r[3]),
+                        _text(r[4]),
+                        _text(r[5]),
+                        _text(r[6]),
+                        _text(r[7]),
+                        _blob(r[8]),
+                    ),
+                    _blob(r[9]),
+                    _blob(r[10]),
+                )
+
+    async def heads(self) -> list[SignedHead]:
+        assert self._db is not None
+        async with self._db.execute(
+            "SELECT province, head_seq, head_hash, signed_at, key_id, signature FROM chain_heads"
+            " ORDER BY id"
+        ) as cursor:
+            return [
+                SignedHead(
+                    _text(r[0]), int(r[1]), _blob(r[2]), _text(r[3]), _text(r[4]), _blob(r[5])
+                )
+                async for r in cursor
+            ]
+
+    async def verify(self, keys: HeadKeys | None = None) -> ChainReport:
+        """The whole chain, then every signed head against it (and its signature, given keys).
+
+        A break followed by a segment row (the node continued past it) is reported
+        with that acknowledgement; the segment after it is verified like any chain.
+        """
+        return await self._check(keys, since=1)
+
+    async def check_at_start(self, keys: HeadKeys | None) -> ChainReport:
+        """The check a node makes before serving (bounded, see START_CHECK_ROWS):
+        the rows from the last signed head at least START_CHECK_ROWS before the
+        tail (or row 1) to the tail; every head's hash against the row it names
+        (an indexed lookup, no row is re-read); the signatures of the heads in
+        that stretch and of the last head."""
+        assert self._db is not None
+        async with self._db.execute("SELECT MAX(seq) FROM message_log") as cursor:
+            row = await cursor.fetchone()
+        tail = int(row[0]) if row and row[0] is not None else 0
+        async with self._db.execute(
+            "SELECT MAX(head_seq) FROM chain_heads WHERE head_seq <= ?",
+            (tail - START_CHECK_ROWS,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        anchor = int(row[0]) if row and row[0] is not None else 1
+        report = await self._check(keys, since=max(1, anchor))
+        self._break_found = report.unacknowledged is not None
+        return report
+
+    async def _segments(self, keys: HeadKeys | None) -> list[tuple[int, int]]:
+        """(seq, heads_before) of every segment row."""
+        assert self._db is not None
+        async with self._db.execute(
+            # A literal, so that the partial index message_log_segments serves it.
+            "SELECT seq, envelope FROM message_log WHERE kind = 'segment' ORDER BY seq"
+        ) as cursor:
+            return [(int(r[0]), _heads_before(_blob(r[1]), keys)) async for r in cursor]
+
+    async def _head_rows(self) -> list[tuple[int, SignedHead, bytes | None]]:
+        """Every signed head (by id) with the hash of the row it names (None: no such row)."""
+        assert self._db is not None
+        async with self._db.execute(
+            "SELECT h.id, h.province, h.head_seq, h.head_hash, h.signed_at, h.key_id,"
+            " h.signature, m.row_hash FROM chain_heads h"
+            " LEFT JOIN message_log m ON m.seq = h.head_seq ORDER BY h.id"
+        ) as cursor:
+            return [
+                (
+                    int(r[0]),
+                    SignedHead(
+                        _text(r[1]), int(r[2]), _blob(r[3]), _text(r[4]), _text(r[5]), _blob(r[6])
+                    ),
+                    None if r[7] is None else _blob(r[7]),
+                )
+                async for r in cursor
+            ]
+
+    async def _check(self, keys: HeadKeys | None, *, since: int) -> ChainReport:
+        segments = await self._segments(keys)
+        walk = _ChainWalk(segments, from_genesis=since <= 1)
+        async for row in self.rows(since=since):
+            walk.add(row)
+        breaks = walk.breaks
+        last_seq = walk.last_seq
+        # Heads signed before the last continuation vouch for the old segment.
+        old_heads = max((before for _, before in segments), default=0)
+        heads = await self._head_rows()
+        checked_heads = 0
+        for head_id, head, actual in heads:
+            problem = ""
+            if actual is None:
+                if head.head_seq > last_seq or last_seq == 0:
+                    problem = (
+                        f"truncated: a head signed at {head.signed_at} vouches for "
+                        f"row {head.head_seq}, the log ends at row {last_seq}"
+                    )
+                    seq = last_seq + 1
+                else:
+                    problem = (
+                        f"row {head.head_seq}: missing, but a head signed at "
+                        f"{head.signed_at} vouches for it"
+                    )
+                    seq = head.head_seq
+            elif actual != head.head_hash:
+                problem = f"row {head.head_seq}: does not match the head signed at {head.signed_at}"
+                seq = head.head_seq
+            elif keys is not None and (
+                since <= 1 or head.head_seq >= since or head_id == heads[-1][0]
+            ):
+                key = keys(head.province, head.key_id, datetime.fromisoformat(head.signed_at))
+                if key is None or not crypto.verify(key, head.signature, head.statement):
+                    problem = (
+                        f"head signed at {head.signed_at}: signature does not "
+                        f"verify with key {head.key_id!r} of {head.province}"
+                    )
+                    seq = head.head_seq
+                else:
+                    checked_heads += 1
+            if not problem:
+                continue
+            if head_id <= old_heads:
+                ack = next(s for s, before in segments if head_id <= before)
+                breaks.append(Break(seq, problem, ack))
+            else:
+                breaks.append(Break(seq, problem))
+        breaks.sort(key=lambda b: b.seq)
+        what = "rows chain intact" if since <= 1 else f"rows from row {since} chain intact"
+        if not breaks:
+            detail = f"{walk.checked} {what}"
+            detail += f"; {len(heads)} signed heads match" if heads else "; no signed head yet"
+            if heads and keys is None:
+                detail += " (signatures not checked: no keys given)"
+            elif heads:
+                detail += f" ({checked_heads} signatures verified)"
+            return ChainReport(True, walk.checked, 0, detail, walk.head)
+        first = breaks[0]
+        parts = []
+        for b in breaks:
+            if b.acknowledged_by:
+                parts.append(
+                    f"{b.detail} -- acknowledged: the node continued past it in a new "
+                    f"segment at row {b.acknowledged_by}"
+                )
+            else:
+                parts.append(b.detail)
+        detail = "; ".join(parts)
+        if all(b.acknowledged_by for b in breaks):
+            last_segment = max(b.acknowledged_by for b in breaks)
+            detail += f"; the segment from row {last_segment} to row {last_seq} is intact" + (
+                "" if keys is None else " and its signed heads verify"
+            )
+        return ChainReport(False, walk.checked, first.seq, detail, walk.head, tuple(breaks))
+
+    async def continue_past_break(self, report: ChainReport) -> int:
+        """Record, as a new signed segment, that the node continues past the break
+        ``report`` found: a segment row naming the broken row and the cause, then
+        a signed chain head over it. Returns the segment row's seq."""
+        broken = report.unacknowledged
+        if broken is None:
+            raise ValueError("no unacknowledged break to continue past")
+        assert self._db is not None
+        async with self._db.execute("SELECT COALESCE(MAX(id), 0) FROM chain_heads") as cursor:
+            row = await cursor.fetchone()
+        heads_before = int(row[0]) if row else 0
+        statement = segment_statement(
+            broken,
+            province=self.province,
+            previous_tail=self._next_seq - 1,
+            heads_before=heads_before,
+            at=self._clock.now().isoformat(),
+        )
+        signed: dict[str, str] = {"statement": base64.b64encode(statement).decode("ascii")}
+        if self._head_signer is not None:
+            key_id, signature = self._head_signer(statement)
+            signed.update(key_id=key_id, signature=base64.b64encode(signature).decode("ascii"))
+        self._break_found = False  # the segment row and the head after it record it
+        seq = await self.append(
+            LogEntry(
+                direction="local",
+                kind=SEGMENT_KIND,
+                message_id=str(uuid.uuid4()),
+                correlation_id="",
+                peer="",
+                service=SEGMENT_SERVICE,
+                envelope=json.dumps(signed, sort_keys=True).encode(),
+            )
+        )
+        await self._sign_head()
+        return seq
+
+
+class _ChainWalk:
+    """Walks rows in order. At a break it records the row and cause, then skips
+    to the next segment row (if any), where the chain starts again from that
+    row's own prev_hash."""
+
+    def __init__(self, segments: list[tuple[int, int]], *, from_genesis: bool = True) -> None:
+        self._segments = {seq for seq, _ in segments}
+        self.breaks: list[Break] = []
+        self.head = GENESIS
+        #: 0: a stretch from a signed head: start from the first row's own
+        #: prev_hash (the head's hash is checked against that row apart).
+        self.expected = 1 if from_genesis else 0
+        self.checked = 0
+        self.last_seq = 0
+        self._broken = False
+
+    def add(self, row: LoggedRow) -> None:
+        self.last_seq = max(self.last_seq, row.seq)
+        if self._broken:
+            if row.seq not in self._segments or row.entry.kind != SEGMENT_KIND:
+                return  # skipped, not checked: the old segment past its break
+            self.breaks[-1] = replace(self.breaks[-1], acknowledged_by=row.seq)
+            self._broken = False
+            self.head, self.expected = row.prev_hash, row.seq
+        elif self.expected == 0:
+            self.expected = row.seq
+            self.head = GENESIS if row.seq == 1 else row.prev_hash
+        self.checked += 1
+        problem = ""
+        if row.seq != self.expected:
+            problem = (
+                f"row {row.seq}: expected sequence {self.expected} (a row was deleted or reordered)"
+            )
+        elif row.prev_hash != self.head:
+            problem = f"row {row.seq}: prev_hash does not match the previous row's hash"
+        elif row_hash(self.head, row.seq, row.logged_at, row.entry) != row.row_hash:
+            problem = f"row {row.seq}: content does not match its hash (edited)"
+        if problem:
+            self.breaks.append(Break(row.seq, problem))
+            self._broken = True
+            return
+        self.head, self.expected = row.row_hash, row.seq + 1
+
+
+async def verify_chain(rows: AsyncIterator[LoggedRow]) -> ChainReport:
+    """Walk rows in order; report the first one that does not chain."""
+    walk = _ChainWalk([])
+    async for row in rows:
+        walk.add(row)
+        if walk.breaks:
+            b = walk.breaks[0]
+            return ChainReport(False, walk.checked, b.seq, b.detail, walk.head, (b,))
+    return ChainReport(True, walk.checked, 0, f"{walk.checked} rows chain intact", walk.head)
+
+
+async def verify_file(path: Path, keys: HeadKeys | None = None) -> ChainReport:
+    """Verify a log file without a running node (``yrd-gateway audit verify``)."""
+    async with MessageLog(path) as log:
+        return await log.verify(keys)
+
+
+def _text(value: object) -> str:
+    """A TEXT column's value as written, even if someone stored bytes in it."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _blob(value: object) -> bytes:
+    """A BLOB column's value as written, even if someone stored text in it."""
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode("utf-8", errors="replace")

@@ -1,0 +1,799 @@
+"""``yrd-gateway bench``: figures, measured on this machine, never asserted.
+
+``bench fund`` starts the Shanghai and Jiangsu nodes and Jiangsu's simulators as
+separate processes on loopback, then measures from this process:
+
+- accepted withdrawals per second: ``SubmitWithdrawal`` calls answered (each
+  answer means the case and its outbox item are committed to disk), closed loop
+  at a fixed concurrency;
+- the time from submit to ``PAID`` (median, p99) at a fixed open-loop rate with
+  the peer up, as recorded by the applicant's node (``submitted_at`` to the
+  ``updated_at`` of the PAID status).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import statistics
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from stdnum import luhn
+
+from gateway.testing.procfed import NodeProcess, ProcessFederation
+from gateway.tools.benchchain import BaselineChain
+from yrd.common.v1 import common_pb2
+from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
+from yrd_simulators.residents import synthetic_residents
+
+SH, JS = "310000", "320000"
+OFFICE = (("authorization", f"Bearer dev-office-{SH}"),)
+S = fund_pb2.WithdrawalStatus
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+@dataclass
+class FundFigures:
+    accepted: int
+    accept_seconds: float
+    concurrency: int
+    paid: int
+    rate: float
+    latencies_ms: list[float]
+    drained: int
+    drain_seconds: float
+    #: SubmitWithdrawal answers at a fixed open-loop rate (half the accepted rate).
+    submit_rate: float = 0.0
+    submit_latencies_ms: list[float] = field(default_factory=list)
+    submit_failed: int = 0
+    rss_mb: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: The baseline chain's saturation in the same run (calls/s).
+    baseline_rps: float = 0.0
+
+    def render(self) -> str:
+        lines = [
+            "withdrawal submission (SubmitWithdrawal answered = durably committed)",
+            f"  accepted:            {self.accepted} in {self.accept_seconds:.2f} s at concurrency "
+            f"{self.concurrency}",
+            f"  accepted per second: {self.accepted / self.accept_seconds:.0f}",
+            f"  backlog final at the applicant's node: {self.drained} withdrawals by "
+            f"{self.drain_seconds:.1f} s after the first submit "
+            f"({self.drained / self.drain_seconds:.0f} per second end to end)",
+        ]
+        if self.baseline_rps:
+            ratio = self.accepted / self.accept_seconds / self.baseline_rps
+            lines.append(
+                f"  ratio accepted/baseline: {ratio:.2f} "
+                f"(baseline chain {self.baseline_rps:.0f} calls/s in this run)"
+            )
+        if self.submit_rate:
+            lines.append(
+                f"  at {self.submit_rate:.0f}/s:    p50 "
+                f"{percentile(self.submit_latencies_ms, 0.5):6.1f} ms   p99 "
+                f"{percentile(self.submit_latencies_ms, 0.99):6.1f} ms   (answered, open loop)"
+                + _failed(self.submit_failed)
+            )
+        lines += [
+            f"submit -> PAID at {self.rate:.0f}/s open loop, peer up ({self.paid} cases)",
+            f"  median: {statistics.median(self.latencies_ms):.0f} ms",
+            f"  p99:    {percentile(self.latencies_ms, 0.99):.0f} ms",
+        ]
+        if self.rss_mb:
+            lines.append("node memory after (RSS now / peak):")
+            lines += _memory_lines(self.rss_mb)
+        return "\n".join(lines)
+
+
+class _Applications:
+    def __init__(self, fund_url: str) -> None:
+        with urllib.request.urlopen(fund_url + "/admin/accounts", timeout=10) as response:  # noqa: S310 - loopback simulator
+            accounts = json.loads(response.read())
+        names = {r.id_number: r.full_name for r in synthetic_residents(SH)}
+        self._holders = [
+            a for a in accounts if a["id_number"] in names and str(a["status"]).endswith("NORMAL")
+        ]
+        self._names = names
+        self._i = 0
+        body = "622202020011223344"
+        self._payee = body + luhn.calc_check_digit(body)
+
+    def next(self) -> fund_pb2.WithdrawalApplication:
+        holder = self._holders[self._i % len(self._holders)]
+        self._i += 1
+        return fund_pb2.WithdrawalApplication(
+            idempotency_key=f"bench-{uuid.uuid4().hex}",
+            applicant=common_pb2.Person(
+                id_number=holder["id_number"], full_name=self._names[holder["id_number"]]
+            ),
+            fund_province=JS,
+            fund_account=holder["account"],
+            reason=fund_pb2.RENT,
+            amount_fen=100,
+            payee_account=self._payee,
+            payee_bank="Bank of Shanghai",
+        )
+
+
+class _FundStubs:
+    """FundService over several channels, each call on the next one."""
+
+    def __init__(self, channels: list[grpc.aio.Channel]) -> None:
+        self._stubs = itertools.cycle([fund_pb2_grpc.FundServiceStub(c) for c in channels])
+
+    def __getattr__(self, method: str) -> Any:
+        return getattr(next(self._stubs), method)
+
+
+async def _accept(
+    stub: _FundStubs,
+    apps: _Applications,
+    count: int,
+    concurrency: int,
+    case_ids: list[str],
+) -> float:
+    queue = iter(range(count))
+
+    async def worker() -> None:
+        for _ in queue:
+            case = await stub.SubmitWithdrawal(
+                fund_pb2.SubmitWithdrawalRequest(application=apps.next()),
+                metadata=OFFICE,
+                timeout=30,
+            )
+            case_ids.append(case.case_id)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started
+
+
+async def _wait_final(stub: _FundStubs, case_ids: list[str], seconds: float) -> int:
+    """Wait until the applicant's node has recorded a final status for every case."""
+    deadline = time.monotonic() + seconds
+    done = 0
+    for case_id in case_ids:
+        while time.monotonic() < deadline:
+            case = await stub.GetWithdrawal(
+                fund_pb2.GetWithdrawalRequest(case_id=case_id), metadata=OFFICE, timeout=30
+            )
+            if case.status in (S.PAID, S.REJECTED):
+                done += 1
+                break
+            await asyncio.sleep(0.25)
+    return done
+
+
+async def _to_paid(stub: _FundStubs, apps: _Applications, count: int, rate: float) -> list[float]:
+    """Submit at ``rate`` per second; latency is the applicant node's own record:
+    from ``submitted_at`` to the ``updated_at`` at which it recorded PAID. Polling
+    for completion is slow (0.2 s) so that it does not load the node it measures."""
+    latencies: list[float] = []
+
+    async def one() -> None:
+        case = await stub.SubmitWithdrawal(
+            fund_pb2.SubmitWithdrawalRequest(application=apps.next()), metadata=OFFICE, timeout=30
+        )
+        while case.status not in (S.PAID, S.REJECTED):
+            await asyncio.sleep(0.2)
+            case = await stub.GetWithdrawal(
+                fund_pb2.GetWithdrawalRequest(case_id=case.case_id), metadata=OFFICE, timeout=30
+            )
+        if case.status == S.PAID:
+            elapsed = case.updated_at.ToDatetime() - case.submitted_at.ToDatetime()
+            latencies.append(elapsed.total_seconds() * 1000)
+
+    tasks = []
+    for _ in range(count):
+        tasks.append(asyncio.create_task(one()))
+        await asyncio.sleep(1 / rate)
+    await asyncio.gather(*tasks)
+    return latencies
+
+
+async def _run_fund(
+    federation: ProcessFederation,
+    count: int,
+    concurrency: int,
+    paid_count: int,
+    rate: float,
+    seconds: float,
+    connections: int,
+) -> FundFigures:
+    apps = _Applications(federation.simulators[JS].fund_url)
+    async with _connections(federation, SH, connections) as channels:
+        stub = _FundStubs(channels)
+        warm_up: list[str] = []
+        await _accept(stub, apps, min(50, count), concurrency, warm_up)
+        await _wait_final(stub, warm_up, 600)
+        case_ids: list[str] = []
+        started = time.perf_counter()
+        accept_seconds = await _accept(stub, apps, count, concurrency, case_ids)
+        # The accepted backlog is delivered, reviewed, paid and reported back
+        # asynchronously; wait for all of it so that the runs below do not
+        # queue behind it.
+        drained = await _wait_final(stub, case_ids, 600)
+        drain_seconds = time.perf_counter() - started
+
+        submitted: list[str] = []
+
+        async def submit() -> bool:
+            try:
+                case = await stub.SubmitWithdrawal(
+                    fund_pb2.SubmitWithdrawalRequest(application=apps.next()),
+                    metadata=OFFICE,
+                    timeout=10,
+                )
+            except grpc.aio.AioRpcError:
+                return False
+            submitted.append(case.case_id)
+            return True
+
+        submit_rate = count / accept_seconds / 2
+        submit_latencies, submit_failed = await _open_loop(submit, submit_rate, seconds)
+        await _wait_final(stub, submitted, 600)
+        latencies = await _to_paid(stub, apps, paid_count, rate)
+    return FundFigures(
+        count,
+        accept_seconds,
+        concurrency,
+        len(latencies),
+        rate,
+        latencies,
+        drained,
+        drain_seconds,
+        submit_rate,
+        submit_latencies,
+        submit_failed,
+        node_memory(federation),
+    )
+
+
+def bench_fund(
+    *,
+    count: int = 2000,
+    concurrency: int = 64,
+    paid_count: int = 200,
+    rate: float = 20.0,
+    seconds: float = 10.0,
+    workers: int = 1,
+    baseline_rps: float | None = None,
+) -> FundFigures:
+    """``baseline_rps``: the baseline chain's saturation measured earlier in the same
+    run; without it the chain is started and measured here first."""
+    from gateway.testing.localfed import province_configs_dir
+
+    if baseline_rps is None:
+        chain = BaselineChain(province_configs_dir() / "keys").start()
+        try:
+            baseline_rps = asyncio.run(_chain_saturation(chain, concurrency, seconds))
+        finally:
+            chain.stop()
+    with tempfile.TemporaryDirectory(prefix="yrd-bench-") as tmp:
+        federation = ProcessFederation(Path(tmp), (SH, JS))
+        try:
+            federation.start(
+                workers={SH: workers, JS: workers}, review_delay=0.0, payment_delay=0.0
+            )
+            figures = asyncio.run(
+                _run_fund(
+                    federation,
+                    count,
+                    concurrency,
+                    paid_count,
+                    rate,
+                    seconds,
+                    1 if workers == 1 else 4 * workers,
+                )
+            )
+        finally:
+            federation.stop()
+    figures.baseline_rps = baseline_rps
+    return figures
+
+
+# ---- hotel verification against the baseline chain ------------------------------------
+
+ZJ = "330000"
+HOTEL_METADATA = (("authorization", f"Bearer dev-office-{SH}"),)
+
+
+@dataclass
+class PathFigures:
+    name: str
+    saturation_rps: float
+    errors: int
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    #: Calls of the open loop at ``rate`` that failed: refused by an overloaded
+    #: node (RESOURCE_EXHAUSTED) or timed out; latencies are of the others.
+    failed: int = 0
+    #: p50/p99 at half the path's own saturation (a rate it sustains), if measured.
+    own_rate: float = 0.0
+    own_p50_ms: float = float("nan")
+    own_p99_ms: float = float("nan")
+    own_failed: int = 0
+    #: CPU milliseconds per call of each process during the saturation run.
+    cpu_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class IdentityFigures:
+    concurrency: int
+    seconds: float
+    baseline: PathFigures
+    real: PathFigures
+    soak_calls: int
+    soak_rps: float
+    rss_mb: dict[str, tuple[float, float]]
+    rows_per_commit: float
+    #: Mean time of each hop (ms) from the nodes' own histograms, at ``hops_rate``.
+    hops_ms: dict[str, float] = field(default_factory=dict)
+    hops_rate: float = 0.0
+
+    def render(self) -> str:
+        b, r = self.baseline, self.real
+        lines = [
+            f"saturation: closed loop, concurrency {self.concurrency}, {self.seconds:g} s each; "
+            f"latency: open loop at {b.rate:.0f}/s (half the baseline's saturation)",
+        ]
+        for path in (b, r):
+            lines += [
+                path.name,
+                f"  saturation:   {path.saturation_rps:8.0f} calls/s   ({path.errors} errors)",
+            ]
+            if path.cpu_ms:
+                lines.append(
+                    "  CPU per call: "
+                    + ", ".join(f"{name} {ms:.2f} ms" for name, ms in path.cpu_ms.items())
+                    + f"; total {sum(path.cpu_ms.values()):.2f} ms"
+                )
+            lines.append(
+                f"  at {path.rate:.0f}/s:    p50 {path.p50_ms:6.1f} ms   p99 {path.p99_ms:6.1f} ms"
+                + _failed(path.failed)
+            )
+            if path.own_rate:
+                lines.append(
+                    f"  at {path.own_rate:.0f}/s:    p50 {path.own_p50_ms:6.1f} ms   "
+                    f"p99 {path.own_p99_ms:6.1f} ms   (half its own saturation)"
+                    + _failed(path.own_failed)
+                )
+        lines += [
+            f"ratio real/baseline: throughput {r.saturation_rps / b.saturation_rps:.2f} "
+            f"(target >= 0.6), p99 {r.p99_ms / b.p99_ms:.2f} (target <= 2)",
+            f"soak: {self.soak_calls} verifications at {self.soak_rps:.0f}/s; node memory after "
+            "(RSS now / peak):",
+            *_memory_lines(self.rss_mb),
+            f"message log: {self.rows_per_commit:.1f} rows per commit (grouped writes) "
+            "at the Shanghai node",
+        ]
+        if self.hops_ms:
+            lines.append(
+                f"where a verification's time goes at {self.hops_rate:.0f}/s (means, from the "
+                "nodes' histograms):"
+            )
+            lines += [f"  {name}: {ms:.2f} ms" for name, ms in self.hops_ms.items()]
+        return "\n".join(lines)
+
+
+def _memory_lines(rss: dict[str, tuple[float, float]]) -> list[str]:
+    return [f"  {name}: {now:.0f} MB / {peak:.0f} MB" for name, (now, peak) in sorted(rss.items())]
+
+
+def _failed(count: int) -> str:
+    return f"   ({count} refused or timed out)" if count else ""
+
+
+def cpu_seconds(*pids: int) -> float:
+    """User + system CPU time of processes so far, from /proc (0 for one that is gone)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process in MB, from /proc."""
+    values = {"VmRSS": 0.0, "VmHWM": 0.0}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in values:
+            values[key] = float(rest.split()[0]) / 1024
+    return values["VmRSS"], values["VmHWM"]
+
+
+class _Tokens:
+    """QR tokens as Zhejiang's e-ID authority would issue them (signed here, offline,
+    so that making them costs the nodes nothing)."""
+
+    def __init__(self, keys: Path) -> None:
+        from gateway.core import crypto
+
+        self._key = crypto.load_private_key(keys / ZJ / "eid-issuer.key.pem")
+        self._credentials = [
+            r.credential_id for r in synthetic_residents(ZJ) if r.state == "CREDENTIAL_ACTIVE"
+        ]
+
+    def make(self, count: int) -> list[str]:
+        from datetime import UTC, datetime, timedelta
+
+        from gateway.core.eid_token import issue_token
+
+        now = datetime.now(UTC)
+        return [
+            issue_token(
+                self._key,
+                key_id=f"{ZJ}-eid-2026",
+                issuer=ZJ,
+                credential_id=self._credentials[i % len(self._credentials)],
+                token_id=str(uuid.uuid4()),
+                issued_at=now,
+                ttl=timedelta(minutes=5),
+            )
+            for i in range(count)
+        ]
+
+
+async def _saturate(
+    call: Callable[[], Awaitable[bool]], concurrency: int, seconds: float
+) -> tuple[int, int, float]:
+    done = errors = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done, errors
+        while time.perf_counter() < stop_at:
+            if await call():
+                done += 1
+            else:
+                errors += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done, errors, time.perf_counter() - started
+
+
+async def _open_loop(
+    call: Callable[[], Awaitable[bool]], rate: float, seconds: float
+) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    errors = 0
+
+    async def one() -> None:
+        nonlocal errors
+        started = time.perf_counter()
+        if await call():
+            latencies.append((time.perf_counter() - started) * 1000)
+        else:
+            errors += 1
+
+    tasks = []
+    started = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one()))
+    await asyncio.gather(*tasks)
+    return latencies, errors
+
+
+async def _measure(
+    name: str,
+    call: Callable[[], Awaitable[bool]],
+    *,
+    concurrency: int,
+    seconds: float,
+    rate: float | None,
+    processes: dict[str, list[int]],
+) -> PathFigures:
+    await _saturate(call, concurrency, min(1.0, seconds))  # warm-up
+    processes = {"load generator": [os.getpid()], **processes}
+    before = {name: cpu_seconds(*pids) for name, pids in processes.items()}
+    done, errors, elapsed = await _saturate(call, concurrency, seconds)
+    cpu_ms = {
+        name: (cpu_seconds(*pids) - before[name]) * 1000 / max(1, done)
+        for name, pids in processes.items()
+    }
+    saturation = done / elapsed
+    at = rate if rate is not None else saturation / 2
+    latencies, failed = await _open_loop(call, at, seconds)
+    figures = PathFigures(
+        name,
+        saturation,
+        errors,
+        at,
+        percentile(latencies, 0.5),
+        percentile(latencies, 0.99),
+        failed=failed,
+        cpu_ms=cpu_ms,
+    )
+    if rate is not None and saturation / 2 < rate:
+        # Past its own saturation the fixed rate only measures a queue; say also
+        # what the path does at a rate it sustains.
+        figures.own_rate = saturation / 2
+        own, figures.own_failed = await _open_loop(call, figures.own_rate, seconds)
+        figures.own_p50_ms = percentile(own, 0.5)
+        figures.own_p99_ms = percentile(own, 0.99)
+    return figures
+
+
+async def _run_identity(
+    chain: BaselineChain,
+    federation: ProcessFederation,
+    keys: Path,
+    *,
+    concurrency: int,
+    seconds: float,
+    soak: int,
+    connections: int,
+) -> IdentityFigures:
+    from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
+
+    async with chain.channel() as base_channel:
+        baseline = await _measure(
+            "baseline chain: client -> proxy -> proxy -> HTTP echo",
+            _chain_call(base_channel),
+            concurrency=concurrency,
+            seconds=seconds,
+            rate=None,
+            processes={
+                name: [pid]
+                for name, pid in zip(("echo", "proxy 2", "proxy 1"), chain.pids, strict=True)
+            },
+        )
+
+    tokens = _Tokens(keys)
+    supply: list[str] = []
+    async with _connections(federation, SH, connections) as channels:
+        stubs = itertools.cycle([identity_pb2_grpc.IdentityServiceStub(c) for c in channels])
+
+        async def real_call() -> bool:
+            if not supply:
+                supply.extend(tokens.make(2000))
+            try:
+                answer = await next(stubs).VerifyIdentity(
+                    identity_pb2.VerifyIdentityRequest(
+                        qr_payload=supply.pop(), purpose=identity_pb2.HOTEL_CHECK_IN
+                    ),
+                    metadata=HOTEL_METADATA,
+                    timeout=10,
+                )
+            except grpc.aio.AioRpcError:
+                return False  # counted as an error (an overloaded open loop times out)
+            return bool(answer.verdict == identity_pb2.VALID)
+
+        supply.extend(tokens.make(int(baseline.saturation_rps * seconds * 2.5) + 1000))
+        real = await _measure(
+            "hotel verification: client -> Shanghai node -> Zhejiang node -> e-ID authority",
+            real_call,
+            concurrency=concurrency,
+            seconds=seconds,
+            rate=baseline.rate,
+            processes={
+                "Shanghai node": _pids(federation.nodes[SH]),
+                "Zhejiang node": _pids(federation.nodes[ZJ]),
+                "e-ID authority": [federation.simulators[ZJ].process.pid],
+            },
+        )
+        # Where the time goes, at a rate the path sustains: each hop's mean over
+        # one open-loop run, from the nodes' own latency histograms.
+        hops_rate = real.saturation_rps / 2
+        supply.extend(tokens.make(int(hops_rate * min(5.0, seconds)) + 100))
+        before = await asyncio.to_thread(_hop_totals, federation)
+        await _open_loop(real_call, hops_rate, min(5.0, seconds))
+        after = await asyncio.to_thread(_hop_totals, federation)
+        hops_ms = {
+            name: (after[name][0] - before[name][0]) * 1000 / (after[name][1] - before[name][1])
+            for name in after
+            if after[name][1] > before[name][1]
+        }
+        soak_done = 0
+        soak_started = time.perf_counter()
+        while soak_done < soak:
+            batch = min(5000, soak - soak_done)
+            supply[:] = tokens.make(batch)
+
+            async def soak_worker() -> None:
+                nonlocal soak_done
+                while supply:
+                    await real_call()
+                    soak_done += 1
+
+            await asyncio.gather(*(soak_worker() for _ in range(concurrency)))
+        soak_rps = soak_done / max(1e-9, time.perf_counter() - soak_started)
+
+    rss = node_memory(federation)
+    rows_per_commit = await asyncio.to_thread(_rows_per_commit, federation.nodes[SH])
+    return IdentityFigures(
+        concurrency,
+        seconds,
+        baseline,
+        real,
+        soak_done,
+        soak_rps,
+        rss,
+        rows_per_commit,
+        hops_ms,
+        hops_rate,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _connections(
+    federation: ProcessFederation, code: str, count: int
+) -> AsyncIterator[list[grpc.aio.Channel]]:
+    """``count`` client channels to a node, each on its own connection (so that
+    the calls spread over the node's workers, as many clients' would)."""
+    channels = [federation.client_channel(code, own_connection=count > 1) for _ in range(count)]
+    try:
+        yield channels
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+def _chain_call(channel: grpc.aio.Channel) -> Callable[[], Awaitable[bool]]:
+    """One call through the baseline chain, with a body about a QR token's size."""
+    echo = channel.unary_unary(
+        "/yrd.bench.v1.Chain/Call", request_serializer=None, response_deserializer=None
+    )
+    body = b"q" * 420
+
+    async def call() -> bool:
+        try:
+            await echo(body, timeout=10)
+        except grpc.aio.AioRpcError:
+            return False
+        return True
+
+    return call
+
+
+async def _chain_saturation(chain: BaselineChain, concurrency: int, seconds: float) -> float:
+    async with chain.channel() as channel:
+        call = _chain_call(channel)
+        await _saturate(call, concurrency, min(1.0, seconds))  # warm-up
+        done, _, elapsed = await _saturate(call, concurrency, seconds)
+    return done / elapsed
+
+
+def _pids(node: NodeProcess) -> list[int]:
+    """The node's process and, with --workers, its worker processes."""
+    assert node.process is not None
+    return [node.process.pid, *node.children()]
+
+
+def node_memory(federation: ProcessFederation) -> dict[str, tuple[float, float]]:
+    """(RSS now, peak) of each node process; of each worker with --workers."""
+    memory = {}
+    for code, node in federation.nodes.items():
+        if node.process is None:
+            continue
+        workers = sorted(node.children())
+        if not workers:
+            memory[f"{code} node"] = rss_mb(node.process.pid)
+        for index, pid in enumerate(workers):
+            memory[f"{code} node worker {index}"] = rss_mb(pid)
+    return memory
+
+
+#: The hops of a hotel verification: (label, node, metric, labels).
+_HOPS = (
+    (
+        "hotel's call at the Shanghai node",
+        SH,
+        "yrd_rpc_duration_seconds",
+        {"method": "/yrd.identity.v1.IdentityService/VerifyIdentity"},
+    ),
+    (
+        "  round trip Shanghai -> Zhejiang",
+        SH,
+        "yrd_exchange_duration_seconds",
+        {"direction": "out", "peer": ZJ, "service": "identity.CheckCredential"},
+    ),
+    (
+        "    handling at the Zhejiang node",
+        ZJ,
+        "yrd_exchange_duration_seconds",
+        {"direction": "in", "peer": SH, "service": "identity.CheckCredential"},
+    ),
+    (
+        "      Zhejiang's e-ID authority",
+        ZJ,
+        "yrd_backend_duration_seconds",
+        {"backend": "eid_authority", "outcome": "ok"},
+    ),
+)
+
+
+def _hop_totals(federation: ProcessFederation) -> dict[str, tuple[float, float]]:
+    """(sum of seconds, count) of each hop's histogram, over all workers."""
+    samples = {code: _samples(node) for code, node in federation.nodes.items()}
+    totals = {}
+    for name, code, metric, labels in _HOPS:
+        total = count = 0.0
+        for sample_name, sample_labels, value in samples[code]:
+            if labels.items() <= sample_labels.items():
+                if sample_name == metric + "_sum":
+                    total += value
+                elif sample_name == metric + "_count":
+                    count += value
+        totals[name] = (total, count)
+    return totals
+
+
+def _samples(node: NodeProcess) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample of every worker's metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    host, _, port = node.metrics_url.removeprefix("http://").partition("/")[0].rpartition(":")
+    found = []
+    for index in range(node.workers):
+        url = f"http://{host}:{int(port) + index}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                found.append((sample.name, dict(sample.labels), sample.value))
+    return found
+
+
+def _rows_per_commit(node: NodeProcess) -> float:
+    """Rows per commit of the node's message log, over all its workers."""
+    rows = commits = 0.0
+    for name, _, value in _samples(node):
+        if name == "yrd_message_log_rows":
+            rows += value
+        elif name == "yrd_message_log_commits":
+            commits += value
+    return rows / commits if commits else float("nan")
+
+
+def bench_identity(
+    *, seconds: float = 10.0, concurrency: int = 64, soak: int = 100_000, workers: int = 1
+) -> IdentityFigures:
+    from gateway.testing.localfed import province_configs_dir
+
+    keys = province_configs_dir() / "keys"
+    with tempfile.TemporaryDirectory(prefix="yrd-bench-") as tmp:
+        chain = BaselineChain(keys).start()
+        federation = ProcessFederation(Path(tmp), (SH, ZJ))
+        try:
+            federation.start(workers={SH: workers, ZJ: workers})
+            return asyncio.run(
+                _run_identity(
+                    chain,
+                    federation,
+                    keys,
+                    concurrency=concurrency,
+                    seconds=seconds,
+                    soak=soak,
+                    connections=1 if workers == 1 else 4 * workers,
+                )
+            )
+        finally:
+            federation.stop()
+            chain.stop()

@@ -1,0 +1,494 @@
+"""The signed envelope (DESIGN §4): sealing, opening, and every rejection.
+
+The sender serializes an :class:`EnvelopeHeader` once; those exact bytes travel
+in ``SignedEnvelope.header`` and are what the Ed25519 signature covers. The
+header carries the SHA-256 of the payload bytes, so the signature covers the
+payload too without re-serializing anything. A response names the SHA-256 of
+the request's header bytes (``request_digest``): a signed receipt.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.protobuf.message import DecodeError, Message
+
+from gateway.config.models import FEDERATION_SERVICES, FederationConfig, ProvinceConfig
+from gateway.core import crypto
+from gateway.core.clock import Clock
+from gateway.core.crypto import load_private_key
+from gateway.core.errors import EnvelopeRejected
+from gateway.trust.truststore import TrustStore
+from yrd.federation.v1 import federation_pb2
+
+#: Largest serialized SignedEnvelope a node accepts (and its gRPC max message size).
+MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
+NONCE_BYTES = 16
+
+#: Bounds on the header strings a peer sends (DESIGN §4, docs/security.md
+#: "Envelope header bounds"): each field, the pattern it must match in full and
+#: what a refusal says was expected. They are checked right after the header
+#: parses, before any value is looked up, logged, cached or stored, so nothing
+#: a peer writes there can be large or carry control characters. The values
+#: themselves are never echoed.
+HEADER_BOUNDS: dict[str, tuple[re.Pattern[str], str]] = {
+    "message_id": (
+        re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"),
+        "a canonical UUID: 36 characters, lower-case hex digits and hyphens",
+    ),
+    # Empty only in a response that copies an empty one; a request needs one.
+    "correlation_id": (
+        re.compile(r"[\x20-\x7e]{0,128}"),
+        "1..128 printable ASCII characters",
+    ),
+    "idempotency_key": (
+        re.compile(r"[\x20-\x7e]{0,128}"),
+        "at most 128 printable ASCII characters",
+    ),
+    "sender": (re.compile(r"[1-9][0-9]{5}"), "a six-digit GB/T 2260 province code"),
+    "receiver": (re.compile(r"[1-9][0-9]{5}"), "a six-digit GB/T 2260 province code"),
+    "service": (
+        re.compile(r"[A-Za-z0-9_.]{1,64}"),
+        "a logical service name: 1..64 characters of [A-Za-z0-9_.]",
+    ),
+    "payload_type": (
+        re.compile(r"[A-Za-z0-9_.]{1,128}"),
+        "a protobuf message name: 1..128 characters of [A-Za-z0-9_.]",
+    ),
+    "key_id": (re.compile(r"[A-Za-z0-9._:-]{1,128}"), "1..128 characters of [A-Za-z0-9._:-]"),
+    "algorithm": (
+        # Empty or unknown names are refused next, as unsupported algorithms.
+        re.compile(r"[A-Za-z0-9._-]{0,32}"),
+        "an algorithm name: at most 32 characters of [A-Za-z0-9._-]",
+    ),
+}
+#: Longest ``status_message`` in a response header, in characters. A sealer cuts
+#: its own to this length, so no answer it signs is refused by the asker.
+MAX_STATUS_MESSAGE = 1024
+
+
+def _reject(code: grpc.StatusCode, reason: str, message: str) -> EnvelopeRejected:
+    return EnvelopeRejected(code, reason, message)
+
+
+@dataclass(frozen=True)
+class OpenedEnvelope:
+    """An envelope whose every check passed."""
+
+    header: federation_pb2.EnvelopeHeader
+    payload: bytes
+    signed: federation_pb2.SignedEnvelope
+
+    @property
+    def header_digest(self) -> bytes:
+        return crypto.sha256(self.signed.header)
+
+    @property
+    def fingerprint(self) -> bytes:
+        return request_fingerprint(self.header)
+
+    def parse(self, message_type: type[Message]) -> Message:
+        message = message_type()
+        try:
+            message.ParseFromString(self.payload)
+        except DecodeError as exc:
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "bad_payload",
+                f"payload: expected a serialized {message_type.DESCRIPTOR.full_name}",
+            ) from exc
+        return message
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    key_id: str
+    private_key: Ed25519PrivateKey
+    not_before: datetime
+    not_after: datetime
+
+
+class EnvelopeSigner:
+    """Seals payloads into signed envelopes with this node's current key.
+
+    With several keys configured (a rotation), the current key is the one whose
+    validity window holds now and began last: a new key published ahead with a
+    later ``not_before`` takes over by itself at that instant, while peers keep
+    accepting the old one until its window ends.
+    """
+
+    def __init__(
+        self,
+        province: str,
+        key_id: str,
+        private_key: Ed25519PrivateKey,
+        clock: Clock,
+        *,
+        rotation: tuple[SigningKey, ...] = (),
+    ) -> None:
+        self.province = province
+        self._default = (key_id, private_key)
+        self._rotation = tuple(sorted(rotation, key=lambda k: k.not_before, reverse=True))
+        self._clock = clock
+
+    @classmethod
+    def from_config(cls, me: ProvinceConfig, clock: Clock) -> EnvelopeSigner:
+        """Every configured key with its private part; ``signing.key_id`` as fallback."""
+        if me.signing.private_key is None:
+            raise ValueError(f"{me.source}: signing.private_key is required to sign")
+        default = load_private_key(me.signing.private_key)
+        rotation = []
+        for published in me.signing.public_keys:
+            if published.private_key is not None:
+                key = load_private_key(published.private_key)
+            elif published.key_id == me.signing.key_id:
+                key = default
+            else:
+                continue
+            rotation.append(
+                SigningKey(published.key_id, key, published.not_before, published.not_after)
+            )
+        return cls(me.code, me.signing.key_id, default, clock, rotation=tuple(rotation))
+
+    def update(self, other: EnvelopeSigner) -> None:
+        """Take another signer's keys (config reload), keeping this object shared."""
+        self._default, self._rotation = other._default, other._rotation
+
+    def current(self) -> tuple[str, Ed25519PrivateKey]:
+        now = self._clock.now()
+        for key in self._rotation:
+            if key.not_before <= now < key.not_after:
+                return key.key_id, key.private_key
+        return self._default
+
+    @property
+    def key_id(self) -> str:
+        return self.current()[0]
+
+    def seal(
+        self,
+        *,
+        receiver: str,
+        service: str,
+        payload: Message,
+        correlation_id: str,
+        message_id: str | None = None,
+        idempotency_key: str = "",
+        request_digest: bytes = b"",
+        status_code: int = 0,
+        status_message: str = "",
+    ) -> federation_pb2.SignedEnvelope:
+        payload_bytes = payload.SerializeToString()
+        key_id, private_key = self.current()
+        header = federation_pb2.EnvelopeHeader(
+            message_id=message_id or str(uuid.uuid4()),
+            correlation_id=correlation_id,
+            idempotency_key=idempotency_key,
+            sender=self.province,
+            receiver=receiver,
+            service=service,
+            nonce=os.urandom(NONCE_BYTES),
+            payload_type=payload.DESCRIPTOR.full_name,
+            key_id=key_id,
+            algorithm=crypto.ED25519,
+            payload_digest=crypto.sha256(payload_bytes),
+            request_digest=request_digest,
+            status_code=status_code,
+            status_message=status_message[:MAX_STATUS_MESSAGE],
+        )
+        header.created_at.FromDatetime(self._clock.now())
+        header_bytes = header.SerializeToString()
+        return federation_pb2.SignedEnvelope(
+            header=header_bytes, payload=payload_bytes, signature=private_key.sign(header_bytes)
+        )
+
+
+def request_fingerprint(header: federation_pb2.EnvelopeHeader) -> bytes:
+    """What makes a request the same request: SHA-256 over its service, payload
+    type, idempotency key, correlation id and payload digest.
+
+    A retry is a freshly sealed envelope (new nonce, new created_at, new
+    signature) of the same message: its fingerprint is the original's, while a
+    different request reusing the message id has another one.
+    """
+    parts = (
+        header.service.encode(),
+        header.payload_type.encode(),
+        header.idempotency_key.encode(),
+        header.correlation_id.encode(),
+        bytes(header.payload_digest),
+    )
+    return crypto.sha256(
+        b"yrd-request/v1" + b"".join(len(part).to_bytes(4, "big") + part for part in parts)
+    )
+
+
+def check_header_bounds(header: federation_pb2.EnvelopeHeader) -> None:
+    """Refuse a header with any string outside its bound (:data:`HEADER_BOUNDS`).
+
+    Every bounded field must match its pattern in full. Raises EnvelopeRejected
+    (INVALID_ARGUMENT, reason ``malformed``) naming the field, never its value.
+    """
+    for field, (pattern, expected) in HEADER_BOUNDS.items():
+        value: str = getattr(header, field)
+        if len(value) > 256 or not pattern.fullmatch(value):
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed",
+                f"header.{field}: expected {expected}",
+            )
+    if len(header.status_message) > MAX_STATUS_MESSAGE:
+        raise _reject(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "malformed",
+            f"header.status_message: expected at most {MAX_STATUS_MESSAGE} characters",
+        )
+    if len(header.payload_digest) != 32 or len(header.request_digest) not in (0, 32):
+        raise _reject(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "malformed",
+            "header.payload_digest and header.request_digest: expected SHA-256 digests "
+            "(32 bytes; request_digest empty in a request)",
+        )
+
+
+class NonceCache:
+    """Nonces seen within the skew window (older envelopes are refused by time anyway).
+
+    Compact, as it holds every nonce of the last minutes (hundreds of thousands
+    under load): one bytes key (sender + nonce) and its expiry per entry, in a
+    plain dict, with a FIFO of keys to forget the oldest first.
+    """
+
+    def __init__(self, ttl: timedelta, max_entries: int = 1_000_000) -> None:
+        self._ttl = ttl.total_seconds()
+        self._max = max_entries
+        self._expiry: dict[bytes, float] = {}
+        self._order: deque[bytes] = deque()
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    @property
+    def max_entries(self) -> int:
+        return self._max
+
+    def nbytes(self) -> int:
+        """Bytes the cache holds, estimated: keys, expiry floats, dict and deque slots."""
+        per_entry = sys.getsizeof(0.0) + 3 * 8 + 8  # float, dict slot (hash, key, value), deque
+        return sum(sys.getsizeof(key) + per_entry for key in self._order)
+
+    def add(self, sender: str, nonce: bytes) -> bool:
+        """Record a nonce; False if it was already seen (a replay)."""
+        now = time.monotonic()
+        order, expiry = self._order, self._expiry
+        while order and (expiry[order[0]] <= now or len(order) >= self._max):
+            del expiry[order.popleft()]
+        key = sender.encode() + b"\0" + nonce
+        if key in expiry:
+            return False
+        expiry[key] = now + self._ttl
+        order.append(key)
+        return True
+
+
+class EnvelopeVerifier:
+    """Opens envelopes addressed to this node; raises EnvelopeRejected on any failure."""
+
+    def __init__(self, federation: FederationConfig, trust: TrustStore, clock: Clock) -> None:
+        self._federation = federation
+        self._trust = trust
+        self._clock = clock
+        self._skew = timedelta(seconds=federation.me.node.max_clock_skew_seconds)
+        self._nonces = NonceCache(2 * self._skew)
+
+    @property
+    def own(self) -> str:
+        return self._federation.own
+
+    @property
+    def nonces(self) -> NonceCache:
+        """The nonces seen (read-only use: sizes, for tests and metrics)."""
+        return self._nonces
+
+    def update(self, federation: FederationConfig, trust: TrustStore) -> None:
+        """New config and keys (reload); the nonces seen so far stay remembered."""
+        self._federation = federation
+        self._trust = trust
+        self._skew = timedelta(seconds=federation.me.node.max_clock_skew_seconds)
+
+    def _authentic(self, signed: federation_pb2.SignedEnvelope) -> federation_pb2.EnvelopeHeader:
+        if signed.ByteSize() > MAX_ENVELOPE_BYTES:
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "too_large",
+                f"envelope: expected at most {MAX_ENVELOPE_BYTES} bytes",
+            )
+        if not signed.header:
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed",
+                "header: expected a serialized EnvelopeHeader, got nothing",
+            )
+        header = federation_pb2.EnvelopeHeader()
+        try:
+            header.ParseFromString(signed.header)
+        except DecodeError as exc:
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed",
+                "header: expected a serialized EnvelopeHeader",
+            ) from exc
+        check_header_bounds(header)
+        if header.algorithm not in crypto.SUPPORTED_ALGORITHMS:
+            raise _reject(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "unsupported_algorithm",
+                f"header.algorithm: expected one of {sorted(crypto.SUPPORTED_ALGORITHMS)}",
+            )
+        if not header.HasField("created_at"):
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed",
+                "header.created_at: expected a timestamp",
+            )
+        try:
+            created = header.created_at.ToDatetime(tzinfo=self._clock.now().tzinfo)
+        except (ValueError, OverflowError) as exc:
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed",
+                "header.created_at: expected a valid timestamp",
+            ) from exc
+        key = self._trust.envelope_key(header.sender, header.key_id, created)
+        if not crypto.verify(key, signed.signature, signed.header):
+            raise _reject(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "bad_signature",
+                f"signature: does not verify with key {header.key_id!r} of {header.sender}",
+            )
+        if crypto.sha256(signed.payload) != header.payload_digest:
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "digest_mismatch",
+                "payload: SHA-256 does not match header.payload_digest",
+            )
+        now = self._clock.now()
+        if abs(now - created) > self._skew:
+            raise _reject(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "clock_skew",
+                f"header.created_at: expected within {int(self._skew.total_seconds())} s "
+                f"of the receiver's clock, off by {int((created - now).total_seconds())} s",
+            )
+        if len(header.nonce) != NONCE_BYTES:
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed",
+                f"header.nonce: expected {NONCE_BYTES} bytes",
+            )
+        return header
+
+    def open_request(self, signed: federation_pb2.SignedEnvelope) -> OpenedEnvelope:
+        header = self._authentic(signed)
+        if header.receiver != self.own:
+            raise _reject(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "wrong_receiver",
+                f"header.receiver: expected {self.own}, got {header.receiver}",
+            )
+        expected = FEDERATION_SERVICES.get(header.service)
+        if expected is None:
+            raise _reject(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "unknown_service",
+                f"header.service: expected one of {sorted(FEDERATION_SERVICES)}",
+            )
+        sender = self._federation.peer(header.sender)
+        if (
+            header.service not in self._federation.me.services.offers
+            or sender is None
+            or (header.service not in sender.services.calls)
+        ):
+            raise _reject(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "service_not_allowed",
+                f"header.service: {header.service} is not allowed from {header.sender} "
+                f"to {self.own}",
+            )
+        if header.payload_type != expected[0]:
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "wrong_payload_type",
+                f"header.payload_type: expected {expected[0]} for {header.service}",
+            )
+        if not header.correlation_id:
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed",
+                f"header.correlation_id: expected {HEADER_BOUNDS['correlation_id'][1]}",
+            )
+        if not self._nonces.add(header.sender, header.nonce):
+            raise _reject(
+                grpc.StatusCode.ALREADY_EXISTS,
+                "replayed_nonce",
+                "header.nonce: already seen from this sender (replay)",
+            )
+        return OpenedEnvelope(header, signed.payload, signed)
+
+    def open_response(
+        self,
+        signed: federation_pb2.SignedEnvelope,
+        *,
+        peer: str,
+        request_header: bytes,
+        service: str | None = None,
+    ) -> OpenedEnvelope:
+        header = self._authentic(signed)
+        if service is not None and header.service != service:
+            raise _reject(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "wrong_service",
+                f"response header.service: expected {service}",
+            )
+        expected = FEDERATION_SERVICES.get(header.service)
+        if header.status_code == 0 and expected is not None and header.payload_type != expected[1]:
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "wrong_payload_type",
+                f"response header.payload_type: expected {expected[1]}",
+            )
+        if header.sender != peer:
+            raise _reject(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "wrong_sender",
+                f"response header.sender: expected {peer}, got {header.sender!r}",
+            )
+        if header.receiver != self.own:
+            raise _reject(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "wrong_receiver",
+                f"response header.receiver: expected {self.own}",
+            )
+        if header.request_digest != crypto.sha256(request_header):
+            raise _reject(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "wrong_receipt",
+                "response header.request_digest: does not name this request",
+            )
+        if not self._nonces.add(header.sender, header.nonce):
+            raise _reject(
+                grpc.StatusCode.ALREADY_EXISTS,
+                "replayed_nonce",
+                "response header.nonce: already seen (replay)",
+            )
+        return OpenedEnvelope(header, signed.payload, signed)
