@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -86,6 +86,14 @@ def _resolve(value: Path | None, info: ValidationInfo) -> Path | None:
         return value
     base = (info.context or {}).get("base_dir")
     return (Path(base) / value).resolve() if base else value
+
+
+def _names_from(value: tuple[str, ...], allowed: Collection[str], what: str) -> tuple[str, ...]:
+    """``value`` when every name in it is one of ``allowed``; else the expectation."""
+    for name in value:
+        if name not in allowed:
+            raise ValueError(f"{what} from {sorted(allowed)}")
+    return value
 
 
 class _Model(BaseModel):
@@ -212,10 +220,7 @@ class ServicesSection(_Model):
     @field_validator("offers", "calls")
     @classmethod
     def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for name in value:
-            if name not in FEDERATION_SERVICES:
-                raise ValueError(f"federation service names from {sorted(FEDERATION_SERVICES)}")
-        return value
+        return _names_from(value, FEDERATION_SERVICES, "federation service names")
 
 
 class TlsSection(_Model):
@@ -257,18 +262,12 @@ class ClientSection(_Model):
     @field_validator("services")
     @classmethod
     def _services(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for name in value:
-            if name not in PUBLIC_SERVICES:
-                raise ValueError(f"gRPC service names from {sorted(PUBLIC_SERVICES)}")
-        return value
+        return _names_from(value, PUBLIC_SERVICES, "gRPC service names")
 
     @field_validator("purposes")
     @classmethod
     def _purposes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for name in value:
-            if name not in PURPOSES:
-                raise ValueError(f"purposes from {sorted(PURPOSES)}")
-        return value
+        return _names_from(value, PURPOSES, "purposes")
 
 
 class ProvinceConfig(_Model):
