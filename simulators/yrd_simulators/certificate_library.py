@@ -833,308 +833,344 @@ class _Library:
     expired: list[certificate_pb2.Certificate]
 
 
+# The steps below draw from the issuer's one random generator, so their order is
+# part of the data: tests/adapters/test_certificate_library.py pins the result.
+
+
 def synthetic_certificates(
     province: str, key_path: Path, key_id: str, *, seed: int = 0, today: date
 ) -> _Library:
     """The library's certificates (see the module docstring), sealed with the key."""
     issuer = _Issuer(province, seed, today, key_path, key_id)
-    rng = issuer.rng
     residents = synthetic_residents(province, seed)
     certs: list[certificate_pb2.Certificate] = []
-    for n, r in enumerate(residents, 1):
-        holder = _person(r)
-        street = rng.choice(_STREETS)
-        certs.append(
-            issuer.issue(
-                "10100000",
-                holder,
-                {
-                    "full_name": r.full_name,
-                    "gender": _gender_word(r),
-                    "ethnicity": r.ethnicity,
-                    "birth_date": r.birth_date.isoformat(),
-                    "address": r.address,
-                },
-            )
-        )
-        certs.append(
-            issuer.issue(
-                "10200000",
-                holder,
-                {
-                    "household_number": f"{rng.randrange(10**8):08d}",
-                    "household_head_name": r.full_name,
-                    "relation_to_head": "户主",
-                    "address": r.address,
-                    "registered_region": r.registered_region,
-                },
-            )
-        )
-        certs.append(
-            issuer.issue(
-                "16100000",
-                holder,
-                {
-                    "card_number": f"{province[:2]}{rng.randrange(10**9):09d}",
-                    "social_security_number": r.id_number,
-                    "issuing_region": r.registered_region,
-                },
-            )
-        )
-        if n % 2 == 0 and r.birth_date.year < 2003:
-            graduated = date(r.birth_date.year + 22, 6, 30)
-            certs.append(
-                issuer.issue(
-                    "12100000",
-                    holder,
-                    {
-                        "school_name": rng.choice(_SCHOOLS),
-                        "major": rng.choice(_MAJORS),
-                        "education_level": "本科",
-                        "enrolment_date": date(r.birth_date.year + 18, 9, 1).isoformat(),
-                        "graduation_date": graduated.isoformat(),
-                    },
-                    issued=graduated,
-                    pages=1,
-                )
-            )
-        if n % 4 == 0 and r.birth_date.year < 2003:
-            awarded = date(r.birth_date.year + 22, 7, 1)
-            certs.append(
-                issuer.issue(
-                    "12200000",
-                    holder,
-                    {
-                        "school_name": rng.choice(_SCHOOLS),
-                        "degree_name": "学士",
-                        "major": rng.choice(_MAJORS),
-                        "award_date": awarded.isoformat(),
-                    },
-                    issued=awarded,
-                )
-            )
-        if n % 3 == 0:
-            certs.append(
-                issuer.issue(
-                    "13100000",
-                    holder,
-                    {
-                        "property_address": f"{r.address[:-4]}{street}{rng.randrange(1, 300)}弄"
-                        f"{rng.randrange(1, 30)}号{rng.randrange(101, 2800)}室",
-                        "property_unit_number": f"{r.registered_region}{rng.randrange(10**12):012d}"
-                        f"F{rng.randrange(10**8):08d}",
-                        "area_m2": f"{rng.randrange(40, 200)}.{rng.randrange(100):02d}",
-                        "usage": "住宅",
-                        "right_type": "国有建设用地使用权/房屋所有权",
-                        "land_use_term_end": date(2080 + n % 10, 12, 31).isoformat(),
-                    },
-                    pages=2,
-                )
-            )
-        if n % 2 == 1 and r.birth_date.year < 2006:
-            first = today - timedelta(days=rng.randrange(400, 5000))
-            valid_from = today - timedelta(days=rng.randrange(30, 300))
-            certs.append(
-                issuer.issue(
-                    "15100000",
-                    holder,
-                    {
-                        "full_name": r.full_name,
-                        "licence_class": rng.choice(("C1", "C2", "A2", "B1")),
-                        "first_issue_date": first.isoformat(),
-                        "valid_from": valid_from.isoformat(),
-                        "valid_until": _add_years(valid_from, 6).isoformat(),
-                    },
-                    issued=valid_from,
-                    expiry=_add_years(valid_from, 6),
-                )
-            )
-        if n % 4 == 3:
-            certs.append(
-                issuer.issue(
-                    "15200000",
-                    holder,
-                    {
-                        "plate_number": f"{'沪苏浙皖'[list(_PROVINCE_NAMES).index(province)]}"
-                        f"{'ABCDE'[n % 5]}{rng.randrange(10**5):05d}",
-                        "vehicle_type": "小型普通客车",
-                        "vin": f"LSV{rng.randrange(10**14):014d}",
-                        "registration_date": (
-                            today - timedelta(days=rng.randrange(100, 3000))
-                        ).isoformat(),
-                    },
-                )
-            )
-        if r.birth_date.year >= 1996:
-            certs.append(
-                issuer.issue(
-                    "11200000",
-                    holder,
-                    {
-                        "child_name": r.full_name,
-                        "child_gender": _gender_word(r),
-                        "birth_date": r.birth_date.isoformat(),
-                        "birth_place": f"{_PROVINCE_NAMES[province]}第一人民医院",
-                        "mother_name": "母" + r.full_name[1:],
-                    },
-                    issued=r.birth_date + timedelta(days=3),
-                )
-            )
-        if n % 3 == 1:
-            certs.append(
-                issuer.issue(
-                    "16200000",
-                    holder,
-                    {
-                        "insurance_type": "城镇职工基本养老保险",
-                        "insured_region": r.registered_region,
-                        "start_date": date(max(r.birth_date.year + 22, 2000), 7, 1).isoformat(),
-                        "contribution_months": str(rng.randrange(1, 360)),
-                    },
-                )
-            )
-        if n % 4 == 1:
-            certs.append(
-                issuer.issue(
-                    "16300000",
-                    holder,
-                    {
-                        "fund_account": f"{province[:2]}{rng.randrange(10**10):010d}",
-                        "employer_name": f"{_PROVINCE_NAMES[province]}某某有限公司",
-                        "monthly_deposit_fen": str(rng.randrange(50_000, 800_000)),
-                        "start_date": date(max(r.birth_date.year + 22, 2000), 3, 1).isoformat(),
-                    },
-                )
-            )
-        if n % 7 == 0:
-            certs.append(
-                issuer.issue(
-                    "12300000",
-                    holder,
-                    {"qualification_type": "高级中学教师资格", "subject": "数学"},
-                )
-            )
-        if n % 6 == 0:
-            certs.append(
-                issuer.issue(
-                    "12400000", holder, {"occupation": "电工", "skill_level": "三级/高级工"}
-                )
-            )
-        if n % 8 == 3:
-            start = today - timedelta(days=rng.randrange(10, 300))
-            certs.append(
-                issuer.issue(
-                    "13200000",
-                    holder,
-                    {
-                        "property_address": f"{r.address[:-4]}{street}{rng.randrange(1, 300)}号",
-                        "area_m2": f"{rng.randrange(20, 90)}.{rng.randrange(100):02d}",
-                        "lessor_name": residents[(n + 5) % len(residents)].full_name,
-                        "lease_start": start.isoformat(),
-                        "lease_end": _add_years(start, 1).isoformat(),
-                    },
-                    issued=start,
-                )
-            )
-        if n == 13:
-            certs.append(
-                issuer.issue(
-                    "16400000",
-                    holder,
-                    {"disability_category": "肢体残疾", "disability_level": "三级"},
-                )
-            )
-    # Marriages: residents 1&2, 9&10, 17&18, … (odd ones male, even female); a divorce 25&26.
-    for a, b, category in [(i, i + 1, "11100000") for i in range(0, 24, 8)] + [
-        (24, 25, "11100100")
-    ]:
+    for n, resident in enumerate(residents, 1):
+        certs += _resident_certificates(issuer, _Subject(n, resident, residents, issuer))
+    certs += _marriage_certificates(issuer, residents)
+    certs += _residence_permits(issuer, seed)
+    organisations = synthetic_organisations(province, seed)
+    for n, org in enumerate(organisations):
+        certs += _organisation_certificates(issuer, n, org)
+    expired = _expire(issuer, certs, residents[0], organisations[1])
+    forged = _forge(certs, residents[2], organisations[2])
+    return _Library(certs, forged, expired)
+
+
+class _Subject:
+    """The ``n``-th resident (from 1) as the holder of the certificates issued to them."""
+
+    def __init__(
+        self, n: int, resident: Resident, residents: tuple[Resident, ...], issuer: _Issuer
+    ) -> None:
+        self.n = n
+        self.resident = resident
+        self.residents = residents
+        self.holder = _person(resident)
+        self.born = resident.birth_date.year
+        #: The street of their property and lease, drawn before their first certificate.
+        self.street = issuer.rng.choice(_STREETS)
+
+
+_Step = Callable[[_Issuer, _Subject], certificate_pb2.Certificate]
+
+
+def _resident_certificates(issuer: _Issuer, s: _Subject) -> list[certificate_pb2.Certificate]:
+    """A resident's certificates, in the order of :data:`_RESIDENT_STEPS`."""
+    return [step(issuer, s) for who, step in _RESIDENT_STEPS if who(s)]
+
+
+def _identity_card(issuer: _Issuer, s: _Subject) -> certificate_pb2.Certificate:
+    r = s.resident
+    fields = {
+        "full_name": r.full_name,
+        "gender": _gender_word(r),
+        "ethnicity": r.ethnicity,
+        "birth_date": r.birth_date.isoformat(),
+        "address": r.address,
+    }
+    return issuer.issue("10100000", s.holder, fields)
+
+
+def _household_register(issuer: _Issuer, s: _Subject) -> certificate_pb2.Certificate:
+    r = s.resident
+    fields = {
+        "household_number": f"{issuer.rng.randrange(10**8):08d}",
+        "household_head_name": r.full_name,
+        "relation_to_head": "户主",
+        "address": r.address,
+        "registered_region": r.registered_region,
+    }
+    return issuer.issue("10200000", s.holder, fields)
+
+
+def _social_security_card(issuer: _Issuer, s: _Subject) -> certificate_pb2.Certificate:
+    r = s.resident
+    fields = {
+        "card_number": f"{issuer.province[:2]}{issuer.rng.randrange(10**9):09d}",
+        "social_security_number": r.id_number,
+        "issuing_region": r.registered_region,
+    }
+    return issuer.issue("16100000", s.holder, fields)
+
+
+def _graduation_certificate(issuer: _Issuer, s: _Subject) -> certificate_pb2.Certificate:
+    r, rng = s.resident, issuer.rng
+    graduated = date(r.birth_date.year + 22, 6, 30)
+    fields = {
+        "school_name": rng.choice(_SCHOOLS),
+        "major": rng.choice(_MAJORS),
+        "education_level": "本科",
+        "enrolment_date": date(r.birth_date.year + 18, 9, 1).isoformat(),
+        "graduation_date": graduated.isoformat(),
+    }
+    return issuer.issue("12100000", s.holder, fields, issued=graduated, pages=1)
+
+
+def _degree_certificate(issuer: _Issuer, s: _Subject) -> certificate_pb2.Certificate:
+    r, rng = s.resident, issuer.rng
+    awarded = date(r.birth_date.year + 22, 7, 1)
+    fields = {
+        "school_name": rng.choice(_SCHOOLS),
+        "degree_name": "学士",
+        "major": rng.choice(_MAJORS),
+        "award_date": awarded.isoformat(),
+    }
+    return issuer.issue("12200000", s.holder, fields, issued=awarded)
+
+
+def _real_estate_certificate(issuer: _Issuer, s: _Subject) -> certificate_pb2.Certificate:
+    r, rng = s.resident, issuer.rng
+    fields = {
+        "property_address": f"{r.address[:-4]}{s.street}{rng.randrange(1, 300)}弄"
+        f"{rng.randrange(1, 30)}号{rng.randrange(101, 2800)}室",
+        "property_unit_number": f"{r.registered_region}{rng.randrange(10**12):012d}"
+        f"F{rng.randrange(10**8):08d}",
+        "area_m2": f"{rng.randrange(40, 200)}.{rng.randrange(100):02d}",
+        "usage": "住宅",
+        "right_type": "国有建设用地使用权/房屋所有权",
+        "land_use_term_end": date(2080 + s.n % 10, 12, 31).isoformat(),
+    }
+    return issuer.issue("13100000", s.holder, fields, pages=2)
+
+
+def _driving_licence(issuer: _Issuer, s: _Subject) -> certificate_pb2.Certificate:
+    rng, today = issuer.rng, issuer.today
+    first = today - timedelta(days=rng.randrange(400, 5000))
+    valid_from = today - timedelta(days=rng.randrange(30, 300))
+    fields = {
+        "full_name": s.resident.full_name,
+        "licence_class": rng.choice(("C1", "C2", "A2", "B1")),
+        "first_issue_date": first.isoformat(),
+        "valid_from": valid_from.isoformat(),
+        "valid_until": _add_years(valid_from, 6).isoformat(),
+    }
+    return issuer.issue(
+        "15100000", s.holder, fields, issued=valid_from, expiry=_add_years(valid_from, 6)
+    )
+
+
+def _vehicle_registration(issuer: _Issuer, s: _Subject) -> certificate_pb2.Certificate:
+    rng, province = issuer.rng, issuer.province
+    fields = {
+        "plate_number": f"{'沪苏浙皖'[list(_PROVINCE_NAMES).index(province)]}"
+        f"{'ABCDE'[s.n % 5]}{rng.randrange(10**5):05d}",
+        "vehicle_type": "小型普通客车",
+        "vin": f"LSV{rng.randrange(10**14):014d}",
+        "registration_date": (issuer.today - timedelta(days=rng.randrange(100, 3000))).isoformat(),
+    }
+    return issuer.issue("15200000", s.holder, fields)
+
+
+def _birth_certificate(issuer: _Issuer, s: _Subject) -> certificate_pb2.Certificate:
+    r = s.resident
+    fields = {
+        "child_name": r.full_name,
+        "child_gender": _gender_word(r),
+        "birth_date": r.birth_date.isoformat(),
+        "birth_place": f"{_PROVINCE_NAMES[issuer.province]}第一人民医院",
+        "mother_name": "母" + r.full_name[1:],
+    }
+    return issuer.issue("11200000", s.holder, fields, issued=r.birth_date + timedelta(days=3))
+
+
+def _social_insurance(issuer: _Issuer, s: _Subject) -> certificate_pb2.Certificate:
+    r = s.resident
+    fields = {
+        "insurance_type": "城镇职工基本养老保险",
+        "insured_region": r.registered_region,
+        "start_date": date(max(r.birth_date.year + 22, 2000), 7, 1).isoformat(),
+        "contribution_months": str(issuer.rng.randrange(1, 360)),
+    }
+    return issuer.issue("16200000", s.holder, fields)
+
+
+def _provident_fund(issuer: _Issuer, s: _Subject) -> certificate_pb2.Certificate:
+    r, rng, province = s.resident, issuer.rng, issuer.province
+    fields = {
+        "fund_account": f"{province[:2]}{rng.randrange(10**10):010d}",
+        "employer_name": f"{_PROVINCE_NAMES[province]}某某有限公司",
+        "monthly_deposit_fen": str(rng.randrange(50_000, 800_000)),
+        "start_date": date(max(r.birth_date.year + 22, 2000), 3, 1).isoformat(),
+    }
+    return issuer.issue("16300000", s.holder, fields)
+
+
+def _teacher_qualification(issuer: _Issuer, s: _Subject) -> certificate_pb2.Certificate:
+    fields = {"qualification_type": "高级中学教师资格", "subject": "数学"}
+    return issuer.issue("12300000", s.holder, fields)
+
+
+def _skill_certificate(issuer: _Issuer, s: _Subject) -> certificate_pb2.Certificate:
+    return issuer.issue("12400000", s.holder, {"occupation": "电工", "skill_level": "三级/高级工"})
+
+
+def _lease_registration(issuer: _Issuer, s: _Subject) -> certificate_pb2.Certificate:
+    r, rng = s.resident, issuer.rng
+    start = issuer.today - timedelta(days=rng.randrange(10, 300))
+    fields = {
+        "property_address": f"{r.address[:-4]}{s.street}{rng.randrange(1, 300)}号",
+        "area_m2": f"{rng.randrange(20, 90)}.{rng.randrange(100):02d}",
+        "lessor_name": s.residents[(s.n + 5) % len(s.residents)].full_name,
+        "lease_start": start.isoformat(),
+        "lease_end": _add_years(start, 1).isoformat(),
+    }
+    return issuer.issue("13200000", s.holder, fields, issued=start)
+
+
+def _disability_certificate(issuer: _Issuer, s: _Subject) -> certificate_pb2.Certificate:
+    fields = {"disability_category": "肢体残疾", "disability_level": "三级"}
+    return issuer.issue("16400000", s.holder, fields)
+
+
+#: Who gets which certificate, in the order they are issued.
+_RESIDENT_STEPS: tuple[tuple[Callable[[_Subject], bool], _Step], ...] = (
+    (lambda s: True, _identity_card),
+    (lambda s: True, _household_register),
+    (lambda s: True, _social_security_card),
+    (lambda s: s.n % 2 == 0 and s.born < 2003, _graduation_certificate),
+    (lambda s: s.n % 4 == 0 and s.born < 2003, _degree_certificate),
+    (lambda s: s.n % 3 == 0, _real_estate_certificate),
+    (lambda s: s.n % 2 == 1 and s.born < 2006, _driving_licence),
+    (lambda s: s.n % 4 == 3, _vehicle_registration),
+    (lambda s: s.born >= 1996, _birth_certificate),
+    (lambda s: s.n % 3 == 1, _social_insurance),
+    (lambda s: s.n % 4 == 1, _provident_fund),
+    (lambda s: s.n % 7 == 0, _teacher_qualification),
+    (lambda s: s.n % 6 == 0, _skill_certificate),
+    (lambda s: s.n % 8 == 3, _lease_registration),
+    (lambda s: s.n == 13, _disability_certificate),
+)
+
+
+def _marriage_certificates(
+    issuer: _Issuer, residents: tuple[Resident, ...]
+) -> list[certificate_pb2.Certificate]:
+    """Marriages: residents 1&2, 9&10, 17&18 (odd ones male, even female); a divorce 25&26.
+
+    Each spouse holds a copy.
+    """
+    certs = []
+    couples = [(i, i + 1, "11100000") for i in range(0, 24, 8)] + [(24, 25, "11100100")]
+    for a, b, category in couples:
         ra, rb = residents[a], residents[b]
         registered = max(ra.birth_date, rb.birth_date) + timedelta(days=365 * 23)
-        if registered > today:
-            registered = today - timedelta(days=100)
+        if registered > issuer.today:
+            registered = issuer.today - timedelta(days=100)
         fields = {
             "spouse_a_id": ra.id_number,
             "spouse_a_name": ra.full_name,
             "spouse_b_id": rb.id_number,
             "spouse_b_name": rb.full_name,
             "registration_date": registered.isoformat(),
-            "registration_authority": f"{COUNTIES[province][ra.registered_region]}民政局",
+            "registration_authority": f"{COUNTIES[issuer.province][ra.registered_region]}民政局",
         }
         for r in (ra, rb):
             certs.append(issuer.issue(category, _person(r), fields, issued=registered, pages=1))
-    # Residence permits for some residents of the other provinces living here.
+    return certs
+
+
+def _residence_permits(issuer: _Issuer, seed: int) -> list[certificate_pb2.Certificate]:
+    """Residence permits for every tenth resident of each other province, living here."""
+    province, rng, today = issuer.province, issuer.rng, issuer.today
     county = sorted(COUNTIES[province])[0]
+    certs = []
     for other in sorted(COUNTIES):
         if other == province:
             continue
         for r in synthetic_residents(other, seed)[::10]:
             valid_from = today - timedelta(days=rng.randrange(10, 200))
+            fields = {
+                "full_name": r.full_name,
+                "address": f"{COUNTIES[province][county]}{rng.choice(_STREETS)}"
+                f"{rng.randrange(1, 999)}号",
+                "residence_region": county,
+                "valid_from": valid_from.isoformat(),
+                "valid_until": _add_years(valid_from, 1).isoformat(),
+            }
             certs.append(
                 issuer.issue(
                     "10300000",
                     _person(r),
-                    {
-                        "full_name": r.full_name,
-                        "address": f"{COUNTIES[province][county]}{rng.choice(_STREETS)}"
-                        f"{rng.randrange(1, 999)}号",
-                        "residence_region": county,
-                        "valid_from": valid_from.isoformat(),
-                        "valid_until": _add_years(valid_from, 1).isoformat(),
-                    },
+                    fields,
                     issued=valid_from,
                     expiry=_add_years(valid_from, 1),
                 )
             )
-    organisations = synthetic_organisations(province, seed)
-    for n, org in enumerate(organisations):
-        holder = common_pb2.Party(
-            organisation=common_pb2.Organisation(
-                credit_code=org.credit_code, name=org.name, region=org.region
-            )
+    return certs
+
+
+def _organisation_certificates(
+    issuer: _Issuer, n: int, org: Organisation
+) -> list[certificate_pb2.Certificate]:
+    """The ``n``-th organisation's (from 0) business licence, and every second one a food permit."""
+    rng, addresses = issuer.rng, COUNTIES[issuer.province]
+    holder = common_pb2.Party(
+        organisation=common_pb2.Organisation(
+            credit_code=org.credit_code, name=org.name, region=org.region
         )
-        established = today - timedelta(days=rng.randrange(200, 7000))
-        certs.append(
-            issuer.issue(
-                "14100000",
-                holder,
-                {
-                    "company_name": org.name,
-                    "company_type": "有限责任公司(自然人投资或控股)",
-                    "legal_representative": org.legal_representative,
-                    "registered_capital_fen": str(rng.randrange(1, 5000) * 1_000_000),
-                    "establishment_date": established.isoformat(),
-                    "business_scope": "技术开发、技术咨询；货物进出口",
-                    "registered_address": f"{COUNTIES[province][org.region]}"
-                    f"{rng.choice(_STREETS)}{rng.randrange(1, 999)}号",
-                },
-                issued=established,
-                pages=1,
-            )
-        )
-        if n % 2 == 1:
-            certs.append(
-                issuer.issue(
-                    "14200000",
-                    holder,
-                    {
-                        "company_name": org.name,
-                        "legal_representative": org.legal_representative,
-                        "business_address": f"{COUNTIES[province][org.region]}"
-                        f"{rng.choice(_STREETS)}{rng.randrange(1, 999)}号",
-                        "business_items": "预包装食品销售；热食类食品制售",
-                    },
-                )
-            )
-    # Two expired certificates, sealed as issued: resident 1's driving licence
-    # and organisation 1's food permit.
+    )
+    established = issuer.today - timedelta(days=rng.randrange(200, 7000))
+    licence = {
+        "company_name": org.name,
+        "company_type": "有限责任公司(自然人投资或控股)",
+        "legal_representative": org.legal_representative,
+        "registered_capital_fen": str(rng.randrange(1, 5000) * 1_000_000),
+        "establishment_date": established.isoformat(),
+        "business_scope": "技术开发、技术咨询；货物进出口",
+        "registered_address": f"{addresses[org.region]}"
+        f"{rng.choice(_STREETS)}{rng.randrange(1, 999)}号",
+    }
+    certs = [issuer.issue("14100000", holder, licence, issued=established, pages=1)]
+    if n % 2 == 1:
+        permit = {
+            "company_name": org.name,
+            "legal_representative": org.legal_representative,
+            "business_address": f"{addresses[org.region]}"
+            f"{rng.choice(_STREETS)}{rng.randrange(1, 999)}号",
+            "business_items": "预包装食品销售；热食类食品制售",
+        }
+        certs.append(issuer.issue("14200000", holder, permit))
+    return certs
+
+
+def _expire(
+    issuer: _Issuer,
+    certs: list[certificate_pb2.Certificate],
+    driver: Resident,
+    restaurant: Organisation,
+) -> list[certificate_pb2.Certificate]:
+    """Reissue, as expired 40 days ago, the driver's licence and the restaurant's food permit.
+
+    They replace the valid ones in ``certs`` (sealed as issued); returns them.
+    """
+    today = issuer.today
     expired = []
     for i, cert in enumerate(certs):
         if (
-            cert.category_code == "15100000"
-            and cert.holder.person.id_number == residents[0].id_number
+            cert.category_code == "15100000" and cert.holder.person.id_number == driver.id_number
         ) or (
             cert.category_code == "14200000"
-            and cert.holder.organisation.credit_code == organisations[1].credit_code
+            and cert.holder.organisation.credit_code == restaurant.credit_code
         ):
             issued = _add_years(today, -6) - timedelta(days=40)
             ended = today - timedelta(days=40)
@@ -1146,23 +1182,26 @@ def synthetic_certificates(
                 cert.category_code, cert.holder, fields, issued=issued, expiry=ended
             )
             expired.append(certs[i])
-    # Two forged ones: resident 3's real-estate certificate with its seal bytes
-    # corrupted, organisation 2's business licence altered after sealing.
+    return expired
+
+
+def _forge(
+    certs: list[certificate_pb2.Certificate], owner: Resident, company: Organisation
+) -> list[certificate_pb2.Certificate]:
+    """Forge, in place, the owner's real-estate certificate (seal bytes corrupted) and the
+    company's business licence (altered after sealing); returns them."""
     forged = []
     for cert in certs:
-        if (
-            cert.category_code == "13100000"
-            and cert.holder.person.id_number == residents[2].id_number
-        ):
+        if cert.category_code == "13100000" and cert.holder.person.id_number == owner.id_number:
             cert.seal = bytes([cert.seal[0] ^ 0x01]) + cert.seal[1:]
             forged.append(cert)
         elif (
             cert.category_code == "14100000"
-            and cert.holder.organisation.credit_code == organisations[2].credit_code
+            and cert.holder.organisation.credit_code == company.credit_code
         ):
             cert.fields["registered_capital_fen"] = "99900000000"
             forged.append(cert)
-    return _Library(certs, forged, expired)
+    return forged
 
 
 # ---- The simulator -------------------------------------------------------------------

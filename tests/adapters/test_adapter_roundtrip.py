@@ -15,9 +15,9 @@ from adapters import TranslationError, Translator
 from adapters.mapping import to_message
 from adapters.spec import AdapterConfig
 from gateway.core.identifiers import REGION_CODE_PATTERN
+from gateway.core.identifiers import make_id_number as id_number
 from tests.adapters.native_documents import documents
 from yrd.common.v1 import common_pb2
-from yrd_simulators.residents import id_number
 
 _GENDERS = ["GENDER_UNSPECIFIED", "GENDER_MALE", "GENDER_FEMALE", "GENDER_NOT_STATED"]
 _STATES = [

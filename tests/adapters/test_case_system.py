@@ -25,9 +25,9 @@ from adapters.case import (
 from adapters.golden import load_vectors
 from adapters.spec import AdapterConfig
 from gateway.core.clock import FrozenClock
+from gateway.core.identifiers import make_id_number as id_number
 from yrd.case.v1 import case_pb2
 from yrd_simulators.case_system import HANDLED, CaseSystemSimulator
-from yrd_simulators.residents import id_number
 
 NOW = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
 COMPANY = "91310115MA1K4B7C8" + str(uscc.calc_check_digit("91310115MA1K4B7C8"))

@@ -27,6 +27,7 @@ from adapters import (
 )
 from adapters.spec import AdapterConfig
 from gateway.core.clock import FrozenClock
+from gateway.core.identifiers import make_id_number as id_number
 from yrd.common.v1 import common_pb2
 from yrd.fund.v1 import fund_pb2
 from yrd_simulators.fund_centre import (
@@ -35,7 +36,7 @@ from yrd_simulators.fund_centre import (
     FundCentreSimulator,
     synthetic_accounts,
 )
-from yrd_simulators.residents import Resident, id_number, synthetic_residents
+from yrd_simulators.residents import Resident, synthetic_residents
 
 NOW = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 PROVINCES = ("310000", "320000", "330000", "340000")
