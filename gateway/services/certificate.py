@@ -22,7 +22,6 @@ import structlog
 
 from adapters import catalogue
 from adapters.base import CertificateLibrary
-from adapters.certificate import seal_verdict
 from adapters.errors import (
     BackendRejected,
     BackendUnavailable,
@@ -51,6 +50,7 @@ from gateway.core.metrics import NodeMetrics
 from gateway.federation.client import FederationClient
 from gateway.services.calls import current_correlation_id, require_client
 from gateway.trust.envelope import OpenedEnvelope
+from gateway.trust.seals import seal_verdict
 from gateway.trust.truststore import TrustStore
 from yrd.certificate.v1 import certificate_pb2, certificate_pb2_grpc
 

@@ -64,9 +64,10 @@ from aiohttp import web
 from stdnum.cn import uscc
 
 from adapters.catalogue import CATALOGUE, FieldKind
-from adapters.certificate import licence_id, seal_certificate
+from adapters.certificate import licence_id
 from gateway.core.clock import Clock, SystemClock
 from gateway.core.crypto import load_private_key
+from gateway.trust.seals import seal_certificate
 from yrd.certificate.v1 import certificate_pb2
 from yrd.common.v1 import common_pb2
 from yrd_simulators.documents import BadNativeRequest as BadNativeRequest
