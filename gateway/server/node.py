@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from adapters import (
     build_fund_centre,
     build_identity_authority,
 )
-from adapters.base import FundCentre, IdentityAuthority
+from adapters.base import CaseSystem, CertificateLibrary, FundCentre, IdentityAuthority
 from gateway.config.holder import ConfigHolder
 from gateway.config.models import FederationConfig, ProvinceConfig, load_federation
 from gateway.core.clock import Clock, SystemClock
@@ -265,14 +266,48 @@ async def prepare_node_stores(federation: FederationConfig, *, continue_past_bre
         await state.close()
 
 
+@dataclass
+class Backends:
+    """This province's back-end connectors: the e-ID authority always, the others
+    when configured (or given by a test). The node closes them all at stop."""
+
+    identity: IdentityAuthority
+    fund: FundCentre | None = None
+    case: CaseSystem | None = None
+    certificate: CertificateLibrary | None = None
+
+    def connect(self, me: ProvinceConfig, clock: Clock) -> None:
+        """Connect those the config names that were not given (each one is set as
+        soon as it is built, so that aclose() closes whatever was built)."""
+        if self.fund is None and me.fund is not None and me.adapter.fund is not None:
+            self.fund = build_fund_centre(me.adapter, me.fund.centre_url, clock=clock)
+        if me.case is not None and me.adapter.case is not None:
+            self.case = build_case_system(me.adapter, me.case.system_url, clock=clock)
+        if (
+            me.certificate is not None
+            and me.certificate.library_url is not None
+            and me.adapter.certificate is not None
+        ):
+            self.certificate = build_certificate_library(
+                me.adapter, me.certificate.library_url, clock=clock
+            )
+
+    async def aclose(self) -> None:
+        for backend in (self.identity, self.fund, self.case, self.certificate):
+            if backend is not None:
+                await backend.aclose()
+
+
 class Node:
     """One province's gateway node.
 
-    Built in steps, each a method below: the constructor reads the config and
-    prepares the parts that need no I/O (:meth:`_make_stores`,
-    :meth:`_make_envelopes`); :meth:`start` locks the stores, binds the ports,
-    opens the stores, connects the back-ends, builds the services, mounts them
-    on the server and serves, then starts metrics and the background work.
+    Assembled in named steps, each a method below. The constructor prepares
+    what needs no I/O: the config holder, TLS material, :meth:`_make_stores`
+    and :meth:`_make_envelopes` (signer, verifier, federation client).
+    :meth:`start` then runs, in order: :meth:`_lock_store`, :meth:`_bind`,
+    :meth:`_open_stores`, :meth:`_connect_backends`, :meth:`_build_services`,
+    :meth:`_mount_services`, :meth:`_serve`, :meth:`_start_metrics`,
+    :meth:`_start_background_work`. :meth:`stop` undoes whatever was done.
     """
 
     def __init__(
@@ -319,10 +354,10 @@ class Node:
         )
         self.metrics = NodeMetrics(me.code)
         self.metrics_server: MetricsServer | None = None
-        # Back-ends given by the caller (tests); the others are built at start.
+        # Back-ends given by the caller (tests); the others are connected at start.
         self._authority = authority
         self._fund_centre = fund_centre
-        self._closeables: list[Any] = []
+        self.backends: Backends | None = None
         self._make_stores()
         self._make_envelopes()
         # Made at start.
@@ -460,6 +495,21 @@ class Node:
             await self.stop(0)
             raise
 
+    async def _start(self) -> Node:
+        """The start-up, part by part (stop() undoes whatever was done)."""
+        self._lock_store()
+        server = self._bind(self.config.me)
+        await self._open_stores()
+        backends = self._connect_backends()
+        self._build_services(backends)
+        self._mount_services(server)
+        await self._serve(server)
+        await self._start_metrics()
+        await self._start_background_work()
+        self.started_at = self.clock.now()
+        log.info("node started", province=self.code, listen=self.listen, port=self.port)
+        return self
+
     def _lock_store(self) -> None:
         if self._lock_fd is not None:
             self._store_lock = StoreLock.inherited(self.store_dir, self._lock_fd)
@@ -523,28 +573,25 @@ class Node:
         except (OSError, sqlite3.Error) as exc:
             raise NodeStartError(f"cannot open the state store {self.state.path}: {exc}") from exc
 
-    async def _start(self) -> Node:
-        """The start-up, part by part (stop() undoes whatever was done)."""
-        self._lock_store()
-        server = self._bind(self.config.me)
-        await self._open_stores()
-        backends = self._backends(self.config.me)
-        self._build_services(backends)
-        self._mount_services(server)
-        await self._serve(server)
-        await self._start_metrics()
-        await self._start_background_work()
-        self.started_at = self.clock.now()
-        log.info("node started", province=self.code, listen=self.listen, port=self.port)
-        return self
+    def _connect_backends(self) -> Backends:
+        """This province's back-end connectors: those given to the node, then
+        those its config names."""
+        me = self.config.me
+        backends = self.backends = Backends(
+            self._authority
+            or build_identity_authority(me.adapter, me.eid.authority_url, clock=self.clock),
+            self._fund_centre,
+        )
+        backends.connect(me, self.clock)
+        return backends
 
-    def _build_services(self, backends: dict[str, Any]) -> None:
+    def _build_services(self, backends: Backends) -> None:
         """The exchanges (identity, fund, cases, certificates), the outbox that
         delivers the tracked ones and the processors that drive their back-ends."""
         self.identity = IdentityExchange(
             config=self.config,
             client=self.federation_client,
-            authority=backends["identity"],
+            authority=backends.identity,
             store=self.state,
             clock=self.clock,
         )
@@ -554,7 +601,7 @@ class Node:
             federation=self.federation,
             client=self.federation_client,
             store=self.state,
-            backend=backends["fund"],
+            backend=backends.fund,
             clock=self.clock,
         )
         self.cases = TrackedExchange(
@@ -562,13 +609,13 @@ class Node:
             federation=self.federation,
             client=self.federation_client,
             store=self.state,
-            backend=backends["case"],
+            backend=backends.case,
             clock=self.clock,
         )
         self.certificates = CertificateExchange(
             config=self.config,
             client=self.federation_client,
-            library=backends["certificate"],
+            library=backends.certificate,
             clock=self.clock,
         )
         self.identity.metrics = self.certificates.metrics = self.metrics
@@ -662,28 +709,6 @@ class Node:
         for processor in self.processors:
             await processor.start()
 
-    def _backends(self, me: ProvinceConfig) -> dict[str, Any]:
-        """This province's back-end connectors (injected ones first, then from config)."""
-        authority = self._authority or build_identity_authority(
-            me.adapter, me.eid.authority_url, clock=self.clock
-        )
-        self._authority = authority  # closed by stop(), as the others
-        found: dict[str, Any] = {"fund": self._fund_centre, "case": None, "certificate": None}
-        if found["fund"] is None and me.fund is not None and me.adapter.fund is not None:
-            found["fund"] = build_fund_centre(me.adapter, me.fund.centre_url, clock=self.clock)
-        if me.case is not None and me.adapter.case is not None:
-            found["case"] = build_case_system(me.adapter, me.case.system_url, clock=self.clock)
-        if (
-            me.certificate is not None
-            and me.certificate.library_url is not None
-            and me.adapter.certificate is not None
-        ):
-            found["certificate"] = build_certificate_library(
-                me.adapter, me.certificate.library_url, clock=self.clock
-            )
-        self._closeables = [b for b in found.values() if b is not None]
-        return {"identity": authority, **found}
-
     async def _refresh_metrics(self) -> None:
         depth, oldest = await self.state.outbox_stats()
         self.metrics.outbox_depth.set(depth)
@@ -769,10 +794,10 @@ class Node:
             for processor in self.processors:
                 await processor.stop()
             await self.federation_client.close()
-            if self._authority is not None:
+            if self.backends is not None:
+                await self.backends.aclose()
+            elif self._authority is not None:  # given, start failed before: still ours to close
                 await self._authority.aclose()
-            for backend in self._closeables:
-                await backend.aclose()
             await self.message_log.close()
             await self.state.close()
             if self._store_lock is not None:
