@@ -6,6 +6,9 @@ province's node (``identity.CheckCredential``) whether the credential is
 active and the token unused. The issuing node asks its e-ID authority through
 its adapter, and releases only the attributes its disclosure policy gives the
 purpose. The verdict fails closed: no answer, or a stale one, is never VALID.
+
+The relying party's side is a list of named checks (:attr:`IdentityExchange.CHECKS`),
+each returning its :class:`Outcome`; the first one with a verdict ends it.
 """
 
 from __future__ import annotations
