@@ -172,7 +172,7 @@ class CertificateLibrary(Protocol):
         ``request.category_code`` is the national code; the consent named by
         ``request.consent_reference`` must cover the holder and
         ``requesting_province`` (GB/T 2260). The seal is *not* verified here:
-        that is the gateway's job (:func:`adapters.certificate.seal_verdict`).
+        that is the gateway's job (:func:`gateway.trust.seals.seal_verdict`).
         """
         ...
 

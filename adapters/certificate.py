@@ -1,4 +1,4 @@
-"""E-certificates: licence identifiers, e-stamps (seals), native translation, library connector.
+"""E-certificates: licence identifiers, native translation, library connector.
 
 Licence identifier (electronic-licence identifier of the national standard)::
 
@@ -10,26 +10,14 @@ characters of ``[0-9A-Z]``, ``version`` three digits (``001``), and
 ``check`` the ISO 7064 MOD 37,36 check character computed over every
 character before it **with the dots removed** (``stdnum.iso7064.mod_37_36``).
 
-Seal (the issuing authority's e-stamp). The signed input is::
-
-    SEAL_CONTEXT + Certificate.SerializeToString(deterministic=True)
-
-of the canonical ``yrd.certificate.v1.Certificate`` with ``seal`` cleared
-and the ``content`` of every attachment cleared (attachments are sealed by
-their SHA-256 digest, name, media type and size; content may travel or not).
-``seal_key_id`` and ``seal_algorithm`` are *inside* the signed input, so
-neither can be swapped. ``SEAL_CONTEXT`` is ``b"yrd.certificate.v1.seal\\x00"``
-(domain separation: no other signature in the federation verifies as a seal).
-Deterministic serialisation writes fields in field-number order and map
-entries sorted by key, so the input is a function of the canonical content.
-The signature is Ed25519 (``seal_algorithm = "Ed25519"``), 64 bytes.
-
-Because the seal covers the canonical form, translation must be exact: every
+Seals (the issuing authority's e-stamp) are the gateway's to make and judge
+(:mod:`gateway.trust.seals`): a seal covers the canonical form, every field
+but the ``content`` of attachments. So translation must be exact: every
 sealed field is carried by every province's mapping (dates, structured fields
 of every catalogue category, attachments). :class:`CertificateCodec` checks
-that on every write (it reads its own output back and compares the seal
-inputs), so a mapping that would lose or change a field fails loudly instead
-of making a genuine certificate look forged.
+that on every write (it reads its own output back and compares everything but
+attachment content, the seal included), so a mapping that would lose or change
+a field fails loudly instead of making a genuine certificate look forged.
 
 Native documents. The envelope (category, number, licence id, holder,
 issuer, dates, seal) is mapped by the field rules of
@@ -49,8 +37,6 @@ from collections.abc import Callable, Mapping
 from datetime import date
 from typing import Any, NamedTuple, TypeVar
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from stdnum.iso7064 import mod_37_36
 
 from adapters import catalogue, native
@@ -88,9 +74,6 @@ CERTIFICATE = "certificate.certificate"
 ATTACHMENT = "certificate.attachment"
 REQUEST = "certificate.request"
 ANSWER = "certificate.answer"
-
-SEAL_ALGORITHM = "Ed25519"
-SEAL_CONTEXT = b"yrd.certificate.v1.seal\x00"
 
 LICENCE_ID_PREFIX = "1.2.156.3005.2"
 _LICENCE_ID = re.compile(
@@ -161,64 +144,17 @@ def validate_licence_id(value: str) -> LicenceId:
     return LicenceId(match[1], match[2], match[3], int(match[4]))
 
 
-# ---- Seals ---------------------------------------------------------------------------
+# ---- Canonical checks ----------------------------------------------------------------
 
 
-def seal_input(cert: certificate_pb2.Certificate) -> bytes:
-    """The bytes a seal signs (see the module docstring)."""
+def _carried(cert: certificate_pb2.Certificate) -> bytes:
+    """What a mapping must carry exactly: the canonical form but attachment content
+    (the content may travel or not; a seal covers the attachment's digest)."""
     copy = certificate_pb2.Certificate()
     copy.CopyFrom(cert)
-    copy.ClearField("seal")
     for attachment in copy.attachments:
         attachment.ClearField("content")
-    return SEAL_CONTEXT + copy.SerializeToString(deterministic=True)
-
-
-def seal_certificate(
-    cert: certificate_pb2.Certificate, private_key: Ed25519PrivateKey, key_id: str
-) -> certificate_pb2.Certificate:
-    """A copy of ``cert`` sealed by the issuing authority's key ``key_id``."""
-    if not key_id:
-        raise ValueError("key_id must not be empty")
-    sealed = certificate_pb2.Certificate()
-    sealed.CopyFrom(cert)
-    sealed.seal_key_id = key_id
-    sealed.seal_algorithm = SEAL_ALGORITHM
-    sealed.seal = private_key.sign(seal_input(sealed))
-    return sealed
-
-
-def verify_seal(cert: certificate_pb2.Certificate, public_key: Ed25519PublicKey) -> bool:
-    """True when ``cert`` carries a valid Ed25519 seal by ``public_key`` over its content."""
-    if cert.seal_algorithm != SEAL_ALGORITHM or not cert.seal:
-        return False
-    try:
-        public_key.verify(cert.seal, seal_input(cert))
-    except InvalidSignature:
-        return False
-    return True
-
-
-def seal_verdict(
-    cert: certificate_pb2.Certificate, public_key: Ed25519PublicKey | None, *, today: date
-) -> certificate_pb2.SealVerdict.ValueType:
-    """The ``SealVerdict`` for ``cert``: unknown key, forged, expired (before ``today``) or valid.
-
-    ``public_key`` is the issuing province's key of ``cert.seal_key_id`` (None
-    when unknown); ``today`` is the calendar date at the verifying node
-    (Asia/Shanghai). A forged seal wins over expiry: the expiry date of a
-    forged certificate is not to be believed either.
-    """
-    if public_key is None:
-        return certificate_pb2.SEAL_UNKNOWN_AUTHORITY
-    if not verify_seal(cert, public_key):
-        return certificate_pb2.SEAL_FORGED
-    if cert.expiry_date and date.fromisoformat(cert.expiry_date) < today:
-        return certificate_pb2.CERTIFICATE_EXPIRED
-    return certificate_pb2.SEAL_VALID
-
-
-# ---- Canonical checks ----------------------------------------------------------------
+    return copy.SerializeToString(deterministic=True)
 
 
 def check_certificate(cert: certificate_pb2.Certificate) -> None:
@@ -451,10 +387,10 @@ class CertificateCodec:
         return canonical
 
     def _check_exact(self, cert: certificate_pb2.Certificate, node: NativeNode) -> None:
-        """Read back what was written: the seal input must be unchanged."""
+        """Read back what was written: all the seal covers, and the seal, unchanged."""
         mapper = self.translator.mapper(CERTIFICATE)
         back = self._read(mapper.read(node, self._ctx), node)
-        if seal_input(back) != seal_input(cert) or back.seal != cert.seal:
+        if _carried(back) != _carried(cert):
             raise TranslationError(
                 "",
                 "a certificate the mapping carries exactly (a sealed field would be lost "

@@ -33,7 +33,7 @@ from tenacity import (
     stop_after_delay,
 )
 
-from gateway.config.models import FederationConfig
+from gateway.config.holder import ConfigHolder
 from gateway.core.backoff import backoff_delay
 from gateway.core.errors import (
     EnvelopeRejected,
@@ -121,11 +121,17 @@ def map_rpc_error(peer: str, error: grpc.aio.AioRpcError) -> GatewayError:
 
 
 class FederationClient:
-    """Sends requests to peer nodes; one channel, breaker and retry budget per peer."""
+    """Sends requests to peer nodes; one channel, breaker and retry budget per peer.
+
+    Peers and their endpoints are those of the config in force (``config``):
+    when a reload moves a peer or drops it, its channel is closed and the next
+    call opens one to where the config now says (:meth:`follow_config`, which a
+    reload calls at once and every call runs first when the config changed).
+    """
 
     def __init__(
         self,
-        federation: FederationConfig,
+        config: ConfigHolder,
         signer: EnvelopeSigner,
         verifier: EnvelopeVerifier,
         message_log: MessageLog,
@@ -134,7 +140,9 @@ class FederationClient:
         metrics: NodeMetrics | None = None,
     ) -> None:
         self._metrics = metrics
-        self._federation = federation
+        self._config = config
+        #: The config version the open channels were checked against.
+        self._followed = config.version
         self._signer = signer
         self._verifier = verifier
         self._log = message_log
@@ -148,7 +156,7 @@ class FederationClient:
     def _peer(self, code: str) -> _Peer:
         peer = self._peers.get(code)
         if peer is None:
-            config = self._federation.peer(code)
+            config = self._config.federation.peer(code)
             if config is None:
                 raise PeerUnavailable(f"province {code} is not in the federation config")
             channel = self._channel_factory(config.node.peer_endpoint)
@@ -163,14 +171,21 @@ class FederationClient:
             self._peers[code] = peer
         return peer
 
-    async def update(self, federation: FederationConfig) -> None:
-        """New config (reload): channels to peers that moved or left are closed."""
-        self._federation = federation
-        for code in list(self._peers):
-            config = federation.peer(code)
-            if config is None or config.node.peer_endpoint != self._peers[code].endpoint:
-                peer = self._peers.pop(code)
-                await peer.channel.close(grace=1.0)
+    async def follow_config(self) -> None:
+        """Close the channels to peers that moved or left since the config last
+        changed; the next call to such a peer opens one to its new endpoint."""
+        if self._followed == self._config.version:
+            return
+        self._followed = self._config.version
+        federation = self._config.federation
+        gone = [
+            self._peers.pop(code)
+            for code in list(self._peers)
+            if (config := federation.peer(code)) is None
+            or config.node.peer_endpoint != self._peers[code].endpoint
+        ]
+        for peer in gone:
+            await peer.channel.close(grace=1.0)
 
     def breaker_state(self, code: str) -> BreakerState:
         peer = self._peers.get(code)
@@ -198,6 +213,8 @@ class FederationClient:
         RemoteError for a refusal (signed or not), EnvelopeRejected if the
         response itself fails verification.
         """
+        if self._followed != self._config.version:
+            await self.follow_config()
         peer = self._peer(peer_code)
         deadline = time.monotonic() + max(0.0, timeout) * (1.0 - VERDICT_RESERVE)
         message_id = message_id or str(uuid.uuid4())

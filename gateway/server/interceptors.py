@@ -25,7 +25,8 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from gateway.config.models import ClientSection, ProvinceConfig
+from gateway.config.holder import ConfigHolder
+from gateway.config.models import ClientSection
 from gateway.core.errors import (
     EnvelopeRejected,
     GatewayError,
@@ -152,12 +153,10 @@ class RateLimiter:
 
 
 class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc-stubs types it as Any
-    def __init__(
-        self, province: Callable[[], ProvinceConfig], metrics: NodeMetrics | None = None
-    ) -> None:
+    def __init__(self, config: ConfigHolder, metrics: NodeMetrics | None = None) -> None:
         self._metrics = metrics
-        #: Called per request so that a config reload takes effect at once.
-        self._province = province
+        #: Read per request so that a config reload takes effect at once.
+        self._config = config
         self.rate_limiter = RateLimiter()
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
@@ -168,7 +167,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
         token), or None, and the name it goes by in the log: the client id, or
         for an unregistered credential a fingerprint (the first 8 hex digits of
         its SHA-256, never the token itself), or ``-`` when it presents none."""
-        province = self._province()
+        province = self._config.me
         fingerprint = ""
         if certificate is not None:
             fingerprint = certificate_fingerprint(certificate)
@@ -252,7 +251,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
             correlation_id = correlation_id or str(uuid.uuid4())
             structlog.contextvars.clear_contextvars()
             structlog.contextvars.bind_contextvars(
-                node=self._province().code, correlation_id=correlation_id, method=method
+                node=self._config.me.code, correlation_id=correlation_id, method=method
             )
             current_correlation_id.set(correlation_id)
             client_id = "-"

@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,8 @@ from adapters import (
     build_fund_centre,
     build_identity_authority,
 )
-from adapters.base import FundCentre, IdentityAuthority
+from adapters.base import CaseSystem, CertificateLibrary, FundCentre, IdentityAuthority
+from gateway.config.holder import ConfigHolder
 from gateway.config.models import FederationConfig, ProvinceConfig, load_federation
 from gateway.core.clock import Clock, SystemClock
 from gateway.core.errors import ConfigError, FailedPrecondition
@@ -50,7 +52,12 @@ from gateway.services.identity import IdentityExchange, IdentityServicer
 from gateway.services.tracked import TrackedExchange, TrackedProcessor
 from gateway.storage.messagelog import HeadKeys, MessageLog
 from gateway.storage.state import StateStore
-from gateway.trust.envelope import MAX_ENVELOPE_BYTES, EnvelopeSigner, EnvelopeVerifier
+from gateway.trust.envelope import (
+    MAX_ENVELOPE_BYTES,
+    EnvelopeSigner,
+    EnvelopeVerifier,
+    signing_keys,
+)
 from gateway.trust.tls import TlsMaterial
 from gateway.trust.truststore import TrustStore
 from yrd.admin.v1 import admin_pb2, admin_pb2_grpc
@@ -259,8 +266,49 @@ async def prepare_node_stores(federation: FederationConfig, *, continue_past_bre
         await state.close()
 
 
+@dataclass
+class Backends:
+    """This province's back-end connectors: the e-ID authority always, the others
+    when configured (or given by a test). The node closes them all at stop."""
+
+    identity: IdentityAuthority
+    fund: FundCentre | None = None
+    case: CaseSystem | None = None
+    certificate: CertificateLibrary | None = None
+
+    def connect(self, me: ProvinceConfig, clock: Clock) -> None:
+        """Connect those the config names that were not given (each one is set as
+        soon as it is built, so that aclose() closes whatever was built)."""
+        if self.fund is None and me.fund is not None and me.adapter.fund is not None:
+            self.fund = build_fund_centre(me.adapter, me.fund.centre_url, clock=clock)
+        if me.case is not None and me.adapter.case is not None:
+            self.case = build_case_system(me.adapter, me.case.system_url, clock=clock)
+        if (
+            me.certificate is not None
+            and me.certificate.library_url is not None
+            and me.adapter.certificate is not None
+        ):
+            self.certificate = build_certificate_library(
+                me.adapter, me.certificate.library_url, clock=clock
+            )
+
+    async def aclose(self) -> None:
+        for backend in (self.identity, self.fund, self.case, self.certificate):
+            if backend is not None:
+                await backend.aclose()
+
+
 class Node:
-    """One province's gateway node."""
+    """One province's gateway node.
+
+    Assembled in named steps, each a method below. The constructor prepares
+    what needs no I/O: the config holder, TLS material, :meth:`_make_stores`
+    and :meth:`_make_envelopes` (signer, verifier, federation client).
+    :meth:`start` then runs, in order: :meth:`_lock_store`, :meth:`_bind`,
+    :meth:`_open_stores`, :meth:`_connect_backends`, :meth:`_build_services`,
+    :meth:`_mount_services`, :meth:`_serve`, :meth:`_start_metrics`,
+    :meth:`_start_background_work`. :meth:`stop` undoes whatever was done.
+    """
 
     def __init__(
         self,
@@ -280,36 +328,57 @@ class Node:
         check_log: bool = True,
         lock_fd: int | None = None,
     ) -> None:
+        me = federation.me
+        check_keys(me)
+        #: The config in force: every service reads it per call; reload swaps it.
+        self.config = ConfigHolder(federation)
+        #: Where the config was read from: SIGHUP and ReloadConfig re-read it.
+        self.config_file = config_file
+        self.reloads = 0
+        self.clock = clock or SystemClock()
         #: Several worker processes may serve one node on the same ports
         #: (SO_REUSEPORT); the first one also runs the background work (outbox,
         #: back-end processors), the others only serve calls.
         self.workers = workers
         self.worker_index = worker_index
-        self.federation = federation
-        #: Where the config was read from: SIGHUP and ReloadConfig re-read it.
-        self.config_file = config_file
-        self.reloads = 0
-        self.clock = clock or SystemClock()
-        me = federation.me
-        check_keys(me)
         #: Start-up: verify the message log (check_at_start) and refuse a break,
         #: or record a new segment past it (``serve --continue-past-break``).
         self.check_log = check_log
         self.continue_past_break = continue_past_break
-        self._lock_fd = lock_fd
-        self._store_lock: StoreLock | None = None
-        self._quiet_stop = False
         self.listen = listen or me.node.endpoint
         self.federation_listen = federation_listen or me.node.federation_endpoint
+        self.store_dir = store_dir or me.node.store
+        self.grace = grace
         self.tls = (
             TlsMaterial.load(me.tls.certificate, me.tls.private_key, me.tls.ca) if me.tls else None
         )
-        self.store_dir = store_dir or me.node.store
-        self.grace = grace
-        self.trust = TrustStore(federation)
         self.metrics = NodeMetrics(me.code)
         self.metrics_server: MetricsServer | None = None
-        self.signer = EnvelopeSigner.from_config(me, self.clock)
+        # Back-ends given by the caller (tests); the others are connected at start.
+        self._authority = authority
+        self._fund_centre = fund_centre
+        self.backends: Backends | None = None
+        self._make_stores()
+        self._make_envelopes()
+        # Made at start.
+        self.outbox: Outbox | None = None
+        self.processors: list[TrackedProcessor[Any]] = []
+        self.health = HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.federation_port = 0
+        self.started_at = self.clock.now()
+        # Lifecycle.
+        self._lock_fd = lock_fd
+        self._store_lock: StoreLock | None = None
+        self._quiet_stop = False
+        self._stopped = False
+        self._stop_lock = asyncio.Lock()
+
+    def _make_stores(self) -> None:
+        """The message log and the state store (opened at start, by _open_stores);
+        health follows whether they can write."""
+        me = self.config.me
         self.message_log = MessageLog(
             self.store_dir / "messages.db",
             # A measuring knob (docs/operations.md): 1 turns grouping off.
@@ -325,10 +394,15 @@ class Node:
         self._probing: asyncio.Task[Any] | None = None
         self.state.on_writable = self._store_writable("state store")
         self.message_log.on_writable = self._store_writable("message log")
-        self.verifier = EnvelopeVerifier(federation, self.trust, self.clock)
+
+    def _make_envelopes(self) -> None:
+        """The envelope signer and verifier and the federation client: all three
+        read keys, peers and endpoints from the config in force."""
+        self.signer = EnvelopeSigner.for_config(self.config, self.clock)
+        self.verifier = EnvelopeVerifier(self.config, self.clock)
         tls = self.tls
         self.federation_client = FederationClient(
-            federation,
+            self.config,
             self.signer,
             self.verifier,
             self.message_log,
@@ -341,18 +415,16 @@ class Node:
                 )
             ),
         )
-        self._authority = authority
-        self._fund_centre = fund_centre
-        self.outbox: Outbox | None = None
-        self.processors: list[TrackedProcessor[Any]] = []
-        self._closeables: list[Any] = []
-        self.health = HealthServicer()
-        self.server: grpc.aio.Server | None = None
-        self.port = 0
-        self.federation_port = 0
-        self.started_at = self.clock.now()
-        self._stopped = False
-        self._stop_lock = asyncio.Lock()
+
+    @property
+    def federation(self) -> FederationConfig:
+        """The federation config in force (read-only: :meth:`reload` changes it)."""
+        return self.config.federation
+
+    @property
+    def trust(self) -> TrustStore:
+        """The trust store of the config in force."""
+        return self.config.derived(TrustStore)
 
     @property
     def code(self) -> str:
@@ -423,6 +495,21 @@ class Node:
             await self.stop(0)
             raise
 
+    async def _start(self) -> Node:
+        """The start-up, part by part (stop() undoes whatever was done)."""
+        self._lock_store()
+        server = self._bind(self.config.me)
+        await self._open_stores()
+        backends = self._connect_backends()
+        self._build_services(backends)
+        self._mount_services(server)
+        await self._serve(server)
+        await self._start_metrics()
+        await self._start_background_work()
+        self.started_at = self.clock.now()
+        log.info("node started", province=self.code, listen=self.listen, port=self.port)
+        return self
+
     def _lock_store(self) -> None:
         if self._lock_fd is not None:
             self._store_lock = StoreLock.inherited(self.store_dir, self._lock_fd)
@@ -432,7 +519,7 @@ class Node:
     def _bind(self, me: ProvinceConfig) -> grpc.aio.Server:
         """The server with its ports bound (before any store is opened)."""
         server = grpc.aio.server(
-            interceptors=[GatewayInterceptor(lambda: self.federation.me, self.metrics)],
+            interceptors=[GatewayInterceptor(self.config, self.metrics)],
             maximum_concurrent_rpcs=me.node.max_concurrent_calls,
             options=(*SERVER_OPTIONS, ("grpc.so_reuseport", 1 if self.workers > 1 else 0)),
         )
@@ -486,49 +573,55 @@ class Node:
         except (OSError, sqlite3.Error) as exc:
             raise NodeStartError(f"cannot open the state store {self.state.path}: {exc}") from exc
 
-    async def _start(self) -> Node:
-        me = self.federation.me
-        self._lock_store()
-        server = self._bind(me)
-        await self._open_stores()
-        authority = self._authority or build_identity_authority(
-            me.adapter, me.eid.authority_url, clock=self.clock
+    def _connect_backends(self) -> Backends:
+        """This province's back-end connectors: those given to the node, then
+        those its config names."""
+        me = self.config.me
+        backends = self.backends = Backends(
+            self._authority
+            or build_identity_authority(me.adapter, me.eid.authority_url, clock=self.clock),
+            self._fund_centre,
         )
-        self._authority = authority
-        identity = self.identity = IdentityExchange(
-            federation=self.federation,
-            trust=self.trust,
+        backends.connect(me, self.clock)
+        return backends
+
+    def _build_services(self, backends: Backends) -> None:
+        """The exchanges (identity, fund, cases, certificates), the outbox that
+        delivers the tracked ones and the processors that drive their back-ends."""
+        self.identity = IdentityExchange(
+            config=self.config,
             client=self.federation_client,
-            authority=authority,
+            authority=backends.identity,
             store=self.state,
             clock=self.clock,
         )
-        identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(identity), server)
-        backends = self._backends(me)
-        fund = self.fund = FundExchange(
+        # (fund and cases take the config holder once services/tracked.py does.)
+        self.fund = FundExchange(
             WITHDRAWAL,
             federation=self.federation,
             client=self.federation_client,
             store=self.state,
-            backend=backends["fund"],
+            backend=backends.fund,
             clock=self.clock,
         )
-        cases = self.cases = TrackedExchange(
+        self.cases = TrackedExchange(
             SERVICE_CASE,
             federation=self.federation,
             client=self.federation_client,
             store=self.state,
-            backend=backends["case"],
+            backend=backends.case,
             clock=self.clock,
         )
-        certificates = self.certificates = CertificateExchange(
-            federation=self.federation,
-            trust=self.trust,
+        self.certificates = CertificateExchange(
+            config=self.config,
             client=self.federation_client,
-            library=backends["certificate"],
+            library=backends.certificate,
             clock=self.clock,
         )
-        tracked: list[TrackedExchange[Any]] = [fund, cases]
+        self.identity.metrics = self.certificates.metrics = self.metrics
+        idle_poll = 1.0 if self.workers == 1 else 0.1
+        tracked: list[TrackedExchange[Any]] = [self.fund, self.cases]
+        me = self.config.me
         self.outbox = Outbox(
             self.state,
             self.federation_client,
@@ -536,21 +629,28 @@ class Node:
             max_backoff=me.node.outbox_max_backoff_seconds,
             park_after=me.node.park_after_seconds,
             metrics=self.metrics,
-            idle_poll=1.0 if self.workers == 1 else 0.1,
+            idle_poll=idle_poll,
         )
         for exchange in tracked:
             exchange.outbox = self.outbox
             exchange.metrics = self.metrics
             if exchange.backend is not None:
                 processor = TrackedProcessor(
-                    exchange,
-                    self.state,
-                    exchange.backend,
-                    self.clock,
-                    idle_poll=1.0 if self.workers == 1 else 0.1,
+                    exchange, self.state, exchange.backend, self.clock, idle_poll=idle_poll
                 )
                 exchange.processor = processor
                 self.processors.append(processor)
+
+    def _mount_services(self, server: grpc.aio.Server) -> None:
+        """The public services, the operator service, the federation service,
+        health and reflection, on the one server."""
+        identity, fund, cases, certificates = (
+            self.identity,
+            self.fund,
+            self.cases,
+            self.certificates,
+        )
+        identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(identity), server)
         fund_pb2_grpc.add_FundServiceServicer_to_server(FundServicer(fund), server)
         certificate_pb2_grpc.add_CertificateServiceServicer_to_server(
             CertificateServicer(certificates), server
@@ -578,47 +678,36 @@ class Node:
             (*PUBLIC_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
             server,
         )
+
+    async def _serve(self, server: grpc.aio.Server) -> None:
+        """Start serving; health says SERVING for every service."""
         await server.start()
         for name in PUBLIC_SERVICE_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        identity.metrics = certificates.metrics = self.metrics
-        self.metrics.refresh = self._refresh_metrics
-        if me.node.metrics_endpoint is not None:
-            host, _, port = me.node.metrics_endpoint.rpartition(":")
-            # Worker i of a multi-process node serves its own metrics on port + i.
-            metrics_port = int(port) + self.worker_index if int(port) else 0
-            try:
-                self.metrics_server = await MetricsServer(self.metrics, host, metrics_port).start()
-            except OSError as exc:
-                raise NodeStartError(
-                    f"cannot listen on {host}:{metrics_port} (metrics): {exc.strerror}"
-                ) from exc
-        if self.worker_index == 0:
-            await self.outbox.start()
-            for processor in self.processors:
-                await processor.start()
-        self.started_at = self.clock.now()
-        log.info("node started", province=me.code, listen=self.listen, port=self.port)
-        return self
 
-    def _backends(self, me: ProvinceConfig) -> dict[str, Any]:
-        """This province's back-end connectors (injected ones first, then from config)."""
-        found: dict[str, Any] = {"fund": self._fund_centre, "case": None, "certificate": None}
-        if found["fund"] is None and me.fund is not None and me.adapter.fund is not None:
-            found["fund"] = build_fund_centre(me.adapter, me.fund.centre_url, clock=self.clock)
-        if me.case is not None and me.adapter.case is not None:
-            found["case"] = build_case_system(me.adapter, me.case.system_url, clock=self.clock)
-        if (
-            me.certificate is not None
-            and me.certificate.library_url is not None
-            and me.adapter.certificate is not None
-        ):
-            found["certificate"] = build_certificate_library(
-                me.adapter, me.certificate.library_url, clock=self.clock
-            )
-        self._closeables = [b for b in found.values() if b is not None]
-        return found
+    async def _start_metrics(self) -> None:
+        """The Prometheus endpoint, if configured (worker i serves on port + i)."""
+        self.metrics.refresh = self._refresh_metrics
+        endpoint = self.config.me.node.metrics_endpoint
+        if endpoint is None:
+            return
+        host, _, port = endpoint.rpartition(":")
+        metrics_port = int(port) + self.worker_index if int(port) else 0
+        try:
+            self.metrics_server = await MetricsServer(self.metrics, host, metrics_port).start()
+        except OSError as exc:
+            raise NodeStartError(
+                f"cannot listen on {host}:{metrics_port} (metrics): {exc.strerror}"
+            ) from exc
+
+    async def _start_background_work(self) -> None:
+        """The outbox and the back-end processors: in the first worker only."""
+        if self.worker_index != 0 or self.outbox is None:
+            return
+        await self.outbox.start()
+        for processor in self.processors:
+            await processor.start()
 
     async def _refresh_metrics(self) -> None:
         depth, oldest = await self.state.outbox_stats()
@@ -648,7 +737,21 @@ class Node:
         the new one. Keys, peers, endpoints of peers, clients, disclosure
         policies and services change; this node's own listening addresses, TLS
         certificate and ``max_concurrent_calls`` need a restart.
+
+        Check (nothing changes if this raises), swap the config in the holder
+        every part reads, react where a part must act at once, log.
         """
+        self._check_reload(federation)
+        self.config.swap(federation)
+        await self.federation_client.follow_config()  # channels to moved peers
+        # Until services/tracked.py reads the holder, its exchanges take the config here.
+        self.fund.update(federation)
+        self.cases.update(federation)
+        self.reloads += 1
+        log.info("config reloaded", province=federation.own, provinces=sorted(federation.provinces))
+
+    def _check_reload(self, federation: FederationConfig) -> None:
+        """Refuse a config for another province, or with keys this node cannot load."""
         if federation.own != self.federation.own:
             raise ConfigError.one(
                 federation.me.source,
@@ -656,19 +759,10 @@ class Node:
                 federation.own,
                 f"this node's province {self.federation.own} (a reload cannot change it)",
             )
-        signer = EnvelopeSigner.from_config(federation.me, self.clock)
-        trust = TrustStore(federation)
-        self.signer.update(signer)
-        self.verifier.update(federation, trust)
-        await self.federation_client.update(federation)
-        self.identity.update(federation)
-        self.fund.update(federation)
-        self.cases.update(federation)
-        self.certificates.update(federation, trust)
-        self.trust = trust
-        self.federation = federation
-        self.reloads += 1
-        log.info("config reloaded", province=federation.own, provinces=sorted(federation.provinces))
+        # Built again from the holder on first use; loaded here so that an
+        # unreadable key refuses the reload instead of failing the calls after it.
+        signing_keys(federation)
+        TrustStore(federation)
 
     async def reload_from_disk(self) -> None:
         """Re-read the config folder; a bad config raises ConfigError and changes nothing."""
@@ -700,10 +794,10 @@ class Node:
             for processor in self.processors:
                 await processor.stop()
             await self.federation_client.close()
-            if self._authority is not None:
+            if self.backends is not None:
+                await self.backends.aclose()
+            elif self._authority is not None:  # given, start failed before: still ours to close
                 await self._authority.aclose()
-            for backend in self._closeables:
-                await backend.aclose()
             await self.message_log.close()
             await self.state.close()
             if self._store_lock is not None:

@@ -45,7 +45,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.GetNodeInfoRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.NodeInfo:
         node = self._node
-        me = node.federation.me
+        federation, trust = node.federation, node.trust  # one config for the whole answer
+        me = federation.me
         info = admin_pb2.NodeInfo(
             province=me.code,
             name=me.province.name,
@@ -54,7 +55,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             message_log_rows=await node.message_log.count(),
         )
         info.started_at.FromDatetime(node.started_at)
-        for code, peer in sorted(node.federation.provinces.items()):
+        for code, peer in sorted(federation.provinces.items()):
             if code == me.code:
                 continue
             info.peers.append(
@@ -63,7 +64,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     name=peer.province.name,
                     endpoint=peer.node.endpoint,
                     breaker_state=node.federation_client.breaker_state(code).value,
-                    key_ids=node.trust.signing_key_ids(code),
+                    key_ids=trust.signing_key_ids(code),
                 )
             )
         return info

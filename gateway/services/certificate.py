@@ -22,7 +22,6 @@ import structlog
 
 from adapters import catalogue
 from adapters.base import CertificateLibrary
-from adapters.certificate import seal_verdict
 from adapters.errors import (
     BackendRejected,
     BackendUnavailable,
@@ -30,7 +29,8 @@ from adapters.errors import (
     ConsentRefused,
     TranslationError,
 )
-from gateway.config.models import ClientSection, FederationConfig
+from gateway.config.holder import ConfigHolder
+from gateway.config.models import ClientSection
 from gateway.core.clock import Clock
 from gateway.core.errors import (
     FailedPrecondition,
@@ -51,6 +51,7 @@ from gateway.core.metrics import NodeMetrics
 from gateway.federation.client import FederationClient
 from gateway.services.calls import current_correlation_id, require_client
 from gateway.trust.envelope import OpenedEnvelope
+from gateway.trust.seals import seal_verdict
 from gateway.trust.truststore import TrustStore
 from yrd.certificate.v1 import certificate_pb2, certificate_pb2_grpc
 
@@ -98,25 +99,20 @@ class CertificateExchange:
     def __init__(
         self,
         *,
-        federation: FederationConfig,
-        trust: TrustStore,
+        config: ConfigHolder,
         client: FederationClient,
         library: CertificateLibrary | None,
         clock: Clock,
     ) -> None:
-        self._federation = federation
-        self._trust = trust
+        #: The config in force (read when a call starts; a reload swaps it).
+        self._config = config
         self._client = client
         self._library = library
         self._clock = clock
 
-    def update(self, federation: FederationConfig, trust: TrustStore) -> None:
-        self._federation = federation
-        self._trust = trust
-
     @property
     def own(self) -> str:
-        return self._federation.own
+        return self._config.federation.own
 
     async def get(
         self,
@@ -135,8 +131,9 @@ class CertificateExchange:
                 f"{', '.join(sorted(client.certificate_purposes)) or '(none registered)'}"
             )
         validate_request(request)
+        federation, trust = self._config.federation, self._config.derived(TrustStore)
         issuer = request.issuer_province
-        self._federation.require_peer("issuer_province", issuer, FETCH)
+        federation.require_peer("issuer_province", issuer, FETCH)
         try:
             certificate, _ = await self._client.call(
                 issuer,
@@ -161,14 +158,14 @@ class CertificateExchange:
             # Not what was asked for: do not vouch for it.
             response.seal_verdict = certificate_pb2.SEAL_FORGED
         else:
-            key = self._trust.seal_key(issuer, certificate.seal_key_id, now)
+            key = trust.seal_key(issuer, certificate.seal_key_id, now)
             response.seal_verdict = seal_verdict(
                 certificate, key, today=now.astimezone(LOCAL_ZONE).date()
             )
         response.verified_at.FromDatetime(now.astimezone(UTC))
         try:
             response.local_category_code = catalogue.local_code(
-                self._federation.me.adapter, certificate.category_code
+                federation.me.adapter, certificate.category_code
             )
         except TranslationError:
             response.local_category_code = ""  # this province has no code for it

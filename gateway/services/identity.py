@@ -6,6 +6,9 @@ province's node (``identity.CheckCredential``) whether the credential is
 active and the token unused. The issuing node asks its e-ID authority through
 its adapter, and releases only the attributes its disclosure policy gives the
 purpose. The verdict fails closed: no answer, or a stale one, is never VALID.
+
+The relying party's side is a list of named checks (:attr:`IdentityExchange.CHECKS`),
+each returning its :class:`Outcome`; the first one with a verdict ends it.
 """
 
 from __future__ import annotations
@@ -13,18 +16,28 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import ClassVar, TypeAlias
 
 import grpc
 import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from adapters.base import IdentityAuthority
 from adapters.errors import AdapterError, BackendUnavailable, TranslationError
+from gateway.config.holder import ConfigHolder
 from gateway.config.models import PURPOSES, ClientSection, FederationConfig
 from gateway.core.clock import Clock
-from gateway.core.eid_token import MAX_LIFETIME, MAX_TOKEN_BYTES, TokenMalformed, parse_token
+from gateway.core.eid_token import (
+    MAX_LIFETIME,
+    MAX_TOKEN_BYTES,
+    EidToken,
+    TokenMalformed,
+    parse_token,
+)
 from gateway.core.errors import (
     GatewayError,
     InvalidArgument,
@@ -84,6 +97,53 @@ class _Checks:
         ]
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What one check of :meth:`IdentityExchange.verify` found: the check it
+    reports under (one of CHECK_NAMES), PASSED/FAILED/INDETERMINATE with a
+    detail, and the verdict that ends the verification (None: the next check runs)."""
+
+    check: str
+    outcome: identity_pb2.CheckOutcome.ValueType
+    detail: str
+    verdict: identity_pb2.Verdict.ValueType | None = None
+
+
+@dataclass
+class _Verification:
+    """One verification as its checks fill it in: the request, the config it
+    started with, and what each check learnt (token, issuer key, issuer's answer)."""
+
+    request: identity_pb2.VerifyIdentityRequest
+    payload: str
+    purpose: str
+    relying_party: str
+    correlation_id: str
+    timeout: float
+    federation: FederationConfig
+    trust: TrustStore
+    response: identity_pb2.VerifyIdentityResponse
+    token: EidToken | None = None
+    key: Ed25519PublicKey | None = None
+    now: datetime | None = None
+    answer: federation_pb2.CredentialCheckResponse | None = None
+
+    def require_token(self) -> EidToken:
+        if self.token is None:  # pragma: no cover - the checks run in order
+            raise AssertionError("the token is parsed by the first check")
+        return self.token
+
+    def require_answer(self) -> federation_pb2.CredentialCheckResponse:
+        if self.answer is None:  # pragma: no cover - the checks run in order
+            raise AssertionError("the issuer's answer comes before the checks that read it")
+        return self.answer
+
+
+#: A check: reads and fills in the verification, returns its outcome (None:
+#: nothing to report yet, the next check runs).
+Check: TypeAlias = "Callable[[IdentityExchange, _Verification], Awaitable[Outcome | None]]"
+
+
 def _age_on(birth_date: str, today: date) -> int | None:
     try:
         born = date.fromisoformat(birth_date)
@@ -114,23 +174,19 @@ class IdentityExchange:
     def __init__(
         self,
         *,
-        federation: FederationConfig,
-        trust: TrustStore,
+        config: ConfigHolder,
         client: FederationClient,
         authority: IdentityAuthority,
         store: StateStore,
         clock: Clock,
     ) -> None:
-        self._federation = federation
-        self._trust = trust
+        #: The config in force: policies, clients, peers and keys are read from
+        #: it when a call starts (a reload swaps it).
+        self._config = config
         self._client = client
         self._authority = authority
         self._store = store
         self._clock = clock
-
-    def update(self, federation: FederationConfig) -> None:
-        """A reloaded config: policies, clients and peers as now configured."""
-        self._federation = federation
 
     #: Set by the node: back-end latency goes to its metrics.
     metrics: NodeMetrics | None = None
@@ -146,10 +202,11 @@ class IdentityExchange:
             if request.purpose in (identity_pb2.Purpose.values())
             else "PURPOSE_UNSPECIFIED"
         )
-        policy = self._federation.me.disclosure.get(purpose)
+        federation = self._config.federation
+        policy = federation.me.disclosure.get(purpose)
         if policy is None:
             raise PermissionDenied(
-                f"purpose: {purpose} has no disclosure policy at {self._federation.own}"
+                f"purpose: {purpose} has no disclosure policy at {federation.own}"
             )
         extra = [a for a in request.requested_attributes if a not in policy]
         if extra:
@@ -167,13 +224,13 @@ class IdentityExchange:
             outcome = "ok"
         except BackendUnavailable as exc:
             outcome = "unavailable"
-            raise PeerUnavailable(f"e-ID authority of {self._federation.own}: {exc}") from exc
+            raise PeerUnavailable(f"e-ID authority of {federation.own}: {exc}") from exc
         except (TranslationError, AdapterError) as exc:
             # The back-end answered, but not in a way this province's adapter can
             # use (a mapping mismatch, a refusal): a clear status, a logged event.
             log.error("e-ID authority answer unusable", error=str(exc))
             raise GatewayError(
-                f"the e-ID authority of {self._federation.own} gave an answer its adapter "
+                f"the e-ID authority of {federation.own} gave an answer its adapter "
                 f"cannot use: {exc}"
             ) from exc
         finally:
@@ -183,7 +240,7 @@ class IdentityExchange:
         if check.state == STATE_NAMES.CREDENTIAL_ACTIVE and not used:
             # Single use is kept here too: an authority that lost its memory
             # (restarted) must not make a replay VALID. The claim is atomic.
-            used = not await self._claim_token(request)
+            used = not await self._claim_token(request, federation)
         response = federation_pb2.CredentialCheckResponse(
             state=federation_pb2.CredentialState.ValueType(check.state),
             token_already_used=used,
@@ -193,7 +250,9 @@ class IdentityExchange:
             response.claims.CopyFrom(disclose(check.holder, attributes, self._clock.now().date()))
         return response
 
-    async def _claim_token(self, request: federation_pb2.CredentialCheckRequest) -> bool:
+    async def _claim_token(
+        self, request: federation_pb2.CredentialCheckRequest, federation: FederationConfig
+    ) -> bool:
         """Record the token as answered for; False if this node answered for it before.
 
         Kept until the token's expiry (capped at the longest lifetime a token
@@ -204,7 +263,7 @@ class IdentityExchange:
         now = self._clock.now().timestamp()
         longest = now + (MAX_LIFETIME + ISSUE_LEEWAY).total_seconds()
         expires = request.token_expires_at.seconds if request.HasField("token_expires_at") else 0
-        skew = self._federation.me.node.max_clock_skew_seconds
+        skew = federation.me.node.max_clock_skew_seconds
         keep_until = min(expires or longest, longest) + skew
         return await self._store.claim_token(request.token_id, keep_until=keep_until, now=now)
 
@@ -217,8 +276,11 @@ class IdentityExchange:
 
     # ---- relying party side ----------------------------------------------------
 
+    @staticmethod
     def _authorise(
-        self, request: identity_pb2.VerifyIdentityRequest, client: ClientSection
+        request: identity_pb2.VerifyIdentityRequest,
+        client: ClientSection,
+        federation: FederationConfig,
     ) -> tuple[str, str]:
         if request.purpose not in identity_pb2.Purpose.values() or request.purpose == 0:
             raise InvalidArgument("purpose", f"one of {', '.join(sorted(PURPOSES))}")
@@ -230,7 +292,7 @@ class IdentityExchange:
             )
         if purpose not in client.purposes:
             raise PermissionDenied(f"purpose: {client.id} is not registered for {purpose}")
-        policy = self._federation.me.disclosure.get(purpose, ())
+        policy = federation.me.disclosure.get(purpose, ())
         extra = [a for a in request.requested_attributes if a not in policy]
         if extra:
             # Only a real attribute name is repeated; anything else the caller sent is not.
@@ -254,7 +316,10 @@ class IdentityExchange:
         correlation_id: str,
         timeout: float,
     ) -> identity_pb2.VerifyIdentityResponse:
-        purpose, relying_party = self._authorise(request, client)
+        """Run :attr:`CHECKS` in order; the first outcome with a verdict ends the
+        verification, and a token that passes them all is VALID."""
+        federation = self._config.federation
+        purpose, relying_party = self._authorise(request, client, federation)
         payload = request.qr_payload.strip()
         if len(payload.encode()) > MAX_TOKEN_BYTES:
             raise InvalidArgument("qr_payload", f"an e-ID token of at most {MAX_TOKEN_BYTES} bytes")
@@ -262,133 +327,210 @@ class IdentityExchange:
             raise InvalidArgument(
                 "qr_payload", "an e-ID token: three base64url parts separated by '.'"
             )
+        v = _Verification(
+            request=request,
+            payload=payload,
+            purpose=purpose,
+            relying_party=relying_party,
+            correlation_id=correlation_id,
+            timeout=timeout,
+            federation=federation,
+            trust=self._config.derived(TrustStore),
+            response=identity_pb2.VerifyIdentityResponse(correlation_id=correlation_id),
+        )
         checks = _Checks()
-        response = identity_pb2.VerifyIdentityResponse(correlation_id=correlation_id)
+        verdict: identity_pb2.Verdict.ValueType = V.VALID
+        for check in self.CHECKS:
+            outcome = await check(self, v)
+            if outcome is None:
+                continue
+            checks.set(outcome.check, outcome.outcome, outcome.detail)
+            if outcome.verdict is not None:
+                verdict = outcome.verdict
+                break
+        else:
+            await self._record_check_in(v)
+        response = v.response
+        response.verdict = verdict
+        response.checks.extend(checks.as_proto())
+        log.debug(
+            "identity verified",
+            verdict=V.Name(verdict),
+            issuer=response.issuer_province,
+            purpose=purpose,
+        )
+        return response
 
-        def verdict(value: identity_pb2.Verdict.ValueType) -> identity_pb2.VerifyIdentityResponse:
-            response.verdict = value
-            response.checks.extend(checks.as_proto())
-            log.debug(
-                "identity verified",
-                verdict=V.Name(value),
-                issuer=response.issuer_province,
-                purpose=purpose,
-            )
-            return response
+    # ---- the checks, in order (each returns its outcome; None: nothing to report yet)
 
+    async def _token_well_formed(self, v: _Verification) -> Outcome | None:
         try:
-            token = parse_token(payload)
+            v.token = parse_token(v.payload)
         except TokenMalformed as exc:
-            checks.set("signature", O.FAILED, f"token not well formed: {exc}")
-            return verdict(V.FORGED)
-        response.issuer_province = token.issuer
+            return Outcome("signature", O.FAILED, f"token not well formed: {exc}", V.FORGED)
+        v.response.issuer_province = v.token.issuer
+        return None
+
+    async def _issuer_key_trusted(self, v: _Verification) -> Outcome | None:
+        token = v.require_token()
         try:
-            key = self._trust.eid_issuer_key(token.issuer, token.key_id, token.issued_at)
+            v.key = v.trust.eid_issuer_key(token.issuer, token.key_id, token.issued_at)
         except KeyLookupError as exc:
             if exc.reason == "key_not_valid":
-                checks.set("signature", O.FAILED, str(exc))
-                return verdict(V.FORGED)
-            checks.set("signature", O.INDETERMINATE, str(exc))
-            return verdict(V.UNKNOWN_ISSUER)
-        if not token.signature_valid(key):
-            checks.set("signature", O.FAILED, f"does not verify with key {token.key_id}")
-            return verdict(V.FORGED)
-        checks.set("signature", O.PASSED, f"Ed25519 key {token.key_id} of {token.issuer}")
-        now = self._clock.now()
-        problem = token.window_check(now, ISSUE_LEEWAY)
-        if problem == "expired":
-            checks.set("validity_window", O.FAILED, f"expired at {token.expires_at.isoformat()}")
-            return verdict(V.EXPIRED)
-        if problem is not None:
-            checks.set("validity_window", O.FAILED, problem)
-            return verdict(V.EXPIRED if problem == "not yet valid" else V.FORGED)
-        checks.set("validity_window", O.PASSED, f"valid until {token.expires_at.isoformat()}")
+                return Outcome("signature", O.FAILED, str(exc), V.FORGED)
+            return Outcome("signature", O.INDETERMINATE, str(exc), V.UNKNOWN_ISSUER)
+        return None
 
+    async def _signature_verifies(self, v: _Verification) -> Outcome | None:
+        token = v.require_token()
+        if v.key is None or not token.signature_valid(v.key):
+            return Outcome(
+                "signature", O.FAILED, f"does not verify with key {token.key_id}", V.FORGED
+            )
+        return Outcome("signature", O.PASSED, f"Ed25519 key {token.key_id} of {token.issuer}")
+
+    async def _within_validity_window(self, v: _Verification) -> Outcome | None:
+        token = v.require_token()
+        v.now = self._clock.now()
+        problem = token.window_check(v.now, ISSUE_LEEWAY)
+        if problem == "expired":
+            return Outcome(
+                "validity_window",
+                O.FAILED,
+                f"expired at {token.expires_at.isoformat()}",
+                V.EXPIRED,
+            )
+        if problem is not None:
+            return Outcome(
+                "validity_window",
+                O.FAILED,
+                problem,
+                V.EXPIRED if problem == "not yet valid" else V.FORGED,
+            )
+        return Outcome("validity_window", O.PASSED, f"valid until {token.expires_at.isoformat()}")
+
+    async def _issuer_answers(self, v: _Verification) -> Outcome | None:
+        """Ask the issuing node (or this node, for its own tokens) about the credential.
+
+        A refusal of the disclosure asked for is the caller's error (raised); an
+        issuer that cannot give a usable answer fails closed, saying why."""
+        token, request = v.require_token(), v.request
         check_request = federation_pb2.CredentialCheckRequest(
             token_id=token.token_id,
             credential_id=token.credential_id,
             purpose=request.purpose,
-            relying_party_id=relying_party,
+            relying_party_id=v.relying_party,
             requested_attributes=request.requested_attributes,
         )
         check_request.token_expires_at.FromDatetime(token.expires_at)
         try:
-            if token.issuer == self._federation.own:
-                answer = await self.check_credential(check_request, timeout)
+            if token.issuer == v.federation.own:
+                v.answer = await self.check_credential(check_request, v.timeout)
             else:
-                answer, _ = await self._client.call(
+                v.answer, _ = await self._client.call(
                     token.issuer,
                     SERVICE,
                     check_request,
                     federation_pb2.CredentialCheckResponse,
-                    correlation_id=correlation_id,
-                    timeout=timeout,
+                    correlation_id=v.correlation_id,
+                    timeout=v.timeout,
                 )
         except RemoteError as exc:
             if exc.code == grpc.StatusCode.PERMISSION_DENIED:
-                checks.set("disclosure_policy", O.FAILED, exc.message)
                 raise PermissionDenied(f"issuer {token.issuer} refused: {exc.message}") from exc
             if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise
             # The issuer could not give a usable answer (its back-end failed, it
             # refused the envelope): fail closed, saying why.
-            checks.set("status", O.INDETERMINATE, f"issuer {token.issuer}: {exc.message}")
-            return verdict(V.ISSUER_UNREACHABLE)
+            return Outcome(
+                "status",
+                O.INDETERMINATE,
+                f"issuer {token.issuer}: {exc.message}",
+                V.ISSUER_UNREACHABLE,
+            )
         except PeerUnavailable as exc:
-            checks.set("status", O.INDETERMINATE, exc.message)
-            return verdict(V.ISSUER_UNREACHABLE)
+            return Outcome("status", O.INDETERMINATE, exc.message, V.ISSUER_UNREACHABLE)
+        v.response.status_checked_at.CopyFrom(v.answer.checked_at)
+        return None
 
-        response.status_checked_at.CopyFrom(answer.checked_at)
+    async def _status_fresh(self, v: _Verification) -> Outcome | None:
+        answer = v.require_answer()
+        now = self._clock.now() if v.now is None else v.now
         checked_at = answer.checked_at.ToDatetime(tzinfo=now.tzinfo)
-        max_age = timedelta(seconds=self._federation.me.node.status_max_age_seconds)
+        max_age = timedelta(seconds=v.federation.me.node.status_max_age_seconds)
         if not answer.HasField("checked_at") or abs(self._clock.now() - checked_at) > max_age:
-            checks.set(
+            return Outcome(
                 "status",
                 O.INDETERMINATE,
                 f"issuer's status answer is stale (older than {int(max_age.total_seconds())} s)",
+                V.ISSUER_UNREACHABLE,
             )
-            return verdict(V.ISSUER_UNREACHABLE)
-        if answer.state != STATE_NAMES.CREDENTIAL_ACTIVE:
-            checks.set("status", O.FAILED, f"credential is {STATE_NAMES.Name(answer.state)}")
-            return verdict(V.REVOKED)
-        checks.set("status", O.PASSED, "credential active")
-        if answer.token_already_used:
-            checks.set("single_use", O.FAILED, "token already used")
-            return verdict(V.REPLAYED)
-        checks.set("single_use", O.PASSED, "first use of this token")
+        return None
 
+    async def _credential_active(self, v: _Verification) -> Outcome | None:
+        answer = v.require_answer()
+        if answer.state != STATE_NAMES.CREDENTIAL_ACTIVE:
+            return Outcome(
+                "status", O.FAILED, f"credential is {STATE_NAMES.Name(answer.state)}", V.REVOKED
+            )
+        return Outcome("status", O.PASSED, "credential active")
+
+    async def _first_use(self, v: _Verification) -> Outcome | None:
+        if v.require_answer().token_already_used:
+            return Outcome("single_use", O.FAILED, "token already used", V.REPLAYED)
+        return Outcome("single_use", O.PASSED, "first use of this token")
+
+    async def _disclosure_within_policy(self, v: _Verification) -> Outcome | None:
+        """Keep only what this node's policy lets the caller see (the issuer may
+        have released more: it is dropped), and put it in the response."""
+        answer, request = v.require_answer(), v.request
         allowed = set(request.requested_attributes) or set(
-            self._federation.me.disclosure.get(purpose, ())
+            v.federation.me.disclosure.get(v.purpose, ())
         )
         extra = [a for a in answer.claims.disclosed_attributes if a not in allowed]
-        if extra:
-            # The issuer released more than our policy lets this caller see: drop it.
-            for name in extra:
-                if name != "age_over_18":
-                    answer.claims.holder.ClearField(name)  # type: ignore[arg-type]
-            checks.set(
-                "disclosure_policy",
-                O.PASSED,
-                f"withheld {len(extra)} attribute(s) beyond the {purpose} policy",
-            )
-        else:
-            checks.set("disclosure_policy", O.PASSED, f"{purpose} policy")
-        response.attributes.CopyFrom(answer.claims.holder)
-        response.disclosed_attributes.extend(
+        for name in extra:
+            if name != "age_over_18":
+                answer.claims.holder.ClearField(name)  # type: ignore[arg-type]
+        v.response.attributes.CopyFrom(answer.claims.holder)
+        v.response.disclosed_attributes.extend(
             a for a in answer.claims.disclosed_attributes if a in allowed
         )
-        if purpose == "HOTEL_CHECK_IN":
-            response.check_in_id = f"CI-{self._federation.own}-{uuid.uuid4().hex[:16]}"
-            await self._store.record_check_in(
-                check_in_id=response.check_in_id,
-                relying_party_id=relying_party,
-                issuer_province=token.issuer,
-                guest=response.attributes.SerializeToString(),
-                client_reference=request.client_reference,
-                recorded_at=self._clock.now(),
-                correlation_id=correlation_id,
+        if extra:
+            return Outcome(
+                "disclosure_policy",
+                O.PASSED,
+                f"withheld {len(extra)} attribute(s) beyond the {v.purpose} policy",
             )
-        return verdict(V.VALID)
+        return Outcome("disclosure_policy", O.PASSED, f"{v.purpose} policy")
+
+    #: The checks of a verification, in order.
+    CHECKS: ClassVar[tuple[Check, ...]] = (
+        _token_well_formed,
+        _issuer_key_trusted,
+        _signature_verifies,
+        _within_validity_window,
+        _issuer_answers,
+        _status_fresh,
+        _credential_active,
+        _first_use,
+        _disclosure_within_policy,
+    )
+
+    async def _record_check_in(self, v: _Verification) -> None:
+        """A VALID hotel check-in is recorded (guest registration) before it is answered."""
+        if v.purpose != "HOTEL_CHECK_IN":
+            return
+        response = v.response
+        response.check_in_id = f"CI-{v.federation.own}-{uuid.uuid4().hex[:16]}"
+        await self._store.record_check_in(
+            check_in_id=response.check_in_id,
+            relying_party_id=v.relying_party,
+            issuer_province=v.require_token().issuer,
+            guest=response.attributes.SerializeToString(),
+            client_reference=v.request.client_reference,
+            recorded_at=self._clock.now(),
+            correlation_id=v.correlation_id,
+        )
 
     async def get_check_in(self, check_in_id: str, client: ClientSection) -> identity_pb2.CheckIn:
         if not _CHECK_IN_ID.fullmatch(check_in_id):

@@ -22,6 +22,7 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import DecodeError, Message
 
+from gateway.config.holder import ConfigHolder
 from gateway.config.models import FEDERATION_SERVICES, FederationConfig, ProvinceConfig
 from gateway.core import crypto
 from gateway.core.clock import Clock
@@ -117,31 +118,28 @@ class SigningKey:
     not_after: datetime
 
 
-class EnvelopeSigner:
-    """Seals payloads into signed envelopes with this node's current key.
+@dataclass(frozen=True)
+class SigningKeys:
+    """A node's envelope keys: ``signing.key_id`` as fallback and the rotation
+    (newest window first)."""
 
-    With several keys configured (a rotation), the current key is the one whose
-    validity window holds now and began last: a new key published ahead with a
-    later ``not_before`` takes over by itself at that instant, while peers keep
-    accepting the old one until its window ends.
-    """
+    province: str
+    default: tuple[str, Ed25519PrivateKey]
+    rotation: tuple[SigningKey, ...] = ()
 
-    def __init__(
-        self,
+    @classmethod
+    def of(
+        cls,
         province: str,
         key_id: str,
         private_key: Ed25519PrivateKey,
-        clock: Clock,
-        *,
         rotation: tuple[SigningKey, ...] = (),
-    ) -> None:
-        self.province = province
-        self._default = (key_id, private_key)
-        self._rotation = tuple(sorted(rotation, key=lambda k: k.not_before, reverse=True))
-        self._clock = clock
+    ) -> SigningKeys:
+        newest_first = tuple(sorted(rotation, key=lambda k: k.not_before, reverse=True))
+        return cls(province, (key_id, private_key), newest_first)
 
     @classmethod
-    def from_config(cls, me: ProvinceConfig, clock: Clock) -> EnvelopeSigner:
+    def from_config(cls, me: ProvinceConfig) -> SigningKeys:
         """Every configured key with its private part; ``signing.key_id`` as fallback."""
         if me.signing.private_key is None:
             raise ValueError(f"{me.source}: signing.private_key is required to sign")
@@ -157,18 +155,70 @@ class EnvelopeSigner:
             rotation.append(
                 SigningKey(published.key_id, key, published.not_before, published.not_after)
             )
-        return cls(me.code, me.signing.key_id, default, clock, rotation=tuple(rotation))
+        return cls.of(me.code, me.signing.key_id, default, tuple(rotation))
 
-    def update(self, other: EnvelopeSigner) -> None:
-        """Take another signer's keys (config reload), keeping this object shared."""
-        self._default, self._rotation = other._default, other._rotation
-
-    def current(self) -> tuple[str, Ed25519PrivateKey]:
-        now = self._clock.now()
-        for key in self._rotation:
+    def current(self, now: datetime) -> tuple[str, Ed25519PrivateKey]:
+        for key in self.rotation:
             if key.not_before <= now < key.not_after:
                 return key.key_id, key.private_key
-        return self._default
+        return self.default
+
+
+def signing_keys(federation: FederationConfig) -> SigningKeys:
+    """This node's signing keys in ``federation`` (built once per config version
+    through :meth:`ConfigHolder.derived <gateway.config.holder.ConfigHolder.derived>`)."""
+    return SigningKeys.from_config(federation.me)
+
+
+class EnvelopeSigner:
+    """Seals payloads into signed envelopes with this node's current key.
+
+    With several keys configured (a rotation), the current key is the one whose
+    validity window holds now and began last: a new key published ahead with a
+    later ``not_before`` takes over by itself at that instant, while peers keep
+    accepting the old one until its window ends.
+
+    A node's signer follows its config (:meth:`for_config`): the keys are those
+    of the config in force when an envelope is sealed, so a reload changes them
+    with nothing to update here.
+    """
+
+    def __init__(
+        self,
+        province: str,
+        key_id: str,
+        private_key: Ed25519PrivateKey,
+        clock: Clock,
+        *,
+        rotation: tuple[SigningKey, ...] = (),
+    ) -> None:
+        self._fixed = SigningKeys.of(province, key_id, private_key, rotation)
+        self._config: ConfigHolder | None = None
+        self._clock = clock
+
+    @classmethod
+    def from_config(cls, me: ProvinceConfig, clock: Clock) -> EnvelopeSigner:
+        """A signer with the keys of ``me`` as they are now (tools, start-up checks)."""
+        keys = SigningKeys.from_config(me)
+        return cls(keys.province, *keys.default, clock, rotation=keys.rotation)
+
+    @classmethod
+    def for_config(cls, config: ConfigHolder, clock: Clock) -> EnvelopeSigner:
+        """A node's signer: the keys of the config in force at each seal."""
+        keys = config.derived(signing_keys)
+        signer = cls(keys.province, *keys.default, clock, rotation=keys.rotation)
+        signer._config = config
+        return signer
+
+    def _keys(self) -> SigningKeys:
+        return self._fixed if self._config is None else self._config.derived(signing_keys)
+
+    @property
+    def province(self) -> str:
+        return self._keys().province
+
+    def current(self) -> tuple[str, Ed25519PrivateKey]:
+        return self._keys().current(self._clock.now())
 
     @property
     def key_id(self) -> str:
@@ -188,12 +238,13 @@ class EnvelopeSigner:
         status_message: str = "",
     ) -> federation_pb2.SignedEnvelope:
         payload_bytes = payload.SerializeToString()
-        key_id, private_key = self.current()
+        keys = self._keys()
+        key_id, private_key = keys.current(self._clock.now())
         header = federation_pb2.EnvelopeHeader(
             message_id=message_id or str(uuid.uuid4()),
             correlation_id=correlation_id,
             idempotency_key=idempotency_key,
-            sender=self.province,
+            sender=keys.province,
             receiver=receiver,
             service=service,
             nonce=os.urandom(NONCE_BYTES),
@@ -302,29 +353,27 @@ class NonceCache:
 
 
 class EnvelopeVerifier:
-    """Opens envelopes addressed to this node; raises EnvelopeRejected on any failure."""
+    """Opens envelopes addressed to this node; raises EnvelopeRejected on any failure.
 
-    def __init__(self, federation: FederationConfig, trust: TrustStore, clock: Clock) -> None:
-        self._federation = federation
-        self._trust = trust
+    Peers, services, keys (``config.derived(TrustStore)``) and the allowed clock
+    skew are those of the config in force when an envelope is opened; the nonces
+    seen stay remembered across reloads.
+    """
+
+    def __init__(self, config: ConfigHolder, clock: Clock) -> None:
+        self._config = config
         self._clock = clock
-        self._skew = timedelta(seconds=federation.me.node.max_clock_skew_seconds)
-        self._nonces = NonceCache(2 * self._skew)
+        skew = timedelta(seconds=config.me.node.max_clock_skew_seconds)
+        self._nonces = NonceCache(2 * skew)
 
     @property
     def own(self) -> str:
-        return self._federation.own
+        return self._config.federation.own
 
     @property
     def nonces(self) -> NonceCache:
         """The nonces seen (read-only use: sizes, for tests and metrics)."""
         return self._nonces
-
-    def update(self, federation: FederationConfig, trust: TrustStore) -> None:
-        """New config and keys (reload); the nonces seen so far stay remembered."""
-        self._federation = federation
-        self._trust = trust
-        self._skew = timedelta(seconds=federation.me.node.max_clock_skew_seconds)
 
     def _authentic(self, signed: federation_pb2.SignedEnvelope) -> federation_pb2.EnvelopeHeader:
         if signed.ByteSize() > MAX_ENVELOPE_BYTES:
@@ -369,7 +418,7 @@ class EnvelopeVerifier:
                 "malformed",
                 "header.created_at: expected a valid timestamp",
             ) from exc
-        key = self._trust.envelope_key(header.sender, header.key_id, created)
+        key = self._config.derived(TrustStore).envelope_key(header.sender, header.key_id, created)
         if not crypto.verify(key, signed.signature, signed.header):
             raise _reject(
                 grpc.StatusCode.UNAUTHENTICATED,
@@ -383,11 +432,12 @@ class EnvelopeVerifier:
                 "payload: SHA-256 does not match header.payload_digest",
             )
         now = self._clock.now()
-        if abs(now - created) > self._skew:
+        skew = timedelta(seconds=self._config.me.node.max_clock_skew_seconds)
+        if abs(now - created) > skew:
             raise _reject(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "clock_skew",
-                f"header.created_at: expected within {int(self._skew.total_seconds())} s "
+                f"header.created_at: expected within {int(skew.total_seconds())} s "
                 f"of the receiver's clock, off by {int((created - now).total_seconds())} s",
             )
         if len(header.nonce) != NONCE_BYTES:
@@ -413,9 +463,10 @@ class EnvelopeVerifier:
                 "unknown_service",
                 f"header.service: expected one of {sorted(FEDERATION_SERVICES)}",
             )
-        sender = self._federation.peer(header.sender)
+        federation = self._config.federation
+        sender = federation.peer(header.sender)
         if (
-            header.service not in self._federation.me.services.offers
+            header.service not in federation.me.services.offers
             or sender is None
             or (header.service not in sender.services.calls)
         ):

@@ -6,7 +6,7 @@ endpoint is written by hand for each province below and deliberately does
 fails against this simulator as it would against the real library. What it
 shares with the gateway is the national standard: the category catalogue,
 the licence identifier and the seal (computed over the canonical form, by
-:func:`adapters.certificate.seal_certificate`).
+:func:`gateway.trust.seals.seal_certificate`).
 
 Certificates (in memory, deterministic from province and seed, sealed with
 the province's seal key): for each of the province's synthetic residents an
@@ -64,9 +64,10 @@ from aiohttp import web
 from stdnum.cn import uscc
 
 from adapters.catalogue import CATALOGUE, FieldKind
-from adapters.certificate import licence_id, seal_certificate
+from adapters.certificate import licence_id
 from gateway.core.clock import Clock, SystemClock
 from gateway.core.crypto import load_private_key
+from gateway.trust.seals import seal_certificate
 from yrd.certificate.v1 import certificate_pb2
 from yrd.common.v1 import common_pb2
 from yrd_simulators.documents import BadNativeRequest as BadNativeRequest

@@ -19,10 +19,11 @@ from adapters import (
     TranslationError,
     build_certificate_library,
 )
-from adapters.certificate import HttpCertificateLibrary, seal_verdict, to_local, verify_seal
+from adapters.certificate import HttpCertificateLibrary, to_local
 from adapters.spec import AdapterConfig
 from gateway.core.clock import FrozenClock
 from gateway.core.crypto import load_public_key
+from gateway.trust.seals import seal_verdict, verify_seal
 from tests.paths import KEYS_DIR
 from yrd.certificate.v1 import certificate_pb2
 from yrd_simulators.certificate_library import CertificateLibrarySimulator, synthetic_certificates

@@ -20,21 +20,23 @@ from stdnum.iso7064 import mod_37_36
 from adapters import TranslationError
 from adapters.catalogue import CATALOGUE, CATEGORY_TABLE, FieldKind, check_category_table
 from adapters.certificate import (
-    SEAL_ALGORITHM,
     CertificateCodec,
     LicenceId,
     licence_id,
-    seal_certificate,
-    seal_input,
-    seal_verdict,
     to_local,
     validate_licence_id,
-    verify_seal,
 )
 from adapters.golden import load_vectors
 from adapters.spec import AdapterConfig
 from gateway.core.crypto import load_private_key, load_public_key
 from gateway.core.identifiers import REGION_CODE_PATTERN, make_id_number
+from gateway.trust.seals import (
+    SEAL_ALGORITHM,
+    seal_certificate,
+    seal_input,
+    seal_verdict,
+    verify_seal,
+)
 from tests.paths import KEYS_DIR
 from yrd.certificate.v1 import certificate_pb2
 from yrd.common.v1 import common_pb2

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gateway.config.holder import ConfigHolder
 from gateway.config.models import FederationConfig, load_federation
 from gateway.core.clock import FrozenClock
 from gateway.core.crypto import load_private_key
@@ -50,11 +51,9 @@ def clock() -> FrozenClock:
 
 
 @pytest.fixture
-def verifier(
-    federation: FederationConfig, trust: TrustStore, clock: FrozenClock
-) -> EnvelopeVerifier:
+def verifier(federation: FederationConfig, clock: FrozenClock) -> EnvelopeVerifier:
     """Shanghai's verifier, on the frozen receiver clock."""
-    return EnvelopeVerifier(federation, trust, clock)
+    return EnvelopeVerifier(ConfigHolder(federation), clock)
 
 
 SignerFactory = Callable[..., EnvelopeSigner]

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
+from gateway.config.holder import ConfigHolder
 from gateway.config.models import FEDERATION_SERVICES, FederationConfig
 from gateway.core import crypto
 from gateway.core.clock import FrozenClock
@@ -426,7 +427,7 @@ class TestAddressing:
     ) -> None:
         config = with_services(federation, SH, offers=(CHECK,))
         config = with_services(config, JS, calls=(CHECK, FETCH))
-        verifier = EnvelopeVerifier(config, trust, FrozenClock(NOW))
+        verifier = EnvelopeVerifier(ConfigHolder(config), FrozenClock(NOW))
         error = rejected(
             verifier,
             self._fetch(signer_for(JS)),
@@ -440,7 +441,7 @@ class TestAddressing:
     ) -> None:
         config = with_services(federation, SH, offers=(CHECK, FETCH))
         config = with_services(config, JS, calls=(CHECK,))
-        verifier = EnvelopeVerifier(config, trust, FrozenClock(NOW))
+        verifier = EnvelopeVerifier(ConfigHolder(config), FrozenClock(NOW))
         error = rejected(
             verifier,
             self._fetch(signer_for(JS)),
@@ -454,7 +455,7 @@ class TestAddressing:
     ) -> None:
         config = with_services(federation, SH, offers=(CHECK, FETCH))
         config = with_services(config, JS, calls=(FETCH,))
-        verifier = EnvelopeVerifier(config, trust, FrozenClock(NOW))
+        verifier = EnvelopeVerifier(ConfigHolder(config), FrozenClock(NOW))
         assert verifier.open_request(self._fetch(signer_for(JS))).header.service == FETCH
 
     def test_wrong_payload_type(
@@ -939,8 +940,8 @@ def _outcome(
         return error
 
 
-def _fresh_verifier(federation: FederationConfig, trust: TrustStore) -> EnvelopeVerifier:
-    return EnvelopeVerifier(federation, trust, FrozenClock(NOW))
+def _fresh_verifier(federation: FederationConfig) -> EnvelopeVerifier:
+    return EnvelopeVerifier(ConfigHolder(federation), FrozenClock(NOW))
 
 
 _property = settings(
@@ -966,7 +967,7 @@ class TestArbitraryInput:
         payload: bytes,
         sig: bytes,
     ) -> None:
-        verifier = _fresh_verifier(federation, trust)
+        verifier = _fresh_verifier(federation)
         signed = Signed(header=header, payload=payload, signature=sig)
         with pytest.raises(EnvelopeRejected):
             verifier.open_request(signed)
@@ -992,7 +993,7 @@ class TestArbitraryInput:
         header_bytes = header.SerializeToString()
         key = signing_key(header.sender) if header.sender in PROVINCE_CODES else signing_key(JS)
         signed = Signed(header=header_bytes, payload=payload, signature=key.sign(header_bytes))
-        verifier = _fresh_verifier(federation, trust)
+        verifier = _fresh_verifier(federation)
         for open_envelope in (
             verifier.open_request,
             lambda s: verifier.open_response(s, peer=header.sender, request_header=b""),
@@ -1028,4 +1029,4 @@ class TestArbitraryInput:
         tampered.CopyFrom(signed)
         setattr(tampered, field, bytes(data))
         with pytest.raises(EnvelopeRejected):
-            _fresh_verifier(federation, trust).open_request(tampered)
+            _fresh_verifier(federation).open_request(tampered)
