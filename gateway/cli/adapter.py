@@ -3,23 +3,62 @@ each read and validated by the node's own config loader first."""
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from adapters import conformance
-from gateway.config.models import parse_province_file
-from gateway.core.errors import ConfigError
+from gateway.cli.common import Subparsers
+
+#: Generated values per message for the round trips (the conformance kit's default).
+DEFAULT_EXAMPLES = 50
+
+
+def register(commands: Subparsers) -> None:
+    adapter = commands.add_parser("adapter", help="province adapters (native formats)")
+    adapter_commands = adapter.add_subparsers(
+        dest="adapter_command", required=True, metavar="ACTION"
+    )
+    test = adapter_commands.add_parser(
+        "test",
+        help="run a province's golden vectors and round-trip checks; print a pass/fail table",
+    )
+    test.add_argument("configs", nargs="+", metavar="CONFIG", help="province TOML files")
+    test.add_argument(
+        "--vectors",
+        metavar="DIR",
+        help="golden vectors (default: golden/<code>/ beside the config; one CONFIG only)",
+    )
+    test.add_argument(
+        "--examples",
+        type=int,
+        default=DEFAULT_EXAMPLES,
+        metavar="N",
+        help=f"generated values per message for the round trips (default {DEFAULT_EXAMPLES})",
+    )
+    test.set_defaults(func=adapter_test_command)
+
+
+def adapter_test_command(args: argparse.Namespace) -> int:
+    return adapter_test(
+        [Path(f) for f in args.configs],
+        vectors=Path(args.vectors) if args.vectors else None,
+        examples=args.examples,
+    )
 
 
 def adapter_test(
     configs: list[Path],
     *,
     vectors: Path | None = None,
-    examples: int = conformance.DEFAULT_EXAMPLES,
+    examples: int = DEFAULT_EXAMPLES,
     out: Callable[[str], None] = print,
 ) -> int:
     """``yrd-gateway adapter test``: 0 when every check of every config passed, 1 when
     one failed, 2 when a config cannot be read or validated (its problems printed)."""
+    from adapters import conformance
+    from gateway.config.models import parse_province_file
+    from gateway.core.errors import ConfigError
+
     if vectors is not None and len(configs) > 1:
         out("--vectors names the vectors of one config; give one CONFIG with it")
         return 2

@@ -364,6 +364,8 @@ class ProcessFederation:
     simulator_options: dict[str, tuple[str, ...]] = field(default_factory=dict)
     base_port: int | None = None
     province_dirs: bool = False
+    #: The province configs copied at start (default: :func:`province_configs_dir`).
+    configs: Path | None = None
 
     @property
     def config_dir(self) -> Path:
@@ -384,7 +386,9 @@ class ProcessFederation:
             shutil.rmtree(configs, ignore_errors=True)
             for code in self.provinces:
                 (self.root / code).mkdir(parents=True, exist_ok=True)
-        shutil.copytree(province_configs_dir(), configs, ignore=shutil.ignore_patterns("var"))
+        shutil.copytree(
+            province_configs_dir(self.configs), configs, ignore=shutil.ignore_patterns("var")
+        )
         fixed = {
             code: ports_for(code, self.base_port) for code in SLUGS if self.base_port is not None
         }
@@ -568,7 +572,13 @@ def up_table(run_dir: Path, base_port: int) -> str:
     return "\n".join(lines)
 
 
-def run_up(run_dir: Path, base_port: int = DEFAULT_BASE_PORT, *, fresh: bool = False) -> int:
+def run_up(
+    run_dir: Path,
+    base_port: int = DEFAULT_BASE_PORT,
+    *,
+    fresh: bool = False,
+    configs: Path | None = None,
+) -> int:
     """``yrd-gateway up``: the four provinces' back-ends and nodes as separate processes
     on :func:`ports_for` ports until SIGINT/SIGTERM; then every node drains (SIGTERM),
     then the back-ends stop. 0 when everything stopped cleanly, 1 when something failed
@@ -587,7 +597,7 @@ def run_up(run_dir: Path, base_port: int = DEFAULT_BASE_PORT, *, fresh: bool = F
     if fresh:
         shutil.rmtree(run_dir, ignore_errors=True)
     federation = ProcessFederation(
-        run_dir.resolve(), tuple(SLUGS), base_port=base_port, province_dirs=True
+        run_dir.resolve(), tuple(SLUGS), base_port=base_port, province_dirs=True, configs=configs
     )
     stopping: list[int] = []
 

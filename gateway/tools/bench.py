@@ -275,19 +275,21 @@ def bench_fund(
     seconds: float = 10.0,
     workers: int = 1,
     baseline_rps: float | None = None,
+    configs: Path | None = None,
 ) -> FundFigures:
     """``baseline_rps``: the baseline chain's saturation measured earlier in the same
-    run; without it the chain is started and measured here first."""
+    run; without it the chain is started and measured here first. ``configs``: the
+    province configs (default ``province_configs_dir()``)."""
     from gateway.testing.localfed import province_configs_dir
 
     if baseline_rps is None:
-        chain = BaselineChain(province_configs_dir() / "keys").start()
+        chain = BaselineChain(province_configs_dir(configs) / "keys").start()
         try:
             baseline_rps = asyncio.run(_chain_saturation(chain, concurrency, seconds))
         finally:
             chain.stop()
     with tempfile.TemporaryDirectory(prefix="yrd-bench-") as tmp:
-        federation = ProcessFederation(Path(tmp), (SH, JS))
+        federation = ProcessFederation(Path(tmp), (SH, JS), configs=configs)
         try:
             federation.start(
                 workers={SH: workers, JS: workers}, review_delay=0.0, payment_delay=0.0
@@ -773,14 +775,19 @@ def _rows_per_commit(node: NodeProcess) -> float:
 
 
 def bench_identity(
-    *, seconds: float = 10.0, concurrency: int = 64, soak: int = 100_000, workers: int = 1
+    *,
+    seconds: float = 10.0,
+    concurrency: int = 64,
+    soak: int = 100_000,
+    workers: int = 1,
+    configs: Path | None = None,
 ) -> IdentityFigures:
     from gateway.testing.localfed import province_configs_dir
 
-    keys = province_configs_dir() / "keys"
+    keys = province_configs_dir(configs) / "keys"
     with tempfile.TemporaryDirectory(prefix="yrd-bench-") as tmp:
         chain = BaselineChain(keys).start()
-        federation = ProcessFederation(Path(tmp), (SH, ZJ))
+        federation = ProcessFederation(Path(tmp), (SH, ZJ), configs=configs)
         try:
             federation.start(workers={SH: workers, ZJ: workers})
             return asyncio.run(

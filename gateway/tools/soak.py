@@ -869,13 +869,15 @@ def _signal_all(federation: ProcessFederation) -> None:
 
 
 def _start_federation(
-    stack: contextlib.ExitStack, root: Path, attempts: int = 3
+    stack: contextlib.ExitStack, root: Path, attempts: int = 3, configs: Path | None = None
 ) -> ProcessFederation:
     """Start the 4 nodes and 4 back-ends; again in a fresh folder when a port that
     was free when chosen was taken meanwhile (other programs on the machine)."""
     for attempt in range(1, attempts + 1):
         began = time.monotonic()
-        federation = ProcessFederation(root / f"run{attempt}", PROVINCES, node_class=PipedNode)
+        federation = ProcessFederation(
+            root / f"run{attempt}", PROVINCES, node_class=PipedNode, configs=configs
+        )
         federation.simulator_options = {
             code: ("--state-dir", str(federation.root / "backends" / code)) for code in PROVINCES
         }
@@ -895,17 +897,20 @@ def _start_federation(
     raise AssertionError("unreachable")
 
 
-def run_soak(config: SoakConfig, *, keep: Path | None = None) -> Report:
+def run_soak(
+    config: SoakConfig, *, keep: Path | None = None, configs: Path | None = None
+) -> Report:
     """Run the soak; every process it starts is stopped when it returns or is
     interrupted. ``keep``: a folder for the run's stores and logs (default a
-    temporary one, removed)."""
+    temporary one, removed); ``configs``: the province configs (default
+    ``province_configs_dir()``)."""
     with _terminated_as_interrupt(), contextlib.ExitStack() as stack:
         if keep is None:
             root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="yrd-soak-")))
         else:
             root = keep
             root.mkdir(parents=True, exist_ok=True)
-        federation = _start_federation(stack, root)
+        federation = _start_federation(stack, root, configs=configs)
         run = uuid.uuid4().hex[:8]
         exchanges, probes = plan_workload(federation, config, run)
         report = asyncio.run(_drive(federation, config, exchanges, probes))
@@ -939,14 +944,14 @@ def verify_logs(federation: ProcessFederation) -> dict[str, tuple[bool, str]]:
     return found
 
 
-def main(config: SoakConfig, keep: Path | None = None) -> int:
+def main(config: SoakConfig, keep: Path | None = None, configs: Path | None = None) -> int:
     print(
         f"chaos soak: {config.withdrawals} withdrawals and {config.cases} cases over "
         f"{config.seconds:g} s of chaos (pid {os.getpid()}); Ctrl-C stops it",
         flush=True,
     )
     try:
-        report = run_soak(config, keep=keep)
+        report = run_soak(config, keep=keep, configs=configs)
     except KeyboardInterrupt:
         print("interrupted: every process the soak started is stopped", flush=True)
         return 130

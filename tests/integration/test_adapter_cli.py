@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from adapters import conformance
+from gateway.cli import adapter
 from tests.integration.test_fifth_region import CODE, cli, make_region
 
 
@@ -123,3 +125,7 @@ class TestAdapterTest:
         result = cli("adapter", "test", "--help")
         assert result.returncode == 0
         assert "usage: yrd-gateway adapter test" in result.stdout
+        # The command's default is the conformance kit's (the CLI does not import
+        # the kit until the command runs).
+        assert adapter.DEFAULT_EXAMPLES == conformance.DEFAULT_EXAMPLES
+        assert f"(default {conformance.DEFAULT_EXAMPLES})" in " ".join(result.stdout.split())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import re
 import shutil
 import signal
@@ -13,9 +14,12 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.testing.localfed import free_port
+from gateway.cli import audit
+from gateway.cli.main import build_parser
+from gateway.testing.localfed import CONFIG_DIR_SETTING, free_port
 from gateway.tools.demo import _payee_account as demo_payee_account
 from tests.paths import CONFIG_DIR
 from yrd_simulators.fund_centre import FundCentreSimulator
@@ -23,11 +27,47 @@ from yrd_simulators.residents import synthetic_residents
 
 CLI = [sys.executable, "-m", "gateway"]
 
+#: The CLI with the simulators' package hidden, as on a node installed without them.
+WITHOUT_SIMULATORS = [
+    sys.executable,
+    "-c",
+    """
+import sys
 
-def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+class Hidden:
+    def find_spec(self, name, path=None, target=None):
+        if name == "yrd_simulators" or name.startswith("yrd_simulators."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Hidden())
+from gateway.cli.main import main
+sys.exit(main(sys.argv[1:]))
+""",
+]
+
+
+def run(
+    *args: str,
+    timeout: float = 120,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    command: list[str] = CLI,
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=timeout, check=False
+        [*command, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=cwd,
+        env=env,
     )
+
+
+def without_config_setting() -> dict[str, str]:
+    """This process's environment without YRD_PROVINCE_CONFIGS."""
+    return {k: v for k, v in os.environ.items() if k != CONFIG_DIR_SETTING}
 
 
 def copy_configs(tmp_path: Path) -> Path:
@@ -56,6 +96,7 @@ class TestHelp:
             ["demo", "--help"],
             ["pki", "init", "--help"],
             ["config", "check", "--help"],
+            ["audit", "verify", "--help"],
             ["log", "verify", "--help"],
         ):
             result = run(*args)
@@ -134,7 +175,7 @@ class TestServe:
         assert '"event": "node stopped"' in stderr
 
         database = folder / "var" / "messages.db"
-        assert run("log", "verify", str(database)).returncode == 0
+        assert run("audit", "verify", str(database)).returncode == 0
 
     def test_bad_config_refuses_to_start(self, tmp_path: Path) -> None:
         folder = copy_configs(tmp_path)
@@ -144,33 +185,60 @@ class TestServe:
         assert "signing.private_key" in result.stderr
 
 
-class TestLogVerify:
+def tampered_log(tmp_path: Path) -> Path:
+    database = tmp_path / "node.db"
+    with sqlite3.connect(database) as db:
+        db.executescript(
+            "CREATE TABLE message_log (seq INTEGER PRIMARY KEY, logged_at TEXT, direction TEXT,"
+            " kind TEXT, message_id TEXT, correlation_id TEXT, peer TEXT, service TEXT,"
+            " envelope BLOB, prev_hash BLOB, row_hash BLOB);"
+        )
+        db.execute(
+            "INSERT INTO message_log VALUES (1, 't', 'in', 'request', 'm', 'c', 'p',"
+            " 's', x'00', zeroblob(32), zeroblob(32))"
+        )
+    return database
+
+
+class TestAuditVerify:
+    """`audit verify` is the one command that verifies a log; `log verify` is its alias."""
+
     def test_tampering_is_reported(self, tmp_path: Path) -> None:
-        database = tmp_path / "node.db"
-        with sqlite3.connect(database) as db:
-            db.executescript(
-                "CREATE TABLE message_log (seq INTEGER PRIMARY KEY, logged_at TEXT, direction TEXT,"
-                " kind TEXT, message_id TEXT, correlation_id TEXT, peer TEXT, service TEXT,"
-                " envelope BLOB, prev_hash BLOB, row_hash BLOB);"
-            )
-            db.execute(
-                "INSERT INTO message_log VALUES (1, 't', 'in', 'request', 'm', 'c', 'p',"
-                " 's', x'00', zeroblob(32), zeroblob(32))"
-            )
-        result = run("log", "verify", str(database))
+        result = run("audit", "verify", str(tampered_log(tmp_path)))
         assert result.returncode == 1
         assert "BROKEN" in result.stdout
         assert "row 1" in result.stdout
 
     def test_missing_file(self, tmp_path: Path) -> None:
-        result = run("log", "verify", str(tmp_path / "nope.db"))
+        result = run("audit", "verify", str(tmp_path / "nope.db"))
         assert result.returncode == 2
+
+    def test_log_verify_is_the_same_command(self, tmp_path: Path) -> None:
+        parser = build_parser()
+        for command in (["audit", "verify"], ["log", "verify"]):
+            args = parser.parse_args([*command, "x.db", "--config", "c.toml"])
+            assert args.func is audit.audit_verify
+            assert (args.database, args.config) == ("x.db", "c.toml")
+        database = tampered_log(tmp_path)
+        one, alias = run("audit", "verify", str(database)), run("log", "verify", str(database))
+        assert (alias.returncode, alias.stdout) == (one.returncode, one.stdout)
+        assert run("log", "verify", str(tmp_path / "nope.db")).returncode == 2
+        shown = run("log", "verify", "--help").stdout
+        assert "alias of `yrd-gateway audit verify`" in " ".join(shown.split())
 
 
 class TestDemo:
     def test_demo_plays_every_scenario(self, tmp_path: Path) -> None:
+        """From a folder without province_configs, on a copy named by --configs."""
+        configs = tmp_path / "copied-configs"
+        shutil.copytree(CONFIG_DIR, configs, ignore=shutil.ignore_patterns("var"))
         log_file = tmp_path / "nodes.log"
-        result = run("demo", "--log-file", str(log_file), timeout=300)
+        result = run(
+            *("demo", "--configs", str(configs), "--log-file", str(log_file)),
+            timeout=300,
+            cwd=tmp_path,
+            env=without_config_setting(),
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "28 of 28 scenarios gave the expected outcome" in result.stdout
         for verdict in (
@@ -197,3 +265,73 @@ class TestDemo:
             for account in FundCentreSimulator(province).accounts:
                 assert account not in shown
         assert demo_payee_account() not in shown
+
+
+DEVELOPMENT_TOOLS = (["demo"], ["up"], ["bench", "--smoke"], ["soak", "--smoke"])
+
+
+class TestConfigsFolder:
+    """The development tools find the province configs from --configs, else
+    YRD_PROVINCE_CONFIGS, else ./province_configs; never beside the installed code."""
+
+    def test_no_configs_is_one_clear_line(self, tmp_path: Path) -> None:
+        for command in DEVELOPMENT_TOOLS:
+            result = run(*command, cwd=tmp_path, env=without_config_setting(), timeout=60)
+            assert result.returncode == 2, (command, result.stderr)
+            assert result.stderr == (
+                f"yrd-gateway {command[0]}: no province configs at province_configs: run from "
+                f"the repository root, pass --configs DIR, or set {CONFIG_DIR_SETTING}\n"
+            )
+            assert result.stdout == ""
+
+    def test_missing_folder_named_by_option_or_setting(self, tmp_path: Path) -> None:
+        missing = tmp_path / "nowhere"
+        result = run("bench", "--configs", str(missing), cwd=tmp_path, timeout=60)
+        assert result.returncode == 2
+        assert f"yrd-gateway bench: no province configs at {missing}:" in result.stderr
+        assert "Traceback" not in result.stderr
+        env = {**without_config_setting(), CONFIG_DIR_SETTING: str(missing)}
+        result = run("up", "--base-port", "7300", cwd=tmp_path, env=env, timeout=60)
+        assert result.returncode == 2
+        assert f"yrd-gateway up: no province configs at {missing}:" in result.stderr
+
+    def test_setting_and_option_resolve_the_folder(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from gateway.cli.common import tool_configs
+
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv(CONFIG_DIR_SETTING, str(CONFIG_DIR))
+        assert tool_configs("demo", None) == CONFIG_DIR
+        assert tool_configs("demo", str(tmp_path)) == tmp_path  # the option first
+        monkeypatch.delenv(CONFIG_DIR_SETTING)
+        assert tool_configs("demo", None) is None
+        (tmp_path / "province_configs").mkdir()
+        assert tool_configs("demo", None) == Path("province_configs")
+
+
+class TestWithoutSimulators:
+    """A node installed without the simulators: the node's commands work, the
+    development tools say in one line what to install."""
+
+    def test_tools_say_what_to_install(self, tmp_path: Path) -> None:
+        for command in DEVELOPMENT_TOOLS:
+            result = run(*command, "--configs", str(CONFIG_DIR), command=WITHOUT_SIMULATORS)
+            assert result.returncode == 2, (command, result.stderr)
+            assert result.stderr.count("\n") == 1, result.stderr
+            assert f"yrd-gateway {command[0]}: needs the simulated back-ends" in result.stderr
+            assert "pip install ./simulators" in result.stderr
+            assert "`make`" in result.stderr
+
+    def test_node_commands_work(self, tmp_path: Path) -> None:
+        result = run(
+            "config",
+            "check",
+            *map(str, sorted(CONFIG_DIR.glob("*.toml"))),
+            command=WITHOUT_SIMULATORS,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "4 file(s) valid" in result.stdout
+        result = run("audit", "verify", str(tampered_log(tmp_path)), command=WITHOUT_SIMULATORS)
+        assert result.returncode == 1
+        assert "BROKEN" in result.stdout

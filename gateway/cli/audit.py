@@ -1,0 +1,125 @@
+"""``yrd-gateway audit``: verify a node's message log; export and check the
+evidence of one message.
+
+``audit verify`` is the one command that verifies a log. ``log verify`` is
+kept as an alias for operators' scripts: the same parser arguments and the
+same function (:func:`audit_verify`), registered by :func:`_add_verify`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gateway.cli.common import EXIT_USAGE, Subparsers
+
+
+def register(commands: Subparsers) -> None:
+    audit = commands.add_parser("audit", help="verify the message log; export and check evidence")
+    actions = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    _add_verify(
+        actions,
+        "report whether the log was edited, reordered or cut, and where; with --config "
+        "also check the signed chain heads' signatures",
+    )
+    export = actions.add_parser(
+        "export", help="write a self-contained evidence file for one message id"
+    )
+    export.add_argument("message_id", metavar="MESSAGE_ID")
+    export.add_argument(
+        "--config",
+        required=True,
+        metavar="FILE",
+        help="the node's province config (keys; default database)",
+    )
+    export.add_argument("--db", metavar="MESSAGES_DB", help="default: the config's store")
+    export.add_argument("--out", metavar="FILE", help="default: evidence-MESSAGE_ID.json")
+    export.set_defaults(func=audit_export)
+    check = actions.add_parser(
+        "check", help="verify an evidence file offline (signatures, receipt, chain, signed head)"
+    )
+    check.add_argument("file", metavar="FILE")
+    check.set_defaults(func=audit_check)
+
+
+def register_log_alias(commands: Subparsers) -> None:
+    """``log verify``: the alias of ``audit verify`` that older scripts call."""
+    log = commands.add_parser("log", help="alias of `audit verify` (kept for existing scripts)")
+    actions = log.add_subparsers(dest="log_command", required=True, metavar="ACTION")
+    _add_verify(actions, "alias of `yrd-gateway audit verify` (the same command)")
+
+
+def _add_verify(actions: Subparsers, text: str) -> None:
+    verify = actions.add_parser("verify", help=text, description=text)
+    verify.add_argument("database", metavar="MESSAGES_DB", help="a node's messages.db")
+    verify.add_argument("--config", metavar="FILE", help="the node's province config (for keys)")
+    verify.set_defaults(func=audit_verify)
+
+
+def audit_verify(args: argparse.Namespace) -> int:
+    """Walk the hash chain (and, with ``--config``, the signed heads): 0 intact,
+    1 broken (the first row concerned is named), 2 no such file."""
+    import asyncio
+
+    from gateway.storage.messagelog import HeadKeys, verify_file
+
+    path = Path(args.database)
+    if not path.exists():
+        print(f"{path}: no such message log", file=sys.stderr)
+        return EXIT_USAGE
+    keys: HeadKeys | None = None
+    if args.config:
+        from gateway.config.models import load_federation
+        from gateway.trust.truststore import TrustStore
+
+        keys = TrustStore(load_federation(Path(args.config))).head_key
+    report = asyncio.run(verify_file(path, keys))
+    print(
+        f"{'intact' if report.intact else 'BROKEN'}: {report.detail}; "
+        f"{report.rows_checked} rows checked; head {report.head_hash.hex()}"
+    )
+    return 0 if report.intact else 1
+
+
+def audit_export(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gateway.config.models import load_federation
+    from gateway.storage import evidence as audit
+
+    federation = load_federation(Path(args.config))
+    database = Path(args.db) if args.db else federation.me.node.store / "messages.db"
+    try:
+        evidence = asyncio.run(audit.export(database, args.message_id, federation))
+    except audit.EvidenceError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    out = Path(args.out or f"evidence-{args.message_id}.json")
+    audit.write(evidence, out)
+    print(
+        f"wrote {out}: {len(evidence['envelopes'])} envelopes, "
+        f"{len(evidence['chain']['rows'])} chain rows, head at row {evidence['head']['head_seq']}"
+    )
+    return 0
+
+
+def audit_check(args: argparse.Namespace) -> int:
+    import json
+
+    from gateway.storage import evidence as audit
+
+    try:
+        evidence = json.loads(Path(args.file).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        print(f"{args.file}: cannot be read as evidence: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    passed, problems = audit.check(evidence)
+    for line in passed:
+        print(f"ok    {line}")
+    for line in problems:
+        print(f"FAIL  {line}")
+    print(
+        "evidence holds" if not problems else f"evidence does NOT hold: {len(problems)} problem(s)"
+    )
+    return 0 if not problems else 1
