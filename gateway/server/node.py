@@ -12,7 +12,6 @@ import asyncio
 import fcntl
 import os
 import socket
-import sqlite3
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -33,6 +32,7 @@ from adapters import (
     build_identity_authority,
 )
 from adapters.base import FundCentre, IdentityAuthority
+from gateway.config.holder import ConfigHolder
 from gateway.config.models import FederationConfig, ProvinceConfig, load_federation
 from gateway.core.clock import Clock, SystemClock
 from gateway.core.errors import ConfigError, FailedPrecondition
@@ -49,6 +49,7 @@ from gateway.services.fund import WITHDRAWAL, FundExchange, FundServicer
 from gateway.services.identity import IdentityExchange, IdentityServicer
 from gateway.services.tracked import TrackedExchange, TrackedProcessor
 from gateway.storage.messagelog import HeadKeys, MessageLog
+from gateway.storage.records import StoreOpenError
 from gateway.storage.state import StateStore
 from gateway.trust.envelope import MAX_ENVELOPE_BYTES, EnvelopeSigner, EnvelopeVerifier
 from gateway.trust.tls import TlsMaterial
@@ -242,7 +243,7 @@ async def prepare_node_stores(federation: FederationConfig, *, continue_past_bre
         message_log = await MessageLog(
             me.node.store / "messages.db", province=me.code, head_signer=sign
         ).open()
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, StoreOpenError) as exc:
         raise NodeStartError(f"cannot open the message log: {exc}") from exc
     try:
         await check_log_at_start(
@@ -253,7 +254,7 @@ async def prepare_node_stores(federation: FederationConfig, *, continue_past_bre
     state = StateStore(me.node.store / "state.db")
     try:
         await state.open()
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, StoreOpenError) as exc:
         raise NodeStartError(f"cannot open the state store {state.path}: {exc}") from exc
     finally:
         await state.close()
@@ -286,6 +287,7 @@ class Node:
         self.workers = workers
         self.worker_index = worker_index
         self.federation = federation
+        self.config = ConfigHolder(federation)
         #: Where the config was read from: SIGHUP and ReloadConfig re-read it.
         self.config_file = config_file
         self.reloads = 0
@@ -344,7 +346,7 @@ class Node:
         self._authority = authority
         self._fund_centre = fund_centre
         self.outbox: Outbox | None = None
-        self.processors: list[TrackedProcessor[Any]] = []
+        self.processors: list[TrackedProcessor[Any, Any, Any, Any]] = []
         self._closeables: list[Any] = []
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
@@ -473,7 +475,7 @@ class Node:
         the state store."""
         try:
             await self.message_log.open()
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, StoreOpenError) as exc:
             raise NodeStartError(
                 f"cannot open the message log {self.message_log.path}: {exc}"
             ) from exc
@@ -483,7 +485,7 @@ class Node:
             )
         try:
             await self.state.open()
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, StoreOpenError) as exc:
             raise NodeStartError(f"cannot open the state store {self.state.path}: {exc}") from exc
 
     async def _start(self) -> Node:
@@ -507,7 +509,7 @@ class Node:
         backends = self._backends(me)
         fund = self.fund = FundExchange(
             WITHDRAWAL,
-            federation=self.federation,
+            config=self.config,
             client=self.federation_client,
             store=self.state,
             backend=backends["fund"],
@@ -515,7 +517,7 @@ class Node:
         )
         cases = self.cases = TrackedExchange(
             SERVICE_CASE,
-            federation=self.federation,
+            config=self.config,
             client=self.federation_client,
             store=self.state,
             backend=backends["case"],
@@ -528,7 +530,7 @@ class Node:
             library=backends["certificate"],
             clock=self.clock,
         )
-        tracked: list[TrackedExchange[Any]] = [fund, cases]
+        tracked: list[TrackedExchange[Any, Any, Any, Any]] = [fund, cases]
         self.outbox = Outbox(
             self.state,
             self.federation_client,
@@ -662,8 +664,7 @@ class Node:
         self.verifier.update(federation, trust)
         await self.federation_client.update(federation)
         self.identity.update(federation)
-        self.fund.update(federation)
-        self.cases.update(federation)
+        self.config.swap(federation)
         self.certificates.update(federation, trust)
         self.trust = trust
         self.federation = federation
