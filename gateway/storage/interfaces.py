@@ -29,6 +29,8 @@ from typing import Protocol, TypeVar
 from gateway.storage.records import (
     IncomingCase,
     IncomingWork,
+    LogEntry,
+    LoggedExchange,
     NewIncomingCase,
     NewOutgoingCase,
     OutboxEntry,
@@ -258,3 +260,19 @@ class NodeState(
 
     async def probe(self) -> bool:
         """Try a real (tiny) write: True if the store can write again."""
+
+
+class MessageRecorder(Protocol):
+    """The message log as the federation client and server write it."""
+
+    async def append(self, entry: LogEntry) -> int:
+        """Append a row; its sequence number once committed."""
+
+    async def append_request(self, entry: LogEntry) -> tuple[int, LoggedExchange]:
+        """Append an incoming request; what was logged before under its (peer, message id)."""
+
+    async def append_all(self, entries: tuple[LogEntry, ...]) -> list[int]:
+        """Append rows in one commit."""
+
+    def enqueue(self, entry: LogEntry) -> None:
+        """Queue a row without waiting for its commit (a caller being cancelled)."""

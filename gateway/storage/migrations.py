@@ -255,10 +255,11 @@ def migrate(conn: sqlite3.Connection, migrations: tuple[Migration, ...], *, what
 def _check_version(conn: sqlite3.Connection, newest: int, what: str) -> int:
     found = schema_version(conn)
     if found > newest:
+        # The caller names the store (the node: "cannot open the state store <path>: ...").
         raise StoreVersionError(
-            f"{what} is at schema version {found}, newer than this gateway knows"
-            f" (up to {newest}): it was written by a newer release; run that release,"
-            " or restore a copy of the store made before the upgrade"
+            f"schema version {found}, newer than this gateway knows (up to {newest}):"
+            f" the {what} was written by a newer release; run that release, or restore"
+            " a copy of the store made before the upgrade"
         )
     return found
 
@@ -274,7 +275,7 @@ def open_writer(path: Path, migrations: tuple[Migration, ...], *, what: str) -> 
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
-        migrate(conn, migrations, what=f"{what} {path}")
+        migrate(conn, migrations, what=what)
     except sqlite3.Error as exc:
         conn.close()
         raise StoreOpenError(str(exc)) from exc

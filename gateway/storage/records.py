@@ -181,3 +181,38 @@ class Progress:
     attempts: int
     next_poll_at: float
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """A row of the message log, as its writers hand it over."""
+
+    direction: str
+    kind: str
+    message_id: str
+    correlation_id: str
+    peer: str
+    service: str
+    envelope: bytes
+    #: Incoming requests: the envelope's nonce. Unique per peer in the log, so a
+    #: replay is caught even by another worker process of the same node.
+    nonce: bytes = b""
+    #: Incoming requests: also look up the response this node already logged for
+    #: the same message id from the same peer (a retry whose answer was lost).
+    find_answer: bool = False
+
+
+#: Responses the message log's ``append_request`` returns for a message id,
+#: newest first: the answer to the request is among them unless a peer sent more
+#: than this many conflicting requests under its id since (then it is handled again).
+ANSWERS_LOOKED_UP = 4
+
+
+@dataclass(frozen=True)
+class LoggedExchange:
+    """What the log already held for an incoming request's (peer, message id)."""
+
+    #: The first request logged under it; None when this request is the first.
+    first_request: bytes | None
+    #: The newest responses logged under it (at most ANSWERS_LOOKED_UP), newest first.
+    answers: tuple[bytes, ...]
