@@ -338,7 +338,9 @@ class TrackedExchange(Generic[B, A, U, P]):
 
     # ---- submitting node ------------------------------------------------------------
 
-    async def submit(self, application: A, client: ClientSection, correlation_id: str) -> P:
+    def _accepted(self, application: A) -> A:
+        """The application as this node sends it: from this province, normalised,
+        valid, for a peer that takes it (InvalidArgument / FailedPrecondition)."""
         flow = self.flow
         federation = self._config.federation
         own = federation.own
@@ -354,7 +356,12 @@ class TrackedExchange(Generic[B, A, U, P]):
         flow.validate(app)
         target = getattr(app, flow.target_field)
         federation.require_peer(f"application.{flow.target_field}", target, flow.deliver_service)
-        key = key_of(app)
+        return app
+
+    async def submit(self, application: A, client: ClientSection, correlation_id: str) -> P:
+        flow = self.flow
+        app = self._accepted(application)
+        own, target, key = self.own, getattr(app, flow.target_field), key_of(app)
         body = app.SerializeToString(deterministic=True)
         digest = crypto.sha256(body)
         case_id = f"{flow.case_prefix}-{own}-{uuid.uuid4().hex[:20]}"
