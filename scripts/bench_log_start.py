@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sqlite3
 import tempfile
 import time
 import uuid
@@ -30,12 +29,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from gateway.core import crypto
 from gateway.storage.messagelog import (
     GENESIS,
-    SCHEMA,
     LogEntry,
     MessageLog,
     head_statement,
     row_hash,
 )
+from gateway.storage.migrations import MESSAGE_LOG_MIGRATIONS, open_writer
 
 PROVINCE = "310000"
 KEY_ID = "310000-sig-bench"
@@ -43,11 +42,8 @@ KEY_ID = "310000-sig-bench"
 
 def build(path: Path, rows: int, head_every: int, envelope_bytes: int) -> Ed25519PublicKey:
     key = crypto.generate_private_key()
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
+    conn = open_writer(path, MESSAGE_LOG_MIGRATIONS, what="message log")  # the node's schema
     conn.execute("PRAGMA synchronous=OFF")  # building only; the node writes with FULL
-    conn.executescript(SCHEMA)
-    conn.execute("ALTER TABLE message_log ADD COLUMN nonce BLOB")
     started = datetime(2026, 1, 1, tzinfo=UTC)
     head, batch, heads = GENESIS, [], []
     conn.execute("BEGIN")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -41,7 +40,8 @@ from gateway.core.clock import Pacer
 from gateway.core.errors import GatewayError, ends_exchange
 from gateway.core.metrics import NodeMetrics
 from gateway.federation.client import FederationClient
-from gateway.storage.state import PARKED, PENDING, OutboxItem, StateStore
+from gateway.storage.interfaces import OutboxStore, StateTransaction
+from gateway.storage.records import OutboxItem
 from yrd.federation.v1 import federation_pb2
 
 log = structlog.get_logger("yrd.outbox")
@@ -51,9 +51,10 @@ log = structlog.get_logger("yrd.outbox")
 #: many deliveries that finished meanwhile.
 READ_INTERVAL = 0.005
 
-#: Run inside the write transaction that deletes the item (no awaiting there).
-AckCallback = Callable[[sqlite3.Connection, OutboxItem, federation_pb2.DeliveryAck], None]
-RefusalCallback = Callable[[sqlite3.Connection, OutboxItem, GatewayError], None]
+#: Run inside the unit of work that deletes the item (no awaiting there): the
+#: effect of the peer's answer is committed with the item's removal.
+AckCallback = Callable[[StateTransaction, OutboxItem, federation_pb2.DeliveryAck], None]
+RefusalCallback = Callable[[StateTransaction, OutboxItem, GatewayError], None]
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class Outbox:
 
     def __init__(
         self,
-        store: StateStore,
+        store: OutboxStore,
         client: FederationClient,
         routes: dict[str, OutboxRoute],
         *,
@@ -179,11 +180,7 @@ class Outbox:
                         taken[peer] += 1
                         chosen.append(item_id)
                 items = await self._store.outbox_items(chosen)
-                upcoming = await self._store.fetchone(
-                    "SELECT MIN(next_attempt_at) FROM outbox WHERE next_attempt_at > ?"
-                    " AND state = 'pending'",
-                    (now,),
-                )
+                upcoming = await self._store.next_outbox_time(after=now)
             except Exception:
                 log.exception("outbox read failed")
                 items, upcoming = [], None
@@ -197,8 +194,8 @@ class Outbox:
                 self._peer_load[item.peer] += 1
                 self._inflight[item.id] = asyncio.create_task(self._deliver(item))
             delay = self.idle_poll
-            if upcoming and upcoming[0] is not None:
-                delay = min(delay, max(0.0, float(upcoming[0]) - time.time()))
+            if upcoming is not None:
+                delay = min(delay, max(0.0, upcoming - time.time()))
             if waiting:
                 soonest = min(self._held[item_id][0] for item_id in waiting)
                 delay = min(delay, max(0.0, soonest - time.time()))
@@ -260,19 +257,15 @@ class Outbox:
         catch_up = item.peer not in self._caught_up
         self._caught_up.add(item.peer)
 
-        def op(db: sqlite3.Connection) -> None:
-            route.on_acked(db, item, ack)
-            db.execute("DELETE FROM outbox WHERE id = ?", (item.id,))
+        def work(tx: StateTransaction) -> None:
+            route.on_acked(tx, item, ack)
+            tx.remove_outbox_item(item.id)
             if catch_up:
                 # The peer is back: everything waiting out a backoff for it is due now.
-                db.execute(
-                    "UPDATE outbox SET next_attempt_at = ? WHERE peer = ? AND next_attempt_at > ?"
-                    " AND state = 'pending'",
-                    (time.time(), item.peer, time.time()),
-                )
+                tx.make_peer_due(item.peer, time.time())
 
         try:
-            await self._store.write(op)
+            await self._store.unit_of_work(work)
         except BaseException:
             self._caught_up.discard(item.peer)
             raise
@@ -294,11 +287,11 @@ class Outbox:
         )
 
     async def _refused(self, item: OutboxItem, route: OutboxRoute, exc: GatewayError) -> None:
-        def op(db: sqlite3.Connection) -> None:
-            route.on_refused(db, item, exc)
-            db.execute("DELETE FROM outbox WHERE id = ?", (item.id,))
+        def work(tx: StateTransaction) -> None:
+            route.on_refused(tx, item, exc)
+            tx.remove_outbox_item(item.id)
 
-        await self._store.write(op)
+        await self._store.unit_of_work(work)
         self._held.pop(item.id, None)
         self.refused += 1
         log.warning(
@@ -322,18 +315,13 @@ class Outbox:
         when = now + backoff_delay(failures, base=self.base_backoff, cap=self.max_backoff)
         park = now - (item.pending_since or item.created_at) >= self.park_after
 
-        def op(db: sqlite3.Connection) -> None:
-            db.execute(
-                "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ?,"
-                " state = ?, parked_at = ? WHERE id = ?",
-                (
-                    failures + 1,
-                    when,
-                    reason,
-                    PARKED if park else PENDING,
-                    now if park else None,
-                    item.id,
-                ),
+        def work(tx: StateTransaction) -> None:
+            tx.reschedule_outbox_item(
+                item.id,
+                attempts=failures + 1,
+                next_attempt_at=when,
+                last_error=reason,
+                parked_at=now if park else None,
             )
 
         fields = {
@@ -347,7 +335,7 @@ class Outbox:
             self._metrics.outbox_retries.labels(item.peer).inc()
         self.retried += 1
         try:
-            await self._store.write(op)
+            await self._store.unit_of_work(work)
         except Exception as failure:
             self._held[item.id] = (when, failures + 1, item.peer)
             log.warning(

@@ -12,7 +12,6 @@ import asyncio
 import fcntl
 import os
 import socket
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from gateway.services.fund import WITHDRAWAL, FundExchange, FundServicer
 from gateway.services.identity import IdentityExchange, IdentityServicer
 from gateway.services.tracked import TrackedExchange, TrackedProcessor
 from gateway.storage.messagelog import HeadKeys, MessageLog
+from gateway.storage.records import StoreOpenError
 from gateway.storage.state import StateStore
 from gateway.trust.envelope import (
     MAX_ENVELOPE_BYTES,
@@ -249,7 +249,7 @@ async def prepare_node_stores(federation: FederationConfig, *, continue_past_bre
         message_log = await MessageLog(
             me.node.store / "messages.db", province=me.code, head_signer=sign
         ).open()
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, StoreOpenError) as exc:
         raise NodeStartError(f"cannot open the message log: {exc}") from exc
     try:
         await check_log_at_start(
@@ -260,7 +260,7 @@ async def prepare_node_stores(federation: FederationConfig, *, continue_past_bre
     state = StateStore(me.node.store / "state.db")
     try:
         await state.open()
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, StoreOpenError) as exc:
         raise NodeStartError(f"cannot open the state store {state.path}: {exc}") from exc
     finally:
         await state.close()
@@ -362,7 +362,7 @@ class Node:
         self._make_envelopes()
         # Made at start.
         self.outbox: Outbox | None = None
-        self.processors: list[TrackedProcessor[Any]] = []
+        self.processors: list[TrackedProcessor[Any, Any, Any, Any]] = []
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -560,7 +560,7 @@ class Node:
         the state store."""
         try:
             await self.message_log.open()
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, StoreOpenError) as exc:
             raise NodeStartError(
                 f"cannot open the message log {self.message_log.path}: {exc}"
             ) from exc
@@ -570,7 +570,7 @@ class Node:
             )
         try:
             await self.state.open()
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, StoreOpenError) as exc:
             raise NodeStartError(f"cannot open the state store {self.state.path}: {exc}") from exc
 
     def _connect_backends(self) -> Backends:
@@ -595,10 +595,9 @@ class Node:
             store=self.state,
             clock=self.clock,
         )
-        # (fund and cases take the config holder once services/tracked.py does.)
         self.fund = FundExchange(
             WITHDRAWAL,
-            federation=self.federation,
+            config=self.config,
             client=self.federation_client,
             store=self.state,
             backend=backends.fund,
@@ -606,7 +605,7 @@ class Node:
         )
         self.cases = TrackedExchange(
             SERVICE_CASE,
-            federation=self.federation,
+            config=self.config,
             client=self.federation_client,
             store=self.state,
             backend=backends.case,
@@ -620,7 +619,7 @@ class Node:
         )
         self.identity.metrics = self.certificates.metrics = self.metrics
         idle_poll = 1.0 if self.workers == 1 else 0.1
-        tracked: list[TrackedExchange[Any]] = [self.fund, self.cases]
+        tracked: list[TrackedExchange[Any, Any, Any, Any]] = [self.fund, self.cases]
         me = self.config.me
         self.outbox = Outbox(
             self.state,
@@ -744,9 +743,6 @@ class Node:
         self._check_reload(federation)
         self.config.swap(federation)
         await self.federation_client.follow_config()  # channels to moved peers
-        # Until services/tracked.py reads the holder, its exchanges take the config here.
-        self.fund.update(federation)
-        self.cases.update(federation)
         self.reloads += 1
         log.info("config reloaded", province=federation.own, provinces=sorted(federation.provinces))
 

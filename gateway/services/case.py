@@ -12,8 +12,6 @@ material altered on the way is refused on arrival.
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
 
 from adapters.base import CaseSystem
@@ -21,7 +19,6 @@ from adapters.case import check_application
 from adapters.errors import CaseNotFound, TranslationError
 from gateway.core.errors import InvalidArgument
 from gateway.core.identifiers import validate_idempotency_key, validate_region_code
-from gateway.services.calls import current_correlation_id, require_client
 from gateway.services.tracked import Flow, TrackedExchange
 from yrd.case.v1 import case_pb2, case_pb2_grpc
 
@@ -46,29 +43,20 @@ def _normalise(app: case_pb2.CaseApplication) -> None:
         )
 
 
-def _public(row: dict[str, Any]) -> case_pb2.Case:
-    case = case_pb2.Case(
-        case_id=row["case_id"],
-        status=row["status"],
-        status_reason=row["status_reason"],
-        idempotency_key=row["idempotency_key"],
-        handling_province=row["peer"],
-        remote_reference=row["remote_reference"],
-    )
-    case.submitted_at.FromDatetime(row["submitted_at"])
-    case.updated_at.FromDatetime(row["updated_at"])
-    return case
-
-
-async def _submit(system: CaseSystem, reference: str, app: Any, timeout: float) -> Any:
+async def _submit(
+    system: CaseSystem, reference: str, app: case_pb2.CaseApplication, timeout: float
+) -> case_pb2.CaseStatusUpdate:
     return await system.submit_case(reference, app, timeout=timeout)
 
 
-async def _status(system: CaseSystem, reference: str, timeout: float) -> Any:
+async def _status(system: CaseSystem, reference: str, timeout: float) -> case_pb2.CaseStatusUpdate:
     return await system.case_status(reference, timeout=timeout)
 
 
-SERVICE_CASE: Flow[CaseSystem] = Flow(
+#: A service case: its case system, application, status update and public record.
+ServiceCases = Flow[CaseSystem, case_pb2.CaseApplication, case_pb2.CaseStatusUpdate, case_pb2.Case]
+
+SERVICE_CASE: ServiceCases = Flow(
     domain="case",
     case_prefix="CS",
     reference_prefix="HC",
@@ -76,6 +64,7 @@ SERVICE_CASE: Flow[CaseSystem] = Flow(
     status_service="case.CaseStatus",
     application_type=case_pb2.CaseApplication,
     update_type=case_pb2.CaseStatusUpdate,
+    public_type=case_pb2.Case,
     queued=C.CASE_QUEUED,
     delivered=C.CASE_DELIVERED,
     rejected=C.CASE_REFUSED,
@@ -85,7 +74,6 @@ SERVICE_CASE: Flow[CaseSystem] = Flow(
     target_field="handling_province",
     validate=validate_case,
     normalise=_normalise,
-    to_public=_public,
     backend_name="case_system",
     backend_submit=_submit,
     backend_status=_status,
@@ -93,24 +81,23 @@ SERVICE_CASE: Flow[CaseSystem] = Flow(
 )
 
 
+#: Service cases, both halves.
+CaseExchange = TrackedExchange[
+    CaseSystem, case_pb2.CaseApplication, case_pb2.CaseStatusUpdate, case_pb2.Case
+]
+
+
 class CaseServicer(case_pb2_grpc.CaseServiceServicer):
-    def __init__(self, exchange: TrackedExchange[CaseSystem]) -> None:
+    def __init__(self, exchange: CaseExchange) -> None:
         self._exchange = exchange
 
     async def SubmitCase(  # noqa: N802 - gRPC method name
         self, request: case_pb2.SubmitCaseRequest, context: grpc.aio.ServicerContext
     ) -> case_pb2.Case:
-        if not request.HasField("application"):
-            raise InvalidArgument("application", "a CaseApplication")
-        answer = await self._exchange.submit(
-            request.application, require_client(), current_correlation_id.get()
-        )
-        assert isinstance(answer, case_pb2.Case)
-        return answer
+        application = request.application if request.HasField("application") else None
+        return await self._exchange.submit_call(application, "a CaseApplication")
 
     async def GetCase(  # noqa: N802 - gRPC method name
         self, request: case_pb2.GetCaseRequest, context: grpc.aio.ServicerContext
     ) -> case_pb2.Case:
-        answer = await self._exchange.get(request.case_id, require_client())
-        assert isinstance(answer, case_pb2.Case)
-        return answer
+        return await self._exchange.get_call(request.case_id)

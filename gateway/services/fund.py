@@ -35,7 +35,7 @@ from gateway.core.identifiers import (
     validate_region_code,
     validate_text,
 )
-from gateway.services.calls import current_correlation_id, require_client
+from gateway.services.calls import current_correlation_id
 from gateway.services.tracked import DEFAULT_TIMEOUT, Flow, TrackedExchange
 from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
 
@@ -84,30 +84,27 @@ def _normalise(app: fund_pb2.WithdrawalApplication) -> None:
     app.applicant.id_number = app.applicant.id_number.strip().upper()
 
 
-def _public(row: dict[str, Any]) -> fund_pb2.Withdrawal:
-    withdrawal = fund_pb2.Withdrawal(
-        case_id=row["case_id"],
-        status=row["status"],
-        status_reason=row["status_reason"],
-        paid_amount_fen=row["amount_fen"],
-        idempotency_key=row["idempotency_key"],
-        fund_province=row["peer"],
-        remote_reference=row["remote_reference"],
-    )
-    withdrawal.submitted_at.FromDatetime(row["submitted_at"])
-    withdrawal.updated_at.FromDatetime(row["updated_at"])
-    return withdrawal
-
-
-async def _submit(centre: FundCentre, reference: str, app: Any, timeout: float) -> Any:
+async def _submit(
+    centre: FundCentre, reference: str, app: fund_pb2.WithdrawalApplication, timeout: float
+) -> fund_pb2.WithdrawalStatusUpdate:
     return await centre.submit_withdrawal(reference, app, timeout=timeout)
 
 
-async def _status(centre: FundCentre, reference: str, timeout: float) -> Any:
+async def _status(
+    centre: FundCentre, reference: str, timeout: float
+) -> fund_pb2.WithdrawalStatusUpdate:
     return await centre.withdrawal_status(reference, timeout=timeout)
 
 
-WITHDRAWAL: Flow[FundCentre] = Flow(
+#: A withdrawal: its fund centre, application, status update and public record.
+Withdrawals = Flow[
+    FundCentre,
+    fund_pb2.WithdrawalApplication,
+    fund_pb2.WithdrawalStatusUpdate,
+    fund_pb2.Withdrawal,
+]
+
+WITHDRAWAL: Withdrawals = Flow(
     domain="withdrawal",
     case_prefix="WD",
     reference_prefix="FW",
@@ -115,6 +112,7 @@ WITHDRAWAL: Flow[FundCentre] = Flow(
     status_service="fund.WithdrawalStatus",
     application_type=fund_pb2.WithdrawalApplication,
     update_type=fund_pb2.WithdrawalStatusUpdate,
+    public_type=fund_pb2.Withdrawal,
     queued=S.QUEUED,
     delivered=S.DELIVERED,
     rejected=S.REJECTED,
@@ -124,7 +122,6 @@ WITHDRAWAL: Flow[FundCentre] = Flow(
     target_field="fund_province",
     validate=validate_application,
     normalise=_normalise,
-    to_public=_public,
     backend_name="fund_centre",
     backend_submit=_submit,
     backend_status=_status,
@@ -135,7 +132,14 @@ WITHDRAWAL: Flow[FundCentre] = Flow(
 )
 
 
-class FundExchange(TrackedExchange[FundCentre]):
+class FundExchange(
+    TrackedExchange[
+        FundCentre,
+        fund_pb2.WithdrawalApplication,
+        fund_pb2.WithdrawalStatusUpdate,
+        fund_pb2.Withdrawal,
+    ]
+):
     """Withdrawals (a tracked flow) and the synchronous account query."""
 
     async def query_account(
@@ -146,9 +150,10 @@ class FundExchange(TrackedExchange[FundCentre]):
             fund_province=request.fund_province,
         )
         validate_region_code("fund_province", request.fund_province)
-        if request.fund_province == self.own:
+        federation = self._config.federation
+        if request.fund_province == federation.own:
             return await self.local_account(request, timeout)
-        self._federation.require_peer("fund_province", request.fund_province, QUERY)
+        federation.require_peer("fund_province", request.fund_province, QUERY)
         account, _ = await self._client.call(
             request.fund_province,
             QUERY,
@@ -193,20 +198,13 @@ class FundServicer(fund_pb2_grpc.FundServiceServicer):
     async def SubmitWithdrawal(  # noqa: N802 - gRPC method name
         self, request: fund_pb2.SubmitWithdrawalRequest, context: grpc.aio.ServicerContext
     ) -> fund_pb2.Withdrawal:
-        if not request.HasField("application"):
-            raise InvalidArgument("application", "a WithdrawalApplication")
-        answer = await self._exchange.submit(
-            request.application, require_client(), current_correlation_id.get()
-        )
-        assert isinstance(answer, fund_pb2.Withdrawal)
-        return answer
+        application = request.application if request.HasField("application") else None
+        return await self._exchange.submit_call(application, "a WithdrawalApplication")
 
     async def GetWithdrawal(  # noqa: N802 - gRPC method name
         self, request: fund_pb2.GetWithdrawalRequest, context: grpc.aio.ServicerContext
     ) -> fund_pb2.Withdrawal:
-        answer = await self._exchange.get(request.case_id, require_client())
-        assert isinstance(answer, fund_pb2.Withdrawal)
-        return answer
+        return await self._exchange.get_call(request.case_id)
 
     async def QueryFundAccount(  # noqa: N802 - gRPC method name
         self, request: fund_pb2.QueryFundAccountRequest, context: grpc.aio.ServicerContext

@@ -26,19 +26,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import structlog
 from google.protobuf.message import Message
 
 from adapters.errors import BackendRejected, BackendUnavailable, TranslationError
-from gateway.config.models import ClientSection, FederationConfig
+from gateway.config.holder import ConfigHolder
+from gateway.config.models import ClientSection
 from gateway.core import crypto
 from gateway.core.backoff import backoff_delay
 from gateway.core.clock import Clock, Pacer
@@ -53,13 +53,33 @@ from gateway.core.errors import (
 from gateway.core.metrics import NodeMetrics
 from gateway.federation.client import FederationClient
 from gateway.federation.outbox import Outbox, OutboxRoute
-from gateway.storage.state import OutboxItem, StateStore
+from gateway.services.calls import current_correlation_id, require_client
+from gateway.storage.interfaces import (
+    OutboxWrites,
+    ReconciliationStore,
+    StateTransaction,
+    TrackedCaseStore,
+    Transactional,
+)
+from gateway.storage.records import (
+    IncomingWork,
+    NewIncomingCase,
+    NewOutgoingCase,
+    OutboxItem,
+    OutgoingCase,
+    Progress,
+)
 from gateway.trust.envelope import OpenedEnvelope
 from yrd.federation.v1 import federation_pb2
 
 log = structlog.get_logger("yrd.tracked")
 
-B = TypeVar("B")  # the back-end connector type of a flow
+#: The type parameters of a flow: its back-end connector, its application, its
+#: status update and its public record (what Get* answers).
+B = TypeVar("B")
+A = TypeVar("A", bound=Message)
+U = TypeVar("U", bound=Message)
+P = TypeVar("P", bound=Message)
 DEFAULT_TIMEOUT = 5.0
 #: Cases a processor holds at once (running or waiting for a back-end slot).
 MAX_QUEUED = 256
@@ -69,8 +89,44 @@ READ_INTERVAL = 0.005
 _CASE_ID = re.compile(r"[A-Z]{2}-[0-9]{6}-[0-9a-f]{1,32}")
 
 
+@runtime_checkable
+class Keyed(Protocol):
+    """What every flow's application and status update carries."""
+
+    @property
+    def idempotency_key(self) -> str: ...
+
+
+@runtime_checkable
+class StatusFields(Keyed, Protocol):
+    """What the machinery reads of every flow's status update."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def status_reason(self) -> str: ...
+
+    @property
+    def remote_reference(self) -> str: ...
+
+
+def key_of(message: Message) -> str:
+    """The idempotency key of a flow's application or status update."""
+    if not isinstance(message, Keyed):  # pragma: no cover - every flow's messages have one
+        raise TypeError(f"{type(message).__name__} has no idempotency_key")
+    return message.idempotency_key
+
+
+def status_of(update: Message) -> StatusFields:
+    """A flow's status update, as the machinery reads it."""
+    if not isinstance(update, StatusFields):  # pragma: no cover - checked per flow by tests
+        raise TypeError(f"{type(update).__name__} is not a status update")
+    return update
+
+
 @dataclass(frozen=True)
-class Flow(Generic[B]):
+class Flow(Generic[B, A, U, P]):
     """Everything that differs between two tracked exchanges."""
 
     #: Stored with each record: "withdrawal", "case".
@@ -80,8 +136,13 @@ class Flow(Generic[B]):
     reference_prefix: str
     deliver_service: str
     status_service: str
-    application_type: type[Message]
-    update_type: type[Message]
+    application_type: type[A]
+    update_type: type[U]
+    #: The public record of a case (Get*); it has the fields ``case_id``,
+    #: ``status``, ``status_reason``, ``idempotency_key``, ``remote_reference``,
+    #: ``submitted_at``, ``updated_at``, the ``target_field`` (the peer) and the
+    #: ``amount_field`` (if any).
+    public_type: type[P]
     #: Statuses: first (accepted, not delivered), delivered, refused (final).
     queued: int
     delivered: int
@@ -94,20 +155,20 @@ class Flow(Generic[B]):
     origin_field: str
     target_field: str
     #: Raises InvalidArgument naming the field (both nodes run it).
-    validate: Callable[[Any], None]
+    validate: Callable[[A], None]
     #: Normalises an application before validation (e.g. upper-case ID numbers).
-    normalise: Callable[[Any], None]
-    #: The public record for a stored case.
-    to_public: Callable[[dict[str, Any]], Message]
-    #: Back-end calls of the handling node.
+    normalise: Callable[[A], None]
+    #: Back-end calls of the handling node: (back-end, reference, application,
+    #: timeout) and (back-end, reference, timeout), each answering a status update.
     backend_name: str
-    backend_submit: Callable[[B, str, Any, float], Awaitable[Any]]
-    backend_status: Callable[[B, str, float], Awaitable[Any]]
+    backend_submit: Callable[[B, str, A, float], Awaitable[U]]
+    backend_status: Callable[[B, str, float], Awaitable[U]]
     #: The back-end error meaning "no such reference". A flow that moves no money
     #: submits again (idempotent by reference); a money-moving one goes to
     #: reconciliation when the case was, or may have been, submitted already.
     backend_not_found: type[BackendRejected]
-    #: Field of the update carrying an amount (withdrawals), if any.
+    #: Field of the update (and of the public record) carrying an amount
+    #: (withdrawals), if any.
     amount_field: str | None = None
     #: The back-end moves money for it (withdrawals): never submitted twice
     #: automatically (DESIGN §5).
@@ -125,19 +186,45 @@ class Flow(Generic[B]):
         object.__setattr__(self, "rank", rank)
         object.__setattr__(self, "final", frozenset({self.progression[-1], self.rejected}))
 
+    @property
+    def final_statuses(self) -> tuple[int, int]:
+        """(success, refusal): the two statuses a case ends in."""
+        return (self.progression[-1], self.rejected)
+
     def make_update(
         self, key: str, status: int, reason: str, amount: int, reference: str, when: datetime
-    ) -> Message:
+    ) -> U:
         update = self.update_type(
             idempotency_key=key, status=status, status_reason=reason, remote_reference=reference
         )
         if self.amount_field is not None:
             setattr(update, self.amount_field, amount)
-        update.changed_at.FromDatetime(when)  # type: ignore[attr-defined]
+        update.changed_at.FromDatetime(when)  # type: ignore[attr-defined]  # every flow's update has it
         return update
 
-    def amount_of(self, update: Any) -> int:
+    def amount_of(self, update: Message) -> int:
         return int(getattr(update, self.amount_field)) if self.amount_field else 0
+
+    def applied_amount(self, app: A) -> int:
+        """The amount an application applied for (0 for a flow that moves no money)."""
+        field_name = self.applied_amount_field
+        return int(getattr(app, field_name)) if field_name else 0
+
+    def public(self, case: OutgoingCase) -> P:
+        """The public record of a stored case."""
+        record = self.public_type(
+            case_id=case.case_id,
+            status=case.status,
+            status_reason=case.status_reason,
+            idempotency_key=case.idempotency_key,
+            remote_reference=case.remote_reference,
+        )
+        setattr(record, self.target_field, case.peer)
+        if self.amount_field is not None:
+            setattr(record, self.amount_field, case.amount_fen)
+        record.submitted_at.FromDatetime(case.submitted_at)  # type: ignore[attr-defined]  # every public record has it
+        record.updated_at.FromDatetime(case.updated_at)  # type: ignore[attr-defined]  # as above
+        return record
 
     def trail(self, status: int, new: int) -> list[int]:
         """The statuses to report, in order, when a case moves from ``status`` to
@@ -150,7 +237,7 @@ class Flow(Generic[B]):
 
     def queue_updates(
         self,
-        db: sqlite3.Connection,
+        tx: OutboxWrites,
         trail: list[int],
         *,
         sender: str,
@@ -161,8 +248,8 @@ class Flow(Generic[B]):
         reference: str,
         changed: datetime,
     ) -> None:
-        """Queue, inside a write op, one status update per step of ``trail`` for
-        the submitting node (``reason`` on a final step, ``amount`` on success)."""
+        """Queue, inside a unit of work, one status update per step of ``trail``
+        for the submitting node (``reason`` on a final step, ``amount`` on success)."""
         now = time.time()
         for step in trail:
             message = self.make_update(
@@ -173,8 +260,7 @@ class Flow(Generic[B]):
                 reference,
                 changed,
             )
-            StateStore.enqueue(
-                db,
+            tx.enqueue(
                 OutboxItem(
                     0,
                     sender,
@@ -187,11 +273,11 @@ class Flow(Generic[B]):
                     0,
                     now,
                     now,
-                ),
+                )
             )
 
 
-class TrackedExchange(Generic[B]):
+class TrackedExchange(Generic[B, A, U, P]):
     """Both halves of one tracked flow."""
 
     #: Set by the node: back-end latency goes to its metrics.
@@ -199,30 +285,26 @@ class TrackedExchange(Generic[B]):
 
     def __init__(
         self,
-        flow: Flow[B],
+        flow: Flow[B, A, U, P],
         *,
-        federation: FederationConfig,
+        config: ConfigHolder,
         client: FederationClient,
-        store: StateStore,
+        store: TrackedCaseStore,
         backend: B | None,
         clock: Clock,
     ) -> None:
         self.flow = flow
-        self._federation = federation
+        self._config = config
         self._client = client
         self._store = store
         self.backend = backend
         self._clock = clock
         self.outbox: Outbox | None = None
-        self.processor: TrackedProcessor[B] | None = None
-
-    def update(self, federation: FederationConfig) -> None:
-        """A reloaded config: peers and services as now configured."""
-        self._federation = federation
+        self.processor: TrackedProcessor[B, A, U, P] | None = None
 
     @property
     def own(self) -> str:
-        return self._federation.own
+        return self._config.federation.own
 
     def routes(self) -> dict[str, OutboxRoute]:
         flow = self.flow
@@ -241,68 +323,75 @@ class TrackedExchange(Generic[B]):
             self.flow.status_service: self.handle_status,
         }
 
-    def _now(self) -> str:
-        return self._clock.now().isoformat()
+    # ---- the client API (Submit*, Get*) ----------------------------------------------
+
+    async def submit_call(self, application: A | None, expected: str) -> P:
+        """A client's Submit* call: ``application`` is None when the request has
+        none (``expected`` says what it should be)."""
+        if application is None:
+            raise InvalidArgument("application", expected)
+        return await self.submit(application, require_client(), current_correlation_id.get())
+
+    async def get_call(self, case_id: str) -> P:
+        """A client's Get* call: the case, if it is the calling client's."""
+        return await self.get(case_id, require_client())
 
     # ---- submitting node ------------------------------------------------------------
 
-    async def submit(
-        self, application: Message, client: ClientSection, correlation_id: str
-    ) -> Message:
+    def _accepted(self, application: A) -> A:
+        """The application as this node sends it: from this province, normalised,
+        valid, for a peer that takes it (InvalidArgument / FailedPrecondition)."""
         flow = self.flow
+        federation = self._config.federation
+        own = federation.own
         app = flow.application_type()
         app.CopyFrom(application)
         origin = getattr(app, flow.origin_field)
-        if origin and origin != self.own:
+        if origin and origin != own:
             raise InvalidArgument(
-                f"application.{flow.origin_field}", f"this node's province {self.own} (or empty)"
+                f"application.{flow.origin_field}", f"this node's province {own} (or empty)"
             )
-        setattr(app, flow.origin_field, self.own)
+        setattr(app, flow.origin_field, own)
         flow.normalise(app)
         flow.validate(app)
         target = getattr(app, flow.target_field)
-        self._federation.require_peer(
-            f"application.{flow.target_field}", target, flow.deliver_service
-        )
-        key = app.idempotency_key  # type: ignore[attr-defined]
+        federation.require_peer(f"application.{flow.target_field}", target, flow.deliver_service)
+        return app
+
+    async def submit(self, application: A, client: ClientSection, correlation_id: str) -> P:
+        flow = self.flow
+        app = self._accepted(application)
+        own, target, key = self.own, getattr(app, flow.target_field), key_of(app)
         body = app.SerializeToString(deterministic=True)
         digest = crypto.sha256(body)
-        case_id = f"{flow.case_prefix}-{self.own}-{uuid.uuid4().hex[:20]}"
-        now, stamp = time.time(), self._now()
+        case_id = f"{flow.case_prefix}-{own}-{uuid.uuid4().hex[:20]}"
+        now, stamp = time.time(), self._clock.now()
 
-        def op(db: sqlite3.Connection) -> str:
-            existing = db.execute(
-                "SELECT case_id, body_digest FROM outgoing_cases WHERE domain = ?"
-                " AND idempotency_key = ?",
-                (flow.domain, key),
-            ).fetchone()
+        def work(tx: StateTransaction) -> str:
+            existing = tx.outgoing_by_key(flow.domain, key)
             if existing is not None:
-                if bytes(existing[1]) != digest:
+                if existing.body_digest != digest:
                     raise AlreadyExists(
                         "application.idempotency_key: already used for a different application "
-                        f"(case {existing[0]}); use a new key for a new application"
+                        f"(case {existing.case}); use a new key for a new application"
                     )
-                return str(existing[0])
-            db.execute(
-                "INSERT INTO outgoing_cases (case_id, domain, idempotency_key, body_digest,"
-                " client_id, peer, application, status, correlation_id, submitted_at,"
-                " updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    case_id,
-                    flow.domain,
-                    key,
-                    digest,
-                    client.id,
-                    target,
-                    body,
-                    flow.queued,
-                    correlation_id,
-                    stamp,
-                    stamp,
-                ),
+                return existing.case
+            # The case and its delivery: committed together or not at all.
+            tx.insert_outgoing(
+                NewOutgoingCase(
+                    case_id=case_id,
+                    domain=flow.domain,
+                    idempotency_key=key,
+                    body_digest=digest,
+                    client_id=client.id,
+                    peer=target,
+                    application=body,
+                    status=flow.queued,
+                    correlation_id=correlation_id,
+                    submitted_at=stamp,
+                )
             )
-            StateStore.enqueue(
-                db,
+            tx.enqueue(
                 OutboxItem(
                     0,
                     target,
@@ -315,11 +404,11 @@ class TrackedExchange(Generic[B]):
                     0,
                     now,
                     now,
-                ),
+                )
             )
             return case_id
 
-        stored = await self._store.write(op)
+        stored = await self._store.unit_of_work(work)
         if self.outbox is not None:
             self.outbox.wake()
         log.info(
@@ -327,100 +416,67 @@ class TrackedExchange(Generic[B]):
         )
         return await self.get(stored, client)
 
-    async def get(self, case_id: str, client: ClientSection | None) -> Message:
+    async def get(self, case_id: str, client: ClientSection | None) -> P:
         if not _CASE_ID.fullmatch(case_id):
             raise InvalidArgument(
                 "case_id", "the case id returned when it was submitted (<prefix>-<province>-<hex>)"
             )
-        row = await self._store.fetchone(
-            "SELECT status, status_reason, amount_fen, submitted_at, updated_at,"
-            " idempotency_key, peer, remote_reference, client_id FROM outgoing_cases"
-            " WHERE case_id = ? AND domain = ?",
-            (case_id, self.flow.domain),
-        )
-        if row is None or (client is not None and row[8] != client.id):
+        case = await self._store.outgoing_case(case_id, self.flow.domain)
+        if case is None or (client is not None and case.client_id != client.id):
             raise NotFound(f"case_id: no {self.flow.domain} case {shown(case_id)} for this client")
-        return self.flow.to_public(
-            {
-                "case_id": case_id,
-                "status": row[0],
-                "status_reason": row[1],
-                "amount_fen": row[2],
-                "submitted_at": datetime.fromisoformat(row[3]),
-                "updated_at": datetime.fromisoformat(row[4]),
-                "idempotency_key": row[5],
-                "peer": row[6],
-                "remote_reference": row[7],
-            }
-        )
+        return self.flow.public(case)
 
     def _delivered(
-        self, db: sqlite3.Connection, item: OutboxItem, ack: federation_pb2.DeliveryAck
+        self, tx: StateTransaction, item: OutboxItem, ack: federation_pb2.DeliveryAck
     ) -> None:
-        db.execute(
-            "UPDATE outgoing_cases SET status = ?, remote_reference = ?, updated_at = ?"
-            " WHERE case_id = ? AND status = ?",
-            (
-                self.flow.delivered,
-                ack.remote_reference,
-                self._now(),
-                item.subject,
-                self.flow.queued,
-            ),
+        tx.outgoing_delivered(
+            item.subject,
+            was=self.flow.queued,
+            status=self.flow.delivered,
+            remote_reference=ack.remote_reference,
+            at=self._clock.now(),
         )
 
-    def _refused(self, db: sqlite3.Connection, item: OutboxItem, exc: Exception) -> None:
+    def _refused(self, tx: StateTransaction, item: OutboxItem, exc: Exception) -> None:
         message = getattr(exc, "message", str(exc))
-        final = (self.flow.progression[-1], self.flow.rejected)
-        db.execute(
-            "UPDATE outgoing_cases SET status = ?, status_reason = ?, updated_at = ?"
-            " WHERE case_id = ? AND status NOT IN (?, ?)",
-            (
-                self.flow.rejected,
-                f"refused by province {item.peer}: {message}"[:500],
-                self._now(),
-                item.subject,
-                *final,
-            ),
+        tx.outgoing_refused(
+            item.subject,
+            status=self.flow.rejected,
+            reason=f"refused by province {item.peer}: {message}"[:500],
+            at=self._clock.now(),
+            unless=self.flow.final_statuses,
         )
 
-    async def apply_status(self, sender: str, update: Any) -> federation_pb2.DeliveryAck:
+    async def apply_status(self, sender: str, update: U) -> federation_pb2.DeliveryAck:
         """A status change from the handling province (submitting node)."""
         flow = self.flow
-        if update.status not in flow.rank or update.status == flow.queued:
+        fields = status_of(update)
+        if fields.status not in flow.rank or fields.status == flow.queued:
             raise InvalidArgument("status", f"a {flow.domain} status after delivery")
 
-        def op(db: sqlite3.Connection) -> federation_pb2.DeliveryAck:
-            row = db.execute(
-                "SELECT case_id, status FROM outgoing_cases WHERE domain = ?"
-                " AND idempotency_key = ? AND peer = ?",
-                (flow.domain, update.idempotency_key, sender),
-            ).fetchone()
-            if row is None:
+        def work(tx: StateTransaction) -> federation_pb2.DeliveryAck:
+            case = tx.outgoing_by_key(flow.domain, fields.idempotency_key, peer=sender)
+            if case is None:
                 raise NotFound(f"idempotency_key: no case delivered to {sender} with this key")
-            case_id, status = str(row[0]), int(row[1])
-            if status in flow.final or flow.rank[update.status] <= flow.rank.get(status, 0):
-                return federation_pb2.DeliveryAck(remote_reference=case_id, duplicate=True)
-            db.execute(
-                "UPDATE outgoing_cases SET status = ?, status_reason = ?, amount_fen = ?,"
-                " updated_at = ?, remote_reference = CASE WHEN remote_reference = ''"
-                " THEN ? ELSE remote_reference END WHERE case_id = ?",
-                (
-                    update.status,
-                    update.status_reason,
-                    flow.amount_of(update),
-                    self._now(),
-                    update.remote_reference,
-                    case_id,
-                ),
+            if case.status in flow.final or flow.rank[fields.status] <= flow.rank.get(
+                case.status, 0
+            ):
+                return federation_pb2.DeliveryAck(remote_reference=case.case, duplicate=True)
+            tx.outgoing_status(
+                case.case,
+                status=fields.status,
+                reason=fields.status_reason,
+                amount_fen=flow.amount_of(update),
+                remote_reference=fields.remote_reference,
+                at=self._clock.now(),
             )
-            return federation_pb2.DeliveryAck(remote_reference=case_id)
+            return federation_pb2.DeliveryAck(remote_reference=case.case)
 
-        ack = await self._store.write(op)
+        ack = await self._store.unit_of_work(work)
         log.info(
             f"{flow.domain} status",
             case_id=ack.remote_reference,
-            status=flow.status_name(update.status),
+            status=flow.status_name(fields.status),
             duplicate=ack.duplicate,
         )
         return ack
@@ -431,57 +487,52 @@ class TrackedExchange(Generic[B]):
         self, opened: OpenedEnvelope, timeout: float
     ) -> federation_pb2.DeliveryAck:
         flow = self.flow
-        app: Any = opened.parse(flow.application_type)
+        own = self.own
+        app = opened.parse(flow.application_type)
+        assert isinstance(app, flow.application_type)
         sender = opened.header.sender
         flow.validate(app)
-        if getattr(app, flow.target_field) != self.own:
+        if getattr(app, flow.target_field) != own:
             raise InvalidArgument(
-                f"application.{flow.target_field}", f"{self.own}, the receiving province"
+                f"application.{flow.target_field}", f"{own}, the receiving province"
             )
         if getattr(app, flow.origin_field) != sender:
             raise InvalidArgument(f"application.{flow.origin_field}", f"{sender}, the sender")
-        if opened.header.idempotency_key != app.idempotency_key:
+        key = key_of(app)
+        if opened.header.idempotency_key != key:
             raise InvalidArgument("header.idempotency_key", "the application's idempotency key")
         if self.backend is None:
-            raise FailedPrecondition(f"node {self.own} has no {flow.backend_name} configured")
+            raise FailedPrecondition(f"node {own} has no {flow.backend_name} configured")
         digest = crypto.sha256(opened.payload)
-        reference = f"{flow.reference_prefix}-{self.own}-{uuid.uuid4().hex[:20]}"
-        stamp = self._now()
+        reference = f"{flow.reference_prefix}-{own}-{uuid.uuid4().hex[:20]}"
+        stamp = self._clock.now()
 
-        def op(db: sqlite3.Connection) -> federation_pb2.DeliveryAck:
-            existing = db.execute(
-                "SELECT reference, body_digest FROM incoming_cases WHERE domain = ?"
-                " AND sender = ? AND idempotency_key = ?",
-                (flow.domain, sender, app.idempotency_key),
-            ).fetchone()
+        def work(tx: StateTransaction) -> federation_pb2.DeliveryAck:
+            existing = tx.incoming_by_key(flow.domain, sender, key)
             if existing is not None:
-                if bytes(existing[1]) != digest:
+                if existing.body_digest != digest:
                     raise AlreadyExists(
                         "application.idempotency_key: already delivered with a different body"
                     )
-                return federation_pb2.DeliveryAck(remote_reference=str(existing[0]), duplicate=True)
-            db.execute(
-                "INSERT INTO incoming_cases (reference, domain, sender, idempotency_key,"
-                " message_id, correlation_id, body_digest, application, status, next_poll_at,"
-                " received_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    reference,
-                    flow.domain,
-                    sender,
-                    app.idempotency_key,
-                    opened.header.message_id,
-                    opened.header.correlation_id,
-                    digest,
-                    opened.payload,
-                    flow.delivered,
-                    time.time(),
-                    stamp,
-                    stamp,
-                ),
+                return federation_pb2.DeliveryAck(remote_reference=existing.case, duplicate=True)
+            tx.insert_incoming(
+                NewIncomingCase(
+                    reference=reference,
+                    domain=flow.domain,
+                    sender=sender,
+                    idempotency_key=key,
+                    message_id=opened.header.message_id,
+                    correlation_id=opened.header.correlation_id,
+                    body_digest=digest,
+                    application=opened.payload,
+                    status=flow.delivered,
+                    next_poll_at=time.time(),
+                    received_at=stamp,
+                )
             )
             return federation_pb2.DeliveryAck(remote_reference=reference)
 
-        ack = await self._store.write(op)
+        ack = await self._store.unit_of_work(work)
         if self.processor is not None:
             self.processor.wake()
         log.info(
@@ -495,14 +546,16 @@ class TrackedExchange(Generic[B]):
     async def handle_status(
         self, opened: OpenedEnvelope, timeout: float
     ) -> federation_pb2.DeliveryAck:
-        return await self.apply_status(opened.header.sender, opened.parse(self.flow.update_type))
+        update = opened.parse(self.flow.update_type)
+        assert isinstance(update, self.flow.update_type)
+        return await self.apply_status(opened.header.sender, update)
 
     def _update_acked(
-        self, db: sqlite3.Connection, item: OutboxItem, ack: federation_pb2.DeliveryAck
+        self, tx: StateTransaction, item: OutboxItem, ack: federation_pb2.DeliveryAck
     ) -> None:
         return None
 
-    def _update_refused(self, db: sqlite3.Connection, item: OutboxItem, exc: Exception) -> None:
+    def _update_refused(self, tx: StateTransaction, item: OutboxItem, exc: Exception) -> None:
         log.error(
             "status update refused by the submitting node",
             peer=item.peer,
@@ -511,13 +564,20 @@ class TrackedExchange(Generic[B]):
         )
 
 
-class TrackedProcessor(Generic[B]):
-    """Hands received applications to the back-end and follows them to the end."""
+class TrackedProcessor(Generic[B, A, U, P]):
+    """Hands received applications to the back-end and follows them to the end.
+
+    One step of a case (:meth:`_step`): ask the back-end (:meth:`_ask_backend`),
+    which either answers a status update or ends the step by itself (back-end
+    unavailable: :meth:`_unavailable`; the back-end does not know the case:
+    :meth:`_not_found`; its answer refuses or cannot be read: :meth:`_rejected`);
+    then record the answer and queue its status updates (:meth:`_record`).
+    """
 
     def __init__(
         self,
-        exchange: TrackedExchange[B],
-        store: StateStore,
+        exchange: TrackedExchange[B, A, U, P],
+        store: TrackedCaseStore,
         backend: B,
         clock: Clock,
         *,
@@ -544,7 +604,7 @@ class TrackedProcessor(Generic[B]):
     def wake(self) -> None:
         self._wake.set()
 
-    async def start(self) -> TrackedProcessor[B]:
+    async def start(self) -> TrackedProcessor[B, A, U, P]:
         self._task = asyncio.create_task(self._run(), name=f"{self._flow.domain}-processor")
         return self
 
@@ -558,7 +618,7 @@ class TrackedProcessor(Generic[B]):
                 await self._task
 
     async def _run(self) -> None:
-        final = (self._flow.progression[-1], self._flow.rejected)
+        domain, final = self._flow.domain, self._flow.final_statuses
         tasks: set[asyncio.Task[None]] = set()
         try:
             pacer = Pacer(READ_INTERVAL)
@@ -569,32 +629,26 @@ class TrackedProcessor(Generic[B]):
                 # Only new work: what is in flight (or queued for a slot) is not
                 # read again, and nothing is read while the queue is full.
                 inflight = tuple(self._inflight)
-                rows: list[tuple[Any, ...]] = []
+                due: list[IncomingWork] = []
                 if len(inflight) < MAX_QUEUED:
-                    skip = f" AND reference NOT IN ({','.join('?' * len(inflight))})"
-                    rows = await self._store.fetchall(
-                        "SELECT reference, sender, idempotency_key, correlation_id, application,"  # noqa: S608 - only placeholders are added
-                        " status, submitted, attempts FROM incoming_cases WHERE domain = ?"
-                        " AND status NOT IN (?, ?) AND reconciliation = 0"
-                        f" AND next_poll_at <= ?{skip if inflight else ''}"
-                        " ORDER BY next_poll_at LIMIT ?",
-                        (self._flow.domain, *final, now, *inflight, MAX_QUEUED - len(inflight)),
+                    due = await self._store.due_incoming(
+                        domain,
+                        now=now,
+                        final=final,
+                        skip=inflight,
+                        limit=MAX_QUEUED - len(inflight),
                     )
-                for row in rows:
-                    if row[0] in self._inflight:
+                for work in due:
+                    if work.reference in self._inflight:
                         continue
-                    self._inflight.add(row[0])
-                    task = asyncio.create_task(self._advance(*row))
+                    self._inflight.add(work.reference)
+                    task = asyncio.create_task(self._advance(work))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
-                upcoming = await self._store.fetchone(
-                    "SELECT MIN(next_poll_at) FROM incoming_cases WHERE domain = ?"
-                    " AND status NOT IN (?, ?) AND reconciliation = 0 AND next_poll_at > ?",
-                    (self._flow.domain, *final, now),
-                )
+                upcoming = await self._store.next_incoming_poll(domain, after=now, final=final)
                 delay = self.idle_poll
-                if upcoming and upcoming[0] is not None:
-                    delay = min(delay, max(0.0, float(upcoming[0]) - time.time()))
+                if upcoming is not None:
+                    delay = min(delay, max(0.0, upcoming - time.time()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=delay)
         finally:
@@ -605,31 +659,20 @@ class TrackedProcessor(Generic[B]):
     def _backoff(self, attempts: int) -> float:
         return backoff_delay(attempts, base=self._poll_min, cap=self._poll_max)
 
-    async def _advance(
-        self,
-        reference: str,
-        sender: str,
-        key: str,
-        correlation_id: str,
-        body: bytes,
-        status: int,
-        submitted: int,
-        attempts: int,
-    ) -> None:
+    async def _advance(self, work: IncomingWork) -> None:
         """One step of a case; nothing escapes this task. When the store cannot
         record the next attempt, the case stays out of the reads (in flight) until
         a backoff at the cap has passed: a failing disk makes no retry storm."""
+        reference = work.reference
         hold = 0.0
         try:
             async with self._limit:
-                await self._step(
-                    reference, sender, key, correlation_id, body, status, bool(submitted), attempts
-                )
+                await self._step(work)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             try:
-                await self._reschedule(reference, attempts + 1, submitted=bool(submitted))
+                await self._reschedule(reference, work.attempts + 1, submitted=work.submitted)
             except Exception as failure:
                 hold = self._backoff(10)  # the cap: the store is failing, no hurry
                 log.warning(
@@ -664,17 +707,13 @@ class TrackedProcessor(Generic[B]):
         """Record the next attempt (raises if the store cannot write: the caller
         then keeps it in memory)."""
         when = time.time() + self._backoff(attempts)
-
-        def op(db: sqlite3.Connection) -> None:
-            db.execute(
-                "UPDATE incoming_cases SET attempts = ?, next_poll_at = ?, submitted = ?"
-                " WHERE reference = ?",
-                (attempts, when, int(submitted), reference),
+        await self._store.unit_of_work(
+            lambda tx: tx.incoming_schedule(
+                reference, attempts=attempts, next_poll_at=when, submitted=submitted
             )
+        )
 
-        await self._store.write(op)
-
-    async def _call_backend(self, reference: str, app: Any, submitted: bool) -> Any:
+    async def _call_backend(self, reference: str, app: A, submitted: bool) -> U:
         flow = self._flow
         started, outcome = time.monotonic(), "error"
         try:
@@ -691,119 +730,123 @@ class TrackedProcessor(Generic[B]):
             if self._exchange.metrics is not None:
                 self._exchange.metrics.observe_backend(flow.backend_name, outcome, started)
 
-    async def _step(
-        self,
-        reference: str,
-        sender: str,
-        key: str,
-        correlation_id: str,
-        body: bytes,
-        status: int,
-        submitted: bool,
-        attempts: int,
-    ) -> None:
-        flow = self._flow
-        app = flow.application_type.FromString(body)
-        try:
-            update = await self._call_backend(reference, app, submitted)
-        except BackendUnavailable as exc:
-            log.warning(f"{flow.backend_name} unavailable", reason=str(exc))
-            # A submission whose answer was lost may have reached the back-end:
-            # from now on its status is asked for, it is not taken as absent.
-            maybe_submitted = submitted or exc.may_have_arrived
-            await self._reschedule(reference, attempts + 1, submitted=maybe_submitted)
-            return
-        except flow.backend_not_found:
-            if flow.moves_money and submitted:
-                # Submitting again could pay twice: an operator confirms from the
-                # back-end's own records what happened (`outbox resolve`).
-                await self._to_reconciliation(reference, sender, status)
-                return
-            # The back-end does not know the reference (it lost its state?):
-            # submitting again is safe, it is idempotent by reference.
-            log.warning(
-                f"{flow.backend_name} lost a case; submitting it again", reference=reference
-            )
-            await self._reschedule(reference, 0, submitted=False)
-            return
-        except (BackendRejected, TranslationError) as exc:
-            if submitted or (flow.moves_money and isinstance(exc, TranslationError)):
-                # A status answer, or a money-moving submission's answer, that the
-                # adapter cannot read: the back-end may have taken it, so it is not
-                # refused; its status is asked for (and an operator reconciles it
-                # if the back-end does not know it).
-                log.error(f"{flow.backend_name} answer unusable", reason=str(exc))
-                await self._reschedule(reference, attempts + 1, submitted=True)
-                return
-            update = flow.make_update(
-                key,
-                flow.rejected,
-                f"the {flow.backend_name.replace('_', ' ')} refused the application: {exc}",
-                0,
-                "",
-                self._clock.now(),
-            )
-        new = update.status if update.status in flow.rank else status
-        trail = flow.trail(status, new)
-        changed = self._clock.now()
-        next_poll = time.time() + (self._poll_min if trail else self._backoff(attempts))
-        amount = flow.amount_of(update)
+    async def _step(self, work: IncomingWork) -> None:
+        update = await self._ask_backend(work)
+        if update is not None:
+            await self._record(work, update)
 
-        def op(db: sqlite3.Connection) -> None:
-            db.execute(
-                "UPDATE incoming_cases SET status = ?, status_reason = ?, amount_fen = ?,"
-                " backend_reference = CASE WHEN ? != '' THEN ? ELSE backend_reference END,"
-                " submitted = 1, attempts = ?, next_poll_at = ?, updated_at = ?"
-                " WHERE reference = ?",
-                (
-                    new,
-                    update.status_reason,
-                    amount,
-                    update.remote_reference,
-                    update.remote_reference,
-                    0 if trail else attempts + 1,
-                    next_poll,
-                    changed.isoformat(),
-                    reference,
-                ),
-            )
+    async def _ask_backend(self, work: IncomingWork) -> U | None:
+        """The back-end's answer for the case, or None when this step ended
+        without one (rescheduled, or in reconciliation)."""
+        flow = self._flow
+        app = flow.application_type.FromString(work.application)
+        try:
+            return await self._call_backend(work.reference, app, work.submitted)
+        except BackendUnavailable as exc:
+            await self._unavailable(work, exc)
+        except flow.backend_not_found:
+            await self._not_found(work)
+        except (BackendRejected, TranslationError) as exc:
+            return await self._rejected(work, exc)
+        return None
+
+    async def _unavailable(self, work: IncomingWork, exc: BackendUnavailable) -> None:
+        log.warning(f"{self._flow.backend_name} unavailable", reason=str(exc))
+        # A submission whose answer was lost may have reached the back-end:
+        # from now on its status is asked for, it is not taken as absent.
+        maybe_submitted = work.submitted or exc.may_have_arrived
+        await self._reschedule(work.reference, work.attempts + 1, submitted=maybe_submitted)
+
+    async def _not_found(self, work: IncomingWork) -> None:
+        flow = self._flow
+        if flow.moves_money and work.submitted:
+            # Submitting again could pay twice: an operator confirms from the
+            # back-end's own records what happened (`outbox resolve`).
+            await self._to_reconciliation(work)
+            return
+        # The back-end does not know the reference (it lost its state?):
+        # submitting again is safe, it is idempotent by reference.
+        log.warning(
+            f"{flow.backend_name} lost a case; submitting it again", reference=work.reference
+        )
+        await self._reschedule(work.reference, 0, submitted=False)
+
+    async def _rejected(
+        self, work: IncomingWork, exc: BackendRejected | TranslationError
+    ) -> U | None:
+        """The back-end refused the application (the refusal to report), or its
+        answer cannot be read (None: asked again later)."""
+        flow = self._flow
+        if work.submitted or (flow.moves_money and isinstance(exc, TranslationError)):
+            # A status answer, or a money-moving submission's answer, that the
+            # adapter cannot read: the back-end may have taken it, so it is not
+            # refused; its status is asked for (and an operator reconciles it
+            # if the back-end does not know it).
+            log.error(f"{flow.backend_name} answer unusable", reason=str(exc))
+            await self._reschedule(work.reference, work.attempts + 1, submitted=True)
+            return None
+        return flow.make_update(
+            work.idempotency_key,
+            flow.rejected,
+            f"the {flow.backend_name.replace('_', ' ')} refused the application: {exc}",
+            0,
+            "",
+            self._clock.now(),
+        )
+
+    async def _record(self, work: IncomingWork, update: U) -> None:
+        """The back-end's answer: the case's new state, and one status update per
+        step it moved forward, for the submitting node, in one unit of work."""
+        flow = self._flow
+        fields = status_of(update)
+        new = fields.status if fields.status in flow.rank else work.status
+        trail = flow.trail(work.status, new)
+        changed = self._clock.now()
+        progress = Progress(
+            status=new,
+            status_reason=fields.status_reason,
+            amount_fen=flow.amount_of(update),
+            backend_reference=fields.remote_reference,
+            attempts=0 if trail else work.attempts + 1,
+            next_poll_at=time.time() + (self._poll_min if trail else self._backoff(work.attempts)),
+            updated_at=changed,
+        )
+
+        def record(tx: StateTransaction) -> None:
+            tx.incoming_progress(work.reference, progress)
             flow.queue_updates(
-                db,
+                tx,
                 trail,
-                sender=sender,
-                key=key,
-                correlation_id=correlation_id,
-                reason=update.status_reason,
-                amount=amount,
-                reference=reference,
+                sender=work.sender,
+                key=work.idempotency_key,
+                correlation_id=work.correlation_id,
+                reason=progress.status_reason,
+                amount=progress.amount_fen,
+                reference=work.reference,
                 changed=changed,
             )
 
-        await self._store.write(op)
+        await self._store.unit_of_work(record)
         if trail:
             if self._exchange.outbox is not None:
                 self._exchange.outbox.wake()
-            log.info(f"{flow.domain} progressed", reference=reference, status=flow.status_name(new))
-
-    async def _to_reconciliation(self, reference: str, sender: str, status: int) -> None:
-        """The back-end lost a money-moving case: leave it alone until an operator
-        resolves it. Logged at error level with the reference only."""
-        stamp = self._clock.now().isoformat()
-
-        def op(db: sqlite3.Connection) -> None:
-            db.execute(
-                "UPDATE incoming_cases SET reconciliation = 1, submitted = 1, attempts = 0,"
-                " updated_at = ? WHERE reference = ?",
-                (stamp, reference),
+            log.info(
+                f"{flow.domain} progressed", reference=work.reference, status=flow.status_name(new)
             )
 
-        await self._store.write(op)
+    async def _to_reconciliation(self, work: IncomingWork) -> None:
+        """The back-end lost a money-moving case: leave it alone until an operator
+        resolves it. Logged at error level with the reference only."""
+        stamp = self._clock.now()
+        await self._store.unit_of_work(
+            lambda tx: tx.incoming_to_reconciliation(work.reference, at=stamp)
+        )
         log.error(
             f"{self._flow.backend_name} does not know a {self._flow.domain} it was given;"
             " not submitted again, waiting for reconciliation (yrd-gateway outbox resolve)",
-            reference=reference,
-            sender=sender,
-            last_status=self._flow.status_name(status),
+            reference=work.reference,
+            sender=work.sender,
+            last_status=self._flow.status_name(work.status),
         )
 
 
@@ -820,22 +863,24 @@ class Reconciliation:
     status: int
 
 
-async def pending_reconciliation(store: StateStore, reference: str) -> Reconciliation:
+async def pending_reconciliation(store: ReconciliationStore, reference: str) -> Reconciliation:
     """The incoming case ``reference`` if it is in reconciliation (NotFound /
     FailedPrecondition otherwise)."""
-    row = await store.fetchone(
-        "SELECT domain, sender, status, reconciliation FROM incoming_cases WHERE reference = ?",
-        (reference,),
-    )
-    if row is None:
+    case = await store.incoming_case(reference)
+    if case is None:
         raise NotFound(f"reference: no case received by this node under {reference!r}")
-    if not row[3]:
+    if not case.in_reconciliation:
         raise FailedPrecondition(f"reference: case {reference} is not in reconciliation")
-    return Reconciliation(reference, str(row[0]), str(row[1]), int(row[2]))
+    return Reconciliation(reference, case.domain, case.sender, case.status)
 
 
 async def resolve_reconciliation(
-    store: StateStore, flow: Flow[Any], reference: str, *, paid: bool, clock: Clock
+    store: Transactional,
+    flow: Flow[Any, Any, Any, Any],
+    reference: str,
+    *,
+    paid: bool,
+    clock: Clock,
 ) -> int:
     """Resolve a case in reconciliation from the back-end's own records.
 
@@ -848,44 +893,30 @@ async def resolve_reconciliation(
         raise FailedPrecondition(f"--paid: a {flow.domain} moves no money; use --not-paid")
     changed = clock.now()
 
-    def op(db: sqlite3.Connection) -> int:
-        row = db.execute(
-            "SELECT sender, idempotency_key, correlation_id, application, status"
-            " FROM incoming_cases WHERE reference = ? AND domain = ? AND reconciliation = 1",
-            (reference, flow.domain),
-        ).fetchone()
-        if row is None:
+    def work(tx: StateTransaction) -> int:
+        case = tx.incoming_in_reconciliation(reference, flow.domain)
+        if case is None:
             raise FailedPrecondition(f"reference: case {reference} is not in reconciliation")
-        sender, key, correlation_id, body, status = (
-            str(row[0]),
-            str(row[1]),
-            str(row[2]),
-            bytes(row[3]),
-            int(row[4]),
-        )
         if not paid:
-            db.execute(
-                "UPDATE incoming_cases SET reconciliation = 0, submitted = 0, attempts = 0,"
-                " next_poll_at = ?, updated_at = ? WHERE reference = ?",
-                (time.time(), changed.isoformat(), reference),
-            )
-            return status
-        app = flow.application_type.FromString(body)
-        amount = int(getattr(app, flow.applied_amount_field)) if flow.applied_amount_field else 0
+            tx.incoming_resubmit(reference, next_poll_at=time.time(), at=changed)
+            return case.status
+        amount = flow.applied_amount(flow.application_type.FromString(case.application))
         new = flow.progression[-1]
         reason = f"paid; confirmed from the {flow.backend_name.replace('_', ' ')}'s records"
-        db.execute(
-            "UPDATE incoming_cases SET status = ?, status_reason = ?, amount_fen = ?,"
-            " reconciliation = 0, submitted = 1, attempts = 0, next_poll_at = ?, updated_at = ?"
-            " WHERE reference = ?",
-            (new, reason, amount, time.time(), changed.isoformat(), reference),
+        tx.incoming_settled(
+            reference,
+            status=new,
+            reason=reason,
+            amount_fen=amount,
+            next_poll_at=time.time(),
+            at=changed,
         )
         flow.queue_updates(
-            db,
-            flow.trail(status, new),
-            sender=sender,
-            key=key,
-            correlation_id=correlation_id,
+            tx,
+            flow.trail(case.status, new),
+            sender=case.sender,
+            key=case.idempotency_key,
+            correlation_id=case.correlation_id,
             reason=reason,
             amount=amount,
             reference=reference,
@@ -893,7 +924,7 @@ async def resolve_reconciliation(
         )
         return new
 
-    status: int = await store.write(op)
+    status = await store.unit_of_work(work)
     log.warning(
         f"{flow.domain} reconciliation resolved",
         reference=reference,

@@ -2,9 +2,12 @@
 
 Callers submit items and wait. One task takes every item waiting (up to
 ``batch_max``) and hands the whole group, in one hop, to the store's own
-thread, where ``apply`` writes them in one transaction and commits; only then
-is each caller answered, with its own outcome. Under load one commit (one
-fsync) serves many callers; with no load a lone item is written at once.
+thread, where it opens one transaction (``BEGIN IMMEDIATE``), lets the store's
+``write`` write every item, and commits; only then is each caller answered,
+with its own outcome. Under load one commit (one fsync) serves many callers;
+with no load a lone item is written at once. This is the one commit loop of the
+node's SQLite files: a store says only how it writes a group
+(:func:`each_in_savepoint` for a store whose items are write functions).
 
 The message log and the state store are both written this way, and this is
 where their SQLite write failures (disk full, file-size limit, I/O error,
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
@@ -25,9 +29,12 @@ from typing import Any, Generic, TypeVar
 from gateway.core.errors import StoreUnavailable
 
 I = TypeVar("I")  # noqa: E741 - the item type
+T = TypeVar("T")
 
 #: An item's outcome: (True, result) or (False, the exception to raise for it).
 Outcome = tuple[bool, Any]
+#: A write function run in the writer thread inside a transaction.
+WriteOp = Callable[[sqlite3.Connection], Any]
 
 
 class GroupCommitClosed(RuntimeError):
@@ -59,6 +66,29 @@ def rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
 
 
+def each_in_savepoint(conn: sqlite3.Connection, ops: list[WriteOp]) -> list[Outcome]:
+    """Run each op in a savepoint of its own (inside the group's transaction): an
+    op that fails rolls back alone, without disturbing the others of its group."""
+    outcomes: list[Outcome] = []
+    for op in ops:
+        conn.execute("SAVEPOINT op")
+        try:
+            value = op(conn)
+        except Exception as exc:
+            try:
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+            except sqlite3.Error:
+                # The transaction itself is gone (an I/O error): the op's error,
+                # not the rollback's, is the one reported.
+                raise exc from None
+            outcomes.append((False, exc))
+        else:
+            conn.execute("RELEASE op")
+            outcomes.append((True, value))
+    return outcomes
+
+
 def write_failure(name: str, exc: BaseException) -> StoreUnavailable | None:
     """The StoreUnavailable for a failed SQLite write, or None if ``exc`` is not one
     (a constraint, a bug: those stay what they are)."""
@@ -75,6 +105,10 @@ def write_failure(name: str, exc: BaseException) -> StoreUnavailable | None:
     return None
 
 
+def _write_probe(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, ?)", (time.time(),))
+
+
 def _consume(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()  # retrieved: a failure was already handled by the writer
@@ -84,15 +118,23 @@ class GroupCommit(Generic[I]):
     def __init__(
         self,
         name: str,
-        apply: Callable[[list[I]], list[Outcome]],
+        connection: sqlite3.Connection,
         executor: ThreadPoolExecutor,
+        write: Callable[[sqlite3.Connection, list[I]], list[Outcome]],
         *,
         batch_max: int,
+        committed: Callable[[], None] | None = None,
         after_group: Callable[[], Awaitable[None]] | None = None,
         on_writable: Callable[[bool], None] | None = None,
     ) -> None:
+        """``write`` writes a group inside the open transaction (in ``executor``'s
+        one thread, the only user of ``connection``); ``committed`` runs there
+        right after a group's commit, ``after_group`` on the event loop after
+        each group."""
         self._name = name
-        self._apply = apply
+        self._conn = connection
+        self._write = write
+        self._committed = committed
         self._executor = executor
         self._batch_max = batch_max
         self._after_group = after_group
@@ -160,6 +202,38 @@ class GroupCommit(Generic[I]):
                 if self._after_group is not None:
                     await self._after_group()
 
+    def _transaction(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """In the writer thread: ``body`` in one transaction, then one commit."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = body(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            rollback(conn)  # the first error is the one reported
+            raise
+        return result
+
+    def _apply(self, items: list[I]) -> list[Outcome]:
+        outcomes = self._transaction(lambda conn: self._write(conn, items))
+        if self._committed is not None:
+            self._committed()
+        return outcomes
+
+    async def probe(self) -> bool:
+        """Try a real (tiny) write outside the queue and outside the store's own
+        tables (``write_probe``): True, and writable again, if it commits."""
+        if self._closed or self._task is None:
+            return False
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._transaction, _write_probe
+            )
+        except Exception:  # still failing: the next probe tries again
+            return False
+        self._set_writable(True)
+        return True
+
     async def _commit(self, group: list[tuple[I, asyncio.Future[Any]]]) -> None:
         try:
             outcomes = await asyncio.get_running_loop().run_in_executor(
@@ -191,10 +265,6 @@ class GroupCommit(Generic[I]):
                 future.set_result(value)
             else:
                 future.set_exception(value)
-        self._set_writable(writable)
-
-    def set_writable(self, writable: bool) -> None:
-        """Record whether the store can write (a probe's finding, or a group's)."""
         self._set_writable(writable)
 
     def _set_writable(self, writable: bool) -> None:

@@ -5,10 +5,12 @@ covers the previous row's hash and the row's own fields (with the SHA-256 of
 the envelope), so editing, deleting or reordering any row breaks the chain at
 that row, which :meth:`MessageLog.verify` reports.
 
-Writes are grouped: callers enqueue a row and wait; one writer task takes every
-row waiting (up to ``batch_max``), chains them, inserts them in one transaction
-and commits, then answers every caller. A caller is answered only once its row
-is committed, and one fsync serves many rows under load.
+Writes are grouped (:mod:`gateway.storage.groupcommit`): callers enqueue a row
+and wait; one writer task takes every row waiting (up to ``batch_max``), chains
+them, inserts them in one transaction and commits, then answers every caller. A
+caller is answered only once its row is committed, and one fsync serves many
+rows under load. The schema is versioned
+(:data:`gateway.storage.migrations.MESSAGE_LOG_MIGRATIONS`).
 """
 
 from __future__ import annotations
@@ -25,48 +27,41 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.core import crypto
 from gateway.core.clock import Clock, SystemClock
-from gateway.storage.groupcommit import GroupCommit, rollback
+from gateway.storage.groupcommit import GroupCommit, Outcome
+from gateway.storage.migrations import MESSAGE_LOG_MIGRATIONS, open_writer
+from gateway.storage.records import ANSWERS_LOOKED_UP, LogEntry, LoggedExchange, StoreOpenError
+
+if TYPE_CHECKING:
+    from gateway.storage.interfaces import MessageRecorder
+
+# LogEntry and LoggedExchange cross the storage seam (records); importable from here too.
+__all__ = [
+    "ANSWERS_LOOKED_UP",
+    "GENESIS",
+    "Break",
+    "ChainReport",
+    "DuplicateNonce",
+    "HeadKeys",
+    "LogEntry",
+    "LoggedExchange",
+    "LoggedRow",
+    "MessageLog",
+    "MessageLogClosed",
+    "SignedHead",
+    "head_statement",
+    "row_hash",
+    "verify_chain",
+    "verify_file",
+]
 
 GENESIS = b"\x00" * 32
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS message_log (
-    seq            INTEGER PRIMARY KEY,
-    logged_at      TEXT NOT NULL,      -- ISO 8601 UTC
-    direction      TEXT NOT NULL,      -- 'out' | 'in'
-    kind           TEXT NOT NULL,      -- 'request' | 'response'
-    message_id     TEXT NOT NULL,
-    correlation_id TEXT NOT NULL,
-    peer           TEXT NOT NULL,      -- GB/T 2260 code of the other node
-    service        TEXT NOT NULL,
-    envelope       BLOB NOT NULL,      -- serialized SignedEnvelope, as sent/received
-    prev_hash      BLOB NOT NULL,
-    row_hash       BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS message_log_message_id ON message_log (message_id);
-CREATE INDEX IF NOT EXISTS message_log_correlation ON message_log (correlation_id);
--- The chain head, signed by the node from time to time: a log cut short at its
--- end (truncated) no longer reaches a signed head, which verify reports.
-CREATE TABLE IF NOT EXISTS chain_heads (
-    id         INTEGER PRIMARY KEY,
-    province   TEXT NOT NULL,
-    head_seq   INTEGER NOT NULL,
-    head_hash  BLOB NOT NULL,
-    signed_at  TEXT NOT NULL,       -- ISO 8601 UTC
-    key_id     TEXT NOT NULL,
-    signature  BLOB NOT NULL        -- over head_statement(...)
-);
--- One row, rewritten by a node that could not write, to learn when it can again
--- (outside the chain: it records nothing).
-CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
-"""
 
 #: A row of this kind starts a new segment of the chain: the node was started
 #: past a break (``serve --continue-past-break``). Its envelope is a signed JSON
@@ -101,39 +96,6 @@ class SignedHead:
     @property
     def statement(self) -> bytes:
         return head_statement(self.province, self.head_seq, self.head_hash, self.signed_at)
-
-
-@dataclass(frozen=True)
-class LogEntry:
-    direction: str
-    kind: str
-    message_id: str
-    correlation_id: str
-    peer: str
-    service: str
-    envelope: bytes
-    #: Incoming requests: the envelope's nonce. Unique per peer in the log, so a
-    #: replay is caught even by another worker process of the same node.
-    nonce: bytes = b""
-    #: Incoming requests: also look up the response this node already logged for
-    #: the same message id from the same peer (a retry whose answer was lost).
-    find_answer: bool = False
-
-
-#: Responses :meth:`MessageLog.append_request` returns for a message id, newest
-#: first: the answer to the request is among them unless a peer sent more than
-#: this many conflicting requests under its id since (then it is handled again).
-ANSWERS_LOOKED_UP = 4
-
-
-@dataclass(frozen=True)
-class LoggedExchange:
-    """What the log already held for an incoming request's (peer, message id)."""
-
-    #: The first request logged under it; None when this request is the first.
-    first_request: bytes | None
-    #: The newest responses logged under it (at most ANSWERS_LOOKED_UP), newest first.
-    answers: tuple[bytes, ...]
 
 
 @dataclass(frozen=True)
@@ -274,6 +236,8 @@ class MessageLog:
         self._writer: GroupCommit[LogEntry] | None = None
         self._head = GENESIS
         self._next_seq = 1
+        #: The head a group's transaction reached, until it is committed.
+        self._uncommitted = (GENESIS, 1)
         self._closed = False
         #: Told False when a write fails because the file cannot be written, True
         #: when a write succeeds again (the node's health follows it).
@@ -284,43 +248,39 @@ class MessageLog:
         self._break_found = False
 
     async def open(self) -> MessageLog:
+        """Open (creating and migrating the file if needed). Raises StoreOpenError
+        (or OSError for the folder)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="message-log")
         loop = asyncio.get_running_loop()
-        self._head, self._next_seq = await loop.run_in_executor(self._executor, self._open_writer)
+        self._conn = await loop.run_in_executor(
+            self._executor,
+            lambda: open_writer(self.path, MESSAGE_LOG_MIGRATIONS, what="message log"),
+        )
+        self._head, self._next_seq = await loop.run_in_executor(self._executor, self._read_head)
         # Reads (count, rows, verify) on a connection of their own: they see
         # only committed rows and never wait behind the writer's thread.
-        self._db = await aiosqlite.connect(self.path, timeout=30)
+        try:
+            self._db = await aiosqlite.connect(self.path, timeout=30)
+        except sqlite3.Error as exc:
+            raise StoreOpenError(str(exc)) from exc
         self._writer = GroupCommit(
             f"message-log:{self.path.name}",
-            self._write_sync,
+            self._conn,
             self._executor,
+            self._write_group,
             batch_max=self._batch_max,
+            committed=self._group_committed,
             after_group=self._after_group,
             on_writable=self._writable_changed,
         )
         self._writer.start()
         return self
 
-    def _open_writer(self) -> tuple[bytes, int]:
-        """In the writer thread: connect, create or migrate the schema, read the head."""
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.executescript(SCHEMA)
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(message_log)")}
-        if "nonce" not in columns:  # logs written before nonces were kept
-            conn.execute("ALTER TABLE message_log ADD COLUMN nonce BLOB")
-        conn.execute(
-            "CREATE UNIQUE INDEX IF NOT EXISTS message_log_nonce ON message_log (peer, nonce)"
-            " WHERE nonce IS NOT NULL"
-        )
-        # Segment rows are few; start-up and audit find them without a scan.
-        conn.execute(
-            "CREATE INDEX IF NOT EXISTS message_log_segments ON message_log (seq)"
-            " WHERE kind = 'segment'"  # SEGMENT_KIND (a partial index takes no parameters)
-        )
-        self._conn = conn
+    def _read_head(self) -> tuple[bytes, int]:
+        """In the writer thread: the last signed head's row, and the chain's head."""
+        conn = self._conn
+        assert conn is not None
         signed = conn.execute("SELECT MAX(head_seq) FROM chain_heads").fetchone()
         self._signed_seq = int(signed[0]) if signed and signed[0] is not None else 0
         return self._last_row(conn)
@@ -334,27 +294,9 @@ class MessageLog:
 
     async def probe(self) -> bool:
         """Try a real (tiny) write outside the chain: True if the log can write again."""
-        conn, writer = self._conn, self._writer
-        if conn is None or writer is None or self._closed:
+        if self._writer is None or self._closed:
             return False
-
-        def write() -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute(
-                    "INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, ?)", (time.time(),)
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                rollback(conn)
-                raise
-
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, write)
-        except Exception:  # still failing: the next probe tries again
-            return False
-        writer.set_writable(True)
-        return True
+        return await self._writer.probe()
 
     def _writable_changed(self, writable: bool) -> None:
         if self.on_writable is not None:
@@ -467,74 +409,71 @@ class MessageLog:
         self._signed_seq = head_seq
         self._head_signed_at = time.monotonic()
 
-    def _write_sync(self, entries: list[LogEntry]) -> list[tuple[bool, Any]]:
-        """In the writer thread. The head is read inside the write transaction
-        (BEGIN IMMEDIATE), so several worker processes of one node extend one
-        chain without forking it; a nonce already logged for the peer is refused."""
-        conn = self._conn
-        assert conn is not None
+    def _write_group(self, conn: sqlite3.Connection, entries: list[LogEntry]) -> list[Outcome]:
+        """In the writer thread, inside the group's transaction. The head is read
+        inside it (BEGIN IMMEDIATE), so several worker processes of one node
+        extend one chain without forking it; a nonce already logged for the peer
+        is refused."""
         logged_at = self._clock.now().isoformat()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            head, seq = self._last_row(conn)
-            rows: list[tuple[Any, ...]] = []
-            outcomes: list[tuple[bool, Any]] = []
-            nonces: set[tuple[str, bytes]] = set()
-            #: First request of each (peer, message id) in this group, not yet inserted.
-            firsts: dict[tuple[str, str], bytes] = {}
-            for entry in entries:
-                if entry.nonce:
-                    key = (entry.peer, entry.nonce)
-                    seen = (
-                        key in nonces
-                        or conn.execute(
-                            "SELECT 1 FROM message_log WHERE peer = ? AND nonce = ?", key
-                        ).fetchone()
-                        is not None
-                    )
-                    if seen:
-                        outcomes.append((False, DuplicateNonce(entry.peer)))
-                        continue
-                    nonces.add(key)
-                try:
-                    digest = row_hash(head, seq, logged_at, entry)
-                except Exception as exc:  # an entry that cannot be encoded fails alone
-                    outcomes.append((False, exc))
-                    continue
-                rows.append(
-                    (
-                        seq,
-                        logged_at,
-                        entry.direction,
-                        entry.kind,
-                        entry.message_id,
-                        entry.correlation_id,
-                        entry.peer,
-                        entry.service,
-                        entry.envelope,
-                        head,
-                        digest,
-                        entry.nonce or None,
-                    )
+        head, seq = self._last_row(conn)
+        rows: list[tuple[Any, ...]] = []
+        outcomes: list[Outcome] = []
+        nonces: set[tuple[str, bytes]] = set()
+        #: First request of each (peer, message id) in this group, not yet inserted.
+        firsts: dict[tuple[str, str], bytes] = {}
+        for entry in entries:
+            if entry.nonce:
+                key = (entry.peer, entry.nonce)
+                seen = (
+                    key in nonces
+                    or conn.execute(
+                        "SELECT 1 FROM message_log WHERE peer = ? AND nonce = ?", key
+                    ).fetchone()
+                    is not None
                 )
-                if entry.find_answer:
-                    outcomes.append((True, (seq, self._logged_exchange(conn, entry, firsts))))
-                else:
-                    outcomes.append((True, seq))
-                head, seq = digest, seq + 1
-            conn.executemany(
-                "INSERT INTO message_log (seq, logged_at, direction, kind, message_id,"
-                " correlation_id, peer, service, envelope, prev_hash, row_hash, nonce)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                rows,
+                if seen:
+                    outcomes.append((False, DuplicateNonce(entry.peer)))
+                    continue
+                nonces.add(key)
+            try:
+                digest = row_hash(head, seq, logged_at, entry)
+            except Exception as exc:  # an entry that cannot be encoded fails alone
+                outcomes.append((False, exc))
+                continue
+            rows.append(
+                (
+                    seq,
+                    logged_at,
+                    entry.direction,
+                    entry.kind,
+                    entry.message_id,
+                    entry.correlation_id,
+                    entry.peer,
+                    entry.service,
+                    entry.envelope,
+                    head,
+                    digest,
+                    entry.nonce or None,
+                )
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            rollback(conn)  # the first error is the one reported
-            raise
-        # Read by the event loop only after this group is answered.
-        self._head, self._next_seq = head, seq
+            if entry.find_answer:
+                outcomes.append((True, (seq, self._logged_exchange(conn, entry, firsts))))
+            else:
+                outcomes.append((True, seq))
+            head, seq = digest, seq + 1
+        conn.executemany(
+            "INSERT INTO message_log (seq, logged_at, direction, kind, message_id,"
+            " correlation_id, peer, service, envelope, prev_hash, row_hash, nonce)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            rows,
+        )
+        self._uncommitted = (head, seq)
         return outcomes
+
+    def _group_committed(self) -> None:
+        """In the writer thread, once the group is committed: the chain's new head
+        (read by the event loop only after the group is answered)."""
+        self._head, self._next_seq = self._uncommitted
 
     @staticmethod
     def _logged_exchange(
@@ -873,3 +812,9 @@ def _blob(value: object) -> bytes:
     if isinstance(value, bytes):
         return value
     return str(value).encode("utf-8", errors="replace")
+
+
+if TYPE_CHECKING:
+
+    def _implements(log: MessageLog) -> MessageRecorder:  # checked by mypy only
+        return log

@@ -1,182 +1,76 @@
 """The node's business state in SQLite: guest registrations, tracked cases
 (withdrawals, service cases) on both sides of their exchange, and the outbox of
-asynchronous deliveries.
+asynchronous deliveries. :class:`StateStore` implements the Protocols of
+:mod:`gateway.storage.interfaces`; only this module knows its tables.
 
-Writes are grouped like the message log's: each write is a plain function run
-inside its own SAVEPOINT in the store's writer thread; a whole group runs in one
-hop to that thread and one commit, and only then is every caller answered. A
-caller is therefore answered only after its write is durable (WAL,
-``synchronous=FULL``), and a failing write (an integrity error, say) rolls back
+Writes are grouped (:mod:`gateway.storage.groupcommit`): each unit of work runs
+inside its own SAVEPOINT in the store's writer thread; a whole group runs in
+one hop to that thread and one commit, and only then is every caller answered.
+A caller is therefore answered only after its write is durable (WAL,
+``synchronous=FULL``), and a failing unit (an integrity error, say) rolls back
 alone without disturbing the others of its group. Reads use a second
 connection (aiosqlite) and see only committed data.
 
-Kept in ``state.db``, apart from the message log's ``messages.db``.
-Only this module speaks SQL, so the store can move to PostgreSQL without
-touching the rest.
+Kept in ``state.db``, apart from the message log's ``messages.db``; its schema
+is versioned (:data:`gateway.storage.migrations.STATE_MIGRATIONS`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
 
-from gateway.storage.groupcommit import GroupCommit, rollback
+from gateway.storage.groupcommit import GroupCommit, WriteOp, each_in_savepoint
+from gateway.storage.interfaces import StateTransaction
 
-T = TypeVar("T")
-WriteOp = Callable[[sqlite3.Connection], Any]
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS check_ins (
-    check_in_id      TEXT PRIMARY KEY,
-    relying_party_id TEXT NOT NULL,
-    issuer_province  TEXT NOT NULL,
-    guest            BLOB NOT NULL,   -- serialized yrd.common.v1.Person (disclosed attributes)
-    client_reference TEXT NOT NULL,
-    recorded_at      TEXT NOT NULL,   -- ISO 8601 UTC
-    correlation_id   TEXT NOT NULL
-);
-
--- e-ID tokens of this province this node answered "first use" for, kept for the
--- token's validity window: single use holds even if the e-ID authority forgets.
-CREATE TABLE IF NOT EXISTS answered_tokens (
-    token_id    TEXT PRIMARY KEY,
-    keep_until  REAL NOT NULL,        -- unix seconds; pruned after
-    answered_at REAL NOT NULL         -- unix seconds
-);
-CREATE INDEX IF NOT EXISTS answered_tokens_expiry ON answered_tokens (keep_until);
-
--- Tracked exchanges (withdrawals, service cases), submitting node's side.
-CREATE TABLE IF NOT EXISTS outgoing_cases (
-    case_id          TEXT PRIMARY KEY,
-    domain           TEXT NOT NULL,     -- 'withdrawal' | 'case'
-    idempotency_key  TEXT NOT NULL,
-    body_digest      BLOB NOT NULL,     -- SHA-256 of the deterministic application bytes
-    client_id        TEXT NOT NULL,
-    peer             TEXT NOT NULL,     -- the province that handles it
-    application      BLOB NOT NULL,     -- serialized application message
-    status           INTEGER NOT NULL,
-    status_reason    TEXT NOT NULL DEFAULT '',
-    amount_fen       INTEGER NOT NULL DEFAULT 0,   -- paid amount (withdrawals)
-    remote_reference TEXT NOT NULL DEFAULT '',
-    correlation_id   TEXT NOT NULL,
-    submitted_at     TEXT NOT NULL,
-    updated_at       TEXT NOT NULL,
-    UNIQUE (domain, idempotency_key)
-);
-
--- Tracked exchanges, handling node's side: applications received from peers.
-CREATE TABLE IF NOT EXISTS incoming_cases (
-    reference         TEXT PRIMARY KEY,  -- this node's reference, given to its back-end
-    domain            TEXT NOT NULL,
-    sender            TEXT NOT NULL,
-    idempotency_key   TEXT NOT NULL,
-    message_id        TEXT NOT NULL,
-    correlation_id    TEXT NOT NULL,
-    body_digest       BLOB NOT NULL,
-    application       BLOB NOT NULL,
-    status            INTEGER NOT NULL,   -- last status reported back to the sender
-    status_reason     TEXT NOT NULL DEFAULT '',
-    amount_fen        INTEGER NOT NULL DEFAULT 0,
-    backend_reference TEXT NOT NULL DEFAULT '',
-    submitted         INTEGER NOT NULL DEFAULT 0,  -- handed to the back-end (or may have been)
-    attempts          INTEGER NOT NULL DEFAULT 0,
-    next_poll_at      REAL NOT NULL,               -- unix seconds
-    received_at       TEXT NOT NULL,
-    updated_at        TEXT NOT NULL,
-    -- 1: a money-moving case its back-end lost track of; left alone until an
-    -- operator resolves it (`yrd-gateway outbox resolve`).
-    reconciliation    INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (domain, sender, idempotency_key)
-);
-CREATE INDEX IF NOT EXISTS incoming_cases_due ON incoming_cases (next_poll_at);
-
--- Asynchronous deliveries to peers, kept until the peer acknowledges them.
-CREATE TABLE IF NOT EXISTS outbox (
-    id               INTEGER PRIMARY KEY AUTOINCREMENT,
-    peer             TEXT NOT NULL,
-    service          TEXT NOT NULL,
-    message_id       TEXT NOT NULL UNIQUE,  -- kept across retries: the receiver dedupes on it
-    correlation_id   TEXT NOT NULL,
-    idempotency_key  TEXT NOT NULL,
-    payload          BLOB NOT NULL,
-    subject          TEXT NOT NULL,         -- the case it belongs to
-    attempts         INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at  REAL NOT NULL,         -- unix seconds
-    created_at       REAL NOT NULL,         -- unix seconds
-    last_error       TEXT NOT NULL DEFAULT '',
-    state            TEXT NOT NULL DEFAULT 'pending',  -- 'pending' | 'parked' (for an operator)
-    parked_at        REAL,                  -- unix seconds, while parked
-    retried_at       REAL                   -- unix seconds, an operator's last retry
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt_at);
-
--- One row, rewritten by a node that could not write, to learn when it can again.
-CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
-"""
-
-#: Columns added after the first release: (table, name, definition), added to
-#: older files by ALTER TABLE until the schema gets numbered migrations.
-_ADDED_COLUMNS = (
-    ("outbox", "state", "TEXT NOT NULL DEFAULT 'pending'"),
-    ("outbox", "parked_at", "REAL"),
-    ("outbox", "retried_at", "REAL"),
-    ("incoming_cases", "reconciliation", "INTEGER NOT NULL DEFAULT 0"),
+if TYPE_CHECKING:
+    from gateway.storage.interfaces import NodeState
+from gateway.storage.migrations import STATE_MIGRATIONS, open_writer
+from gateway.storage.records import (
+    PARKED,
+    PENDING,
+    IncomingCase,
+    IncomingWork,
+    NewIncomingCase,
+    NewOutgoingCase,
+    OutboxEntry,
+    OutboxItem,
+    OutgoingCase,
+    Progress,
+    ReconciliationCase,
+    StoreClosedError,
+    StoredKey,
+    StoreOpenError,
 )
 
-#: Outbox item states.
-PENDING, PARKED = "pending", "parked"
+# The values a caller of the state store handles, importable from here as well.
+__all__ = [
+    "PARKED",
+    "PENDING",
+    "OutboxEntry",
+    "OutboxItem",
+    "ReconciliationCase",
+    "StateStore",
+    "StoreClosedError",
+]
+
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class OutboxItem:
-    id: int
-    peer: str
-    service: str
-    message_id: str
-    correlation_id: str
-    idempotency_key: str
-    payload: bytes
-    subject: str
-    attempts: int
-    next_attempt_at: float
-    created_at: float
-    #: When its time to be parked started: its creation, or an operator's last
-    #: retry (so that a retried item gets a whole ``park_after`` again).
-    pending_since: float = 0.0
-
-
-@dataclass(frozen=True)
-class OutboxEntry:
-    """An outbox item as an operator sees it (no payload: it holds personal data)."""
-
-    id: int
-    subject: str
-    message_id: str
-    peer: str
-    service: str
-    state: str
-    attempts: int
-    created_at: float
-    next_attempt_at: float
-    last_error: str
-    parked_at: float | None
-
-
-class StoreClosedError(RuntimeError):
-    pass
+def _marks(values: Collection[object]) -> str:
+    """``?,?,?`` for an IN (...) list of ``values`` (never empty)."""
+    return ",".join("?" * len(values))
 
 
 class StateStore:
-    """Business records of the node; an async context manager."""
+    """Business records of the node in one SQLite file; an async context manager."""
 
     def __init__(
         self,
@@ -197,14 +91,23 @@ class StateStore:
         self._closed = False
 
     async def open(self) -> StateStore:
+        """Open (creating and migrating the file if needed). Raises StoreOpenError
+        (or OSError for the folder)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-store")
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._open_writer)
-        self._reader_db = await aiosqlite.connect(self.path, timeout=30, isolation_level=None)
+        self._conn = await asyncio.get_running_loop().run_in_executor(
+            self._executor,
+            lambda: open_writer(self.path, STATE_MIGRATIONS, what="state store"),
+        )
+        try:
+            self._reader_db = await aiosqlite.connect(self.path, timeout=30, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreOpenError(str(exc)) from exc
         self._writer = GroupCommit(
             f"state-store:{self.path.name}",
-            self._run_sync,
+            self._conn,
             self._executor,
+            each_in_savepoint,
             batch_max=self._batch_max,
             on_writable=self._writable_changed,
         )
@@ -215,17 +118,6 @@ class StateStore:
         if self.on_writable is not None:
             self.on_writable(writable)
 
-    def _open_writer(self) -> None:
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.executescript(SCHEMA)
-        for table, name, definition in _ADDED_COLUMNS:
-            columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-            if name not in columns:
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
-        self._conn = conn
-
     async def __aenter__(self) -> StateStore:
         return await self.open()
 
@@ -234,23 +126,23 @@ class StateStore:
 
     async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``op`` (in the writer thread, in its own savepoint); return its
-        result once the group it was part of is committed."""
+        result once the group it was part of is committed. SQLite's own access,
+        for this module (and tests); services use :meth:`unit_of_work`."""
         if self._closed or self._writer is None:
             raise StoreClosedError("state store is closed")
         result: T = await self._writer.submit(op)
         return result
 
+    async def unit_of_work(self, work: Callable[[StateTransaction], T]) -> T:
+        """Run ``work`` in one transaction (a savepoint of a group commit); its
+        result once committed (see :mod:`gateway.storage.interfaces`)."""
+        return await self.write(lambda db: work(_Transaction(db)))
+
     async def probe(self) -> bool:
         """Try a real (tiny) write: True if the store can write again."""
-
-        def op(db: sqlite3.Connection) -> None:
-            db.execute("INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, ?)", (time.time(),))
-
-        try:
-            await self.write(op)
-        except Exception:  # still failing (or closed): the next probe tries again
+        if self._closed or self._writer is None:
             return False
-        return True
+        return await self._writer.probe()
 
     @property
     def commits(self) -> int:
@@ -259,35 +151,6 @@ class StateStore:
     @property
     def writes(self) -> int:
         return self._writer.items if self._writer else 0
-
-    def _run_sync(self, ops: list[WriteOp]) -> list[tuple[bool, Any]]:
-        """In the writer thread: one transaction, a savepoint per op, one commit."""
-        conn = self._conn
-        assert conn is not None
-        outcomes: list[tuple[bool, Any]] = []
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for op in ops:
-                conn.execute("SAVEPOINT op")
-                try:
-                    value = op(conn)
-                except Exception as exc:
-                    try:
-                        conn.execute("ROLLBACK TO op")
-                        conn.execute("RELEASE op")
-                    except sqlite3.Error:
-                        # The transaction itself is gone (an I/O error): the op's
-                        # error, not the rollback's, is the one reported.
-                        raise exc from None
-                    outcomes.append((False, exc))
-                else:
-                    conn.execute("RELEASE op")
-                    outcomes.append((True, value))
-            conn.execute("COMMIT")
-        except BaseException:
-            rollback(conn)
-            raise
-        return outcomes
 
     async def close(self) -> None:
         """Finish queued writes, then close. Idempotent."""
@@ -306,24 +169,22 @@ class StateStore:
             await self._reader_db.close()
             self._reader_db = None
 
-    @property
-    def reader(self) -> aiosqlite.Connection:
+    async def fetchall(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run a query on the reader connection (SQLite's own access, for this
+        module and tests)."""
         if self._reader_db is None:
             raise StoreClosedError("state store is not open")
-        return self._reader_db
-
-    async def fetchall(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         # One call on the connection's thread that runs the statement to its end:
         # interleaved, half-read cursors would hold the read snapshot open and
         # later reads would miss writes committed since (stale reads).
-        rows = await self.reader.execute_fetchall(sql, args)
+        rows = await self._reader_db.execute_fetchall(sql, args)
         return [tuple(row) for row in rows]
 
     async def fetchone(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
         rows = await self.fetchall(sql, args)
         return rows[0] if rows else None
 
-    # ---- guest registrations ---------------------------------------------------
+    # ---- guest registrations (IdentityRecords) ------------------------------------
 
     async def record_check_in(
         self,
@@ -383,27 +244,7 @@ class StateStore:
         row = await self.fetchone("SELECT COUNT(*) FROM answered_tokens")
         return int(row[0]) if row else 0
 
-    # ---- outbox -----------------------------------------------------------------
-
-    @staticmethod
-    def enqueue(db: sqlite3.Connection, item: OutboxItem) -> None:
-        """Add an outbox item inside a write op (with the record it belongs to)."""
-        db.execute(
-            "INSERT INTO outbox (peer, service, message_id, correlation_id, idempotency_key,"
-            " payload, subject, attempts, next_attempt_at, created_at)"
-            " VALUES (?,?,?,?,?,?,?,0,?,?)",
-            (
-                item.peer,
-                item.service,
-                item.message_id,
-                item.correlation_id,
-                item.idempotency_key,
-                item.payload,
-                item.subject,
-                item.next_attempt_at,
-                item.created_at,
-            ),
-        )
+    # ---- outbox (OutboxStore, OutboxOperations) -------------------------------------
 
     async def due_outbox(
         self,
@@ -419,9 +260,9 @@ class StateStore:
             return []
         where = "next_attempt_at <= ? AND state = 'pending'"
         if skip_ids:
-            where += f" AND id NOT IN ({','.join('?' * len(skip_ids))})"
+            where += f" AND id NOT IN ({_marks(skip_ids)})"
         if skip_peers:
-            where += f" AND peer NOT IN ({','.join('?' * len(skip_peers))})"
+            where += f" AND peer NOT IN ({_marks(skip_peers)})"
         sql = f"SELECT id, peer FROM outbox WHERE {where} ORDER BY next_attempt_at, id LIMIT ?"  # noqa: S608 - only placeholders are added
         rows = await self.fetchall(sql, (now, *skip_ids, *skip_peers, limit))
         return [(int(r[0]), str(r[1])) for r in rows]
@@ -433,8 +274,8 @@ class StateStore:
         rows = await self.fetchall(
             "SELECT id, peer, service, message_id, correlation_id, idempotency_key, payload,"  # noqa: S608 - only placeholders are added
             " subject, attempts, next_attempt_at, created_at,"
-            " COALESCE(retried_at, created_at) FROM outbox"
-            f" WHERE id IN ({','.join('?' * len(ids))}) ORDER BY id",
+            f" COALESCE(retried_at, created_at) FROM outbox WHERE id IN ({_marks(ids)})"
+            " ORDER BY id",
             tuple(ids),
         )
         return [
@@ -455,8 +296,17 @@ class StateStore:
             for r in rows
         ]
 
-    async def next_outbox_time(self) -> float | None:
-        row = await self.fetchone("SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'")
+    async def next_outbox_time(self, after: float | None = None) -> float | None:
+        if after is None:
+            row = await self.fetchone(
+                "SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'"
+            )
+        else:
+            row = await self.fetchone(
+                "SELECT MIN(next_attempt_at) FROM outbox WHERE next_attempt_at > ?"
+                " AND state = 'pending'",
+                (after,),
+            )
         return float(row[0]) if row and row[0] is not None else None
 
     async def outbox_entries(
@@ -530,7 +380,79 @@ class StateStore:
         assert row is not None
         return int(row[0]), (float(row[1]) if row[1] is not None else None)
 
-    # ---- incoming cases in reconciliation -----------------------------------------
+    # ---- tracked cases (TrackedCaseStore) -------------------------------------------
+
+    async def outgoing_case(self, case_id: str, domain: str) -> OutgoingCase | None:
+        row = await self.fetchone(
+            "SELECT client_id, status, status_reason, amount_fen, submitted_at, updated_at,"
+            " idempotency_key, peer, remote_reference FROM outgoing_cases"
+            " WHERE case_id = ? AND domain = ?",
+            (case_id, domain),
+        )
+        if row is None:
+            return None
+        return OutgoingCase(
+            case_id=case_id,
+            client_id=str(row[0]),
+            status=int(row[1]),
+            status_reason=str(row[2]),
+            amount_fen=int(row[3]),
+            submitted_at=datetime.fromisoformat(row[4]),
+            updated_at=datetime.fromisoformat(row[5]),
+            idempotency_key=str(row[6]),
+            peer=str(row[7]),
+            remote_reference=str(row[8]),
+        )
+
+    async def due_incoming(
+        self,
+        domain: str,
+        *,
+        now: float,
+        final: Collection[int],
+        skip: Collection[str],
+        limit: int,
+    ) -> list[IncomingWork]:
+        skipped = f" AND reference NOT IN ({_marks(skip)})" if skip else ""
+        rows = await self.fetchall(
+            "SELECT reference, sender, idempotency_key, correlation_id, application,"  # noqa: S608 - only placeholders are added
+            " status, submitted, attempts FROM incoming_cases WHERE domain = ?"
+            f" AND status NOT IN ({_marks(final)}) AND reconciliation = 0"
+            f" AND next_poll_at <= ?{skipped} ORDER BY next_poll_at LIMIT ?",
+            (domain, *final, now, *skip, limit),
+        )
+        return [
+            IncomingWork(
+                str(r[0]),
+                str(r[1]),
+                str(r[2]),
+                str(r[3]),
+                bytes(r[4]),
+                int(r[5]),
+                bool(r[6]),
+                int(r[7]),
+            )
+            for r in rows
+        ]
+
+    async def next_incoming_poll(
+        self, domain: str, *, after: float, final: Collection[int]
+    ) -> float | None:
+        row = await self.fetchone(
+            "SELECT MIN(next_poll_at) FROM incoming_cases WHERE domain = ?"  # noqa: S608 - only placeholders are added
+            f" AND status NOT IN ({_marks(final)}) AND reconciliation = 0 AND next_poll_at > ?",
+            (domain, *final, after),
+        )
+        return float(row[0]) if row and row[0] is not None else None
+
+    # ---- incoming cases in reconciliation (ReconciliationStore) ----------------------
+
+    async def incoming_case(self, reference: str) -> IncomingCase | None:
+        row = await self.fetchone(
+            f"SELECT {_INCOMING_COLUMNS} FROM incoming_cases WHERE reference = ?",  # noqa: S608 - a constant column list
+            (reference,),
+        )
+        return None if row is None else _incoming(row)
 
     async def reconciliation_counts(self) -> dict[str, int]:
         """Incoming cases waiting for an operator's reconciliation, by domain."""
@@ -551,15 +473,256 @@ class StateStore:
         ]
 
 
-@dataclass(frozen=True)
-class ReconciliationCase:
-    """An incoming case its back-end lost track of (no personal data)."""
+_INCOMING_COLUMNS = (
+    "reference, domain, sender, idempotency_key, correlation_id, application, status,"
+    " reconciliation"
+)
 
-    reference: str
-    domain: str
-    sender: str
-    #: Last status reported to the sender.
-    status: int
-    #: When it went to reconciliation (ISO 8601 UTC).
-    since: str
-    backend_reference: str
+
+def _incoming(row: tuple[Any, ...] | sqlite3.Row) -> IncomingCase:
+    return IncomingCase(
+        str(row[0]),
+        str(row[1]),
+        str(row[2]),
+        str(row[3]),
+        str(row[4]),
+        bytes(row[5]),
+        int(row[6]),
+        bool(row[7]),
+    )
+
+
+class _Transaction:
+    """A unit of work on the writer connection (:class:`StateTransaction`): run
+    in the writer thread, inside the unit's savepoint."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    # ---- outbox --------------------------------------------------------------------
+
+    def enqueue(self, item: OutboxItem) -> None:
+        self._db.execute(
+            "INSERT INTO outbox (peer, service, message_id, correlation_id, idempotency_key,"
+            " payload, subject, attempts, next_attempt_at, created_at)"
+            " VALUES (?,?,?,?,?,?,?,0,?,?)",
+            (
+                item.peer,
+                item.service,
+                item.message_id,
+                item.correlation_id,
+                item.idempotency_key,
+                item.payload,
+                item.subject,
+                item.next_attempt_at,
+                item.created_at,
+            ),
+        )
+
+    def remove_outbox_item(self, item_id: int) -> None:
+        self._db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+
+    def make_peer_due(self, peer: str, now: float) -> None:
+        self._db.execute(
+            "UPDATE outbox SET next_attempt_at = ? WHERE peer = ? AND next_attempt_at > ?"
+            " AND state = 'pending'",
+            (now, peer, now),
+        )
+
+    def reschedule_outbox_item(
+        self,
+        item_id: int,
+        *,
+        attempts: int,
+        next_attempt_at: float,
+        last_error: str,
+        parked_at: float | None,
+    ) -> None:
+        self._db.execute(
+            "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ?,"
+            " state = ?, parked_at = ? WHERE id = ?",
+            (
+                attempts,
+                next_attempt_at,
+                last_error,
+                PENDING if parked_at is None else PARKED,
+                parked_at,
+                item_id,
+            ),
+        )
+
+    # ---- outgoing cases ------------------------------------------------------------
+
+    def outgoing_by_key(
+        self, domain: str, idempotency_key: str, *, peer: str | None = None
+    ) -> StoredKey | None:
+        sql = (
+            "SELECT case_id, body_digest, status FROM outgoing_cases WHERE domain = ?"
+            " AND idempotency_key = ?"
+        )
+        args: tuple[str, ...] = (domain, idempotency_key)
+        if peer is not None:
+            sql, args = sql + " AND peer = ?", (*args, peer)
+        row = self._db.execute(sql, args).fetchone()
+        return None if row is None else StoredKey(str(row[0]), bytes(row[1]), int(row[2]))
+
+    def insert_outgoing(self, case: NewOutgoingCase) -> None:
+        stamp = case.submitted_at.isoformat()
+        self._db.execute(
+            "INSERT INTO outgoing_cases (case_id, domain, idempotency_key, body_digest,"
+            " client_id, peer, application, status, correlation_id, submitted_at,"
+            " updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                case.case_id,
+                case.domain,
+                case.idempotency_key,
+                case.body_digest,
+                case.client_id,
+                case.peer,
+                case.application,
+                case.status,
+                case.correlation_id,
+                stamp,
+                stamp,
+            ),
+        )
+
+    def outgoing_delivered(
+        self, case_id: str, *, was: int, status: int, remote_reference: str, at: datetime
+    ) -> None:
+        self._db.execute(
+            "UPDATE outgoing_cases SET status = ?, remote_reference = ?, updated_at = ?"
+            " WHERE case_id = ? AND status = ?",
+            (status, remote_reference, at.isoformat(), case_id, was),
+        )
+
+    def outgoing_refused(
+        self, case_id: str, *, status: int, reason: str, at: datetime, unless: Collection[int]
+    ) -> None:
+        self._db.execute(
+            "UPDATE outgoing_cases SET status = ?, status_reason = ?, updated_at = ?"  # noqa: S608 - only placeholders are added
+            f" WHERE case_id = ? AND status NOT IN ({_marks(unless)})",
+            (status, reason, at.isoformat(), case_id, *unless),
+        )
+
+    def outgoing_status(
+        self,
+        case_id: str,
+        *,
+        status: int,
+        reason: str,
+        amount_fen: int,
+        remote_reference: str,
+        at: datetime,
+    ) -> None:
+        self._db.execute(
+            "UPDATE outgoing_cases SET status = ?, status_reason = ?, amount_fen = ?,"
+            " updated_at = ?, remote_reference = CASE WHEN remote_reference = ''"
+            " THEN ? ELSE remote_reference END WHERE case_id = ?",
+            (status, reason, amount_fen, at.isoformat(), remote_reference, case_id),
+        )
+
+    # ---- incoming cases ------------------------------------------------------------
+
+    def incoming_by_key(self, domain: str, sender: str, idempotency_key: str) -> StoredKey | None:
+        row = self._db.execute(
+            "SELECT reference, body_digest, status FROM incoming_cases WHERE domain = ?"
+            " AND sender = ? AND idempotency_key = ?",
+            (domain, sender, idempotency_key),
+        ).fetchone()
+        return None if row is None else StoredKey(str(row[0]), bytes(row[1]), int(row[2]))
+
+    def insert_incoming(self, case: NewIncomingCase) -> None:
+        stamp = case.received_at.isoformat()
+        self._db.execute(
+            "INSERT INTO incoming_cases (reference, domain, sender, idempotency_key,"
+            " message_id, correlation_id, body_digest, application, status, next_poll_at,"
+            " received_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                case.reference,
+                case.domain,
+                case.sender,
+                case.idempotency_key,
+                case.message_id,
+                case.correlation_id,
+                case.body_digest,
+                case.application,
+                case.status,
+                case.next_poll_at,
+                stamp,
+                stamp,
+            ),
+        )
+
+    def incoming_in_reconciliation(self, reference: str, domain: str) -> IncomingCase | None:
+        row = self._db.execute(
+            f"SELECT {_INCOMING_COLUMNS} FROM incoming_cases"  # noqa: S608 - a constant column list
+            " WHERE reference = ? AND domain = ? AND reconciliation = 1",
+            (reference, domain),
+        ).fetchone()
+        return None if row is None else _incoming(row)
+
+    def incoming_progress(self, reference: str, progress: Progress) -> None:
+        self._db.execute(
+            "UPDATE incoming_cases SET status = ?, status_reason = ?, amount_fen = ?,"
+            " backend_reference = CASE WHEN ? != '' THEN ? ELSE backend_reference END,"
+            " submitted = 1, attempts = ?, next_poll_at = ?, updated_at = ?"
+            " WHERE reference = ?",
+            (
+                progress.status,
+                progress.status_reason,
+                progress.amount_fen,
+                progress.backend_reference,
+                progress.backend_reference,
+                progress.attempts,
+                progress.next_poll_at,
+                progress.updated_at.isoformat(),
+                reference,
+            ),
+        )
+
+    def incoming_schedule(
+        self, reference: str, *, attempts: int, next_poll_at: float, submitted: bool
+    ) -> None:
+        self._db.execute(
+            "UPDATE incoming_cases SET attempts = ?, next_poll_at = ?, submitted = ?"
+            " WHERE reference = ?",
+            (attempts, next_poll_at, int(submitted), reference),
+        )
+
+    def incoming_to_reconciliation(self, reference: str, *, at: datetime) -> None:
+        self._db.execute(
+            "UPDATE incoming_cases SET reconciliation = 1, submitted = 1, attempts = 0,"
+            " updated_at = ? WHERE reference = ?",
+            (at.isoformat(), reference),
+        )
+
+    def incoming_resubmit(self, reference: str, *, next_poll_at: float, at: datetime) -> None:
+        self._db.execute(
+            "UPDATE incoming_cases SET reconciliation = 0, submitted = 0, attempts = 0,"
+            " next_poll_at = ?, updated_at = ? WHERE reference = ?",
+            (next_poll_at, at.isoformat(), reference),
+        )
+
+    def incoming_settled(
+        self,
+        reference: str,
+        *,
+        status: int,
+        reason: str,
+        amount_fen: int,
+        next_poll_at: float,
+        at: datetime,
+    ) -> None:
+        self._db.execute(
+            "UPDATE incoming_cases SET status = ?, status_reason = ?, amount_fen = ?,"
+            " reconciliation = 0, submitted = 1, attempts = 0, next_poll_at = ?, updated_at = ?"
+            " WHERE reference = ?",
+            (status, reason, amount_fen, next_poll_at, at.isoformat(), reference),
+        )
+
+
+if TYPE_CHECKING:
+
+    def _implements(store: StateStore) -> NodeState:  # checked by mypy only
+        return store

@@ -193,15 +193,10 @@ class FailingClient:
 
 
 def enqueue(store: StateStore, created_at: float) -> Any:
-    def op(db: sqlite3.Connection) -> None:
-        StateStore.enqueue(
-            db,
-            OutboxItem(
-                0, "320000", "svc", "msg-1", "c", "k", b"", "CASE-1", 0, time.time(), created_at
-            ),
-        )
-
-    return store.write(op)
+    item = OutboxItem(
+        0, "320000", "svc", "msg-1", "c", "k", b"", "CASE-1", 0, time.time(), created_at
+    )
+    return store.unit_of_work(lambda tx: tx.enqueue(item))
 
 
 class TestOutboxWhenTheStoreFails:

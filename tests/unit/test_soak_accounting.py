@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.storage.state import SCHEMA
+from gateway.storage.migrations import STATE_MIGRATIONS, open_writer
 from gateway.tools.soak import (
     CASE,
     WITHDRAWAL,
@@ -154,8 +154,8 @@ class TestReadStore:
     states included."""
 
     def make(self, path: Path, *, parked: bool) -> None:
+        open_writer(path, STATE_MIGRATIONS, what="state store").close()  # the node's schema
         db = sqlite3.connect(path)
-        db.executescript(SCHEMA)
         now = time.time()
         db.execute(
             "INSERT INTO outgoing_cases (case_id, domain, idempotency_key, body_digest,"

@@ -1,0 +1,278 @@
+"""What the services and the outbox may ask of a store: the storage seam.
+
+Services and the outbox speak only to these Protocols (and the values of
+:mod:`gateway.storage.records`); SQL and driver types stay in the
+implementation, today :class:`gateway.storage.state.StateStore` (SQLite). A
+PostgreSQL store implements the same Protocols.
+
+Reads are ``async`` methods of a store. Writes go through a **unit of work**:
+``await store.unit_of_work(work)`` runs ``work(tx)`` in one transaction and
+returns its result once that transaction is committed (durable). ``work`` is a
+plain function -- it may read what it decides on through ``tx`` and write
+through ``tx``, but never awaits -- so that everything one exchange writes (a
+case and its outbox item, a delivery's acknowledgement and the case it moves)
+is committed together or not at all; an exception raised by ``work`` rolls back
+everything it wrote and is raised to the caller. Nothing here is
+SQLite-specific: the SQLite store runs many units in one commit (group commit,
+a savepoint each); a PostgreSQL store runs each in its own transaction.
+
+A store that cannot write raises
+:class:`~gateway.core.errors.StoreUnavailable` (retryable).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from datetime import datetime
+from typing import Protocol, TypeVar
+
+from gateway.storage.records import (
+    IncomingCase,
+    IncomingWork,
+    LogEntry,
+    LoggedExchange,
+    NewIncomingCase,
+    NewOutgoingCase,
+    OutboxEntry,
+    OutboxItem,
+    OutgoingCase,
+    Progress,
+    ReconciliationCase,
+    StoredKey,
+)
+
+T = TypeVar("T")
+
+# ---- inside a unit of work ----------------------------------------------------------
+
+
+class OutboxWrites(Protocol):
+    """The outbox, inside a unit of work."""
+
+    def enqueue(self, item: OutboxItem) -> None:
+        """Add ``item`` (its ``id`` is ignored: the store assigns one)."""
+
+    def remove_outbox_item(self, item_id: int) -> None:
+        """Delete a delivered (or refused) item."""
+
+    def make_peer_due(self, peer: str, now: float) -> None:
+        """Make every pending item for ``peer`` that waits past ``now`` due at ``now``."""
+
+    def reschedule_outbox_item(
+        self,
+        item_id: int,
+        *,
+        attempts: int,
+        next_attempt_at: float,
+        last_error: str,
+        parked_at: float | None,
+    ) -> None:
+        """Record a failed attempt: pending until ``next_attempt_at``, or parked
+        for an operator (``parked_at`` not None)."""
+
+
+class OutgoingCaseWrites(Protocol):
+    """Tracked exchanges of this node's clients (the submitting side)."""
+
+    def outgoing_by_key(
+        self, domain: str, idempotency_key: str, *, peer: str | None = None
+    ) -> StoredKey | None:
+        """The case stored under ``(domain, idempotency_key)`` (sent to ``peer``, if given)."""
+
+    def insert_outgoing(self, case: NewOutgoingCase) -> None: ...
+
+    def outgoing_delivered(
+        self, case_id: str, *, was: int, status: int, remote_reference: str, at: datetime
+    ) -> None:
+        """The peer acknowledged the case: ``status`` if it still is ``was``."""
+
+    def outgoing_refused(
+        self, case_id: str, *, status: int, reason: str, at: datetime, unless: Collection[int]
+    ) -> None:
+        """The peer refused the case: ``status`` with ``reason``, unless its
+        status is one of ``unless`` (final already)."""
+
+    def outgoing_status(
+        self,
+        case_id: str,
+        *,
+        status: int,
+        reason: str,
+        amount_fen: int,
+        remote_reference: str,
+        at: datetime,
+    ) -> None:
+        """A status change from the handling peer (``remote_reference`` is kept
+        only if the case has none yet)."""
+
+
+class IncomingCaseWrites(Protocol):
+    """Applications peers delivered to this node (the handling side)."""
+
+    def incoming_by_key(self, domain: str, sender: str, idempotency_key: str) -> StoredKey | None:
+        """The case stored under ``(domain, sender, idempotency_key)``."""
+
+    def insert_incoming(self, case: NewIncomingCase) -> None: ...
+
+    def incoming_in_reconciliation(self, reference: str, domain: str) -> IncomingCase | None:
+        """The case ``reference`` of ``domain`` if it is in reconciliation."""
+
+    def incoming_progress(self, reference: str, progress: Progress) -> None:
+        """A step with the back-end: the case's new state (handed to the back-end)."""
+
+    def incoming_schedule(
+        self, reference: str, *, attempts: int, next_poll_at: float, submitted: bool
+    ) -> None:
+        """The next attempt of a step that did not move the case."""
+
+    def incoming_to_reconciliation(self, reference: str, *, at: datetime) -> None:
+        """Leave the case alone until an operator resolves it (its back-end lost it)."""
+
+    def incoming_resubmit(self, reference: str, *, next_poll_at: float, at: datetime) -> None:
+        """Out of reconciliation: no money moved, hand it to the back-end again."""
+
+    def incoming_settled(
+        self,
+        reference: str,
+        *,
+        status: int,
+        reason: str,
+        amount_fen: int,
+        next_poll_at: float,
+        at: datetime,
+    ) -> None:
+        """Out of reconciliation with the final ``status`` an operator confirmed."""
+
+
+class StateTransaction(OutboxWrites, OutgoingCaseWrites, IncomingCaseWrites, Protocol):
+    """Everything a unit of work may read and write in the node's state."""
+
+
+class Transactional(Protocol):
+    async def unit_of_work(self, work: Callable[[StateTransaction], T]) -> T:
+        """Run ``work`` in one transaction; its result once committed."""
+
+
+# ---- the stores as each user sees them ----------------------------------------------
+
+
+class OutboxStore(Transactional, Protocol):
+    """What the outbox's deliverer reads (it writes through units of work)."""
+
+    async def due_outbox(
+        self,
+        now: float,
+        limit: int,
+        *,
+        skip_ids: Collection[int] = (),
+        skip_peers: Collection[str] = (),
+    ) -> list[tuple[int, str]]:
+        """(id, peer) of up to ``limit`` pending items due by ``now``, oldest first,
+        except the ``skip_ids`` and the items for ``skip_peers``."""
+
+    async def outbox_items(self, ids: Collection[int]) -> list[OutboxItem]:
+        """The items with these ids (those still in the outbox), in id order."""
+
+    async def next_outbox_time(self, after: float | None = None) -> float | None:
+        """When the earliest pending item is due (the earliest after ``after``, if given)."""
+
+
+class OutboxOperations(Protocol):
+    """The outbox as an operator and the node's metrics see it."""
+
+    async def outbox_entries(
+        self, *, state: str | None = None, reference: str | None = None
+    ) -> list[OutboxEntry]: ...
+
+    async def set_outbox_state(self, item_id: int, state: str, *, now: float) -> bool: ...
+
+    async def outbox_by_peer(self) -> list[tuple[str, str, int, float]]: ...
+
+    async def outbox_stats(self) -> tuple[int, float | None]: ...
+
+
+class TrackedCaseStore(Transactional, Protocol):
+    """What tracked exchanges (withdrawals, service cases) read."""
+
+    async def outgoing_case(self, case_id: str, domain: str) -> OutgoingCase | None: ...
+
+    async def due_incoming(
+        self,
+        domain: str,
+        *,
+        now: float,
+        final: Collection[int],
+        skip: Collection[str],
+        limit: int,
+    ) -> list[IncomingWork]:
+        """Incoming cases of ``domain`` due by ``now``, not final, not in
+        reconciliation, not among ``skip``; the earliest due first."""
+
+    async def next_incoming_poll(
+        self, domain: str, *, after: float, final: Collection[int]
+    ) -> float | None:
+        """When the next such case is due after ``after`` (None: none is waiting)."""
+
+
+class ReconciliationStore(Transactional, Protocol):
+    """Incoming cases waiting for an operator's reconciliation."""
+
+    async def incoming_case(self, reference: str) -> IncomingCase | None: ...
+
+    async def reconciliation_counts(self) -> dict[str, int]: ...
+
+    async def reconciliation_cases(self) -> list[ReconciliationCase]: ...
+
+
+class IdentityRecords(Protocol):
+    """Guest registrations and the e-ID tokens answered for (single use)."""
+
+    async def record_check_in(
+        self,
+        *,
+        check_in_id: str,
+        relying_party_id: str,
+        issuer_province: str,
+        guest: bytes,
+        client_reference: str,
+        recorded_at: datetime,
+        correlation_id: str,
+    ) -> None: ...
+
+    async def get_check_in(
+        self, check_in_id: str
+    ) -> tuple[str, str, bytes, str, str, str] | None: ...
+
+    async def claim_token(self, token_id: str, *, keep_until: float, now: float) -> bool:
+        """False if ``token_id`` was claimed before (a replay); of two concurrent
+        claims, in any worker process, exactly one wins."""
+
+
+class NodeState(
+    IdentityRecords,
+    TrackedCaseStore,
+    OutboxStore,
+    OutboxOperations,
+    ReconciliationStore,
+    Protocol,
+):
+    """The node's whole state store, as the node assembles its services on it."""
+
+    async def probe(self) -> bool:
+        """Try a real (tiny) write: True if the store can write again."""
+
+
+class MessageRecorder(Protocol):
+    """The message log as the federation client and server write it."""
+
+    async def append(self, entry: LogEntry) -> int:
+        """Append a row; its sequence number once committed."""
+
+    async def append_request(self, entry: LogEntry) -> tuple[int, LoggedExchange]:
+        """Append an incoming request; what was logged before under its (peer, message id)."""
+
+    async def append_all(self, entries: tuple[LogEntry, ...]) -> list[int]:
+        """Append rows in one commit."""
+
+    def enqueue(self, entry: LogEntry) -> None:
+        """Queue a row without waiting for its commit (a caller being cancelled)."""

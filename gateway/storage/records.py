@@ -1,0 +1,218 @@
+"""The values that cross the storage seam: what a store hands the services and
+the outbox, and what they hand it (:mod:`gateway.storage.interfaces`).
+
+Plain frozen dataclasses, no driver types. Times are as the node has always
+kept them: instants of an exchange as timezone-aware ``datetime`` (stored as ISO
+8601 UTC), schedule times as unix seconds (``float``); money in whole fen
+(``int``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+#: Outbox item states.
+PENDING, PARKED = "pending", "parked"
+
+
+class StoreClosedError(RuntimeError):
+    """The store was used after it was closed (or before it was opened)."""
+
+
+class StoreOpenError(Exception):
+    """A store cannot be opened: its file cannot be read or created, or its schema
+    is not one this code can use. The message says which file and why."""
+
+
+class StoreVersionError(StoreOpenError):
+    """The store was written by a newer gateway (a schema version this code does
+    not know): it is not opened, rather than being misread or damaged."""
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """An asynchronous delivery to a peer (``id`` 0 for an item not yet stored)."""
+
+    id: int
+    peer: str
+    service: str
+    message_id: str
+    correlation_id: str
+    idempotency_key: str
+    payload: bytes
+    subject: str
+    attempts: int
+    next_attempt_at: float
+    created_at: float
+    #: When its time to be parked started: its creation, or an operator's last
+    #: retry (so that a retried item gets a whole ``park_after`` again).
+    pending_since: float = 0.0
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """An outbox item as an operator sees it (no payload: it holds personal data)."""
+
+    id: int
+    subject: str
+    message_id: str
+    peer: str
+    service: str
+    state: str
+    attempts: int
+    created_at: float
+    next_attempt_at: float
+    last_error: str
+    parked_at: float | None
+
+
+@dataclass(frozen=True)
+class ReconciliationCase:
+    """An incoming case its back-end lost track of (no personal data)."""
+
+    reference: str
+    domain: str
+    sender: str
+    #: Last status reported to the sender.
+    status: int
+    #: When it went to reconciliation (ISO 8601 UTC).
+    since: str
+    backend_reference: str
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """What a store holds under an idempotency key: the case (its id or
+    reference), the SHA-256 of the body it was stored with, and its status."""
+
+    case: str
+    body_digest: bytes
+    status: int
+
+
+@dataclass(frozen=True)
+class NewOutgoingCase:
+    """A tracked exchange accepted by this node (the submitting side)."""
+
+    case_id: str
+    domain: str
+    idempotency_key: str
+    body_digest: bytes
+    client_id: str
+    peer: str
+    application: bytes
+    status: int
+    correlation_id: str
+    submitted_at: datetime
+
+
+@dataclass(frozen=True)
+class OutgoingCase:
+    """A tracked exchange of this node's clients, as ``Get*`` shows it."""
+
+    case_id: str
+    client_id: str
+    status: int
+    status_reason: str
+    amount_fen: int
+    submitted_at: datetime
+    updated_at: datetime
+    idempotency_key: str
+    peer: str
+    remote_reference: str
+
+
+@dataclass(frozen=True)
+class NewIncomingCase:
+    """An application a peer delivered to this node (the handling side)."""
+
+    reference: str
+    domain: str
+    sender: str
+    idempotency_key: str
+    message_id: str
+    correlation_id: str
+    body_digest: bytes
+    application: bytes
+    status: int
+    next_poll_at: float
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class IncomingWork:
+    """An incoming case due for its next step with its back-end."""
+
+    reference: str
+    sender: str
+    idempotency_key: str
+    correlation_id: str
+    application: bytes
+    status: int
+    #: Handed to the back-end (or may have been).
+    submitted: bool
+    attempts: int
+
+
+@dataclass(frozen=True)
+class IncomingCase:
+    """An incoming case as an operator's reconciliation reads it."""
+
+    reference: str
+    domain: str
+    sender: str
+    idempotency_key: str
+    correlation_id: str
+    application: bytes
+    status: int
+    in_reconciliation: bool
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A handled case's new state after a step with its back-end."""
+
+    status: int
+    status_reason: str
+    amount_fen: int
+    #: The back-end's reference; empty keeps the one recorded.
+    backend_reference: str
+    attempts: int
+    next_poll_at: float
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """A row of the message log, as its writers hand it over."""
+
+    direction: str
+    kind: str
+    message_id: str
+    correlation_id: str
+    peer: str
+    service: str
+    envelope: bytes
+    #: Incoming requests: the envelope's nonce. Unique per peer in the log, so a
+    #: replay is caught even by another worker process of the same node.
+    nonce: bytes = b""
+    #: Incoming requests: also look up the response this node already logged for
+    #: the same message id from the same peer (a retry whose answer was lost).
+    find_answer: bool = False
+
+
+#: Responses the message log's ``append_request`` returns for a message id,
+#: newest first: the answer to the request is among them unless a peer sent more
+#: than this many conflicting requests under its id since (then it is handled again).
+ANSWERS_LOOKED_UP = 4
+
+
+@dataclass(frozen=True)
+class LoggedExchange:
+    """What the log already held for an incoming request's (peer, message id)."""
+
+    #: The first request logged under it; None when this request is the first.
+    first_request: bytes | None
+    #: The newest responses logged under it (at most ANSWERS_LOOKED_UP), newest first.
+    answers: tuple[bytes, ...]
