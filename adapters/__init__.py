@@ -1,4 +1,4 @@
-"""Adapters: canonical ⇄ native translation, back-end connectors and simulators.
+"""Adapters: canonical ⇄ native translation, back-end connectors.
 
 The gateway uses this package through a few names:
 
@@ -21,117 +21,76 @@ The gateway uses this package through a few names:
 
 from __future__ import annotations
 
-from adapters.base import (
-    AdapterPlugin,
-    CaseSystem,
-    CertificateLibrary,
-    CredentialCheck,
-    FundCentre,
-    IdentityAuthority,
-)
-from adapters.case import HttpCaseSystem
-from adapters.certificate import HttpCertificateLibrary
-from adapters.errors import (
-    AdapterError,
-    BackendRejected,
-    BackendUnavailable,
-    CaseNotFound,
-    CertificateNotFound,
-    ConsentRefused,
-    PluginError,
-    TranslationError,
-    WithdrawalNotFound,
-)
-from adapters.fund import HttpFundCentre
-from adapters.identity import HttpIdentityAuthority
-from adapters.mapping import Translator, from_message, to_message
-from adapters.plugins import resolve
-from adapters.spec import AdapterConfig
-from gateway.core.clock import Clock, SystemClock
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "AdapterConfig",
-    "AdapterError",
-    "AdapterPlugin",
-    "BackendRejected",
-    "BackendUnavailable",
-    "CaseNotFound",
-    "CaseSystem",
-    "CertificateLibrary",
-    "CertificateNotFound",
-    "ConsentRefused",
-    "CredentialCheck",
-    "FundCentre",
-    "HttpCaseSystem",
-    "HttpCertificateLibrary",
-    "HttpFundCentre",
-    "HttpIdentityAuthority",
-    "IdentityAuthority",
-    "PluginError",
-    "TranslationError",
-    "Translator",
-    "WithdrawalNotFound",
-    "build_case_system",
-    "build_certificate_library",
-    "build_fund_centre",
-    "build_identity_authority",
-    "from_message",
-    "to_message",
-]
+if TYPE_CHECKING:
+    from adapters.backends import build_case_system as build_case_system
+    from adapters.backends import build_certificate_library as build_certificate_library
+    from adapters.backends import build_fund_centre as build_fund_centre
+    from adapters.backends import build_identity_authority as build_identity_authority
+    from adapters.base import AdapterPlugin as AdapterPlugin
+    from adapters.base import CaseSystem as CaseSystem
+    from adapters.base import CertificateLibrary as CertificateLibrary
+    from adapters.base import CredentialCheck as CredentialCheck
+    from adapters.base import FundCentre as FundCentre
+    from adapters.base import IdentityAuthority as IdentityAuthority
+    from adapters.case import HttpCaseSystem as HttpCaseSystem
+    from adapters.certificate import HttpCertificateLibrary as HttpCertificateLibrary
+    from adapters.errors import AdapterError as AdapterError
+    from adapters.errors import BackendRejected as BackendRejected
+    from adapters.errors import BackendUnavailable as BackendUnavailable
+    from adapters.errors import CaseNotFound as CaseNotFound
+    from adapters.errors import CertificateNotFound as CertificateNotFound
+    from adapters.errors import ConsentRefused as ConsentRefused
+    from adapters.errors import PluginError as PluginError
+    from adapters.errors import TranslationError as TranslationError
+    from adapters.errors import WithdrawalNotFound as WithdrawalNotFound
+    from adapters.fund import HttpFundCentre as HttpFundCentre
+    from adapters.identity import HttpIdentityAuthority as HttpIdentityAuthority
+    from adapters.mapping import Translator as Translator
+    from adapters.mapping import from_message as from_message
+    from adapters.mapping import to_message as to_message
+    from adapters.spec import AdapterConfig as AdapterConfig
 
+#: Where each name of the facade lives. Imported on first use (PEP 562), so
+#: that a module needing one part (the config loader needs the mapping model)
+#: does not pay for every connector and its HTTP client.
+_WHERE = {
+    "AdapterConfig": "adapters.spec",
+    "AdapterError": "adapters.errors",
+    "AdapterPlugin": "adapters.base",
+    "BackendRejected": "adapters.errors",
+    "BackendUnavailable": "adapters.errors",
+    "CaseNotFound": "adapters.errors",
+    "CaseSystem": "adapters.base",
+    "CertificateLibrary": "adapters.base",
+    "CertificateNotFound": "adapters.errors",
+    "ConsentRefused": "adapters.errors",
+    "CredentialCheck": "adapters.base",
+    "FundCentre": "adapters.base",
+    "HttpCaseSystem": "adapters.case",
+    "HttpCertificateLibrary": "adapters.certificate",
+    "HttpFundCentre": "adapters.fund",
+    "HttpIdentityAuthority": "adapters.identity",
+    "IdentityAuthority": "adapters.base",
+    "PluginError": "adapters.errors",
+    "TranslationError": "adapters.errors",
+    "Translator": "adapters.mapping",
+    "WithdrawalNotFound": "adapters.errors",
+    "build_case_system": "adapters.backends",
+    "build_certificate_library": "adapters.backends",
+    "build_fund_centre": "adapters.backends",
+    "build_identity_authority": "adapters.backends",
+    "from_message": "adapters.mapping",
+    "to_message": "adapters.mapping",
+}
 
-def build_identity_authority(
-    adapter: AdapterConfig, base_url: str, *, clock: Clock | None = None
-) -> IdentityAuthority:
-    """The connector to a province's e-ID authority at ``base_url``.
-
-    The declarative HTTP connector, unless the province's ``[adapter.plugin]``
-    builds its own. Raises ``PluginError`` when the plug-in cannot be loaded
-    (config validation has reported that already).
-    """
-    if adapter.plugin is not None:
-        built = resolve(adapter.plugin).identity_authority(
-            adapter, base_url, clock=clock or SystemClock()
-        )
-        if built is not None:
-            return built
-    return HttpIdentityAuthority(adapter, base_url, clock=clock)
+__all__ = sorted(_WHERE)
 
 
-def build_fund_centre(
-    adapter: AdapterConfig, base_url: str, *, clock: Clock | None = None
-) -> FundCentre:
-    """The connector to a province's provident fund centre at ``base_url``.
-
-    The declarative HTTP connector, unless the province's ``[adapter.plugin]``
-    builds its own. Raises ``ValueError`` when the province's adapter has no
-    ``[adapter.fund]`` section (and no plug-in serves it): such a province
-    cannot serve fund requests.
-    """
-    if adapter.plugin is not None:
-        built = resolve(adapter.plugin).fund_centre(adapter, base_url, clock=clock or SystemClock())
-        if built is not None:
-            return built
-    return HttpFundCentre(adapter, base_url, clock=clock)
-
-
-def build_certificate_library(
-    adapter: AdapterConfig, base_url: str, *, clock: Clock | None = None
-) -> CertificateLibrary:
-    """The connector to a province's e-certificate library at ``base_url``.
-
-    Raises ``ValueError`` when the province's adapter has no
-    ``[adapter.certificate]`` section or its category / field tables do not
-    cover the catalogue.
-    """
-    return HttpCertificateLibrary(adapter, base_url, clock=clock)
-
-
-def build_case_system(
-    adapter: AdapterConfig, base_url: str, *, clock: Clock | None = None
-) -> CaseSystem:
-    """The connector to a province's case system at ``base_url``.
-
-    Raises ``ValueError`` when the province's adapter has no ``[adapter.case]`` section.
-    """
-    return HttpCaseSystem(adapter, base_url, clock=clock)
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'adapters' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -9,7 +9,9 @@ The node's state store is opened in one place, :func:`_open_state`.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +21,10 @@ if TYPE_CHECKING:
     from gateway.config.models import ProvinceConfig
     from gateway.storage.messagelog import MessageLog
     from gateway.storage.state import StateStore
+
+
+#: A command group's handler: parsed arguments in, exit status out.
+Handler = Callable[[argparse.Namespace], int]
 
 
 def register(commands: Subparsers) -> None:
@@ -123,6 +129,26 @@ def _node_stores(config_file: str) -> tuple[ProvinceConfig, Path] | None:
     return config, config.node.store
 
 
+def _store_errors(
+    handler: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """A store the command cannot open (unreadable, or written by a newer
+    release) is one line on stderr and exit 2, not a traceback."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        from gateway.core.errors import StoreUnavailable
+        from gateway.storage.records import StoreOpenError
+
+        try:
+            return handler(args)
+        except (StoreOpenError, StoreUnavailable) as exc:
+            print(f"yrd-gateway outbox: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+
+    return run
+
+
 def _open_state(folder: Path) -> StateStore:
     """The node's state store in ``folder`` (an async context manager)."""
     from gateway.storage.state import StateStore
@@ -157,6 +183,7 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
+@_store_errors
 def outbox_list(args: argparse.Namespace) -> int:
     import asyncio
     import time
@@ -198,6 +225,7 @@ def outbox_list(args: argparse.Namespace) -> int:
     return 0
 
 
+@_store_errors
 def outbox_steer(args: argparse.Namespace) -> int:
     """``outbox retry`` / ``outbox park``: change the items of REF, log each change."""
     import asyncio
@@ -272,6 +300,7 @@ def _list_reconciliation(args: argparse.Namespace) -> int:
     return eventloop.run(run())
 
 
+@_store_errors
 def outbox_resolve(args: argparse.Namespace) -> int:
     from gateway.core.errors import GatewayError
     from gateway.server import eventloop

@@ -47,7 +47,8 @@ from gateway.core.errors import (
 from gateway.core.metrics import NodeMetrics
 from gateway.core.tokenbucket import TokenBucket
 from gateway.federation.breaker import BreakerState, CircuitBreaker
-from gateway.storage.messagelog import LogEntry, MessageLog, MessageLogClosed
+from gateway.storage.interfaces import MessageRecorder
+from gateway.storage.records import LogEntry, MessageLogClosed
 from gateway.trust.envelope import EnvelopeSigner, EnvelopeVerifier, OpenedEnvelope
 from yrd.federation.v1 import federation_pb2_grpc
 
@@ -134,7 +135,7 @@ class FederationClient:
         config: ConfigHolder,
         signer: EnvelopeSigner,
         verifier: EnvelopeVerifier,
-        message_log: MessageLog,
+        message_log: MessageRecorder,
         *,
         channel_factory: Callable[[str], grpc.aio.Channel] | None = None,
         metrics: NodeMetrics | None = None,

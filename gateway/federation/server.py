@@ -34,7 +34,8 @@ from gateway.core import crypto
 from gateway.core.errors import DECISION_CODES, EnvelopeRejected, GatewayError, status_from_int
 from gateway.core.metrics import NodeMetrics
 from gateway.federation.payloads import validate_payload
-from gateway.storage.messagelog import DuplicateNonce, LogEntry, LoggedExchange, MessageLog
+from gateway.storage.interfaces import MessageRecorder
+from gateway.storage.records import DuplicateNonce, LogEntry, LoggedExchange
 from gateway.trust.envelope import (
     MAX_ENVELOPE_BYTES,
     EnvelopeSigner,
@@ -112,7 +113,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         self,
         signer: EnvelopeSigner,
         verifier: EnvelopeVerifier,
-        message_log: MessageLog,
+        message_log: MessageRecorder,
         *,
         handlers: dict[str, Handler],
         require_peer_certificate: bool = False,

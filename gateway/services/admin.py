@@ -12,7 +12,7 @@ from gateway import __version__
 from gateway.config.models import FederationConfig
 from gateway.core.errors import ConfigError
 from gateway.federation.client import FederationClient
-from gateway.storage.messagelog import MessageLog
+from gateway.storage.interfaces import MessageLogReader
 from gateway.trust.truststore import TrustStore
 from yrd.admin.v1 import admin_pb2, admin_pb2_grpc
 
@@ -28,7 +28,7 @@ class OperatedNode(Protocol):
     @property
     def trust(self) -> TrustStore: ...
     @property
-    def message_log(self) -> MessageLog: ...
+    def message_log(self) -> MessageLogReader: ...
     @property
     def started_at(self) -> datetime: ...
 

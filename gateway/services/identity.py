@@ -51,7 +51,7 @@ from gateway.core.identifiers import is_plain_text
 from gateway.core.metrics import NodeMetrics
 from gateway.federation.client import FederationClient
 from gateway.services.calls import current_correlation_id, require_client
-from gateway.storage.state import StateStore
+from gateway.storage.interfaces import IdentityRecords
 from gateway.trust.envelope import OpenedEnvelope
 from gateway.trust.truststore import KeyLookupError, TrustStore
 from yrd.common.v1 import common_pb2
@@ -177,7 +177,7 @@ class IdentityExchange:
         config: ConfigHolder,
         client: FederationClient,
         authority: IdentityAuthority,
-        store: StateStore,
+        store: IdentityRecords,
         clock: Clock,
     ) -> None:
         #: The config in force: policies, clients, peers and keys are read from

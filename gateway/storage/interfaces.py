@@ -27,6 +27,8 @@ from datetime import datetime
 from typing import Protocol, TypeVar
 
 from gateway.storage.records import (
+    ChainReport,
+    HeadKeys,
     IncomingCase,
     IncomingWork,
     LogEntry,
@@ -260,6 +262,16 @@ class NodeState(
 
     async def probe(self) -> bool:
         """Try a real (tiny) write: True if the store can write again."""
+
+
+class MessageLogReader(Protocol):
+    """The message log as an operator's service reads it."""
+
+    async def count(self) -> int:
+        """Rows in the log."""
+
+    async def verify(self, keys: HeadKeys | None = None) -> ChainReport:
+        """The whole chain, and every signed head against it (signatures, given keys)."""
 
 
 class MessageRecorder(Protocol):

@@ -30,13 +30,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiosqlite
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.core import crypto
 from gateway.core.clock import Clock, SystemClock
 from gateway.storage.groupcommit import GroupCommit, Outcome
 from gateway.storage.migrations import MESSAGE_LOG_MIGRATIONS, open_writer
-from gateway.storage.records import ANSWERS_LOOKED_UP, LogEntry, LoggedExchange, StoreOpenError
+from gateway.storage.records import (
+    ANSWERS_LOOKED_UP,
+    Break,
+    ChainReport,
+    DuplicateNonce,
+    HeadKeys,
+    LogEntry,
+    LoggedExchange,
+    MessageLogClosed,
+    StoreOpenError,
+)
 
 if TYPE_CHECKING:
     from gateway.storage.interfaces import MessageRecorder
@@ -75,10 +84,9 @@ START_CHECK_ROWS = 10_000
 
 #: Signs a chain-head statement: returns (key id, signature).
 HeadSigner = Callable[[bytes], tuple[str, bytes]]
+
+
 #: Finds the public key that verifies a province's head signature by key id.
-HeadKeys = Callable[[str, str, datetime], Ed25519PublicKey | None]
-
-
 def head_statement(province: str, head_seq: int, head_hash: bytes, signed_at: str) -> bytes:
     """The exact bytes a node signs to vouch for its chain head."""
     return f"yrd-chain-head/v1\n{province}\n{head_seq}\n{head_hash.hex()}\n{signed_at}".encode()
@@ -105,31 +113,6 @@ class LoggedRow:
     entry: LogEntry
     prev_hash: bytes
     row_hash: bytes
-
-
-@dataclass(frozen=True)
-class Break:
-    """A row where the chain does not hold, and the segment row (if any) by which
-    the node recorded that it continued past it."""
-
-    seq: int
-    detail: str
-    acknowledged_by: int = 0  # seq of a later segment row; 0 = not acknowledged
-
-
-@dataclass(frozen=True)
-class ChainReport:
-    intact: bool
-    rows_checked: int
-    first_bad_seq: int
-    detail: str
-    head_hash: bytes
-    breaks: tuple[Break, ...] = ()
-
-    @property
-    def unacknowledged(self) -> Break | None:
-        """The first break no later segment acknowledges (a node refuses to start on it)."""
-        return next((b for b in self.breaks if not b.acknowledged_by), None)
 
 
 def segment_statement(
@@ -199,14 +182,6 @@ def row_hash(
     for part in parts:
         data += struct.pack(">I", len(part)) + part
     return crypto.sha256(bytes(data))
-
-
-class DuplicateNonce(Exception):
-    """An incoming request whose nonce the log already holds for that peer (a replay)."""
-
-
-class MessageLogClosed(RuntimeError):
-    pass
 
 
 class MessageLog:

@@ -9,8 +9,11 @@ kept them: instants of an exchange as timezone-aware ``datetime`` (stored as ISO
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 #: Outbox item states.
 PENDING, PARKED = "pending", "parked"
@@ -23,6 +26,14 @@ class StoreClosedError(RuntimeError):
 class StoreOpenError(Exception):
     """A store cannot be opened: its file cannot be read or created, or its schema
     is not one this code can use. The message says which file and why."""
+
+
+class DuplicateNonce(Exception):
+    """An incoming request whose nonce the log already holds for that peer (a replay)."""
+
+
+class MessageLogClosed(RuntimeError):
+    """The message log was closed: nothing more can be appended."""
 
 
 class StoreVersionError(StoreOpenError):
@@ -216,3 +227,33 @@ class LoggedExchange:
     first_request: bytes | None
     #: The newest responses logged under it (at most ANSWERS_LOOKED_UP), newest first.
     answers: tuple[bytes, ...]
+
+
+#: The public key of (province, key id) valid at an instant, or None: how a
+#: chain check finds the keys that signed the heads.
+HeadKeys = Callable[[str, str, datetime], Ed25519PublicKey | None]
+
+
+@dataclass(frozen=True)
+class Break:
+    """A row where the chain does not hold, and the segment row (if any) by which
+    the node recorded that it continued past it."""
+
+    seq: int
+    detail: str
+    acknowledged_by: int = 0  # seq of a later segment row; 0 = not acknowledged
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    intact: bool
+    rows_checked: int
+    first_bad_seq: int
+    detail: str
+    head_hash: bytes
+    breaks: tuple[Break, ...] = ()
+
+    @property
+    def unacknowledged(self) -> Break | None:
+        """The first break no later segment acknowledges (a node refuses to start on it)."""
+        return next((b for b in self.breaks if not b.acknowledged_by), None)

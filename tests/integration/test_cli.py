@@ -335,3 +335,20 @@ class TestWithoutSimulators:
         result = run("audit", "verify", str(tampered_log(tmp_path)), command=WITHOUT_SIMULATORS)
         assert result.returncode == 1
         assert "BROKEN" in result.stdout
+
+
+class TestOutboxStore:
+    """The operator's outbox commands on a store they cannot use: one line, exit 2."""
+
+    def test_a_store_from_a_newer_release_is_one_line(self, tmp_path: Path) -> None:
+        folder = copy_configs(tmp_path)
+        store = folder / "var"
+        store.mkdir()
+        with sqlite3.connect(store / "state.db") as db:
+            db.execute("PRAGMA user_version = 999")
+        result = run("outbox", "list", "--config", str(folder / "shanghai.toml"))
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("yrd-gateway outbox: ")
+        assert "newer" in line

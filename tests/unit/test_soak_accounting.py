@@ -13,17 +13,16 @@ from pathlib import Path
 import pytest
 
 from gateway.storage.migrations import STATE_MIGRATIONS, open_writer
+from gateway.storage.snapshot import StoreView, read_store
 from gateway.tools.soak import (
     CASE,
     WITHDRAWAL,
     Exchange,
     Faults,
     SoakConfig,
-    StoreView,
     account,
     classify,
     count_payments,
-    read_store,
 )
 from yrd.case.v1 import case_pb2
 from yrd.fund.v1 import fund_pb2
