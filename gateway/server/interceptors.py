@@ -110,6 +110,21 @@ def status_of(exc: GatewayError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
+def _correlation_id_of(metadata: Any) -> str:
+    """The caller's ``x-correlation-id`` when a peer's envelope check would accept
+    it (1..128 printable ASCII), else a fresh one: only such an id travels on."""
+    correlation_id = ""
+    for key, value in metadata:
+        if (
+            key == "x-correlation-id"
+            and isinstance(value, str)
+            and value
+            and _CORRELATION_ID.fullmatch(value)
+        ):
+            correlation_id = value
+    return correlation_id or str(uuid.uuid4())
+
+
 def _peer_name(context: grpc.aio.ServicerContext) -> str:
     """Who called the federation service, by its TLS certificate: ``peer:<province>``
     (the province the federation CA certified), else ``certificate:<8 hex>``, else ``-``.
@@ -237,18 +252,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.monotonic()
             metadata = context.invocation_metadata() or ()
-            correlation_id = ""
-            for key, value in metadata:
-                # Only one that a peer's envelope check accepts travels on; any
-                # other is replaced by a fresh one.
-                if (
-                    key == "x-correlation-id"
-                    and isinstance(value, str)
-                    and value
-                    and _CORRELATION_ID.fullmatch(value)
-                ):
-                    correlation_id = value
-            correlation_id = correlation_id or str(uuid.uuid4())
+            correlation_id = _correlation_id_of(metadata)
             structlog.contextvars.clear_contextvars()
             structlog.contextvars.bind_contextvars(
                 node=self._config.me.code, correlation_id=correlation_id, method=method
@@ -293,28 +297,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
                     trailing_metadata=(("x-correlation-id", correlation_id),),
                 )
             finally:
-                if self._metrics is not None:
-                    self._metrics.observe_rpc(method, code.name, started)
-                # An accepted federation call is logged by its "exchange" line; a
-                # refused one (bad envelope, wrong certificate) only here. A
-                # refusal names the client it claimed to be and why.
-                if code != grpc.StatusCode.OK:
-                    if service == FEDERATION_SERVICE:
-                        client_id = _peer_name(context)
-                    log.info(
-                        "rpc",
-                        client=client_id,
-                        code=code.name,
-                        reason=reason,
-                        duration_ms=round((time.monotonic() - started) * 1000, 2),
-                    )
-                elif service != FEDERATION_SERVICE:
-                    log.info(
-                        "rpc",
-                        client=client_id,
-                        code=code.name,
-                        duration_ms=round((time.monotonic() - started) * 1000, 2),
-                    )
+                self._record(method, service, context, client_id, code, reason, started)
             return None  # pragma: no cover - abort raises
 
         return grpc.unary_unary_rpc_method_handler(
@@ -322,3 +305,26 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+    def _record(
+        self,
+        method: str,
+        service: str,
+        context: grpc.aio.ServicerContext,
+        client_id: str,
+        code: grpc.StatusCode,
+        reason: str,
+        started: float,
+    ) -> None:
+        """The call's metric, and its log line: an accepted federation call is
+        logged by its "exchange" line; a refused one (bad envelope, wrong
+        certificate) only here, naming the client it claimed to be and why."""
+        if self._metrics is not None:
+            self._metrics.observe_rpc(method, code.name, started)
+        took = round((time.monotonic() - started) * 1000, 2)
+        if code != grpc.StatusCode.OK:
+            if service == FEDERATION_SERVICE:
+                client_id = _peer_name(context)
+            log.info("rpc", client=client_id, code=code.name, reason=reason, duration_ms=took)
+        elif service != FEDERATION_SERVICE:
+            log.info("rpc", client=client_id, code=code.name, duration_ms=took)

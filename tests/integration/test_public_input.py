@@ -9,6 +9,7 @@ client it claimed to be and why."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections.abc import Callable
@@ -351,6 +352,12 @@ async def test_refused_federation_calls_name_the_peer_certificate(
     with structlog.testing.capture_logs() as logs:
         async with mtls(federation, SH) as channel:
             code = await send_raw(channel, b"\x00not an envelope")
+        # The node logs a refusal once its status is on the wire: the caller may
+        # hold the status a moment before the line is written.
+        for _ in range(100):
+            if any(line.get("event") == "rpc" for line in logs):
+                break
+            await asyncio.sleep(0.01)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     refused = [line for line in logs if line.get("event") == "rpc" and line["code"] != "OK"]
     assert refused, logs
