@@ -15,7 +15,6 @@ rows under load. The schema is versioned
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import sqlite3
@@ -23,7 +22,6 @@ import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -34,7 +32,7 @@ import aiosqlite
 from gateway.core import crypto
 from gateway.core.clock import Clock, SystemClock
 from gateway.storage.groupcommit import GroupCommit, Outcome
-from gateway.storage.migrations import MESSAGE_LOG_MIGRATIONS, open_writer
+from gateway.storage.migrations import MESSAGE_LOG_MIGRATIONS
 from gateway.storage.records import (
     ANSWERS_LOOKED_UP,
     Break,
@@ -44,8 +42,8 @@ from gateway.storage.records import (
     LogEntry,
     LoggedExchange,
     MessageLogClosed,
-    StoreOpenError,
 )
+from gateway.storage.sqlitefile import SqliteFile
 
 if TYPE_CHECKING:
     from gateway.storage.interfaces import MessageRecorder
@@ -204,16 +202,22 @@ class MessageLog:
         self._head_signed_at = 0.0
         self._signed_seq = 0
         self._clock = clock or SystemClock()
-        self._batch_max = batch_max
-        self._db: aiosqlite.Connection | None = None
-        self._conn: sqlite3.Connection | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._writer: GroupCommit[LogEntry] | None = None
         self._head = GENESIS
         self._next_seq = 1
         #: The head a group's transaction reached, until it is committed.
         self._uncommitted = (GENESIS, 1)
-        self._closed = False
+        self._file: SqliteFile[LogEntry] = SqliteFile(
+            path,
+            MESSAGE_LOG_MIGRATIONS,
+            self._write_group,
+            what="message log",
+            batch_max=batch_max,
+            on_writable=self._writable_changed,
+            prepare=self._read_head,
+            committed=self._group_committed,
+            after_group=self._after_group,
+            before_close=self._sign_head,  # the final head
+        )
         #: Told False when a write fails because the file cannot be written, True
         #: when a write succeeds again (the node's health follows it).
         self.on_writable: Callable[[bool], None] | None = None
@@ -225,40 +229,20 @@ class MessageLog:
     async def open(self) -> MessageLog:
         """Open (creating and migrating the file if needed). Raises StoreOpenError
         (or OSError for the folder)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="message-log")
-        loop = asyncio.get_running_loop()
-        self._conn = await loop.run_in_executor(
-            self._executor,
-            lambda: open_writer(self.path, MESSAGE_LOG_MIGRATIONS, what="message log"),
-        )
-        self._head, self._next_seq = await loop.run_in_executor(self._executor, self._read_head)
-        # Reads (count, rows, verify) on a connection of their own: they see
-        # only committed rows and never wait behind the writer's thread.
-        try:
-            self._db = await aiosqlite.connect(self.path, timeout=30)
-        except sqlite3.Error as exc:
-            raise StoreOpenError(str(exc)) from exc
-        self._writer = GroupCommit(
-            f"message-log:{self.path.name}",
-            self._conn,
-            self._executor,
-            self._write_group,
-            batch_max=self._batch_max,
-            committed=self._group_committed,
-            after_group=self._after_group,
-            on_writable=self._writable_changed,
-        )
-        self._writer.start()
+        await self._file.open()
         return self
 
-    def _read_head(self) -> tuple[bytes, int]:
-        """In the writer thread: the last signed head's row, and the chain's head."""
-        conn = self._conn
-        assert conn is not None
+    @property
+    def _db(self) -> aiosqlite.Connection | None:
+        """The reader connection (count, rows, verify): it sees only committed
+        rows and never waits behind the writer's thread."""
+        return self._file.reader
+
+    def _read_head(self, conn: sqlite3.Connection) -> None:
+        """In the writer thread, at open: the last signed head's row, and the chain's head."""
         signed = conn.execute("SELECT MAX(head_seq) FROM chain_heads").fetchone()
         self._signed_seq = int(signed[0]) if signed and signed[0] is not None else 0
-        return self._last_row(conn)
+        self._head, self._next_seq = self._last_row(conn)
 
     @staticmethod
     def _last_row(conn: sqlite3.Connection) -> tuple[bytes, int]:
@@ -269,9 +253,7 @@ class MessageLog:
 
     async def probe(self) -> bool:
         """Try a real (tiny) write outside the chain: True if the log can write again."""
-        if self._writer is None or self._closed:
-            return False
-        return await self._writer.probe()
+        return await self._file.probe()
 
     def _writable_changed(self, writable: bool) -> None:
         if self.on_writable is not None:
@@ -340,18 +322,19 @@ class MessageLog:
         self._live_writer().enqueue(entry)
 
     def _live_writer(self) -> GroupCommit[LogEntry]:
-        if self._closed or self._writer is None:
+        writer = self._file.writer
+        if writer is None:
             raise MessageLogClosed("message log is closed")
-        return self._writer
+        return writer
 
     @property
     def commits(self) -> int:
         """Commits of the grouped writer (rows per commit = rows_written / commits)."""
-        return self._writer.commits if self._writer else 0
+        return self._file.commits
 
     @property
     def rows_written(self) -> int:
-        return self._writer.items if self._writer else 0
+        return self._file.items
 
     async def _after_group(self) -> None:
         if time.monotonic() - self._head_signed_at >= self._head_interval:
@@ -359,7 +342,7 @@ class MessageLog:
 
     async def _sign_head(self) -> None:
         """Sign and store the committed chain head (if it moved since the last one)."""
-        if self._head_signer is None or self._conn is None or self._break_found:
+        if self._head_signer is None or self._file.conn is None or self._break_found:
             return
         head_seq, head = self._next_seq - 1, self._head
         if head_seq <= self._signed_seq:
@@ -368,9 +351,8 @@ class MessageLog:
         key_id, signature = self._head_signer(
             head_statement(self.province, head_seq, head, signed_at)
         )
-        conn = self._conn
 
-        def insert() -> None:
+        def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO chain_heads (province, head_seq, head_hash, signed_at, key_id,"
                 " signature) VALUES (?,?,?,?,?,?)",
@@ -378,7 +360,7 @@ class MessageLog:
             )
 
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, insert)
+            await self._file.run(insert)
         except Exception:  # a missed head is caught up by the next one
             return
         self._signed_seq = head_seq
@@ -475,22 +457,8 @@ class MessageLog:
         return LoggedExchange(first, tuple(bytes(row[0]) for row in answers))
 
     async def close(self) -> None:
-        """Flush every queued row, then close. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._writer is not None:
-            await self._writer.close()
-            await self._sign_head()  # the final head
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        """Flush every queued row, sign the final head, then close. Idempotent."""
+        await self._file.close()
 
     async def count(self) -> int:
         assert self._db is not None

@@ -17,22 +17,18 @@ is versioned (:data:`gateway.storage.migrations.STATE_MIGRATIONS`).
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Callable, Collection
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import aiosqlite
-
-from gateway.storage.groupcommit import GroupCommit, WriteOp, each_in_savepoint
+from gateway.storage.groupcommit import WriteOp, each_in_savepoint
 from gateway.storage.interfaces import StateTransaction
 
 if TYPE_CHECKING:
     from gateway.storage.interfaces import NodeState
-from gateway.storage.migrations import STATE_MIGRATIONS, open_writer
+from gateway.storage.migrations import STATE_MIGRATIONS
 from gateway.storage.records import (
     PARKED,
     PENDING,
@@ -47,8 +43,8 @@ from gateway.storage.records import (
     ReconciliationCase,
     StoreClosedError,
     StoredKey,
-    StoreOpenError,
 )
+from gateway.storage.sqlitefile import SqliteFile
 
 # The values a caller of the state store handles, importable from here as well.
 __all__ = [
@@ -83,35 +79,20 @@ class StateStore:
         #: Told False when a write fails because the file cannot be written, True
         #: when a write succeeds again (the node's health follows it).
         self.on_writable = on_writable
-        self._batch_max = batch_max
-        self._conn: sqlite3.Connection | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._reader_db: aiosqlite.Connection | None = None
-        self._writer: GroupCommit[WriteOp] | None = None
-        self._closed = False
+        self._file: SqliteFile[WriteOp] = SqliteFile(
+            path,
+            STATE_MIGRATIONS,
+            each_in_savepoint,
+            what="state store",
+            batch_max=batch_max,
+            on_writable=self._writable_changed,
+            reader_autocommit=True,
+        )
 
     async def open(self) -> StateStore:
         """Open (creating and migrating the file if needed). Raises StoreOpenError
         (or OSError for the folder)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-store")
-        self._conn = await asyncio.get_running_loop().run_in_executor(
-            self._executor,
-            lambda: open_writer(self.path, STATE_MIGRATIONS, what="state store"),
-        )
-        try:
-            self._reader_db = await aiosqlite.connect(self.path, timeout=30, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreOpenError(str(exc)) from exc
-        self._writer = GroupCommit(
-            f"state-store:{self.path.name}",
-            self._conn,
-            self._executor,
-            each_in_savepoint,
-            batch_max=self._batch_max,
-            on_writable=self._writable_changed,
-        )
-        self._writer.start()
+        await self._file.open()
         return self
 
     def _writable_changed(self, writable: bool) -> None:
@@ -128,9 +109,10 @@ class StateStore:
         """Run ``op`` (in the writer thread, in its own savepoint); return its
         result once the group it was part of is committed. SQLite's own access,
         for this module (and tests); services use :meth:`unit_of_work`."""
-        if self._closed or self._writer is None:
+        writer = self._file.writer
+        if writer is None:
             raise StoreClosedError("state store is closed")
-        result: T = await self._writer.submit(op)
+        result: T = await writer.submit(op)
         return result
 
     async def unit_of_work(self, work: Callable[[StateTransaction], T]) -> T:
@@ -140,44 +122,30 @@ class StateStore:
 
     async def probe(self) -> bool:
         """Try a real (tiny) write: True if the store can write again."""
-        if self._closed or self._writer is None:
-            return False
-        return await self._writer.probe()
+        return await self._file.probe()
 
     @property
     def commits(self) -> int:
-        return self._writer.commits if self._writer else 0
+        return self._file.commits
 
     @property
     def writes(self) -> int:
-        return self._writer.items if self._writer else 0
+        return self._file.items
 
     async def close(self) -> None:
         """Finish queued writes, then close. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._writer is not None:
-            await self._writer.close()
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-        if self._reader_db is not None:
-            await self._reader_db.close()
-            self._reader_db = None
+        await self._file.close()
 
     async def fetchall(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Run a query on the reader connection (SQLite's own access, for this
         module and tests)."""
-        if self._reader_db is None:
+        reader = self._file.reader
+        if reader is None:
             raise StoreClosedError("state store is not open")
         # One call on the connection's thread that runs the statement to its end:
         # interleaved, half-read cursors would hold the read snapshot open and
         # later reads would miss writes committed since (stale reads).
-        rows = await self._reader_db.execute_fetchall(sql, args)
+        rows = await reader.execute_fetchall(sql, args)
         return [tuple(row) for row in rows]
 
     async def fetchone(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:

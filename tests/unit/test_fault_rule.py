@@ -85,7 +85,7 @@ class TestEndsExchange:
 
 def read_only(store: StateStore | MessageLog, on: bool) -> None:
     """Make the store's writer connection refuse writes (as a read-only file would)."""
-    conn = cast(sqlite3.Connection, store._conn)
+    conn = cast(sqlite3.Connection, store._file.conn)
     conn.execute(f"PRAGMA query_only = {int(on)}")
 
 

@@ -124,6 +124,24 @@ class TestCheckAtStart:
             assert len(await plain.heads()) == heads_before
 
 
+class TestHeadAtClose:
+    async def test_close_signs_the_head_after_its_last_group(self, path: Path) -> None:
+        """Heads are signed at most every head_interval after a group, and once more
+        at close over the last group's rows: the tail is always vouched for."""
+        log = MessageLog(
+            path, clock=FrozenClock(NOW), province=SH, head_signer=sign, head_interval=3600.0
+        )
+        async with log:
+            for n in range(3):
+                await log.append(entry(n))
+            log.enqueue(entry(3))  # queued, not awaited: close still writes it first
+        async with MessageLog(path) as plain:
+            heads = await plain.heads()
+            assert heads[-1].head_seq == 4
+            assert len(heads) <= 2  # after the first group (at most), then at close
+            assert (await plain.verify(keys)).intact
+
+
 class TestContinuePastBreak:
     async def test_the_segment_acknowledges_the_break_and_verifies(self, path: Path) -> None:
         await write(path, 6)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
+from gateway.storage.messagelog import MessageLog
+from gateway.storage.records import StoreOpenError
 from gateway.storage.state import StateStore, StoreClosedError
 
 
@@ -67,3 +70,24 @@ class TestStateStore:
             await insert(store, "late")
         async with StateStore(tmp_path / "state.db") as again:
             assert await again.fetchone("SELECT COUNT(*) FROM check_ins") == (1,)
+
+
+def store_threads() -> list[str]:
+    return [
+        t.name for t in threading.enumerate() if t.name.startswith(("state-store", "message-log"))
+    ]
+
+
+@pytest.mark.parametrize("kind", [StateStore, MessageLog])
+async def test_a_failed_open_leaves_nothing_open(
+    tmp_path: Path, kind: type[StateStore | MessageLog]
+) -> None:
+    """A file that cannot be opened (here: a folder in its place) is StoreOpenError,
+    and the writer thread started for it is gone again."""
+    (tmp_path / "store.db").mkdir()
+    before = store_threads()
+    store = kind(tmp_path / "store.db")
+    with pytest.raises(StoreOpenError):
+        await store.open()
+    assert store_threads() == before
+    await store.close()  # still safe

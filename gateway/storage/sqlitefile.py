@@ -1,0 +1,167 @@
+"""One store's SQLite file, from open to close: the lifecycle the message log
+and the state store share (each keeps only what is its own: its tables, how it
+writes a group, what it does after one).
+
+An open file has a writer connection (:func:`gateway.storage.migrations.open_writer`:
+WAL, ``synchronous=FULL``, its schema migrated) used only in a thread of its
+own, a :class:`~gateway.storage.groupcommit.GroupCommit` writing through it,
+and a reader connection (aiosqlite) that sees only committed data and never
+waits behind the writer's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import aiosqlite
+
+from gateway.storage.groupcommit import GroupCommit, Outcome
+from gateway.storage.migrations import Migration, open_writer
+from gateway.storage.records import StoreClosedError, StoreOpenError
+
+I = TypeVar("I")  # noqa: E741 - the item type of the group writer
+T = TypeVar("T")
+
+
+class SqliteFile(Generic[I]):
+    """A store's SQLite file: :meth:`open` it, write through :attr:`writer`,
+    read through :attr:`reader`, :meth:`close` it (idempotent)."""
+
+    def __init__(
+        self,
+        path: Path,
+        migrations: tuple[Migration, ...],
+        write: Callable[[sqlite3.Connection, list[I]], list[Outcome]],
+        *,
+        what: str,
+        batch_max: int,
+        on_writable: Callable[[bool], None],
+        reader_autocommit: bool = False,
+        prepare: Callable[[sqlite3.Connection], None] | None = None,
+        committed: Callable[[], None] | None = None,
+        after_group: Callable[[], Awaitable[None]] | None = None,
+        before_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """``what`` names the store in errors ("state store"); ``write``,
+        ``committed`` and ``after_group`` are the group writer's (see
+        :class:`GroupCommit`). ``prepare`` runs in the writer thread once the
+        file is migrated (a failure there fails :meth:`open`); ``before_close``
+        on the event loop after the last group is written, before the writer
+        connection closes. ``reader_autocommit`` opens the reader connection
+        with ``isolation_level=None``."""
+        self.path = path
+        self.what = what
+        self._migrations = migrations
+        self._write = write
+        self._batch_max = batch_max
+        self._on_writable = on_writable
+        self._reader_options: dict[str, Any] = (
+            {"isolation_level": None} if reader_autocommit else {}
+        )
+        self._prepare = prepare
+        self._committed = committed
+        self._after_group = after_group
+        self._before_close = before_close
+        #: The writer connection and its one thread (None unless open).
+        self.conn: sqlite3.Connection | None = None
+        self.executor: ThreadPoolExecutor | None = None
+        #: The reader connection (None unless open).
+        self.reader: aiosqlite.Connection | None = None
+        self._writer: GroupCommit[I] | None = None
+        self.closed = False
+
+    async def open(self) -> None:
+        """Open (creating and migrating the file if needed). Raises StoreOpenError
+        (or OSError for the folder); nothing stays open after a failure."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        name = self.what.replace(" ", "-")
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        try:
+            self.conn = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._connect
+            )
+            try:
+                self.reader = await aiosqlite.connect(self.path, timeout=30, **self._reader_options)
+            except sqlite3.Error as exc:
+                raise StoreOpenError(str(exc)) from exc
+        except BaseException:
+            await self._release()
+            raise
+        self._writer = GroupCommit(
+            f"{name}:{self.path.name}",
+            self.conn,
+            self.executor,
+            self._write,
+            batch_max=self._batch_max,
+            committed=self._committed,
+            after_group=self._after_group,
+            on_writable=self._on_writable,
+        )
+        self._writer.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        """In the writer thread: the writer connection, migrated and prepared."""
+        conn = open_writer(self.path, self._migrations, what=self.what)
+        if self._prepare is not None:
+            try:
+                self._prepare(conn)
+            except BaseException:
+                conn.close()
+                raise
+        return conn
+
+    @property
+    def writer(self) -> GroupCommit[I] | None:
+        """The group writer; None unless open (and not closed)."""
+        return None if self.closed else self._writer
+
+    async def run(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``op`` on the writer connection in its thread, outside any group
+        (``op`` manages its own transaction, if any)."""
+        conn = self.conn
+        if conn is None:
+            raise StoreClosedError(f"{self.what} is not open")
+        return await asyncio.get_running_loop().run_in_executor(self.executor, op, conn)
+
+    async def probe(self) -> bool:
+        """Try a real (tiny) write: True if the file can write again."""
+        writer = self.writer
+        return False if writer is None else await writer.probe()
+
+    @property
+    def commits(self) -> int:
+        """Commits of the group writer."""
+        return self._writer.commits if self._writer else 0
+
+    @property
+    def items(self) -> int:
+        """Items the group writer wrote."""
+        return self._writer.items if self._writer else 0
+
+    async def close(self) -> None:
+        """Write every queued item, run ``before_close``, then close. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._writer is not None:
+            await self._writer.close()
+            if self._before_close is not None:
+                await self._before_close()
+        await self._release()
+
+    async def _release(self) -> None:
+        """Close the connections and the writer thread (those that are open)."""
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            await asyncio.get_running_loop().run_in_executor(self.executor, conn.close)
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+            self.executor = None
+        if self.reader is not None:
+            reader, self.reader = self.reader, None
+            await reader.close()
