@@ -30,7 +30,7 @@ What is rewritten (nothing else; the result is re-read and compared):
 
 A loopback address left anywhere after that is an error (a container cannot
 reach it), as is a file that does not parse or, with the gateway installed,
-a federation that ``gateway.config.models.load_federation`` refuses.
+a federation that ``gateway.config.loading.load_federation`` refuses.
 
 Host templates and ``--store`` take ``{code}`` (province code, e.g. 310000)
 and ``{name}`` (the file's name without ``.toml``, e.g. shanghai). Only the standard library
@@ -217,7 +217,7 @@ def make(
 def check(own_files: dict[str, Path]) -> list[str]:
     """Load each node's federation as ``yrd-gateway serve`` would; return problems."""
     try:
-        from gateway.config.models import load_federation
+        from gateway.config.loading import load_federation
         from gateway.core.errors import ConfigError
     except ImportError:
         return []

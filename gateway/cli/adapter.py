@@ -56,7 +56,7 @@ def adapter_test(
     """``yrd-gateway adapter test``: 0 when every check of every config passed, 1 when
     one failed, 2 when a config cannot be read or validated (its problems printed)."""
     from adapters import conformance
-    from gateway.config.models import parse_province_file
+    from gateway.config.loading import parse_province_file
     from gateway.core.errors import ConfigError
 
     if vectors is not None and len(configs) > 1:

@@ -70,7 +70,7 @@ def audit_verify(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     keys: HeadKeys | None = None
     if args.config:
-        from gateway.config.models import load_federation
+        from gateway.config.loading import load_federation
         from gateway.trust.truststore import TrustStore
 
         keys = TrustStore(load_federation(Path(args.config))).head_key
@@ -85,7 +85,7 @@ def audit_verify(args: argparse.Namespace) -> int:
 def audit_export(args: argparse.Namespace) -> int:
     import asyncio
 
-    from gateway.config.models import load_federation
+    from gateway.config.loading import load_federation
     from gateway.storage import evidence as audit
 
     federation = load_federation(Path(args.config))

@@ -19,7 +19,7 @@ def register(commands: Subparsers) -> None:
 
 
 def config_check(args: argparse.Namespace) -> int:
-    from gateway.config.models import check_files
+    from gateway.config.loading import check_files
 
     problems = check_files([Path(f) for f in args.files])
     for problem in problems:

@@ -113,7 +113,7 @@ def _operator_name(given: str) -> str | None:
 def _node_stores(config_file: str) -> tuple[ProvinceConfig, Path] | None:
     """(the node's own config, its store folder) for an operator's command; None
     (and a message) when the config or its state store cannot be used."""
-    from gateway.config.models import parse_province_file
+    from gateway.config.loading import parse_province_file
     from gateway.core.errors import ConfigError
 
     try:

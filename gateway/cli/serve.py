@@ -77,7 +77,7 @@ def _refused(message: str) -> int:
 
 def _load(config_file: str) -> FederationConfig | None:
     """The federation of ``--config``; None (and every problem on stderr) when refused."""
-    from gateway.config.models import load_federation
+    from gateway.config.loading import load_federation
     from gateway.core.errors import ConfigError
 
     try:

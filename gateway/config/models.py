@@ -1,4 +1,4 @@
-"""Province configs: parse TOML, validate into frozen models, fail with one ConfigError.
+"""Province configs as frozen models (read by :mod:`gateway.config.loading`).
 
 Every node reads every ``*.toml`` in its config folder: its own file for its
 private settings (signing key, clients, back-ends), the others for their public
@@ -11,17 +11,15 @@ name the file, the key path, the value and what was expected.
 from __future__ import annotations
 
 import re
-import tomllib
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -29,7 +27,6 @@ from pydantic import (
 
 from adapters.plugins import PluginRegistry, plugin_problems
 from adapters.spec import AdapterConfig, problems_error
-from gateway.core.errors import ConfigError, format_problem
 from yrd.common.v1 import common_pb2
 from yrd.identity.v1 import identity_pb2
 
@@ -370,161 +367,3 @@ class FederationConfig(_Model):
                 f"{field_name}: province {province} does not accept {service} from {self.own}"
             )
         return peer
-
-
-def _problems(path: Path, exc: ValidationError) -> list[str]:
-    lines = []
-    for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        expected = error["msg"]
-        expected = expected.removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            expected = "no such key (unknown keys are refused)"
-        elif error["type"] == "missing":
-            expected = "this required key"
-            lines.append(f"{path}: {key}: missing, expected {expected}")
-            continue
-        lines.append(format_problem(path, key, error.get("input"), expected))
-    return lines
-
-
-def parse_province_file(path: Path) -> ProvinceConfig:
-    """Read and validate one province file; raise ConfigError naming every problem."""
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot be read: {exc.strerror}"]) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
-    return validate_province(raw, path)
-
-
-def validate_province(raw: Mapping[str, Any], path: Path) -> ProvinceConfig:
-    data = dict(raw)
-    data["source"] = path
-    try:
-        config = ProvinceConfig.model_validate(data, context={"base_dir": path.parent})
-    except ValidationError as exc:
-        raise ConfigError(_problems(path, exc)) from exc
-    problems = _check_files(config)
-    if problems:
-        raise ConfigError(problems)
-    return config
-
-
-def _check_files(config: ProvinceConfig) -> list[str]:
-    from gateway.core.crypto import load_public_key
-
-    problems = []
-    keys = [(f"signing.public_keys.{i}", k) for i, k in enumerate(config.signing.public_keys)] + [
-        (f"eid.issuer_keys.{i}", k) for i, k in enumerate(config.eid.issuer_keys)
-    ]
-    if config.certificate is not None:
-        keys += [
-            (f"certificate.seal_keys.{i}", k) for i, k in enumerate(config.certificate.seal_keys)
-        ]
-    for where, key in keys:
-        try:
-            load_public_key(key.public_key.read_bytes())
-        except OSError:
-            problems.append(
-                format_problem(
-                    config.source, f"{where}.public_key", str(key.public_key), "a readable PEM file"
-                )
-            )
-        except ValueError as exc:
-            problems.append(
-                format_problem(config.source, f"{where}.public_key", str(key.public_key), str(exc))
-            )
-    return problems
-
-
-def load_federation(own_file: Path, *, directory: Path | None = None) -> FederationConfig:
-    """Load ``own_file`` and every other ``*.toml`` beside it (or in ``directory``)."""
-    own_file = own_file.resolve()
-    folder = directory or own_file.parent
-    files = sorted({own_file, *(p.resolve() for p in folder.glob("*.toml"))})
-    problems: list[str] = []
-    provinces: dict[str, ProvinceConfig] = {}
-    own_code = ""
-    for path in files:
-        try:
-            config = parse_province_file(path)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-            continue
-        if config.code in provinces:
-            problems.append(
-                format_problem(
-                    path,
-                    "province.code",
-                    config.code,
-                    f"a code not already used by {provinces[config.code].source}",
-                )
-            )
-            continue
-        provinces[config.code] = config
-        if path == own_file:
-            own_code = config.code
-    if not problems and own_code:
-        me = provinces[own_code]
-        if me.tls is not None:
-            for key in ("certificate", "private_key", "ca"):
-                path = getattr(me.tls, key)
-                if not path.exists():
-                    problems.append(
-                        format_problem(own_file, f"tls.{key}", str(path), "an existing PEM file")
-                    )
-            if me.node.federation_endpoint is None:
-                problems.append(
-                    format_problem(
-                        own_file,
-                        "node.federation_endpoint",
-                        None,
-                        "host:port of the mutual-TLS endpoint (with [tls])",
-                    )
-                )
-        if me.signing.private_key is None:
-            problems.append(
-                format_problem(
-                    own_file,
-                    "signing.private_key",
-                    None,
-                    "the path of this node's signing key (PKCS#8 PEM)",
-                )
-            )
-        elif not me.signing.private_key.exists():
-            problems.append(
-                format_problem(
-                    own_file,
-                    "signing.private_key",
-                    str(me.signing.private_key),
-                    "an existing PEM file",
-                )
-            )
-    if problems:
-        raise ConfigError(problems)
-    return FederationConfig(provinces=provinces, own=own_code)
-
-
-def check_files(files: list[Path]) -> list[str]:
-    """Validate each file on its own (``yrd-gateway config check``); return problems."""
-    problems: list[str] = []
-    seen: dict[str, Path] = {}
-    for path in files:
-        try:
-            config = parse_province_file(path)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-            continue
-        if config.code in seen:
-            problems.append(
-                format_problem(
-                    path,
-                    "province.code",
-                    config.code,
-                    f"a code not already used by {seen[config.code]}",
-                )
-            )
-        seen[config.code] = path
-    return problems

@@ -34,7 +34,8 @@ from adapters import (
 )
 from adapters.base import CaseSystem, CertificateLibrary, FundCentre, IdentityAuthority
 from gateway.config.holder import ConfigHolder
-from gateway.config.models import FederationConfig, ProvinceConfig, load_federation
+from gateway.config.loading import load_federation
+from gateway.config.models import FederationConfig, ProvinceConfig
 from gateway.core.clock import Clock, SystemClock
 from gateway.core.errors import ConfigError, FailedPrecondition
 from gateway.core.metrics import BREAKER_VALUES, MetricsServer, NodeMetrics

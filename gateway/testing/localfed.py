@@ -17,13 +17,8 @@ from typing import Any
 
 import grpc
 
-from gateway.config.models import (
-    CaseSection,
-    FederationConfig,
-    FundSection,
-    ProvinceConfig,
-    parse_province_file,
-)
+from gateway.config.loading import parse_province_file
+from gateway.config.models import CaseSection, FederationConfig, FundSection, ProvinceConfig
 from gateway.core.clock import Clock, SystemClock
 from gateway.federation.client import CHANNEL_OPTIONS
 from gateway.server.node import Node

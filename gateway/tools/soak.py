@@ -884,7 +884,7 @@ def run_soak(
 def verify_logs(federation: ProcessFederation) -> dict[str, tuple[bool, str]]:
     """Each stopped node's message log, verified as ``yrd-gateway audit verify`` does
     (hash chain and signed heads)."""
-    from gateway.config.models import load_federation
+    from gateway.config.loading import load_federation
     from gateway.storage.messagelog import verify_file
     from gateway.trust.truststore import TrustStore
 

@@ -132,7 +132,7 @@ class Region:
 
 
 def _region_from_config(path: Path) -> Region:
-    from gateway.config.models import parse_province_file  # the gateway's own validation
+    from gateway.config.loading import parse_province_file  # the gateway's own validation
     from gateway.core.errors import ConfigError
 
     try:

@@ -34,7 +34,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from stdnum import luhn
 
-from gateway.config.models import parse_province_file
+from gateway.config.loading import parse_province_file
 from gateway.testing.localfed import free_port
 from tests.paths import CONFIG_DIR
 from yrd.common.v1 import common_pb2

@@ -32,7 +32,8 @@ from google.protobuf.message import Message
 from stdnum.cn import ric
 from structlog.testing import capture_logs
 
-from gateway.config.models import FEDERATION_SERVICES, parse_province_file
+from gateway.config.loading import parse_province_file
+from gateway.config.models import FEDERATION_SERVICES
 from gateway.core import crypto
 from gateway.core.clock import SystemClock
 from gateway.core.logs import mask_personal_data

@@ -9,7 +9,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.config.holder import ConfigHolder
-from gateway.config.models import FederationConfig, load_federation
+from gateway.config.loading import load_federation
+from gateway.config.models import FederationConfig
 from gateway.core.clock import FrozenClock
 from gateway.core.crypto import load_private_key
 from gateway.trust.envelope import EnvelopeSigner, EnvelopeVerifier

@@ -18,15 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config.models import (
-    FEDERATION_SERVICES,
-    FederationConfig,
-    ProvinceConfig,
+from gateway.config.loading import (
     check_files,
     load_federation,
     parse_province_file,
     validate_province,
 )
+from gateway.config.models import FEDERATION_SERVICES, FederationConfig, ProvinceConfig
 from gateway.core.errors import ConfigError, GatewayError
 from tests.unit.conftest import CONFIG_DIR, JS, PROVINCE_CODES, SH, ZJ
 
