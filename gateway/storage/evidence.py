@@ -29,7 +29,7 @@ from google.protobuf.message import DecodeError
 from gateway.config.models import FederationConfig
 from gateway.core import crypto
 from gateway.core.crypto import load_public_key
-from gateway.storage.messagelog import GENESIS, LogEntry, MessageLog, head_statement, row_hash
+from gateway.storage.messagelog import GENESIS, LogEntry, head_statement, reading, row_hash
 from yrd.federation.v1 import federation_pb2
 
 FORMAT = "yrd-evidence/v1"
@@ -48,7 +48,7 @@ class EvidenceError(Exception):
 
 
 async def export(db: Path, message_id: str, federation: FederationConfig) -> dict[str, Any]:
-    async with MessageLog(db) as log:
+    async with reading(db) as log:
         own_rows = [row async for row in log.rows(message_id=message_id)]
         if not own_rows:
             raise EvidenceError(f"message {message_id}: not in {db}")

@@ -16,6 +16,7 @@ rows under load. The schema is versioned
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import sqlite3
 import struct
@@ -230,6 +231,13 @@ class MessageLog:
         """Open (creating and migrating the file if needed). Raises StoreOpenError
         (or OSError for the folder)."""
         await self._file.open()
+        return self
+
+    async def open_for_reading(self) -> MessageLog:
+        """Open to read and verify only (``audit verify``, ``audit export``): the
+        file may be a read-only copy; nothing is migrated or written, and
+        appending raises MessageLogClosed. Close it as usual."""
+        await self._file.open_for_reading()
         return self
 
     @property
@@ -738,9 +746,21 @@ async def verify_chain(rows: AsyncIterator[LoggedRow]) -> ChainReport:
 
 
 async def verify_file(path: Path, keys: HeadKeys | None = None) -> ChainReport:
-    """Verify a log file without a running node (``yrd-gateway audit verify``)."""
-    async with MessageLog(path) as log:
+    """Verify a log file without a running node (``yrd-gateway audit verify``),
+    reading only: a read-only copy will do, and the file is left as it was."""
+    async with reading(path) as log:
         return await log.verify(keys)
+
+
+@contextlib.asynccontextmanager
+async def reading(path: Path) -> AsyncIterator[MessageLog]:
+    """A message log file opened to read and verify only (see
+    :meth:`MessageLog.open_for_reading`), closed on leaving."""
+    log = await MessageLog(path).open_for_reading()
+    try:
+        yield log
+    finally:
+        await log.close()
 
 
 def _text(value: object) -> str:

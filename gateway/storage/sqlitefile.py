@@ -12,7 +12,9 @@ waits behind the writer's thread.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,8 +23,8 @@ from typing import Any, Generic, TypeVar
 import aiosqlite
 
 from gateway.storage.groupcommit import GroupCommit, Outcome
-from gateway.storage.migrations import Migration, open_writer
-from gateway.storage.records import StoreClosedError, StoreOpenError
+from gateway.storage.migrations import Migration, latest, migrate, open_writer
+from gateway.storage.records import StoreClosedError, StoreOpenError, StoreVersionError
 
 I = TypeVar("I")  # noqa: E741 - the item type of the group writer
 T = TypeVar("T")
@@ -73,6 +75,8 @@ class SqliteFile(Generic[I]):
         #: The reader connection (None unless open).
         self.reader: aiosqlite.Connection | None = None
         self._writer: GroupCommit[I] | None = None
+        #: The folder of a private migrated copy being read (open_for_reading).
+        self._scratch: Path | None = None
         self.closed = False
 
     async def open(self) -> None:
@@ -103,6 +107,69 @@ class SqliteFile(Generic[I]):
             on_writable=self._on_writable,
         )
         self._writer.start()
+
+    async def open_for_reading(self) -> None:
+        """Open the reader only, on a file that may be read-only (a copy on a
+        ``:ro`` volume, evidence on another machine): nothing is created,
+        migrated or written, and there is no writer. A file written by a newer
+        release is refused (StoreVersionError); a missing one is StoreOpenError.
+        A file of an older schema is read through a private migrated copy (in a
+        temporary folder removed at close), never changed in place."""
+        if not self.path.is_file():
+            raise StoreOpenError(f"no such file: {self.path}")
+        uri = self.path.resolve().as_uri()
+        try:
+            try:
+                self.reader, found = await self._read_only(f"{uri}?mode=ro")
+            except sqlite3.OperationalError:
+                # A WAL file whose folder cannot take its -shm (a read-only
+                # mount, the node stopped cleanly): read it as the immutable file it is.
+                uri = f"{uri}?mode=ro&immutable=1"
+                self.reader, found = await self._read_only(uri)
+            if found < latest(self._migrations):
+                await self.reader.close()
+                self.reader = None
+                copy = await asyncio.to_thread(self._migrated_copy, uri)
+                self.reader, _ = await self._read_only(f"{copy.as_uri()}?mode=ro")
+        except sqlite3.Error as exc:
+            await self._release()
+            raise StoreOpenError(str(exc)) from exc
+        except BaseException:
+            await self._release()
+            raise
+
+    async def _read_only(self, uri: str) -> tuple[aiosqlite.Connection, int]:
+        """A read-only reader of ``uri`` and the file's schema version."""
+        reader = await aiosqlite.connect(uri, uri=True, timeout=30, **self._reader_options)
+        try:
+            async with reader.execute("PRAGMA user_version") as cursor:
+                row = await cursor.fetchone()
+            found, newest = (int(row[0]) if row else 0), latest(self._migrations)
+            if found > newest:
+                raise StoreVersionError(
+                    f"schema version {found}, newer than this gateway knows (up to {newest}):"
+                    f" the {self.what} was written by a newer release; read it with that release"
+                )
+        except BaseException:
+            await reader.close()
+            raise
+        return reader, found
+
+    def _migrated_copy(self, uri: str) -> Path:
+        """A private copy of the file at ``uri``, migrated to this code's schema."""
+        self._scratch = Path(tempfile.mkdtemp(prefix="yrd-read-"))
+        copy = self._scratch / self.path.name
+        source = sqlite3.connect(uri, uri=True)
+        try:
+            target = sqlite3.connect(copy, isolation_level=None)
+            try:
+                source.backup(target)
+                migrate(target, self._migrations, what=self.what)
+            finally:
+                target.close()
+        finally:
+            source.close()
+        return copy
 
     def _connect(self) -> sqlite3.Connection:
         """In the writer thread: the writer connection, migrated and prepared."""
@@ -165,3 +232,6 @@ class SqliteFile(Generic[I]):
         if self.reader is not None:
             reader, self.reader = self.reader, None
             await reader.close()
+        if self._scratch is not None:
+            scratch, self._scratch = self._scratch, None
+            shutil.rmtree(scratch, ignore_errors=True)

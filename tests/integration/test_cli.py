@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import re
@@ -19,6 +20,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.cli import audit
 from gateway.cli.main import build_parser
+from gateway.storage.messagelog import MessageLog
+from gateway.storage.records import LogEntry
 from gateway.testing.localfed import CONFIG_DIR_SETTING, free_port
 from gateway.tools.demo import _payee_account as demo_payee_account
 from tests.paths import CONFIG_DIR
@@ -213,6 +216,25 @@ class TestAuditVerify:
         result = run("audit", "verify", str(tmp_path / "nope.db"))
         assert result.returncode == 2
 
+    def test_a_copy_on_a_read_only_folder(self, tmp_path: Path) -> None:
+        # The operator's case: a store copied onto a read-only mount (docker's
+        # `:ro`). The folder is made read-only for the command itself: a bind
+        # mount remounted read-only in a mount namespace of its own (root is not
+        # stopped by a folder's mode), or the folder's mode for another user.
+        folder = tmp_path / "copy"
+        folder.mkdir()
+        database = folder / "messages.db"
+        asyncio.run(_write_log(database, rows=3))
+        before = database.read_bytes()
+        command = _read_only_for_the_command(folder)
+        result = run("audit", "verify", str(database), command=[*command, *CLI])
+        folder.chmod(0o755)
+        assert result.returncode == 0, result.stderr
+        assert "intact" in result.stdout
+        assert "3 rows" in result.stdout
+        assert database.read_bytes() == before
+        assert sorted(p.name for p in folder.iterdir()) == ["messages.db"]
+
     def test_log_verify_is_the_same_command(self, tmp_path: Path) -> None:
         parser = build_parser()
         for command in (["audit", "verify"], ["log", "verify"]):
@@ -352,3 +374,37 @@ class TestOutboxStore:
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith("yrd-gateway outbox: ")
         assert "newer" in line
+
+
+async def _write_log(database: Path, *, rows: int) -> None:
+    """A message log of ``rows`` rows, closed (as a node leaves it when it stops)."""
+    async with MessageLog(database) as log:
+        for n in range(rows):
+            await log.append(
+                LogEntry(
+                    direction="in",
+                    kind="request",
+                    message_id=f"m-{n}",
+                    correlation_id=f"c-{n}",
+                    peer="320000",
+                    service="identity.CheckCredential",
+                    envelope=bytes([n]) * 8,
+                )
+            )
+
+
+def _read_only_for_the_command(folder: Path) -> list[str]:
+    """A prefix that runs a command with ``folder`` read-only (checked: a file
+    cannot be created in it). Not root: the folder's mode is enough."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return []
+    remount = (
+        'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" "$0" && '
+        '{ ! touch "$0/.probe" 2>/dev/null; } && exec "$@"'
+    )
+    for namespace in (["unshare", "--mount"], ["unshare", "--user", "--map-root-user", "--mount"]):
+        prefix = [*namespace, "sh", "-c", remount, str(folder)]
+        if subprocess.run([*prefix, "true"], capture_output=True, check=False).returncode == 0:
+            return prefix
+    pytest.skip("no mount namespace here to make a folder read-only for a command")

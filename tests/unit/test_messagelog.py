@@ -22,9 +22,11 @@ from gateway.storage.messagelog import (
     LoggedRow,
     MessageLog,
     MessageLogClosed,
+    reading,
     row_hash,
     verify_file,
 )
+from gateway.storage.records import StoreOpenError, StoreVersionError
 from tests.unit.conftest import JS, NOW, SH, ZJ
 
 #: Longest a single append may take here before we call it hung.
@@ -318,6 +320,7 @@ class TestTamperDetection:
         assert "5 rows" in report.detail
 
     async def test_an_empty_log_is_intact(self, db_path: Path) -> None:
+        await filled(db_path, 0)  # verify_file reads only: the file must exist
         report = await verify_file(db_path)
         assert report.intact
         assert (report.rows_checked, report.head_hash) == (0, GENESIS)
@@ -423,3 +426,37 @@ class TestRoundTripProperty:
             rows, intact = asyncio.run(scenario(Path(folder) / "messages.db"))
         assert intact
         assert sorted((row.entry for row in rows), key=repr) == sorted(entries, key=repr)
+
+
+class TestReadOnlyVerify:
+    """`verify_file` (``audit verify``) reads only: a copy on a read-only volume
+    will do, and the file is left exactly as it was, even at an older schema."""
+
+    async def test_the_file_is_left_as_it_was(self, db_path: Path) -> None:
+        await filled(db_path, 3)
+        with contextlib.closing(sqlite3.connect(db_path)) as db:
+            db.execute("PRAGMA user_version = 0")  # a log written before versions were kept
+        before = await asyncio.to_thread(db_path.read_bytes)
+        report = await verify_file(db_path)
+        assert report.intact
+        assert report.rows_checked == 3
+        assert await asyncio.to_thread(db_path.read_bytes) == before  # not migrated, not written
+
+    async def test_a_missing_file_is_not_created(self, db_path: Path) -> None:
+        with pytest.raises(StoreOpenError, match="no such file"):
+            await verify_file(db_path)
+        assert not await asyncio.to_thread(db_path.exists)
+
+    async def test_a_log_from_a_newer_release_is_refused(self, db_path: Path) -> None:
+        await filled(db_path, 1)
+        with contextlib.closing(sqlite3.connect(db_path)) as db:
+            db.execute("PRAGMA user_version = 99")
+        with pytest.raises(StoreVersionError, match="newer"):
+            await verify_file(db_path)
+
+    async def test_nothing_can_be_appended_while_reading(self, db_path: Path) -> None:
+        await filled(db_path, 1)
+        async with reading(db_path) as log:
+            assert await log.count() == 1
+            with pytest.raises(MessageLogClosed):
+                await log.append(entry(2))
