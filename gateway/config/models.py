@@ -367,3 +367,17 @@ class FederationConfig(_Model):
                 f"{field_name}: province {province} does not accept {service} from {self.own}"
             )
         return peer
+
+
+def key_expiries(federation: FederationConfig) -> list[tuple[str, str, str, datetime]]:
+    """(province, kind, key id, not after) of every published key in the
+    federation config: envelope signing keys, e-ID issuer keys and seal keys of
+    every province (what this node trusts), for the expiry metric."""
+    found = []
+    for code, province in sorted(federation.provinces.items()):
+        keys = [("signing", k) for k in province.signing.public_keys]
+        keys += [("eid_issuer", k) for k in province.eid.issuer_keys]
+        if province.certificate is not None:
+            keys += [("seal", k) for k in province.certificate.seal_keys]
+        found += [(code, kind, key.key_id, key.not_after) for kind, key in keys]
+    return found

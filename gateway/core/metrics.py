@@ -120,6 +120,13 @@ class NodeMetrics:
             ["domain"],
             registry=r,
         )
+        self.key_expiry = Gauge(
+            "yrd_key_expiry_days",
+            "Days until a key or certificate in force expires (negative: expired), by "
+            "province, kind (signing, eid_issuer, seal, tls_certificate, tls_ca) and key id",
+            ["province", "kind", "key_id"],
+            registry=r,
+        )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         #: Filled in by the node: refreshes the gauges read at scrape time.
         self.refresh: Callable[[], Awaitable[None]] | None = None

@@ -9,6 +9,7 @@ calls, then the message log is flushed and the stores are closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import socket
@@ -35,7 +36,7 @@ from adapters import (
 from adapters.base import CaseSystem, CertificateLibrary, FundCentre, IdentityAuthority
 from gateway.config.holder import ConfigHolder
 from gateway.config.loading import load_federation
-from gateway.config.models import FederationConfig, ProvinceConfig
+from gateway.config.models import FederationConfig, ProvinceConfig, key_expiries
 from gateway.core.clock import Clock, SystemClock
 from gateway.core.errors import ConfigError, FailedPrecondition
 from gateway.core.metrics import BREAKER_VALUES, MetricsServer, NodeMetrics
@@ -59,7 +60,7 @@ from gateway.trust.envelope import (
     EnvelopeVerifier,
     signing_keys,
 )
-from gateway.trust.tls import TlsMaterial
+from gateway.trust.tls import TlsMaterial, certificate_not_after
 from gateway.trust.truststore import TrustStore
 from yrd.admin.v1 import admin_pb2, admin_pb2_grpc
 from yrd.case.v1 import case_pb2, case_pb2_grpc
@@ -710,6 +711,13 @@ class Node:
             await processor.start()
 
     async def _refresh_metrics(self) -> None:
+        now = self.clock.now()
+        for province, kind, key_id, not_after in self.config.derived(_expiries):
+            days = (not_after - now).total_seconds() / 86400
+            self.metrics.key_expiry.labels(province, kind, key_id).set(round(days, 3))
+        await self._refresh_store_metrics()
+
+    async def _refresh_store_metrics(self) -> None:
         depth, oldest = await self.state.outbox_stats()
         self.metrics.outbox_depth.set(depth)
         self.metrics.outbox_oldest.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
@@ -805,3 +813,17 @@ class Node:
     async def wait(self) -> None:
         if self.server is not None:
             await self.server.wait_for_termination()
+
+
+def _expiries(federation: FederationConfig) -> list[tuple[str, str, str, datetime]]:
+    """Every key and certificate whose expiry the node exports: the federation's
+    published keys, and this node's TLS certificate and CA (read once per config)."""
+    found = key_expiries(federation)
+    tls = federation.me.tls
+    if tls is not None:
+        for kind, path in (("tls_certificate", tls.certificate), ("tls_ca", tls.ca)):
+            with contextlib.suppress(OSError, ValueError):  # checked when the node started
+                found.append(
+                    (federation.own, kind, path.name, certificate_not_after(path.read_bytes()))
+                )
+    return found

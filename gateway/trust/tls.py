@@ -160,6 +160,11 @@ def client_certificate(
     )
 
 
+def certificate_not_after(pem: bytes) -> dt.datetime:
+    """When a PEM certificate stops being valid (UTC)."""
+    return x509.load_pem_x509_certificate(pem).not_valid_after_utc
+
+
 @functools.lru_cache(maxsize=1024)
 def certificate_fingerprint(pem: bytes) -> str:
     """Hex SHA-256 of the DER certificate (how clients are registered by certificate)."""

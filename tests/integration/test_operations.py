@@ -8,17 +8,20 @@ import asyncio
 import io
 import json
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 import aiohttp
 import grpc
+import pytest
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.base import CredentialCheck, IdentityAuthority
+from gateway.config.models import key_expiries
 from gateway.core import logs
 from gateway.testing.localfed import LocalFederation
+from gateway.trust.tls import certificate_not_after
 from tests.integration.conftest import SH, ZJ, Wallet
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
 from yrd_simulators.residents import synthetic_residents
@@ -110,6 +113,33 @@ class TestMetrics:
         found = samples(text)
         assert found[("yrd_breaker_state", (("peer", ZJ),))] == 2  # open
         assert found[("yrd_federation_retries_total", (("peer", ZJ),))] >= 1
+
+    async def test_days_to_expiry_of_every_key_and_certificate(
+        self, federation: LocalFederation
+    ) -> None:
+        found = samples(await scrape(federation, SH))
+        config = federation.node(SH).federation
+        now = datetime.now(UTC)
+        expected = {
+            (code, kind, key_id): (not_after - now).total_seconds() / 86400
+            for code, kind, key_id, not_after in key_expiries(config)
+        }
+        assert {kind for _, kind, _ in expected} >= {"signing", "eid_issuer", "seal"}
+        assert {code for code, _, _ in expected} == set(config.provinces)
+        tls = config.me.tls
+        assert tls is not None
+        pem = tls.certificate.read_bytes()
+        expected[(SH, "tls_certificate", tls.certificate.name)] = (
+            certificate_not_after(pem) - now
+        ).total_seconds() / 86400
+        exported = {
+            (dict(labels)["province"], dict(labels)["kind"], dict(labels)["key_id"]): value
+            for (name, labels), value in found.items()
+            if name == "yrd_key_expiry_days"
+        }
+        for key, days in expected.items():
+            assert exported[key] == pytest.approx(days, abs=0.1), key
+        assert (SH, "tls_ca", tls.ca.name) in exported
 
     async def test_no_personal_data_in_metrics(
         self, federation: LocalFederation, wallet: Wallet
