@@ -712,6 +712,7 @@ class Node:
 
     async def _refresh_metrics(self) -> None:
         now = self.clock.now()
+        self.metrics.key_expiry.clear()  # a key a reload dropped is no longer shown
         for province, kind, key_id, not_after in self.config.derived(_expiries):
             days = (not_after - now).total_seconds() / 86400
             self.metrics.key_expiry.labels(province, kind, key_id).set(round(days, 3))
