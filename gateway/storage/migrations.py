@@ -254,6 +254,13 @@ def migrate(conn: sqlite3.Connection, migrations: tuple[Migration, ...], *, what
 
 def _check_version(conn: sqlite3.Connection, newest: int, what: str) -> int:
     found = schema_version(conn)
+    refuse_newer(found, newest, what)
+    return found
+
+
+def refuse_newer(found: int, newest: int, what: str) -> None:
+    """Raise StoreVersionError when a file's schema ``found`` is newer than the
+    ``newest`` this code knows (the writer's open and a read-only open alike)."""
     if found > newest:
         # The caller names the store (the node: "cannot open the state store <path>: ...").
         raise StoreVersionError(
@@ -261,7 +268,6 @@ def _check_version(conn: sqlite3.Connection, newest: int, what: str) -> int:
             f" the {what} was written by a newer release; run that release, or restore"
             " a copy of the store made before the upgrade"
         )
-    return found
 
 
 def open_writer(path: Path, migrations: tuple[Migration, ...], *, what: str) -> sqlite3.Connection:

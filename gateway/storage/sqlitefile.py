@@ -23,8 +23,8 @@ from typing import Any, Generic, TypeVar
 import aiosqlite
 
 from gateway.storage.groupcommit import GroupCommit, Outcome
-from gateway.storage.migrations import Migration, latest, migrate, open_writer
-from gateway.storage.records import StoreClosedError, StoreOpenError, StoreVersionError
+from gateway.storage.migrations import Migration, latest, migrate, open_writer, refuse_newer
+from gateway.storage.records import StoreClosedError, StoreOpenError
 
 I = TypeVar("I")  # noqa: E741 - the item type of the group writer
 T = TypeVar("T")
@@ -144,12 +144,8 @@ class SqliteFile(Generic[I]):
         try:
             async with reader.execute("PRAGMA user_version") as cursor:
                 row = await cursor.fetchone()
-            found, newest = (int(row[0]) if row else 0), latest(self._migrations)
-            if found > newest:
-                raise StoreVersionError(
-                    f"schema version {found}, newer than this gateway knows (up to {newest}):"
-                    f" the {self.what} was written by a newer release; read it with that release"
-                )
+            found = int(row[0]) if row else 0
+            refuse_newer(found, latest(self._migrations), self.what)
         except BaseException:
             await reader.close()
             raise
