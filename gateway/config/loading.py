@@ -83,10 +83,14 @@ def _check_files(config: ProvinceConfig) -> list[str]:
 
 
 def load_federation(own_file: Path, *, directory: Path | None = None) -> FederationConfig:
-    """Load ``own_file`` and every other ``*.toml`` beside it (or in ``directory``)."""
+    """Load ``own_file`` and the other provinces' ``<code>/province.toml`` in the
+    folder holding the province folders (``own_file``'s grandparent, or ``directory``).
+
+    Transitional (issue 14): peers' facts will come from their signed descriptors.
+    """
     own_file = own_file.resolve()
-    folder = directory or own_file.parent
-    files = sorted({own_file, *(p.resolve() for p in folder.glob("*.toml"))})
+    folder = directory or own_file.parent.parent
+    files = sorted({own_file, *(p.resolve() for p in folder.glob("*/province.toml"))})
     problems: list[str] = []
     provinces: dict[str, ProvinceConfig] = {}
     own_code = ""

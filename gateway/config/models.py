@@ -1,8 +1,9 @@
 """Province configs as frozen models (read by :mod:`gateway.config.loading`).
 
-Every node reads every ``*.toml`` in its config folder: its own file for its
-private settings (signing key, clients, back-ends), the others for their public
-part (endpoint, public keys with validity windows, services). Relative paths in
+Each province has a folder ``<code>/`` holding ``province.toml`` (its own
+settings, its ``[[peers]]`` and ``[directory]``), ``keys/`` and ``golden/``. For
+now every node still reads its peers' ``province.toml`` too, for their public part
+(endpoint, public keys with validity windows, services). Relative paths in
 a file are resolved against that file's folder. Any problem, in any file, is
 reported together in one :class:`~gateway.core.errors.ConfigError` whose lines each
 name the file, the key path, the value and what was expected.
@@ -101,13 +102,55 @@ class ProvinceSection(_Model):
     code: RegionCode
     name: str = Field(min_length=1)
     local_name: str = ""
+    #: Operator contact (e-mail or similar), published in this node's descriptor.
+    contact: str = ""
 
     @field_validator("code")
     @classmethod
     def _province_level(cls, value: str) -> str:
-        if not value.endswith("0000"):
-            raise ValueError("a province-level GB/T 2260 code ending in 0000")
+        return _province_level(value)
+
+
+def _province_level(value: str) -> str:
+    if not value.endswith("0000"):
+        raise ValueError("a province-level GB/T 2260 code ending in 0000")
+    return value
+
+
+def _host_port(value: str | None) -> str | None:
+    if value is not None and not _ENDPOINT.fullmatch(value):
+        raise ValueError("host:port")
+    return value
+
+
+class PeerEntry(_Model):
+    """A ``[[peers]]`` entry: a peer province and where its descriptor is fetched
+    first. Everything else about the peer comes from its signed descriptor."""
+
+    code: RegionCode
+    #: host:port of the peer's federation endpoint (bootstrap).
+    endpoint: str
+    name: str = ""
+
+    @field_validator("code")
+    @classmethod
+    def _province_level(cls, value: str) -> str:
+        return _province_level(value)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        _host_port(value)
         return value
+
+
+class DirectorySection(_Model):
+    """``[directory]``: how this node publishes its descriptor and checks its peers'."""
+
+    #: How often each peer's descriptor is checked (fetched only if its serial changed).
+    refresh_seconds: float = Field(300.0, ge=0.05, le=86_400)
+    #: not_after of this node's own descriptor = issued_at + this; re-issued at half.
+    validity_days: float = Field(7.0, gt=0, le=365)
 
 
 class NodeSection(_Model):
@@ -137,9 +180,7 @@ class NodeSection(_Model):
     @field_validator("endpoint", "federation_endpoint", "metrics_endpoint")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
-        if value is not None and not _ENDPOINT.fullmatch(value):
-            raise ValueError("host:port")
-        return value
+        return _host_port(value)
 
     @property
     def peer_endpoint(self) -> str:
@@ -281,6 +322,9 @@ class ProvinceConfig(_Model):
     services: ServicesSection = ServicesSection()
     disclosure: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     clients: tuple[ClientSection, ...] = ()
+    #: The peers this node federates with (code and bootstrap endpoint each).
+    peers: tuple[PeerEntry, ...] = ()
+    directory: DirectorySection = DirectorySection()
     adapter: AdapterConfig
     #: The file this config was read from (set by the loader).
     source: Path = Path("<memory>")
@@ -298,6 +342,25 @@ class ProvinceConfig(_Model):
         )
         if problems:
             raise problems_error(problems)
+        return value
+
+    @field_validator("peers")
+    @classmethod
+    def _peers(cls, value: tuple[PeerEntry, ...], info: ValidationInfo) -> tuple[PeerEntry, ...]:
+        province = info.data.get("province")
+        own = province.code if isinstance(province, ProvinceSection) else None
+        seen: set[str] = set()
+        for index, peer in enumerate(value):
+            if peer.code == own:
+                raise ValueError(
+                    f"peer codes other than this province's own ({own}), "
+                    f"not {peer.code!r} at peers.{index}.code"
+                )
+            if peer.code in seen:
+                raise ValueError(
+                    f"each peer code once, not {peer.code!r} again at peers.{index}.code"
+                )
+            seen.add(peer.code)
         return value
 
     @field_validator("disclosure")

@@ -15,7 +15,7 @@ from gateway.core.clock import FrozenClock
 from gateway.core.crypto import load_private_key
 from gateway.trust.envelope import EnvelopeSigner, EnvelopeVerifier
 from gateway.trust.truststore import TrustStore
-from tests.paths import CONFIG_DIR
+from tests.paths import CONFIG_DIR, config_file, keys_dir
 
 SH, JS, ZJ, AH = "310000", "320000", "330000", "340000"
 PROVINCE_CODES = (SH, JS, ZJ, AH)
@@ -25,19 +25,19 @@ NOW = datetime(2027, 6, 1, 12, 0, tzinfo=UTC)
 
 
 def signing_key(code: str) -> Ed25519PrivateKey:
-    """The development signing key of a province, as shipped in province_configs/keys/."""
-    return load_private_key(CONFIG_DIR / "keys" / code / "signing.key.pem")
+    """The development signing key of a province, as shipped in province_configs/<code>/keys/."""
+    return load_private_key(keys_dir(code) / "signing.key.pem")
 
 
 def eid_issuer_key(code: str) -> Ed25519PrivateKey:
     """The development e-ID issuer key of a province."""
-    return load_private_key(CONFIG_DIR / "keys" / code / "eid-issuer.key.pem")
+    return load_private_key(keys_dir(code) / "eid-issuer.key.pem")
 
 
 @pytest.fixture(scope="session")
 def federation() -> FederationConfig:
     """The shipped configs as Shanghai's node sees them: own=310000, every province a peer."""
-    return load_federation(CONFIG_DIR / "shanghai.toml")
+    return load_federation(config_file(SH))
 
 
 @pytest.fixture(scope="session")

@@ -26,9 +26,8 @@ from gateway.config.loading import (
 )
 from gateway.config.models import FEDERATION_SERVICES, FederationConfig, ProvinceConfig
 from gateway.core.errors import ConfigError, GatewayError
-from tests.unit.conftest import CONFIG_DIR, JS, PROVINCE_CODES, SH, ZJ
-
-FILES = {SH: "shanghai.toml", JS: "jiangsu.toml", ZJ: "zhejiang.toml", "340000": "anhui.toml"}
+from tests.paths import config_file, keys_dir
+from tests.unit.conftest import AH, CONFIG_DIR, JS, PROVINCE_CODES, SH, ZJ
 
 Raw = dict[str, Any]
 
@@ -43,7 +42,7 @@ def configs(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def shanghai_raw() -> Raw:
-    return tomllib.loads((CONFIG_DIR / "shanghai.toml").read_text(encoding="utf-8"))
+    return tomllib.loads((config_file(SH)).read_text(encoding="utf-8"))
 
 
 def edit(path: Path, old: str, new: str) -> None:
@@ -272,6 +271,55 @@ BROKEN = [
         "1",
         id="adapter-unknown",
     ),
+    pytest.param(
+        _append("peers", value={"code": "320000", "endpoint": "127.0.0.1:7399"}),
+        "peers",
+        "each peer code once, not '320000' again at peers.3.code",
+        None,
+        id="peer-duplicate",
+    ),
+    pytest.param(
+        _append("peers", value={"code": "310000", "endpoint": "127.0.0.1:7399"}),
+        "peers",
+        "peer codes other than this province's own (310000)",
+        None,
+        id="peer-own-code",
+    ),
+    pytest.param(
+        _set("peers", 0, "endpoint", value="https://js.example"),
+        "peers.0.endpoint",
+        "host:port",
+        "'https://js.example'",
+        id="peer-bad-endpoint",
+    ),
+    pytest.param(
+        _set("peers", 0, "code", value="320100"),
+        "peers.0.code",
+        "a province-level GB/T 2260 code ending in 0000",
+        "'320100'",
+        id="peer-not-a-province",
+    ),
+    pytest.param(
+        _set("peers", 0, "colour", value="red"),
+        "peers.0.colour",
+        "no such key",
+        "'red'",
+        id="peer-unknown-key",
+    ),
+    pytest.param(
+        _set("directory", "refresh_seconds", value=0),
+        "directory.refresh_seconds",
+        "greater than or equal to 0.05",
+        "0",
+        id="directory-refresh-too-short",
+    ),
+    pytest.param(
+        _set("directory", "validity_days", value=400),
+        "directory.validity_days",
+        "less than or equal to 365",
+        "400",
+        id="directory-validity-too-long",
+    ),
 ]
 
 
@@ -290,7 +338,7 @@ class TestValidateProvince:
     ) -> None:
         raw = copy.deepcopy(shanghai_raw)
         mutate(raw)
-        path = configs / "shanghai.toml"
+        path = config_file(SH, configs)
 
         found = problems(raw, path)
 
@@ -305,20 +353,41 @@ class TestValidateProvince:
         raw["node"]["endpoint"] = "nowhere"
         raw["province"]["code"] = "31"
         raw["colour"] = "red"
-        found = problems(raw, configs / "shanghai.toml")
+        found = problems(raw, config_file(SH, configs))
         keys = {line.split(": ")[1] for line in found}
         assert {"node.endpoint", "province.code", "colour"} <= keys
 
     def test_the_shipped_file_is_valid(self, configs: Path, shanghai_raw: Raw) -> None:
-        config = validate_province(copy.deepcopy(shanghai_raw), configs / "shanghai.toml")
+        config = validate_province(copy.deepcopy(shanghai_raw), config_file(SH, configs))
         assert config.code == SH
-        assert config.source == configs / "shanghai.toml"
+        assert config.source == config_file(SH, configs)
+
+    def test_peers_directory_and_contact_of_the_shipped_file(
+        self, configs: Path, shanghai_raw: Raw
+    ) -> None:
+        config = validate_province(copy.deepcopy(shanghai_raw), config_file(SH, configs))
+        assert [(p.code, p.endpoint) for p in config.peers] == [
+            (JS, "127.0.0.1:7321"),
+            (ZJ, "127.0.0.1:7331"),
+            (AH, "127.0.0.1:7341"),
+        ]
+        assert config.directory.refresh_seconds == 300
+        assert config.directory.validity_days == 7
+        assert config.province.contact == "gateway-operations@310000.yrd.example"
+
+    def test_peers_and_directory_are_optional(self, configs: Path, shanghai_raw: Raw) -> None:
+        raw = copy.deepcopy(shanghai_raw)
+        del raw["peers"], raw["directory"], raw["province"]["contact"]
+        config = validate_province(raw, config_file(SH, configs))
+        assert config.peers == ()
+        assert (config.directory.refresh_seconds, config.directory.validity_days) == (300, 7)
+        assert config.province.contact == ""
 
     def test_config_error_is_a_gateway_error(self, configs: Path, shanghai_raw: Raw) -> None:
         raw = copy.deepcopy(shanghai_raw)
         raw["colour"] = "red"
         with pytest.raises(GatewayError) as caught:
-            validate_province(raw, configs / "shanghai.toml")
+            validate_province(raw, config_file(SH, configs))
         assert isinstance(caught.value, ConfigError)
         assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
 
@@ -329,7 +398,9 @@ class TestValidateProvince:
     def test_any_province_code_is_accepted_or_named(self, shanghai_raw: Raw, code: str) -> None:
         raw = copy.deepcopy(shanghai_raw)
         raw["province"]["code"] = code
-        path = CONFIG_DIR / "shanghai.toml"
+        # A province is not its own peer (tested above): drop a peer entry of that code.
+        raw["peers"] = [peer for peer in raw["peers"] if peer["code"] != code]
+        path = config_file(SH)
         try:
             config = validate_province(raw, path)
         except ConfigError as error:
@@ -348,7 +419,7 @@ class TestDisclosure:
     def test_unknown_purpose_is_named(self, configs: Path, shanghai_raw: Raw) -> None:
         raw = copy.deepcopy(shanghai_raw)
         raw["disclosure"]["BOGUS_PURPOSE"] = ["age_over_18"]
-        path = configs / "shanghai.toml"
+        path = config_file(SH, configs)
 
         line = only_problem(raw, path)
 
@@ -359,7 +430,7 @@ class TestDisclosure:
     def test_unknown_attribute_is_named(self, configs: Path, shanghai_raw: Raw) -> None:
         raw = copy.deepcopy(shanghai_raw)
         raw["disclosure"]["GOVERNMENT_SERVICE"].append("shoe_size")
-        path = configs / "shanghai.toml"
+        path = config_file(SH, configs)
 
         line = only_problem(raw, path)
 
@@ -372,7 +443,7 @@ class TestDisclosure:
     ) -> None:
         raw = copy.deepcopy(shanghai_raw)
         raw["disclosure"] = {"AGE_CHECK": ["age_over_18"], "HOTEL_CHECK_IN": ["full_name"]}
-        config = validate_province(raw, configs / "shanghai.toml")
+        config = validate_province(raw, config_file(SH, configs))
         assert config.disclosure["HOTEL_CHECK_IN"] == ("full_name",)
 
 
@@ -381,7 +452,7 @@ class TestParseProvinceFile:
     relative paths resolve against the file's folder."""
 
     def test_invalid_toml(self, configs: Path) -> None:
-        path = configs / "shanghai.toml"
+        path = config_file(SH, configs)
         edit(path, "[node]", "[node")
         with pytest.raises(ConfigError) as caught:
             parse_province_file(path)
@@ -396,8 +467,8 @@ class TestParseProvinceFile:
         assert line.startswith(f"{path}: cannot be read")
 
     def test_missing_public_key_file(self, configs: Path) -> None:
-        (configs / "keys" / SH / "signing.pub.pem").unlink()
-        path = configs / "shanghai.toml"
+        (keys_dir(SH, configs) / "signing.pub.pem").unlink()
+        path = config_file(SH, configs)
         with pytest.raises(ConfigError) as caught:
             parse_province_file(path)
         (line,) = caught.value.problems
@@ -406,8 +477,8 @@ class TestParseProvinceFile:
         assert "expected a readable PEM file" in line
 
     def test_missing_eid_issuer_key_file(self, configs: Path) -> None:
-        (configs / "keys" / SH / "eid-issuer.pub.pem").unlink()
-        path = configs / "shanghai.toml"
+        (keys_dir(SH, configs) / "eid-issuer.pub.pem").unlink()
+        path = config_file(SH, configs)
         with pytest.raises(ConfigError) as caught:
             parse_province_file(path)
         (line,) = caught.value.problems
@@ -417,13 +488,13 @@ class TestParseProvinceFile:
     def test_missing_public_key_file_names_which_key_and_file(self, configs: Path) -> None:
         # Key rotation: the next key is published beside the current one, but its
         # file was not copied. The message must say which key and which file.
-        path = configs / "shanghai.toml"
+        path = config_file(SH, configs)
         edit(
             path,
             "[eid]",
             "[[signing.public_keys]]\n"
             'key_id = "310000-sig-2029"\n'
-            'public_key = "keys/310000/signing-2029.pub.pem"\n'
+            'public_key = "keys/signing-2029.pub.pem"\n'
             "not_before = 2029-06-01T00:00:00Z\n"
             "not_after = 2033-01-01T00:00:00Z\n\n"
             "[eid]",
@@ -435,8 +506,8 @@ class TestParseProvinceFile:
         assert "signing-2029.pub.pem" in line
 
     def test_public_key_file_that_is_not_a_key(self, configs: Path) -> None:
-        (configs / "keys" / SH / "signing.pub.pem").write_text("not a key\n", encoding="utf-8")
-        path = configs / "shanghai.toml"
+        (keys_dir(SH, configs) / "signing.pub.pem").write_text("not a key\n", encoding="utf-8")
+        path = config_file(SH, configs)
         with pytest.raises(ConfigError) as caught:
             parse_province_file(path)
         (line,) = caught.value.problems
@@ -444,32 +515,32 @@ class TestParseProvinceFile:
         assert "PEM" in line
 
     def test_private_key_where_a_public_key_belongs(self, configs: Path) -> None:
-        path = configs / "shanghai.toml"
-        edit(path, 'public_key = "keys/310000/signing.pub.pem"', 'public_key = "shanghai.toml"')
+        path = config_file(SH, configs)
+        edit(path, 'public_key = "keys/signing.pub.pem"', 'public_key = "province.toml"')
         with pytest.raises(ConfigError) as caught:
             parse_province_file(path)
         assert caught.value.problems[0].startswith(f"{path}: signing.public_keys")
 
     def test_relative_paths_resolve_against_the_files_folder(self, configs: Path) -> None:
-        config = parse_province_file(configs / "shanghai.toml")
+        config = parse_province_file(config_file(SH, configs))
         published = config.signing.public_keys[0].public_key
         assert published.is_absolute()
-        assert published == (configs / "keys" / SH / "signing.pub.pem").resolve()
-        assert config.signing.private_key == (configs / "keys" / SH / "signing.key.pem").resolve()
+        assert published == (keys_dir(SH, configs) / "signing.pub.pem").resolve()
+        assert config.signing.private_key == (keys_dir(SH, configs) / "signing.key.pem").resolve()
 
     def test_models_are_frozen(self, configs: Path) -> None:
-        config = parse_province_file(configs / "shanghai.toml")
+        config = parse_province_file(config_file(SH, configs))
         with pytest.raises(pydantic.ValidationError):
             config.node.endpoint = "evil:1"  # type: ignore[misc]  # assigning is the point
 
 
 class TestLoadFederation:
-    """A node loads its own file and every other *.toml beside it; any problem in any
-    file is reported in one ConfigError."""
+    """A node loads its own file and every other ``<code>/province.toml`` beside its
+    folder (transitional); any problem in any file is reported in one ConfigError."""
 
     @pytest.mark.parametrize("own", PROVINCE_CODES)
     def test_shipped_configs_load_from_each_provinces_view(self, own: str) -> None:
-        federation = load_federation(CONFIG_DIR / FILES[own])
+        federation = load_federation(config_file(own))
         assert isinstance(federation, FederationConfig)
         assert federation.own == own
         assert federation.me.code == own
@@ -481,48 +552,48 @@ class TestLoadFederation:
         assert federation.peer("350000") is None
 
     def test_duplicate_province_code(self, configs: Path) -> None:
-        shutil.copy(configs / "jiangsu.toml", configs / "jiangsu-copy.toml")
+        shutil.copytree(configs / JS, configs / "jiangsu-copy")
         with pytest.raises(ConfigError) as caught:
-            load_federation(configs / "shanghai.toml")
+            load_federation(config_file(SH, configs))
         (line,) = caught.value.problems
         assert "province.code: got '320000'" in line
         assert "a code not already used by" in line
-        assert "jiangsu.toml" in line
-        assert "jiangsu-copy.toml" in line
+        assert f"{JS}/province.toml" in line
+        assert "jiangsu-copy/province.toml" in line
 
     def test_own_private_key_file_missing(self, configs: Path) -> None:
-        (configs / "keys" / SH / "signing.key.pem").unlink()
+        (keys_dir(SH, configs) / "signing.key.pem").unlink()
         with pytest.raises(ConfigError) as caught:
-            load_federation(configs / "shanghai.toml")
+            load_federation(config_file(SH, configs))
         (line,) = caught.value.problems
-        assert line.startswith(f"{configs / 'shanghai.toml'}: signing.private_key: ")
+        assert line.startswith(f"{config_file(SH, configs)}: signing.private_key: ")
         assert "expected an existing PEM file" in line
 
     def test_own_private_key_not_configured(self, configs: Path) -> None:
-        edit(configs / "shanghai.toml", 'private_key = "keys/310000/signing.key.pem"\n', "")
+        edit(config_file(SH, configs), 'private_key = "keys/signing.key.pem"\n', "")
         with pytest.raises(ConfigError) as caught:
-            load_federation(configs / "shanghai.toml")
+            load_federation(config_file(SH, configs))
         (line,) = caught.value.problems
         assert "signing.private_key: got None" in line
         assert "this node's signing key" in line
 
     def test_a_peers_private_key_is_not_needed(self, configs: Path) -> None:
-        (configs / "keys" / JS / "signing.key.pem").unlink()
-        assert load_federation(configs / "shanghai.toml").own == SH
+        (keys_dir(JS, configs) / "signing.key.pem").unlink()
+        assert load_federation(config_file(SH, configs)).own == SH
 
     def test_problems_in_several_files_are_reported_together(self, configs: Path) -> None:
-        edit(configs / "jiangsu.toml", 'endpoint = "', 'endpoint = "http://')
-        edit(configs / "zhejiang.toml", "[node]", "[node")
+        edit(config_file(JS, configs), 'endpoint = "', 'endpoint = "http://')
+        edit(config_file(ZJ, configs), "[node]", "[node")
         with pytest.raises(ConfigError) as caught:
-            load_federation(configs / "shanghai.toml")
+            load_federation(config_file(SH, configs))
         text = caught.value.message
-        assert f"{configs / 'jiangsu.toml'}: node.endpoint" in text
-        assert f"{configs / 'zhejiang.toml'}: not valid TOML" in text
+        assert f"{config_file(JS, configs)}: node.endpoint" in text
+        assert f"{config_file(ZJ, configs)}: not valid TOML" in text
 
     def test_directory_names_where_the_peers_are(self, configs: Path, tmp_path: Path) -> None:
         empty = tmp_path / "no-peers"
         empty.mkdir()
-        federation = load_federation(configs / "shanghai.toml", directory=empty)
+        federation = load_federation(config_file(SH, configs), directory=empty)
         assert set(federation.provinces) == {SH}
 
 
@@ -530,12 +601,12 @@ class TestCheckFiles:
     """`config check` validates each file on its own and returns every problem."""
 
     def test_shipped_files_have_no_problems(self) -> None:
-        assert check_files(sorted(CONFIG_DIR.glob("*.toml"))) == []
+        assert check_files(sorted(CONFIG_DIR.glob("*/province.toml"))) == []
 
     def test_reports_instead_of_raising(self, configs: Path) -> None:
-        edit(configs / "anhui.toml", "[node]", "[node")
-        shutil.copy(configs / "jiangsu.toml", configs / "jiangsu-copy.toml")
-        found = check_files(sorted(configs.glob("*.toml")))
-        assert any(p.startswith(f"{configs / 'anhui.toml'}: not valid TOML") for p in found)
+        edit(config_file(AH, configs), "[node]", "[node")
+        shutil.copytree(configs / JS, configs / "jiangsu-copy")
+        found = check_files(sorted(configs.glob("*/province.toml")))
+        assert any(p.startswith(f"{config_file(AH, configs)}: not valid TOML") for p in found)
         assert any("province.code: got '320000'" in p for p in found)
         assert len(found) == 2
