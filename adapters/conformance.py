@@ -2,7 +2,7 @@
 
 ``yrd-gateway adapter test CONFIG [CONFIG…]`` runs, for each province config:
 
-1. **golden vectors** — every ``*.json`` vector below ``<config folder>/golden/<code>/``
+1. **golden vectors** — every ``*.json`` vector below ``golden/`` beside the config file
    (or ``--vectors DIR``), read (native → canonical) and, unless the vector
    is marked ``"direction": "read"``, written back (canonical → native); a
    failing vector names the field that differs (:mod:`adapters.golden`).

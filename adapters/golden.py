@@ -1,6 +1,6 @@
 """Golden vectors: native ⇄ canonical pairs that pin down a province's formats.
 
-A vector is a JSON file under ``province_configs/golden/<code>/<domain>/``::
+A vector is a JSON file under ``province_configs/<code>/golden/<domain>/``::
 
     {"description": "...", "message": "identity.person",
      "native": {...} | "<xml ...>", "canonical": {...}, "direction"?: "read"}

@@ -39,7 +39,7 @@ def call_json(url: str, body: dict[str, Any] | None = None) -> Any:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--node", default="127.0.0.1:7310", help="the window's node (Shanghai)")
-    parser.add_argument("--ca", default="province_configs/keys/ca.crt.pem", help="CA file")
+    parser.add_argument("--ca", default="province_configs/federation-ca/ca.crt.pem", help="CA file")
     parser.add_argument("--token", default="dev-office-310000", help="the window's bearer token")
     parser.add_argument("--province", default="310000", help="the node's province")
     parser.add_argument("--issuer-province", default="340000", help="where it was issued")

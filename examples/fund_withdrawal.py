@@ -41,7 +41,7 @@ def get_json(url: str) -> Any:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--node", default="127.0.0.1:7310", help="the service centre's node")
-    parser.add_argument("--ca", default="province_configs/keys/ca.crt.pem", help="CA file")
+    parser.add_argument("--ca", default="province_configs/federation-ca/ca.crt.pem", help="CA file")
     parser.add_argument("--token", default="dev-office-310000", help="the centre's bearer token")
     parser.add_argument("--fund-province", default="320000", help="where the fund is held")
     parser.add_argument(

@@ -42,7 +42,7 @@ def fresh_qr(eid_url: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--node", default="127.0.0.1:7310", help="the hotel's node (Shanghai)")
-    parser.add_argument("--ca", default="province_configs/keys/ca.crt.pem", help="CA file")
+    parser.add_argument("--ca", default="province_configs/federation-ca/ca.crt.pem", help="CA file")
     parser.add_argument("--token", default="dev-hotel-310000", help="the hotel's bearer token")
     parser.add_argument("--client-id", default="hotel-310000-001", help="the hotel's client id")
     parser.add_argument(

@@ -34,7 +34,7 @@ FINAL = (case_pb2.CASE_COMPLETED, case_pb2.CASE_REFUSED)
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--node", default="127.0.0.1:7320", help="the office's node (Jiangsu)")
-    parser.add_argument("--ca", default="province_configs/keys/ca.crt.pem", help="CA file")
+    parser.add_argument("--ca", default="province_configs/federation-ca/ca.crt.pem", help="CA file")
     parser.add_argument("--token", default="dev-office-320000", help="the office's bearer token")
     parser.add_argument("--handling-province", default="330000", help="where it is handled")
     parser.add_argument(

@@ -26,7 +26,7 @@ def register(commands: Subparsers) -> None:
     test.add_argument(
         "--vectors",
         metavar="DIR",
-        help="golden vectors (default: golden/<code>/ beside the config; one CONFIG only)",
+        help="golden vectors (default: golden/ beside the config file; one CONFIG only)",
     )
     test.add_argument(
         "--examples",
@@ -71,7 +71,7 @@ def adapter_test(
             out("\n".join(f"  {problem}" for problem in exc.problems))
             status = 2
             continue
-        folder = vectors or path.resolve().parent / "golden" / config.code
+        folder = vectors or path.resolve().parent / "golden"
         report = conformance.check_province(
             config.adapter, config=path, code=config.code, vectors=folder, examples=examples
         )

@@ -17,7 +17,11 @@ def register(commands: Subparsers) -> None:
         "init",
         help="create signing, e-ID issuer and seal keys, the federation CA and TLS certificates",
     )
-    init.add_argument("directory", metavar="DIR")
+    init.add_argument(
+        "directory",
+        metavar="DIR",
+        help="the configs folder: writes DIR/<code>/keys/ and DIR/federation-ca/",
+    )
     init.add_argument(
         "--provinces",
         nargs="+",

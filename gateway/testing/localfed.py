@@ -90,7 +90,7 @@ class LocalFederation:
     provinces: dict[str, LocalProvince] = field(default_factory=dict)
 
     async def start(self) -> LocalFederation:
-        configs = [parse_province_file(p) for p in sorted(self.config_dir.glob("*.toml"))]
+        configs = [parse_province_file(p) for p in sorted(self.config_dir.glob("*/province.toml"))]
         for config in configs:
             key = config.eid.issuer_private_key
             if key is None:
@@ -114,7 +114,7 @@ class LocalFederation:
             updates: dict[str, Any] = {"node": node, "eid": eid, "fund": fund}
             library = cases = None
             if config.certificate is not None and config.certificate.seal_keys:
-                seal_key = self.config_dir / "keys" / config.code / "seal.key.pem"
+                seal_key = config.source.parent / "keys" / "seal.key.pem"
                 library = CertificateLibrarySimulator(
                     config.code,
                     seal_key,

@@ -395,7 +395,7 @@ class ProcessFederation:
         spawned = {  # all at once: each takes a while to import
             code: _spawn_simulator(
                 code,
-                configs / "keys",
+                configs / code / "keys",
                 ports=_port_options(fixed[code]) if code in fixed else None,
                 options=self.simulator_options.get(code, ()),
                 delays=delays,
@@ -422,8 +422,8 @@ class ProcessFederation:
                     process.stdout.close()
             raise
         taken: set[int] = set()
-        for code, slug in SLUGS.items():
-            file = configs / f"{slug}.toml"
+        for code in SLUGS:
+            file = configs / code / "province.toml"
             text = file.read_text(encoding="utf-8")
             ports = fixed.get(code)
             # Worker i of a node serves metrics on the metrics port + i.
@@ -452,7 +452,7 @@ class ProcessFederation:
                     file,
                     endpoint,
                     self.node_log(code),
-                    configs / "keys" / "ca.crt.pem",
+                    configs / code / "keys" / "ca.crt.pem",
                     workers=workers_of,
                     own_session=self.province_dirs,
                 )
@@ -555,8 +555,9 @@ def up_table(run_dir: Path, base_port: int) -> str:
         "",
         *files,
         "",
-        f"CA certificate: {run_dir / 'province_configs' / 'keys' / 'ca.crt.pem'} (the same as "
-        "province_configs/keys/ca.crt.pem); tokens: dev-hotel-<code>, dev-office-<code>",
+        f"CA certificate: {run_dir / 'province_configs' / 'federation-ca' / 'ca.crt.pem'} (the "
+        "same as province_configs/federation-ca/ca.crt.pem); "
+        "tokens: dev-hotel-<code>, dev-office-<code>",
         "Synthetic residents of Zhejiang, and a fresh QR code (single use, valid 120 s):",
         f"  curl -s {url(zj.eid)}/residents",
         f'  curl -s -X POST {url(zj.eid)}/wallet/qr -d \'{{"credential_id": "<credential_id>"}}\'',

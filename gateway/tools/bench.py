@@ -283,7 +283,7 @@ def bench_fund(
     from gateway.testing.localfed import province_configs_dir
 
     if baseline_rps is None:
-        chain = BaselineChain(province_configs_dir(configs) / "keys").start()
+        chain = BaselineChain(province_configs_dir(configs)).start()
         try:
             baseline_rps = asyncio.run(_chain_saturation(chain, concurrency, seconds))
         finally:
@@ -431,9 +431,10 @@ class _Tokens:
     so that making them costs the nodes nothing)."""
 
     def __init__(self, keys: Path) -> None:
+        """``keys``: Zhejiang's keys folder."""
         from gateway.core import crypto
 
-        self._key = crypto.load_private_key(keys / ZJ / "eid-issuer.key.pem")
+        self._key = crypto.load_private_key(keys / "eid-issuer.key.pem")
         self._credentials = [
             r.credential_id for r in synthetic_residents(ZJ) if r.state == "CREDENTIAL_ACTIVE"
         ]
@@ -784,9 +785,9 @@ def bench_identity(
 ) -> IdentityFigures:
     from gateway.testing.localfed import province_configs_dir
 
-    keys = province_configs_dir(configs) / "keys"
+    root = province_configs_dir(configs)
     with tempfile.TemporaryDirectory(prefix="yrd-bench-") as tmp:
-        chain = BaselineChain(keys).start()
+        chain = BaselineChain(root).start()
         federation = ProcessFederation(Path(tmp), (SH, ZJ), configs=configs)
         try:
             federation.start(workers={SH: workers, ZJ: workers})
@@ -794,7 +795,7 @@ def bench_identity(
                 _run_identity(
                     chain,
                     federation,
-                    keys,
+                    root / ZJ / "keys",
                     concurrency=concurrency,
                     seconds=seconds,
                     soak=soak,

@@ -32,8 +32,8 @@ METHOD = "/yrd.bench.v1.Chain/Call"
 async def _serve_proxy(args: argparse.Namespace) -> None:
     keys = Path(args.keys)
     ca = (keys / "ca.crt.pem").read_bytes()
-    cert = (keys / args.identity / "tls.crt.pem").read_bytes()
-    key = (keys / args.identity / "tls.key.pem").read_bytes()
+    cert = (keys / "tls.crt.pem").read_bytes()
+    key = (keys / "tls.key.pem").read_bytes()
     forward: Callable[[bytes], Awaitable[bytes]]
     if args.upstream_http:
         session = aiohttp.ClientSession()
@@ -100,9 +100,10 @@ async def _serve_echo(args: argparse.Namespace) -> None:
 
 @dataclass
 class BaselineChain:
-    """The three baseline processes on loopback; ``endpoint`` is the first proxy."""
+    """The three baseline processes on loopback; ``endpoint`` is the first proxy.
+    ``configs``: the province configs folder (each hop uses ``<code>/keys/``)."""
 
-    keys: Path
+    configs: Path
     processes: list[subprocess.Popen[str]] = field(default_factory=list)
     endpoint: str = ""
 
@@ -128,7 +129,7 @@ class BaselineChain:
             "--upstream-http",
             f"http://{echo}/echo",
             "--keys",
-            str(self.keys),
+            str(self.configs / "330000" / "keys"),
             "--identity",
             "330000",
             "--mutual",
@@ -140,7 +141,7 @@ class BaselineChain:
             "--upstream",
             second,
             "--keys",
-            str(self.keys),
+            str(self.configs / "310000" / "keys"),
             "--identity",
             "310000",
         )
@@ -165,7 +166,7 @@ class BaselineChain:
                 process.stdout.close()
 
     def channel(self) -> grpc.aio.Channel:
-        ca = (self.keys / "ca.crt.pem").read_bytes()
+        ca = (self.configs / "310000" / "keys" / "ca.crt.pem").read_bytes()
         return grpc.aio.secure_channel(self.endpoint, grpc.ssl_channel_credentials(ca))
 
 
@@ -176,7 +177,7 @@ def main() -> None:
     proxy.add_argument("--listen", required=True)
     proxy.add_argument("--upstream")
     proxy.add_argument("--upstream-http")
-    proxy.add_argument("--keys", required=True)
+    proxy.add_argument("--keys", required=True, help="the identity's keys folder")
     proxy.add_argument("--identity", required=True)
     proxy.add_argument("--mutual", action="store_true")
     echo = commands.add_parser("echo")

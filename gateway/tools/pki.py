@@ -1,6 +1,7 @@
 """Development PKI: signing keys for every province's node and e-ID authority.
 
-``yrd-gateway pki init DIR`` writes, per province code, ``DIR/<code>/``:
+``yrd-gateway pki init DIR`` writes the layout of ``province_configs/``: per
+province code, ``DIR/<code>/keys/``:
 
 - ``signing.key.pem`` / ``signing.pub.pem``: the node's envelope signing key;
 - ``eid-issuer.key.pem`` / ``eid-issuer.pub.pem``: the e-ID authority's token key;
@@ -10,8 +11,12 @@
   subject alternative name ``urn:yrd:province:<code>``;
 - ``office.crt.pem`` / ``office.key.pem``: a TLS client certificate for the
   province's government service centre (``office-<code>-001``);
+- ``ca.crt.pem``: a copy of the federation CA certificate (the trust anchor
+  the province's ``tls.ca`` names);
 
-and once for the federation ``DIR/ca.crt.pem`` / ``DIR/ca.key.pem``.
+and once for the federation ``DIR/federation-ca/ca.crt.pem`` / ``ca.key.pem``
+(the development CA: not a node's folder; in production the federation runs
+its CA offline).
 
 These are for development and tests only; production keys are made and held
 by each province's own key ceremony, and only public keys are exchanged.
@@ -40,6 +45,15 @@ KEY_KINDS: tuple[tuple[str, str], ...] = (
 )
 
 
+#: The development federation CA's folder below DIR.
+CA_FOLDER = "federation-ca"
+
+
+def keys_folder(directory: Path, code: str) -> Path:
+    """A province's keys folder below DIR: ``DIR/<code>/keys``."""
+    return directory / code / "keys"
+
+
 @dataclass(frozen=True)
 class WrittenKey:
     province: str
@@ -55,7 +69,7 @@ def init_keys(
     """Create every key pair for every province; keep existing ones unless told."""
     written: list[WrittenKey] = []
     for code in provinces:
-        folder = directory / code
+        folder = keys_folder(directory, code)
         folder.mkdir(parents=True, exist_ok=True)
         for stem, _purpose in KEY_KINDS:
             private_path = folder / f"{stem}.key.pem"
@@ -87,8 +101,9 @@ def init_tls(
     directory: Path, provinces: list[str], *, overwrite: bool = False
 ) -> list[WrittenCertificate]:
     """The federation CA (kept if present) and each province's node and client certificates."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_cert, ca_key = directory / "ca.crt.pem", directory / "ca.key.pem"
+    ca_folder = directory / CA_FOLDER
+    ca_folder.mkdir(parents=True, exist_ok=True)
+    ca_cert, ca_key = ca_folder / "ca.crt.pem", ca_folder / "ca.key.pem"
     if ca_cert.exists() and ca_key.exists() and not overwrite:
         ca = tls.load_ca(ca_cert, ca_key)
     else:
@@ -98,8 +113,13 @@ def init_tls(
         WrittenCertificate("", "ca", ca_cert, tls.certificate_fingerprint(ca.certificate_pem))
     ]
     for code in provinces:
-        folder = directory / code
+        folder = keys_folder(directory, code)
         folder.mkdir(parents=True, exist_ok=True)
+        anchor = folder / "ca.crt.pem"
+        anchor.write_bytes(ca.certificate_pem)
+        written.append(
+            WrittenCertificate(code, "ca", anchor, tls.certificate_fingerprint(ca.certificate_pem))
+        )
         makers: dict[str, Callable[[], tls.Issued]] = {
             "tls": partial(tls.node_certificate, ca, code, DEV_NOT_BEFORE, DEV_NOT_AFTER),
             "office": partial(

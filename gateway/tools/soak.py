@@ -294,7 +294,7 @@ class Chaos:
         self.faults = Faults()
         self.stop = threading.Event()
         self._probe = probe  # (node code) -> how a submission there was answered
-        self._keys = federation.root / "province_configs" / "keys"
+        self._configs = federation.root / "province_configs"
         self._lock = threading.Lock()
         self._closing = False
 
@@ -409,7 +409,7 @@ class Chaos:
             if self._closing:
                 return
             self.federation.simulators[simulator.province] = restart_simulator(
-                simulator, self._keys, **DELAYS
+                simulator, self._configs / simulator.province / "keys", **DELAYS
             )
 
 

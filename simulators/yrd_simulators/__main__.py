@@ -1,7 +1,7 @@
 """Run one province's back-end simulators as a process of their own.
 
     python -m yrd_simulators --province 320000 --eid-port 0 --fund-port 0 \\
-        --keys-dir province_configs/keys
+        --keys-dir province_configs/320000/keys
 
 starts the province's e-ID authority and fund centre on loopback, prints one
 JSON line to stdout::
@@ -13,15 +13,16 @@ process is what multi-process tests need: gateway nodes can be killed and
 restarted while the back-ends keep their state (used tokens, accounts,
 withdrawal cases), as real back-ends would.
 
-The e-ID issuer key is ``<keys-dir>/<province>/eid-issuer.key.pem``; its key
-id is ``--eid-key-id``, or else the last ``[[eid.issuer_keys]]`` of the
-province's config file in the folder above ``--keys-dir``.
+``--keys-dir`` is the province's keys folder (default
+``province_configs/<province>/keys``). The e-ID issuer key is
+``<keys-dir>/eid-issuer.key.pem``; its key id is ``--eid-key-id``, or else the
+last ``[[eid.issuer_keys]]`` of ``province.toml`` in the folder above ``--keys-dir``.
 
 A region known only by its config (one being added; see
 ``docs/adding-a-province.md``) is served with ``--config FILE`` instead of
 ``--province``::
 
-    python -m yrd_simulators --config province_configs/fictional.toml
+    python -m yrd_simulators --config province_configs/360000/province.toml
 
 which takes the province code from ``[province].code``, the issuer key from
 ``[eid].issuer_private_key``, its key id from the last ``[[eid.issuer_keys]]``,
@@ -38,7 +39,7 @@ started again with the same DIR still knows what it took and paid.
 The province's e-certificate library and case system are started too
 (``--cert-port``, ``--case-port``), adding ``cert_url`` and ``case_url`` to
 the JSON line (null for a region without hand-written ones). The library
-seals with ``<keys-dir>/<province>/seal.key.pem`` under key id
+seals with ``<keys-dir>/seal.key.pem`` under key id
 ``--seal-key-id`` (default ``"<province>-seal-2026"``).
 
 Besides the native endpoints the node calls, the simulators answer plain HTTP for
@@ -84,7 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     parser.add_argument("--eid-port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--fund-port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--keys-dir", type=Path, default=Path("province_configs/keys"))
+    parser.add_argument(
+        "--keys-dir",
+        type=Path,
+        metavar="DIR",
+        help="the province's keys folder (default province_configs/<province>/keys)",
+    )
     parser.add_argument("--eid-key-id", help="key id of the e-ID issuer key (default: config)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic residents and accounts")
     parser.add_argument("--review-delay", type=float, default=0.05, help="seconds")
@@ -106,8 +112,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _configured_key_id(keys_dir: Path, province: str) -> str | None:
-    """The last e-ID issuer key id in the province's config (next to the keys folder)."""
-    for path in sorted(keys_dir.resolve().parent.glob("*.toml")):
+    """The last e-ID issuer key id in the province's config (next to its keys folder)."""
+    for path in [keys_dir.resolve().parent / "province.toml"]:
         try:
             with path.open("rb") as f:
                 config = tomllib.load(f)
@@ -153,17 +159,21 @@ def _region_from_config(path: Path) -> Region:
 
 def _region(args: argparse.Namespace) -> Region:
     if args.config is not None:
+        if args.keys_dir is None:
+            args.keys_dir = args.config.parent / "keys"
         region = _region_from_config(args.config)
         if args.eid_key_id:
             region = Region(region.code, region.issuer_key, args.eid_key_id, region.adapter)
         return region
+    if args.keys_dir is None:
+        args.keys_dir = Path("province_configs") / args.province / "keys"
     key_id = args.eid_key_id or _configured_key_id(args.keys_dir, args.province)
     if key_id is None:
         raise SystemExit(
             f"no e-ID issuer key id for {args.province}: pass --eid-key-id, or a --keys-dir "
             "whose parent folder holds the province's config"
         )
-    return Region(args.province, args.keys_dir / args.province / "eid-issuer.key.pem", key_id)
+    return Region(args.province, args.keys_dir / "eid-issuer.key.pem", key_id)
 
 
 def _state_file(args: argparse.Namespace, name: str, province: str) -> Path | None:
@@ -198,7 +208,7 @@ async def serve(args: argparse.Namespace) -> None:
     if region.code in certificate_library.DIALECTS:
         library = certificate_library.CertificateLibrarySimulator(
             region.code,
-            args.keys_dir / region.code / "seal.key.pem",
+            args.keys_dir / "seal.key.pem",
             args.seal_key_id or f"{region.code}-seal-2026",
             seed=args.seed,
         )

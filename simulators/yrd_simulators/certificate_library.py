@@ -1221,7 +1221,7 @@ class CertificateLibrarySimulator(SimulatorServer):
     """A province's e-certificate library on loopback, with synthetic sealed certificates.
 
     ``seal_key_path`` is the PEM Ed25519 private key of the province's issuing
-    authorities (dev keys: ``province_configs/keys/<code>/seal.key.pem``),
+    authorities (dev keys: ``province_configs/<code>/keys/seal.key.pem``),
     ``seal_key_id`` its key id (``"<code>-seal-2026"``). ``clock`` decides
     consent and certificate expiry. State lives in the object and survives
     :meth:`stop` / :meth:`start`.
