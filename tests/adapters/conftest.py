@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from adapters.spec import AdapterConfig
-from tests.paths import CONFIG_DIR
+from tests.paths import CONFIG_DIR, config_file
 
-#: (province code, config file stem), the four shipped provinces.
+#: (province code, name used in test ids), the four shipped provinces.
 PROVINCES = [
     ("310000", "shanghai"),
     ("320000", "jiangsu"),
@@ -27,7 +27,8 @@ PROVINCES = [
 
 
 def _adapter_table(stem: str) -> dict[str, Any]:
-    with (CONFIG_DIR / f"{stem}.toml").open("rb") as f:
+    code = next(code for code, name in PROVINCES if name == stem)
+    with config_file(code).open("rb") as f:
         table: dict[str, Any] = tomllib.load(f)["adapter"]
     return table
 

@@ -16,7 +16,7 @@ class TestGoldenVectors:
 
     def test_vectors_pass(self, province: tuple[str, AdapterConfig], config_dir: Path) -> None:
         code, config = province
-        vectors = load_vectors(config_dir / "golden" / code)
+        vectors = load_vectors(config_dir / code / "golden")
         translator = Translator(config)
         assert {v.message for v in vectors} == set(translator.messages), "every message has one"
         failures = {v.path.name: check_vector(translator, v) for v in vectors}
@@ -38,7 +38,7 @@ class TestGoldenVectors:
                 "code_tables": {**config.code_tables, "gender": table},
             }
         )
-        vectors = load_vectors(config_dir / "golden" / code)
+        vectors = load_vectors(config_dir / code / "golden")
         translator = Translator(wrong)
         assert any(check_vector(translator, v) for v in vectors if v.message == "identity.person")
 
@@ -46,7 +46,7 @@ class TestGoldenVectors:
         self, province: tuple[str, AdapterConfig], config_dir: Path
     ) -> None:
         code, _ = province
-        messages = {v.message for v in load_vectors(config_dir / "golden" / code / "fund")}
+        messages = {v.message for v in load_vectors(config_dir / code / "golden" / "fund")}
         assert {"fund.account", "fund.withdrawal", "fund.status"} <= messages
 
     def test_a_wrong_reason_table_fails_its_vectors(
@@ -64,7 +64,7 @@ class TestGoldenVectors:
                 "code_tables": {**config.code_tables, "withdrawal_reason": table},
             }
         )
-        vectors = load_vectors(config_dir / "golden" / code / "fund")
+        vectors = load_vectors(config_dir / code / "golden" / "fund")
         translator = Translator(wrong)
         assert any(check_vector(translator, v) for v in vectors if v.message == "fund.withdrawal")
 

@@ -179,7 +179,7 @@ async def anhui(
     adapter_table: Table, config_dir: Path
 ) -> AsyncIterator[tuple[EidAuthoritySimulator, SessionIdentityAuthority]]:
     simulator = EidAuthoritySimulator(
-        "340000", config_dir / "keys" / "340000" / "eid-issuer.key.pem", "340000-eid-2026"
+        "340000", config_dir / "340000" / "keys" / "eid-issuer.key.pem", "340000-eid-2026"
     )
     url = await simulator.start()
     authority = build_identity_authority(AdapterConfig.model_validate(adapter_table("anhui")), url)
@@ -237,7 +237,7 @@ class TestAnhuiSession:
         table["plugin"]["settings"]["app_id"] = "SOMEONE-ELSE"
         config = AdapterConfig.model_validate(table)
         async with EidAuthoritySimulator(
-            "340000", config_dir / "keys" / "340000" / "eid-issuer.key.pem", "340000-eid-2026"
+            "340000", config_dir / "340000" / "keys" / "eid-issuer.key.pem", "340000-eid-2026"
         ) as simulator:
             authority = build_identity_authority(config, simulator.url)
             with pytest.raises(BackendRejected, match="app_id") as info:
@@ -252,7 +252,7 @@ class TestAnhuiSession:
         table["plugin"]["settings"]["refresh_margin_seconds"] = 3600
         config = AdapterConfig.model_validate(table)
         async with EidAuthoritySimulator(
-            "340000", config_dir / "keys" / "340000" / "eid-issuer.key.pem", "340000-eid-2026"
+            "340000", config_dir / "340000" / "keys" / "eid-issuer.key.pem", "340000-eid-2026"
         ) as simulator:
             authority = build_identity_authority(config, simulator.url)
             assert isinstance(authority, SessionIdentityAuthority)

@@ -241,7 +241,7 @@ class TestRoundTrip:
         system = HttpCaseSystem(config, "http://127.0.0.1:9")
         (vector,) = [
             v
-            for v in load_vectors(config_dir / "golden" / code / "case")
+            for v in load_vectors(config_dir / code / "golden" / "case")
             if v.message == "case.submission"
         ]
         whole = json.loads(vector.path.read_text(encoding="utf-8"))["application"]

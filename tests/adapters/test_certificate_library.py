@@ -24,14 +24,13 @@ from adapters.spec import AdapterConfig
 from gateway.core.clock import FrozenClock
 from gateway.core.crypto import load_public_key
 from gateway.trust.seals import seal_verdict, verify_seal
-from tests.paths import KEYS_DIR
+from tests.paths import keys_dir
 from yrd.certificate.v1 import certificate_pb2
 from yrd_simulators.certificate_library import CertificateLibrarySimulator, synthetic_certificates
 from yrd_simulators.residents import synthetic_residents
 
 NOW = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
 TODAY = date(2026, 3, 1)
-KEYS = KEYS_DIR
 Running = tuple[CertificateLibrarySimulator, HttpCertificateLibrary]
 
 
@@ -44,7 +43,7 @@ async def running(province: tuple[str, AdapterConfig]) -> AsyncIterator[Running]
     code, config = province
     clock = FrozenClock(NOW)
     simulator = CertificateLibrarySimulator(
-        code, KEYS / code / "seal.key.pem", f"{code}-seal-2026", clock=clock
+        code, keys_dir(code) / "seal.key.pem", f"{code}-seal-2026", clock=clock
     )
     url = await simulator.start()
     library = build_certificate_library(config, url, clock=clock)
@@ -95,7 +94,7 @@ class TestFetch:
         to = _other(sim.province)
         fetched = await library.fetch(_request(cert, _consent(sim, cert, to)), to, timeout=5)
         assert fetched == cert
-        public = load_public_key((KEYS / sim.province / "seal.pub.pem").read_bytes())
+        public = load_public_key((keys_dir(sim.province) / "seal.pub.pem").read_bytes())
         assert verify_seal(fetched, public)
         assert seal_verdict(fetched, public, today=TODAY) == certificate_pb2.SEAL_VALID
 
@@ -122,7 +121,7 @@ class TestFetch:
 
     async def test_forged_detected(self, running: Running) -> None:
         sim, library = running
-        public = load_public_key((KEYS / sim.province / "seal.pub.pem").read_bytes())
+        public = load_public_key((keys_dir(sim.province) / "seal.pub.pem").read_bytes())
         assert len(sim.forged) == 2
         for cert in sim.forged:
             to = _other(sim.province)
@@ -132,7 +131,7 @@ class TestFetch:
 
     async def test_expired_reported(self, running: Running) -> None:
         sim, library = running
-        public = load_public_key((KEYS / sim.province / "seal.pub.pem").read_bytes())
+        public = load_public_key((keys_dir(sim.province) / "seal.pub.pem").read_bytes())
         assert len(sim.expired) == 2
         for cert in sim.expired:
             to = _other(sim.province)
@@ -325,7 +324,11 @@ PINNED_LIBRARIES = {
 
 def _library_digest(province: str, seed: int, today: date) -> str:
     library = synthetic_certificates(
-        province, KEYS / province / "seal.key.pem", f"{province}-seal-2026", seed=seed, today=today
+        province,
+        keys_dir(province) / "seal.key.pem",
+        f"{province}-seal-2026",
+        seed=seed,
+        today=today,
     )
     digest = hashlib.sha256()
     for group in (library.certificates, library.forged, library.expired):

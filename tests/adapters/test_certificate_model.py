@@ -37,11 +37,10 @@ from gateway.trust.seals import (
     seal_verdict,
     verify_seal,
 )
-from tests.paths import KEYS_DIR
+from tests.paths import keys_dir
 from yrd.certificate.v1 import certificate_pb2
 from yrd.common.v1 import common_pb2
 
-KEYS = KEYS_DIR
 ISSUER = "11310000MB2F3K4L5X"
 _HAN = st.characters(min_codepoint=0x4E00, max_codepoint=0x9FA5)
 _TEXT = st.characters(blacklist_categories=("Cs", "Cc", "Cn"))
@@ -57,12 +56,12 @@ COMPANY = _credit("91310115MA1K4B7C8")
 
 @cache
 def _seal_key(code: str) -> Ed25519PrivateKey:
-    return load_private_key(KEYS / code / "seal.key.pem")
+    return load_private_key(keys_dir(code) / "seal.key.pem")
 
 
 @cache
 def _seal_pub(code: str) -> Ed25519PublicKey:
-    return load_public_key((KEYS / code / "seal.pub.pem").read_bytes())
+    return load_public_key((keys_dir(code) / "seal.pub.pem").read_bytes())
 
 
 def _marriage(issuer_province: str = "340000") -> certificate_pb2.Certificate:
@@ -409,7 +408,7 @@ class TestGoldenCertificates:
         codec = _codec(code, config)
         vectors = [
             v
-            for v in load_vectors(config_dir / "golden" / code / "certificate")
+            for v in load_vectors(config_dir / code / "golden" / "certificate")
             if v.message in ("certificate.certificate", "certificate.answer")
             and v.canonical.get("outcome", "FOUND") == "FOUND"
         ]
@@ -440,7 +439,7 @@ class TestGoldenCertificates:
         code, _ = province
         outcomes = {
             v.canonical["outcome"]
-            for v in load_vectors(config_dir / "golden" / code / "certificate")
+            for v in load_vectors(config_dir / code / "golden" / "certificate")
             if v.message == "certificate.answer"
         }
         assert outcomes == {

@@ -23,7 +23,7 @@ NOW = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 async def simulator(config_dir: Path) -> AsyncIterator[EidAuthoritySimulator]:
     sim = EidAuthoritySimulator(
         "330000",
-        config_dir / "keys" / "330000" / "eid-issuer.key.pem",
+        config_dir / "330000" / "keys" / "eid-issuer.key.pem",
         "330000-eid-2026",
         clock=FrozenClock(NOW),
     )
@@ -167,7 +167,7 @@ class TestNativeStatus:
 
     async def test_stop_is_idempotent(self, config_dir: Path) -> None:
         sim = EidAuthoritySimulator(
-            "340000", config_dir / "keys" / "340000" / "eid-issuer.key.pem", "340000-eid-2026"
+            "340000", config_dir / "340000" / "keys" / "eid-issuer.key.pem", "340000-eid-2026"
         )
         async with sim:
             assert sim.url.startswith("http://127.0.0.1:")

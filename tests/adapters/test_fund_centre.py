@@ -518,7 +518,7 @@ class TestStandaloneProcess:
             "--fund-port",
             "0",
             "--keys-dir",
-            str(config_dir / "keys"),
+            str(config_dir / "320000" / "keys"),
             "--review-delay",
             "0.01",
             "--payment-delay",

@@ -37,7 +37,7 @@ async def running(
     code, config = province
     simulator = EidAuthoritySimulator(
         code,
-        config_dir / "keys" / code / "eid-issuer.key.pem",
+        config_dir / code / "keys" / "eid-issuer.key.pem",
         f"{code}-eid-2026",
         clock=FrozenClock(NOW),
     )
@@ -193,7 +193,7 @@ class TestFailures:
                 rule["format"] = "yyyyMMdd"
         config = AdapterConfig.model_validate(table)
         simulator = EidAuthoritySimulator(
-            "330000", config_dir / "keys" / "330000" / "eid-issuer.key.pem", "330000-eid-2026"
+            "330000", config_dir / "330000" / "keys" / "eid-issuer.key.pem", "330000-eid-2026"
         )
         async with simulator, HttpIdentityAuthority(config, simulator.url) as authority:
             with pytest.raises(TranslationError, match=r"resident\.birth_millis: expected"):

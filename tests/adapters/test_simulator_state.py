@@ -18,7 +18,7 @@ import pytest
 from adapters import BackendUnavailable, build_fund_centre
 from adapters.spec import AdapterConfig
 from gateway.core.clock import FrozenClock
-from tests.paths import KEYS_DIR
+from tests.paths import config_file, keys_dir
 from yrd.common.v1 import common_pb2
 from yrd.fund.v1 import fund_pb2
 from yrd_simulators.case_system import CaseSystemSimulator
@@ -185,7 +185,7 @@ def _admin(url: str, path: str, body: object | None = None) -> Any:
 def test_simulator_process_keeps_its_state_across_a_restart(tmp_path: Path) -> None:
     """`python -m yrd_simulators --state-dir DIR`: killed and started again,
     the fund centre still has its cases; /admin/forget drops them, not the ledger."""
-    keys = KEYS_DIR
+    keys = keys_dir("320000")
 
     def start() -> tuple[subprocess.Popen[str], str]:
         args = ["--province", "320000", "--keys-dir", str(keys)]
@@ -200,7 +200,7 @@ def test_simulator_process_keeps_its_state_across_a_restart(tmp_path: Path) -> N
         return process, json.loads(process.stdout.readline())["fund_url"]
 
     async def submit(url: str) -> None:
-        table = tomllib.loads((keys.parent / "jiangsu.toml").read_text("utf-8"))
+        table = tomllib.loads(config_file("320000").read_text("utf-8"))
         config = AdapterConfig.model_validate(table["adapter"])
         probe = FundCentreSimulator("320000")
         centre = build_fund_centre(config, url)

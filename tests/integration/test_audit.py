@@ -14,10 +14,10 @@ import pytest
 
 from gateway.testing.localfed import LocalFederation
 from tests.integration.conftest import SH, ZJ, Wallet
-from tests.paths import CONFIG_DIR
+from tests.paths import config_file
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
 
-CONFIG = str(CONFIG_DIR / "shanghai.toml")
+CONFIG = str(config_file("310000"))
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

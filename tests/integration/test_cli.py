@@ -24,7 +24,7 @@ from gateway.storage.messagelog import MessageLog
 from gateway.storage.records import LogEntry
 from gateway.testing.localfed import CONFIG_DIR_SETTING, free_port
 from gateway.tools.demo import _payee_account as demo_payee_account
-from tests.paths import CONFIG_DIR
+from tests.paths import CONFIG_DIR, config_file, keys_dir
 from yrd_simulators.fund_centre import FundCentreSimulator
 from yrd_simulators.residents import synthetic_residents
 
@@ -76,7 +76,7 @@ def without_config_setting() -> dict[str, str]:
 def copy_configs(tmp_path: Path) -> Path:
     folder = tmp_path / "province_configs"
     shutil.copytree(CONFIG_DIR, folder, ignore=shutil.ignore_patterns("var"))
-    for file in folder.glob("*.toml"):
+    for file in folder.glob("*/province.toml"):
         text = file.read_text(encoding="utf-8")
         text = re.sub(r'\nendpoint = "[^"]+"', f'\nendpoint = "127.0.0.1:{free_port()}"', text)
         text = re.sub(
@@ -84,7 +84,7 @@ def copy_configs(tmp_path: Path) -> Path:
             f'federation_endpoint = "127.0.0.1:{free_port()}"',
             text,
         )
-        text = re.sub(r'store = "[^"]+"', 'store = "var"', text)
+        text = re.sub(r'store = "[^"]+"', 'store = "../var"', text)
         file.write_text(text, encoding="utf-8")
     return folder
 
@@ -111,13 +111,13 @@ class TestConfigCheck:
     """`config check` names every problem and exits non-zero."""
 
     def test_shipped_configs_are_valid(self) -> None:
-        result = run("config", "check", *map(str, sorted(CONFIG_DIR.glob("*.toml"))))
+        result = run("config", "check", *map(str, sorted(CONFIG_DIR.glob("*/province.toml"))))
         assert result.returncode == 0, result.stdout + result.stderr
         assert "4 file(s) valid" in result.stdout
 
     def test_broken_config_is_reported_with_file_key_and_expectation(self, tmp_path: Path) -> None:
         folder = copy_configs(tmp_path)
-        file = folder / "anhui.toml"
+        file = config_file("340000", folder)
         text = file.read_text(encoding="utf-8").replace('code = "340000"', 'code = "34000"', 1)
         file.write_text(text.replace("[node]", "[node]\nport = 1", 1), encoding="utf-8")
         result = run("config", "check", str(file))
@@ -129,18 +129,24 @@ class TestConfigCheck:
 
 class TestPki:
     def test_init_creates_every_key(self, tmp_path: Path) -> None:
-        result = run("pki", "init", str(tmp_path / "keys"), "--provinces", "310000", "330000")
+        configs = tmp_path / "configs"
+        result = run("pki", "init", str(configs), "--provinces", "310000", "330000")
         assert result.returncode == 0, result.stderr
         for code in ("310000", "330000"):
             for stem in ("signing", "eid-issuer", "seal"):
-                assert (tmp_path / "keys" / code / f"{stem}.key.pem").exists()
-                assert (tmp_path / "keys" / code / f"{stem}.pub.pem").exists()
-        assert (tmp_path / "keys" / "310000" / "signing.key.pem").stat().st_mode & 0o077 == 0
-        assert result.stdout.count("sha256:") == 6 + 1 + 4  # keys, the CA, node + client certs
-        assert (tmp_path / "keys" / "ca.crt.pem").exists()
+                assert (keys_dir(code, configs) / f"{stem}.key.pem").exists()
+                assert (keys_dir(code, configs) / f"{stem}.pub.pem").exists()
+        assert (keys_dir("310000", configs) / "signing.key.pem").stat().st_mode & 0o077 == 0
+        # keys, the CA, its copy in each keys folder, node + client certs
+        assert result.stdout.count("sha256:") == 6 + 1 + 2 + 4
+        ca = configs / "federation-ca" / "ca.crt.pem"
+        assert ca.exists()
+        assert (configs / "federation-ca" / "ca.key.pem").exists()
         for code in ("310000", "330000"):
             for stem in ("tls", "office"):
-                assert (tmp_path / "keys" / code / f"{stem}.crt.pem").exists()
+                assert (keys_dir(code, configs) / f"{stem}.crt.pem").exists()
+            assert (keys_dir(code, configs) / "ca.crt.pem").read_bytes() == ca.read_bytes()
+            assert not (keys_dir(code, configs) / "ca.key.pem").exists()
 
 
 class TestServe:
@@ -148,7 +154,7 @@ class TestServe:
 
     def test_serve_health_sigterm_and_log_verify(self, tmp_path: Path) -> None:
         folder = copy_configs(tmp_path)
-        config = folder / "shanghai.toml"
+        config = config_file("310000", folder)
         endpoint = re.search(r'\nendpoint = "([^"]+)"', config.read_text(encoding="utf-8"))
         assert endpoint is not None
         process = subprocess.Popen(
@@ -161,7 +167,7 @@ class TestServe:
             deadline = time.monotonic() + 30
             status = None
             credentials = grpc.ssl_channel_credentials(
-                (folder / "keys" / "ca.crt.pem").read_bytes()
+                (folder / "federation-ca" / "ca.crt.pem").read_bytes()
             )
             with grpc.secure_channel(endpoint.group(1), credentials) as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
@@ -182,8 +188,8 @@ class TestServe:
 
     def test_bad_config_refuses_to_start(self, tmp_path: Path) -> None:
         folder = copy_configs(tmp_path)
-        (folder / "keys" / "310000" / "signing.key.pem").unlink()
-        result = run("serve", "--config", str(folder / "shanghai.toml"), timeout=30)
+        (folder / "310000" / "keys" / "signing.key.pem").unlink()
+        result = run("serve", "--config", str(config_file("310000", folder)), timeout=30)
         assert result.returncode == 2
         assert "signing.private_key" in result.stderr
 
@@ -349,7 +355,7 @@ class TestWithoutSimulators:
         result = run(
             "config",
             "check",
-            *map(str, sorted(CONFIG_DIR.glob("*.toml"))),
+            *map(str, sorted(CONFIG_DIR.glob("*/province.toml"))),
             command=WITHOUT_SIMULATORS,
         )
         assert result.returncode == 0, result.stdout + result.stderr
@@ -368,7 +374,7 @@ class TestOutboxStore:
         store.mkdir()
         with sqlite3.connect(store / "state.db") as db:
             db.execute("PRAGMA user_version = 999")
-        result = run("outbox", "list", "--config", str(folder / "shanghai.toml"))
+        result = run("outbox", "list", "--config", str(config_file("310000", folder)))
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr
         (line,) = result.stderr.strip().splitlines()

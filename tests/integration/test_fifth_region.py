@@ -36,7 +36,7 @@ from stdnum import luhn
 
 from gateway.config.loading import parse_province_file
 from gateway.testing.localfed import free_port
-from tests.paths import CONFIG_DIR
+from tests.paths import CONFIG_DIR, config_file
 from yrd.common.v1 import common_pb2
 from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
@@ -88,10 +88,10 @@ def make_region(root: Path) -> Path:
     """Steps 1-4 of the guide in a copy of province_configs; returns the new file."""
     folder = root / "province_configs"
     shutil.copytree(CONFIG_DIR, folder, ignore=shutil.ignore_patterns("var"))
-    keys = cli("pki", "init", str(folder / "keys"), "--provinces", CODE)
+    keys = cli("pki", "init", str(folder), "--provinces", CODE)
     assert keys.returncode == 0, keys.stderr
     office = re.search(rf"{CODE}\s+office\s+\S+\s+certificate sha256:([0-9a-f]{{64}})", keys.stdout)
-    head = (folder / "shanghai.toml").read_text(encoding="utf-8").split("# ---- Adapter", 1)[0]
+    head = config_file(SH, folder).read_text(encoding="utf-8").split("# ---- Adapter", 1)[0]
     for kind in ("hotel", "office"):
         head = head.replace(sha256_hex(f"dev-{kind}-{SH}"), sha256_hex(f"dev-{kind}-{CODE}"))
     head = head.replace(SH, CODE)
@@ -106,10 +106,10 @@ def make_region(root: Path) -> Path:
         )
     else:  # a pki without office certificates: the client keeps its token only
         head = re.sub(r"^certificate_sha256 = .*\n", "", head, flags=re.M)
-    file = folder / "penglai.toml"
+    file = config_file(CODE, folder)
     file.write_text(head + guide_adapter(), encoding="utf-8")
     for name, body in guide_vectors().items():
-        path = folder / "golden" / CODE / name
+        path = folder / CODE / "golden" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(body, encoding="utf-8")
     return file
@@ -219,7 +219,7 @@ class Running:
 def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     root = tmp_path_factory.mktemp("fifth-region")
     penglai = make_region(root)
-    running = Running(root, {CODE: penglai, SH: penglai.parent / "shanghai.toml"})
+    running = Running(root, {CODE: penglai, SH: config_file(SH, penglai.parent.parent)})
     try:
         for code in (CODE, SH):
             running.start_simulator(code)

@@ -18,13 +18,12 @@ from gateway.core.clock import OffsetClock
 from gateway.testing.localfed import LocalFederation
 from gateway.trust.envelope import EnvelopeSigner
 from tests.integration.conftest import AH, JS, SH, ZJ, Wallet
-from tests.paths import CONFIG_DIR
+from tests.paths import CA_DIR, keys_dir
 from yrd.common.v1 import common_pb2
 from yrd.federation.v1 import federation_pb2
 from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
 
-KEYS = CONFIG_DIR / "keys"
 FITTING = {
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.UNAUTHENTICATED,
@@ -42,9 +41,9 @@ FUZZ = settings(
 
 def mtls(federation: LocalFederation, as_province: str = SH) -> grpc.aio.Channel:
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=(KEYS / "ca.crt.pem").read_bytes(),
-        private_key=(KEYS / as_province / "tls.key.pem").read_bytes(),
-        certificate_chain=(KEYS / as_province / "tls.crt.pem").read_bytes(),
+        root_certificates=(CA_DIR / "ca.crt.pem").read_bytes(),
+        private_key=(keys_dir(as_province) / "tls.key.pem").read_bytes(),
+        certificate_chain=(keys_dir(as_province) / "tls.crt.pem").read_bytes(),
     )
     endpoint = federation.provinces[ZJ].config.node.federation_endpoint
     assert endpoint is not None

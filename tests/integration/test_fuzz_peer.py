@@ -767,11 +767,11 @@ def test_a_reused_message_id_is_refused_by_every_worker(tmp_path: Path) -> None:
         assert len(jiangsu.children()) == 2
         shanghai = parse_province_file(processes.nodes[SH].config)
         signer = EnvelopeSigner.from_config(shanghai, SystemClock())
-        keys = jiangsu.config.parent / "keys"
+        keys = processes.nodes[SH].config.parent / "keys"  # Shanghai's own keys
         credentials = grpc.ssl_channel_credentials(
             root_certificates=(keys / "ca.crt.pem").read_bytes(),
-            private_key=(keys / SH / "tls.key.pem").read_bytes(),
-            certificate_chain=(keys / SH / "tls.crt.pem").read_bytes(),
+            private_key=(keys / "tls.key.pem").read_bytes(),
+            certificate_chain=(keys / "tls.crt.pem").read_bytes(),
         )
         text = jiangsu.config.read_text(encoding="utf-8")
         endpoint = text.split('federation_endpoint = "', 1)[1].split('"', 1)[0]

@@ -24,7 +24,7 @@ from gateway.core.errors import EnvelopeRejected
 from gateway.testing.localfed import LocalFederation
 from gateway.trust.envelope import EnvelopeSigner
 from tests.integration.conftest import SH, ZJ, Wallet
-from tests.paths import CONFIG_DIR
+from tests.paths import CONFIG_DIR, config_file
 from yrd.federation.v1 import federation_pb2
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
 
@@ -39,11 +39,11 @@ def rotate_config(tmp_path: Path, switch: dt.datetime, old_end: dt.datetime) -> 
     configs = tmp_path / "province_configs"
     shutil.copytree(CONFIG_DIR, configs, ignore=shutil.ignore_patterns("var"))
     key = crypto.generate_private_key()
-    (configs / "keys" / ZJ / "signing-2027.key.pem").write_bytes(crypto.private_key_pem(key))
-    (configs / "keys" / ZJ / "signing-2027.pub.pem").write_bytes(
+    (configs / ZJ / "keys" / "signing-2027.key.pem").write_bytes(crypto.private_key_pem(key))
+    (configs / ZJ / "keys" / "signing-2027.pub.pem").write_bytes(
         crypto.public_key_pem(key.public_key())
     )
-    file = configs / "zhejiang.toml"
+    file = config_file("330000", configs)
     text = file.read_text(encoding="utf-8")
     text = re.sub(
         r'(key_id = "330000-sig-2026"\npublic_key = "[^"]+"\nnot_before = [^\n]+\n'
@@ -56,8 +56,8 @@ def rotate_config(tmp_path: Path, switch: dt.datetime, old_end: dt.datetime) -> 
         "[eid]\n",
         f'''[[signing.public_keys]]
 key_id = "{NEW}"
-public_key = "keys/{ZJ}/signing-2027.pub.pem"
-private_key = "keys/{ZJ}/signing-2027.key.pem"
+public_key = "keys/signing-2027.pub.pem"
+private_key = "keys/signing-2027.key.pem"
 not_before = {stamp(switch)}
 not_after = 2030-01-01T00:00:00Z
 
@@ -113,7 +113,7 @@ async def test_rotation_under_continuous_traffic(tmp_path: Path) -> None:
         assert seen == {OLD, NEW}
 
         # After its window, the old key no longer verifies anywhere.
-        old_key = crypto.load_private_key(configs / "keys" / ZJ / "signing.key.pem")
+        old_key = crypto.load_private_key(configs / ZJ / "keys" / "signing.key.pem")
         stale = EnvelopeSigner(ZJ, OLD, old_key, clock).seal(
             receiver=SH,
             service="identity.CheckCredential",

@@ -26,6 +26,7 @@ from gateway.testing.localfed import LocalFederation, free_port
 from tests.integration.conftest import SH, Wallet
 from tests.integration.test_audit import three_check_ins
 from tests.integration.test_cli import copy_configs
+from tests.paths import config_file
 
 CLI = [sys.executable, "-m", "gateway"]
 REFUSED = 3
@@ -50,7 +51,8 @@ def endpoint_of(config: Path) -> str:
 
 def health(folder: Path, endpoint: str, deadline: float = 30) -> int | None:
     """The node's overall health status, waiting up to ``deadline`` for it to answer."""
-    credentials = grpc.ssl_channel_credentials((folder / "keys" / "ca.crt.pem").read_bytes())
+    ca = folder / "federation-ca" / "ca.crt.pem"
+    credentials = grpc.ssl_channel_credentials(ca.read_bytes())
     until = time.monotonic() + deadline
     with grpc.secure_channel(endpoint, credentials) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -80,7 +82,7 @@ class Served:
 
 
 def start(folder: Path, *args: str) -> Served:
-    config = folder / "shanghai.toml"
+    config = config_file("310000", folder)
     process = subprocess.Popen(
         [*CLI, "serve", "--config", str(config), "--grace", "1", *args],
         stdout=subprocess.PIPE,
@@ -116,7 +118,7 @@ def same_ports_other_store(served: Served) -> Path:
     """Another copy of the node's config folder: same ports, its own store."""
     folder = served.folder.parent / "other_configs"
     shutil.copytree(served.folder, folder, ignore=shutil.ignore_patterns("var"))
-    return folder / served.config.name
+    return folder / served.config.relative_to(served.folder)
 
 
 def one_line(stderr: str) -> str:
@@ -137,7 +139,7 @@ class TestServeFailsFast:
             taken.listen()
             address = f"127.0.0.1:{taken.getsockname()[1]}"
             began = time.monotonic()
-            result = serve(folder / "shanghai.toml", "--listen", address)
+            result = serve(config_file("310000", folder), "--listen", address)
             elapsed = time.monotonic() - began
         assert result.returncode == REFUSED
         line = one_line(result.stderr)
@@ -155,7 +157,7 @@ class TestServeFailsFast:
         result = serve(other)
         assert result.returncode == REFUSED
         assert f"cannot listen on {endpoint_of(running.config)}" in one_line(result.stderr)
-        assert not (other.parent / "var" / "messages.db").exists()
+        assert not (other.parent.parent / "var" / "messages.db").exists()
         assert snapshot(running.store) == before
         assert health(running.folder, endpoint_of(running.config), 5) == (
             health_pb2.HealthCheckResponse.SERVING
@@ -211,8 +213,8 @@ class TestServeFailsFast:
     )
     def test_unreadable_key(self, tmp_path: Path, key: str, config_key: str) -> None:
         folder = copy_configs(tmp_path)
-        (folder / "keys" / SH / key).write_bytes(b"-----BEGIN PRIVATE KEY-----\ngarbage\n")
-        result = serve(folder / "shanghai.toml")
+        (folder / SH / "keys" / key).write_bytes(b"-----BEGIN PRIVATE KEY-----\ngarbage\n")
+        result = serve(config_file("310000", folder))
         assert result.returncode == REFUSED
         line = one_line(result.stderr)
         assert f"cannot read {config_key}" in line
@@ -223,7 +225,7 @@ class TestServeFailsFast:
         folder = copy_configs(tmp_path)
         (folder / "var").mkdir()
         (folder / "var" / "messages.db").write_bytes(b"not a database, " * 512)
-        result = serve(folder / "shanghai.toml")
+        result = serve(config_file("310000", folder))
         assert result.returncode == REFUSED
         line = one_line(result.stderr)
         assert "cannot open the message log" in line
@@ -294,7 +296,7 @@ class TestIntegrityAtStart:
         self, logged_store: Path
     ) -> None:
         database = logged_store / "var" / "messages.db"
-        config = logged_store / "shanghai.toml"
+        config = config_file("310000", logged_store)
         flip_one_byte_of_row(database, 2)
         before = rows_of(database)
 
@@ -345,7 +347,7 @@ class TestIntegrityAtStart:
             (segment,) = db.execute("SELECT seq FROM message_log WHERE kind = 'segment'").fetchone()
             db.execute("UPDATE message_log SET logged_at = 'x' WHERE seq = ?", (segment,))
         db.close()
-        result = serve(logged_store / "shanghai.toml")
+        result = serve(config_file("310000", logged_store))
         assert result.returncode == REFUSED
         assert f"broken at row {segment}: row {segment}: content does not match" in one_line(
             result.stderr

@@ -29,7 +29,7 @@ from tests.integration.conftest import JS, SH, ZJ
 from tests.integration.test_certificates_and_cases import case_application, submit_case
 from tests.integration.test_certificates_and_cases import until_final as until_case_final
 from tests.integration.test_fund_exchange import application, counter, submit, until_final
-from tests.paths import CONFIG_DIR
+from tests.paths import CONFIG_DIR, config_file
 from yrd.case.v1 import case_pb2, case_pb2_grpc
 from yrd.fund.v1 import fund_pb2
 
@@ -45,7 +45,7 @@ async def federation(tmp_path: Path) -> AsyncIterator[LocalFederation]:
     configs = tmp_path / "configs"
     shutil.copytree(CONFIG_DIR, configs, ignore=shutil.ignore_patterns("var"))
     work = tmp_path / "work"
-    jiangsu = configs / "jiangsu.toml"
+    jiangsu = config_file("320000", configs)
     text = re.sub(
         r'^store = "[^"]+"', f'store = "{work / JS}"', jiangsu.read_text("utf-8"), flags=re.M
     )
@@ -55,7 +55,7 @@ async def federation(tmp_path: Path) -> AsyncIterator[LocalFederation]:
 
 
 def config_of(federation: LocalFederation) -> str:
-    return str(federation.config_dir / "jiangsu.toml")
+    return str(config_file("320000", federation.config_dir))
 
 
 async def until(

@@ -15,21 +15,20 @@ from gateway.testing.localfed import LocalFederation, client_channel
 from gateway.tools.pki import DEV_NOT_AFTER, DEV_NOT_BEFORE
 from gateway.trust import tls
 from tests.integration.conftest import AH, SH, ZJ
-from tests.paths import CONFIG_DIR
+from tests.paths import CA_DIR, keys_dir
 from yrd.admin.v1 import admin_pb2, admin_pb2_grpc
 from yrd.federation.v1 import federation_pb2
 
-KEYS = CONFIG_DIR / "keys"
 NOW = dt.datetime.now(dt.UTC)
 
 
 def federation_ca() -> tls.Issued:
-    return tls.load_ca(KEYS / "ca.crt.pem", KEYS / "ca.key.pem")
+    return tls.load_ca(CA_DIR / "ca.crt.pem", CA_DIR / "ca.key.pem")
 
 
 def node_material(province: str) -> tuple[bytes, bytes]:
-    return (KEYS / province / "tls.crt.pem").read_bytes(), (
-        KEYS / province / "tls.key.pem"
+    return (keys_dir(province) / "tls.crt.pem").read_bytes(), (
+        keys_dir(province) / "tls.key.pem"
     ).read_bytes()
 
 
@@ -54,7 +53,7 @@ async def exchange(
         correlation_id=str(uuid.uuid4()),
     )
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=(KEYS / "ca.crt.pem").read_bytes(),
+        root_certificates=(CA_DIR / "ca.crt.pem").read_bytes(),
         private_key=key,
         certificate_chain=certificate,
     )
@@ -142,8 +141,8 @@ class TestLocalClients:
         channel = client_channel(
             config,
             federation_endpoint(federation, SH),
-            certificate=(KEYS / SH / "office.crt.pem").read_bytes(),
-            private_key=(KEYS / SH / "office.key.pem").read_bytes(),
+            certificate=(keys_dir(SH) / "office.crt.pem").read_bytes(),
+            private_key=(keys_dir(SH) / "office.key.pem").read_bytes(),
         )
         async with channel:
             info = await admin_pb2_grpc.AdminServiceStub(channel).GetNodeInfo(

@@ -87,11 +87,11 @@ def _accounts(processes: ProcessFederation) -> list[dict[str, str]]:
 
 
 async def resend(processes: ProcessFederation, envelope: bytes, times: int) -> list[str]:
-    keys = processes.nodes[JS].config.parent / "keys"
+    keys = processes.nodes[SH].config.parent / "keys"  # Shanghai's own keys
     credentials = grpc.ssl_channel_credentials(
         root_certificates=(keys / "ca.crt.pem").read_bytes(),
-        private_key=(keys / SH / "tls.key.pem").read_bytes(),
-        certificate_chain=(keys / SH / "tls.crt.pem").read_bytes(),
+        private_key=(keys / "tls.key.pem").read_bytes(),
+        certificate_chain=(keys / "tls.crt.pem").read_bytes(),
     )
     text = processes.nodes[JS].config.read_text(encoding="utf-8")
     endpoint = text.split('federation_endpoint = "', 1)[1].split('"', 1)[0]

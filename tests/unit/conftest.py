@@ -15,7 +15,7 @@ from gateway.core.clock import FrozenClock
 from gateway.core.crypto import load_private_key
 from gateway.trust.envelope import EnvelopeSigner, EnvelopeVerifier
 from gateway.trust.truststore import TrustStore
-from tests.paths import CONFIG_DIR, config_file, keys_dir
+from tests.paths import config_file, keys_dir
 
 SH, JS, ZJ, AH = "310000", "320000", "330000", "340000"
 PROVINCE_CODES = (SH, JS, ZJ, AH)

@@ -26,8 +26,8 @@ from gateway.config.loading import (
 )
 from gateway.config.models import FEDERATION_SERVICES, FederationConfig, ProvinceConfig
 from gateway.core.errors import ConfigError, GatewayError
-from tests.paths import config_file, keys_dir
-from tests.unit.conftest import AH, CONFIG_DIR, JS, PROVINCE_CODES, SH, ZJ
+from tests.paths import CONFIG_DIR, config_file, keys_dir
+from tests.unit.conftest import AH, JS, PROVINCE_CODES, SH, ZJ
 
 Raw = dict[str, Any]
 
