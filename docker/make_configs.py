@@ -6,15 +6,18 @@
 The shipped configs put every node and back-end on loopback. In containers,
 each node listens on all interfaces and reaches its peers and its back-ends
 by their container hostnames. A node takes its own listening addresses from
-its own file and its peers' addresses from the other files of the same
-folder, so every node gets a folder of its own::
+its own file and (for now) its peers' addresses from the other provinces'
+``province.toml`` beside its folder, so every node gets a copy of the layout of
+its own (``<name>`` is the ``[province] name`` in lower case)::
 
-    OUT/shanghai/shanghai.toml   own file: endpoints bound to 0.0.0.0, store /var/lib/yrd
-    OUT/shanghai/jiangsu.toml    peers: endpoints yrd-node-320000:7320 / :7321
-    OUT/shanghai/zhejiang.toml   ...
-    OUT/shanghai/anhui.toml
-    OUT/shanghai/keys -> SRC/keys            (every non-TOML entry of SRC, as a
-    OUT/shanghai/golden -> SRC/golden         symlink: relative paths stay valid)
+    OUT/shanghai/310000/province.toml   own file: endpoints bound to 0.0.0.0, store /var/lib/yrd
+    OUT/shanghai/320000/province.toml   peers: endpoints yrd-node-320000:7320 / :7321
+    OUT/shanghai/330000/province.toml   ...
+    OUT/shanghai/340000/province.toml
+    OUT/shanghai/310000/keys -> SRC/310000/keys     (every other entry of a province
+    OUT/shanghai/310000/golden -> SRC/310000/golden  folder, and every folder of SRC
+    OUT/shanghai/federation-ca -> SRC/federation-ca  without a province.toml, as a
+                                                     symlink: relative paths stay valid)
 
 What is rewritten (nothing else; the result is re-read and compared):
 
@@ -22,6 +25,8 @@ What is rewritten (nothing else; the result is re-read and compared):
   ``metrics_endpoint``): the host becomes ``--bind`` in the own file and
   ``--node-host`` (default ``yrd-node-{code}``, a DNS name in the development
   TLS certificates) in peers' files; the port is kept;
+- in each ``[[peers]]`` entry, ``endpoint``: the host becomes ``--node-host`` of
+  that peer's code (which must be one of SRC's provinces); the port is kept;
 - ``[node] store`` becomes ``--store`` (default ``/var/lib/yrd``, the volume);
 - every string, anywhere, that is a URL on loopback (``http://127.0.0.1:8310``,
   ``http://localhost:…``): the host becomes ``--sim-host`` (default
@@ -33,7 +38,7 @@ reach it), as is a file that does not parse or, with the gateway installed,
 a federation that ``gateway.config.loading.load_federation`` refuses.
 
 Host templates and ``--store`` take ``{code}`` (province code, e.g. 310000)
-and ``{name}`` (the file's name without ``.toml``, e.g. shanghai). Only the standard library
+and ``{name}`` (the ``[province] name`` in lower case, e.g. shanghai). Only the standard library
 is needed; run it on a developer machine to get the same folders with other
 hosts, e.g. ``--node-host 127.0.0.1 --sim-host 127.0.0.1 --store 'var/{code}'
 --allow-loopback``.
@@ -83,17 +88,42 @@ def _is_endpoint_key(key: str) -> bool:
     return key == "endpoint" or key.endswith("_endpoint")
 
 
-def rewrite_text(text: str, *, endpoint_host: str, sim_host: str, store: str, where: str) -> str:
-    """The source text with endpoints, store and loopback URLs replaced, comments kept."""
+def _peer_host(peer_hosts: dict[str, str], code: object, where: str) -> str:
+    if not isinstance(code, str) or code not in peer_hosts:
+        raise ConfigProblem(f"{where}: peers: code {code!r} is not one of the source provinces")
+    return peer_hosts[code]
+
+
+def rewrite_text(
+    text: str,
+    *,
+    endpoint_host: str,
+    sim_host: str,
+    store: str,
+    where: str,
+    peer_hosts: dict[str, str] | None = None,
+) -> str:
+    """The source text with endpoints, store and loopback URLs replaced, comments kept.
+    ``peer_hosts``: the host of each peer code, for ``[[peers]] endpoint``."""
     out = []
     table = ""
+    peer_code: str | None = None
     for number, line in enumerate(text.splitlines(keepends=True), start=1):
         header = _HEADER.match(line)
         if header:
             table = header.group("table").replace('"', "").replace(" ", "")
+            peer_code = None
         else:
             pair = _KEY_VALUE.match(line)
-            if pair and table == "node":
+            if pair and table == "peers":
+                key, value = pair.group("key"), pair.group("value")
+                if key == "code":
+                    peer_code = value
+                elif key == "endpoint":
+                    host = _peer_host(peer_hosts or {}, peer_code, f"{where}:{number}")
+                    new = _with_host(value, host, f"{where}:{number}: peers.endpoint")
+                    line = line[: pair.start("value")] + new + line[pair.end("value") :]
+            elif pair and table == "node":
                 key, value = pair.group("key"), pair.group("value")
                 new = None
                 if _is_endpoint_key(key):
@@ -110,7 +140,13 @@ def rewrite_text(text: str, *, endpoint_host: str, sim_host: str, store: str, wh
 
 
 def expected_data(
-    data: dict[str, Any], *, endpoint_host: str, sim_host: str, store: str, where: str
+    data: dict[str, Any],
+    *,
+    endpoint_host: str,
+    sim_host: str,
+    store: str,
+    where: str,
+    peer_hosts: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """What the rewritten file must parse to: the same changes, made on parsed data."""
 
@@ -132,6 +168,10 @@ def expected_data(
                 node[key] = _with_host(value, endpoint_host, f"{where}: node.{key}")
         if "store" in node:
             node["store"] = store
+    for peer in result.get("peers") or []:
+        if isinstance(peer, dict) and isinstance(peer.get("endpoint"), str):
+            host = _peer_host(peer_hosts or {}, peer.get("code"), where)
+            peer["endpoint"] = _with_host(peer["endpoint"], host, f"{where}: peers.endpoint")
     return result
 
 
@@ -155,12 +195,13 @@ def make(
     store: str = "/var/lib/yrd",
     allow_loopback: bool = False,
 ) -> dict[str, Path]:
-    """Write one folder per province under ``out``; return {name: own config file}."""
+    """Write one copy of the layout per province under ``out``; return {name: own config file}."""
     source = source.resolve()
-    files = sorted(source.glob("*.toml"))
+    files = sorted(source.glob("*/province.toml"))
     if not files:
-        raise ConfigProblem(f"{source}: no *.toml province configs")
+        raise ConfigProblem(f"{source}: no <code>/province.toml province configs")
     parsed: dict[str, tuple[str, str, dict[str, Any]]] = {}
+    folders: dict[str, Path] = {}
     for path in files:
         text = path.read_text(encoding="utf-8")
         try:
@@ -168,32 +209,47 @@ def make(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigProblem(f"{path}: not valid TOML: {exc}") from exc
         code = data.get("province", {}).get("code")
-        if not isinstance(code, str):
-            raise ConfigProblem(f"{path}: province.code missing")
-        parsed[path.stem] = (code, text, data)
-    others = [p for p in sorted(source.iterdir()) if p.suffix != ".toml" and p.name != "var"]
+        name = data.get("province", {}).get("name")
+        if not isinstance(code, str) or not isinstance(name, str):
+            raise ConfigProblem(f"{path}: province.code or province.name missing")
+        parsed[name.lower()] = (code, text, data)
+        folders[name.lower()] = path.parent
+    peer_hosts = {
+        code: node_host.format(code=code, name=name) for name, (code, _, _) in parsed.items()
+    }
+    province_folders = set(folders.values())
+    others = [
+        p
+        for p in sorted(source.iterdir())
+        if p.is_dir() and p not in province_folders and p.name != "var"
+    ]
     own_files: dict[str, Path] = {}
     if out.exists():
         shutil.rmtree(out)
     for own_name, (own_code, _, _) in parsed.items():
-        folder = out / own_name
-        folder.mkdir(parents=True)
+        root = out / own_name
+        root.mkdir(parents=True)
         for entry in others:
-            (folder / entry.name).symlink_to(entry)
+            (root / entry.name).symlink_to(entry)
         for name, (code, text, data) in parsed.items():
             own = name == own_name
+            folder = root / folders[name].name
+            folder.mkdir()
+            for entry in sorted(folders[name].iterdir()):
+                if entry.name not in ("province.toml", "var"):
+                    (folder / entry.name).symlink_to(entry)
             hosts = {
                 "endpoint_host": bind if own else node_host.format(code=code, name=name),
                 "sim_host": sim_host.format(code=code, name=name),
                 "store": store.format(code=code, name=name),
             }
-            where = f"{source / (name + '.toml')}"
-            new_text = rewrite_text(text, where=where, **hosts)
+            where = str(folders[name] / "province.toml")
+            new_text = rewrite_text(text, where=where, peer_hosts=peer_hosts, **hosts)
             try:
                 new_data = tomllib.loads(new_text)
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigProblem(f"{where}: rewritten text does not parse: {exc}") from exc
-            if new_data != expected_data(data, where=where, **hosts):
+            if new_data != expected_data(data, where=where, peer_hosts=peer_hosts, **hosts):
                 raise ConfigProblem(
                     f"{where}: a value could not be rewritten in place (an endpoint or "
                     "loopback URL written in a form this script does not edit)"
@@ -208,9 +264,10 @@ def make(
                 if own
                 else f"peer {code} as node {own_code} reads it (its public part)"
             )
-            header = _GENERATED.format(source=f"province_configs/{name}.toml", role=role)
-            (folder / f"{name}.toml").write_text(header + new_text, encoding="utf-8")
-        own_files[own_name] = folder / f"{own_name}.toml"
+            source_name = f"province_configs/{folders[name].name}/province.toml"
+            header = _GENERATED.format(source=source_name, role=role)
+            (folder / "province.toml").write_text(header + new_text, encoding="utf-8")
+        own_files[own_name] = root / folders[own_name].name / "province.toml"
     return own_files
 
 
@@ -251,7 +308,7 @@ def _summary(own_files: dict[str, Path]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", type=Path, help="folder of the province TOML files")
+    parser.add_argument("source", type=Path, help="the province configs (<code>/province.toml)")
     parser.add_argument("out", type=Path, help="folder to write (replaced if it exists)")
     parser.add_argument("--bind", default="0.0.0.0", help="own listening host (0.0.0.0)")  # noqa: S104
     parser.add_argument("--node-host", default="yrd-node-{code}", help="peers' host template")

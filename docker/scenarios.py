@@ -72,14 +72,14 @@ def _port(value: str) -> str:
 
 def load_provinces(folder: Path, host: str) -> dict[str, Province]:
     provinces = {}
-    for path in sorted(folder.glob("*.toml")):
+    for path in sorted(folder.glob("*/province.toml")):
         config = tomllib.loads(path.read_text(encoding="utf-8"))
         code = config["province"]["code"]
         fund = config.get("fund", {}).get("centre_url")
         provinces[code] = Province(
             code=code,
             name=config["province"]["name"],
-            slug=path.stem,
+            slug=config["province"]["name"].lower(),
             endpoint=f"{host}:{_port(config['node']['endpoint'])}",
             eid_url=f"http://{host}:{_port(config['eid']['authority_url'])}",
             fund_url=f"http://{host}:{_port(fund)}" if fund else None,
@@ -369,7 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1", help="where the ports are published")
     parser.add_argument("--configs", type=Path, default=Path("province_configs"))
-    parser.add_argument("--ca", type=Path, default=Path("province_configs/keys/ca.crt.pem"))
+    parser.add_argument(
+        "--ca", type=Path, default=Path("province_configs/federation-ca/ca.crt.pem")
+    )
     parser.add_argument("--outages", action="store_true", help="also stop and start nodes")
     parser.add_argument("--stop-cmd", default=f"{compose} stop node-{{name}}")
     parser.add_argument("--start-cmd", default=f"{compose} start node-{{name}}")
