@@ -11,7 +11,7 @@ import pytest
 
 from adapters import conformance
 from gateway.cli import adapter
-from tests.integration.test_fifth_region import CODE, cli, make_region
+from tests.integration.test_fifth_region import cli, make_region
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ from yrd.identity.v1 import identity_pb2
 
 CHECK = "identity.CheckCredential"
 FETCH = "certificate.Fetch"
-SKEW = timedelta(seconds=120)  # max_clock_skew_seconds of the shipped shanghai.toml
+SKEW = timedelta(seconds=120)  # max_clock_skew_seconds of the shipped 310000/province.toml
 
 Header = federation_pb2.EnvelopeHeader
 Signed = federation_pb2.SignedEnvelope
