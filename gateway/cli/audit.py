@@ -33,7 +33,11 @@ def register(commands: Subparsers) -> None:
         metavar="FILE",
         help="the node's province config (keys; default database)",
     )
-    export.add_argument("--db", metavar="MESSAGES_DB", help="default: the config's store")
+    export.add_argument(
+        "--db",
+        metavar="MESSAGES_DB",
+        help="default: the config's store (peers' keys: the directory/ folder beside it)",
+    )
     export.add_argument("--out", metavar="FILE", help="default: evidence-MESSAGE_ID.json")
     export.set_defaults(func=audit_export)
     check = actions.add_parser(
@@ -86,10 +90,15 @@ def audit_export(args: argparse.Namespace) -> int:
     import asyncio
 
     from gateway.config.loading import load_federation
+    from gateway.federation.directory import held_descriptors
     from gateway.storage import evidence as audit
 
     federation = load_federation(Path(args.config))
     database = Path(args.db) if args.db else federation.me.node.store / "messages.db"
+    # The peers' keys come from the descriptors the node held, in the store
+    # folder beside the message log (directory/).
+    held = held_descriptors(federation.me, database.parent / "directory")
+    federation = federation.with_peers(held)
     try:
         evidence = asyncio.run(audit.export(database, args.message_id, federation))
     except audit.EvidenceError as exc:

@@ -8,7 +8,7 @@ call in flight keeps the config it read; the next call sees the new one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from gateway.config.models import FederationConfig, ProvinceConfig
@@ -29,6 +29,8 @@ class ConfigHolder:
         self._federation = federation
         self._version = 1
         self._derived: dict[Callable[[FederationConfig], Any], Any] = {}
+        #: Set by the node's directory: fetch a peer's descriptor now.
+        self.refresh_peer: Callable[[str], Awaitable[bool]] | None = None
 
     @property
     def federation(self) -> FederationConfig:
@@ -56,3 +58,10 @@ class ConfigHolder:
             cache[build] = build(self._federation)
         value: T = cache[build]
         return value
+
+    async def refreshed(self, province: str) -> bool:
+        """A key id of ``province`` is not known: ask the directory to fetch that
+        peer's descriptor now (a key published moments ago). True if the config
+        in force changed, so that a lookup is worth trying again."""
+        hook = self.refresh_peer
+        return await hook(province) if hook is not None else False

@@ -82,76 +82,65 @@ def _check_files(config: ProvinceConfig) -> list[str]:
     return problems
 
 
-def load_federation(own_file: Path, *, directory: Path | None = None) -> FederationConfig:
-    """Load ``own_file`` and the other provinces' ``<code>/province.toml`` in the
-    folder holding the province folders (``own_file``'s grandparent, or ``directory``).
-
-    Transitional (issue 14): peers' facts will come from their signed descriptors.
-    """
+def load_own(own_file: Path) -> ProvinceConfig:
+    """Read a node's own config file, with the checks only a node's own file needs
+    (its private keys and TLS files exist). A node reads no other province's file:
+    its peers' public facts come from their signed descriptors (the directory)."""
     own_file = own_file.resolve()
-    folder = directory or own_file.parent.parent
-    files = sorted({own_file, *(p.resolve() for p in folder.glob("*/province.toml"))})
+    me = parse_province_file(own_file)
     problems: list[str] = []
-    provinces: dict[str, ProvinceConfig] = {}
-    own_code = ""
-    for path in files:
-        try:
-            config = parse_province_file(path)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-            continue
-        if config.code in provinces:
-            problems.append(
-                format_problem(
-                    path,
-                    "province.code",
-                    config.code,
-                    f"a code not already used by {provinces[config.code].source}",
-                )
-            )
-            continue
-        provinces[config.code] = config
-        if path == own_file:
-            own_code = config.code
-    if not problems and own_code:
-        me = provinces[own_code]
-        if me.tls is not None:
-            for key in ("certificate", "private_key", "ca"):
-                path = getattr(me.tls, key)
-                if not path.exists():
-                    problems.append(
-                        format_problem(own_file, f"tls.{key}", str(path), "an existing PEM file")
-                    )
-            if me.node.federation_endpoint is None:
+    if me.tls is not None:
+        for key in ("certificate", "private_key", "ca"):
+            path = getattr(me.tls, key)
+            if not path.exists():
                 problems.append(
-                    format_problem(
-                        own_file,
-                        "node.federation_endpoint",
-                        None,
-                        "host:port of the mutual-TLS endpoint (with [tls])",
-                    )
+                    format_problem(own_file, f"tls.{key}", str(path), "an existing PEM file")
                 )
-        if me.signing.private_key is None:
+        if me.node.federation_endpoint is None:
             problems.append(
                 format_problem(
                     own_file,
-                    "signing.private_key",
+                    "node.federation_endpoint",
                     None,
-                    "the path of this node's signing key (PKCS#8 PEM)",
+                    "host:port of the mutual-TLS endpoint (with [tls])",
                 )
             )
-        elif not me.signing.private_key.exists():
-            problems.append(
-                format_problem(
-                    own_file,
-                    "signing.private_key",
-                    str(me.signing.private_key),
-                    "an existing PEM file",
-                )
+    elif me.peers:
+        problems.append(
+            format_problem(
+                own_file,
+                "tls",
+                None,
+                "a [tls] table (certificate, private_key, ca) when [[peers]] are named: "
+                "descriptors are signed with the TLS key and checked against the CA",
             )
+        )
+    if me.signing.private_key is None:
+        problems.append(
+            format_problem(
+                own_file,
+                "signing.private_key",
+                None,
+                "the path of this node's signing key (PKCS#8 PEM)",
+            )
+        )
+    elif not me.signing.private_key.exists():
+        problems.append(
+            format_problem(
+                own_file,
+                "signing.private_key",
+                str(me.signing.private_key),
+                "an existing PEM file",
+            )
+        )
     if problems:
         raise ConfigError(problems)
-    return FederationConfig(provinces=provinces, own=own_code)
+    return me
+
+
+def load_federation(own_file: Path) -> FederationConfig:
+    """A node's own config, with no peer in force yet (the directory adds them)."""
+    return FederationConfig(me=load_own(own_file))
 
 
 def check_files(files: list[Path]) -> list[str]:

@@ -28,6 +28,8 @@ from pydantic import (
 
 from adapters.plugins import PluginRegistry, plugin_problems
 from adapters.spec import AdapterConfig, problems_error
+from gateway.config.peers import PeerFacts
+from gateway.core.identifiers import validate_region_code
 from yrd.common.v1 import common_pb2
 from yrd.identity.v1 import identity_pb2
 
@@ -395,52 +397,88 @@ class ProvinceConfig(_Model):
 
 
 class FederationConfig(_Model):
-    """Every province's config, keyed by province code, and which one is this node."""
+    """What a node runs with: its own province's config, and the peers in force.
 
-    provinces: dict[str, ProvinceConfig]
-    own: str
+    ``peers`` holds, for each peer this node's config names under ``[[peers]]``,
+    the public facts of the current descriptor it published (verified by the
+    directory, :mod:`gateway.federation.directory`). A configured peer with no
+    current descriptor (none fetched yet, or expired) is absent: it is treated
+    as unavailable.
+    """
+
+    me: ProvinceConfig
+    peers: dict[str, PeerFacts] = Field(default_factory=dict)
 
     @property
-    def me(self) -> ProvinceConfig:
-        return self.provinces[self.own]
+    def own(self) -> str:
+        return self.me.code
 
-    def peer(self, code: str) -> ProvinceConfig | None:
-        return self.provinces.get(code)
+    @property
+    def peer_codes(self) -> tuple[str, ...]:
+        """Every peer this node's config names, in force or not, by code."""
+        return tuple(sorted(peer.code for peer in self.me.peers))
 
-    def require_peer(self, field_name: str, province: str, service: str) -> ProvinceConfig:
-        """The peer named in a request field: it exists, is not this node's own
-        province, and accepts ``service`` from it; otherwise a status naming the field."""
+    def peer(self, code: str) -> PeerFacts | None:
+        """A peer's facts, if its descriptor is in force."""
+        return self.peers.get(code)
+
+    def with_peers(self, peers: dict[str, PeerFacts]) -> FederationConfig:
+        return FederationConfig(me=self.me, peers=peers)
+
+    def with_me(self, me: ProvinceConfig) -> FederationConfig:
+        """This node's config changed (a reload): peers it no longer names leave."""
+        named = {peer.code for peer in me.peers}
+        return FederationConfig(me=me, peers={c: f for c, f in self.peers.items() if c in named})
+
+    def require_peer(self, field_name: str, province: str, service: str) -> PeerFacts | None:
+        """The peer named in a request field: a province of this node's federation,
+        not its own, whose descriptor offers ``service`` (and this node may call it);
+        otherwise a status naming the field. None when the peer is configured but
+        has no current descriptor (it is unavailable now: a tracked exchange waits
+        in the outbox for it, a direct call fails UNAVAILABLE)."""
         from gateway.core.errors import FailedPrecondition, InvalidArgument
-        from gateway.core.identifiers import validate_region_code
 
         validate_region_code(field_name, province)
-        peer = self.peer(province)
-        if peer is None:
-            raise InvalidArgument(
-                field_name, f"a province of the federation ({', '.join(sorted(self.provinces))})"
-            )
         if province == self.own:
             raise InvalidArgument(
                 field_name,
                 f"a province other than this node's own ({self.own}); this node's "
                 "own back-ends are reached directly",
             )
-        if service not in peer.services.offers or service not in self.me.services.calls:
+        if province not in self.peer_codes:
+            raise InvalidArgument(
+                field_name, f"a province of the federation ({', '.join(self.peer_codes)})"
+            )
+        if service not in self.me.services.calls:
             raise FailedPrecondition(
-                f"{field_name}: province {province} does not accept {service} from {self.own}"
+                f"{field_name}: this node ({self.own}) is not configured to call {service} "
+                "([services] calls)"
+            )
+        peer = self.peers.get(province)
+        if peer is None:
+            return None
+        if not peer.offers_service(service):
+            raise FailedPrecondition(
+                f"{field_name}: province {province} does not offer {service} (its descriptor "
+                f"serial {peer.serial}; see `yrd-gateway directory list`)"
             )
         return peer
 
 
 def key_expiries(federation: FederationConfig) -> list[tuple[str, str, str, datetime]]:
-    """(province, kind, key id, not after) of every published key in the
-    federation config: envelope signing keys, e-ID issuer keys and seal keys of
-    every province (what this node trusts), for the expiry metric."""
-    found = []
-    for code, province in sorted(federation.provinces.items()):
-        keys = [("signing", k) for k in province.signing.public_keys]
-        keys += [("eid_issuer", k) for k in province.eid.issuer_keys]
-        if province.certificate is not None:
-            keys += [("seal", k) for k in province.certificate.seal_keys]
-        found += [(code, kind, key.key_id, key.not_after) for kind, key in keys]
+    """(province, kind, key id, not after) of every published key this node
+    trusts: its own envelope signing, e-ID issuer and seal keys, and those of
+    every peer in force (from their descriptors), for the expiry metric."""
+    me = federation.me
+    found = [(me.code, "signing", k.key_id, k.not_after) for k in me.signing.public_keys]
+    found += [(me.code, "eid_issuer", k.key_id, k.not_after) for k in me.eid.issuer_keys]
+    if me.certificate is not None:
+        found += [(me.code, "seal", k.key_id, k.not_after) for k in me.certificate.seal_keys]
+    for code, peer in sorted(federation.peers.items()):
+        for kind, keys in (
+            ("signing", peer.signing_keys),
+            ("eid_issuer", peer.eid_issuer_keys),
+            ("seal", peer.seal_keys),
+        ):
+            found += [(code, kind, k.key_id, k.not_after) for k in keys]
     return found

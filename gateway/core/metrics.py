@@ -127,6 +127,41 @@ class NodeMetrics:
             ["province", "kind", "key_id"],
             registry=r,
         )
+        self.descriptor_expiry = Gauge(
+            "yrd_descriptor_expiry_days",
+            "Days until a province's descriptor held (or this node's own) stops being "
+            "trusted (negative: expired, the peer is treated as unavailable), by province",
+            ["province"],
+            registry=r,
+        )
+        self.descriptor_refusals = Counter(
+            "yrd_descriptor_refusals_total",
+            "Descriptors refused, by the province they claimed to be for and reason "
+            "(untrusted_certificate, certificate_not_valid, wrong_province, bad_signature, "
+            "expired, not_yet_valid, rollback, malformed)",
+            ["province", "reason"],
+            registry=r,
+        )
+        self.descriptor_fetches = Counter(
+            "yrd_descriptor_fetches_total",
+            "Fetches of peers' descriptors by province and outcome (updated, unchanged, "
+            "refused, failed)",
+            ["province", "outcome"],
+            registry=r,
+        )
+        self.peer_current = Gauge(
+            "yrd_peer_descriptor_current",
+            "1 when this node holds a current descriptor of the configured peer, else 0 "
+            "(missing or expired: the peer is treated as unavailable)",
+            ["province"],
+            registry=r,
+        )
+        self.degraded = Gauge(
+            "yrd_node_degraded",
+            "1 when a configured peer has no current descriptor (health service "
+            "yrd.directory NOT_SERVING), else 0",
+            registry=r,
+        )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         #: Filled in by the node: refreshes the gauges read at scrape time.
         self.refresh: Callable[[], Awaitable[None]] | None = None

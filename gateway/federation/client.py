@@ -157,13 +157,19 @@ class FederationClient:
     def _peer(self, code: str) -> _Peer:
         peer = self._peers.get(code)
         if peer is None:
-            config = self._config.federation.peer(code)
+            federation = self._config.federation
+            config = federation.peer(code)
             if config is None:
-                raise PeerUnavailable(f"province {code} is not in the federation config")
-            channel = self._channel_factory(config.node.peer_endpoint)
+                raise PeerUnavailable(
+                    f"province {code} has no current descriptor (the directory has not "
+                    "reached it, or its descriptor expired)"
+                    if code in federation.peer_codes
+                    else f"province {code} is not a peer of this node"
+                )
+            channel = self._channel_factory(config.peer_endpoint)
             peer = _Peer(
                 code,
-                config.node.peer_endpoint,
+                config.peer_endpoint,
                 channel,
                 federation_pb2_grpc.FederationServiceStub(channel),
                 CircuitBreaker(),
@@ -183,7 +189,7 @@ class FederationClient:
             self._peers.pop(code)
             for code in list(self._peers)
             if (config := federation.peer(code)) is None
-            or config.node.peer_endpoint != self._peers[code].endpoint
+            or config.peer_endpoint != self._peers[code].endpoint
         ]
         for peer in gone:
             await peer.channel.close(grace=1.0)
@@ -354,9 +360,17 @@ class FederationClient:
             raise map_rpc_error(peer.code, error) from error
         peer.breaker.record_success()
         try:
-            opened = self._verifier.open_response(
-                signed, peer=peer.code, request_header=request.header, service=service
-            )
+            try:
+                opened = self._verifier.open_response(
+                    signed, peer=peer.code, request_header=request.header, service=service
+                )
+            except EnvelopeRejected as rejected:
+                # Signed with a key published moments ago: fetch the peer's descriptor.
+                if not await self._verifier.refreshed_for(signed, rejected):
+                    raise
+                opened = self._verifier.open_response(
+                    signed, peer=peer.code, request_header=request.header, service=service
+                )
         except BaseException:
             await self._log.append(sent)
             raise

@@ -190,7 +190,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
     async def Exchange(  # noqa: N802 - the gRPC method name
         self, request: federation_pb2.SignedEnvelope, context: grpc.aio.ServicerContext
     ) -> federation_pb2.SignedEnvelope:
-        opened = self._verifier.open_request(request)
+        opened = await self._verifier.open_request_fresh(request)
         header = opened.header
         if self._require_certificate:
             self._check_transport(context, header.sender)

@@ -56,6 +56,8 @@ OPEN_SERVICES = frozenset(
         "grpc.reflection.v1alpha.ServerReflection",
         "grpc.reflection.v1.ServerReflection",
         "yrd.federation.v1.FederationService",
+        # Public facts only (a province's signed descriptor).
+        "yrd.directory.v1.DirectoryService",
     }
 )
 

@@ -37,10 +37,12 @@ from adapters.base import CaseSystem, CertificateLibrary, FundCentre, IdentityAu
 from gateway.config.holder import ConfigHolder
 from gateway.config.loading import load_federation
 from gateway.config.models import FederationConfig, ProvinceConfig, key_expiries
+from gateway.config.peers import PeerFacts
 from gateway.core.clock import Clock, SystemClock
 from gateway.core.errors import ConfigError, FailedPrecondition
 from gateway.core.metrics import BREAKER_VALUES, MetricsServer, NodeMetrics
 from gateway.federation.client import CHANNEL_OPTIONS, FederationClient
+from gateway.federation.directory import Directory, DirectoryServicer
 from gateway.federation.outbox import Outbox
 from gateway.federation.server import FederationServicer
 from gateway.server.interceptors import GatewayInterceptor
@@ -51,6 +53,7 @@ from gateway.services.certificate import CertificateExchange, CertificateService
 from gateway.services.fund import WITHDRAWAL, FundExchange, FundServicer
 from gateway.services.identity import IdentityExchange, IdentityServicer
 from gateway.services.tracked import TrackedExchange, TrackedProcessor
+from gateway.storage.descriptors import DescriptorCache
 from gateway.storage.messagelog import HeadKeys, MessageLog
 from gateway.storage.records import StoreOpenError
 from gateway.storage.state import StateStore
@@ -65,6 +68,7 @@ from gateway.trust.truststore import TrustStore
 from yrd.admin.v1 import admin_pb2, admin_pb2_grpc
 from yrd.case.v1 import case_pb2, case_pb2_grpc
 from yrd.certificate.v1 import certificate_pb2, certificate_pb2_grpc
+from yrd.directory.v1 import directory_pb2_grpc
 from yrd.federation.v1 import federation_pb2
 from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
@@ -88,6 +92,12 @@ PUBLIC_SERVICE_NAMES = (
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     federation_pb2.DESCRIPTOR.services_by_name["FederationService"].full_name,
 )
+
+
+#: gRPC health service name of the directory: SERVING while every configured peer
+#: has a current descriptor; NOT_SERVING when the node is degraded (a peer
+#: missing or expired). The node itself ("") stays SERVING: it still does its work.
+DIRECTORY_HEALTH = "yrd.directory"
 
 
 class NodeStartError(Exception):
@@ -364,6 +374,7 @@ class Node:
         self._make_envelopes()
         # Made at start.
         self.outbox: Outbox | None = None
+        self.directory: Directory | None = None
         self.processors: list[TrackedProcessor[Any, Any, Any, Any]] = []
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
@@ -502,6 +513,7 @@ class Node:
         self._lock_store()
         server = self._bind(self.config.me)
         await self._open_stores()
+        await self._start_directory()
         backends = self._connect_backends()
         self._build_services(backends)
         self._mount_services(server)
@@ -574,6 +586,49 @@ class Node:
             await self.state.open()
         except (OSError, StoreOpenError) as exc:
             raise NodeStartError(f"cannot open the state store {self.state.path}: {exc}") from exc
+
+    async def _start_directory(self) -> None:
+        """Publish this node's descriptor and put its peers' in force: the copies
+        on disk at once, then fetched from the peers in the background (the
+        first worker fetches; the others read the files it writes)."""
+        tls = self.tls
+        if tls is None:
+            return  # no federation CA: a node without [tls] names no peers
+        directory = Directory(
+            self.config,
+            DescriptorCache(self.store_dir / "directory"),
+            clock=self.clock,
+            apply=self._apply_peers,
+            channel_factory=lambda endpoint: grpc.aio.secure_channel(
+                endpoint, tls.channel_credentials(), options=CHANNEL_OPTIONS
+            ),
+            metrics=self.metrics,
+            fetching=self.worker_index == 0,
+        )
+        try:
+            await directory.start()
+        except (OSError, ValueError) as exc:
+            raise NodeStartError(f"cannot publish this node's descriptor: {exc}") from exc
+        self.directory = directory
+        self.config.refresh_peer = directory.refresh_peer
+
+    async def _apply_peers(self, peers: dict[str, PeerFacts]) -> None:
+        """The directory's peers in force changed: every call from now on sees them."""
+        self.config.swap(self.federation.with_peers(peers))
+        await self.federation_client.follow_config()
+        log.info("directory changed", province=self.code, peers_in_force=sorted(peers))
+        await self._follow_directory_health()
+
+    async def _follow_directory_health(self) -> None:
+        if self.server is None or self._stopped or self.directory is None:
+            return
+        degraded = bool(self.directory.degraded_reasons())
+        await self.health.set(
+            DIRECTORY_HEALTH,
+            health_pb2.HealthCheckResponse.NOT_SERVING
+            if degraded
+            else health_pb2.HealthCheckResponse.SERVING,
+        )
 
     def _connect_backends(self) -> Backends:
         """This province's back-end connectors: those given to the node, then
@@ -658,6 +713,10 @@ class Node:
         )
         case_pb2_grpc.add_CaseServiceServicer_to_server(CaseServicer(cases), server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self), server)
+        if self.directory is not None:
+            directory_pb2_grpc.add_DirectoryServiceServicer_to_server(
+                DirectoryServicer(self.directory), server
+            )
         federation = FederationServicer(
             self.signer,
             self.verifier,
@@ -686,6 +745,7 @@ class Node:
         for name in PUBLIC_SERVICE_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._follow_directory_health()
 
     async def _start_metrics(self) -> None:
         """The Prometheus endpoint, if configured (worker i serves on port + i)."""
@@ -734,27 +794,35 @@ class Node:
         in_reconciliation = await self.state.reconciliation_counts()
         for domain in ("withdrawal", "case"):
             self.metrics.reconciliation.labels(domain).set(in_reconciliation.get(domain, 0))
-        for code in self.federation.provinces:
-            if code != self.code:
-                state = self.federation_client.breaker_state(code).value
-                self.metrics.breaker.labels(code).set(BREAKER_VALUES[state])
+        for code in self.federation.peer_codes:
+            state = self.federation_client.breaker_state(code).value
+            self.metrics.breaker.labels(code).set(BREAKER_VALUES[state])
 
     async def reload(self, federation: FederationConfig) -> None:
-        """Take a new, already validated federation config without dropping calls.
+        """Take a new, already validated config of this node without dropping calls.
 
         Calls in flight finish with the config they started with; new calls see
-        the new one. Keys, peers, endpoints of peers, clients, disclosure
-        policies and services change; this node's own listening addresses, TLS
-        certificate and ``max_concurrent_calls`` need a restart.
+        the new one. Keys, peers and their bootstrap endpoints, clients,
+        disclosure policies and services change; this node's own listening
+        addresses, TLS certificate and ``max_concurrent_calls`` need a restart.
+        The peers in force stay those the directory holds (a peer no longer
+        named leaves); the descriptor is published again if what it says changed.
 
         Check (nothing changes if this raises), swap the config in the holder
         every part reads, react where a part must act at once, log.
         """
         self._check_reload(federation)
-        self.config.swap(federation)
+        if self.directory is None:
+            self.config.swap(federation)  # no directory: the peers given are those in force
+        else:
+            self.config.swap(self.federation.with_me(federation.me))
+            try:
+                await self.directory.config_changed()
+            except (OSError, ValueError) as exc:
+                log.error("descriptor not published again", error=str(exc))
         await self.federation_client.follow_config()  # channels to moved peers
         self.reloads += 1
-        log.info("config reloaded", province=federation.own, provinces=sorted(federation.provinces))
+        log.info("config reloaded", province=federation.own, peers=list(federation.peer_codes))
 
     def _check_reload(self, federation: FederationConfig) -> None:
         """Refuse a config for another province, or with keys this node cannot load."""
@@ -771,7 +839,7 @@ class Node:
         TrustStore(federation)
 
     async def reload_from_disk(self) -> None:
-        """Re-read the config folder; a bad config raises ConfigError and changes nothing."""
+        """Re-read the config file; a bad config raises ConfigError and changes nothing."""
         if self.config_file is None:
             raise FailedPrecondition("this node was not started from a config file")
         await self.reload(load_federation(self.config_file))
@@ -799,6 +867,8 @@ class Node:
                 await self.outbox.stop()
             for processor in self.processors:
                 await processor.stop()
+            if self.directory is not None:
+                await self.directory.stop()
             await self.federation_client.close()
             if self.backends is not None:
                 await self.backends.aclose()

@@ -10,8 +10,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway import __version__
 from gateway.config.models import FederationConfig
-from gateway.core.errors import ConfigError
+from gateway.core.errors import ConfigError, FailedPrecondition
 from gateway.federation.client import FederationClient
+from gateway.federation.directory import Directory, MapEntry
 from gateway.storage.interfaces import MessageLogReader
 from gateway.trust.truststore import TrustStore
 from yrd.admin.v1 import admin_pb2, admin_pb2_grpc
@@ -34,7 +35,33 @@ class OperatedNode(Protocol):
 
     def head_keys(self, province: str, key_id: str, at: datetime) -> Ed25519PublicKey | None: ...
 
+    @property
+    def directory(self) -> Directory | None: ...
+
     async def reload_from_disk(self) -> None: ...
+
+
+def service_map_message(entries: list[MapEntry]) -> admin_pb2.ServiceMap:
+    """The service map as the admin RPC answers it (also what `directory list` prints)."""
+    answer = admin_pb2.ServiceMap()
+    for entry in entries:
+        item = answer.provinces.add(
+            province=entry.province,
+            name=entry.name,
+            state=entry.state,
+            last_refusal=entry.last_refusal,
+        )
+        facts = entry.facts
+        if facts is None:
+            continue
+        item.serial = facts.serial
+        item.not_after.FromDatetime(facts.not_after)
+        item.endpoints.extend(facts.endpoints)
+        item.operator_contact = facts.contact
+        for offered in facts.offers:
+            service = item.services.add(service=offered.service, version=offered.version)
+            service.since.FromDatetime(offered.since)
+    return answer
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -55,19 +82,31 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             message_log_rows=await node.message_log.count(),
         )
         info.started_at.FromDatetime(node.started_at)
-        for code, peer in sorted(federation.provinces.items()):
-            if code == me.code:
-                continue
+        entries = {peer.code: peer for peer in me.peers}
+        for code in federation.peer_codes:
+            facts = federation.peer(code)
             info.peers.append(
                 admin_pb2.Peer(
                     province=code,
-                    name=peer.province.name,
-                    endpoint=peer.node.endpoint,
+                    name=facts.name if facts is not None else entries[code].name,
+                    endpoint=facts.peer_endpoint if facts is not None else entries[code].endpoint,
                     breaker_state=node.federation_client.breaker_state(code).value,
                     key_ids=trust.signing_key_ids(code),
                 )
             )
+        directory = node.directory
+        reasons = directory.degraded_reasons() if directory is not None else []
+        info.degraded = bool(reasons)
+        info.degraded_reasons.extend(reasons)
         return info
+
+    async def GetServiceMap(  # noqa: N802 - gRPC method name
+        self, request: admin_pb2.GetServiceMapRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ServiceMap:
+        directory = self._node.directory
+        if directory is None:
+            raise FailedPrecondition("this node runs without a directory (no [tls])")
+        return service_map_message(directory.service_map())
 
     async def VerifyMessageLog(  # noqa: N802 - gRPC method name
         self, request: admin_pb2.VerifyMessageLogRequest, context: grpc.aio.ServicerContext
@@ -91,5 +130,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             return admin_pb2.ReloadConfigResponse(reloaded=False, detail=str(exc))
         return admin_pb2.ReloadConfigResponse(
             reloaded=True,
-            detail=f"{len(self._node.federation.provinces)} province configs in force",
+            detail=(
+                f"config of {self._node.federation.own} in force, "
+                f"{len(self._node.federation.peer_codes)} peers named"
+            ),
         )

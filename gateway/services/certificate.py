@@ -159,6 +159,11 @@ class CertificateExchange:
             response.seal_verdict = certificate_pb2.SEAL_FORGED
         else:
             key = trust.seal_key(issuer, certificate.seal_key_id, now)
+            if key is None and await self._config.refreshed(issuer):
+                # A seal key published moments ago: the issuer's new descriptor.
+                key = self._config.derived(TrustStore).seal_key(
+                    issuer, certificate.seal_key_id, now
+                )
             response.seal_verdict = seal_verdict(
                 certificate, key, today=now.astimezone(LOCAL_ZONE).date()
             )

@@ -376,8 +376,21 @@ class IdentityExchange:
         try:
             v.key = v.trust.eid_issuer_key(token.issuer, token.key_id, token.issued_at)
         except KeyLookupError as exc:
+            if exc.reason != "key_not_valid" and await self._config.refreshed(token.issuer):
+                # The issuer published a key moments ago: its new descriptor is in force.
+                v.trust = self._config.derived(TrustStore)
+                return await self._issuer_key_trusted(v)
             if exc.reason == "key_not_valid":
                 return Outcome("signature", O.FAILED, str(exc), V.FORGED)
+            if token.issuer in v.federation.peer_codes and token.issuer not in v.federation.peers:
+                # A province of this federation whose descriptor is not current: it
+                # is unavailable (fail closed), not unknown.
+                return Outcome(
+                    "signature",
+                    O.INDETERMINATE,
+                    f"no current descriptor of the issuing province {token.issuer}",
+                    V.ISSUER_UNREACHABLE,
+                )
             return Outcome("signature", O.INDETERMINATE, str(exc), V.UNKNOWN_ISSUER)
         return None
 

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
 from gateway.config.models import FederationConfig
@@ -45,6 +46,30 @@ def _unb64(text: str) -> bytes:
 
 class EvidenceError(Exception):
     """Evidence cannot be produced (the message is unknown, no head covers it yet)."""
+
+
+def _signing_keys(federation: FederationConfig, code: str) -> dict[str, dict[str, str]]:
+    """A province's envelope keys as PEM: this node's from its config, a peer's
+    from the descriptor held of it."""
+    if code == federation.own:
+        published = [
+            (k.key_id, load_public_key(k.public_key.read_bytes()), k.not_before, k.not_after)
+            for k in federation.me.signing.public_keys
+        ]
+    else:
+        peer = federation.peer(code)
+        published = [
+            (k.key_id, Ed25519PublicKey.from_public_bytes(k.public_key), k.not_before, k.not_after)
+            for k in (peer.signing_keys if peer is not None else ())
+        ]
+    return {
+        key_id: {
+            "public_key_pem": crypto.public_key_pem(key).decode("ascii"),
+            "not_before": not_before.isoformat(),
+            "not_after": not_after.isoformat(),
+        }
+        for key_id, key, not_before, not_after in published
+    }
 
 
 async def export(db: Path, message_id: str, federation: FederationConfig) -> dict[str, Any]:
@@ -90,17 +115,9 @@ async def export(db: Path, message_id: str, federation: FederationConfig) -> dic
         envelopes.append({"seq": row.seq, "envelope": _b64(row.entry.envelope)})
     keys: dict[str, dict[str, Any]] = {}
     for code in sorted(provinces):
-        config = federation.peer(code)
-        if config is None:
-            continue
-        keys[code] = {
-            k.key_id: {
-                "public_key_pem": k.public_key.read_bytes().decode("ascii"),
-                "not_before": k.not_before.isoformat(),
-                "not_after": k.not_after.isoformat(),
-            }
-            for k in config.signing.public_keys
-        }
+        found = _signing_keys(federation, code)
+        if found:
+            keys[code] = found
     return {
         "format": FORMAT,
         "message_id": message_id,

@@ -132,12 +132,31 @@ class LocalFederation:
             )
         for code in self.provinces:
             await self.start_node(code)
+        await self.refresh_directories()
         return self
 
     def federation_for(self, code: str) -> FederationConfig:
-        return FederationConfig(
-            provinces={c: p.config for c, p in self.provinces.items()}, own=code
+        """The config a province's node is given: its own province only, with the
+        bootstrap endpoints of its peers as bound here (their facts come from the
+        directory)."""
+        config = self.provinces[code].config
+        peers = tuple(
+            peer.model_copy(
+                update={"endpoint": self.provinces[peer.code].config.node.federation_endpoint}
+            )
+            if peer.code in self.provinces
+            else peer
+            for peer in config.peers
         )
+        return FederationConfig(me=config.model_copy(update={"peers": peers}))
+
+    async def refresh_directories(self, codes: list[str] | None = None) -> None:
+        """Every running node fetches its peers' descriptors now (instead of waiting
+        for its refresh interval): after start, a restart or a move."""
+        for province in self.provinces.values():
+            node = province.node
+            if node is not None and node.directory is not None:
+                await node.directory.refresh(codes)
 
     async def start_node(self, code: str, **options: Any) -> Node:
         """Start (or restart) a province's node; ``options`` go to :class:`Node`."""
@@ -156,6 +175,8 @@ class LocalFederation:
                 await self._move(code)
                 continue
             province.node = node
+            if attempt:  # it moved: the others fetch its descriptor from its new endpoint
+                await self.refresh_directories([code])
             return node
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.server.node import DIRECTORY_HEALTH
 from gateway.testing.localfed import free_port, province_configs_dir
 
 SLUGS = {"310000": "shanghai", "320000": "jiangsu", "330000": "zhejiang", "340000": "anhui"}
@@ -290,15 +291,19 @@ class NodeProcess:
             str(self.workers),
         ]
 
-    def wait_serving(self, seconds: float = 60) -> None:
+    def wait_serving(self, seconds: float = 60, *, service: str = "") -> None:
+        """Until health says SERVING (for ``service``: "" the node, ``yrd.directory``
+        every peer's descriptor held)."""
         deadline = time.monotonic() + seconds
         credentials = grpc.ssl_channel_credentials(self.ca.read_bytes())
         with grpc.secure_channel(self.endpoint, credentials) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    request = health_pb2.HealthCheckRequest(service=service)
+                    if stub.Check(request, timeout=1).status == 1:
                         return
+                    time.sleep(0.1)
                 except grpc.RpcError:
                     time.sleep(0.1)
         tail = (
@@ -422,6 +427,10 @@ class ProcessFederation:
                     process.stdout.close()
             raise
         taken: set[int] = set()
+        federation_endpoints = {
+            code: f"127.0.0.1:{fixed[code].federation if code in fixed else _reserve(taken)}"
+            for code in SLUGS
+        }
         for code in SLUGS:
             file = configs / code / "province.toml"
             text = file.read_text(encoding="utf-8")
@@ -430,7 +439,14 @@ class ProcessFederation:
             workers_of = (workers or {}).get(code, 1)
             endpoint = f"127.0.0.1:{ports.public if ports else _reserve(taken)}"
             metrics = f"127.0.0.1:{ports.metrics if ports else _reserve(taken, workers_of)}"
-            peers = f"127.0.0.1:{ports.federation if ports else _reserve(taken)}"
+            peers = federation_endpoints[code]
+            # Each node names its peers' federation endpoints (bootstrap); the rest
+            # of what it knows of them comes from their descriptors.
+            text = re.sub(
+                r'(\[\[peers\]\]\ncode = "([0-9]{6})"[^\n]*\nendpoint = ")[^"]+"',
+                lambda m: f'{m.group(1)}{federation_endpoints.get(m.group(2), "127.0.0.1:1")}"',
+                text,
+            )
             text = re.sub(r'\nendpoint = "[^"]+"', f'\nendpoint = "{endpoint}"', text, count=1)
             text = text.replace("[node]\n", f'[node]\nmetrics_endpoint = "{metrics}"\n', 1)
             text = re.sub(
@@ -460,6 +476,9 @@ class ProcessFederation:
             node.start()
         for node in self.nodes.values():
             node.wait_serving()
+        if len(self.nodes) == len(SLUGS):
+            for node in self.nodes.values():
+                node.wait_serving(service=DIRECTORY_HEALTH)  # every peer's descriptor held
         return self
 
     def client_channel(self, code: str, *, own_connection: bool = False) -> grpc.aio.Channel:

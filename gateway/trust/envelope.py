@@ -352,6 +352,10 @@ class NonceCache:
         return True
 
 
+#: Rejections that a newer descriptor of the sender may cure (a key just published).
+REFRESHABLE = frozenset({"unknown_key", "unknown_province", "descriptor_expired"})
+
+
 class EnvelopeVerifier:
     """Opens envelopes addressed to this node; raises EnvelopeRejected on any failure.
 
@@ -448,6 +452,33 @@ class EnvelopeVerifier:
             )
         return header
 
+    async def refreshed_for(
+        self, signed: federation_pb2.SignedEnvelope, exc: EnvelopeRejected
+    ) -> bool:
+        """After ``exc``: if it was a key of a configured peer this node does not
+        trust (yet), ask the directory for that peer's descriptor now. True if the
+        config changed, so that opening the envelope again may succeed."""
+        if exc.reason not in REFRESHABLE:
+            return False
+        header = federation_pb2.EnvelopeHeader()
+        try:
+            header.ParseFromString(signed.header)
+        except DecodeError:
+            return False
+        if header.sender not in self._config.federation.peer_codes:
+            return False
+        return await self._config.refreshed(header.sender)
+
+    async def open_request_fresh(self, signed: federation_pb2.SignedEnvelope) -> OpenedEnvelope:
+        """:meth:`open_request`, once more after fetching the sender's descriptor
+        when its key was not known (a key it published moments ago)."""
+        try:
+            return self.open_request(signed)
+        except EnvelopeRejected as exc:
+            if not await self.refreshed_for(signed, exc):
+                raise
+        return self.open_request(signed)
+
     def open_request(self, signed: federation_pb2.SignedEnvelope) -> OpenedEnvelope:
         header = self._authentic(signed)
         if header.receiver != self.own:
@@ -464,11 +495,9 @@ class EnvelopeVerifier:
                 f"header.service: expected one of {sorted(FEDERATION_SERVICES)}",
             )
         federation = self._config.federation
-        sender = federation.peer(header.sender)
         if (
             header.service not in federation.me.services.offers
-            or sender is None
-            or (header.service not in sender.services.calls)
+            or federation.peer(header.sender) is None
         ):
             raise _reject(
                 grpc.StatusCode.PERMISSION_DENIED,

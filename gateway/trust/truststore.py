@@ -1,4 +1,9 @@
-"""The trust store: every province's public keys, by key id, with validity windows.
+"""The trust store: the public keys of this node's province and of every peer in
+force, by key id, with validity windows.
+
+This node's own keys come from its config; a peer's from the descriptor it
+published (held by the directory). A peer's keys are trusted only while its
+descriptor is: past the descriptor's ``not_after`` none of them verifies.
 
 Keys rotate without downtime: a province publishes its next key with a window
 that overlaps the current one; during the overlap both verify, and each stops
@@ -14,6 +19,7 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.config.models import FederationConfig, PublishedKey
+from gateway.config.peers import PeerKey
 from gateway.core.crypto import load_public_key
 from gateway.core.errors import EnvelopeRejected
 
@@ -51,18 +57,42 @@ def _load(province: str, keys: tuple[PublishedKey, ...]) -> dict[str, TrustedKey
     }
 
 
+def _from_descriptor(province: str, keys: tuple[PeerKey, ...]) -> dict[str, TrustedKey]:
+    return {
+        k.key_id: TrustedKey(
+            province,
+            k.key_id,
+            Ed25519PublicKey.from_public_bytes(k.public_key),
+            k.not_before,
+            k.not_after,
+        )
+        for k in keys
+    }
+
+
 class TrustStore:
-    """Public keys of every province in the federation config."""
+    """Public keys of this node's province and of the peers in force."""
 
     def __init__(self, federation: FederationConfig) -> None:
-        self._signing: dict[str, dict[str, TrustedKey]] = {}
-        self._eid: dict[str, dict[str, TrustedKey]] = {}
+        me = federation.me
+        self._signing: dict[str, dict[str, TrustedKey]] = {
+            me.code: _load(me.code, me.signing.public_keys)
+        }
+        self._eid: dict[str, dict[str, TrustedKey]] = {me.code: _load(me.code, me.eid.issuer_keys)}
         self._seal: dict[str, dict[str, TrustedKey]] = {}
-        for code, province in federation.provinces.items():
-            self._signing[code] = _load(code, province.signing.public_keys)
-            self._eid[code] = _load(code, province.eid.issuer_keys)
-            if province.certificate is not None:
-                self._seal[code] = _load(code, province.certificate.seal_keys)
+        if me.certificate is not None:
+            self._seal[me.code] = _load(me.code, me.certificate.seal_keys)
+        #: Until when each peer's descriptor is trusted (its keys with it).
+        self._until: dict[str, datetime] = {}
+        for code, peer in federation.peers.items():
+            self._signing[code] = _from_descriptor(code, peer.signing_keys)
+            self._eid[code] = _from_descriptor(code, peer.eid_issuer_keys)
+            self._seal[code] = _from_descriptor(code, peer.seal_keys)
+            self._until[code] = peer.not_after
+
+    def keys_of(self, province: str) -> list[TrustedKey]:
+        """A province's envelope signing keys (for evidence exports)."""
+        return sorted(self._signing.get(province, {}).values(), key=lambda k: k.key_id)
 
     def provinces(self) -> list[str]:
         return sorted(self._signing)
@@ -70,8 +100,8 @@ class TrustStore:
     def signing_key_ids(self, province: str) -> list[str]:
         return sorted(self._signing.get(province, {}))
 
-    @staticmethod
     def _find(
+        self,
         table: dict[str, dict[str, TrustedKey]],
         what: str,
         province: str,
@@ -82,6 +112,13 @@ class TrustStore:
         if keys is None:
             raise KeyLookupError(
                 "unknown_province", f"{what}: province {province!r} is not trusted"
+            )
+        until = self._until.get(province)
+        if until is not None and at >= until:
+            raise KeyLookupError(
+                "descriptor_expired",
+                f"{what}: the descriptor of {province} expired at {until.isoformat()}; "
+                "its keys are not trusted",
             )
         key = keys.get(key_id)
         if key is None:

@@ -54,6 +54,8 @@ async def logged(federation: LocalFederation, wallet: Wallet, tmp_path: Path) ->
     await federation.stop_node(SH)
     copy = tmp_path / "messages.db"
     shutil.copy(database, copy)
+    # The peers' descriptors the node held: where their keys come from.
+    shutil.copytree(database.parent / "directory", tmp_path / "directory")
     return copy, first.entry.message_id
 
 

@@ -9,10 +9,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.config.holder import ConfigHolder
-from gateway.config.loading import load_federation
+from gateway.config.loading import parse_province_file
 from gateway.config.models import FederationConfig
 from gateway.core.clock import FrozenClock
 from gateway.core.crypto import load_private_key
+from gateway.testing.directory import federation_with_peers
 from gateway.trust.envelope import EnvelopeSigner, EnvelopeVerifier
 from gateway.trust.truststore import TrustStore
 from tests.paths import config_file, keys_dir
@@ -37,7 +38,7 @@ def eid_issuer_key(code: str) -> Ed25519PrivateKey:
 @pytest.fixture(scope="session")
 def federation() -> FederationConfig:
     """The shipped configs as Shanghai's node sees them: own=310000, every province a peer."""
-    return load_federation(config_file(SH))
+    return federation_with_peers(config_file(SH), [config_file(c) for c in PROVINCE_CODES])
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +74,7 @@ def signer_for(federation: FederationConfig) -> SignerFactory:
     ) -> EnvelopeSigner:
         return EnvelopeSigner(
             code,
-            key_id or federation.provinces[code].signing.key_id,
+            key_id or parse_province_file(config_file(code)).signing.key_id,
             key or signing_key(code),
             clock or FrozenClock(NOW),
         )

@@ -24,7 +24,7 @@ from gateway.config.loading import (
     parse_province_file,
     validate_province,
 )
-from gateway.config.models import FEDERATION_SERVICES, FederationConfig, ProvinceConfig
+from gateway.config.models import FEDERATION_SERVICES, FederationConfig
 from gateway.core.errors import ConfigError, GatewayError
 from tests.paths import CONFIG_DIR, config_file, keys_dir
 from tests.unit.conftest import AH, JS, PROVINCE_CODES, SH, ZJ
@@ -535,8 +535,8 @@ class TestParseProvinceFile:
 
 
 class TestLoadFederation:
-    """A node loads its own file and every other ``<code>/province.toml`` beside its
-    folder (transitional); any problem in any file is reported in one ConfigError."""
+    """A node loads its own file only: its peers are named by code and bootstrap
+    endpoint, their facts come from their signed descriptors (the directory)."""
 
     @pytest.mark.parametrize("own", PROVINCE_CODES)
     def test_shipped_configs_load_from_each_provinces_view(self, own: str) -> None:
@@ -544,22 +544,10 @@ class TestLoadFederation:
         assert isinstance(federation, FederationConfig)
         assert federation.own == own
         assert federation.me.code == own
-        assert set(federation.provinces) == set(PROVINCE_CODES)
-        for code, province in federation.provinces.items():
-            assert isinstance(province, ProvinceConfig)
-            assert province.code == code
-            assert set(province.services.offers) <= set(FEDERATION_SERVICES)
+        assert set(federation.me.services.offers) <= set(FEDERATION_SERVICES)
+        assert federation.peer_codes == tuple(c for c in PROVINCE_CODES if c != own)
+        assert federation.peers == {}  # none in force until the directory fetched them
         assert federation.peer("350000") is None
-
-    def test_duplicate_province_code(self, configs: Path) -> None:
-        shutil.copytree(configs / JS, configs / "jiangsu-copy")
-        with pytest.raises(ConfigError) as caught:
-            load_federation(config_file(SH, configs))
-        (line,) = caught.value.problems
-        assert "province.code: got '320000'" in line
-        assert "a code not already used by" in line
-        assert f"{JS}/province.toml" in line
-        assert "jiangsu-copy/province.toml" in line
 
     def test_own_private_key_file_missing(self, configs: Path) -> None:
         (keys_dir(SH, configs) / "signing.key.pem").unlink()
@@ -577,24 +565,26 @@ class TestLoadFederation:
         assert "signing.private_key: got None" in line
         assert "this node's signing key" in line
 
-    def test_a_peers_private_key_is_not_needed(self, configs: Path) -> None:
-        (keys_dir(JS, configs) / "signing.key.pem").unlink()
-        assert load_federation(config_file(SH, configs)).own == SH
-
-    def test_problems_in_several_files_are_reported_together(self, configs: Path) -> None:
+    def test_no_other_provinces_file_is_read(self, configs: Path) -> None:
+        # Broken, missing or duplicated: a peer's file is not this node's business.
         edit(config_file(JS, configs), 'endpoint = "', 'endpoint = "http://')
         edit(config_file(ZJ, configs), "[node]", "[node")
+        shutil.copytree(configs / SH, configs / "shanghai-copy")
+        shutil.rmtree(configs / AH)
+        federation = load_federation(config_file(SH, configs))
+        assert federation.own == SH
+        assert federation.peer_codes == (JS, ZJ, AH)
+
+    def test_peers_need_tls(self, configs: Path) -> None:
+        text = config_file(SH, configs).read_text(encoding="utf-8")
+        start = text.index("[tls]")
+        end = text.index("\n[", start + 1)
+        config_file(SH, configs).write_text(text[:start] + text[end + 1 :], encoding="utf-8")
         with pytest.raises(ConfigError) as caught:
             load_federation(config_file(SH, configs))
-        text = caught.value.message
-        assert f"{config_file(JS, configs)}: node.endpoint" in text
-        assert f"{config_file(ZJ, configs)}: not valid TOML" in text
-
-    def test_directory_names_where_the_peers_are(self, configs: Path, tmp_path: Path) -> None:
-        empty = tmp_path / "no-peers"
-        empty.mkdir()
-        federation = load_federation(config_file(SH, configs), directory=empty)
-        assert set(federation.provinces) == {SH}
+        (line,) = caught.value.problems
+        assert ": tls: " in line
+        assert "when [[peers]] are named" in line
 
 
 class TestCheckFiles:

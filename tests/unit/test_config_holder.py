@@ -8,7 +8,7 @@ from tests.unit.conftest import JS
 
 
 def _provinces(federation: FederationConfig) -> tuple[str, ...]:
-    return tuple(sorted(federation.provinces))
+    return tuple(sorted([federation.own, *federation.peers]))
 
 
 class TestConfigHolder:
@@ -20,7 +20,7 @@ class TestConfigHolder:
 
         def count(config: FederationConfig) -> int:
             built.append(1)
-            return len(config.provinces)
+            return 1 + len(config.peers)
 
         assert holder.derived(count) == holder.derived(count) == 4
         assert len(built) == 1
@@ -30,9 +30,7 @@ class TestConfigHolder:
     ) -> None:
         holder = ConfigHolder(federation)
         assert holder.derived(_provinces) == ("310000", "320000", "330000", "340000")
-        smaller = federation.model_copy(
-            update={"provinces": {c: p for c, p in federation.provinces.items() if c != JS}}
-        )
+        smaller = federation.with_peers({c: p for c, p in federation.peers.items() if c != JS})
         holder.swap(smaller)
         assert holder.version == 2
         assert holder.federation is smaller

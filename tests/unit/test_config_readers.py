@@ -24,22 +24,27 @@ CHECK = "identity.CheckCredential"
 
 
 def renamed_signing_key(federation: FederationConfig, code: str, key_id: str) -> FederationConfig:
-    """The federation with ``code``'s signing key published under another id only."""
-    province = federation.provinces[code]
-    published = province.signing.public_keys[0].model_copy(update={"key_id": key_id})
-    signing = province.signing.model_copy(update={"key_id": key_id, "public_keys": (published,)})
-    provinces = dict(federation.provinces)
-    provinces[code] = province.model_copy(update={"signing": signing})
-    return federation.model_copy(update={"provinces": provinces})
+    """The federation with ``code``'s signing key published under another id only
+    (this node's own config, or a peer's descriptor)."""
+    if code == federation.own:
+        me = federation.me
+        published = me.signing.public_keys[0].model_copy(update={"key_id": key_id})
+        signing = me.signing.model_copy(update={"key_id": key_id, "public_keys": (published,)})
+        return FederationConfig(
+            me=me.model_copy(update={"signing": signing}), peers=federation.peers
+        )
+    peer = federation.peers[code]
+    renamed = peer.signing_keys[0].model_copy(update={"key_id": key_id})
+    peers = dict(federation.peers)
+    peers[code] = peer.model_copy(update={"signing_keys": (renamed,)})
+    return federation.with_peers(peers)
 
 
 def moved(federation: FederationConfig, code: str, endpoint: str) -> FederationConfig:
     """The federation with ``code``'s node reachable at another endpoint."""
-    province = federation.provinces[code]
-    node = province.node.model_copy(update={"endpoint": endpoint, "federation_endpoint": None})
-    provinces = dict(federation.provinces)
-    provinces[code] = province.model_copy(update={"node": node})
-    return federation.model_copy(update={"provinces": provinces})
+    peers = dict(federation.peers)
+    peers[code] = peers[code].model_copy(update={"endpoints": (endpoint,)})
+    return federation.with_peers(peers)
 
 
 def free_port() -> int:

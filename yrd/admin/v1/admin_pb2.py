@@ -23,29 +23,36 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from yrd.directory.v1 import directory_pb2 as yrd_dot_directory_dot_v1_dot_directory__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18yrd/admin/v1/admin.proto\x12\x0cyrd.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x14\n\x12GetNodeInfoRequest\"`\n\x04Peer\x12\x10\n\x08province\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x15\n\rbreaker_state\x18\x04 \x01(\t\x12\x0f\n\x07key_ids\x18\x05 \x03(\t\"\xc0\x01\n\x08NodeInfo\x12\x10\n\x08province\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x16\n\x0esigning_key_id\x18\x04 \x01(\t\x12!\n\x05peers\x18\x05 \x03(\x0b\x32\x12.yrd.admin.v1.Peer\x12\x18\n\x10message_log_rows\x18\x06 \x01(\x03\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x19\n\x17VerifyMessageLogRequest\"z\n\x18VerifyMessageLogResponse\x12\x0e\n\x06intact\x18\x01 \x01(\x08\x12\x14\n\x0crows_checked\x18\x02 \x01(\x03\x12\x15\n\rfirst_bad_seq\x18\x03 \x01(\x03\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x11\n\thead_hash\x18\x05 \x01(\t\"\x15\n\x13ReloadConfigRequest\"8\n\x14ReloadConfigResponse\x12\x10\n\x08reloaded\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t2\x91\x02\n\x0c\x41\x64minService\x12G\n\x0bGetNodeInfo\x12 .yrd.admin.v1.GetNodeInfoRequest\x1a\x16.yrd.admin.v1.NodeInfo\x12\x61\n\x10VerifyMessageLog\x12%.yrd.admin.v1.VerifyMessageLogRequest\x1a&.yrd.admin.v1.VerifyMessageLogResponse\x12U\n\x0cReloadConfig\x12!.yrd.admin.v1.ReloadConfigRequest\x1a\".yrd.admin.v1.ReloadConfigResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18yrd/admin/v1/admin.proto\x12\x0cyrd.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a yrd/directory/v1/directory.proto\"\x14\n\x12GetNodeInfoRequest\"`\n\x04Peer\x12\x10\n\x08province\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x15\n\rbreaker_state\x18\x04 \x01(\t\x12\x0f\n\x07key_ids\x18\x05 \x03(\t\"\xec\x01\n\x08NodeInfo\x12\x10\n\x08province\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x16\n\x0esigning_key_id\x18\x04 \x01(\t\x12!\n\x05peers\x18\x05 \x03(\x0b\x32\x12.yrd.admin.v1.Peer\x12\x18\n\x10message_log_rows\x18\x06 \x01(\x03\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64\x65graded\x18\x08 \x01(\x08\x12\x18\n\x10\x64\x65graded_reasons\x18\t \x03(\t\"\x19\n\x17VerifyMessageLogRequest\"z\n\x18VerifyMessageLogResponse\x12\x0e\n\x06intact\x18\x01 \x01(\x08\x12\x14\n\x0crows_checked\x18\x02 \x01(\x03\x12\x15\n\rfirst_bad_seq\x18\x03 \x01(\x03\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x11\n\thead_hash\x18\x05 \x01(\t\"\x15\n\x13ReloadConfigRequest\"8\n\x14ReloadConfigResponse\x12\x10\n\x08reloaded\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"\x16\n\x14GetServiceMapRequest\"A\n\nServiceMap\x12\x33\n\tprovinces\x18\x01 \x03(\x0b\x32 .yrd.admin.v1.ServiceMapProvince\"\xf9\x01\n\x12ServiceMapProvince\x12\x10\n\x08province\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06serial\x18\x04 \x01(\x04\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x08services\x18\x06 \x03(\x0b\x32 .yrd.directory.v1.OfferedService\x12\x11\n\tendpoints\x18\x07 \x03(\t\x12\x18\n\x10operator_contact\x18\x08 \x01(\t\x12\x14\n\x0clast_refusal\x18\t \x01(\t2\xe0\x02\n\x0c\x41\x64minService\x12G\n\x0bGetNodeInfo\x12 .yrd.admin.v1.GetNodeInfoRequest\x1a\x16.yrd.admin.v1.NodeInfo\x12\x61\n\x10VerifyMessageLog\x12%.yrd.admin.v1.VerifyMessageLogRequest\x1a&.yrd.admin.v1.VerifyMessageLogResponse\x12U\n\x0cReloadConfig\x12!.yrd.admin.v1.ReloadConfigRequest\x1a\".yrd.admin.v1.ReloadConfigResponse\x12M\n\rGetServiceMap\x12\".yrd.admin.v1.GetServiceMapRequest\x1a\x18.yrd.admin.v1.ServiceMapb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'yrd.admin.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETNODEINFOREQUEST']._serialized_start=75
-  _globals['_GETNODEINFOREQUEST']._serialized_end=95
-  _globals['_PEER']._serialized_start=97
-  _globals['_PEER']._serialized_end=193
-  _globals['_NODEINFO']._serialized_start=196
-  _globals['_NODEINFO']._serialized_end=388
-  _globals['_VERIFYMESSAGELOGREQUEST']._serialized_start=390
-  _globals['_VERIFYMESSAGELOGREQUEST']._serialized_end=415
-  _globals['_VERIFYMESSAGELOGRESPONSE']._serialized_start=417
-  _globals['_VERIFYMESSAGELOGRESPONSE']._serialized_end=539
-  _globals['_RELOADCONFIGREQUEST']._serialized_start=541
-  _globals['_RELOADCONFIGREQUEST']._serialized_end=562
-  _globals['_RELOADCONFIGRESPONSE']._serialized_start=564
-  _globals['_RELOADCONFIGRESPONSE']._serialized_end=620
-  _globals['_ADMINSERVICE']._serialized_start=623
-  _globals['_ADMINSERVICE']._serialized_end=896
+  _globals['_GETNODEINFOREQUEST']._serialized_start=109
+  _globals['_GETNODEINFOREQUEST']._serialized_end=129
+  _globals['_PEER']._serialized_start=131
+  _globals['_PEER']._serialized_end=227
+  _globals['_NODEINFO']._serialized_start=230
+  _globals['_NODEINFO']._serialized_end=466
+  _globals['_VERIFYMESSAGELOGREQUEST']._serialized_start=468
+  _globals['_VERIFYMESSAGELOGREQUEST']._serialized_end=493
+  _globals['_VERIFYMESSAGELOGRESPONSE']._serialized_start=495
+  _globals['_VERIFYMESSAGELOGRESPONSE']._serialized_end=617
+  _globals['_RELOADCONFIGREQUEST']._serialized_start=619
+  _globals['_RELOADCONFIGREQUEST']._serialized_end=640
+  _globals['_RELOADCONFIGRESPONSE']._serialized_start=642
+  _globals['_RELOADCONFIGRESPONSE']._serialized_end=698
+  _globals['_GETSERVICEMAPREQUEST']._serialized_start=700
+  _globals['_GETSERVICEMAPREQUEST']._serialized_end=722
+  _globals['_SERVICEMAP']._serialized_start=724
+  _globals['_SERVICEMAP']._serialized_end=789
+  _globals['_SERVICEMAPPROVINCE']._serialized_start=792
+  _globals['_SERVICEMAPPROVINCE']._serialized_end=1041
+  _globals['_ADMINSERVICE']._serialized_start=1044
+  _globals['_ADMINSERVICE']._serialized_end=1396
 # @@protoc_insertion_point(module_scope)

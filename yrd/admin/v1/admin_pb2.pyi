@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from yrd.directory.v1 import directory_pb2 as _directory_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -83,6 +84,8 @@ class NodeInfo(_message.Message):
     PEERS_FIELD_NUMBER: _builtins.int
     MESSAGE_LOG_ROWS_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
+    DEGRADED_FIELD_NUMBER: _builtins.int
+    DEGRADED_REASONS_FIELD_NUMBER: _builtins.int
     province: _builtins.str
     """GB/T 2260 six-digit code of this node's own province, e.g. "310000"."""
     name: _builtins.str
@@ -93,6 +96,10 @@ class NodeInfo(_message.Message):
     """Key id this node signs with now."""
     message_log_rows: _builtins.int
     """Number of rows in the message log."""
+    degraded: _builtins.bool
+    """True when the node serves but part of the federation is out of its reach:
+    a configured peer with no current descriptor (missing or expired).
+    """
     @_builtins.property
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Peer]:
         """Every other configured province node (Peer), ordered by GB/T 2260 code; excludes this node."""
@@ -100,6 +107,12 @@ class NodeInfo(_message.Message):
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp:
         """When this node process started (UTC instant)."""
+
+    @_builtins.property
+    def degraded_reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Why it is degraded, one line per cause (province code and what is
+        wrong); empty when not degraded. Free of personal data.
+        """
 
     def __init__(
         self,
@@ -111,10 +124,12 @@ class NodeInfo(_message.Message):
         peers: _abc.Iterable[Global___Peer] | None = ...,
         message_log_rows: _builtins.int = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
+        degraded: _builtins.bool = ...,
+        degraded_reasons: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_log_rows", b"message_log_rows", "name", b"name", "peers", b"peers", "province", b"province", "signing_key_id", b"signing_key_id", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["degraded", b"degraded", "degraded_reasons", b"degraded_reasons", "message_log_rows", b"message_log_rows", "name", b"name", "peers", b"peers", "province", b"province", "signing_key_id", b"signing_key_id", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -213,3 +228,105 @@ class ReloadConfigResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReloadConfigResponse: _TypeAlias = ReloadConfigResponse  # noqa: Y015
+
+@_typing.final
+class GetServiceMapRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServiceMapRequest: _TypeAlias = GetServiceMapRequest  # noqa: Y015
+
+@_typing.final
+class ServiceMap(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVINCES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def provinces(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceMapProvince]:
+        """This node's own province first, then every configured peer by GB/T 2260 code."""
+
+    def __init__(
+        self,
+        *,
+        provinces: _abc.Iterable[Global___ServiceMapProvince] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provinces", b"provinces"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceMap: _TypeAlias = ServiceMap  # noqa: Y015
+
+@_typing.final
+class ServiceMapProvince(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVINCE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SERIAL_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_FIELD_NUMBER: _builtins.int
+    SERVICES_FIELD_NUMBER: _builtins.int
+    ENDPOINTS_FIELD_NUMBER: _builtins.int
+    OPERATOR_CONTACT_FIELD_NUMBER: _builtins.int
+    LAST_REFUSAL_FIELD_NUMBER: _builtins.int
+    province: _builtins.str
+    """GB/T 2260 code, e.g. "320000"."""
+    name: _builtins.str
+    """Name in English from the descriptor (for a peer with none: the name in
+    this node's [[peers]] entry, possibly empty).
+    """
+    state: _builtins.str
+    """"own" (this node), "held" (a current descriptor), "expired" (the copy held
+    is past its not_after: the peer is treated as unavailable) or "missing"
+    (no descriptor yet: never fetched or refused).
+    """
+    serial: _builtins.int
+    """Serial of the descriptor held (0 when missing)."""
+    operator_contact: _builtins.str
+    """The operators' contact from the descriptor."""
+    last_refusal: _builtins.str
+    """The last refusal of a descriptor from this province, if any: its reason
+    (e.g. "rollback", "expired", "wrong_province"); empty when none.
+    """
+    @_builtins.property
+    def not_after(self) -> _timestamp_pb2.Timestamp:
+        """When the descriptor held stops being trusted (UTC); unset when missing."""
+
+    @_builtins.property
+    def services(self) -> _containers.RepeatedCompositeFieldContainer[_directory_pb2.OfferedService]:
+        """Services the province offers, with versions and since when."""
+
+    @_builtins.property
+    def endpoints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Federation endpoints from the descriptor ("host:port")."""
+
+    def __init__(
+        self,
+        *,
+        province: _builtins.str = ...,
+        name: _builtins.str = ...,
+        state: _builtins.str = ...,
+        serial: _builtins.int = ...,
+        not_after: _timestamp_pb2.Timestamp | None = ...,
+        services: _abc.Iterable[_directory_pb2.OfferedService] | None = ...,
+        endpoints: _abc.Iterable[_builtins.str] | None = ...,
+        operator_contact: _builtins.str = ...,
+        last_refusal: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "last_refusal", b"last_refusal", "name", b"name", "not_after", b"not_after", "operator_contact", b"operator_contact", "province", b"province", "serial", b"serial", "services", b"services", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceMapProvince: _TypeAlias = ServiceMapProvince  # noqa: Y015

@@ -49,6 +49,11 @@ class AdminServiceStub:
                 request_serializer=yrd_dot_admin_dot_v1_dot_admin__pb2.ReloadConfigRequest.SerializeToString,
                 response_deserializer=yrd_dot_admin_dot_v1_dot_admin__pb2.ReloadConfigResponse.FromString,
                 _registered_method=True)
+        self.GetServiceMap = channel.unary_unary(
+                '/yrd.admin.v1.AdminService/GetServiceMap',
+                request_serializer=yrd_dot_admin_dot_v1_dot_admin__pb2.GetServiceMapRequest.SerializeToString,
+                response_deserializer=yrd_dot_admin_dot_v1_dot_admin__pb2.ServiceMap.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -75,6 +80,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServiceMap(self, request, context):
+        """The federation's service map as this node sees it: every province it
+        knows, the descriptor it holds of each, the services each offers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +105,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ReloadConfig,
                     request_deserializer=yrd_dot_admin_dot_v1_dot_admin__pb2.ReloadConfigRequest.FromString,
                     response_serializer=yrd_dot_admin_dot_v1_dot_admin__pb2.ReloadConfigResponse.SerializeToString,
+            ),
+            'GetServiceMap': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServiceMap,
+                    request_deserializer=yrd_dot_admin_dot_v1_dot_admin__pb2.GetServiceMapRequest.FromString,
+                    response_serializer=yrd_dot_admin_dot_v1_dot_admin__pb2.ServiceMap.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +193,33 @@ class AdminService:
             '/yrd.admin.v1.AdminService/ReloadConfig',
             yrd_dot_admin_dot_v1_dot_admin__pb2.ReloadConfigRequest.SerializeToString,
             yrd_dot_admin_dot_v1_dot_admin__pb2.ReloadConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServiceMap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yrd.admin.v1.AdminService/GetServiceMap',
+            yrd_dot_admin_dot_v1_dot_admin__pb2.GetServiceMapRequest.SerializeToString,
+            yrd_dot_admin_dot_v1_dot_admin__pb2.ServiceMap.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,10 @@ class AdminServiceStub:
     """Walk the message log's hash chain and report the first break, if any."""
     ReloadConfig: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReloadConfigRequest, _admin_pb2.ReloadConfigResponse]
     """Re-read province configs; a bad new config is refused, the old one stays."""
+    GetServiceMap: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetServiceMapRequest, _admin_pb2.ServiceMap]
+    """The federation's service map as this node sees it: every province it
+    knows, the descriptor it holds of each, the services each offers.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -47,6 +51,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Walk the message log's hash chain and report the first break, if any."""
     ReloadConfig: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReloadConfigRequest, _admin_pb2.ReloadConfigResponse]  # type: ignore[assignment]
     """Re-read province configs; a bad new config is refused, the old one stays."""
+    GetServiceMap: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetServiceMapRequest, _admin_pb2.ServiceMap]  # type: ignore[assignment]
+    """The federation's service map as this node sees it: every province it
+    knows, the descriptor it holds of each, the services each offers.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -72,5 +80,15 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ReloadConfigResponse, _abc.Awaitable[_admin_pb2.ReloadConfigResponse]]:
         """Re-read province configs; a bad new config is refused, the old one stays."""
+
+    @_abc_1.abstractmethod
+    def GetServiceMap(
+        self,
+        request: _admin_pb2.GetServiceMapRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ServiceMap, _abc.Awaitable[_admin_pb2.ServiceMap]]:
+        """The federation's service map as this node sees it: every province it
+        knows, the descriptor it holds of each, the services each offers.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
