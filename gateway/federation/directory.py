@@ -270,7 +270,10 @@ class Directory:
         what the descriptor says; follow added and removed peers."""
         self.publish()
         self._sync_peers()
+        # A shorter refresh_seconds applies now, not after the fetch it already planned.
+        soonest = asyncio.get_running_loop().time() + self.config.me.directory.refresh_seconds
         for state in self.peers.values():
+            state.next_fetch = min(state.next_fetch, soonest)
             if state.facts is None:
                 self._read_file(state)
                 state.next_fetch = 0.0
