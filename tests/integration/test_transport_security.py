@@ -161,9 +161,7 @@ class TestLocalClients:
             else c
             for c in me.clients
         )
-        provinces = dict(node.federation.provinces)
-        provinces[SH] = me.model_copy(update={"clients": clients})
-        await node.reload(node.federation.model_copy(update={"provinces": provinces}))
+        await node.reload(node.federation.with_me(me.model_copy(update={"clients": clients})))
 
         stub = admin_pb2_grpc.AdminServiceStub(federation.channel(SH))
         metadata = (("authorization", f"Bearer dev-office-{SH}"),)
