@@ -426,6 +426,13 @@ def directory_list(args: argparse.Namespace) -> int:
         if found is None:
             return EXIT_USAGE
         answer = found
+        own = answer.provinces[0]
+        if not own.serial:
+            print(
+                f"{own.province}: no own descriptor in the store yet (the node publishes "
+                "one at start; `directory export` issues it too)",
+                file=sys.stderr,
+            )
     else:
         remote = _remote_map(args)
         if isinstance(remote, int):

@@ -215,6 +215,7 @@ class TestListOffline:
         assert before.returncode == 0, before.stderr
         states = {row[0]: row[2] for row in rows(before.stdout)}
         assert states == {JS: "own", SH: "missing", ZJ: "missing", AH: "missing"}
+        assert "320000: no own descriptor in the store yet" in before.stderr
 
         assert run("export", "--config", js, "--out", str(tmp_path / "js.d")).returncode == 0
         assert run("import", str(export(tmp_path, SH, "sh.d")), "--config", js).returncode == 0
