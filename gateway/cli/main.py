@@ -13,6 +13,7 @@ imports what its handlers need inside them):
 - :mod:`gateway.cli.audit`: ``audit verify|export|check`` (``log verify``: alias)
 - :mod:`gateway.cli.outbox`: ``outbox list|retry|park|resolve``
 - :mod:`gateway.cli.pki`: ``pki init``
+- :mod:`gateway.cli.directory`: ``directory export|import|show|list``
 - :mod:`gateway.cli.dev`: ``demo``, ``up``, ``bench``, ``soak`` (need the simulators)
 """
 
@@ -22,7 +23,7 @@ import argparse
 import sys
 
 from gateway import __version__
-from gateway.cli import adapter, audit, config, dev, outbox, pki, serve
+from gateway.cli import adapter, audit, config, dev, directory, outbox, pki, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"yrd-gateway {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (serve, config, adapter, audit, outbox, pki, dev):
+    for group in (serve, config, adapter, audit, outbox, pki, directory, dev):
         group.register(commands)
     audit.register_log_alias(commands)
     return parser

@@ -616,3 +616,39 @@ def held_descriptors(me: ProvinceConfig, folder: Path | None = None) -> dict[str
         except DescriptorRefused as exc:
             log.warning("descriptor file ignored", province=code, reason=exc.reason)
     return found
+
+
+def stored_service_map(
+    me: ProvinceConfig, now: datetime, folder: Path | None = None
+) -> list[MapEntry]:
+    """The service map from this node's store, for offline tools (``directory list
+    --config``): its own published descriptor, then each configured peer's copy,
+    each checked against the federation CA as it stood when issued (a copy past
+    its ``not_after`` is ``expired``; one that does not verify, ``missing`` with
+    the reason). An own descriptor not published yet: ``own`` without facts."""
+    cache = DescriptorCache(folder or me.node.store / "directory")
+    ca = descriptors.load_ca(me.tls.ca.read_bytes()) if me.tls is not None else None
+
+    def stored(code: str, path: Path) -> tuple[PeerFacts | None, str]:
+        data = cache.read(path)
+        if data is None or ca is None:
+            return None, ""
+        try:
+            signed = descriptors.parse_signed(data)
+            issued = descriptors.read(signed).issued_at.ToDatetime(tzinfo=UTC)
+            return descriptors.verify(signed, ca=ca, now=issued, expected_province=code), ""
+        except DescriptorRefused as exc:
+            return None, exc.reason
+        except (ValueError, OverflowError):  # a timestamp out of any date's range
+            return None, "malformed"
+
+    own, refusal = stored(me.code, cache.own_path)
+    entries = [MapEntry(me.code, me.province.name, "own", own, refusal)]
+    for peer in sorted(me.peers, key=lambda p: p.code):
+        facts, refusal = stored(peer.code, cache.path(peer.code))
+        if facts is None:
+            entries.append(MapEntry(peer.code, peer.name, "missing", None, refusal))
+        else:
+            state = "held" if facts.current_at(now) else "expired"
+            entries.append(MapEntry(peer.code, facts.name, state, facts, refusal))
+    return entries
