@@ -103,18 +103,46 @@ def issue(
 ) -> Issued:
     """A leaf certificate for a node (server and client auth) or a local client."""
     key = ec.generate_private_key(ec.SECP256R1())
+    certificate = certify_key(
+        ca,
+        key.public_key(),
+        common_name=common_name,
+        uri=uri,
+        not_before=not_before,
+        not_after=not_after,
+        dns_names=dns_names,
+        ip_addresses=("127.0.0.1",) if server else (),
+        server=server,
+    )
+    return Issued(certificate, key)
+
+
+def certify_key(
+    ca: Issued,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    common_name: str,
+    uri: str,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    dns_names: tuple[str, ...] = ("localhost",),
+    ip_addresses: tuple[str, ...] = ("127.0.0.1",),
+    server: bool = True,
+) -> x509.Certificate:
+    """A leaf certificate of the CA for a key it does not hold (a certificate
+    signing request's): the holder keeps its private key."""
     names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)]
     if server:
         names += [x509.DNSName(d) for d in dns_names]
-        names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+        names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
     usages = [ExtendedKeyUsageOID.CLIENT_AUTH] + (
         [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
     )
-    certificate = (
+    return (
         x509.CertificateBuilder()
         .subject_name(_name(common_name))
         .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
@@ -123,7 +151,6 @@ def issue(
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .sign(ca.key, hashes.SHA256())
     )
-    return Issued(certificate, key)
 
 
 def load_ca(certificate_path: Path, key_path: Path) -> Issued:
