@@ -353,7 +353,7 @@ class NonceCache:
 
 
 #: Rejections that a newer descriptor of the sender may cure (a key just published).
-REFRESHABLE = frozenset({"unknown_key", "unknown_province", "descriptor_expired"})
+REFRESHABLE = frozenset({"unknown_key", "unknown_province"})
 
 
 class EnvelopeVerifier:

@@ -3,7 +3,10 @@ force, by key id, with validity windows.
 
 This node's own keys come from its config; a peer's from the descriptor it
 published (held by the directory). A peer's keys are trusted only while its
-descriptor is: past the descriptor's ``not_after`` none of them verifies.
+descriptor is in force: the directory takes a peer out of the config in force
+within a tick (half a second) of its descriptor's ``not_after``, and with it
+every key of that peer. (The instant an envelope or token claims is not used
+for that: it is the sender's to choose.)
 
 Keys rotate without downtime: a province publishes its next key with a window
 that overlaps the current one; during the overlap both verify, and each stops
@@ -82,13 +85,10 @@ class TrustStore:
         self._seal: dict[str, dict[str, TrustedKey]] = {}
         if me.certificate is not None:
             self._seal[me.code] = _load(me.code, me.certificate.seal_keys)
-        #: Until when each peer's descriptor is trusted (its keys with it).
-        self._until: dict[str, datetime] = {}
         for code, peer in federation.peers.items():
             self._signing[code] = _from_descriptor(code, peer.signing_keys)
             self._eid[code] = _from_descriptor(code, peer.eid_issuer_keys)
             self._seal[code] = _from_descriptor(code, peer.seal_keys)
-            self._until[code] = peer.not_after
 
     def keys_of(self, province: str) -> list[TrustedKey]:
         """A province's envelope signing keys (for evidence exports)."""
@@ -113,13 +113,7 @@ class TrustStore:
             raise KeyLookupError(
                 "unknown_province", f"{what}: province {province!r} is not trusted"
             )
-        until = self._until.get(province)
-        if until is not None and at >= until:
-            raise KeyLookupError(
-                "descriptor_expired",
-                f"{what}: the descriptor of {province} expired at {until.isoformat()}; "
-                "its keys are not trusted",
-            )
+
         key = keys.get(key_id)
         if key is None:
             raise KeyLookupError(

@@ -125,7 +125,8 @@ class TestMetrics:
             for code, kind, key_id, not_after in key_expiries(config)
         }
         assert {kind for _, kind, _ in expected} >= {"signing", "eid_issuer", "seal"}
-        assert {code for code, _, _ in expected} == set(config.provinces)
+        # Its own keys, and every peer's from the descriptor held of it.
+        assert {code for code, _, _ in expected} == {config.own, *config.peer_codes}
         tls = config.me.tls
         assert tls is not None
         pem = tls.certificate.read_bytes()
@@ -140,6 +141,17 @@ class TestMetrics:
         for key, days in expected.items():
             assert exported[key] == pytest.approx(days, abs=0.1), key
         assert (SH, "tls_ca", tls.ca.name) in exported
+        # And days until each descriptor stops being trusted: its own and every peer's.
+        descriptors = {
+            dict(labels)["province"]: value
+            for (name, labels), value in found.items()
+            if name == "yrd_descriptor_expiry_days"
+        }
+        assert set(descriptors) == {config.own, *config.peer_codes}
+        for code, facts in config.peers.items():
+            days = (facts.not_after - now).total_seconds() / 86400
+            assert descriptors[code] == pytest.approx(days, abs=0.1), code
+        assert 0 < descriptors[config.own] <= config.me.directory.validity_days
 
     async def test_no_personal_data_in_metrics(
         self, federation: LocalFederation, wallet: Wallet
