@@ -77,6 +77,8 @@ DISCLOSABLE_ATTRIBUTES = frozenset(
 _KEY_ID = r"^[A-Za-z0-9._:-]{1,128}$"
 _ENDPOINT = re.compile(r"[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}")
 
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "[::]", "::", ""})
+
 RegionCode = Annotated[str, Field(pattern=r"^[1-9][0-9]{5}$")]
 KeyId = Annotated[str, Field(pattern=_KEY_ID)]
 
@@ -178,16 +180,45 @@ class NodeSection(_Model):
     #: Beyond it a call is refused at once with RESOURCE_EXHAUSTED instead of
     #: queueing: an overloaded node sheds load with bounded memory and latency.
     max_concurrent_calls: int = Field(500, ge=1, le=100_000)
+    #: Where peers reach this node's federation endpoint, as its descriptor
+    #: publishes them (host:port, in order of preference). Default: the
+    #: federation_endpoint itself. Set it when the node binds an address peers
+    #: cannot use (0.0.0.0 in a container, behind NAT or a load balancer).
+    published_endpoints: tuple[str, ...] = Field((), max_length=8)
 
     @field_validator("endpoint", "federation_endpoint", "metrics_endpoint")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
         return _host_port(value)
 
+    @field_validator("published_endpoints")
+    @classmethod
+    def _published(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for endpoint in value:
+            _host_port(endpoint)
+            if endpoint.rpartition(":")[0] in _WILDCARD_HOSTS:
+                raise ValueError("host:port peers can connect to (not a wildcard address)")
+        return value
+
+    @model_validator(mode="after")
+    def _reachable(self) -> NodeSection:
+        bound = self.peer_endpoint.rpartition(":")[0]
+        if bound in _WILDCARD_HOSTS and not self.published_endpoints:
+            raise ValueError(
+                f"published_endpoints (host:port peers can reach) when the federation "
+                f"endpoint binds every interface ({self.peer_endpoint})"
+            )
+        return self
+
     @property
     def peer_endpoint(self) -> str:
-        """Where other nodes send federation envelopes."""
+        """Where this node listens for federation envelopes."""
         return self.federation_endpoint or self.endpoint
+
+    @property
+    def advertised_endpoints(self) -> tuple[str, ...]:
+        """Where peers send federation envelopes (published in the descriptor)."""
+        return self.published_endpoints or (self.peer_endpoint,)
 
     _store = field_validator("store")(_resolve)
 

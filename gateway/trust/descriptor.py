@@ -114,7 +114,7 @@ def describe(
         code=me.code,
         name=me.province.name,
         local_name=me.province.local_name,
-        federation_endpoints=[me.node.peer_endpoint],
+        federation_endpoints=list(me.node.advertised_endpoints),
         tls_certificate_sha256=hashlib.sha256(tls_certificate_der(tls_certificate)).digest(),
         signing_keys=_published(me.signing.public_keys),
         eid_issuer_keys=_published(me.eid.issuer_keys),

@@ -187,3 +187,50 @@ class TestPublisher:
         later = descriptors.read(descriptors.parse_signed(publisher.current(me)))
         assert later.serial > first.serial
         assert later.not_after.ToDatetime(tzinfo=UTC) > first.not_after.ToDatetime(tzinfo=UTC)
+
+
+class TestPublishedEndpoints:
+    """A node bound to every interface publishes where peers can reach it."""
+
+    def test_published_endpoints_are_what_peers_get(self) -> None:
+        me = _config(ZJ)
+        node = me.node.model_copy(
+            update={"published_endpoints": ("yrd-node-330000:7331", "10.0.3.2:7331")}
+        )
+        me = me.model_copy(update={"node": node})
+        assert me.tls is not None
+        body = descriptors.describe(
+            me,
+            serial=1,
+            issued_at=NOW,
+            not_after=NOW + timedelta(days=1),
+            since={},
+            tls_certificate=me.tls.certificate.read_bytes(),
+        )
+        assert list(body.federation_endpoints) == ["yrd-node-330000:7331", "10.0.3.2:7331"]
+
+    @pytest.mark.parametrize(
+        ("node", "needle"),
+        [
+            ({"federation_endpoint": "0.0.0.0:7331"}, "published_endpoints"),
+            (
+                {"federation_endpoint": "0.0.0.0:7331", "published_endpoints": ["0.0.0.0:7331"]},
+                "not a wildcard address",
+            ),
+        ],
+    )
+    def test_a_wildcard_bind_needs_a_published_endpoint(
+        self, node: dict[str, object], needle: str
+    ) -> None:
+        import tomllib
+
+        from gateway.config.loading import validate_province
+        from gateway.core.errors import ConfigError
+
+        path = config_file(ZJ)
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw["node"].update(node)
+        with pytest.raises(ConfigError) as caught:
+            validate_province(raw, path)
+        assert needle in caught.value.message
+        assert "node" in caught.value.message
