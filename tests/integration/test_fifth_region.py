@@ -150,30 +150,48 @@ class Joined:
 
 def make_keys_and_certificate(joined: Joined) -> None:
     """Steps 1 and 2: the region's keys; the CA certifies its request."""
-    keys = cli("pki", "province", CODE, str(joined.folder))
+    _keys_and_certificate(joined.folder, joined.root)
+
+
+def _keys_and_certificate(folder: Path, root: Path) -> None:
+    keys = cli("pki", "province", CODE, str(folder))
     assert keys.returncode == 0, keys.stderr
-    request = joined.folder / "keys" / "tls.csr.pem"
+    request = folder / "keys" / "tls.csr.pem"
     # Only the request travels to the CA, and only the certificate comes back.
-    at_ca = joined.root / "federation-ca-inbox" / f"{CODE}-tls.csr.pem"
+    at_ca = root / "federation-ca-inbox" / f"{CODE}-tls.csr.pem"
     at_ca.parent.mkdir()
     at_ca.write_bytes(request.read_bytes())
     issued = at_ca.with_name(f"{CODE}-tls.crt.pem")
     certified = cli("pki", "certify", str(at_ca), "--ca", str(CA_DIR), "--out", str(issued))
     assert certified.returncode == 0, certified.stderr
     assert f"province {CODE}" in certified.stdout
-    (joined.folder / "keys" / "tls.crt.pem").write_bytes(issued.read_bytes())
-    (joined.folder / "keys" / "ca.crt.pem").write_bytes((CA_DIR / "ca.crt.pem").read_bytes())
-    assert not list(joined.folder.rglob("ca.key.pem"))
+    (folder / "keys" / "tls.crt.pem").write_bytes(issued.read_bytes())
+    (folder / "keys" / "ca.crt.pem").write_bytes((CA_DIR / "ca.crt.pem").read_bytes())
+    assert not list(folder.rglob("ca.key.pem"))
 
 
 def write_config(joined: Joined) -> None:
     """Steps 3-5: the config from the guide, its adapter and its golden vectors."""
+    _config_and_vectors(joined.folder)
+
+
+def _config_and_vectors(folder: Path) -> None:
     text = guide_block("penglai-config", "toml") + "\n" + guide_block("penglai-adapter", "toml")
-    joined.file.write_text(text, encoding="utf-8")
+    (folder / "province.toml").write_text(text, encoding="utf-8")
     for name, body in guide_vectors().items():
-        path = joined.folder / "golden" / name
+        path = folder / "golden" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(body, encoding="utf-8")
+
+
+def make_region(root: Path) -> Path:
+    """Steps 1-5 of the guide in a folder of the region's own (no running
+    federation); the new province.toml (for the adapter CLI tests)."""
+    folder = root / CODE
+    folder.mkdir(parents=True)
+    _keys_and_certificate(folder, root)
+    _config_and_vectors(folder)
+    return folder / "province.toml"
 
 
 def start_simulator(joined: Joined) -> None:
