@@ -1,32 +1,34 @@
 #!/usr/bin/env python3
 """Province configs for a federation of containers, made from ``province_configs/``.
 
-    python docker/make_configs.py /app/province_configs /etc/yrd/compose
+    python docker/make_configs.py /app/province_configs /etc/yrd/nodes
 
 The shipped configs put every node and back-end on loopback. In containers,
 each node listens on all interfaces and reaches its peers and its back-ends
-by their container hostnames. A node takes its own listening addresses from
-its own file and (for now) its peers' addresses from the other provinces'
-``province.toml`` beside its folder, so every node gets a copy of the layout of
-its own (``<name>`` is the ``[province] name`` in lower case)::
+by their container hostnames. A node is given only its own province's folder:
+its own ``province.toml`` names its peers by code and bootstrap endpoint only
+(``[[peers]]``), and their public facts (keys, services, endpoints) arrive by
+the directory, as signed descriptors fetched from the peers themselves. So each
+node gets one folder (``<name>`` is the ``[province] name`` in lower case)::
 
-    OUT/shanghai/310000/province.toml   own file: endpoints bound to 0.0.0.0, store /var/lib/yrd
-    OUT/shanghai/320000/province.toml   peers: endpoints yrd-node-320000:7320 / :7321
-    OUT/shanghai/330000/province.toml   ...
-    OUT/shanghai/340000/province.toml
-    OUT/shanghai/310000/keys -> SRC/310000/keys     (every other entry of a province
-    OUT/shanghai/310000/golden -> SRC/310000/golden  folder, and every folder of SRC
-    OUT/shanghai/federation-ca -> SRC/federation-ca  without a province.toml, as a
-                                                     symlink: relative paths stay valid)
+    OUT/shanghai/310000/province.toml   own file: endpoints bound to --bind, store --store,
+                                        [[peers]] endpoints yrd-node-<code>:port
+    OUT/shanghai/310000/keys/           a copy of its keys (with ca.crt.pem, the trust
+                                        anchor; never a CA private key)
+    OUT/shanghai/310000/golden/         a copy of its adapter golden vectors
+
+and nothing else: no other province's file or key, no ``federation-ca/``
+(whose private key only ``yrd-gateway pki init`` uses). Files are copied, not
+linked, so the folder is whole on its own (an image stage or a volume).
 
 What is rewritten (nothing else; the result is re-read and compared):
 
 - in ``[node]``, every ``*endpoint`` (``endpoint``, ``federation_endpoint``,
-  ``metrics_endpoint``): the host becomes ``--bind`` in the own file and
-  ``--node-host`` (default ``yrd-node-{code}``, a DNS name in the development
-  TLS certificates) in peers' files; the port is kept;
-- in each ``[[peers]]`` entry, ``endpoint``: the host becomes ``--node-host`` of
-  that peer's code (which must be one of SRC's provinces); the port is kept;
+  ``metrics_endpoint``): the host becomes ``--bind``; the port is kept;
+- in each ``[[peers]]`` entry, ``endpoint``: the host becomes ``--node-host``
+  (default ``yrd-node-{code}``, a DNS name in the development TLS
+  certificates) of that peer's code, which must be one of SRC's provinces;
+  the port is kept;
 - ``[node] store`` becomes ``--store`` (default ``/var/lib/yrd``, the volume);
 - every string, anywhere, that is a URL on loopback (``http://127.0.0.1:8310``,
   ``http://localhost:…``): the host becomes ``--sim-host`` (default
@@ -34,8 +36,10 @@ What is rewritten (nothing else; the result is re-read and compared):
   must therefore listen on the ports the shipped configs name.
 
 A loopback address left anywhere after that is an error (a container cannot
-reach it), as is a file that does not parse or, with the gateway installed,
-a federation that ``gateway.config.loading.load_federation`` refuses.
+reach it), as is a file that does not parse, a private key in ``keys/`` that
+is not the province's own (``ca.key.pem``), or, with the gateway installed, an
+own file that ``gateway.config.loading.load_own`` refuses (run with the
+folder alone: it reads nothing outside it).
 
 Host templates and ``--store`` take ``{code}`` (province code, e.g. 310000)
 and ``{name}`` (the ``[province] name`` in lower case, e.g. shanghai). Only the standard library
@@ -185,6 +189,29 @@ def _loopback_left(value: Any, path: str = "") -> list[str]:
     return []
 
 
+_CA_PRIVATE_KEYS = ("ca.key.pem",)
+
+
+def _copy_folder(source: Path, target: Path) -> None:
+    """A copy of a province folder's entries but its config and its store (files, not links)."""
+    target.mkdir(parents=True)
+    for entry in sorted(source.iterdir()):
+        if entry.name in ("province.toml", "var"):
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, target / entry.name, symlinks=False)
+        else:
+            shutil.copy2(entry, target / entry.name)
+    ca_keys = sorted(
+        str(path.relative_to(target)) for name in _CA_PRIVATE_KEYS for path in target.rglob(name)
+    )
+    if ca_keys:
+        raise ConfigProblem(
+            f"{source}: a CA private key in a node's folder ({', '.join(ca_keys)}); "
+            "the federation CA's key stays with the CA (federation-ca/)"
+        )
+
+
 def make(
     source: Path,
     out: Path,
@@ -195,7 +222,7 @@ def make(
     store: str = "/var/lib/yrd",
     allow_loopback: bool = False,
 ) -> dict[str, Path]:
-    """Write one copy of the layout per province under ``out``; return {name: own config file}."""
+    """Write each province's own folder under ``out/<name>/``; return {name: own config file}."""
     source = source.resolve()
     files = sorted(source.glob("*/province.toml"))
     if not files:
@@ -217,70 +244,52 @@ def make(
     peer_hosts = {
         code: node_host.format(code=code, name=name) for name, (code, _, _) in parsed.items()
     }
-    province_folders = set(folders.values())
-    others = [
-        p
-        for p in sorted(source.iterdir())
-        if p.is_dir() and p not in province_folders and p.name != "var"
-    ]
     own_files: dict[str, Path] = {}
     if out.exists():
         shutil.rmtree(out)
-    for own_name, (own_code, _, _) in parsed.items():
-        root = out / own_name
-        root.mkdir(parents=True)
-        for entry in others:
-            (root / entry.name).symlink_to(entry)
-        for name, (code, text, data) in parsed.items():
-            own = name == own_name
-            folder = root / folders[name].name
-            folder.mkdir()
-            for entry in sorted(folders[name].iterdir()):
-                if entry.name not in ("province.toml", "var"):
-                    (folder / entry.name).symlink_to(entry)
-            hosts = {
-                "endpoint_host": bind if own else node_host.format(code=code, name=name),
-                "sim_host": sim_host.format(code=code, name=name),
-                "store": store.format(code=code, name=name),
-            }
-            where = str(folders[name] / "province.toml")
-            new_text = rewrite_text(text, where=where, peer_hosts=peer_hosts, **hosts)
-            try:
-                new_data = tomllib.loads(new_text)
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigProblem(f"{where}: rewritten text does not parse: {exc}") from exc
-            if new_data != expected_data(data, where=where, peer_hosts=peer_hosts, **hosts):
-                raise ConfigProblem(
-                    f"{where}: a value could not be rewritten in place (an endpoint or "
-                    "loopback URL written in a form this script does not edit)"
-                )
-            left = [] if allow_loopback else _loopback_left(new_data)
-            if left:
-                raise ConfigProblem(
-                    f"{where}: loopback addresses a container cannot reach: " + "; ".join(left)
-                )
-            role = (
-                f"node {own_code}'s own file, bound to {bind}"
-                if own
-                else f"peer {code} as node {own_code} reads it (its public part)"
+    for name, (code, text, data) in parsed.items():
+        folder = out / name / folders[name].name
+        _copy_folder(folders[name], folder)
+        hosts = {
+            "endpoint_host": bind,
+            "sim_host": sim_host.format(code=code, name=name),
+            "store": store.format(code=code, name=name),
+        }
+        where = str(folders[name] / "province.toml")
+        new_text = rewrite_text(text, where=where, peer_hosts=peer_hosts, **hosts)
+        try:
+            new_data = tomllib.loads(new_text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigProblem(f"{where}: rewritten text does not parse: {exc}") from exc
+        if new_data != expected_data(data, where=where, peer_hosts=peer_hosts, **hosts):
+            raise ConfigProblem(
+                f"{where}: a value could not be rewritten in place (an endpoint or "
+                "loopback URL written in a form this script does not edit)"
             )
-            source_name = f"province_configs/{folders[name].name}/province.toml"
-            header = _GENERATED.format(source=source_name, role=role)
-            (folder / "province.toml").write_text(header + new_text, encoding="utf-8")
-        own_files[own_name] = root / folders[own_name].name / "province.toml"
+        left = [] if allow_loopback else _loopback_left(new_data)
+        if left:
+            raise ConfigProblem(
+                f"{where}: loopback addresses a container cannot reach: " + "; ".join(left)
+            )
+        role = f"node {code}'s own file, bound to {bind}; its peers come from the directory"
+        source_name = f"province_configs/{folders[name].name}/province.toml"
+        header = _GENERATED.format(source=source_name, role=role)
+        (folder / "province.toml").write_text(header + new_text, encoding="utf-8")
+        own_files[name] = folder / "province.toml"
     return own_files
 
 
 def check(own_files: dict[str, Path]) -> list[str]:
-    """Load each node's federation as ``yrd-gateway serve`` would; return problems."""
+    """Load each node's own file as ``yrd-gateway serve`` would; return problems."""
     try:
-        from gateway.config.loading import load_federation
+        from gateway.config.loading import load_federation, load_own
         from gateway.core.errors import ConfigError
     except ImportError:
         return []
     problems = []
     for path in own_files.values():
         try:
+            load_own(path)
             load_federation(path)
         except ConfigError as exc:
             problems.extend(exc.problems)
@@ -320,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         help="accept loopback hosts in the result (a federation on one machine)",
     )
     parser.add_argument(
-        "--no-check", action="store_true", help="skip loading the result with gateway.config.models"
+        "--no-check",
+        action="store_true",
+        help="skip loading each own file with gateway.config.loading",
     )
     args = parser.parse_args(argv)
     try:

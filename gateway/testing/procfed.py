@@ -391,8 +391,18 @@ class ProcessFederation:
             shutil.rmtree(configs, ignore_errors=True)
             for code in self.provinces:
                 (self.root / code).mkdir(parents=True, exist_ok=True)
+        source = province_configs_dir(self.configs)
+        # Only the provinces' own folders: each node is given its own, and no copy
+        # of the federation CA's private key (federation-ca/) is made.
         shutil.copytree(
-            province_configs_dir(self.configs), configs, ignore=shutil.ignore_patterns("var")
+            source,
+            configs,
+            ignore=lambda folder, names: [
+                name
+                for name in names
+                if name == "var"
+                or (Path(folder) == source and not (source / name / "province.toml").exists())
+            ],
         )
         fixed = {
             code: ports_for(code, self.base_port) for code in SLUGS if self.base_port is not None
@@ -574,8 +584,8 @@ def up_table(run_dir: Path, base_port: int) -> str:
         "",
         *files,
         "",
-        f"CA certificate: {run_dir / 'province_configs' / 'federation-ca' / 'ca.crt.pem'} (the "
-        "same as province_configs/federation-ca/ca.crt.pem); "
+        f"CA certificate: {run_dir / 'province_configs' / '<code>' / 'keys' / 'ca.crt.pem'} "
+        "(each province's copy of province_configs/federation-ca/ca.crt.pem); "
         "tokens: dev-hotel-<code>, dev-office-<code>",
         "Synthetic residents of Zhejiang, and a fresh QR code (single use, valid 120 s):",
         f"  curl -s {url(zj.eid)}/residents",

@@ -46,6 +46,7 @@ import grpc
 from stdnum import luhn
 
 from gateway.core.errors import DECISION_CODES
+from gateway.server.node import DIRECTORY_HEALTH
 from gateway.storage.snapshot import StoreView, read_store
 from gateway.testing.procfed import (
     NodeProcess,
@@ -253,6 +254,11 @@ class Faults:
     disk_faults: list[tuple[str, str, bool]] = field(default_factory=list)
     #: Processes found dead that no one killed (restarted).
     unexpected_exits: Counter[str] = field(default_factory=Counter)
+    #: Nodes started again (after a SIGKILL or an exit) that served, and those of
+    #: them whose peers were not in force (health ``yrd.directory``) within
+    #: PEERS_IN_FORCE_SECONDS: a restarted node serves with its cached descriptors.
+    restarts: Counter[str] = field(default_factory=Counter)
+    restarts_without_peers: Counter[str] = field(default_factory=Counter)
     #: Why the chaos thread stopped early, if it did.
     error: str = ""
 
@@ -267,6 +273,11 @@ WRITE_FAILED = (
     b"Errno 27",
     b"StoreUnavailable",
 )
+
+
+#: How long a restarted node may take to have every peer in force again (it
+#: reads its cached descriptors at start; no fetch is needed).
+PEERS_IN_FORCE_SECONDS = 15.0
 
 
 def _write_failed(log: Path, offset: int) -> bool:
@@ -401,8 +412,15 @@ class Chaos:
             if self._closing:
                 return
             node.start()
-        with contextlib.suppress(TimeoutError):  # still starting, or exited: heal() looks again
+        try:
             node.wait_serving(90)
+        except TimeoutError:  # still starting, or exited: heal() looks again
+            return
+        self.faults.restarts[node.province] += 1
+        try:
+            node.wait_serving(PEERS_IN_FORCE_SECONDS, service=DIRECTORY_HEALTH)
+        except TimeoutError:
+            self.faults.restarts_without_peers[node.province] += 1
 
     def _restart_simulator(self, simulator: SimulatorProcess) -> None:
         with self._lock:
@@ -612,6 +630,8 @@ class Report:
         ]
         if len(self.paid_twice) > sum(rows["paid twice"]):
             found.append("paid twice (references of no accepted exchange)")
+        if self.faults.restarts_without_peers:
+            found.append("restarted node without its peers in force")
         if any(not intact for intact, _ in self.logs.values()):
             found.append("message log broken")
         return found
@@ -630,6 +650,10 @@ class Report:
             f"({_counts(Counter(c for c, *_ in f.disk_faults))}); "
             f"probe submission answered: {_counts(disk)}; "
             f"a failed write logged: {logged} of {len(f.disk_faults)}",
+            f"  restarted nodes serving with their peers in force (health yrd.directory "
+            f"within {PEERS_IN_FORCE_SECONDS:.0f} s): "
+            f"{sum(f.restarts.values()) - sum(f.restarts_without_peers.values())} "
+            f"of {sum(f.restarts.values())}",
             f"  unexpected exits: {sum(f.unexpected_exits.values())}"
             + (f" ({_counts(f.unexpected_exits)})" if f.unexpected_exits else ""),
             *([f"  the chaos thread stopped early: {f.error}"] if f.error else []),

@@ -158,3 +158,93 @@ def _payments(processes: ProcessFederation) -> list[object]:
     with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback simulator
         result: list[object] = json.loads(response.read())
         return result
+
+
+def _http_json(url: str, body: dict[str, str] | None = None) -> object:
+    import json
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(  # noqa: S310 - loopback simulator
+        url, data=data, headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback simulator
+        return json.loads(response.read())
+
+
+def _worker_metrics(processes: ProcessFederation, code: str) -> list[str]:
+    """The metrics text of each worker of node ``code`` (worker i: metrics port + i)."""
+    import urllib.request
+
+    node = processes.nodes[code]
+    text = node.config.read_text(encoding="utf-8")
+    host, port = text.split('metrics_endpoint = "', 1)[1].split('"', 1)[0].rsplit(":", 1)
+    found = []
+    for i in range(len(node.children())):
+        url = f"http://{host}:{int(port) + i}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            found.append(response.read().decode())
+    return found
+
+
+def _sample(metrics: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_every_worker_holds_peers_and_calls_them(processes: ProcessFederation) -> None:
+    """Worker 0 fetches the peers' descriptors; the other workers read the files it
+    writes: each worker has Shanghai in force and makes cross-province calls to it."""
+    from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
+
+    assert len(processes.nodes[JS].children()) == 2
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            workers = _worker_metrics(processes, JS)
+        except OSError:  # a worker still starting (health answered by another one)
+            time.sleep(0.2)
+            continue
+        if all(_sample(m, "yrd_peer_descriptor_current", province=SH) == 1 for m in workers):
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("a worker of 320000 never held Shanghai's descriptor")
+
+    residents = _http_json(processes.simulators[SH].eid_url + "/residents")
+    assert isinstance(residents, list)
+    credential = next(r for r in residents if r["state"] == "CREDENTIAL_ACTIVE")["credential_id"]
+
+    async def verify_once() -> int:
+        qr = _http_json(
+            processes.simulators[SH].eid_url + "/wallet/qr", {"credential_id": credential}
+        )
+        assert isinstance(qr, dict)
+        async with processes.client_channel(JS, own_connection=True) as channel:
+            answer = await identity_pb2_grpc.IdentityServiceStub(channel).VerifyIdentity(
+                identity_pb2.VerifyIdentityRequest(
+                    qr_payload=qr["qr_payload"],
+                    relying_party_id=f"hotel-{JS}-001",
+                    purpose=identity_pb2.HOTEL_CHECK_IN,
+                ),
+                metadata=(("authorization", f"Bearer dev-hotel-{JS}"),),
+                timeout=10,
+            )
+        return int(answer.verdict)
+
+    def calls_out(metrics: str) -> float:
+        return _sample(metrics, "yrd_exchanges_total", peer=SH, direction="out", outcome="OK")
+
+    verdicts = []
+    for _ in range(40):  # fresh connections, spread over the workers by the kernel
+        verdicts.append(asyncio.run(verify_once()))
+        if all(calls_out(m) > 0 for m in _worker_metrics(processes, JS)):
+            break
+    assert set(verdicts) == {identity_pb2.VALID}
+    per_worker = [calls_out(m) for m in _worker_metrics(processes, JS)]
+    assert all(count > 0 for count in per_worker), per_worker
