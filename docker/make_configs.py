@@ -24,7 +24,9 @@ linked, so the folder is whole on its own (an image stage or a volume).
 What is rewritten (nothing else; the result is re-read and compared):
 
 - in ``[node]``, every ``*endpoint`` (``endpoint``, ``federation_endpoint``,
-  ``metrics_endpoint``): the host becomes ``--bind``; the port is kept;
+  ``metrics_endpoint``): the host becomes ``--bind``; the port is kept; and
+  ``published_endpoints`` (what the node's descriptor tells peers) is added:
+  ``--node-host`` of its own code with the federation port;
 - in each ``[[peers]]`` entry, ``endpoint``: the host becomes ``--node-host``
   (default ``yrd-node-{code}``, a DNS name in the development TLS
   certificates) of that peer's code, which must be one of SRC's provinces;
@@ -106,9 +108,12 @@ def rewrite_text(
     store: str,
     where: str,
     peer_hosts: dict[str, str] | None = None,
+    published_host: str | None = None,
 ) -> str:
     """The source text with endpoints, store and loopback URLs replaced, comments kept.
-    ``peer_hosts``: the host of each peer code, for ``[[peers]] endpoint``."""
+    ``peer_hosts``: the host of each peer code, for ``[[peers]] endpoint``;
+    ``published_host``: the name peers reach this node by, published in its
+    descriptor (``[node] published_endpoints``) since it binds every interface."""
     out = []
     table = ""
     peer_code: str | None = None
@@ -136,6 +141,10 @@ def rewrite_text(
                     new = store
                 if new is not None:
                     line = line[: pair.start("value")] + new + line[pair.end("value") :]
+                if key == "federation_endpoint" and published_host is not None:
+                    published = _with_host(value, published_host, f"{where}:{number}")
+                    line += f'published_endpoints = ["{published}"]   # what peers reach\n'
+
         line = _LOOPBACK_URL_TEXT.sub(
             lambda m: f"{m.group('q')}{m.group('scheme')}://{sim_host}", line
         )
@@ -151,6 +160,7 @@ def expected_data(
     store: str,
     where: str,
     peer_hosts: dict[str, str] | None = None,
+    published_host: str | None = None,
 ) -> dict[str, Any]:
     """What the rewritten file must parse to: the same changes, made on parsed data."""
 
@@ -172,6 +182,9 @@ def expected_data(
                 node[key] = _with_host(value, endpoint_host, f"{where}: node.{key}")
         if "store" in node:
             node["store"] = store
+        federation = (data.get("node") or {}).get("federation_endpoint")
+        if published_host is not None and isinstance(federation, str):
+            node["published_endpoints"] = [_with_host(federation, published_host, where)]
     for peer in result.get("peers") or []:
         if isinstance(peer, dict) and isinstance(peer.get("endpoint"), str):
             host = _peer_host(peer_hosts or {}, peer.get("code"), where)
@@ -251,6 +264,7 @@ def make(
         folder = out / name / folders[name].name
         _copy_folder(folders[name], folder)
         hosts = {
+            "published_host": peer_hosts[code],
             "endpoint_host": bind,
             "sim_host": sim_host.format(code=code, name=name),
             "store": store.format(code=code, name=name),

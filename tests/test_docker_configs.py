@@ -75,6 +75,9 @@ def test_each_node_folder_holds_only_its_own_province(tmp_path: Path) -> None:
         assert data["node"]["endpoint"].startswith("0.0.0.0:")
         assert data["node"]["federation_endpoint"].startswith("0.0.0.0:")
         assert data["node"]["store"] == "/var/lib/yrd"
+        # Bound to every interface: its descriptor publishes the name peers reach.
+        port = data["node"]["federation_endpoint"].rpartition(":")[2]
+        assert data["node"]["published_endpoints"] == [f"yrd-node-{code}:{port}"]
         peers = data["peers"]
         assert sorted(p["code"] for p in peers) == sorted(set(provinces.values()) - {code})
         for peer in peers:

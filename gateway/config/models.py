@@ -184,7 +184,7 @@ class NodeSection(_Model):
     #: publishes them (host:port, in order of preference). Default: the
     #: federation_endpoint itself. Set it when the node binds an address peers
     #: cannot use (0.0.0.0 in a container, behind NAT or a load balancer).
-    published_endpoints: tuple[str, ...] = Field((), max_length=8)
+    published_endpoints: tuple[str, ...] = Field((), max_length=8, validate_default=True)
 
     @field_validator("endpoint", "federation_endpoint", "metrics_endpoint")
     @classmethod
@@ -193,22 +193,18 @@ class NodeSection(_Model):
 
     @field_validator("published_endpoints")
     @classmethod
-    def _published(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _published(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
         for endpoint in value:
             _host_port(endpoint)
             if endpoint.rpartition(":")[0] in _WILDCARD_HOSTS:
                 raise ValueError("host:port peers can connect to (not a wildcard address)")
-        return value
-
-    @model_validator(mode="after")
-    def _reachable(self) -> NodeSection:
-        bound = self.peer_endpoint.rpartition(":")[0]
-        if bound in _WILDCARD_HOSTS and not self.published_endpoints:
+        bound = info.data.get("federation_endpoint") or info.data.get("endpoint") or ""
+        if not value and bound.rpartition(":")[0] in _WILDCARD_HOSTS:
             raise ValueError(
-                f"published_endpoints (host:port peers can reach) when the federation "
-                f"endpoint binds every interface ({self.peer_endpoint})"
+                f"host:port peers can reach, since the federation endpoint binds every "
+                f"interface ({bound})"
             )
-        return self
+        return value
 
     @property
     def peer_endpoint(self) -> str:
