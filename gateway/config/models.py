@@ -77,7 +77,7 @@ DISCLOSABLE_ATTRIBUTES = frozenset(
 _KEY_ID = r"^[A-Za-z0-9._:-]{1,128}$"
 _ENDPOINT = re.compile(r"[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}")
 
-_WILDCARD_HOSTS = frozenset({"0.0.0.0", "[::]", "::", ""})
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "[::]", "::", ""})  # noqa: S104 - recognised, never bound
 
 RegionCode = Annotated[str, Field(pattern=r"^[1-9][0-9]{5}$")]
 KeyId = Annotated[str, Field(pattern=_KEY_ID)]
