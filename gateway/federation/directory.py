@@ -434,7 +434,16 @@ class Directory:
                 )
             if self.metrics is not None:
                 self.metrics.descriptor_fetches.labels(state.code, outcome).inc()
+            if taken:
+                await self._close_unused_channels()
             return taken
+
+    async def _close_unused_channels(self) -> None:
+        """Channels only to endpoints some peer still lists or names (a peer that
+        moved leaves none behind)."""
+        wanted = {e for state in self.peers.values() for e in self._endpoints(state)}
+        for endpoint in [e for e in self._channels if e not in wanted]:
+            await self._channels.pop(endpoint).close(grace=None)
 
     async def refresh(self, codes: list[str] | None = None) -> None:
         """Fetch now (every configured peer, or ``codes``) and put in force."""

@@ -8,7 +8,7 @@ verifies them against the federation CA, caches the last good copy of each
 and refreshes it when the serial changes. The descriptors a node holds are
 the federation's service map.
 
-Trust (docs/security.md, "The directory"): a descriptor is signed with the
+Trust (docs/security.md, "The trust model"): a descriptor is signed with the
 key of the TLS certificate the federation CA issued to that province's node
 (the certificate names the province in a URI SAN, urn:yrd:province:<code>).
 A descriptor signed by anyone else, for another province, past its
