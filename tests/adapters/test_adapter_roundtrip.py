@@ -115,7 +115,7 @@ class TestArbitraryInput:
         with contextlib.suppress(TranslationError):
             translator.decode("identity.status_response", body)
 
-    @settings(max_examples=300)
+    @settings(max_examples=150)
     @given(data=st.data())
     def test_documents(self, province: tuple[str, AdapterConfig], data: st.DataObject) -> None:
         # JSON objects or XML element trees, as the province's format is: every

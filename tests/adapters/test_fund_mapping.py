@@ -481,7 +481,7 @@ class TestFundArbitraryInput:
         with contextlib.suppress(TranslationError):
             Translator(province[1]).decode(message, body)
 
-    @settings(max_examples=200)
+    @settings(max_examples=100)
     @given(
         data=st.data(),
         message=st.sampled_from(["fund.account", "fund.status", "fund.withdrawal"]),
