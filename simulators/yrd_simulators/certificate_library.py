@@ -48,6 +48,8 @@ Harness endpoints (uniform JSON, for tests and demos):
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import random
 import re
@@ -841,7 +843,18 @@ class _Library:
 def synthetic_certificates(
     province: str, key_path: Path, key_id: str, *, seed: int = 0, today: date
 ) -> _Library:
-    """The library's certificates (see the module docstring), sealed with the key."""
+    """The library's certificates (see the module docstring), sealed with the key.
+
+    Made once per process for the same inputs (the seal key's bytes included) and
+    handed out as a deep copy: each library owns and may change its certificates."""
+    made = _made_certificates(province, key_path, key_path.read_bytes(), key_id, seed, today)
+    return copy.deepcopy(made)
+
+
+@functools.lru_cache(maxsize=32)
+def _made_certificates(
+    province: str, key_path: Path, _key: bytes, key_id: str, seed: int, today: date
+) -> _Library:
     issuer = _Issuer(province, seed, today, key_path, key_id)
     residents = synthetic_residents(province, seed)
     certs: list[certificate_pb2.Certificate] = []

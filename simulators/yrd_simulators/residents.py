@@ -17,6 +17,7 @@ names, photos are a few bytes framed like a JPEG.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -110,8 +111,11 @@ def counties_of(province: str) -> dict[str, str]:
     }
 
 
+@functools.lru_cache(maxsize=64)
 def synthetic_residents(province: str, seed: int = 0, count: int = 40) -> tuple[Resident, ...]:
-    """``count`` residents of ``province``, deterministic from ``seed``."""
+    """``count`` residents of ``province``, deterministic from ``seed`` (frozen
+    records, so made once per process: the ID-number checks are slow and every
+    simulator of a federation asks for them)."""
     counties = counties_of(province)
     # stdnum knows the counties of the shipped provinces only (see the module docstring).
     validate = ric.is_valid if province in COUNTIES else lambda _number: True
