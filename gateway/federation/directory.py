@@ -92,15 +92,20 @@ class Publisher:
         with self.cache.own_lock():
             stored = self.cache.read(self.cache.own_path)
             previous = signed = None
+            since: dict[str, datetime] = {}
+            issued = not_after = EPOCH
             if stored is not None:
-                with contextlib.suppress(DescriptorRefused):
+                try:  # a damaged own file is only replaced by a new descriptor
                     signed = descriptors.parse_signed(stored)
                     previous = descriptors.read(signed)
-            since = (
-                {s.service: s.since.ToDatetime(tzinfo=UTC) for s in previous.services}
-                if previous is not None
-                else {}
-            )
+                    since = {
+                        s.service: descriptors.instant(s.since, "since") for s in previous.services
+                    }
+                    issued = descriptors.instant(previous.issued_at, "issued_at")
+                    not_after = descriptors.instant(previous.not_after, "not_after")
+                except DescriptorRefused:
+                    previous = signed = None
+                    since = {}
             draft = descriptors.describe(
                 me,
                 serial=1,
@@ -109,15 +114,17 @@ class Publisher:
                 since=since,
                 tls_certificate=certificate,
             )
-            if stored is not None and previous is not None and signed is not None:
-                issued = previous.issued_at.ToDatetime(tzinfo=UTC)
-                not_after = previous.not_after.ToDatetime(tzinfo=UTC)
-                if (
+            if (
+                stored is not None
+                and previous is not None
+                and signed is not None
+                and (
                     _content(previous) == _content(draft)
                     and signed.certificate == descriptors.tls_certificate_der(certificate)
                     and issued <= now < issued + (not_after - issued) / 2
-                ):
-                    return stored
+                )
+            ):
+                return stored
             serial = max(previous.serial + 1 if previous else 1, int(now.timestamp() * 1000))
             fresh = descriptors.describe(
                 me,
@@ -210,7 +217,7 @@ class Directory:
         self._own = data
         descriptor = descriptors.read(descriptors.parse_signed(data))
         self._own_serial = descriptor.serial
-        self._own_not_after = descriptor.not_after.ToDatetime(tzinfo=UTC)
+        self._own_not_after = descriptors.instant(descriptor.not_after, "not_after")
         self._own_stamp = self.cache.stamp(self.cache.own_path)
 
     def own(self) -> tuple[int, bytes]:
@@ -620,8 +627,7 @@ def held_descriptors(me: ProvinceConfig, folder: Path | None = None) -> dict[str
             continue
         try:
             signed = descriptors.parse_signed(data)
-            issued = descriptors.read(signed).issued_at.ToDatetime(tzinfo=UTC)
-            found[code] = descriptors.verify(signed, ca=ca, now=issued, expected_province=code)
+            found[code] = descriptors.verify_as_issued(signed, ca=ca, expected_province=code)
         except DescriptorRefused as exc:
             log.warning("descriptor file ignored", province=code, reason=exc.reason)
     return found
@@ -644,12 +650,9 @@ def stored_service_map(
             return None, ""
         try:
             signed = descriptors.parse_signed(data)
-            issued = descriptors.read(signed).issued_at.ToDatetime(tzinfo=UTC)
-            return descriptors.verify(signed, ca=ca, now=issued, expected_province=code), ""
+            return descriptors.verify_as_issued(signed, ca=ca, expected_province=code), ""
         except DescriptorRefused as exc:
             return None, exc.reason
-        except (ValueError, OverflowError):  # a timestamp out of any date's range
-            return None, "malformed"
 
     own, refusal = stored(me.code, cache.own_path)
     entries = [MapEntry(me.code, me.province.name, "own", own, refusal)]

@@ -68,6 +68,24 @@ class DescriptorRefused(Exception):
         self.reason = reason
 
 
+def instant(stamp: Timestamp, field: str) -> datetime:
+    """A descriptor's timestamp as a UTC instant; one out of any date's range is
+    ``malformed`` (it would otherwise raise deep in a caller)."""
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise DescriptorRefused("malformed", f"{field}: a timestamp within 0001..9999") from exc
+
+
+def verify_as_issued(
+    signed: directory_pb2.SignedDescriptor, *, ca: x509.Certificate, expected_province: str
+) -> PeerFacts:
+    """:func:`verify` as of the instant the descriptor was issued: what offline tools
+    use (evidence of past exchanges), where a later expiry does not matter."""
+    issued = instant(read(signed).issued_at, "issued_at")
+    return verify(signed, ca=ca, now=issued, expected_province=expected_province)
+
+
 def _timestamp(value: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(value.astimezone(UTC))
@@ -221,8 +239,8 @@ def _key_facts(field: str, keys: list[directory_pb2.PublishedKey]) -> tuple[Peer
             raise DescriptorRefused(
                 "malformed", f"{where}: an Ed25519 public key (algorithm Ed25519, 32 bytes)"
             )
-        not_before = key.not_before.ToDatetime(tzinfo=UTC)
-        not_after = key.not_after.ToDatetime(tzinfo=UTC)
+        not_before = instant(key.not_before, f"{where}.not_before")
+        not_after = instant(key.not_after, f"{where}.not_after")
         if not_after <= not_before:
             raise DescriptorRefused("malformed", f"{where}: not_after later than not_before")
         out.append(
@@ -268,7 +286,7 @@ def facts_of(descriptor: directory_pb2.ProvinceDescriptor) -> PeerFacts:
             OfferedService(
                 service=offered.service,
                 version=offered.version,
-                since=offered.since.ToDatetime(tzinfo=UTC),
+                since=instant(offered.since, f"services[{i}].since"),
             )
         )
     if len(descriptor.disclosures) > _LIMITS["disclosures"]:
@@ -282,8 +300,8 @@ def facts_of(descriptor: directory_pb2.ProvinceDescriptor) -> PeerFacts:
         raise bad("operator_contact: at most 128 characters")
     if descriptor.serial < 1:
         raise bad("serial: at least 1")
-    issued_at = descriptor.issued_at.ToDatetime(tzinfo=UTC)
-    not_after = descriptor.not_after.ToDatetime(tzinfo=UTC)
+    issued_at = instant(descriptor.issued_at, "issued_at")
+    not_after = instant(descriptor.not_after, "not_after")
     if not_after <= issued_at:
         raise bad("not_after: later than issued_at")
     return PeerFacts(

@@ -154,6 +154,18 @@ class TestRefusals:
             check()
         assert caught.value.reason in {"malformed", "untrusted_certificate"}
 
+    @pytest.mark.parametrize("field", ["not_after", "issued_at"])
+    def test_a_timestamp_out_of_any_dates_range(self, field: str) -> None:
+        # Signed correctly, but a time no datetime can hold: refused, never a crash.
+        me = _config(ZJ)
+        assert me.tls is not None
+        body = descriptors.read(_signed(ZJ))
+        getattr(body, field).seconds = 10**15
+        signed = descriptors.sign(
+            body, me.tls.private_key.read_bytes(), me.tls.certificate.read_bytes()
+        )
+        assert self._reason(signed) == "malformed"
+
     def test_oversized(self) -> None:
         with pytest.raises(DescriptorRefused) as caught:
             descriptors.parse_signed(b"\x0a" * (descriptors.MAX_SIGNED_BYTES + 1))
