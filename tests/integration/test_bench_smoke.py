@@ -28,8 +28,12 @@ def assert_bench_prints(args: list[str], needles: tuple[str, ...]) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_bench_smoke_prints_every_figure() -> None:
+    """Every figure of both benchmarks, run with two workers per node: the load
+    reaches every worker (its own connections) and each worker's memory is
+    printed (one run, to keep the suite short; a single worker prints the same
+    figures with "<code> node:" memory lines)."""
     assert_bench_prints(
-        ["--smoke"],
+        ["--smoke", "--workers", "2"],
         (
             r"baseline chain: .*\n  saturation: +\d+ calls/s",
             r"hotel verification: .*\n  saturation: +\d+ calls/s +\(0 errors\)",
@@ -38,8 +42,8 @@ def test_bench_smoke_prints_every_figure() -> None:
             r"[\d.]+ ms, e-ID authority [\d.]+ ms; total [\d.]+ ms",
             r"at \d+/s: +p50 +[\d.]+ ms +p99 +[\d.]+ ms",
             r"ratio real/baseline: throughput [\d.]+ .*p99 [\d.]+",
-            r"310000 node: \d+ MB / \d+ MB",
-            r"330000 node: \d+ MB / \d+ MB",
+            r"310000 node worker 0: \d+ MB / \d+ MB\n  310000 node worker 1: \d+ MB / \d+ MB",
+            r"330000 node worker 0: \d+ MB / \d+ MB\n  330000 node worker 1: \d+ MB / \d+ MB",
             r"message log: [\d.]+ rows per commit",
             r"where a verification's time goes at \d+/s .*\n  hotel's call at the Shanghai node: "
             r"[\d.]+ ms\n +round trip Shanghai -> Zhejiang: [\d.]+ ms\n +handling at the Zhejiang "
@@ -47,25 +51,9 @@ def test_bench_smoke_prints_every_figure() -> None:
             r"accepted per second: +\d+",
             r"ratio accepted/baseline: [\d.]+ \(baseline chain \d+ calls/s in this run\)",
             r"at \d+/s: +p50 +[\d.]+ ms +p99 +[\d.]+ ms +\(answered, open loop\)",
-            r"node memory after \(RSS now / peak\):\n  310000 node: \d+ MB / \d+ MB\n"
-            r"  320000 node: \d+ MB / \d+ MB",
+            r"node memory after \(RSS now / peak\):\n  310000 node worker 0: \d+ MB / \d+ MB\n"
+            r"  310000 node worker 1: \d+ MB / \d+ MB\n  320000 node worker 0: \d+ MB / \d+ MB",
             r"median: +\d+ ms",
             r"p99: +\d+ ms",
-        ),
-    )
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_bench_smoke_with_workers_reports_each_worker() -> None:
-    """With --workers the load reaches every worker (its own connections) and each
-    worker's memory is printed."""
-    assert_bench_prints(
-        ["identity", "--smoke", "--workers", "2"],
-        (
-            r"hotel verification: .*\n  saturation: +\d+ calls/s +\(0 errors\)",
-            r"310000 node worker 0: \d+ MB / \d+ MB\n  310000 node worker 1: \d+ MB / \d+ MB",
-            r"330000 node worker 0: \d+ MB / \d+ MB\n  330000 node worker 1: \d+ MB / \d+ MB",
-            r"message log: [\d.]+ rows per commit",
         ),
     )
