@@ -209,8 +209,9 @@ def directory_import(args: argparse.Namespace) -> int:
         facts = install(me, cache, data, datetime.now(UTC))
     except DescriptorRefused as exc:
         return _refused(exc.reason, str(exc))
-    except (ValueError, OverflowError) as exc:  # a field out of any date's range
-        return _refused("malformed", f"descriptor: {exc}")
+    except ValueError as exc:  # the node's federation CA certificate is unreadable
+        print(f"{args.config}: tls.ca: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as exc:
         print(f"{cache.folder}: cannot be written: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -288,8 +289,6 @@ def directory_show(args: argparse.Namespace) -> int:
         facts = descriptors.facts_of(descriptors.read(signed))
     except DescriptorRefused as exc:
         return _refused(exc.reason, str(exc))
-    except (ValueError, OverflowError) as exc:  # a timestamp out of any date's range
-        return _refused("malformed", f"descriptor: {exc}")
     for line in _facts_lines(facts):
         print(line)
     print(_signer_line(signed.certificate))
@@ -303,9 +302,9 @@ def directory_show(args: argparse.Namespace) -> int:
     except DescriptorRefused as exc:
         print(f"check against {me.code}'s federation CA: refused ({exc.reason}): {exc}")
         return EXIT_REFUSED
-    except (ValueError, OverflowError) as exc:
-        print(f"check against {me.code}'s federation CA: refused (malformed): {exc}")
-        return EXIT_REFUSED
+    except ValueError as exc:  # the node's federation CA certificate is unreadable
+        print(f"{args.config}: tls.ca: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"check against {me.code}'s federation CA: ok")
     if facts.code == me.code:
         print(f"note: this is {me.code}'s own descriptor")

@@ -154,7 +154,6 @@ class PeerState:
     signed: bytes = b""
     #: (mtime, size) of the cache file when last read or written by this process.
     stamp: tuple[int, int] | None = None
-    fetched_at: datetime | None = None
     last_refusal: str = ""
     failures: int = 0
     next_fetch: float = 0.0
@@ -205,7 +204,6 @@ class Directory:
         self._in_force: dict[str, PeerFacts] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        self._ca: bytes = b""
 
     # -- own descriptor -------------------------------------------------
 
@@ -232,10 +230,6 @@ class Directory:
                 ):
                     self._set_own(data)
         return self._own_serial, self._own
-
-    @property
-    def own_not_after(self) -> datetime:
-        return self._own_not_after
 
     # -- life -------------------------------------------------------------
 
@@ -415,7 +409,6 @@ class Directory:
                         code=exc.code().name,
                     )
                     continue
-                state.fetched_at = self.clock.now()
                 if answer.serial == held and not answer.HasField("descriptor"):
                     outcome = "unchanged"
                     break
@@ -500,7 +493,7 @@ class Directory:
                     )
             self._in_force = current
             await self._apply(current)
-        self._export_metrics()
+            self.export_metrics()  # between scrapes too: the gauges follow at once
 
     def degraded_reasons(self) -> list[str]:
         """One line per configured peer without a current descriptor."""
@@ -517,7 +510,9 @@ class Directory:
                 )
         return reasons
 
-    def _export_metrics(self) -> None:
+    def export_metrics(self) -> None:
+        """The directory's gauges, as of now: at each scrape, and when the peers
+        in force change."""
         metrics = self.metrics
         if metrics is None:
             return

@@ -776,6 +776,8 @@ class Node:
         for province, kind, key_id, not_after in self.config.derived(_expiries):
             days = (not_after - now).total_seconds() / 86400
             self.metrics.key_expiry.labels(province, kind, key_id).set(round(days, 3))
+        if self.directory is not None:
+            self.directory.export_metrics()
         await self._refresh_store_metrics()
 
     async def _refresh_store_metrics(self) -> None:
