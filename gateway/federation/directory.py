@@ -37,9 +37,10 @@ from typing import Any
 
 import grpc
 import structlog
+from cryptography import x509
 
 from gateway.config.holder import ConfigHolder
-from gateway.config.models import ProvinceConfig
+from gateway.config.models import FederationConfig, ProvinceConfig
 from gateway.config.peers import PeerFacts
 from gateway.core.clock import Clock
 from gateway.core.metrics import NodeMetrics
@@ -233,12 +234,6 @@ class Directory:
 
     # -- life -------------------------------------------------------------
 
-    def _ca_certificate(self) -> bytes:
-        tls = self.config.me.tls
-        if tls is None:
-            raise ValueError("a node without [tls] has no federation CA to check descriptors")
-        return tls.ca.read_bytes()
-
     def _sync_peers(self) -> None:
         """One state per configured peer (a reload may add or remove some)."""
         configured = {peer.code for peer in self.config.me.peers}
@@ -331,7 +326,7 @@ class Directory:
             signed = descriptors.parse_signed(data)
             facts = descriptors.verify(
                 signed,
-                ca=descriptors.load_ca(self._ca_certificate()),
+                ca=self.config.derived(_federation_ca),
                 now=self.clock.now(),
                 expected_province=state.code,
                 held_serial=held,
@@ -554,6 +549,14 @@ class Directory:
                     )
                 )
         return entries
+
+
+def _federation_ca(federation: FederationConfig) -> x509.Certificate:
+    """The federation CA of the config in force (read once per config version)."""
+    tls = federation.me.tls
+    if tls is None:
+        raise ValueError("a node without [tls] has no federation CA to check descriptors")
+    return descriptors.load_ca(tls.ca.read_bytes())
 
 
 class DirectoryServicer(directory_pb2_grpc.DirectoryServiceServicer):

@@ -39,7 +39,7 @@ from gateway.config.models import (
 )
 from gateway.config.peers import OfferedService, PeerFacts, PeerKey
 from gateway.core.crypto import load_public_key
-from gateway.trust.tls import PROVINCE_URI_PREFIX
+from gateway.trust.tls import province_named
 from yrd.directory.v1 import directory_pb2
 
 #: Prefix of every signed descriptor (domain separation).
@@ -193,17 +193,6 @@ def parse_signed(data: bytes) -> directory_pb2.SignedDescriptor:
     return signed
 
 
-def _province_in(certificate: x509.Certificate) -> str | None:
-    try:
-        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return None
-    for uri in names.value.get_values_for_type(x509.UniformResourceIdentifier):
-        if uri.startswith(PROVINCE_URI_PREFIX):
-            return uri[len(PROVINCE_URI_PREFIX) :]
-    return None
-
-
 def _check_certificate(
     signed: directory_pb2.SignedDescriptor, ca: x509.Certificate, now: datetime
 ) -> x509.Certificate:
@@ -345,7 +334,7 @@ def verify(
     except InvalidSignature as exc:
         raise DescriptorRefused("bad_signature", "signature: does not verify") from exc
     descriptor = read(signed)
-    named = _province_in(certificate)
+    named = province_named(certificate)
     if named != descriptor.code:
         raise DescriptorRefused(
             "wrong_province",

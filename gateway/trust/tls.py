@@ -199,13 +199,25 @@ def certificate_fingerprint(pem: bytes) -> str:
     return certificate.fingerprint(hashes.SHA256()).hex()
 
 
-def uris_of(pem: bytes) -> list[str]:
-    certificate = x509.load_pem_x509_certificate(pem)
+def certificate_uris(certificate: x509.Certificate) -> list[str]:
+    """The URIs among a certificate's subject alternative names."""
     try:
         extension = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return []
     return [str(u) for u in extension.value.get_values_for_type(x509.UniformResourceIdentifier)]
+
+
+def uris_of(pem: bytes) -> list[str]:
+    return certificate_uris(x509.load_pem_x509_certificate(pem))
+
+
+def province_named(certificate: x509.Certificate) -> str | None:
+    """The province a certificate names (``urn:yrd:province:<code>``), if any."""
+    for uri in certificate_uris(certificate):
+        if uri.startswith(PROVINCE_URI_PREFIX):
+            return uri[len(PROVINCE_URI_PREFIX) :]
+    return None
 
 
 def peer_certificate(context: grpc.aio.ServicerContext) -> bytes | None:
@@ -217,10 +229,7 @@ def peer_certificate(context: grpc.aio.ServicerContext) -> bytes | None:
 
 @functools.lru_cache(maxsize=1024)  # the same few peers call again and again
 def province_of_certificate(pem: bytes) -> str | None:
-    for uri in uris_of(pem):
-        if uri.startswith(PROVINCE_URI_PREFIX):
-            return uri[len(PROVINCE_URI_PREFIX) :]
-    return None
+    return province_named(x509.load_pem_x509_certificate(pem))
 
 
 @dataclass(frozen=True)

@@ -90,13 +90,6 @@ class TrustStore:
             self._eid[code] = _from_descriptor(code, peer.eid_issuer_keys)
             self._seal[code] = _from_descriptor(code, peer.seal_keys)
 
-    def keys_of(self, province: str) -> list[TrustedKey]:
-        """A province's envelope signing keys (for evidence exports)."""
-        return sorted(self._signing.get(province, {}).values(), key=lambda k: k.key_id)
-
-    def provinces(self) -> list[str]:
-        return sorted(self._signing)
-
     def signing_key_ids(self, province: str) -> list[str]:
         return sorted(self._signing.get(province, {}))
 
