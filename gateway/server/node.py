@@ -232,7 +232,7 @@ async def check_log_at_start(
         return
     if not continue_past_break:
         raise LogIntegrityError(
-            f"refusing to start: the message log {message_log.path} is broken at "
+            f"refusing to start: the message log {message_log.location} is broken at "
             f"row {broken.seq}: {broken.detail} (see `yrd-gateway audit verify`; "
             "`serve --continue-past-break` records it and continues)"
         )
@@ -273,7 +273,7 @@ async def prepare_node_stores(federation: FederationConfig, *, continue_past_bre
     try:
         await state.open()
     except (OSError, StoreOpenError) as exc:
-        raise NodeStartError(f"cannot open the state store {state.path}: {exc}") from exc
+        raise NodeStartError(f"cannot open the state store {state.location}: {exc}") from exc
     finally:
         await state.close()
 
@@ -576,7 +576,7 @@ class Node:
             await self.message_log.open()
         except (OSError, StoreOpenError) as exc:
             raise NodeStartError(
-                f"cannot open the message log {self.message_log.path}: {exc}"
+                f"cannot open the message log {self.message_log.location}: {exc}"
             ) from exc
         if self.check_log:
             await check_log_at_start(
@@ -585,7 +585,7 @@ class Node:
         try:
             await self.state.open()
         except (OSError, StoreOpenError) as exc:
-            raise NodeStartError(f"cannot open the state store {self.state.path}: {exc}") from exc
+            raise NodeStartError(f"cannot open the state store {self.state.location}: {exc}") from exc
 
     async def _start_directory(self) -> None:
         """Publish this node's descriptor and put its peers' in force: the copies

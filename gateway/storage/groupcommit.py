@@ -21,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 from gateway.core.errors import StoreUnavailable
+from gateway.storage.sql import Connection
 
 I = TypeVar("I")  # noqa: E741 - the item type
 T = TypeVar("T")
@@ -34,7 +36,11 @@ T = TypeVar("T")
 #: An item's outcome: (True, result) or (False, the exception to raise for it).
 Outcome = tuple[bool, Any]
 #: A write function run in the writer thread inside a transaction.
-WriteOp = Callable[[sqlite3.Connection], Any]
+WriteOp = Callable[[Connection], Any]
+
+#: How often a unit of work that collided with another replica's (PostgreSQL:
+#: a unique violation, a deadlock, a serialization failure) is run again.
+CONFLICT_RERUNS = 3
 
 
 class GroupCommitClosed(RuntimeError):
@@ -57,36 +63,58 @@ _CANNOT_WRITE = frozenset(
 )
 
 
-def rollback(conn: sqlite3.Connection) -> None:
+def rollback(conn: Connection) -> None:
     """Roll back after a failed write, if a transaction is still open: SQLite ends
     it itself on some errors (a failed COMMIT), and "cannot rollback - no
     transaction is active" must not hide the error that caused it."""
     if conn.in_transaction:
-        with contextlib.suppress(sqlite3.Error):  # the first error is the one reported
+        with contextlib.suppress(Exception):  # the first error is the one reported
             conn.execute("ROLLBACK")
 
 
-def each_in_savepoint(conn: sqlite3.Connection, ops: list[WriteOp]) -> list[Outcome]:
+def each_in_savepoint(conn: Connection, ops: list[WriteOp]) -> list[Outcome]:
     """Run each op in a savepoint of its own (inside the group's transaction): an
-    op that fails rolls back alone, without disturbing the others of its group."""
+    op that fails rolls back alone, without disturbing the others of its group.
+
+    An op that collided with a concurrent writer of the same database (another
+    replica, on PostgreSQL) is rolled back to its savepoint and run again, up to
+    CONFLICT_RERUNS times: its reads then see the other writer's committed rows
+    (the key it raced for is now taken, and the op decides accordingly)."""
     outcomes: list[Outcome] = []
     for op in ops:
-        conn.execute("SAVEPOINT op")
-        try:
-            value = op(conn)
-        except Exception as exc:
+        reruns = 0
+        while True:
+            conn.execute("SAVEPOINT op")
             try:
-                conn.execute("ROLLBACK TO op")
+                value = op(conn)
+            except Exception as exc:
+                try:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                except Exception:
+                    # The transaction itself is gone (an I/O error, a lost
+                    # connection): the op's error, not the rollback's, is reported.
+                    raise exc from None
+                if is_conflict(exc) and reruns < CONFLICT_RERUNS:
+                    reruns += 1
+                    continue
+                outcomes.append((False, exc))
+            else:
                 conn.execute("RELEASE op")
-            except sqlite3.Error:
-                # The transaction itself is gone (an I/O error): the op's error,
-                # not the rollback's, is the one reported.
-                raise exc from None
-            outcomes.append((False, exc))
-        else:
-            conn.execute("RELEASE op")
-            outcomes.append((True, value))
+                outcomes.append((True, value))
+            break
     return outcomes
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL telling one writer it collided with another
+    (unique violation, deadlock, serialization failure): worth running again.
+    Never true of SQLite, whose one writer cannot race itself."""
+    if "psycopg" not in sys.modules:
+        return False
+    from gateway.storage.pgerrors import is_conflict as collided
+
+    return collided(exc)
 
 
 def write_failure(name: str, exc: BaseException) -> StoreUnavailable | None:
@@ -102,11 +130,25 @@ def write_failure(name: str, exc: BaseException) -> StoreUnavailable | None:
             return StoreUnavailable(f"{name} cannot write: {exc}")
     if isinstance(exc, OSError):
         return StoreUnavailable(f"{name} cannot write: {exc.strerror or exc}")
+    if "psycopg" in sys.modules:
+        from gateway.storage.pgerrors import cannot_write
+
+        if cannot_write(exc):
+            return StoreUnavailable(f"{name} cannot write: {_first_line(exc)}")
     return None
 
 
-def _write_probe(conn: sqlite3.Connection) -> None:
-    conn.execute("INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, ?)", (time.time(),))
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _write_probe(conn: Connection) -> None:
+    conn.execute(
+        "INSERT INTO write_probe (id, at) VALUES (1, ?)"
+        " ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+        (time.time(),),
+    )
 
 
 def _consume(future: asyncio.Future[Any]) -> None:
@@ -118,11 +160,12 @@ class GroupCommit(Generic[I]):
     def __init__(
         self,
         name: str,
-        connection: sqlite3.Connection,
+        connection: Connection,
         executor: ThreadPoolExecutor,
-        write: Callable[[sqlite3.Connection, list[I]], list[Outcome]],
+        write: Callable[[Connection, list[I]], list[Outcome]],
         *,
         batch_max: int,
+        begin: tuple[str, ...] = ("BEGIN IMMEDIATE",),
         committed: Callable[[], None] | None = None,
         after_group: Callable[[], Awaitable[None]] | None = None,
         on_writable: Callable[[bool], None] | None = None,
@@ -130,8 +173,11 @@ class GroupCommit(Generic[I]):
         """``write`` writes a group inside the open transaction (in ``executor``'s
         one thread, the only user of ``connection``); ``committed`` runs there
         right after a group's commit, ``after_group`` on the event loop after
-        each group."""
+        each group. ``begin`` are the statements that open a group's transaction
+        (SQLite: BEGIN IMMEDIATE, which also serialises the writers of one file;
+        PostgreSQL: BEGIN, and a lock where the store needs one writer at a time)."""
         self._name = name
+        self._begin = begin
         self._conn = connection
         self._write = write
         self._committed = committed
@@ -202,10 +248,15 @@ class GroupCommit(Generic[I]):
                 if self._after_group is not None:
                     await self._after_group()
 
-    def _transaction(self, body: Callable[[sqlite3.Connection], T]) -> T:
+    def _transaction(self, body: Callable[[Connection], T]) -> T:
         """In the writer thread: ``body`` in one transaction, then one commit."""
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
+        for statement in self._begin:
+            try:
+                conn.execute(statement)
+            except BaseException:
+                rollback(conn)
+                raise
         try:
             result = body(conn)
             conn.execute("COMMIT")

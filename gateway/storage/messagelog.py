@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import sqlite3
 import struct
 import time
 import uuid
@@ -28,12 +27,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiosqlite
-
 from gateway.core import crypto
 from gateway.core.clock import Clock, SystemClock
+from gateway.storage.engines import StoreFile, store_file
 from gateway.storage.groupcommit import GroupCommit, Outcome
 from gateway.storage.migrations import MESSAGE_LOG_MIGRATIONS
+from gateway.storage.pgschema import MESSAGE_LOG_PG_MIGRATIONS
 from gateway.storage.records import (
     ANSWERS_LOOKED_UP,
     Break,
@@ -44,7 +43,7 @@ from gateway.storage.records import (
     LoggedExchange,
     MessageLogClosed,
 )
-from gateway.storage.sqlitefile import SqliteFile
+from gateway.storage.sql import Connection
 
 if TYPE_CHECKING:
     from gateway.storage.interfaces import MessageRecorder
@@ -188,7 +187,7 @@ class MessageLog:
 
     def __init__(
         self,
-        path: Path,
+        path: Path | str,
         *,
         clock: Clock | None = None,
         batch_max: int = 512,
@@ -207,13 +206,19 @@ class MessageLog:
         self._next_seq = 1
         #: The head a group's transaction reached, until it is committed.
         self._uncommitted = (GENESIS, 1)
-        self._file: SqliteFile[LogEntry] = SqliteFile(
+        # One chain per province: every group, from any worker or replica, takes
+        # its turn (SQLite: BEGIN IMMEDIATE; PostgreSQL: an advisory lock held
+        # by the group's transaction), and reads the tail inside it.
+        self._file: StoreFile[LogEntry] = store_file(
             path,
-            MESSAGE_LOG_MIGRATIONS,
-            self._write_group,
+            store="message_log",
+            sqlite_migrations=MESSAGE_LOG_MIGRATIONS,
+            pg_migrations=MESSAGE_LOG_PG_MIGRATIONS,
+            write=self._write_group,
             what="message log",
             batch_max=batch_max,
             on_writable=self._writable_changed,
+            one_writer=True,
             prepare=self._read_head,
             committed=self._group_committed,
             after_group=self._after_group,
@@ -241,19 +246,18 @@ class MessageLog:
         return self
 
     @property
-    def _db(self) -> aiosqlite.Connection | None:
-        """The reader connection (count, rows, verify): it sees only committed
-        rows and never waits behind the writer's thread."""
-        return self._file.reader
+    def location(self) -> str:
+        """Where the log is, for messages (a database URL without its password)."""
+        return self._file.location
 
-    def _read_head(self, conn: sqlite3.Connection) -> None:
+    def _read_head(self, conn: Connection) -> None:
         """In the writer thread, at open: the last signed head's row, and the chain's head."""
         signed = conn.execute("SELECT MAX(head_seq) FROM chain_heads").fetchone()
         self._signed_seq = int(signed[0]) if signed and signed[0] is not None else 0
         self._head, self._next_seq = self._last_row(conn)
 
     @staticmethod
-    def _last_row(conn: sqlite3.Connection) -> tuple[bytes, int]:
+    def _last_row(conn: Connection) -> tuple[bytes, int]:
         row = conn.execute(
             "SELECT seq, row_hash FROM message_log ORDER BY seq DESC LIMIT 1"
         ).fetchone()
@@ -350,7 +354,7 @@ class MessageLog:
 
     async def _sign_head(self) -> None:
         """Sign and store the committed chain head (if it moved since the last one)."""
-        if self._head_signer is None or self._file.conn is None or self._break_found:
+        if self._head_signer is None or self._break_found:
             return
         head_seq, head = self._next_seq - 1, self._head
         if head_seq <= self._signed_seq:
@@ -360,7 +364,7 @@ class MessageLog:
             head_statement(self.province, head_seq, head, signed_at)
         )
 
-        def insert(conn: sqlite3.Connection) -> None:
+        def insert(conn: Connection) -> None:
             conn.execute(
                 "INSERT INTO chain_heads (province, head_seq, head_hash, signed_at, key_id,"
                 " signature) VALUES (?,?,?,?,?,?)",
@@ -369,12 +373,12 @@ class MessageLog:
 
         try:
             await self._file.run(insert)
-        except Exception:  # a missed head is caught up by the next one
+        except Exception:  # closed, or cannot write: a missed head is caught up by the next one
             return
         self._signed_seq = head_seq
         self._head_signed_at = time.monotonic()
 
-    def _write_group(self, conn: sqlite3.Connection, entries: list[LogEntry]) -> list[Outcome]:
+    def _write_group(self, conn: Connection, entries: list[LogEntry]) -> list[Outcome]:
         """In the writer thread, inside the group's transaction. The head is read
         inside it (BEGIN IMMEDIATE), so several worker processes of one node
         extend one chain without forking it; a nonce already logged for the peer
@@ -442,7 +446,7 @@ class MessageLog:
 
     @staticmethod
     def _logged_exchange(
-        conn: sqlite3.Connection, entry: LogEntry, firsts: dict[tuple[str, str], bytes]
+        conn: Connection, entry: LogEntry, firsts: dict[tuple[str, str], bytes]
     ) -> LoggedExchange:
         """The first request and the newest responses logged under the entry's
         (peer, message id), rows of the current group included."""
@@ -469,15 +473,12 @@ class MessageLog:
         await self._file.close()
 
     async def count(self) -> int:
-        assert self._db is not None
-        async with self._db.execute("SELECT COUNT(*) FROM message_log") as cursor:
-            row = await cursor.fetchone()
+        row = await self._file.fetchone("SELECT COUNT(*) FROM message_log")
         return int(row[0]) if row else 0
 
     async def rows(
         self, *, message_id: str | None = None, since: int = 0
     ) -> AsyncIterator[LoggedRow]:
-        assert self._db is not None
         query = (
             "SELECT seq, logged_at, direction, kind, message_id, correlation_id, peer, service,"
             " envelope, prev_hash, row_hash FROM message_log"
@@ -489,36 +490,33 @@ class MessageLog:
         elif since > 1:
             query += " WHERE seq >= ?"
             args = (since,)
-        async with self._db.execute(query + " ORDER BY seq", args) as cursor:
-            async for r in cursor:
-                yield LoggedRow(
-                    int(r[0]),
-                    _text(r[1]),
-                    LogEntry(
-                        _text(r[2]),
-                        _text(r[3]),
-                        _text(r[4]),
-                        _text(r[5]),
-                        _text(r[6]),
-                        _text(r[7]),
-                        _blob(r[8]),
-                    ),
-                    _blob(r[9]),
-                    _blob(r[10]),
-                )
+        # Streamed: a whole log never sits in memory.
+        async for r in self._file.stream(query + " ORDER BY seq", args):
+            yield LoggedRow(
+                int(r[0]),
+                _text(r[1]),
+                LogEntry(
+                    _text(r[2]),
+                    _text(r[3]),
+                    _text(r[4]),
+                    _text(r[5]),
+                    _text(r[6]),
+                    _text(r[7]),
+                    _blob(r[8]),
+                ),
+                _blob(r[9]),
+                _blob(r[10]),
+            )
 
     async def heads(self) -> list[SignedHead]:
-        assert self._db is not None
-        async with self._db.execute(
+        rows = await self._file.fetchall(
             "SELECT province, head_seq, head_hash, signed_at, key_id, signature FROM chain_heads"
             " ORDER BY id"
-        ) as cursor:
-            return [
-                SignedHead(
-                    _text(r[0]), int(r[1]), _blob(r[2]), _text(r[3]), _text(r[4]), _blob(r[5])
-                )
-                async for r in cursor
-            ]
+        )
+        return [
+            SignedHead(_text(r[0]), int(r[1]), _blob(r[2]), _text(r[3]), _text(r[4]), _blob(r[5]))
+            for r in rows
+        ]
 
     async def verify(self, keys: HeadKeys | None = None) -> ChainReport:
         """The whole chain, then every signed head against it (and its signature, given keys).
@@ -534,15 +532,12 @@ class MessageLog:
         tail (or row 1) to the tail; every head's hash against the row it names
         (an indexed lookup, no row is re-read); the signatures of the heads in
         that stretch and of the last head."""
-        assert self._db is not None
-        async with self._db.execute("SELECT MAX(seq) FROM message_log") as cursor:
-            row = await cursor.fetchone()
+        row = await self._file.fetchone("SELECT MAX(seq) FROM message_log")
         tail = int(row[0]) if row and row[0] is not None else 0
-        async with self._db.execute(
+        row = await self._file.fetchone(
             "SELECT MAX(head_seq) FROM chain_heads WHERE head_seq <= ?",
             (tail - START_CHECK_ROWS,),
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         anchor = int(row[0]) if row and row[0] is not None else 1
         report = await self._check(keys, since=max(1, anchor))
         self._break_found = report.unacknowledged is not None
@@ -550,31 +545,29 @@ class MessageLog:
 
     async def _segments(self, keys: HeadKeys | None) -> list[tuple[int, int]]:
         """(seq, heads_before) of every segment row."""
-        assert self._db is not None
-        async with self._db.execute(
+        rows = await self._file.fetchall(
             # A literal, so that the partial index message_log_segments serves it.
             "SELECT seq, envelope FROM message_log WHERE kind = 'segment' ORDER BY seq"
-        ) as cursor:
-            return [(int(r[0]), _heads_before(_blob(r[1]), keys)) async for r in cursor]
+        )
+        return [(int(r[0]), _heads_before(_blob(r[1]), keys)) for r in rows]
 
     async def _head_rows(self) -> list[tuple[int, SignedHead, bytes | None]]:
         """Every signed head (by id) with the hash of the row it names (None: no such row)."""
-        assert self._db is not None
-        async with self._db.execute(
+        rows = await self._file.fetchall(
             "SELECT h.id, h.province, h.head_seq, h.head_hash, h.signed_at, h.key_id,"
             " h.signature, m.row_hash FROM chain_heads h"
             " LEFT JOIN message_log m ON m.seq = h.head_seq ORDER BY h.id"
-        ) as cursor:
-            return [
-                (
-                    int(r[0]),
-                    SignedHead(
-                        _text(r[1]), int(r[2]), _blob(r[3]), _text(r[4]), _text(r[5]), _blob(r[6])
-                    ),
-                    None if r[7] is None else _blob(r[7]),
-                )
-                async for r in cursor
-            ]
+        )
+        return [
+            (
+                int(r[0]),
+                SignedHead(
+                    _text(r[1]), int(r[2]), _blob(r[3]), _text(r[4]), _text(r[5]), _blob(r[6])
+                ),
+                None if r[7] is None else _blob(r[7]),
+            )
+            for r in rows
+        ]
 
     async def _check(self, keys: HeadKeys | None, *, since: int) -> ChainReport:
         segments = await self._segments(keys)
@@ -659,9 +652,7 @@ class MessageLog:
         broken = report.unacknowledged
         if broken is None:
             raise ValueError("no unacknowledged break to continue past")
-        assert self._db is not None
-        async with self._db.execute("SELECT COALESCE(MAX(id), 0) FROM chain_heads") as cursor:
-            row = await cursor.fetchone()
+        row = await self._file.fetchone("SELECT COALESCE(MAX(id), 0) FROM chain_heads")
         heads_before = int(row[0]) if row else 0
         statement = segment_statement(
             broken,
@@ -745,7 +736,7 @@ async def verify_chain(rows: AsyncIterator[LoggedRow]) -> ChainReport:
     return ChainReport(True, walk.checked, 0, f"{walk.checked} rows chain intact", walk.head)
 
 
-async def verify_file(path: Path, keys: HeadKeys | None = None) -> ChainReport:
+async def verify_file(path: Path | str, keys: HeadKeys | None = None) -> ChainReport:
     """Verify a log file without a running node (``yrd-gateway audit verify``),
     reading only: a read-only copy will do, and the file is left as it was."""
     async with reading(path) as log:
@@ -753,7 +744,7 @@ async def verify_file(path: Path, keys: HeadKeys | None = None) -> ChainReport:
 
 
 @contextlib.asynccontextmanager
-async def reading(path: Path) -> AsyncIterator[MessageLog]:
+async def reading(path: Path | str) -> AsyncIterator[MessageLog]:
     """A message log file opened to read and verify only (see
     :meth:`MessageLog.open_for_reading`), closed on leaving."""
     log = await MessageLog(path).open_for_reading()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from gateway.storage.groupcommit import rollback
 from gateway.storage.records import StoreOpenError, StoreVersionError
+from gateway.storage.sql import Connection
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,13 @@ class Migration:
     #: What it changes, in a line (for the changelog and the reader).
     summary: str
     #: Run inside the migration's transaction (no COMMIT, no executescript).
-    apply: Callable[[sqlite3.Connection], None]
+    apply: Callable[[Connection], None]
 
 
-def _statements(*sql: str) -> Callable[[sqlite3.Connection], None]:
-    def apply(conn: sqlite3.Connection) -> None:
+def statements(*sql: str) -> Callable[[Connection], None]:
+    """A migration step that runs ``sql`` in order (either engine)."""
+
+    def apply(conn: Connection) -> None:
         for statement in sql:
             conn.execute(statement)
 
@@ -45,21 +48,23 @@ def _statements(*sql: str) -> Callable[[sqlite3.Connection], None]:
 
 def _add_missing_columns(
     *columns: tuple[str, str, str],
-) -> Callable[[sqlite3.Connection], None]:
+) -> Callable[[Connection], None]:
     """Add each (table, column, definition) the table lacks (files written before
     the column existed)."""
 
-    def apply(conn: sqlite3.Connection) -> None:
+    def apply(conn: Connection) -> None:
         for table, name, definition in columns:
-            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})").fetchall()}
             if name not in present:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
 
     return apply
 
 
-def _in_order(*steps: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
-    def apply(conn: sqlite3.Connection) -> None:
+def in_order(*steps: Callable[[Connection], None]) -> Callable[[Connection], None]:
+    """A migration step that runs ``steps`` in order."""
+
+    def apply(conn: Connection) -> None:
         for step in steps:
             step(conn)
 
@@ -68,7 +73,7 @@ def _in_order(*steps: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3
 
 # ---- state.db ----------------------------------------------------------------------
 
-_STATE_V1_TABLES = _statements(
+_STATE_V1_TABLES = statements(
     """CREATE TABLE IF NOT EXISTS check_ins (
     check_in_id      TEXT PRIMARY KEY,
     relying_party_id TEXT NOT NULL,
@@ -157,7 +162,7 @@ STATE_MIGRATIONS: tuple[Migration, ...] = (
         1,
         "check-ins, answered tokens, outgoing and incoming cases, outbox (parking,"
         " reconciliation); older files get the columns added since the first release",
-        _in_order(
+        in_order(
             _STATE_V1_TABLES,
             _add_missing_columns(
                 ("outbox", "state", "TEXT NOT NULL DEFAULT 'pending'"),
@@ -176,8 +181,8 @@ MESSAGE_LOG_MIGRATIONS: tuple[Migration, ...] = (
         1,
         "hash-chained message log with nonces, signed chain heads; older files get"
         " the nonce column",
-        _in_order(
-            _statements(
+        in_order(
+            statements(
                 """CREATE TABLE IF NOT EXISTS message_log (
     seq            INTEGER PRIMARY KEY,
     logged_at      TEXT NOT NULL,      -- ISO 8601 UTC
@@ -210,7 +215,7 @@ MESSAGE_LOG_MIGRATIONS: tuple[Migration, ...] = (
                 "CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL)",
             ),
             _add_missing_columns(("message_log", "nonce", "BLOB")),
-            _statements(
+            statements(
                 "CREATE UNIQUE INDEX IF NOT EXISTS message_log_nonce ON message_log (peer, nonce)"
                 " WHERE nonce IS NOT NULL",
                 # Segment rows are few; start-up and audit find them without a scan.

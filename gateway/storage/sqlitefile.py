@@ -15,7 +15,7 @@ import asyncio
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -25,6 +25,7 @@ import aiosqlite
 from gateway.storage.groupcommit import GroupCommit, Outcome
 from gateway.storage.migrations import Migration, latest, migrate, open_writer, refuse_newer
 from gateway.storage.records import StoreClosedError, StoreOpenError
+from gateway.storage.sql import Connection
 
 I = TypeVar("I")  # noqa: E741 - the item type of the group writer
 T = TypeVar("T")
@@ -38,13 +39,13 @@ class SqliteFile(Generic[I]):
         self,
         path: Path,
         migrations: tuple[Migration, ...],
-        write: Callable[[sqlite3.Connection, list[I]], list[Outcome]],
+        write: Callable[[Connection, list[I]], list[Outcome]],
         *,
         what: str,
         batch_max: int,
         on_writable: Callable[[bool], None],
         reader_autocommit: bool = False,
-        prepare: Callable[[sqlite3.Connection], None] | None = None,
+        prepare: Callable[[Connection], None] | None = None,
         committed: Callable[[], None] | None = None,
         after_group: Callable[[], Awaitable[None]] | None = None,
         before_close: Callable[[], Awaitable[None]] | None = None,
@@ -57,6 +58,8 @@ class SqliteFile(Generic[I]):
         connection closes. ``reader_autocommit`` opens the reader connection
         with ``isolation_level=None``."""
         self.path = path
+        #: Where the store is, for messages.
+        self.location = str(path)
         self.what = what
         self._migrations = migrations
         self._write = write
@@ -183,13 +186,37 @@ class SqliteFile(Generic[I]):
         """The group writer; None unless open (and not closed)."""
         return None if self.closed else self._writer
 
-    async def run(self, op: Callable[[sqlite3.Connection], T]) -> T:
+    async def run(self, op: Callable[[Connection], T]) -> T:
         """Run ``op`` on the writer connection in its thread, outside any group
         (``op`` manages its own transaction, if any)."""
         conn = self.conn
         if conn is None:
             raise StoreClosedError(f"{self.what} is not open")
         return await asyncio.get_running_loop().run_in_executor(self.executor, op, conn)
+
+    async def fetchall(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run a query on the reader connection: every row, as tuples."""
+        reader = self.reader
+        if reader is None:
+            raise StoreClosedError(f"{self.what} is not open")
+        # One call on the connection's thread that runs the statement to its end:
+        # interleaved, half-read cursors would hold the read snapshot open and
+        # later reads would miss writes committed since (stale reads).
+        rows = await reader.execute_fetchall(sql, args)
+        return [tuple(row) for row in rows]
+
+    async def fetchone(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        rows = await self.fetchall(sql, args)
+        return rows[0] if rows else None
+
+    async def stream(self, sql: str, args: tuple[Any, ...] = ()) -> AsyncIterator[tuple[Any, ...]]:
+        """The rows of ``sql`` one by one (a whole message log never sits in memory)."""
+        reader = self.reader
+        if reader is None:
+            raise StoreClosedError(f"{self.what} is not open")
+        async with reader.execute(sql, args) as cursor:
+            async for row in cursor:
+                yield tuple(row)
 
     async def probe(self) -> bool:
         """Try a real (tiny) write: True if the file can write again."""

@@ -17,18 +17,19 @@ is versioned (:data:`gateway.storage.migrations.STATE_MIGRATIONS`).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Collection
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from gateway.storage.engines import StoreFile, store_file
 from gateway.storage.groupcommit import WriteOp, each_in_savepoint
 from gateway.storage.interfaces import StateTransaction
 
 if TYPE_CHECKING:
     from gateway.storage.interfaces import NodeState
 from gateway.storage.migrations import STATE_MIGRATIONS
+from gateway.storage.pgschema import STATE_PG_MIGRATIONS
 from gateway.storage.records import (
     PARKED,
     PENDING,
@@ -44,7 +45,7 @@ from gateway.storage.records import (
     StoreClosedError,
     StoredKey,
 )
-from gateway.storage.sqlitefile import SqliteFile
+from gateway.storage.sql import Connection
 
 # The values a caller of the state store handles, importable from here as well.
 __all__ = [
@@ -66,28 +67,37 @@ def _marks(values: Collection[object]) -> str:
 
 
 class StateStore:
-    """Business records of the node in one SQLite file; an async context manager."""
+    """Business records of the node in one SQLite file or in a PostgreSQL
+    database (:func:`gateway.storage.engines.store_file`); an async context manager."""
 
     def __init__(
         self,
-        path: Path,
+        path: Path | str,
         *,
         batch_max: int = 256,
         on_writable: Callable[[bool], None] | None = None,
     ) -> None:
+        #: The SQLite file, or the PostgreSQL URL.
         self.path = path
         #: Told False when a write fails because the file cannot be written, True
         #: when a write succeeds again (the node's health follows it).
         self.on_writable = on_writable
-        self._file: SqliteFile[WriteOp] = SqliteFile(
+        self._file: StoreFile[WriteOp] = store_file(
             path,
-            STATE_MIGRATIONS,
-            each_in_savepoint,
+            store="state",
+            sqlite_migrations=STATE_MIGRATIONS,
+            pg_migrations=STATE_PG_MIGRATIONS,
+            write=each_in_savepoint,
             what="state store",
             batch_max=batch_max,
             on_writable=self._writable_changed,
             reader_autocommit=True,
         )
+
+    @property
+    def location(self) -> str:
+        """Where the store is, for messages (a database URL without its password)."""
+        return self._file.location
 
     async def open(self) -> StateStore:
         """Open (creating and migrating the file if needed). Raises StoreOpenError
@@ -105,10 +115,10 @@ class StateStore:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(self, op: Callable[[Connection], T]) -> T:
         """Run ``op`` (in the writer thread, in its own savepoint); return its
-        result once the group it was part of is committed. SQLite's own access,
-        for this module (and tests); services use :meth:`unit_of_work`."""
+        result once the group it was part of is committed. SQL access, for this
+        module (and tests); services use :meth:`unit_of_work`."""
         writer = self._file.writer
         if writer is None:
             raise StoreClosedError("state store is closed")
@@ -137,20 +147,11 @@ class StateStore:
         await self._file.close()
 
     async def fetchall(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Run a query on the reader connection (SQLite's own access, for this
-        module and tests)."""
-        reader = self._file.reader
-        if reader is None:
-            raise StoreClosedError("state store is not open")
-        # One call on the connection's thread that runs the statement to its end:
-        # interleaved, half-read cursors would hold the read snapshot open and
-        # later reads would miss writes committed since (stale reads).
-        rows = await reader.execute_fetchall(sql, args)
-        return [tuple(row) for row in rows]
+        """Run a query (committed data only): SQL access, for this module and tests."""
+        return await self._file.fetchall(sql, args)
 
     async def fetchone(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
-        rows = await self.fetchall(sql, args)
-        return rows[0] if rows else None
+        return await self._file.fetchone(sql, args)
 
     # ---- guest registrations (IdentityRecords) ------------------------------------
 
@@ -165,7 +166,7 @@ class StateStore:
         recorded_at: datetime,
         correlation_id: str,
     ) -> None:
-        def op(db: sqlite3.Connection) -> None:
+        def op(db: Connection) -> None:
             db.execute(
                 "INSERT INTO check_ins VALUES (?,?,?,?,?,?,?)",
                 (
@@ -197,11 +198,11 @@ class StateStore:
         concurrent claims, in any worker process, exactly one wins. Rows past
         their time are pruned on the way."""
 
-        def op(db: sqlite3.Connection) -> bool:
+        def op(db: Connection) -> bool:
             db.execute("DELETE FROM answered_tokens WHERE keep_until < ?", (now,))
             cursor = db.execute(
-                "INSERT OR IGNORE INTO answered_tokens (token_id, keep_until, answered_at)"
-                " VALUES (?,?,?)",
+                "INSERT INTO answered_tokens (token_id, keep_until, answered_at)"
+                " VALUES (?,?,?) ON CONFLICT DO NOTHING",
                 (token_id, keep_until, now),
             )
             return cursor.rowcount == 1
@@ -318,7 +319,7 @@ class StateStore:
         False if the item is gone or was not in the other state."""
         other = PENDING if state == PARKED else PARKED
 
-        def op(db: sqlite3.Connection) -> bool:
+        def op(db: Connection) -> bool:
             if state == PARKED:
                 cursor = db.execute(
                     "UPDATE outbox SET state = ?, parked_at = ? WHERE id = ? AND state = ?",
@@ -447,7 +448,7 @@ _INCOMING_COLUMNS = (
 )
 
 
-def _incoming(row: tuple[Any, ...] | sqlite3.Row) -> IncomingCase:
+def _incoming(row: tuple[Any, ...]) -> IncomingCase:
     return IncomingCase(
         str(row[0]),
         str(row[1]),
@@ -464,7 +465,7 @@ class _Transaction:
     """A unit of work on the writer connection (:class:`StateTransaction`): run
     in the writer thread, inside the unit's savepoint."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Connection) -> None:
         self._db = db
 
     # ---- outbox --------------------------------------------------------------------

@@ -387,8 +387,9 @@ class TestWriterFailure:
             # thread stays open, which would keep the test process alive.
             with contextlib.suppress(Exception):
                 await log.close()
-            if log._db is not None:
-                await log._db.close()
+            reader = getattr(log._file, "reader", None)
+            if reader is not None:
+                await reader.close()
 
 
 _property = settings(
