@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml simulators/pyproject.toml
 demo: $(STAMP)
 	$(BIN)/yrd-gateway demo
 
+# The tests start a throw-away PostgreSQL server: its binaries are installed if missing.
 test: lint $(STAMP)
+	sh scripts/ensure_postgres.sh
 	$(BIN)/python -m pytest -q
 
 unit: $(STAMP)
