@@ -585,7 +585,9 @@ class Node:
         try:
             await self.state.open()
         except (OSError, StoreOpenError) as exc:
-            raise NodeStartError(f"cannot open the state store {self.state.location}: {exc}") from exc
+            raise NodeStartError(
+                f"cannot open the state store {self.state.location}: {exc}"
+            ) from exc
 
     async def _start_directory(self) -> None:
         """Publish this node's descriptor and put its peers' in force: the copies

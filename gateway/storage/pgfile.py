@@ -265,9 +265,12 @@ class PgFile(Generic[I]):
         this store's tables is StoreOpenError."""
         try:
             await self._open_readers()
-            row = await self.fetchone(
-                "SELECT version FROM schema_versions WHERE store = ?", (self.store,)
-            )
+            row = None
+            kept = await self.fetchone("SELECT to_regclass('schema_versions') IS NOT NULL")
+            if kept is not None and kept[0]:
+                row = await self.fetchone(
+                    "SELECT version FROM schema_versions WHERE store = ?", (self.store,)
+                )
         except StoreUnavailable as exc:
             await self._release()
             raise StoreOpenError(f"{self.location}: {exc.message}") from exc

@@ -20,8 +20,6 @@ from gateway.storage.sql import Connection, display_url, is_database_url
 from gateway.storage.state import StateStore
 from gateway.testing.postgres import PostgresServer
 
-pytestmark = pytest.mark.asyncio
-
 
 def entry(i: int, *, peer: str = "320000", nonce: bytes = b"") -> LogEntry:
     return LogEntry("in", "request", f"m-{i}", "corr", peer, "svc", b"envelope %d" % i, nonce=nonce)
@@ -38,6 +36,7 @@ def test_the_url_and_the_sql_as_psycopg_reads_them() -> None:
     )
 
 
+@pytest.mark.asyncio
 async def test_two_writers_extend_one_chain(pg_url: str) -> None:
     """Two message logs on one database (two replicas) interleave their groups in
     one chain: sequence numbers unique and without gaps, the chain intact."""
@@ -56,6 +55,7 @@ async def test_two_writers_extend_one_chain(pg_url: str) -> None:
         await second.close()
 
 
+@pytest.mark.asyncio
 async def test_a_nonce_is_caught_on_another_replica(pg_url: str) -> None:
     first = await MessageLog(pg_url, province="310000").open()
     second = await MessageLog(pg_url, province="310000").open()
@@ -69,6 +69,7 @@ async def test_a_nonce_is_caught_on_another_replica(pg_url: str) -> None:
         await second.close()
 
 
+@pytest.mark.asyncio
 async def test_a_race_for_one_key_reruns_the_loser(pg_url: str) -> None:
     """Check-then-insert of one key through two replicas at once: one inserts, the
     other's unit of work is run again after the unique violation and sees the row."""
@@ -101,12 +102,17 @@ async def test_a_race_for_one_key_reruns_the_loser(pg_url: str) -> None:
             await store.close()
 
 
+@pytest.mark.asyncio
 async def test_single_use_holds_across_replicas(pg_url: str) -> None:
     stores = [await StateStore(pg_url).open(), await StateStore(pg_url).open()]
     try:
         now = time.time()
         wins = await asyncio.gather(
-            *(s.claim_token(f"t{i}", keep_until=now + 60, now=now) for i in range(30) for s in stores)
+            *(
+                s.claim_token(f"t{i}", keep_until=now + 60, now=now)
+                for i in range(30)
+                for s in stores
+            )
         )
         assert sum(wins) == 30
         assert all(wins[2 * i] != wins[2 * i + 1] for i in range(30))
@@ -115,6 +121,7 @@ async def test_single_use_holds_across_replicas(pg_url: str) -> None:
             await store.close()
 
 
+@pytest.mark.asyncio
 async def test_a_newer_schema_is_refused(pg_url: str) -> None:
     store = await StateStore(pg_url).open()
     await store.write(
@@ -125,6 +132,7 @@ async def test_a_newer_schema_is_refused(pg_url: str) -> None:
         await StateStore(pg_url).open()
 
 
+@pytest.mark.asyncio
 async def test_reading_writes_nothing(pg_url: str) -> None:
     """``audit`` opens a log to read only: a database without one is refused, and
     nothing is created in it."""
@@ -139,6 +147,7 @@ async def test_reading_writes_nothing(pg_url: str) -> None:
         assert await read.count() == 1
 
 
+@pytest.mark.asyncio
 async def test_a_lost_server_is_unavailable_then_recovers(
     pg_server_factory: Callable[[], PostgresServer],
 ) -> None:
@@ -169,7 +178,8 @@ async def test_a_lost_server_is_unavailable_then_recovers(
         assert await log.append(entry(3)) == 2
         assert await state.claim_token("t", keep_until=time.time() + 60, now=time.time())
         report = await log.verify()
-        assert report.intact and report.rows_checked == 2
+        assert report.intact
+        assert report.rows_checked == 2
     finally:
         await log.close()
         await state.close()
