@@ -264,6 +264,9 @@ class PgFile(Generic[I]):
         of a newer schema is refused (StoreVersionError), a database without
         this store's tables is StoreOpenError."""
         try:
+            # One direct connection first: an unreachable database is reported by
+            # its own cause, not by the pool's "initialization incomplete".
+            await asyncio.to_thread(self._try_connect)
             await self._open_readers()
             row = None
             kept = await self.fetchone("SELECT to_regclass('schema_versions') IS NOT NULL")
@@ -274,6 +277,9 @@ class PgFile(Generic[I]):
         except StoreUnavailable as exc:
             await self._release()
             raise StoreOpenError(f"{self.location}: {exc.message}") from exc
+        except psycopg.Error as exc:
+            await self._release()
+            raise StoreOpenError(f"{self.location}: {_first_line(exc)}") from exc
         except BaseException:
             await self._release()
             raise
@@ -285,6 +291,9 @@ class PgFile(Generic[I]):
         except BaseException:
             await self._release()
             raise
+
+    def _try_connect(self) -> None:
+        connect(self.url, application=self._application() + " (read)").close()
 
     async def _open_readers(self) -> None:
         self._read_executor = ThreadPoolExecutor(
