@@ -134,7 +134,7 @@ async def table_rows(location: Path | str) -> dict[str, list[tuple[object, ...]]
 class TestMigrate:
     """`store migrate` moves a real node's stores into PostgreSQL, whole."""
 
-    async def test_a_real_store_moves_whole(self, node_store: Path, pg_url: str) -> None:
+    async def test_a_real_store_moves_whole(self, pg_url: str, node_store: Path) -> None:
         result = await asyncio.to_thread(
             cli, "store", "migrate", "--from", str(node_store), "--to", pg_url, "--config", CONFIG
         )
@@ -162,7 +162,7 @@ class TestMigrate:
         assert verified.returncode == 0, verified.stdout + verified.stderr
         assert "signed heads match" in verified.stdout
 
-    async def test_a_database_with_rows_is_refused(self, node_store: Path, pg_url: str) -> None:
+    async def test_a_database_with_rows_is_refused(self, pg_url: str, node_store: Path) -> None:
         first = await asyncio.to_thread(
             cli, "store", "migrate", "--from", str(node_store), "--to", pg_url
         )
@@ -178,7 +178,7 @@ class TestMigrate:
         assert rows_of(pg_url, "SELECT COUNT(*) FROM message_log") == before
 
     async def test_refused_while_the_node_holds_its_store(
-        self, node_store: Path, pg_url: str
+        self, pg_url: str, node_store: Path
     ) -> None:
         lock = StoreLock.acquire(node_store)  # as a running node holds it
         try:
@@ -193,7 +193,7 @@ class TestMigrate:
         # Nothing was written to the target, not even the tables.
         assert rows_of(pg_url, "SELECT to_regclass('message_log')") == [(None,)]
 
-    async def test_store_info(self, node_store: Path, pg_url: str) -> None:
+    async def test_store_info(self, pg_url: str, node_store: Path) -> None:
         moved = await asyncio.to_thread(
             cli, "store", "migrate", "--from", str(node_store), "--to", pg_url
         )
@@ -294,7 +294,7 @@ class TestAuditOnDatabase:
         assert f"row {target}: content does not match its hash" in broken.stdout
 
     async def test_a_read_only_role_verifies_and_exports(
-        self, node_store: Path, pg_url: str, tmp_path: Path
+        self, pg_url: str, node_store: Path, tmp_path: Path
     ) -> None:
         moved = await asyncio.to_thread(
             cli, "store", "migrate", "--from", str(node_store), "--to", pg_url
@@ -363,7 +363,7 @@ class TestOutboxOnDatabase:
     """The outbox commands open the store the config names, a database included."""
 
     async def test_list_and_park_on_a_database(
-        self, node_store: Path, pg_url: str, tmp_path: Path
+        self, pg_url: str, node_store: Path, tmp_path: Path
     ) -> None:
         moved = await asyncio.to_thread(
             cli, "store", "migrate", "--from", str(node_store), "--to", pg_url
