@@ -12,6 +12,7 @@ imports what its handlers need inside them):
 - :mod:`gateway.cli.adapter`: ``adapter test``
 - :mod:`gateway.cli.audit`: ``audit verify|export|check`` (``log verify``: alias)
 - :mod:`gateway.cli.outbox`: ``outbox list|retry|park|resolve``
+- :mod:`gateway.cli.store`: ``store info|migrate`` (SQLite to PostgreSQL)
 - :mod:`gateway.cli.pki`: ``pki init``
 - :mod:`gateway.cli.directory`: ``directory export|import|show|list``
 - :mod:`gateway.cli.dev`: ``demo``, ``up``, ``bench``, ``soak`` (need the simulators)
@@ -23,7 +24,7 @@ import argparse
 import sys
 
 from gateway import __version__
-from gateway.cli import adapter, audit, config, dev, directory, outbox, pki, serve
+from gateway.cli import adapter, audit, config, dev, directory, outbox, pki, serve, store
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"yrd-gateway {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (serve, config, adapter, audit, outbox, pki, directory, dev):
+    for group in (serve, config, adapter, audit, outbox, store, pki, directory, dev):
         group.register(commands)
     audit.register_log_alias(commands)
     return parser

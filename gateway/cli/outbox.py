@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from gateway.storage.state import StateStore
 
 
+#: A node's store as its config names it: a folder (SQLite) or a postgresql:// URL.
+Store = Path | str
+
 #: A command group's handler: parsed arguments in, exit status out.
 Handler = Callable[[argparse.Namespace], int]
 
@@ -110,23 +113,25 @@ def _operator_name(given: str) -> str | None:
 # ---- the node's stores, as an operator's command opens them --------------------------
 
 
-def _node_stores(config_file: str) -> tuple[ProvinceConfig, Path] | None:
-    """(the node's own config, its store folder) for an operator's command; None
-    (and a message) when the config or its state store cannot be used."""
+def _node_stores(config_file: str) -> tuple[ProvinceConfig, Store] | None:
+    """(the node's own config, its store: a folder or a database URL) for an
+    operator's command; None (and a message) when the config or its state
+    store cannot be used."""
     from gateway.config.loading import parse_province_file
     from gateway.core.errors import ConfigError
+    from gateway.storage.engines import STATE_FILE, store_location
 
     try:
         config = parse_province_file(Path(config_file))
     except ConfigError as exc:
         print(f"configuration refused:\n{exc}", file=sys.stderr)
         return None
-    if not (config.node.store / "state.db").is_file():
-        print(
-            f"no state store in {config.node.store} (node.store of {config_file})", file=sys.stderr
-        )
+    store: Store = config.node.store
+    state = store_location(store, STATE_FILE)
+    if isinstance(state, Path) and not state.is_file():
+        print(f"no state store in {store} (node.store of {config_file})", file=sys.stderr)
         return None
-    return config, config.node.store
+    return config, store
 
 
 def _store_errors(
@@ -149,14 +154,16 @@ def _store_errors(
     return run
 
 
-def _open_state(folder: Path) -> StateStore:
-    """The node's state store in ``folder`` (an async context manager)."""
+def _open_state(store: Store) -> StateStore:
+    """The node's state store in ``store`` (an async context manager): the
+    folder's state.db, or the database (:func:`gateway.storage.engines.store_location`)."""
+    from gateway.storage.engines import STATE_FILE, store_location
     from gateway.storage.state import StateStore
 
-    return StateStore(folder / "state.db")
+    return StateStore(store_location(store, STATE_FILE))
 
 
-def _operator_log(me: ProvinceConfig, folder: Path) -> MessageLog:
+def _operator_log(me: ProvinceConfig, store: Store) -> MessageLog:
     """The node's message log, opened to record operator actions signed with the
     node's current envelope key (as its chain heads are)."""
     from gateway.core.clock import SystemClock
@@ -169,7 +176,9 @@ def _operator_log(me: ProvinceConfig, folder: Path) -> MessageLog:
         key_id, key = signer.current()
         return key_id, key.sign(statement)
 
-    return MessageLog(folder / "messages.db", province=me.code, head_signer=sign)
+    from gateway.storage.engines import MESSAGE_LOG_FILE, store_location
+
+    return MessageLog(store_location(store, MESSAGE_LOG_FILE), province=me.code, head_signer=sign)
 
 
 # ---- list, retry, park ----------------------------------------------------------------
@@ -322,7 +331,7 @@ def outbox_resolve(args: argparse.Namespace) -> int:
 
 
 async def _resolve(
-    args: argparse.Namespace, operator: str, me: ProvinceConfig, folder: Path
+    args: argparse.Namespace, operator: str, me: ProvinceConfig, folder: Store
 ) -> str:
     """Log the operator's statement, then resolve the case; "" when done, else why not."""
     from gateway.core.clock import SystemClock

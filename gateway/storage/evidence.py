@@ -72,7 +72,7 @@ def _signing_keys(federation: FederationConfig, code: str) -> dict[str, dict[str
     }
 
 
-async def export(db: Path, message_id: str, federation: FederationConfig) -> dict[str, Any]:
+async def export(db: Path | str, message_id: str, federation: FederationConfig) -> dict[str, Any]:
     async with reading(db) as log:
         own_rows = [row async for row in log.rows(message_id=message_id)]
         if not own_rows:
