@@ -7,7 +7,6 @@ node runs), ``store info``, and the outbox commands on a database."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
 import subprocess
@@ -25,7 +24,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from gateway.server.node import StoreLock
 from gateway.storage.interfaces import StateTransaction
 from gateway.storage.messagelog import LogEntry, MessageLog
-from gateway.storage.pgfile import create_database
 from gateway.storage.records import OutboxItem
 from gateway.storage.state import StateStore
 from gateway.testing.localfed import LocalFederation
@@ -44,17 +42,6 @@ TABLES = (
     "incoming_cases",
     "outbox",
 )
-
-
-@pytest.fixture
-def pg_url() -> str:
-    """A fresh database on the test server named by YRD_TEST_PG (a URL of any of
-    its databases, as a user who may create one). Temporary: the lead replaces
-    it by the shared ``pg_url`` fixture of tests/conftest.py at merge."""
-    server = os.environ.get("YRD_TEST_PG")
-    if not server:
-        pytest.skip("YRD_TEST_PG names no PostgreSQL server")
-    return create_database(server, f"tools_{uuid.uuid4().hex[:12]}")
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -345,11 +332,6 @@ class TestAuditOnDatabase:
         with psycopg.connect(reader, autocommit=True) as conn, pytest.raises(psycopg.Error):
             conn.execute("DELETE FROM write_probe")
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="foundation: PgFile.open_for_reading lets psycopg_pool.PoolTimeout through"
-        " (not StoreOpenError); remove this mark with that fix",
-    )
     async def test_an_unreachable_database_is_one_line(self) -> None:
         result = await asyncio.to_thread(
             cli, "audit", "verify", "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2"
