@@ -596,6 +596,8 @@ class TrackedProcessor(Generic[B, A, U, P]):
         #: the store: a case is worked by the one replica holding its lease, so
         #: no two hand one withdrawal to the back-end at once), and their length.
         self.owner = owner or lease_owner()
+        if lease_seconds <= 2 * DEFAULT_TIMEOUT:
+            raise ValueError(f"lease_seconds: more than {2 * DEFAULT_TIMEOUT} (a back-end call)")
         self.lease_seconds = lease_seconds
         self._exchange = exchange
         self._flow = exchange.flow
@@ -609,6 +611,8 @@ class TrackedProcessor(Generic[B, A, U, P]):
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[str] = set()
         self._renewer: asyncio.Task[None] | None = None
+        #: Until when this process holds the lease of each case in hand (its clock).
+        self._lease_until: dict[str, float] = {}
         self._stopping = False
 
     def wake(self) -> None:
@@ -642,13 +646,17 @@ class TrackedProcessor(Generic[B, A, U, P]):
             references = list(self._inflight)
             if not references:
                 continue
+            until = time.time() + self.lease_seconds
             try:
                 ours = await self._store.renew_incoming_leases(
-                    references, owner=self.owner, until=time.time() + self.lease_seconds
+                    references, owner=self.owner, until=until
                 )
             except Exception as exc:  # the next round tries again
                 log.warning("case leases not renewed", error=str(exc)[:200])
                 continue
+            for reference in ours:
+                if reference in self._lease_until:
+                    self._lease_until[reference] = until
             lost = [r for r in references if r not in ours and r in self._inflight]
             if lost:
                 log.warning(
@@ -685,6 +693,7 @@ class TrackedProcessor(Generic[B, A, U, P]):
                     if work.reference in self._inflight:
                         continue
                     self._inflight.add(work.reference)
+                    self._lease_until[work.reference] = now + self.lease_seconds
                     task = asyncio.create_task(self._advance(work))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
@@ -739,6 +748,7 @@ class TrackedProcessor(Generic[B, A, U, P]):
 
             def release() -> None:
                 self._inflight.discard(reference)
+                self._lease_until.pop(reference, None)
                 self._wake.set()
 
             if hold:
@@ -778,6 +788,14 @@ class TrackedProcessor(Generic[B, A, U, P]):
                 self._exchange.metrics.observe_backend(flow.backend_name, outcome, started)
 
     async def _step(self, work: IncomingWork) -> None:
+        if self._lease_until.get(work.reference, 0.0) < time.time() + DEFAULT_TIMEOUT:
+            # The lease may end before the back-end answers (renewals failing,
+            # or taken over): no call, so no two replicas ever submit it at once.
+            log.warning(
+                f"{self._flow.domain} lease too short for a back-end call; left for later",
+                reference=work.reference,
+            )
+            return
         update = await self._ask_backend(work)
         if update is not None:
             await self._record(work, update)
