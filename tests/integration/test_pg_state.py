@@ -10,6 +10,7 @@ database, so their transactions really interleave on the server.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 import uuid
@@ -22,7 +23,7 @@ import pytest
 from gateway.storage.pgfile import create_database
 from gateway.storage.records import NewOutgoingCase
 from gateway.storage.state import StateStore
-from tests.unit.test_leases import SCENARIOS, Replica, enqueue, item
+from tests.unit.test_leases import FINAL, SCENARIOS, Replica, enqueue, incoming, item, receive
 
 
 # Until the shared fixture (gateway/testing/postgres.py, tests/conftest.py
@@ -167,3 +168,55 @@ class TestReplicasRace:
         await asyncio.sleep(0.6)
         (taken,) = await two.claim_outbox(time.time(), 5, owner="2/1/y", lease_seconds=10)
         assert taken.id == mine.id
+
+    async def test_one_delivery_through_two_replicas_is_one_incoming_case(
+        self, pg_replica: Replica
+    ) -> None:
+        """(domain, sender, idempotency key) is unique: a duplicate delivery that
+        reaches the other replica at the same moment finds the first's case."""
+        one, two = await pg_replica(), await pg_replica()
+
+        def deliver(n: int) -> Callable[[Any], str]:
+            case = incoming(n)
+
+            def work(tx: Any) -> str:
+                existing = tx.incoming_by_key("withdrawal", "320000", "key-1")
+                if existing is not None:
+                    return str(existing.case)
+                time.sleep(0.3)
+                tx.insert_incoming(dataclasses.replace(case, idempotency_key="key-1"))
+                return case.reference
+
+            return work
+
+        got = await asyncio.gather(one.unit_of_work(deliver(1)), two.unit_of_work(deliver(2)))
+        assert got[0] == got[1]
+        assert await one.fetchone("SELECT COUNT(*) FROM incoming_cases") == (1,)
+
+    async def test_concurrent_processors_each_case_once(self, pg_replica: Replica) -> None:
+        replicas = [await pg_replica() for _ in range(3)]
+        total = 200
+        await receive(replicas[0], *(incoming(n) for n in range(total)))
+        claimed: dict[str, list[str]] = {}
+
+        async def claimer(store: StateStore, owner: str) -> None:
+            mine = claimed.setdefault(owner, [])
+            while True:
+                got = await store.claim_incoming(
+                    "withdrawal",
+                    now=time.time(),
+                    final=FINAL,
+                    limit=5,
+                    owner=owner,
+                    lease_seconds=600,
+                    skip=tuple(mine),
+                )
+                if not got:
+                    return
+                mine.extend(w.reference for w in got)
+
+        await asyncio.gather(
+            *(claimer(store, f"{r}/{k}/x") for r, store in enumerate(replicas) for k in range(2))
+        )
+        every = [r for refs in claimed.values() for r in refs]
+        assert len(every) == len(set(every)) == total
