@@ -176,6 +176,12 @@ class NodeSection(_Model):
     #: An outbox item still failing this long after it was written is PARKED for an
     #: operator (``yrd-gateway outbox list --parked``) instead of retried for ever.
     park_after_seconds: float = Field(86_400.0, gt=0, le=365 * 86_400)
+    #: How long a replica's claim (lease) on an outbox item or an incoming case
+    #: lasts unless renewed (every third of it): a killed replica's work is
+    #: taken over by the others after at most this long. Above twice a back-end
+    #: call's timeout (5 s): a case is handed to its back-end only while its
+    #: lease outlasts the call.
+    lease_seconds: float = Field(15.0, gt=10, le=3600)
     #: Calls one worker serves at once (local and federation calls together).
     #: Beyond it a call is refused at once with RESOURCE_EXHAUSTED instead of
     #: queueing: an overloaded node sheds load with bounded memory and latency.

@@ -21,6 +21,15 @@ finished delivery (and reads the store at most every 5 ms, only for items it can
 start); when a delivery to a peer that had items backing off succeeds, every
 item waiting for that peer is made due at once, so a province that comes back
 is caught up immediately rather than at each item's next backoff.
+
+Replicas of a province share one outbox (PostgreSQL): each deliverer *claims*
+the items it starts (:meth:`~gateway.storage.interfaces.OutboxStore.claim_outbox`,
+a lease of ``lease_seconds`` under this process's owner name), renews the
+leases of its items in flight every third of that, and finishes an attempt
+with writes fenced by its owner name: an item another replica took over (this
+one stalled past its lease) is neither removed nor rescheduled by it. A clean
+stop releases its leases; a killed replica's items are taken over when their
+leases expire.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,7 +50,7 @@ from gateway.core.errors import GatewayError, ends_exchange
 from gateway.core.metrics import NodeMetrics
 from gateway.federation.client import FederationClient
 from gateway.storage.interfaces import OutboxStore, StateTransaction
-from gateway.storage.records import OutboxItem
+from gateway.storage.records import LEASE_SECONDS, OutboxItem, lease_owner
 from yrd.federation.v1 import federation_pb2
 
 log = structlog.get_logger("yrd.outbox")
@@ -82,13 +91,19 @@ class Outbox:
         metrics: NodeMetrics | None = None,
         idle_poll: float = 1.0,
         park_after: float = 86_400.0,
+        owner: str | None = None,
+        lease_seconds: float = LEASE_SECONDS,
     ) -> None:
+        #: This process's name in its leases, and how long a lease lasts unless renewed.
+        self.owner = owner or lease_owner()
+        self.lease_seconds = lease_seconds
         #: Seconds after an item was written past which a failing delivery is parked.
         self.park_after = park_after
         #: Items whose next attempt could not be written: id -> (when, failures,
-        #: peer). At most one entry per outbox item; dropped once a write about
-        #: the item succeeds (or a minute after it fell due and was not seen again).
-        self._held: dict[int, tuple[float, int, str]] = {}
+        #: item). At most one entry per item this deliverer claimed; tried again
+        #: from here when due (the claim is this process's: a store that cannot
+        #: write cannot claim), dropped once a write about the item succeeds.
+        self._held: dict[int, tuple[float, int, OutboxItem]] = {}
         #: Longest sleep with nothing due: items written by another worker process
         #: of the node (which cannot wake this one) wait at most this long.
         self.idle_poll = idle_poll
@@ -108,6 +123,7 @@ class Outbox:
         #: catch-up (empty at start: the first acknowledgement catches up).
         self._caught_up: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
         self._stopping = False
         self.delivered = 0
         self.retried = 0
@@ -119,6 +135,7 @@ class Outbox:
 
     async def start(self) -> Outbox:
         self._task = asyncio.create_task(self._run(), name="outbox")
+        self._renewer = asyncio.create_task(self._renew(), name="outbox-leases")
         return self
 
     async def __aenter__(self) -> Outbox:
@@ -128,19 +145,46 @@ class Outbox:
         await self.stop()
 
     async def stop(self) -> None:
-        """Stop delivering. Items in flight stay in the store and go again later."""
+        """Stop delivering. Items in flight stay in the store and go again later:
+        their leases are released, so any replica may take them at once."""
         if self._stopping:
             return
         self._stopping = True
         self._wake.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for background in (self._task, self._renewer):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
         tasks = list(self._inflight.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._task is not None:
+            try:
+                await self._store.release_outbox_leases(self.owner)
+            except Exception as exc:  # they expire instead
+                log.warning("outbox leases not released; they expire", error=describe(exc))
+
+    async def _renew(self) -> None:
+        """Every third of a lease, extend the leases of the items in flight. An
+        item no longer ours was taken over by another replica (this one stalled):
+        its attempt goes on, but its outcome will not be written here (fenced)."""
+        while not self._stopping:
+            await asyncio.sleep(self.lease_seconds / 3)
+            ids = list(self._inflight)
+            if not ids:
+                continue
+            try:
+                ours = await self._store.renew_outbox_leases(
+                    ids, owner=self.owner, until=time.time() + self.lease_seconds
+                )
+            except Exception as exc:  # the next round tries again
+                log.warning("outbox leases not renewed", error=describe(exc))
+                continue
+            lost = [item_id for item_id in ids if item_id not in ours and item_id in self._inflight]
+            if lost:
+                log.warning("outbox items taken over by another replica", items=len(lost))
 
     async def _run(self) -> None:
         pacer = Pacer(READ_INTERVAL)
@@ -151,12 +195,12 @@ class Outbox:
             # still saw them (the read and the finish race).
             self._finished.clear()
             now = time.time()
-            waiting = []
-            for item_id, (when, _, _) in list(self._held.items()):
+            waiting, again = [], []
+            for item_id, (when, _, held_item) in self._held.items():
                 if when > now:
                     waiting.append(item_id)
-                elif when < now - 60:  # not seen again since (gone): forget it
-                    del self._held[item_id]
+                elif item_id not in self._inflight:
+                    again.append(held_item)
             # Read only what can start: not what is in flight, not for a peer at
             # its limit, no more than the free slots (a backlog is not re-read
             # whole at every finished delivery).
@@ -165,34 +209,36 @@ class Outbox:
                 self._per_peer - load for load in self._peer_load.values() if load < self._per_peer
             )
             try:
-                due = await self._store.due_outbox(
+                claimed = await self._store.claim_outbox(
                     now,
-                    limit=min(512, free),
-                    skip_ids=(*self._inflight, *waiting),
+                    min(512, free),
+                    owner=self.owner,
+                    lease_seconds=self.lease_seconds,
+                    skip_ids=(*self._inflight, *self._held),
                     skip_peers=full,
                 )
-                taken: Counter[str] = Counter()
-                chosen = []
-                for item_id, peer in due:
-                    if item_id not in self._finished and (
-                        self._peer_load[peer] + taken[peer] < self._per_peer
-                    ):
-                        taken[peer] += 1
-                        chosen.append(item_id)
-                items = await self._store.outbox_items(chosen)
                 upcoming = await self._store.next_outbox_time(after=now)
             except Exception:
                 log.exception("outbox read failed")
-                items, upcoming = [], None
-            for item in items:
+                claimed, upcoming = [], None
+            spare = []
+            for item in again:
+                self._peer_load[item.peer] += 1
+                self._inflight[item.id] = asyncio.create_task(self._deliver(item))
+            for item in claimed:
                 if (
                     item.id in self._inflight
                     or item.id in self._finished
                     or self._peer_load[item.peer] >= self._per_peer
                 ):
+                    spare.append(item.id)
                     continue
                 self._peer_load[item.peer] += 1
                 self._inflight[item.id] = asyncio.create_task(self._deliver(item))
+            if spare:
+                # Claimed beyond a peer's free slots: free for the other replicas now.
+                with contextlib.suppress(Exception):  # else they expire
+                    await self._store.release_outbox_leases(self.owner, spare)
             delay = self.idle_poll
             if upcoming is not None:
                 delay = min(delay, max(0.0, upcoming - time.time()))
@@ -257,22 +303,28 @@ class Outbox:
         catch_up = item.peer not in self._caught_up
         self._caught_up.add(item.peer)
 
-        def work(tx: StateTransaction) -> None:
+        def work(tx: StateTransaction) -> bool:
+            if not tx.remove_outbox_item(item.id, owner=self.owner):
+                return False  # taken over: its new owner records the outcome
             route.on_acked(tx, item, ack)
-            tx.remove_outbox_item(item.id)
             if catch_up:
                 # The peer is back: everything waiting out a backoff for it is due now.
                 tx.make_peer_due(item.peer, time.time())
+            return True
 
         try:
-            await self._store.unit_of_work(work)
+            ours = await self._store.unit_of_work(work)
         except BaseException:
             self._caught_up.discard(item.peer)
             raise
+        if not ours:
+            self._held.pop(item.id, None)
+            log.warning("outbox item taken over by another replica; outcome left to it")
+            return
         self._held.pop(item.id, None)
         if catch_up:
-            for held_id, (_, _, peer) in list(self._held.items()):
-                if peer == item.peer:
+            for held_id, (_, _, held_item) in list(self._held.items()):
+                if held_item.peer == item.peer:
                     del self._held[held_id]
         self.delivered += 1
         # The exchange itself has its own log line; this one matters when the
@@ -287,12 +339,17 @@ class Outbox:
         )
 
     async def _refused(self, item: OutboxItem, route: OutboxRoute, exc: GatewayError) -> None:
-        def work(tx: StateTransaction) -> None:
+        def work(tx: StateTransaction) -> bool:
+            if not tx.remove_outbox_item(item.id, owner=self.owner):
+                return False  # taken over: its new owner records the outcome
             route.on_refused(tx, item, exc)
-            tx.remove_outbox_item(item.id)
+            return True
 
-        await self._store.unit_of_work(work)
+        ours = await self._store.unit_of_work(work)
         self._held.pop(item.id, None)
+        if not ours:
+            log.warning("outbox item taken over by another replica; outcome left to it")
+            return
         self.refused += 1
         log.warning(
             "outbox delivery refused",
@@ -315,9 +372,10 @@ class Outbox:
         when = now + backoff_delay(failures, base=self.base_backoff, cap=self.max_backoff)
         park = now - (item.pending_since or item.created_at) >= self.park_after
 
-        def work(tx: StateTransaction) -> None:
-            tx.reschedule_outbox_item(
+        def work(tx: StateTransaction) -> bool:
+            return tx.reschedule_outbox_item(
                 item.id,
+                owner=self.owner,
                 attempts=failures + 1,
                 next_attempt_at=when,
                 last_error=reason,
@@ -335,9 +393,9 @@ class Outbox:
             self._metrics.outbox_retries.labels(item.peer).inc()
         self.retried += 1
         try:
-            await self._store.unit_of_work(work)
+            ours = await self._store.unit_of_work(work)
         except Exception as failure:
-            self._held[item.id] = (when, failures + 1, item.peer)
+            self._held[item.id] = (when, failures + 1, item)
             log.warning(
                 "outbox delivery failed; the next attempt is kept in memory (store cannot write)",
                 retry_in=round(when - now, 3),
@@ -346,6 +404,9 @@ class Outbox:
             )
             return
         self._held.pop(item.id, None)
+        if not ours:
+            log.warning("outbox item taken over by another replica; its retry left to it")
+            return
         if park:
             self.parked += 1
             if self._metrics is not None:

@@ -688,13 +688,19 @@ class Node:
             park_after=me.node.park_after_seconds,
             metrics=self.metrics,
             idle_poll=idle_poll,
+            lease_seconds=me.node.lease_seconds,
         )
         for exchange in tracked:
             exchange.outbox = self.outbox
             exchange.metrics = self.metrics
             if exchange.backend is not None:
                 processor = TrackedProcessor(
-                    exchange, self.state, exchange.backend, self.clock, idle_poll=idle_poll
+                    exchange,
+                    self.state,
+                    exchange.backend,
+                    self.clock,
+                    idle_poll=idle_poll,
+                    lease_seconds=me.node.lease_seconds,
                 )
                 exchange.processor = processor
                 self.processors.append(processor)
@@ -768,6 +774,9 @@ class Node:
         """The outbox and the back-end processors: in the first worker only."""
         if self.worker_index != 0 or self.outbox is None:
             return
+        # A store this node holds alone (SQLite): leases left by a killed process
+        # are cleared rather than waited out.
+        await self.state.clear_abandoned_leases()
         await self.outbox.start()
         for processor in self.processors:
             await processor.start()

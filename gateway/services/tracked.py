@@ -62,12 +62,14 @@ from gateway.storage.interfaces import (
     Transactional,
 )
 from gateway.storage.records import (
+    LEASE_SECONDS,
     IncomingWork,
     NewIncomingCase,
     NewOutgoingCase,
     OutboxItem,
     OutgoingCase,
     Progress,
+    lease_owner,
 )
 from gateway.trust.envelope import OpenedEnvelope
 from yrd.federation.v1 import federation_pb2
@@ -585,9 +587,18 @@ class TrackedProcessor(Generic[B, A, U, P]):
         poll_max: float = 2.0,
         concurrency: int = 32,
         idle_poll: float = 1.0,
+        owner: str | None = None,
+        lease_seconds: float = LEASE_SECONDS,
     ) -> None:
         #: Longest sleep with nothing due (work stored by another worker process).
         self.idle_poll = idle_poll
+        #: This process's name in the leases it takes on cases (replicas share
+        #: the store: a case is worked by the one replica holding its lease, so
+        #: no two hand one withdrawal to the back-end at once), and their length.
+        self.owner = owner or lease_owner()
+        if lease_seconds <= 2 * DEFAULT_TIMEOUT:
+            raise ValueError(f"lease_seconds: more than {2 * DEFAULT_TIMEOUT} (a back-end call)")
+        self.lease_seconds = lease_seconds
         self._exchange = exchange
         self._flow = exchange.flow
         self._store = store
@@ -599,6 +610,9 @@ class TrackedProcessor(Generic[B, A, U, P]):
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[str] = set()
+        self._renewer: asyncio.Task[None] | None = None
+        #: Until when this process holds the lease of each case in hand (its clock).
+        self._lease_until: dict[str, float] = {}
         self._stopping = False
 
     def wake(self) -> None:
@@ -606,16 +620,48 @@ class TrackedProcessor(Generic[B, A, U, P]):
 
     async def start(self) -> TrackedProcessor[B, A, U, P]:
         self._task = asyncio.create_task(self._run(), name=f"{self._flow.domain}-processor")
+        self._renewer = asyncio.create_task(self._renew(), name=f"{self._flow.domain}-leases")
         return self
 
     async def stop(self) -> None:
+        """Stop; the cases in hand are released for any replica to take at once."""
         if self._stopping:
             return
         self._stopping = True
+        for background in (self._task, self._renewer):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            try:
+                await self._store.release_incoming_leases(self.owner)
+            except Exception as exc:  # they expire instead
+                log.warning("case leases not released; they expire", error=str(exc)[:200])
+
+    async def _renew(self) -> None:
+        """Every third of a lease, extend the leases of the cases in hand."""
+        while not self._stopping:
+            await asyncio.sleep(self.lease_seconds / 3)
+            references = list(self._inflight)
+            if not references:
+                continue
+            until = time.time() + self.lease_seconds
+            try:
+                ours = await self._store.renew_incoming_leases(
+                    references, owner=self.owner, until=until
+                )
+            except Exception as exc:  # the next round tries again
+                log.warning("case leases not renewed", error=str(exc)[:200])
+                continue
+            for reference in ours:
+                if reference in self._lease_until:
+                    self._lease_until[reference] = until
+            lost = [r for r in references if r not in ours and r in self._inflight]
+            if lost:
+                log.warning(
+                    f"{self._flow.domain} cases taken over by another replica", cases=len(lost)
+                )
 
     async def _run(self) -> None:
         domain, final = self._flow.domain, self._flow.final_statuses
@@ -631,17 +677,23 @@ class TrackedProcessor(Generic[B, A, U, P]):
                 inflight = tuple(self._inflight)
                 due: list[IncomingWork] = []
                 if len(inflight) < MAX_QUEUED:
-                    due = await self._store.due_incoming(
-                        domain,
-                        now=now,
-                        final=final,
-                        skip=inflight,
-                        limit=MAX_QUEUED - len(inflight),
-                    )
+                    try:
+                        due = await self._store.claim_incoming(
+                            domain,
+                            now=now,
+                            final=final,
+                            limit=MAX_QUEUED - len(inflight),
+                            owner=self.owner,
+                            lease_seconds=self.lease_seconds,
+                            skip=inflight,
+                        )
+                    except Exception as exc:  # the store cannot write: try again later
+                        log.warning("due cases not claimed", error=str(exc)[:200])
                 for work in due:
                     if work.reference in self._inflight:
                         continue
                     self._inflight.add(work.reference)
+                    self._lease_until[work.reference] = now + self.lease_seconds
                     task = asyncio.create_task(self._advance(work))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
@@ -696,6 +748,7 @@ class TrackedProcessor(Generic[B, A, U, P]):
 
             def release() -> None:
                 self._inflight.discard(reference)
+                self._lease_until.pop(reference, None)
                 self._wake.set()
 
             if hold:
@@ -709,7 +762,11 @@ class TrackedProcessor(Generic[B, A, U, P]):
         when = time.time() + self._backoff(attempts)
         await self._store.unit_of_work(
             lambda tx: tx.incoming_schedule(
-                reference, attempts=attempts, next_poll_at=when, submitted=submitted
+                reference,
+                owner=self.owner,
+                attempts=attempts,
+                next_poll_at=when,
+                submitted=submitted,
             )
         )
 
@@ -731,6 +788,14 @@ class TrackedProcessor(Generic[B, A, U, P]):
                 self._exchange.metrics.observe_backend(flow.backend_name, outcome, started)
 
     async def _step(self, work: IncomingWork) -> None:
+        if self._lease_until.get(work.reference, 0.0) < time.time() + DEFAULT_TIMEOUT:
+            # The lease may end before the back-end answers (renewals failing,
+            # or taken over): no call, so no two replicas ever submit it at once.
+            log.warning(
+                f"{self._flow.domain} lease too short for a back-end call; left for later",
+                reference=work.reference,
+            )
+            return
         update = await self._ask_backend(work)
         if update is not None:
             await self._record(work, update)
@@ -812,8 +877,9 @@ class TrackedProcessor(Generic[B, A, U, P]):
             updated_at=changed,
         )
 
-        def record(tx: StateTransaction) -> None:
-            tx.incoming_progress(work.reference, progress)
+        def record(tx: StateTransaction) -> bool:
+            if not tx.incoming_progress(work.reference, progress, owner=self.owner):
+                return False  # another replica took the case over: its step counts
             flow.queue_updates(
                 tx,
                 trail,
@@ -825,8 +891,11 @@ class TrackedProcessor(Generic[B, A, U, P]):
                 reference=work.reference,
                 changed=changed,
             )
+            return True
 
-        await self._store.unit_of_work(record)
+        if not await self._store.unit_of_work(record):
+            log.warning(f"{flow.domain} taken over by another replica", reference=work.reference)
+            return
         if trail:
             if self._exchange.outbox is not None:
                 self._exchange.outbox.wake()
@@ -838,9 +907,11 @@ class TrackedProcessor(Generic[B, A, U, P]):
         """The back-end lost a money-moving case: leave it alone until an operator
         resolves it. Logged at error level with the reference only."""
         stamp = self._clock.now()
-        await self._store.unit_of_work(
-            lambda tx: tx.incoming_to_reconciliation(work.reference, at=stamp)
+        ours = await self._store.unit_of_work(
+            lambda tx: tx.incoming_to_reconciliation(work.reference, owner=self.owner, at=stamp)
         )
+        if not ours:
+            return
         log.error(
             f"{self._flow.backend_name} does not know a {self._flow.domain} it was given;"
             " not submitted again, waiting for reconciliation (yrd-gateway outbox resolve)",

@@ -2,8 +2,15 @@
 
 Services and the outbox speak only to these Protocols (and the values of
 :mod:`gateway.storage.records`); SQL and driver types stay in the
-implementation, today :class:`gateway.storage.state.StateStore` (SQLite). A
-PostgreSQL store implements the same Protocols.
+implementation, :class:`gateway.storage.state.StateStore` (SQLite or
+PostgreSQL).
+
+Several replicas of a province may work one PostgreSQL store: the outbox's
+items and the incoming cases handed to back-ends are *claimed* with a lease
+(``claim_outbox``, ``claim_incoming``: ``<replica>/<pid>/<random>`` of
+:func:`~gateway.storage.records.lease_owner`, until a time), renewed while
+worked, and the writes that finish a step are *fenced*: they take ``owner=``
+and change nothing once another replica has taken the work over.
 
 Reads are ``async`` methods of a store. Writes go through a **unit of work**:
 ``await store.unit_of_work(work)`` runs ``work(tx)`` in one transaction and
@@ -54,8 +61,9 @@ class OutboxWrites(Protocol):
     def enqueue(self, item: OutboxItem) -> None:
         """Add ``item`` (its ``id`` is ignored: the store assigns one)."""
 
-    def remove_outbox_item(self, item_id: int) -> None:
-        """Delete a delivered (or refused) item."""
+    def remove_outbox_item(self, item_id: int, *, owner: str) -> bool:
+        """Delete a delivered (or refused) item, if ``owner`` still holds its
+        lease (False, and nothing changed, if another replica took it over)."""
 
     def make_peer_due(self, peer: str, now: float) -> None:
         """Make every pending item for ``peer`` that waits past ``now`` due at ``now``."""
@@ -64,13 +72,15 @@ class OutboxWrites(Protocol):
         self,
         item_id: int,
         *,
+        owner: str,
         attempts: int,
         next_attempt_at: float,
         last_error: str,
         parked_at: float | None,
-    ) -> None:
+    ) -> bool:
         """Record a failed attempt: pending until ``next_attempt_at``, or parked
-        for an operator (``parked_at`` not None)."""
+        for an operator (``parked_at`` not None); the lease is given up. Fenced
+        like :meth:`remove_outbox_item`."""
 
 
 class OutgoingCaseWrites(Protocol):
@@ -119,16 +129,19 @@ class IncomingCaseWrites(Protocol):
     def incoming_in_reconciliation(self, reference: str, domain: str) -> IncomingCase | None:
         """The case ``reference`` of ``domain`` if it is in reconciliation."""
 
-    def incoming_progress(self, reference: str, progress: Progress) -> None:
-        """A step with the back-end: the case's new state (handed to the back-end)."""
+    def incoming_progress(self, reference: str, progress: Progress, *, owner: str) -> bool:
+        """A step with the back-end: the case's new state (handed to the back-end).
+        Like every processor write here, fenced: applied (True) only while
+        ``owner`` holds the case's lease, which it gives up."""
 
     def incoming_schedule(
-        self, reference: str, *, attempts: int, next_poll_at: float, submitted: bool
-    ) -> None:
-        """The next attempt of a step that did not move the case."""
+        self, reference: str, *, owner: str, attempts: int, next_poll_at: float, submitted: bool
+    ) -> bool:
+        """The next attempt of a step that did not move the case (fenced)."""
 
-    def incoming_to_reconciliation(self, reference: str, *, at: datetime) -> None:
-        """Leave the case alone until an operator resolves it (its back-end lost it)."""
+    def incoming_to_reconciliation(self, reference: str, *, owner: str, at: datetime) -> bool:
+        """Leave the case alone until an operator resolves it (its back-end lost
+        it; fenced)."""
 
     def incoming_resubmit(self, reference: str, *, next_poll_at: float, at: datetime) -> None:
         """Out of reconciliation: no money moved, hand it to the back-end again."""
@@ -178,6 +191,28 @@ class OutboxStore(Transactional, Protocol):
     async def next_outbox_time(self, after: float | None = None) -> float | None:
         """When the earliest pending item is due (the earliest after ``after``, if given)."""
 
+    async def claim_outbox(
+        self,
+        now: float,
+        limit: int,
+        *,
+        owner: str,
+        lease_seconds: float,
+        skip_peers: Collection[str] = (),
+        skip_ids: Collection[int] = (),
+    ) -> list[OutboxItem]:
+        """Lease to ``owner`` up to ``limit`` pending items due by ``now`` (free,
+        lease expired, or ``owner``'s own), except ``skip_ids`` and items for
+        ``skip_peers``; oldest first. Concurrent claimers never get one item both."""
+
+    async def renew_outbox_leases(
+        self, ids: Collection[int], *, owner: str, until: float
+    ) -> set[int]:
+        """Extend ``owner``'s leases to ``until``; the ids it still holds."""
+
+    async def release_outbox_leases(self, owner: str, ids: Collection[int] | None = None) -> int:
+        """Give up ``owner``'s leases (on ``ids`` only, if given)."""
+
 
 class OutboxOperations(Protocol):
     """The outbox as an operator and the node's metrics see it."""
@@ -214,6 +249,30 @@ class TrackedCaseStore(Transactional, Protocol):
         self, domain: str, *, after: float, final: Collection[int]
     ) -> float | None:
         """When the next such case is due after ``after`` (None: none is waiting)."""
+
+    async def claim_incoming(
+        self,
+        domain: str,
+        *,
+        now: float,
+        final: Collection[int],
+        limit: int,
+        owner: str,
+        lease_seconds: float,
+        skip: Collection[str] = (),
+    ) -> list[IncomingWork]:
+        """As :meth:`due_incoming`, each case leased to ``owner`` (free, expired
+        or its own already): concurrent claimers never get one case both."""
+
+    async def renew_incoming_leases(
+        self, references: Collection[str], *, owner: str, until: float
+    ) -> set[str]:
+        """Extend ``owner``'s leases to ``until``; the references it still holds."""
+
+    async def release_incoming_leases(
+        self, owner: str, references: Collection[str] | None = None
+    ) -> int:
+        """Give up ``owner``'s leases (on ``references`` only, if given)."""
 
 
 class ReconciliationStore(Transactional, Protocol):
@@ -262,6 +321,10 @@ class NodeState(
 
     async def probe(self) -> bool:
         """Try a real (tiny) write: True if the store can write again."""
+
+    async def clear_abandoned_leases(self) -> int:
+        """At start: clear the leases a killed process left where the node holds
+        its store alone (SQLite); nothing on a database replicas share."""
 
 
 class MessageLogReader(Protocol):

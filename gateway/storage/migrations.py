@@ -172,6 +172,16 @@ STATE_MIGRATIONS: tuple[Migration, ...] = (
             ),
         ),
     ),
+    Migration(
+        2,
+        "leases: the replica working an outbox item or an incoming case, and until when",
+        statements(
+            "ALTER TABLE outbox ADD COLUMN lease_owner TEXT",  # <replica>/<pid>/<random>
+            "ALTER TABLE outbox ADD COLUMN lease_until REAL",  # unix seconds
+            "ALTER TABLE incoming_cases ADD COLUMN lease_owner TEXT",
+            "ALTER TABLE incoming_cases ADD COLUMN lease_until REAL",
+        ),
+    ),
 )
 
 # ---- messages.db -------------------------------------------------------------------

@@ -93,6 +93,16 @@ _STATE_V1 = statements(
 
 STATE_PG_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the state store's tables (as state.db version 1)", _STATE_V1),
+    Migration(
+        2,
+        "leases (as state.db version 2)",
+        statements(
+            "ALTER TABLE outbox ADD COLUMN IF NOT EXISTS lease_owner TEXT,"
+            " ADD COLUMN IF NOT EXISTS lease_until DOUBLE PRECISION",
+            "ALTER TABLE incoming_cases ADD COLUMN IF NOT EXISTS lease_owner TEXT,"
+            " ADD COLUMN IF NOT EXISTS lease_until DOUBLE PRECISION",
+        ),
+    ),
 )
 
 _MESSAGE_LOG_V1 = statements(

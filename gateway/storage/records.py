@@ -9,6 +9,8 @@ kept them: instants of an exchange as timezone-aware ``datetime`` (stored as ISO
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +19,23 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 #: Outbox item states.
 PENDING, PARKED = "pending", "parked"
+
+#: How long a claim on an outbox item or an incoming case lasts unless renewed
+#: (seconds): a replica that dies leaves its work to the others after this.
+LEASE_SECONDS = 15.0
+
+_owners: dict[tuple[str, int], str] = {}
+
+
+def lease_owner(replica: str = "1") -> str:
+    """This process's name in the leases it takes: ``<replica>/<pid>/<random>``,
+    made once per process (a restarted process, or a forked one, is a new owner
+    and never mistakes an old lease for its own)."""
+    key = (replica, os.getpid())
+    owner = _owners.get(key)
+    if owner is None:
+        owner = _owners[key] = f"{replica}/{key[1]}/{secrets.token_hex(4)}"
+    return owner
 
 
 class StoreClosedError(RuntimeError):
@@ -76,6 +95,8 @@ class OutboxEntry:
     next_attempt_at: float
     last_error: str
     parked_at: float | None
+    #: The process working it now (``<replica>/<pid>/<random>``), while its lease holds.
+    lease_owner: str | None = None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ is versioned (:data:`gateway.storage.migrations.STATE_MIGRATIONS`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection
 from datetime import datetime
 from pathlib import Path
@@ -45,7 +46,7 @@ from gateway.storage.records import (
     StoreClosedError,
     StoredKey,
 )
-from gateway.storage.sql import Connection
+from gateway.storage.sql import Connection, is_database_url
 
 # The values a caller of the state store handles, importable from here as well.
 __all__ = [
@@ -66,6 +67,24 @@ def _marks(values: Collection[object]) -> str:
     return ",".join("?" * len(values))
 
 
+#: The one clause a claim adds on PostgreSQL: rows another replica's open
+#: transaction is claiming are skipped, not waited for (SQLite has one writer
+#: per file: nothing to skip).
+_SKIP_LOCKED = {"postgresql": " FOR UPDATE SKIP LOCKED", "sqlite": ""}
+
+_OUTBOX_ITEM_COLUMNS = (
+    "id, peer, service, message_id, correlation_id, idempotency_key, payload,"
+    " subject, attempts, next_attempt_at, created_at, COALESCE(retried_at, created_at)"
+)
+_INCOMING_WORK_COLUMNS = (
+    "reference, sender, idempotency_key, correlation_id, application, status,"
+    " submitted, attempts, next_poll_at"
+)
+#: Free to claim: no lease, an expired one, or one of the claimer's own (an item
+#: it holds but does not work now: the claimer skips what it has in flight).
+_CLAIMABLE = " AND (lease_owner IS NULL OR lease_owner = ? OR lease_until <= ?)"
+
+
 class StateStore:
     """Business records of the node in one SQLite file or in a PostgreSQL
     database (:func:`gateway.storage.engines.store_file`); an async context manager."""
@@ -79,6 +98,8 @@ class StateStore:
     ) -> None:
         #: The SQLite file, or the PostgreSQL URL.
         self.path = path
+        #: "postgresql" (a database replicas share) or "sqlite" (one node's file).
+        self.dialect = "postgresql" if is_database_url(path) else "sqlite"
         #: Told False when a write fails because the file cannot be written, True
         #: when a write succeeds again (the node's health follows it).
         self.on_writable = on_writable
@@ -241,29 +262,108 @@ class StateStore:
         if not ids:
             return []
         rows = await self.fetchall(
-            "SELECT id, peer, service, message_id, correlation_id, idempotency_key, payload,"  # noqa: S608 - only placeholders are added
-            " subject, attempts, next_attempt_at, created_at,"
-            f" COALESCE(retried_at, created_at) FROM outbox WHERE id IN ({_marks(ids)})"
+            f"SELECT {_OUTBOX_ITEM_COLUMNS} FROM outbox WHERE id IN ({_marks(ids)})"  # noqa: S608 - only placeholders are added
             " ORDER BY id",
             tuple(ids),
         )
-        return [
-            OutboxItem(
-                int(r[0]),
-                str(r[1]),
-                str(r[2]),
-                str(r[3]),
-                str(r[4]),
-                str(r[5]),
-                bytes(r[6]),
-                str(r[7]),
-                int(r[8]),
-                float(r[9]),
-                float(r[10]),
-                float(r[11]),
-            )
-            for r in rows
-        ]
+        return [_outbox_item(r) for r in rows]
+
+    async def claim_outbox(
+        self,
+        now: float,
+        limit: int,
+        *,
+        owner: str,
+        lease_seconds: float,
+        skip_peers: Collection[str] = (),
+        skip_ids: Collection[int] = (),
+    ) -> list[OutboxItem]:
+        """Lease up to ``limit`` pending items due by ``now`` to ``owner`` until
+        ``now + lease_seconds``, oldest first, and return them: items nobody
+        holds, whose lease expired, or that ``owner`` holds already, except the
+        ``skip_ids`` (in flight) and the items for ``skip_peers``. Of replicas
+        claiming at once, each item goes to one."""
+        if limit <= 0:
+            return []
+        where = "state = 'pending' AND next_attempt_at <= ?" + _CLAIMABLE
+        if skip_ids:
+            where += f" AND id NOT IN ({_marks(skip_ids)})"
+        if skip_peers:
+            where += f" AND peer NOT IN ({_marks(skip_peers)})"
+        sql = (
+            "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE id IN"  # noqa: S608 - only placeholders and a constant clause are added
+            f" (SELECT id FROM outbox WHERE {where} ORDER BY next_attempt_at, id LIMIT ?"
+            f"{_SKIP_LOCKED[self.dialect]}) RETURNING {_OUTBOX_ITEM_COLUMNS}"
+        )
+        args = (
+            owner,
+            now + lease_seconds,
+            now,
+            owner,
+            now,
+            *skip_ids,
+            *skip_peers,
+            limit,
+        )
+        rows = await self.write(lambda db: db.execute(sql, args).fetchall())
+        items = [_outbox_item(r) for r in rows]
+        items.sort(key=lambda item: (item.next_attempt_at, item.id))
+        return items
+
+    async def renew_outbox_leases(
+        self, ids: Collection[int], *, owner: str, until: float
+    ) -> set[int]:
+        """Extend ``owner``'s leases on these items to ``until``; the ids it still
+        holds (an item missing was finished, or taken over by another replica)."""
+        return {int(key) for key in await self._renew("outbox", "id", ids, owner, until)}
+
+    async def release_outbox_leases(self, owner: str, ids: Collection[int] | None = None) -> int:
+        """Give up ``owner``'s leases (those on ``ids`` only, if given): the items
+        are free for any replica at once. The number released."""
+        return await self._release("outbox", "id", owner, ids)
+
+    async def _renew(
+        self, table: str, key: str, keys: Collection[object], owner: str, until: float
+    ) -> list[Any]:
+        if not keys:
+            return []
+        sql = (
+            f"UPDATE {table} SET lease_until = ? WHERE lease_owner = ?"  # noqa: S608 - constant names and placeholders
+            f" AND {key} IN ({_marks(keys)}) RETURNING {key}"
+        )
+        rows = await self.write(lambda db: db.execute(sql, (until, owner, *keys)).fetchall())
+        return [r[0] for r in rows]
+
+    async def _release(
+        self, table: str, key: str, owner: str, keys: Collection[object] | None
+    ) -> int:
+        sql = f"UPDATE {table} SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?"  # noqa: S608 - a constant table name
+        args: tuple[object, ...] = (owner,)
+        if keys is not None:
+            if not keys:
+                return 0
+            sql += f" AND {key} IN ({_marks(keys)})"
+            args = (owner, *keys)
+        return int(await self.write(lambda db: db.execute(sql, args).rowcount))
+
+    async def clear_abandoned_leases(self) -> int:
+        """At a node's start: on SQLite, whose file one node holds (locked), every
+        lease left is a dead process's and is cleared, so nothing waits for it to
+        expire. On PostgreSQL nothing is cleared: other replicas' leases are
+        alive, and a dead one's expire. The number cleared."""
+        if self.dialect != "sqlite":
+            return 0
+
+        def op(db: Connection) -> int:
+            cleared = 0
+            for table in ("outbox", "incoming_cases"):
+                cleared += db.execute(
+                    f"UPDATE {table} SET lease_owner = NULL, lease_until = NULL"  # noqa: S608 - a constant table name
+                    " WHERE lease_owner IS NOT NULL"
+                ).rowcount
+            return cleared
+
+        return await self.write(op)
 
     async def next_outbox_time(self, after: float | None = None) -> float | None:
         if after is None:
@@ -293,9 +393,10 @@ class StateStore:
             args += [reference, reference]
         rows = await self.fetchall(
             "SELECT id, subject, message_id, peer, service, state, attempts, created_at,"  # noqa: S608 - only placeholders are added
-            f" next_attempt_at, last_error, parked_at FROM outbox WHERE {where}"
+            f" next_attempt_at, last_error, parked_at, CASE WHEN lease_until > ? THEN lease_owner"
+            f" END FROM outbox WHERE {where}"
             " ORDER BY created_at, id",
-            tuple(args),
+            (time.time(), *args),
         )
         return [
             OutboxEntry(
@@ -310,6 +411,7 @@ class StateStore:
                 float(r[8]),
                 str(r[9]),
                 None if r[10] is None else float(r[10]),
+                None if r[11] is None else str(r[11]),
             )
             for r in rows
         ]
@@ -322,13 +424,15 @@ class StateStore:
         def op(db: Connection) -> bool:
             if state == PARKED:
                 cursor = db.execute(
-                    "UPDATE outbox SET state = ?, parked_at = ? WHERE id = ? AND state = ?",
+                    "UPDATE outbox SET state = ?, parked_at = ?, lease_owner = NULL,"
+                    " lease_until = NULL WHERE id = ? AND state = ?",
                     (PARKED, now, item_id, other),
                 )
             else:
                 cursor = db.execute(
                     "UPDATE outbox SET state = ?, parked_at = NULL, next_attempt_at = ?,"
-                    " retried_at = ? WHERE id = ? AND state = ?",
+                    " retried_at = ?, lease_owner = NULL, lease_until = NULL"
+                    " WHERE id = ? AND state = ?",
                     (PENDING, now, now, item_id, other),
                 )
             return cursor.rowcount == 1
@@ -404,6 +508,63 @@ class StateStore:
             for r in rows
         ]
 
+    async def claim_incoming(
+        self,
+        domain: str,
+        *,
+        now: float,
+        final: Collection[int],
+        limit: int,
+        owner: str,
+        lease_seconds: float,
+        skip: Collection[str] = (),
+    ) -> list[IncomingWork]:
+        """Lease to ``owner`` until ``now + lease_seconds`` up to ``limit`` incoming
+        cases of ``domain`` due by ``now`` (not final, not in reconciliation,
+        not among ``skip``; free, expired, or ``owner``'s already), the earliest
+        due first. Of replicas claiming at once, each case goes to one: no two
+        replicas hand one case to its back-end at the same time."""
+        if limit <= 0:
+            return []
+        skipped = f" AND reference NOT IN ({_marks(skip)})" if skip else ""
+        sql = (
+            "UPDATE incoming_cases SET lease_owner = ?, lease_until = ? WHERE reference IN"  # noqa: S608 - only placeholders and a constant clause are added
+            " (SELECT reference FROM incoming_cases WHERE domain = ?"
+            f" AND status NOT IN ({_marks(final)}) AND reconciliation = 0 AND next_poll_at <= ?"
+            f"{_CLAIMABLE}{skipped} ORDER BY next_poll_at LIMIT ?{_SKIP_LOCKED[self.dialect]})"
+            f" RETURNING {_INCOMING_WORK_COLUMNS}"
+        )
+        args = (owner, now + lease_seconds, domain, *final, now, owner, now, *skip, limit)
+        rows = await self.write(lambda db: db.execute(sql, args).fetchall())
+        rows.sort(key=lambda r: float(r[8]))
+        return [
+            IncomingWork(
+                str(r[0]),
+                str(r[1]),
+                str(r[2]),
+                str(r[3]),
+                bytes(r[4]),
+                int(r[5]),
+                bool(r[6]),
+                int(r[7]),
+            )
+            for r in rows
+        ]
+
+    async def renew_incoming_leases(
+        self, references: Collection[str], *, owner: str, until: float
+    ) -> set[str]:
+        """Extend ``owner``'s leases on these cases to ``until``; those it still holds."""
+        held = await self._renew("incoming_cases", "reference", references, owner, until)
+        return {str(key) for key in held}
+
+    async def release_incoming_leases(
+        self, owner: str, references: Collection[str] | None = None
+    ) -> int:
+        """Give up ``owner``'s leases on incoming cases (those of ``references``
+        only, if given). The number released."""
+        return await self._release("incoming_cases", "reference", owner, references)
+
     async def next_incoming_poll(
         self, domain: str, *, after: float, final: Collection[int]
     ) -> float | None:
@@ -461,6 +622,24 @@ def _incoming(row: tuple[Any, ...]) -> IncomingCase:
     )
 
 
+def _outbox_item(r: tuple[Any, ...]) -> OutboxItem:
+    """An outbox item from a row of _OUTBOX_ITEM_COLUMNS."""
+    return OutboxItem(
+        int(r[0]),
+        str(r[1]),
+        str(r[2]),
+        str(r[3]),
+        str(r[4]),
+        str(r[5]),
+        bytes(r[6]),
+        str(r[7]),
+        int(r[8]),
+        float(r[9]),
+        float(r[10]),
+        float(r[11]),
+    )
+
+
 class _Transaction:
     """A unit of work on the writer connection (:class:`StateTransaction`): run
     in the writer thread, inside the unit's savepoint."""
@@ -488,8 +667,11 @@ class _Transaction:
             ),
         )
 
-    def remove_outbox_item(self, item_id: int) -> None:
-        self._db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+    def remove_outbox_item(self, item_id: int, *, owner: str) -> bool:
+        cursor = self._db.execute(
+            "DELETE FROM outbox WHERE id = ? AND lease_owner = ?", (item_id, owner)
+        )
+        return cursor.rowcount == 1
 
     def make_peer_due(self, peer: str, now: float) -> None:
         self._db.execute(
@@ -502,14 +684,16 @@ class _Transaction:
         self,
         item_id: int,
         *,
+        owner: str,
         attempts: int,
         next_attempt_at: float,
         last_error: str,
         parked_at: float | None,
-    ) -> None:
-        self._db.execute(
+    ) -> bool:
+        cursor = self._db.execute(
             "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ?,"
-            " state = ?, parked_at = ? WHERE id = ?",
+            " state = ?, parked_at = ?, lease_owner = NULL, lease_until = NULL"
+            " WHERE id = ? AND lease_owner = ?",
             (
                 attempts,
                 next_attempt_at,
@@ -517,8 +701,10 @@ class _Transaction:
                 PENDING if parked_at is None else PARKED,
                 parked_at,
                 item_id,
+                owner,
             ),
         )
+        return cursor.rowcount == 1
 
     # ---- outgoing cases ------------------------------------------------------------
 
@@ -631,12 +817,12 @@ class _Transaction:
         ).fetchone()
         return None if row is None else _incoming(row)
 
-    def incoming_progress(self, reference: str, progress: Progress) -> None:
-        self._db.execute(
+    def incoming_progress(self, reference: str, progress: Progress, *, owner: str) -> bool:
+        cursor = self._db.execute(
             "UPDATE incoming_cases SET status = ?, status_reason = ?, amount_fen = ?,"
             " backend_reference = CASE WHEN ? != '' THEN ? ELSE backend_reference END,"
-            " submitted = 1, attempts = ?, next_poll_at = ?, updated_at = ?"
-            " WHERE reference = ?",
+            " submitted = 1, attempts = ?, next_poll_at = ?, updated_at = ?,"
+            " lease_owner = NULL, lease_until = NULL WHERE reference = ? AND lease_owner = ?",
             (
                 progress.status,
                 progress.status_reason,
@@ -647,29 +833,35 @@ class _Transaction:
                 progress.next_poll_at,
                 progress.updated_at.isoformat(),
                 reference,
+                owner,
             ),
         )
+        return cursor.rowcount == 1
 
     def incoming_schedule(
-        self, reference: str, *, attempts: int, next_poll_at: float, submitted: bool
-    ) -> None:
-        self._db.execute(
-            "UPDATE incoming_cases SET attempts = ?, next_poll_at = ?, submitted = ?"
-            " WHERE reference = ?",
-            (attempts, next_poll_at, int(submitted), reference),
+        self, reference: str, *, owner: str, attempts: int, next_poll_at: float, submitted: bool
+    ) -> bool:
+        cursor = self._db.execute(
+            "UPDATE incoming_cases SET attempts = ?, next_poll_at = ?, submitted = ?,"
+            " lease_owner = NULL, lease_until = NULL WHERE reference = ? AND lease_owner = ?",
+            (attempts, next_poll_at, int(submitted), reference, owner),
         )
+        return cursor.rowcount == 1
 
-    def incoming_to_reconciliation(self, reference: str, *, at: datetime) -> None:
-        self._db.execute(
+    def incoming_to_reconciliation(self, reference: str, *, owner: str, at: datetime) -> bool:
+        cursor = self._db.execute(
             "UPDATE incoming_cases SET reconciliation = 1, submitted = 1, attempts = 0,"
-            " updated_at = ? WHERE reference = ?",
-            (at.isoformat(), reference),
+            " updated_at = ?, lease_owner = NULL, lease_until = NULL"
+            " WHERE reference = ? AND lease_owner = ?",
+            (at.isoformat(), reference, owner),
         )
+        return cursor.rowcount == 1
 
     def incoming_resubmit(self, reference: str, *, next_poll_at: float, at: datetime) -> None:
         self._db.execute(
             "UPDATE incoming_cases SET reconciliation = 0, submitted = 0, attempts = 0,"
-            " next_poll_at = ?, updated_at = ? WHERE reference = ?",
+            " next_poll_at = ?, updated_at = ?, lease_owner = NULL, lease_until = NULL"
+            " WHERE reference = ?",
             (next_poll_at, at.isoformat(), reference),
         )
 
@@ -685,8 +877,8 @@ class _Transaction:
     ) -> None:
         self._db.execute(
             "UPDATE incoming_cases SET status = ?, status_reason = ?, amount_fen = ?,"
-            " reconciliation = 0, submitted = 1, attempts = 0, next_poll_at = ?, updated_at = ?"
-            " WHERE reference = ?",
+            " reconciliation = 0, submitted = 1, attempts = 0, next_poll_at = ?, updated_at = ?,"
+            " lease_owner = NULL, lease_until = NULL WHERE reference = ?",
             (status, reason, amount_fen, next_poll_at, at.isoformat(), reference),
         )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -186,9 +187,14 @@ class FailingClient:
     def __init__(self, error: BaseException) -> None:
         self.error = error
         self.attempts = 0
+        #: Run at the first call (a fault starting mid-delivery).
+        self.first_call: Callable[[], None] | None = None
 
     async def call(self, *args: Any, **kwargs: Any) -> Any:
         self.attempts += 1
+        if self.first_call is not None:
+            first, self.first_call = self.first_call, None
+            first()
         raise self.error
 
 
@@ -203,6 +209,8 @@ class TestOutboxWhenTheStoreFails:
     """The next attempt's time is kept in memory: no retry storm, no lost task errors."""
 
     async def test_backoff_holds_while_writes_fail(self, tmp_path: Path) -> None:
+        """The store stops writing once the item is claimed (a store that cannot
+        write cannot claim new work): the claimed item is retried from memory."""
         loop = asyncio.get_running_loop()
         unretrieved: list[dict[str, Any]] = []
         loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
@@ -215,7 +223,7 @@ class TestOutboxWhenTheStoreFails:
         client = FailingClient(RemoteError(grpc.StatusCode.INTERNAL, "disk", signed=True))
         async with StateStore(tmp_path / "state.db") as store:
             await enqueue(store, time.time())
-            read_only(store, True)
+            client.first_call = lambda: read_only(store, True)
             outbox = Outbox(
                 store,
                 cast(FederationClient, client),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.storage.messagelog import GENESIS, LogEntry, MessageLog, row_hash
-from gateway.storage.migrations import MESSAGE_LOG_MIGRATIONS, STATE_MIGRATIONS, latest
+from gateway.storage.migrations import MESSAGE_LOG_MIGRATIONS, STATE_MIGRATIONS, latest, migrate
 from gateway.storage.records import StoreOpenError, StoreVersionError
 from gateway.storage.state import PARKED, StateStore
 
@@ -169,6 +169,15 @@ def schema(path: Path) -> list[tuple[str, str, str]]:
     return [(str(t), str(n), str(s)) for t, n, s in rows]
 
 
+def at_version(path: Path, last: int) -> None:
+    """A new state store file migrated to version ``last`` only."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        migrate(db, STATE_MIGRATIONS[:last], what="state store")
+    finally:
+        db.close()
+
+
 def version(path: Path) -> int:
     db = sqlite3.connect(path)
     try:
@@ -263,9 +272,8 @@ class TestStateStoreMigrations:
         assert version(tmp_path / "state.db") == latest(STATE_MIGRATIONS)
 
     async def test_version_1_is_the_schema_of_bb8690c(self, tmp_path: Path) -> None:
-        """A new store has exactly the tables, columns and indexes bb8690c created."""
-        async with StateStore(tmp_path / "new.db"):
-            pass
+        """A store at version 1 has exactly the tables, columns and indexes bb8690c created."""
+        at_version(tmp_path / "new.db", 1)
         db = sqlite3.connect(tmp_path / "old.db")
         db.executescript(STATE_SCHEMA_BB8690C)
         db.close()
@@ -305,7 +313,17 @@ class TestStateStoreMigrations:
             )
             (entry,) = await store.outbox_entries(state=PARKED)
             assert (entry.subject, entry.attempts, entry.parked_at) == ("WD-310000-abc", 7, 60.0)
-        assert schema(path) == before  # version 1 is that schema: nothing changed
+        # Version 1 is that schema (nothing changed); version 2 adds the lease
+        # columns, exactly as a new store has them.
+        fresh = tmp_path / "fresh.db"
+        at_version(fresh, 1)
+        assert schema(fresh) == before
+        async with StateStore(fresh):
+            pass
+        assert schema(path) == schema(fresh)
+        for table in ("outbox", "incoming_cases"):
+            names = {column[0] for column in _columns(path, table)}
+            assert {"lease_owner", "lease_until"} <= names
 
     async def test_from_a_first_release_store_columns_added(self, tmp_path: Path) -> None:
         """A store written before bb8690c's columns gets them, with their defaults."""
