@@ -11,30 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from gateway.storage.pgfile import create_database
 from gateway.storage.records import NewOutgoingCase
 from gateway.storage.state import StateStore
 from tests.unit.test_leases import FINAL, SCENARIOS, Replica, enqueue, incoming, item, receive
-
-
-# Until the shared fixture (gateway/testing/postgres.py, tests/conftest.py
-# `pg_url`) is merged: a fresh database per test on the server YRD_TEST_PG
-# names. The lead drops this fixture in favour of the shared one at merge.
-@pytest.fixture
-def pg_url() -> str:
-    server = os.environ.get("YRD_TEST_PG")
-    if not server:
-        pytest.skip("YRD_TEST_PG (a PostgreSQL server URL) is not set")
-    return create_database(server, f"leases_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture
