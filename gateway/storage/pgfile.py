@@ -130,11 +130,20 @@ def migrate_pg(
     per migration, under an advisory lock: replicas starting together migrate
     once); return that version. A newer schema raises StoreVersionError."""
     newest = latest(migrations)
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_versions"
-        " (store TEXT PRIMARY KEY, version BIGINT NOT NULL)"
-    )
-    found = _version(conn, store)
+    # Under the lock as well: two replicas creating the table at once would
+    # collide in PostgreSQL's catalog even with IF NOT EXISTS.
+    conn.execute("BEGIN")
+    try:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('yrd.schema'))")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_versions"
+            " (store TEXT PRIMARY KEY, version BIGINT NOT NULL)"
+        )
+        found = _version(conn, store)
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback(conn)
+        raise
     refuse_newer(found, newest, what)
     if found == newest:
         return found

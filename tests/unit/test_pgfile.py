@@ -199,3 +199,21 @@ def pg_server_factory() -> Any:
     yield make
     for server in servers:
         server.stop()
+
+
+@pytest.mark.asyncio
+async def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
+    """Several replicas opening both stores on an empty database at once: the
+    schema is created once, under its lock, and every store opens."""
+    stores: list[StateStore | MessageLog] = []
+    for _ in range(4):
+        stores += [StateStore(pg_url), MessageLog(pg_url, province="310000")]
+    opened = await asyncio.gather(*(store.open() for store in stores))
+    try:
+        state = opened[0]
+        assert isinstance(state, StateStore)
+        versions = await state.fetchall("SELECT store, version FROM schema_versions")
+        assert sorted(store for store, _ in versions) == ["message_log", "state"]
+    finally:
+        for store in stores:
+            await store.close()
