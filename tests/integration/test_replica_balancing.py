@@ -368,3 +368,40 @@ async def test_a_killed_replica_costs_at_most_a_retry(
     finally:
         await sh_desk.close()
         await js_desk.close()
+
+
+async def test_a_bootstrap_list_reaches_the_live_replica(
+    federation: LocalFederation, tmp_path: Path
+) -> None:
+    """A node that holds no descriptor of a peer yet fetches it over one channel
+    across the peer's bootstrap endpoints (``[[peers]] endpoint`` as a list):
+    the first address is dead, the descriptor comes from the live one."""
+    live = federation.provinces[SH].config.node.peer_endpoint
+    dead = f"127.0.0.1:{free_port()}"
+    base = federation.federation_for(JS).me
+    peers = tuple(
+        peer.model_copy(update={"endpoint": f"{dead},{live}"}) if peer.code == SH else peer
+        for peer in base.peers
+    )
+    me = base.model_copy(
+        update={
+            "peers": peers,
+            "node": base.node.model_copy(
+                update={
+                    "endpoint": f"127.0.0.1:{free_port()}",
+                    "federation_endpoint": f"127.0.0.1:{free_port()}",
+                    "store": tmp_path / "fresh-jiangsu",
+                }
+            ),
+        }
+    )
+    node = Node(FederationConfig(me=me), clock=federation.clock, grace=0.5)
+    await node.start()
+    try:
+        assert node.directory is not None
+        await node.directory.refresh([SH])
+        facts = node.federation.peer(SH)
+        assert facts is not None
+        assert facts.endpoints == (live,)
+    finally:
+        await node.stop(grace=0.2)
