@@ -32,9 +32,14 @@ import grpc
 
 #: The service config of every balanced channel: round robin over the healthy
 #: replicas (gRPC health checking of the server's overall status, service "").
+#: grpc-python honours ``healthCheckConfig`` with no further channel argument
+#: (``grpc.inhibit_health_checking`` would turn it off). Each connected replica
+#: then holds one Health/Watch stream from the channel, a call in flight there.
 BALANCED_SERVICE_CONFIG = json.dumps(
     {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
 )
+#: Round robin over the connected replicas, without health checking.
+ROUND_ROBIN_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
 ChannelOption = tuple[str, str | int]
 
@@ -108,12 +113,18 @@ def balanced_target(endpoints: Sequence[str]) -> BalancedTarget:
 
 
 def balanced_options(
-    target: BalancedTarget, *, secure: bool = True, options: Sequence[ChannelOption] = ()
+    target: BalancedTarget,
+    *,
+    secure: bool = True,
+    options: Sequence[ChannelOption] = (),
+    health_checked: bool = True,
 ) -> tuple[ChannelOption, ...]:
     """Channel options for ``target``: ``options``, the balanced service config
-    and, for a list target over TLS, the name the server certificate must carry
-    (a list target has no single host of its own to check)."""
-    extra: list[ChannelOption] = [("grpc.service_config", BALANCED_SERVICE_CONFIG)]
+    (without health checking if not ``health_checked``) and, for a list target
+    over TLS, the name the server certificate must carry (a list target has no
+    single host of its own to check)."""
+    config = BALANCED_SERVICE_CONFIG if health_checked else ROUND_ROBIN_SERVICE_CONFIG
+    extra: list[ChannelOption] = [("grpc.service_config", config)]
     if secure and target.target != target.endpoints[0]:
         extra.append(("grpc.ssl_target_name_override", target.tls_name))
         extra.append(("grpc.default_authority", target.tls_name))
@@ -125,11 +136,14 @@ def balanced_aio_channel(
     credentials: grpc.ChannelCredentials | None,
     *,
     options: Sequence[ChannelOption] = (),
+    health_checked: bool = True,
 ) -> grpc.aio.Channel:
     """An asyncio channel over every replica at ``endpoints`` (TLS unless
-    ``credentials`` is None)."""
+    ``credentials`` is None); see :func:`balanced_options`."""
     target = balanced_target(endpoints)
-    full = balanced_options(target, secure=credentials is not None, options=options)
+    full = balanced_options(
+        target, secure=credentials is not None, options=options, health_checked=health_checked
+    )
     if credentials is None:
         return grpc.aio.insecure_channel(target.target, options=full)
     return grpc.aio.secure_channel(target.target, credentials, options=full)
@@ -140,10 +154,13 @@ def balanced_channel(
     credentials: grpc.ChannelCredentials | None,
     *,
     options: Sequence[ChannelOption] = (),
+    health_checked: bool = True,
 ) -> grpc.Channel:
     """A blocking channel over every replica at ``endpoints`` (local clients)."""
     target = balanced_target(endpoints)
-    full = balanced_options(target, secure=credentials is not None, options=options)
+    full = balanced_options(
+        target, secure=credentials is not None, options=options, health_checked=health_checked
+    )
     if credentials is None:
         return grpc.insecure_channel(target.target, options=full)
     return grpc.secure_channel(target.target, credentials, options=full)

@@ -103,6 +103,19 @@ class _Peer:
     stub: federation_pb2_grpc.FederationServiceStub
     breaker: CircuitBreaker
     budget: TokenBucket
+    #: When a failure was last counted against the breaker (time.monotonic()).
+    failed_at: float = 0.0
+
+    def failed(self, started: float) -> None:
+        """Count the failure of an attempt begun at ``started`` against the breaker,
+        once per event: attempts already in flight when a failure was counted add
+        nothing (a replica that dies fails every call on its connection at once,
+        while the others serve), those begun after it do (a peer really down
+        fails them too, and the breaker opens as before)."""
+        if started < self.failed_at:
+            return
+        self.failed_at = time.monotonic()
+        self.breaker.record_failure()
 
 
 _MAPPED: dict[grpc.StatusCode, Callable[[str, str], GatewayError]] = {
@@ -331,7 +344,8 @@ class FederationClient:
                 f"province {peer.code} is marked down (circuit open, next try in "
                 f"{peer.breaker.retry_in():.1f} s)"
             )
-        remaining = deadline - time.monotonic()
+        started = time.monotonic()
+        remaining = deadline - started
         if remaining <= 0:
             peer.breaker.record_failure()
             raise PeerUnavailable(f"province {peer.code} did not answer in time")
@@ -357,12 +371,12 @@ class FederationClient:
         except asyncio.CancelledError:
             with contextlib.suppress(MessageLogClosed):
                 self._log.enqueue(sent)  # committed by the writer (at the latest on close)
-            peer.breaker.record_failure()  # the outcome is unknown: count it against the peer
+            peer.failed(started)  # the outcome is unknown: count it against the peer
             raise
         except grpc.aio.AioRpcError as error:
             await self._log.append(sent)
             if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                peer.breaker.record_failure()
+                peer.failed(started)
             else:
                 peer.breaker.record_success()  # the peer is up; it refused this envelope
             raise map_rpc_error(peer.code, error) from error

@@ -600,8 +600,10 @@ class Node:
             DescriptorCache(self.store_dir / "directory"),
             clock=self.clock,
             apply=self._apply_peers,
+            # Round robin without health checking: any replica that is up serves
+            # the descriptor, and a fetch now and then holds no stream on the peer.
             channel_factory=lambda endpoints: balanced_aio_channel(
-                endpoints, tls.channel_credentials(), options=CHANNEL_OPTIONS
+                endpoints, tls.channel_credentials(), options=CHANNEL_OPTIONS, health_checked=False
             ),
             metrics=self.metrics,
             fetching=self.worker_index == 0,

@@ -356,7 +356,7 @@ async def test_a_killed_replica_costs_at_most_a_retry(
         await asyncio.gather(
             kill_twin_soon(),
             *(local_check_in() for _ in range(6)),
-            *(peer_check_in(in_flight=True) for _ in range(6)),
+            *(peer_check_in(in_flight=True) for _ in range(24)),
         )
         print(f"hotel calls retried while the replica died: {retried}")
         print(f"verdicts of Jiangsu's calls in flight: {sorted(decided)}")

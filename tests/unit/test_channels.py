@@ -88,6 +88,12 @@ class TestBalancedOptions:
         plain = balanced_options(balanced_target(["127.0.0.1:1", "127.0.0.1:2"]), secure=False)
         assert "grpc.ssl_target_name_override" not in dict(plain)
 
+    def test_round_robin_without_health_checking(self) -> None:
+        options = dict(balanced_options(balanced_target(["127.0.0.1:1"]), health_checked=False))
+        assert json.loads(str(options["grpc.service_config"])) == {
+            "loadBalancingConfig": [{"round_robin": {}}]
+        }
+
 
 class TestPeerEntryEndpoints:
     """``[[peers]] endpoint``: one host:port as before, or a list / comma list."""
