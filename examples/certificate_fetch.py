@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 
+from gateway.core.channels import balanced_channel, split_endpoints
 from yrd.certificate.v1 import certificate_pb2, certificate_pb2_grpc
 
 MARRIAGE = "11100000"  # national category code of the marriage certificate (结婚证)
@@ -38,7 +39,15 @@ def call_json(url: str, body: dict[str, Any] | None = None) -> Any:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--node", default="127.0.0.1:7310", help="the window's node (Shanghai)")
+    parser.add_argument(
+        "--gateway",
+        "--node",
+        dest="gateways",
+        action="append",
+        metavar="HOST:PORT",
+        help="the window's node (Shanghai), default 127.0.0.1:7310; repeat it or give a comma list "
+        "to reach any of several replicas",
+    )
     parser.add_argument("--ca", default="province_configs/federation-ca/ca.crt.pem", help="CA file")
     parser.add_argument("--token", default="dev-office-310000", help="the window's bearer token")
     parser.add_argument("--province", default="310000", help="the node's province")
@@ -69,7 +78,8 @@ def main() -> int:
     metadata = (("authorization", f"Bearer {args.token}"),)
     with open(args.ca, "rb") as ca:
         credentials = grpc.ssl_channel_credentials(ca.read())
-    with grpc.secure_channel(args.node, credentials) as channel:
+    gateways = split_endpoints(args.gateways or ["127.0.0.1:7310"])
+    with balanced_channel(gateways, credentials) as channel:
         window = certificate_pb2_grpc.CertificateServiceStub(channel)
         answer = window.GetCertificate(
             certificate_pb2.GetCertificateRequest(

@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 
+from gateway.core.channels import balanced_channel, split_endpoints
 from yrd.common.v1 import common_pb2
 from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
 
@@ -40,7 +41,15 @@ def get_json(url: str) -> Any:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--node", default="127.0.0.1:7310", help="the service centre's node")
+    parser.add_argument(
+        "--gateway",
+        "--node",
+        dest="gateways",
+        action="append",
+        metavar="HOST:PORT",
+        help="the service centre's node, default 127.0.0.1:7310; repeat it or give a comma list "
+        "to reach any of several replicas",
+    )
     parser.add_argument("--ca", default="province_configs/federation-ca/ca.crt.pem", help="CA file")
     parser.add_argument("--token", default="dev-office-310000", help="the centre's bearer token")
     parser.add_argument("--fund-province", default="320000", help="where the fund is held")
@@ -67,7 +76,8 @@ def main() -> int:
     metadata = (("authorization", f"Bearer {args.token}"),)
     with open(args.ca, "rb") as ca:
         credentials = grpc.ssl_channel_credentials(ca.read())
-    with grpc.secure_channel(args.node, credentials) as channel:
+    gateways = split_endpoints(args.gateways or ["127.0.0.1:7310"])
+    with balanced_channel(gateways, credentials) as channel:
         counter = fund_pb2_grpc.FundServiceStub(channel)
         account = counter.QueryFundAccount(
             fund_pb2.QueryFundAccountRequest(

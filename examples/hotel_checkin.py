@@ -21,6 +21,7 @@ import urllib.request
 
 import grpc
 
+from gateway.core.channels import balanced_channel, split_endpoints
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
 
 
@@ -41,7 +42,15 @@ def fresh_qr(eid_url: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--node", default="127.0.0.1:7310", help="the hotel's node (Shanghai)")
+    parser.add_argument(
+        "--gateway",
+        "--node",
+        dest="gateways",
+        action="append",
+        metavar="HOST:PORT",
+        help="the hotel's node (Shanghai), default 127.0.0.1:7310; repeat it or give a comma list "
+        "to reach any of several replicas",
+    )
     parser.add_argument("--ca", default="province_configs/federation-ca/ca.crt.pem", help="CA file")
     parser.add_argument("--token", default="dev-hotel-310000", help="the hotel's bearer token")
     parser.add_argument("--client-id", default="hotel-310000-001", help="the hotel's client id")
@@ -55,7 +64,8 @@ def main() -> int:
     metadata = (("authorization", f"Bearer {args.token}"),)
     with open(args.ca, "rb") as ca:
         credentials = grpc.ssl_channel_credentials(ca.read())
-    with grpc.secure_channel(args.node, credentials) as channel:
+    gateways = split_endpoints(args.gateways or ["127.0.0.1:7310"])
+    with balanced_channel(gateways, credentials) as channel:
         desk = identity_pb2_grpc.IdentityServiceStub(channel)
         answer = desk.VerifyIdentity(
             identity_pb2.VerifyIdentityRequest(

@@ -25,6 +25,7 @@ import uuid
 
 import grpc
 
+from gateway.core.channels import balanced_channel, split_endpoints
 from yrd.case.v1 import case_pb2, case_pb2_grpc
 from yrd.common.v1 import common_pb2
 
@@ -33,7 +34,15 @@ FINAL = (case_pb2.CASE_COMPLETED, case_pb2.CASE_REFUSED)
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--node", default="127.0.0.1:7320", help="the office's node (Jiangsu)")
+    parser.add_argument(
+        "--gateway",
+        "--node",
+        dest="gateways",
+        action="append",
+        metavar="HOST:PORT",
+        help="the office's node (Jiangsu), default 127.0.0.1:7320; repeat it or give a comma list "
+        "to reach any of several replicas",
+    )
     parser.add_argument("--ca", default="province_configs/federation-ca/ca.crt.pem", help="CA file")
     parser.add_argument("--token", default="dev-office-320000", help="the office's bearer token")
     parser.add_argument("--handling-province", default="330000", help="where it is handled")
@@ -49,7 +58,8 @@ def main() -> int:
     metadata = (("authorization", f"Bearer {args.token}"),)
     with open(args.ca, "rb") as ca:
         credentials = grpc.ssl_channel_credentials(ca.read())
-    with grpc.secure_channel(args.node, credentials) as channel:
+    gateways = split_endpoints(args.gateways or ["127.0.0.1:7320"])
+    with balanced_channel(gateways, credentials) as channel:
         cases = case_pb2_grpc.CaseServiceStub(channel)
         case = cases.SubmitCase(
             case_pb2.SubmitCaseRequest(

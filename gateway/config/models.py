@@ -29,6 +29,7 @@ from pydantic import (
 from adapters.plugins import PluginRegistry, plugin_problems
 from adapters.spec import AdapterConfig, problems_error
 from gateway.config.peers import PeerFacts
+from gateway.core.channels import split_endpoints
 from gateway.core.identifiers import validate_region_code
 from yrd.common.v1 import common_pb2
 from yrd.identity.v1 import identity_pb2
@@ -132,7 +133,9 @@ class PeerEntry(_Model):
     first. Everything else about the peer comes from its signed descriptor."""
 
     code: RegionCode
-    #: host:port of the peer's federation endpoint (bootstrap).
+    #: host:port of the peer's federation endpoint (bootstrap): one, or several
+    #: (a TOML list or a comma list) when the peer runs several replicas. Kept
+    #: as one comma-separated string; :attr:`endpoints` lists them.
     endpoint: str
     name: str = ""
 
@@ -141,11 +144,25 @@ class PeerEntry(_Model):
     def _province_level(cls, value: str) -> str:
         return _province_level(value)
 
-    @field_validator("endpoint")
+    @field_validator("endpoint", mode="before")
     @classmethod
-    def _endpoint(cls, value: str) -> str:
-        _host_port(value)
-        return value
+    def _endpoint(cls, value: object) -> object:
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            value = ",".join(value)
+        if not isinstance(value, str):
+            return value  # the str type check names what was expected
+        endpoints = split_endpoints(value)
+        if not endpoints or len(endpoints) > 8:
+            raise ValueError("host:port, or a list of 1 to 8 host:port")
+        for endpoint in endpoints:
+            if not _ENDPOINT.fullmatch(endpoint):
+                raise ValueError("host:port, or a list of host:port")
+        return ",".join(endpoints)
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The bootstrap endpoints, in order of preference."""
+        return split_endpoints(self.endpoint)
 
 
 class DirectorySection(_Model):

@@ -35,6 +35,7 @@ from tenacity import (
 
 from gateway.config.holder import ConfigHolder
 from gateway.core.backoff import backoff_delay
+from gateway.core.channels import balanced_aio_channel
 from gateway.core.errors import (
     EnvelopeRejected,
     GatewayError,
@@ -89,14 +90,32 @@ def retry_budget() -> TokenBucket:
     return TokenBucket(rate=5.0, capacity=20.0)
 
 
+#: Makes the one channel to a peer over all its federation endpoints (in the
+#: peer's order of preference): :func:`gateway.core.channels.balanced_aio_channel`.
+ChannelFactory = Callable[[tuple[str, ...]], grpc.aio.Channel]
+
+
 @dataclass
 class _Peer:
     code: str
-    endpoint: str
+    endpoints: tuple[str, ...]
     channel: grpc.aio.Channel
     stub: federation_pb2_grpc.FederationServiceStub
     breaker: CircuitBreaker
     budget: TokenBucket
+    #: When a failure was last counted against the breaker (time.monotonic()).
+    failed_at: float = 0.0
+
+    def failed(self, started: float) -> None:
+        """Count the failure of an attempt begun at ``started`` against the breaker,
+        once per event: attempts already in flight when a failure was counted add
+        nothing (a replica that dies fails every call on its connection at once,
+        while the others serve), those begun after it do (a peer really down
+        fails them too, and the breaker opens as before)."""
+        if started < self.failed_at:
+            return
+        self.failed_at = time.monotonic()
+        self.breaker.record_failure()
 
 
 _MAPPED: dict[grpc.StatusCode, Callable[[str, str], GatewayError]] = {
@@ -137,7 +156,7 @@ class FederationClient:
         verifier: EnvelopeVerifier,
         message_log: MessageRecorder,
         *,
-        channel_factory: Callable[[str], grpc.aio.Channel] | None = None,
+        channel_factory: ChannelFactory | None = None,
         metrics: NodeMetrics | None = None,
     ) -> None:
         self._metrics = metrics
@@ -149,7 +168,7 @@ class FederationClient:
         self._log = message_log
         self._peers: dict[str, _Peer] = {}
         self._channel_factory = channel_factory or (
-            lambda endpoint: grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+            lambda endpoints: balanced_aio_channel(endpoints, None, options=CHANNEL_OPTIONS)
         )
         self._closing = asyncio.Event()
         self.retries = 0
@@ -166,10 +185,10 @@ class FederationClient:
                     if code in federation.peer_codes
                     else f"province {code} is not a peer of this node"
                 )
-            channel = self._channel_factory(config.peer_endpoint)
+            channel = self._channel_factory(config.endpoints)
             peer = _Peer(
                 code,
-                config.peer_endpoint,
+                config.endpoints,
                 channel,
                 federation_pb2_grpc.FederationServiceStub(channel),
                 CircuitBreaker(),
@@ -180,7 +199,9 @@ class FederationClient:
 
     async def follow_config(self) -> None:
         """Close the channels to peers that moved or left since the config last
-        changed; the next call to such a peer opens one to its new endpoint."""
+        changed (the set of their endpoints changed, or their order, which says
+        the TLS name checked); the next call to such a peer opens one over its
+        new endpoints."""
         if self._followed == self._config.version:
             return
         self._followed = self._config.version
@@ -189,7 +210,7 @@ class FederationClient:
             self._peers.pop(code)
             for code in list(self._peers)
             if (config := federation.peer(code)) is None
-            or config.peer_endpoint != self._peers[code].endpoint
+            or config.endpoints != self._peers[code].endpoints
         ]
         for peer in gone:
             await peer.channel.close(grace=1.0)
@@ -323,7 +344,8 @@ class FederationClient:
                 f"province {peer.code} is marked down (circuit open, next try in "
                 f"{peer.breaker.retry_in():.1f} s)"
             )
-        remaining = deadline - time.monotonic()
+        started = time.monotonic()
+        remaining = deadline - started
         if remaining <= 0:
             peer.breaker.record_failure()
             raise PeerUnavailable(f"province {peer.code} did not answer in time")
@@ -349,12 +371,12 @@ class FederationClient:
         except asyncio.CancelledError:
             with contextlib.suppress(MessageLogClosed):
                 self._log.enqueue(sent)  # committed by the writer (at the latest on close)
-            peer.breaker.record_failure()  # the outcome is unknown: count it against the peer
+            peer.failed(started)  # the outcome is unknown: count it against the peer
             raise
         except grpc.aio.AioRpcError as error:
             await self._log.append(sent)
             if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                peer.breaker.record_failure()
+                peer.failed(started)
             else:
                 peer.breaker.record_success()  # the peer is up; it refused this envelope
             raise map_rpc_error(peer.code, error) from error

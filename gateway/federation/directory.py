@@ -183,7 +183,7 @@ class Directory:
         *,
         clock: Clock,
         apply: Callable[[dict[str, PeerFacts]], Awaitable[None]],
-        channel_factory: Callable[[str], grpc.aio.Channel],
+        channel_factory: Callable[[tuple[str, ...]], grpc.aio.Channel],
         metrics: NodeMetrics | None = None,
         fetching: bool = True,
     ) -> None:
@@ -193,7 +193,8 @@ class Directory:
         self.publisher = Publisher(cache, clock)
         self._apply = apply
         self._channel_factory = channel_factory
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        #: One round-robin channel per list of endpoints (a descriptor's, a bootstrap's).
+        self._channels: dict[tuple[str, ...], grpc.aio.Channel] = {}
         self.metrics = metrics
         #: False in all but one worker of a node: the others read the files it writes.
         self.fetching = fetching
@@ -365,17 +366,19 @@ class Directory:
         )
         return True
 
-    def _endpoints(self, state: PeerState) -> list[str]:
-        endpoints = list(state.facts.endpoints) if state.facts is not None else []
+    def _endpoints(self, state: PeerState) -> list[tuple[str, ...]]:
+        """Where to ask, in turn: the descriptor's endpoints, then the bootstrap
+        endpoints of the config (each list one channel over its replicas)."""
+        groups = [state.facts.endpoints] if state.facts is not None else []
         for peer in self.config.me.peers:
-            if peer.code == state.code and peer.endpoint not in endpoints:
-                endpoints.append(peer.endpoint)
-        return endpoints
+            if peer.code == state.code and peer.endpoints not in groups:
+                groups.append(peer.endpoints)
+        return groups
 
-    def _channel(self, endpoint: str) -> grpc.aio.Channel:
-        channel = self._channels.get(endpoint)
+    def _channel(self, endpoints: tuple[str, ...]) -> grpc.aio.Channel:
+        channel = self._channels.get(endpoints)
         if channel is None:
-            channel = self._channels[endpoint] = self._channel_factory(endpoint)
+            channel = self._channels[endpoints] = self._channel_factory(endpoints)
         return channel
 
     async def _fetch(self, state: PeerState) -> bool:
@@ -383,10 +386,10 @@ class Directory:
         async with state.lock:
             loop_now = asyncio.get_running_loop().time()
             outcome, taken = "failed", False
-            for endpoint in self._endpoints(state):
+            for endpoints in self._endpoints(state):
                 held = state.facts.serial if state.facts is not None else 0
                 try:
-                    stub = directory_pb2_grpc.DirectoryServiceStub(self._channel(endpoint))
+                    stub = directory_pb2_grpc.DirectoryServiceStub(self._channel(endpoints))
                     answer = await stub.GetDescriptor(
                         directory_pb2.GetDescriptorRequest(known_serial=held),
                         timeout=FETCH_TIMEOUT,
@@ -394,13 +397,13 @@ class Directory:
                 except grpc.aio.AioRpcError as exc:
                     # A fresh channel next time: a failed one waits out gRPC's
                     # reconnect backoff and would fail the next fetch at once.
-                    stale = self._channels.pop(endpoint, None)
+                    stale = self._channels.pop(endpoints, None)
                     if stale is not None:
                         await stale.close(grace=None)
                     (log.info if state.failures == 0 else log.debug)(
                         "descriptor fetch failed",
                         province=state.code,
-                        endpoint=endpoint,
+                        endpoint=",".join(endpoints),
                         code=exc.code().name,
                     )
                     continue
@@ -410,7 +413,7 @@ class Directory:
                 taken = self._consider(
                     state,
                     answer.descriptor.SerializeToString(),
-                    source=endpoint,
+                    source=",".join(endpoints),
                     write=True,
                 )
                 outcome = "updated" if taken else "refused"

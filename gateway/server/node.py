@@ -38,6 +38,7 @@ from gateway.config.holder import ConfigHolder
 from gateway.config.loading import load_federation
 from gateway.config.models import FederationConfig, ProvinceConfig, key_expiries
 from gateway.config.peers import PeerFacts
+from gateway.core.channels import balanced_aio_channel
 from gateway.core.clock import Clock, SystemClock
 from gateway.core.errors import ConfigError, FailedPrecondition
 from gateway.core.metrics import BREAKER_VALUES, MetricsServer, NodeMetrics
@@ -423,8 +424,8 @@ class Node:
             channel_factory=(
                 None
                 if tls is None
-                else lambda endpoint: grpc.aio.secure_channel(
-                    endpoint, tls.channel_credentials(), options=CHANNEL_OPTIONS
+                else lambda endpoints: balanced_aio_channel(
+                    endpoints, tls.channel_credentials(), options=CHANNEL_OPTIONS
                 )
             ),
         )
@@ -601,8 +602,10 @@ class Node:
             DescriptorCache(self.store_dir / "directory"),
             clock=self.clock,
             apply=self._apply_peers,
-            channel_factory=lambda endpoint: grpc.aio.secure_channel(
-                endpoint, tls.channel_credentials(), options=CHANNEL_OPTIONS
+            # Round robin without health checking: any replica that is up serves
+            # the descriptor, and a fetch now and then holds no stream on the peer.
+            channel_factory=lambda endpoints: balanced_aio_channel(
+                endpoints, tls.channel_credentials(), options=CHANNEL_OPTIONS, health_checked=False
             ),
             metrics=self.metrics,
             fetching=self.worker_index == 0,

@@ -117,7 +117,8 @@ class TestFederationClientFollowsTheConfig:
         holder = ConfigHolder(federation)
         opened: list[str] = []
 
-        def channel(endpoint: str) -> grpc.aio.Channel:
+        def channel(endpoints: tuple[str, ...]) -> grpc.aio.Channel:
+            (endpoint,) = endpoints
             opened.append(endpoint)
             return grpc.aio.insecure_channel(endpoint)
 
