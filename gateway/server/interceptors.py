@@ -176,6 +176,11 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
         self._config = config
         self.rate_limiter = RateLimiter()
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        #: Unary calls in progress: past ``node.max_concurrent_calls`` a call is
+        #: refused at once. Counted here rather than by gRPC's own limit, which
+        #: would also count the long-lived health Watch streams that every
+        #: load-balanced client channel keeps open on every replica.
+        self.in_flight = 0
 
     def identify(
         self, metadata: tuple[tuple[str, Any], ...], certificate: bytes | None = None
@@ -263,7 +268,17 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
             client_id = "-"
             code = grpc.StatusCode.OK
             reason = ""
+            counted = False
             try:
+                limit = self._config.me.node.max_concurrent_calls
+                if self.in_flight >= limit:
+                    raise ResourceExhausted(
+                        f"node busy: {limit} calls in progress (node.max_concurrent_calls);"
+                        " retry shortly",
+                        retry_after=0.1,
+                    )
+                self.in_flight += 1
+                counted = True
                 if service not in OPEN_SERVICES:
                     claimed, client_id = self.identify(metadata, peer_certificate(context))
                     client = self._admit(claimed, client_id, service)
@@ -299,6 +314,8 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
                     trailing_metadata=(("x-correlation-id", correlation_id),),
                 )
             finally:
+                if counted:
+                    self.in_flight -= 1
                 self._record(method, service, context, client_id, code, reason, started)
             return None  # pragma: no cover - abort raises
 

@@ -101,6 +101,11 @@ PUBLIC_SERVICE_NAMES = (
 DIRECTORY_HEALTH = "yrd.directory"
 
 
+#: Long-lived streams (health Watch of load-balanced client channels) a node
+#: takes beyond its max_concurrent_calls unary calls, before gRPC refuses.
+STREAMS_ALLOWED = 10_000
+
+
 class NodeStartError(Exception):
     """The node cannot start. The message names the cause in one line; nothing
     the node opened is left open (no listener, no store, no lock)."""
@@ -535,7 +540,10 @@ class Node:
         """The server with its ports bound (before any store is opened)."""
         server = grpc.aio.server(
             interceptors=[GatewayInterceptor(self.config, self.metrics)],
-            maximum_concurrent_rpcs=me.node.max_concurrent_calls,
+            # The interceptor refuses unary calls past max_concurrent_calls; gRPC's
+            # own limit, which counts streams too, is only a backstop above it
+            # (a health Watch stream per load-balanced client channel).
+            maximum_concurrent_rpcs=me.node.max_concurrent_calls + STREAMS_ALLOWED,
             options=(*SERVER_OPTIONS, ("grpc.so_reuseport", 1 if self.workers > 1 else 0)),
         )
         self.server = server

@@ -284,3 +284,28 @@ async def test_overload_is_refused_at_once_not_queued(
     assert not any(call.done() for call in taken)  # refused at once, not queued behind them
     assert [a.verdict for a in await asyncio.gather(*taken)] == [identity_pb2.VALID] * 2
     assert (await check_in(federation, wallet)).verdict == identity_pb2.VALID
+
+
+async def test_health_streams_do_not_count_as_calls(
+    federation: LocalFederation, wallet: Wallet
+) -> None:
+    """Every load-balanced client channel keeps a health Watch stream open on each
+    replica; those streams do not take the places of calls: a node whose
+    ``max_concurrent_calls`` is 2 still answers calls with several streams open."""
+    await federation.stop_node(SH)
+    shanghai = federation.provinces[SH]
+    node_section = shanghai.config.node.model_copy(update={"max_concurrent_calls": 2})
+    shanghai.config = shanghai.config.model_copy(update={"node": node_section})
+    await federation.start_node(SH)
+    channel = federation.channel(SH)
+    health = health_pb2_grpc.HealthStub(channel)
+    watches = [health.Watch(health_pb2.HealthCheckRequest(service="")) for _ in range(4)]
+    try:
+        for watch in watches:
+            first = await asyncio.wait_for(watch.read(), 5)
+            assert first.status == health_pb2.HealthCheckResponse.SERVING
+        for _ in range(3):
+            assert (await check_in(federation, wallet)).verdict == identity_pb2.VALID
+    finally:
+        for watch in watches:
+            watch.cancel()
