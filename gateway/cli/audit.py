@@ -94,7 +94,7 @@ def audit_export(args: argparse.Namespace) -> int:
     from gateway.storage import evidence as audit
 
     federation = load_federation(Path(args.config))
-    database = Path(args.db) if args.db else federation.me.node.store / "messages.db"
+    database = Path(args.db) if args.db else federation.me.node.local_folder / "messages.db"
     # The peers' keys come from the descriptors the node held, in the store
     # folder beside the message log (directory/).
     held = held_descriptors(federation.me, database.parent / "directory")

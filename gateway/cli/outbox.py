@@ -110,7 +110,7 @@ def _operator_name(given: str) -> str | None:
 # ---- the node's stores, as an operator's command opens them --------------------------
 
 
-def _node_stores(config_file: str) -> tuple[ProvinceConfig, Path] | None:
+def _node_stores(config_file: str) -> tuple[ProvinceConfig, Path | str] | None:
     """(the node's own config, its store folder) for an operator's command; None
     (and a message) when the config or its state store cannot be used."""
     from gateway.config.loading import parse_province_file
@@ -121,7 +121,8 @@ def _node_stores(config_file: str) -> tuple[ProvinceConfig, Path] | None:
     except ConfigError as exc:
         print(f"configuration refused:\n{exc}", file=sys.stderr)
         return None
-    if not (config.node.store / "state.db").is_file():
+    store = config.node.store
+    if isinstance(store, Path) and not (store / "state.db").is_file():
         print(
             f"no state store in {config.node.store} (node.store of {config_file})", file=sys.stderr
         )
@@ -149,14 +150,15 @@ def _store_errors(
     return run
 
 
-def _open_state(folder: Path) -> StateStore:
-    """The node's state store in ``folder`` (an async context manager)."""
+def _open_state(folder: Path | str) -> StateStore:
+    """The node's state store in ``folder`` or the database (an async context manager)."""
+    from gateway.storage.engines import STATE_FILE, store_location
     from gateway.storage.state import StateStore
 
-    return StateStore(folder / "state.db")
+    return StateStore(store_location(folder, STATE_FILE))
 
 
-def _operator_log(me: ProvinceConfig, folder: Path) -> MessageLog:
+def _operator_log(me: ProvinceConfig, folder: Path | str) -> MessageLog:
     """The node's message log, opened to record operator actions signed with the
     node's current envelope key (as its chain heads are)."""
     from gateway.core.clock import SystemClock
@@ -169,7 +171,9 @@ def _operator_log(me: ProvinceConfig, folder: Path) -> MessageLog:
         key_id, key = signer.current()
         return key_id, key.sign(statement)
 
-    return MessageLog(folder / "messages.db", province=me.code, head_signer=sign)
+    from gateway.storage.engines import MESSAGE_LOG_FILE, store_location
+
+    return MessageLog(store_location(folder, MESSAGE_LOG_FILE), province=me.code, head_signer=sign)
 
 
 # ---- list, retry, park ----------------------------------------------------------------
@@ -322,7 +326,7 @@ def outbox_resolve(args: argparse.Namespace) -> int:
 
 
 async def _resolve(
-    args: argparse.Namespace, operator: str, me: ProvinceConfig, folder: Path
+    args: argparse.Namespace, operator: str, me: ProvinceConfig, folder: Path | str
 ) -> str:
     """Log the operator's statement, then resolve the case; "" when done, else why not."""
     from gateway.core.clock import SystemClock
