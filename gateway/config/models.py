@@ -270,6 +270,16 @@ class NodeSection(_Model):
 DATABASE_SCHEMES = ("postgresql://", "postgres://")
 
 
+def hide_password(value: object) -> object:
+    """``value`` as a config error may show it: a URL's password as ``***``."""
+    if not isinstance(value, str) or "://" not in value or "@" not in value:
+        return value
+    scheme, _, rest = value.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    user, colon, _ = credentials.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}{at}{host}"
+
+
 def _database_url(value: str) -> str:
     """A ``postgresql://`` store URL, refused when it carries a password."""
     try:
