@@ -544,8 +544,16 @@ class ProcessFederation:
                     if r == 1:
                         self.nodes[code] = node
         every = [node for replicas in self.replica_nodes.values() for node in replicas]
-        for node in every:
+        # The first replica of each province first: it creates the database's
+        # tables, then the others join (replicas racing on an empty database's
+        # first migration can collide; see the report of issue 15).
+        for node in self.nodes.values():
             node.start()
+        for node in self.nodes.values():
+            node.wait_serving()
+        for node in every:
+            if node.process is None:
+                node.start()
         for node in every:
             node.wait_serving()
         if len(self.nodes) == len(SLUGS):

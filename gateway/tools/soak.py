@@ -407,8 +407,13 @@ class Chaos:
     def kill_one(self) -> None:
         code = self.rng.choice(self.config.provinces)
         down = self.rng.uniform(0.2, 1.5)
-        if self.config.replicas > 1:  # a replica; the others of its province serve on
-            node = self.rng.choice(self.federation.replica_nodes[code])
+        if self.config.replicas > 1:
+            # Every replica in turn, the provinces alternating (the first replica,
+            # where peers bootstrap, included); the others of its province serve on.
+            kills, codes = sum(self.faults.node_kills.values()), self.config.provinces
+            replicas = self.federation.replica_nodes[codes[kills % len(codes)]]
+            node = replicas[(kills // len(codes)) % len(replicas)]
+            code = node.province
             node.kill()
             self.faults.node_kills[f"{code}/{node.replica}"] += 1
             self.stop.wait(down)

@@ -645,7 +645,8 @@ class TestNodeStore:
         raw["node"]["store"] = "postgresql://yrd:s3cret-pw@db.example/yrd"
         line = only_problem(raw, config_file(SH, configs))
         assert "node.store" in line
-        assert "PGPASSWORD" in line and "pgpass" in line
+        assert "PGPASSWORD" in line
+        assert "pgpass" in line
         assert "s3cret-pw" not in line
 
     @pytest.mark.parametrize(
