@@ -353,6 +353,9 @@ class Chaos:
         self._configs = federation.root / "province_configs"
         self._lock = threading.Lock()
         self._closing = False
+        #: Replicas killed and not serving again yet, and the threads starting them.
+        self._restarting: set[int] = set()  # id() of each (a NodeProcess is unhashable)
+        self._restarts: list[threading.Thread] = []
 
     def run(self) -> None:
         try:
@@ -403,6 +406,8 @@ class Chaos:
             else:
                 due = min(next_kill if can_kill else end, next_disk if can_fail else end, end)
                 self.stop.wait(max(0.05, min(1.0, due - now)))
+        for restart in self._restarts:  # replicas killed last serve again first
+            restart.join()
 
     def kill_one(self) -> None:
         code = self.rng.choice(self.config.provinces)
@@ -410,14 +415,23 @@ class Chaos:
         if self.config.replicas > 1:
             # Every replica in turn, the provinces alternating (the first replica,
             # where peers bootstrap, included); the others of its province serve on.
+            # It starts again in the background, and no other replica of its
+            # province is killed before it serves: one always does.
             kills, codes = sum(self.faults.node_kills.values()), self.config.provinces
-            replicas = self.federation.replica_nodes[codes[kills % len(codes)]]
+            code = codes[kills % len(codes)]
+            replicas = self.federation.replica_nodes[code]
+            while self._restarting.intersection(id(n) for n in replicas):
+                if self.stop.wait(0.1):
+                    return
             node = replicas[(kills // len(codes)) % len(replicas)]
-            code = node.province
             node.kill()
             self.faults.node_kills[f"{code}/{node.replica}"] += 1
-            self.stop.wait(down)
-            self._start_node(node)
+            self._restarting.add(id(node))
+            restart = threading.Thread(
+                target=self._restart_replica, args=(node, down), daemon=True, name="restart"
+            )
+            self._restarts.append(restart)
+            restart.start()
         elif self.rng.random() < 0.6:
             node = self.federation.nodes[code]
             node.kill()
@@ -430,6 +444,13 @@ class Chaos:
             self.faults.backend_kills[code] += 1
             self.stop.wait(down)
             self._restart_simulator(simulator)
+
+    def _restart_replica(self, node: NodeProcess, down: float) -> None:
+        try:
+            time.sleep(down)
+            self._start_node(node)
+        finally:
+            self._restarting.discard(id(node))
 
     def fail_disk(self, code: str) -> None:
         """Lower the node's file-size limit below its SQLite files' sizes for a while;
@@ -455,6 +476,8 @@ class Chaos:
         counted as an unexpected exit)."""
         for code, replicas in self.federation.replica_nodes.items():
             for node in replicas:
+                if id(node) in self._restarting:
+                    continue
                 if node.process is None or node.process.poll() is not None:
                     self.faults.unexpected_exits[f"{code} node"] += 1
                     self._start_node(node)

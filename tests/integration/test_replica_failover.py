@@ -29,7 +29,7 @@ def pg_url() -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(110)
+@pytest.mark.timeout(150)
 def test_replicas_survive_sigkills_under_load(pg_url: str) -> None:
     config = SoakConfig.failover(pg_url, seconds=15.0)
 
