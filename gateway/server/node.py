@@ -334,6 +334,7 @@ class Node:
         authority: IdentityAuthority | None = None,
         fund_centre: FundCentre | None = None,
         store_dir: Path | str | None = None,
+        local_dir: Path | None = None,
         listen: str | None = None,
         federation_listen: str | None = None,
         grace: float = 5.0,
@@ -366,7 +367,9 @@ class Node:
         #: The stores' folder or database URL; the node's own files (lock,
         #: directory cache) are in local_dir: the same folder, or [node] local_dir.
         self.store_dir: Path | str = store_dir or me.node.store
-        self.local_dir: Path = store_dir if isinstance(store_dir, Path) else me.node.local_folder
+        self.local_dir: Path = local_dir or (
+            store_dir if isinstance(store_dir, Path) else me.node.local_folder
+        )
         self.shared_descriptor: SharedDescriptor | None = None
         self.grace = grace
         self.tls = (

@@ -628,7 +628,7 @@ class CheckinLoad:
         figures = self.figures
         figures.calls += 1
         try:
-            await self._stub.VerifyIdentity(
+            answer = await self._stub.VerifyIdentity(
                 identity_pb2.VerifyIdentityRequest(
                     qr_payload=self._token(), purpose=identity_pb2.HOTEL_CHECK_IN
                 ),
@@ -637,6 +637,10 @@ class CheckinLoad:
             )
         except grpc.aio.AioRpcError as exc:
             figures.failed[exc.code().name] += 1
+            return
+        if answer.verdict == identity_pb2.ISSUER_UNREACHABLE:
+            # Fails closed: the hotel got no verdict on the e-ID itself.
+            figures.failed["ISSUER_UNREACHABLE"] += 1
             return
         now = time.monotonic()
         figures.verdicts += 1
@@ -650,8 +654,9 @@ CHECKIN_TIMEOUT = 3.0
 
 @dataclass
 class CheckinFigures:
-    """Check-ins during the chaos: calls, verdicts, failed calls by code, and the
-    longest time (seconds) without any verdict arriving."""
+    """Check-ins during the chaos: calls, verdicts (on the e-ID itself), failed
+    calls by status code or ISSUER_UNREACHABLE, and the longest time (seconds)
+    without any verdict arriving."""
 
     calls: int = 0
     verdicts: int = 0
