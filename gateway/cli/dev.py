@@ -250,7 +250,7 @@ def soak_command(args: argparse.Namespace) -> int:
             "(or YRD_SOAK_DATABASE_SERVER)"
         )
     if replicas > 1:
-        config = SoakConfig.failover(server or "", args.seed)
+        config = SoakConfig.failover(server or "", args.seed, args.seconds or 20.0)
         config = dataclasses.replace(config, replicas=replicas)
     else:
         config = SoakConfig.smoke(args.seed) if args.smoke else SoakConfig(seed=args.seed)

@@ -295,7 +295,8 @@ class Directory:
         # Own descriptor: issue again at half its validity (all workers may; one does).
         issued_half = self._own_not_after - timedelta(days=me.directory.validity_days) / 2
         if self.clock.now() >= issued_half:
-            self.publish()
+            # In a thread: the own descriptor may be a row of a database.
+            self._set_own(await asyncio.to_thread(self.publisher.current, me))
         # Another replica's newer own descriptor (kept in the database): serve it too.
         await asyncio.to_thread(self.cache.own.poll)
         due = []
