@@ -271,7 +271,10 @@ DATABASE_SCHEMES = ("postgresql://", "postgres://")
 
 
 def hide_password(value: object) -> object:
-    """``value`` as a config error may show it: a URL's password as ``***``."""
+    """``value`` as a config error may show it: a URL's password as ``***`` (in a
+    section's table too)."""
+    if isinstance(value, dict):
+        return {key: hide_password(item) for key, item in value.items()}
     if not isinstance(value, str) or "://" not in value or "@" not in value:
         return value
     scheme, _, rest = value.partition("://")

@@ -667,3 +667,13 @@ class TestNodeStore:
         line = only_problem(raw, config_file(SH, configs))
         assert f"node.{key}" in line
         assert expected in line
+
+    def test_a_password_in_a_refused_section_is_not_shown(
+        self, configs: Path, shanghai_raw: Raw
+    ) -> None:
+        raw = copy.deepcopy(shanghai_raw)
+        raw["node"]["store"] = "postgresql://yrd:s3cret-pw@db.example/yrd"
+        raw["node"]["colour"] = "red"
+        found = problems(raw, config_file(SH, configs))
+        assert found
+        assert not any("s3cret-pw" in line for line in found), found
