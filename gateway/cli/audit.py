@@ -184,8 +184,7 @@ def _held_folder(given: str | None, log: Path | str, federation: FederationConfi
     if isinstance(log, Path):
         return log.parent / "directory"
     # A node on PostgreSQL keeps its own files in [node] local_dir.
-    local = getattr(federation.me.node, "local_dir", None)  # the replicas' config key
-    return Path(local or federation.me.node.store) / "directory"
+    return federation.me.node.local_folder / "directory"
 
 
 def _shown(location: Path | str) -> str:

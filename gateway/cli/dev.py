@@ -12,6 +12,7 @@ imported inside the handlers only.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from gateway.cli.common import EXIT_USAGE, Subparsers, add_configs_option, tool_configs
@@ -193,6 +194,28 @@ def _register_soak(commands: Subparsers) -> None:
     )
     soak.add_argument("--seed", type=int, default=17, help="random seed (default 17)")
     soak.add_argument(
+        "--store",
+        choices=("sqlite", "postgresql"),
+        help="the nodes' stores: SQLite folders (default) or a PostgreSQL database per province",
+    )
+    soak.add_argument(
+        "--replicas",
+        type=int,
+        help="node processes per province (above 1: Shanghai and Jiangsu on PostgreSQL, "
+        "replicas SIGKILLed, check-ins counted; default 1)",
+    )
+    soak.add_argument(
+        "--database-server",
+        metavar="URL",
+        help="postgresql:// URL of a server where the soak may create databases "
+        "(default: $YRD_SOAK_DATABASE_SERVER)",
+    )
+    soak.add_argument(
+        "--checkins-per-second",
+        type=float,
+        help="hotel check-ins per second at Shanghai during the chaos (default 8 with replicas)",
+    )
+    soak.add_argument(
         "--keep", type=Path, metavar="DIR", help="keep stores and logs in DIR (default: removed)"
     )
     add_configs_option(soak)
@@ -212,5 +235,30 @@ def soak_command(args: argparse.Namespace) -> int:
 
     from gateway.tools.soak import SoakConfig, main
 
-    config = SoakConfig.smoke(args.seed) if args.smoke else SoakConfig(seed=args.seed)
+    replicas = args.replicas or 1
+    store = args.store or ("postgresql" if replicas > 1 else "sqlite")
+    server = args.database_server or os.environ.get("YRD_SOAK_DATABASE_SERVER")
+    if replicas < 1 or replicas > 4:
+        raise SystemExit("--replicas: expected 1 to 4")
+    if replicas > 1 and store != "postgresql":
+        raise SystemExit(
+            "--replicas above 1: expected --store postgresql (replicas share a database)"
+        )
+    if store == "postgresql" and not server:
+        raise SystemExit(
+            "--store postgresql: expected --database-server postgresql://user@host:port/db "
+            "(or YRD_SOAK_DATABASE_SERVER)"
+        )
+    if replicas > 1:
+        config = SoakConfig.failover(server or "", args.seed, args.seconds or 20.0)
+        config = dataclasses.replace(config, replicas=replicas)
+    else:
+        config = SoakConfig.smoke(args.seed) if args.smoke else SoakConfig(seed=args.seed)
+        if store == "postgresql":
+            # the database is another process: a lowered file-size limit fails nothing
+            config = dataclasses.replace(
+                config, store=store, database_server=server, max_disk_faults=0
+            )
+    if args.checkins_per_second is not None:
+        given["checkins_per_second"] = args.checkins_per_second
     return main(dataclasses.replace(config, **given), keep=args.keep, configs=configs)

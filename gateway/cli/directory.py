@@ -168,7 +168,7 @@ def directory_export(args: argparse.Namespace) -> int:
     me = _own_config(args.config)
     if me is None:
         return EXIT_USAGE
-    cache = DescriptorCache(me.node.store / "directory")
+    cache = DescriptorCache(me.node.local_folder / "directory")
     try:
         # The descriptor the node serves (issued now only if none is current).
         data = Publisher(cache, SystemClock()).current(me)
@@ -204,7 +204,7 @@ def directory_import(args: argparse.Namespace) -> int:
     data = _read_descriptor_file(args.file)
     if data is None:
         return EXIT_USAGE
-    cache = DescriptorCache(me.node.store / "directory")
+    cache = DescriptorCache(me.node.local_folder / "directory")
     try:
         facts = install(me, cache, data, datetime.now(UTC))
     except DescriptorRefused as exc:

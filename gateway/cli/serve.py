@@ -211,7 +211,7 @@ def _prepare(args: argparse.Namespace, federation: FederationConfig) -> StoreLoc
 
     node = federation.me.node
     try:
-        lock = StoreLock.acquire(node.store)
+        lock = StoreLock.acquire(node.local_folder)
     except NodeStartError as exc:
         return _refused(str(exc))
     try:

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.config.models import FederationConfig, ProvinceConfig
+from gateway.config.models import FederationConfig, ProvinceConfig, hide_password
 from gateway.core.errors import ConfigError, format_problem
 
 
@@ -27,7 +27,8 @@ def _problems(path: Path, exc: ValidationError) -> list[str]:
             expected = "this required key"
             lines.append(f"{path}: {key}: missing, expected {expected}")
             continue
-        lines.append(format_problem(path, key, error.get("input"), expected))
+        # A database URL's password is never shown (it is refused in the file, too).
+        lines.append(format_problem(path, key, hide_password(error.get("input")), expected))
     return lines
 
 

@@ -16,6 +16,7 @@ from collections.abc import Collection
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -181,8 +182,16 @@ class NodeSection(_Model):
     #: node over mutual TLS. Required with [tls]; without TLS it may be omitted
     #: (development only) and peers use ``endpoint``.
     federation_endpoint: str | None = None
-    #: Folder of the node's SQLite stores (messages.db: message log; state.db: cases, outbox).
-    store: Path = Path("var")
+    #: Where the node's stores live: a folder of SQLite files (messages.db: message
+    #: log; state.db: cases, outbox), or a ``postgresql://user@host:port/db`` URL
+    #: that the replicas of a province share (password from PGPASSWORD or ~/.pgpass).
+    store: Path | str = Path("var")
+    #: This replica's name (logs, metrics, lease owners): letters, digits and '-'.
+    replica: str = Field("1", pattern=r"^[A-Za-z0-9-]{1,32}$")
+    #: With a database store: the folder of this replica's own files (node.lock,
+    #: the directory cache). Default ``var/<code>-<replica>``, resolved like store.
+    #: With a folder store those files stay in the store folder.
+    local_dir: Path | None = None
     max_clock_skew_seconds: int = Field(120, ge=1, le=3600)
     status_max_age_seconds: int = Field(30, ge=1, le=3600)
     #: host:port of the Prometheus /metrics endpoint (HTTP; keep it on loopback or
@@ -239,7 +248,79 @@ class NodeSection(_Model):
         """Where peers send federation envelopes (published in the descriptor)."""
         return self.published_endpoints or (self.peer_endpoint,)
 
-    _store = field_validator("store")(_resolve)
+    @field_validator("store", mode="before")
+    @classmethod
+    def _store(cls, value: object, info: ValidationInfo) -> Path | str:
+        if isinstance(value, str) and value.startswith(DATABASE_SCHEMES):
+            return _database_url(value)
+        if isinstance(value, str) and "://" in value:
+            raise ValueError("a folder or a postgresql://user@host:port/database URL")
+        if not isinstance(value, str | Path):
+            raise ValueError("a folder or a postgresql://user@host:port/database URL")
+        return _resolve(Path(value), info) or Path(value)
+
+    @field_validator("local_dir")
+    @classmethod
+    def _local_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and not isinstance(info.data.get("store", ""), str):
+            raise ValueError(
+                "no value with a folder store (the node's own files stay in that folder); "
+                "local_dir is for a postgresql:// store"
+            )
+        return _resolve(value, info)
+
+    @property
+    def store_is_database(self) -> bool:
+        """Whether the stores are in a PostgreSQL database (else SQLite files)."""
+        return isinstance(self.store, str)
+
+    @property
+    def local_folder(self) -> Path:
+        """Where this node keeps its own files (node.lock, the directory cache):
+        the store folder, or ``local_dir`` when the store is a database."""
+        if isinstance(self.store, Path):
+            return self.store
+        return self.local_dir or Path("var") / f"node-{self.replica}"
+
+    @property
+    def store_kind(self) -> str:
+        """ "sqlite" or "postgresql" (for listings and logs)."""
+        return "postgresql" if self.store_is_database else "sqlite"
+
+
+#: The URL schemes of a PostgreSQL store (the same as gateway.storage.sql's,
+#: which config, a lower layer, cannot import).
+DATABASE_SCHEMES = ("postgresql://", "postgres://")
+
+
+def hide_password(value: object) -> object:
+    """``value`` as a config error may show it: a URL's password as ``***`` (in a
+    section's table too)."""
+    if isinstance(value, dict):
+        return {key: hide_password(item) for key, item in value.items()}
+    if not isinstance(value, str) or "://" not in value or "@" not in value:
+        return value
+    scheme, _, rest = value.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    user, colon, _ = credentials.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}{at}{host}"
+
+
+def _database_url(value: str) -> str:
+    """A ``postgresql://`` store URL, refused when it carries a password."""
+    try:
+        parts = urlsplit(value)
+        password = parts.password
+        query = parse_qs(parts.query)
+    except ValueError as exc:
+        raise ValueError("a postgresql://user@host:port/database URL") from exc
+    if password is not None or "password" in query:
+        raise ValueError(
+            "a URL without a password (put it in PGPASSWORD or ~/.pgpass, never in the config file)"
+        )
+    if not parts.path.strip("/"):
+        raise ValueError("a postgresql://user@host:port/database URL naming the database")
+    return value
 
 
 class PublishedKey(_Model):
@@ -394,6 +475,19 @@ class ProvinceConfig(_Model):
         )
         if problems:
             raise problems_error(problems)
+        return value
+
+    @field_validator("node")
+    @classmethod
+    def _local_dir_default(cls, value: NodeSection, info: ValidationInfo) -> NodeSection:
+        # A database store: this replica's own files default to var/<code>-<replica>,
+        # resolved against the config's folder like store.
+        province = info.data.get("province")
+        if value.store_is_database and value.local_dir is None and province is not None:
+            folder = Path("var") / f"{province.code}-{value.replica}"
+            base = (info.context or {}).get("base_dir")
+            resolved = (Path(base) / folder).resolve() if base else folder
+            return value.model_copy(update={"local_dir": resolved})
         return value
 
     @field_validator("peers")

@@ -90,8 +90,9 @@ class Publisher:
         certificate = me.tls.certificate.read_bytes()
         private_key = me.tls.private_key.read_bytes()
         now = self.clock.now()
-        with self.cache.own_lock():
-            stored = self.cache.read(self.cache.own_path)
+        own = self.cache.own  # a file of the node, or a row of the province's database
+        with own.lock():
+            stored = own.read()
             previous = signed = None
             since: dict[str, datetime] = {}
             issued = not_after = EPOCH
@@ -136,7 +137,7 @@ class Publisher:
                 tls_certificate=certificate,
             )
             data = descriptors.sign(fresh, private_key, certificate).SerializeToString()
-            self.cache.write(self.cache.own_path, data)
+            own.write(data, serial)
         log.info(
             "descriptor published",
             province=me.code,
@@ -202,7 +203,7 @@ class Directory:
         self._own = b""
         self._own_serial = 0
         self._own_not_after = EPOCH
-        self._own_stamp: tuple[int, int] | None = None
+        self._own_stamp: object | None = None
         self._in_force: dict[str, PeerFacts] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -218,13 +219,13 @@ class Directory:
         descriptor = descriptors.read(descriptors.parse_signed(data))
         self._own_serial = descriptor.serial
         self._own_not_after = descriptors.instant(descriptor.not_after, "not_after")
-        self._own_stamp = self.cache.stamp(self.cache.own_path)
+        self._own_stamp = self.cache.own.stamp()
 
     def own(self) -> tuple[int, bytes]:
         """(serial, signed descriptor) to serve: the newest another worker wrote, too."""
-        stamp = self.cache.stamp(self.cache.own_path)
+        stamp = self.cache.own.stamp()
         if stamp is not None and stamp != self._own_stamp:
-            data = self.cache.read(self.cache.own_path)
+            data = self.cache.own.latest()
             with contextlib.suppress(DescriptorRefused):
                 if (
                     data is not None
@@ -295,7 +296,10 @@ class Directory:
         # Own descriptor: issue again at half its validity (all workers may; one does).
         issued_half = self._own_not_after - timedelta(days=me.directory.validity_days) / 2
         if self.clock.now() >= issued_half:
-            self.publish()
+            # In a thread: the own descriptor may be a row of a database.
+            self._set_own(await asyncio.to_thread(self.publisher.current, me))
+        # Another replica's newer own descriptor (kept in the database): serve it too.
+        await asyncio.to_thread(self.cache.own.poll)
         due = []
         for state in self.peers.values():
             changed = self.cache.stamp(self.cache.path(state.code))
@@ -620,7 +624,7 @@ def held_descriptors(me: ProvinceConfig, folder: Path | None = None) -> dict[str
     if me.tls is None:
         return {}
     ca = descriptors.load_ca(me.tls.ca.read_bytes())
-    cache = DescriptorCache(folder or me.node.store / "directory")
+    cache = DescriptorCache(folder or me.node.local_folder / "directory")
     found = {}
     for code, path in cache.peers().items():
         data = cache.read(path)
@@ -642,7 +646,7 @@ def stored_service_map(
     each checked against the federation CA as it stood when issued (a copy past
     its ``not_after`` is ``expired``; one that does not verify, ``missing`` with
     the reason). An own descriptor not published yet: ``own`` without facts."""
-    cache = DescriptorCache(folder or me.node.store / "directory")
+    cache = DescriptorCache(folder or me.node.local_folder / "directory")
     ca = descriptors.load_ca(me.tls.ca.read_bytes()) if me.tls is not None else None
 
     def stored(code: str, path: Path) -> tuple[PeerFacts | None, str]:

@@ -55,8 +55,10 @@ from gateway.services.fund import WITHDRAWAL, FundExchange, FundServicer
 from gateway.services.identity import IdentityExchange, IdentityServicer
 from gateway.services.tracked import TrackedExchange, TrackedProcessor
 from gateway.storage.descriptors import DescriptorCache
+from gateway.storage.engines import MESSAGE_LOG_FILE, STATE_FILE, store_location
 from gateway.storage.messagelog import HeadKeys, MessageLog
 from gateway.storage.records import StoreOpenError
+from gateway.storage.shared_descriptor import SharedDescriptor
 from gateway.storage.state import StateStore
 from gateway.trust.envelope import (
     MAX_ENVELOPE_BYTES,
@@ -141,11 +143,13 @@ def probe_address(address: str | None) -> None:
 
 
 class StoreLock:
-    """An OS lock (``flock``) on ``node.lock`` in the store folder, held for the
-    node's life: a second node on the same stores is refused before it opens
-    them. The worker processes of one node (``serve --workers N``) share the
-    supervisor's lock: they inherit its open file (the lock belongs to it), so
-    the stores stay locked until the last process of the node has exited."""
+    """An OS lock (``flock``) on ``node.lock`` in the node's local folder (the
+    store folder, or ``local_dir`` when the stores are a database), held for the
+    node's life: a second node on the same stores (or replica on the same
+    local folder) is refused before it opens them. The worker processes of one
+    node (``serve --workers N``) share the supervisor's lock: they inherit its
+    open file (the lock belongs to it), so the stores stay locked until the
+    last process of the node has exited."""
 
     FILE = "node.lock"
 
@@ -160,15 +164,15 @@ class StoreLock:
             store_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise NodeStartError(f"cannot lock the store {store_dir}: {exc.strerror}") from exc
+            raise NodeStartError(f"cannot lock the folder {store_dir}: {exc.strerror}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
             raise NodeStartError(
-                f"the store {store_dir} is in use by another node (pid {holder}); "
-                "one node per store folder"
+                f"the folder {store_dir} is in use by another node (pid {holder}); "
+                "one node per store folder (one replica per local_dir)"
             ) from exc
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -184,9 +188,9 @@ class StoreLock:
             # any other file of a node holding the lock is refused.
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            raise NodeStartError(f"the store {store_dir} is not locked for this worker") from exc
+            raise NodeStartError(f"the folder {store_dir} is not locked for this worker") from exc
         if not same:
-            raise NodeStartError(f"the store {store_dir} is not locked for this worker")
+            raise NodeStartError(f"the folder {store_dir} is not locked for this worker")
         return cls(store_dir, fd)
 
     def release(self) -> None:
@@ -265,7 +269,7 @@ async def prepare_node_stores(federation: FederationConfig, *, continue_past_bre
 
     try:
         message_log = await MessageLog(
-            me.node.store / "messages.db", province=me.code, head_signer=sign
+            store_location(me.node.store, MESSAGE_LOG_FILE), province=me.code, head_signer=sign
         ).open()
     except (OSError, StoreOpenError) as exc:
         raise NodeStartError(f"cannot open the message log: {exc}") from exc
@@ -275,7 +279,7 @@ async def prepare_node_stores(federation: FederationConfig, *, continue_past_bre
         )
     finally:
         await message_log.close()
-    state = StateStore(me.node.store / "state.db")
+    state = StateStore(store_location(me.node.store, STATE_FILE))
     try:
         await state.open()
     except (OSError, StoreOpenError) as exc:
@@ -335,7 +339,8 @@ class Node:
         clock: Clock | None = None,
         authority: IdentityAuthority | None = None,
         fund_centre: FundCentre | None = None,
-        store_dir: Path | None = None,
+        store_dir: Path | str | None = None,
+        local_dir: Path | None = None,
         listen: str | None = None,
         federation_listen: str | None = None,
         grace: float = 5.0,
@@ -365,7 +370,13 @@ class Node:
         self.continue_past_break = continue_past_break
         self.listen = listen or me.node.endpoint
         self.federation_listen = federation_listen or me.node.federation_endpoint
-        self.store_dir = store_dir or me.node.store
+        #: The stores' folder or database URL; the node's own files (lock,
+        #: directory cache) are in local_dir: the same folder, or [node] local_dir.
+        self.store_dir: Path | str = store_dir or me.node.store
+        self.local_dir: Path = local_dir or (
+            store_dir if isinstance(store_dir, Path) else me.node.local_folder
+        )
+        self.shared_descriptor: SharedDescriptor | None = None
         self.grace = grace
         self.tls = (
             TlsMaterial.load(me.tls.certificate, me.tls.private_key, me.tls.ca) if me.tls else None
@@ -399,14 +410,14 @@ class Node:
         health follows whether they can write."""
         me = self.config.me
         self.message_log = MessageLog(
-            self.store_dir / "messages.db",
+            store_location(self.store_dir, MESSAGE_LOG_FILE),
             # A measuring knob (docs/operations.md): 1 turns grouping off.
             batch_max=int(os.environ.get("YRD_MESSAGE_LOG_BATCH_MAX", "512")),
             clock=self.clock,
             province=me.code,
             head_signer=self.sign_statement,
         )
-        self.state = StateStore(self.store_dir / "state.db")
+        self.state = StateStore(store_location(self.store_dir, STATE_FILE))
         #: Stores that cannot write now: health is NOT_SERVING while any is here.
         self.unwritable: set[str] = set()
         self._health_tasks: set[asyncio.Task[None]] = set()
@@ -532,9 +543,9 @@ class Node:
 
     def _lock_store(self) -> None:
         if self._lock_fd is not None:
-            self._store_lock = StoreLock.inherited(self.store_dir, self._lock_fd)
+            self._store_lock = StoreLock.inherited(self.local_dir, self._lock_fd)
         else:
-            self._store_lock = StoreLock.acquire(self.store_dir)
+            self._store_lock = StoreLock.acquire(self.local_dir)
 
     def _bind(self, me: ProvinceConfig) -> grpc.aio.Server:
         """The server with its ports bound (before any store is opened)."""
@@ -605,9 +616,12 @@ class Node:
         tls = self.tls
         if tls is None:
             return  # no federation CA: a node without [tls] names no peers
+        if isinstance(self.store_dir, str):
+            # Replicas on one database serve one own descriptor, kept in it.
+            self.shared_descriptor = SharedDescriptor(self.store_dir, self.code)
         directory = Directory(
             self.config,
-            DescriptorCache(self.store_dir / "directory"),
+            DescriptorCache(self.local_dir / "directory", own=self.shared_descriptor),
             clock=self.clock,
             apply=self._apply_peers,
             # Round robin without health checking: any replica that is up serves
@@ -619,6 +633,8 @@ class Node:
             fetching=self.worker_index == 0,
         )
         try:
+            # Blocking reads of the descriptor (a file, or the database's row).
+            await asyncio.to_thread(directory.publish)
             await directory.start()
         except (OSError, ValueError) as exc:
             raise NodeStartError(f"cannot publish this node's descriptor: {exc}") from exc
@@ -893,6 +909,8 @@ class Node:
                 await processor.stop()
             if self.directory is not None:
                 await self.directory.stop()
+            if self.shared_descriptor is not None:
+                await asyncio.to_thread(self.shared_descriptor.close)
             await self.federation_client.close()
             if self.backends is not None:
                 await self.backends.aclose()

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -26,6 +27,12 @@ from gateway.server.node import DIRECTORY_HEALTH
 from gateway.testing.localfed import free_port, province_configs_dir
 
 SLUGS = {"310000": "shanghai", "320000": "jiangsu", "330000": "zhejiang", "340000": "anhui"}
+
+#: A local client's channel over several replicas of a node: round_robin over
+#: the addresses, each watched by the standard health service.
+REPLICAS_SERVICE_CONFIG = json.dumps(
+    {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
+)
 
 #: ``yrd-gateway up``'s default: the ports of the shipped province configs.
 DEFAULT_BASE_PORT = 7300
@@ -253,12 +260,16 @@ class NodeProcess:
     workers: int = 1
     #: Not in the terminal's process group (``yrd-gateway up`` stops it itself).
     own_session: bool = False
+    #: Which replica of its province it is (1 .. replicas).
+    replica: int = 1
 
     @property
-    def store_dir(self) -> Path:
-        """The folder of its SQLite stores (``[node].store``, as written by the federation)."""
+    def store_dir(self) -> Path | str:
+        """The folder of its SQLite stores, or the database URL its replicas share
+        (``[node].store``, as written by the federation)."""
         text = self.config.read_text(encoding="utf-8")
-        return Path(text.split('\nstore = "', 1)[1].split('"', 1)[0])
+        store = text.split('\nstore = "', 1)[1].split('"', 1)[0]
+        return store if "://" in store else Path(store)
 
     @property
     def metrics_url(self) -> str:
@@ -371,6 +382,15 @@ class ProcessFederation:
     province_dirs: bool = False
     #: The province configs copied at start (default: :func:`province_configs_dir`).
     configs: Path | None = None
+    #: Provinces whose stores are a PostgreSQL database (code -> URL, made by the
+    #: caller); their node may run as several replicas sharing it.
+    databases: dict[str, str] = field(default_factory=dict)
+    #: Replicas per province (default 1): each its own process, ports and
+    #: local_dir, the province's published_endpoints listing all of them.
+    replicas: dict[str, int] = field(default_factory=dict)
+    #: Every replica of each province started (``replica_nodes[code][0]`` is
+    #: ``nodes[code]``, the replica peers bootstrap from).
+    replica_nodes: dict[str, list[NodeProcess]] = field(default_factory=dict)
 
     @property
     def config_dir(self) -> Path:
@@ -462,7 +482,8 @@ class ProcessFederation:
             text = re.sub(
                 r'federation_endpoint = "[^"]+"', f'federation_endpoint = "{peers}"', text, count=1
             )
-            text = re.sub(r'store = "[^"]+"', f'store = "{self.store_dir(code)}"', text, count=1)
+            store = self.databases.get(code) or str(self.store_dir(code))
+            text = re.sub(r'store = "[^"]+"', f'store = "{store}"', text, count=1)
             if code in self.simulators:
                 sim = self.simulators[code]
                 text = re.sub(r'authority_url = "[^"]+"', f'authority_url = "{sim.eid_url}"', text)
@@ -471,23 +492,72 @@ class ProcessFederation:
                     text = re.sub(r'library_url = "[^"]+"', f'library_url = "{sim.cert_url}"', text)
                 if sim.case_url is not None:
                     text = re.sub(r'system_url = "[^"]+"', f'system_url = "{sim.case_url}"', text)
-            file.write_text(text, encoding="utf-8")
-            if code in self.provinces:
-                self.nodes[code] = self.node_class(
-                    code,
-                    file,
-                    endpoint,
-                    self.node_log(code),
-                    configs / code / "keys" / "ca.crt.pem",
-                    workers=workers_of,
-                    own_session=self.province_dirs,
+            count = self.replicas.get(code, 1) if code in self.provinces else 1
+            replicas = [(file, endpoint, peers, metrics)] + [
+                (
+                    configs / code / f"province-r{r}.toml",
+                    f"127.0.0.1:{_reserve(taken)}",
+                    f"127.0.0.1:{_reserve(taken)}",
+                    f"127.0.0.1:{_reserve(taken, workers_of)}",
                 )
+                for r in range(2, count + 1)
+            ]
+            if count > 1:
+                published = ", ".join(f'"{fed}"' for _, _, fed, _ in replicas)
+                text = text.replace("[node]\n", f"[node]\npublished_endpoints = [{published}]\n", 1)
+            for r, (path, public, fed, metrics_at) in enumerate(replicas, start=1):
+                own = text
+                if r > 1:
+                    own = re.sub(r'\nendpoint = "[^"]+"', f'\nendpoint = "{public}"', own, count=1)
+                    own = re.sub(
+                        r'federation_endpoint = "[^"]+"',
+                        f'federation_endpoint = "{fed}"',
+                        own,
+                        count=1,
+                    )
+                    own = re.sub(
+                        r'metrics_endpoint = "[^"]+"',
+                        f'metrics_endpoint = "{metrics_at}"',
+                        own,
+                        count=1,
+                    )
+                if code in self.databases:
+                    local = self.root / "local" / f"{code}-{r}"
+                    own = own.replace(
+                        "[node]\n", f'[node]\nreplica = "{r}"\nlocal_dir = "{local}"\n', 1
+                    )
+                path.write_text(own, encoding="utf-8")
+                if code in self.provinces:
+                    node = self.node_class(
+                        code,
+                        path,
+                        public,
+                        self.node_log(code)
+                        if r == 1
+                        else self.node_log(code).with_suffix(f".r{r}.log"),
+                        configs / code / "keys" / "ca.crt.pem",
+                        workers=workers_of,
+                        own_session=self.province_dirs,
+                        replica=r,
+                    )
+                    self.replica_nodes.setdefault(code, []).append(node)
+                    if r == 1:
+                        self.nodes[code] = node
+        every = [node for replicas in self.replica_nodes.values() for node in replicas]
+        # The first replica of each province first: it creates the database's
+        # tables, then the others join (replicas racing on an empty database's
+        # first migration can collide; see the report of issue 15).
         for node in self.nodes.values():
             node.start()
         for node in self.nodes.values():
             node.wait_serving()
+        for node in every:
+            if node.process is None:
+                node.start()
+        for node in every:
+            node.wait_serving()
         if len(self.nodes) == len(SLUGS):
-            for node in self.nodes.values():
+            for node in every:
                 node.wait_serving(service=DIRECTORY_HEALTH)  # every peer's descriptor held
         return self
 
@@ -495,10 +565,25 @@ class ProcessFederation:
         """A local client's TLS channel to a node's public endpoint. ``own_connection``:
         not shared with other channels to it (several reach several workers)."""
         credentials = grpc.ssl_channel_credentials(self.nodes[code].ca.read_bytes())
-        options = [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
-        return grpc.aio.secure_channel(self.nodes[code].endpoint, credentials, options=options)
+        options: list[tuple[str, Any]] = (
+            [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
+        )
+        replicas = self.replica_nodes.get(code, [self.nodes[code]])
+        if len(replicas) == 1:
+            return grpc.aio.secure_channel(self.nodes[code].endpoint, credentials, options=options)
+        # Several replicas: one channel over all of them, gRPC's own round_robin
+        # with health checking (a dead replica costs at most a retry).
+        target = "ipv4:" + ",".join(node.endpoint for node in replicas)
+        options += [
+            ("grpc.service_config", REPLICAS_SERVICE_CONFIG),
+            ("grpc.default_authority", replicas[0].endpoint.rpartition(":")[0]),
+        ]
+        return grpc.aio.secure_channel(target, credentials, options=options)
 
     def stop(self) -> None:
+        for replicas in self.replica_nodes.values():
+            for node in replicas[1:]:
+                node.terminate()
         for node in self.nodes.values():
             node.terminate()
         for simulator in self.simulators.values():

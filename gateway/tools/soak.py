@@ -18,6 +18,14 @@ any REJECTED withdrawal or REFUSED case is a wrong refusal.
 
 Exit status 0 only when nothing accepted was lost, duplicated or paid twice and
 nothing was wrongly refused. See docs/operations.md, "Chaos soak".
+
+With replicas (``soak --replicas 2 --store postgresql``): Shanghai and Jiangsu
+each run as several node processes on a PostgreSQL database of their own (on
+the server ``--database-server`` names), and only those replicas are SIGKILLed
+(one at a time, started again after); hotel check-ins at Shanghai of Jiangsu
+e-IDs flow beside the exchanges, and the soak prints how many failed and the
+longest time without a verdict. Disks do not fail (the database is another
+process). See docs/operations.md, "Several replicas on PostgreSQL".
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from stdnum import luhn
 
 from gateway.core.errors import DECISION_CODES
 from gateway.server.node import DIRECTORY_HEALTH
+from gateway.storage.engines import MESSAGE_LOG_FILE, STATE_FILE, store_location
 from gateway.storage.snapshot import StoreView, read_store
 from gateway.testing.procfed import (
     NodeProcess,
@@ -57,9 +66,11 @@ from gateway.testing.procfed import (
 from yrd.case.v1 import case_pb2, case_pb2_grpc
 from yrd.common.v1 import common_pb2
 from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
+from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
 from yrd_simulators.residents import synthetic_residents
 
 PROVINCES = ("310000", "320000", "330000", "340000")
+SH, JS = "310000", "320000"
 W = fund_pb2.WithdrawalStatus
 C = case_pb2.CaseStatus
 WITHDRAWAL, CASE = "withdrawal", "case"
@@ -96,6 +107,21 @@ class SoakConfig:
     seed: int = 17
     max_kills: int | None = None
     max_disk_faults: int | None = None
+    #: "sqlite" (each node its folder) or "postgresql" (each province a database
+    #: on ``database_server``).
+    store: str = "sqlite"
+    #: Node processes per province; above 1 (PostgreSQL only): Shanghai and
+    #: Jiangsu only, each with this many replicas, and only replicas are killed.
+    replicas: int = 1
+    #: A PostgreSQL server URL (any database on it, as a user who may create
+    #: databases) where the soak creates one database per province and run.
+    database_server: str | None = None
+    #: Hotel check-ins per second at Shanghai (Jiangsu e-IDs) during the chaos.
+    checkins_per_second: float = 0.0
+
+    @property
+    def provinces(self) -> tuple[str, ...]:
+        return (SH, JS) if self.replicas > 1 else PROVINCES
 
     @classmethod
     def smoke(cls, seed: int = 17) -> SoakConfig:
@@ -111,6 +137,24 @@ class SoakConfig:
             seed=seed,
             max_kills=2,
             max_disk_faults=1,
+        )
+
+    @classmethod
+    def failover(cls, database_server: str, seed: int = 17, seconds: float = 20.0) -> SoakConfig:
+        """Two replicas of Shanghai and of Jiangsu on PostgreSQL, a replica
+        SIGKILLed every few seconds, check-ins flowing: about a minute."""
+        return cls(
+            withdrawals=int(3 * seconds),
+            cases=int(seconds),
+            seconds=seconds,
+            kill_interval=3.0,
+            drain_seconds=30.0,
+            seed=seed,
+            max_disk_faults=0,
+            store="postgresql",
+            replicas=2,
+            database_server=database_server,
+            checkins_per_second=8.0,
         )
 
 
@@ -151,11 +195,12 @@ def plan_workload(
     are at least 50,000 yuan and the rent limit 3,000); cases for the service every
     province handles. Every ordered pair of provinces is used."""
     rng = random.Random(config.seed)  # noqa: S311 - a seeded workload, not secrets
-    names = {code: {r.id_number: r for r in synthetic_residents(code)} for code in PROVINCES}
+    codes = config.provinces
+    names = {code: {r.id_number: r for r in synthetic_residents(code)} for code in codes}
     holders: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for fund in PROVINCES:
+    for fund in codes:
         accounts = _admin(federation.simulators[fund].fund_url, "/admin/accounts")
-        for home in PROVINCES:
+        for home in codes:
             if home != fund:
                 holders[(home, fund)] = [
                     a
@@ -211,7 +256,7 @@ def plan_workload(
     exchanges += [case(i) for i in range(config.cases)]
     rng.shuffle(exchanges)
     probes = []
-    for i, code in enumerate(PROVINCES * 64):
+    for i, code in enumerate(codes * 64):
         fund = next(f for h, f in pairs[i % len(pairs) :] + pairs if h == code)
         probes.append(withdrawal(i, code, fund, "probe"))
     return exchanges, probes
@@ -308,6 +353,9 @@ class Chaos:
         self._configs = federation.root / "province_configs"
         self._lock = threading.Lock()
         self._closing = False
+        #: Replicas killed and not serving again yet, and the threads starting them.
+        self._restarting: set[int] = set()  # id() of each (a NodeProcess is unhashable)
+        self._restarts: list[threading.Thread] = []
 
     def run(self) -> None:
         try:
@@ -351,18 +399,40 @@ class Chaos:
                 next_kill = time.monotonic() + rng.expovariate(1 / config.kill_interval)
             elif can_fail and now >= next_disk:
                 if not disk_order:
-                    disk_order = list(PROVINCES)
+                    disk_order = list(self.config.provinces)
                     rng.shuffle(disk_order)
                 self.fail_disk(disk_order.pop())
                 next_disk = time.monotonic() + config.disk_fault_interval * rng.uniform(0.5, 1.5)
             else:
                 due = min(next_kill if can_kill else end, next_disk if can_fail else end, end)
                 self.stop.wait(max(0.05, min(1.0, due - now)))
+        for restart in self._restarts:  # replicas killed last serve again first
+            restart.join()
 
     def kill_one(self) -> None:
-        code = self.rng.choice(PROVINCES)
+        code = self.rng.choice(self.config.provinces)
         down = self.rng.uniform(0.2, 1.5)
-        if self.rng.random() < 0.6:
+        if self.config.replicas > 1:
+            # Every replica in turn, the provinces alternating (the first replica,
+            # where peers bootstrap, included); the others of its province serve on.
+            # It starts again in the background, and no other replica of its
+            # province is killed before it serves: one always does.
+            kills, codes = sum(self.faults.node_kills.values()), self.config.provinces
+            code = codes[kills % len(codes)]
+            replicas = self.federation.replica_nodes[code]
+            while self._restarting.intersection(id(n) for n in replicas):
+                if self.stop.wait(0.1):
+                    return
+            node = replicas[(kills // len(codes)) % len(replicas)]
+            node.kill()
+            self.faults.node_kills[f"{code}/{node.replica}"] += 1
+            self._restarting.add(id(node))
+            restart = threading.Thread(
+                target=self._restart_replica, args=(node, down), daemon=True, name="restart"
+            )
+            self._restarts.append(restart)
+            restart.start()
+        elif self.rng.random() < 0.6:
             node = self.federation.nodes[code]
             node.kill()
             self.faults.node_kills[code] += 1
@@ -374,6 +444,13 @@ class Chaos:
             self.faults.backend_kills[code] += 1
             self.stop.wait(down)
             self._restart_simulator(simulator)
+
+    def _restart_replica(self, node: NodeProcess, down: float) -> None:
+        try:
+            time.sleep(down)
+            self._start_node(node)
+        finally:
+            self._restarting.discard(id(node))
 
     def fail_disk(self, code: str) -> None:
         """Lower the node's file-size limit below its SQLite files' sizes for a while;
@@ -397,10 +474,13 @@ class Chaos:
     def heal(self) -> None:
         """Start again any process that is not running (one that exited by itself is
         counted as an unexpected exit)."""
-        for code, node in self.federation.nodes.items():
-            if node.process is None or node.process.poll() is not None:
-                self.faults.unexpected_exits[f"{code} node"] += 1
-                self._start_node(node)
+        for code, replicas in self.federation.replica_nodes.items():
+            for node in replicas:
+                if id(node) in self._restarting:
+                    continue
+                if node.process is None or node.process.poll() is not None:
+                    self.faults.unexpected_exits[f"{code} node"] += 1
+                    self._start_node(node)
         for code, simulator in list(self.federation.simulators.items()):
             if simulator.process.poll() is not None:
                 self.faults.unexpected_exits[f"{code} back-end"] += 1
@@ -417,6 +497,8 @@ class Chaos:
         except TimeoutError:  # still starting, or exited: heal() looks again
             return
         self.faults.restarts[node.province] += 1
+        if len(self.federation.nodes) < len(PROVINCES):
+            return  # some peers never run: the directory is never complete
         try:
             node.wait_serving(PEERS_IN_FORCE_SECONDS, service=DIRECTORY_HEALTH)
         except TimeoutError:
@@ -485,12 +567,118 @@ class Submitter:
             delay = min(3.0, delay * 2)
 
 
+class CheckinLoad:
+    """Hotel check-ins at Shanghai's node (all its replicas, round_robin) of
+    Jiangsu e-IDs, at a fixed rate: how many failed, and the longest wait
+    without any verdict. Tokens are signed here with Jiangsu's issuer key, as
+    its e-ID authority would (the authority checks them by its key)."""
+
+    def __init__(self, federation: ProcessFederation, rate: float) -> None:
+        from gateway.core import crypto
+
+        self.rate = rate
+        self._key = crypto.load_private_key(
+            federation.config_dir / JS / "keys" / "eid-issuer.key.pem"
+        )
+        self._credentials = [
+            r.credential_id for r in synthetic_residents(JS) if r.state == "CREDENTIAL_ACTIVE"
+        ]
+        self._channel = federation.client_channel(SH)
+        self._stub = identity_pb2_grpc.IdentityServiceStub(self._channel)
+        self.figures = CheckinFigures()
+        self._last = 0.0
+
+    def _token(self) -> str:
+        from datetime import UTC, datetime, timedelta
+
+        from gateway.core.eid_token import issue_token
+
+        return issue_token(
+            self._key,
+            key_id=f"{JS}-eid-2026",
+            issuer=JS,
+            credential_id=random.choice(self._credentials),  # noqa: S311 - test load
+            token_id=str(uuid.uuid4()),
+            issued_at=datetime.now(UTC),
+            ttl=timedelta(minutes=2),
+        )
+
+    async def run(self, stop: asyncio.Event) -> CheckinFigures:
+        """Until ``stop`` is set; then wait for the calls under way."""
+        started = self._last = time.monotonic()
+        tasks: set[asyncio.Task[None]] = set()
+        index = 0
+        while not stop.is_set():
+            task = asyncio.create_task(self._one())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            index += 1
+            delay = started + index / self.rate - time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, delay))
+        if tasks:
+            await asyncio.wait(tasks)
+        end = time.monotonic()
+        self.figures.longest_gap = max(self.figures.longest_gap, end - self._last)
+        self.figures.seconds = end - started
+        await self._channel.close()
+        return self.figures
+
+    async def _one(self) -> None:
+        figures = self.figures
+        figures.calls += 1
+        try:
+            answer = await self._stub.VerifyIdentity(
+                identity_pb2.VerifyIdentityRequest(
+                    qr_payload=self._token(), purpose=identity_pb2.HOTEL_CHECK_IN
+                ),
+                metadata=(("authorization", f"Bearer dev-office-{SH}"),),
+                timeout=CHECKIN_TIMEOUT,
+            )
+        except grpc.aio.AioRpcError as exc:
+            figures.failed[exc.code().name] += 1
+            return
+        if answer.verdict == identity_pb2.ISSUER_UNREACHABLE:
+            # Fails closed: the hotel got no verdict on the e-ID itself.
+            figures.failed["ISSUER_UNREACHABLE"] += 1
+            return
+        now = time.monotonic()
+        figures.verdicts += 1
+        figures.longest_gap = max(figures.longest_gap, now - self._last)
+        self._last = now
+
+
+#: A check-in not answered within this many seconds counts as failed.
+CHECKIN_TIMEOUT = 3.0
+
+
+@dataclass
+class CheckinFigures:
+    """Check-ins during the chaos: calls, verdicts (on the e-ID itself), failed
+    calls by status code or ISSUER_UNREACHABLE, and the longest time (seconds)
+    without any verdict arriving."""
+
+    calls: int = 0
+    verdicts: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    longest_gap: float = 0.0
+    seconds: float = 0.0
+
+    def render(self) -> str:
+        return (
+            f"  check-ins at {SH} of {JS} e-IDs: {self.calls} calls in {self.seconds:.0f} s, "
+            f"{self.verdicts} verdicts, {sum(self.failed.values())} failed "
+            f"({_counts(self.failed)}); longest gap without a verdict {self.longest_gap:.2f} s"
+        )
+
+
 # ---- reading the records ------------------------------------------------------------
 
 
 def read_stores(federation: ProcessFederation) -> dict[str, StoreView]:
     return {
-        code: read_store(node.store_dir / "state.db") for code, node in federation.nodes.items()
+        code: read_store(store_location(node.store_dir, STATE_FILE))
+        for code, node in federation.nodes.items()
     }
 
 
@@ -576,6 +764,8 @@ class Report:
     drain_seconds: float
     #: Each node's message log, verified after the nodes stopped: (intact, what).
     logs: dict[str, tuple[bool, str]] = field(default_factory=dict)
+    #: Check-ins during the chaos (with checkins_per_second).
+    checkins: CheckinFigures | None = None
 
     def rows(self) -> dict[str, tuple[int, int]]:
         def count(domain: str, test: Any) -> int:
@@ -640,9 +830,16 @@ class Report:
         f = self.faults
         disk = Counter(answer for _, answer, _ in f.disk_faults)
         logged = sum(1 for *_, failed in f.disk_faults if failed)
+        config = self.config
+        codes = config.provinces
+        shape = (
+            f"{len(codes)} provinces x {config.replicas} replicas on PostgreSQL"
+            if config.replicas > 1
+            else f"{len(codes)} nodes ({config.store})"
+        )
         lines = [
-            f"chaos soak (seed {self.config.seed}): 4 nodes and 4 back-ends as processes; "
-            f"{self.chaos_seconds:.0f} s of chaos, drain {self.drain_seconds:.0f} s",
+            f"chaos soak (seed {self.config.seed}): {shape} and {len(codes)} back-ends as "
+            f"processes; {self.chaos_seconds:.0f} s of chaos, drain {self.drain_seconds:.0f} s",
             f"  SIGKILLs: {sum(f.node_kills.values())} of nodes "
             f"({_counts(f.node_kills)}), {sum(f.backend_kills.values())} of back-ends "
             f"({_counts(f.backend_kills)})",
@@ -657,6 +854,7 @@ class Report:
             f"  unexpected exits: {sum(f.unexpected_exits.values())}"
             + (f" ({_counts(f.unexpected_exits)})" if f.unexpected_exits else ""),
             *([f"  the chaos thread stopped early: {f.error}"] if f.error else []),
+            *([self.checkins.render()] if self.checkins is not None else []),
             *(
                 ["  message logs: " + "; ".join(f"{c} {w}" for c, (_, w) in self.logs.items())]
                 if self.logs
@@ -777,6 +975,12 @@ async def _drive(
     chaos = Chaos(federation, config, probe)
     thread = threading.Thread(target=chaos.run, name="chaos", daemon=True)
     thread.start()
+    checkins_done = asyncio.Event()
+    checkins = (
+        asyncio.create_task(CheckinLoad(federation, config.checkins_per_second).run(checkins_done))
+        if config.checkins_per_second > 0
+        else None
+    )
     try:
         spread = config.seconds * 0.8 / max(1, len(exchanges))
         for index, exchange in enumerate(list(exchanges)):
@@ -784,6 +988,8 @@ async def _drive(
             submitter.spawn(exchange)
         await asyncio.to_thread(thread.join)
         chaos_seconds = time.monotonic() - started
+        checkins_done.set()
+        checkin_figures = await checkins if checkins is not None else None
         # Drain: every process healthy, every submission answered, then wait until
         # every accepted exchange is final, parked or in reconciliation.
         drain_started = time.monotonic()
@@ -813,10 +1019,13 @@ async def _drive(
         paid = count_payments(final_payments(federation))
     finally:
         await asyncio.to_thread(chaos.close)
+        checkins_done.set()
+        if checkins is not None and not checkins.done():
+            checkins.cancel()
         for task in submitter.tasks:
             task.cancel()
         await submitter.close()
-    return account(
+    report = account(
         config,
         chaos.faults,
         exchanges,
@@ -826,6 +1035,8 @@ async def _drive(
         chaos_seconds=chaos_seconds,
         drain_seconds=drain_seconds,
     )
+    report.checkins = checkin_figures
+    return report
 
 
 @contextlib.contextmanager
@@ -845,7 +1056,10 @@ def _terminated_as_interrupt() -> Iterator[None]:
 def _signal_all(federation: ProcessFederation) -> None:
     """SIGTERM every node and back-end at once (ProcessFederation.stop then waits)."""
     processes: list[subprocess.Popen[Any]] = [
-        node.process for node in federation.nodes.values() if node.process is not None
+        node.process
+        for replicas in federation.replica_nodes.values()
+        for node in replicas
+        if node.process is not None
     ]
     processes += [simulator.process for simulator in federation.simulators.values()]
     for process in processes:
@@ -854,18 +1068,27 @@ def _signal_all(federation: ProcessFederation) -> None:
 
 
 def _start_federation(
-    stack: contextlib.ExitStack, root: Path, attempts: int = 3, configs: Path | None = None
+    stack: contextlib.ExitStack,
+    root: Path,
+    attempts: int = 3,
+    configs: Path | None = None,
+    config: SoakConfig | None = None,
 ) -> ProcessFederation:
-    """Start the 4 nodes and 4 back-ends; again in a fresh folder when a port that
+    """Start the nodes and back-ends; again in a fresh folder when a port that
     was free when chosen was taken meanwhile (other programs on the machine)."""
+    config = config or SoakConfig()
+    codes = config.provinces
     for attempt in range(1, attempts + 1):
         began = time.monotonic()
         federation = ProcessFederation(
-            root / f"run{attempt}", PROVINCES, node_class=PipedNode, configs=configs
+            root / f"run{attempt}", codes, node_class=PipedNode, configs=configs
         )
         federation.simulator_options = {
-            code: ("--state-dir", str(federation.root / "backends" / code)) for code in PROVINCES
+            code: ("--state-dir", str(federation.root / "backends" / code)) for code in codes
         }
+        if config.store == "postgresql":
+            federation.databases = _databases(config, codes)
+            federation.replicas = dict.fromkeys(codes, config.replicas)
         stack.callback(federation.stop)
         stack.callback(_signal_all, federation)  # first: every process stops at once
         try:
@@ -877,9 +1100,24 @@ def _start_federation(
             _signal_all(federation)
             federation.stop()
             continue
-        print(f"  started 4 nodes and 4 back-ends in {time.monotonic() - began:.0f} s", flush=True)
+        nodes = sum(len(replicas) for replicas in federation.replica_nodes.values())
+        print(
+            f"  started {nodes} nodes and {len(codes)} back-ends in "
+            f"{time.monotonic() - began:.0f} s",
+            flush=True,
+        )
         return federation
     raise AssertionError("unreachable")
+
+
+def _databases(config: SoakConfig, codes: tuple[str, ...]) -> dict[str, str]:
+    """A fresh database per province on the configured server (code -> URL)."""
+    from gateway.storage.pgfile import create_database
+
+    if config.database_server is None:
+        raise ValueError("a PostgreSQL store needs a database server (--database-server)")
+    run = uuid.uuid4().hex[:10]
+    return {code: create_database(config.database_server, f"soak_{run}_{code}") for code in codes}
 
 
 def run_soak(
@@ -895,7 +1133,7 @@ def run_soak(
         else:
             root = keep
             root.mkdir(parents=True, exist_ok=True)
-        federation = _start_federation(stack, root, configs=configs)
+        federation = _start_federation(stack, root, configs=configs, config=config)
         run = uuid.uuid4().hex[:8]
         exchanges, probes = plan_workload(federation, config, run)
         report = asyncio.run(_drive(federation, config, exchanges, probes))
@@ -916,7 +1154,9 @@ def verify_logs(federation: ProcessFederation) -> dict[str, tuple[bool, str]]:
     for code, node in federation.nodes.items():
         try:
             keys = TrustStore(load_federation(node.config)).head_key
-            report = asyncio.run(verify_file(node.store_dir / "messages.db", keys))
+            report = asyncio.run(
+                verify_file(store_location(node.store_dir, MESSAGE_LOG_FILE), keys)
+            )
         except Exception as exc:  # reported: a log that cannot be verified is not intact
             found[code] = (False, f"not verified ({type(exc).__name__}: {exc})"[:200])
             continue

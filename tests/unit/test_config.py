@@ -600,3 +600,80 @@ class TestCheckFiles:
         assert any(p.startswith(f"{config_file(AH, configs)}: not valid TOML") for p in found)
         assert any("province.code: got '320000'" in p for p in found)
         assert len(found) == 2
+
+
+class TestNodeStore:
+    """``[node] store`` is a folder or a postgresql:// URL; ``replica`` and
+    ``local_dir`` place a replica's own files when the store is a database."""
+
+    URL = "postgresql://yrd@db.example:5432/yrd_shanghai"
+
+    def test_a_folder_store_keeps_the_nodes_files_in_it(
+        self, configs: Path, shanghai_raw: Raw
+    ) -> None:
+        node = validate_province(copy.deepcopy(shanghai_raw), config_file(SH, configs)).node
+        assert isinstance(node.store, Path)
+        assert node.store.is_absolute()
+        assert node.local_folder == node.store
+        assert (node.store_kind, node.replica) == ("sqlite", "1")
+
+    def test_a_database_url_with_local_dir_by_default(
+        self, configs: Path, shanghai_raw: Raw
+    ) -> None:
+        raw = copy.deepcopy(shanghai_raw)
+        raw["node"]["store"] = self.URL
+        raw["node"]["replica"] = "b-2"
+        path = config_file(SH, configs)
+        node = validate_province(raw, path).node
+        assert node.store == self.URL
+        assert node.store_kind == "postgresql"
+        assert node.local_folder == (path.parent / "var" / f"{SH}-b-2").resolve()
+
+    def test_local_dir_resolves_against_the_files_folder(
+        self, configs: Path, shanghai_raw: Raw
+    ) -> None:
+        raw = copy.deepcopy(shanghai_raw)
+        raw["node"]["store"] = self.URL
+        raw["node"]["local_dir"] = "here/r1"
+        path = config_file(SH, configs)
+        assert validate_province(raw, path).node.local_folder == (path.parent / "here/r1").resolve()
+
+    def test_a_password_in_the_url_is_refused_and_not_shown(
+        self, configs: Path, shanghai_raw: Raw
+    ) -> None:
+        raw = copy.deepcopy(shanghai_raw)
+        raw["node"]["store"] = "postgresql://yrd:s3cret-pw@db.example/yrd"
+        line = only_problem(raw, config_file(SH, configs))
+        assert "node.store" in line
+        assert "PGPASSWORD" in line
+        assert "pgpass" in line
+        assert "s3cret-pw" not in line
+
+    @pytest.mark.parametrize(
+        ("key", "value", "expected"),
+        [
+            ("store", "mysql://yrd@db/yrd", "postgresql://"),
+            ("store", "postgresql://yrd@db", "naming the database"),
+            ("replica", "a b", "pattern"),
+            ("replica", "", "pattern"),
+            ("local_dir", "elsewhere", "postgresql:// store"),
+        ],
+    )
+    def test_bad_values_are_named(
+        self, configs: Path, shanghai_raw: Raw, key: str, value: str, expected: str
+    ) -> None:
+        raw = copy.deepcopy(shanghai_raw)
+        raw["node"][key] = value
+        line = only_problem(raw, config_file(SH, configs))
+        assert f"node.{key}" in line
+        assert expected in line
+
+    def test_a_password_in_a_refused_section_is_not_shown(
+        self, configs: Path, shanghai_raw: Raw
+    ) -> None:
+        raw = copy.deepcopy(shanghai_raw)
+        raw["node"]["store"] = "postgresql://yrd:s3cret-pw@db.example/yrd"
+        raw["node"]["colour"] = "red"
+        found = problems(raw, config_file(SH, configs))
+        assert found
+        assert not any("s3cret-pw" in line for line in found), found
