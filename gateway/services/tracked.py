@@ -464,15 +464,19 @@ class TrackedExchange(Generic[B, A, U, P]):
                 case.status, 0
             ):
                 return federation_pb2.DeliveryAck(remote_reference=case.case, duplicate=True)
-            tx.outgoing_status(
+            moved = tx.outgoing_status(
                 case.case,
                 status=fields.status,
                 reason=fields.status_reason,
                 amount_fen=flow.amount_of(update),
                 remote_reference=fields.remote_reference,
                 at=self._clock.now(),
+                # As far along already (another replica applied a later update
+                # meanwhile), or final: this one changes nothing.
+                unless=flow.final
+                | {s for s, rank in flow.rank.items() if rank >= flow.rank[fields.status]},
             )
-            return federation_pb2.DeliveryAck(remote_reference=case.case)
+            return federation_pb2.DeliveryAck(remote_reference=case.case, duplicate=not moved)
 
         ack = await self._store.unit_of_work(work)
         log.info(

@@ -113,9 +113,13 @@ class OutgoingCaseWrites(Protocol):
         amount_fen: int,
         remote_reference: str,
         at: datetime,
-    ) -> None:
+        unless: Collection[int],
+    ) -> bool:
         """A status change from the handling peer (``remote_reference`` is kept
-        only if the case has none yet)."""
+        only if the case has none yet), unless the case's status is one of
+        ``unless`` (final, or as far along already) at the moment it is written:
+        False then, and nothing changed. Decided by the UPDATE itself, so that
+        two replicas applying two updates at once cannot move a case back."""
 
 
 class IncomingCaseWrites(Protocol):

@@ -769,13 +769,20 @@ class _Transaction:
         amount_fen: int,
         remote_reference: str,
         at: datetime,
-    ) -> None:
-        self._db.execute(
-            "UPDATE outgoing_cases SET status = ?, status_reason = ?, amount_fen = ?,"
+        unless: Collection[int],
+    ) -> bool:
+        # The condition is evaluated on the row as committed when the UPDATE
+        # takes its lock (PostgreSQL re-reads it after waiting), not on what the
+        # unit of work read before: the later of two racing updates cannot undo
+        # the earlier one's progress.
+        skipped = f" AND status NOT IN ({_marks(unless)})" if unless else ""
+        cursor = self._db.execute(
+            "UPDATE outgoing_cases SET status = ?, status_reason = ?, amount_fen = ?,"  # noqa: S608 - only placeholders are added
             " updated_at = ?, remote_reference = CASE WHEN remote_reference = ''"
-            " THEN ? ELSE remote_reference END WHERE case_id = ?",
-            (status, reason, amount_fen, at.isoformat(), remote_reference, case_id),
+            f" THEN ? ELSE remote_reference END WHERE case_id = ?{skipped}",
+            (status, reason, amount_fen, at.isoformat(), remote_reference, case_id, *unless),
         )
+        return cursor.rowcount == 1
 
     # ---- incoming cases ------------------------------------------------------------
 

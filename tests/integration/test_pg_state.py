@@ -100,6 +100,40 @@ class TestReplicasRace:
         assert await one.fetchone("SELECT COUNT(*) FROM outgoing_cases") == (1,)
         assert (await one.outbox_stats())[0] == 1  # its outbox item rolled back with it
 
+    async def test_a_late_status_never_moves_a_case_back(self, pg_replica: Replica) -> None:
+        """Two replicas apply two status updates of one case at once: the one that
+        read the case before the other committed PAID does not write APPROVED
+        over it (the UPDATE decides on the row as committed, not as read)."""
+        one, two = await pg_replica(), await pg_replica()
+        await one.unit_of_work(lambda tx: tx.insert_outgoing(outgoing("key-1", "WD-1")))
+        approved, paid, rejected = 3, 4, 5
+        at = datetime(2027, 6, 1, tzinfo=UTC)
+
+        def update(status: int, unless: set[int], wait: float) -> Callable[[Any], bool]:
+            def work(tx: Any) -> bool:
+                assert tx.outgoing_by_key("withdrawal", "key-1").status == 1
+                time.sleep(wait)  # read before the other replica's commit, write after
+                return bool(
+                    tx.outgoing_status(
+                        "WD-1",
+                        status=status,
+                        reason="",
+                        amount_fen=100,
+                        remote_reference="JS-1",
+                        at=at,
+                        unless=unless,
+                    )
+                )
+
+            return work
+
+        late, early = await asyncio.gather(
+            one.unit_of_work(update(approved, {approved, paid, rejected}, 0.5)),
+            two.unit_of_work(update(paid, {paid, rejected}, 0.0)),
+        )
+        assert (early, late) == (True, False)
+        assert await one.fetchone("SELECT status FROM outgoing_cases") == (paid,)
+
     async def test_a_token_claimed_on_two_replicas_at_once_is_answered_once(
         self, pg_replica: Replica
     ) -> None:

@@ -358,8 +358,7 @@ class TestOutboxOnDatabase:
         config.write_text(text, encoding="utf-8")
         from gateway.config.loading import parse_province_file
 
-        if str(parse_province_file(config).node.store) != pg_url:
-            pytest.skip("[node] store does not take a database URL in this branch yet")
+        assert str(parse_province_file(config).node.store) == pg_url
         listed = await asyncio.to_thread(cli, "outbox", "list", "--config", str(config))
         assert listed.returncode == 0, listed.stderr
         assert "WD-0" in listed.stdout

@@ -10,28 +10,16 @@ The same run, longer: ``yrd-gateway soak --replicas 2 --store postgresql``."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
+from gateway.testing.postgres import PostgresServer
 from gateway.tools.soak import SoakConfig, run_soak
-
-
-# The lead replaces this by the shared fixture (tests/conftest.py, a throw-away
-# PostgreSQL server) at merge; until then YRD_TEST_PG names a server the test
-# may create databases on.
-@pytest.fixture(scope="module")
-def pg_url() -> str:
-    url = os.environ.get("YRD_TEST_PG")
-    if not url:
-        pytest.skip("YRD_TEST_PG: a PostgreSQL server URL (replaced by the shared fixture)")
-    return url
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(150)
-def test_replicas_survive_sigkills_under_load(pg_url: str) -> None:
-    config = SoakConfig.failover(pg_url, seconds=15.0)
+def test_replicas_survive_sigkills_under_load(postgres: PostgresServer) -> None:
+    config = SoakConfig.failover(postgres.url(), seconds=15.0)
 
     report = run_soak(config)
 

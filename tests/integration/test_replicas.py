@@ -6,8 +6,6 @@ ISSUER_UNREACHABLE) and is NOT_SERVING until it can write again."""
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from pathlib import Path
 
 import psycopg
@@ -15,22 +13,10 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from gateway.server.node import Node
-from gateway.storage.pgfile import create_database
 from gateway.testing.localfed import LocalFederation, free_port
 from tests.integration.conftest import JS, SH, Wallet
 from tests.integration.test_identity_exchange import verify
 from yrd.identity.v1 import identity_pb2
-
-
-# The lead replaces this by the shared fixture (tests/conftest.py, a fresh
-# database on a throw-away PostgreSQL server) at merge; until then YRD_TEST_PG
-# names a server the test may create databases on.
-@pytest.fixture
-def pg_url() -> str:
-    server = os.environ.get("YRD_TEST_PG")
-    if not server:
-        pytest.skip("YRD_TEST_PG: a PostgreSQL server URL (replaced by the shared fixture)")
-    return create_database(server, f"replicas_{uuid.uuid4().hex[:12]}")
 
 
 async def replica(federation: LocalFederation, url: str, local: Path) -> Node:
