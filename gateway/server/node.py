@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -707,6 +708,10 @@ class Node:
         idle_poll = 1.0 if self.workers == 1 else 0.1
         tracked: list[TrackedExchange[Any, Any, Any, Any]] = [self.fund, self.cases]
         me = self.config.me
+        #: This node's name in the leases it takes on outbox items and incoming
+        #: cases: its replica, process and a random part (a restart, or another
+        #: node in the same process, is another owner).
+        self.lease_owner = f"{me.node.replica}/{os.getpid()}/{secrets.token_hex(4)}"
         self.outbox = Outbox(
             self.state,
             self.federation_client,
@@ -715,6 +720,7 @@ class Node:
             park_after=me.node.park_after_seconds,
             metrics=self.metrics,
             idle_poll=idle_poll,
+            owner=self.lease_owner,
             lease_seconds=me.node.lease_seconds,
         )
         for exchange in tracked:
@@ -727,6 +733,7 @@ class Node:
                     exchange.backend,
                     self.clock,
                     idle_poll=idle_poll,
+                    owner=self.lease_owner,
                     lease_seconds=me.node.lease_seconds,
                 )
                 exchange.processor = processor
