@@ -111,8 +111,9 @@ def _register_bench(commands: Subparsers) -> None:
         "target",
         nargs="?",
         default="all",
-        choices=["all", "identity", "fund"],
-        help="what to measure (default: all)",
+        choices=["all", "identity", "fund", "stores"],
+        help="what to measure (default: all = identity and fund; stores: SQLite, PostgreSQL"
+        " with one and with two replicas, then failover, in one run)",
     )
     bench.add_argument(
         "--smoke",
@@ -127,6 +128,12 @@ def _register_bench(commands: Subparsers) -> None:
         ("--concurrency", int, 64, "calls in flight (default 64)"),
         ("--paid-count", int, 200, "withdrawals followed to PAID for latency (default 200)"),
         ("--rate", float, 20.0, "open-loop submissions per second for latency (default 20)"),
+        (
+            "--failover-seconds",
+            float,
+            20.0,
+            "bench stores: length of the failover run (default 20)",
+        ),
     ):
         bench.add_argument(option, type=kind, default=default, help=text)
     add_configs_option(bench)
@@ -142,6 +149,17 @@ def bench_command(args: argparse.Namespace) -> int:
     if args.smoke:  # a short run of every measurement: figures, not targets
         args.seconds, args.concurrency, args.soak = 1.0, 8, 200
         args.count, args.paid_count, args.rate = 50, 20, 10.0
+    if args.target == "stores":
+        from gateway.tools.benchstores import bench_stores
+
+        stores = bench_stores(
+            seconds=args.seconds,
+            concurrency=args.concurrency,
+            failover_seconds=0.0 if args.smoke else args.failover_seconds,
+            configs=configs,
+        )
+        print(stores.render(), flush=True)
+        return 0
     baseline_rps = None
     if args.target in ("identity", "all"):
         identity = bench_identity(

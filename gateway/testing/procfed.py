@@ -23,16 +23,12 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.core.channels import balanced_aio_channel
 from gateway.server.node import DIRECTORY_HEALTH
 from gateway.testing.localfed import free_port, province_configs_dir
 
 SLUGS = {"310000": "shanghai", "320000": "jiangsu", "330000": "zhejiang", "340000": "anhui"}
 
-#: A local client's channel over several replicas of a node: round_robin over
-#: the addresses, each watched by the standard health service.
-REPLICAS_SERVICE_CONFIG = json.dumps(
-    {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
-)
 
 #: ``yrd-gateway up``'s default: the ports of the shipped province configs.
 DEFAULT_BASE_PORT = 7300
@@ -573,12 +569,9 @@ class ProcessFederation:
             return grpc.aio.secure_channel(self.nodes[code].endpoint, credentials, options=options)
         # Several replicas: one channel over all of them, gRPC's own round_robin
         # with health checking (a dead replica costs at most a retry).
-        target = "ipv4:" + ",".join(node.endpoint for node in replicas)
-        options += [
-            ("grpc.service_config", REPLICAS_SERVICE_CONFIG),
-            ("grpc.default_authority", replicas[0].endpoint.rpartition(":")[0]),
-        ]
-        return grpc.aio.secure_channel(target, credentials, options=options)
+        return balanced_aio_channel(
+            [node.endpoint for node in replicas], credentials, options=options
+        )
 
     def stop(self) -> None:
         for replicas in self.replica_nodes.values():
