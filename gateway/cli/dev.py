@@ -226,7 +226,7 @@ def _register_soak(commands: Subparsers) -> None:
         "--database-server",
         metavar="URL",
         help="postgresql:// URL of a server where the soak may create databases "
-        "(default: $YRD_SOAK_DATABASE_SERVER)",
+        "(default: $YRD_SOAK_DATABASE_SERVER, else a throw-away server of its own)",
     )
     soak.add_argument(
         "--checkins-per-second",
@@ -263,10 +263,16 @@ def soak_command(args: argparse.Namespace) -> int:
             "--replicas above 1: expected --store postgresql (replicas share a database)"
         )
     if store == "postgresql" and not server:
-        raise SystemExit(
-            "--store postgresql: expected --database-server postgresql://user@host:port/db "
-            "(or YRD_SOAK_DATABASE_SERVER)"
-        )
+        # No server named: a throw-away one of the soak's own (Debian's
+        # postgresql binaries, run as an unprivileged user, removed after).
+        from gateway.testing.postgres import PostgresServer, PostgresUnavailable
+
+        try:
+            with PostgresServer() as own:
+                args.database_server = own.url()
+                return soak_command(args)
+        except PostgresUnavailable as exc:
+            raise SystemExit(f"--store postgresql: {exc}") from None
     if replicas > 1:
         config = SoakConfig.failover(server or "", args.seed, args.seconds or 20.0)
         config = dataclasses.replace(config, replicas=replicas)
