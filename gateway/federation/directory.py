@@ -650,7 +650,9 @@ def stored_service_map(
     ca = descriptors.load_ca(me.tls.ca.read_bytes()) if me.tls is not None else None
 
     def stored(code: str, path: Path) -> tuple[PeerFacts | None, str]:
-        data = cache.read(path)
+        return checked(code, cache.read(path))
+
+    def checked(code: str, data: bytes | None) -> tuple[PeerFacts | None, str]:
         if data is None or ca is None:
             return None, ""
         try:
@@ -659,7 +661,20 @@ def stored_service_map(
         except DescriptorRefused as exc:
             return None, exc.reason
 
-    own, refusal = stored(me.code, cache.own_path)
+    if me.node.store_is_database:
+        # Replicas keep the province's own descriptor in their database.
+        from gateway.storage.shared_descriptor import SharedDescriptor, SharedDescriptorError
+
+        shared = SharedDescriptor(str(me.node.store), me.code)
+        try:
+            data = shared.read()
+        except SharedDescriptorError:
+            data = None
+        finally:
+            shared.close()
+        own, refusal = checked(me.code, data)
+    else:
+        own, refusal = stored(me.code, cache.own_path)
     entries = [MapEntry(me.code, me.province.name, "own", own, refusal)]
     for peer in sorted(me.peers, key=lambda p: p.code):
         facts, refusal = stored(peer.code, cache.path(peer.code))

@@ -6,12 +6,14 @@ ISSUER_UNREACHABLE) and is NOT_SERVING until it can write again."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2
 
+from gateway.federation.directory import stored_service_map
 from gateway.server.node import Node
 from gateway.testing.localfed import LocalFederation, free_port
 from tests.integration.conftest import JS, SH, Wallet
@@ -72,6 +74,25 @@ class TestOneDescriptor:
             assert second.directory.own()[0] == newer
         finally:
             await second.stop()
+
+    async def test_the_offline_service_map_reads_the_own_descriptor_there(
+        self, federation: LocalFederation, jiangsu_on_pg: Node, pg_url: str, tmp_path: Path
+    ) -> None:
+        """``directory list --config`` of a replica on PostgreSQL shows the province's
+        own descriptor from the database (no replica writes it to a file)."""
+        me = jiangsu_on_pg.federation.me
+        on_database = me.model_copy(
+            update={
+                "node": me.node.model_copy(update={"store": pg_url, "local_dir": tmp_path / "js-1"})
+            }
+        )
+        assert jiangsu_on_pg.directory is not None
+        serial, _ = jiangsu_on_pg.directory.own()
+        entries = stored_service_map(on_database, datetime.now(UTC))
+        own = entries[0]
+        assert own.state == "own"
+        assert own.facts is not None
+        assert own.facts.serial == serial
 
 
 class TestUnreachableDatabase:
