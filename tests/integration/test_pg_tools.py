@@ -94,7 +94,10 @@ async def node_store(federation: LocalFederation, wallet: Wallet, tmp_path: Path
         for n in range(4):
             await state.unit_of_work(enqueue(outbox_item(f"WD-{n}")))
         entries = await state.outbox_entries()
-        await state.unit_of_work(lambda tx: tx.remove_outbox_item(entries[1].id))
+        # Delivered as the outbox does it: claimed, removed by its owner.
+        await state.claim_outbox(time.time() + 60, 10, owner="test", lease_seconds=60)
+        await state.unit_of_work(lambda tx: tx.remove_outbox_item(entries[1].id, owner="test"))
+        await state.release_outbox_leases("test")
     return copy
 
 
