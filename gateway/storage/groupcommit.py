@@ -41,10 +41,20 @@ WriteOp = Callable[[Connection], Any]
 #: How often a unit of work that collided with another replica's (PostgreSQL:
 #: a unique violation, a deadlock, a serialization failure) is run again.
 CONFLICT_RERUNS = 3
+#: PostgreSQL's SQLSTATEs of a wait for another transaction's locks ended by the
+#: server (deadlock, serialization failure): the whole group is run again.
+GROUP_CONFLICT_STATES = frozenset({"40001", "40P01"})
 
 
 class GroupCommitClosed(RuntimeError):
     pass
+
+
+class GroupConflict(Exception):
+    """A unit of work lost a deadlock (or a serialization failure) to another
+    writer of the database: its group is rolled back whole and run again, since
+    the locks its earlier units took, which the other writer waits for, are
+    held until the group's transaction ends (a rerun inside it meets them again)."""
 
 
 #: SQLite primary result codes meaning "this write cannot be done now": busy or
@@ -77,9 +87,11 @@ def each_in_savepoint(conn: Connection, ops: list[WriteOp]) -> list[Outcome]:
     op that fails rolls back alone, without disturbing the others of its group.
 
     An op that collided with a concurrent writer of the same database (another
-    replica, on PostgreSQL) is rolled back to its savepoint and run again, up to
-    CONFLICT_RERUNS times: its reads then see the other writer's committed rows
-    (the key it raced for is now taken, and the op decides accordingly)."""
+    replica, on PostgreSQL) on a unique key is rolled back to its savepoint and
+    run again, up to CONFLICT_RERUNS times: its reads then see the other writer's
+    committed rows (the key it raced for is now taken, and the op decides
+    accordingly). An op that lost a deadlock raises :class:`GroupConflict`: the
+    whole group is run again in a new transaction (:meth:`GroupCommit._apply`)."""
     outcomes: list[Outcome] = []
     for op in ops:
         reruns = 0
@@ -95,6 +107,8 @@ def each_in_savepoint(conn: Connection, ops: list[WriteOp]) -> list[Outcome]:
                     # The transaction itself is gone (an I/O error, a lost
                     # connection): the op's error, not the rollback's, is reported.
                     raise exc from None
+                if is_group_conflict(exc):
+                    raise GroupConflict(_first_line(exc)) from exc
                 if is_conflict(exc) and reruns < CONFLICT_RERUNS:
                     reruns += 1
                     continue
@@ -117,11 +131,23 @@ def is_conflict(exc: BaseException) -> bool:
     return collided(exc)
 
 
+def is_group_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL ending a wait of this writer's transaction
+    for another's (deadlock, serialization failure): only a fresh transaction helps."""
+    if "psycopg" not in sys.modules:
+        return False
+    from gateway.storage.pgerrors import sqlstate
+
+    return sqlstate(exc) in GROUP_CONFLICT_STATES
+
+
 def write_failure(name: str, exc: BaseException) -> StoreUnavailable | None:
     """The StoreUnavailable for a failed SQLite write, or None if ``exc`` is not one
     (a constraint, a bug: those stay what they are)."""
     if isinstance(exc, StoreUnavailable):
         return exc
+    if isinstance(exc, GroupConflict):
+        return StoreUnavailable(f"{name} collided with another writer: {exc}")
     if isinstance(exc, sqlite3.DatabaseError):
         code = getattr(exc, "sqlite_errorcode", None)
         if code is not None and code & 0xFF in _CANNOT_WRITE:
@@ -266,7 +292,17 @@ class GroupCommit(Generic[I]):
         return result
 
     def _apply(self, items: list[I]) -> list[Outcome]:
-        outcomes = self._transaction(lambda conn: self._write(conn, items))
+        reruns = 0
+        while True:
+            try:
+                outcomes = self._transaction(lambda conn: self._write(conn, items))
+            except GroupConflict:
+                # Rolled back whole: the other writer goes on; this group runs again.
+                if reruns >= CONFLICT_RERUNS:
+                    raise
+                reruns += 1
+                continue
+            break
         if self._committed is not None:
             self._committed()
         return outcomes
@@ -292,8 +328,8 @@ class GroupCommit(Generic[I]):
             )
         except Exception as exc:  # the transaction failed: nothing of the group is durable
             mapped = write_failure(self._name, exc)
-            if mapped is not None:
-                self._set_writable(False)
+            if mapped is not None and not isinstance(exc, GroupConflict):
+                self._set_writable(False)  # a collision says nothing of the store
             for _, future in group:
                 if not future.done():
                     # A fresh exception per caller: one raised object shared by

@@ -15,9 +15,10 @@ server shutting down or in recovery, a read-only server (a standby after a
 failover), a full disk, a lock or statement timeout all become
 :class:`~gateway.core.errors.StoreUnavailable` (retryable; the node answers
 UNAVAILABLE and its health follows), and the writer connects again at its
-next group. A collision with another replica (unique violation, deadlock,
-serialization failure) reruns the unit of work alone
-(:func:`gateway.storage.groupcommit.each_in_savepoint`).
+next group. A collision with another replica on a unique key reruns the unit
+of work alone (:func:`gateway.storage.groupcommit.each_in_savepoint`); a
+deadlock or serialization failure reruns its whole group in a new transaction
+(the locks of the group's earlier units are what the other replica waits for).
 """
 
 from __future__ import annotations
