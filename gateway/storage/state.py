@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from gateway.core.errors import StoreUnavailable
 from gateway.storage.engines import StoreFile, store_file
 from gateway.storage.groupcommit import WriteOp, each_in_savepoint
 from gateway.storage.interfaces import StateTransaction
@@ -305,7 +306,22 @@ class StateStore:
             *skip_peers,
             limit,
         )
-        rows = await self.write(lambda db: db.execute(sql, args).fetchall())
+        try:
+            rows = await self.write(lambda db: db.execute(sql, args).fetchall())
+        except StoreUnavailable:
+            if self.dialect != "sqlite":
+                raise
+            # A SQLite file has one node (its lock) and one deliverer (its first
+            # worker): while the file cannot be written, what is due is read and
+            # worked from memory, as before leases. The outcomes that cannot be
+            # written are retried from memory; once the file heals, an item whose
+            # removal finds no lease is claimed and delivered again (the peer
+            # dedupes it by message id) and then removed.
+            rows = await self.fetchall(
+                f"SELECT {_OUTBOX_ITEM_COLUMNS} FROM outbox WHERE {where}"  # noqa: S608 - only placeholders and a constant clause are added
+                " ORDER BY next_attempt_at, id LIMIT ?",
+                args[2:],
+            )
         items = [_outbox_item(r) for r in rows]
         items.sort(key=lambda item: (item.next_attempt_at, item.id))
         return items

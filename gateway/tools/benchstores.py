@@ -75,8 +75,7 @@ class StoreFigures:
             v, w = run.verify, run.withdraw
             lines.append(
                 f"{run.name:34} {v.saturation_rps:8.0f} {v.p50_ms:8.1f} {v.p99_ms:8.1f}"
-                f"   {w.saturation_rps:8.0f} {w.p50_ms:8.1f} {w.p99_ms:8.1f}"
-                + _failed(v, w)
+                f"   {w.saturation_rps:8.0f} {w.p50_ms:8.1f} {w.p99_ms:8.1f}" + _failed(v, w)
             )
         lines.append("CPU ms per call, by process (verification / withdrawal):")
         for run in self.runs:
