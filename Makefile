@@ -21,7 +21,7 @@ demo: $(STAMP)
 # The tests start a throw-away PostgreSQL server: its binaries are installed if missing.
 test: lint $(STAMP)
 	sh scripts/ensure_postgres.sh
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -243,7 +243,13 @@ class GroupCommit(Generic[I]):
         futures = [loop.create_future() for _ in items]
         for item, future in zip(items, futures, strict=True):
             self._queue.put_nowait((item, future))
-        return [await future for future in futures]
+        # Every future's outcome is retrieved (a group that failed fails them
+        # all: raising the first must not leave the others' exceptions unread).
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results
 
     def enqueue(self, item: I) -> None:
         """Queue ``item`` without waiting for it (its commit is not reported;

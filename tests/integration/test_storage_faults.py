@@ -168,6 +168,7 @@ def assert_quiet(log: NodeLog, seconds: float) -> None:
         f"{text.count('delivery failed')} 'delivery failed'"
     )
     assert "Task exception was never retrieved" not in text
+    assert "exception was never retrieved" not in text
     assert "cannot rollback" not in text
     assert text.count("\n") < N * 4 * seconds + 200, "a retry storm in the log"
 
