@@ -178,20 +178,6 @@ class Transactional(Protocol):
 class OutboxStore(Transactional, Protocol):
     """What the outbox's deliverer reads (it writes through units of work)."""
 
-    async def due_outbox(
-        self,
-        now: float,
-        limit: int,
-        *,
-        skip_ids: Collection[int] = (),
-        skip_peers: Collection[str] = (),
-    ) -> list[tuple[int, str]]:
-        """(id, peer) of up to ``limit`` pending items due by ``now``, oldest first,
-        except the ``skip_ids`` and the items for ``skip_peers``."""
-
-    async def outbox_items(self, ids: Collection[int]) -> list[OutboxItem]:
-        """The items with these ids (those still in the outbox), in id order."""
-
     async def next_outbox_time(self, after: float | None = None) -> float | None:
         """When the earliest pending item is due (the earliest after ``after``, if given)."""
 
@@ -237,22 +223,11 @@ class TrackedCaseStore(Transactional, Protocol):
 
     async def outgoing_case(self, case_id: str, domain: str) -> OutgoingCase | None: ...
 
-    async def due_incoming(
-        self,
-        domain: str,
-        *,
-        now: float,
-        final: Collection[int],
-        skip: Collection[str],
-        limit: int,
-    ) -> list[IncomingWork]:
-        """Incoming cases of ``domain`` due by ``now``, not final, not in
-        reconciliation, not among ``skip``; the earliest due first."""
-
     async def next_incoming_poll(
         self, domain: str, *, after: float, final: Collection[int]
     ) -> float | None:
-        """When the next such case is due after ``after`` (None: none is waiting)."""
+        """When the next case of ``domain`` that is not final and not in
+        reconciliation is due after ``after`` (None: none is waiting)."""
 
     async def claim_incoming(
         self,
@@ -265,8 +240,10 @@ class TrackedCaseStore(Transactional, Protocol):
         lease_seconds: float,
         skip: Collection[str] = (),
     ) -> list[IncomingWork]:
-        """As :meth:`due_incoming`, each case leased to ``owner`` (free, expired
-        or its own already): concurrent claimers never get one case both."""
+        """Incoming cases of ``domain`` due by ``now``, not final, not in
+        reconciliation, not among ``skip``, the earliest due first, each leased
+        to ``owner`` (free, expired or its own already): concurrent claimers
+        never get one case both."""
 
     async def renew_incoming_leases(
         self, references: Collection[str], *, owner: str, until: float

@@ -237,38 +237,6 @@ class StateStore:
 
     # ---- outbox (OutboxStore, OutboxOperations) -------------------------------------
 
-    async def due_outbox(
-        self,
-        now: float,
-        limit: int,
-        *,
-        skip_ids: Collection[int] = (),
-        skip_peers: Collection[str] = (),
-    ) -> list[tuple[int, str]]:
-        """(id, peer) of up to ``limit`` items due by ``now``, oldest first, except
-        the ``skip_ids`` (in flight already) and items for the ``skip_peers``."""
-        if limit <= 0:
-            return []
-        where = "next_attempt_at <= ? AND state = 'pending'"
-        if skip_ids:
-            where += f" AND id NOT IN ({_marks(skip_ids)})"
-        if skip_peers:
-            where += f" AND peer NOT IN ({_marks(skip_peers)})"
-        sql = f"SELECT id, peer FROM outbox WHERE {where} ORDER BY next_attempt_at, id LIMIT ?"  # noqa: S608 - only placeholders are added
-        rows = await self.fetchall(sql, (now, *skip_ids, *skip_peers, limit))
-        return [(int(r[0]), str(r[1])) for r in rows]
-
-    async def outbox_items(self, ids: Collection[int]) -> list[OutboxItem]:
-        """The items with these ids (those still in the outbox), in id order."""
-        if not ids:
-            return []
-        rows = await self.fetchall(
-            f"SELECT {_OUTBOX_ITEM_COLUMNS} FROM outbox WHERE id IN ({_marks(ids)})"  # noqa: S608 - only placeholders are added
-            " ORDER BY id",
-            tuple(ids),
-        )
-        return [_outbox_item(r) for r in rows]
-
     async def claim_outbox(
         self,
         now: float,
@@ -493,37 +461,6 @@ class StateStore:
             remote_reference=str(row[8]),
         )
 
-    async def due_incoming(
-        self,
-        domain: str,
-        *,
-        now: float,
-        final: Collection[int],
-        skip: Collection[str],
-        limit: int,
-    ) -> list[IncomingWork]:
-        skipped = f" AND reference NOT IN ({_marks(skip)})" if skip else ""
-        rows = await self.fetchall(
-            "SELECT reference, sender, idempotency_key, correlation_id, application,"  # noqa: S608 - only placeholders are added
-            " status, submitted, attempts FROM incoming_cases WHERE domain = ?"
-            f" AND status NOT IN ({_marks(final)}) AND reconciliation = 0"
-            f" AND next_poll_at <= ?{skipped} ORDER BY next_poll_at LIMIT ?",
-            (domain, *final, now, *skip, limit),
-        )
-        return [
-            IncomingWork(
-                str(r[0]),
-                str(r[1]),
-                str(r[2]),
-                str(r[3]),
-                bytes(r[4]),
-                int(r[5]),
-                bool(r[6]),
-                int(r[7]),
-            )
-            for r in rows
-        ]
-
     async def claim_incoming(
         self,
         domain: str,
@@ -553,19 +490,7 @@ class StateStore:
         args = (owner, now + lease_seconds, domain, *final, now, owner, now, *skip, limit)
         rows = await self.write(lambda db: db.execute(sql, args).fetchall())
         rows.sort(key=lambda r: float(r[8]))
-        return [
-            IncomingWork(
-                str(r[0]),
-                str(r[1]),
-                str(r[2]),
-                str(r[3]),
-                bytes(r[4]),
-                int(r[5]),
-                bool(r[6]),
-                int(r[7]),
-            )
-            for r in rows
-        ]
+        return [_incoming_work(r) for r in rows]
 
     async def renew_incoming_leases(
         self, references: Collection[str], *, owner: str, until: float
@@ -623,6 +548,12 @@ _INCOMING_COLUMNS = (
     "reference, domain, sender, idempotency_key, correlation_id, application, status,"
     " reconciliation"
 )
+
+
+def _incoming_work(r: tuple[Any, ...]) -> IncomingWork:
+    return IncomingWork(
+        str(r[0]), str(r[1]), str(r[2]), str(r[3]), bytes(r[4]), int(r[5]), bool(r[6]), int(r[7])
+    )
 
 
 def _incoming(row: tuple[Any, ...]) -> IncomingCase:
