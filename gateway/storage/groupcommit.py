@@ -374,3 +374,48 @@ class GroupCommit(Generic[I]):
         if self._task is not None:
             self._queue.put_nowait(None)
             await self._task
+
+
+class GroupWriterFile(Generic[I]):
+    """What a store's place (a SQLite file, PostgreSQL tables) does with its group
+    writer, the same for both: hand it out while open, probe it, count its
+    commits, and at close write everything queued, run ``before_close``, then
+    release the connections (:meth:`_release`, the engine's own)."""
+
+    _writer: GroupCommit[I] | None
+    _before_close: Callable[[], Awaitable[None]] | None
+    closed: bool
+
+    @property
+    def writer(self) -> GroupCommit[I] | None:
+        """The group writer; None unless open (and not closed)."""
+        return None if self.closed else self._writer
+
+    async def probe(self) -> bool:
+        """Try a real (tiny) write: True if the store can write again."""
+        writer = self.writer
+        return False if writer is None else await writer.probe()
+
+    @property
+    def commits(self) -> int:
+        """Commits of the group writer."""
+        return self._writer.commits if self._writer else 0
+
+    @property
+    def items(self) -> int:
+        """Items the group writer wrote."""
+        return self._writer.items if self._writer else 0
+
+    async def close(self) -> None:
+        """Write every queued item, run ``before_close``, then close. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._writer is not None:
+            await self._writer.close()
+            if self._before_close is not None:
+                await self._before_close()
+        await self._release()
+
+    async def _release(self) -> None:
+        raise NotImplementedError

@@ -27,14 +27,14 @@ import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg.sql
 import psycopg_pool
 
 from gateway.core.errors import StoreUnavailable
-from gateway.storage.groupcommit import GroupCommit, Outcome, rollback
+from gateway.storage.groupcommit import GroupCommit, GroupWriterFile, Outcome, rollback
 from gateway.storage.migrations import Migration, latest, refuse_newer
 from gateway.storage.pgerrors import cannot_write
 from gateway.storage.records import StoreClosedError, StoreOpenError
@@ -173,7 +173,7 @@ def _version(conn: Connection, store: str) -> int:
     return int(row[0]) if row else 0
 
 
-class PgFile(Generic[I]):
+class PgFile(GroupWriterFile[I]):
     """A store's tables in a PostgreSQL database: :meth:`open` it, write through
     :attr:`writer`, read through :meth:`fetchall`/:meth:`fetchone`/:meth:`stream`,
     :meth:`close` it (idempotent). The interface of
@@ -329,28 +329,12 @@ class PgFile(Generic[I]):
             self._read_executor, functools.partial(pool.open, wait=True, timeout=CONNECT_TIMEOUT)
         )
 
-    @property
-    def writer(self) -> GroupCommit[I] | None:
-        return None if self.closed else self._writer
-
     async def run(self, op: Callable[[Connection], T]) -> T:
         """Run ``op`` on the writer connection in its thread, outside any group."""
         conn = self.conn
         if conn is None:
             raise StoreClosedError(f"{self.what} is not open")
         return await asyncio.get_running_loop().run_in_executor(self.executor, op, conn)
-
-    async def probe(self) -> bool:
-        writer = self.writer
-        return False if writer is None else await writer.probe()
-
-    @property
-    def commits(self) -> int:
-        return self._writer.commits if self._writer else 0
-
-    @property
-    def items(self) -> int:
-        return self._writer.items if self._writer else 0
 
     # ---- reads ------------------------------------------------------------------
 
@@ -410,17 +394,6 @@ class PgFile(Generic[I]):
             await loop.run_in_executor(executor, pool.putconn, conn)
 
     # ---- close ------------------------------------------------------------------
-
-    async def close(self) -> None:
-        """Write every queued item, run ``before_close``, then close. Idempotent."""
-        if self.closed:
-            return
-        self.closed = True
-        if self._writer is not None:
-            await self._writer.close()
-            if self._before_close is not None:
-                await self._before_close()
-        await self._release()
 
     async def _release(self) -> None:
         loop = asyncio.get_running_loop()

@@ -18,11 +18,11 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 
-from gateway.storage.groupcommit import GroupCommit, Outcome
+from gateway.storage.groupcommit import GroupCommit, GroupWriterFile, Outcome
 from gateway.storage.migrations import Migration, latest, migrate, open_writer, refuse_newer
 from gateway.storage.records import StoreClosedError, StoreOpenError
 from gateway.storage.sql import Connection
@@ -31,7 +31,7 @@ I = TypeVar("I")  # noqa: E741 - the item type of the group writer
 T = TypeVar("T")
 
 
-class SqliteFile(Generic[I]):
+class SqliteFile(GroupWriterFile[I]):
     """A store's SQLite file: :meth:`open` it, write through :attr:`writer`,
     read through :attr:`reader`, :meth:`close` it (idempotent)."""
 
@@ -181,11 +181,6 @@ class SqliteFile(Generic[I]):
                 raise
         return conn
 
-    @property
-    def writer(self) -> GroupCommit[I] | None:
-        """The group writer; None unless open (and not closed)."""
-        return None if self.closed else self._writer
-
     async def run(self, op: Callable[[Connection], T]) -> T:
         """Run ``op`` on the writer connection in its thread, outside any group
         (``op`` manages its own transaction, if any)."""
@@ -217,32 +212,6 @@ class SqliteFile(Generic[I]):
         async with reader.execute(sql, args) as cursor:
             async for row in cursor:
                 yield tuple(row)
-
-    async def probe(self) -> bool:
-        """Try a real (tiny) write: True if the file can write again."""
-        writer = self.writer
-        return False if writer is None else await writer.probe()
-
-    @property
-    def commits(self) -> int:
-        """Commits of the group writer."""
-        return self._writer.commits if self._writer else 0
-
-    @property
-    def items(self) -> int:
-        """Items the group writer wrote."""
-        return self._writer.items if self._writer else 0
-
-    async def close(self) -> None:
-        """Write every queued item, run ``before_close``, then close. Idempotent."""
-        if self.closed:
-            return
-        self.closed = True
-        if self._writer is not None:
-            await self._writer.close()
-            if self._before_close is not None:
-                await self._before_close()
-        await self._release()
 
     async def _release(self) -> None:
         """Close the connections and the writer thread (those that are open)."""
