@@ -32,6 +32,7 @@ from adapters.spec import AdapterConfig, problems_error
 from gateway.config.peers import PeerFacts
 from gateway.core.channels import split_endpoints
 from gateway.core.identifiers import validate_region_code
+from gateway.core.urls import DATABASE_SCHEMES, display_url
 from yrd.common.v1 import common_pb2
 from yrd.identity.v1 import identity_pb2
 
@@ -288,22 +289,14 @@ class NodeSection(_Model):
         return "postgresql" if self.store_is_database else "sqlite"
 
 
-#: The URL schemes of a PostgreSQL store (the same as gateway.storage.sql's,
-#: which config, a lower layer, cannot import).
-DATABASE_SCHEMES = ("postgresql://", "postgres://")
-
-
 def hide_password(value: object) -> object:
     """``value`` as a config error may show it: a URL's password as ``***`` (in a
     section's table too)."""
     if isinstance(value, dict):
         return {key: hide_password(item) for key, item in value.items()}
-    if not isinstance(value, str) or "://" not in value or "@" not in value:
+    if not isinstance(value, str):
         return value
-    scheme, _, rest = value.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    user, colon, _ = credentials.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}{at}{host}"
+    return display_url(value)
 
 
 def _database_url(value: str) -> str:

@@ -108,7 +108,9 @@ def each_in_savepoint(conn: Connection, ops: list[WriteOp]) -> list[Outcome]:
                     # connection): the op's error, not the rollback's, is reported.
                     raise exc from None
                 if is_group_conflict(exc):
-                    raise GroupConflict(_first_line(exc)) from exc
+                    from gateway.storage.pgerrors import first_line
+
+                    raise GroupConflict(first_line(exc)) from exc
                 if is_conflict(exc) and reruns < CONFLICT_RERUNS:
                     reruns += 1
                     continue
@@ -157,16 +159,11 @@ def write_failure(name: str, exc: BaseException) -> StoreUnavailable | None:
     if isinstance(exc, OSError):
         return StoreUnavailable(f"{name} cannot write: {exc.strerror or exc}")
     if "psycopg" in sys.modules:
-        from gateway.storage.pgerrors import cannot_write
+        from gateway.storage.pgerrors import cannot_write, first_line
 
         if cannot_write(exc):
-            return StoreUnavailable(f"{name} cannot write: {_first_line(exc)}")
+            return StoreUnavailable(f"{name} cannot write: {first_line(exc)}")
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _write_probe(conn: Connection) -> None:

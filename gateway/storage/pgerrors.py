@@ -43,3 +43,9 @@ def cannot_write(exc: BaseException) -> bool:
         # No answer from the server at all (the connection is gone).
         return isinstance(exc, psycopg.InterfaceError)
     return state[:2] in _CANNOT_WRITE_CLASSES or state in _CANNOT_WRITE_STATES
+
+
+def first_line(exc: BaseException) -> str:
+    """A PostgreSQL error in one line (psycopg's messages add DETAIL and HINT lines)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

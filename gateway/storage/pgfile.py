@@ -36,7 +36,7 @@ import psycopg_pool
 from gateway.core.errors import StoreUnavailable
 from gateway.storage.groupcommit import GroupCommit, GroupWriterFile, Outcome, rollback
 from gateway.storage.migrations import Migration, latest, refuse_newer
-from gateway.storage.pgerrors import cannot_write
+from gateway.storage.pgerrors import cannot_write, first_line
 from gateway.storage.records import StoreClosedError, StoreOpenError
 from gateway.storage.sql import Connection, Cursor, display_url
 
@@ -239,7 +239,7 @@ class PgFile(GroupWriterFile[I]):
             await self._open_readers()
         except psycopg.Error as exc:
             await self._release()
-            raise StoreOpenError(f"{self.location}: {_first_line(exc)}") from exc
+            raise StoreOpenError(f"{self.location}: {first_line(exc)}") from exc
         except BaseException:
             await self._release()
             raise
@@ -289,7 +289,7 @@ class PgFile(GroupWriterFile[I]):
             raise StoreOpenError(f"{self.location}: {exc.message}") from exc
         except psycopg.Error as exc:
             await self._release()
-            raise StoreOpenError(f"{self.location}: {_first_line(exc)}") from exc
+            raise StoreOpenError(f"{self.location}: {first_line(exc)}") from exc
         except BaseException:
             await self._release()
             raise
@@ -351,7 +351,7 @@ class PgFile(GroupWriterFile[I]):
             return await asyncio.get_running_loop().run_in_executor(self._read_executor, run)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             if cannot_write(exc):
-                raise StoreUnavailable(f"{self.what} cannot be read: {_first_line(exc)}") from exc
+                raise StoreUnavailable(f"{self.what} cannot be read: {first_line(exc)}") from exc
             raise
 
     async def fetchall(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -421,8 +421,3 @@ def create_database(server_url: str, name: str) -> str:
         conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
     base, _, _ = server_url.rpartition("/")
     return f"{base}/{name}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -19,23 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-#: The URL schemes of a PostgreSQL ``store``.
-DATABASE_SCHEMES = ("postgresql://", "postgres://")
+# Where a store lives, read as the config reads it; importable from here too.
+from gateway.core.urls import DATABASE_SCHEMES, display_url, is_database_url
 
-
-def is_database_url(location: object) -> bool:
-    """Whether a ``store`` setting names a PostgreSQL database (else: a folder)."""
-    return isinstance(location, str) and location.startswith(DATABASE_SCHEMES)
-
-
-def display_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for messages and logs)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return url
-    credentials, at, host = rest.partition("@")
-    user, colon, _ = credentials.partition(":")
-    return f"{scheme}{sep}{user}{':***' if colon else ''}{at}{host}"
+__all__ = ["DATABASE_SCHEMES", "Connection", "Cursor", "display_url", "is_database_url"]
 
 
 class Cursor(Protocol):

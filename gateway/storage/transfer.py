@@ -42,6 +42,7 @@ from gateway.storage.migrations import (
     latest,
     open_writer,
 )
+from gateway.storage.pgerrors import first_line
 from gateway.storage.pgfile import PgConnection, migrate_pg
 from gateway.storage.pgschema import MESSAGE_LOG_PG_MIGRATIONS, STATE_PG_MIGRATIONS
 from gateway.storage.sql import display_url, is_database_url
@@ -302,7 +303,7 @@ async def migrate_to_database(
         )
         counts = await asyncio.to_thread(_target_counts, url, [t for _, t, _ in copied])
     except psycopg.Error as exc:
-        raise TransferError(f"{display_url(url)}: {_first_line(exc)}") from exc
+        raise TransferError(f"{display_url(url)}: {first_line(exc)}") from exc
     chain = await verify_file(url, keys)
     return TransferReport(
         tuple(TableCount(s, t, n, counts[t]) for s, t, n in copied),
@@ -363,12 +364,7 @@ def _describe_database(url: str) -> StoreInfo:
     try:
         return _read_database(url)
     except psycopg.Error as exc:
-        raise TransferError(f"{display_url(url)}: {_first_line(exc)}") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise TransferError(f"{display_url(url)}: {first_line(exc)}") from exc
 
 
 def _read_database(url: str) -> StoreInfo:

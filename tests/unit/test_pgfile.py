@@ -30,6 +30,11 @@ def test_the_url_and_the_sql_as_psycopg_reads_them() -> None:
     assert not is_database_url("var/310000")
     assert display_url("postgresql://yrd:secret@db/yrd") == "postgresql://yrd:***@db/yrd"
     assert display_url("postgresql://yrd@db/yrd") == "postgresql://yrd@db/yrd"
+    # A password holding an @ is hidden whole; an @ after the host is not a user part.
+    assert display_url("postgresql://yrd:p@ss@db/yrd") == "postgresql://yrd:***@db/yrd"
+    assert display_url("postgresql://db/yrd?application_name=a@b") == (
+        "postgresql://db/yrd?application_name=a@b"
+    )
     assert store_location("postgresql://yrd@db/yrd", "messages.db") == "postgresql://yrd@db/yrd"
     assert placeholders("SELECT a FROM t WHERE b = ? AND c LIKE '5%'") == (
         "SELECT a FROM t WHERE b = %s AND c LIKE '5%%'"
