@@ -132,8 +132,11 @@ def _ensure(
     extra: dict[str, object] = {}
     if as_nobody:
         extra = {"user": "nobody", "group": "nogroup", "extra_groups": []}
+    # The script on stdin: as nobody the checkout may lie in a folder only root
+    # can read (a clone in a mktemp -d folder, CI's workspace).
     return subprocess.run(
-        ["/bin/sh", str(ENSURE)],
+        ["/bin/sh", "-s"],
+        input=ENSURE.read_text(encoding="utf-8"),
         capture_output=True,
         text=True,
         timeout=60,
