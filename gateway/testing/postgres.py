@@ -162,12 +162,20 @@ class PostgresServer:
         return self
 
     def kill(self) -> None:
-        """SIGKILL the postmaster, as a crash would (its backends then exit on their own)."""
+        """SIGKILL the postmaster, as a crash would; its backends then exit on their
+        own, and this returns once they have (up to 10 s), so that a connection
+        used right after finds the server gone."""
         process = self._process
         if process is None or process.poll() is not None:
             raise PostgresError("the PostgreSQL server is not running")
+        backends = children_of(process.pid)
         process.send_signal(signal.SIGKILL)
         process.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(
+            Path(f"/proc/{pid}").exists() for pid in backends
+        ):
+            time.sleep(0.02)
 
     def restart(self) -> None:
         """Start the server again on the same folder and port (after kill() or not)."""
@@ -405,3 +413,16 @@ class PostgresServer:
         except OSError:
             return "no log"
         return " | ".join(text.strip().splitlines()[-lines:]) or "empty log"
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (a postmaster's backends), from /proc."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError, ValueError):
+            for line in status.read_text().splitlines():
+                if line.startswith("PPid:"):
+                    if int(line.split()[1]) == pid:
+                        found.append(int(status.parent.name))
+                    break
+    return found

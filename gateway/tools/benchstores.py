@@ -27,7 +27,7 @@ from pathlib import Path
 
 import grpc
 
-from gateway.testing.postgres import PostgresServer
+from gateway.testing.postgres import PostgresServer, children_of
 from gateway.testing.procfed import NodeProcess, ProcessFederation
 from gateway.tools.bench import (
     HOTEL_METADATA,
@@ -233,7 +233,7 @@ def _processes(
             if simulator.process is not None:
                 found[f"{NAMES.get(code, code)} back-ends"] = [simulator.process.pid]
         if server is not None and server.pid is not None:
-            found["PostgreSQL server"] = [server.pid, *_children(server.pid)]
+            found["PostgreSQL server"] = [server.pid, *children_of(server.pid)]
         return found
 
     return read
@@ -242,18 +242,6 @@ def _processes(
 def _label(code: str, node: NodeProcess, replicas: int) -> str:
     name = f"{NAMES.get(code, code)} node"
     return name if replicas == 1 else f"{name} {node.replica}"
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        with contextlib.suppress(OSError):
-            for line in status.read_text().splitlines():
-                if line.startswith("PPid:"):
-                    if int(line.split()[1]) == pid:
-                        found.append(int(status.parent.name))
-                    break
-    return found
 
 
 @contextlib.asynccontextmanager
