@@ -18,9 +18,11 @@ $(STAMP): pyproject.toml simulators/pyproject.toml
 demo: $(STAMP)
 	$(BIN)/yrd-gateway demo
 
-# The tests start a throw-away PostgreSQL server: its binaries are installed if missing.
+# The tests start a throw-away PostgreSQL server, drive headless Chromium and run
+# promtool: Debian's packages for them are installed if missing.
 test: lint $(STAMP)
 	sh scripts/ensure_postgres.sh
+	sh scripts/ensure_test_tools.sh
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 unit: $(STAMP)

@@ -162,6 +162,49 @@ class NodeMetrics:
             "yrd.directory NOT_SERVING), else 0",
             registry=r,
         )
+        # ---- what operators alert on (docs/runbook.md; monitoring/alerts.yml) ----
+        self.refusals = Counter(
+            "yrd_refusals_total",
+            "Calls this node refused, by origin (a peer's GB/T 2260 code for a federation "
+            "envelope, 'client' for a local client's call) and reason (for envelopes the "
+            "EnvelopeRejected reason, e.g. bad_signature, replay, expired; for clients "
+            "unauthenticated, permission_denied, invalid_argument, rate_limited)",
+            ["origin", "reason"],
+            registry=r,
+        )
+        self.backend_calls = Counter(
+            "yrd_backend_calls_total",
+            "Calls to this province's back-ends by outcome: ok, refused (the back-end's own "
+            "decision), translation_error (the adapter could not map the message), "
+            "unavailable (unreachable, timed out or failed)",
+            ["backend", "outcome"],
+            registry=r,
+        )
+        self.peer_up = Gauge(
+            "yrd_peer_up",
+            "1 when the last call to the peer (exchange or descriptor fetch) got an answer, "
+            "0 after a failure or before any call",
+            ["peer"],
+            registry=r,
+        )
+        self.peer_last_success = Gauge(
+            "yrd_peer_last_success_timestamp_seconds",
+            "Unix time of the last call to the peer that got an answer (0: none since start)",
+            ["peer"],
+            registry=r,
+        )
+        self.log_intact = Gauge(
+            "yrd_message_log_intact",
+            "1 when the last verification of the message log found its hash chain intact, "
+            "0 when it found a break (-1 before the first verification)",
+            registry=r,
+        )
+        self.log_intact.set(-1)
+        self.log_verified_at = Gauge(
+            "yrd_message_log_verified_timestamp_seconds",
+            "Unix time of the last verification of the message log (0: none yet)",
+            registry=r,
+        )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         #: Filled in by the node: refreshes the gauges read at scrape time.
         self.refresh: Callable[[], Awaitable[None]] | None = None

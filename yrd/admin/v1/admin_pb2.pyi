@@ -330,3 +330,593 @@ class ServiceMapProvince(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ServiceMapProvince: _TypeAlias = ServiceMapProvince  # noqa: Y015
+
+@_typing.final
+class ListPeersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPeersRequest: _TypeAlias = ListPeersRequest  # noqa: Y015
+
+@_typing.final
+class KeyExpiry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVINCE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_FIELD_NUMBER: _builtins.int
+    DAYS_LEFT_FIELD_NUMBER: _builtins.int
+    province: _builtins.str
+    """GB/T 2260 code of the province the key or certificate belongs to."""
+    kind: _builtins.str
+    """"signing", "eid_issuer", "seal", "tls_certificate" or "tls_ca"."""
+    key_id: _builtins.str
+    """Key id (keys) or certificate fingerprint prefix (certificates), ASCII."""
+    days_left: _builtins.float
+    """Days from now until not_after (negative: expired), as a decimal."""
+    @_builtins.property
+    def not_after(self) -> _timestamp_pb2.Timestamp:
+        """When it stops being valid (UTC instant)."""
+
+    def __init__(
+        self,
+        *,
+        province: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        not_after: _timestamp_pb2.Timestamp | None = ...,
+        days_left: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days_left", b"days_left", "key_id", b"key_id", "kind", b"kind", "not_after", b"not_after", "province", b"province"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyExpiry: _TypeAlias = KeyExpiry  # noqa: Y015
+
+@_typing.final
+class PeerStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVINCE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ENDPOINTS_FIELD_NUMBER: _builtins.int
+    BREAKER_STATE_FIELD_NUMBER: _builtins.int
+    REACHABLE_FIELD_NUMBER: _builtins.int
+    LAST_SUCCESS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    DESCRIPTOR_STATE_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    PARKED_FIELD_NUMBER: _builtins.int
+    province: _builtins.str
+    """GB/T 2260 code of the peer, e.g. "320000"."""
+    name: _builtins.str
+    """Name in English from its descriptor or this node's [[peers]] entry; UTF-8."""
+    breaker_state: _builtins.str
+    """"closed", "open" or "half_open"."""
+    reachable: _builtins.bool
+    """True when the last call to the peer (exchange or descriptor fetch) got an
+    answer; false after a failure or when never called since start.
+    """
+    last_error: _builtins.str
+    """Why the last failed call failed (gRPC status name and a line), free of
+    personal data; empty when the last call succeeded.
+    """
+    descriptor_state: _builtins.str
+    """The descriptor held: "held", "expired" or "missing" (as ServiceMap.state)."""
+    pending: _builtins.int
+    """Outbox items for this peer waiting to be delivered (count, >= 0)."""
+    parked: _builtins.int
+    """Outbox items for this peer parked for an operator (count, >= 0)."""
+    @_builtins.property
+    def endpoints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Federation endpoints this node calls ("host:port")."""
+
+    @_builtins.property
+    def last_success(self) -> _timestamp_pb2.Timestamp:
+        """Last call to the peer that got an answer (UTC); unset when none since start."""
+
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyExpiry]:
+        """Every key and certificate of the peer this node trusts, with its expiry."""
+
+    def __init__(
+        self,
+        *,
+        province: _builtins.str = ...,
+        name: _builtins.str = ...,
+        endpoints: _abc.Iterable[_builtins.str] | None = ...,
+        breaker_state: _builtins.str = ...,
+        reachable: _builtins.bool = ...,
+        last_success: _timestamp_pb2.Timestamp | None = ...,
+        last_error: _builtins.str = ...,
+        descriptor_state: _builtins.str = ...,
+        keys: _abc.Iterable[Global___KeyExpiry] | None = ...,
+        pending: _builtins.int = ...,
+        parked: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_success", b"last_success"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker_state", b"breaker_state", "descriptor_state", b"descriptor_state", "endpoints", b"endpoints", "keys", b"keys", "last_error", b"last_error", "last_success", b"last_success", "name", b"name", "parked", b"parked", "pending", b"pending", "province", b"province", "reachable", b"reachable"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerStatus: _TypeAlias = PeerStatus  # noqa: Y015
+
+@_typing.final
+class ListPeersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEERS_FIELD_NUMBER: _builtins.int
+    OWN_KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerStatus]:
+        """Every configured peer, ordered by GB/T 2260 code."""
+
+    @_builtins.property
+    def own_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyExpiry]:
+        """This node's own keys and certificates in force, with their expiry."""
+
+    def __init__(
+        self,
+        *,
+        peers: _abc.Iterable[Global___PeerStatus] | None = ...,
+        own_keys: _abc.Iterable[Global___KeyExpiry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["own_keys", b"own_keys", "peers", b"peers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPeersResponse: _TypeAlias = ListPeersResponse  # noqa: Y015
+
+@_typing.final
+class ListExchangesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    MIN_AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    state: _builtins.str
+    """"" (all), "pending", "parked" or "reconciliation"."""
+    peer: _builtins.str
+    """GB/T 2260 code of the peer (the receiver of an outbox item, the sender of
+    a case in reconciliation); "" for every peer.
+    """
+    min_age_seconds: _builtins.int
+    """Only exchanges waiting at least this long (seconds, >= 0)."""
+    limit: _builtins.int
+    """At most this many, oldest first (0: 100; at most 1000)."""
+    def __init__(
+        self,
+        *,
+        state: _builtins.str = ...,
+        peer: _builtins.str = ...,
+        min_age_seconds: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "min_age_seconds", b"min_age_seconds", "peer", b"peer", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListExchangesRequest: _TypeAlias = ListExchangesRequest  # noqa: Y015
+
+@_typing.final
+class Exchange(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    CASE_STATUS_FIELD_NUMBER: _builtins.int
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    reference: _builtins.str
+    """The case id or reference the item belongs to (e.g. "FW-…"); no personal data."""
+    message_id: _builtins.str
+    """Message id of the outbox item (kept across retries); empty for a case in
+    reconciliation.
+    """
+    peer: _builtins.str
+    """GB/T 2260 code of the peer."""
+    service: _builtins.str
+    """Logical federation service, e.g. "fund.DeliverWithdrawal"."""
+    state: _builtins.str
+    """"pending", "parked" or "reconciliation"."""
+    attempts: _builtins.int
+    """Delivery attempts made so far (count, >= 0)."""
+    last_error: _builtins.str
+    """Why the last attempt failed, one line, free of personal data; empty if none."""
+    correlation_id: _builtins.str
+    """Correlation id of the exchange (1..128 printable ASCII), for SearchLog."""
+    case_status: _builtins.str
+    """Status of the case it belongs to as this node last knows it, by its enum
+    value name (e.g. "WITHDRAWAL_STATUS_SUBMITTED"); empty when unknown.
+    """
+    domain: _builtins.str
+    """"withdrawal" or "case"; empty when the item belongs to neither."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the item was queued or the case received (UTC)."""
+
+    @_builtins.property
+    def next_attempt_at(self) -> _timestamp_pb2.Timestamp:
+        """When the next attempt is due (UTC); unset when parked or in reconciliation."""
+
+    def __init__(
+        self,
+        *,
+        reference: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        peer: _builtins.str = ...,
+        service: _builtins.str = ...,
+        state: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+        last_error: _builtins.str = ...,
+        correlation_id: _builtins.str = ...,
+        case_status: _builtins.str = ...,
+        domain: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "next_attempt_at", b"next_attempt_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "case_status", b"case_status", "correlation_id", b"correlation_id", "created_at", b"created_at", "domain", b"domain", "last_error", b"last_error", "message_id", b"message_id", "next_attempt_at", b"next_attempt_at", "peer", b"peer", "reference", b"reference", "service", b"service", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Exchange: _TypeAlias = Exchange  # noqa: Y015
+
+@_typing.final
+class ListExchangesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXCHANGES_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """True when more exchanges matched than were returned (limit reached)."""
+    @_builtins.property
+    def exchanges(self) -> _containers.RepeatedCompositeFieldContainer[Global___Exchange]:
+        """Oldest first."""
+
+    def __init__(
+        self,
+        *,
+        exchanges: _abc.Iterable[Global___Exchange] | None = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exchanges", b"exchanges", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListExchangesResponse: _TypeAlias = ListExchangesResponse  # noqa: Y015
+
+@_typing.final
+class SteerExchangeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    reference: _builtins.str
+    """A case id or reference, or an outbox item's message id (1..128 printable ASCII)."""
+    operator: _builtins.str
+    """Who acts (1..64 printable characters), recorded in the message log with
+    the admin client's id.
+    """
+    reason: _builtins.str
+    """Why (at most 256 characters; no personal data), recorded in the message log."""
+    def __init__(
+        self,
+        *,
+        reference: _builtins.str = ...,
+        operator: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operator", b"operator", "reason", b"reason", "reference", b"reference"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SteerExchangeRequest: _TypeAlias = SteerExchangeRequest  # noqa: Y015
+
+@_typing.final
+class ResolveExchangeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    PAID_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    reference: _builtins.str
+    """This node's reference of the case in reconciliation (1..128 printable ASCII)."""
+    paid: _builtins.bool
+    """True: the back-end paid it (recorded PAID, the sender told); false: no
+    money moved (the case is submitted to the back-end again).
+    """
+    operator: _builtins.str
+    """Who acts (1..64 printable characters), recorded with the admin client's id."""
+    reason: _builtins.str
+    """What the back-end's records showed (at most 256 characters; no personal data)."""
+    def __init__(
+        self,
+        *,
+        reference: _builtins.str = ...,
+        paid: _builtins.bool = ...,
+        operator: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operator", b"operator", "paid", b"paid", "reason", b"reason", "reference", b"reference"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveExchangeRequest: _TypeAlias = ResolveExchangeRequest  # noqa: Y015
+
+@_typing.final
+class SteerExchangeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGED_FIELD_NUMBER: _builtins.int
+    EXCHANGES_FIELD_NUMBER: _builtins.int
+    LOG_SEQ_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    changed: _builtins.int
+    """Items (or cases) changed by this call (count, >= 0)."""
+    log_seq: _builtins.int
+    """Sequence number of the message-log row recording the action (0: none)."""
+    detail: _builtins.str
+    """One line saying what was done, free of personal data."""
+    @_builtins.property
+    def exchanges(self) -> _containers.RepeatedCompositeFieldContainer[Global___Exchange]:
+        """The exchanges of the reference after the change."""
+
+    def __init__(
+        self,
+        *,
+        changed: _builtins.int = ...,
+        exchanges: _abc.Iterable[Global___Exchange] | None = ...,
+        log_seq: _builtins.int = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "detail", b"detail", "exchanges", b"exchanges", "log_seq", b"log_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SteerExchangeResponse: _TypeAlias = SteerExchangeResponse  # noqa: Y015
+
+@_typing.final
+class SearchLogRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    correlation_id: _builtins.str
+    """The correlation id to search (1..128 printable ASCII)."""
+    limit: _builtins.int
+    """At most this many rows, oldest first (0: 200; at most 1000)."""
+    def __init__(
+        self,
+        *,
+        correlation_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchLogRequest: _TypeAlias = SearchLogRequest  # noqa: Y015
+
+@_typing.final
+class LogEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    LOGGED_AT_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """Sequence number of the row in this node's message log."""
+    direction: _builtins.str
+    """"out" (this node sent) or "in" (this node received); "operator" for an
+    operator's action.
+    """
+    kind: _builtins.str
+    """"request", "response" (a receipt or answer) or "operator"."""
+    message_id: _builtins.str
+    """Message id of the envelope."""
+    peer: _builtins.str
+    """GB/T 2260 code of the other node ("" for an operator's action)."""
+    service: _builtins.str
+    """Logical federation service, or the operator's action ("retry", "park", …)."""
+    summary: _builtins.str
+    """What the row says, one line free of personal data: a receipt's decision
+    or status (e.g. "accepted", "WITHDRAWAL_STATUS_PAID"), or who acted.
+    """
+    @_builtins.property
+    def logged_at(self) -> _timestamp_pb2.Timestamp:
+        """When the row was written (UTC)."""
+
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        logged_at: _timestamp_pb2.Timestamp | None = ...,
+        direction: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        peer: _builtins.str = ...,
+        service: _builtins.str = ...,
+        summary: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["logged_at", b"logged_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["direction", b"direction", "kind", b"kind", "logged_at", b"logged_at", "message_id", b"message_id", "peer", b"peer", "seq", b"seq", "service", b"service", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogEntry: _TypeAlias = LogEntry  # noqa: Y015
+
+@_typing.final
+class SearchLogResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    EXCHANGES_FIELD_NUMBER: _builtins.int
+    CASES_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """True when more rows matched than were returned."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogEntry]:
+        """Message-log rows with this correlation id, oldest first."""
+
+    @_builtins.property
+    def exchanges(self) -> _containers.RepeatedCompositeFieldContainer[Global___Exchange]:
+        """Exchanges still waiting on this node with this correlation id."""
+
+    @_builtins.property
+    def cases(self) -> _containers.RepeatedCompositeFieldContainer[Global___CaseSummary]:
+        """Cases (sent or received) with this correlation id: reference, domain,
+        peer and status only.
+        """
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___LogEntry] | None = ...,
+        exchanges: _abc.Iterable[Global___Exchange] | None = ...,
+        cases: _abc.Iterable[Global___CaseSummary] | None = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cases", b"cases", "entries", b"entries", "exchanges", b"exchanges", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchLogResponse: _TypeAlias = SearchLogResponse  # noqa: Y015
+
+@_typing.final
+class CaseSummary(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    SIDE_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    reference: _builtins.str
+    """The case id (sent) or this node's reference (received)."""
+    domain: _builtins.str
+    """"withdrawal" or "case"."""
+    side: _builtins.str
+    """"sent" (this node's client submitted it) or "received" (from a peer)."""
+    peer: _builtins.str
+    """GB/T 2260 code of the other province."""
+    status: _builtins.str
+    """Status by its enum value name, e.g. "WITHDRAWAL_STATUS_PAID"."""
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the case last changed (UTC)."""
+
+    def __init__(
+        self,
+        *,
+        reference: _builtins.str = ...,
+        domain: _builtins.str = ...,
+        side: _builtins.str = ...,
+        peer: _builtins.str = ...,
+        status: _builtins.str = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain", "peer", b"peer", "reference", b"reference", "side", b"side", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaseSummary: _TypeAlias = CaseSummary  # noqa: Y015
+
+@_typing.final
+class RunDiagnosticsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunDiagnosticsRequest: _TypeAlias = RunDiagnosticsRequest  # noqa: Y015
+
+@_typing.final
+class Diagnostics(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONFIG_OK_FIELD_NUMBER: _builtins.int
+    CONFIG_PROBLEMS_FIELD_NUMBER: _builtins.int
+    ADAPTER_OK_FIELD_NUMBER: _builtins.int
+    ADAPTER_REPORT_FIELD_NUMBER: _builtins.int
+    config_ok: _builtins.bool
+    """True when this node's config file reads and validates now."""
+    adapter_ok: _builtins.bool
+    """True when every golden vector of this province's adapter passed."""
+    adapter_report: _builtins.str
+    """The adapter test's table as `yrd-gateway adapter test` prints it (UTF-8)."""
+    @_builtins.property
+    def config_problems(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every problem found, one line each (file, key, expectation); empty when ok."""
+
+    def __init__(
+        self,
+        *,
+        config_ok: _builtins.bool = ...,
+        config_problems: _abc.Iterable[_builtins.str] | None = ...,
+        adapter_ok: _builtins.bool = ...,
+        adapter_report: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_ok", b"adapter_ok", "adapter_report", b"adapter_report", "config_ok", b"config_ok", "config_problems", b"config_problems"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Diagnostics: _TypeAlias = Diagnostics  # noqa: Y015

@@ -54,6 +54,41 @@ class AdminServiceStub:
                 request_serializer=yrd_dot_admin_dot_v1_dot_admin__pb2.GetServiceMapRequest.SerializeToString,
                 response_deserializer=yrd_dot_admin_dot_v1_dot_admin__pb2.ServiceMap.FromString,
                 _registered_method=True)
+        self.ListPeers = channel.unary_unary(
+                '/yrd.admin.v1.AdminService/ListPeers',
+                request_serializer=yrd_dot_admin_dot_v1_dot_admin__pb2.ListPeersRequest.SerializeToString,
+                response_deserializer=yrd_dot_admin_dot_v1_dot_admin__pb2.ListPeersResponse.FromString,
+                _registered_method=True)
+        self.ListExchanges = channel.unary_unary(
+                '/yrd.admin.v1.AdminService/ListExchanges',
+                request_serializer=yrd_dot_admin_dot_v1_dot_admin__pb2.ListExchangesRequest.SerializeToString,
+                response_deserializer=yrd_dot_admin_dot_v1_dot_admin__pb2.ListExchangesResponse.FromString,
+                _registered_method=True)
+        self.RetryExchange = channel.unary_unary(
+                '/yrd.admin.v1.AdminService/RetryExchange',
+                request_serializer=yrd_dot_admin_dot_v1_dot_admin__pb2.SteerExchangeRequest.SerializeToString,
+                response_deserializer=yrd_dot_admin_dot_v1_dot_admin__pb2.SteerExchangeResponse.FromString,
+                _registered_method=True)
+        self.ParkExchange = channel.unary_unary(
+                '/yrd.admin.v1.AdminService/ParkExchange',
+                request_serializer=yrd_dot_admin_dot_v1_dot_admin__pb2.SteerExchangeRequest.SerializeToString,
+                response_deserializer=yrd_dot_admin_dot_v1_dot_admin__pb2.SteerExchangeResponse.FromString,
+                _registered_method=True)
+        self.ResolveExchange = channel.unary_unary(
+                '/yrd.admin.v1.AdminService/ResolveExchange',
+                request_serializer=yrd_dot_admin_dot_v1_dot_admin__pb2.ResolveExchangeRequest.SerializeToString,
+                response_deserializer=yrd_dot_admin_dot_v1_dot_admin__pb2.SteerExchangeResponse.FromString,
+                _registered_method=True)
+        self.SearchLog = channel.unary_unary(
+                '/yrd.admin.v1.AdminService/SearchLog',
+                request_serializer=yrd_dot_admin_dot_v1_dot_admin__pb2.SearchLogRequest.SerializeToString,
+                response_deserializer=yrd_dot_admin_dot_v1_dot_admin__pb2.SearchLogResponse.FromString,
+                _registered_method=True)
+        self.RunDiagnostics = channel.unary_unary(
+                '/yrd.admin.v1.AdminService/RunDiagnostics',
+                request_serializer=yrd_dot_admin_dot_v1_dot_admin__pb2.RunDiagnosticsRequest.SerializeToString,
+                response_deserializer=yrd_dot_admin_dot_v1_dot_admin__pb2.Diagnostics.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -88,6 +123,63 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPeers(self, request, context):
+        """Each peer as an operator on call asks after it: reachable, breaker, last
+        success and last error, descriptor, and the expiry of every key and
+        certificate of the peer and of this node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListExchanges(self, request, context):
+        """Exchanges waiting on this node: outbox items (pending, parked) and
+        received money-moving cases in reconciliation. No personal data.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryExchange(self, request, context):
+        """Make the parked items of an exchange pending and due now. Recorded in
+        the message log with the operator's identity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ParkExchange(self, request, context):
+        """Park the pending items of an exchange (give up for now; retry brings
+        them back). Recorded in the message log with the operator's identity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveExchange(self, request, context):
+        """Resolve a received case in reconciliation from the back-end's own
+        records (paid, or not paid: submitted again). Recorded in the message log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchLog(self, request, context):
+        """One exchange's path through this node by correlation id: message-log
+        rows (without their envelopes), the exchanges and cases it belongs to.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunDiagnostics(self, request, context):
+        """The node's own checks: its config files as `config check` reads them,
+        its adapter's golden vectors as `adapter test` runs them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +202,41 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetServiceMap,
                     request_deserializer=yrd_dot_admin_dot_v1_dot_admin__pb2.GetServiceMapRequest.FromString,
                     response_serializer=yrd_dot_admin_dot_v1_dot_admin__pb2.ServiceMap.SerializeToString,
+            ),
+            'ListPeers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPeers,
+                    request_deserializer=yrd_dot_admin_dot_v1_dot_admin__pb2.ListPeersRequest.FromString,
+                    response_serializer=yrd_dot_admin_dot_v1_dot_admin__pb2.ListPeersResponse.SerializeToString,
+            ),
+            'ListExchanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExchanges,
+                    request_deserializer=yrd_dot_admin_dot_v1_dot_admin__pb2.ListExchangesRequest.FromString,
+                    response_serializer=yrd_dot_admin_dot_v1_dot_admin__pb2.ListExchangesResponse.SerializeToString,
+            ),
+            'RetryExchange': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryExchange,
+                    request_deserializer=yrd_dot_admin_dot_v1_dot_admin__pb2.SteerExchangeRequest.FromString,
+                    response_serializer=yrd_dot_admin_dot_v1_dot_admin__pb2.SteerExchangeResponse.SerializeToString,
+            ),
+            'ParkExchange': grpc.unary_unary_rpc_method_handler(
+                    servicer.ParkExchange,
+                    request_deserializer=yrd_dot_admin_dot_v1_dot_admin__pb2.SteerExchangeRequest.FromString,
+                    response_serializer=yrd_dot_admin_dot_v1_dot_admin__pb2.SteerExchangeResponse.SerializeToString,
+            ),
+            'ResolveExchange': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveExchange,
+                    request_deserializer=yrd_dot_admin_dot_v1_dot_admin__pb2.ResolveExchangeRequest.FromString,
+                    response_serializer=yrd_dot_admin_dot_v1_dot_admin__pb2.SteerExchangeResponse.SerializeToString,
+            ),
+            'SearchLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchLog,
+                    request_deserializer=yrd_dot_admin_dot_v1_dot_admin__pb2.SearchLogRequest.FromString,
+                    response_serializer=yrd_dot_admin_dot_v1_dot_admin__pb2.SearchLogResponse.SerializeToString,
+            ),
+            'RunDiagnostics': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunDiagnostics,
+                    request_deserializer=yrd_dot_admin_dot_v1_dot_admin__pb2.RunDiagnosticsRequest.FromString,
+                    response_serializer=yrd_dot_admin_dot_v1_dot_admin__pb2.Diagnostics.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +347,195 @@ class AdminService:
             '/yrd.admin.v1.AdminService/GetServiceMap',
             yrd_dot_admin_dot_v1_dot_admin__pb2.GetServiceMapRequest.SerializeToString,
             yrd_dot_admin_dot_v1_dot_admin__pb2.ServiceMap.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPeers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yrd.admin.v1.AdminService/ListPeers',
+            yrd_dot_admin_dot_v1_dot_admin__pb2.ListPeersRequest.SerializeToString,
+            yrd_dot_admin_dot_v1_dot_admin__pb2.ListPeersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListExchanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yrd.admin.v1.AdminService/ListExchanges',
+            yrd_dot_admin_dot_v1_dot_admin__pb2.ListExchangesRequest.SerializeToString,
+            yrd_dot_admin_dot_v1_dot_admin__pb2.ListExchangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryExchange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yrd.admin.v1.AdminService/RetryExchange',
+            yrd_dot_admin_dot_v1_dot_admin__pb2.SteerExchangeRequest.SerializeToString,
+            yrd_dot_admin_dot_v1_dot_admin__pb2.SteerExchangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ParkExchange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yrd.admin.v1.AdminService/ParkExchange',
+            yrd_dot_admin_dot_v1_dot_admin__pb2.SteerExchangeRequest.SerializeToString,
+            yrd_dot_admin_dot_v1_dot_admin__pb2.SteerExchangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveExchange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yrd.admin.v1.AdminService/ResolveExchange',
+            yrd_dot_admin_dot_v1_dot_admin__pb2.ResolveExchangeRequest.SerializeToString,
+            yrd_dot_admin_dot_v1_dot_admin__pb2.SteerExchangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yrd.admin.v1.AdminService/SearchLog',
+            yrd_dot_admin_dot_v1_dot_admin__pb2.SearchLogRequest.SerializeToString,
+            yrd_dot_admin_dot_v1_dot_admin__pb2.SearchLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunDiagnostics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yrd.admin.v1.AdminService/RunDiagnostics',
+            yrd_dot_admin_dot_v1_dot_admin__pb2.RunDiagnosticsRequest.SerializeToString,
+            yrd_dot_admin_dot_v1_dot_admin__pb2.Diagnostics.FromString,
             options,
             channel_credentials,
             insecure,

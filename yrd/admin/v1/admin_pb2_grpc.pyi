@@ -41,6 +41,35 @@ class AdminServiceStub:
     """The federation's service map as this node sees it: every province it
     knows, the descriptor it holds of each, the services each offers.
     """
+    ListPeers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListPeersRequest, _admin_pb2.ListPeersResponse]
+    """Each peer as an operator on call asks after it: reachable, breaker, last
+    success and last error, descriptor, and the expiry of every key and
+    certificate of the peer and of this node.
+    """
+    ListExchanges: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListExchangesRequest, _admin_pb2.ListExchangesResponse]
+    """Exchanges waiting on this node: outbox items (pending, parked) and
+    received money-moving cases in reconciliation. No personal data.
+    """
+    RetryExchange: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SteerExchangeRequest, _admin_pb2.SteerExchangeResponse]
+    """Make the parked items of an exchange pending and due now. Recorded in
+    the message log with the operator's identity.
+    """
+    ParkExchange: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SteerExchangeRequest, _admin_pb2.SteerExchangeResponse]
+    """Park the pending items of an exchange (give up for now; retry brings
+    them back). Recorded in the message log with the operator's identity.
+    """
+    ResolveExchange: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ResolveExchangeRequest, _admin_pb2.SteerExchangeResponse]
+    """Resolve a received case in reconciliation from the back-end's own
+    records (paid, or not paid: submitted again). Recorded in the message log.
+    """
+    SearchLog: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SearchLogRequest, _admin_pb2.SearchLogResponse]
+    """One exchange's path through this node by correlation id: message-log
+    rows (without their envelopes), the exchanges and cases it belongs to.
+    """
+    RunDiagnostics: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RunDiagnosticsRequest, _admin_pb2.Diagnostics]
+    """The node's own checks: its config files as `config check` reads them,
+    its adapter's golden vectors as `adapter test` runs them.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -54,6 +83,35 @@ class AdminServiceAsyncStub(AdminServiceStub):
     GetServiceMap: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetServiceMapRequest, _admin_pb2.ServiceMap]  # type: ignore[assignment]
     """The federation's service map as this node sees it: every province it
     knows, the descriptor it holds of each, the services each offers.
+    """
+    ListPeers: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListPeersRequest, _admin_pb2.ListPeersResponse]  # type: ignore[assignment]
+    """Each peer as an operator on call asks after it: reachable, breaker, last
+    success and last error, descriptor, and the expiry of every key and
+    certificate of the peer and of this node.
+    """
+    ListExchanges: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListExchangesRequest, _admin_pb2.ListExchangesResponse]  # type: ignore[assignment]
+    """Exchanges waiting on this node: outbox items (pending, parked) and
+    received money-moving cases in reconciliation. No personal data.
+    """
+    RetryExchange: _aio.UnaryUnaryMultiCallable[_admin_pb2.SteerExchangeRequest, _admin_pb2.SteerExchangeResponse]  # type: ignore[assignment]
+    """Make the parked items of an exchange pending and due now. Recorded in
+    the message log with the operator's identity.
+    """
+    ParkExchange: _aio.UnaryUnaryMultiCallable[_admin_pb2.SteerExchangeRequest, _admin_pb2.SteerExchangeResponse]  # type: ignore[assignment]
+    """Park the pending items of an exchange (give up for now; retry brings
+    them back). Recorded in the message log with the operator's identity.
+    """
+    ResolveExchange: _aio.UnaryUnaryMultiCallable[_admin_pb2.ResolveExchangeRequest, _admin_pb2.SteerExchangeResponse]  # type: ignore[assignment]
+    """Resolve a received case in reconciliation from the back-end's own
+    records (paid, or not paid: submitted again). Recorded in the message log.
+    """
+    SearchLog: _aio.UnaryUnaryMultiCallable[_admin_pb2.SearchLogRequest, _admin_pb2.SearchLogResponse]  # type: ignore[assignment]
+    """One exchange's path through this node by correlation id: message-log
+    rows (without their envelopes), the exchanges and cases it belongs to.
+    """
+    RunDiagnostics: _aio.UnaryUnaryMultiCallable[_admin_pb2.RunDiagnosticsRequest, _admin_pb2.Diagnostics]  # type: ignore[assignment]
+    """The node's own checks: its config files as `config check` reads them,
+    its adapter's golden vectors as `adapter test` runs them.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -89,6 +147,77 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.ServiceMap, _abc.Awaitable[_admin_pb2.ServiceMap]]:
         """The federation's service map as this node sees it: every province it
         knows, the descriptor it holds of each, the services each offers.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPeers(
+        self,
+        request: _admin_pb2.ListPeersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListPeersResponse, _abc.Awaitable[_admin_pb2.ListPeersResponse]]:
+        """Each peer as an operator on call asks after it: reachable, breaker, last
+        success and last error, descriptor, and the expiry of every key and
+        certificate of the peer and of this node.
+        """
+
+    @_abc_1.abstractmethod
+    def ListExchanges(
+        self,
+        request: _admin_pb2.ListExchangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListExchangesResponse, _abc.Awaitable[_admin_pb2.ListExchangesResponse]]:
+        """Exchanges waiting on this node: outbox items (pending, parked) and
+        received money-moving cases in reconciliation. No personal data.
+        """
+
+    @_abc_1.abstractmethod
+    def RetryExchange(
+        self,
+        request: _admin_pb2.SteerExchangeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SteerExchangeResponse, _abc.Awaitable[_admin_pb2.SteerExchangeResponse]]:
+        """Make the parked items of an exchange pending and due now. Recorded in
+        the message log with the operator's identity.
+        """
+
+    @_abc_1.abstractmethod
+    def ParkExchange(
+        self,
+        request: _admin_pb2.SteerExchangeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SteerExchangeResponse, _abc.Awaitable[_admin_pb2.SteerExchangeResponse]]:
+        """Park the pending items of an exchange (give up for now; retry brings
+        them back). Recorded in the message log with the operator's identity.
+        """
+
+    @_abc_1.abstractmethod
+    def ResolveExchange(
+        self,
+        request: _admin_pb2.ResolveExchangeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SteerExchangeResponse, _abc.Awaitable[_admin_pb2.SteerExchangeResponse]]:
+        """Resolve a received case in reconciliation from the back-end's own
+        records (paid, or not paid: submitted again). Recorded in the message log.
+        """
+
+    @_abc_1.abstractmethod
+    def SearchLog(
+        self,
+        request: _admin_pb2.SearchLogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SearchLogResponse, _abc.Awaitable[_admin_pb2.SearchLogResponse]]:
+        """One exchange's path through this node by correlation id: message-log
+        rows (without their envelopes), the exchanges and cases it belongs to.
+        """
+
+    @_abc_1.abstractmethod
+    def RunDiagnostics(
+        self,
+        request: _admin_pb2.RunDiagnosticsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.Diagnostics, _abc.Awaitable[_admin_pb2.Diagnostics]]:
+        """The node's own checks: its config files as `config check` reads them,
+        its adapter's golden vectors as `adapter test` runs them.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
