@@ -43,7 +43,7 @@ def promtool() -> str:
 
 
 def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - promtool found on PATH, arguments are our files
+    return subprocess.run(
         [promtool(), *args], capture_output=True, text=True, timeout=60, check=False
     )
 
@@ -118,6 +118,12 @@ def unknown_names(named: set[str], exported: set[str]) -> set[str]:
     return unknown
 
 
+def heading_anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings."""
+    headings = re.findall(r"^#+ (.+)$", path.read_text(encoding="utf-8"), re.MULTILINE)
+    return {re.sub(r"[^\w-]", "", h.strip().lower().replace(" ", "-")) for h in headings}
+
+
 # ---- the tests --------------------------------------------------------------
 
 
@@ -152,16 +158,14 @@ class TestAlertRules:
                 assert set(alert["exp_annotations"]) == {"summary", "description", "runbook_url"}
 
     def test_every_alert_has_severity_annotations_and_a_runbook_section(self) -> None:
-        anchors = {
-            re.sub(r"[^\w-]", "", heading.strip().lower().replace(" ", "-"))
-            for heading in re.findall(r"^#+ (.+)$", RUNBOOK.read_text(encoding="utf-8"), re.M)
-        }
+        anchors = heading_anchors(RUNBOOK)
         for rule in alert_rules():
             name = rule["alert"]
             assert re.fullmatch(r"Yrd[A-Z][A-Za-z0-9]+", name), name
             assert rule["labels"]["severity"] in SEVERITIES, name
             notes = rule["annotations"]
-            assert notes["summary"] and notes["description"], name
+            assert notes["summary"], name
+            assert notes["description"], name
             assert notes["runbook_url"] == f"docs/runbook.md#{name.lower()}", name
             assert name.lower() in anchors, f"docs/runbook.md has no section {name}"
 
@@ -182,14 +186,15 @@ class TestDashboard:
             assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
             assert panel["targets"], panel["title"]
             for target in panel["targets"]:
-                assert target["expr"].strip() and target["refId"], panel["title"]
+                assert target["expr"].strip(), panel["title"]
+                assert target["refId"], panel["title"]
                 assert metric_names(target["expr"]) or "up{" in target["expr"], panel["title"]
 
     def test_metric_names_are_read_from_promql(self) -> None:
         """The name reader used against the scrape below: it finds metrics, and
         not functions, keywords, labels, strings or variables."""
         expr = (
-            'histogram_quantile(0.99, sum by (le, method) (rate(yrd_rpc_duration_seconds_bucket'
+            "histogram_quantile(0.99, sum by (le, method) (rate(yrd_rpc_duration_seconds_bucket"
             '{instance=~"$instance",code="yrd_not_a_metric"}[$__rate_interval]))) > 1 and on (job) '
             "time() - yrd_message_log_verified_timestamp_seconds > 7200 or up == 0"
         )
@@ -198,9 +203,9 @@ class TestDashboard:
             "yrd_message_log_verified_timestamp_seconds",
         }
         assert metric_names("label_values(yrd_store_writable, instance)") == {"yrd_store_writable"}
-        assert unknown_names({"yrd_rpc_duration_seconds_bucket", "yrd_typo"}, {
-            "yrd_rpc_duration_seconds"
-        }) == {"yrd_typo"}
+        assert unknown_names(
+            {"yrd_rpc_duration_seconds_bucket", "yrd_typo"}, {"yrd_rpc_duration_seconds"}
+        ) == {"yrd_typo"}
 
 
 class TestNamesAgainstAScrape:
@@ -229,3 +234,15 @@ class TestNamesAgainstAScrape:
         unknown = {where: unknown_names(names, exported) for where, names in named.items()}
         bad = {where: sorted(names) for where, names in unknown.items() if names}
         assert not bad, f"metrics a node does not export: {bad}"
+
+
+class TestRunbook:
+    """docs/runbook.md: its links to sections of the docs lead somewhere."""
+
+    def test_every_section_link_resolves(self) -> None:
+        text = RUNBOOK.read_text(encoding="utf-8")
+        links = re.findall(r"\]\(([\w./-]*)#([\w-]+)\)", text)
+        assert len(links) >= 20
+        for file, anchor in links:
+            target = (RUNBOOK.parent / file) if file else RUNBOOK
+            assert anchor in heading_anchors(target), f"{file}#{anchor}"
