@@ -2,14 +2,21 @@
 ``promtool check rules``, every alert fires and stays quiet in its
 ``promtool test rules`` unit tests, the Grafana dashboard is well formed, and
 every metric the rules and the dashboard name is one a running node exports
-(checked against a real scrape of its /metrics endpoint)."""
+(checked against a real scrape of its /metrics endpoint), and Debian's
+Prometheus, scraping a running node, evaluates every rule without error and
+fires an alert."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 import shutil
 import subprocess
+import time
+from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +24,8 @@ import aiohttp
 import pytest
 import yaml
 
-from gateway.testing.localfed import LocalFederation
+from gateway.core.clock import OffsetClock
+from gateway.testing.localfed import LocalFederation, free_port
 from tests.paths import CONFIG_DIR, REPOSITORY
 
 MONITORING = REPOSITORY / "monitoring"
@@ -208,19 +216,79 @@ class TestDashboard:
         ) == {"yrd_typo"}
 
 
+async def scrape_node(federation: LocalFederation, code: str) -> str:
+    server = federation.node(code).metrics_server
+    assert server is not None
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{server.port}/metrics") as response,
+    ):
+        assert response.status == 200
+        return await response.text()
+
+
+@contextlib.asynccontextmanager
+async def prometheus_server(work: Path, target: str) -> AsyncIterator[str]:
+    """Debian's Prometheus scraping ``target`` every second under job
+    ``yrd-gateway`` with monitoring/alerts.yml loaded; yields its base URL."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus not found: run `sh scripts/ensure_test_tools.sh`")
+    config = work / "prometheus.yml"
+    config.write_text(
+        json.dumps(  # JSON is YAML
+            {
+                "global": {
+                    "scrape_interval": "1s",
+                    "scrape_timeout": "1s",
+                    "evaluation_interval": "1s",
+                },
+                "rule_files": [str(ALERTS)],
+                "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [target]}]}],
+            }
+        ),
+        encoding="utf-8",
+    )
+    address = f"127.0.0.1:{free_port()}"
+    with (work / "prometheus.log").open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={work / 'data'}",
+            f"--web.listen-address={address}",
+            "--log.level=warn",
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        yield f"http://{address}"
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+async def api(http: aiohttp.ClientSession, url: str) -> Any:
+    """``data`` of a Prometheus HTTP API answer, None while it cannot answer."""
+    try:
+        async with http.get(url) as response:
+            if response.status != 200:
+                return None
+            return (await response.json())["data"]
+    except aiohttp.ClientConnectionError:
+        return None
+
+
 class TestNamesAgainstAScrape:
     """Every metric the rules and the dashboard name is exported by a real node."""
 
     async def test_every_metric_named_is_in_a_nodes_scrape(self, tmp_path: Path) -> None:
         async with LocalFederation(CONFIG_DIR, tmp_path) as federation:
-            server = federation.node("310000").metrics_server
-            assert server is not None
-            async with (
-                aiohttp.ClientSession() as http,
-                http.get(f"http://127.0.0.1:{server.port}/metrics") as response,
-            ):
-                assert response.status == 200
-                scrape = await response.text()
+            scrape = await scrape_node(federation, "310000")
         exported = exported_names(scrape)
         assert "yrd_store_writable" in exported  # the scrape is a node's
         named: dict[str, set[str]] = {}
@@ -246,3 +314,66 @@ class TestRunbook:
         for file, anchor in links:
             target = (RUNBOOK.parent / file) if file else RUNBOOK
             assert anchor in heading_anchors(target), f"{file}#{anchor}"
+
+
+class TestARealPrometheus:
+    """Debian's Prometheus scrapes a running node with the rules loaded: every
+    rule evaluates without error on the node's real series, and an alert fires."""
+
+    async def test_rules_evaluate_on_a_nodes_series_and_key_expiry_fires(
+        self, tmp_path: Path
+    ) -> None:
+        clock = OffsetClock(timedelta(0))
+        async with LocalFederation(CONFIG_DIR, tmp_path / "fed", clock=clock) as federation:
+            days = [
+                float(v)
+                for v in re.findall(
+                    r"^yrd_key_expiry_days\{[^}]*\} (\S+)$",
+                    await scrape_node(federation, "310000"),
+                    re.MULTILINE,
+                )
+            ]
+            assert days, "the node exports no key expiry"
+            # The node's clock moves on to 12 days before its first key expires.
+            clock.offset = timedelta(days=min(days) - 12)
+            server = federation.node("310000").metrics_server
+            assert server is not None
+            target = f"127.0.0.1:{server.port}"
+            (tmp_path / "prom").mkdir()
+            async with (
+                prometheus_server(tmp_path / "prom", target) as base,
+                aiohttp.ClientSession() as http,
+            ):
+                deadline = time.monotonic() + 25
+                firing: list[dict[str, Any]] = []
+                groups: list[dict[str, Any]] = []
+                while time.monotonic() < deadline:
+                    rules = await api(http, f"{base}/api/v1/rules")
+                    alerts = await api(http, f"{base}/api/v1/alerts")
+                    groups = rules["groups"] if rules else []
+                    evaluated = [
+                        r
+                        for g in groups
+                        for r in g["rules"]
+                        if not r["lastEvaluation"].startswith("0001")
+                    ]
+                    firing = [
+                        a
+                        for a in (alerts or {}).get("alerts", [])
+                        if a["labels"]["alertname"] == "YrdKeyExpiringSoon"
+                        and a["state"] == "firing"
+                    ]
+                    if firing and len(evaluated) == len(alert_rules()):
+                        break
+                    await asyncio.sleep(0.5)
+                up = await api(http, f"{base}/api/v1/query?query=up")
+        rules_seen = [r for g in groups for r in g["rules"]]
+        assert {r["name"] for r in rules_seen} == {r["alert"] for r in alert_rules()}
+        for rule in rules_seen:
+            assert rule["health"] == "ok", (rule["name"], rule.get("lastError"))
+        assert [s["value"][1] for s in up["result"]] == ["1"]
+        log = (tmp_path / "prom" / "prometheus.log").read_text(errors="replace")[-2000:]
+        assert firing, f"YrdKeyExpiringSoon did not fire within 25 s; Prometheus said: {log}"
+        assert {a["labels"]["instance"] for a in firing} == {target}
+        assert all(a["labels"]["severity"] == "ticket" for a in firing)
+        assert any("expires in 12 days" in a["annotations"]["summary"] for a in firing), firing
