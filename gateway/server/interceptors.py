@@ -352,8 +352,10 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
     ) -> None:
         """``yrd_refusals_total`` for a call this node refused. A local client's
         call counts as origin ``client``; a refused federation envelope is
-        counted by the federation server (it knows the sender claimed), a
-        federation call refused here (overload) by the calling node's province."""
+        counted by the federation server (it knows the sender claimed); a call
+        to an open service refused here (overload: a peer's envelope or
+        descriptor fetch, a probe) by the province of the caller's TLS
+        certificate, else ``unknown``."""
         if self._metrics is None or isinstance(exc, EnvelopeRejected):
             return
         why = exhausted if isinstance(exc, ResourceExhausted) else None
@@ -363,7 +365,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
         if why is None:
             return  # not a refusal: an answer (NOT_FOUND) or a fault (UNAVAILABLE)
         origin = "client"
-        if service == FEDERATION_SERVICE:
+        if service in OPEN_SERVICES:
             certificate = peer_certificate(context)
             province = province_of_certificate(certificate) if certificate else None
             origin = province or "unknown"

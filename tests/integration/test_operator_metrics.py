@@ -32,7 +32,7 @@ from gateway.config.models import FederationConfig
 from gateway.storage.state import StateStore
 from gateway.testing.localfed import LocalFederation
 from tests.integration.conftest import AH, JS, SH, ZJ, Wallet
-from tests.integration.test_fund_exchange import application, submit
+from tests.integration.test_fund_exchange import application, submit, until_final
 from tests.integration.test_fuzz import mtls, send_raw, wrong_envelope
 from tests.integration.test_operations import samples, scrape
 from tests.integration.test_reconciliation import status_of
@@ -329,3 +329,29 @@ async def test_days_to_expiry_of_every_peer_tls_certificate(federation: LocalFed
     assert tls is not None
     assert (SH, tls.certificate.name) in exported  # its own, by file name
     assert len(exported) == 4
+
+
+async def test_an_unreadable_fund_centre_answer_is_a_translation_error(
+    federation: LocalFederation,
+) -> None:
+    """The background processor's calls are counted too: a submit answer the
+    adapter cannot read is a translation error (not a refusal), the withdrawal
+    is still paid once, as before."""
+    centre = federation.provinces[JS].fund_centre
+    centre.garble_submit_answers = True
+    case_id = (await submit(federation, application(federation, amount_fen=23_456))).case_id
+
+    async def taken() -> bool:
+        return len(centre.cases) == 1
+
+    await until(taken, "the centre taking the withdrawal")
+    centre.garble_submit_answers = False
+    final, _ = await until_final(federation, case_id)
+    assert (final.status, final.paid_amount_fen) == (fund_pb2.PAID, 23_456)
+    found = samples(await scrape(federation, JS))
+    assert (
+        value(found, "yrd_backend_calls_total", backend="fund_centre", outcome="translation_error")
+        >= 1
+    )
+    assert value(found, "yrd_backend_calls_total", backend="fund_centre", outcome="ok") >= 1
+    assert value(found, "yrd_backend_calls_total", backend="fund_centre", outcome="refused") == 0
