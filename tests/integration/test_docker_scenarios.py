@@ -65,7 +65,7 @@ async def test_the_scenarios_pass_run_after_run_on_one_federation(
     try:
         for run in range(1, RUNS + 1):
             outcomes = await asyncio.to_thread(scenarios.play_scenarios, fed)
-            failed = [(o.name, o.expected, o.got, o.detail) for o in outcomes if not o.ok]
+            failed = [(o.scenario, o.expected, o.got, o.detail) for o in outcomes if not o.ok]
             assert not failed, f"run {run}: {failed}"
             assert len(outcomes) >= 20
             # Each run pays two withdrawals (the house, the one submitted twice), once each.
