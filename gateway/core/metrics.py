@@ -231,6 +231,7 @@ class NodeMetrics:
         )
 
     def observe_backend(self, backend: str, outcome: str, started: float) -> None:
+        self._child(self.backend_calls, backend, outcome).inc()
         self._child(self.backend_seconds, backend, outcome).observe(time.monotonic() - started)
 
     async def render(self) -> bytes:

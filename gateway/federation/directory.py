@@ -42,6 +42,7 @@ from cryptography import x509
 from gateway.config.holder import ConfigHolder
 from gateway.config.models import FederationConfig, ProvinceConfig
 from gateway.config.peers import PeerFacts
+from gateway.core import crypto
 from gateway.core.clock import Clock
 from gateway.core.metrics import NodeMetrics
 from gateway.storage.descriptors import DescriptorCache
@@ -157,6 +158,9 @@ class PeerState:
     #: (mtime, size) of the cache file when last read or written by this process.
     stamp: tuple[int, int] | None = None
     last_refusal: str = ""
+    #: (key id, not after) of the TLS certificate the held descriptor was signed
+    #: with: the peer node's own (yrd_key_expiry_days, kind tls_certificate).
+    certificate: tuple[str, datetime] | None = None
     failures: int = 0
     next_fetch: float = 0.0
     last_on_demand: float = float("-inf")
@@ -360,6 +364,7 @@ class Directory:
                 )
         state.facts = facts
         state.signed = data
+        state.certificate = _certificate_expiry(signed.certificate)
         state.last_refusal = ""
         log.info(
             "descriptor held",
@@ -530,6 +535,10 @@ class Directory:
             if state.facts is not None:
                 days = (state.facts.not_after - now).total_seconds() / 86400
                 metrics.descriptor_expiry.labels(code).set(round(days, 4))
+            if current and state.certificate is not None:  # the own: node._expiries
+                key_id, not_after = state.certificate
+                days = (not_after - now).total_seconds() / 86400
+                metrics.key_expiry.labels(code, "tls_certificate", key_id).set(round(days, 3))
         metrics.degraded.set(1 if self.degraded_reasons() else 0)
 
     def service_map(self) -> list[MapEntry]:
@@ -556,6 +565,16 @@ class Directory:
                     )
                 )
         return entries
+
+
+def _certificate_expiry(der: bytes) -> tuple[str, datetime] | None:
+    """(first 16 hex digits of the SHA-256, not after) of a verified descriptor's
+    certificate, as the expiry metric labels a peer's TLS certificate."""
+    try:
+        certificate = x509.load_der_x509_certificate(der)
+    except ValueError:  # pragma: no cover - verified before it is held
+        return None
+    return crypto.sha256(der).hex()[:16], certificate.not_valid_after_utc
 
 
 def _federation_ca(federation: FederationConfig) -> x509.Certificate:

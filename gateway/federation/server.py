@@ -19,6 +19,7 @@ with a signed ALREADY_EXISTS and never gets another request's answer.
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 from collections import OrderedDict
@@ -32,6 +33,7 @@ from google.protobuf.message import DecodeError, Message
 
 from gateway.core import crypto
 from gateway.core.errors import DECISION_CODES, EnvelopeRejected, GatewayError, status_from_int
+from gateway.core.identifiers import is_region_code, province_of
 from gateway.core.metrics import NodeMetrics
 from gateway.federation.payloads import validate_payload
 from gateway.storage.interfaces import MessageRecorder
@@ -170,13 +172,33 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
     async def exchange_bytes(
         self, request: bytes, context: grpc.aio.ServicerContext
     ) -> federation_pb2.SignedEnvelope:
+        signed = federation_pb2.SignedEnvelope()
+        try:
+            return await self._exchange_bytes(request, signed, context)
+        except EnvelopeRejected as exc:
+            self._count_refusal(signed, exc.reason)
+            raise
+
+    def _count_refusal(self, signed: federation_pb2.SignedEnvelope, reason: str) -> None:
+        """``yrd_refusals_total``: by the province the envelope claims to be from
+        (when its header names a well-formed province code, else ``unknown``)
+        and the rejection's reason (a constant of the verifier's)."""
+        if self._metrics is None:
+            return
+        self._metrics.refusals.labels(claimed_sender(signed), refusal_reason(reason)).inc()
+
+    async def _exchange_bytes(
+        self,
+        request: bytes,
+        signed: federation_pb2.SignedEnvelope,
+        context: grpc.aio.ServicerContext,
+    ) -> federation_pb2.SignedEnvelope:
         if len(request) > MAX_ENVELOPE_BYTES:
             raise EnvelopeRejected(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "too_large",
                 f"envelope: expected at most {MAX_ENVELOPE_BYTES} bytes",
             )
-        signed = federation_pb2.SignedEnvelope()
         try:
             signed.ParseFromString(request)
         except DecodeError as exc:
@@ -267,6 +289,8 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
             or (logged.first_request is not None and first != fingerprint)
         ):
             log.warning("message id reused for another request", reason="reused_message_id")
+            if self._metrics is not None:
+                self._metrics.refusals.labels(key[0], "reused_message_id").inc()
             return _reused_message_id()
         if remembered is not None:
             return remembered.outcome
@@ -367,6 +391,30 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
             raise
         finally:
             self._in_flight.pop(key, None)
+
+
+#: A reason label as the verifier's constants are written; anything else is ``other``.
+_REASON = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
+def refusal_reason(reason: str) -> str:
+    """``reason`` as a label value: the verifier's constant, never free text."""
+    return reason if _REASON.fullmatch(reason) else "other"
+
+
+def claimed_sender(signed: federation_pb2.SignedEnvelope) -> str:
+    """The province code a (possibly refused) envelope's header claims as its
+    sender, if it is a well-formed province-level code; else ``unknown``. A
+    label value from a bounded set, whatever the envelope holds."""
+    header = federation_pb2.EnvelopeHeader()
+    try:
+        header.ParseFromString(signed.header)
+    except DecodeError:
+        return "unknown"
+    sender = header.sender
+    if is_region_code(sender) and province_of(sender) == sender:
+        return sender
+    return "unknown"
 
 
 def _fingerprint_of(envelope: bytes) -> bytes | None:

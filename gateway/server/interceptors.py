@@ -28,7 +28,9 @@ from grpc_status import rpc_status
 from gateway.config.holder import ConfigHolder
 from gateway.config.models import ClientSection
 from gateway.core.errors import (
+    AlreadyExists,
     EnvelopeRejected,
+    FailedPrecondition,
     GatewayError,
     InvalidArgument,
     PermissionDenied,
@@ -138,6 +140,17 @@ def _peer_name(context: grpc.aio.ServicerContext) -> str:
     if province is not None:
         return f"peer:{province}"
     return f"certificate:{certificate_fingerprint(certificate)[:8]}"
+
+
+#: The reason label of yrd_refusals_total by the error a call was refused with
+#: (ResourceExhausted: rate_limited or overloaded, by where it was raised).
+_REFUSALS: dict[type[GatewayError], str] = {
+    Unauthenticated: "unauthenticated",
+    PermissionDenied: "permission_denied",
+    InvalidArgument: "invalid_argument",
+    AlreadyExists: "already_exists",
+    FailedPrecondition: "failed_precondition",
+}
 
 
 @dataclass(frozen=True)
@@ -269,6 +282,8 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
             code = grpc.StatusCode.OK
             reason = ""
             counted = False
+            #: What a ResourceExhausted raised next means, for yrd_refusals_total.
+            exhausted = "overloaded"
             try:
                 limit = self._config.me.node.max_concurrent_calls
                 if self.in_flight >= limit:
@@ -282,7 +297,9 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
                 if service not in OPEN_SERVICES:
                     claimed, client_id = self.identify(metadata, peer_certificate(context))
                     client = self._admit(claimed, client_id, service)
+                    exhausted = "rate_limited"
                     self.rate_limiter.admit(client)
+                    exhausted = "overloaded"
                     current_client.set(client)
                 # Echoed with the status (trailing metadata): no extra frame per call.
                 context.set_trailing_metadata((("x-correlation-id", correlation_id),))
@@ -292,6 +309,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
                 reason = (
                     exc.reason if isinstance(exc, EnvelopeRejected) else bounded(exc.message, 200)
                 )
+                self._count_refusal(service, context, exc, exhausted)
                 status = status_of(exc)
                 await context.abort_with_status(
                     _CallStatus(
@@ -324,6 +342,34 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+    def _count_refusal(
+        self,
+        service: str,
+        context: grpc.aio.ServicerContext,
+        exc: GatewayError,
+        exhausted: str,
+    ) -> None:
+        """``yrd_refusals_total`` for a call this node refused. A local client's
+        call counts as origin ``client``; a refused federation envelope is
+        counted by the federation server (it knows the sender claimed); a call
+        to an open service refused here (overload: a peer's envelope or
+        descriptor fetch, a probe) by the province of the caller's TLS
+        certificate, else ``unknown``."""
+        if self._metrics is None or isinstance(exc, EnvelopeRejected):
+            return
+        why = exhausted if isinstance(exc, ResourceExhausted) else None
+        for kind, label in _REFUSALS.items():
+            if isinstance(exc, kind):
+                why = label
+        if why is None:
+            return  # not a refusal: an answer (NOT_FOUND) or a fault (UNAVAILABLE)
+        origin = "client"
+        if service in OPEN_SERVICES:
+            certificate = peer_certificate(context)
+            province = province_of_certificate(certificate) if certificate else None
+            origin = province or "unknown"
+        self._metrics.refusals.labels(origin, why).inc()
 
     def _record(
         self,

@@ -836,6 +836,11 @@ class Node:
             self.metrics.outbox_items_oldest.labels(peer, state).set(
                 max(0.0, time.time() - created)
             )
+        for sender, cases, since in await self.state.reconciliation_by_sender():
+            self.metrics.outbox_items.labels(sender, "reconciliation").set(cases)
+            self.metrics.outbox_items_oldest.labels(sender, "reconciliation").set(
+                max(0.0, (self.clock.now() - since).total_seconds())
+            )
         self.metrics.log_rows.set(await self.message_log.count())
         self.metrics.log_commits.set(self.message_log.commits)
         in_reconciliation = await self.state.reconciliation_counts()

@@ -49,6 +49,7 @@ from gateway.core.identifiers import (
 )
 from gateway.core.metrics import NodeMetrics
 from gateway.federation.client import FederationClient
+from gateway.services.backendcalls import backend_call
 from gateway.services.calls import current_correlation_id, require_client
 from gateway.trust.envelope import OpenedEnvelope
 from gateway.trust.seals import seal_verdict
@@ -195,7 +196,8 @@ class CertificateExchange:
         if self._library is None:
             raise FailedPrecondition(f"node {self.own} has no certificate library configured")
         try:
-            return await self._library.fetch(request, opened.header.sender, timeout=timeout)
+            async with backend_call(self.metrics, "certificate_library"):
+                return await self._library.fetch(request, opened.header.sender, timeout=timeout)
         except CertificateNotFound as exc:
             raise NotFound(
                 f"no certificate of category {request.category_code} for this holder at {self.own}"

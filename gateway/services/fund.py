@@ -35,6 +35,7 @@ from gateway.core.identifiers import (
     validate_region_code,
     validate_text,
 )
+from gateway.services.backendcalls import backend_call
 from gateway.services.calls import current_correlation_id
 from gateway.services.tracked import DEFAULT_TIMEOUT, Flow, TrackedExchange
 from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
@@ -170,7 +171,8 @@ class FundExchange(
         if self.backend is None:
             raise FailedPrecondition(f"node {self.own} has no fund centre configured")
         try:
-            account = await self.backend.query_account(request.id_number, timeout=timeout)
+            async with backend_call(self.metrics, self.flow.backend_name):
+                account = await self.backend.query_account(request.id_number, timeout=timeout)
         except BackendUnavailable as exc:
             raise PeerUnavailable(f"fund centre of {self.own}: {exc}") from exc
         except (BackendRejected, TranslationError) as exc:

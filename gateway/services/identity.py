@@ -14,7 +14,6 @@ each returning its :class:`Outcome`; the first one with a verdict ends it.
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from gateway.core.errors import (
 from gateway.core.identifiers import is_plain_text
 from gateway.core.metrics import NodeMetrics
 from gateway.federation.client import FederationClient
+from gateway.services.backendcalls import backend_call
 from gateway.services.calls import current_correlation_id, require_client
 from gateway.storage.interfaces import IdentityRecords
 from gateway.trust.envelope import OpenedEnvelope
@@ -215,15 +215,12 @@ class IdentityExchange:
                 f"(allowed: {', '.join(policy)})"
             )
         attributes = tuple(request.requested_attributes) or policy
-        started = time.monotonic()
-        outcome = "error"
         try:
-            check = await self._authority.check_credential(
-                request.credential_id, request.token_id, timeout=timeout
-            )
-            outcome = "ok"
+            async with backend_call(self.metrics, "eid_authority"):
+                check = await self._authority.check_credential(
+                    request.credential_id, request.token_id, timeout=timeout
+                )
         except BackendUnavailable as exc:
-            outcome = "unavailable"
             raise PeerUnavailable(f"e-ID authority of {federation.own}: {exc}") from exc
         except (TranslationError, AdapterError) as exc:
             # The back-end answered, but not in a way this province's adapter can
@@ -233,9 +230,6 @@ class IdentityExchange:
                 f"the e-ID authority of {federation.own} gave an answer its adapter "
                 f"cannot use: {exc}"
             ) from exc
-        finally:
-            if self.metrics is not None:
-                self.metrics.observe_backend("eid_authority", outcome, started)
         used = check.token_already_used
         if check.state == STATE_NAMES.CREDENTIAL_ACTIVE and not used:
             # Single use is kept here too: an authority that lost its memory

@@ -53,6 +53,7 @@ from gateway.core.errors import (
 from gateway.core.metrics import NodeMetrics
 from gateway.federation.client import FederationClient
 from gateway.federation.outbox import Outbox, OutboxRoute
+from gateway.services.backendcalls import backend_call
 from gateway.services.calls import current_correlation_id, require_client
 from gateway.storage.interfaces import (
     OutboxWrites,
@@ -776,20 +777,10 @@ class TrackedProcessor(Generic[B, A, U, P]):
 
     async def _call_backend(self, reference: str, app: A, submitted: bool) -> U:
         flow = self._flow
-        started, outcome = time.monotonic(), "error"
-        try:
+        async with backend_call(self._exchange.metrics, flow.backend_name):
             if submitted:
-                result = await flow.backend_status(self._backend, reference, DEFAULT_TIMEOUT)
-            else:
-                result = await flow.backend_submit(self._backend, reference, app, DEFAULT_TIMEOUT)
-            outcome = "ok"
-            return result
-        except BackendUnavailable:
-            outcome = "unavailable"
-            raise
-        finally:
-            if self._exchange.metrics is not None:
-                self._exchange.metrics.observe_backend(flow.backend_name, outcome, started)
+                return await flow.backend_status(self._backend, reference, DEFAULT_TIMEOUT)
+            return await flow.backend_submit(self._backend, reference, app, DEFAULT_TIMEOUT)
 
     async def _step(self, work: IncomingWork) -> None:
         if self._lease_until.get(work.reference, 0.0) < time.time() + DEFAULT_TIMEOUT:

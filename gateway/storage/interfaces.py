@@ -263,6 +263,10 @@ class ReconciliationStore(Transactional, Protocol):
 
     async def reconciliation_counts(self) -> dict[str, int]: ...
 
+    async def reconciliation_by_sender(self) -> list[tuple[str, int, datetime]]:
+        """(sender, cases, when the longest waiting entered reconciliation), per
+        sending province with any."""
+
     async def reconciliation_cases(self) -> list[ReconciliationCase]: ...
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -531,6 +531,21 @@ class StateStore:
             "SELECT domain, COUNT(*) FROM incoming_cases WHERE reconciliation = 1 GROUP BY domain"
         )
         return {str(r[0]): int(r[1]) for r in rows}
+
+    async def reconciliation_by_sender(self) -> list[tuple[str, int, datetime]]:
+        """(sender, cases, when the longest waiting entered reconciliation) for
+        every province with received cases in reconciliation."""
+        rows = await self.fetchall(
+            "SELECT sender, COUNT(*), MIN(updated_at) FROM incoming_cases"
+            " WHERE reconciliation = 1 GROUP BY sender"
+        )
+        found = []
+        for sender, cases, since in rows:
+            when = datetime.fromisoformat(str(since))
+            found.append(
+                (str(sender), int(cases), when if when.tzinfo else when.replace(tzinfo=UTC))
+            )
+        return found
 
     async def reconciliation_cases(self) -> list[ReconciliationCase]:
         """Every incoming case in reconciliation, the longest waiting first."""

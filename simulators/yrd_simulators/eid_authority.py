@@ -16,6 +16,12 @@ Endpoints:
     ``[{"credential_id", "id_number", "full_name", "gender", "state"}]``.
 ``POST /admin/credentials/{credential_id}/state`` (harness, uniform JSON)
     ``{"state": "CREDENTIAL_REVOKED"}`` changes a credential's state.
+``POST /admin/faults`` (harness, uniform JSON)
+    ``{"status_answer": "malformed" | "refuse" | "fail" | "normal"}``: from now
+    on the native status endpoint answers every well-formed query with HTTP 200
+    and a document no mapping reads (``malformed``), HTTP 400 (``refuse``),
+    HTTP 503 (``fail``), or as usual (``normal``); a faulty answer marks no
+    token used.
 The province's native status endpoint (path and documents per province)
     The credential's state, whether the token id was used before, and the
     holder's record. It marks the token used: the first query of a token id
@@ -73,6 +79,8 @@ from yrd_simulators.server import (
 )
 
 _CST = ZoneInfo("Asia/Shanghai")
+#: How the native status endpoint may be told to answer (``POST /admin/faults``).
+STATUS_FAULTS = ("normal", "malformed", "refuse", "fail")
 _MAX_TTL_SECONDS = 300
 _DEFAULT_TTL_SECONDS = 120
 _STATES = (
@@ -396,6 +404,8 @@ class EidAuthoritySimulator(SimulatorServer):
         self.session_lifetime = session_lifetime
         #: Native status queries answered (a subset of requests_served).
         self.status_queries = 0
+        #: How the status endpoint answers (``POST /admin/faults``; one of STATUS_FAULTS).
+        self.status_answer = "normal"
 
     @property
     def residents(self) -> tuple[Resident, ...]:
@@ -424,6 +434,7 @@ class EidAuthoritySimulator(SimulatorServer):
         router.add_post("/wallet/qr", self._wallet_qr)
         router.add_get("/residents", self._list_residents)
         router.add_post("/admin/credentials/{credential_id}/state", self._admin_state)
+        router.add_post("/admin/faults", self._admin_faults)
         router.add_post(self._dialect.path, self._native_status)
         if self._dialect.session_path is not None:
             router.add_post(self._dialect.session_path, self._native_session)
@@ -487,6 +498,16 @@ class EidAuthoritySimulator(SimulatorServer):
             apply=self.set_state,
         )
 
+    async def _admin_faults(self, request: web.Request) -> web.Response:
+        body = await json_object(request)
+        if body is None:
+            return not_an_object()
+        answer = body.get("status_answer")
+        if answer not in STATUS_FAULTS:
+            return json_error(400, f"status_answer must be one of {', '.join(STATUS_FAULTS)}")
+        self.status_answer = answer
+        return web.json_response({"status_answer": self.status_answer})
+
     async def _native_session(self, request: web.Request) -> web.Response:
         dialect = self._dialect
         try:
@@ -514,6 +535,12 @@ class EidAuthoritySimulator(SimulatorServer):
         except BadNativeRequest as exc:
             return self._native(dialect.error(str(exc)), 400)
         self.status_queries += 1
+        if self.status_answer == "malformed":
+            return self._native(b"\x00 not a status document")
+        if self.status_answer == "refuse":
+            return self._native(dialect.error("request refused (simulated fault)"), 400)
+        if self.status_answer == "fail":
+            return self._native(dialect.error("internal failure (simulated fault)"), 503)
         # Check-and-mark with no await in between: atomic on the event loop,
         # so two concurrent queries of one token cannot both see "unused".
         used = token_id in self._used_tokens

@@ -284,6 +284,8 @@ async def test_overload_is_refused_at_once_not_queued(
     assert not any(call.done() for call in taken)  # refused at once, not queued behind them
     assert [a.verdict for a in await asyncio.gather(*taken)] == [identity_pb2.VALID] * 2
     assert (await check_in(federation, wallet)).verdict == identity_pb2.VALID
+    refusals = samples(await scrape(federation, SH))
+    assert refusals[("yrd_refusals_total", (("origin", "client"), ("reason", "overloaded")))] == 1
 
 
 async def test_health_streams_do_not_count_as_calls(
