@@ -51,9 +51,7 @@ async def queued_while_fund_node_down(
     return app, case.case_id
 
 
-async def listed(
-    federation: LocalFederation, **fields: Any
-) -> list[admin_pb2.Exchange]:
+async def listed(federation: LocalFederation, **fields: Any) -> list[admin_pb2.Exchange]:
     answer = await call(federation, "ListExchanges", admin_pb2.ListExchangesRequest(**fields))
     return list(answer.exchanges)
 
@@ -83,7 +81,8 @@ class TestPeers:
         peers = {p.province: p for p in answer.peers}
         assert sorted(peers) == sorted(federation.node(SH).federation.peer_codes)
         js = peers[JS]
-        assert js.reachable and not js.last_error
+        assert js.reachable
+        assert not js.last_error
         assert js.last_success.seconds > time.time() - 120
         assert js.breaker_state == "closed"
         assert js.descriptor_state == "held"
@@ -248,7 +247,9 @@ class TestSearchLog:
         answer = await call(
             federation, "SearchLog", admin_pb2.SearchLogRequest(correlation_id="no-such-id")
         )
-        assert not answer.entries and not answer.cases and not answer.exchanges
+        assert not answer.entries
+        assert not answer.cases
+        assert not answer.exchanges
 
 
 async def correlation_of(federation: LocalFederation, case_id: str) -> str:
