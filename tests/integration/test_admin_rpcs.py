@@ -188,6 +188,17 @@ class TestExchanges:
         assert await listed(federation, state="reconciliation") == []
         assert await listed(federation, min_age_seconds=3600) == []
         assert len(await listed(federation, limit=1)) == 1
+        # The failed delivery attempts are the peer's health too.
+        deadline = time.monotonic() + 10
+        while True:
+            peers = await call(federation, "ListPeers", admin_pb2.ListPeersRequest())
+            js = next(p for p in peers.peers if p.province == JS)
+            if not js.reachable or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert not js.reachable
+        assert js.last_error.startswith(("UNAVAILABLE", "DEADLINE_EXCEEDED"))
+        assert js.pending == 1
 
 
 class TestResolve:
