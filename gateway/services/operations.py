@@ -124,8 +124,16 @@ async def waiting_exchanges(
     now = time.time() if now is None else now
     found: list[Waiting] = []
     if state in ("", PENDING, PARKED):
-        found += await _as_waiting(store, flows, await store.outbox_entries(state=state or None))
+        # The oldest limit + 1 items that match: enough to answer and to say "more".
+        entries = await store.outbox_entries(
+            state=state or None,
+            peer=peer or None,
+            created_before=now - min_age,
+            limit=limit + 1,
+        )
+        found += await _as_waiting(store, flows, entries)
     if state in ("", RECONCILIATION):
+        # Few: each is a payment an operator must look up (yrd_reconciliation_cases).
         for case in await store.reconciliation_cases():
             flow = flows.get(case.domain)
             found.append(

@@ -215,6 +215,9 @@ class OutboxOperations(Protocol):
         state: str | None = None,
         reference: str | None = None,
         correlation_id: str | None = None,
+        peer: str | None = None,
+        created_before: float | None = None,
+        limit: int | None = None,
     ) -> list[OutboxEntry]: ...
 
     async def set_outbox_state(self, item_id: int, state: str, *, now: float) -> bool: ...

@@ -369,14 +369,25 @@ class StateStore:
         state: str | None = None,
         reference: str | None = None,
         correlation_id: str | None = None,
+        peer: str | None = None,
+        created_before: float | None = None,
+        limit: int | None = None,
     ) -> list[OutboxEntry]:
         """Outbox items for an operator, oldest first: all, those in ``state``, or
         those of one ``reference`` (the case id or reference they belong to, or
-        their message id), or of one ``correlation_id``."""
-        where, args = "1 = 1", []
+        their message id), or of one ``correlation_id``; for one ``peer``,
+        written before ``created_before``; at most ``limit``."""
+        where = "1 = 1"
+        args: list[object] = []
         if state is not None:
             where += " AND state = ?"
             args.append(state)
+        if peer is not None:
+            where += " AND peer = ?"
+            args.append(peer)
+        if created_before is not None:
+            where += " AND created_at <= ?"
+            args.append(created_before)
         if reference is not None:
             where += " AND (subject = ? OR message_id = ?)"
             args += [reference, reference]
@@ -387,8 +398,8 @@ class StateStore:
             "SELECT id, subject, message_id, peer, service, state, attempts, created_at,"  # noqa: S608 - only placeholders are added
             f" next_attempt_at, last_error, parked_at, CASE WHEN lease_until > ? THEN lease_owner"
             f" END, correlation_id FROM outbox WHERE {where}"
-            " ORDER BY created_at, id",
-            (time.time(), *args),
+            f" ORDER BY created_at, id{'' if limit is None else ' LIMIT ?'}",
+            (time.time(), *args, *(() if limit is None else (limit,))),
         )
         return [
             OutboxEntry(

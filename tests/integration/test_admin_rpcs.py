@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,6 +18,7 @@ import pytest
 from gateway.testing.localfed import LocalFederation
 from tests.integration.conftest import JS, SH, ZJ, full_name_of
 from tests.integration.test_fund_exchange import application, submit, until_final
+from tests.paths import CONFIG_DIR
 from yrd.admin.v1 import admin_pb2, admin_pb2_grpc
 from yrd.fund.v1 import fund_pb2
 
@@ -398,11 +401,33 @@ class TestLogAndDiagnostics:
             await asyncio.sleep(0.1)
 
     async def test_diagnostics(self, federation: LocalFederation) -> None:
-        answer = await call(federation, "RunDiagnostics", admin_pb2.RunDiagnosticsRequest())
+        answer = await admin(federation).RunDiagnostics(
+            admin_pb2.RunDiagnosticsRequest(), metadata=OFFICE, timeout=60
+        )
         assert answer.config_ok, answer.config_problems
         assert not answer.config_problems
         assert answer.adapter_ok, answer.adapter_report
-        assert "PASS" in answer.adapter_report.upper()
+        assert "fund/withdrawal-house-purchase.json" in answer.adapter_report
+        assert " 0 failed" in answer.adapter_report
+        assert "round trip" not in answer.adapter_report  # adapter test's, not the node's
+
+    async def test_diagnostics_of_a_broken_adapter(
+        self, federation: LocalFederation, tmp_path: Path
+    ) -> None:
+        """An unreadable golden vector is a failed diagnostic."""
+        configs = tmp_path / "copy"
+        shutil.copytree(CONFIG_DIR / SH, configs / SH)
+        shutil.copytree(CONFIG_DIR / "federation-ca", configs / "federation-ca")
+        vector = configs / SH / "golden" / "fund" / "withdrawal-house-purchase.json"
+        vector.write_text(vector.read_text("utf-8").replace("{", "[", 1), "utf-8")
+        node = federation.node(SH)
+        node.config_file = configs / SH / "province.toml"
+        answer = await admin(federation).RunDiagnostics(
+            admin_pb2.RunDiagnosticsRequest(), metadata=OFFICE, timeout=60
+        )
+        assert answer.config_ok, answer.config_problems
+        assert not answer.adapter_ok
+        assert "1 failed" in answer.adapter_report
 
 
 class TestRefused:

@@ -114,3 +114,26 @@ async def test_log_rows_by_correlation_id(log: MessageLog) -> None:
     assert len(await log.rows_by_correlation("corr-a", 2)) == 2
     assert await log.rows_by_correlation("nothing", 10) == []
     assert (await log.verify()).intact
+
+
+async def test_outbox_entries_filtered_and_bounded_by_the_store(state: StateStore) -> None:
+    now = 1_000_000.0
+    for n, peer in enumerate(("320000", "330000", "320000", "320000")):
+        await enqueue(state, dataclasses.replace(item(n, peer=peer), created_at=now + n))
+    js = await state.outbox_entries(peer="320000")
+    assert [e.subject for e in js] == ["CASE-0", "CASE-2", "CASE-3"]
+    assert [e.subject for e in await state.outbox_entries(peer="320000", limit=2)] == [
+        "CASE-0",
+        "CASE-2",
+    ]
+    older = await state.outbox_entries(created_before=now + 1)
+    assert [e.subject for e in older] == ["CASE-0", "CASE-1"]
+
+
+async def test_cases_are_found_by_correlation_id_through_an_index(state: StateStore) -> None:
+    if state.dialect == "sqlite":
+        rows = await state.fetchall("SELECT name FROM sqlite_master WHERE type = 'index'")
+    else:
+        rows = await state.fetchall("SELECT indexname FROM pg_indexes")
+    names = {str(r[0]) for r in rows}
+    assert {"outgoing_cases_correlation", "incoming_cases_correlation"} <= names
