@@ -31,7 +31,8 @@ from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.cli.common import EXIT_USAGE, Subparsers
+from gateway.cli.common import EXIT_USAGE, Subparsers, age, login_name
+from gateway.cli.directory import TOKEN_SETTING
 
 if TYPE_CHECKING:
     import grpc
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
 
     from yrd.admin.v1 import admin_pb2
 
-#: Where the admin token is read from when --token-file is not given.
-TOKEN_SETTING = "YRD_ADMIN_TOKEN"  # noqa: S105 - the name of the setting, not a token
 #: The node said no: an unknown reference, nothing in the state acted on; a
 #: broken log; a failed diagnostic.
 EXIT_REFUSED = 1
@@ -170,19 +169,10 @@ def _operator_options(parser: argparse.ArgumentParser, reason: str) -> None:
     parser.add_argument(
         "--operator",
         metavar="NAME",
-        default=_login_name(),
+        default=login_name(),
         help="who acts, recorded in the message log with the admin client (default: login name)",
     )
     parser.add_argument("--reason", metavar="TEXT", default="", help=reason)
-
-
-def _login_name() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 # ---- the connection ----------------------------------------------------------------------
@@ -322,15 +312,6 @@ def _when(stamp: Timestamp) -> str:
     if not stamp.seconds and not stamp.nanos:
         return "-"
     return stamp.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def age(seconds: float) -> str:
-    """A duration as an operator reads it: 45s, 12.5m, 3.0h, 2.1d."""
-    seconds = max(0.0, seconds)
-    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
 
 
 def _since(stamp: Timestamp, now: float) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.cli.common import EXIT_USAGE, Subparsers
+from gateway.cli.common import EXIT_USAGE, Subparsers, age, login_name
 
 if TYPE_CHECKING:
     from gateway.config.models import ProvinceConfig
@@ -86,16 +86,7 @@ def _register_resolve(actions: Subparsers) -> None:
 
 
 def _add_operator(parser: argparse.ArgumentParser, text: str) -> None:
-    parser.add_argument("--operator", metavar="NAME", default=_login_name(), help=text)
-
-
-def _login_name() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
+    parser.add_argument("--operator", metavar="NAME", default=login_name(), help=text)
 
 
 def _operator_name(given: str) -> str | None:
@@ -184,14 +175,6 @@ def _operator_log(me: ProvinceConfig, store: Store) -> MessageLog:
 # ---- list, retry, park ----------------------------------------------------------------
 
 
-def _age(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
-
-
 @_store_errors
 def outbox_list(args: argparse.Namespace) -> int:
     import asyncio
@@ -221,8 +204,8 @@ def outbox_list(args: argparse.Namespace) -> int:
                 e.service,
                 e.state,
                 str(e.attempts),
-                _age(now - e.created_at),
-                "-" if e.state == PARKED else _age(e.next_attempt_at - now),
+                age(now - e.created_at),
+                "-" if e.state == PARKED else age(e.next_attempt_at - now),
                 e.last_error or "-",
             )
         )

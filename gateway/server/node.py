@@ -41,7 +41,7 @@ from gateway.config.models import FederationConfig, ProvinceConfig, key_expiries
 from gateway.config.peers import PeerFacts
 from gateway.core.channels import balanced_aio_channel
 from gateway.core.clock import Clock, SystemClock
-from gateway.core.errors import ConfigError, FailedPrecondition
+from gateway.core.errors import ConfigError, FailedPrecondition, GatewayError
 from gateway.core.metrics import BREAKER_VALUES, MetricsServer, NodeMetrics
 from gateway.federation.client import CHANNEL_OPTIONS, FederationClient
 from gateway.federation.directory import Directory, DirectoryServicer
@@ -58,7 +58,7 @@ from gateway.services.tracked import TrackedExchange, TrackedProcessor
 from gateway.storage.descriptors import DescriptorCache
 from gateway.storage.engines import MESSAGE_LOG_FILE, STATE_FILE, store_location
 from gateway.storage.messagelog import HeadKeys, MessageLog
-from gateway.storage.records import StoreOpenError
+from gateway.storage.records import StoreClosedError, StoreOpenError
 from gateway.storage.shared_descriptor import SharedDescriptor
 from gateway.storage.state import StateStore
 from gateway.trust.envelope import (
@@ -834,7 +834,8 @@ class Node:
         while True:
             try:
                 await verify_message_log(self)
-            except (StoreOpenError, OSError, ValueError) as exc:  # verified again next time
+            except (GatewayError, StoreOpenError, StoreClosedError, OSError, ValueError) as exc:
+                # A store that cannot be read now (unavailable, closing): next time.
                 log.error("message log verification failed", error=str(exc))
             await asyncio.sleep(self.config.me.node.log_verify_seconds or 3600.0)
 
