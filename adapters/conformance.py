@@ -104,11 +104,12 @@ def check_province(
     vectors: Path,
     examples: int = DEFAULT_EXAMPLES,
 ) -> ProvinceReport:
-    """Run every conformance check of one province's adapter."""
+    """Run every conformance check of one province's adapter (``examples=0``:
+    the golden vectors and the plugin only, no generated round trips)."""
     report = ProvinceReport(config, code, vectors)
     translator = Translator(adapter)
     report.results.extend(_vector_results(translator, vectors))
-    for message in translator.messages:
+    for message in translator.messages if examples > 0 else ():
         report.results.append(round_trip(translator, message, examples))
     if adapter.plugin is not None:
         try:

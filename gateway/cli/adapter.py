@@ -33,7 +33,10 @@ def register(commands: Subparsers) -> None:
         type=int,
         default=DEFAULT_EXAMPLES,
         metavar="N",
-        help=f"generated values per message for the round trips (default {DEFAULT_EXAMPLES})",
+        help=(
+            f"generated values per message for the round trips (default {DEFAULT_EXAMPLES})"
+            "; 0: no round trips, the golden vectors only"
+        ),
     )
     test.set_defaults(func=adapter_test_command)
 

@@ -61,3 +61,22 @@ def tool_configs(command: str, given: str | None) -> Path | None:
     except FileNotFoundError as exc:
         print(f"yrd-gateway {command}: {exc}", file=sys.stderr)
         return None
+
+
+def login_name() -> str:
+    """The operator's login name: who acts, when ``--operator`` is not given."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def age(seconds: float) -> str:
+    """A duration as an operator reads it in a listing: 45s, 12.5m, 3.0h, 2.1d."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"

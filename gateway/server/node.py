@@ -41,7 +41,7 @@ from gateway.config.models import FederationConfig, ProvinceConfig, key_expiries
 from gateway.config.peers import PeerFacts
 from gateway.core.channels import balanced_aio_channel
 from gateway.core.clock import Clock, SystemClock
-from gateway.core.errors import ConfigError, FailedPrecondition
+from gateway.core.errors import ConfigError, FailedPrecondition, GatewayError
 from gateway.core.metrics import BREAKER_VALUES, MetricsServer, NodeMetrics
 from gateway.federation.client import CHANNEL_OPTIONS, FederationClient
 from gateway.federation.directory import Directory, DirectoryServicer
@@ -49,7 +49,7 @@ from gateway.federation.outbox import Outbox
 from gateway.federation.server import FederationServicer
 from gateway.server.interceptors import GatewayInterceptor
 from gateway.server.reflection import enable_server_reflection
-from gateway.services.admin import AdminServicer
+from gateway.services.admin import AdminServicer, verify_message_log
 from gateway.services.case import SERVICE_CASE, CaseServicer
 from gateway.services.certificate import CertificateExchange, CertificateServicer
 from gateway.services.fund import WITHDRAWAL, FundExchange, FundServicer
@@ -58,7 +58,7 @@ from gateway.services.tracked import TrackedExchange, TrackedProcessor
 from gateway.storage.descriptors import DescriptorCache
 from gateway.storage.engines import MESSAGE_LOG_FILE, STATE_FILE, store_location
 from gateway.storage.messagelog import HeadKeys, MessageLog
-from gateway.storage.records import StoreOpenError
+from gateway.storage.records import StoreClosedError, StoreOpenError
 from gateway.storage.shared_descriptor import SharedDescriptor
 from gateway.storage.state import StateStore
 from gateway.trust.envelope import (
@@ -394,6 +394,7 @@ class Node:
         self.outbox: Outbox | None = None
         self.directory: Directory | None = None
         self.processors: list[TrackedProcessor[Any, Any, Any, Any]] = []
+        self._log_verifier: asyncio.Task[None] | None = None
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -511,6 +512,15 @@ class Node:
         """Sign with the current envelope key (chain heads of the message log)."""
         key_id, private_key = self.signer.current()
         return key_id, private_key.sign(statement)
+
+    @property
+    def flows(self) -> dict[str, Any]:
+        """The tracked exchanges by domain, as the operator service steers them."""
+        return {flow.domain: flow for flow in (WITHDRAWAL, SERVICE_CASE)}
+
+    def key_expiries(self) -> list[tuple[str, str, str, datetime]]:
+        """Every key and certificate whose expiry the node exports (:func:`_expiries`)."""
+        return list(self.config.derived(_expiries))
 
     def head_keys(self, province: str, key_id: str, at: datetime) -> Ed25519PublicKey | None:
         return self.trust.head_key(province, key_id, at)
@@ -632,6 +642,7 @@ class Node:
             ),
             metrics=self.metrics,
             fetching=self.worker_index == 0,
+            on_contact=self.federation_client.contact,
         )
         try:
             # Blocking reads of the descriptor (a file, or the database's row).
@@ -814,6 +825,19 @@ class Node:
         await self.outbox.start()
         for processor in self.processors:
             await processor.start()
+        if self.config.me.node.log_verify_seconds > 0:
+            self._log_verifier = asyncio.create_task(self._verify_log_every())
+
+    async def _verify_log_every(self) -> None:
+        """Verify the message log now and then (``[node] log_verify_seconds``):
+        the metrics yrd_message_log_intact / _verified_timestamp_seconds."""
+        while True:
+            try:
+                await verify_message_log(self)
+            except (GatewayError, StoreOpenError, StoreClosedError, OSError, ValueError) as exc:
+                # A store that cannot be read now (unavailable, closing): next time.
+                log.error("message log verification failed", error=str(exc))
+            await asyncio.sleep(self.config.me.node.log_verify_seconds or 3600.0)
 
     async def _refresh_metrics(self) -> None:
         now = self.clock.now()
@@ -823,6 +847,11 @@ class Node:
             self.metrics.key_expiry.labels(province, kind, key_id).set(round(days, 3))
         if self.directory is not None:
             self.directory.export_metrics()
+        for code in self.federation.peer_codes:  # peer health, as ListPeers tells it
+            health = self.federation_client.peer_health(code)
+            self.metrics.peer_up.labels(code).set(1 if health.reachable else 0)
+            last = health.last_success
+            self.metrics.peer_last_success.labels(code).set(0 if last is None else last.timestamp())
         await self._refresh_store_metrics()
 
     async def _refresh_store_metrics(self) -> None:
@@ -915,6 +944,10 @@ class Node:
                 await self.server.stop(self.grace if grace is None else grace)
             if self.metrics_server is not None:
                 await self.metrics_server.stop()
+            if self._log_verifier is not None:
+                self._log_verifier.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._log_verifier
             if self.outbox is not None:
                 await self.outbox.stop()
             for processor in self.processors:

@@ -182,6 +182,16 @@ STATE_MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE incoming_cases ADD COLUMN lease_until REAL",
         ),
     ),
+    Migration(
+        3,
+        "an operator's search by correlation id (`admin log search`) finds cases by index",
+        statements(
+            "CREATE INDEX IF NOT EXISTS outgoing_cases_correlation"
+            " ON outgoing_cases (correlation_id)",
+            "CREATE INDEX IF NOT EXISTS incoming_cases_correlation"
+            " ON incoming_cases (correlation_id)",
+        ),
+    ),
 )
 
 # ---- messages.db -------------------------------------------------------------------

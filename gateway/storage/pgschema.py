@@ -103,6 +103,16 @@ STATE_PG_MIGRATIONS: tuple[Migration, ...] = (
             " ADD COLUMN IF NOT EXISTS lease_until DOUBLE PRECISION",
         ),
     ),
+    Migration(
+        3,
+        "indexes for an operator's search by correlation id (as state.db version 3)",
+        statements(
+            "CREATE INDEX IF NOT EXISTS outgoing_cases_correlation"
+            " ON outgoing_cases (correlation_id)",
+            "CREATE INDEX IF NOT EXISTS incoming_cases_correlation"
+            " ON incoming_cases (correlation_id)",
+        ),
+    ),
 )
 
 _MESSAGE_LOG_V1 = statements(
