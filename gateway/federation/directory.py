@@ -542,11 +542,23 @@ class Directory:
             if state.facts is not None:
                 days = (state.facts.not_after - now).total_seconds() / 86400
                 metrics.descriptor_expiry.labels(code).set(round(days, 4))
-            if current and state.certificate is not None:  # the own: node._expiries
-                key_id, not_after = state.certificate
-                days = (not_after - now).total_seconds() / 86400
-                metrics.key_expiry.labels(code, "tls_certificate", key_id).set(round(days, 3))
+        for code, kind, key_id, not_after in self.peer_certificates():
+            days = (not_after - now).total_seconds() / 86400
+            metrics.key_expiry.labels(code, kind, key_id).set(round(days, 3))
         metrics.degraded.set(1 if self.degraded_reasons() else 0)
+
+    def peer_certificates(self) -> list[tuple[str, str, str, datetime]]:
+        """(province, "tls_certificate", key id, not_after) of each peer with a
+        current descriptor: the certificate its node serves with (the own one is
+        the node's: ``node._expiries``)."""
+        now = self.clock.now()
+        found = []
+        for code, state in sorted(self.peers.items()):
+            current = state.facts is not None and state.facts.current_at(now)
+            if current and state.certificate is not None:
+                key_id, not_after = state.certificate
+                found.append((code, "tls_certificate", key_id, not_after))
+        return found
 
     def service_map(self) -> list[MapEntry]:
         """This node first, then each configured peer: the federation's service map."""

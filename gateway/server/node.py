@@ -519,8 +519,12 @@ class Node:
         return {flow.domain: flow for flow in (WITHDRAWAL, SERVICE_CASE)}
 
     def key_expiries(self) -> list[tuple[str, str, str, datetime]]:
-        """Every key and certificate whose expiry the node exports (:func:`_expiries`)."""
-        return list(self.config.derived(_expiries))
+        """Every key and certificate whose expiry the node exports: the federation's
+        keys and its own TLS files (:func:`_expiries`), and its peers' certificates."""
+        found = list(self.config.derived(_expiries))
+        if self.directory is not None:
+            found += self.directory.peer_certificates()
+        return found
 
     def head_keys(self, province: str, key_id: str, at: datetime) -> Ed25519PublicKey | None:
         return self.trust.head_key(province, key_id, at)

@@ -90,7 +90,7 @@ class TestPeers:
         assert js.breaker_state == "closed"
         assert js.descriptor_state == "held"
         assert js.endpoints
-        assert {k.kind for k in js.keys} >= {"signing", "eid_issuer"}
+        assert {k.kind for k in js.keys} >= {"signing", "eid_issuer", "tls_certificate"}
         assert all(k.days_left > 0 for k in js.keys)
         assert {k.kind for k in answer.own_keys} >= {"signing", "tls_certificate"}
         assert all(k.province == SH for k in answer.own_keys)
