@@ -333,6 +333,12 @@ async def test_refused_calls_are_logged_with_the_claimed_client(
                     metadata=metadata,
                     timeout=10,
                 )
+        # The node logs a refusal once its status is on the wire: the caller may
+        # hold the last status a moment before its line is written.
+        for _ in range(200):
+            if sum(line.get("event") == "rpc" for line in logs) >= 4:
+                break
+            await asyncio.sleep(0.01)
     refused = [line for line in logs if line.get("event") == "rpc" and line["code"] != "OK"]
     by_client = {line["client"]: line for line in refused}
     assert by_client[f"token:{fingerprint}"]["code"] == "UNAUTHENTICATED"
