@@ -42,6 +42,10 @@ log = structlog.get_logger("yrd.console")
 #: Cookie of the login form's CSRF token (double submit: cookie and form field).
 LOGIN_COOKIE = "yrd_console_login"
 
+#: What the middleware finds out for the handlers: the language, the session.
+LANG_KEY = web.RequestKey("lang", str)
+SESSION_KEY: web.RequestKey[Session | None] = web.RequestKey("session")
+
 #: Paths reachable without a session.
 PUBLIC_PATHS = frozenset({"/login", "/static/console.css"})
 
@@ -66,6 +70,13 @@ def _redirect(location: str) -> web.Response:
 
 def _html(text: str, status: int = 200) -> web.Response:
     return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+
+
+def _session(request: web.Request) -> Session:
+    """The session of a request past the login gate."""
+    session = request[SESSION_KEY]
+    assert session is not None, "the middleware lets no request without a session through"
+    return session
 
 
 def _printable(text: str, limit: int) -> bool:
@@ -165,11 +176,11 @@ class Console:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         query_lang = request.query.get("lang")
-        request["lang"] = choose_language(
+        request[LANG_KEY] = choose_language(
             query_lang, request.cookies.get(LANG_COOKIE), request.headers.get("Accept-Language")
         )
         session = self.sessions.get(request.cookies.get(SESSION_COOKIE))
-        request["session"] = session
+        request[SESSION_KEY] = session
         response = await self._gate(request, handler, session)
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
@@ -211,10 +222,10 @@ class Console:
         return _html(error_page(view, view.t("forbidden", reason=reason)), status=403)
 
     def view(self, request: web.Request) -> View:
-        session: Session | None = request.get("session")
+        session: Session | None = request.get(SESSION_KEY)
         query = {k: v for k, v in request.query.items() if k != "lang"}
         return View(
-            lang=request["lang"],
+            lang=request[LANG_KEY],
             path=request.path,
             query=query,
             operator=session.operator if session else "",
@@ -223,7 +234,7 @@ class Console:
         )
 
     async def _call(self, request: web.Request, method: str, message: object) -> object:
-        session: Session = request["session"]
+        session = _session(request)
         assert self.calls is not None
         return await self.calls.call(method, message, session.token)  # type: ignore[arg-type]
 
@@ -232,7 +243,9 @@ class Console:
     def _login_response(
         self, request: web.Request, error: str = "", status: int = 200
     ) -> web.Response:
-        token = secrets.token_urlsafe(24)
+        # One token per browser until it logs in: a second login page (another
+        # tab, the browser's own favicon request sent here) keeps the first valid.
+        token = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(24)
         response = _html(login_page(self.view(request), token, error), status=status)
         response.set_cookie(
             LOGIN_COOKIE, token, secure=True, httponly=True, samesite="Strict", path="/login"
@@ -240,7 +253,7 @@ class Console:
         return response
 
     async def login_form(self, request: web.Request) -> web.StreamResponse:
-        if request["session"] is not None:
+        if request[SESSION_KEY] is not None:
             return _redirect("/")
         view = self.view(request)
         error = view.t("login.expired") if request.query.get("expired") else ""
@@ -269,7 +282,7 @@ class Console:
             return self._login_response(
                 request, view.t("login.refused", reason=exc.code.name), status=403
             )
-        old = request["session"]
+        old = request[SESSION_KEY]
         if old is not None:
             self.sessions.end(old.id)
         session = self.sessions.create(token=token, operator=operator)
@@ -282,7 +295,7 @@ class Console:
         return response
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
-        session: Session = request["session"]
+        session = _session(request)
         self.sessions.end(session.id)
         response = _redirect("/login")
         response.del_cookie(SESSION_COOKIE, path="/")
@@ -330,7 +343,7 @@ class Console:
                 if exc.signed_out:
                     raise
                 error = f"{exc.code.name}: {exc.details}"
-        session: Session = request["session"]
+        session = _session(request)
         notice, ok = session.notice, session.notice_ok
         session.notice = ""
         page = exchanges_page(
@@ -364,7 +377,7 @@ class Console:
         action = str(form.get("action") or "")
         reference = str(form.get("reference") or "")
         reason = str(form.get("reason") or "")[:256]
-        session: Session = request["session"]
+        session = _session(request)
         if action not in ACTIONS or not _printable(reference, 128):
             return _html(
                 error_page(

@@ -82,7 +82,7 @@ def minutes(samples: Sequence[Sample], count: int = 30, step: float = 60.0) -> l
     for index in range(count):
         stop_at = end - index * step
         start_at = stop_at - step
-        if stop_at < samples[0].at:
+        if stop_at <= samples[0].at:
             break
         first = _at_or_before(samples, start_at) or samples[0]
         last = _at_or_before(samples, stop_at) or samples[0]
