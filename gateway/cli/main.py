@@ -12,6 +12,7 @@ imports what its handlers need inside them):
 - :mod:`gateway.cli.adapter`: ``adapter test``
 - :mod:`gateway.cli.audit`: ``audit verify|export|check`` (``log verify``: alias)
 - :mod:`gateway.cli.outbox`: ``outbox list|retry|park|resolve``
+- :mod:`gateway.cli.admin`: ``admin peers|exchanges|log|diagnostics`` (over a node's admin RPCs)
 - :mod:`gateway.cli.store`: ``store info|migrate`` (SQLite to PostgreSQL)
 - :mod:`gateway.cli.pki`: ``pki init``
 - :mod:`gateway.cli.directory`: ``directory export|import|show|list``
@@ -24,7 +25,7 @@ import argparse
 import sys
 
 from gateway import __version__
-from gateway.cli import adapter, audit, config, dev, directory, outbox, pki, serve, store
+from gateway.cli import adapter, admin, audit, config, dev, directory, outbox, pki, serve, store
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"yrd-gateway {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (serve, config, adapter, audit, outbox, store, pki, directory, dev):
+    for group in (serve, config, adapter, audit, outbox, admin, store, pki, directory, dev):
         group.register(commands)
     audit.register_log_alias(commands)
     return parser

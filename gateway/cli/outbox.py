@@ -238,7 +238,6 @@ def outbox_list(args: argparse.Namespace) -> int:
 def outbox_steer(args: argparse.Namespace) -> int:
     """``outbox retry`` / ``outbox park``: change the items of REF, log each change."""
     import asyncio
-    import time
 
     from gateway.storage.state import PARKED, PENDING
 
@@ -252,32 +251,31 @@ def outbox_steer(args: argparse.Namespace) -> int:
     if operator is None:
         return EXIT_USAGE
 
-    async def steer() -> tuple[int, int]:
-        async with _open_state(folder) as store, _operator_log(me, folder) as log:
-            entries = await store.outbox_entries(reference=args.reference)
-            changed = 0
-            for entry in entries:
-                if entry.state != source:
-                    continue
-                if await store.set_outbox_state(entry.id, target, now=time.time()):
-                    await log.append_operator_action(
-                        action=action,
-                        subject=entry.message_id,
-                        operator=operator,
-                        reason=args.reason or f"{entry.service} of {entry.subject} to {entry.peer}",
-                    )
-                    changed += 1
-                    print(f"{action}: {entry.subject} {entry.service} -> {entry.peer} ({target})")
-            return len(entries), changed
+    async def steer() -> int:
+        from gateway.core.errors import FailedPrecondition, NotFound
+        from gateway.services.operations import steer_exchange
 
-    items, changed = asyncio.run(steer())
-    if items == 0:
-        print(f"no outbox item for {args.reference!r}", file=sys.stderr)
-        return 1
-    if changed == 0:
-        print(f"no {source} outbox item for {args.reference!r}", file=sys.stderr)
-        return 1
-    return 0
+        async with _open_state(folder) as store, _operator_log(me, folder) as log:
+            try:
+                steered = await steer_exchange(
+                    store,
+                    log,
+                    action=action,
+                    reference=args.reference,
+                    operator=operator,
+                    reason=args.reason,
+                )
+            except NotFound:
+                print(f"no outbox item for {args.reference!r}", file=sys.stderr)
+                return 1
+            except FailedPrecondition:
+                print(f"no {source} outbox item for {args.reference!r}", file=sys.stderr)
+                return 1
+        for entry in steered.changed:
+            print(f"{action}: {entry.subject} {entry.service} -> {entry.peer} ({target})")
+        return 0
+
+    return asyncio.run(steer())
 
 
 # ---- money-moving cases in reconciliation ---------------------------------------------
@@ -337,31 +335,29 @@ async def _resolve(
     from gateway.core.clock import SystemClock
     from gateway.services.case import SERVICE_CASE
     from gateway.services.fund import WITHDRAWAL
-    from gateway.services.tracked import pending_reconciliation, resolve_reconciliation
+    from gateway.services.operations import resolve_exchange
 
     flows = {f.domain: f for f in (WITHDRAWAL, SERVICE_CASE)}
-    action = "resolve_paid" if args.paid else "resolve_not_paid"
-    async with _open_state(folder) as store:
-        case = await pending_reconciliation(store, args.reference)
-        flow = flows[case.domain]
-        if args.paid and not flow.moves_money:
-            return f"--paid: a {flow.domain} moves no money; use --not-paid"
-        # The operator's statement is logged first: what follows rests on it.
-        async with _operator_log(me, folder) as log:
-            seq = await log.append_operator_action(
-                action=action, subject=args.reference, operator=operator, reason=args.reason
-            )
-        status = await resolve_reconciliation(
-            store, flow, args.reference, paid=args.paid, clock=SystemClock()
+    async with _open_state(folder) as store, _operator_log(me, folder) as log:
+        resolved = await resolve_exchange(
+            store,
+            log,
+            flows,
+            reference=args.reference,
+            paid=args.paid,
+            operator=operator,
+            reason=args.reason,
+            clock=SystemClock(),
         )
-        if args.paid:
-            print(
-                f"{args.reference}: {flow.status_name(status)} recorded; status updates"
-                f" queued for {case.sender}; message log row {seq}"
-            )
-        else:
-            print(
-                f"{args.reference}: out of reconciliation; the node submits it to its"
-                f" {flow.backend_name.replace('_', ' ')} again; message log row {seq}"
-            )
-        return ""
+    flow, seq = resolved.flow, resolved.log_seq
+    if args.paid:
+        print(
+            f"{args.reference}: {flow.status_name(resolved.status)} recorded; status updates"
+            f" queued for {resolved.sender}; message log row {seq}"
+        )
+    else:
+        print(
+            f"{args.reference}: out of reconciliation; the node submits it to its"
+            f" {flow.backend_name.replace('_', ' ')} again; message log row {seq}"
+        )
+    return ""

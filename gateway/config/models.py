@@ -203,6 +203,9 @@ class NodeSection(_Model):
     #: An outbox item still failing this long after it was written is PARKED for an
     #: operator (``yrd-gateway outbox list --parked``) instead of retried for ever.
     park_after_seconds: float = Field(86_400.0, gt=0, le=365 * 86_400)
+    #: How often the node verifies its message log's hash chain in the background
+    #: (the metric yrd_message_log_intact); 0: never (VerifyMessageLog still does).
+    log_verify_seconds: float = Field(3600.0, ge=0, le=30 * 86_400)
     #: How long a replica's claim (lease) on an outbox item or an incoming case
     #: lasts unless renewed (every third of it): a killed replica's work is
     #: taken over by the others after at most this long. Above twice a back-end

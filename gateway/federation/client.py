@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import grpc
@@ -118,6 +119,20 @@ class _Peer:
         self.breaker.record_failure()
 
 
+@dataclass(frozen=True)
+class PeerHealth:
+    """How the last calls to a peer went, as an operator asks after it."""
+
+    #: The last call (exchange or descriptor fetch) got an answer; False after a
+    #: failure or before any call since start.
+    reachable: bool = False
+    #: When a call last got an answer (UTC); None when none since start.
+    last_success: datetime | None = None
+    #: Why the last failed call failed (gRPC status name and a line, free of
+    #: personal data); "" when the last call got an answer.
+    last_error: str = ""
+
+
 _MAPPED: dict[grpc.StatusCode, Callable[[str, str], GatewayError]] = {
     grpc.StatusCode.UNAVAILABLE: lambda peer, d: PeerUnavailable(
         f"province {peer} unavailable: {d}"
@@ -129,6 +144,14 @@ _MAPPED: dict[grpc.StatusCode, Callable[[str, str], GatewayError]] = {
         f"province {peer} is overloaded: {d}"
     ),
 }
+
+
+def contact_error(error: grpc.aio.AioRpcError) -> str:
+    """A failed call as peer health keeps it: the status name and the first
+    line of gRPC's details (transport text: addresses, no payload), bounded."""
+    details = (error.details() or "").splitlines()
+    line = details[0][:200] if details else ""
+    return f"{error.code().name}: {line}" if line else error.code().name
 
 
 def map_rpc_error(peer: str, error: grpc.aio.AioRpcError) -> GatewayError:
@@ -172,6 +195,22 @@ class FederationClient:
         )
         self._closing = asyncio.Event()
         self.retries = 0
+        #: By peer code; kept across channel changes (a reload, a move).
+        self._health: dict[str, PeerHealth] = {}
+
+    def peer_health(self, code: str) -> PeerHealth:
+        """Whether the last call to ``code`` got an answer, the last success, the last error."""
+        return self._health.get(code, PeerHealth())
+
+    def contact(self, code: str, error: str = "") -> None:
+        """Record the outcome of a call to ``code`` (an exchange attempt, a
+        descriptor fetch): answered (``error`` empty), or failed and why."""
+        if len(self._health) > 1024 and code not in self._health:
+            return  # bounded: peers are a handful; a stray code is not kept
+        if error:
+            self._health[code] = PeerHealth(False, self.peer_health(code).last_success, error)
+        else:
+            self._health[code] = PeerHealth(True, datetime.now(UTC), "")
 
     def _peer(self, code: str) -> _Peer:
         peer = self._peers.get(code)
@@ -348,6 +387,7 @@ class FederationClient:
         remaining = deadline - started
         if remaining <= 0:
             peer.breaker.record_failure()
+            self.contact(peer.code, "DEADLINE_EXCEEDED: no time left for an attempt")
             raise PeerUnavailable(f"province {peer.code} did not answer in time")
         request = self._signer.seal(
             receiver=peer.code,
@@ -377,10 +417,13 @@ class FederationClient:
             await self._log.append(sent)
             if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 peer.failed(started)
+                self.contact(peer.code, contact_error(error))
             else:
                 peer.breaker.record_success()  # the peer is up; it refused this envelope
+                self.contact(peer.code)
             raise map_rpc_error(peer.code, error) from error
         peer.breaker.record_success()
+        self.contact(peer.code)
         try:
             try:
                 opened = self._verifier.open_response(

@@ -187,6 +187,7 @@ class Directory:
         channel_factory: Callable[[tuple[str, ...]], grpc.aio.Channel],
         metrics: NodeMetrics | None = None,
         fetching: bool = True,
+        on_contact: Callable[[str, str], None] | None = None,
     ) -> None:
         self.config = config
         self.cache = cache
@@ -199,6 +200,9 @@ class Directory:
         self.metrics = metrics
         #: False in all but one worker of a node: the others read the files it writes.
         self.fetching = fetching
+        #: Told (peer, "") when a fetch got an answer, (peer, why) when none did
+        #: (the federation client's peer health).
+        self._on_contact = on_contact
         self.peers: dict[str, PeerState] = {}
         self._own = b""
         self._own_serial = 0
@@ -389,7 +393,7 @@ class Directory:
         """Ask the peer for its descriptor; True if a newer one is now held."""
         async with state.lock:
             loop_now = asyncio.get_running_loop().time()
-            outcome, taken = "failed", False
+            outcome, taken, failure = "failed", False, "no endpoint to fetch from"
             for endpoints in self._endpoints(state):
                 held = state.facts.serial if state.facts is not None else 0
                 try:
@@ -410,6 +414,7 @@ class Directory:
                         endpoint=",".join(endpoints),
                         code=exc.code().name,
                     )
+                    failure = f"{exc.code().name}: descriptor fetch failed"
                     continue
                 if answer.serial == held and not answer.HasField("descriptor"):
                     outcome = "unchanged"
@@ -436,6 +441,8 @@ class Directory:
                 )
             if self.metrics is not None:
                 self.metrics.descriptor_fetches.labels(state.code, outcome).inc()
+            if self._on_contact is not None:  # "refused": it answered, with a bad descriptor
+                self._on_contact(state.code, "" if outcome != "failed" else failure)
             if taken:
                 await self._close_unused_channels()
             return taken

@@ -50,7 +50,7 @@ from gateway.federation.server import FederationServicer
 from gateway.server.console import Console
 from gateway.server.interceptors import GatewayInterceptor
 from gateway.server.reflection import enable_server_reflection
-from gateway.services.admin import AdminServicer
+from gateway.services.admin import AdminServicer, verify_message_log
 from gateway.services.case import SERVICE_CASE, CaseServicer
 from gateway.services.certificate import CertificateExchange, CertificateServicer
 from gateway.services.fund import WITHDRAWAL, FundExchange, FundServicer
@@ -397,6 +397,7 @@ class Node:
         self.outbox: Outbox | None = None
         self.directory: Directory | None = None
         self.processors: list[TrackedProcessor[Any, Any, Any, Any]] = []
+        self._log_verifier: asyncio.Task[None] | None = None
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -514,6 +515,15 @@ class Node:
         """Sign with the current envelope key (chain heads of the message log)."""
         key_id, private_key = self.signer.current()
         return key_id, private_key.sign(statement)
+
+    @property
+    def flows(self) -> dict[str, Any]:
+        """The tracked exchanges by domain, as the operator service steers them."""
+        return {flow.domain: flow for flow in (WITHDRAWAL, SERVICE_CASE)}
+
+    def key_expiries(self) -> list[tuple[str, str, str, datetime]]:
+        """Every key and certificate whose expiry the node exports (:func:`_expiries`)."""
+        return list(self.config.derived(_expiries))
 
     def head_keys(self, province: str, key_id: str, at: datetime) -> Ed25519PublicKey | None:
         return self.trust.head_key(province, key_id, at)
@@ -638,6 +648,7 @@ class Node:
             ),
             metrics=self.metrics,
             fetching=self.worker_index == 0,
+            on_contact=self.federation_client.contact,
         )
         try:
             # Blocking reads of the descriptor (a file, or the database's row).
@@ -846,6 +857,18 @@ class Node:
         await self.outbox.start()
         for processor in self.processors:
             await processor.start()
+        if self.config.me.node.log_verify_seconds > 0:
+            self._log_verifier = asyncio.create_task(self._verify_log_every())
+
+    async def _verify_log_every(self) -> None:
+        """Verify the message log now and then (``[node] log_verify_seconds``):
+        the metrics yrd_message_log_intact / _verified_timestamp_seconds."""
+        while True:
+            try:
+                await verify_message_log(self)
+            except (StoreOpenError, OSError, ValueError) as exc:  # verified again next time
+                log.error("message log verification failed", error=str(exc))
+            await asyncio.sleep(self.config.me.node.log_verify_seconds or 3600.0)
 
     async def _refresh_metrics(self) -> None:
         now = self.clock.now()
@@ -855,6 +878,11 @@ class Node:
             self.metrics.key_expiry.labels(province, kind, key_id).set(round(days, 3))
         if self.directory is not None:
             self.directory.export_metrics()
+        for code in self.federation.peer_codes:  # peer health, as ListPeers tells it
+            health = self.federation_client.peer_health(code)
+            self.metrics.peer_up.labels(code).set(1 if health.reachable else 0)
+            last = health.last_success
+            self.metrics.peer_last_success.labels(code).set(0 if last is None else last.timestamp())
         await self._refresh_store_metrics()
 
     async def _refresh_store_metrics(self) -> None:
@@ -937,13 +965,17 @@ class Node:
             self._stopped = True
             for task in list(self._health_tasks):  # store probes, health updates
                 task.cancel()
+            if self.console is not None:  # first: no operator action starts during the drain
+                await self.console.stop()
             await self.health.enter_graceful_shutdown()
             if self.server is not None:
                 await self.server.stop(self.grace if grace is None else grace)
             if self.metrics_server is not None:
                 await self.metrics_server.stop()
-            if self.console is not None:
-                await self.console.stop()
+            if self._log_verifier is not None:
+                self._log_verifier.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._log_verifier
             if self.outbox is not None:
                 await self.outbox.stop()
             for processor in self.processors:

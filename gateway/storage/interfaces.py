@@ -34,12 +34,14 @@ from datetime import datetime
 from typing import Protocol, TypeVar
 
 from gateway.storage.records import (
+    CaseSummary,
     ChainReport,
     HeadKeys,
     IncomingCase,
     IncomingWork,
     LogEntry,
     LoggedExchange,
+    LogRow,
     NewIncomingCase,
     NewOutgoingCase,
     OutboxEntry,
@@ -208,7 +210,11 @@ class OutboxOperations(Protocol):
     """The outbox as an operator and the node's metrics see it."""
 
     async def outbox_entries(
-        self, *, state: str | None = None, reference: str | None = None
+        self,
+        *,
+        state: str | None = None,
+        reference: str | None = None,
+        correlation_id: str | None = None,
     ) -> list[OutboxEntry]: ...
 
     async def set_outbox_state(self, item_id: int, state: str, *, now: float) -> bool: ...
@@ -265,6 +271,11 @@ class ReconciliationStore(Transactional, Protocol):
 
     async def reconciliation_cases(self) -> list[ReconciliationCase]: ...
 
+    async def case_summaries(
+        self, *, references: Collection[str] = (), correlation_id: str | None = None
+    ) -> list[CaseSummary]:
+        """Sent and received cases by case id / reference, or by correlation id."""
+
 
 class IdentityRecords(Protocol):
     """Guest registrations and the e-ID tokens answered for (single use)."""
@@ -316,6 +327,24 @@ class MessageLogReader(Protocol):
 
     async def verify(self, keys: HeadKeys | None = None) -> ChainReport:
         """The whole chain, and every signed head against it (signatures, given keys)."""
+
+    async def rows_by_correlation(self, correlation_id: str, limit: int) -> list[LogRow]:
+        """Up to ``limit`` rows with this correlation id, oldest first."""
+
+
+class OperatorLog(MessageLogReader, Protocol):
+    """The message log as an operator's actions are recorded in it."""
+
+    async def append_operator_action(
+        self,
+        *,
+        action: str,
+        subject: str,
+        operator: str,
+        reason: str = "",
+        correlation_id: str = "",
+    ) -> int:
+        """Record an operator's action as a chained, signed row; its sequence number."""
 
 
 class MessageRecorder(Protocol):

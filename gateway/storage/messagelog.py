@@ -41,12 +41,13 @@ from gateway.storage.records import (
     HeadKeys,
     LogEntry,
     LoggedExchange,
+    LogRow,
     MessageLogClosed,
 )
 from gateway.storage.sql import Connection
 
 if TYPE_CHECKING:
-    from gateway.storage.interfaces import MessageRecorder
+    from gateway.storage.interfaces import MessageRecorder, OperatorLog
 
 # LogEntry and LoggedExchange cross the storage seam (records); importable from here too.
 __all__ = [
@@ -297,7 +298,13 @@ class MessageLog:
         return await self._live_writer().submit_all(list(entries))
 
     async def append_operator_action(
-        self, *, action: str, subject: str, operator: str, reason: str = ""
+        self,
+        *,
+        action: str,
+        subject: str,
+        operator: str,
+        reason: str = "",
+        correlation_id: str = "",
     ) -> int:
         """Record an operator's action (retry, park, resolve ...) as a chained row:
         direction "local", kind "operator", service "operator.<action>", and as
@@ -321,7 +328,7 @@ class MessageLog:
                 "local",
                 "operator",
                 str(uuid.uuid4()),
-                "",
+                correlation_id,  # the exchange acted on: a search by it finds the action
                 "",
                 f"operator.{action}",
                 json.dumps(document, sort_keys=True).encode(),
@@ -507,6 +514,27 @@ class MessageLog:
                 _blob(r[9]),
                 _blob(r[10]),
             )
+
+    async def rows_by_correlation(self, correlation_id: str, limit: int) -> list[LogRow]:
+        """Up to ``limit`` rows with this correlation id, oldest first."""
+        rows = await self._file.fetchall(
+            "SELECT seq, logged_at, direction, kind, message_id, peer, service, envelope"
+            " FROM message_log WHERE correlation_id = ? ORDER BY seq LIMIT ?",
+            (correlation_id, limit),
+        )
+        return [
+            LogRow(
+                int(r[0]),
+                _text(r[1]),
+                _text(r[2]),
+                _text(r[3]),
+                _text(r[4]),
+                _text(r[5]),
+                _text(r[6]),
+                _blob(r[7]),
+            )
+            for r in rows
+        ]
 
     async def heads(self) -> list[SignedHead]:
         rows = await self._file.fetchall(
@@ -771,4 +799,7 @@ def _blob(value: object) -> bytes:
 if TYPE_CHECKING:
 
     def _implements(log: MessageLog) -> MessageRecorder:  # checked by mypy only
+        return log
+
+    def _operated(log: MessageLog) -> OperatorLog:  # checked by mypy only
         return log

@@ -97,6 +97,8 @@ class OutboxEntry:
     parked_at: float | None
     #: The process working it now (``<replica>/<pid>/<random>``), while its lease holds.
     lease_owner: str | None = None
+    #: Correlation id of the exchange it belongs to.
+    correlation_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,27 @@ class ReconciliationCase:
     #: When it went to reconciliation (ISO 8601 UTC).
     since: str
     backend_reference: str
+    #: Correlation id of the exchange it belongs to.
+    correlation_id: str = ""
+
+
+@dataclass(frozen=True)
+class CaseSummary:
+    """A tracked case (sent or received) as an operator sees it: no personal data."""
+
+    #: The case id (sent) or this node's reference (received).
+    reference: str
+    domain: str
+    #: "sent" (this node's client submitted it) or "received" (from a peer).
+    side: str
+    #: The other province.
+    peer: str
+    status: int
+    #: When it last changed (ISO 8601 UTC).
+    updated_at: str
+    correlation_id: str
+    #: Received cases: waiting for an operator's reconciliation.
+    in_reconciliation: bool = False
 
 
 @dataclass(frozen=True)
@@ -213,6 +236,22 @@ class Progress:
     attempts: int
     next_poll_at: float
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class LogRow:
+    """A message-log row as an operator's search reads it."""
+
+    seq: int
+    #: ISO 8601 UTC.
+    logged_at: str
+    direction: str
+    kind: str
+    message_id: str
+    peer: str
+    service: str
+    #: As logged: the service summarises it and never hands it on (personal data).
+    envelope: bytes
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from gateway.storage.pgschema import STATE_PG_MIGRATIONS
 from gateway.storage.records import (
     PARKED,
     PENDING,
+    CaseSummary,
     IncomingCase,
     IncomingWork,
     NewIncomingCase,
@@ -363,11 +364,15 @@ class StateStore:
         return float(row[0]) if row and row[0] is not None else None
 
     async def outbox_entries(
-        self, *, state: str | None = None, reference: str | None = None
+        self,
+        *,
+        state: str | None = None,
+        reference: str | None = None,
+        correlation_id: str | None = None,
     ) -> list[OutboxEntry]:
         """Outbox items for an operator, oldest first: all, those in ``state``, or
         those of one ``reference`` (the case id or reference they belong to, or
-        their message id)."""
+        their message id), or of one ``correlation_id``."""
         where, args = "1 = 1", []
         if state is not None:
             where += " AND state = ?"
@@ -375,10 +380,13 @@ class StateStore:
         if reference is not None:
             where += " AND (subject = ? OR message_id = ?)"
             args += [reference, reference]
+        if correlation_id is not None:
+            where += " AND correlation_id = ?"
+            args.append(correlation_id)
         rows = await self.fetchall(
             "SELECT id, subject, message_id, peer, service, state, attempts, created_at,"  # noqa: S608 - only placeholders are added
             f" next_attempt_at, last_error, parked_at, CASE WHEN lease_until > ? THEN lease_owner"
-            f" END FROM outbox WHERE {where}"
+            f" END, correlation_id FROM outbox WHERE {where}"
             " ORDER BY created_at, id",
             (time.time(), *args),
         )
@@ -396,6 +404,7 @@ class StateStore:
                 str(r[9]),
                 None if r[10] is None else float(r[10]),
                 None if r[11] is None else str(r[11]),
+                str(r[12]),
             )
             for r in rows
         ]
@@ -535,11 +544,51 @@ class StateStore:
     async def reconciliation_cases(self) -> list[ReconciliationCase]:
         """Every incoming case in reconciliation, the longest waiting first."""
         rows = await self.fetchall(
-            "SELECT reference, domain, sender, status, updated_at, backend_reference"
-            " FROM incoming_cases WHERE reconciliation = 1 ORDER BY updated_at, reference"
+            "SELECT reference, domain, sender, status, updated_at, backend_reference,"
+            " correlation_id FROM incoming_cases WHERE reconciliation = 1"
+            " ORDER BY updated_at, reference"
         )
         return [
-            ReconciliationCase(str(r[0]), str(r[1]), str(r[2]), int(r[3]), str(r[4]), str(r[5]))
+            ReconciliationCase(
+                str(r[0]), str(r[1]), str(r[2]), int(r[3]), str(r[4]), str(r[5]), str(r[6])
+            )
+            for r in rows
+        ]
+
+    async def case_summaries(
+        self, *, references: Collection[str] = (), correlation_id: str | None = None
+    ) -> list[CaseSummary]:
+        """Tracked cases, sent and received, for an operator (no personal data):
+        those whose case id or reference is among ``references``, or those of one
+        ``correlation_id``; the least recently changed first."""
+        if correlation_id is not None:
+            out_where, in_where = "correlation_id = ?", "correlation_id = ?"
+            args: tuple[Any, ...] = (correlation_id, correlation_id)
+        elif references:
+            out_where = f"case_id IN ({_marks(references)})"
+            in_where = f"reference IN ({_marks(references)})"
+            args = (*references, *references)
+        else:
+            return []
+        rows = await self.fetchall(
+            "SELECT case_id, domain, 'sent', peer, status, updated_at, correlation_id, 0"  # noqa: S608 - only placeholders are added
+            f" FROM outgoing_cases WHERE {out_where} UNION ALL"
+            " SELECT reference, domain, 'received', sender, status, updated_at, correlation_id,"
+            f" reconciliation FROM incoming_cases WHERE {in_where}"
+            " ORDER BY 6, 1",
+            args,
+        )
+        return [
+            CaseSummary(
+                str(r[0]),
+                str(r[1]),
+                str(r[2]),
+                str(r[3]),
+                int(r[4]),
+                str(r[5]),
+                str(r[6]),
+                bool(r[7]),
+            )
             for r in rows
         ]
 
