@@ -35,15 +35,19 @@ class TestSessions:
         store = SessionStore(max_sessions=10, idle_seconds=60)
         a = store.create(token="t", operator="a")
         b = store.create(token="t", operator="b")
-        assert a.id != b.id and a.csrf != b.csrf
-        assert len(a.id) >= 40 and len(a.csrf) >= 40
-        assert store.get(a.id) is a and store.get(b.id) is b
+        assert a.id != b.id
+        assert a.csrf != b.csrf
+        assert len(a.id) >= 40
+        assert len(a.csrf) >= 40
+        assert store.get(a.id) is a
+        assert store.get(b.id) is b
 
     def test_unknown_or_missing_id_is_no_session(self) -> None:
         store = SessionStore(max_sessions=2, idle_seconds=60)
         store.create(token="t", operator="a")
         assert store.get("not-a-session") is None
-        assert store.get(None) is None and store.get("") is None
+        assert store.get(None) is None
+        assert store.get("") is None
 
     def test_bounded_the_least_recently_used_goes(self) -> None:
         clock = FakeClock()
@@ -57,7 +61,8 @@ class TestSessions:
         third = store.create(token="t", operator="third")
         assert len(store) == 2
         assert store.get(second.id) is None
-        assert store.get(first.id) is first and store.get(third.id) is third
+        assert store.get(first.id) is first
+        assert store.get(third.id) is third
 
     def test_idle_session_ends_a_used_one_lives_on(self) -> None:
         clock = FakeClock()
@@ -138,8 +143,10 @@ class TestCharts:
         ]
         chart = minutes(samples)
         assert [m.exchanges for m in chart] == [30.0, 10.0]
-        assert chart[0].p50 is not None and chart[0].p50 <= 0.01
-        assert chart[1].p50 is not None and 0.01 < chart[1].p50 <= 0.1
+        assert chart[0].p50 is not None
+        assert chart[0].p50 <= 0.01
+        assert chart[1].p50 is not None
+        assert 0.01 < chart[1].p50 <= 0.1
 
     def test_sampler_reads_the_node_metrics_and_is_bounded(self) -> None:
         metrics = NodeMetrics("310000")
@@ -156,7 +163,8 @@ class TestCharts:
         assert read_sample(metrics, clock.now).exchanges == 100
         chart = sampler.minutes()
         assert chart[-1].exchanges == pytest.approx(12)
-        assert chart[-1].p99 is not None and 0.0025 < chart[-1].p99 <= 0.005
+        assert chart[-1].p99 is not None
+        assert 0.0025 < chart[-1].p99 <= 0.005
 
 
 class TestPages:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import ssl
 import threading
 import time
@@ -34,7 +33,6 @@ from yrd.common.v1 import common_pb2
 from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra")
-from selenium.common.exceptions import WebDriverException  # noqa: E402 - after the importorskip
 from selenium.webdriver.chrome.options import Options  # noqa: E402 - after the importorskip
 from selenium.webdriver.chrome.service import Service  # noqa: E402 - after the importorskip
 from selenium.webdriver.common.by import By  # noqa: E402 - after the importorskip
@@ -140,24 +138,28 @@ def open_page(driver: Any, url: str) -> str:
 def log_in(
     driver: Any, base: str, token: str = ADMIN_TOKEN, operator: str = "Li Wei (on call)"
 ) -> None:
+    driver.delete_all_cookies()  # a fresh login, in English
     driver.get(base + "login?lang=en")
     driver.find_element(By.ID, "token").send_keys(token)
     driver.find_element(By.ID, "operator").send_keys(operator)
     driver.find_element(By.CSS_SELECTOR, "form[action='/login'] button[type=submit]").click()
 
 
-def wait_until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+def wait_until(
+    predicate: Callable[[], bool], seconds: float, what: str, seen: Callable[[], str] = str
+) -> None:
     deadline = time.monotonic() + seconds
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"not within {seconds:g} s: {what}")
+            raise AssertionError(f"not within {seconds:g} s: {what}; seen: {seen()}")
         time.sleep(0.5)
 
 
 def post(url: str, data: dict[str, str], cookie: str = "") -> int:
     """A POST as a forging page would send it (no browser): the status code."""
     context = ssl.create_default_context(cafile=str(CONFIG_DIR / "310000" / "keys" / "ca.crt.pem"))
-    request = urllib.request.Request(
+    assert url.startswith("https://127.0.0.1:")
+    request = urllib.request.Request(  # noqa: S310 - an https URL of the console under test
         url,
         data=urllib.parse.urlencode(data).encode(),
         headers={"Cookie": cookie} if cookie else {},
@@ -198,7 +200,9 @@ class TestConsoleInBrowser:
         log_in(browser, base)
         session = browser.get_cookie("yrd_console_session")
         assert session is not None
-        assert session["httpOnly"] and session["secure"] and session["sameSite"] == "Strict"
+        assert session["httpOnly"]
+        assert session["secure"]
+        assert session["sameSite"] == "Strict"
         cookie = f"yrd_console_session={session['value']}"
         assert post(base + "log/verify", {}, cookie) == 403
         assert post(base + "log/verify", {"csrf": "forged"}, cookie) == 403
@@ -220,7 +224,6 @@ class TestConsoleInBrowser:
         for code in ("320000", "330000", "340000"):
             assert code in peers.text
         texts.append(browser.page_source)
-        browser.save_screenshot(str(screenshots / "console-overview.png"))
         for path, title in (
             ("exchanges", "Exchanges"),
             ("search", "Search by correlation id"),
@@ -271,6 +274,7 @@ class TestConsoleInBrowser:
                         amount_fen=1_000_00,
                         payee_account=payee_account(7),
                         payee_bank="Bank of Shanghai",
+                        supporting_certificates=["real-estate contract 2026-SH-000123"],
                     )
                 ),
                 metadata=OFFICE,
@@ -282,7 +286,12 @@ class TestConsoleInBrowser:
         log_in(browser, base)
         # The operator finds it: pending for Jiangsu. Park it (with confirmation).
         browser.get(base + "exchanges?state=pending&peer=" + JS)
-        wait_until(lambda: case_id in browser.page_source or bool(browser.refresh()), 30, "pending")
+        wait_until(
+            lambda: case_id in browser.page_source or bool(browser.refresh()),
+            30,
+            f"{case_id} pending",
+            lambda: str(browser.page_source),
+        )
         browser.find_element(By.CSS_SELECTOR, f"button[aria-label='Park {case_id}']").click()
         assert heading(browser) == "Confirm: Park"
         browser.find_element(By.ID, "reason").send_keys("Jiangsu down for maintenance")
@@ -305,15 +314,30 @@ class TestConsoleInBrowser:
 
         def paid() -> bool:
             browser.get(search_link)
-            return "WITHDRAWAL_STATUS_PAID" in browser.find_element(By.ID, "main").text
+            cells = browser.find_elements(
+                By.XPATH,
+                f"//table[caption[contains(., 'Cases')]]//tr[td[1][contains(., '{case_id}')]]/td",
+            )
+            return any(cell.text.endswith("PAID") for cell in cells)
 
-        wait_until(paid, 60, f"case {case_id} PAID on the search page")
+        wait_until(
+            paid,
+            60,
+            f"case {case_id} PAID on the search page",
+            lambda: str(browser.find_element(By.ID, "main").text),
+        )
         cases = browser.find_element(By.XPATH, "//table[caption[contains(., 'Cases')]]")
         assert case_id in cases.text
         rows = browser.find_element(By.XPATH, "//table[caption[contains(., 'path')]]")
-        assert "retry" in rows.text.lower() and "park" in rows.text.lower()
+        assert "retry" in rows.text.lower()
+        assert "park" in rows.text.lower()
         texts.append(browser.page_source)
         browser.save_screenshot(str(screenshots / "console-search.png"))
+        # The overview's charts now show the exchanges of the last minutes.
+        assert open_page(browser, base) == "Federation at a glance"
+        assert browser.find_elements(By.CSS_SELECTOR, "figure svg[role=img]")
+        texts.append(browser.page_source)
+        browser.save_screenshot(str(screenshots / "console-overview.png"))
 
     def test_chinese_pages(self, running: FederationThread, browser: Any, texts: list[str]) -> None:
         base = running.console_url()
@@ -322,7 +346,8 @@ class TestConsoleInBrowser:
         assert open_page(browser, base + "?lang=zh") == "联邦概览"
         assert browser.find_element(By.TAG_NAME, "html").get_attribute("lang") == "zh-CN"
         nav = browser.find_element(By.TAG_NAME, "nav").text
-        assert "交换" in nav and "消息日志" in nav
+        assert "交换" in nav
+        assert "消息日志" in nav
         # Remembered: the next page without ?lang= is Chinese too.
         assert open_page(browser, base + "exchanges") == "交换"
         assert browser.find_element(By.CSS_SELECTOR, "label[for='f-state']").text == "状态"
@@ -332,7 +357,8 @@ class TestConsoleInBrowser:
     def test_no_page_shows_personal_data(self, texts: list[str]) -> None:
         markers = [t for t in texts if t.startswith("PERSON ")]
         pages = [t for t in texts if not t.startswith("PERSON ")]
-        assert markers and len(pages) >= 8
+        assert markers
+        assert len(pages) >= 8
         for marker in markers:
             _, id_number, name = marker.split(" ", 2)
             for page in pages:

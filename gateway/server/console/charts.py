@@ -147,17 +147,21 @@ class MetricsSampler:
 
 
 WIDTH, HEIGHT, PAD_LEFT, PAD_BOTTOM, PAD_TOP = 600, 160, 48, 24, 10
+#: Minutes a chart spans: the data fill its right end (a young node's few
+#: minutes are narrow bars at the right, not one wide one).
+SLOTS = 30
 
 
 def bar_chart(title: str, data: Sequence[Minute]) -> str:
     """Exchanges per minute as bars, with a title and axis labels (inline SVG)."""
     peak = max((m.exchanges for m in data), default=0.0) or 1.0
     inner_w, inner_h = WIDTH - PAD_LEFT - 8, HEIGHT - PAD_BOTTOM - PAD_TOP
-    bar = inner_w / max(len(data), 1)
+    bar = inner_w / SLOTS
+    offset = max(SLOTS - len(data), 0)
     parts = [_svg_open(title), _axes(f"{peak:g}", "0")]
-    for index, minute in enumerate(data):
+    for index, minute in enumerate(data[-SLOTS:]):
         height = inner_h * minute.exchanges / peak
-        x = PAD_LEFT + index * bar + 1
+        x = PAD_LEFT + (offset + index) * bar + 1
         y = PAD_TOP + inner_h - height
         parts.append(
             f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(bar - 2, 1):.1f}" '
@@ -173,18 +177,22 @@ def latency_chart(title: str, data: Sequence[Minute]) -> str:
     values = [v for m in data for v in (m.p50, m.p99) if v is not None]
     peak = (max(values) if values else 0.0) * 1000 or 1.0
     inner_w, inner_h = WIDTH - PAD_LEFT - 8, HEIGHT - PAD_BOTTOM - PAD_TOP
-    step = inner_w / max(len(data) - 1, 1)
+    step = inner_w / (SLOTS - 1)
+    offset = max(SLOTS - len(data), 0)
     parts = [_svg_open(title), _axes(f"{peak:.3g} ms", "0")]
     for attribute, dash in (("p50", ""), ("p99", ' stroke-dasharray="6 4"')):
         points = []
-        for index, minute in enumerate(data):
+        for index, minute in enumerate(data[-SLOTS:]):
             value = getattr(minute, attribute)
             if value is None:
                 continue
-            x = PAD_LEFT + index * step
+            x = PAD_LEFT + (offset + index) * step
             y = PAD_TOP + inner_h - inner_h * value * 1000 / peak
             points.append(f"{x:.1f},{y:.1f}")
-        if points:
+        if len(points) == 1:  # one minute: a dot, a line needs two
+            cx, cy = points[0].split(",")
+            parts.append(f'<circle cx="{cx}" cy="{cy}" r="3" fill="#1a202c"/>')
+        elif points:
             parts.append(
                 f'<polyline points="{" ".join(points)}" fill="none" stroke="#1a202c" '
                 f'stroke-width="2"{dash}/>'
@@ -217,7 +225,8 @@ def _axes(top: str, bottom: str) -> str:
 def _time_labels(data: Sequence[Minute]) -> str:
     if not data:
         return ""
-    first = time.strftime("%H:%M", time.gmtime(data[0].end))
+    start = data[-1].end - (SLOTS - 1) * 60
+    first = time.strftime("%H:%M", time.gmtime(start))
     last = time.strftime("%H:%M", time.gmtime(data[-1].end))
     y = HEIGHT - 6
     return (
