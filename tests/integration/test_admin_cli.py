@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from gateway.testing.localfed import LocalFederation, free_port
 from tests.integration.conftest import JS, SH, ZJ
 from tests.integration.test_admin_rpcs import correlation_of, free_of, queued_while_fund_node_down
 from tests.integration.test_fund_exchange import application, submit, until_final
+from tests.paths import CONFIG_DIR, config_file
 from yrd.fund.v1 import fund_pb2
 
 S = fund_pb2.WithdrawalStatus
@@ -161,3 +164,31 @@ async def test_no_token_and_unreachable(admin: Admin) -> None:
     status, _, err = await run(*nowhere, env={**env, "YRD_ADMIN_TOKEN": "x"})
     assert status == 2
     assert "UNAVAILABLE" in err
+
+
+async def test_endpoint_and_ca_from_the_node_config(tmp_path: Path) -> None:
+    """`--config FILE` alone says where the node is and which CA signed it."""
+    configs = tmp_path / "configs"
+    shutil.copytree(CONFIG_DIR, configs, ignore=shutil.ignore_patterns("var"))
+    async with LocalFederation(configs, tmp_path / "work") as federation:
+        shanghai = config_file(SH, configs)
+        text = re.sub(
+            r'^endpoint = "[^"]+"',
+            f'endpoint = "{federation.endpoint(SH)}"',
+            shanghai.read_text("utf-8"),
+            count=1,
+            flags=re.M,
+        )
+        shanghai.write_text(text, "utf-8")
+        env = {**os.environ, "YRD_ADMIN_TOKEN": f"dev-office-{SH}"}
+        status, out, err = await run(
+            "admin", "exchanges", "list", "--config", str(shanghai), env=env
+        )
+        assert status == 0, err
+        assert out.startswith("REFERENCE")
+        assert "0 exchange(s)" in err
+        status, _, err = await run(
+            "admin", "--config", str(tmp_path / "none.toml"), "peers", env=env
+        )
+        assert status == 2
+        assert "none.toml" in err

@@ -188,6 +188,97 @@ class TestExchanges:
         assert await listed(federation, state="reconciliation") == []
         assert await listed(federation, min_age_seconds=3600) == []
         assert len(await listed(federation, limit=1)) == 1
+        # The failed delivery attempts are the peer's health too.
+        deadline = time.monotonic() + 10
+        while True:
+            peers = await call(federation, "ListPeers", admin_pb2.ListPeersRequest())
+            js = next(p for p in peers.peers if p.province == JS)
+            if not js.reachable or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert not js.reachable
+        assert js.last_error.startswith(("UNAVAILABLE", "DEADLINE_EXCEEDED"))
+        assert js.pending == 1
+
+
+class TestResolve:
+    async def test_a_case_in_reconciliation_resolved_paid_over_the_rpc(
+        self, federation: LocalFederation
+    ) -> None:
+        """The centre paid a withdrawal, then lost it: Jiangsu's node holds it for
+        an operator, who lists it and resolves it PAID from the centre's records."""
+        centre = federation.provinces[JS].fund_centre
+        centre.review_delay = 1.0
+        app = application(federation, amount_fen=4_000, reason=fund_pb2.RENT)
+        case = await submit(federation, app)
+        deadline = time.monotonic() + 20
+        while (await until_final(federation, case.case_id, seconds=0))[0].status != S.UNDER_REVIEW:
+            assert time.monotonic() < deadline, "never UNDER_REVIEW"
+            await asyncio.sleep(0.05)
+        await federation.stop_node(JS)
+        await centre.wait_idle()
+        assert await centre.forget() == 1
+        await federation.start_node(JS)
+        deadline = time.monotonic() + 20
+        while True:
+            waiting = await call(
+                federation,
+                "ListExchanges",
+                admin_pb2.ListExchangesRequest(state="reconciliation"),
+                code=JS,
+            )
+            if waiting.exchanges:
+                break
+            assert time.monotonic() < deadline, "never in reconciliation"
+            await asyncio.sleep(0.1)
+        [held] = waiting.exchanges
+        assert (held.state, held.peer, held.domain) == ("reconciliation", SH, "withdrawal")
+        assert held.service == "fund.DeliverWithdrawal"
+        assert held.case_status == "UNDER_REVIEW"
+        assert held.correlation_id == await correlation_of(federation, case.case_id)
+        assert not held.HasField("next_attempt_at")
+        free_of(str(waiting), app)
+
+        resolved = await call(
+            federation,
+            "ResolveExchange",
+            admin_pb2.ResolveExchangeRequest(
+                reference=held.reference, paid=True, operator="op-zhang", reason="ledger checked"
+            ),
+            code=JS,
+        )
+        assert resolved.changed == 1
+        assert resolved.log_seq > 0
+        assert "PAID recorded" in resolved.detail
+        final, _ = await until_final(federation, case.case_id, seconds=30)
+        assert final.status == S.PAID
+        assert len(centre.payments) == 1, "paid once"
+        again = await refused_at(
+            federation,
+            JS,
+            "ResolveExchange",
+            admin_pb2.ResolveExchangeRequest(reference=held.reference, operator="op-zhang"),
+        )
+        assert again.code() == grpc.StatusCode.FAILED_PRECONDITION
+        path = await call(
+            federation,
+            "SearchLog",
+            admin_pb2.SearchLogRequest(correlation_id=held.correlation_id),
+            code=JS,
+        )
+        assert (
+            "operator",
+            "resolve_paid",
+            "resolve_paid by op-zhang (client office-320000-001)",
+        ) in [(e.direction, e.service, e.summary) for e in path.entries]
+
+
+async def refused_at(
+    federation: LocalFederation, code: str, method: str, request: Any
+) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call(federation, method, request, code=code)
+    return info.value
 
 
 class TestSearchLog:
@@ -272,6 +363,39 @@ class TestLogAndDiagnostics:
             )
         )
         assert stamp > time.time() - 60
+
+    @pytest.mark.parametrize("every", [0.0, 0.3])
+    async def test_the_node_verifies_its_log_in_the_background(
+        self, federation: LocalFederation, every: float
+    ) -> None:
+        province = federation.provinces[SH]
+        node_section = province.config.node.model_copy(update={"log_verify_seconds": every})
+        province.config = province.config.model_copy(update={"node": node_section})
+        await federation.stop_node(SH)
+        node = await federation.start_node(SH)
+
+        async def verified_at() -> float:
+            scrape = (await node.metrics.render()).decode()
+            return float(
+                next(
+                    line.split()[-1]
+                    for line in scrape.splitlines()
+                    if line.startswith("yrd_message_log_verified_timestamp_seconds ")
+                )
+            )
+
+        await asyncio.sleep(1.0)
+        first = await verified_at()
+        if not every:  # never: until someone asks
+            assert first == 0.0
+            assert "yrd_message_log_intact -1.0" in (await node.metrics.render()).decode()
+            return
+        assert first > 0
+        assert "yrd_message_log_intact 1.0" in (await node.metrics.render()).decode()
+        deadline = time.monotonic() + 10
+        while await verified_at() == first:  # and again, every `every` seconds
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
 
     async def test_diagnostics(self, federation: LocalFederation) -> None:
         answer = await call(federation, "RunDiagnostics", admin_pb2.RunDiagnosticsRequest())
