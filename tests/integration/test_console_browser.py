@@ -36,6 +36,7 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the
 from selenium.webdriver.chrome.options import Options  # noqa: E402 - after the importorskip
 from selenium.webdriver.chrome.service import Service  # noqa: E402 - after the importorskip
 from selenium.webdriver.common.by import By  # noqa: E402 - after the importorskip
+from selenium.webdriver.common.keys import Keys  # noqa: E402 - after the importorskip
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -242,6 +243,12 @@ class TestConsoleInBrowser:
         assert "Intact" in browser.find_element(By.ID, "verdict").text
         texts.append(browser.page_source)
         browser.save_screenshot(str(screenshots / "console-log.png"))
+        # Keyboard: the first Tab reaches the skip link, the next ones the navigation.
+        browser.get(base + "exchanges")
+        browser.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
+        assert browser.switch_to.active_element.get_attribute("class") == "skip"
+        browser.switch_to.active_element.send_keys(Keys.TAB)
+        assert browser.switch_to.active_element.get_attribute("href").endswith("/")
         # Every form control has a label.
         for path in ("exchanges", "search"):
             browser.get(base + path)
