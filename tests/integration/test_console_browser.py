@@ -242,7 +242,6 @@ class TestConsoleInBrowser:
         browser.find_element(By.CSS_SELECTOR, "form[action='/log/verify'] button").click()
         assert "Intact" in browser.find_element(By.ID, "verdict").text
         texts.append(browser.page_source)
-        browser.save_screenshot(str(screenshots / "console-log.png"))
         # Keyboard: the first Tab reaches the skip link, the next ones the navigation.
         browser.get(base + "exchanges")
         browser.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
@@ -345,6 +344,12 @@ class TestConsoleInBrowser:
         assert browser.find_elements(By.CSS_SELECTOR, "figure svg[role=img]")
         texts.append(browser.page_source)
         browser.save_screenshot(str(screenshots / "console-overview.png"))
+        # The message log holds the exchange's rows and the operator's actions: intact.
+        browser.get(base + "log")
+        browser.find_element(By.CSS_SELECTOR, "form[action='/log/verify'] button").click()
+        assert "Intact" in browser.find_element(By.ID, "verdict").text
+        texts.append(browser.page_source)
+        browser.save_screenshot(str(screenshots / "console-log.png"))
 
     def test_chinese_pages(self, running: FederationThread, browser: Any, texts: list[str]) -> None:
         base = running.console_url()
@@ -360,6 +365,30 @@ class TestConsoleInBrowser:
         assert browser.find_element(By.CSS_SELECTOR, "label[for='f-state']").text == "状态"
         texts.append(browser.page_source)
         assert open_page(browser, base + "diagnostics?lang=en") == "Diagnostics"
+
+    def test_a_token_the_node_stops_accepting_ends_the_session(
+        self, running: FederationThread, browser: Any
+    ) -> None:
+        base = running.console_url()
+        log_in(browser, base)
+        node = running.federation.node(SH)
+        original = node.federation
+        admin = "yrd.admin.v1.AdminService"
+        clients = tuple(
+            client.model_copy(update={"services": tuple(s for s in client.services if s != admin)})
+            for client in original.me.clients
+        )
+        revoked = original.with_me(original.me.model_copy(update={"clients": clients}))
+        running.run(node.reload(revoked))
+        try:
+            browser.get(base + "exchanges")
+            assert urllib.parse.urlparse(browser.current_url).path == "/login"
+            assert "session ended" in browser.find_element(By.CSS_SELECTOR, "[role=alert]").text
+            log_in(browser, base)
+            assert browser.get_cookie("yrd_console_session") is None
+            assert "PERMISSION_DENIED" in browser.find_element(By.CSS_SELECTOR, "[role=alert]").text
+        finally:
+            running.run(node.reload(original))
 
     def test_no_page_shows_personal_data(self, texts: list[str]) -> None:
         markers = [t for t in texts if t.startswith("PERSON ")]

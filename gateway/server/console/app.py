@@ -266,7 +266,7 @@ class Console:
         if (
             not isinstance(given, str)
             or not expected
-            or not secrets.compare_digest(given, expected)
+            or not secrets.compare_digest(given.encode(), expected.encode())
         ):
             return self._refused(request, "the form's CSRF token is missing or wrong")
         token = str(form.get("token") or "").strip()
