@@ -37,6 +37,8 @@ from selenium.webdriver.chrome.options import Options  # noqa: E402 - after the 
 from selenium.webdriver.chrome.service import Service  # noqa: E402 - after the importorskip
 from selenium.webdriver.common.by import By  # noqa: E402 - after the importorskip
 from selenium.webdriver.common.keys import Keys  # noqa: E402 - after the importorskip
+from selenium.webdriver.support import expected_conditions  # noqa: E402 - after the importorskip
+from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402 - after the importorskip
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -143,7 +145,15 @@ def log_in(
     driver.get(base + "login?lang=en")
     driver.find_element(By.ID, "token").send_keys(token)
     driver.find_element(By.ID, "operator").send_keys(operator)
-    driver.find_element(By.CSS_SELECTOR, "form[action='/login'] button[type=submit]").click()
+    click(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/login'] button[type=submit]"))
+
+
+def click(driver: Any, element: Any) -> None:
+    """Click a control that loads another page, and wait until the page it was
+    on is gone (a click does not wait for the page it loads)."""
+    page = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(page))
 
 
 def wait_until(
@@ -239,7 +249,7 @@ class TestConsoleInBrowser:
             texts.append(browser.page_source)
         # The message log verifies: intact.
         browser.get(base + "log")
-        browser.find_element(By.CSS_SELECTOR, "form[action='/log/verify'] button").click()
+        click(browser, browser.find_element(By.CSS_SELECTOR, "form[action='/log/verify'] button"))
         assert "Intact" in browser.find_element(By.ID, "verdict").text
         texts.append(browser.page_source)
         # Keyboard: the first Tab reaches the skip link, the next ones the navigation.
@@ -298,10 +308,12 @@ class TestConsoleInBrowser:
             f"{case_id} pending",
             lambda: str(browser.page_source),
         )
-        browser.find_element(By.CSS_SELECTOR, f"button[aria-label='Park {case_id}']").click()
+        click(
+            browser, browser.find_element(By.CSS_SELECTOR, f"button[aria-label='Park {case_id}']")
+        )
         assert heading(browser) == "Confirm: Park"
         browser.find_element(By.ID, "reason").send_keys("Jiangsu down for maintenance")
-        browser.find_element(By.ID, "confirm").click()
+        click(browser, browser.find_element(By.ID, "confirm"))
         assert "Done" in browser.find_element(By.CSS_SELECTOR, "[role=status]").text
         # Jiangsu comes back; a parked item waits for the operator.
         running.run(federation.start_node(JS))
@@ -313,9 +325,9 @@ class TestConsoleInBrowser:
         texts.append(browser.page_source)
         browser.save_screenshot(str(screenshots / "console-exchanges.png"))
         # Retry, confirm, and watch the case reach PAID.
-        row.find_element(By.CSS_SELECTOR, f"button[aria-label='Retry {case_id}']").click()
+        click(browser, row.find_element(By.CSS_SELECTOR, f"button[aria-label='Retry {case_id}']"))
         assert heading(browser) == "Confirm: Retry"
-        browser.find_element(By.ID, "confirm").click()
+        click(browser, browser.find_element(By.ID, "confirm"))
         assert "Done" in browser.find_element(By.CSS_SELECTOR, "[role=status]").text
 
         def paid() -> bool:
@@ -346,7 +358,7 @@ class TestConsoleInBrowser:
         browser.save_screenshot(str(screenshots / "console-overview.png"))
         # The message log holds the exchange's rows and the operator's actions: intact.
         browser.get(base + "log")
-        browser.find_element(By.CSS_SELECTOR, "form[action='/log/verify'] button").click()
+        click(browser, browser.find_element(By.CSS_SELECTOR, "form[action='/log/verify'] button"))
         assert "Intact" in browser.find_element(By.ID, "verdict").text
         texts.append(browser.page_source)
         browser.save_screenshot(str(screenshots / "console-log.png"))
