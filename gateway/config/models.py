@@ -403,6 +403,26 @@ class TlsSection(_Model):
     _ca = field_validator("ca")(_resolve)
 
 
+class ConsoleSection(_Model):
+    """``[console]``: the web console for operators (HTTPS with the node's [tls]
+    certificate; needs [tls]). Absent: no console. Production configs should omit
+    it unless operators reach it over a management network only."""
+
+    #: host:port the console listens on (HTTPS); keep it on loopback or a
+    #: management network. Port 0: any free port (tests, the demo).
+    endpoint: str
+    #: A console session not used for this long is ended (the operator logs in again).
+    session_idle_seconds: int = Field(900, ge=30, le=86_400)
+    #: Sessions kept at once; past it, the least recently used one is ended.
+    max_sessions: int = Field(16, ge=1, le=1000)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        _host_port(value)
+        return value
+
+
 class ClientSection(_Model):
     id: str = Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")
     name: str = ""
@@ -448,6 +468,8 @@ class ProvinceConfig(_Model):
     certificate: CertificateSection | None = None
     case: CaseSection | None = None
     tls: TlsSection | None = None
+    #: The web console (``[console]``); absent: none.
+    console: ConsoleSection | None = None
     services: ServicesSection = ServicesSection()
     disclosure: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     clients: tuple[ClientSection, ...] = ()

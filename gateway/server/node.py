@@ -47,6 +47,7 @@ from gateway.federation.client import CHANNEL_OPTIONS, FederationClient
 from gateway.federation.directory import Directory, DirectoryServicer
 from gateway.federation.outbox import Outbox
 from gateway.federation.server import FederationServicer
+from gateway.server.console import Console
 from gateway.server.interceptors import GatewayInterceptor
 from gateway.server.reflection import enable_server_reflection
 from gateway.services.admin import AdminServicer, verify_message_log
@@ -384,6 +385,8 @@ class Node:
         )
         self.metrics = NodeMetrics(me.code)
         self.metrics_server: MetricsServer | None = None
+        #: The web console ([console]), started after the gRPC server.
+        self.console: Console | None = None
         # Back-ends given by the caller (tests); the others are connected at start.
         self._authority = authority
         self._fund_centre = fund_centre
@@ -542,6 +545,8 @@ class Node:
 
     async def _start(self) -> Node:
         """The start-up, part by part (stop() undoes whatever was done)."""
+        if self.config.me.console is not None and self.tls is None:
+            raise NodeStartError("[console] needs [tls]: the console is served over HTTPS")
         self._lock_store()
         server = self._bind(self.config.me)
         await self._open_stores()
@@ -551,6 +556,7 @@ class Node:
         self._mount_services(server)
         await self._serve(server)
         await self._start_metrics()
+        await self._start_console()
         await self._start_background_work()
         self.started_at = self.clock.now()
         log.info("node started", province=self.code, listen=self.listen, port=self.port)
@@ -819,6 +825,32 @@ class Node:
                 f"cannot listen on {host}:{metrics_port} (metrics): {exc.strerror}"
             ) from exc
 
+    async def _start_console(self) -> None:
+        """The web console, if configured (first worker only: sessions live in it)."""
+        me = self.config.me
+        if me.console is None or me.tls is None or self.worker_index != 0:
+            return
+        host = self.listen.rpartition(":")[0]
+        if host.strip("[]") in ("0.0.0.0", "::", ""):  # noqa: S104 - a wildcard is called on loopback
+            host = "127.0.0.1"
+        console = Console(
+            me.console,
+            certificate=me.tls.certificate,
+            private_key=me.tls.private_key,
+            ca=me.tls.ca.read_bytes(),
+            node_target=f"{host}:{self.port}",
+            metrics=self.metrics,
+            province=f"{me.code} {me.province.name}",
+            peer_codes=lambda: self.federation.peer_codes,
+        )
+        self.console = console
+        try:
+            await console.start()
+        except OSError as exc:
+            raise NodeStartError(
+                f"cannot listen on {me.console.endpoint} (console): {exc.strerror}"
+            ) from exc
+
     async def _start_background_work(self) -> None:
         """The outbox and the back-end processors: in the first worker only."""
         if self.worker_index != 0 or self.outbox is None:
@@ -943,6 +975,8 @@ class Node:
             self._stopped = True
             for task in list(self._health_tasks):  # store probes, health updates
                 task.cancel()
+            if self.console is not None:  # first: no operator action starts during the drain
+                await self.console.stop()
             await self.health.enter_graceful_shutdown()
             if self.server is not None:
                 await self.server.stop(self.grace if grace is None else grace)

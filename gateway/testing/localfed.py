@@ -18,7 +18,13 @@ from typing import Any
 import grpc
 
 from gateway.config.loading import parse_province_file
-from gateway.config.models import CaseSection, FederationConfig, FundSection, ProvinceConfig
+from gateway.config.models import (
+    CaseSection,
+    ConsoleSection,
+    FederationConfig,
+    FundSection,
+    ProvinceConfig,
+)
 from gateway.core.clock import Clock, SystemClock
 from gateway.federation.client import CHANNEL_OPTIONS
 from gateway.server.node import Node
@@ -88,6 +94,8 @@ class LocalFederation:
     work_dir: Path
     clock: Clock = field(default_factory=SystemClock)
     provinces: dict[str, LocalProvince] = field(default_factory=dict)
+    #: Give every node with [tls] a web console on a free loopback port (the demo).
+    console: bool = False
 
     async def start(self) -> LocalFederation:
         configs = [parse_province_file(p) for p in sorted(self.config_dir.glob("*/province.toml"))]
@@ -112,6 +120,8 @@ class LocalFederation:
             eid = config.eid.model_copy(update={"authority_url": url})
             fund = FundSection(centre_url=fund_url)
             updates: dict[str, Any] = {"node": node, "eid": eid, "fund": fund}
+            if self.console and config.tls is not None:
+                updates["console"] = ConsoleSection(endpoint="127.0.0.1:0")
             library = cases = None
             if config.certificate is not None and config.certificate.seal_keys:
                 seal_key = config.source.parent / "keys" / "seal.key.pem"

@@ -53,8 +53,13 @@ class Ports:
     cert: int
     case: int
 
+    @property
+    def console(self) -> int:
+        """The web console (HTTPS): BASE+10k+9 (7319 for Shanghai)."""
+        return self.public + 9
+
     def all(self) -> tuple[int, ...]:
-        return (self.public, self.federation, self.metrics, *self.backends())
+        return (self.public, self.federation, self.metrics, self.console, *self.backends())
 
     def backends(self) -> tuple[int, int, int, int]:
         return (self.eid, self.fund, self.cert, self.case)
@@ -478,6 +483,8 @@ class ProcessFederation:
             text = re.sub(
                 r'federation_endpoint = "[^"]+"', f'federation_endpoint = "{peers}"', text, count=1
             )
+            if ports is not None:  # yrd-gateway up: each node's web console on a fixed port
+                text += f'\n[console]\nendpoint = "127.0.0.1:{ports.console}"\n'
             store = self.databases.get(code) or str(self.store_dir(code))
             text = re.sub(r'store = "[^"]+"', f'store = "{store}"', text, count=1)
             if code in self.simulators:
@@ -665,6 +672,8 @@ def up_table(run_dir: Path, base_port: int) -> str:
         f"CA certificate: {run_dir / 'province_configs' / '<code>' / 'keys' / 'ca.crt.pem'} "
         "(each province's copy of province_configs/federation-ca/ca.crt.pem); "
         "tokens: dev-hotel-<code>, dev-office-<code>",
+        "Web consoles (log in with the admin token dev-office-<code>): "
+        + ", ".join(f"{code} https://127.0.0.1:{p.console}/" for code, p in ports.items()),
         "Synthetic residents of Zhejiang, and a fresh QR code (single use, valid 120 s):",
         f"  curl -s {url(zj.eid)}/residents",
         f'  curl -s -X POST {url(zj.eid)}/wallet/qr -d \'{{"credential_id": "<credential_id>"}}\'',

@@ -497,7 +497,7 @@ async def run_demo(config_dir: Path | None = None, *, log_file: Path | None = No
         with log_path.open("w", encoding="utf-8") as log_stream:
             logs.configure(os.environ.get("YRD_LOG_LEVEL", "INFO"), log_stream)
             async with (
-                LocalFederation(config_dir, Path(tmp)) as federation,
+                LocalFederation(config_dir, Path(tmp), console=True) as federation,
                 aiohttp.ClientSession() as session,
             ):
                 print(
@@ -510,6 +510,9 @@ async def run_demo(config_dir: Path | None = None, *, log_file: Path | None = No
                         f"{province.config.node.endpoint}  e-ID authority "
                         f"{province.simulator.url}"
                     )
+                    console = federation.node(code).console
+                    if console is not None:
+                        print(f"         web console {console.url} (while the demo runs)")
                 print()
                 outcomes = await run_scenarios(federation, session)
         print(render(outcomes))
