@@ -552,7 +552,7 @@ class Exchange(_message.Message):
     """Correlation id of the exchange (1..128 printable ASCII), for SearchLog."""
     case_status: _builtins.str
     """Status of the case it belongs to as this node last knows it, by its enum
-    value name (e.g. "WITHDRAWAL_STATUS_SUBMITTED"); empty when unknown.
+    value name (e.g. "QUEUED", "PAID"); empty when unknown.
     """
     domain: _builtins.str
     """"withdrawal" or "case"; empty when the item belongs to neither."""
@@ -764,7 +764,7 @@ class LogEntry(_message.Message):
     """Logical federation service, or the operator's action ("retry", "park", …)."""
     summary: _builtins.str
     """What the row says, one line free of personal data: a receipt's decision
-    or status (e.g. "accepted", "WITHDRAWAL_STATUS_PAID"), or who acted.
+    or status (e.g. "accepted", "PAID"), or who acted.
     """
     @_builtins.property
     def logged_at(self) -> _timestamp_pb2.Timestamp:
@@ -849,7 +849,7 @@ class CaseSummary(_message.Message):
     peer: _builtins.str
     """GB/T 2260 code of the other province."""
     status: _builtins.str
-    """Status by its enum value name, e.g. "WITHDRAWAL_STATUS_PAID"."""
+    """Status by its enum value name, e.g. "PAID"."""
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """When the case last changed (UTC)."""
