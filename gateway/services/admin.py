@@ -264,7 +264,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             f"operator {action}",
             reference=request.reference,
             items=len(steered.changed),
-            operator=operator,
+            # Who acted (a person's name) is in the message log row, not here: the
+            # call's own log line names the admin client.
             log_seq=steered.log_seq,
         )
         answer = admin_pb2.SteerExchangeResponse(

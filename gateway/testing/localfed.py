@@ -69,7 +69,51 @@ def client_channel(
     return grpc.aio.secure_channel(endpoint, credentials, options=CHANNEL_OPTIONS)
 
 
+#: Where free_port picks: below the kernel's ephemeral range (Linux: 32768 and
+#: up), where port-0 binds and outgoing connections take their local ports. A
+#: port picked there and bound by a server a moment later may meanwhile have
+#: become some connection's local port ("Address already in use" under load);
+#: below the range only another explicit pick can take it. Each pytest-xdist
+#: worker picks in its own slice, so two workers never hand out the same port.
+_PICK_FLOOR = 20_000
+_picked: set[int] = set()
+
+
+def _pick_range() -> tuple[int, int]:
+    """The slice of ports this process picks in (empty when the ephemeral range
+    leaves no room below it)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32_768
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker) if worker.isdigit() else 0
+    size = max(0, low - _PICK_FLOOR) // max(1, workers)
+    start = _PICK_FLOOR + index % max(1, workers) * size
+    return start, start + size
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nobody listens on now and that this process
+    has not handed out before (see ``_PICK_FLOOR``)."""
+    import random
+
+    start, stop = _pick_range()
+    if stop - start >= 256:
+        if len(_picked) > (stop - start) // 2:
+            _picked.clear()
+        for _ in range(256):
+            port = random.randrange(start, stop)  # noqa: S311 - a test port, not a secret
+            if port in _picked:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+            _picked.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])

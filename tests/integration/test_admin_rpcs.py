@@ -14,6 +14,8 @@ from typing import Any
 
 import grpc
 import pytest
+import structlog
+import structlog.testing
 
 from gateway.testing.localfed import LocalFederation
 from tests.integration.conftest import JS, SH, ZJ, full_name_of
@@ -126,13 +128,17 @@ class TestExchanges:
         assert item.next_attempt_at.seconds > 0
         free_of(str(pending), app)
 
-        parked = await call(
-            federation,
-            "ParkExchange",
-            admin_pb2.SteerExchangeRequest(
-                reference=case_id, operator="op-wang", reason="fund node in maintenance"
-            ),
-        )
+        with structlog.testing.capture_logs() as lines:
+            parked = await call(
+                federation,
+                "ParkExchange",
+                admin_pb2.SteerExchangeRequest(
+                    reference=case_id, operator="op-wang", reason="fund node in maintenance"
+                ),
+            )
+        # The operator's name (a person's) goes to the message log, never a log line.
+        assert any(line.get("event") == "operator park" for line in lines)
+        assert "op-wang" not in repr(lines)
         assert parked.changed == 1
         assert parked.log_seq > 0
         assert [e.state for e in parked.exchanges] == ["parked"]

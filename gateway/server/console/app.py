@@ -12,9 +12,11 @@ import secrets
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 from aiohttp import web
+from google.protobuf.message import Message
 
 from gateway.config.models import ConsoleSection
 from gateway.core.metrics import NodeMetrics
@@ -36,6 +38,9 @@ from gateway.server.console.pages import (
 )
 from gateway.server.console.sessions import SESSION_COOKIE, Session, SessionStore
 from yrd.admin.v1 import admin_pb2
+
+#: An AdminService answer a page asks for.
+_Answer = TypeVar("_Answer", bound=Message)
 
 log = structlog.get_logger("yrd.console")
 
@@ -238,6 +243,21 @@ class Console:
         assert self.calls is not None
         return await self.calls.call(method, message, session.token)  # type: ignore[arg-type]
 
+    async def _ask(
+        self, request: web.Request, method: str, message: object, answer_type: type[_Answer]
+    ) -> tuple[_Answer | None, str]:
+        """The node's answer, or None and why the node refused, for the page to
+        show; a refusal that ends the session (the token no longer admitted)
+        propagates to the session's end."""
+        try:
+            answer = await self._call(request, method, message)
+        except NodeRefused as exc:
+            if exc.signed_out:
+                raise
+            return None, f"{exc.code.name}: {exc.details}"
+        assert isinstance(answer, answer_type)
+        return answer, ""
+
     # ---- login ----------------------------------------------------------------------
 
     def _login_response(
@@ -286,7 +306,7 @@ class Console:
         if old is not None:
             self.sessions.end(old.id)
         session = self.sessions.create(token=token, operator=operator)
-        log.info("console login", operator=operator)
+        log.info("console login")  # the operator's name is a person's: not logged
         response = _redirect("/")
         response.set_cookie(
             SESSION_COOKIE, session.id, secure=True, httponly=True, samesite="Strict", path="/"
@@ -306,16 +326,9 @@ class Console:
     async def overview(self, request: web.Request) -> web.StreamResponse:
         info = await self._call(request, "GetNodeInfo", admin_pb2.GetNodeInfoRequest())
         assert isinstance(info, admin_pb2.NodeInfo)
-        peers: admin_pb2.ListPeersResponse | None = None
-        error = ""
-        try:
-            answer = await self._call(request, "ListPeers", admin_pb2.ListPeersRequest())
-            assert isinstance(answer, admin_pb2.ListPeersResponse)
-            peers = answer
-        except NodeRefused as exc:
-            if exc.signed_out:
-                raise
-            error = f"{exc.code.name}: {exc.details}"
+        peers, error = await self._ask(
+            request, "ListPeers", admin_pb2.ListPeersRequest(), admin_pb2.ListPeersResponse
+        )
         return _html(overview_page(self.view(request), info, peers, error, self.sampler.minutes()))
 
     async def exchanges(self, request: web.Request) -> web.StreamResponse:
@@ -329,20 +342,14 @@ class Console:
         if older and not older.isdigit():
             error = "older_than: expected a whole number of minutes (0 or more)"
         else:
-            try:
-                answer = await self._call(
-                    request,
-                    "ListExchanges",
-                    admin_pb2.ListExchangesRequest(
-                        state=state, peer=peer, min_age_seconds=min(minutes * 60, 2**32 - 1)
-                    ),
-                )
-                assert isinstance(answer, admin_pb2.ListExchangesResponse)
-                response = answer
-            except NodeRefused as exc:
-                if exc.signed_out:
-                    raise
-                error = f"{exc.code.name}: {exc.details}"
+            response, error = await self._ask(
+                request,
+                "ListExchanges",
+                admin_pb2.ListExchangesRequest(
+                    state=state, peer=peer, min_age_seconds=min(minutes * 60, 2**32 - 1)
+                ),
+                admin_pb2.ListExchangesResponse,
+            )
         session = _session(request)
         notice, ok = session.notice, session.notice_ok
         session.notice = ""
@@ -406,21 +413,16 @@ class Console:
                 reason=reason,
             )
         view = self.view(request)
-        try:
-            answer = await self._call(request, method, message)
-            assert isinstance(answer, admin_pb2.SteerExchangeResponse)
+        answer, refused = await self._ask(request, method, message, admin_pb2.SteerExchangeResponse)
+        if answer is None:
+            session.notice, session.notice_ok = view.t("refused", reason=refused), False
+        else:
             session.notice, session.notice_ok = (
                 view.t("done", detail=answer.detail or f"{answer.changed}"),
                 True,
             )
-            log.info(
-                "console action", action=action, reference=reference, operator=session.operator
-            )
-        except NodeRefused as exc:
-            if exc.signed_out:
-                raise
-            session.notice = view.t("refused", reason=f"{exc.code.name}: {exc.details}")
-            session.notice_ok = False
+            # Who acted is in the message log row the node wrote, not in this line.
+            log.info("console action", action=action, reference=reference)
         return _redirect("/exchanges")
 
     async def search(self, request: web.Request) -> web.StreamResponse:
@@ -428,47 +430,30 @@ class Console:
         response: admin_pb2.SearchLogResponse | None = None
         error = ""
         if correlation_id:
-            try:
-                answer = await self._call(
-                    request, "SearchLog", admin_pb2.SearchLogRequest(correlation_id=correlation_id)
-                )
-                assert isinstance(answer, admin_pb2.SearchLogResponse)
-                response = answer
-            except NodeRefused as exc:
-                if exc.signed_out:
-                    raise
-                error = f"{exc.code.name}: {exc.details}"
+            response, error = await self._ask(
+                request,
+                "SearchLog",
+                admin_pb2.SearchLogRequest(correlation_id=correlation_id),
+                admin_pb2.SearchLogResponse,
+            )
         return _html(search_page(self.view(request), correlation_id, response, error))
 
     async def log_page(self, request: web.Request) -> web.StreamResponse:
         return _html(log_page(self.view(request), None, ""))
 
     async def verify_log(self, request: web.Request) -> web.StreamResponse:
-        result: admin_pb2.VerifyMessageLogResponse | None = None
-        error = ""
-        try:
-            answer = await self._call(
-                request, "VerifyMessageLog", admin_pb2.VerifyMessageLogRequest()
-            )
-            assert isinstance(answer, admin_pb2.VerifyMessageLogResponse)
-            result = answer
-        except NodeRefused as exc:
-            if exc.signed_out:
-                raise
-            error = f"{exc.code.name}: {exc.details}"
+        result, error = await self._ask(
+            request,
+            "VerifyMessageLog",
+            admin_pb2.VerifyMessageLogRequest(),
+            admin_pb2.VerifyMessageLogResponse,
+        )
         return _html(log_page(self.view(request), result, error))
 
     async def diagnostics(self, request: web.Request) -> web.StreamResponse:
-        result: admin_pb2.Diagnostics | None = None
-        error = ""
-        try:
-            answer = await self._call(request, "RunDiagnostics", admin_pb2.RunDiagnosticsRequest())
-            assert isinstance(answer, admin_pb2.Diagnostics)
-            result = answer
-        except NodeRefused as exc:
-            if exc.signed_out:
-                raise
-            error = f"{exc.code.name}: {exc.details}"
+        result, error = await self._ask(
+            request, "RunDiagnostics", admin_pb2.RunDiagnosticsRequest(), admin_pb2.Diagnostics
+        )
         return _html(diagnostics_page(self.view(request), result, error))
 
     async def stylesheet(self, request: web.Request) -> web.StreamResponse:
