@@ -177,6 +177,118 @@ class SignedEnvelope(_message.Message):
 Global___SignedEnvelope: _TypeAlias = SignedEnvelope  # noqa: Y015
 
 @_typing.final
+class BatchRoot(_message.Message):
+    """---- Batch signatures (issue 16, first step) ----
+
+    The format the per-peer stream will carry (issue 16): the sender signs one
+    hash-tree (Merkle) root per batch of envelopes, and each envelope travels
+    with its inclusion proof. No message of this release uses them yet: today
+    every envelope is signed alone (SignedEnvelope.signature). The tree, the
+    signed statement and the verification are in docs/security.md "Batch
+    signatures (hash tree)" and gateway/trust/batchsig.py; test vectors in
+    docs/test-vectors/batch-signatures.json.
+
+    The signed root of one batch's hash tree (RFC 6962 §2.1). The leaves are the
+    batch's serialized EnvelopeHeader bytes, in batch order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENDER_FIELD_NUMBER: _builtins.int
+    RECEIVER_FIELD_NUMBER: _builtins.int
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    SIGNED_AT_FIELD_NUMBER: _builtins.int
+    TREE_SIZE_FIELD_NUMBER: _builtins.int
+    ROOT_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    sender: _builtins.str
+    """GB/T 2260 code of the sending (signing) province (six digits)."""
+    receiver: _builtins.str
+    """GB/T 2260 code of the receiving province (six digits); a root is valid for
+    that receiver only.
+    """
+    batch_id: _builtins.str
+    """UUID of the batch (RFC 4122, lower-case hex with hyphens, 36 characters),
+    chosen by the sender, unique per batch.
+    """
+    signed_at: _builtins.int
+    """When the root was signed (UTC), in whole milliseconds since the Unix epoch
+    (1970-01-01T00:00:00Z); 0..2^63-1.
+    """
+    tree_size: _builtins.int
+    """Number of leaves (envelopes) in the batch: 1..1024."""
+    root: _builtins.bytes
+    """The tree's root hash: SHA-256, 32 raw bytes."""
+    key_id: _builtins.str
+    """Id of the sender's signing key (as published in its province config);
+    1..128 characters of [A-Za-z0-9._:-].
+    """
+    signature: _builtins.bytes
+    """Ed25519 signature (64 bytes) over the batch-root statement built from
+    fields 1..6 (docs/security.md "Batch signatures (hash tree)").
+    """
+    def __init__(
+        self,
+        *,
+        sender: _builtins.str = ...,
+        receiver: _builtins.str = ...,
+        batch_id: _builtins.str = ...,
+        signed_at: _builtins.int = ...,
+        tree_size: _builtins.int = ...,
+        root: _builtins.bytes = ...,
+        key_id: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "key_id", b"key_id", "receiver", b"receiver", "root", b"root", "sender", b"sender", "signature", b"signature", "signed_at", b"signed_at", "tree_size", b"tree_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchRoot: _TypeAlias = BatchRoot  # noqa: Y015
+
+@_typing.final
+class BatchProof(_message.Message):
+    """One envelope's proof that its header is a leaf of a signed batch root."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOT_FIELD_NUMBER: _builtins.int
+    LEAF_INDEX_FIELD_NUMBER: _builtins.int
+    AUDIT_PATH_FIELD_NUMBER: _builtins.int
+    leaf_index: _builtins.int
+    """Position of the envelope's header among the batch's leaves, 0-based;
+    0..tree_size-1.
+    """
+    @_builtins.property
+    def root(self) -> Global___BatchRoot:
+        """The signed root of the batch the envelope belongs to."""
+
+    @_builtins.property
+    def audit_path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """The RFC 6962 audit path from the leaf up to the root, nearest sibling
+        first: each entry a SHA-256 node hash of 32 raw bytes; at most 10 entries
+        (a tree of 1024 leaves), exactly as many as the leaf's index and the
+        tree size call for.
+        """
+
+    def __init__(
+        self,
+        *,
+        root: Global___BatchRoot | None = ...,
+        leaf_index: _builtins.int = ...,
+        audit_path: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["root", b"root"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_path", b"audit_path", "leaf_index", b"leaf_index", "root", b"root"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchProof: _TypeAlias = BatchProof  # noqa: Y015
+
+@_typing.final
 class CredentialCheckRequest(_message.Message):
     """---- Payloads of the logical services ----
 
