@@ -31,7 +31,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.cli.common import EXIT_USAGE, Subparsers, age, login_name
+from gateway.cli.common import EXIT_USAGE, Subparsers, age, login_name, table
 from gateway.cli.directory import TOKEN_SETTING
 
 if TYPE_CHECKING:
@@ -296,16 +296,6 @@ def _print_json(answer: Message) -> None:
 
 
 # ---- output ------------------------------------------------------------------------------
-
-
-def table(rows: Sequence[Sequence[str]]) -> None:
-    """Aligned columns (the last one not padded), as ``outbox list`` prints them."""
-    if not rows:
-        return
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        print("  ".join([*cells, row[-1]]).rstrip())
 
 
 def _when(stamp: Timestamp) -> str:

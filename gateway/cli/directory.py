@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.cli.common import EXIT_USAGE, Subparsers
+from gateway.cli.common import EXIT_USAGE, Subparsers, table
 
 if TYPE_CHECKING:
     from google.protobuf.timestamp_pb2 import Timestamp
@@ -451,9 +451,5 @@ def directory_list(args: argparse.Namespace) -> int:
         "NOT_AFTER",
         "LAST REFUSAL",
     )
-    rows = [header, *_map_rows(answer)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        print("  ".join([*cells, row[-1]]))
+    table([header, *_map_rows(answer)])
     return 0

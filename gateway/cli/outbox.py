@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.cli.common import EXIT_USAGE, Subparsers, age, login_name
+from gateway.cli.common import EXIT_USAGE, Subparsers, age, login_name, table
 
 if TYPE_CHECKING:
     from gateway.config.models import ProvinceConfig
@@ -209,10 +209,7 @@ def outbox_list(args: argparse.Namespace) -> int:
                 e.last_error or "-",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        print("  ".join([*cells, row[-1]]))
+    table(rows)
     print(f"{len(entries)} item(s)", file=sys.stderr)
     return 0
 
