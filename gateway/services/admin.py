@@ -248,9 +248,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def _steer(
         self, action: str, request: admin_pb2.SteerExchangeRequest
     ) -> admin_pb2.SteerExchangeResponse:
-        _reference("reference", request.reference)
-        operator = _operator_identity(request.operator)
-        _reason(request.reason)
+        operator = _acting(request.reference, request.operator, request.reason)
         node = self._node
         steered = await operations.steer_exchange(
             node.state,
@@ -277,18 +275,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 f"message log row {steered.log_seq}"
             ),
         )
-        answer.exchanges.extend(
-            _exchange(w)
-            for w in await operations.exchanges_of(node.state, node.flows, request.reference)
-        )
-        return answer
+        return await self._with_exchanges(answer, request.reference)
 
     async def ResolveExchange(  # noqa: N802 - gRPC method name
         self, request: admin_pb2.ResolveExchangeRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.SteerExchangeResponse:
-        _reference("reference", request.reference)
-        operator = _operator_identity(request.operator)
-        _reason(request.reason)
+        operator = _acting(request.reference, request.operator, request.reason)
         node = self._node
         resolved = await operations.resolve_exchange(
             node.state,
@@ -312,9 +304,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 f" {flow.backend_name.replace('_', ' ')} again; message log row {resolved.log_seq}"
             )
         answer = admin_pb2.SteerExchangeResponse(changed=1, log_seq=resolved.log_seq, detail=detail)
+        return await self._with_exchanges(answer, request.reference)
+
+    async def _with_exchanges(
+        self, answer: admin_pb2.SteerExchangeResponse, reference: str
+    ) -> admin_pb2.SteerExchangeResponse:
+        """``answer`` with the exchanges of ``reference`` as they are after the action."""
+        node = self._node
         answer.exchanges.extend(
-            _exchange(w)
-            for w in await operations.exchanges_of(node.state, node.flows, request.reference)
+            _exchange(w) for w in await operations.exchanges_of(node.state, node.flows, reference)
         )
         return answer
 
@@ -407,6 +405,15 @@ def _operator_identity(given: str) -> str:
 def _reason(value: str) -> None:
     if len(value) > _MAX_REASON or not value.isprintable():
         raise InvalidArgument("reason", f"at most {_MAX_REASON} printable characters")
+
+
+def _acting(reference: str, operator: str, reason: str) -> str:
+    """The operator's identity for an action on ``reference``, once the three
+    fields every action takes are checked (INVALID_ARGUMENT naming the field)."""
+    _reference("reference", reference)
+    identity = _operator_identity(operator)
+    _reason(reason)
+    return identity
 
 
 def _limit(field: str, value: int, *, default: int) -> int:
