@@ -8,7 +8,7 @@ action exactly as for ``yrd-gateway admin``. gRPC errors become
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
@@ -22,8 +22,6 @@ CALL_DEADLINE = 20.0
 
 #: Codes that mean the token no longer opens the node: the session ends.
 SIGNED_OUT_CODES = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
-
-Response = TypeVar("Response", bound=Message)
 
 
 class NodeRefused(Exception):
