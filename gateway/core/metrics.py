@@ -19,6 +19,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 #: Latency buckets (seconds): loopback exchanges take milliseconds, back-ends more.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Envelopes per batch (one stream frame): 1 .. 1,024.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
 
@@ -76,6 +78,20 @@ class NodeMetrics:
             "yrd_breaker_state",
             "Circuit breaker per peer: 0 closed, 1 half-open, 2 open",
             ["peer"],
+            registry=r,
+        )
+        self.batch_envelopes = Histogram(
+            "yrd_federation_batch_envelopes",
+            "Envelopes per stream frame (one signed batch) by peer and direction "
+            "(out: frames this node sent, in: frames it received)",
+            ["peer", "direction"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.streams = Gauge(
+            "yrd_federation_streams",
+            "Open federation streams by peer and direction (out: opened by this node)",
+            ["peer", "direction"],
             registry=r,
         )
         self.outbox_parked = Counter(

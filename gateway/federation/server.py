@@ -23,7 +23,7 @@ import re
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -270,6 +270,15 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
             )
         )
         return response
+
+    async def Stream(  # noqa: N802 - the gRPC method name
+        self,
+        request_iterator: object,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[federation_pb2.StreamFrame]:
+        """Not served yet: the asker falls back to Exchange (being built, issue 16)."""
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Stream: not offered by this node yet")
+        yield federation_pb2.StreamFrame()  # pragma: no cover - abort raises
 
     def _earlier_outcome(
         self, key: tuple[str, str], fingerprint: bytes, logged: LoggedExchange

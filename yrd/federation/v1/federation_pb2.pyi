@@ -3,8 +3,11 @@
 isort:skip_file
 The federation service between province nodes and its signed envelope.
 
-Every inter-province exchange is one Exchange call carrying a signed
-request envelope and returning a signed response envelope (the receipt).
+Every inter-province exchange carries a signed request envelope and gets a
+signed response envelope (the receipt). Between two nodes that both serve
+Stream, exchanges travel on one long-lived Stream per pair, in batches
+signed once over a hash tree; the unary Exchange stays for single calls
+(tools, a peer that does not offer Stream) with the same checks and answers.
 """
 
 from collections import abc as _abc
@@ -155,35 +158,147 @@ class SignedEnvelope(_message.Message):
     HEADER_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     header: _builtins.bytes
     """Serialized EnvelopeHeader, exactly as signed."""
     payload: _builtins.bytes
     """Serialized payload message (type named in the header), exactly as sent."""
     signature: _builtins.bytes
-    """Signature over `header` by the key named in it (64 bytes for Ed25519)."""
+    """Signature over `header` by the key named in it (64 bytes for Ed25519);
+    empty when the envelope is signed as part of a batch (`batch`).
+    """
+    @_builtins.property
+    def batch(self) -> Global___BatchProof:
+        """Set when the envelope was signed as part of a batch: its header's
+        inclusion proof and the batch's signed root (docs/security.md "Batch
+        signatures (hash tree)"). Exactly one of `signature` and `batch` is set;
+        the root's key_id, sender and receiver equal the header's.
+        """
+
     def __init__(
         self,
         *,
         header: _builtins.bytes = ...,
         payload: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
+        batch: Global___BatchProof | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "payload", b"payload", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "header", b"header", "payload", b"payload", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SignedEnvelope: _TypeAlias = SignedEnvelope  # noqa: Y015
 
 @_typing.final
-class BatchRoot(_message.Message):
-    """---- Batch signatures (issue 16, first step) ----
+class StreamFrame(_message.Message):
+    """One message of a Stream, in either direction; at most 1,024 envelopes and
+    4 MiB. The asker's frames hold requests only; the answerer's frames hold
+    responses and refusals only. Envelopes of one frame that carry a batch
+    proof share one signed root (one batch per frame).
+    """
 
-    The format the per-peer stream will carry (issue 16): the sender signs one
-    hash-tree (Merkle) root per batch of envelopes, and each envelope travels
-    with its inclusion proof. No message of this release uses them yet: today
-    every envelope is signed alone (SignedEnvelope.signature). The tree, the
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    RESPONSES_FIELD_NUMBER: _builtins.int
+    REFUSALS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamRequest]:
+        """Asker -> answerer: the requests of one batch."""
+
+    @_builtins.property
+    def responses(self) -> _containers.RepeatedCompositeFieldContainer[Global___SignedEnvelope]:
+        """Answerer -> asker: signed responses (receipts); each names its request
+        by header.request_digest.
+        """
+
+    @_builtins.property
+    def refusals(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamRefusal]:
+        """Answerer -> asker: requests refused before any signed answer."""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___StreamRequest] | None = ...,
+        responses: _abc.Iterable[Global___SignedEnvelope] | None = ...,
+        refusals: _abc.Iterable[Global___StreamRefusal] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refusals", b"refusals", "requests", b"requests", "responses", b"responses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamFrame: _TypeAlias = StreamFrame  # noqa: Y015
+
+@_typing.final
+class StreamRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVELOPE_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    timeout_ms: _builtins.int
+    """How long the asker waits for the answer, in milliseconds from when it
+    sent the frame (the deadline of the exchange); 1..300000.
+    """
+    @_builtins.property
+    def envelope(self) -> Global___SignedEnvelope:
+        """The request envelope, as Exchange takes it."""
+
+    def __init__(
+        self,
+        *,
+        envelope: Global___SignedEnvelope | None = ...,
+        timeout_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamRequest: _TypeAlias = StreamRequest  # noqa: Y015
+
+@_typing.final
+class StreamRefusal(_message.Message):
+    """A request refused as Exchange would refuse it with a bare gRPC error."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_DIGEST_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    request_digest: _builtins.bytes
+    """SHA-256 of the refused request's header bytes, 32 raw bytes (empty when
+    the request carried no header to hash).
+    """
+    code: _builtins.int
+    """The gRPC status code (see Exchange above for which code means what)."""
+    message: _builtins.str
+    """What was wrong, naming the field and what was expected; no payload data."""
+    def __init__(
+        self,
+        *,
+        request_digest: _builtins.bytes = ...,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "request_digest", b"request_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamRefusal: _TypeAlias = StreamRefusal  # noqa: Y015
+
+@_typing.final
+class BatchRoot(_message.Message):
+    """---- Batch signatures ----
+
+    The sender signs one hash-tree (Merkle) root per batch of envelopes, and
+    each envelope travels with its inclusion proof (SignedEnvelope.batch). The tree, the
     signed statement and the verification are in docs/security.md "Batch
     signatures (hash tree)" and gateway/trust/batchsig.py; test vectors in
     docs/test-vectors/batch-signatures.json.

@@ -39,6 +39,11 @@ class FederationServiceStub:
                 request_serializer=yrd_dot_federation_dot_v1_dot_federation__pb2.SignedEnvelope.SerializeToString,
                 response_deserializer=yrd_dot_federation_dot_v1_dot_federation__pb2.SignedEnvelope.FromString,
                 _registered_method=True)
+        self.Stream = channel.stream_stream(
+                '/yrd.federation.v1.FederationService/Stream',
+                request_serializer=yrd_dot_federation_dot_v1_dot_federation__pb2.StreamFrame.SerializeToString,
+                response_deserializer=yrd_dot_federation_dot_v1_dot_federation__pb2.StreamFrame.FromString,
+                _registered_method=True)
 
 
 class FederationServiceServicer:
@@ -59,6 +64,27 @@ class FederationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Stream(self, request_iterator, context):
+        """One long-lived stream per pair of nodes, opened by the asking node and
+        carrying every exchange it has for the answering node (docs/federation-stream.md).
+        The asker's frames carry requests (StreamFrame.requests), the answerer's
+        frames responses and refusals. Each request is checked and answered
+        exactly as by Exchange: a refusal of the envelope itself (the errors
+        listed above) is a StreamRefusal instead of a bare gRPC error, a business
+        outcome a signed response. Requests and answers are matched by the
+        SHA-256 of the request's header bytes (a retry has a new nonce, so a new
+        digest; the message id binds retries together as on Exchange).
+        The stream itself ends with:
+        OK                 the answerer drains (it stops, or a replica leaves):
+        every request it read was answered first
+        UNAUTHENTICATED    no client certificate (the stream needs mutual TLS)
+        INVALID_ARGUMENT   a frame that does not parse, or over its bounds
+        RESOURCE_EXHAUSTED more requests in flight than the answerer allows
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -66,6 +92,11 @@ def add_FederationServiceServicer_to_server(servicer, server):
                     servicer.Exchange,
                     request_deserializer=yrd_dot_federation_dot_v1_dot_federation__pb2.SignedEnvelope.FromString,
                     response_serializer=yrd_dot_federation_dot_v1_dot_federation__pb2.SignedEnvelope.SerializeToString,
+            ),
+            'Stream': grpc.stream_stream_rpc_method_handler(
+                    servicer.Stream,
+                    request_deserializer=yrd_dot_federation_dot_v1_dot_federation__pb2.StreamFrame.FromString,
+                    response_serializer=yrd_dot_federation_dot_v1_dot_federation__pb2.StreamFrame.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -95,6 +126,33 @@ class FederationService:
             '/yrd.federation.v1.FederationService/Exchange',
             yrd_dot_federation_dot_v1_dot_federation__pb2.SignedEnvelope.SerializeToString,
             yrd_dot_federation_dot_v1_dot_federation__pb2.SignedEnvelope.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/yrd.federation.v1.FederationService/Stream',
+            yrd_dot_federation_dot_v1_dot_federation__pb2.StreamFrame.SerializeToString,
+            yrd_dot_federation_dot_v1_dot_federation__pb2.StreamFrame.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,8 +3,11 @@
 isort:skip_file
 The federation service between province nodes and its signed envelope.
 
-Every inter-province exchange is one Exchange call carrying a signed
-request envelope and returning a signed response envelope (the receipt).
+Every inter-province exchange carries a signed request envelope and gets a
+signed response envelope (the receipt). Between two nodes that both serve
+Stream, exchanges travel on one long-lived Stream per pair, in batches
+signed once over a hash tree; the unary Exchange stays for single calls
+(tools, a peer that does not offer Stream) with the same checks and answers.
 """
 
 from collections import abc as _abc
@@ -46,6 +49,23 @@ class FederationServiceStub:
       FAILED_PRECONDITION timestamp outside the allowed clock skew
       ALREADY_EXISTS     nonce already seen (replay)
     """
+    Stream: _grpc.StreamStreamMultiCallable[_federation_pb2.StreamFrame, _federation_pb2.StreamFrame]
+    """One long-lived stream per pair of nodes, opened by the asking node and
+    carrying every exchange it has for the answering node (docs/federation-stream.md).
+    The asker's frames carry requests (StreamFrame.requests), the answerer's
+    frames responses and refusals. Each request is checked and answered
+    exactly as by Exchange: a refusal of the envelope itself (the errors
+    listed above) is a StreamRefusal instead of a bare gRPC error, a business
+    outcome a signed response. Requests and answers are matched by the
+    SHA-256 of the request's header bytes (a retry has a new nonce, so a new
+    digest; the message id binds retries together as on Exchange).
+    The stream itself ends with:
+      OK                 the answerer drains (it stops, or a replica leaves):
+                         every request it read was answered first
+      UNAUTHENTICATED    no client certificate (the stream needs mutual TLS)
+      INVALID_ARGUMENT   a frame that does not parse, or over its bounds
+      RESOURCE_EXHAUSTED more requests in flight than the answerer allows
+    """
 
 @_typing.type_check_only
 class FederationServiceAsyncStub(FederationServiceStub):
@@ -60,6 +80,23 @@ class FederationServiceAsyncStub(FederationServiceStub):
       PERMISSION_DENIED  wrong receiver, service not allowed for the sender
       FAILED_PRECONDITION timestamp outside the allowed clock skew
       ALREADY_EXISTS     nonce already seen (replay)
+    """
+    Stream: _aio.StreamStreamMultiCallable[_federation_pb2.StreamFrame, _federation_pb2.StreamFrame]  # type: ignore[assignment]
+    """One long-lived stream per pair of nodes, opened by the asking node and
+    carrying every exchange it has for the answering node (docs/federation-stream.md).
+    The asker's frames carry requests (StreamFrame.requests), the answerer's
+    frames responses and refusals. Each request is checked and answered
+    exactly as by Exchange: a refusal of the envelope itself (the errors
+    listed above) is a StreamRefusal instead of a bare gRPC error, a business
+    outcome a signed response. Requests and answers are matched by the
+    SHA-256 of the request's header bytes (a retry has a new nonce, so a new
+    digest; the message id binds retries together as on Exchange).
+    The stream itself ends with:
+      OK                 the answerer drains (it stops, or a replica leaves):
+                         every request it read was answered first
+      UNAUTHENTICATED    no client certificate (the stream needs mutual TLS)
+      INVALID_ARGUMENT   a frame that does not parse, or over its bounds
+      RESOURCE_EXHAUSTED more requests in flight than the answerer allows
     """
 
 class FederationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -78,6 +115,29 @@ class FederationServiceServicer(metaclass=_abc_1.ABCMeta):
           PERMISSION_DENIED  wrong receiver, service not allowed for the sender
           FAILED_PRECONDITION timestamp outside the allowed clock skew
           ALREADY_EXISTS     nonce already seen (replay)
+        """
+
+    @_abc_1.abstractmethod
+    def Stream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_federation_pb2.StreamFrame],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_federation_pb2.StreamFrame], _abc.AsyncIterator[_federation_pb2.StreamFrame]]:
+        """One long-lived stream per pair of nodes, opened by the asking node and
+        carrying every exchange it has for the answering node (docs/federation-stream.md).
+        The asker's frames carry requests (StreamFrame.requests), the answerer's
+        frames responses and refusals. Each request is checked and answered
+        exactly as by Exchange: a refusal of the envelope itself (the errors
+        listed above) is a StreamRefusal instead of a bare gRPC error, a business
+        outcome a signed response. Requests and answers are matched by the
+        SHA-256 of the request's header bytes (a retry has a new nonce, so a new
+        digest; the message id binds retries together as on Exchange).
+        The stream itself ends with:
+          OK                 the answerer drains (it stops, or a replica leaves):
+                             every request it read was answered first
+          UNAUTHENTICATED    no client certificate (the stream needs mutual TLS)
+          INVALID_ARGUMENT   a frame that does not parse, or over its bounds
+          RESOURCE_EXHAUSTED more requests in flight than the answerer allows
         """
 
 def add_FederationServiceServicer_to_server(servicer: FederationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
