@@ -14,12 +14,13 @@ import re
 import sys
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import grpc
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from google.protobuf.message import DecodeError, Message
 
 from gateway.config.holder import ConfigHolder
@@ -27,7 +28,8 @@ from gateway.config.models import FEDERATION_SERVICES, FederationConfig, Provinc
 from gateway.core import crypto
 from gateway.core.clock import Clock
 from gateway.core.crypto import load_private_key
-from gateway.core.errors import EnvelopeRejected
+from gateway.core.errors import EnvelopeRejected, InvalidArgument
+from gateway.trust import batchsig
 from gateway.trust.truststore import TrustStore
 from yrd.federation.v1 import federation_pb2
 
@@ -72,6 +74,9 @@ HEADER_BOUNDS: dict[str, tuple[re.Pattern[str], str]] = {
         "an algorithm name: at most 32 characters of [A-Za-z0-9._-]",
     ),
 }
+#: Verified batch roots a verifier remembers (an LRU): enough for every batch
+#: in flight from every peer, each entry a few hundred bytes.
+ROOT_CACHE_ENTRIES = 1024
 #: Longest ``status_message`` in a response header, in characters. A sealer cuts
 #: its own to this length, so no answer it signs is refused by the asker.
 MAX_STATUS_MESSAGE = 1024
@@ -163,6 +168,13 @@ class SigningKeys:
                 return key.key_id, key.private_key
         return self.default
 
+    def by_id(self, key_id: str) -> Ed25519PrivateKey | None:
+        """The private key published as ``key_id``, if this node holds it."""
+        for key in self.rotation:
+            if key.key_id == key_id:
+                return key.private_key
+        return self.default[1] if self.default[0] == key_id else None
+
 
 def signing_keys(federation: FederationConfig) -> SigningKeys:
     """This node's signing keys in ``federation`` (built once per config version
@@ -236,7 +248,11 @@ class EnvelopeSigner:
         request_digest: bytes = b"",
         status_code: int = 0,
         status_message: str = "",
+        batched: bool = False,
     ) -> federation_pb2.SignedEnvelope:
+        """The payload sealed for ``receiver``; signed with the current key, or,
+        with ``batched=True``, left unsigned (empty ``signature``) for
+        :meth:`sign_batch` to sign together with others."""
         payload_bytes = payload.SerializeToString()
         keys = self._keys()
         key_id, private_key = keys.current(self._clock.now())
@@ -258,9 +274,53 @@ class EnvelopeSigner:
         )
         header.created_at.FromDatetime(self._clock.now())
         header_bytes = header.SerializeToString()
+        if batched:
+            return federation_pb2.SignedEnvelope(header=header_bytes, payload=payload_bytes)
         return federation_pb2.SignedEnvelope(
             header=header_bytes, payload=payload_bytes, signature=private_key.sign(header_bytes)
         )
+
+    def sign_batch(
+        self, envelopes: Sequence[federation_pb2.SignedEnvelope], *, receiver: str
+    ) -> batchsig.BatchRoot:
+        """Sign envelopes sealed with ``batched=True`` once, over a hash tree.
+
+        One tree over the envelopes' ``header`` bytes (in the given order), one
+        Ed25519 signature over its root with the key their headers name, and on
+        each envelope, in place, ``batch`` = its inclusion proof and the signed
+        root. Every header must come from this node, be addressed to
+        ``receiver`` and name the same key id, one this node holds; 1..1024
+        envelopes, none carrying a signature already. ValueError otherwise.
+        """
+        if not 1 <= len(envelopes) <= batchsig.MAX_BATCH:
+            raise ValueError(f"sign_batch: expected 1..{batchsig.MAX_BATCH} envelopes")
+        keys = self._keys()
+        key_ids = set()
+        for envelope in envelopes:
+            if envelope.signature:
+                raise ValueError("sign_batch: expected envelopes sealed with batched=True")
+            header = federation_pb2.EnvelopeHeader.FromString(envelope.header)
+            if header.sender != keys.province or header.receiver != receiver:
+                raise ValueError("sign_batch: expected headers from this node to the receiver")
+            key_ids.add(header.key_id)
+        if len(key_ids) != 1:
+            raise ValueError("sign_batch: expected every header to name the same key id")
+        (key_id,) = key_ids
+        private_key = keys.by_id(key_id)
+        if private_key is None:
+            raise ValueError("sign_batch: the headers name a key this node does not hold")
+        proofs = batchsig.sign_batch(
+            [envelope.header for envelope in envelopes],
+            sender=keys.province,
+            receiver=receiver,
+            batch_id=str(uuid.uuid4()),
+            signed_at_ms=int(self._clock.now().timestamp() * 1000),
+            key_id=key_id,
+            private_key=private_key,
+        )
+        for envelope, proof in zip(envelopes, proofs, strict=True):
+            envelope.batch.CopyFrom(proof.to_proto())
+        return proofs[0].root
 
 
 def request_fingerprint(header: federation_pb2.EnvelopeHeader) -> bytes:
@@ -369,6 +429,20 @@ class EnvelopeVerifier:
         self._clock = clock
         skew = timedelta(seconds=config.me.node.max_clock_skew_seconds)
         self._nonces = NonceCache(2 * skew)
+        # Batch roots whose signature verified: (sender, key_id, public key,
+        # SHA-256 of the statement, signature) -> None, least recently used first.
+        self._roots: OrderedDict[tuple[str, str, bytes, bytes, bytes], None] = OrderedDict()
+        self._roots_verified = 0
+
+    @property
+    def roots_verified(self) -> int:
+        """Batch-root signatures actually verified so far (the rest came from the cache)."""
+        return self._roots_verified
+
+    @property
+    def roots_cached(self) -> int:
+        """Verified batch roots remembered now (at most :data:`ROOT_CACHE_ENTRIES`)."""
+        return len(self._roots)
 
     @property
     def own(self) -> str:
@@ -422,13 +496,25 @@ class EnvelopeVerifier:
                 "malformed",
                 "header.created_at: expected a valid timestamp",
             ) from exc
-        key = self._config.derived(TrustStore).envelope_key(header.sender, header.key_id, created)
-        if not crypto.verify(key, signed.signature, signed.header):
+        batched = signed.HasField("batch")
+        if batched == bool(signed.signature):
             raise _reject(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "bad_signature",
-                f"signature: does not verify with key {header.key_id!r} of {header.sender}",
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed",
+                "signature, batch: expected exactly one of them",
             )
+        if batched:
+            self._check_batch(signed, header, created)
+        else:
+            key = self._config.derived(TrustStore).envelope_key(
+                header.sender, header.key_id, created
+            )
+            if not crypto.verify(key, signed.signature, signed.header):
+                raise _reject(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "bad_signature",
+                    f"signature: does not verify with key {header.key_id!r} of {header.sender}",
+                )
         if crypto.sha256(signed.payload) != header.payload_digest:
             raise _reject(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -451,6 +537,74 @@ class EnvelopeVerifier:
                 f"header.nonce: expected {NONCE_BYTES} bytes",
             )
         return header
+
+    def _check_batch(
+        self,
+        signed: federation_pb2.SignedEnvelope,
+        header: federation_pb2.EnvelopeHeader,
+        created: datetime,
+    ) -> None:
+        """The header is a leaf of a batch root its sender signed for this
+        header's receiver with the header's key (docs/security.md "Batch
+        signatures (hash tree)"): fields, inclusion, then the root's signature,
+        verified once per root (:data:`ROOT_CACHE_ENTRIES`)."""
+        try:
+            proof = batchsig.BatchProof.from_proto(signed.batch)
+        except InvalidArgument as exc:
+            raise _reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed",
+                f"batch.{exc.field}: expected {exc.expected}",
+            ) from exc
+        root = proof.root
+        for field in ("sender", "receiver", "key_id"):
+            if getattr(root, field) != getattr(header, field):
+                raise _reject(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "bad_proof",
+                    f"batch.root.{field}: expected the header's {field}",
+                )
+        if not batchsig.verify_inclusion(
+            batchsig.leaf_hash(signed.header),
+            proof.leaf_index,
+            root.tree_size,
+            proof.audit_path,
+            root.root,
+        ):
+            raise _reject(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "bad_proof",
+                "batch.audit_path: does not lead from the header to batch.root.root",
+            )
+        key = self._config.derived(TrustStore).envelope_key(header.sender, header.key_id, created)
+        if not self._root_verifies(root, key):
+            raise _reject(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "bad_signature",
+                "batch.root.signature: does not verify with the key the header names",
+            )
+
+    def _root_verifies(self, root: batchsig.BatchRoot, key: Ed25519PublicKey) -> bool:
+        """True when the root's signature holds under ``key``: remembered when
+        it did (never when it did not), so each root is verified once."""
+        statement = root.statement
+        entry = (
+            root.sender,
+            root.key_id,
+            key.public_bytes_raw(),
+            crypto.sha256(statement),
+            root.signature,
+        )
+        if entry in self._roots:
+            self._roots.move_to_end(entry)
+            return True
+        self._roots_verified += 1
+        if not crypto.verify(key, root.signature, statement):
+            return False
+        self._roots[entry] = None
+        if len(self._roots) > ROOT_CACHE_ENTRIES:
+            self._roots.popitem(last=False)
+        return True
 
     async def refreshed_for(
         self, signed: federation_pb2.SignedEnvelope, exc: EnvelopeRejected

@@ -223,13 +223,20 @@ class TestSignature:
         tampered = Signed(header=signed.header, payload=signed.payload, signature=bytes(signature))
         rejected(verifier, tampered, grpc.StatusCode.UNAUTHENTICATED, "bad_signature")
 
-    @pytest.mark.parametrize("signature", [b"", b"\x00" * 64, b"\x01" * 63, b"\x01" * 65])
-    def test_missing_or_ill_sized_signature(
+    @pytest.mark.parametrize("signature", [b"\x00" * 64, b"\x01" * 63, b"\x01" * 65])
+    def test_ill_sized_or_zero_signature(
         self, signature: bytes, signer_for: SignerFactory, verifier: EnvelopeVerifier
     ) -> None:
         signed = seal_request(signer_for(JS))
         tampered = Signed(header=signed.header, payload=signed.payload, signature=signature)
         rejected(verifier, tampered, grpc.StatusCode.UNAUTHENTICATED, "bad_signature")
+
+    def test_missing_signature(self, signer_for: SignerFactory, verifier: EnvelopeVerifier) -> None:
+        # Neither a signature nor a batch proof (issue 16): malformed, not a bad signature.
+        signed = seal_request(signer_for(JS))
+        tampered = Signed(header=signed.header, payload=signed.payload)
+        error = rejected(verifier, tampered, grpc.StatusCode.INVALID_ARGUMENT, "malformed")
+        assert error.message == "signature, batch: expected exactly one of them"
 
     def test_sender_claimed_with_another_provinces_key(
         self, signer_for: SignerFactory, verifier: EnvelopeVerifier
