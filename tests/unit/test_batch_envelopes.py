@@ -6,6 +6,7 @@ Shanghai (310000) receives, as in test_envelope.py; Jiangsu (320000) sends.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from gateway.core.clock import FrozenClock
 from gateway.core.errors import EnvelopeRejected
 from gateway.trust import batchsig, envelope
 from gateway.trust.envelope import EnvelopeSigner, EnvelopeVerifier, SigningKey
+from tests.paths import REPOSITORY
 from tests.unit.conftest import JS, NOW, SH, ZJ, SignerFactory, signing_key
 from tests.unit.test_envelope import CHECK, check_request, seal_request
 from yrd.federation.v1 import federation_pb2
@@ -31,6 +33,7 @@ from yrd.federation.v1 import federation_pb2
 Header = federation_pb2.EnvelopeHeader
 Signed = federation_pb2.SignedEnvelope
 JS_KEY = "320000-sig-2026"
+VECTORS = REPOSITORY / "docs" / "test-vectors" / "batch-signatures.json"
 
 
 def batch_of(signer: EnvelopeSigner, n: int, receiver: str = SH) -> list[Signed]:
@@ -467,3 +470,32 @@ class TestArbitraryChange:
         with pytest.raises(EnvelopeRejected):
             verifier.open_request(tampered)
         verifier.open_request(signed)
+
+
+class TestEnvelopeVectors:
+    """docs/test-vectors/batch-signatures.json "envelopes": whole SignedEnvelope
+    messages of one batch, each verifiable alone (as ``audit check`` does)."""
+
+    def test_each_envelope_of_the_vector_batch_verifies_alone(self) -> None:
+        vectors = json.loads(VECTORS.read_text(encoding="utf-8"))
+        key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(vectors["key"]["seed"]))
+        batch = vectors["envelopes"]
+        encoded = batch["signed_envelopes"]
+        assert len(encoded) == batch["signed_root"]["tree_size"] == 3
+        for index, text in enumerate(encoded):
+            signed = Signed.FromString(bytes.fromhex(text))
+            header = Header.FromString(signed.header)
+            assert signed.signature == b""
+            assert crypto.sha256(signed.payload) == header.payload_digest
+            assert signed.batch.root.signature.hex() == batch["signed_root"]["signature"]
+            holds = batchsig.check_envelope_proof(
+                signed.header, header, signed.batch, key.public_key()
+            )
+            assert holds == (
+                f"signed in batch {batch['signed_root']['batch_id']} of 3, leaf {index} "
+                f"({vectors['key']['key_id']})"
+            )
+            # Another envelope's proof does not do.
+            other = Signed.FromString(bytes.fromhex(encoded[(index + 1) % 3]))
+            with pytest.raises(ValueError, match="does not lead from the header"):
+                batchsig.check_envelope_proof(signed.header, header, other.batch, key.public_key())
