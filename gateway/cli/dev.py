@@ -126,6 +126,13 @@ def _register_bench(commands: Subparsers) -> None:
         ("--workers", int, 1, "worker processes of each node (serve --workers; default 1)"),
         ("--count", int, 2000, "withdrawals for the throughput run"),
         ("--concurrency", int, 64, "calls in flight (default 64)"),
+        (
+            "--runs",
+            int,
+            1,
+            "repeat the whole measurement N times, then print min / median / max of each "
+            "figure (default 1; 3 to compare; the soak runs in the last run only)",
+        ),
         ("--paid-count", int, 200, "withdrawals followed to PAID for latency (default 200)"),
         ("--rate", float, 20.0, "open-loop submissions per second for latency (default 20)"),
         (
@@ -144,7 +151,7 @@ def bench_command(args: argparse.Namespace) -> int:
     configs = tool_configs("bench", args.configs)
     if configs is None:
         return EXIT_USAGE
-    from gateway.tools.bench import bench_fund, bench_identity
+    from gateway.tools.bench import bench_fund, bench_identity, summary_table
 
     if args.smoke:  # a short run of every measurement: figures, not targets
         args.seconds, args.concurrency, args.soak = 1.0, 8, 200
@@ -160,29 +167,39 @@ def bench_command(args: argparse.Namespace) -> int:
         )
         print(stores.render(), flush=True)
         return 0
-    baseline_rps = None
-    if args.target in ("identity", "all"):
-        identity = bench_identity(
-            seconds=args.seconds,
-            concurrency=args.concurrency,
-            soak=args.soak,
-            workers=args.workers,
-            configs=configs,
-        )
-        print(identity.render(), flush=True)
-        baseline_rps = identity.baseline.saturation_rps
-    if args.target in ("fund", "all"):
-        fund = bench_fund(
-            count=args.count,
-            concurrency=args.concurrency,
-            paid_count=args.paid_count,
-            rate=args.rate,
-            seconds=args.seconds,
-            workers=args.workers,
-            baseline_rps=baseline_rps,
-            configs=configs,
-        )
-        print(fund.render(), flush=True)
+    runs = max(1, args.runs)
+    summaries: list[dict[str, float]] = []
+    for run in range(1, runs + 1):
+        if runs > 1:
+            print(f"== run {run} of {runs}", flush=True)
+        summary: dict[str, float] = {}
+        baseline_rps = None
+        if args.target in ("identity", "all"):
+            identity = bench_identity(
+                seconds=args.seconds,
+                concurrency=args.concurrency,
+                soak=args.soak if run == runs else 0,
+                workers=args.workers,
+                configs=configs,
+            )
+            print(identity.render(), flush=True)
+            baseline_rps = identity.baseline.saturation_rps
+            summary |= identity.summary()
+        if args.target in ("fund", "all"):
+            fund = bench_fund(
+                count=args.count,
+                concurrency=args.concurrency,
+                paid_count=args.paid_count,
+                rate=args.rate,
+                seconds=args.seconds,
+                workers=args.workers,
+                baseline_rps=baseline_rps,
+                configs=configs,
+            )
+            print(fund.render(), flush=True)
+            summary |= fund.summary()
+        summaries.append(summary)
+    print(summary_table(summaries), flush=True)
     return 0
 
 

@@ -55,5 +55,23 @@ def test_bench_smoke_prints_every_figure() -> None:
             r"  310000 node worker 1: \d+ MB / \d+ MB\n  320000 node worker 0: \d+ MB / \d+ MB",
             r"median: +\d+ ms",
             r"p99: +\d+ ms",
+            # Issue 16: the figures fair to the design, and the summary of the runs.
+            r"at \d+/s: +p50 +[\d.]+ ms +p99 +[\d.]+ ms +\(the real path's half saturation",
+            r"at 10/s: +p50 +[\d.]+ ms +p99 +[\d.]+ ms +\(low load, open loop\)",
+            r"p99 at half the real path's saturation \(\d+/s\): real [\d.]+ ms, baseline "
+            r"[\d.]+ ms, ratio [\d.]+ \(target <= 2\)",
+            r"gateway CPU per verification above a do-nothing hop .*\n  Shanghai node: -?[\d.]+ ms "
+            r"\([\d.]+ - proxy 1 [\d.]+\)\n  Zhejiang node: -?[\d.]+ ms \([\d.]+ - proxy 2 [\d.]+\)"
+            r"\n  e-ID authority: -?[\d.]+ ms \([\d.]+ - echo [\d.]+\)",
+            r"mean batch size .*\n  saturation: Shanghai -> Zhejiang (n/a|[\d.]+), Zhejiang -> "
+            r"Shanghai (n/a|[\d.]+)\n  half capacity \(\d+/s\): .*\n  low load \(10/s\): ",
+            r"summary of 1 run\(s\)\n  figure +min +median +max",
+            r"throughput ratio real/baseline( +[\d.]+){3}",
+            r"CPU ms above do-nothing: Shanghai node( +-?[\d.]+){3}",
+            r"CPU ms above do-nothing: Zhejiang node( +-?[\d.]+){3}",
+            r"p99 ratio at half the real capacity( +[\d.]+){3}",
+            r"mean batch Shanghai -> Zhejiang, saturation( +(n/a|[\d.]+)){3}",
+            r"withdrawals accepted / baseline calls per second( +[\d.]+){3}",
+            r"RSS MB after 200 verifications, largest node( +[\d.]+){3}",
         ),
     )

@@ -181,7 +181,7 @@ class TestServe:
             process.send_signal(signal.SIGTERM)
             _, stderr = process.communicate(timeout=30)
         assert process.returncode == 0, stderr
-        assert '"event": "node stopped"' in stderr
+        assert '"event":"node stopped"' in stderr
 
         database = folder / "var" / "messages.db"
         assert run("audit", "verify", str(database)).returncode == 0
@@ -280,7 +280,7 @@ class TestDemo:
         ):
             assert verdict in result.stdout
         logged = log_file.read_text(encoding="utf-8")
-        assert logged.count('"event": "rpc"') >= 20
+        assert logged.count('"event":"rpc"') >= 20
         # Personal data never reaches a log line nor a message shown to a caller
         # (the demo table prints the callers' error messages): no resident's ID
         # number, name or photo, no fund or payee account number.

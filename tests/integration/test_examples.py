@@ -188,7 +188,7 @@ class TestStop:
         assert "stopped; logs and stores kept" in rest
         for code in ("310000", "320000", "330000", "340000"):
             assert (up.run_dir / code / "store" / "messages.db").exists()
-            assert '"event": "node stopped"' in (up.run_dir / code / "node.log").read_text()
+            assert '"event":"node stopped"' in (up.run_dir / code / "node.log").read_text()
         assert not busy_ports(up.base)
 
 

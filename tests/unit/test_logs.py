@@ -228,3 +228,34 @@ class TestConfiguredLogs:
         assert ID_NUMBER not in text
         assert NAME not in text
         assert json.dumps(NAME)[1:-1] not in text
+
+
+class TestRendering:
+    """Lines are rendered with orjson: one compact JSON object per line, non-ASCII
+    text as UTF-8; what orjson refuses is rendered by the standard library."""
+
+    def test_one_compact_line_per_event(self, log_stream: io.StringIO) -> None:
+        structlog.get_logger().info("rpc", code="OK", note="已核验", took=1.5, keys={1: "a"})
+        text = log_stream.getvalue()
+        assert text.count("\n") == 1
+        assert text.startswith('{"')
+        assert text.endswith("}\n")
+        assert '"event":"rpc"' in text
+        assert '"note":"已核验"' in text
+        (line,) = lines(log_stream)
+        assert (line["note"], line["took"], line["keys"]) == ("已核验", 1.5, {"1": "a"})
+
+    @pytest.mark.parametrize(
+        ("value", "parsed"),
+        [
+            pytest.param(2**70, 2**70, id="integer-past-64-bits"),
+            pytest.param("bad \ud800 text", "bad \ud800 text", id="lone-surrogate"),
+        ],
+    )
+    def test_what_orjson_refuses_is_still_logged(
+        self, log_stream: io.StringIO, value: object, parsed: object
+    ) -> None:
+        structlog.get_logger().info("odd", value=value)
+        (line,) = lines(log_stream)
+        assert line["event"] == "odd"
+        assert line["value"] == parsed
