@@ -400,6 +400,7 @@ class Node:
         self._log_verifier: asyncio.Task[None] | None = None
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
+        self.federation_server: FederationServicer | None = None
         self.port = 0
         self.federation_port = 0
         self.started_at = self.clock.now()
@@ -442,6 +443,7 @@ class Node:
             self.verifier,
             self.message_log,
             metrics=self.metrics,
+            stream=self.federation.me.node.federation_stream,
             channel_factory=(
                 None
                 if tls is None
@@ -978,6 +980,8 @@ class Node:
             if self.console is not None:  # first: no operator action starts during the drain
                 await self.console.stop()
             await self.health.enter_graceful_shutdown()
+            if self.federation_server is not None:  # streams: answer what was read, end OK
+                await self.federation_server.drain(self.grace if grace is None else grace)
             if self.server is not None:
                 await self.server.stop(self.grace if grace is None else grace)
             if self.metrics_server is not None:
