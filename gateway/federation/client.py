@@ -269,9 +269,8 @@ class StreamLink:
     async def _read(self) -> None:
         call = self._call
         assert call is not None
-        ended = StreamBroken(
-            grpc.StatusCode.UNAVAILABLE, f"province {self.peer} ended the stream (it drains)"
-        )
+        # Ended with OK: the peer drains (every request it read was answered).
+        ended = StreamBroken(grpc.StatusCode.OK, f"province {self.peer} ended the stream (drain)")
         try:
             while True:
                 frame = await call.read()
