@@ -338,6 +338,9 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
                     "certificate (call the peer's federation endpoint)",
                 )
             province = province_of_certificate(pem) if pem is not None else None
+        # Served outside the interceptor (a stream): the node's name in every line.
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(node=self._signer.province)
         served = _StreamServed(self, context, province)
         task = asyncio.current_task()
         assert task is not None
