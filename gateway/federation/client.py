@@ -122,6 +122,11 @@ class StreamBroken(Exception):
         self.code = code
         self.details = details
 
+    def again(self) -> StreamBroken:
+        """The same failure as a new exception (for another caller: one instance
+        raised again and again would grow its traceback)."""
+        return type(self)(self.code, self.details)
+
 
 class StreamUnimplemented(StreamBroken):
     """The peer does not serve Stream: nothing sent on it was read."""
@@ -193,12 +198,12 @@ class StreamLink:
         envelope or a refusal). Raises TimeoutError past ``deadline``,
         StreamBroken when the stream ends first."""
         if self.ended is not None:
-            raise self.ended
+            raise self.ended.again()
         async with asyncio.timeout_at(_loop_time(deadline)):
             await self._slots.acquire()
         try:
             if self.ended is not None:
-                raise self.ended
+                raise self.ended.again()
             if self._call is None:
                 self._open()
             digest = crypto.sha256(envelope.header)
@@ -315,7 +320,7 @@ class StreamLink:
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
-                future.set_exception(why)
+                future.set_exception(why.again())
                 future.exception()  # retrieved: the caller re-raises it
         self._queue.clear()
         if self._call is not None:

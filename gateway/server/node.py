@@ -980,10 +980,12 @@ class Node:
             if self.console is not None:  # first: no operator action starts during the drain
                 await self.console.stop()
             await self.health.enter_graceful_shutdown()
+            grace = self.grace if grace is None else grace
+            draining = time.monotonic()
             if self.federation_server is not None:  # streams: answer what was read, end OK
-                await self.federation_server.drain(self.grace if grace is None else grace)
-            if self.server is not None:
-                await self.server.stop(self.grace if grace is None else grace)
+                await self.federation_server.drain(grace)
+            if self.server is not None:  # the rest of the grace period for unary calls
+                await self.server.stop(max(0.0, grace - (time.monotonic() - draining)))
             if self.metrics_server is not None:
                 await self.metrics_server.stop()
             if self._log_verifier is not None:
