@@ -75,6 +75,61 @@ def _root_json(signed: batchsig.BatchRoot) -> dict[str, Any]:
     }
 
 
+def _envelopes(key: Ed25519PrivateKey) -> dict[str, Any]:
+    """A whole batch of 3 ``SignedEnvelope`` messages as sent on the wire, each
+    carrying its proof in ``batch`` (real payloads, so the digests hold)."""
+    headers, payloads = [], []
+    created_ms = SIGNED_AT_MS + 60_000
+    for index in range(3):
+        label = f"envelope {index}"
+        payload = federation_pb2.CredentialCheckRequest(
+            token_id=f"tok-vectors-{index}",
+            credential_id=f"cred-vectors-{index}",
+            relying_party_id="hotel-310000-001",
+            requested_attributes=["full_name"],
+        ).SerializeToString(deterministic=True)
+        header = federation_pb2.EnvelopeHeader(
+            message_id=str(uuid.UUID(bytes=_derived("message " + label, 16), version=4)),
+            correlation_id=str(uuid.UUID(bytes=_derived("correlation " + label, 16), version=4)),
+            sender=SENDER,
+            receiver=RECEIVER,
+            service="identity.CheckCredential",
+            created_at=Timestamp(seconds=created_ms // 1000, nanos=index * 1_000_000),
+            nonce=_derived("nonce " + label, 16),
+            payload_type="yrd.federation.v1.CredentialCheckRequest",
+            key_id=KEY_ID,
+            algorithm="Ed25519",
+            payload_digest=hashlib.sha256(payload).digest(),
+        )
+        headers.append(header.SerializeToString(deterministic=True))
+        payloads.append(payload)
+    proofs = batchsig.sign_batch(
+        headers,
+        sender=SENDER,
+        receiver=RECEIVER,
+        batch_id=str(uuid.UUID(bytes=_derived("envelope batch", 16), version=4)),
+        signed_at_ms=created_ms + 5,
+        key_id=KEY_ID,
+        private_key=key,
+    )
+    return {
+        "description": (
+            "Serialized SignedEnvelope messages (federation.proto) signed as one batch: "
+            "`signature` empty, `batch` = BatchProof (signed root, leaf index, audit path). "
+            "Each verifies alone: the header's sender, receiver and key_id equal the root's, "
+            "the audit path leads from the header to the root, the root's signature holds, "
+            "SHA-256(payload) = header.payload_digest."
+        ),
+        "signed_root": _root_json(proofs[0].root),
+        "signed_envelopes": [
+            federation_pb2.SignedEnvelope(header=header, payload=payload, batch=proof.to_proto())
+            .SerializeToString(deterministic=True)
+            .hex()
+            for header, payload, proof in zip(headers, payloads, proofs, strict=True)
+        ],
+    }
+
+
 def build() -> dict[str, Any]:
     """The whole vector file, as a JSON-ready dict."""
     key = Ed25519PrivateKey.from_private_bytes(SEED)
@@ -231,6 +286,7 @@ def build() -> dict[str, Any]:
         },
         "batches": batches,
         "negative": negative,
+        "envelopes": _envelopes(key),
     }
 
 

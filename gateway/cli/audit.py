@@ -52,7 +52,9 @@ def register(commands: Subparsers) -> None:
     export.add_argument("--out", metavar="FILE", help="default: evidence-MESSAGE_ID.json")
     export.set_defaults(func=audit_export)
     check = actions.add_parser(
-        "check", help="verify an evidence file offline (signatures, receipt, chain, signed head)"
+        "check",
+        help="verify an evidence file offline (signatures or batch proofs, receipt, chain,"
+        " signed head)",
     )
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=audit_check)
@@ -149,13 +151,14 @@ def audit_check(args: argparse.Namespace) -> int:
     import json
 
     from gateway.storage import evidence as audit
+    from gateway.trust.batchsig import check_envelope_proof
 
     try:
         evidence = json.loads(Path(args.file).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         print(f"{args.file}: cannot be read as evidence: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    passed, problems = audit.check(evidence)
+    passed, problems = audit.check(evidence, batch_check=check_envelope_proof)
     for line in passed:
         print(f"ok    {line}")
     for line in problems:

@@ -6,8 +6,11 @@ chain from those rows to the first signed chain head that covers them, that
 head, and the public keys that verify every signature in it. ``check`` needs
 nothing but that file:
 
-1. each envelope's Ed25519 signature verifies with its sender's published key,
-   and the response names the SHA-256 of the request header (the receipt);
+1. each envelope's Ed25519 signature verifies with its sender's published key
+   (an envelope signed in a batch: its inclusion proof leads from its header
+   to the batch root, and the root's signature verifies, both carried in the
+   envelope's ``batch`` field), and the response names the SHA-256 of the
+   request header (the receipt);
 2. the logged rows and the chain stretch recompute, row by row, to the head's
    hash (nothing in between was edited, removed or reordered);
 3. the head is signed by the logging node's key.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,14 @@ from gateway.storage.messagelog import GENESIS, LogEntry, head_statement, readin
 from yrd.federation.v1 import federation_pb2
 
 FORMAT = "yrd-evidence/v1"
+
+#: Checks an envelope signed in a batch (its header bytes, parsed header, proof
+#: and the key its header names): a line saying what holds, ValueError saying
+#: what does not. ``gateway.trust.batchsig.check_envelope_proof``; passed in by
+#: the caller, as the storage layer does not import the trust layer.
+BatchCheck = Callable[
+    [bytes, federation_pb2.EnvelopeHeader, federation_pb2.BatchProof, Ed25519PublicKey], str
+]
 
 
 def _b64(data: bytes) -> str:
@@ -149,8 +161,13 @@ def _key(evidence: dict[str, Any], province: str, key_id: str, at: datetime) -> 
     return load_public_key(entry["public_key_pem"].encode("ascii"))
 
 
-def check(evidence: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """(passed checks, problems); the evidence holds iff there are no problems."""
+def check(
+    evidence: dict[str, Any], *, batch_check: BatchCheck | None = None
+) -> tuple[list[str], list[str]]:
+    """(passed checks, problems); the evidence holds iff there are no problems.
+
+    Envelopes signed in a batch are checked with ``batch_check``; without it
+    each such envelope is a problem (it cannot be verified)."""
     passed: list[str] = []
     problems: list[str] = []
     if evidence.get("format") != FORMAT:
@@ -170,7 +187,21 @@ def check(evidence: dict[str, Any]) -> tuple[list[str], list[str]]:
                 f"({header.service}, {header.sender}->{header.receiver})"
             )
             key = _key(evidence, header.sender, header.key_id, at)
-            if key is None or not crypto.verify(key, signed.signature, signed.header):
+            if signed.HasField("batch"):
+                if signed.signature:
+                    problems.append(f"{what}: both a signature and a batch proof")
+                elif key is None:
+                    problems.append(f"{what}: no published key {header.key_id!r} then")
+                elif batch_check is None:
+                    problems.append(f"{what}: signed in a batch, not checked here")
+                else:
+                    try:
+                        holds = batch_check(signed.header, header, signed.batch, key)
+                    except ValueError as exc:
+                        problems.append(f"{what}: {exc}")
+                    else:
+                        passed.append(f"{what}: {holds}")
+            elif key is None or not crypto.verify(key, signed.signature, signed.header):
                 problems.append(f"{what}: signature does not verify with key {header.key_id!r}")
             else:
                 passed.append(f"{what}: signature valid ({header.key_id})")

@@ -378,3 +378,38 @@ def sign_batch(
         private_key=private_key,
     )
     return [BatchProof(signed, i, tuple(path)) for i, path in enumerate(paths)]
+
+
+def check_envelope_proof(
+    header_bytes: bytes,
+    header: federation_pb2.EnvelopeHeader,
+    batch: federation_pb2.BatchProof,
+    public_key: Ed25519PublicKey,
+) -> str:
+    """Offline check of an envelope signed in a batch (``audit check``): the
+    root names the header's sender, receiver and key id, the audit path leads
+    from ``header_bytes`` to the root, and the root's signature holds under
+    ``public_key`` (the key the header names, valid at its creation). A line
+    saying what holds; ValueError saying what does not."""
+    try:
+        proof = BatchProof.from_proto(batch)
+    except InvalidArgument as exc:
+        raise ValueError(f"batch proof is malformed: batch.{exc}") from exc
+    root = proof.root
+    for field in ("sender", "receiver", "key_id"):
+        if getattr(root, field) != getattr(header, field):
+            raise ValueError(f"batch root's {field} is not the header's")
+    if not verify_inclusion(
+        leaf_hash(header_bytes), proof.leaf_index, root.tree_size, proof.audit_path, root.root
+    ):
+        raise ValueError(
+            f"batch proof does not lead from the header to the root of batch {root.batch_id}"
+        )
+    if not verify_root(root, public_key):
+        raise ValueError(
+            f"batch root signature does not verify with key {root.key_id!r} (batch {root.batch_id})"
+        )
+    return (
+        f"signed in batch {root.batch_id} of {root.tree_size}, leaf {proof.leaf_index} "
+        f"({root.key_id})"
+    )
