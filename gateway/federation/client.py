@@ -100,6 +100,9 @@ STREAM_IN_FLIGHT = 4096
 #: message limit is MAX_ENVELOPE_BYTES plus framing).
 FRAME_ENVELOPES = 1024
 FRAME_BYTES = 4 * 1024 * 1024
+#: How long the writer lingers before a frame while earlier requests await
+#: their answers (under load), seconds; an idle link writes at once.
+BATCH_LINGER = 0.002
 #: Bytes a request adds to its envelope in a frame (the batch proof: root,
 #: audit path, framing), for the frame's byte budget.
 _PROOF_BYTES = 1024
@@ -245,6 +248,14 @@ class StreamLink:
         try:
             while self.ended is None:
                 await self._wake.wait()
+                if len(self._pending) > len(self._queue):
+                    # Under load (earlier requests still await their answers):
+                    # linger a moment so the requests arriving meanwhile share
+                    # this frame and its one signature. Idle, a lone request
+                    # goes at once.
+                    await asyncio.sleep(BATCH_LINGER)
+                else:
+                    await asyncio.sleep(0)  # requests of this same loop turn join
                 self._wake.clear()
                 while self.ended is None and (batch := self._take()):
                     envelopes = [item.envelope for item in batch]

@@ -546,6 +546,7 @@ class _StreamServed:
         try:
             while True:
                 await self._wake.wait()
+                await asyncio.sleep(0)  # answers ready in the same loop turn join the frame
                 self._wake.clear()
                 if self._ready:
                     ready, self._ready = self._ready, []
