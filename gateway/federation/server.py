@@ -332,6 +332,8 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         if self._require_certificate:
             pem = peer_certificate(context)
             if pem is None:
+                if self._metrics is not None:
+                    self._metrics.refusals.labels("unknown", "no_client_certificate").inc()
                 await context.abort(
                     grpc.StatusCode.UNAUTHENTICATED,
                     "transport: a federation stream needs the calling node's TLS client "
