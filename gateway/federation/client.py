@@ -21,7 +21,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -389,8 +389,23 @@ class _Peer:
     budget: TokenBucket
     #: When a failure was last counted against the breaker (time.monotonic()).
     failed_at: float = 0.0
-    #: The stream carrying this peer's exchanges (None: not opened yet, or unary).
-    link: StreamLink | None = None
+    #: The streams carrying this peer's exchanges, one per published endpoint
+    #: (a replica each, as the channel's round robin places them; None: not
+    #: opened yet); exchanges take them in turn.
+    links: list[StreamLink | None] = field(default_factory=list)
+    turn: int = 0
+    #: With several endpoints, the channel of each (its stream pinned to that
+    #: replica); with one, the peer's channel.
+    stream_channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    async def close_streams(self) -> None:
+        for link in self.links:
+            if link is not None:
+                await link.close()
+        for channel in self.stream_channels:
+            if channel is not self.channel:
+                await channel.close(grace=1.0)
+
     #: Until when (time.monotonic()) exchanges go unary: the peer answered
     #: Stream with UNIMPLEMENTED.
     unary_until: float = 0.0
@@ -553,8 +568,7 @@ class FederationClient:
             or config.endpoints != self._peers[code].endpoints
         ]
         for peer in gone:
-            if peer.link is not None:
-                await peer.link.close()
+            await peer.close_streams()
             await peer.channel.close(grace=1.0)
 
     def breaker_state(self, code: str) -> BreakerState:
@@ -889,20 +903,44 @@ class FederationClient:
         return response, opened
 
     def stream_link(self, code: str) -> StreamLink | None:
-        """The stream now carrying exchanges with ``code`` (None if none)."""
+        """The (first) stream carrying exchanges with ``code`` (None if none)."""
         peer = self._peers.get(code)
-        return None if peer is None else peer.link
+        return None if peer is None or not peer.links else peer.links[0]
 
     def _link(self, peer: _Peer) -> StreamLink | None:
         """The stream for an exchange with ``peer``: the open one, a new one
         when it ended, None for unary (streams off, or the peer lacks Stream)."""
         if not self.stream or self._closing.is_set() or peer.unary_until > time.monotonic():
             return None
-        link = peer.link
+        # One stream per endpoint, each on a channel to that endpoint alone: a
+        # peer's replicas share its exchanges as they share unary calls, taken
+        # in turn, skipping a replica whose channel is not READY (down, or its
+        # health NOT_SERVING) while another is.
+        if not peer.stream_channels:
+            peer.stream_channels = (
+                [peer.channel]
+                if len(peer.endpoints) <= 1
+                else [self._channel_factory((endpoint,)) for endpoint in peer.endpoints]
+            )
+            peer.links = [None] * len(peer.stream_channels)
+        count = len(peer.links)
+        index = peer.turn % count
+        if count > 1:
+            for step in range(count):
+                candidate = (peer.turn + step) % count
+                state = peer.stream_channels[candidate].get_state(try_to_connect=True)
+                if state == grpc.ChannelConnectivity.READY:
+                    index = candidate
+                    break
+        peer.turn = index + 1
+        link = peer.links[index]
         if link is None or link.ended is not None:
-            link = peer.link = StreamLink(
+            channel = peer.stream_channels[index]
+            link = peer.links[index] = StreamLink(
                 peer.code,
-                peer.stub,
+                peer.stub
+                if channel is peer.channel
+                else federation_pb2_grpc.FederationServiceStub(channel),
                 lambda envelopes: sign_frame(self._signer, envelopes, receiver=peer.code),
                 self._metrics,
             )
@@ -911,7 +949,6 @@ class FederationClient:
     async def close(self) -> None:
         self._closing.set()
         for peer in self._peers.values():
-            if peer.link is not None:
-                await peer.link.close()
+            await peer.close_streams()
             await peer.channel.close()
         self._peers.clear()

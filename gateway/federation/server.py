@@ -125,8 +125,13 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         dedupe_bytes: int = 64 * 1024 * 1024,
         dedupe_seconds: float = 300.0,
         metrics: NodeMetrics | None = None,
+        serving: Callable[[], bool] | None = None,
     ) -> None:
         self._metrics = metrics
+        #: Whether the node's health says SERVING: while it does not, a stream
+        #: refuses what it reads (UNAVAILABLE, not handled) and ends, so that
+        #: the asker's next stream goes to a replica that serves.
+        self._serving = serving or (lambda: True)
         self._require_certificate = require_peer_certificate
         self._signer = signer
         self._verifier = verifier
@@ -355,7 +360,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
             self._streams.discard(task)
             if self._metrics is not None:
                 self._metrics.streams.labels(served.peer, "in").dec()
-        if problem is not None:
+        if problem is not None and problem.code != grpc.StatusCode.OK:
             await context.abort(problem.code, problem.message)
 
     def _earlier_outcome(
@@ -480,6 +485,9 @@ STREAM_IN_FLIGHT = 1024
 #: Envelopes and bytes of envelopes in one frame (either direction).
 FRAME_ENVELOPES = 1024
 FRAME_BYTES = 4 * 1024 * 1024
+#: On drain, how long a stream still waits for a frame already on its way
+#: before it stops reading, seconds.
+DRAIN_READ_SECONDS = 0.1
 #: Bounds of StreamRequest.timeout_ms, milliseconds.
 MAX_TIMEOUT_MS = 300_000
 #: Bytes a response adds to its envelope in a frame (its batch proof and
@@ -562,12 +570,22 @@ class _StreamServed:
 
     async def _read(self) -> _Problem | None:
         draining = asyncio.ensure_future(self._servicer._draining.wait())
+        loop = asyncio.get_running_loop()
+        #: When reading stops, once draining (loop time).
+        stop_reading: float | None = None
         try:
             while True:
                 reading = asyncio.ensure_future(self._context.read())
                 await asyncio.wait((reading, draining), return_when=asyncio.FIRST_COMPLETED)
                 if not reading.done():
-                    reading.cancel()  # draining: what was read is answered, no more
+                    # Draining: frames the asker sent before it are taken still
+                    # (they arrive within a moment); then no more is read, and
+                    # what was read is answered.
+                    if stop_reading is None:
+                        stop_reading = loop.time() + DRAIN_READ_SECONDS
+                    await asyncio.wait((reading,), timeout=max(0.0, stop_reading - loop.time()))
+                if not reading.done():
+                    reading.cancel()
                     return None
                 raw = reading.result()
                 if raw is grpc.aio.EOF:
@@ -605,6 +623,20 @@ class _StreamServed:
         metrics = self._servicer._metrics
         if metrics is not None:
             metrics.batch_envelopes.labels(self.peer, "in").observe(len(frame.requests))
+        if not self._servicer._serving():
+            for request in frame.requests:
+                header = request.envelope.header
+                digest = crypto.sha256(header) if header else b""
+                await self._slots.acquire()  # released by the writer, as for answers
+                refusal = _refusal(
+                    digest,
+                    grpc.StatusCode.UNAVAILABLE,
+                    "this node is not serving now (health NOT_SERVING); the request "
+                    "was not handled: send it again",
+                )
+                self._ready.append((digest, refusal))
+            self._wake.set()
+            return _Problem(grpc.StatusCode.OK, "not serving: the stream ends")
         for request in frame.requests:
             await self._slots.acquire()
             task = asyncio.create_task(self._one(request))

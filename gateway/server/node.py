@@ -411,6 +411,12 @@ class Node:
         self._stopped = False
         self._stop_lock = asyncio.Lock()
 
+    def _serving(self) -> bool:
+        """Whether the node's health says SERVING (what balanced channels follow)."""
+        # grpc_health keeps no public getter of a status it was set.
+        status = self.health._server_status.get("")
+        return bool(status == health_pb2.HealthCheckResponse.SERVING)
+
     def _make_stores(self) -> None:
         """The message log and the state store (opened at start, by _open_stores);
         health follows whether they can write."""
@@ -788,6 +794,7 @@ class Node:
             self.message_log,
             require_peer_certificate=self.tls is not None,
             metrics=self.metrics,
+            serving=self._serving,
             handlers={
                 "identity.CheckCredential": identity.handle_federated,
                 "certificate.Fetch": certificates.handle_fetch,
