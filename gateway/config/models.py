@@ -206,6 +206,9 @@ class NodeSection(_Model):
     #: How often the node verifies its message log's hash chain in the background
     #: (the metric yrd_message_log_intact); 0: never (VerifyMessageLog still does).
     log_verify_seconds: float = Field(3600.0, ge=0, le=30 * 86_400)
+    #: Exchanges with a peer travel on one long-lived Stream, in batches signed
+    #: once (docs/federation-stream.md); false: one unary Exchange call each.
+    federation_stream: bool = True
     #: How long a replica's claim (lease) on an outbox item or an incoming case
     #: lasts unless renewed (every third of it): a killed replica's work is
     #: taken over by the others after at most this long. Above twice a back-end

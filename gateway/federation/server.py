@@ -25,6 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import structlog
@@ -35,6 +36,7 @@ from gateway.core import crypto
 from gateway.core.errors import DECISION_CODES, EnvelopeRejected, GatewayError, status_from_int
 from gateway.core.identifiers import is_region_code, province_of
 from gateway.core.metrics import NodeMetrics
+from gateway.federation.client import sign_frame
 from gateway.federation.payloads import validate_payload
 from gateway.storage.interfaces import MessageRecorder
 from gateway.storage.records import DuplicateNonce, LogEntry, LoggedExchange
@@ -123,8 +125,13 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         dedupe_bytes: int = 64 * 1024 * 1024,
         dedupe_seconds: float = 300.0,
         metrics: NodeMetrics | None = None,
+        serving: Callable[[], bool] | None = None,
     ) -> None:
         self._metrics = metrics
+        #: Whether the node's health says SERVING: while it does not, a stream
+        #: refuses what it reads (UNAVAILABLE, not handled) and ends, so that
+        #: the asker's next stream goes to a replica that serves.
+        self._serving = serving or (lambda: True)
         self._require_certificate = require_peer_certificate
         self._signer = signer
         self._verifier = verifier
@@ -141,6 +148,9 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         self._dedupe_bytes = dedupe_bytes
         #: Requests being handled: their fingerprint and the answer to come.
         self._in_flight: dict[tuple[str, str], tuple[bytes, asyncio.Future[_Outcome]]] = {}
+        #: The tasks serving streams now, and the signal that ends them (drain).
+        self._streams: set[asyncio.Task[Any]] = set()
+        self._draining = asyncio.Event()
 
     @property
     def remembered(self) -> tuple[int, int]:
@@ -165,7 +175,12 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
                     self.exchange_bytes,
                     request_deserializer=None,
                     response_serializer=federation_pb2.SignedEnvelope.SerializeToString,
-                )
+                ),
+                "Stream": grpc.stream_stream_rpc_method_handler(
+                    self.stream_bytes,
+                    request_deserializer=None,
+                    response_serializer=federation_pb2.StreamFrame.SerializeToString,
+                ),
             },
         )
 
@@ -212,10 +227,37 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
     async def Exchange(  # noqa: N802 - the gRPC method name
         self, request: federation_pb2.SignedEnvelope, context: grpc.aio.ServicerContext
     ) -> federation_pb2.SignedEnvelope:
+        remaining = context.time_remaining()
+        answer = await self._answer(
+            request,
+            30.0 if remaining is None else max(0.0, remaining - 0.02),
+            check_sender=(
+                (lambda sender: self._check_transport(context, sender))
+                if self._require_certificate
+                else None
+            ),
+            batched=False,
+        )
+        await self._log.append(answer.row())
+        return answer.response
+
+    async def _answer(
+        self,
+        request: federation_pb2.SignedEnvelope,
+        timeout: float,
+        *,
+        check_sender: Callable[[str], None] | None,
+        batched: bool,
+    ) -> _Answer:
+        """What Exchange and Stream do with one request: open it, log it, answer
+        it (from the dedupe memory or the log, or by its handler within
+        ``timeout`` seconds), seal the response (signed alone, or ``batched`` for
+        the stream's writer to sign with its frame). The caller logs the
+        response's row (:meth:`_Answer.row`) once its signature is final."""
         opened = await self._verifier.open_request_fresh(request)
         header = opened.header
-        if self._require_certificate:
-            self._check_transport(context, header.sender)
+        if check_sender is not None:
+            check_sender(header.sender)
         structlog.contextvars.bind_contextvars(
             correlation_id=header.correlation_id, peer=header.sender, service=header.service
         )
@@ -247,7 +289,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
             if pending is not None:
                 outcome = await asyncio.shield(pending[1])
             else:
-                outcome = await self._handle(key, opened, context)
+                outcome = await self._handle(key, opened, timeout)
         response = self._signer.seal(
             receiver=header.sender,
             service=header.service,
@@ -257,28 +299,69 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
             request_digest=crypto.sha256(request.header),
             status_code=outcome.status_code,
             status_message=outcome.status_message,
+            batched=batched,
         )
-        await self._log.append(
-            LogEntry(
-                "out",
-                "response",
-                header.message_id,
-                header.correlation_id,
-                header.sender,
-                header.service,
-                response.SerializeToString(),
-            )
-        )
-        return response
+        return _Answer(response, header)
 
     async def Stream(  # noqa: N802 - the gRPC method name
         self,
         request_iterator: object,
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[federation_pb2.StreamFrame]:
-        """Not served yet: the asker falls back to Exchange (being built, issue 16)."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Stream: not offered by this node yet")
+        """Not mounted: :meth:`generic_handler` serves Stream from raw bytes
+        (:meth:`stream_bytes`), so that a garbage frame gets INVALID_ARGUMENT."""
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Stream: served by stream_bytes")
         yield federation_pb2.StreamFrame()  # pragma: no cover - abort raises
+
+    async def drain(self, timeout: float) -> None:
+        """Stop reading new frames on every stream, answer what was read, end
+        the streams with OK (the node stops); at most ``timeout`` seconds."""
+        self._draining.set()
+        if self._streams:
+            await asyncio.wait(list(self._streams), timeout=max(0.0, timeout))
+
+    @property
+    def streams(self) -> int:
+        """Streams being served now."""
+        return len(self._streams)
+
+    async def stream_bytes(
+        self, request_iterator: object, context: grpc.aio.ServicerContext
+    ) -> None:
+        """The Stream RPC (frames parsed here, as Exchange's envelope is)."""
+        if self._draining.is_set():
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "this node is stopping; open the stream again"
+            )
+        province: str | None = None
+        if self._require_certificate:
+            pem = peer_certificate(context)
+            if pem is None:
+                if self._metrics is not None:
+                    self._metrics.refusals.labels("unknown", "no_client_certificate").inc()
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "transport: a federation stream needs the calling node's TLS client "
+                    "certificate (call the peer's federation endpoint)",
+                )
+            province = province_of_certificate(pem) if pem is not None else None
+        # Served outside the interceptor (a stream): the node's name in every line.
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(node=self._signer.province)
+        served = _StreamServed(self, context, province)
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        if self._metrics is not None:
+            self._metrics.streams.labels(served.peer, "in").inc()
+        try:
+            problem = await served.run()
+        finally:
+            self._streams.discard(task)
+            if self._metrics is not None:
+                self._metrics.streams.labels(served.peer, "in").dec()
+        if problem is not None and problem.code != grpc.StatusCode.OK:
+            await context.abort(problem.code, problem.message)
 
     def _earlier_outcome(
         self, key: tuple[str, str], fingerprint: bytes, logged: LoggedExchange
@@ -338,17 +421,10 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
                 "transport: a federation call needs the calling node's TLS client certificate "
                 "(call the peer's federation endpoint)",
             )
-        province = province_of_certificate(pem)
-        if province != sender:
-            raise EnvelopeRejected(
-                grpc.StatusCode.PERMISSION_DENIED,
-                "certificate_province_mismatch",
-                f"transport: the TLS certificate is of province {province or 'none'}, "
-                f"the envelope claims {sender}",
-            )
+        check_certificate_province(province_of_certificate(pem), sender)
 
     async def _handle(
-        self, key: tuple[str, str], opened: OpenedEnvelope, context: grpc.aio.ServicerContext
+        self, key: tuple[str, str], opened: OpenedEnvelope, timeout: float
     ) -> _Outcome:
         future: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
         fingerprint = opened.fingerprint
@@ -356,8 +432,6 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         started = time.monotonic()
         try:
             handler = self._handlers[opened.header.service]
-            remaining = context.time_remaining()
-            timeout = 30.0 if remaining is None else max(0.0, remaining - 0.02)
             try:
                 validate_payload(opened)
                 payload = await handler(opened, timeout)
@@ -387,10 +461,13 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
                     status_from_int(outcome.status_code).name,
                     started,
                 )
-            log.info(
+            outcome_name = status_from_int(outcome.status_code).name
+            # An exchange that went well is a debug line (issue 16: fewer info
+            # lines per exchange on the hot path); every other outcome stays info.
+            (log.debug if outcome_name == "OK" else log.info)(
                 "exchange",
                 direction="in",
-                outcome=status_from_int(outcome.status_code).name,
+                outcome=outcome_name,
                 duration_ms=round((time.monotonic() - started) * 1000, 2),
             )
             return outcome
@@ -400,6 +477,285 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
             raise
         finally:
             self._in_flight.pop(key, None)
+
+
+#: Requests one stream may have in flight at the receiver; while full, the
+#: stream is not read (HTTP/2 flow control holds the sender back).
+STREAM_IN_FLIGHT = 1024
+#: Envelopes and bytes of envelopes in one frame (either direction).
+FRAME_ENVELOPES = 1024
+FRAME_BYTES = 4 * 1024 * 1024
+#: On drain, how long a stream still waits for a frame already on its way
+#: before it stops reading, seconds.
+DRAIN_READ_SECONDS = 0.1
+#: Bounds of StreamRequest.timeout_ms, milliseconds.
+MAX_TIMEOUT_MS = 300_000
+#: Bytes a response adds to its envelope in a frame (its batch proof and
+#: framing), for the frame's byte budget.
+_PROOF_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A sealed response and the request header it answers."""
+
+    response: federation_pb2.SignedEnvelope
+    request: federation_pb2.EnvelopeHeader
+
+    def row(self) -> LogEntry:
+        """The response's message-log row (its bytes as they go out: sign first)."""
+        header = self.request
+        return LogEntry(
+            "out",
+            "response",
+            header.message_id,
+            header.correlation_id,
+            header.sender,
+            header.service,
+            self.response.SerializeToString(),
+        )
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """Why a stream ends with an error status instead of OK."""
+
+    code: grpc.StatusCode
+    message: str
+
+
+class _StreamServed:
+    """One Stream as the answering node serves it.
+
+    The reader parses each frame and starts one task per request (the path
+    Exchange takes), at most :data:`STREAM_IN_FLIGHT` at once: while full, it
+    reads no further. The writer (:meth:`run`) takes every answer that is ready,
+    signs the responses once as a batch, logs their rows in one commit and
+    writes one frame. On drain or a bad frame the reader stops, every request
+    read is answered, then the stream ends (OK, or the bad frame's status).
+    """
+
+    def __init__(
+        self,
+        servicer: FederationServicer,
+        context: grpc.aio.ServicerContext,
+        province: str | None,
+    ) -> None:
+        self._servicer = servicer
+        self._context = context
+        #: The caller's certificate province (None without the certificate check).
+        self._province = province
+        self.peer = province or "unknown"
+        self._slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        self._ready: list[tuple[bytes, _Answer | federation_pb2.StreamRefusal]] = []
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> _Problem | None:
+        reader = asyncio.create_task(self._read())
+        try:
+            while True:
+                await self._wake.wait()
+                await asyncio.sleep(0)  # answers ready in the same loop turn join the frame
+                self._wake.clear()
+                if self._ready:
+                    ready, self._ready = self._ready, []
+                    await self._write(ready)
+                if reader.done() and not self._tasks and not self._ready:
+                    return reader.result()
+        finally:
+            reader.cancel()
+            for task in self._tasks:
+                task.cancel()
+
+    async def _read(self) -> _Problem | None:
+        draining = asyncio.ensure_future(self._servicer._draining.wait())
+        loop = asyncio.get_running_loop()
+        #: When reading stops, once draining (loop time).
+        stop_reading: float | None = None
+        try:
+            while True:
+                reading = asyncio.ensure_future(self._context.read())
+                await asyncio.wait((reading, draining), return_when=asyncio.FIRST_COMPLETED)
+                if not reading.done():
+                    # Draining: frames the asker sent before it are taken still
+                    # (they arrive within a moment); then no more is read, and
+                    # what was read is answered.
+                    if stop_reading is None:
+                        stop_reading = loop.time() + DRAIN_READ_SECONDS
+                    await asyncio.wait((reading,), timeout=max(0.0, stop_reading - loop.time()))
+                if not reading.done():
+                    reading.cancel()
+                    return None
+                raw = reading.result()
+                if raw is grpc.aio.EOF:
+                    return None
+                problem = await self._frame(raw)
+                if problem is not None:
+                    return problem
+        finally:
+            draining.cancel()
+            self._wake.set()  # the writer sees the reader done
+
+    async def _frame(self, raw: object) -> _Problem | None:
+        """Start the requests of one frame; a problem ends the stream."""
+        frame = federation_pb2.StreamFrame()
+        try:
+            if not isinstance(raw, bytes):
+                raise DecodeError("not bytes")
+            frame.ParseFromString(raw)
+        except DecodeError:
+            return _Problem(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "StreamFrame: expected a serialized yrd.federation.v1.StreamFrame",
+            )
+        if frame.responses or frame.refusals:
+            return _Problem(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "StreamFrame.responses, StreamFrame.refusals: expected none from the asking "
+                "node (its frames carry requests only)",
+            )
+        if len(frame.requests) > FRAME_ENVELOPES:
+            return _Problem(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"StreamFrame.requests: expected at most {FRAME_ENVELOPES} requests per frame",
+            )
+        metrics = self._servicer._metrics
+        if metrics is not None:
+            metrics.batch_envelopes.labels(self.peer, "in").observe(len(frame.requests))
+        if not self._servicer._serving():
+            for request in frame.requests:
+                header = request.envelope.header
+                digest = crypto.sha256(header) if header else b""
+                await self._slots.acquire()  # released by the writer, as for answers
+                refusal = _refusal(
+                    digest,
+                    grpc.StatusCode.UNAVAILABLE,
+                    "this node is not serving now (health NOT_SERVING); the request "
+                    "was not handled: send it again",
+                )
+                self._ready.append((digest, refusal))
+            self._wake.set()
+            return _Problem(grpc.StatusCode.OK, "not serving: the stream ends")
+        for request in frame.requests:
+            await self._slots.acquire()
+            task = asyncio.create_task(self._one(request))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return None
+
+    async def _one(self, request: federation_pb2.StreamRequest) -> None:
+        servicer = self._servicer
+        envelope = request.envelope
+        digest = crypto.sha256(envelope.header) if envelope.header else b""
+        item: _Answer | federation_pb2.StreamRefusal
+        try:
+            if envelope.ByteSize() > MAX_ENVELOPE_BYTES:
+                raise EnvelopeRejected(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "too_large",
+                    f"StreamRequest.envelope: expected at most {MAX_ENVELOPE_BYTES} bytes",
+                )
+            if not 1 <= request.timeout_ms <= MAX_TIMEOUT_MS:
+                raise EnvelopeRejected(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "malformed",
+                    f"StreamRequest.timeout_ms: expected 1..{MAX_TIMEOUT_MS} milliseconds",
+                )
+            province = self._province
+            item = await servicer._answer(
+                envelope,
+                max(0.0, request.timeout_ms / 1000 - 0.02),
+                check_sender=(
+                    None
+                    if not servicer._require_certificate
+                    else lambda sender: check_certificate_province(province, sender)
+                ),
+                batched=True,
+            )
+        except EnvelopeRejected as exc:
+            servicer._count_refusal(envelope, exc.reason)
+            item = _refusal(digest, exc.code, exc.message)
+        except GatewayError as exc:  # a fault (its store cannot write): retried by the asker
+            item = _refusal(digest, exc.code, exc.message)
+        except Exception as exc:
+            log.error("federation stream request failed", error_type=type(exc).__name__)
+            item = _refusal(
+                digest,
+                grpc.StatusCode.INTERNAL,
+                f"internal error at {servicer._signer.province}; the request may be retried",
+            )
+        self._ready.append((digest, item))
+        self._wake.set()
+
+    async def _write(
+        self, ready: list[tuple[bytes, _Answer | federation_pb2.StreamRefusal]]
+    ) -> None:
+        """Write the ready answers: per receiver, frames of responses signed once
+        and logged in one commit before they go out; refusals in the last frame."""
+        servicer = self._servicer
+        refusals = [item for _, item in ready if isinstance(item, federation_pb2.StreamRefusal)]
+        groups: dict[str, list[tuple[bytes, _Answer]]] = {}
+        for digest, item in ready:
+            if isinstance(item, _Answer):
+                groups.setdefault(item.request.sender, []).append((digest, item))
+        frames: list[federation_pb2.StreamFrame] = []
+        for receiver, answers in groups.items():
+            for chunk in _chunks(answers):
+                frame = federation_pb2.StreamFrame()
+                sign_frame(servicer._signer, [a.response for _, a in chunk], receiver=receiver)
+                try:
+                    await servicer._log.append_all(tuple(a.row() for _, a in chunk))
+                except GatewayError as exc:  # not logged: not sent; the asker retries
+                    refusals.extend(_refusal(d, exc.code, exc.message) for d, _ in chunk)
+                    continue
+                frame.responses.extend(a.response for _, a in chunk)
+                frames.append(frame)
+        if refusals:
+            if not frames:
+                frames.append(federation_pb2.StreamFrame())
+            frames[-1].refusals.extend(refusals)
+        try:
+            for frame in frames:
+                await self._context.write(frame)
+                if servicer._metrics is not None:
+                    servicer._metrics.batch_envelopes.labels(self.peer, "out").observe(
+                        len(frame.responses) + len(frame.refusals)
+                    )
+        finally:
+            for _ in ready:
+                self._slots.release()
+
+
+def _chunks(answers: list[tuple[bytes, _Answer]]) -> list[list[tuple[bytes, _Answer]]]:
+    """``answers`` cut into frames within FRAME_ENVELOPES and FRAME_BYTES."""
+    chunks: list[list[tuple[bytes, _Answer]]] = [[]]
+    size = 0
+    for entry in answers:
+        cost = entry[1].response.ByteSize() + _PROOF_BYTES
+        if chunks[-1] and (len(chunks[-1]) >= FRAME_ENVELOPES or size + cost > FRAME_BYTES):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(entry)
+        size += cost
+    return chunks
+
+
+def _refusal(digest: bytes, code: grpc.StatusCode, message: str) -> federation_pb2.StreamRefusal:
+    return federation_pb2.StreamRefusal(
+        request_digest=digest, code=code.value[0], message=message[:1024]
+    )
+
+
+def check_certificate_province(province: str | None, sender: str) -> None:
+    """The province of the caller's TLS certificate must be the envelope's sender."""
+    if province != sender:
+        raise EnvelopeRejected(
+            grpc.StatusCode.PERMISSION_DENIED,
+            "certificate_province_mismatch",
+            f"transport: the TLS certificate is of province {province or 'none'}, "
+            f"the envelope claims {sender}",
+        )
 
 
 #: A reason label as the verifier's constants are written; anything else is ``other``.

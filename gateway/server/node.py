@@ -400,6 +400,7 @@ class Node:
         self._log_verifier: asyncio.Task[None] | None = None
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
+        self.federation_server: FederationServicer | None = None
         self.port = 0
         self.federation_port = 0
         self.started_at = self.clock.now()
@@ -409,6 +410,12 @@ class Node:
         self._quiet_stop = False
         self._stopped = False
         self._stop_lock = asyncio.Lock()
+
+    def _serving(self) -> bool:
+        """Whether the node's health says SERVING (what balanced channels follow)."""
+        # grpc_health keeps no public getter of a status it was set.
+        status = self.health._server_status.get("")
+        return bool(status == health_pb2.HealthCheckResponse.SERVING)
 
     def _make_stores(self) -> None:
         """The message log and the state store (opened at start, by _open_stores);
@@ -442,6 +449,7 @@ class Node:
             self.verifier,
             self.message_log,
             metrics=self.metrics,
+            stream=self.federation.me.node.federation_stream,
             channel_factory=(
                 None
                 if tls is None
@@ -786,6 +794,7 @@ class Node:
             self.message_log,
             require_peer_certificate=self.tls is not None,
             metrics=self.metrics,
+            serving=self._serving,
             handlers={
                 "identity.CheckCredential": identity.handle_federated,
                 "certificate.Fetch": certificates.handle_fetch,
@@ -978,8 +987,12 @@ class Node:
             if self.console is not None:  # first: no operator action starts during the drain
                 await self.console.stop()
             await self.health.enter_graceful_shutdown()
-            if self.server is not None:
-                await self.server.stop(self.grace if grace is None else grace)
+            grace = self.grace if grace is None else grace
+            draining = time.monotonic()
+            if self.federation_server is not None:  # streams: answer what was read, end OK
+                await self.federation_server.drain(grace)
+            if self.server is not None:  # the rest of the grace period for unary calls
+                await self.server.stop(max(0.0, grace - (time.monotonic() - draining)))
             if self.metrics_server is not None:
                 await self.metrics_server.stop()
             if self._log_verifier is not None:

@@ -1,0 +1,356 @@
+"""The federation hop on one long-lived Stream per pair of nodes (issue 16).
+
+Real nodes on loopback: exchanges travel on the stream in batches signed once,
+a lone exchange goes at once, a peer killed or drained loses and doubles
+nothing, a peer without Stream and ``federation_stream = false`` go unary, and
+bad frames get a status naming the field while the node keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from gateway.core.channels import balanced_aio_channel
+from gateway.core.errors import RemoteError
+from gateway.federation.client import (
+    CHANNEL_OPTIONS,
+    FederationClient,
+    StreamLink,
+    StreamUnimplemented,
+)
+from gateway.federation.server import SERVICE_NAME
+from gateway.server.node import Node
+from gateway.testing.localfed import LocalFederation, free_port
+from tests.integration.conftest import JS, SH, ZJ, Wallet
+from tests.integration.test_fund_exchange import application, submit, until_final
+from tests.integration.test_fuzz import mtls
+from tests.integration.test_identity_exchange import verify
+from yrd.federation.v1 import federation_pb2
+from yrd.fund.v1 import fund_pb2
+from yrd.identity.v1 import identity_pb2
+
+pytestmark = pytest.mark.timeout(240)
+
+STREAM = f"/{SERVICE_NAME}/Stream"
+
+
+def link(federation: LocalFederation, code: str, peer: str) -> StreamLink:
+    found = federation.node(code).federation_client.stream_link(peer)
+    assert found is not None, f"{code} has no stream to {peer}"
+    return found
+
+
+def batches(node: Node, peer: str, direction: str) -> tuple[float, float]:
+    """(frames, envelopes) of yrd_federation_batch_envelopes{peer, direction}."""
+    registry = node.metrics.registry
+    labels = {"peer": peer, "direction": direction}
+    count = registry.get_sample_value("yrd_federation_batch_envelopes_count", labels) or 0.0
+    total = registry.get_sample_value("yrd_federation_batch_envelopes_sum", labels) or 0.0
+    return count, total
+
+
+def streams(node: Node, peer: str, direction: str) -> float:
+    labels = {"peer": peer, "direction": direction}
+    return node.metrics.registry.get_sample_value("yrd_federation_streams", labels) or 0.0
+
+
+async def many_qrs(wallet: Wallet, province: str, count: int) -> list[str]:
+    residents = [r for r in await wallet.residents(province) if r["state"] == "CREDENTIAL_ACTIVE"]
+    return list(
+        await asyncio.gather(
+            *(
+                wallet.qr(province, residents[i % len(residents)]["credential_id"])
+                for i in range(count)
+            )
+        )
+    )
+
+
+class TestOnTheStream:
+    async def test_check_in_and_withdrawal_travel_on_the_stream(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        """A check-in (SH asks ZJ) and a withdrawal (SH delivers to JS, JS sends
+        the status back) are carried by streams, batch-signed, not unary."""
+        response = await verify(federation, SH, await wallet.fresh_qr(ZJ))
+        assert response.verdict == identity_pb2.VALID
+        to_zj = link(federation, SH, ZJ)
+        assert to_zj.ended is None
+        assert to_zj.envelopes_sent >= 1
+        assert streams(federation.node(SH), ZJ, "out") == 1
+        assert streams(federation.node(ZJ), SH, "in") == 1
+        assert batches(federation.node(ZJ), SH, "in")[1] >= 1  # requests received
+        assert batches(federation.node(ZJ), SH, "out")[1] >= 1  # responses sent
+
+        case = await submit(federation, application(federation, amount_fen=1_000))
+        final, _ = await until_final(federation, case.case_id)
+        assert final.status == fund_pb2.WithdrawalStatus.PAID, final.status_reason
+        assert link(federation, SH, JS).envelopes_sent >= 1
+        assert link(federation, JS, SH).envelopes_sent >= 1  # status updates back
+
+        # The logged envelopes carry batch proofs (no lone signature), and the
+        # logs still verify.
+        for code in (SH, ZJ):
+            rows = [
+                row
+                async for row in federation.node(code).message_log.rows()
+                if row.entry.correlation_id == response.correlation_id
+            ]
+            assert len(rows) == 2
+            for row in rows:
+                envelope = federation_pb2.SignedEnvelope.FromString(row.entry.envelope)
+                assert envelope.HasField("batch")
+                assert not envelope.signature
+            assert (await federation.node(code).message_log.verify()).intact
+
+    async def test_concurrent_verifications_are_batched_and_all_answered(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        qrs = await many_qrs(wallet, ZJ, 200)
+        zj = federation.node(ZJ)
+        roots_before = zj.verifier.roots_verified
+        frames_before, envelopes_before = batches(zj, SH, "in")
+        answers = await asyncio.gather(*(verify(federation, SH, qr, timeout=30) for qr in qrs))
+        assert [a.verdict for a in answers] == [identity_pb2.VALID] * len(qrs)
+        frames_after, envelopes_after = batches(zj, SH, "in")
+        frames = frames_after - frames_before
+        envelopes = envelopes_after - envelopes_before
+        assert envelopes == len(qrs)
+        assert envelopes / frames > 1, f"{envelopes} requests in {frames} frames"
+        roots = zj.verifier.roots_verified - roots_before
+        assert roots == frames  # one root verification per batch, not per envelope
+        assert roots < envelopes
+        # The answers came in batches too.
+        out_frames, out_envelopes = batches(federation.node(SH), ZJ, "in")
+        assert out_envelopes >= len(qrs)
+        assert out_envelopes / out_frames > 1
+
+    async def test_a_lone_call_after_idle_goes_alone_at_once(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        await verify(federation, SH, await wallet.fresh_qr(ZJ))  # the stream is open
+        await asyncio.sleep(0.5)
+        sent = link(federation, SH, ZJ)
+        frames, envelopes = sent.frames_sent, sent.envelopes_sent
+        qr = await wallet.fresh_qr(ZJ)
+        started = time.monotonic()
+        response = await verify(federation, SH, qr)
+        assert response.verdict == identity_pb2.VALID
+        assert time.monotonic() - started < 2.0  # generous: no batch wait
+        assert (sent.frames_sent - frames, sent.envelopes_sent - envelopes) == (1, 1)
+
+
+class TestFaults:
+    async def test_fund_node_killed_mid_load_pays_each_case_exactly_once(
+        self, federation: LocalFederation
+    ) -> None:
+        centre = federation.provinces[JS].fund_centre
+        apps = [application(federation, amount_fen=100 + i) for i in range(12)]
+        cases = await asyncio.gather(*(submit(federation, app) for app in apps))
+        await asyncio.sleep(0.05)
+        js = federation.node(JS)
+        await js.stop(grace=0)  # streams cut, not drained
+        federation.provinces[JS].node = None
+        await federation.start_node(JS)
+        finals = await asyncio.gather(
+            *(until_final(federation, case.case_id, seconds=60) for case in cases)
+        )
+        for app, (final, _) in zip(apps, finals, strict=True):
+            assert final.status == fund_pb2.WithdrawalStatus.PAID, final.status_reason
+            paid = [
+                p for p in centre.payments if p[1] == app.fund_account and p[2] == app.amount_fen
+            ]
+            assert len(paid) == 1, app.idempotency_key
+
+    async def test_drain_answers_every_request_it_read(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        qrs = await many_qrs(wallet, ZJ, 60)
+        await verify(federation, SH, qrs.pop())  # the stream is open
+        to_zj = link(federation, SH, ZJ)
+        load = asyncio.gather(
+            *(verify(federation, SH, qr, timeout=10) for qr in qrs), return_exceptions=True
+        )
+        await asyncio.sleep(0.05)
+        await federation.stop_node(ZJ)  # drains (grace 0.5 s)
+        await load
+        assert to_zj.ended is not None
+        assert to_zj.ended.code == grpc.StatusCode.OK
+        zj = await federation.start_node(ZJ)
+        requests: set[str] = set()
+        responses: set[str] = set()
+        async for row in zj.message_log.rows():
+            if row.entry.service != "identity.CheckCredential":
+                continue
+            if (row.entry.direction, row.entry.kind) == ("in", "request"):
+                requests.add(row.entry.message_id)
+            elif (row.entry.direction, row.entry.kind) == ("out", "response"):
+                responses.add(row.entry.message_id)
+        assert len(requests) >= 1
+        assert requests == responses  # every request read was answered before the end
+
+    async def test_federation_stream_false_goes_unary(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        province = federation.provinces[SH]
+        province.config = province.config.model_copy(
+            update={"node": province.config.node.model_copy(update={"federation_stream": False})}
+        )
+        await federation.stop_node(SH)
+        sh = await federation.start_node(SH)
+        response = await verify(federation, SH, await wallet.fresh_qr(ZJ))
+        assert response.verdict == identity_pb2.VALID
+        assert sh.federation_client.stream_link(ZJ) is None
+        assert batches(federation.node(ZJ), SH, "in") == (0.0, 0.0)
+
+    async def test_a_peer_without_stream_is_called_unary(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        """A node serving only Exchange (Zhejiang's servicer behind a server
+        without Stream) answers UNIMPLEMENTED; the exchange goes unary at once."""
+        sh, zj = federation.node(SH), federation.node(ZJ)
+        assert sh.tls is not None
+        assert zj.tls is not None
+        assert zj.federation_server is not None
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    SERVICE_NAME,
+                    {
+                        "Exchange": grpc.unary_unary_rpc_method_handler(
+                            zj.federation_server.exchange_bytes,
+                            request_deserializer=None,
+                            response_serializer=federation_pb2.SignedEnvelope.SerializeToString,
+                        )
+                    },
+                ),
+            )
+        )
+        address = f"127.0.0.1:{free_port()}"
+        server.add_secure_port(address, zj.tls.mutual_server_credentials())
+        await server.start()
+        tls = sh.tls
+        client = FederationClient(
+            sh.config,
+            sh.signer,
+            sh.verifier,
+            sh.message_log,
+            channel_factory=lambda _: balanced_aio_channel(
+                (address,), tls.channel_credentials(), options=CHANNEL_OPTIONS
+            ),
+        )
+        try:
+            resident = await wallet.credential(ZJ)
+            request = federation_pb2.CredentialCheckRequest(
+                token_id=str(uuid.uuid4()),
+                credential_id=resident["credential_id"],
+                purpose=identity_pb2.HOTEL_CHECK_IN,
+                relying_party_id="no-such-hotel",
+            )
+            signed = True
+            try:
+                await client.call(
+                    ZJ,
+                    "identity.CheckCredential",
+                    request,
+                    federation_pb2.CredentialCheckResponse,
+                    correlation_id=str(uuid.uuid4()),
+                    timeout=5,
+                )
+            except RemoteError as exc:
+                signed = exc.signed
+            assert signed  # a signed answer came back, over Exchange
+            tried = client.stream_link(ZJ)
+            assert tried is not None
+            assert isinstance(tried.ended, StreamUnimplemented)
+        finally:
+            await client.close()
+            await server.stop(0)
+
+
+class TestBadFrames:
+    async def _stream_status(
+        self, federation: LocalFederation, frames: list[bytes]
+    ) -> tuple[grpc.StatusCode, str, list[federation_pb2.StreamFrame]]:
+        channel = mtls(federation)
+        try:
+            call = channel.stream_stream(
+                STREAM, request_serializer=None, response_deserializer=None
+            )
+
+            async def requests() -> AsyncIterator[bytes]:
+                for frame in frames:
+                    yield frame
+
+            answers: list[federation_pb2.StreamFrame] = []
+            try:
+                async for raw in call(requests(), timeout=10):
+                    answers.append(federation_pb2.StreamFrame.FromString(raw))
+            except grpc.aio.AioRpcError as error:
+                return error.code(), error.details() or "", answers
+            return grpc.StatusCode.OK, "", answers
+        finally:
+            await channel.close()
+
+    async def test_garbage_and_oversized_frames_name_the_field(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        code, details, _ = await self._stream_status(federation, [b"\xff\xff\xff garbage"])
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "StreamFrame" in details
+        assert "expected" in details
+
+        too_many = federation_pb2.StreamFrame(
+            requests=[federation_pb2.StreamRequest(timeout_ms=1000)] * 1025
+        )
+        code, details, _ = await self._stream_status(federation, [too_many.SerializeToString()])
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "StreamFrame.requests" in details
+        assert "1024" in details
+
+        # The node keeps serving.
+        response = await verify(federation, SH, await wallet.fresh_qr(ZJ))
+        assert response.verdict == identity_pb2.VALID
+
+    @pytest.mark.parametrize("timeout_ms", [0, 300_001])
+    async def test_bad_timeout_is_refused_naming_the_field(
+        self, federation: LocalFederation, timeout_ms: int
+    ) -> None:
+        envelope = federation_pb2.SignedEnvelope(header=b"\x0a\x01x", payload=b"")
+        frame = federation_pb2.StreamFrame(
+            requests=[federation_pb2.StreamRequest(envelope=envelope, timeout_ms=timeout_ms)]
+        )
+        code, _, answers = await self._stream_status(federation, [frame.SerializeToString()])
+        assert code == grpc.StatusCode.OK  # the stream ends cleanly when the asker is done
+        refusals = [r for a in answers for r in a.refusals]
+        assert len(refusals) == 1
+        assert refusals[0].code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert "StreamRequest.timeout_ms" in refusals[0].message
+        assert len(refusals[0].request_digest) == 32
+
+    async def test_envelope_of_another_province_than_the_certificate_is_refused(
+        self, federation: LocalFederation
+    ) -> None:
+        """Jiangsu's signer, Shanghai's certificate: refused per envelope."""
+        js = federation.node(JS)
+        envelope = js.signer.seal(
+            receiver=ZJ,
+            service="identity.CheckCredential",
+            payload=federation_pb2.CredentialCheckRequest(token_id="t", credential_id="c"),
+            correlation_id=str(uuid.uuid4()),
+        )
+        frame = federation_pb2.StreamFrame(
+            requests=[federation_pb2.StreamRequest(envelope=envelope, timeout_ms=5000)]
+        )
+        code, _, answers = await self._stream_status(federation, [frame.SerializeToString()])
+        assert code == grpc.StatusCode.OK
+        refusals = [r for a in answers for r in a.refusals]
+        assert [r.code for r in refusals] == [grpc.StatusCode.PERMISSION_DENIED.value[0]]
+        assert "certificate" in refusals[0].message
