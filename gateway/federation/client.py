@@ -708,17 +708,21 @@ class FederationClient:
             peer.breaker.record_failure()
             self.contact(peer.code, "DEADLINE_EXCEEDED: no time left for an attempt")
             raise PeerUnavailable(f"province {peer.code} did not answer in time")
-        link = self._link(peer)
-        if link is not None:
-            request = self._signer.seal(
+
+        def seal(batched: bool) -> federation_pb2.SignedEnvelope:
+            return self._signer.seal(
                 receiver=peer.code,
                 service=service,
                 payload=payload,
                 correlation_id=correlation_id,
                 message_id=message_id,
                 idempotency_key=idempotency_key,
-                batched=True,
+                batched=batched,
             )
+
+        link = self._link(peer)
+        if link is not None:
+            request = seal(batched=True)
             try:
                 answer = await self._on_stream(
                     peer, link, request, message_id, correlation_id, service, started, deadline
@@ -732,14 +736,7 @@ class FederationClient:
                 return await self._finish(
                     peer, request, answer, response_type, message_id, correlation_id, service
                 )
-        request = self._signer.seal(
-            receiver=peer.code,
-            service=service,
-            payload=payload,
-            correlation_id=correlation_id,
-            message_id=message_id,
-            idempotency_key=idempotency_key,
-        )
+        request = seal(batched=False)
         sent = self._sent(request, message_id, correlation_id, peer.code, service)
         try:
             signed = await peer.stub.Exchange(
