@@ -103,6 +103,9 @@ FRAME_BYTES = 4 * 1024 * 1024
 #: How long the writer lingers before a frame while earlier requests await
 #: their answers (under load), seconds; an idle link writes at once.
 BATCH_LINGER = 0.002
+#: After a failed write, how long the writer waits for the reader to learn how
+#: the stream ended (a drain's OK), seconds.
+WRITE_FAILED_READ_WAIT = 1.0
 #: Bytes a request adds to its envelope in a frame (the batch proof: root,
 #: audit path, framing), for the frame's byte budget.
 _PROOF_BYTES = 1024
@@ -280,6 +283,12 @@ class StreamLink:
             raise
         except Exception as exc:  # the call ended under the writer: the reader says why
             log.debug("stream write failed", peer=self.peer, error_type=type(exc).__name__)
+            # The peer may have ended the stream (a drain ends it with OK) just
+            # as this frame went: the reader sees how it ended; wait for it a
+            # moment before saying only that the write failed.
+            reader = [task for task in self._tasks if task is not asyncio.current_task()]
+            if reader:
+                await asyncio.wait(reader, timeout=WRITE_FAILED_READ_WAIT)
             self._end(StreamBroken(grpc.StatusCode.UNAVAILABLE, "the stream could not be written"))
 
     async def _read(self) -> None:

@@ -412,10 +412,10 @@ class Node:
         self._stop_lock = asyncio.Lock()
 
     def _serving(self) -> bool:
-        """Whether the node's health says SERVING (what balanced channels follow)."""
-        # grpc_health keeps no public getter of a status it was set.
-        status = self.health._server_status.get("")
-        return bool(status == health_pb2.HealthCheckResponse.SERVING)
+        """Whether the node serves, as its health says (what balanced channels
+        follow): started, not stopping, and every store can write. Read from the
+        node's own state, which health follows (grpc_health has no getter)."""
+        return self.server is not None and not self._stopped and not self.unwritable
 
     def _make_stores(self) -> None:
         """The message log and the state store (opened at start, by _open_stores);

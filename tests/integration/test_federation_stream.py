@@ -181,7 +181,15 @@ class TestFaults:
         await federation.stop_node(ZJ)  # drains (grace 0.5 s)
         await load
         assert to_zj.ended is not None
-        assert to_zj.ended.code == grpc.StatusCode.OK
+        # The drain ends the stream with OK; a frame the asker was writing at
+        # that very moment makes gRPC end the call locally instead (INTERNAL or
+        # UNAVAILABLE). Either way every pending exchange fails as a transport
+        # failure and is sent again; what the drain promises is checked below.
+        assert to_zj.ended.code in (
+            grpc.StatusCode.OK,
+            grpc.StatusCode.INTERNAL,
+            grpc.StatusCode.UNAVAILABLE,
+        )
         zj = await federation.start_node(ZJ)
         requests: set[str] = set()
         responses: set[str] = set()
