@@ -106,14 +106,16 @@ BATCH_LINGER = 0.002
 #: After a failed write, how long the writer waits for the reader to learn how
 #: the stream ended (a drain's OK), seconds.
 WRITE_FAILED_READ_WAIT = 1.0
-#: Bytes a request adds to its envelope in a frame (the batch proof: root,
-#: audit path, framing), for the frame's byte budget.
-_PROOF_BYTES = 1024
+#: Bytes an envelope adds in a frame (its batch proof: root, audit path,
+#: framing), for the frame's byte budget (requests here, responses at the
+#: answering node).
+PROOF_BYTES = 1024
 #: How long a peer that answered Stream with UNIMPLEMENTED is called with unary
 #: Exchange before the stream is tried again (it may have been upgraded).
 UNARY_FALLBACK_SECONDS = 300.0
-#: StreamRequest.timeout_ms bounds (the receiver refuses others).
-_TIMEOUT_MS = (1, 300_000)
+#: Longest StreamRequest.timeout_ms, milliseconds (1.. this; the receiver
+#: refuses others).
+MAX_TIMEOUT_MS = 300_000
 
 StreamAnswer = federation_pb2.SignedEnvelope | federation_pb2.StreamRefusal
 
@@ -237,7 +239,7 @@ class StreamLink:
             if item.future.done():
                 self._queue.popleft()
                 continue
-            cost = item.envelope.ByteSize() + _PROOF_BYTES
+            cost = item.envelope.ByteSize() + PROOF_BYTES
             if taken and size + cost > FRAME_BYTES:
                 break
             self._queue.popleft()
@@ -264,12 +266,13 @@ class StreamLink:
                     envelopes = [item.envelope for item in batch]
                     self._sign(envelopes)
                     now = time.monotonic()
-                    low, high = _TIMEOUT_MS
                     frame = federation_pb2.StreamFrame(
                         requests=[
                             federation_pb2.StreamRequest(
                                 envelope=item.envelope,
-                                timeout_ms=min(high, max(low, int((item.deadline - now) * 1000))),
+                                timeout_ms=min(
+                                    MAX_TIMEOUT_MS, max(1, int((item.deadline - now) * 1000))
+                                ),
                             )
                             for item in batch
                         ]
@@ -406,6 +409,9 @@ class _Peer:
     #: With several endpoints, the channel of each (its stream pinned to that
     #: replica); with one, the peer's channel.
     stream_channels: list[grpc.aio.Channel] = field(default_factory=list)
+    #: Until when (time.monotonic()) exchanges go unary: the peer answered
+    #: Stream with UNIMPLEMENTED.
+    unary_until: float = 0.0
 
     async def close_streams(self) -> None:
         for link in self.links:
@@ -414,10 +420,6 @@ class _Peer:
         for channel in self.stream_channels:
             if channel is not self.channel:
                 await channel.close(grace=1.0)
-
-    #: Until when (time.monotonic()) exchanges go unary: the peer answered
-    #: Stream with UNIMPLEMENTED.
-    unary_until: float = 0.0
 
     def failed(self, started: float) -> None:
         """Count the failure of an attempt begun at ``started`` against the breaker,
@@ -820,10 +822,12 @@ class FederationClient:
                 await self._log.append(row)
             if isinstance(exc, TimeoutError):
                 code, details = grpc.StatusCode.DEADLINE_EXCEEDED, "no answer on the stream in time"
-            elif exc.code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            elif exc.code in (
+                grpc.StatusCode.UNAUTHENTICATED,
+                grpc.StatusCode.PERMISSION_DENIED,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            ):
                 code, details = exc.code, exc.details  # said of the stream: as unary says it
-            elif exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                code, details = exc.code, exc.details
             else:
                 # Ended under the request (drained, killed, cut): a transport
                 # failure, retried with the same message id (the receiver's

@@ -36,7 +36,13 @@ from gateway.core import crypto
 from gateway.core.errors import DECISION_CODES, EnvelopeRejected, GatewayError, status_from_int
 from gateway.core.identifiers import is_region_code, province_of
 from gateway.core.metrics import NodeMetrics
-from gateway.federation.client import sign_frame
+from gateway.federation.client import (
+    FRAME_BYTES,
+    FRAME_ENVELOPES,
+    MAX_TIMEOUT_MS,
+    PROOF_BYTES,
+    sign_frame,
+)
 from gateway.federation.payloads import validate_payload
 from gateway.storage.interfaces import MessageRecorder
 from gateway.storage.records import DuplicateNonce, LogEntry, LoggedExchange
@@ -482,17 +488,9 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
 #: Requests one stream may have in flight at the receiver; while full, the
 #: stream is not read (HTTP/2 flow control holds the sender back).
 STREAM_IN_FLIGHT = 1024
-#: Envelopes and bytes of envelopes in one frame (either direction).
-FRAME_ENVELOPES = 1024
-FRAME_BYTES = 4 * 1024 * 1024
 #: On drain, how long a stream still waits for a frame already on its way
 #: before it stops reading, seconds.
 DRAIN_READ_SECONDS = 0.1
-#: Bounds of StreamRequest.timeout_ms, milliseconds.
-MAX_TIMEOUT_MS = 300_000
-#: Bytes a response adds to its envelope in a frame (its batch proof and
-#: framing), for the frame's byte budget.
-_PROOF_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -732,7 +730,7 @@ def _chunks(answers: list[tuple[bytes, _Answer]]) -> list[list[tuple[bytes, _Ans
     chunks: list[list[tuple[bytes, _Answer]]] = [[]]
     size = 0
     for entry in answers:
-        cost = entry[1].response.ByteSize() + _PROOF_BYTES
+        cost = entry[1].response.ByteSize() + PROOF_BYTES
         if chunks[-1] and (len(chunks[-1]) >= FRAME_ENVELOPES or size + cost > FRAME_BYTES):
             chunks.append([])
             size = 0
