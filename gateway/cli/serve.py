@@ -124,6 +124,9 @@ async def _run_node(args: argparse.Namespace, federation: FederationConfig) -> N
         lock_fd=args.lock_fd,
     )
     await node.start()
+    from gateway.server.eventloop import settle_heap
+
+    settle_heap()  # the long-lived heap out of every later full collection
     stop = asyncio.Event()
     tasks: set[asyncio.Task[None]] = set()  # held until done
     _handle_signals(node, stop, tasks)

@@ -34,3 +34,23 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 
         return uvloop.run(main)
     return asyncio.run(main)
+
+
+#: The young generation's threshold once a served process has started: fewer,
+#: slightly larger young collections (objects allocated per request die young).
+GC_YOUNG_THRESHOLD = 5000
+
+
+def settle_heap() -> None:
+    """Once a served process has started (modules imported, config parsed,
+    stores open, keys loaded): collect once, then move every object alive to
+    the collector's permanent generation (:func:`gc.freeze`). A full collection
+    then walks only what was allocated since, not the hundreds of thousands of
+    long-lived objects of the imports and descriptors; without it, a full
+    collection under load paused a node for 150-180 ms (issue 16's p99)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
