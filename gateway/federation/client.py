@@ -140,6 +140,11 @@ class StreamUnimplemented(StreamBroken):
     """The peer does not serve Stream: nothing sent on it was read."""
 
 
+class StreamDraining(StreamBroken):
+    """The peer said it drains this stream (``StreamFrame.draining``) before the
+    request was written: nothing of it was sent, and a new stream takes it."""
+
+
 @dataclass
 class _Queued:
     envelope: federation_pb2.SignedEnvelope
@@ -158,7 +163,10 @@ class StreamLink:
     reader resolves each caller's future by the request digest its answer
     names. When the stream ends (the peer drained, died, or refused it) every
     caller still waiting fails with :class:`StreamBroken`; the next request
-    opens a new link.
+    opens a new link. A peer that drains says so first (a frame with
+    ``draining``): the link then writes nothing more (requests not yet written
+    fail with :class:`StreamDraining`, to go on a new stream at once) and reads
+    the answers of those it sent until the stream ends.
     """
 
     def __init__(
@@ -182,6 +190,8 @@ class StreamLink:
         self._tasks: list[asyncio.Task[None]] = []
         #: Why the link ended (None while it serves).
         self.ended: StreamBroken | None = None
+        #: The peer said it drains this stream: nothing more is written on it.
+        self.draining = False
         #: Frames and envelopes written (tests, metrics).
         self.frames_sent = 0
         self.envelopes_sent = 0
@@ -212,6 +222,8 @@ class StreamLink:
         try:
             if self.ended is not None:
                 raise self.ended.again()
+            if self.draining:
+                raise StreamDraining(grpc.StatusCode.UNAVAILABLE, f"province {self.peer} drains")
             if self._call is None:
                 self._open()
             digest = crypto.sha256(envelope.header)
@@ -251,7 +263,7 @@ class StreamLink:
         call = self._call
         assert call is not None
         try:
-            while self.ended is None:
+            while self.ended is None and not self.draining:
                 await self._wake.wait()
                 if len(self._pending) > len(self._queue):
                     # Under load (earlier requests still await their answers):
@@ -262,7 +274,7 @@ class StreamLink:
                 else:
                     await asyncio.sleep(0)  # requests of this same loop turn join
                 self._wake.clear()
-                while self.ended is None and (batch := self._take()):
+                while self.ended is None and not self.draining and (batch := self._take()):
                     envelopes = [item.envelope for item in batch]
                     self._sign(envelopes)
                     now = time.monotonic()
@@ -282,6 +294,12 @@ class StreamLink:
                     self.envelopes_sent += len(batch)
                     if self._metrics is not None:
                         self._metrics.batch_envelopes.labels(self.peer, "out").observe(len(batch))
+            if self.draining and self.ended is None:
+                # Half-close: the peer's reader sees the end at once and stops
+                # waiting (a half-close that fails changes nothing: the peer
+                # ends the stream after its drain anyway).
+                with contextlib.suppress(Exception):
+                    await call.done_writing()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the call ended under the writer: the reader says why
@@ -305,10 +323,9 @@ class StreamLink:
                 if frame is grpc.aio.EOF:
                     break
                 assert isinstance(frame, federation_pb2.StreamFrame)
-                if self._metrics is not None:
-                    self._metrics.batch_envelopes.labels(self.peer, "in").observe(
-                        len(frame.responses) + len(frame.refusals)
-                    )
+                carried = len(frame.responses) + len(frame.refusals)
+                if self._metrics is not None and carried:  # not a drain notice alone
+                    self._metrics.batch_envelopes.labels(self.peer, "in").observe(carried)
                 for response in frame.responses:
                     try:
                         header = federation_pb2.EnvelopeHeader.FromString(response.header)
@@ -317,6 +334,8 @@ class StreamLink:
                     self._resolve(bytes(header.request_digest), response)
                 for refusal in frame.refusals:
                     self._resolve(bytes(refusal.request_digest), refusal)
+                if frame.draining:
+                    self._drain()
         except grpc.aio.AioRpcError as error:
             code = error.code()
             kind = StreamUnimplemented if code == grpc.StatusCode.UNIMPLEMENTED else StreamBroken
@@ -331,6 +350,23 @@ class StreamLink:
         future = self._pending.pop(digest, None)
         if future is not None and not future.done():
             future.set_result(answer)
+
+    def _drain(self) -> None:
+        """The peer drains this stream: write nothing more on it. Requests still
+        queued (not written) fail with :class:`StreamDraining`, to be sent on a
+        new stream; those written keep waiting for their answers here."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("peer drains the stream; new exchanges go on a new one", peer=self.peer)
+        queued, self._queue = self._queue, deque()
+        for item in queued:
+            if not item.future.done():
+                item.future.set_exception(
+                    StreamDraining(grpc.StatusCode.UNAVAILABLE, f"province {self.peer} drains")
+                )
+                item.future.exception()  # retrieved: the caller re-raises it
+        self._wake.set()  # the writer sees it and half-closes
 
     def _end(self, why: StreamBroken) -> None:
         """The link serves no more: every caller waiting fails with ``why``."""
@@ -381,6 +417,11 @@ def sign_frame(
                 signer.sign_batch([envelope], receiver=receiver)
 
 
+def _draining(link: StreamLink | None) -> bool:
+    """Whether ``link`` is a stream its peer drains (still open, writing nothing)."""
+    return link is not None and link.draining and link.ended is None
+
+
 def _loop_time(deadline: float) -> float:
     """A time.monotonic() deadline on the event loop's clock."""
     return asyncio.get_running_loop().time() + (deadline - time.monotonic())
@@ -412,9 +453,12 @@ class _Peer:
     #: Until when (time.monotonic()) exchanges go unary: the peer answered
     #: Stream with UNIMPLEMENTED.
     unary_until: float = 0.0
+    #: Links the peer drains, replaced for new exchanges, kept until they end
+    #: (the answers of what was sent on them still come).
+    draining: list[StreamLink] = field(default_factory=list)
 
     async def close_streams(self) -> None:
-        for link in self.links:
+        for link in [*self.links, *self.draining]:
             if link is not None:
                 await link.close()
         for channel in self.stream_channels:
@@ -806,7 +850,15 @@ class FederationClient:
             return self._sent(request, message_id, correlation_id, peer.code, service)
 
         try:
-            answer = await link.exchange(request, deadline)
+            try:
+                answer = await link.exchange(request, deadline)
+            except StreamDraining:
+                # Not sent: the peer began draining that stream. A new stream
+                # (another replica's, or a new one to this peer) takes it at once.
+                again = self._link(peer)
+                if again is None:
+                    raise
+                answer = await again.exchange(request, deadline)
         except asyncio.CancelledError:
             row = sent()
             if row is not None:
@@ -939,11 +991,15 @@ class FederationClient:
             for step in range(count):
                 candidate = (peer.turn + step) % count
                 state = peer.stream_channels[candidate].get_state(try_to_connect=True)
-                if state == grpc.ChannelConnectivity.READY:
+                if state == grpc.ChannelConnectivity.READY and not _draining(peer.links[candidate]):
                     index = candidate
                     break
         peer.turn = index + 1
         link = peer.links[index]
+        if link is not None and link.draining and link.ended is None:
+            # Its answers still come on it; new exchanges go on a new stream.
+            peer.draining = [old for old in peer.draining if old.ended is None] + [link]
+            link = None
         if link is None or link.ended is not None:
             channel = peer.stream_channels[index]
             link = peer.links[index] = StreamLink(

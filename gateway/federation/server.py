@@ -529,8 +529,11 @@ class _StreamServed:
     Exchange takes), at most :data:`STREAM_IN_FLIGHT` at once: while full, it
     reads no further. The writer (:meth:`run`) takes every answer that is ready,
     signs the responses once as a batch, logs their rows in one commit and
-    writes one frame. On drain or a bad frame the reader stops, every request
-    read is answered, then the stream ends (OK, or the bad frame's status).
+    writes one frame. On drain the writer first tells the asker
+    (``StreamFrame.draining``: it sends nothing more here), the reader takes
+    what was already on its way, every request read is answered, then the
+    stream ends with OK. On a bad frame the reader stops, every request read is
+    answered, then the stream ends with the bad frame's status.
     """
 
     def __init__(
@@ -548,6 +551,8 @@ class _StreamServed:
         self._ready: list[tuple[bytes, _Answer | federation_pb2.StreamRefusal]] = []
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Draining: the asker is yet to be told (then it is, once).
+        self._tell_drain = False
 
     async def run(self) -> _Problem | None:
         reader = asyncio.create_task(self._read())
@@ -556,10 +561,10 @@ class _StreamServed:
                 await self._wake.wait()
                 await asyncio.sleep(0)  # answers ready in the same loop turn join the frame
                 self._wake.clear()
-                if self._ready:
+                if self._ready or self._tell_drain:
                     ready, self._ready = self._ready, []
                     await self._write(ready)
-                if reader.done() and not self._tasks and not self._ready:
+                if reader.done() and not (self._tasks or self._ready or self._tell_drain):
                     return reader.result()
         finally:
             reader.cancel()
@@ -581,6 +586,8 @@ class _StreamServed:
                     # what was read is answered.
                     if stop_reading is None:
                         stop_reading = loop.time() + DRAIN_READ_SECONDS
+                        self._tell_drain = True  # the next frame says so
+                        self._wake.set()
                     await asyncio.wait((reading,), timeout=max(0.0, stop_reading - loop.time()))
                 if not reading.done():
                     reading.cancel()
@@ -633,6 +640,7 @@ class _StreamServed:
                     "was not handled: send it again",
                 )
                 self._ready.append((digest, refusal))
+            self._tell_drain = True  # the asker writes nothing more here
             self._wake.set()
             return _Problem(grpc.StatusCode.OK, "not serving: the stream ends")
         for request in frame.requests:
@@ -713,13 +721,17 @@ class _StreamServed:
             if not frames:
                 frames.append(federation_pb2.StreamFrame())
             frames[-1].refusals.extend(refusals)
+        if self._tell_drain:
+            self._tell_drain = False
+            if not frames:
+                frames.append(federation_pb2.StreamFrame())
+            frames[0].draining = True
         try:
             for frame in frames:
                 await self._context.write(frame)
-                if servicer._metrics is not None:
-                    servicer._metrics.batch_envelopes.labels(self.peer, "out").observe(
-                        len(frame.responses) + len(frame.refusals)
-                    )
+                carried = len(frame.responses) + len(frame.refusals)
+                if servicer._metrics is not None and carried:  # not a drain notice alone
+                    servicer._metrics.batch_envelopes.labels(self.peer, "out").observe(carried)
         finally:
             for _ in ready:
                 self._slots.release()

@@ -31,6 +31,8 @@ from tests.integration.conftest import JS, SH, ZJ, Wallet
 from tests.integration.test_fund_exchange import application, submit, until_final
 from tests.integration.test_fuzz import mtls
 from tests.integration.test_identity_exchange import verify
+from tests.integration.test_replica_balancing import replicas  # noqa: F401 - fixture
+from tests.integration.test_replica_balancing import verify as verify_at
 from yrd.federation.v1 import federation_pb2
 from yrd.fund.v1 import fund_pb2
 from yrd.identity.v1 import identity_pb2
@@ -181,15 +183,10 @@ class TestFaults:
         await federation.stop_node(ZJ)  # drains (grace 0.5 s)
         await load
         assert to_zj.ended is not None
-        # The drain ends the stream with OK; a frame the asker was writing at
-        # that very moment makes gRPC end the call locally instead (INTERNAL or
-        # UNAVAILABLE). Either way every pending exchange fails as a transport
-        # failure and is sent again; what the drain promises is checked below.
-        assert to_zj.ended.code in (
-            grpc.StatusCode.OK,
-            grpc.StatusCode.INTERNAL,
-            grpc.StatusCode.UNAVAILABLE,
-        )
+        # The draining node said so first: the asker wrote nothing more on
+        # the stream, which then ended with OK.
+        assert to_zj.draining
+        assert to_zj.ended.code == grpc.StatusCode.OK, to_zj.ended.details
         zj = await federation.start_node(ZJ)
         requests: set[str] = set()
         responses: set[str] = set()
@@ -202,6 +199,43 @@ class TestFaults:
                 responses.add(row.entry.message_id)
         assert len(requests) >= 1
         assert requests == responses  # every request read was answered before the end
+
+    async def test_a_draining_replica_says_so_and_new_exchanges_go_to_its_twin(
+        self,
+        federation: LocalFederation,
+        replicas: list[Node],  # noqa: F811 - the fixture imported above
+        wallet: Wallet,
+    ) -> None:
+        js_desk = federation.channel(JS)
+        client = federation.node(JS).federation_client
+        for _ in range(6):  # a stream to each replica
+            answer = await verify_at(js_desk, JS, await wallet.fresh_qr(SH))
+            assert answer.verdict == identity_pb2.VALID
+        peer = client._peers[SH]
+        draining_endpoint = replicas[1].config.me.node.federation_endpoint
+        index = peer.endpoints.index(draining_endpoint)
+        to_twin = peer.links[index]
+        assert to_twin is not None
+        assert to_twin.ended is None
+        qrs = [await wallet.fresh_qr(SH) for _ in range(40)]
+        retries = client.retries
+        load = asyncio.gather(*(verify_at(js_desk, JS, qr) for qr in qrs))
+        await asyncio.sleep(0.02)
+        await replicas[1].stop(grace=1.0)
+        answers = await load
+        assert [a.verdict for a in answers] == [identity_pb2.VALID] * len(qrs)
+        # The drained replica told the asker, which wrote nothing more on that
+        # stream; the stream ended with OK once its answers were written.
+        # What was queued for it went to the twin at once: at most a retry or
+        # two, of a call that met the replica in its last moments.
+        assert client.retries - retries <= 2
+        assert to_twin.draining
+        assert to_twin.ended is not None
+        assert to_twin.ended.code == grpc.StatusCode.OK
+        # Later exchanges go to the replica that serves.
+        for _ in range(5):
+            answer = await verify_at(js_desk, JS, await wallet.fresh_qr(SH))
+            assert answer.verdict == identity_pb2.VALID
 
     async def test_federation_stream_false_goes_unary(
         self, federation: LocalFederation, wallet: Wallet

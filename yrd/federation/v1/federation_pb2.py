@@ -26,35 +26,35 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from yrd.identity.v1 import identity_pb2 as yrd_dot_identity_dot_v1_dot_identity__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"yrd/federation/v1/federation.proto\x12\x11yrd.federation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eyrd/identity/v1/identity.proto\"\xdd\x02\n\x0e\x45nvelopeHeader\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x10\n\x08receiver\x18\x05 \x01(\t\x12\x0f\n\x07service\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05nonce\x18\x08 \x01(\x0c\x12\x14\n\x0cpayload_type\x18\t \x01(\t\x12\x0e\n\x06key_id\x18\n \x01(\t\x12\x11\n\talgorithm\x18\x0b \x01(\t\x12\x16\n\x0epayload_digest\x18\x0c \x01(\x0c\x12\x16\n\x0erequest_digest\x18\r \x01(\x0c\x12\x13\n\x0bstatus_code\x18\x0e \x01(\x05\x12\x16\n\x0estatus_message\x18\x0f \x01(\t\"r\n\x0eSignedEnvelope\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12,\n\x05\x62\x61tch\x18\x04 \x01(\x0b\x32\x1d.yrd.federation.v1.BatchProof\"\xab\x01\n\x0bStreamFrame\x12\x32\n\x08requests\x18\x01 \x03(\x0b\x32 .yrd.federation.v1.StreamRequest\x12\x34\n\tresponses\x18\x02 \x03(\x0b\x32!.yrd.federation.v1.SignedEnvelope\x12\x32\n\x08refusals\x18\x03 \x03(\x0b\x32 .yrd.federation.v1.StreamRefusal\"X\n\rStreamRequest\x12\x33\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32!.yrd.federation.v1.SignedEnvelope\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\"F\n\rStreamRefusal\x12\x16\n\x0erequest_digest\x18\x01 \x01(\x0c\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x96\x01\n\tBatchRoot\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x10\n\x08receiver\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x03 \x01(\t\x12\x11\n\tsigned_at\x18\x04 \x01(\x03\x12\x11\n\ttree_size\x18\x05 \x01(\r\x12\x0c\n\x04root\x18\x06 \x01(\x0c\x12\x0e\n\x06key_id\x18\x07 \x01(\t\x12\x11\n\tsignature\x18\x08 \x01(\x0c\"`\n\nBatchProof\x12*\n\x04root\x18\x01 \x01(\x0b\x32\x1c.yrd.federation.v1.BatchRoot\x12\x12\n\nleaf_index\x18\x02 \x01(\r\x12\x12\n\naudit_path\x18\x03 \x03(\x0c\"\xda\x01\n\x16\x43redentialCheckRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x15\n\rcredential_id\x18\x02 \x01(\t\x12)\n\x07purpose\x18\x03 \x01(\x0e\x32\x18.yrd.identity.v1.Purpose\x12\x18\n\x10relying_party_id\x18\x04 \x01(\t\x12\x1c\n\x14requested_attributes\x18\x05 \x03(\t\x12\x34\n\x10token_expires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc9\x01\n\x17\x43redentialCheckResponse\x12\x31\n\x05state\x18\x01 \x01(\x0e\x32\".yrd.federation.v1.CredentialState\x12\x1a\n\x12token_already_used\x18\x02 \x01(\x08\x12/\n\x06\x63laims\x18\x03 \x01(\x0b\x32\x1f.yrd.identity.v1.IdentityClaims\x12.\n\nchecked_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\":\n\x0b\x44\x65liveryAck\x12\x18\n\x10remote_reference\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08*\xa9\x01\n\x0f\x43redentialState\x12 \n\x1c\x43REDENTIAL_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43REDENTIAL_ACTIVE\x10\x01\x12\x16\n\x12\x43REDENTIAL_REVOKED\x10\x02\x12\x13\n\x0f\x43REDENTIAL_LOST\x10\x03\x12\x18\n\x14\x43REDENTIAL_SUSPENDED\x10\x04\x12\x16\n\x12\x43REDENTIAL_UNKNOWN\x10\x05\x32\xb3\x01\n\x11\x46\x65\x64\x65rationService\x12P\n\x08\x45xchange\x12!.yrd.federation.v1.SignedEnvelope\x1a!.yrd.federation.v1.SignedEnvelope\x12L\n\x06Stream\x12\x1e.yrd.federation.v1.StreamFrame\x1a\x1e.yrd.federation.v1.StreamFrame(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"yrd/federation/v1/federation.proto\x12\x11yrd.federation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eyrd/identity/v1/identity.proto\"\xdd\x02\n\x0e\x45nvelopeHeader\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x10\n\x08receiver\x18\x05 \x01(\t\x12\x0f\n\x07service\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05nonce\x18\x08 \x01(\x0c\x12\x14\n\x0cpayload_type\x18\t \x01(\t\x12\x0e\n\x06key_id\x18\n \x01(\t\x12\x11\n\talgorithm\x18\x0b \x01(\t\x12\x16\n\x0epayload_digest\x18\x0c \x01(\x0c\x12\x16\n\x0erequest_digest\x18\r \x01(\x0c\x12\x13\n\x0bstatus_code\x18\x0e \x01(\x05\x12\x16\n\x0estatus_message\x18\x0f \x01(\t\"r\n\x0eSignedEnvelope\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12,\n\x05\x62\x61tch\x18\x04 \x01(\x0b\x32\x1d.yrd.federation.v1.BatchProof\"\xbd\x01\n\x0bStreamFrame\x12\x32\n\x08requests\x18\x01 \x03(\x0b\x32 .yrd.federation.v1.StreamRequest\x12\x34\n\tresponses\x18\x02 \x03(\x0b\x32!.yrd.federation.v1.SignedEnvelope\x12\x32\n\x08refusals\x18\x03 \x03(\x0b\x32 .yrd.federation.v1.StreamRefusal\x12\x10\n\x08\x64raining\x18\x04 \x01(\x08\"X\n\rStreamRequest\x12\x33\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32!.yrd.federation.v1.SignedEnvelope\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\"F\n\rStreamRefusal\x12\x16\n\x0erequest_digest\x18\x01 \x01(\x0c\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x96\x01\n\tBatchRoot\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x10\n\x08receiver\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x03 \x01(\t\x12\x11\n\tsigned_at\x18\x04 \x01(\x03\x12\x11\n\ttree_size\x18\x05 \x01(\r\x12\x0c\n\x04root\x18\x06 \x01(\x0c\x12\x0e\n\x06key_id\x18\x07 \x01(\t\x12\x11\n\tsignature\x18\x08 \x01(\x0c\"`\n\nBatchProof\x12*\n\x04root\x18\x01 \x01(\x0b\x32\x1c.yrd.federation.v1.BatchRoot\x12\x12\n\nleaf_index\x18\x02 \x01(\r\x12\x12\n\naudit_path\x18\x03 \x03(\x0c\"\xda\x01\n\x16\x43redentialCheckRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x15\n\rcredential_id\x18\x02 \x01(\t\x12)\n\x07purpose\x18\x03 \x01(\x0e\x32\x18.yrd.identity.v1.Purpose\x12\x18\n\x10relying_party_id\x18\x04 \x01(\t\x12\x1c\n\x14requested_attributes\x18\x05 \x03(\t\x12\x34\n\x10token_expires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc9\x01\n\x17\x43redentialCheckResponse\x12\x31\n\x05state\x18\x01 \x01(\x0e\x32\".yrd.federation.v1.CredentialState\x12\x1a\n\x12token_already_used\x18\x02 \x01(\x08\x12/\n\x06\x63laims\x18\x03 \x01(\x0b\x32\x1f.yrd.identity.v1.IdentityClaims\x12.\n\nchecked_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\":\n\x0b\x44\x65liveryAck\x12\x18\n\x10remote_reference\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08*\xa9\x01\n\x0f\x43redentialState\x12 \n\x1c\x43REDENTIAL_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43REDENTIAL_ACTIVE\x10\x01\x12\x16\n\x12\x43REDENTIAL_REVOKED\x10\x02\x12\x13\n\x0f\x43REDENTIAL_LOST\x10\x03\x12\x18\n\x14\x43REDENTIAL_SUSPENDED\x10\x04\x12\x16\n\x12\x43REDENTIAL_UNKNOWN\x10\x05\x32\xb3\x01\n\x11\x46\x65\x64\x65rationService\x12P\n\x08\x45xchange\x12!.yrd.federation.v1.SignedEnvelope\x1a!.yrd.federation.v1.SignedEnvelope\x12L\n\x06Stream\x12\x1e.yrd.federation.v1.StreamFrame\x1a\x1e.yrd.federation.v1.StreamFrame(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'yrd.federation.v1.federation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREDENTIALSTATE']._serialized_start=1663
-  _globals['_CREDENTIALSTATE']._serialized_end=1832
+  _globals['_CREDENTIALSTATE']._serialized_start=1681
+  _globals['_CREDENTIALSTATE']._serialized_end=1850
   _globals['_ENVELOPEHEADER']._serialized_start=123
   _globals['_ENVELOPEHEADER']._serialized_end=472
   _globals['_SIGNEDENVELOPE']._serialized_start=474
   _globals['_SIGNEDENVELOPE']._serialized_end=588
   _globals['_STREAMFRAME']._serialized_start=591
-  _globals['_STREAMFRAME']._serialized_end=762
-  _globals['_STREAMREQUEST']._serialized_start=764
-  _globals['_STREAMREQUEST']._serialized_end=852
-  _globals['_STREAMREFUSAL']._serialized_start=854
-  _globals['_STREAMREFUSAL']._serialized_end=924
-  _globals['_BATCHROOT']._serialized_start=927
-  _globals['_BATCHROOT']._serialized_end=1077
-  _globals['_BATCHPROOF']._serialized_start=1079
-  _globals['_BATCHPROOF']._serialized_end=1175
-  _globals['_CREDENTIALCHECKREQUEST']._serialized_start=1178
-  _globals['_CREDENTIALCHECKREQUEST']._serialized_end=1396
-  _globals['_CREDENTIALCHECKRESPONSE']._serialized_start=1399
-  _globals['_CREDENTIALCHECKRESPONSE']._serialized_end=1600
-  _globals['_DELIVERYACK']._serialized_start=1602
-  _globals['_DELIVERYACK']._serialized_end=1660
-  _globals['_FEDERATIONSERVICE']._serialized_start=1835
-  _globals['_FEDERATIONSERVICE']._serialized_end=2014
+  _globals['_STREAMFRAME']._serialized_end=780
+  _globals['_STREAMREQUEST']._serialized_start=782
+  _globals['_STREAMREQUEST']._serialized_end=870
+  _globals['_STREAMREFUSAL']._serialized_start=872
+  _globals['_STREAMREFUSAL']._serialized_end=942
+  _globals['_BATCHROOT']._serialized_start=945
+  _globals['_BATCHROOT']._serialized_end=1095
+  _globals['_BATCHPROOF']._serialized_start=1097
+  _globals['_BATCHPROOF']._serialized_end=1193
+  _globals['_CREDENTIALCHECKREQUEST']._serialized_start=1196
+  _globals['_CREDENTIALCHECKREQUEST']._serialized_end=1414
+  _globals['_CREDENTIALCHECKRESPONSE']._serialized_start=1417
+  _globals['_CREDENTIALCHECKRESPONSE']._serialized_end=1618
+  _globals['_DELIVERYACK']._serialized_start=1620
+  _globals['_DELIVERYACK']._serialized_end=1678
+  _globals['_FEDERATIONSERVICE']._serialized_start=1853
+  _globals['_FEDERATIONSERVICE']._serialized_end=2032
 # @@protoc_insertion_point(module_scope)

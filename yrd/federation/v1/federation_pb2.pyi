@@ -204,6 +204,15 @@ class StreamFrame(_message.Message):
     REQUESTS_FIELD_NUMBER: _builtins.int
     RESPONSES_FIELD_NUMBER: _builtins.int
     REFUSALS_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
+    draining: _builtins.bool
+    """Answerer -> asker: this node is draining (it stops). Set on the frame it
+    writes as soon as it stops taking requests from this stream (alone, or
+    with answers). The asker writes nothing more on this stream: it sends
+    later requests on a new stream (another replica's, or this node's once
+    it serves again), while the answers of the requests already sent still
+    come on this one, which then ends with OK.
+    """
     @_builtins.property
     def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamRequest]:
         """Asker -> answerer: the requests of one batch."""
@@ -224,10 +233,11 @@ class StreamFrame(_message.Message):
         requests: _abc.Iterable[Global___StreamRequest] | None = ...,
         responses: _abc.Iterable[Global___SignedEnvelope] | None = ...,
         refusals: _abc.Iterable[Global___StreamRefusal] | None = ...,
+        draining: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["refusals", b"refusals", "requests", b"requests", "responses", b"responses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["draining", b"draining", "refusals", b"refusals", "requests", b"requests", "responses", b"responses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
