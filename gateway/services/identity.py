@@ -13,6 +13,7 @@ each returning its :class:`Outcome`; the first one with a verdict ends it.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -52,6 +53,7 @@ from gateway.federation.client import FederationClient
 from gateway.services.backendcalls import backend_call
 from gateway.services.calls import current_correlation_id, require_client
 from gateway.storage.interfaces import IdentityRecords
+from gateway.storage.records import TokenClaim
 from gateway.trust.envelope import OpenedEnvelope
 from gateway.trust.truststore import KeyLookupError, TrustStore
 from yrd.common.v1 import common_pb2
@@ -187,6 +189,8 @@ class IdentityExchange:
         self._authority = authority
         self._store = store
         self._clock = clock
+        #: Claims being withdrawn after a cancelled check (held until done).
+        self._releasing: set[asyncio.Task[None]] = set()
 
     #: Set by the node: back-end latency goes to its metrics.
     metrics: NodeMetrics | None = None
@@ -194,9 +198,22 @@ class IdentityExchange:
     # ---- issuer side -------------------------------------------------------------
 
     async def check_credential(
-        self, request: federation_pb2.CredentialCheckRequest, timeout: float
+        self,
+        request: federation_pb2.CredentialCheckRequest,
+        timeout: float,
+        *,
+        claimant: str = "",
     ) -> federation_pb2.CredentialCheckResponse:
-        """Ask this province's e-ID authority; disclose per this province's policy."""
+        """Ask this province's e-ID authority; disclose per this province's policy.
+
+        Single use: the token is claimed for ``claimant`` (the exchange asking,
+        ``<sender>/<message id>``; empty for this node's own verifications)
+        before the authority is asked, which marks it used when it answers. A
+        retry of the same exchange whose first answer was lost (the node
+        crashed, or could not log it) finds its own claim and gets the same
+        "first use" answer, where the authority alone would say "used"; any
+        other exchange finds the token taken. When the authority gives no
+        answer the claim is withdrawn: the token was not answered for."""
         purpose = (
             identity_pb2.Purpose.Name(request.purpose)
             if request.purpose in (identity_pb2.Purpose.values())
@@ -215,14 +232,19 @@ class IdentityExchange:
                 f"(allowed: {', '.join(policy)})"
             )
         attributes = tuple(request.requested_attributes) or policy
+        # Single use is kept here too: an authority that lost its memory
+        # (restarted) must not make a replay VALID. The claim is atomic.
+        claim = await self._claim_token(request, federation, claimant)
         try:
             async with backend_call(self.metrics, "eid_authority"):
                 check = await self._authority.check_credential(
                     request.credential_id, request.token_id, timeout=timeout
                 )
         except BackendUnavailable as exc:
+            await self._release(request.token_id, claim, claimant)
             raise PeerUnavailable(f"e-ID authority of {federation.own}: {exc}") from exc
         except (TranslationError, AdapterError) as exc:
+            await self._release(request.token_id, claim, claimant)
             # The back-end answered, but not in a way this province's adapter can
             # use (a mapping mismatch, a refusal): a clear status, a logged event.
             log.error("e-ID authority answer unusable", error=str(exc))
@@ -230,11 +252,15 @@ class IdentityExchange:
                 f"the e-ID authority of {federation.own} gave an answer its adapter "
                 f"cannot use: {exc}"
             ) from exc
-        used = check.token_already_used
-        if check.state == STATE_NAMES.CREDENTIAL_ACTIVE and not used:
-            # Single use is kept here too: an authority that lost its memory
-            # (restarted) must not make a replay VALID. The claim is atomic.
-            used = not await self._claim_token(request, federation)
+        except asyncio.CancelledError:
+            self._release_soon(request.token_id, claim, claimant)
+            raise
+        if claim is TokenClaim.TAKEN:
+            used = True  # answered for another exchange before: a replay
+        elif claim is TokenClaim.OURS:
+            used = False  # this exchange's earlier attempt marked it used at the authority
+        else:
+            used = check.token_already_used
         response = federation_pb2.CredentialCheckResponse(
             state=federation_pb2.CredentialState.ValueType(check.state),
             token_already_used=used,
@@ -245,9 +271,13 @@ class IdentityExchange:
         return response
 
     async def _claim_token(
-        self, request: federation_pb2.CredentialCheckRequest, federation: FederationConfig
-    ) -> bool:
-        """Record the token as answered for; False if this node answered for it before.
+        self,
+        request: federation_pb2.CredentialCheckRequest,
+        federation: FederationConfig,
+        claimant: str,
+    ) -> TokenClaim:
+        """Record the token as answered for by ``claimant``; whether the claim is
+        new, was this claimant's already, or is another's.
 
         Kept until the token's expiry (capped at the longest lifetime a token
         may have from now) plus the federation's allowed clock skew: a relying
@@ -259,14 +289,33 @@ class IdentityExchange:
         expires = request.token_expires_at.seconds if request.HasField("token_expires_at") else 0
         skew = federation.me.node.max_clock_skew_seconds
         keep_until = min(expires or longest, longest) + skew
-        return await self._store.claim_token(request.token_id, keep_until=keep_until, now=now)
+        return await self._store.claim_token_for(
+            request.token_id, claimant=claimant, keep_until=keep_until, now=now
+        )
+
+    async def _release(self, token_id: str, claim: TokenClaim, claimant: str) -> None:
+        """The authority gave no answer: withdraw a claim this attempt made (one an
+        earlier attempt of the exchange made stays: that attempt may have had one)."""
+        if claim is TokenClaim.NEW:
+            await self._store.release_token(token_id, claimant=claimant)
+
+    def _release_soon(self, token_id: str, claim: TokenClaim, claimant: str) -> None:
+        """:meth:`_release` from a check that is being cancelled (its deadline passed)."""
+        if claim is not TokenClaim.NEW:
+            return
+        task = asyncio.create_task(self._store.release_token(token_id, claimant=claimant))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     async def handle_federated(
         self, opened: OpenedEnvelope, timeout: float
     ) -> federation_pb2.CredentialCheckResponse:
         request = opened.parse(federation_pb2.CredentialCheckRequest)
         assert isinstance(request, federation_pb2.CredentialCheckRequest)
-        return await self.check_credential(request, timeout)
+        header = opened.header
+        return await self.check_credential(
+            request, timeout, claimant=f"{header.sender}/{header.message_id}"
+        )
 
     # ---- relying party side ----------------------------------------------------
 

@@ -50,6 +50,7 @@ from gateway.storage.records import (
     Progress,
     ReconciliationCase,
     StoredKey,
+    TokenClaim,
 )
 
 T = TypeVar("T")
@@ -306,6 +307,15 @@ class IdentityRecords(Protocol):
     async def claim_token(self, token_id: str, *, keep_until: float, now: float) -> bool:
         """False if ``token_id`` was claimed before (a replay); of two concurrent
         claims, in any worker process, exactly one wins."""
+
+    async def claim_token_for(
+        self, token_id: str, *, claimant: str, keep_until: float, now: float
+    ) -> TokenClaim:
+        """Claim ``token_id`` for ``claimant``: NEW, OURS (the same claimant held
+        it already) or TAKEN (another one does)."""
+
+    async def release_token(self, token_id: str, *, claimant: str) -> None:
+        """Withdraw ``claimant``'s claim on ``token_id`` (another's stays)."""
 
 
 class NodeState(

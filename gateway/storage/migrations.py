@@ -192,6 +192,12 @@ STATE_MIGRATIONS: tuple[Migration, ...] = (
             " ON incoming_cases (correlation_id)",
         ),
     ),
+    Migration(
+        4,
+        "an answered token names its claimant (the exchange that claimed it): a retry"
+        " of that exchange after a lost answer is not a replay",
+        statements("ALTER TABLE answered_tokens ADD COLUMN claimant TEXT NOT NULL DEFAULT ''"),
+    ),
 )
 
 # ---- messages.db -------------------------------------------------------------------

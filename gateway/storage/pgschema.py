@@ -113,6 +113,13 @@ STATE_PG_MIGRATIONS: tuple[Migration, ...] = (
             " ON incoming_cases (correlation_id)",
         ),
     ),
+    Migration(
+        4,
+        "the claimant of an answered token (as state.db version 4)",
+        statements(
+            "ALTER TABLE answered_tokens ADD COLUMN IF NOT EXISTS claimant TEXT NOT NULL DEFAULT ''"
+        ),
+    ),
 )
 
 _MESSAGE_LOG_V1 = statements(

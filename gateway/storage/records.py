@@ -9,6 +9,7 @@ kept them: instants of an exchange as timezone-aware ``datetime`` (stored as ISO
 
 from __future__ import annotations
 
+import enum
 import os
 import secrets
 from collections.abc import Callable
@@ -36,6 +37,18 @@ def lease_owner(replica: str = "1") -> str:
     if owner is None:
         owner = _owners[key] = f"{replica}/{key[1]}/{secrets.token_hex(4)}"
     return owner
+
+
+class TokenClaim(enum.Enum):
+    """What a claim on an e-ID token found (:meth:`IdentityRecords.claim_token_for`)."""
+
+    #: Nobody had claimed the token: this claim holds it now.
+    NEW = "new"
+    #: The same claimant (an earlier attempt of the same exchange: its answer
+    #: was lost to a crash or a store failure) holds it already.
+    OURS = "ours"
+    #: Another claimant holds it: a replay.
+    TAKEN = "taken"
 
 
 class StoreClosedError(RuntimeError):

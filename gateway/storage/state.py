@@ -47,6 +47,7 @@ from gateway.storage.records import (
     ReconciliationCase,
     StoreClosedError,
     StoredKey,
+    TokenClaim,
 )
 from gateway.storage.sql import Connection, is_database_url
 
@@ -220,17 +221,45 @@ class StateStore:
         ``keep_until`` (unix seconds). False if it already did (a replay): of two
         concurrent claims, in any worker process, exactly one wins. Rows past
         their time are pruned on the way."""
+        claim = await self.claim_token_for(token_id, claimant="", keep_until=keep_until, now=now)
+        return claim is TokenClaim.NEW
 
-        def op(db: Connection) -> bool:
+    async def claim_token_for(
+        self, token_id: str, *, claimant: str, keep_until: float, now: float
+    ) -> TokenClaim:
+        """:meth:`claim_token` on behalf of ``claimant`` (the exchange asking:
+        ``<sender>/<message id>``): NEW if this claim holds the token now, OURS
+        if the same claimant held it already (its earlier attempt's answer was
+        lost), TAKEN if another one does. An empty claimant is never the same
+        as another."""
+
+        def op(db: Connection) -> TokenClaim:
             db.execute("DELETE FROM answered_tokens WHERE keep_until < ?", (now,))
             cursor = db.execute(
-                "INSERT INTO answered_tokens (token_id, keep_until, answered_at)"
-                " VALUES (?,?,?) ON CONFLICT DO NOTHING",
-                (token_id, keep_until, now),
+                "INSERT INTO answered_tokens (token_id, keep_until, answered_at, claimant)"
+                " VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
+                (token_id, keep_until, now, claimant),
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount == 1:
+                return TokenClaim.NEW
+            row = db.execute(
+                "SELECT claimant FROM answered_tokens WHERE token_id = ?", (token_id,)
+            ).fetchone()
+            return TokenClaim.OURS if claimant and row and row[0] == claimant else TokenClaim.TAKEN
 
         return await self.write(op)
+
+    async def release_token(self, token_id: str, *, claimant: str) -> None:
+        """Withdraw ``claimant``'s claim on ``token_id`` (the e-ID authority gave
+        no answer: the token was not answered for). Another claimant's stays."""
+
+        def op(db: Connection) -> None:
+            db.execute(
+                "DELETE FROM answered_tokens WHERE token_id = ? AND claimant = ?",
+                (token_id, claimant),
+            )
+
+        await self.write(op)
 
     async def answered_token_count(self) -> int:
         row = await self.fetchone("SELECT COUNT(*) FROM answered_tokens")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -14,9 +15,14 @@ import pytest
 
 from adapters import build_identity_authority
 from adapters.base import CredentialCheck, IdentityAuthority
+from gateway.core.eid_token import parse_token
+from gateway.storage.records import TokenClaim
 from gateway.storage.state import StateStore
 from gateway.testing.localfed import LocalFederation
+from gateway.trust.envelope import OpenedEnvelope
 from tests.integration.conftest import JS, SH, ZJ, Wallet
+from tests.integration.test_operator_metrics import set_status_answer
+from yrd.federation.v1 import federation_pb2
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
 from yrd_simulators.eid_authority import EidAuthoritySimulator
 
@@ -122,6 +128,61 @@ class TestSingleUseAtTheIssuingNode:
         assert (await verify(federation, JS, qr)).verdict == identity_pb2.REPLAYED
 
 
+def check_of(qr: str, message_id: str) -> OpenedEnvelope:
+    """The credential check of ``qr`` as Shanghai's exchange ``message_id`` brings it."""
+    token = parse_token(qr)
+    request = federation_pb2.CredentialCheckRequest(
+        token_id=token.token_id,
+        credential_id=token.credential_id,
+        purpose=identity_pb2.HOTEL_CHECK_IN,
+        relying_party_id="hotel-310000-001",
+    )
+    request.token_expires_at.FromDatetime(token.expires_at)
+    header = federation_pb2.EnvelopeHeader(
+        sender=SH, receiver=ZJ, message_id=message_id, service="identity.CheckCredential"
+    )
+    return OpenedEnvelope(header, request.SerializeToString(), federation_pb2.SignedEnvelope())
+
+
+class TestAnAnswerLostIsNotAReplay:
+    """The issuing node claims a token for the exchange that asks (sender and
+    message id) before its authority, which marks the token used, is asked."""
+
+    async def test_a_retry_of_the_same_exchange_gets_first_use_again(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        identity = federation.node(ZJ).identity
+        qr = await wallet.fresh_qr(ZJ)
+        exchange = str(uuid.uuid4())
+        first = await identity.handle_federated(check_of(qr, exchange), timeout=5)
+        assert first.state == federation_pb2.CREDENTIAL_ACTIVE
+        assert not first.token_already_used
+        # Its answer was lost (the node crashed before logging it, or could not
+        # log it): Shanghai sends the same exchange again. The authority now
+        # says "used" -- because of that very exchange.
+        again = await identity.handle_federated(check_of(qr, exchange), timeout=5)
+        assert not again.token_already_used
+        assert again.claims.holder.full_name == first.claims.holder.full_name
+        # Any other exchange with the token is a replay.
+        other = await identity.handle_federated(check_of(qr, str(uuid.uuid4())), timeout=5)
+        assert other.token_already_used
+        assert not other.HasField("claims")
+
+    async def test_an_authority_that_gave_no_answer_leaves_the_token_unspent(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        qr = await wallet.fresh_qr(ZJ)
+        await set_status_answer(federation, ZJ, "fail")
+        try:
+            failed = await verify(federation, SH, qr)
+        finally:
+            await set_status_answer(federation, ZJ, "normal")
+        assert failed.verdict == identity_pb2.ISSUER_UNREACHABLE
+        # The hotel tries again (a new exchange): the claim of the first was withdrawn.
+        assert (await verify(federation, SH, qr)).verdict == identity_pb2.VALID
+        assert (await verify(federation, SH, qr)).verdict == identity_pb2.REPLAYED
+
+
 class TestAnsweredTokens:
     """The issuing node's record of answered tokens: atomic, and bounded by the
     tokens' validity windows."""
@@ -137,6 +198,30 @@ class TestAnsweredTokens:
                 *(store.claim_token("t-1", keep_until=now + 60, now=now) for _ in range(20))
             )
             assert sorted(claims) == [False] * 19 + [True]
+        finally:
+            await store.close()
+
+    async def test_a_claim_knows_its_claimant(self, store: StateStore) -> None:
+        try:
+            now = time.time()
+
+            async def claim(token: str, claimant: str) -> TokenClaim:
+                return await store.claim_token_for(
+                    token, claimant=claimant, keep_until=now + 60, now=now
+                )
+
+            assert await claim("t-1", "310000/m-1") is TokenClaim.NEW
+            assert await claim("t-1", "310000/m-1") is TokenClaim.OURS
+            assert await claim("t-1", "310000/m-2") is TokenClaim.TAKEN
+            assert not await store.claim_token("t-1", keep_until=now + 60, now=now)
+            # An empty claimant (the node's own verifications) is nobody's twin.
+            assert await claim("t-2", "") is TokenClaim.NEW
+            assert await claim("t-2", "") is TokenClaim.TAKEN
+            # Only the claimant's own claim is withdrawn.
+            await store.release_token("t-1", claimant="310000/m-2")
+            assert await claim("t-1", "310000/m-3") is TokenClaim.TAKEN
+            await store.release_token("t-1", claimant="310000/m-1")
+            assert await claim("t-1", "310000/m-3") is TokenClaim.NEW
         finally:
             await store.close()
 
