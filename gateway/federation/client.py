@@ -217,8 +217,11 @@ class StreamLink:
         StreamBroken when the stream ends first."""
         if self.ended is not None:
             raise self.ended.again()
-        async with asyncio.timeout_at(_loop_time(deadline)):
-            await self._slots.acquire()
+        if self._slots.locked():  # all in flight: wait for a slot within the deadline
+            async with asyncio.timeout_at(_loop_time(deadline)):
+                await self._slots.acquire()
+        else:
+            await self._slots.acquire()  # free: taken at once, no timer needed
         try:
             if self.ended is not None:
                 raise self.ended.again()
