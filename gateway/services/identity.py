@@ -122,6 +122,10 @@ class Outcome:
 _ACTIVE = Outcome("status", _PASSED, "credential active")
 _ALREADY_USED = Outcome("single_use", _FAILED, "token already used", _REPLAYED)
 _FIRST_USE = Outcome("single_use", _PASSED, "first use of this token")
+_WITHIN_POLICY = {
+    purpose: Outcome("disclosure_policy", _PASSED, f"{purpose} policy")
+    for purpose in _PURPOSE_NAMES.values()
+}
 
 
 @dataclass(slots=True)
@@ -514,24 +518,25 @@ class IdentityExchange:
         """Keep only what this node's policy lets the caller see (the issuer may
         have released more: it is dropped), and put it in the response."""
         answer, request = v.require_answer(), v.request
+        claims = answer.claims
+        disclosed = claims.disclosed_attributes
         allowed = set(request.requested_attributes) or set(
             v.federation.me.disclosure.get(v.purpose, ())
         )
-        extra = [a for a in answer.claims.disclosed_attributes if a not in allowed]
+        extra = [a for a in disclosed if a not in allowed]
         for name in extra:
             if name != "age_over_18":
-                answer.claims.holder.ClearField(name)  # type: ignore[arg-type]
-        v.response.attributes.CopyFrom(answer.claims.holder)
-        v.response.disclosed_attributes.extend(
-            a for a in answer.claims.disclosed_attributes if a in allowed
-        )
+                claims.holder.ClearField(name)  # type: ignore[arg-type]
+        v.response.attributes.CopyFrom(claims.holder)
         if extra:
+            v.response.disclosed_attributes.extend([a for a in disclosed if a in allowed])
             return Outcome(
                 "disclosure_policy",
                 _PASSED,
                 f"withheld {len(extra)} attribute(s) beyond the {v.purpose} policy",
             )
-        return Outcome("disclosure_policy", _PASSED, f"{v.purpose} policy")
+        v.response.disclosed_attributes.extend(disclosed)  # every one is allowed
+        return _WITHIN_POLICY[v.purpose]
 
     #: The checks of a verification, in order.
     CHECKS: ClassVar[tuple[Check, ...]] = (
