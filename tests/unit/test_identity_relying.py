@@ -33,8 +33,9 @@ from yrd.identity.v1 import identity_pb2
 class _Issuer:
     """Stands in for the federation client: answers ACTIVE and keeps the request."""
 
-    def __init__(self, clock: FrozenClock) -> None:
+    def __init__(self, clock: FrozenClock, *, birth_date: str = "") -> None:
         self.clock = clock
+        self.birth_date = birth_date
         self.requests: list[federation_pb2.CredentialCheckRequest] = []
 
     async def call(
@@ -45,6 +46,9 @@ class _Issuer:
         answer.checked_at.FromDatetime(self.clock.now())
         answer.claims.holder.full_name = "x"
         answer.claims.disclosed_attributes.append("full_name")
+        if self.birth_date:  # beyond the hotel policy
+            answer.claims.holder.birth_date = self.birth_date
+            answer.claims.disclosed_attributes.append("birth_date")
         return answer, None
 
 
@@ -60,32 +64,47 @@ def _hotel(federation: FederationConfig) -> ClientSection:
     return next(c for c in federation.me.clients if "HOTEL_CHECK_IN" in c.purposes)
 
 
-def test_a_valid_check_in_asks_and_answers_as_before(
-    federation: FederationConfig, clock: FrozenClock
-) -> None:
-    issuer, store = _Issuer(clock), _Store()
-    exchange = IdentityExchange(
+def _exchange(
+    federation: FederationConfig, clock: FrozenClock, issuer: _Issuer, store: _Store
+) -> IdentityExchange:
+    return IdentityExchange(
         config=ConfigHolder(federation),
         client=issuer,  # type: ignore[arg-type]  # a stand-in for the federation client
         authority=None,  # type: ignore[arg-type]  # only the issuing side asks it
         store=store,  # type: ignore[arg-type]  # only record_check_in is used
         clock=clock,
     )
-    token = issue_token(
+
+
+def _token(token_id: str = "tok-1") -> str:  # noqa: S107 - a token id (jti), not a secret
+    return issue_token(
         eid_issuer_key(ZJ),
         key_id=f"{ZJ}-eid-2026",
         issuer=ZJ,
         credential_id="cred-1",
-        token_id="tok-1",
+        token_id=token_id,
         issued_at=NOW,
         ttl=timedelta(seconds=90),
     )
+
+
+def _verify(
+    federation: FederationConfig, exchange: IdentityExchange, token: str
+) -> identity_pb2.VerifyIdentityResponse:
     request = identity_pb2.VerifyIdentityRequest(
         qr_payload=token, purpose=identity_pb2.HOTEL_CHECK_IN
     )
-    response = asyncio.run(
+    return asyncio.run(
         exchange.verify(request, client=_hotel(federation), correlation_id="c-1", timeout=5.0)
     )
+
+
+def test_a_valid_check_in_asks_and_answers_as_before(
+    federation: FederationConfig, clock: FrozenClock
+) -> None:
+    issuer, store = _Issuer(clock), _Store()
+    token = _token()
+    response = _verify(federation, _exchange(federation, clock, issuer, store), token)
     assert response.verdict == identity_pb2.VALID
     assert [(c.name, c.outcome) for c in response.checks] == [
         (name, identity_pb2.PASSED) for name in CHECK_NAMES
@@ -99,6 +118,23 @@ def test_a_valid_check_in_asks_and_answers_as_before(
     assert row["check_in_id"] == response.check_in_id
     assert _CHECK_IN_ID.fullmatch(response.check_in_id)
     assert re.fullmatch(r"CI-310000-[0-9a-f]{12}4[0-9a-f]{3}", response.check_in_id)
+    assert response.checks[-1].detail == "HOTEL_CHECK_IN policy"
+    assert list(response.disclosed_attributes) == ["full_name"]
+
+
+def test_what_the_issuer_released_beyond_the_policy_is_withheld(
+    federation: FederationConfig, clock: FrozenClock
+) -> None:
+    issuer = _Issuer(clock, birth_date="1990-03-07")
+    response = _verify(federation, _exchange(federation, clock, issuer, _Store()), _token())
+    assert response.verdict == identity_pb2.VALID
+    assert list(response.disclosed_attributes) == ["full_name"]
+    assert response.attributes.full_name == "x"
+    assert response.attributes.birth_date == ""
+    assert (response.checks[-1].outcome, response.checks[-1].detail) == (
+        identity_pb2.PASSED,
+        "withheld 1 attribute(s) beyond the HOTEL_CHECK_IN policy",
+    )
 
 
 @pytest.mark.parametrize("purpose", [0, 99, -1])
