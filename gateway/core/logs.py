@@ -51,11 +51,14 @@ _SHORTEST = 12
 #: account numbers) or eighteen credit-code characters in a row. Text without
 #: it (correlation ids, method names, times) is left as it is, unsearched.
 _CANDIDATE = re.compile(r"\d{12}|[0-9A-HJ-NPQRTUWXY]{18}")
+#: What every candidate contains (digits are credit-code characters), found about
+#: twice as fast as the candidate itself: most text is let through on it alone.
+_RUN = re.compile(r"[0-9A-HJ-NPQRTUWXY]{12}")
 
 
 def mask_text(text: str) -> str:
     """Mask ID numbers, account-like digit runs and credit codes inside free text."""
-    if len(text) < _SHORTEST or _CANDIDATE.search(text) is None:
+    if len(text) < _SHORTEST or _RUN.search(text) is None or _CANDIDATE.search(text) is None:
         return text
     text = _ID_NUMBER.sub(lambda m: m.group(1) + "*" * 10 + m.group(2), text)
     text = _CREDIT_CODE.sub(lambda m: m.group(1) + "*" * 10 + m.group(2), text)
@@ -83,11 +86,32 @@ def mask_personal_data(
     _logger: object, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """structlog processor: drop personal keys, mask personal patterns in strings."""
-    for key in list(event_dict):
+    return _mask_event(event_dict, frozenset())
+
+
+#: Keys that :func:`configure`'s chain has just set itself (add_log_level and
+#: TimeStamper overwrite whatever a caller passed): known text, nothing to mask.
+_STAMPED = frozenset({"level", "timestamp"})
+
+
+def _mask_stamped_event(
+    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """:func:`mask_personal_data` after add_log_level and TimeStamper: their keys unsearched."""
+    return _mask_event(event_dict, _STAMPED)
+
+
+def _mask_event(
+    event_dict: MutableMapping[str, Any], stamped: frozenset[str]
+) -> MutableMapping[str, Any]:
+    for key, value in event_dict.items():  # values replaced in place: no key added
         if key in PERSONAL_KEYS:
             event_dict[key] = "[masked]"
+        elif type(value) is str:
+            if key not in stamped:
+                event_dict[key] = mask_text(value)
         else:
-            event_dict[key] = _mask_value(event_dict[key])
+            event_dict[key] = _mask_value(value)
     return event_dict
 
 
@@ -123,7 +147,7 @@ def configure(
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            mask_personal_data,
+            _mask_stamped_event,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),

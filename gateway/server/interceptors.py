@@ -13,8 +13,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +49,7 @@ log = structlog.get_logger("yrd.rpc")
 _CORRELATION_ID = HEADER_BOUNDS["correlation_id"][0]
 
 FEDERATION_SERVICE = "yrd.federation.v1.FederationService"
+_OK = grpc.StatusCode.OK
 
 #: Services that need no client credential: standard probes, and the federation
 #: service, whose callers are authenticated by their signed envelopes (and mTLS).
@@ -126,7 +127,17 @@ def _correlation_id_of(metadata: Any) -> str:
             and _CORRELATION_ID.fullmatch(value)
         ):
             correlation_id = value
-    return correlation_id or str(uuid.uuid4())
+    return correlation_id or _random_uuid()
+
+
+def _random_uuid() -> str:
+    """``str(uuid.uuid4())`` at a third of the cost: the same 16 random bytes with
+    the version (4) and variant bits set, in the same 8-4-4-4-12 form."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    digits = raw.hex()
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 def _peer_name(context: grpc.aio.ServicerContext) -> str:
@@ -268,15 +279,18 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         service = method.split("/")[1] if method.count("/") >= 2 else method
         behavior = handler.unary_unary
+        # What the method decides, decided once.
+        open_service = service in OPEN_SERVICES
+        federation = service == FEDERATION_SERVICE
+        metrics = self._metrics
+        bind = structlog.contextvars.bind_contextvars
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.monotonic()
             metadata = context.invocation_metadata() or ()
             correlation_id = _correlation_id_of(metadata)
             structlog.contextvars.clear_contextvars()
-            structlog.contextvars.bind_contextvars(
-                node=self._config.me.code, correlation_id=correlation_id, method=method
-            )
+            bind(node=self._config.me.code, correlation_id=correlation_id, method=method)
             current_correlation_id.set(correlation_id)
             client_id = "-"
             code = grpc.StatusCode.OK
@@ -294,7 +308,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
                     )
                 self.in_flight += 1
                 counted = True
-                if service not in OPEN_SERVICES:
+                if not open_service:
                     claimed, client_id = self.identify(metadata, peer_certificate(context))
                     client = self._admit(claimed, client_id, service)
                     exhausted = "rate_limited"
@@ -334,7 +348,9 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
             finally:
                 if counted:
                     self.in_flight -= 1
-                self._record(method, service, context, client_id, code, reason, started)
+                if metrics is not None:
+                    metrics.observe_rpc(method, code.name, started)
+                self._log(federation, context, client_id, code, reason, started)
             return None  # pragma: no cover - abort raises
 
         return grpc.unary_unary_rpc_method_handler(
@@ -371,25 +387,25 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
             origin = province or "unknown"
         self._metrics.refusals.labels(origin, why).inc()
 
-    def _record(
-        self,
-        method: str,
-        service: str,
+    @staticmethod
+    def _log(
+        federation: bool,
         context: grpc.aio.ServicerContext,
         client_id: str,
         code: grpc.StatusCode,
         reason: str,
         started: float,
     ) -> None:
-        """The call's metric, and its log line: an accepted federation call is
-        logged by its "exchange" line; a refused one (bad envelope, wrong
-        certificate) only here, naming the client it claimed to be and why."""
-        if self._metrics is not None:
-            self._metrics.observe_rpc(method, code.name, started)
+        """The call's log line (its metric is counted before): an accepted
+        federation call is logged by its "exchange" line; a refused one (bad
+        envelope, wrong certificate) only here, naming the client it claimed to
+        be and why."""
+        if code is _OK:
+            if not federation:
+                took = round((time.monotonic() - started) * 1000, 2)
+                log.info("rpc", client=client_id, code="OK", duration_ms=took)
+            return
         took = round((time.monotonic() - started) * 1000, 2)
-        if code != grpc.StatusCode.OK:
-            if service == FEDERATION_SERVICE:
-                client_id = _peer_name(context)
-            log.info("rpc", client=client_id, code=code.name, reason=reason, duration_ms=took)
-        elif service != FEDERATION_SERVICE:
-            log.info("rpc", client=client_id, code=code.name, duration_ms=took)
+        if federation:
+            client_id = _peer_name(context)
+        log.info("rpc", client=client_id, code=code.name, reason=reason, duration_ms=took)

@@ -364,3 +364,149 @@ class TestArbitraryInput:
     @given(st.binary(max_size=200), st.binary(max_size=200), st.binary(max_size=80))
     def test_arbitrary_decoded_bytes(self, header: bytes, claims: bytes, signature: bytes) -> None:
         parse(f"{b64(header)}.{b64(claims)}.{b64(signature)}")
+
+
+def reference_parse(qr_payload: str) -> EidToken | str:
+    """parse_token as it was before its quicker decoding (issue 16), kept here to
+    pin that the quicker one reaches the same token or the same message."""
+    import binascii
+    import re
+
+    def b64decode(part: str, what: str) -> bytes:
+        if not re.fullmatch(r"[A-Za-z0-9_-]*", part, flags=re.ASCII):
+            raise TokenMalformed(f"{what}: expected base64url characters")
+        try:
+            return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        except (binascii.Error, ValueError) as exc:
+            raise TokenMalformed(f"{what}: expected base64url, {exc}") from exc
+
+    def as_json(part: bytes, what: str) -> dict[str, Any]:
+        try:
+            value = json.loads(part)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise TokenMalformed(f"{what}: expected a JSON object") from exc
+        if not isinstance(value, dict):
+            raise TokenMalformed(f"{what}: expected a JSON object")
+        return value
+
+    region, ident = re.compile(r"[1-9][0-9]{5}"), re.compile(r"[A-Za-z0-9._:-]{1,128}")
+    try:
+        if not qr_payload:
+            raise TokenMalformed("qr_payload: expected a compact JWS, got an empty string")
+        if not qr_payload.isascii():
+            raise TokenMalformed("qr_payload: expected ASCII characters only (a compact JWS)")
+        if len(qr_payload) > MAX_TOKEN_BYTES:
+            raise TokenMalformed(f"qr_payload: expected at most {MAX_TOKEN_BYTES} bytes")
+        parts = qr_payload.strip().split(".")
+        if len(parts) != 3:
+            raise TokenMalformed(
+                f"qr_payload: expected three base64url parts separated by '.', got {len(parts)}"
+            )
+        header = as_json(b64decode(parts[0], "token header"), "token header")
+        claims = as_json(b64decode(parts[1], "token claims"), "token claims")
+        signature = b64decode(parts[2], "token signature")
+        if header.get("alg") != JWS_ALGORITHM:
+            raise TokenMalformed(f"token header alg: expected {JWS_ALGORITHM!r}")
+        if header.get("typ") != TOKEN_TYPE:
+            raise TokenMalformed(f"token header typ: expected {TOKEN_TYPE!r}")
+        issuer = header.get("iss")
+        if not isinstance(issuer, str) or not region.fullmatch(issuer):
+            raise TokenMalformed("token header iss: expected a six-digit GB/T 2260 region code")
+        if claims.get("iss") != issuer:
+            raise TokenMalformed("token claims iss: expected the same issuer as the header")
+        key_id = header.get("kid")
+        if not isinstance(key_id, str) or not ident.fullmatch(key_id):
+            raise TokenMalformed("token header kid: expected a key id of 1..128 [A-Za-z0-9._:-]")
+        for name in ("sub", "jti"):
+            value = claims.get(name)
+            if not isinstance(value, str) or not ident.fullmatch(value):
+                raise TokenMalformed(f"token claims {name}: expected 1..128 [A-Za-z0-9._:-]")
+        times: dict[str, datetime] = {}
+        for name in ("iat", "exp"):
+            value = claims.get(name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**33:
+                raise TokenMalformed(f"token claims {name}: expected epoch seconds (integer)")
+            times[name] = datetime.fromtimestamp(value, UTC)
+    except TokenMalformed as error:
+        return str(error)
+    return EidToken(
+        issuer=issuer,
+        key_id=key_id,
+        credential_id=claims["sub"],
+        token_id=claims["jti"],
+        issued_at=times["iat"],
+        expires_at=times["exp"],
+        signing_input=(parts[0] + "." + parts[1]).encode("ascii"),
+        signature=signature,
+    )
+
+
+def outcome(payload: str) -> EidToken | str:
+    result = parse(payload)
+    return str(result) if isinstance(result, TokenMalformed) else result
+
+
+#: JSON that orjson and the standard library read differently (orjson refuses
+#: or reads another type): the parse must still end as before.
+_JSON_EDGES = [
+    b'\xef\xbb\xbf{"alg":"EdDSA"}',
+    b'{"alg":NaN}',
+    b'{"alg":Infinity}',
+    b'{"iat":1e400}',
+    b'{"iat":99999999999999999999999}',
+    b'{"sub":"\\ud800"}',
+    b'{"alg":"EdDSA","alg":"none"}',
+    b"[" * 600 + b"]" * 600,
+    b"[" * 1100 + b"]" * 1100,
+    b'{"a":' * 400 + b"1" + b"}" * 400,
+    '{"a":1}'.encode("utf-16"),
+    b'{"a":"\x01"}',
+]
+
+
+class TestSameAsBefore:
+    """The quicker parse (issue 16) reaches the same token, or the same message,
+    as the parse it replaced, whatever the payload."""
+
+    @given(st.text(alphabet=st.sampled_from("AZaz09-_+/=. \t\u00e9"), max_size=120))
+    @example("e30.e30.")
+    @example("e30=.e30.")
+    @example("e3+.e30.")
+    def test_arbitrary_text(self, payload: str) -> None:
+        assert outcome(payload) == reference_parse(payload)
+
+    @pytest.mark.parametrize("edge", _JSON_EDGES)
+    @pytest.mark.parametrize("where", ["header", "claims"])
+    def test_json_the_decoders_disagree_on(self, edge: bytes, where: str) -> None:
+        header, claims = b64json(good_header()), b64json(good_claims())
+        if where == "header":
+            header = b64(edge)
+        else:
+            claims = b64(edge)
+        payload = f"{header}.{claims}.{b64(b'x' * 64)}"
+        assert outcome(payload) == reference_parse(payload)
+
+    @given(
+        claims=st.dictionaries(
+            st.sampled_from(["iss", "sub", "jti", "iat", "exp", "x"]),
+            st.none()
+            | st.booleans()
+            | st.integers()
+            | st.integers(min_value=2**63 - 2, max_value=2**66)
+            | st.text(max_size=10)
+            | st.floats(),
+        ),
+        signature=st.binary(max_size=80),
+    )
+    def test_arbitrary_claims(self, claims: dict[str, Any], signature: bytes) -> None:
+        payload = compact(good_header(), {**good_claims(), **claims}, signature)
+        assert outcome(payload) == reference_parse(payload)
+
+    @given(st.binary(max_size=120), st.binary(max_size=120), st.binary(max_size=80))
+    def test_arbitrary_decoded_bytes(self, header: bytes, claims: bytes, signature: bytes) -> None:
+        payload = f"{b64(header)}.{b64(claims)}.{b64(signature)}"
+        assert outcome(payload) == reference_parse(payload)
+
+    def test_an_issued_token(self) -> None:
+        payload = issue()
+        assert outcome(payload) == reference_parse(payload)
