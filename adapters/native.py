@@ -87,10 +87,13 @@ class JsonNode:
         return node, path[-1]
 
     def get(self, path: Path) -> NativeScalar | None:
-        found = self._walk(path)
-        if found is None:
-            return None
-        value = found[0].get(found[1])
+        if len(path) == 1:  # most keys are at the top of their object
+            value = self.data.get(path[0])
+        else:
+            found = self._walk(path)
+            if found is None:
+                return None
+            value = found[0].get(found[1])
         if isinstance(value, dict | list | float):
             raise TranslationError(
                 dotted(self.where, path), f"a string, integer or boolean, got {describe(value)}"
