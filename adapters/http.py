@@ -36,6 +36,9 @@ from adapters.native import MAX_DOCUMENT_BYTES
 
 _log = structlog.get_logger(__name__)
 
+#: Header sets kept per connector; connectors use one or two content types.
+_MAX_HEADER_SETS = 8
+
 
 class BackendHttp:
     """A connection pool to one back-end and the failure table above.
@@ -52,6 +55,8 @@ class BackendHttp:
         self.base_url = base_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        #: Header sets without extra headers, by (content type, with a body).
+        self._headers: dict[tuple[str, bool], dict[str, str]] = {}
 
     async def exchange(
         self,
@@ -79,9 +84,14 @@ class BackendHttp:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         url = self.base_url + path
-        sent = {**(headers or {}), "Accept": content_type}
-        if body is not None:
-            sent["Content-Type"] = content_type
+        sent: Mapping[str, str]
+        if headers:
+            extra = {**headers, "Accept": content_type}
+            if body is not None:
+                extra["Content-Type"] = content_type
+            sent = extra
+        else:
+            sent = self._plain_headers(content_type, body is not None)
         try:
             async with asyncio.timeout(timeout):
                 async with self._session.request(method, url, data=body, headers=sent) as response:
@@ -109,6 +119,20 @@ class BackendHttp:
             _log.warning("backend_failed", backend=self.backend, request=what, http_status=status)
             raise BackendUnavailable(f"{self.backend} failed the {what}: HTTP {status}")
         return payload
+
+    def _plain_headers(self, content_type: str, with_body: bool) -> dict[str, str]:
+        """Accept (and Content-Type with a body) for ``content_type``, built once
+        (aiohttp copies the headers it is given; nothing here changes them)."""
+        key = (content_type, with_body)
+        sent = self._headers.get(key)
+        if sent is None:
+            headers = {"Accept": content_type}
+            if with_body:
+                headers["Content-Type"] = content_type
+            sent = headers
+            if len(self._headers) < _MAX_HEADER_SETS:
+                self._headers[key] = sent
+        return sent
 
     async def aclose(self) -> None:
         """Close the connection pool; idempotent. Later calls fail as unavailable."""

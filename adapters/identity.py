@@ -76,7 +76,6 @@ class HttpIdentityAuthority(MappedConnector):
             raise TranslationError(
                 "holder", "the holder's record for an active credential", message=STATUS_RESPONSE
             )
-        checked_at = self._clock.now()
         if "checked_at" in canonical:
             try:
                 checked_at = canonical_timestamp(canonical["checked_at"])
@@ -84,6 +83,8 @@ class HttpIdentityAuthority(MappedConnector):
                 raise TranslationError(
                     "checked_at", exc.expected, message=STATUS_RESPONSE
                 ) from None
+        else:  # the clock is read only when the answer carries no time
+            checked_at = self._clock.now()
         return CredentialCheck(
             state=state,
             token_already_used=bool(canonical["token_already_used"]),

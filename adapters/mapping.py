@@ -23,6 +23,7 @@ out of the native document.
 
 from __future__ import annotations
 
+import base64
 import re
 import xml.etree.ElementTree as ET  # building and types only; parsing uses defusedxml
 import zoneinfo
@@ -30,6 +31,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from stdnum.cn import uscc
 
@@ -89,6 +91,14 @@ class _FieldCodec:
             self.codes = config.code_tables[rule.codes]
             self.reverse = {value: code for code, value in self.codes.items()}
         self.pattern = re.compile(rule.pattern) if rule.pattern else None
+        # Looked up on every document: kept here once instead of read from the
+        # rule (``FieldRule.path`` splits the dotted path on each access).
+        self.canonical = rule.canonical
+        self.required = rule.required
+        self.default = rule.default
+        self.separator = rule.separator
+        self.item = rule.item
+        self._checked = rule.check is not None or self.pattern is not None
 
     def _table(self) -> str:
         assert self.codes is not None
@@ -172,6 +182,8 @@ class _FieldCodec:
         return list(value)
 
     def check(self, value: str) -> None:
+        if not self._checked:
+            return
         if self.rule.check == "gb11643":
             check_gb11643(value)
         elif self.rule.check == "gb32100":
@@ -181,7 +193,12 @@ class _FieldCodec:
 
 
 class MessageMapper:
-    """A compiled :class:`MessageMapping`: reads and writes one canonical message."""
+    """A compiled :class:`MessageMapping`: reads and writes one canonical message.
+
+    Everything a rule says is looked up once here (paths split, codecs built,
+    nested mappers found on first use), so reading and writing a document only
+    walks it.
+    """
 
     def __init__(
         self, name: str, mapping: MessageMapping, schema: CanonicalMessage, translator: Translator
@@ -190,114 +207,151 @@ class MessageMapper:
         self.mapping = mapping
         self.schema = schema
         self._translator = translator
+        self._fields = frozenset(schema.fields)
         self._constants = [rule for rule in mapping.fields if rule.canonical is None]
+        # (path, the constant as read from JSON, as read from XML, as written)
+        self._constant_paths: list[
+            tuple[tuple[str, ...], NativeScalar, NativeScalar, str | bool]
+        ] = []
+        for rule in self._constants:
+            assert rule.const is not None  # FieldRule: const when canonical is None
+            self._constant_paths.append(
+                (
+                    rule.path,
+                    _native_constant(rule.const, False),
+                    _native_constant(rule.const, True),
+                    rule.const,
+                )
+            )
         self._codecs = [
             (rule, _FieldCodec(rule, schema.fields[rule.canonical], translator.config))
             for rule in mapping.fields
             if rule.canonical is not None
         ]
+        self._field_codecs = [codec for _, codec in self._codecs]
+        #: Nested mappers by canonical field, found on first use (the translator
+        #: may not have compiled them yet while this one is built).
+        self._nested_mappers: dict[str, MessageMapper] = {}
 
     def read(self, node: NativeNode, ctx: FormatContext) -> dict[str, Any]:
         """Native → canonical dict."""
-        for rule in self._constants:
-            assert rule.const is not None  # FieldRule: const when canonical is None
-            want = _native_constant(rule.const, node.textual)
-            if node.get(rule.path) != want:
-                raise TranslationError(native.dotted(node.where, rule.path), repr(want))
+        textual = node.textual
+        for path, want_json, want_text, _ in self._constant_paths:
+            want = want_text if textual else want_json
+            if node.get(path) != want:
+                raise TranslationError(native.dotted(node.where, path), repr(want))
         result: dict[str, Any] = {}
-        for rule, codec in self._codecs:
-            assert rule.canonical is not None
-            if codec.kind is Kind.MESSAGE:
-                child = node.child(rule.path)
+        for codec in self._field_codecs:
+            canonical = codec.canonical
+            assert canonical is not None
+            path = codec.path
+            kind = codec.kind
+            if kind is Kind.MESSAGE:
+                child = node.child(path)
                 if child is not None:
-                    nested = self._translator.mapper(self._nested(codec))
-                    result[rule.canonical] = nested.read(child, ctx)
-                elif rule.required:
+                    result[canonical] = self._nested_mapper(codec).read(child, ctx)
+                elif codec.required:
                     raise TranslationError(
-                        native.dotted(node.where, rule.path),
-                        f"an object (required for {rule.canonical!r})",
+                        native.dotted(node.where, path),
+                        f"an object (required for {canonical!r})",
                     )
                 continue
-            if codec.kind is Kind.LIST:
+            if kind is Kind.LIST:
                 raw_list: NativeScalar | list[NativeScalar] | None
-                if rule.separator is None:
-                    raw_list = node.get_list(rule.path, rule.item)
+                if codec.separator is None:
+                    raw_list = node.get_list(path, codec.item)
                 else:
-                    raw_list = node.get(rule.path)
+                    raw_list = node.get(path)
                 if raw_list is None or raw_list in ("", []):
-                    if rule.required:
+                    if codec.required:
                         raise TranslationError(
-                            native.dotted(node.where, rule.path),
-                            f"at least one item (required for {rule.canonical!r})",
+                            native.dotted(node.where, path),
+                            f"at least one item (required for {canonical!r})",
                         )
                     continue
                 try:
-                    result[rule.canonical] = codec.list_to_canonical(raw_list)
+                    result[canonical] = codec.list_to_canonical(raw_list)
                 except Mismatch as exc:
-                    raise TranslationError(
-                        native.dotted(node.where, rule.path), exc.expected
-                    ) from None
+                    raise TranslationError(native.dotted(node.where, path), exc.expected) from None
                 continue
-            raw = node.get(rule.path)
+            raw = node.get(path)
             if raw is None or raw == "":
-                if rule.required:
+                if codec.required:
                     raise TranslationError(
-                        native.dotted(node.where, rule.path),
-                        f"a value (required for {rule.canonical!r})",
+                        native.dotted(node.where, path),
+                        f"a value (required for {canonical!r})",
                     )
-                if rule.default is not None:
-                    result[rule.canonical] = rule.default
+                if codec.default is not None:
+                    result[canonical] = codec.default
                 continue
             try:
-                result[rule.canonical] = codec.to_canonical(raw, ctx)
+                result[canonical] = codec.to_canonical(raw, ctx)
             except Mismatch as exc:
-                raise TranslationError(native.dotted(node.where, rule.path), exc.expected) from None
+                raise TranslationError(native.dotted(node.where, path), exc.expected) from None
         return result
 
     def write(
         self, canonical: Mapping[str, Any], node: NativeNode, ctx: FormatContext, prefix: str = ""
     ) -> None:
         """Canonical dict → native, into ``node``."""
-        unknown = set(canonical) - set(self.schema.fields)
-        if unknown:
+        if not self._fields.issuperset(canonical):
+            unknown = set(canonical) - self._fields
             raise TranslationError(
                 node.where,
                 f"canonical fields of {self.schema.name}, got unknown {sorted(unknown)}",
             )
-        for rule in self._constants:
-            assert rule.const is not None
-            node.put(rule.path, rule.const)
-        for rule, codec in self._codecs:
-            assert rule.canonical is not None
-            where = native.dotted(node.where, rule.path)
-            field = f"{prefix}{rule.canonical}"
-            value = canonical.get(rule.canonical)
+        for path, _, _, const in self._constant_paths:
+            node.put(path, const)
+        for codec in self._field_codecs:
+            name = codec.canonical
+            assert name is not None
+            path = codec.path
+            value = canonical.get(name)
             if value is None or value in ("", {}, []):
-                if rule.required:
-                    raise TranslationError(where, f"a value for required canonical {field!r}")
+                if codec.required:
+                    raise TranslationError(
+                        native.dotted(node.where, path),
+                        f"a value for required canonical {prefix + name!r}",
+                    )
                 continue
-            if codec.kind is Kind.MESSAGE:
+            kind = codec.kind
+            if kind is Kind.MESSAGE:
+                field = f"{prefix}{name}"
                 if not isinstance(value, Mapping):
-                    raise TranslationError(where, f"canonical {field!r} as an object")
-                nested = self._translator.mapper(self._nested(codec))
-                nested.write(value, node.make_child(rule.path), ctx, prefix=f"{field}.")
+                    raise TranslationError(
+                        native.dotted(node.where, path), f"canonical {field!r} as an object"
+                    )
+                nested = self._nested_mapper(codec)
+                nested.write(value, node.make_child(path), ctx, prefix=f"{field}.")
                 continue
-            if codec.kind is Kind.LIST:
+            if kind is Kind.LIST:
                 try:
                     items = codec.list_to_native(value)
                 except Mismatch as exc:
                     raise TranslationError(
-                        where, f"canonical {field!r} as {exc.expected}"
+                        native.dotted(node.where, path),
+                        f"canonical {prefix + name!r} as {exc.expected}",
                     ) from None
-                if rule.separator is not None:
-                    node.put(rule.path, rule.separator.join(items))
+                if codec.separator is not None:
+                    node.put(path, codec.separator.join(items))
                 else:
-                    node.put_list(rule.path, rule.item, items)
+                    node.put_list(path, codec.item, items)
                 continue
             try:
-                node.put(rule.path, codec.to_native(value, ctx))
+                node.put(path, codec.to_native(value, ctx))
             except Mismatch as exc:
-                raise TranslationError(where, f"canonical {field!r} as {exc.expected}") from None
+                raise TranslationError(
+                    native.dotted(node.where, path),
+                    f"canonical {prefix + name!r} as {exc.expected}",
+                ) from None
+
+    def _nested_mapper(self, codec: _FieldCodec) -> MessageMapper:
+        assert codec.canonical is not None
+        mapper = self._nested_mappers.get(codec.canonical)
+        if mapper is None:
+            mapper = self._translator.mapper(self._nested(codec))
+            self._nested_mappers[codec.canonical] = mapper
+        return mapper
 
     def _nested(self, codec: _FieldCodec) -> str:
         domain = self.name.split(".", 1)[0]
@@ -407,12 +461,103 @@ def from_message(message: Message) -> dict[str, Any]:
 
 
 def to_message(canonical: Mapping[str, Any], message_type: type[M]) -> M:
-    """A canonical dict as a protobuf message (raises TranslationError if it does not fit)."""
+    """A canonical dict as a protobuf message (raises TranslationError if it does not fit).
+
+    A flat message whose values are all of the plain kinds a mapping produces is
+    built directly (:func:`_flat_message`); anything else goes through
+    ``json_format.ParseDict``, which also reports what does not fit.
+    """
+    message = _flat_message(canonical, message_type)
+    if message is not None:
+        return message
     try:
         return json_format.ParseDict(dict(canonical), message_type())
     except json_format.ParseError:
         # The parser's message quotes the offending value: personal data.
         raise TranslationError("", f"a valid {message_type.DESCRIPTOR.full_name}") from None
+
+
+#: How ``_flat_message`` sets a field: by its proto name, the setter of its kind.
+_FlatSetter = Callable[[object], object | None]
+_FLAT_FIELDS: dict[type[Message], dict[str, _FlatSetter]] = {}
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _flat_string(value: object) -> object | None:
+    # ParseDict refuses unpaired surrogates; leave any surrogate to it.
+    if type(value) is str and (value.isascii() or not _SURROGATE.search(value)):
+        return value
+    return None
+
+
+def _flat_bytes(value: object) -> object | None:
+    if type(value) is not str or not value.isascii():
+        return None  # base64 is ASCII; ParseDict reports anything else
+    encoded = value.encode("ascii")
+    try:
+        # Exactly what ParseDict does with a JSON bytes value.
+        return base64.urlsafe_b64decode(encoded + b"=" * (4 - len(encoded) % 4))
+    except ValueError:  # binascii.Error: ParseDict reports it
+        return None
+
+
+def _flat_bool(value: object) -> object | None:
+    return value if type(value) is bool else None
+
+
+def _flat_enum(numbers: Mapping[str, int]) -> _FlatSetter:
+    def convert(value: object) -> object | None:
+        return numbers.get(value) if type(value) is str else None
+
+    return convert
+
+
+def _flat_fields(message_type: type[Message]) -> dict[str, _FlatSetter]:
+    """The fields of ``message_type`` that ``_flat_message`` may set itself: singular,
+    outside any oneof, of string, bytes, bool or enum type (once per type)."""
+    found = _FLAT_FIELDS.get(message_type)
+    if found is not None:
+        return found
+    descriptor = message_type.DESCRIPTOR
+    json_names = {f.json_name for f in descriptor.fields}
+    setters: dict[str, _FlatSetter] = {}
+    for f in descriptor.fields:
+        if f.is_repeated or f.containing_oneof is not None or f.is_extension:
+            continue
+        if f.name in json_names and f.json_name != f.name:
+            continue  # ParseDict would read this key as another field's JSON name
+        if f.type == FieldDescriptor.TYPE_STRING:
+            setters[f.name] = _flat_string
+        elif f.type == FieldDescriptor.TYPE_BYTES:
+            setters[f.name] = _flat_bytes
+        elif f.type == FieldDescriptor.TYPE_BOOL:
+            setters[f.name] = _flat_bool
+        elif f.type == FieldDescriptor.TYPE_ENUM:
+            enum = f.enum_type
+            if enum is not None and enum.full_name != _NULL_VALUE:
+                setters[f.name] = _flat_enum({v.name: v.number for v in enum.values})
+    _FLAT_FIELDS[message_type] = setters
+    return setters
+
+
+_NULL_VALUE = "google.protobuf.NullValue"
+
+
+def _flat_message(canonical: Mapping[str, Any], message_type: type[M]) -> M | None:
+    """``canonical`` as a ``message_type`` built field by field, as ``ParseDict`` would
+    build it; None when a key or value is not one this path takes (then ParseDict
+    decides, and reports what does not fit)."""
+    setters = _flat_fields(message_type)
+    values: dict[str, object] = {}
+    for name, value in canonical.items():
+        setter = setters.get(name)
+        if setter is None:
+            return None
+        converted = setter(value)
+        if converted is None:
+            return None
+        values[name] = converted
+    return message_type(**values)
 
 
 def tagged(message: str, work: Callable[[], T]) -> T:

@@ -26,6 +26,10 @@ MAX_DOCUMENT_BYTES = 1 << 20
 
 Path = Sequence[str]
 
+#: JSON values that are not a native scalar (a tuple: isinstance checks it faster
+#: than the equivalent ``dict | list | float``).
+_NOT_SCALAR = (dict, list, float)
+
 
 def dotted(base: str, path: Path) -> str:
     """The full native path of ``path`` below ``base``, as error messages show it."""
@@ -87,11 +91,14 @@ class JsonNode:
         return node, path[-1]
 
     def get(self, path: Path) -> NativeScalar | None:
-        found = self._walk(path)
-        if found is None:
-            return None
-        value = found[0].get(found[1])
-        if isinstance(value, dict | list | float):
+        if len(path) == 1:  # most keys are at the top of their object
+            value = self.data.get(path[0])
+        else:
+            found = self._walk(path)
+            if found is None:
+                return None
+            value = found[0].get(found[1])
+        if isinstance(value, _NOT_SCALAR):
             raise TranslationError(
                 dotted(self.where, path), f"a string, integer or boolean, got {describe(value)}"
             )
@@ -131,7 +138,7 @@ class JsonNode:
         if not isinstance(value, list):
             raise TranslationError(dotted(self.where, path), f"an array, got {describe(value)}")
         for index, element in enumerate(value):
-            if isinstance(element, dict | list | float) or element is None:
+            if isinstance(element, _NOT_SCALAR) or element is None:
                 raise TranslationError(
                     f"{dotted(self.where, path)}[{index}]", f"a string, got {describe(element)}"
                 )

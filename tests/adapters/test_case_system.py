@@ -33,7 +33,11 @@ NOW = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
 COMPANY = "91310115MA1K4B7C8" + str(uscc.calc_check_digit("91310115MA1K4B7C8"))
 DELAY = 5.0
 _HAN = st.characters(min_codepoint=0x4E00, max_codepoint=0x9FA5)
-_TEXT = st.characters(blacklist_categories=("Cs", "Cc", "Cn"))
+# Plain text as the case checks define it: no bidirectional controls either.
+_TEXT = st.characters(
+    blacklist_categories=("Cs", "Cc", "Cn"),
+    blacklist_characters="\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069",
+)
 Running = tuple[CaseSystemSimulator, HttpCaseSystem, FrozenClock]
 
 
