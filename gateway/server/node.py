@@ -80,6 +80,10 @@ from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
 
 log = structlog.get_logger("yrd.node")
 
+#: A store's writability is logged at most once per this many seconds (the
+#: changes between are counted in the next line); health follows every change.
+WRITABLE_LOG_SECONDS = 5.0
+
 #: Server options: the documented maximum message size (an envelope of
 #: MAX_ENVELOPE_BYTES plus framing); larger messages get RESOURCE_EXHAUSTED.
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
@@ -434,6 +438,10 @@ class Node:
         self.unwritable: set[str] = set()
         self._health_tasks: set[asyncio.Task[None]] = set()
         self._probing: asyncio.Task[Any] | None = None
+        #: Per store: when its writability was last logged, and the changes
+        #: since that were not (a store that flaps is one line per window).
+        self._writable_logged: dict[str, float] = {}
+        self._writable_unlogged: dict[str, int] = {}
         self.state.on_writable = self._store_writable("state store")
         self.message_log.on_writable = self._store_writable("message log")
 
@@ -479,11 +487,9 @@ class Node:
         def changed(writable: bool) -> None:
             (self.unwritable.discard if writable else self.unwritable.add)(name)
             self.metrics.store_writable.set(0 if self.unwritable else 1)
-            log.warning(
-                "store writable again" if writable else "store cannot write; NOT_SERVING",
-                store=name,
-            )
             tasks = [self._follow_writable()]
+            if self._log_writable(name):
+                tasks.append(self._log_writable_later(name))
             if not writable and self._probing is None:
                 tasks.append(self._probe_stores())
             for coroutine in tasks:
@@ -492,6 +498,43 @@ class Node:
                 task.add_done_callback(self._health_tasks.discard)
 
         return changed
+
+    def _log_writable(self, name: str) -> bool:
+        """Log the store's change of writability, unless one was logged less than
+        :data:`WRITABLE_LOG_SECONDS` ago: then count it, and True when a line
+        saying how the store ends that window is yet to be scheduled. A failing
+        disk can make a store flap (a commit that fits in the WAL succeeds, the
+        next one fails) many times a second: its health follows every change,
+        its log one line per window."""
+        now = time.monotonic()
+        last = self._writable_logged.get(name)
+        if last is None or now - last >= WRITABLE_LOG_SECONDS:
+            self._writable_logged[name] = now
+            self._writable_unlogged.pop(name, None)
+            self._writable_line(name, changes=1)
+            return False
+        unlogged = self._writable_unlogged.get(name, 0)
+        self._writable_unlogged[name] = unlogged + 1
+        return unlogged == 0
+
+    async def _log_writable_later(self, name: str) -> None:
+        """At the end of the window: the store's state now, and how often it changed."""
+        await asyncio.sleep(
+            max(0.0, self._writable_logged.get(name, 0.0) + WRITABLE_LOG_SECONDS - time.monotonic())
+        )
+        changes = self._writable_unlogged.pop(name, 0)
+        if changes and not self._stopped:
+            self._writable_logged[name] = time.monotonic()
+            self._writable_line(name, changes=changes)
+
+    def _writable_line(self, name: str, *, changes: int) -> None:
+        writable = name not in self.unwritable
+        fields: dict[str, Any] = {"store": name}
+        if changes > 1:
+            fields["changes"] = changes  # since the last line, within the window
+        log.warning(
+            "store writable again" if writable else "store cannot write; NOT_SERVING", **fields
+        )
 
     async def _probe_stores(self) -> None:
         """While a store cannot write, try a tiny write every second: a node with no

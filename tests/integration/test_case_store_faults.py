@@ -12,8 +12,11 @@ import asyncio
 import sqlite3
 from typing import cast
 
+import pytest
+import structlog.testing
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.server import node as node_module
 from gateway.server.node import Node
 from gateway.testing.localfed import LocalFederation
 from tests.integration.conftest import JS, ZJ
@@ -99,3 +102,32 @@ class TestCaseWhenAStoreCannotWrite:
         system = federation.provinces[ZJ].case_system
         assert system is not None
         assert len(system.cases) == N
+
+
+class TestAFlappingStoreIsLoggedOncePerWindow:
+    async def test_health_follows_every_change_and_the_log_sums_them(
+        self, federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A failing disk can make a store flap many times a second: health
+        follows each change, the log says the first one, then the state the
+        window ends in and how many changes it saw."""
+        monkeypatch.setattr(node_module, "WRITABLE_LOG_SECONDS", 0.3)
+        node = federation.node(ZJ)
+        changed = node._store_writable("state store")
+        with structlog.testing.capture_logs() as captured:
+            for _ in range(10):
+                changed(False)
+                changed(True)
+            changed(False)
+            assert "state store" in node.unwritable
+            await asyncio.sleep(0.5)
+            lines = [entry for entry in captured if str(entry["event"]).startswith("store ")]
+            assert [(line["event"], line.get("changes")) for line in lines] == [
+                ("store cannot write; NOT_SERVING", None),
+                ("store cannot write; NOT_SERVING", 20),
+            ]
+            assert await health(federation, ZJ) == health_pb2.HealthCheckResponse.NOT_SERVING
+            changed(True)  # said by the end of its window
+            await asyncio.sleep(0.1)
+        assert captured[-1]["event"] == "store writable again"
+        assert await health(federation, ZJ) == health_pb2.HealthCheckResponse.SERVING
