@@ -1,7 +1,9 @@
-"""Real-world identifiers, validated: resident ID numbers, credit codes, regions."""
+"""Real-world identifiers, validated: resident ID numbers, credit codes, regions;
+and the random ids the node makes (UUIDs)."""
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 from datetime import date
@@ -167,3 +169,18 @@ def validate_fund_account(field: str, value: str) -> str:
     if not re.fullmatch(r"[0-9]{8,20}", value):
         raise InvalidArgument(field, "a provident-fund account number of 8..20 digits")
     return value
+
+
+def random_uuid_hex() -> str:
+    """``uuid.uuid4().hex`` at a third of the cost: 16 random bytes with the
+    version (4) and variant (RFC 4122) bits set, as 32 hex digits."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return raw.hex()
+
+
+def random_uuid() -> str:
+    """``str(uuid.uuid4())``, from :func:`random_uuid_hex` (the 8-4-4-4-12 form)."""
+    digits = random_uuid_hex()
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from gateway.core.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
+from gateway.core.identifiers import random_uuid
 from gateway.core.metrics import NodeMetrics
 from gateway.core.tokenbucket import TokenBucket
 from gateway.services.calls import current_client, current_correlation_id
@@ -127,17 +127,7 @@ def _correlation_id_of(metadata: Any) -> str:
             and _CORRELATION_ID.fullmatch(value)
         ):
             correlation_id = value
-    return correlation_id or _random_uuid()
-
-
-def _random_uuid() -> str:
-    """``str(uuid.uuid4())`` at a third of the cost: the same 16 random bytes with
-    the version (4) and variant bits set, in the same 8-4-4-4-12 form."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    digits = raw.hex()
-    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+    return correlation_id or random_uuid()
 
 
 def _peer_name(context: grpc.aio.ServicerContext) -> str:

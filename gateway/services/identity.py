@@ -14,7 +14,6 @@ each returning its :class:`Outcome`; the first one with a verdict ends it.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ from gateway.core.errors import (
     RemoteError,
     shown,
 )
-from gateway.core.identifiers import is_plain_text
+from gateway.core.identifiers import is_plain_text, random_uuid_hex
 from gateway.core.metrics import NodeMetrics
 from gateway.federation.client import FederationClient
 from gateway.services.backendcalls import backend_call
@@ -163,13 +162,6 @@ class _Verification:
 #: A check: reads and fills in the verification, returns its outcome (None:
 #: nothing to report yet, the next check runs).
 Check: TypeAlias = "Callable[[IdentityExchange, _Verification], Awaitable[Outcome | None]]"
-
-
-def _uuid4_hex16() -> str:
-    """``uuid.uuid4().hex[:16]`` at a third of the cost: 15 random hex digits with
-    the version digit ``4`` at the 13th place, as a random UUID has it."""
-    digits = os.urandom(8).hex()
-    return f"{digits[:12]}4{digits[13:]}"
 
 
 def _age_on(birth_date: str, today: date) -> int | None:
@@ -605,7 +597,7 @@ class IdentityExchange:
         if v.purpose != "HOTEL_CHECK_IN":
             return
         response = v.response
-        response.check_in_id = f"CI-{v.federation.own}-{_uuid4_hex16()}"
+        response.check_in_id = f"CI-{v.federation.own}-{random_uuid_hex()[:16]}"
         await self._store.record_check_in(
             check_in_id=response.check_in_id,
             relying_party_id=v.relying_party,

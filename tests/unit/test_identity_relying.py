@@ -17,13 +17,13 @@ from gateway.config.models import ClientSection, FederationConfig
 from gateway.core.clock import FrozenClock
 from gateway.core.eid_token import issue_token, parse_token
 from gateway.core.errors import InvalidArgument
-from gateway.server.interceptors import _correlation_id_of, _random_uuid
+from gateway.core.identifiers import random_uuid, random_uuid_hex
+from gateway.server.interceptors import _correlation_id_of
 from gateway.services.identity import (
     _CHECK_IN_ID,
     CHECK_NAMES,
     IdentityExchange,
     _Checks,
-    _uuid4_hex16,
 )
 from tests.unit.conftest import NOW, ZJ, eid_issuer_key
 from yrd.federation.v1 import federation_pb2
@@ -162,14 +162,14 @@ def test_checks_not_run_are_skipped_in_order() -> None:
 
 
 def test_check_in_ids_look_like_a_random_uuids_first_half() -> None:
-    made = {_uuid4_hex16() for _ in range(1000)}
+    made = {random_uuid_hex()[:16] for _ in range(1000)}
     assert len(made) == 1000
     for digits in made:
         assert re.fullmatch(r"[0-9a-f]{12}4[0-9a-f]{3}", digits)
 
 
 def test_correlation_ids_made_are_random_uuids() -> None:
-    made = {_random_uuid() for _ in range(1000)}
+    made = {random_uuid() for _ in range(1000)}
     assert len(made) == 1000
     for text in made:
         parsed = uuid.UUID(text)
