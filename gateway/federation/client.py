@@ -226,7 +226,7 @@ class StreamLink:
             if self.ended is not None:
                 raise self.ended.again()
             if self.draining:
-                raise StreamDraining(grpc.StatusCode.UNAVAILABLE, f"province {self.peer} drains")
+                raise self._drains()
             if self._call is None:
                 self._open()
             digest = crypto.sha256(envelope.header)
@@ -365,11 +365,12 @@ class StreamLink:
         queued, self._queue = self._queue, deque()
         for item in queued:
             if not item.future.done():
-                item.future.set_exception(
-                    StreamDraining(grpc.StatusCode.UNAVAILABLE, f"province {self.peer} drains")
-                )
+                item.future.set_exception(self._drains())
                 item.future.exception()  # retrieved: the caller re-raises it
         self._wake.set()  # the writer sees it and half-closes
+
+    def _drains(self) -> StreamDraining:
+        return StreamDraining(grpc.StatusCode.UNAVAILABLE, f"province {self.peer} drains")
 
     def _end(self, why: StreamBroken) -> None:
         """The link serves no more: every caller waiting fails with ``why``."""
@@ -999,7 +1000,7 @@ class FederationClient:
                     break
         peer.turn = index + 1
         link = peer.links[index]
-        if link is not None and link.draining and link.ended is None:
+        if link is not None and _draining(link):
             # Its answers still come on it; new exchanges go on a new stream.
             peer.draining = [old for old in peer.draining if old.ended is None] + [link]
             link = None
