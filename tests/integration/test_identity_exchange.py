@@ -12,10 +12,12 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from gateway.core.eid_token import parse_token
 from gateway.testing.localfed import LocalFederation
 from gateway.tools.demo import flip_one_byte, foreign_token
 from tests.integration.conftest import ALL, JS, SH, ZJ, Wallet
 from yrd.admin.v1 import admin_pb2, admin_pb2_grpc
+from yrd.federation.v1 import federation_pb2
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
 
 HOTEL_ATTRIBUTES = {"id_number", "full_name", "gender", "ethnicity", "photo"}
@@ -322,6 +324,19 @@ class TestRefusals:
         assert "qr_payload" in (error.details() or "")
 
 
+def credential_check(qr: str) -> federation_pb2.CredentialCheckRequest:
+    """The credential check a Shanghai hotel's verification of ``qr`` sends its issuer."""
+    token = parse_token(qr)
+    request = federation_pb2.CredentialCheckRequest(
+        token_id=token.token_id,
+        credential_id=token.credential_id,
+        purpose=identity_pb2.HOTEL_CHECK_IN,
+        relying_party_id="hotel-310000-001",
+    )
+    request.token_expires_at.FromDatetime(token.expires_at)
+    return request
+
+
 async def test_a_retry_after_the_issuer_restarted_gets_the_first_answer(
     federation: LocalFederation, wallet: Wallet
 ) -> None:
@@ -330,17 +345,7 @@ async def test_a_retry_after_the_issuer_restarted_gets_the_first_answer(
     already given, read from the message log; the token is not spent twice."""
     import uuid
 
-    from gateway.core.eid_token import parse_token
-    from yrd.federation.v1 import federation_pb2
-
-    token = parse_token(await wallet.fresh_qr(ZJ))
-    request = federation_pb2.CredentialCheckRequest(
-        token_id=token.token_id,
-        credential_id=token.credential_id,
-        purpose=identity_pb2.HOTEL_CHECK_IN,
-        relying_party_id="hotel-310000-001",
-    )
-    request.token_expires_at.FromDatetime(token.expires_at)
+    request = credential_check(await wallet.fresh_qr(ZJ))
     client = federation.node(SH).federation_client
 
     async def ask(message_id: str) -> federation_pb2.CredentialCheckResponse:

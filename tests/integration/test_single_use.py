@@ -15,12 +15,12 @@ import pytest
 
 from adapters import build_identity_authority
 from adapters.base import CredentialCheck, IdentityAuthority
-from gateway.core.eid_token import parse_token
 from gateway.storage.records import TokenClaim
 from gateway.storage.state import StateStore
 from gateway.testing.localfed import LocalFederation
 from gateway.trust.envelope import OpenedEnvelope
 from tests.integration.conftest import JS, SH, ZJ, Wallet
+from tests.integration.test_identity_exchange import credential_check
 from tests.integration.test_operator_metrics import set_status_answer
 from yrd.federation.v1 import federation_pb2
 from yrd.identity.v1 import identity_pb2, identity_pb2_grpc
@@ -130,14 +130,7 @@ class TestSingleUseAtTheIssuingNode:
 
 def check_of(qr: str, message_id: str) -> OpenedEnvelope:
     """The credential check of ``qr`` as Shanghai's exchange ``message_id`` brings it."""
-    token = parse_token(qr)
-    request = federation_pb2.CredentialCheckRequest(
-        token_id=token.token_id,
-        credential_id=token.credential_id,
-        purpose=identity_pb2.HOTEL_CHECK_IN,
-        relying_party_id="hotel-310000-001",
-    )
-    request.token_expires_at.FromDatetime(token.expires_at)
+    request = credential_check(qr)
     header = federation_pb2.EnvelopeHeader(
         sender=SH, receiver=ZJ, message_id=message_id, service="identity.CheckCredential"
     )
