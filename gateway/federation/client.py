@@ -100,9 +100,16 @@ STREAM_IN_FLIGHT = 4096
 #: message limit is MAX_ENVELOPE_BYTES plus framing).
 FRAME_ENVELOPES = 1024
 FRAME_BYTES = 4 * 1024 * 1024
-#: How long the writer lingers before a frame while earlier requests await
-#: their answers (under load), seconds; an idle link writes at once.
-BATCH_LINGER = 0.002
+#: Under load the writer lingers before a frame so that the requests arriving
+#: meanwhile share it (one signature, one write, one commit at the peer): until
+#: the frame would hold BATCH_TARGET requests, for at most BATCH_LINGER_MAX
+#: seconds (see :func:`linger`). An idle link writes at once.
+BATCH_TARGET = 16
+BATCH_LINGER_MAX = 0.010
+#: The weight of the newest gap between two requests in a link's moving mean
+#: of them, and the longest gap counted (seconds; a pause counts as this).
+GAP_WEIGHT = 0.2
+GAP_CAP = 0.1
 #: After a failed write, how long the writer waits for the reader to learn how
 #: the stream ended (a drain's OK), seconds.
 WRITE_FAILED_READ_WAIT = 1.0
@@ -145,6 +152,22 @@ class StreamDraining(StreamBroken):
     request was written: nothing of it was sent, and a new stream takes it."""
 
 
+def linger(queued: int, in_flight: int, mean_gap: float) -> float:
+    """How long a stream's writer waits before its next frame, seconds.
+
+    ``queued``: requests waiting for a frame; ``in_flight``: those plus the
+    ones written and still awaiting their answer; ``mean_gap``: the moving mean
+    of the time between two requests. Not at all when the link is idle
+    (nothing else awaits an answer: a lone request goes at once), when the
+    frame is already full enough, or when requests come further apart than the
+    longest linger (waiting would gather nothing); otherwise the time the
+    requests still missing to :data:`BATCH_TARGET` take to arrive at that
+    rate, at most :data:`BATCH_LINGER_MAX`."""
+    if in_flight <= queued or queued >= BATCH_TARGET or mean_gap >= BATCH_LINGER_MAX:
+        return 0.0
+    return min(BATCH_LINGER_MAX, (BATCH_TARGET - queued) * mean_gap)
+
+
 @dataclass
 class _Queued:
     envelope: federation_pb2.SignedEnvelope
@@ -184,6 +207,11 @@ class StreamLink:
         self._pending: dict[bytes, asyncio.Future[StreamAnswer]] = {}
         self._slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
         self._wake = asyncio.Event()
+        #: Set when the queue reaches BATCH_TARGET: a lingering writer goes at once.
+        self._full = asyncio.Event()
+        #: The moving mean of the time between two requests, and the last one's time.
+        self.mean_gap = GAP_CAP
+        self._last_request = 0.0
         self._call: (
             grpc.aio.StreamStreamCall[federation_pb2.StreamFrame, federation_pb2.StreamFrame] | None
         ) = None
@@ -233,7 +261,13 @@ class StreamLink:
             future: asyncio.Future[StreamAnswer] = asyncio.get_running_loop().create_future()
             self._pending[digest] = future
             self._queue.append(_Queued(envelope, deadline, future))
+            now = time.monotonic()
+            gap = min(GAP_CAP, now - self._last_request)
+            self._last_request = now
+            self.mean_gap += GAP_WEIGHT * (gap - self.mean_gap)
             self._wake.set()
+            if len(self._queue) >= BATCH_TARGET:
+                self._full.set()
             try:
                 async with asyncio.timeout_at(_loop_time(deadline)):
                     return await future
@@ -268,12 +302,14 @@ class StreamLink:
         try:
             while self.ended is None and not self.draining:
                 await self._wake.wait()
-                if len(self._pending) > len(self._queue):
-                    # Under load (earlier requests still await their answers):
-                    # linger a moment so the requests arriving meanwhile share
-                    # this frame and its one signature. Idle, a lone request
-                    # goes at once.
-                    await asyncio.sleep(BATCH_LINGER)
+                wait = linger(len(self._queue), len(self._pending), self.mean_gap)
+                if wait > 0:
+                    # Under load: the requests arriving meanwhile share this
+                    # frame and its one signature (until it is full enough).
+                    self._full.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await self._full.wait()
                 else:
                     await asyncio.sleep(0)  # requests of this same loop turn join
                 self._wake.clear()

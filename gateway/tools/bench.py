@@ -514,7 +514,21 @@ class IdentityFigures:
                 "nodes' histograms):"
             )
             lines += [f"  {name}: {ms:.2f} ms" for name, ms in self.hops_ms.items()]
+        low_hops = self.low_hops_ms()
+        if low_hops and self.low is not None:
+            lines.append(f"where a lone verification's time goes at {self.low.rate:.0f}/s (means):")
+            lines += [f"  {name}: {ms:.2f} ms" for name, ms in low_hops.items()]
         return "\n".join(lines)
+
+    def low_hops_ms(self) -> dict[str, float]:
+        """Each hop's mean (ms) over the low-load run: what a lone verification waits for."""
+        if self.low is None:
+            return {}
+        return {
+            name: _mean(self.low.series, name) * 1000
+            for name, *_ in _HOPS
+            if self.low.series.get(name, (0.0, 0.0))[1] > 0
+        }
 
 
 def _memory_lines(rss: dict[str, tuple[float, float]]) -> list[str]:

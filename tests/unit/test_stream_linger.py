@@ -1,0 +1,183 @@
+"""The asker's adaptive batching on a federation stream (issue 16): how long the
+writer lingers before a frame (:func:`linger`), and what a StreamLink does with
+it against a fake stream call that records the frames written and answers when
+told to."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import grpc
+import pytest
+
+from gateway.core import crypto
+from gateway.federation import client
+from gateway.federation.client import BATCH_LINGER_MAX, BATCH_TARGET, StreamLink, linger
+from yrd.federation.v1 import federation_pb2
+
+
+class TestLinger:
+    def test_an_idle_link_writes_at_once(self) -> None:
+        # Nothing else awaits an answer: a lone request never waits for a batch.
+        assert linger(queued=1, in_flight=1, mean_gap=0.001) == 0.0
+        assert linger(queued=3, in_flight=3, mean_gap=0.0001) == 0.0
+
+    def test_requests_further_apart_than_the_longest_linger_do_not_wait(self) -> None:
+        assert linger(queued=1, in_flight=5, mean_gap=BATCH_LINGER_MAX) == 0.0
+        assert linger(queued=1, in_flight=5, mean_gap=0.5) == 0.0
+
+    def test_a_frame_full_enough_goes_at_once(self) -> None:
+        assert linger(queued=BATCH_TARGET, in_flight=BATCH_TARGET + 1, mean_gap=0.001) == 0.0
+
+    def test_under_load_it_waits_for_the_missing_requests_at_their_rate(self) -> None:
+        gap = BATCH_LINGER_MAX / (4 * BATCH_TARGET)
+        missing = BATCH_TARGET - 2
+        assert linger(queued=2, in_flight=10, mean_gap=gap) == pytest.approx(missing * gap)
+
+    def test_never_longer_than_the_longest_linger(self) -> None:
+        gap = BATCH_LINGER_MAX * 0.9
+        assert linger(queued=1, in_flight=10, mean_gap=gap) == BATCH_LINGER_MAX
+
+
+class _FakeCall:
+    """A Stream call: frames written are recorded; :meth:`answer` answers them."""
+
+    def __init__(self) -> None:
+        self.frames: list[federation_pb2.StreamFrame] = []
+        self._inbox: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def write(self, frame: federation_pb2.StreamFrame) -> None:
+        self.frames.append(frame)
+
+    async def read(self) -> Any:
+        return await self._inbox.get()
+
+    async def done_writing(self) -> None:
+        await self._inbox.put(grpc.aio.EOF)
+
+    def cancel(self) -> bool:
+        self._inbox.put_nowait(grpc.aio.EOF)
+        return True
+
+    def answer(self, frame: federation_pb2.StreamFrame) -> None:
+        """An (unsigned) response to every request of ``frame``."""
+        responses = []
+        for request in frame.requests:
+            digest = crypto.sha256(request.envelope.header)
+            header = federation_pb2.EnvelopeHeader(request_digest=digest)
+            responses.append(federation_pb2.SignedEnvelope(header=header.SerializeToString()))
+        self._inbox.put_nowait(federation_pb2.StreamFrame(responses=responses))
+
+
+class _FakeStub:
+    def __init__(self) -> None:
+        self.call = _FakeCall()
+
+    def Stream(self) -> _FakeCall:  # noqa: N802 - the gRPC method name
+        return self.call
+
+
+def _envelope(n: int) -> federation_pb2.SignedEnvelope:
+    header = federation_pb2.EnvelopeHeader(message_id=f"m-{n}", sender="310000")
+    return federation_pb2.SignedEnvelope(header=header.SerializeToString())
+
+
+async def _until(predicate: Any, seconds: float = 2.0) -> None:
+    stop = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < stop, "not reached in time"
+        await asyncio.sleep(0.001)
+
+
+@pytest.fixture
+def stub() -> _FakeStub:
+    return _FakeStub()
+
+
+@pytest.fixture
+async def link(stub: _FakeStub) -> Any:
+    made = StreamLink("330000", stub, lambda envelopes: None, None)  # type: ignore[arg-type]
+    yield made
+    await made.close(grace=0.1)
+
+
+async def _busy(link: StreamLink, stub: _FakeStub) -> asyncio.Task[Any]:
+    """One request written and left unanswered: the link is under load."""
+    first = asyncio.create_task(link.exchange(_envelope(0), time.monotonic() + 30))
+    await _until(lambda: len(stub.call.frames) == 1)
+    return first
+
+
+class TestStreamLink:
+    async def test_a_lone_request_goes_in_a_frame_of_its_own_at_once(
+        self, link: StreamLink, stub: _FakeStub
+    ) -> None:
+        first = await _busy(link, stub)  # written at once, though the link had no history
+        assert len(stub.call.frames[0].requests) == 1
+        stub.call.answer(stub.call.frames[0])
+        await first
+
+    async def test_requests_arriving_close_together_under_load_share_a_frame(
+        self, link: StreamLink, stub: _FakeStub
+    ) -> None:
+        first = await _busy(link, stub)
+        link.mean_gap = BATCH_LINGER_MAX / 100  # requests have come about 0.1 ms apart
+        later = []
+        for n in range(1, 5):  # a few, less than the target, a moment apart
+            later.append(asyncio.create_task(link.exchange(_envelope(n), time.monotonic() + 30)))
+            await asyncio.sleep(0.0005)
+        await _until(lambda: len(stub.call.frames) == 2)
+        assert len(stub.call.frames[1].requests) == 4  # one frame, one signature
+        for frame in stub.call.frames:
+            stub.call.answer(frame)
+        await asyncio.gather(first, *later)
+
+    async def test_a_frame_that_reaches_the_target_goes_without_the_whole_linger(
+        self, link: StreamLink, stub: _FakeStub, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(client, "BATCH_LINGER_MAX", 30.0)  # a linger no test would sit out
+        first = await _busy(link, stub)
+        link.mean_gap = 1.0  # slow arrivals: the whole (long) linger, were it not full
+        started = time.monotonic()
+        later = [
+            asyncio.create_task(link.exchange(_envelope(n), time.monotonic() + 60))
+            for n in range(1, BATCH_TARGET + 1)
+        ]
+        await _until(lambda: len(stub.call.frames) == 2, seconds=10.0)
+        assert time.monotonic() - started < 10.0
+        assert len(stub.call.frames[1].requests) == BATCH_TARGET
+        for frame in stub.call.frames:
+            stub.call.answer(frame)
+        await asyncio.gather(first, *later)
+
+    async def test_requests_far_apart_do_not_wait_though_others_are_in_flight(
+        self, link: StreamLink, stub: _FakeStub, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(client, "BATCH_LINGER_MAX", 30.0)  # a linger no test would sit out
+        first = await _busy(link, stub)
+        link.mean_gap = 40.0  # further apart than the longest linger: nothing would join
+        second = asyncio.create_task(link.exchange(_envelope(1), time.monotonic() + 60))
+        await asyncio.sleep(0)
+        link.mean_gap = 40.0  # as it was before this request's own gap was counted
+        await _until(lambda: len(stub.call.frames) == 2, seconds=10.0)
+        for frame in stub.call.frames:
+            stub.call.answer(frame)
+        await asyncio.gather(first, second)
+
+    async def test_the_mean_gap_follows_the_requests(
+        self, link: StreamLink, stub: _FakeStub
+    ) -> None:
+        assert link.mean_gap == client.GAP_CAP  # a new link assumes requests far apart
+        first = await _busy(link, stub)
+        later = [
+            asyncio.create_task(link.exchange(_envelope(n), time.monotonic() + 30))
+            for n in range(1, 30)
+        ]
+        await asyncio.sleep(0)
+        assert link.mean_gap < BATCH_LINGER_MAX  # a burst: close together
+        await _until(lambda: sum(len(f.requests) for f in stub.call.frames) == 30)
+        for frame in stub.call.frames:
+            stub.call.answer(frame)
+        await asyncio.gather(first, *later)
