@@ -369,6 +369,18 @@ class TrackedExchange(Generic[B, A, U, P]):
         digest = crypto.sha256(body)
         case_id = f"{flow.case_prefix}-{own}-{uuid.uuid4().hex[:20]}"
         now, stamp = time.time(), self._clock.now()
+        new = NewOutgoingCase(
+            case_id=case_id,
+            domain=flow.domain,
+            idempotency_key=key,
+            body_digest=digest,
+            client_id=client.id,
+            peer=target,
+            application=body,
+            status=flow.queued,
+            correlation_id=correlation_id,
+            submitted_at=stamp,
+        )
 
         def work(tx: StateTransaction) -> str:
             existing = tx.outgoing_by_key(flow.domain, key)
@@ -380,20 +392,7 @@ class TrackedExchange(Generic[B, A, U, P]):
                     )
                 return existing.case
             # The case and its delivery: committed together or not at all.
-            tx.insert_outgoing(
-                NewOutgoingCase(
-                    case_id=case_id,
-                    domain=flow.domain,
-                    idempotency_key=key,
-                    body_digest=digest,
-                    client_id=client.id,
-                    peer=target,
-                    application=body,
-                    status=flow.queued,
-                    correlation_id=correlation_id,
-                    submitted_at=stamp,
-                )
-            )
+            tx.insert_outgoing(new)
             tx.enqueue(
                 OutboxItem(
                     0,
@@ -417,7 +416,10 @@ class TrackedExchange(Generic[B, A, U, P]):
         log.info(
             f"{flow.domain} accepted", case_id=stored, peer=target, duplicate=stored != case_id
         )
-        return await self.get(stored, client)
+        if stored == case_id:
+            # New: the case as just committed, without reading it back.
+            return flow.public(new.as_stored())
+        return await self.get(stored, client)  # a repeat: the case as it is now
 
     async def get(self, case_id: str, client: ClientSection | None) -> P:
         if not _CASE_ID.fullmatch(case_id):

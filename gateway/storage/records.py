@@ -174,6 +174,22 @@ class NewOutgoingCase:
     correlation_id: str
     submitted_at: datetime
 
+    def as_stored(self) -> OutgoingCase:
+        """The case as the store holds it once ``insert_outgoing`` committed it
+        (no reason, amount or remote reference yet; updated when submitted)."""
+        return OutgoingCase(
+            case_id=self.case_id,
+            client_id=self.client_id,
+            status=self.status,
+            status_reason="",
+            amount_fen=0,
+            submitted_at=self.submitted_at,
+            updated_at=self.submitted_at,
+            idempotency_key=self.idempotency_key,
+            peer=self.peer,
+            remote_reference="",
+        )
+
 
 @dataclass(frozen=True)
 class OutgoingCase:

@@ -21,6 +21,7 @@ import pytest
 from gateway.storage.records import NewOutgoingCase
 from gateway.storage.state import StateStore
 from tests.unit.test_leases import FINAL, SCENARIOS, Replica, enqueue, incoming, item, receive
+from tests.unit.test_store import check_as_stored
 
 
 @pytest.fixture
@@ -67,6 +68,10 @@ def outgoing(key: str, case_id: str) -> NewOutgoingCase:
         correlation_id="corr",
         submitted_at=datetime(2027, 6, 1, tzinfo=UTC),
     )
+
+
+async def test_a_new_case_as_stored_is_what_postgres_reads_back(pg_replica: Replica) -> None:
+    await check_as_stored(await pg_replica())
 
 
 class TestReplicasRace:

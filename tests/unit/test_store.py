@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from gateway.storage.messagelog import MessageLog
-from gateway.storage.records import StoreOpenError
+from gateway.storage.records import NewOutgoingCase, StoreOpenError
 from gateway.storage.state import StateStore, StoreClosedError
 
 
@@ -22,6 +23,34 @@ async def insert(store: StateStore, key: str) -> str:
         return key
 
     return await store.write(op)
+
+
+def new_case(case_id: str = "WD-310000-0123456789abcdef0123") -> NewOutgoingCase:
+    return NewOutgoingCase(
+        case_id=case_id,
+        domain="withdrawal",
+        idempotency_key="key-1",
+        body_digest=b"digest",
+        client_id="client",
+        peer="320000",
+        application=b"app",
+        status=1,
+        correlation_id="corr",
+        submitted_at=datetime(2027, 6, 1, 8, 30, 15, 123456, tzinfo=UTC),
+    )
+
+
+async def check_as_stored(store: StateStore) -> None:
+    """A new case as SubmitWithdrawal answers it (``as_stored``, no read) is
+    the case the store gives back."""
+    case = new_case()
+    await store.unit_of_work(lambda tx: tx.insert_outgoing(case))
+    assert await store.outgoing_case(case.case_id, case.domain) == case.as_stored()
+
+
+async def test_a_new_case_as_stored_is_what_the_store_reads_back(tmp_path: Path) -> None:
+    async with StateStore(tmp_path / "state.db") as store:
+        await check_as_stored(store)
 
 
 class TestStateStore:
