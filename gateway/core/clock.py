@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from google.protobuf.timestamp_pb2 import Timestamp
 
 
 class Clock(Protocol):
@@ -65,3 +68,18 @@ class Pacer:
         if pause > 0:
             await asyncio.sleep(pause)
         self._last = time.monotonic()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def set_timestamp(stamp: Timestamp, when: datetime) -> None:
+    """``stamp.FromDatetime(when)``: the same seconds and nanos, at about a
+    sixth of its cost for an aware ``when`` (every envelope's ``created_at``,
+    every answer's time). A naive ``when`` goes to FromDatetime (read as UTC)."""
+    if when.tzinfo is None:
+        stamp.FromDatetime(when)
+        return
+    elapsed = when - _EPOCH
+    stamp.seconds = elapsed.days * 86400 + elapsed.seconds
+    stamp.nanos = elapsed.microseconds * 1000

@@ -29,7 +29,7 @@ from adapters.base import IdentityAuthority
 from adapters.errors import AdapterError, BackendUnavailable, TranslationError
 from gateway.config.holder import ConfigHolder
 from gateway.config.models import PURPOSES, ClientSection, FederationConfig
-from gateway.core.clock import Clock
+from gateway.core.clock import Clock, set_timestamp
 from gateway.core.eid_token import (
     MAX_LIFETIME,
     MAX_TOKEN_BYTES,
@@ -283,7 +283,7 @@ class IdentityExchange:
             state=federation_pb2.CredentialState.ValueType(check.state),
             token_already_used=used,
         )
-        response.checked_at.FromDatetime(check.checked_at)
+        set_timestamp(response.checked_at, check.checked_at)
         if check.state == STATE_NAMES.CREDENTIAL_ACTIVE and not used and check.holder is not None:
             response.claims.CopyFrom(disclose(check.holder, attributes, self._clock.now().date()))
         return response

@@ -41,7 +41,7 @@ from gateway.config.holder import ConfigHolder
 from gateway.config.models import ClientSection
 from gateway.core import crypto
 from gateway.core.backoff import backoff_delay
-from gateway.core.clock import Clock, Pacer
+from gateway.core.clock import Clock, Pacer, set_timestamp
 from gateway.core.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -202,7 +202,7 @@ class Flow(Generic[B, A, U, P]):
         )
         if self.amount_field is not None:
             setattr(update, self.amount_field, amount)
-        update.changed_at.FromDatetime(when)  # type: ignore[attr-defined]  # every flow's update has it
+        set_timestamp(update.changed_at, when)  # type: ignore[attr-defined]  # every flow's update has it
         return update
 
     def amount_of(self, update: Message) -> int:
@@ -225,8 +225,8 @@ class Flow(Generic[B, A, U, P]):
         setattr(record, self.target_field, case.peer)
         if self.amount_field is not None:
             setattr(record, self.amount_field, case.amount_fen)
-        record.submitted_at.FromDatetime(case.submitted_at)  # type: ignore[attr-defined]  # every public record has it
-        record.updated_at.FromDatetime(case.updated_at)  # type: ignore[attr-defined]  # as above
+        set_timestamp(record.submitted_at, case.submitted_at)  # type: ignore[attr-defined]  # every public record has it
+        set_timestamp(record.updated_at, case.updated_at)  # type: ignore[attr-defined]  # as above
         return record
 
     def trail(self, status: int, new: int) -> list[int]:

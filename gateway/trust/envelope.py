@@ -13,7 +13,6 @@ import os
 import re
 import sys
 import time
-import uuid
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,9 +25,10 @@ from google.protobuf.message import DecodeError, Message
 from gateway.config.holder import ConfigHolder
 from gateway.config.models import FEDERATION_SERVICES, FederationConfig, ProvinceConfig
 from gateway.core import crypto
-from gateway.core.clock import Clock
+from gateway.core.clock import Clock, set_timestamp
 from gateway.core.crypto import load_private_key
 from gateway.core.errors import EnvelopeRejected, InvalidArgument
+from gateway.core.identifiers import random_uuid
 from gateway.trust import batchsig
 from gateway.trust.truststore import TrustStore
 from yrd.federation.v1 import federation_pb2
@@ -255,9 +255,10 @@ class EnvelopeSigner:
         :meth:`sign_batch` to sign together with others."""
         payload_bytes = payload.SerializeToString()
         keys = self._keys()
-        key_id, private_key = keys.current(self._clock.now())
+        now = self._clock.now()
+        key_id, private_key = keys.current(now)
         header = federation_pb2.EnvelopeHeader(
-            message_id=message_id or str(uuid.uuid4()),
+            message_id=message_id or random_uuid(),
             correlation_id=correlation_id,
             idempotency_key=idempotency_key,
             sender=keys.province,
@@ -272,7 +273,7 @@ class EnvelopeSigner:
             status_code=status_code,
             status_message=status_message[:MAX_STATUS_MESSAGE],
         )
-        header.created_at.FromDatetime(self._clock.now())
+        set_timestamp(header.created_at, now)
         header_bytes = header.SerializeToString()
         if batched:
             return federation_pb2.SignedEnvelope(header=header_bytes, payload=payload_bytes)
@@ -313,7 +314,7 @@ class EnvelopeSigner:
             [envelope.header for envelope in envelopes],
             sender=keys.province,
             receiver=receiver,
-            batch_id=str(uuid.uuid4()),
+            batch_id=random_uuid(),
             signed_at_ms=int(self._clock.now().timestamp() * 1000),
             key_id=key_id,
             private_key=private_key,
