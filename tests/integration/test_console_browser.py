@@ -33,11 +33,14 @@ from yrd.common.v1 import common_pb2
 from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra")
+from selenium.common.exceptions import (  # noqa: E402 - after the importorskip
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.options import Options  # noqa: E402 - after the importorskip
 from selenium.webdriver.chrome.service import Service  # noqa: E402 - after the importorskip
 from selenium.webdriver.common.by import By  # noqa: E402 - after the importorskip
 from selenium.webdriver.common.keys import Keys  # noqa: E402 - after the importorskip
-from selenium.webdriver.support import expected_conditions  # noqa: E402 - after the importorskip
 from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402 - after the importorskip
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -153,7 +156,23 @@ def click(driver: Any, element: Any) -> None:
     on is gone (a click does not wait for the page it loads)."""
     page = driver.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, 30).until(lambda _: gone(page))
+
+
+def gone(element: Any) -> bool:
+    """Whether ``element`` has left the document (its page was replaced).
+    Mid-navigation Chromedriver may say so as "does not belong to the
+    document" rather than as a stale element (selenium's staleness_of then
+    fails the test instead of seeing the page gone)."""
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
+    return False
 
 
 def wait_until(
