@@ -18,10 +18,9 @@ from typing import Any
 
 import pytest
 
-from gateway.storage.records import NewOutgoingCase
 from gateway.storage.state import StateStore
 from tests.unit.test_leases import FINAL, SCENARIOS, Replica, enqueue, incoming, item, receive
-from tests.unit.test_store import check_as_stored
+from tests.unit.test_store import check_as_stored, outgoing
 
 
 @pytest.fixture
@@ -53,21 +52,6 @@ class TestLeasesOnPostgres:
         await store.claim_outbox(time.time(), 5, owner="2/1/x", lease_seconds=3600)
         assert await store.clear_abandoned_leases() == 0
         assert await store.claim_outbox(time.time(), 5, owner="1/1/y", lease_seconds=10) == []
-
-
-def outgoing(key: str, case_id: str) -> NewOutgoingCase:
-    return NewOutgoingCase(
-        case_id=case_id,
-        domain="withdrawal",
-        idempotency_key=key,
-        body_digest=b"digest",
-        client_id="client",
-        peer="330000",
-        application=b"app",
-        status=1,
-        correlation_id="corr",
-        submitted_at=datetime(2027, 6, 1, tzinfo=UTC),
-    )
 
 
 async def test_a_new_case_as_stored_is_what_postgres_reads_back(pg_replica: Replica) -> None:

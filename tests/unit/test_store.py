@@ -25,25 +25,29 @@ async def insert(store: StateStore, key: str) -> str:
     return await store.write(op)
 
 
-def new_case(case_id: str = "WD-310000-0123456789abcdef0123") -> NewOutgoingCase:
+def outgoing(
+    key: str, case_id: str, submitted_at: datetime = datetime(2027, 6, 1, tzinfo=UTC)
+) -> NewOutgoingCase:
+    """A withdrawal case as SubmitWithdrawal stores it."""
     return NewOutgoingCase(
         case_id=case_id,
         domain="withdrawal",
-        idempotency_key="key-1",
+        idempotency_key=key,
         body_digest=b"digest",
         client_id="client",
-        peer="320000",
+        peer="330000",
         application=b"app",
         status=1,
         correlation_id="corr",
-        submitted_at=datetime(2027, 6, 1, 8, 30, 15, 123456, tzinfo=UTC),
+        submitted_at=submitted_at,
     )
 
 
 async def check_as_stored(store: StateStore) -> None:
     """A new case as SubmitWithdrawal answers it (``as_stored``, no read) is
     the case the store gives back."""
-    case = new_case()
+    at = datetime(2027, 6, 1, 8, 30, 15, 123456, tzinfo=UTC)
+    case = outgoing("key-1", "WD-310000-0123456789abcdef0123", at)
     await store.unit_of_work(lambda tx: tx.insert_outgoing(case))
     assert await store.outgoing_case(case.case_id, case.domain) == case.as_stored()
 

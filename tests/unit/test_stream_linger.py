@@ -92,6 +92,12 @@ async def _until(predicate: Any, seconds: float = 2.0) -> None:
 
 
 @pytest.fixture
+def long_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A longest linger no test would sit out: a frame that goes is one that did not wait."""
+    monkeypatch.setattr(client, "BATCH_LINGER_MAX", 30.0)
+
+
+@pytest.fixture
 def stub() -> _FakeStub:
     return _FakeStub()
 
@@ -103,11 +109,23 @@ async def link(stub: _FakeStub) -> Any:
     await made.close(grace=0.1)
 
 
+def _request(link: StreamLink, n: int) -> asyncio.Task[Any]:
+    """Request ``n`` sent on ``link`` (a minute to be answered)."""
+    return asyncio.create_task(link.exchange(_envelope(n), time.monotonic() + 60))
+
+
 async def _busy(link: StreamLink, stub: _FakeStub) -> asyncio.Task[Any]:
     """One request written and left unanswered: the link is under load."""
-    first = asyncio.create_task(link.exchange(_envelope(0), time.monotonic() + 30))
+    first = _request(link, 0)
     await _until(lambda: len(stub.call.frames) == 1)
     return first
+
+
+async def _answer_all(stub: _FakeStub, *callers: asyncio.Task[Any]) -> None:
+    """Answer every frame written so far; the callers then have their answers."""
+    for frame in stub.call.frames:
+        stub.call.answer(frame)
+    await asyncio.gather(*callers)
 
 
 class TestStreamLink:
@@ -116,8 +134,7 @@ class TestStreamLink:
     ) -> None:
         first = await _busy(link, stub)  # written at once, though the link had no history
         assert len(stub.call.frames[0].requests) == 1
-        stub.call.answer(stub.call.frames[0])
-        await first
+        await _answer_all(stub, first)
 
     async def test_requests_arriving_close_together_under_load_share_a_frame(
         self, link: StreamLink, stub: _FakeStub
@@ -126,58 +143,42 @@ class TestStreamLink:
         link.mean_gap = BATCH_LINGER_MAX / 100  # requests have come about 0.1 ms apart
         later = []
         for n in range(1, 5):  # a few, less than the target, a moment apart
-            later.append(asyncio.create_task(link.exchange(_envelope(n), time.monotonic() + 30)))
+            later.append(_request(link, n))
             await asyncio.sleep(0.0005)
         await _until(lambda: len(stub.call.frames) == 2)
         assert len(stub.call.frames[1].requests) == 4  # one frame, one signature
-        for frame in stub.call.frames:
-            stub.call.answer(frame)
-        await asyncio.gather(first, *later)
+        await _answer_all(stub, first, *later)
 
     async def test_a_frame_that_reaches_the_target_goes_without_the_whole_linger(
-        self, link: StreamLink, stub: _FakeStub, monkeypatch: pytest.MonkeyPatch
+        self, link: StreamLink, stub: _FakeStub, long_linger: None
     ) -> None:
-        monkeypatch.setattr(client, "BATCH_LINGER_MAX", 30.0)  # a linger no test would sit out
         first = await _busy(link, stub)
         link.mean_gap = 1.0  # slow arrivals: the whole (long) linger, were it not full
         started = time.monotonic()
-        later = [
-            asyncio.create_task(link.exchange(_envelope(n), time.monotonic() + 60))
-            for n in range(1, BATCH_TARGET + 1)
-        ]
+        later = [_request(link, n) for n in range(1, BATCH_TARGET + 1)]
         await _until(lambda: len(stub.call.frames) == 2, seconds=10.0)
         assert time.monotonic() - started < 10.0
         assert len(stub.call.frames[1].requests) == BATCH_TARGET
-        for frame in stub.call.frames:
-            stub.call.answer(frame)
-        await asyncio.gather(first, *later)
+        await _answer_all(stub, first, *later)
 
     async def test_requests_far_apart_do_not_wait_though_others_are_in_flight(
-        self, link: StreamLink, stub: _FakeStub, monkeypatch: pytest.MonkeyPatch
+        self, link: StreamLink, stub: _FakeStub, long_linger: None
     ) -> None:
-        monkeypatch.setattr(client, "BATCH_LINGER_MAX", 30.0)  # a linger no test would sit out
         first = await _busy(link, stub)
         link.mean_gap = 40.0  # further apart than the longest linger: nothing would join
-        second = asyncio.create_task(link.exchange(_envelope(1), time.monotonic() + 60))
+        second = _request(link, 1)
         await asyncio.sleep(0)
         link.mean_gap = 40.0  # as it was before this request's own gap was counted
         await _until(lambda: len(stub.call.frames) == 2, seconds=10.0)
-        for frame in stub.call.frames:
-            stub.call.answer(frame)
-        await asyncio.gather(first, second)
+        await _answer_all(stub, first, second)
 
     async def test_the_mean_gap_follows_the_requests(
         self, link: StreamLink, stub: _FakeStub
     ) -> None:
         assert link.mean_gap == client.GAP_CAP  # a new link assumes requests far apart
         first = await _busy(link, stub)
-        later = [
-            asyncio.create_task(link.exchange(_envelope(n), time.monotonic() + 30))
-            for n in range(1, 30)
-        ]
+        later = [_request(link, n) for n in range(1, 30)]
         await asyncio.sleep(0)
         assert link.mean_gap < BATCH_LINGER_MAX  # a burst: close together
         await _until(lambda: sum(len(f.requests) for f in stub.call.frames) == 30)
-        for frame in stub.call.frames:
-            stub.call.answer(frame)
-        await asyncio.gather(first, *later)
+        await _answer_all(stub, first, *later)
