@@ -93,9 +93,10 @@ class _Outcome:
         return self.status_code in _REMEMBERED
 
     def size(self) -> int:
-        """Bytes the outcome holds in memory, roughly (for the memory bound)."""
+        """Bytes the outcome holds in memory once remembered, roughly (for the
+        memory bound): its serialized payload and message, and the entry."""
         return (
-            sys.getsizeof(self.payload)
+            sys.getsizeof(b"")
             + self.payload.ByteSize()
             + sys.getsizeof(self.status_message)
             + _ENTRY_OVERHEAD
@@ -104,10 +105,35 @@ class _Outcome:
 
 @dataclass(frozen=True)
 class _Remembered:
+    """An answer kept for retries: its payload serialized (a parsed message
+    holds about twice the memory, and few answers are ever asked again)."""
+
     expires: float
     fingerprint: bytes
-    outcome: _Outcome
+    payload: bytes
+    payload_type: type[Message]
+    status_code: int
+    status_message: str
     size: int
+
+    @classmethod
+    def of(cls, expires: float, fingerprint: bytes, outcome: _Outcome, size: int) -> _Remembered:
+        return cls(
+            expires,
+            fingerprint,
+            outcome.payload.SerializeToString(),
+            type(outcome.payload),
+            outcome.status_code,
+            outcome.status_message,
+            size,
+        )
+
+    @property
+    def outcome(self) -> _Outcome:
+        """The answer again (the same payload bytes, status and message)."""
+        return _Outcome(
+            self.payload_type.FromString(self.payload), self.status_code, self.status_message
+        )
 
 
 def _reused_message_id() -> _Outcome:
@@ -404,7 +430,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
             self._done_bytes -= old.size
         size = outcome.size() + len(key[0]) + len(key[1]) + len(fingerprint)
         if size <= self._dedupe_bytes // 4:  # a huge answer stays in the log only
-            self._done[key] = _Remembered(now + self._dedupe_seconds, fingerprint, outcome, size)
+            self._done[key] = _Remembered.of(now + self._dedupe_seconds, fingerprint, outcome, size)
             self._done_bytes += size
         while self._done:
             oldest = next(iter(self._done.values()))

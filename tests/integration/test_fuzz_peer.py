@@ -737,6 +737,38 @@ async def test_a_handler_bug_is_a_signed_fault_logged_once_without_personal_data
     assert not any("11010519491231002X" in json.dumps(line, default=str) for line in logs)
 
 
+async def test_a_retry_gets_the_remembered_answer_byte_for_byte(
+    federation: LocalFederation, wallet: Wallet, peer: Peer
+) -> None:
+    """A retry of an answered request (same message id, same request) is answered
+    from memory, kept serialized: the same payload bytes, the handler not run again."""
+    server = federation.node(ZJ).federation_server
+    handler = server._handlers["fund.QueryAccount"]
+    calls = 0
+
+    async def counted(opened: Any, timeout: float) -> Message:
+        nonlocal calls
+        calls += 1
+        return await handler(opened, timeout)
+
+    server._handlers["fund.QueryAccount"] = counted  # test-only: count the handlings
+    query = valid_payloads(federation)["fund.QueryAccount"]
+    message_id, correlation_id = str(uuid.uuid4()), str(uuid.uuid4())
+    answers = [
+        await peer.send(
+            peer.seal(
+                "fund.QueryAccount", query, message_id=message_id, correlation_id=correlation_id
+            )
+        )
+        for _ in range(2)
+    ]
+    assert calls == 1
+    assert [(a.code, a.signed) for a in answers] == [(S.OK, True)] * 2
+    assert answers[0].payload
+    assert answers[1].payload == answers[0].payload
+    assert answers[1].payload_type == answers[0].payload_type
+
+
 async def test_the_answer_memory_stays_within_its_byte_bound(
     federation: LocalFederation, wallet: Wallet, peer: Peer
 ) -> None:
