@@ -182,7 +182,8 @@ class StreamLink:
     and await their answer. The writer takes everything queued (at most
     :data:`FRAME_ENVELOPES` / :data:`FRAME_BYTES`), signs it once as a batch and
     writes one frame: an idle link sends a lone request at once, a busy one
-    batches what queued up while the previous frame was being written. The
+    lingers a moment (:func:`linger`) so that the requests arriving meanwhile
+    share the frame. The
     reader resolves each caller's future by the request digest its answer
     names. When the stream ends (the peer drained, died, or refused it) every
     caller still waiting fails with :class:`StreamBroken`; the next request
