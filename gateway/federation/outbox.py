@@ -66,6 +66,12 @@ AckCallback = Callable[[StateTransaction, OutboxItem, federation_pb2.DeliveryAck
 RefusalCallback = Callable[[StateTransaction, OutboxItem, GatewayError], None]
 
 
+#: An item whose lease this process no longer holds when it writes the outcome:
+#: an earlier write of it committed though the store reported a failure (a
+#: failing disk), or another replica took it over after the lease expired.
+_NOT_OURS = "outbox item no longer leased here (already finished, or taken over by another replica)"
+
+
 @dataclass(frozen=True)
 class OutboxRoute:
     """How to send items of one logical service and what their outcomes do."""
@@ -168,8 +174,9 @@ class Outbox:
 
     async def _renew(self) -> None:
         """Every third of a lease, extend the leases of the items in flight. An
-        item no longer ours was taken over by another replica (this one stalled):
-        its attempt goes on, but its outcome will not be written here (fenced)."""
+        item no longer ours was taken over by another replica (this one stalled),
+        or finished by a write whose commit the store did not report: its
+        attempt goes on, but its outcome will not be written here (fenced)."""
         while not self._stopping:
             await asyncio.sleep(self.lease_seconds / 3)
             ids = list(self._inflight)
@@ -184,7 +191,11 @@ class Outbox:
                 continue
             lost = [item_id for item_id in ids if item_id not in ours and item_id in self._inflight]
             if lost:
-                log.warning("outbox items taken over by another replica", items=len(lost))
+                log.warning(
+                    "outbox items no longer leased here (finished by a write whose commit was"
+                    " not reported, or taken over by another replica)",
+                    items=len(lost),
+                )
 
     async def _run(self) -> None:
         pacer = Pacer(READ_INTERVAL)
@@ -319,7 +330,7 @@ class Outbox:
             raise
         if not ours:
             self._held.pop(item.id, None)
-            log.warning("outbox item taken over by another replica; outcome left to it")
+            log.warning(_NOT_OURS, then="its outcome is left as stored")
             return
         self._held.pop(item.id, None)
         if catch_up:
@@ -348,7 +359,7 @@ class Outbox:
         ours = await self._store.unit_of_work(work)
         self._held.pop(item.id, None)
         if not ours:
-            log.warning("outbox item taken over by another replica; outcome left to it")
+            log.warning(_NOT_OURS, then="its outcome is left as stored")
             return
         self.refused += 1
         log.warning(
@@ -405,7 +416,7 @@ class Outbox:
             return
         self._held.pop(item.id, None)
         if not ours:
-            log.warning("outbox item taken over by another replica; its retry left to it")
+            log.warning(_NOT_OURS, then="no retry is scheduled here")
             return
         if park:
             self.parked += 1
