@@ -522,13 +522,16 @@ class IdentityFigures:
 
     def low_hops_ms(self) -> dict[str, float]:
         """Each hop's mean (ms) over the low-load run: what a lone verification waits for."""
-        if self.low is None:
-            return {}
-        return {
-            name: _mean(self.low.series, name) * 1000
-            for name, *_ in _HOPS
-            if self.low.series.get(name, (0.0, 0.0))[1] > 0
-        }
+        return {} if self.low is None else _hop_means(self.low.series)
+
+
+def _hop_means(series: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """The mean (ms) of each hop of :data:`_HOPS` that has samples in ``series``."""
+    return {
+        name: _mean(series, name) * 1000
+        for name, *_ in _HOPS
+        if series.get(name, (0.0, 0.0))[1] > 0
+    }
 
 
 def _memory_lines(rss: dict[str, tuple[float, float]]) -> list[str]:
@@ -807,11 +810,7 @@ async def _run_identity(
         # Where the time goes, at a rate the path sustains: each hop's mean over
         # the open loop at half its saturation, from the nodes' own histograms.
         hops_rate = real.own_rate
-        hops_ms = {
-            name: _mean(real.own_series, name) * 1000
-            for name, *_ in _HOPS
-            if real.own_series.get(name, (0.0, 0.0))[1] > 0
-        }
+        hops_ms = _hop_means(real.own_series)
         # A lone check-in must not wait for a batch.
         low = await _open_loop_figures(real_call, LOW_RATE, max(1.0, seconds), probe)
         soak_done = 0
