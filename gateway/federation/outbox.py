@@ -110,6 +110,11 @@ class Outbox:
         #: from here when due (the claim is this process's: a store that cannot
         #: write cannot claim), dropped once a write about the item succeeds.
         self._held: dict[int, tuple[float, int, OutboxItem]] = {}
+        #: Items whose reschedule found their lease gone (an earlier write of it
+        #: landed, or another replica holds it): not claimed again here before
+        #: the backoff they were given (id -> when). Without it the next pass
+        #: takes such an item back at once, one attempt per pass.
+        self._cooling: dict[int, float] = {}
         #: Longest sleep with nothing due: items written by another worker process
         #: of the node (which cannot wake this one) wait at most this long.
         self.idle_poll = idle_poll
@@ -219,13 +224,15 @@ class Outbox:
             free = self._per_peer + sum(
                 self._per_peer - load for load in self._peer_load.values() if load < self._per_peer
             )
+            for item_id in [i for i, until in self._cooling.items() if until <= now]:
+                del self._cooling[item_id]
             try:
                 claimed = await self._store.claim_outbox(
                     now,
                     min(512, free),
                     owner=self.owner,
                     lease_seconds=self.lease_seconds,
-                    skip_ids=(*self._inflight, *self._held),
+                    skip_ids=(*self._inflight, *self._held, *self._cooling),
                     skip_peers=full,
                 )
                 upcoming = await self._store.next_outbox_time(after=now)
@@ -416,6 +423,7 @@ class Outbox:
             return
         self._held.pop(item.id, None)
         if not ours:
+            self._cooling[item.id] = when
             log.warning(_NOT_OURS, then="no retry is scheduled here")
             return
         if park:
