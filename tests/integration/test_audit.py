@@ -262,6 +262,10 @@ def _flip_path(batch: federation_pb2.BatchProof) -> None:
     batch.audit_path[0] = bytes([batch.audit_path[0][0] ^ 1]) + batch.audit_path[0][1:]
 
 
+#: What `audit check` says of a proof whose path does not lead to its root.
+_OFF_PATH = "batch proof does not fit its header: batch.audit_path: expected a path"
+
+
 class TestBatchSignedEvidence:
     """An exchange whose envelopes were signed in batches (issue 16) exports as
     any other and its proofs and signed roots are checked offline."""
@@ -291,10 +295,10 @@ class TestBatchSignedEvidence:
     @pytest.mark.parametrize(
         ("change", "needle"),
         [
-            pytest.param(_flip_path, "batch proof does not lead from the header", id="path"),
+            pytest.param(_flip_path, _OFF_PATH, id="path"),
             pytest.param(
                 lambda b: setattr(b, "leaf_index", 0),
-                "batch proof does not lead from the header",
+                _OFF_PATH,
                 id="leaf_index",
             ),
             pytest.param(
@@ -309,7 +313,7 @@ class TestBatchSignedEvidence:
             ),
             pytest.param(
                 lambda b: setattr(b.root, "receiver", ZJ),
-                "batch root's receiver is not the header's",
+                "batch proof does not fit its header: batch.root.receiver: expected the header's",
                 id="receiver",
             ),
             pytest.param(
