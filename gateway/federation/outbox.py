@@ -68,8 +68,20 @@ RefusalCallback = Callable[[StateTransaction, OutboxItem, GatewayError], None]
 
 #: An item whose lease this process no longer holds when it writes the outcome:
 #: an earlier write of it committed though the store reported a failure (a
-#: failing disk), or another replica took it over after the lease expired.
-_NOT_OURS = "outbox item no longer leased here (already finished, or taken over by another replica)"
+#: failing disk), or another replica took it over after the lease expired. The
+#: line's ``found`` says which, from the row (:func:`_found`).
+_NOT_OURS = "outbox item no longer leased here"
+
+
+def _found(tx: StateTransaction, item_id: int) -> str:
+    """What the outbox holds of an item whose lease this outbox found gone,
+    read in the same transaction."""
+    holder = tx.outbox_holder(item_id)
+    if holder is None:
+        return "finished (no longer in the outbox: delivered, refused or removed)"
+    if holder:
+        return "leased by another owner (taken over by another replica or worker process)"
+    return "not leased (an earlier write of it from here landed though reported failed)"
 
 
 @dataclass(frozen=True)
@@ -321,23 +333,23 @@ class Outbox:
         catch_up = item.peer not in self._caught_up
         self._caught_up.add(item.peer)
 
-        def work(tx: StateTransaction) -> bool:
+        def work(tx: StateTransaction) -> str | None:
             if not tx.remove_outbox_item(item.id, owner=self.owner):
-                return False  # taken over: its new owner records the outcome
+                return _found(tx, item.id)  # not ours now: whoever holds it records it
             route.on_acked(tx, item, ack)
             if catch_up:
                 # The peer is back: everything waiting out a backoff for it is due now.
                 tx.make_peer_due(item.peer, time.time())
-            return True
+            return None
 
         try:
-            ours = await self._store.unit_of_work(work)
+            gone = await self._store.unit_of_work(work)
         except BaseException:
             self._caught_up.discard(item.peer)
             raise
-        if not ours:
+        if gone is not None:
             self._held.pop(item.id, None)
-            log.warning(_NOT_OURS, then="its outcome is left as stored")
+            log.warning(_NOT_OURS, found=gone, then="its outcome is left as stored")
             return
         self._held.pop(item.id, None)
         if catch_up:
@@ -357,16 +369,16 @@ class Outbox:
         )
 
     async def _refused(self, item: OutboxItem, route: OutboxRoute, exc: GatewayError) -> None:
-        def work(tx: StateTransaction) -> bool:
+        def work(tx: StateTransaction) -> str | None:
             if not tx.remove_outbox_item(item.id, owner=self.owner):
-                return False  # taken over: its new owner records the outcome
+                return _found(tx, item.id)  # not ours now: whoever holds it records it
             route.on_refused(tx, item, exc)
-            return True
+            return None
 
-        ours = await self._store.unit_of_work(work)
+        gone = await self._store.unit_of_work(work)
         self._held.pop(item.id, None)
-        if not ours:
-            log.warning(_NOT_OURS, then="its outcome is left as stored")
+        if gone is not None:
+            log.warning(_NOT_OURS, found=gone, then="its outcome is left as stored")
             return
         self.refused += 1
         log.warning(
@@ -390,15 +402,17 @@ class Outbox:
         when = now + backoff_delay(failures, base=self.base_backoff, cap=self.max_backoff)
         park = now - (item.pending_since or item.created_at) >= self.park_after
 
-        def work(tx: StateTransaction) -> bool:
-            return tx.reschedule_outbox_item(
+        def work(tx: StateTransaction) -> str | None:
+            if tx.reschedule_outbox_item(
                 item.id,
                 owner=self.owner,
                 attempts=failures + 1,
                 next_attempt_at=when,
                 last_error=reason,
                 parked_at=now if park else None,
-            )
+            ):
+                return None
+            return _found(tx, item.id)
 
         fields = {
             "peer": item.peer,
@@ -411,7 +425,7 @@ class Outbox:
             self._metrics.outbox_retries.labels(item.peer).inc()
         self.retried += 1
         try:
-            ours = await self._store.unit_of_work(work)
+            gone = await self._store.unit_of_work(work)
         except Exception as failure:
             self._held[item.id] = (when, failures + 1, item)
             log.warning(
@@ -422,9 +436,9 @@ class Outbox:
             )
             return
         self._held.pop(item.id, None)
-        if not ours:
+        if gone is not None:
             self._cooling[item.id] = when
-            log.warning(_NOT_OURS, then="no retry is scheduled here")
+            log.warning(_NOT_OURS, found=gone, then="no retry is scheduled here")
             return
         if park:
             self.parked += 1

@@ -68,6 +68,10 @@ class OutboxWrites(Protocol):
         """Delete a delivered (or refused) item, if ``owner`` still holds its
         lease (False, and nothing changed, if another replica took it over)."""
 
+    def outbox_holder(self, item_id: int) -> str | None:
+        """Who holds the item's lease: its owner, ``""`` when nobody does, None
+        when the item is no longer in the outbox (delivered, refused, removed)."""
+
     def make_peer_due(self, peer: str, now: float) -> None:
         """Make every pending item for ``peer`` that waits past ``now`` due at ``now``."""
 

@@ -724,6 +724,10 @@ class _Transaction:
         )
         return cursor.rowcount == 1
 
+    def outbox_holder(self, item_id: int) -> str | None:
+        row = self._db.execute("SELECT lease_owner FROM outbox WHERE id = ?", (item_id,)).fetchone()
+        return None if row is None else row[0] or ""
+
     def make_peer_due(self, peer: str, now: float) -> None:
         self._db.execute(
             "UPDATE outbox SET next_attempt_at = ? WHERE peer = ? AND next_attempt_at > ?"

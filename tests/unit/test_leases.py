@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from structlog.testing import capture_logs
 
+from gateway.core.errors import PeerUnavailable
 from gateway.federation.client import FederationClient
 from gateway.federation.outbox import Outbox, OutboxRoute
 from gateway.storage.records import (
@@ -123,6 +125,8 @@ async def fenced_writes_of_an_old_owner_change_nothing(replica: Replica) -> None
     )
     assert (removed, rescheduled) == (False, False)
     assert await outbox_row(one, mine.id) == before
+    # What the old owner then finds in the row: the item leased by B.
+    assert await one.unit_of_work(lambda tx: tx.outbox_holder(mine.id)) == B
     assert await one.renew_outbox_leases([mine.id], owner=A, until=now + 100) == set()
     assert await two.renew_outbox_leases([mine.id], owner=B, until=now + 100) == {mine.id}
     # The new owner's writes do apply.
@@ -132,9 +136,11 @@ async def fenced_writes_of_an_old_owner_change_nothing(replica: Replica) -> None
         )
     )
     assert await outbox_row(two, mine.id) == (1, now, "e", PENDING, None)
+    assert await one.unit_of_work(lambda tx: tx.outbox_holder(mine.id)) == ""  # nobody's
     (again,) = await one.claim_outbox(now, 1, owner=A, lease_seconds=10)
     assert await one.unit_of_work(lambda tx: tx.remove_outbox_item(again.id, owner=A))
     assert await one.outbox_entries() == []
+    assert await one.unit_of_work(lambda tx: tx.outbox_holder(mine.id)) is None  # finished
 
 
 async def release_and_operators_free_items(replica: Replica) -> None:
@@ -225,7 +231,41 @@ async def two_deliverers_deliver_each_item_once(replica: Replica, items: int = 6
     assert sorted(sent) == sorted(f"msg-{n}" for n in range(items))  # each once
 
 
+async def a_lost_lease_keeps_its_backoff(replica: Replica) -> None:
+    """A failed delivery whose reschedule finds the lease gone (an earlier write
+    of it landed though the store reported a failure: here, the lease released
+    under the attempt) is not claimed again before the backoff it was given, and
+    the warning says what the row held."""
+    store = await replica()
+    await enqueue(store, item(1))
+    sent: list[float] = []
+
+    class Peer:
+        async def call(self, *args: Any, **kwargs: Any) -> Any:
+            sent.append(time.monotonic())
+            if len(sent) == 1:
+                await store.release_outbox_leases(A)  # the "earlier write" that landed
+            raise PeerUnavailable("province 320000 did not answer in time")
+
+    route = OutboxRoute(federation_pb2.DeliveryAck, lambda tx, i, ack: None, lambda tx, i, e: None)
+    client = cast(FederationClient, Peer())
+    with capture_logs() as logs:
+        async with Outbox(store, client, {"svc": route}, owner=A, base_backoff=2.0, idle_poll=0.05):
+            for _ in range(100):  # 10 s at most
+                if len(sent) >= 2:
+                    break
+                await asyncio.sleep(0.1)
+    assert len(sent) >= 2
+    # Drawn from [1, 2] s; without the cool-down it came back within one pass.
+    assert sent[1] - sent[0] >= 0.9
+    lost = [e for e in logs if e["event"] == "outbox item no longer leased here"]
+    assert [e["found"] for e in lost][:1] == [
+        "not leased (an earlier write of it from here landed though reported failed)"
+    ]
+
+
 SCENARIOS = [
+    a_lost_lease_keeps_its_backoff,
     claims_are_exclusive_until_they_expire,
     fenced_writes_of_an_old_owner_change_nothing,
     release_and_operators_free_items,
