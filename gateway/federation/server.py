@@ -22,7 +22,7 @@ import asyncio
 import re
 import sys
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -182,6 +182,10 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         self._in_flight: dict[tuple[str, str], tuple[bytes, asyncio.Future[_Outcome]]] = {}
         #: The tasks serving streams now, and the signal that ends them (drain).
         self._streams: set[asyncio.Task[Any]] = set()
+        #: Streams open per peer province ("unknown" without the certificate check).
+        self._peer_streams: Counter[str] = Counter()
+        #: Requests in flight per peer province, over all its streams.
+        self._in_flight_of: dict[str, asyncio.Semaphore] = {}
         self._draining = asyncio.Event()
 
     @property
@@ -345,6 +349,14 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Stream: served by stream_bytes")
         yield federation_pb2.StreamFrame()  # pragma: no cover - abort raises
 
+    def _peer_slots(self, peer: str) -> asyncio.Semaphore:
+        """The slots of :data:`PEER_IN_FLIGHT` that every stream of ``peer`` shares
+        (kept for the process's life: one per province that ever opened a stream)."""
+        slots = self._in_flight_of.get(peer)
+        if slots is None:
+            slots = self._in_flight_of[peer] = asyncio.Semaphore(PEER_IN_FLIGHT)
+        return slots
+
     async def drain(self, timeout: float) -> None:
         """Stop reading new frames on every stream, answer what was read, end
         the streams with OK (the node stops); at most ``timeout`` seconds."""
@@ -380,16 +392,30 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         # Served outside the interceptor (a stream): the node's name in every line.
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(node=self._signer.province)
-        served = _StreamServed(self, context, province)
+        peer = province or "unknown"
+        if self._peer_streams[peer] >= STREAMS_PER_PEER:
+            if self._metrics is not None:
+                self._metrics.refusals.labels(peer, "too_many_streams").inc()
+            log.warning("stream refused: too many open", peer=peer, limit=STREAMS_PER_PEER)
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"Stream: at most {STREAMS_PER_PEER} streams of one province open at once "
+                f"(province {peer} has {self._peer_streams[peer]}); send on an open one",
+            )
+        served = _StreamServed(self, context, province, self._peer_slots(peer))
         task = asyncio.current_task()
         assert task is not None
         self._streams.add(task)
+        self._peer_streams[peer] += 1
         if self._metrics is not None:
             self._metrics.streams.labels(served.peer, "in").inc()
         try:
             problem = await served.run()
         finally:
             self._streams.discard(task)
+            self._peer_streams[peer] -= 1
+            if not self._peer_streams[peer]:
+                del self._peer_streams[peer]
             if self._metrics is not None:
                 self._metrics.streams.labels(served.peer, "in").dec()
         if problem is not None and problem.code != grpc.StatusCode.OK:
@@ -514,6 +540,14 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
 #: Requests one stream may have in flight at the receiver; while full, the
 #: stream is not read (HTTP/2 flow control holds the sender back).
 STREAM_IN_FLIGHT = 1024
+#: Requests all the streams of one peer province may have in flight at the
+#: receiver together (the asker's own bound per peer): a peer that opens many
+#: streams gets no more handled at once than one that opens one.
+PEER_IN_FLIGHT = 4096
+#: Streams one peer province may hold open at once at this node process: one
+#: per worker process of each of its replicas is the norm; past it a new
+#: stream is refused RESOURCE_EXHAUSTED.
+STREAMS_PER_PEER = 64
 #: On drain, how long a stream still waits for a frame already on its way
 #: before it stops reading, seconds.
 DRAIN_READ_SECONDS = 0.1
@@ -552,8 +586,9 @@ class _StreamServed:
     """One Stream as the answering node serves it.
 
     The reader parses each frame and starts one task per request (the path
-    Exchange takes), at most :data:`STREAM_IN_FLIGHT` at once: while full, it
-    reads no further. The writer (:meth:`run`) takes every answer that is ready,
+    Exchange takes), at most :data:`STREAM_IN_FLIGHT` at once and at most
+    :data:`PEER_IN_FLIGHT` with the peer's other streams: while either is full,
+    it reads no further. The writer (:meth:`run`) takes every answer that is ready,
     signs the responses once as a batch, logs their rows in one commit and
     writes one frame. On drain the writer first tells the asker
     (``StreamFrame.draining``: it sends nothing more here), the reader takes
@@ -567,6 +602,7 @@ class _StreamServed:
         servicer: FederationServicer,
         context: grpc.aio.ServicerContext,
         province: str | None,
+        peer_slots: asyncio.Semaphore,
     ) -> None:
         self._servicer = servicer
         self._context = context
@@ -574,6 +610,10 @@ class _StreamServed:
         self._province = province
         self.peer = province or "unknown"
         self._slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        #: Shared with the peer's other streams (:data:`PEER_IN_FLIGHT`); this
+        #: stream's share is given back whole when it ends, answered or not.
+        self._peer_slots = peer_slots
+        self._peer_held = 0
         self._ready: list[tuple[bytes, _Answer | federation_pb2.StreamRefusal]] = []
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -596,6 +636,9 @@ class _StreamServed:
             reader.cancel()
             for task in self._tasks:
                 task.cancel()
+            for _ in range(self._peer_held):
+                self._peer_slots.release()
+            self._peer_held = 0
 
     async def _read(self) -> _Problem | None:
         draining = asyncio.ensure_future(self._servicer._draining.wait())
@@ -658,7 +701,7 @@ class _StreamServed:
             for request in frame.requests:
                 header = request.envelope.header
                 digest = crypto.sha256(header) if header else b""
-                await self._slots.acquire()  # released by the writer, as for answers
+                await self._take_slot()  # released by the writer, as for answers
                 refusal = _refusal(
                     digest,
                     grpc.StatusCode.UNAVAILABLE,
@@ -670,7 +713,7 @@ class _StreamServed:
             self._wake.set()
             return _Problem(grpc.StatusCode.OK, "not serving: the stream ends")
         for request in frame.requests:
-            await self._slots.acquire()
+            await self._take_slot()
             task = asyncio.create_task(self._one(request))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -761,6 +804,19 @@ class _StreamServed:
         finally:
             for _ in ready:
                 self._slots.release()
+                self._peer_slots.release()
+            self._peer_held -= len(ready)
+
+    async def _take_slot(self) -> None:
+        """A slot of this stream's and of its peer's in-flight bounds: while either
+        is full the stream is not read further (released by :meth:`_write`)."""
+        await self._slots.acquire()
+        try:
+            await self._peer_slots.acquire()
+        except BaseException:
+            self._slots.release()
+            raise
+        self._peer_held += 1
 
 
 def _chunks(answers: list[tuple[bytes, _Answer]]) -> list[list[tuple[bytes, _Answer]]]:

@@ -12,12 +12,14 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
 
 from gateway.core.channels import balanced_aio_channel
 from gateway.core.errors import RemoteError
+from gateway.federation import server as federation_server
 from gateway.federation.client import (
     CHANNEL_OPTIONS,
     FederationClient,
@@ -376,6 +378,124 @@ class TestBadFrames:
         assert refusals[0].code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
         assert "StreamRequest.timeout_ms" in refusals[0].message
         assert len(refusals[0].request_digest) == 32
+
+    async def test_a_province_past_its_open_streams_is_refused_and_the_node_serves_on(
+        self, federation: LocalFederation, wallet: Wallet, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Streams of one province beyond STREAMS_PER_PEER (3 here) end at once
+        RESOURCE_EXHAUSTED; those within it are served, and once they close the
+        province's own node opens a stream again."""
+        monkeypatch.setattr(federation_server, "STREAMS_PER_PEER", 3)
+        zj = federation.node(ZJ)
+        already = int(streams(zj, SH, "in"))  # Shanghai's node may hold one from earlier
+        assert already < 3
+        hold = asyncio.Event()
+
+        async def silent() -> AsyncIterator[bytes]:
+            await hold.wait()
+            return
+            yield b""  # an async generator that sends nothing
+
+        channel = mtls(federation)
+        try:
+            open_stream = channel.stream_stream(
+                STREAM, request_serializer=None, response_deserializer=None
+            )
+            calls = [open_stream(silent(), timeout=60) for _ in range(5)]
+            ends = [asyncio.ensure_future(call.code()) for call in calls]
+            refused = 5 - (3 - already)
+            for _ in range(200):  # 10 s at most
+                if sum(end.done() for end in ends) >= refused and streams(zj, SH, "in") == 3:
+                    break
+                await asyncio.sleep(0.05)
+            assert [end.result() for end in ends if end.done()] == (
+                [grpc.StatusCode.RESOURCE_EXHAUSTED] * refused
+            )
+            assert streams(zj, SH, "in") == 3
+            details = [await c.details() for c, end in zip(calls, ends, strict=True) if end.done()]
+            assert all("at most 3 streams of one province" in d for d in details)
+            labels = {"origin": SH, "reason": "too_many_streams"}
+            assert zj.metrics.registry.get_sample_value("yrd_refusals_total", labels) == refused
+            hold.set()
+            assert set(await asyncio.gather(*ends)) == {
+                grpc.StatusCode.OK,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            }
+        finally:
+            hold.set()
+            await channel.close()
+        response = await verify(federation, SH, await wallet.fresh_qr(ZJ))
+        assert response.verdict == identity_pb2.VALID
+
+    async def test_streams_of_one_province_share_its_in_flight_bound(
+        self, federation: LocalFederation, wallet: Wallet, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """PEER_IN_FLIGHT (1 here) bounds the requests handled at once over all
+        of a province's streams, and a stream that ends under its requests gives
+        its share back (else, at 1, the last verification would never be handled)."""
+        monkeypatch.setattr(federation_server, "PEER_IN_FLIGHT", 1)
+        zj = federation.node(ZJ)
+        handlers = zj.federation_server._handlers
+        check = handlers["identity.CheckCredential"]
+        running, most = 0, 0
+
+        async def slow_check(opened: Any, timeout: float) -> Any:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            try:
+                await asyncio.sleep(0.3)
+                return await check(opened, timeout)
+            finally:
+                running -= 1
+
+        monkeypatch.setitem(handlers, "identity.CheckCredential", slow_check)
+
+        def frame() -> bytes:
+            envelope = federation.node(SH).signer.seal(
+                receiver=ZJ,
+                service="identity.CheckCredential",
+                payload=federation_pb2.CredentialCheckRequest(
+                    token_id=str(uuid.uuid4()),
+                    credential_id="no-such-credential",
+                    purpose=identity_pb2.HOTEL_CHECK_IN,
+                ),
+                correlation_id=str(uuid.uuid4()),
+            )
+            return federation_pb2.StreamFrame(
+                requests=[federation_pb2.StreamRequest(envelope=envelope, timeout_ms=10_000)]
+            ).SerializeToString()
+
+        channel = mtls(federation)
+        try:
+            open_stream = channel.stream_stream(
+                STREAM, request_serializer=None, response_deserializer=None
+            )
+
+            async def one_frame(data: bytes) -> AsyncIterator[bytes]:
+                yield data
+
+            async def raw_stream() -> list[bytes]:
+                return [raw async for raw in open_stream(one_frame(frame()), timeout=30)]
+
+            answers, verified = await asyncio.gather(
+                raw_stream(), verify(federation, SH, await wallet.fresh_qr(ZJ))
+            )
+            assert len(answers) == 1
+            assert verified.verdict == identity_pb2.VALID
+            assert most == 1  # two streams of Shanghai, one request handled at a time
+
+            # A stream cut while its request is handled gives its slot back.
+            cut = open_stream(one_frame(frame()), timeout=30)
+            for _ in range(100):
+                if running:
+                    break
+                await asyncio.sleep(0.02)
+            cut.cancel()
+        finally:
+            await channel.close()
+        verified = await verify(federation, SH, await wallet.fresh_qr(ZJ))
+        assert verified.verdict == identity_pb2.VALID
 
     async def test_envelope_of_another_province_than_the_certificate_is_refused(
         self, federation: LocalFederation
