@@ -362,7 +362,16 @@ class StreamLink:
                 frame = await call.read()
                 if frame is grpc.aio.EOF:
                     break
-                assert isinstance(frame, federation_pb2.StreamFrame)
+                if not isinstance(frame, federation_pb2.StreamFrame):
+                    # gRPC could not parse it (and gave None): a broken or hostile
+                    # peer. Every pending exchange fails as a fault, retried.
+                    log.warning("peer sent a stream frame that does not parse", peer=self.peer)
+                    ended = StreamBroken(
+                        grpc.StatusCode.INTERNAL,
+                        f"province {self.peer} sent a frame that is not a "
+                        "yrd.federation.v1.StreamFrame",
+                    )
+                    break
                 carried = len(frame.responses) + len(frame.refusals)
                 if self._metrics is not None and carried:  # not a drain notice alone
                     self._metrics.batch_envelopes.labels(self.peer, "in").observe(carried)

@@ -18,11 +18,12 @@ import grpc
 import pytest
 
 from gateway.core.channels import balanced_aio_channel
-from gateway.core.errors import RemoteError
+from gateway.core.errors import PeerUnavailable, RemoteError
 from gateway.federation import server as federation_server
 from gateway.federation.client import (
     CHANNEL_OPTIONS,
     FederationClient,
+    StreamBroken,
     StreamLink,
     StreamUnimplemented,
 )
@@ -314,6 +315,71 @@ class TestFaults:
             tried = client.stream_link(ZJ)
             assert tried is not None
             assert isinstance(tried.ended, StreamUnimplemented)
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    async def test_a_peer_answering_garbage_frames_is_a_fault(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        """A peer whose Stream answers bytes that are no StreamFrame: the link
+        ends naming it, the exchange fails as a fault (retried until its
+        deadline), and the asking node's reader does not die on it."""
+        sh, zj = federation.node(SH), federation.node(ZJ)
+        assert sh.tls is not None
+        assert zj.tls is not None
+
+        async def garbage(requests: AsyncIterator[bytes], _: object) -> AsyncIterator[bytes]:
+            async for _frame in requests:
+                yield b"\xff\xff\xff not a frame"
+
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    SERVICE_NAME,
+                    {
+                        "Stream": grpc.stream_stream_rpc_method_handler(
+                            garbage, request_deserializer=None, response_serializer=None
+                        )
+                    },
+                ),
+            )
+        )
+        address = f"127.0.0.1:{free_port()}"
+        server.add_secure_port(address, zj.tls.mutual_server_credentials())
+        await server.start()
+        tls = sh.tls
+        client = FederationClient(
+            sh.config,
+            sh.signer,
+            sh.verifier,
+            sh.message_log,
+            channel_factory=lambda _: balanced_aio_channel(
+                (address,), tls.channel_credentials(), options=CHANNEL_OPTIONS
+            ),
+        )
+        try:
+            resident = await wallet.credential(ZJ)
+            request = federation_pb2.CredentialCheckRequest(
+                token_id=str(uuid.uuid4()),
+                credential_id=resident["credential_id"],
+                purpose=identity_pb2.HOTEL_CHECK_IN,
+            )
+            with pytest.raises(PeerUnavailable):
+                await client.call(
+                    ZJ,
+                    "identity.CheckCredential",
+                    request,
+                    federation_pb2.CredentialCheckResponse,
+                    correlation_id=str(uuid.uuid4()),
+                    timeout=2,
+                )
+            tried = client.stream_link(ZJ)
+            assert tried is not None
+            assert isinstance(tried.ended, StreamBroken)
+            assert tried.ended.code == grpc.StatusCode.INTERNAL
+            assert "not a yrd.federation.v1.StreamFrame" in tried.ended.details
         finally:
             await client.close()
             await server.stop(0)
