@@ -42,6 +42,7 @@ from gateway.core.channels import balanced_aio_channel
 from gateway.core.errors import (
     EnvelopeRejected,
     GatewayError,
+    InvalidArgument,
     PeerDown,
     PeerUnavailable,
     RemoteError,
@@ -51,6 +52,7 @@ from gateway.core.errors import (
 from gateway.core.metrics import NodeMetrics
 from gateway.core.tokenbucket import TokenBucket
 from gateway.federation.breaker import BreakerState, CircuitBreaker
+from gateway.federation.payloads import validate_answer
 from gateway.storage.interfaces import MessageRecorder
 from gateway.storage.records import LogEntry, MessageLogClosed
 from gateway.trust.envelope import EnvelopeSigner, EnvelopeVerifier, OpenedEnvelope
@@ -1009,10 +1011,20 @@ class FederationClient:
                 opened.header.status_message,
                 signed=True,
             )
-        response = opened.parse(response_type)
-        if not isinstance(response, response_type):  # pragma: no cover - parse builds it
-            raise EnvelopeRejected(grpc.StatusCode.INTERNAL, "bad_payload", "unexpected payload")
-        return response, opened
+        try:
+            response = opened.parse(response_type)
+            validate_answer(response)
+        except (EnvelopeRejected, InvalidArgument) as exc:
+            # Signed, but no usable answer: a fault of the peer, not its decision
+            # about the request (retried by the outbox; a verification says the
+            # issuer gave no usable answer). Named by field, never by value.
+            log.warning("peer's answer does not validate", peer=peer.code, service=service)
+            raise RemoteError(
+                grpc.StatusCode.INTERNAL,
+                f"province {peer.code} answered {service} with an unusable payload: {exc.message}",
+                signed=False,
+            ) from exc
+        return response, opened  # type: ignore[return-value]  # parse built a response_type
 
     def stream_link(self, code: str) -> StreamLink | None:
         """The (first) stream carrying exchanges with ``code`` (None if none)."""

@@ -15,6 +15,15 @@ Two layers of checks:
 - per payload type (:data:`VALIDATORS`), the fields its handler relies on:
   identifiers of the right form, required fields present, bounded references.
 
+A peer's **answer** is checked the same way by the asking node, after its
+envelope was verified and before anything uses it (:func:`validate_answer`):
+the generic checks, then per answer type (:data:`ANSWER_VALIDATORS`) what the
+asking node relies on (a defined credential state, attribute names it knows, an
+ID number of the right form, a bounded reference). An answer that fails is
+not the peer's decision about the request but a fault of the peer: the
+exchange fails as one (retried, or an indeterminate verification), never as a
+crash of the asking node.
+
 The domain checks the handlers run themselves (a withdrawal's every field, a
 certificate category against the catalogue) stay with the handlers, which the
 submitting node runs too; this table is what a node requires from a peer
@@ -101,6 +110,16 @@ def _check_generic(message: Message, path: str) -> None:
         name = f"{path}{field.name}"
         if field.is_repeated and len(value) > MAX_REPEATED:
             raise InvalidArgument(name, f"at most {MAX_REPEATED} items")
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            # A map (an answer's, e.g. a certificate's fields): keys and values.
+            key_field, value_field = field.message_type.fields
+            for key, item in value.items():  # named by the map, never by a key
+                _check_scalar(key_field, f"{name}.key", key)
+                if isinstance(item, Message):
+                    _check_generic(item, f"{name}.value.")
+                else:
+                    _check_scalar(value_field, f"{name}.value", item)
+            continue
         items = list(value) if field.is_repeated else [value]
         for index, item in enumerate(items):
             where = f"{name}[{index}]" if field.is_repeated else name
@@ -229,6 +248,57 @@ VALIDATORS: dict[str, tuple[type[Message], str, Validator]] = {
 # Every request type of a federation service has its checks (a new service
 # without them fails at import, in every test run).
 assert {request for request, _ in FEDERATION_SERVICES.values()} == set(VALIDATORS)
+
+
+def _credential_answer(answer: federation_pb2.CredentialCheckResponse) -> None:
+    _enum("state", answer.state, federation_pb2.CredentialState)
+    known = sorted(DISCLOSABLE_ATTRIBUTES)
+    for index, name in enumerate(answer.claims.disclosed_attributes):
+        if name not in DISCLOSABLE_ATTRIBUTES:
+            raise InvalidArgument(
+                f"claims.disclosed_attributes[{index}]", f"one of {', '.join(known)}"
+            )
+    if answer.claims.holder.id_number:
+        validate_id_number("claims.holder.id_number", answer.claims.holder.id_number)
+
+
+def _ack(ack: federation_pb2.DeliveryAck) -> None:
+    _reference("remote_reference", ack.remote_reference, required=False)
+
+
+def _fund_account(account: fund_pb2.FundAccount) -> None:
+    if account.fund_province:
+        _region("fund_province", account.fund_province)
+    _reference("fund_account", account.fund_account, required=False)
+
+
+def _certificate_answer(certificate: certificate_pb2.Certificate) -> None:
+    if certificate.issuer_province:
+        _region("issuer_province", certificate.issuer_province)
+
+
+#: The checks of each answer type beyond the generic ones (every response
+#: type of a federation service has an entry).
+ANSWER_VALIDATORS: dict[str, tuple[type[Message], Validator]] = {
+    "yrd.federation.v1.CredentialCheckResponse": (
+        federation_pb2.CredentialCheckResponse,
+        _credential_answer,
+    ),
+    "yrd.federation.v1.DeliveryAck": (federation_pb2.DeliveryAck, _ack),
+    "yrd.fund.v1.FundAccount": (fund_pb2.FundAccount, _fund_account),
+    "yrd.certificate.v1.Certificate": (certificate_pb2.Certificate, _certificate_answer),
+}
+
+assert {answer for _, answer in FEDERATION_SERVICES.values()} == set(ANSWER_VALIDATORS)
+
+
+def validate_answer(answer: Message) -> None:
+    """Check a peer's parsed answer; raise InvalidArgument naming the field (never
+    its value). A type without an entry (none today) gets the generic checks."""
+    _check_generic(answer, "")
+    entry = ANSWER_VALIDATORS.get(answer.DESCRIPTOR.full_name)
+    if entry is not None:
+        entry[1](answer)
 
 
 def validate_payload(opened: OpenedEnvelope) -> Message:
