@@ -93,55 +93,69 @@ def _region(field: str, value: str) -> None:
 
 def _enum(field: str, value: int, enum: Any, *, required: bool = True) -> None:
     """A value the enum defines (and not its UNSPECIFIED zero, if required)."""
-    if value not in enum.values() or (required and value == 0):
+    if value not in enum.DESCRIPTOR.values_by_number or (required and value == 0):
         names = [name for name, number in enum.items() if number != 0]
         raise InvalidArgument(field, f"one of {', '.join(names)}")
 
 
 def _check_generic(message: Message, path: str) -> None:
-    """Bounds every payload meets, field by field, at any depth (request
-    payloads have no map fields)."""
+    """Bounds every payload meets, field by field, at any depth (maps too: an
+    answer's, e.g. a certificate's fields). A field's name is built only for
+    the error (this runs on every request and every answer)."""
     if message.DESCRIPTOR.full_name == _TIMESTAMP:
         assert isinstance(message, Timestamp)
         if not (_MIN_SECONDS <= message.seconds <= _MAX_SECONDS and 0 <= message.nanos < 10**9):
             raise InvalidArgument(path.rstrip("."), "a timestamp between years 1 and 9999")
         return
     for field, value in message.ListFields():
+        if not field.is_repeated:
+            if isinstance(value, Message):
+                _check_generic(value, f"{path}{field.name}.")
+            else:
+                problem = _scalar_problem(field, value)
+                if problem is not None:
+                    raise InvalidArgument(f"{path}{field.name}", problem)
+            continue
         name = f"{path}{field.name}"
-        if field.is_repeated and len(value) > MAX_REPEATED:
+        if len(value) > MAX_REPEATED:
             raise InvalidArgument(name, f"at most {MAX_REPEATED} items")
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            # A map (an answer's, e.g. a certificate's fields): keys and values.
             key_field, value_field = field.message_type.fields
             for key, item in value.items():  # named by the map, never by a key
-                _check_scalar(key_field, f"{name}.key", key)
+                problem = _scalar_problem(key_field, key)
+                if problem is not None:
+                    raise InvalidArgument(f"{name}.key", problem)
                 if isinstance(item, Message):
                     _check_generic(item, f"{name}.value.")
                 else:
-                    _check_scalar(value_field, f"{name}.value", item)
+                    problem = _scalar_problem(value_field, item)
+                    if problem is not None:
+                        raise InvalidArgument(f"{name}.value", problem)
             continue
-        items = list(value) if field.is_repeated else [value]
-        for index, item in enumerate(items):
-            where = f"{name}[{index}]" if field.is_repeated else name
+        for index, item in enumerate(value):
             if isinstance(item, Message):
-                _check_generic(item, where + ".")
+                _check_generic(item, f"{name}[{index}].")
             else:
-                _check_scalar(field, where, item)
+                problem = _scalar_problem(field, item)
+                if problem is not None:
+                    raise InvalidArgument(f"{name}[{index}]", problem)
 
 
-def _check_scalar(field: FieldDescriptor, where: str, value: object) -> None:
+def _scalar_problem(field: FieldDescriptor, value: object) -> str | None:
+    """What is wrong with a scalar (as "expected …"), None if nothing."""
     if isinstance(value, str):
         if len(value) > MAX_STRING:
-            raise InvalidArgument(where, f"at most {MAX_STRING} characters")
+            return f"at most {MAX_STRING} characters"
         if _CONTROL.search(value):
-            raise InvalidArgument(where, "text without control characters")
+            return "text without control characters"
     elif (
         field.enum_type is not None
         and isinstance(value, int)
         and value not in field.enum_type.values_by_number
     ):
         names = [v.name for v in field.enum_type.values if v.number != 0]
-        raise InvalidArgument(where, f"one of {', '.join(names)}")
+        return f"one of {', '.join(names)}"
+    return None
 
 
 def _credential_check(request: federation_pb2.CredentialCheckRequest) -> None:
@@ -252,12 +266,10 @@ assert {request for request, _ in FEDERATION_SERVICES.values()} == set(VALIDATOR
 
 def _credential_answer(answer: federation_pb2.CredentialCheckResponse) -> None:
     _enum("state", answer.state, federation_pb2.CredentialState)
-    known = sorted(DISCLOSABLE_ATTRIBUTES)
     for index, name in enumerate(answer.claims.disclosed_attributes):
         if name not in DISCLOSABLE_ATTRIBUTES:
-            raise InvalidArgument(
-                f"claims.disclosed_attributes[{index}]", f"one of {', '.join(known)}"
-            )
+            known = ", ".join(sorted(DISCLOSABLE_ATTRIBUTES))
+            raise InvalidArgument(f"claims.disclosed_attributes[{index}]", f"one of {known}")
     if answer.claims.holder.id_number:
         validate_id_number("claims.holder.id_number", answer.claims.holder.id_number)
 
