@@ -701,8 +701,9 @@ class FederationClient:
         of asynchronous deliveries, uses it so that retry layers never stack.
 
         Raises PeerUnavailable when the peer cannot be reached before the deadline,
-        RemoteError for a refusal (signed or not), EnvelopeRejected if the
-        response itself fails verification.
+        RemoteError for a refusal (signed or not), and an unsigned UNAVAILABLE
+        RemoteError for an answer that does not verify or whose payload is
+        unusable (a fault of the peer, not its decision).
         """
         if self._followed != self._config.version:
             await self.follow_config()
@@ -984,6 +985,23 @@ class FederationClient:
                 opened = self._verifier.open_response(
                     signed, peer=peer.code, request_header=request.header, service=service
                 )
+        except EnvelopeRejected as rejected:
+            await self._log.append(sent)
+            # An answer that does not verify is no answer: a fault of the peer
+            # (retried by the outbox; a verification says the issuer gave no
+            # usable answer), never the caller's error it would read as.
+            log.warning(
+                "peer's answer does not verify",
+                peer=peer.code,
+                service=service,
+                reason=rejected.reason,
+            )
+            raise RemoteError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"province {peer.code} answered {service} with an envelope that does not "
+                f"verify: {rejected.message}",
+                signed=False,
+            ) from rejected
         except BaseException:
             await self._log.append(sent)
             raise
@@ -1020,7 +1038,7 @@ class FederationClient:
             # issuer gave no usable answer). Named by field, never by value.
             log.warning("peer's answer does not validate", peer=peer.code, service=service)
             raise RemoteError(
-                grpc.StatusCode.INTERNAL,
+                grpc.StatusCode.UNAVAILABLE,
                 f"province {peer.code} answered {service} with an unusable payload: {exc.message}",
                 signed=False,
             ) from exc

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from gateway.federation import server as federation_server
 from gateway.testing.localfed import LocalFederation
 from tests.integration.conftest import JS, SH, ZJ, Wallet
 from tests.integration.test_fund_exchange import application, submit, until_final
@@ -133,3 +134,28 @@ async def test_an_unusable_delivery_ack_is_retried_and_named_for_the_operator(
     monkeypatch.setitem(handlers, "fund.DeliverWithdrawal", honest)
     final, _ = await until_final(federation, case.case_id, seconds=30)
     assert final.status == fund_pb2.WithdrawalStatus.PAID
+
+
+async def test_an_answer_that_does_not_verify_is_an_indeterminate_verdict(
+    federation: LocalFederation, wallet: Wallet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Zhejiang's answers changed after they were signed (their payload no longer
+    matches the digest the header binds): the hotel gets ISSUER_UNREACHABLE with
+    the reason, not the verifier's refusal as if the hotel's own call were wrong."""
+    honest_sign = federation_server.sign_frame
+
+    def sign_then_spoil(signer: Any, envelopes: list[Any], *, receiver: str) -> Any:
+        signed = honest_sign(signer, envelopes, receiver=receiver)
+        for envelope in envelopes:
+            envelope.payload += b"\x00"
+        return signed
+
+    monkeypatch.setattr(federation_server, "sign_frame", sign_then_spoil)
+    response = await verify(federation, SH, await wallet.fresh_qr(ZJ))
+    assert response.verdict == identity_pb2.ISSUER_UNREACHABLE
+    detail = next(c.detail for c in response.checks if c.name == "status")
+    assert "answered identity.CheckCredential with an envelope that does not verify" in detail
+
+    monkeypatch.setattr(federation_server, "sign_frame", honest_sign)
+    response = await verify(federation, SH, await wallet.fresh_qr(ZJ))
+    assert response.verdict == identity_pb2.VALID
