@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 import uuid
 from collections import deque
@@ -574,9 +575,24 @@ def map_rpc_error(peer: str, error: grpc.aio.AioRpcError) -> GatewayError:
     return map_status(peer, error.code(), error.details() or "")
 
 
+#: Control characters (C0, DEL, C1) in a peer's text.
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: Longest peer text passed on (the bound of a signed status message).
+PEER_TEXT_MAX = 1024
+
+
+def peer_text(text: str) -> str:
+    """Text a peer sent (a status message, a refusal, gRPC details) as this node
+    passes it on to its callers, check details and logs: control characters as
+    spaces, at most :data:`PEER_TEXT_MAX` characters."""
+    text = _CONTROL_CHARS.sub(" ", text)
+    return text if len(text) <= PEER_TEXT_MAX else text[: PEER_TEXT_MAX - 1] + "…"
+
+
 def map_status(peer: str, code: grpc.StatusCode, details: str) -> GatewayError:
     """A peer's bare status (a unary call's gRPC error, a stream's refusal of
     one request) as a domain error, by the one table :data:`_MAPPED`."""
+    details = peer_text(details)
     factory = _MAPPED.get(code)
     if factory is not None:
         return factory(peer, details)
@@ -1026,7 +1042,7 @@ class FederationClient:
             # (ends_exchange tells which); never retried here.
             raise RemoteError(
                 status_from_int(opened.header.status_code),
-                opened.header.status_message,
+                peer_text(opened.header.status_message),
                 signed=True,
             )
         try:

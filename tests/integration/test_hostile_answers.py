@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from gateway.core.errors import PeerUnavailable
 from gateway.federation import server as federation_server
 from gateway.testing.localfed import LocalFederation
 from tests.integration.conftest import JS, SH, ZJ, Wallet
@@ -159,3 +160,20 @@ async def test_an_answer_that_does_not_verify_is_an_indeterminate_verdict(
     monkeypatch.setattr(federation_server, "sign_frame", honest_sign)
     response = await verify(federation, SH, await wallet.fresh_qr(ZJ))
     assert response.verdict == identity_pb2.VALID
+
+
+async def test_a_peers_status_message_reaches_the_hotel_without_control_characters(
+    federation: LocalFederation, wallet: Wallet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    zj = federation.node(ZJ)
+    assert zj.federation_server is not None
+
+    async def failing(opened: Any, timeout: float) -> Answer:
+        raise PeerUnavailable("e-ID authority\x1b[2J down\r\n(forged line)")
+
+    monkeypatch.setitem(zj.federation_server._handlers, "identity.CheckCredential", failing)
+    response = await verify(federation, SH, await wallet.fresh_qr(ZJ))
+    assert response.verdict == identity_pb2.ISSUER_UNREACHABLE
+    detail = next(c.detail for c in response.checks if c.name == "status")
+    assert "e-ID authority [2J down  (forged line)" in detail
+    assert not re.search("[\\x00-\\x1f]", detail)

@@ -1,12 +1,15 @@
-"""The asking node's checks of a peer's answer payload (gateway.federation.payloads:
-validate_answer): generic bounds at any depth, maps included, then per answer type."""
+"""The asking node's checks of what a peer answers: its payload
+(gateway.federation.payloads.validate_answer: generic bounds at any depth, maps
+included, then per answer type) and its text (gateway.federation.client.peer_text)."""
 
 from __future__ import annotations
 
+import grpc
 import pytest
 from google.protobuf.message import Message
 
 from gateway.core.errors import InvalidArgument
+from gateway.federation.client import PEER_TEXT_MAX, map_status, peer_text
 from gateway.federation.payloads import validate_answer
 from yrd.certificate.v1 import certificate_pb2
 from yrd.federation.v1 import federation_pb2
@@ -87,3 +90,14 @@ def test_an_unknown_attribute_name_is_refused() -> None:
         validate_answer(answer)
     assert raised.value.field == "claims.disclosed_attributes[1]"
     assert "age_over_18" in raised.value.expected
+
+
+def test_a_peers_text_is_passed_on_without_control_characters_and_bounded() -> None:
+    assert peer_text("e-ID authority\x1b[2J down\r\nnext\x85line") == (
+        "e-ID authority [2J down  next line"
+    )
+    assert len(peer_text("x" * 5000)) == PEER_TEXT_MAX
+    error = map_status("330000", grpc.StatusCode.PERMISSION_DENIED, "no\x00pe" + "y" * 5000)
+    assert "\x00" not in error.message
+    assert error.message.startswith("province 330000 refused the envelope: no pe")
+    assert len(error.message) < PEER_TEXT_MAX + 100
