@@ -566,7 +566,7 @@ def contact_error(error: grpc.aio.AioRpcError) -> str:
 def contact_status(code: grpc.StatusCode, details: str) -> str:
     """:func:`contact_error` for a status code and its details."""
     lines = details.splitlines()
-    line = lines[0][:200] if lines else ""
+    line = peer_text(lines[0][:200]) if lines else ""
     return f"{code.name}: {line}" if line else code.name
 
 

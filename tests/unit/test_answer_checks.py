@@ -9,7 +9,7 @@ import pytest
 from google.protobuf.message import Message
 
 from gateway.core.errors import InvalidArgument
-from gateway.federation.client import PEER_TEXT_MAX, map_status, peer_text
+from gateway.federation.client import PEER_TEXT_MAX, contact_status, map_status, peer_text
 from gateway.federation.payloads import validate_answer
 from yrd.certificate.v1 import certificate_pb2
 from yrd.federation.v1 import federation_pb2
@@ -101,3 +101,7 @@ def test_a_peers_text_is_passed_on_without_control_characters_and_bounded() -> N
     assert "\x00" not in error.message
     assert error.message.startswith("province 330000 refused the envelope: no pe")
     assert len(error.message) < PEER_TEXT_MAX + 100
+    # What peer health keeps of a failed call (ListPeers, the console): one clean line.
+    assert contact_status(grpc.StatusCode.UNAVAILABLE, "down\x1b[0m now\nsecond") == (
+        "UNAVAILABLE: down [0m now"
+    )
