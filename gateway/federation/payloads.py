@@ -100,45 +100,38 @@ def _enum(field: str, value: int, enum: Any, *, required: bool = True) -> None:
 
 def _check_generic(message: Message, path: str) -> None:
     """Bounds every payload meets, field by field, at any depth (maps too: an
-    answer's, e.g. a certificate's fields). A field's name is built only for
-    the error (this runs on every request and every answer)."""
+    answer's, e.g. a certificate's fields). A list item's name is built only
+    for the error (this runs on every request and every answer)."""
     if message.DESCRIPTOR.full_name == _TIMESTAMP:
         assert isinstance(message, Timestamp)
         if not (_MIN_SECONDS <= message.seconds <= _MAX_SECONDS and 0 <= message.nanos < 10**9):
             raise InvalidArgument(path.rstrip("."), "a timestamp between years 1 and 9999")
         return
     for field, value in message.ListFields():
-        if not field.is_repeated:
-            if isinstance(value, Message):
-                _check_generic(value, f"{path}{field.name}.")
-            else:
-                problem = _scalar_problem(field, value)
-                if problem is not None:
-                    raise InvalidArgument(f"{path}{field.name}", problem)
-            continue
         name = f"{path}{field.name}"
+        if not field.is_repeated:
+            _check_item(field, value, name)
+            continue
         if len(value) > MAX_REPEATED:
             raise InvalidArgument(name, f"at most {MAX_REPEATED} items")
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             key_field, value_field = field.message_type.fields
             for key, item in value.items():  # named by the map, never by a key
-                problem = _scalar_problem(key_field, key)
-                if problem is not None:
-                    raise InvalidArgument(f"{name}.key", problem)
-                if isinstance(item, Message):
-                    _check_generic(item, f"{name}.value.")
-                else:
-                    problem = _scalar_problem(value_field, item)
-                    if problem is not None:
-                        raise InvalidArgument(f"{name}.value", problem)
+                _check_item(key_field, key, f"{name}.key")
+                _check_item(value_field, item, f"{name}.value")
             continue
         for index, item in enumerate(value):
-            if isinstance(item, Message):
-                _check_generic(item, f"{name}[{index}].")
-            else:
-                problem = _scalar_problem(field, item)
-                if problem is not None:
-                    raise InvalidArgument(f"{name}[{index}]", problem)
+            _check_item(field, item, name, index)
+
+
+def _check_item(field: FieldDescriptor, value: object, name: str, index: int = -1) -> None:
+    """One value of ``field`` (named ``name``, or ``name[index]`` in a list)."""
+    if isinstance(value, Message):
+        _check_generic(value, f"{name}[{index}]." if index >= 0 else f"{name}.")
+        return
+    problem = _scalar_problem(field, value)
+    if problem is not None:
+        raise InvalidArgument(f"{name}[{index}]" if index >= 0 else name, problem)
 
 
 def _scalar_problem(field: FieldDescriptor, value: object) -> str | None:

@@ -12,6 +12,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -259,46 +260,15 @@ class TestFaults:
     ) -> None:
         """A node serving only Exchange (Zhejiang's servicer behind a server
         without Stream) answers UNIMPLEMENTED; the exchange goes unary at once."""
-        sh, zj = federation.node(SH), federation.node(ZJ)
-        assert sh.tls is not None
-        assert zj.tls is not None
+        zj = federation.node(ZJ)
         assert zj.federation_server is not None
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    SERVICE_NAME,
-                    {
-                        "Exchange": grpc.unary_unary_rpc_method_handler(
-                            zj.federation_server.exchange_bytes,
-                            request_deserializer=None,
-                            response_serializer=federation_pb2.SignedEnvelope.SerializeToString,
-                        )
-                    },
-                ),
-            )
+        exchange = grpc.unary_unary_rpc_method_handler(
+            zj.federation_server.exchange_bytes,
+            request_deserializer=None,
+            response_serializer=federation_pb2.SignedEnvelope.SerializeToString,
         )
-        address = f"127.0.0.1:{free_port()}"
-        server.add_secure_port(address, zj.tls.mutual_server_credentials())
-        await server.start()
-        tls = sh.tls
-        client = FederationClient(
-            sh.config,
-            sh.signer,
-            sh.verifier,
-            sh.message_log,
-            channel_factory=lambda _: balanced_aio_channel(
-                (address,), tls.channel_credentials(), options=CHANNEL_OPTIONS
-            ),
-        )
-        try:
-            resident = await wallet.credential(ZJ)
-            request = federation_pb2.CredentialCheckRequest(
-                token_id=str(uuid.uuid4()),
-                credential_id=resident["credential_id"],
-                purpose=identity_pb2.HOTEL_CHECK_IN,
-                relying_party_id="no-such-hotel",
-            )
+        async with fake_zhejiang(federation, {"Exchange": exchange}) as client:
+            request = await credential_check(wallet, relying_party_id="no-such-hotel")
             signed = True
             try:
                 await client.call(
@@ -315,9 +285,6 @@ class TestFaults:
             tried = client.stream_link(ZJ)
             assert tried is not None
             assert isinstance(tried.ended, StreamUnimplemented)
-        finally:
-            await client.close()
-            await server.stop(0)
 
     async def test_a_peer_answering_garbage_frames_is_a_fault(
         self, federation: LocalFederation, wallet: Wallet
@@ -325,52 +292,20 @@ class TestFaults:
         """A peer whose Stream answers bytes that are no StreamFrame: the link
         ends naming it, the exchange fails as a fault (retried until its
         deadline), and the asking node's reader does not die on it."""
-        sh, zj = federation.node(SH), federation.node(ZJ)
-        assert sh.tls is not None
-        assert zj.tls is not None
 
         async def garbage(requests: AsyncIterator[bytes], _: object) -> AsyncIterator[bytes]:
             async for _frame in requests:
                 yield b"\xff\xff\xff not a frame"
 
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    SERVICE_NAME,
-                    {
-                        "Stream": grpc.stream_stream_rpc_method_handler(
-                            garbage, request_deserializer=None, response_serializer=None
-                        )
-                    },
-                ),
-            )
+        stream = grpc.stream_stream_rpc_method_handler(
+            garbage, request_deserializer=None, response_serializer=None
         )
-        address = f"127.0.0.1:{free_port()}"
-        server.add_secure_port(address, zj.tls.mutual_server_credentials())
-        await server.start()
-        tls = sh.tls
-        client = FederationClient(
-            sh.config,
-            sh.signer,
-            sh.verifier,
-            sh.message_log,
-            channel_factory=lambda _: balanced_aio_channel(
-                (address,), tls.channel_credentials(), options=CHANNEL_OPTIONS
-            ),
-        )
-        try:
-            resident = await wallet.credential(ZJ)
-            request = federation_pb2.CredentialCheckRequest(
-                token_id=str(uuid.uuid4()),
-                credential_id=resident["credential_id"],
-                purpose=identity_pb2.HOTEL_CHECK_IN,
-            )
+        async with fake_zhejiang(federation, {"Stream": stream}) as client:
             with pytest.raises(PeerUnavailable):
                 await client.call(
                     ZJ,
                     "identity.CheckCredential",
-                    request,
+                    await credential_check(wallet),
                     federation_pb2.CredentialCheckResponse,
                     correlation_id=str(uuid.uuid4()),
                     timeout=2,
@@ -380,9 +315,48 @@ class TestFaults:
             assert isinstance(tried.ended, StreamBroken)
             assert tried.ended.code == grpc.StatusCode.INTERNAL
             assert "not a yrd.federation.v1.StreamFrame" in tried.ended.details
-        finally:
-            await client.close()
-            await server.stop(0)
+
+
+@asynccontextmanager
+async def fake_zhejiang(
+    federation: LocalFederation, methods: dict[str, grpc.RpcMethodHandler]
+) -> AsyncIterator[FederationClient]:
+    """A server with Zhejiang's TLS identity serving only ``methods`` of the
+    federation service, and a federation client of Shanghai's pointed at it."""
+    sh, zj = federation.node(SH), federation.node(ZJ)
+    assert sh.tls is not None
+    assert zj.tls is not None
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, methods),))
+    address = f"127.0.0.1:{free_port()}"
+    server.add_secure_port(address, zj.tls.mutual_server_credentials())
+    await server.start()
+    tls = sh.tls
+    client = FederationClient(
+        sh.config,
+        sh.signer,
+        sh.verifier,
+        sh.message_log,
+        channel_factory=lambda _: balanced_aio_channel(
+            (address,), tls.channel_credentials(), options=CHANNEL_OPTIONS
+        ),
+    )
+    try:
+        yield client
+    finally:
+        await client.close()
+        await server.stop(0)
+
+
+async def credential_check(wallet: Wallet, **fields: str) -> federation_pb2.CredentialCheckRequest:
+    """A check of a real Zhejiang credential for a hotel check-in (a new token id)."""
+    resident = await wallet.credential(ZJ)
+    return federation_pb2.CredentialCheckRequest(
+        token_id=str(uuid.uuid4()),
+        credential_id=resident["credential_id"],
+        purpose=identity_pb2.HOTEL_CHECK_IN,
+        **fields,
+    )
 
 
 class TestBadFrames:
