@@ -186,6 +186,9 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         self._peer_streams: Counter[str] = Counter()
         #: Requests in flight per peer province, over all its streams.
         self._in_flight_of: dict[str, asyncio.Semaphore] = {}
+        #: Streams refused per province since its last log line, and when that was.
+        self._refused_streams: Counter[str] = Counter()
+        self._refused_logged: dict[str, float] = {}
         self._draining = asyncio.Event()
 
     @property
@@ -349,6 +352,21 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Stream: served by stream_bytes")
         yield federation_pb2.StreamFrame()  # pragma: no cover - abort raises
 
+    def _log_refused_stream(self, peer: str) -> None:
+        """One line per :data:`REFUSED_LOG_SECONDS` per province, counting the
+        streams refused since the last: a peer reopening in a loop does not
+        flood the log."""
+        self._refused_streams[peer] += 1
+        now = time.monotonic()
+        if now - self._refused_logged.get(peer, -REFUSED_LOG_SECONDS) >= REFUSED_LOG_SECONDS:
+            self._refused_logged[peer] = now
+            log.warning(
+                "streams refused: too many open",
+                peer=peer,
+                limit=STREAMS_PER_PEER,
+                refused=self._refused_streams.pop(peer),
+            )
+
     def _peer_slots(self, peer: str) -> asyncio.Semaphore:
         """The slots of :data:`PEER_IN_FLIGHT` that every stream of ``peer`` shares
         (kept for the process's life: one per province that ever opened a stream)."""
@@ -396,7 +414,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         if self._peer_streams[peer] >= STREAMS_PER_PEER:
             if self._metrics is not None:
                 self._metrics.refusals.labels(peer, "too_many_streams").inc()
-            log.warning("stream refused: too many open", peer=peer, limit=STREAMS_PER_PEER)
+            self._log_refused_stream(peer)
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"Stream: at most {STREAMS_PER_PEER} streams of one province open at once "
@@ -548,6 +566,9 @@ PEER_IN_FLIGHT = 4096
 #: per worker process of each of its replicas is the norm; past it a new
 #: stream is refused RESOURCE_EXHAUSTED.
 STREAMS_PER_PEER = 64
+#: Streams refused to one province are logged at most once per this many
+#: seconds (the line counts those refused since the last); the metric counts each.
+REFUSED_LOG_SECONDS = 10.0
 #: On drain, how long a stream still waits for a frame already on its way
 #: before it stops reading, seconds.
 DRAIN_READ_SECONDS = 0.1

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+from structlog.testing import capture_logs
 
 from gateway.core.channels import balanced_aio_channel
 from gateway.core.errors import PeerUnavailable, RemoteError
@@ -441,13 +442,17 @@ class TestBadFrames:
             open_stream = channel.stream_stream(
                 STREAM, request_serializer=None, response_deserializer=None
             )
-            calls = [open_stream(silent(), timeout=60) for _ in range(5)]
-            ends = [asyncio.ensure_future(call.code()) for call in calls]
-            refused = 5 - (3 - already)
-            for _ in range(200):  # 10 s at most
-                if sum(end.done() for end in ends) >= refused and streams(zj, SH, "in") == 3:
-                    break
-                await asyncio.sleep(0.05)
+            with capture_logs() as logs:
+                calls = [open_stream(silent(), timeout=60) for _ in range(5)]
+                ends = [asyncio.ensure_future(call.code()) for call in calls]
+                refused = 5 - (3 - already)
+                for _ in range(200):  # 10 s at most
+                    if sum(end.done() for end in ends) >= refused and streams(zj, SH, "in") == 3:
+                        break
+                    await asyncio.sleep(0.05)
+            # One line for the window, however many were refused in it.
+            lines = [e for e in logs if e["event"] == "streams refused: too many open"]
+            assert [(e["peer"], e["refused"]) for e in lines] == [(SH, 1)]
             assert [end.result() for end in ends if end.done()] == (
                 [grpc.StatusCode.RESOURCE_EXHAUSTED] * refused
             )
