@@ -589,6 +589,18 @@ def peer_text(text: str) -> str:
     return text if len(text) <= PEER_TEXT_MAX else text[: PEER_TEXT_MAX - 1] + "…"
 
 
+def unusable_answer(peer: str, service: str, what: str, why: str) -> RemoteError:
+    """A signed answer this node cannot use (its envelope does not verify, its
+    payload does not validate): a fault of the peer, not its decision about the
+    request, so unsigned UNAVAILABLE (retried by the outbox; a verification says
+    the issuer gave no usable answer), never the caller's error it would read as."""
+    return RemoteError(
+        grpc.StatusCode.UNAVAILABLE,
+        f"province {peer} answered {service} with {what}: {why}",
+        signed=False,
+    )
+
+
 def map_status(peer: str, code: grpc.StatusCode, details: str) -> GatewayError:
     """A peer's bare status (a unary call's gRPC error, a stream's refusal of
     one request) as a domain error, by the one table :data:`_MAPPED`."""
@@ -1003,20 +1015,14 @@ class FederationClient:
                 )
         except EnvelopeRejected as rejected:
             await self._log.append(sent)
-            # An answer that does not verify is no answer: a fault of the peer
-            # (retried by the outbox; a verification says the issuer gave no
-            # usable answer), never the caller's error it would read as.
             log.warning(
                 "peer's answer does not verify",
                 peer=peer.code,
                 service=service,
                 reason=rejected.reason,
             )
-            raise RemoteError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"province {peer.code} answered {service} with an envelope that does not "
-                f"verify: {rejected.message}",
-                signed=False,
+            raise unusable_answer(
+                peer.code, service, "an envelope that does not verify", rejected.message
             ) from rejected
         except BaseException:
             await self._log.append(sent)
@@ -1049,15 +1055,9 @@ class FederationClient:
             response = opened.parse(response_type)
             validate_answer(response)
         except (EnvelopeRejected, InvalidArgument) as exc:
-            # Signed, but no usable answer: a fault of the peer, not its decision
-            # about the request (retried by the outbox; a verification says the
-            # issuer gave no usable answer). Named by field, never by value.
+            # Named by field, never by value.
             log.warning("peer's answer does not validate", peer=peer.code, service=service)
-            raise RemoteError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"province {peer.code} answered {service} with an unusable payload: {exc.message}",
-                signed=False,
-            ) from exc
+            raise unusable_answer(peer.code, service, "an unusable payload", exc.message) from exc
         return response, opened  # type: ignore[return-value]  # parse built a response_type
 
     def stream_link(self, code: str) -> StreamLink | None:

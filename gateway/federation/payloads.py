@@ -33,7 +33,7 @@ before it does anything with a request.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -157,12 +157,11 @@ def _credential_check(request: federation_pb2.CredentialCheckRequest) -> None:
     _enum("purpose", request.purpose, identity_pb2.Purpose)
     if request.relying_party_id and not _CLIENT_ID.fullmatch(request.relying_party_id):
         raise InvalidArgument("relying_party_id", "1..64 characters of [A-Za-z0-9._:-]")
-    known = sorted(DISCLOSABLE_ATTRIBUTES)
-    if len(request.requested_attributes) > len(known):
-        raise InvalidArgument("requested_attributes", f"at most {len(known)} attribute names")
-    for index, attribute in enumerate(request.requested_attributes):
-        if attribute not in DISCLOSABLE_ATTRIBUTES:
-            raise InvalidArgument(f"requested_attributes[{index}]", f"one of {', '.join(known)}")
+    if len(request.requested_attributes) > len(DISCLOSABLE_ATTRIBUTES):
+        raise InvalidArgument(
+            "requested_attributes", f"at most {len(DISCLOSABLE_ATTRIBUTES)} attribute names"
+        )
+    _attribute_names("requested_attributes", request.requested_attributes)
 
 
 def _fund_query(request: fund_pb2.QueryFundAccountRequest) -> None:
@@ -257,12 +256,17 @@ VALIDATORS: dict[str, tuple[type[Message], str, Validator]] = {
 assert {request for request, _ in FEDERATION_SERVICES.values()} == set(VALIDATORS)
 
 
-def _credential_answer(answer: federation_pb2.CredentialCheckResponse) -> None:
-    _enum("state", answer.state, federation_pb2.CredentialState)
-    for index, name in enumerate(answer.claims.disclosed_attributes):
+def _attribute_names(field: str, names: Iterable[str]) -> None:
+    """Every name one of DISCLOSABLE_ATTRIBUTES (asked for, or disclosed)."""
+    for index, name in enumerate(names):
         if name not in DISCLOSABLE_ATTRIBUTES:
             known = ", ".join(sorted(DISCLOSABLE_ATTRIBUTES))
-            raise InvalidArgument(f"claims.disclosed_attributes[{index}]", f"one of {known}")
+            raise InvalidArgument(f"{field}[{index}]", f"one of {known}")
+
+
+def _credential_answer(answer: federation_pb2.CredentialCheckResponse) -> None:
+    _enum("state", answer.state, federation_pb2.CredentialState)
+    _attribute_names("claims.disclosed_attributes", answer.claims.disclosed_attributes)
     if answer.claims.holder.id_number:
         validate_id_number("claims.holder.id_number", answer.claims.holder.id_number)
 
@@ -284,14 +288,11 @@ def _certificate_answer(certificate: certificate_pb2.Certificate) -> None:
 
 #: The checks of each answer type beyond the generic ones (every response
 #: type of a federation service has an entry).
-ANSWER_VALIDATORS: dict[str, tuple[type[Message], Validator]] = {
-    "yrd.federation.v1.CredentialCheckResponse": (
-        federation_pb2.CredentialCheckResponse,
-        _credential_answer,
-    ),
-    "yrd.federation.v1.DeliveryAck": (federation_pb2.DeliveryAck, _ack),
-    "yrd.fund.v1.FundAccount": (fund_pb2.FundAccount, _fund_account),
-    "yrd.certificate.v1.Certificate": (certificate_pb2.Certificate, _certificate_answer),
+ANSWER_VALIDATORS: dict[str, Validator] = {
+    "yrd.federation.v1.CredentialCheckResponse": _credential_answer,
+    "yrd.federation.v1.DeliveryAck": _ack,
+    "yrd.fund.v1.FundAccount": _fund_account,
+    "yrd.certificate.v1.Certificate": _certificate_answer,
 }
 
 assert {answer for _, answer in FEDERATION_SERVICES.values()} == set(ANSWER_VALIDATORS)
@@ -301,9 +302,9 @@ def validate_answer(answer: Message) -> None:
     """Check a peer's parsed answer; raise InvalidArgument naming the field (never
     its value). A type without an entry (none today) gets the generic checks."""
     _check_generic(answer, "")
-    entry = ANSWER_VALIDATORS.get(answer.DESCRIPTOR.full_name)
-    if entry is not None:
-        entry[1](answer)
+    check = ANSWER_VALIDATORS.get(answer.DESCRIPTOR.full_name)
+    if check is not None:
+        check(answer)
 
 
 def validate_payload(opened: OpenedEnvelope) -> Message:
