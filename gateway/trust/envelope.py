@@ -9,7 +9,6 @@ the request's header bytes (``request_digest``): a signed receipt.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import time
@@ -28,7 +27,7 @@ from gateway.core import crypto
 from gateway.core.clock import Clock, set_timestamp
 from gateway.core.crypto import load_private_key
 from gateway.core.errors import EnvelopeRejected, InvalidArgument
-from gateway.core.identifiers import random_uuid
+from gateway.core.identifiers import random_bytes, random_uuid
 from gateway.trust import batchsig
 from gateway.trust.truststore import TrustStore
 from yrd.federation.v1 import federation_pb2
@@ -264,7 +263,7 @@ class EnvelopeSigner:
             sender=keys.province,
             receiver=receiver,
             service=service,
-            nonce=os.urandom(NONCE_BYTES),
+            nonce=random_bytes(NONCE_BYTES),
             payload_type=payload.DESCRIPTOR.full_name,
             key_id=key_id,
             algorithm=crypto.ED25519,

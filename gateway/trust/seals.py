@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from datetime import date
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from gateway.core import crypto
 from yrd.certificate.v1 import certificate_pb2
 
 SEAL_ALGORITHM = "Ed25519"
@@ -60,11 +60,7 @@ def verify_seal(cert: certificate_pb2.Certificate, public_key: Ed25519PublicKey)
     """True when ``cert`` carries a valid Ed25519 seal by ``public_key`` over its content."""
     if cert.seal_algorithm != SEAL_ALGORITHM or not cert.seal:
         return False
-    try:
-        public_key.verify(cert.seal, seal_input(cert))
-    except InvalidSignature:
-        return False
-    return True
+    return crypto.verify(public_key, cert.seal, seal_input(cert))
 
 
 def seal_verdict(
