@@ -27,11 +27,10 @@ import asyncio
 import contextlib
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, cast, runtime_checkable
 
 import structlog
 from google.protobuf.message import Message
@@ -50,6 +49,7 @@ from gateway.core.errors import (
     NotFound,
     shown,
 )
+from gateway.core.identifiers import random_uuid, random_uuid_hex
 from gateway.core.metrics import NodeMetrics
 from gateway.federation.client import FederationClient
 from gateway.federation.outbox import Outbox, OutboxRoute
@@ -114,18 +114,31 @@ class StatusFields(Keyed, Protocol):
     def remote_reference(self) -> str: ...
 
 
+#: Message types found to be Keyed / StatusFields: the Protocol check
+#: (``isinstance`` on a runtime-checkable Protocol) looks up every member each
+#: time, about 50 µs on a protobuf message, and a message type's fields are fixed.
+_KEYED: set[type] = set()
+_STATUS_FIELDS: set[type] = set()
+
+
 def key_of(message: Message) -> str:
     """The idempotency key of a flow's application or status update."""
-    if not isinstance(message, Keyed):  # pragma: no cover - every flow's messages have one
-        raise TypeError(f"{type(message).__name__} has no idempotency_key")
-    return message.idempotency_key
+    kind = type(message)
+    if kind not in _KEYED:
+        if not isinstance(message, Keyed):  # pragma: no cover - every flow's messages have one
+            raise TypeError(f"{kind.__name__} has no idempotency_key")
+        _KEYED.add(kind)
+    return cast(Keyed, message).idempotency_key
 
 
 def status_of(update: Message) -> StatusFields:
     """A flow's status update, as the machinery reads it."""
-    if not isinstance(update, StatusFields):  # pragma: no cover - checked per flow by tests
-        raise TypeError(f"{type(update).__name__} is not a status update")
-    return update
+    kind = type(update)
+    if kind not in _STATUS_FIELDS:
+        if not isinstance(update, StatusFields):  # pragma: no cover - checked per flow by tests
+            raise TypeError(f"{kind.__name__} is not a status update")
+        _STATUS_FIELDS.add(kind)
+    return cast(StatusFields, update)
 
 
 @dataclass(frozen=True)
@@ -268,7 +281,7 @@ class Flow(Generic[B, A, U, P]):
                     0,
                     sender,
                     self.status_service,
-                    str(uuid.uuid4()),
+                    random_uuid(),
                     correlation_id,
                     key,
                     message.SerializeToString(),
@@ -367,7 +380,7 @@ class TrackedExchange(Generic[B, A, U, P]):
         own, target, key = self.own, getattr(app, flow.target_field), key_of(app)
         body = app.SerializeToString(deterministic=True)
         digest = crypto.sha256(body)
-        case_id = f"{flow.case_prefix}-{own}-{uuid.uuid4().hex[:20]}"
+        case_id = f"{flow.case_prefix}-{own}-{random_uuid_hex()[:20]}"
         now, stamp = time.time(), self._clock.now()
         new = NewOutgoingCase(
             case_id=case_id,
@@ -398,7 +411,7 @@ class TrackedExchange(Generic[B, A, U, P]):
                     0,
                     target,
                     flow.deliver_service,
-                    str(uuid.uuid4()),
+                    random_uuid(),
                     correlation_id,
                     key,
                     body,
@@ -413,9 +426,12 @@ class TrackedExchange(Generic[B, A, U, P]):
         stored = await self._store.unit_of_work(work)
         if self.outbox is not None:
             self.outbox.wake()
-        log.info(
-            f"{flow.domain} accepted", case_id=stored, peer=target, duplicate=stored != case_id
+        # Carried by the call's own `rpc` line (the interceptor's, which merges
+        # what is bound): one info line per submission, not two.
+        structlog.contextvars.bind_contextvars(
+            case_id=stored, peer=target, duplicate=stored != case_id
         )
+        log.debug(f"{flow.domain} accepted")
         if stored == case_id:
             # New: the case as just committed, without reading it back.
             return flow.public(new.as_stored())
@@ -513,7 +529,7 @@ class TrackedExchange(Generic[B, A, U, P]):
         if self.backend is None:
             raise FailedPrecondition(f"node {own} has no {flow.backend_name} configured")
         digest = crypto.sha256(opened.payload)
-        reference = f"{flow.reference_prefix}-{own}-{uuid.uuid4().hex[:20]}"
+        reference = f"{flow.reference_prefix}-{own}-{random_uuid_hex()[:20]}"
         stamp = self._clock.now()
 
         def work(tx: StateTransaction) -> federation_pb2.DeliveryAck:

@@ -127,10 +127,26 @@ def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
 
 
 def inclusion_proofs(leaves: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:
-    """The root and every leaf's audit path, hashing each leaf once (for a sender)."""
+    """The root and every leaf's audit path (for a sender), in one pass over the
+    tree: each leaf and each interior node is hashed once (n + n - 1 hashes for
+    n leaves; computing each path alone hashed the tree again per leaf)."""
     _check_size(len(leaves))
-    hashes = [leaf_hash(leaf) for leaf in leaves]
-    return _root_of_hashes(hashes), [_path_of_hashes(hashes, i) for i in range(len(hashes))]
+    return _root_and_paths([leaf_hash(leaf) for leaf in leaves])
+
+
+def _root_and_paths(hashes: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:
+    # The same split as _path_of_hashes: a leaf of the left subtree has the
+    # right subtree's root as its last (farthest) sibling, and the other way round.
+    if len(hashes) == 1:
+        return hashes[0], [[]]
+    k = _split(len(hashes))
+    left, left_paths = _root_and_paths(hashes[:k])
+    right, right_paths = _root_and_paths(hashes[k:])
+    for path in left_paths:
+        path.append(right)
+    for path in right_paths:
+        path.append(left)
+    return node_hash(left, right), left_paths + right_paths
 
 
 def verify_inclusion(

@@ -4,12 +4,16 @@ the outbox, and the fund-centre simulators."""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import time
 import uuid
 
 import grpc
 import pytest
+import structlog
 
+from gateway.core import logs
 from gateway.testing.localfed import LocalFederation
 from tests.integration.conftest import (
     JS,
@@ -110,6 +114,35 @@ class TestWithdrawal:
         assert again.case_id == first.case_id
         assert again.status == S.PAID
         assert sum(1 for p in centre.payments if p[1] == app.fund_account) == 1
+
+    async def test_one_info_line_per_submission_names_the_case(
+        self, federation: LocalFederation
+    ) -> None:
+        """The call's `rpc` line carries the case id, the province it goes to and
+        whether it repeated an earlier submission; no second info line, and no
+        personal data."""
+        stream = io.StringIO()
+        logs.configure("INFO", stream)
+        app = application(federation, amount_fen=4_321)
+        try:
+            first = await submit(federation, app)
+            again = await submit(federation, app)
+        finally:
+            structlog.reset_defaults()  # leave no configuration behind for other tests
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        rpcs = [
+            line
+            for line in lines
+            if line["event"] == "rpc" and line["method"].endswith("/SubmitWithdrawal")
+        ]
+        assert [(r["case_id"], r["peer"], r["duplicate"], r["code"]) for r in rpcs] == [
+            (first.case_id, JS, False, "OK"),
+            (again.case_id, JS, True, "OK"),
+        ]
+        assert not [line for line in lines if line["event"] == "withdrawal accepted"]
+        text = stream.getvalue()
+        for personal in (app.applicant.id_number, app.fund_account, app.payee_account):
+            assert personal not in text
 
     async def test_same_key_different_body_is_refused(self, federation: LocalFederation) -> None:
         app = application(federation, amount_fen=5_000)

@@ -173,8 +173,11 @@ class TestTree:
     def test_every_leaf_verifies(self, leaves: list[bytes]) -> None:
         root, paths = batchsig.inclusion_proofs(leaves)
         assert root == batchsig.tree_root(leaves)
+        assert len(paths) == len(leaves)
         for index, path in enumerate(paths):
             assert len(path) <= batchsig.MAX_AUDIT_PATH
+            # The one-pass proofs are the RFC's paths, as the per-leaf proof is.
+            assert path == ref_path(index, leaves)
             assert batchsig.verify_inclusion(
                 batchsig.leaf_hash(leaves[index]), index, len(leaves), path, root
             )
