@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from adapters import TranslationError
 from adapters.formats import format_timestamp
-from adapters.mapping import to_message
+from adapters.mapping import _flat_message, to_message
 from yrd.common.v1 import common_pb2
 from yrd.fund.v1 import fund_pb2
 
@@ -92,7 +92,73 @@ def person_dicts(draw: st.DrawFn) -> dict[str, Any]:
     return result
 
 
+_STATUSES = ["WITHDRAWAL_STATUS_UNSPECIFIED", "PAID", "REJECTED", "IN_PROGRESS"]
+_TIMESTAMPISH = st.one_of(
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)).map(
+        lambda d: format_timestamp(d.replace(tzinfo=UTC))
+    ),
+    st.builds(
+        "{:04d}-{:02d}-{:02d}T{:02d}:{:02d}:{:02d}{}{}".format,
+        st.integers(0, 9999),
+        st.integers(0, 13),
+        st.integers(0, 32),
+        st.integers(0, 24),
+        st.integers(0, 60),
+        st.integers(0, 61),
+        st.sampled_from(["", ".5", ".123", ".123456789", ".1234567891", "."]),
+        st.sampled_from(["Z", "z", "+08:00", "", "Z "]),
+    ),
+)
+
+
+@st.composite
+def status_update_dicts(draw: st.DrawFn) -> dict[str, Any]:
+    """WithdrawalStatusUpdate dicts (strings, an enum, an int64, a Timestamp),
+    mostly valid, with odd values mixed in."""
+    result: dict[str, Any] = {}
+    for name in ("idempotency_key", "status_reason", "remote_reference"):
+        if draw(st.booleans()):
+            result[name] = draw(st.one_of(st.text(max_size=6), _ODD))
+    if draw(st.booleans()):
+        result["status"] = draw(st.one_of(st.sampled_from(_STATUSES), _ODD))
+    if draw(st.booleans()):
+        result["paid_amount_fen"] = draw(
+            st.one_of(
+                st.integers(-(2**63), 2**63 - 1),
+                st.sampled_from([2**63, -(2**63) - 1, 2**64]),
+                _ODD,
+            )
+        )
+    if draw(st.booleans()):
+        result["changed_at"] = draw(st.one_of(_TIMESTAMPISH, _ODD))
+    return result
+
+
 class TestToMessage:
+    @settings(max_examples=600, deadline=None)
+    @given(status_update_dicts())
+    def test_integers_and_timestamps_as_parse_dict_makes_them(
+        self, canonical: dict[str, Any]
+    ) -> None:
+        kind = fund_pb2.WithdrawalStatusUpdate
+        assert _fast(canonical, kind) == _general(canonical, kind)
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "2026-05-01T08:00:00Z",
+            "2026-05-01T08:00:00.5Z",
+            "0001-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999999Z",
+            "1969-12-31T23:59:59.999Z",
+        ],
+    )
+    def test_a_timestamp_takes_the_flat_path(self, text: str) -> None:
+        canonical = {"changed_at": text, "paid_amount_fen": 7}
+        kind = fund_pb2.WithdrawalStatusUpdate
+        assert _flat_message(canonical, kind) is not None
+        assert _fast(canonical, kind) == _general(canonical, kind)
+
     @settings(max_examples=400, deadline=None)
     @given(person_dicts())
     def test_person_as_parse_dict_makes_it(self, canonical: dict[str, Any]) -> None:
