@@ -137,15 +137,19 @@ class TestStreamLink:
         await _answer_all(stub, first)
 
     async def test_requests_arriving_close_together_under_load_share_a_frame(
-        self, link: StreamLink, stub: _FakeStub
+        self, link: StreamLink, stub: _FakeStub, long_linger: None
     ) -> None:
         first = await _busy(link, stub)
-        link.mean_gap = BATCH_LINGER_MAX / 100  # requests have come about 0.1 ms apart
+        # Requests have come 0.1 s apart: the writer lingers over a second for
+        # the missing ones, far longer than the four below take to arrive on
+        # any machine (a linger of 1.5 ms against sleeps of 0.5 ms failed on a
+        # slow one).
+        link.mean_gap = 0.1
         later = []
         for n in range(1, 5):  # a few, less than the target, a moment apart
             later.append(_request(link, n))
             await asyncio.sleep(0.0005)
-        await _until(lambda: len(stub.call.frames) == 2)
+        await _until(lambda: len(stub.call.frames) == 2, seconds=10.0)
         assert len(stub.call.frames[1].requests) == 4  # one frame, one signature
         await _answer_all(stub, first, *later)
 
