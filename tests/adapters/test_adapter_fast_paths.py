@@ -108,6 +108,8 @@ _TIMESTAMPISH = st.one_of(
         st.sampled_from(["", ".5", ".123", ".123456789", ".1234567891", "."]),
         st.sampled_from(["Z", "z", "+08:00", "", "Z "]),
     ),
+    # Digits of another script, which a Unicode \d would match.
+    st.sampled_from(["٢٠٢٦-05-01T08:00:00Z", "2026-05-01T08:00:0٠Z", "2026-05-01T08:00:00.٥Z"]),
 )
 
 
