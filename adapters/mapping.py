@@ -43,6 +43,7 @@ from adapters.errors import TranslationError
 from adapters.formats import FormatContext, Mismatch, NativeScalar, describe
 from adapters.native import JsonNode, NativeNode, XmlNode
 from adapters.spec import AdapterConfig, FieldRule, MessageMapping
+from gateway.core.clock import set_timestamp
 from gateway.core.identifiers import id_number_problem
 
 NativeDocument = dict[str, Any] | ET.Element
@@ -533,7 +534,6 @@ _INT_RANGES = {
 _RFC3339_UTC = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?Z", re.ASCII
 )
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TIMESTAMP = "google.protobuf.Timestamp"
 
 
@@ -544,8 +544,8 @@ def _is_timestamp(field: Any) -> bool:
 
 def _flat_timestamp(value: object) -> object | None:
     """A Timestamp from the RFC 3339 text format_timestamp writes, as ParseDict
-    would read it (without its strptime, about 80 µs a value); any other text
-    is left to ParseDict."""
+    would read it, without its strptime (a fund centre's status update 39 µs
+    through ParseDict, 8.5 µs here); any other text is left to ParseDict."""
     if type(value) is not str:
         return None
     match = _RFC3339_UTC.fullmatch(value)
@@ -558,9 +558,10 @@ def _flat_timestamp(value: object) -> object | None:
         )
     except ValueError:  # no such day or time (a leap second): ParseDict decides
         return None
-    nanos = int(fraction.ljust(9, "0")) if fraction else 0
-    whole = instant - _EPOCH
-    return Timestamp(seconds=whole.days * 86_400 + whole.seconds, nanos=nanos)
+    stamp = Timestamp()
+    set_timestamp(stamp, instant)  # whole seconds: the fraction is set from the text
+    stamp.nanos = int(fraction.ljust(9, "0")) if fraction else 0
+    return stamp
 
 
 def _flat_enum(numbers: Mapping[str, int]) -> _FlatSetter:

@@ -117,27 +117,31 @@ class StatusFields(Keyed, Protocol):
 #: Message types found to be Keyed / StatusFields: the Protocol check
 #: (``isinstance`` on a runtime-checkable Protocol) looks up every member each
 #: time, about 50 µs on a protobuf message, and a message type's fields are fixed.
-_KEYED: set[type] = set()
-_STATUS_FIELDS: set[type] = set()
+_CONFORMING: dict[type, set[type]] = {Keyed: set(), StatusFields: set()}
+
+
+def _conforms(message: Message, protocol: type) -> bool:
+    """``isinstance(message, protocol)``, checked once per message type."""
+    known = _CONFORMING[protocol]
+    if type(message) in known:
+        return True
+    if not isinstance(message, protocol):
+        return False
+    known.add(type(message))
+    return True
 
 
 def key_of(message: Message) -> str:
     """The idempotency key of a flow's application or status update."""
-    kind = type(message)
-    if kind not in _KEYED:
-        if not isinstance(message, Keyed):  # pragma: no cover - every flow's messages have one
-            raise TypeError(f"{kind.__name__} has no idempotency_key")
-        _KEYED.add(kind)
+    if not _conforms(message, Keyed):  # pragma: no cover - every flow's messages have one
+        raise TypeError(f"{type(message).__name__} has no idempotency_key")
     return cast(Keyed, message).idempotency_key
 
 
 def status_of(update: Message) -> StatusFields:
     """A flow's status update, as the machinery reads it."""
-    kind = type(update)
-    if kind not in _STATUS_FIELDS:
-        if not isinstance(update, StatusFields):  # pragma: no cover - checked per flow by tests
-            raise TypeError(f"{kind.__name__} is not a status update")
-        _STATUS_FIELDS.add(kind)
+    if not _conforms(update, StatusFields):  # pragma: no cover - checked per flow by tests
+        raise TypeError(f"{type(update).__name__} is not a status update")
     return cast(StatusFields, update)
 
 

@@ -107,23 +107,12 @@ def tree_root(leaves: Sequence[bytes]) -> bytes:
     return _root_of_hashes([leaf_hash(leaf) for leaf in leaves])
 
 
-def _path_of_hashes(hashes: Sequence[bytes], index: int) -> list[bytes]:
-    # RFC 6962 §2.1.1: PATH(m, D[n]) = PATH(m, D[0:k]) : MTH(D[k:n]) for m < k,
-    # and PATH(m - k, D[k:n]) : MTH(D[0:k]) otherwise; nearest sibling first.
-    if len(hashes) == 1:
-        return []
-    k = _split(len(hashes))
-    if index < k:
-        return [*_path_of_hashes(hashes[:k], index), _root_of_hashes(hashes[k:])]
-    return [*_path_of_hashes(hashes[k:], index - k), _root_of_hashes(hashes[:k])]
-
-
 def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
     """The RFC 6962 audit path of leaf ``index``: sibling hashes, nearest first."""
     _check_size(len(leaves))
     if not 0 <= index < len(leaves):
         raise InvalidArgument("index", f"0..{len(leaves) - 1}")
-    return _path_of_hashes([leaf_hash(leaf) for leaf in leaves], index)
+    return _root_and_paths([leaf_hash(leaf) for leaf in leaves])[1][index]
 
 
 def inclusion_proofs(leaves: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:
@@ -135,8 +124,10 @@ def inclusion_proofs(leaves: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]
 
 
 def _root_and_paths(hashes: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:
-    # The same split as _path_of_hashes: a leaf of the left subtree has the
-    # right subtree's root as its last (farthest) sibling, and the other way round.
+    # RFC 6962 §2.1.1: PATH(m, D[n]) = PATH(m, D[0:k]) : MTH(D[k:n]) for m < k,
+    # and PATH(m - k, D[k:n]) : MTH(D[0:k]) otherwise; nearest sibling first. So
+    # a leaf of the left subtree has the right subtree's root as its last
+    # (farthest) sibling, and the other way round.
     if len(hashes) == 1:
         return hashes[0], [[]]
     k = _split(len(hashes))
