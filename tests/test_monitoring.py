@@ -26,7 +26,7 @@ import yaml
 
 from gateway.core.clock import OffsetClock
 from gateway.testing.localfed import LocalFederation, free_port
-from tests.paths import CONFIG_DIR, REPOSITORY
+from tests.paths import CONFIG_DIR, REPOSITORY, heading_anchors
 
 MONITORING = REPOSITORY / "monitoring"
 ALERTS = MONITORING / "alerts.yml"
@@ -124,12 +124,6 @@ def unknown_names(named: set[str], exported: set[str]) -> set[str]:
         if name not in exported and base not in exported:
             unknown.add(name)
     return unknown
-
-
-def heading_anchors(path: Path) -> set[str]:
-    """The anchors GitHub gives a Markdown file's headings."""
-    headings = re.findall(r"^#+ (.+)$", path.read_text(encoding="utf-8"), re.MULTILINE)
-    return {re.sub(r"[^\w-]", "", h.strip().lower().replace(" ", "-")) for h in headings}
 
 
 # ---- the tests --------------------------------------------------------------
@@ -302,18 +296,6 @@ class TestNamesAgainstAScrape:
         unknown = {where: unknown_names(names, exported) for where, names in named.items()}
         bad = {where: sorted(names) for where, names in unknown.items() if names}
         assert not bad, f"metrics a node does not export: {bad}"
-
-
-class TestRunbook:
-    """docs/runbook.md: its links to sections of the docs lead somewhere."""
-
-    def test_every_section_link_resolves(self) -> None:
-        text = RUNBOOK.read_text(encoding="utf-8")
-        links = re.findall(r"\]\(([\w./-]*)#([\w-]+)\)", text)
-        assert len(links) >= 20
-        for file, anchor in links:
-            target = (RUNBOOK.parent / file) if file else RUNBOOK
-            assert anchor in heading_anchors(target), f"{file}#{anchor}"
 
 
 class TestARealPrometheus:
