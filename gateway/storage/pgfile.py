@@ -39,6 +39,7 @@ from gateway.storage.migrations import Migration, latest, refuse_newer
 from gateway.storage.pgerrors import cannot_write, first_line
 from gateway.storage.records import StoreClosedError, StoreOpenError
 from gateway.storage.sql import Connection, Cursor, display_url
+from gateway.storage.threads import store_executor
 
 I = TypeVar("I")  # noqa: E741 - the item type of the group writer
 T = TypeVar("T")
@@ -233,7 +234,7 @@ class PgFile(GroupWriterFile[I]):
         StoreOpenError naming the cause; nothing stays open after a failure."""
         loop = asyncio.get_running_loop()
         name = self.what.replace(" ", "-")
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.executor = store_executor(self.what, "w")
         try:
             self.conn = await loop.run_in_executor(self.executor, self._connect)
             await self._open_readers()
@@ -306,9 +307,7 @@ class PgFile(GroupWriterFile[I]):
         connect(self.url, application=self._application() + " (read)").close()
 
     async def _open_readers(self) -> None:
-        self._read_executor = ThreadPoolExecutor(
-            max_workers=self._readers, thread_name_prefix=f"{self.store}-read"
-        )
+        self._read_executor = store_executor(self.what, "r", self._readers)
         pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
             self.url,
             min_size=1,

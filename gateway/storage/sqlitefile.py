@@ -26,6 +26,7 @@ from gateway.storage.groupcommit import GroupCommit, GroupWriterFile, Outcome
 from gateway.storage.migrations import Migration, latest, migrate, open_writer, refuse_newer
 from gateway.storage.records import StoreClosedError, StoreOpenError
 from gateway.storage.sql import Connection
+from gateway.storage.threads import store_executor
 
 I = TypeVar("I")  # noqa: E741 - the item type of the group writer
 T = TypeVar("T")
@@ -87,7 +88,7 @@ class SqliteFile(GroupWriterFile[I]):
         (or OSError for the folder); nothing stays open after a failure."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         name = self.what.replace(" ", "-")
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.executor = store_executor(self.what, "w")
         try:
             self.conn = await asyncio.get_running_loop().run_in_executor(
                 self.executor, self._connect

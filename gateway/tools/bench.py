@@ -31,6 +31,7 @@ from typing import Any
 import grpc
 from stdnum import luhn
 
+from gateway.storage.threads import PREFIX as STORE_THREAD_PREFIX
 from gateway.testing.procfed import NodeProcess, ProcessFederation
 from gateway.tools.benchchain import BaselineChain
 from yrd.common.v1 import common_pb2
@@ -342,6 +343,8 @@ class PathFigures:
     own_failed: int = 0
     #: CPU milliseconds per call of each process during the saturation run.
     cpu_ms: dict[str, float] = field(default_factory=dict)
+    #: The same, split by thread group (:data:`THREAD_GROUPS`), per process.
+    thread_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     #: Deltas of the nodes' (sum, count) series over the saturation run and over
     #: the open loop at half its own saturation (see :func:`_totals`).
     saturation_series: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -441,6 +444,16 @@ class IdentityFigures:
             )
         return figures
 
+    def _by_thread(self, real: str, twin: str) -> str:
+        """Where ``real``'s CPU above ``twin``'s is, by thread group (ms per call;
+        empty when either was not split)."""
+        mine, theirs = self.real.thread_ms.get(real), self.baseline.thread_ms.get(twin)
+        if not mine or not theirs:
+            return ""
+        return ": " + ", ".join(
+            f"{group} {mine[group] - theirs[group]:+.2f}" for group in THREAD_GROUPS
+        )
+
     def render(self) -> str:
         b, r = self.baseline, self.real
         lines = [
@@ -457,6 +470,17 @@ class IdentityFigures:
                     "  CPU per call: "
                     + ", ".join(f"{name} {ms:.2f} ms" for name, ms in path.cpu_ms.items())
                     + f"; total {sum(path.cpu_ms.values()):.2f} ms"
+                )
+            split = [name for name in path.thread_ms if name != "load generator"]
+            if split:
+                lines.append(
+                    f"  by thread ({' / '.join(THREAD_GROUPS)}): "
+                    + ", ".join(
+                        f"{name} "
+                        + " / ".join(f"{path.thread_ms[name][g]:.2f}" for g in THREAD_GROUPS)
+                        for name in split
+                    )
+                    + " ms"
                 )
             lines.append(
                 f"  at {path.rate:.0f}/s:    p50 {path.p50_ms:6.1f} ms   p99 {path.p99_ms:6.1f} ms"
@@ -492,7 +516,7 @@ class IdentityFigures:
             )
             lines += [
                 f"  {real}: {above[real]:.2f} ms ({r.cpu_ms[real]:.2f} - {twin} "
-                f"{b.cpu_ms[twin]:.2f})"
+                f"{b.cpu_ms[twin]:.2f})" + self._by_thread(real, twin)
                 for real, twin in _DO_NOTHING
                 if real in above
             ]
@@ -582,6 +606,52 @@ def cpu_seconds(*pids: int) -> float:
             continue
         ticks += int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+#: How a process's CPU is split by thread (kernel names, /proc/<pid>/task/<tid>/comm):
+#: the main thread, which runs the event loop in every served process; the
+#: stores' threads (writers, PostgreSQL readers: gateway.storage.threads); and
+#: the rest (gRPC's poller and event engine, libuv's workers, executors).
+THREAD_GROUPS = ("event loop", "store threads", "other threads")
+
+
+def thread_cpu(*pids: int) -> dict[tuple[int, int], tuple[str, float]]:
+    """CPU seconds so far of every thread of the processes, by (pid, tid), with
+    its group of :data:`THREAD_GROUPS` (threads that are gone are not counted)."""
+    ticks_per_second = os.sysconf("SC_CLK_TCK")
+    threads: dict[tuple[int, int], tuple[str, float]] = {}
+    for pid in pids:
+        try:
+            tids = [int(entry.name) for entry in Path(f"/proc/{pid}/task").iterdir()]
+        except OSError:
+            continue
+        for tid in tids:
+            task = Path(f"/proc/{pid}/task/{tid}")
+            try:
+                name = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if tid == pid:
+                group = THREAD_GROUPS[0]
+            elif name.startswith(STORE_THREAD_PREFIX):
+                group = THREAD_GROUPS[1]
+            else:
+                group = THREAD_GROUPS[2]
+            threads[pid, tid] = (group, (int(fields[11]) + int(fields[12])) / ticks_per_second)
+    return threads
+
+
+def thread_group_ms(
+    before: dict[tuple[int, int], tuple[str, float]],
+    after: dict[tuple[int, int], tuple[str, float]],
+    calls: int,
+) -> dict[str, float]:
+    """CPU ms per call of each thread group between two :func:`thread_cpu` readings."""
+    ms = dict.fromkeys(THREAD_GROUPS, 0.0)
+    for key, (group, seconds) in after.items():
+        ms[group] += (seconds - before.get(key, (group, 0.0))[1]) * 1000 / max(1, calls)
+    return ms
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
@@ -689,9 +759,14 @@ async def _measure(
     processes = {"load generator": [os.getpid()], **processes}
     series_before = await probe() if probe else {}
     before = {name: cpu_seconds(*pids) for name, pids in processes.items()}
+    threads_before = {name: thread_cpu(*pids) for name, pids in processes.items()}
     done, errors, elapsed = await _saturate(call, concurrency, seconds)
     cpu_ms = {
         name: (cpu_seconds(*pids) - before[name]) * 1000 / max(1, done)
+        for name, pids in processes.items()
+    }
+    thread_ms = {
+        name: thread_group_ms(threads_before[name], thread_cpu(*pids), done)
         for name, pids in processes.items()
     }
     saturation_series = _delta(series_before, await probe()) if probe else {}
@@ -707,6 +782,7 @@ async def _measure(
         percentile(latencies, 0.99),
         failed=failed,
         cpu_ms=cpu_ms,
+        thread_ms=thread_ms,
         saturation_series=saturation_series,
     )
     if rate is not None:

@@ -25,6 +25,10 @@ def assert_bench_prints(args: list[str], needles: tuple[str, ...]) -> None:
         assert re.search(needle, result.stdout), f"missing figure /{needle}/ in:\n{result.stdout}"
 
 
+#: A node's CPU above its do-nothing twin, by thread group (gateway.tools.bench.THREAD_GROUPS).
+BY_THREAD = r": event loop [+-][\d.]+, store threads [+-][\d.]+, other threads [+-][\d.]+"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_bench_smoke_prints_every_figure() -> None:
@@ -61,8 +65,14 @@ def test_bench_smoke_prints_every_figure() -> None:
             r"p99 at half the real path's saturation \(\d+/s\): real [\d.]+ ms, baseline "
             r"[\d.]+ ms, ratio [\d.]+ \(target <= 2\)",
             r"gateway CPU per verification above a do-nothing hop .*\n  Shanghai node: -?[\d.]+ ms "
-            r"\([\d.]+ - proxy 1 [\d.]+\)\n  Zhejiang node: -?[\d.]+ ms \([\d.]+ - proxy 2 [\d.]+\)"
-            r"\n  e-ID authority: -?[\d.]+ ms \([\d.]+ - echo [\d.]+\)",
+            r"\([\d.]+ - proxy 1 [\d.]+\)" + BY_THREAD + r"\n  Zhejiang node: -?[\d.]+ ms "
+            r"\([\d.]+ - proxy 2 [\d.]+\)" + BY_THREAD + r"\n  e-ID authority: -?[\d.]+ ms "
+            r"\([\d.]+ - echo [\d.]+\)" + BY_THREAD,
+            # Each process's CPU by thread: the nodes' (both workers') and the proxies'.
+            r"by thread \(event loop / store threads / other threads\): echo [\d.]+ / [\d.]+ / "
+            r"[\d.]+, proxy 2 [\d.]+ / 0.00 / [\d.]+, proxy 1 [\d.]+ / 0.00 / [\d.]+ ms",
+            r"by thread \(event loop / store threads / other threads\): Shanghai node [\d.]+ / "
+            r"[\d.]+ / [\d.]+, Zhejiang node [\d.]+ / [\d.]+ / [\d.]+, e-ID authority",
             r"mean batch size .*\n  saturation: Shanghai -> Zhejiang (n/a|[\d.]+), Zhejiang -> "
             r"Shanghai (n/a|[\d.]+)\n  half capacity \(\d+/s\): .*\n  low load \(10/s\): ",
             r"summary of 1 run\(s\)\n  figure +min +median +max",

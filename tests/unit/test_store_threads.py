@@ -1,0 +1,87 @@
+"""The stores' threads carry kernel names (gateway.storage.threads), and
+``bench`` splits a process's CPU by them (gateway.tools.bench.thread_cpu)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.storage.threads import NAME_BYTES, PREFIX, kernel_name, store_executor
+from gateway.tools.bench import THREAD_GROUPS, thread_cpu, thread_group_ms
+
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/task").is_dir(), reason="per-thread figures come from Linux's /proc"
+)
+
+
+def kernel_name_of(native_id: int) -> str:
+    return Path(f"/proc/self/task/{native_id}/comm").read_text().strip()
+
+
+def burn(seconds: float) -> int:
+    """Spend about ``seconds`` of CPU in the calling thread; its native id."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        sum(range(1000))
+    return threading.get_native_id()
+
+
+def test_the_kernel_names_fit_and_tell_the_threads_apart() -> None:
+    names = {
+        kernel_name(store, role) for store in ("message log", "state store") for role in ("w", "r")
+    }
+    assert names == {"yrd-log-w", "yrd-log-r", "yrd-state-w", "yrd-state-r"}
+    long = kernel_name("a store with a very long name", "w")
+    assert len(long.encode()) <= NAME_BYTES
+    assert long.startswith(PREFIX)
+    assert long.endswith("-w")
+
+
+def test_a_store_thread_names_itself_for_the_kernel() -> None:
+    with store_executor("message log", "w") as executor:
+        native_id = executor.submit(threading.get_native_id).result()
+        assert kernel_name_of(native_id) == "yrd-log-w"
+        assert (
+            executor.submit(lambda: threading.current_thread().name)
+            .result()
+            .startswith("message-log-w")
+        )
+    # The calling thread keeps its own name.
+    assert not kernel_name_of(threading.get_native_id()).startswith(PREFIX)
+
+
+def test_bench_splits_cpu_by_thread_group() -> None:
+    pid = os.getpid()
+    before = thread_cpu(pid)
+    assert before[pid, pid][0] == "event loop"  # the main thread
+    with store_executor("state store", "w") as executor:
+        store_tid = executor.submit(burn, 0.3).result()
+        burnt, measured = threading.Event(), threading.Event()
+
+        def burn_then_wait() -> None:
+            burn(0.2)
+            burnt.set()
+            measured.wait(10)  # alive until read: a thread that is gone is not counted
+
+        other = threading.Thread(target=burn_then_wait, name="not a store's")
+        other.start()
+        assert burnt.wait(10)
+        after = thread_cpu(pid)
+        measured.set()
+        other.join()
+    assert after[pid, store_tid][0] == "store threads"
+    assert after[pid, other.native_id][0] == "other threads"  # type: ignore[index]
+    ms = thread_group_ms(before, after, calls=10)
+    assert set(ms) == set(THREAD_GROUPS)
+    # 0.3 s over 10 calls is 30 ms per call, within the clock's ticks (10 ms).
+    assert 15 <= ms["store threads"] <= 60, ms
+    assert 5 <= ms["other threads"] <= 50, ms
+
+
+def test_threads_of_a_process_that_is_gone_are_not_counted() -> None:
+    assert thread_cpu(2**22 + 12345) == {}
+    assert thread_group_ms({}, {}, calls=0) == dict.fromkeys(THREAD_GROUPS, 0.0)
