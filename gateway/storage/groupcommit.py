@@ -86,12 +86,36 @@ def each_in_savepoint(conn: Connection, ops: list[WriteOp]) -> list[Outcome]:
     """Run each op in a savepoint of its own (inside the group's transaction): an
     op that fails rolls back alone, without disturbing the others of its group.
 
+    Most groups fail nowhere, so a group of several ops first runs whole in one
+    savepoint: two statements for the group instead of two per op. Each
+    statement is a round trip of the interpreter lock between this writer
+    thread and a busy event loop (the sqlite3 module lets go of the lock for
+    every statement it runs), which on the development machine made the
+    writer threads cost 0.6-0.9 ms of CPU per commit. If an op of the group
+    fails, that savepoint is rolled back (every op's writes with it) and each
+    op runs again in a savepoint of its own, as below: ops are functions of the
+    connection and may run twice (a collision reruns them already).
+
     An op that collided with a concurrent writer of the same database (another
     replica, on PostgreSQL) on a unique key is rolled back to its savepoint and
     run again, up to CONFLICT_RERUNS times: its reads then see the other writer's
     committed rows (the key it raced for is now taken, and the op decides
     accordingly). An op that lost a deadlock raises :class:`GroupConflict`: the
     whole group is run again in a new transaction (:meth:`GroupCommit._apply`)."""
+    if len(ops) > 1:
+        conn.execute("SAVEPOINT ops")
+        try:
+            values = [op(conn) for op in ops]
+        except Exception as exc:
+            try:
+                conn.execute("ROLLBACK TO ops")
+                conn.execute("RELEASE ops")
+            except Exception:
+                # The transaction itself is gone: the op's error is reported.
+                raise exc from None
+        else:
+            conn.execute("RELEASE ops")
+            return [(True, value) for value in values]
     outcomes: list[Outcome] = []
     for op in ops:
         reruns = 0

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.storage.groupcommit import WriteOp, each_in_savepoint
 from gateway.storage.messagelog import MessageLog
 from gateway.storage.records import NewOutgoingCase, StoreOpenError
+from gateway.storage.sql import Connection
 from gateway.storage.state import StateStore, StoreClosedError
 
 
@@ -124,3 +126,61 @@ async def test_a_failed_open_leaves_nothing_open(
         await store.open()
     assert store_threads() == before
     await store.close()  # still safe
+
+
+class TestOneSavepointPerGroup:
+    """gateway.storage.groupcommit.each_in_savepoint: a group whose ops all succeed
+    runs in one savepoint (each statement the writer thread runs is a hand-off of
+    the interpreter lock with the event loop); a group where one fails falls back
+    to a savepoint per op, and only the failing op's writes are lost."""
+
+    @staticmethod
+    def connection() -> tuple[sqlite3.Connection, list[str]]:
+        conn = sqlite3.connect(":memory:", isolation_level=None)
+        conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY)")
+        conn.execute("INSERT INTO t VALUES ('dup')")
+        statements: list[str] = []
+        conn.set_trace_callback(statements.append)
+        conn.execute("BEGIN IMMEDIATE")
+        return conn, statements
+
+    @staticmethod
+    def insert(key: str) -> WriteOp:
+        def op(conn: Connection) -> str:
+            conn.execute("INSERT INTO t VALUES (?)", (key,))
+            return key
+
+        return op
+
+    def test_a_group_that_succeeds_takes_one_savepoint(self) -> None:
+        conn, statements = self.connection()
+        outcomes = each_in_savepoint(conn, [self.insert(k) for k in "abcdef"])
+        conn.execute("COMMIT")
+        assert outcomes == [(True, k) for k in "abcdef"]
+        assert [s for s in statements if not s.startswith("INSERT")] == [
+            "BEGIN IMMEDIATE",
+            "SAVEPOINT ops",
+            "RELEASE ops",
+            "COMMIT",
+        ]
+        assert conn.execute("SELECT COUNT(*) FROM t").fetchone() == (7,)
+
+    def test_one_failing_op_falls_back_to_a_savepoint_each(self) -> None:
+        conn, statements = self.connection()
+        outcomes = each_in_savepoint(conn, [self.insert(k) for k in ("a", "dup", "b")])
+        conn.execute("COMMIT")
+        assert outcomes[0] == (True, "a")
+        assert outcomes[1][0] is False
+        assert isinstance(outcomes[1][1], sqlite3.IntegrityError)
+        assert outcomes[2] == (True, "b")
+        assert "ROLLBACK TO ops" in statements
+        assert statements.count("SAVEPOINT op") == 3
+        assert conn.execute("SELECT k FROM t ORDER BY k").fetchall() == [("a",), ("b",), ("dup",)]
+
+    def test_a_lone_op_takes_its_own_savepoint_only(self) -> None:
+        conn, statements = self.connection()
+        assert each_in_savepoint(conn, [self.insert("a")]) == [(True, "a")]
+        assert [s for s in statements if "SAVEPOINT" in s or "RELEASE" in s] == [
+            "SAVEPOINT op",
+            "RELEASE op",
+        ]
