@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import struct
 import time
@@ -181,6 +182,91 @@ def row_hash(
     for part in parts:
         data += struct.pack(">I", len(part)) + part
     return crypto.sha256(bytes(data))
+
+
+#: Rows of the message log inserted by one statement (12 values each, within
+#: SQLite's oldest limit of 999 parameters).
+INSERT_ROWS = 64
+#: Keys looked up by one query (SQLite's oldest limit of 999 parameters).
+LOOKUP_KEYS = 500
+_COLUMNS = (
+    "seq, logged_at, direction, kind, message_id, correlation_id, peer, service,"
+    " envelope, prev_hash, row_hash, nonce"
+)
+
+
+@functools.lru_cache(maxsize=INSERT_ROWS)
+def _insert_rows(count: int) -> str:
+    """The INSERT of ``count`` rows in one statement."""
+    values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * count)
+    return f"INSERT INTO message_log ({_COLUMNS}) VALUES {values}"  # noqa: S608 - placeholders only
+
+
+def _chunks(keys: list[Any]) -> list[list[Any]]:
+    return [keys[start : start + LOOKUP_KEYS] for start in range(0, len(keys), LOOKUP_KEYS)]
+
+
+def _logged_nonces(conn: Connection, entries: list[LogEntry]) -> set[tuple[str, bytes]]:
+    """The (peer, nonce) pairs of ``entries`` already in the log: one query per
+    peer (usually one) and :data:`LOOKUP_KEYS` nonces."""
+    by_peer: dict[str, list[bytes]] = {}
+    for entry in entries:
+        if entry.nonce:
+            by_peer.setdefault(entry.peer, []).append(entry.nonce)
+    logged: set[tuple[str, bytes]] = set()
+    for peer, nonces in by_peer.items():
+        for chunk in _chunks(nonces):
+            marks = ",".join("?" * len(chunk))
+            for (nonce,) in conn.execute(
+                f"SELECT nonce FROM message_log WHERE peer = ? AND nonce IN ({marks})",  # noqa: S608 - placeholders only
+                (peer, *chunk),
+            ).fetchall():
+                logged.add((peer, bytes(nonce)))
+    return logged
+
+
+def _logged_exchanges(
+    conn: Connection, entries: list[LogEntry]
+) -> tuple[dict[tuple[str, str], bytes], dict[tuple[str, str], list[bytes]]]:
+    """For the entries that ask what was logged under their (peer, message id)
+    (``find_answer``): the first request logged, and the newest responses (at
+    most :data:`ANSWERS_LOOKED_UP`, newest first), by (peer, message id).
+
+    One query per :data:`LOOKUP_KEYS` message ids finds which were logged
+    before (usually none: a new request); only for those are the first
+    request's bytes and the answers read (a response is logged only after its
+    request, so an exchange never logged has none)."""
+    wanted = {(entry.peer, entry.message_id) for entry in entries if entry.find_answer}
+    first_seqs: dict[int, tuple[str, str]] = {}
+    for chunk in _chunks(sorted({message_id for _, message_id in wanted})):
+        marks = ",".join("?" * len(chunk))
+        for peer, message_id, seq in conn.execute(
+            "SELECT peer, message_id, MIN(seq) FROM message_log WHERE direction = 'in'"  # noqa: S608 - placeholders only
+            f" AND kind = 'request' AND message_id IN ({marks}) GROUP BY peer, message_id",
+            chunk,
+        ).fetchall():
+            key = (str(peer), str(message_id))
+            if key in wanted:
+                first_seqs[int(seq)] = key
+    firsts: dict[tuple[str, str], bytes] = {}
+    answers: dict[tuple[str, str], list[bytes]] = {}
+    for chunk in _chunks(sorted(first_seqs)):
+        marks = ",".join("?" * len(chunk))
+        for seq, envelope in conn.execute(
+            f"SELECT seq, envelope FROM message_log WHERE seq IN ({marks})",  # noqa: S608 - placeholders only
+            chunk,
+        ).fetchall():
+            firsts[first_seqs[int(seq)]] = bytes(envelope)
+    for peer, message_id in first_seqs.values():
+        answers[peer, message_id] = [
+            bytes(row[0])
+            for row in conn.execute(
+                "SELECT envelope FROM message_log WHERE message_id = ? AND peer = ?"
+                " AND direction = 'out' AND kind = 'response' ORDER BY seq DESC LIMIT ?",
+                (message_id, peer, ANSWERS_LOOKED_UP),
+            ).fetchall()
+        ]
+    return firsts, answers
 
 
 class MessageLog:
@@ -389,9 +475,17 @@ class MessageLog:
         """In the writer thread, inside the group's transaction. The head is read
         inside it (BEGIN IMMEDIATE), so several worker processes of one node
         extend one chain without forking it; a nonce already logged for the peer
-        is refused."""
+        is refused.
+
+        A group costs a few statements whatever its size: the nonces already
+        logged, the first requests and the answers logged under the group's
+        message ids are each read in one query, and the rows are inserted with
+        one statement per :data:`INSERT_ROWS`. Each statement the writer thread
+        runs is a hand-off of the interpreter lock with a busy event loop."""
         logged_at = self._clock.now().isoformat()
         head, seq = self._last_row(conn)
+        logged_nonces = _logged_nonces(conn, entries)
+        logged_firsts, logged_answers = _logged_exchanges(conn, entries)
         rows: list[tuple[Any, ...]] = []
         outcomes: list[Outcome] = []
         nonces: set[tuple[str, bytes]] = set()
@@ -400,14 +494,7 @@ class MessageLog:
         for entry in entries:
             if entry.nonce:
                 key = (entry.peer, entry.nonce)
-                seen = (
-                    key in nonces
-                    or conn.execute(
-                        "SELECT 1 FROM message_log WHERE peer = ? AND nonce = ?", key
-                    ).fetchone()
-                    is not None
-                )
-                if seen:
+                if key in nonces or key in logged_nonces:
                     outcomes.append((False, DuplicateNonce(entry.peer)))
                     continue
                 nonces.add(key)
@@ -433,16 +520,18 @@ class MessageLog:
                 )
             )
             if entry.find_answer:
-                outcomes.append((True, (seq, self._logged_exchange(conn, entry, firsts))))
+                exchange = (entry.peer, entry.message_id)
+                first = logged_firsts.get(exchange) or firsts.get(exchange)
+                if first is None:
+                    firsts[exchange] = entry.envelope
+                answers = tuple(logged_answers.get(exchange, ()))
+                outcomes.append((True, (seq, LoggedExchange(first, answers))))
             else:
                 outcomes.append((True, seq))
             head, seq = digest, seq + 1
-        conn.executemany(
-            "INSERT INTO message_log (seq, logged_at, direction, kind, message_id,"
-            " correlation_id, peer, service, envelope, prev_hash, row_hash, nonce)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            rows,
-        )
+        for start in range(0, len(rows), INSERT_ROWS):
+            chunk = rows[start : start + INSERT_ROWS]
+            conn.execute(_insert_rows(len(chunk)), [value for row in chunk for value in row])
         self._uncommitted = (head, seq)
         return outcomes
 
@@ -450,30 +539,6 @@ class MessageLog:
         """In the writer thread, once the group is committed: the chain's new head
         (read by the event loop only after the group is answered)."""
         self._head, self._next_seq = self._uncommitted
-
-    @staticmethod
-    def _logged_exchange(
-        conn: Connection, entry: LogEntry, firsts: dict[tuple[str, str], bytes]
-    ) -> LoggedExchange:
-        """The first request and the newest responses logged under the entry's
-        (peer, message id), rows of the current group included."""
-        key = (entry.peer, entry.message_id)
-        first = firsts.get(key)
-        if first is None:
-            row = conn.execute(
-                "SELECT envelope FROM message_log WHERE message_id = ? AND peer = ?"
-                " AND direction = 'in' AND kind = 'request' ORDER BY seq LIMIT 1",
-                (entry.message_id, entry.peer),
-            ).fetchone()
-            first = bytes(row[0]) if row else None
-        if first is None:
-            firsts[key] = entry.envelope
-        answers = conn.execute(
-            "SELECT envelope FROM message_log WHERE message_id = ? AND peer = ?"
-            " AND direction = 'out' AND kind = 'response' ORDER BY seq DESC LIMIT ?",
-            (entry.message_id, entry.peer, ANSWERS_LOOKED_UP),
-        ).fetchall()
-        return LoggedExchange(first, tuple(bytes(row[0]) for row in answers))
 
     async def close(self) -> None:
         """Flush every queued row, sign the final head, then close. Idempotent."""

@@ -8,6 +8,7 @@ import itertools
 import sqlite3
 import tempfile
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from gateway.core.clock import FrozenClock
 from gateway.storage.messagelog import (
+    ANSWERS_LOOKED_UP,
     GENESIS,
     LogEntry,
     LoggedRow,
@@ -461,3 +463,99 @@ class TestReadOnlyVerify:
             assert await log.count() == 1
             with pytest.raises(MessageLogClosed):
                 await log.append(entry(2))
+
+
+def incoming(n: int, *, nonce: bytes, message_id: str | None = None) -> LogEntry:
+    """An incoming request as the federation server logs it."""
+    return LogEntry(
+        "in",
+        "request",
+        message_id or f"00000000-0000-4000-8000-{n:012d}",
+        f"corr-{n}",
+        ZJ,
+        "identity.CheckCredential",
+        f"request-{n}".encode(),
+        nonce=nonce,
+    )
+
+
+def answer(message_id: str, n: int) -> LogEntry:
+    return LogEntry(
+        "out",
+        "response",
+        message_id,
+        "corr",
+        ZJ,
+        "identity.CheckCredential",
+        f"answer-{n}".encode(),
+    )
+
+
+class TestIncomingRequests:
+    """append_request: a nonce logged before (in an earlier group or earlier in
+    the same group) is refused, and a request learns what was logged under its
+    (peer, message id) before; a group costs a few statements whatever its size."""
+
+    async def test_a_nonce_is_refused_within_a_group_and_across_groups(
+        self, log: MessageLog
+    ) -> None:
+        await log.append_request(incoming(1, nonce=b"a" * 16))
+        results = await asyncio.gather(
+            log.append_request(incoming(2, nonce=b"b" * 16)),
+            log.append_request(incoming(3, nonce=b"a" * 16)),  # logged before
+            log.append_request(incoming(4, nonce=b"b" * 16)),  # earlier in this group
+            log.append_request(incoming(5, nonce=b"c" * 16)),
+            return_exceptions=True,
+        )
+        assert [type(r).__name__ for r in results] == [
+            "tuple",
+            "DuplicateNonce",
+            "DuplicateNonce",
+            "tuple",
+        ]
+        # Another peer may use the same nonce.
+        other = replace(incoming(6, nonce=b"a" * 16), peer=SH)
+        assert isinstance(await log.append_request(other), tuple)
+
+    async def test_a_request_learns_its_first_request_and_newest_answers(
+        self, log: MessageLog
+    ) -> None:
+        retried = "00000000-0000-4000-8000-000000000099"
+        _, first = await log.append_request(incoming(1, nonce=b"1" * 16, message_id=retried))
+        assert first.first_request is None
+        assert first.answers == ()
+        for n in range(1, 7):
+            await log.append(answer(retried, n))
+        results = await asyncio.gather(
+            log.append_request(incoming(2, nonce=b"2" * 16, message_id=retried)),
+            log.append_request(incoming(3, nonce=b"3" * 16)),
+            log.append_request(incoming(4, nonce=b"4" * 16)),
+            log.append_request(
+                incoming(5, nonce=b"5" * 16, message_id=incoming(4, nonce=b"").message_id)
+            ),
+        )
+        again, new, twice_first, twice_second = (logged for _, logged in results)
+        assert again.first_request == b"request-1"
+        assert (
+            again.answers
+            == tuple(f"answer-{n}".encode() for n in (6, 5, 4, 3, 2))[: len(again.answers)]
+        )
+        assert len(again.answers) == min(6, ANSWERS_LOOKED_UP)
+        assert new.first_request is None
+        assert new.answers == ()
+        # Two requests under one new message id in one group: the second learns the first.
+        assert twice_first.first_request is None
+        assert twice_second.first_request == b"request-4"
+
+    async def test_a_group_costs_a_few_statements_whatever_its_size(self, log: MessageLog) -> None:
+        statements: list[str] = []
+        await log._file.run(lambda conn: conn.set_trace_callback(statements.append))
+        commits = log.commits
+        await asyncio.gather(
+            *(log.append_request(incoming(n, nonce=n.to_bytes(16, "big"))) for n in range(1, 61))
+        )
+        groups = log.commits - commits
+        assert groups < 10  # the sixty were grouped
+        # BEGIN, the chain's head, the nonces, the message ids, one INSERT, COMMIT
+        assert len(statements) <= 6 * groups, statements[:20]
+        assert await log.count() == 60
