@@ -91,7 +91,7 @@ def each_in_savepoint(conn: Connection, ops: list[WriteOp]) -> list[Outcome]:
     statement is a round trip of the interpreter lock between this writer
     thread and a busy event loop (the sqlite3 module lets go of the lock for
     every statement it runs), which on the development machine made the
-    writer threads cost 0.6-0.9 ms of CPU per commit. If an op of the group
+    writer threads cost 0.6-1.0 ms of CPU per commit. If an op of the group
     fails, that savepoint is rolled back (every op's writes with it) and each
     op runs again in a savepoint of its own, as below: ops are functions of the
     connection and may run twice (a collision reruns them already).
