@@ -107,12 +107,7 @@ def each_in_savepoint(conn: Connection, ops: list[WriteOp]) -> list[Outcome]:
         try:
             values = [op(conn) for op in ops]
         except Exception as exc:
-            try:
-                conn.execute("ROLLBACK TO ops")
-                conn.execute("RELEASE ops")
-            except Exception:
-                # The transaction itself is gone: the op's error is reported.
-                raise exc from None
+            _roll_back_to(conn, "ops", exc)
         else:
             conn.execute("RELEASE ops")
             return [(True, value) for value in values]
@@ -124,13 +119,7 @@ def each_in_savepoint(conn: Connection, ops: list[WriteOp]) -> list[Outcome]:
             try:
                 value = op(conn)
             except Exception as exc:
-                try:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                except Exception:
-                    # The transaction itself is gone (an I/O error, a lost
-                    # connection): the op's error, not the rollback's, is reported.
-                    raise exc from None
+                _roll_back_to(conn, "op", exc)
                 if is_group_conflict(exc):
                     from gateway.storage.pgerrors import first_line
 
@@ -144,6 +133,17 @@ def each_in_savepoint(conn: Connection, ops: list[WriteOp]) -> list[Outcome]:
                 outcomes.append((True, value))
             break
     return outcomes
+
+
+def _roll_back_to(conn: Connection, savepoint: str, exc: Exception) -> None:
+    """Undo what ran since ``savepoint`` and drop it, after ``exc``. If the
+    transaction itself is gone (an I/O error, a lost connection), ``exc`` is
+    raised: its error, not the rollback's, is the one reported."""
+    try:
+        conn.execute(f"ROLLBACK TO {savepoint}")
+        conn.execute(f"RELEASE {savepoint}")
+    except Exception:
+        raise exc from None
 
 
 def is_conflict(exc: BaseException) -> bool:
