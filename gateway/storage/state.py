@@ -88,6 +88,11 @@ _INCOMING_WORK_COLUMNS = (
 _CLAIMABLE = " AND (lease_owner IS NULL OR lease_owner = ? OR lease_until <= ?)"
 
 
+#: Answered tokens past their time are deleted at most this often (seconds of
+#: the claims' ``now``).
+TOKEN_SWEEP_SECONDS = 1.0
+
+
 class StateStore:
     """Business records of the node in one SQLite file or in a PostgreSQL
     database (:func:`gateway.storage.engines.store_file`); an async context manager."""
@@ -117,6 +122,9 @@ class StateStore:
             on_writable=self._writable_changed,
             reader_autocommit=True,
         )
+        #: When answered tokens past their time were last deleted (the ``now``
+        #: of a claim, unix seconds): at most once per TOKEN_SWEEP_SECONDS.
+        self._tokens_swept_at = float("-inf")
 
     @property
     def location(self) -> str:
@@ -219,8 +227,9 @@ class StateStore:
     async def claim_token(self, token_id: str, *, keep_until: float, now: float) -> bool:
         """Record that this node answers "first use" for ``token_id`` until
         ``keep_until`` (unix seconds). False if it already did (a replay): of two
-        concurrent claims, in any worker process, exactly one wins. Rows past
-        their time are pruned on the way."""
+        concurrent claims, in any worker process, exactly one wins. A row past
+        its time counts as no claim; such rows are pruned on the way (at most
+        once per :data:`TOKEN_SWEEP_SECONDS`)."""
         claim = await self.claim_token_for(token_id, claimant="", keep_until=keep_until, now=now)
         return claim is TokenClaim.NEW
 
@@ -233,12 +242,22 @@ class StateStore:
         lost), TAKEN if another one does. An empty claimant is never the same
         as another."""
 
+        # A row past its time counts as no claim (the upsert below replaces it),
+        # so deleting such rows only keeps the table small: once a second, not
+        # a statement per claim (each statement of the writer thread is a
+        # hand-off of the interpreter lock with the event loop).
+        sweep = now - self._tokens_swept_at >= TOKEN_SWEEP_SECONDS
+
         def op(db: Connection) -> TokenClaim:
-            db.execute("DELETE FROM answered_tokens WHERE keep_until < ?", (now,))
+            if sweep:
+                db.execute("DELETE FROM answered_tokens WHERE keep_until < ?", (now,))
+                self._tokens_swept_at = now
             cursor = db.execute(
                 "INSERT INTO answered_tokens (token_id, keep_until, answered_at, claimant)"
-                " VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
-                (token_id, keep_until, now, claimant),
+                " VALUES (?,?,?,?) ON CONFLICT (token_id) DO UPDATE SET"
+                " keep_until = excluded.keep_until, answered_at = excluded.answered_at,"
+                " claimant = excluded.claimant WHERE answered_tokens.keep_until < ?",
+                (token_id, keep_until, now, claimant, now),
             )
             if cursor.rowcount == 1:
                 return TokenClaim.NEW

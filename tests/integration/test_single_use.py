@@ -231,3 +231,24 @@ class TestAnsweredTokens:
             assert await store.answered_token_count() == 1
         finally:
             await store.close()
+
+    async def test_a_claim_past_its_time_is_no_claim_between_sweeps(
+        self, store: StateStore
+    ) -> None:
+        """Rows past their time are deleted at most once a second (a statement
+        per claim was a hand-off of the interpreter lock per claim); until then
+        such a row is replaced by a new claim, and a live one still holds."""
+        try:
+            now = time.time()
+            statements: list[str] = []
+            await store.write(lambda db: db.set_trace_callback(statements.append))
+            assert await store.claim_token("short", keep_until=now + 0.5, now=now)
+            assert await store.claim_token("long", keep_until=now + 60, now=now)
+            soon = now + 0.6  # past "short"'s time, within a second of the sweep
+            assert await store.claim_token("short", keep_until=soon + 60, now=soon)
+            assert not await store.claim_token("long", keep_until=soon + 60, now=soon)
+            deletes = [s for s in statements if s.startswith("DELETE FROM answered_tokens")]
+            assert len(deletes) == 1  # the first claim's sweep only
+            assert await store.answered_token_count() == 2
+        finally:
+            await store.close()
