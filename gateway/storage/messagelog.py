@@ -45,7 +45,7 @@ from gateway.storage.records import (
     LogRow,
     MessageLogClosed,
 )
-from gateway.storage.sql import Connection
+from gateway.storage.sql import Connection, marks
 
 if TYPE_CHECKING:
     from gateway.storage.interfaces import MessageRecorder, OperatorLog
@@ -216,9 +216,8 @@ def _logged_nonces(conn: Connection, entries: list[LogEntry]) -> set[tuple[str, 
     logged: set[tuple[str, bytes]] = set()
     for peer, nonces in by_peer.items():
         for chunk in _chunks(nonces):
-            marks = ",".join("?" * len(chunk))
             for (nonce,) in conn.execute(
-                f"SELECT nonce FROM message_log WHERE peer = ? AND nonce IN ({marks})",  # noqa: S608 - placeholders only
+                f"SELECT nonce FROM message_log WHERE peer = ? AND nonce IN ({marks(chunk)})",  # noqa: S608 - placeholders only
                 (peer, *chunk),
             ).fetchall():
                 logged.add((peer, bytes(nonce)))
@@ -239,10 +238,9 @@ def _logged_exchanges(
     wanted = {(entry.peer, entry.message_id) for entry in entries if entry.find_answer}
     first_seqs: dict[int, tuple[str, str]] = {}
     for chunk in _chunks(sorted({message_id for _, message_id in wanted})):
-        marks = ",".join("?" * len(chunk))
         for peer, message_id, seq in conn.execute(
             "SELECT peer, message_id, MIN(seq) FROM message_log WHERE direction = 'in'"  # noqa: S608 - placeholders only
-            f" AND kind = 'request' AND message_id IN ({marks}) GROUP BY peer, message_id",
+            f" AND kind = 'request' AND message_id IN ({marks(chunk)}) GROUP BY peer, message_id",
             chunk,
         ).fetchall():
             key = (str(peer), str(message_id))
@@ -251,9 +249,8 @@ def _logged_exchanges(
     firsts: dict[tuple[str, str], bytes] = {}
     answers: dict[tuple[str, str], list[bytes]] = {}
     for chunk in _chunks(sorted(first_seqs)):
-        marks = ",".join("?" * len(chunk))
         for seq, envelope in conn.execute(
-            f"SELECT seq, envelope FROM message_log WHERE seq IN ({marks})",  # noqa: S608 - placeholders only
+            f"SELECT seq, envelope FROM message_log WHERE seq IN ({marks(chunk)})",  # noqa: S608 - placeholders only
             chunk,
         ).fetchall():
             firsts[first_seqs[int(seq)]] = bytes(envelope)
@@ -521,7 +518,9 @@ class MessageLog:
             )
             if entry.find_answer:
                 exchange = (entry.peer, entry.message_id)
-                first = logged_firsts.get(exchange) or firsts.get(exchange)
+                first = logged_firsts.get(exchange)
+                if first is None:
+                    first = firsts.get(exchange)
                 if first is None:
                     firsts[exchange] = entry.envelope
                 answers = tuple(logged_answers.get(exchange, ()))

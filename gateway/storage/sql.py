@@ -16,13 +16,20 @@ provides around psycopg); reads go through the file's async ``fetchall``,
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any, Protocol
 
 # Where a store lives, read as the config reads it; importable from here too.
 from gateway.core.urls import DATABASE_SCHEMES, display_url, is_database_url
 
-__all__ = ["DATABASE_SCHEMES", "Connection", "Cursor", "display_url", "is_database_url"]
+__all__ = [
+    "DATABASE_SCHEMES",
+    "Connection",
+    "Cursor",
+    "display_url",
+    "is_database_url",
+    "marks",
+]
 
 
 class Cursor(Protocol):
@@ -43,3 +50,8 @@ class Connection(Protocol):
 
     @property
     def in_transaction(self) -> bool: ...
+
+
+def marks(values: Collection[object]) -> str:
+    """``?,?,?`` for an IN (...) list of ``values`` (never empty)."""
+    return ",".join("?" * len(values))

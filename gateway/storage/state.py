@@ -49,7 +49,7 @@ from gateway.storage.records import (
     StoredKey,
     TokenClaim,
 )
-from gateway.storage.sql import Connection, is_database_url
+from gateway.storage.sql import Connection, is_database_url, marks
 
 # The values a caller of the state store handles, importable from here as well.
 __all__ = [
@@ -63,11 +63,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-
-def _marks(values: Collection[object]) -> str:
-    """``?,?,?`` for an IN (...) list of ``values`` (never empty)."""
-    return ",".join("?" * len(values))
 
 
 #: The one clause a claim adds on PostgreSQL: rows another replica's open
@@ -305,9 +300,9 @@ class StateStore:
             return []
         where = "state = 'pending' AND next_attempt_at <= ?" + _CLAIMABLE
         if skip_ids:
-            where += f" AND id NOT IN ({_marks(skip_ids)})"
+            where += f" AND id NOT IN ({marks(skip_ids)})"
         if skip_peers:
-            where += f" AND peer NOT IN ({_marks(skip_peers)})"
+            where += f" AND peer NOT IN ({marks(skip_peers)})"
         sql = (
             "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE id IN"  # noqa: S608 - only placeholders and a constant clause are added
             f" (SELECT id FROM outbox WHERE {where} ORDER BY next_attempt_at, id LIMIT ?"
@@ -362,7 +357,7 @@ class StateStore:
             return []
         sql = (
             f"UPDATE {table} SET lease_until = ? WHERE lease_owner = ?"  # noqa: S608 - constant names and placeholders
-            f" AND {key} IN ({_marks(keys)}) RETURNING {key}"
+            f" AND {key} IN ({marks(keys)}) RETURNING {key}"
         )
         rows = await self.write(lambda db: db.execute(sql, (until, owner, *keys)).fetchall())
         return [r[0] for r in rows]
@@ -375,7 +370,7 @@ class StateStore:
         if keys is not None:
             if not keys:
                 return 0
-            sql += f" AND {key} IN ({_marks(keys)})"
+            sql += f" AND {key} IN ({marks(keys)})"
             args = (owner, *keys)
         return int(await self.write(lambda db: db.execute(sql, args).rowcount))
 
@@ -547,11 +542,11 @@ class StateStore:
         replicas hand one case to its back-end at the same time."""
         if limit <= 0:
             return []
-        skipped = f" AND reference NOT IN ({_marks(skip)})" if skip else ""
+        skipped = f" AND reference NOT IN ({marks(skip)})" if skip else ""
         sql = (
             "UPDATE incoming_cases SET lease_owner = ?, lease_until = ? WHERE reference IN"  # noqa: S608 - only placeholders and a constant clause are added
             " (SELECT reference FROM incoming_cases WHERE domain = ?"
-            f" AND status NOT IN ({_marks(final)}) AND reconciliation = 0 AND next_poll_at <= ?"
+            f" AND status NOT IN ({marks(final)}) AND reconciliation = 0 AND next_poll_at <= ?"
             f"{_CLAIMABLE}{skipped} ORDER BY next_poll_at LIMIT ?{_SKIP_LOCKED[self.dialect]})"
             f" RETURNING {_INCOMING_WORK_COLUMNS}"
         )
@@ -579,7 +574,7 @@ class StateStore:
     ) -> float | None:
         row = await self.fetchone(
             "SELECT MIN(next_poll_at) FROM incoming_cases WHERE domain = ?"  # noqa: S608 - only placeholders are added
-            f" AND status NOT IN ({_marks(final)}) AND reconciliation = 0 AND next_poll_at > ?",
+            f" AND status NOT IN ({marks(final)}) AND reconciliation = 0 AND next_poll_at > ?",
             (domain, *final, after),
         )
         return float(row[0]) if row and row[0] is not None else None
@@ -639,8 +634,8 @@ class StateStore:
             out_where, in_where = "correlation_id = ?", "correlation_id = ?"
             args: tuple[Any, ...] = (correlation_id, correlation_id)
         elif references:
-            out_where = f"case_id IN ({_marks(references)})"
-            in_where = f"reference IN ({_marks(references)})"
+            out_where = f"case_id IN ({marks(references)})"
+            in_where = f"reference IN ({marks(references)})"
             args = (*references, *references)
         else:
             return []
@@ -830,7 +825,7 @@ class _Transaction:
     ) -> None:
         self._db.execute(
             "UPDATE outgoing_cases SET status = ?, status_reason = ?, updated_at = ?"  # noqa: S608 - only placeholders are added
-            f" WHERE case_id = ? AND status NOT IN ({_marks(unless)})",
+            f" WHERE case_id = ? AND status NOT IN ({marks(unless)})",
             (status, reason, at.isoformat(), case_id, *unless),
         )
 
@@ -849,7 +844,7 @@ class _Transaction:
         # takes its lock (PostgreSQL re-reads it after waiting), not on what the
         # unit of work read before: the later of two racing updates cannot undo
         # the earlier one's progress.
-        skipped = f" AND status NOT IN ({_marks(unless)})" if unless else ""
+        skipped = f" AND status NOT IN ({marks(unless)})" if unless else ""
         cursor = self._db.execute(
             "UPDATE outgoing_cases SET status = ?, status_reason = ?, amount_fen = ?,"  # noqa: S608 - only placeholders are added
             " updated_at = ?, remote_reference = CASE WHEN remote_reference = ''"

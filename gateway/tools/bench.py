@@ -598,14 +598,19 @@ def summary_table(runs: list[dict[str, float]]) -> str:
 
 def cpu_seconds(*pids: int) -> float:
     """User + system CPU time of processes so far, from /proc (0 for one that is gone)."""
-    ticks = 0
+    seconds = 0.0
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            seconds += _stat_seconds(Path(f"/proc/{pid}/stat").read_text())
         except OSError:
             continue
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return seconds
+
+
+def _stat_seconds(stat: str) -> float:
+    """User + system CPU seconds of a /proc ``stat`` line (a process's or a thread's)."""
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 #: How a process's CPU is split by thread (kernel names, /proc/<pid>/task/<tid>/comm):
@@ -618,7 +623,6 @@ THREAD_GROUPS = ("event loop", "store threads", "other threads")
 def thread_cpu(*pids: int) -> dict[tuple[int, int], tuple[str, float]]:
     """CPU seconds so far of every thread of the processes, by (pid, tid), with
     its group of :data:`THREAD_GROUPS` (threads that are gone are not counted)."""
-    ticks_per_second = os.sysconf("SC_CLK_TCK")
     threads: dict[tuple[int, int], tuple[str, float]] = {}
     for pid in pids:
         try:
@@ -629,7 +633,7 @@ def thread_cpu(*pids: int) -> dict[tuple[int, int], tuple[str, float]]:
             task = Path(f"/proc/{pid}/task/{tid}")
             try:
                 name = (task / "comm").read_text().strip()
-                fields = (task / "stat").read_text().rpartition(")")[2].split()
+                seconds = _stat_seconds((task / "stat").read_text())
             except OSError:
                 continue
             if tid == pid:
@@ -638,7 +642,7 @@ def thread_cpu(*pids: int) -> dict[tuple[int, int], tuple[str, float]]:
                 group = THREAD_GROUPS[1]
             else:
                 group = THREAD_GROUPS[2]
-            threads[pid, tid] = (group, (int(fields[11]) + int(fields[12])) / ticks_per_second)
+            threads[pid, tid] = (group, seconds)
     return threads
 
 
