@@ -20,8 +20,10 @@ through ``tx``, but never awaits -- so that everything one exchange writes (a
 case and its outbox item, a delivery's acknowledgement and the case it moves)
 is committed together or not at all; an exception raised by ``work`` rolls back
 everything it wrote and is raised to the caller. Nothing here is
-SQLite-specific: the SQLite store runs many units in one commit (group commit,
-a savepoint each); a PostgreSQL store runs each in its own transaction.
+SQLite-specific: both engines run many units in one commit (group commit); a
+unit that fails is rolled back alone (its group is written again, a savepoint
+per unit), so ``work`` may run more than once: what it does besides reading
+and writing through ``tx`` (a log line, say) may happen twice.
 
 A store that cannot write raises
 :class:`~gateway.core.errors.StoreUnavailable` (retryable).

@@ -5,7 +5,7 @@ counterpart of :class:`gateway.storage.sqlitefile.SqliteFile` for a node whose
 psycopg 3 is used the way the SQLite file uses sqlite3: a writer connection
 used only from a thread of its own, under a
 :class:`~gateway.storage.groupcommit.GroupCommit` (one transaction and one
-commit per group, a savepoint per unit of work), and a small pool of reader
+commit per group, a unit of work that fails rolled back alone), and a small pool of reader
 connections (autocommit: each read sees what is committed). The stores' SQL
 is written once with ``?`` placeholders; :class:`PgConnection` turns them into
 psycopg's ``%s``.
@@ -16,7 +16,7 @@ failover), a full disk, a lock or statement timeout all become
 :class:`~gateway.core.errors.StoreUnavailable` (retryable; the node answers
 UNAVAILABLE and its health follows), and the writer connects again at its
 next group. A collision with another replica on a unique key reruns the unit
-of work alone (:func:`gateway.storage.groupcommit.each_in_savepoint`); a
+of work alone (:func:`gateway.storage.groupcommit.each_alone`); a
 deadlock or serialization failure reruns its whole group in a new transaction
 (the locks of the group's earlier units are what the other replica waits for).
 """

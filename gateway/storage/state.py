@@ -3,9 +3,10 @@
 asynchronous deliveries. :class:`StateStore` implements the Protocols of
 :mod:`gateway.storage.interfaces`; only this module knows its tables.
 
-Writes are grouped (:mod:`gateway.storage.groupcommit`): each unit of work runs
-inside its own SAVEPOINT in the store's writer thread; a whole group runs in
-one hop to that thread and one commit, and only then is every caller answered.
+Writes are grouped (:mod:`gateway.storage.groupcommit`): a whole group of units
+of work runs in one hop to the store's writer thread and one commit, and only
+then is every caller answered; if a unit fails, the group is written again
+with each unit in a savepoint of its own.
 A caller is therefore answered only after its write is durable (WAL,
 ``synchronous=FULL``), and a failing unit (an integrity error, say) rolls back
 alone without disturbing the others of its group. Reads use a second
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.core.errors import StoreUnavailable
 from gateway.storage.engines import StoreFile, store_file
-from gateway.storage.groupcommit import WriteOp, each_in_savepoint
+from gateway.storage.groupcommit import InsertRow, WriteOp, each_in_savepoint
 from gateway.storage.interfaces import StateTransaction
 
 if TYPE_CHECKING:
@@ -143,7 +144,7 @@ class StateStore:
         await self.close()
 
     async def write(self, op: Callable[[Connection], T]) -> T:
-        """Run ``op`` (in the writer thread, in its own savepoint); return its
+        """Run ``op`` (in the writer thread, within a group); return its
         result once the group it was part of is committed. SQL access, for this
         module (and tests); services use :meth:`unit_of_work`."""
         writer = self._file.writer
@@ -153,7 +154,7 @@ class StateStore:
         return result
 
     async def unit_of_work(self, work: Callable[[StateTransaction], T]) -> T:
-        """Run ``work`` in one transaction (a savepoint of a group commit); its
+        """Run ``work`` in one transaction (a unit of a group commit); its
         result once committed (see :mod:`gateway.storage.interfaces`)."""
         return await self.write(lambda db: work(_Transaction(db)))
 
@@ -193,9 +194,10 @@ class StateStore:
         recorded_at: datetime,
         correlation_id: str,
     ) -> None:
-        def op(db: Connection) -> None:
-            db.execute(
-                "INSERT INTO check_ins VALUES (?,?,?,?,?,?,?)",
+        # Check-ins committed together share one INSERT (each_in_savepoint).
+        await self.write(
+            InsertRow(
+                "check_ins",
                 (
                     check_in_id,
                     relying_party_id,
@@ -206,8 +208,7 @@ class StateStore:
                     correlation_id,
                 ),
             )
-
-        await self.write(op)
+        )
 
     async def get_check_in(self, check_in_id: str) -> tuple[str, str, bytes, str, str, str] | None:
         row = await self.fetchone(
@@ -707,7 +708,7 @@ def _outbox_item(r: tuple[Any, ...]) -> OutboxItem:
 
 class _Transaction:
     """A unit of work on the writer connection (:class:`StateTransaction`): run
-    in the writer thread, inside the unit's savepoint."""
+    in the writer thread, inside the group's transaction."""
 
     def __init__(self, db: Connection) -> None:
         self._db = db

@@ -5,12 +5,20 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from gateway.storage.groupcommit import WriteOp, each_in_savepoint
+from gateway.storage.groupcommit import (
+    INSERT_PARAMETERS,
+    INSERT_ROWS,
+    GroupCommit,
+    InsertRow,
+    WriteOp,
+    each_in_savepoint,
+)
 from gateway.storage.messagelog import MessageLog
 from gateway.storage.records import NewOutgoingCase, StoreOpenError
 from gateway.storage.sql import Connection
@@ -128,21 +136,98 @@ async def test_a_failed_open_leaves_nothing_open(
     await store.close()  # still safe
 
 
-class TestOneSavepointPerGroup:
-    """gateway.storage.groupcommit.each_in_savepoint: a group whose ops all succeed
-    runs in one savepoint (each statement the writer thread runs is a hand-off of
-    the interpreter lock with the event loop); a group where one fails falls back
-    to a savepoint per op, and only the failing op's writes are lost."""
+class TestGroupsCommitAsOne:
+    """gateway.storage.groupcommit.each_in_savepoint, through a real GroupCommit: a
+    group whose ops all succeed runs with no savepoint and its row inserts into
+    one table in one statement (each statement the writer thread runs is a
+    hand-off of the interpreter lock with the event loop); a group where one
+    fails is rolled back whole and written again with a savepoint per op, and
+    only the failing op's writes are lost."""
 
     @staticmethod
-    def connection() -> tuple[sqlite3.Connection, list[str]]:
-        conn = sqlite3.connect(":memory:", isolation_level=None)
+    async def run(ops: list[WriteOp]) -> tuple[list[object], list[str], sqlite3.Connection]:
+        """``ops`` written as one group by a real GroupCommit: each op's value or
+        exception, the statements run, and the connection."""
+        conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY)")
+        conn.execute("CREATE TABLE u (k TEXT)")
+        conn.execute("CREATE TABLE w (a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s, x)")
         conn.execute("INSERT INTO t VALUES ('dup')")
         statements: list[str] = []
         conn.set_trace_callback(statements.append)
-        conn.execute("BEGIN IMMEDIATE")
-        return conn, statements
+        executor = ThreadPoolExecutor(1)
+        writer = GroupCommit("test", conn, executor, each_in_savepoint, batch_max=1000)
+        writer.start()
+        try:
+            # Queued in one loop turn: the writer takes them as one group.
+            outcomes = await asyncio.gather(
+                *(writer.submit(op) for op in ops), return_exceptions=True
+            )
+            assert writer.commits == 1
+        finally:
+            await writer.close()
+            executor.shutdown()
+        return list(outcomes), statements, conn
+
+    @staticmethod
+    def count(table: str) -> WriteOp:
+        def op(conn: Connection) -> int:
+            return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # noqa: S608
+
+        return op
+
+    async def test_a_group_that_succeeds_takes_no_savepoint_and_one_insert_per_table(
+        self,
+    ) -> None:
+        ops: list[WriteOp] = [
+            *(InsertRow("u", (f"a{i}",)) for i in range(5)),
+            self.count("u"),  # the rows before it are written first
+            self.insert("b"),
+            InsertRow("u", ("c",)),
+            InsertRow("t", ("d",)),
+        ]
+        outcomes, statements, conn = await self.run(ops)
+        assert outcomes == [None] * 5 + [5, "b", None, None]
+        assert statements == [
+            "BEGIN IMMEDIATE",
+            "INSERT INTO u VALUES ('a0'),('a1'),('a2'),('a3'),('a4')",
+            "SELECT COUNT(*) FROM u",
+            "INSERT INTO t VALUES ('b')",
+            "INSERT INTO u VALUES ('c')",
+            "INSERT INTO t VALUES ('d')",
+            "COMMIT",
+        ]
+        assert conn.execute("SELECT COUNT(*) FROM u").fetchone() == (6,)
+
+    async def test_one_failing_op_rolls_the_group_back_and_each_runs_alone(self) -> None:
+        outcomes, statements, conn = await self.run(
+            [self.insert("a"), InsertRow("t", ("dup",)), InsertRow("u", ("b",)), self.insert("c")]
+        )
+        assert outcomes[0] == "a"
+        assert isinstance(outcomes[1], sqlite3.IntegrityError)
+        assert outcomes[2:] == [None, "c"]
+        assert statements.count("BEGIN IMMEDIATE") == 2
+        assert "ROLLBACK" in statements
+        assert statements.count("SAVEPOINT op") == 4
+        assert statements.count("ROLLBACK TO op") == 1
+        assert conn.execute("SELECT k FROM t ORDER BY k").fetchall() == [("a",), ("c",), ("dup",)]
+        assert conn.execute("SELECT k FROM u").fetchall() == [("b",)]
+
+    async def test_a_lone_op_takes_no_savepoint(self) -> None:
+        outcomes, statements, _ = await self.run([self.insert("a")])
+        assert outcomes == ["a"]
+        assert statements == ["BEGIN IMMEDIATE", "INSERT INTO t VALUES ('a')", "COMMIT"]
+
+    async def test_a_multi_row_insert_stays_within_the_rows_and_parameters(self) -> None:
+        """At most INSERT_ROWS rows, and INSERT_PARAMETERS values, per statement."""
+        narrow = [InsertRow("u", (str(i),)) for i in range(INSERT_ROWS + 1)]
+        wide_rows = INSERT_PARAMETERS // 20
+        wide = [InsertRow("w", tuple(range(20))) for _ in range(wide_rows + 1)]
+        outcomes, statements, conn = await self.run([*narrow, *wide])
+        assert outcomes == [None] * (len(narrow) + len(wide))
+        inserts = [s.count("(") for s in statements if s.startswith("INSERT")]
+        assert inserts == [INSERT_ROWS, 1, wide_rows, 1]
+        assert conn.execute("SELECT COUNT(*) FROM w").fetchone() == (wide_rows + 1,)
 
     @staticmethod
     def insert(key: str) -> WriteOp:
@@ -151,36 +236,3 @@ class TestOneSavepointPerGroup:
             return key
 
         return op
-
-    def test_a_group_that_succeeds_takes_one_savepoint(self) -> None:
-        conn, statements = self.connection()
-        outcomes = each_in_savepoint(conn, [self.insert(k) for k in "abcdef"])
-        conn.execute("COMMIT")
-        assert outcomes == [(True, k) for k in "abcdef"]
-        assert [s for s in statements if not s.startswith("INSERT")] == [
-            "BEGIN IMMEDIATE",
-            "SAVEPOINT ops",
-            "RELEASE ops",
-            "COMMIT",
-        ]
-        assert conn.execute("SELECT COUNT(*) FROM t").fetchone() == (7,)
-
-    def test_one_failing_op_falls_back_to_a_savepoint_each(self) -> None:
-        conn, statements = self.connection()
-        outcomes = each_in_savepoint(conn, [self.insert(k) for k in ("a", "dup", "b")])
-        conn.execute("COMMIT")
-        assert outcomes[0] == (True, "a")
-        assert outcomes[1][0] is False
-        assert isinstance(outcomes[1][1], sqlite3.IntegrityError)
-        assert outcomes[2] == (True, "b")
-        assert "ROLLBACK TO ops" in statements
-        assert statements.count("SAVEPOINT op") == 3
-        assert conn.execute("SELECT k FROM t ORDER BY k").fetchall() == [("a",), ("b",), ("dup",)]
-
-    def test_a_lone_op_takes_its_own_savepoint_only(self) -> None:
-        conn, statements = self.connection()
-        assert each_in_savepoint(conn, [self.insert("a")]) == [(True, "a")]
-        assert [s for s in statements if "SAVEPOINT" in s or "RELEASE" in s] == [
-            "SAVEPOINT op",
-            "RELEASE op",
-        ]
