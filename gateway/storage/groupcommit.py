@@ -101,8 +101,8 @@ def each_in_savepoint(conn: Connection, ops: list[WriteOp]) -> list[Outcome]:
     that an op that fails fails alone.
 
     Most groups fail nowhere, so a group first runs as it is: no savepoint, and
-    consecutive like :class:`BatchedOp` ops (rows into one table, token claims)
-    in one statement. Each statement is a round trip of the interpreter lock between
+    consecutive :class:`InsertRow` ops into the same table in one multi-row
+    ``INSERT``. Each statement is a round trip of the interpreter lock between
     this writer thread and a busy event loop (the sqlite3 module lets go of the
     lock for every statement it runs), which on the development machine made
     the writer threads cost 0.6-1.0 ms of CPU per commit. If an op fails, the
@@ -149,100 +149,62 @@ def each_alone(conn: Connection, ops: list[WriteOp]) -> list[Outcome]:
     return outcomes
 
 
-#: Rows one multi-row statement carries at most, and bound parameters (the
-#: oldest SQLite limit of 999).
-BATCH_ROWS = 64
-BATCH_PARAMETERS = 999
-
-
-class BatchedOp:
-    """A write op that can share its statements with the like ops next to it.
-
-    Alone (``op(conn)``) it runs as any op; in a group that commits as one
-    (:func:`each_in_savepoint`), consecutive ops of one class with the same
-    :attr:`batch_key` are written by one :meth:`run_batch` call, in order with
-    the ops around them. ``width`` is the bound values one op adds to a
-    statement: a batch holds at most BATCH_ROWS ops and BATCH_PARAMETERS values."""
-
-    __slots__ = ()
-    width = 1
-
-    @property
-    def batch_key(self) -> Any:
-        return None
-
-    def __call__(self, conn: Connection) -> Any:
-        return self.run_batch(conn, [self])[0]
-
-    @classmethod
-    def run_batch(cls, conn: Connection, ops: list[Any]) -> list[Any]:
-        """Write ``ops`` (of this class, one batch key); each one's value."""
-        raise NotImplementedError
+#: Rows one multi-row INSERT carries at most, and bound parameters (the oldest
+#: SQLite limit of 999).
+INSERT_ROWS = 64
+INSERT_PARAMETERS = 999
 
 
 @dataclass(frozen=True, slots=True)
-class InsertRow(BatchedOp):
-    """Insert one row (all of ``table``'s columns, in order): consecutive rows
-    into one table share one multi-row ``INSERT``."""
+class InsertRow:
+    """A write op that inserts one row (all of ``table``'s columns, in order).
+    Alone it is one ``INSERT``; in a group that commits as one
+    (:func:`each_in_savepoint`), consecutive rows into the same table share one
+    multi-row ``INSERT``."""
 
     table: str
     row: tuple[Any, ...]
 
-    @property
-    def batch_key(self) -> Any:
-        return (self.table, len(self.row))
-
-    @property
-    def width(self) -> int:  # type: ignore[override]
-        return len(self.row)
-
-    @classmethod
-    def run_batch(cls, conn: Connection, ops: list[Any]) -> list[Any]:
-        first = ops[0]
-        conn.execute(
-            insert_rows_sql(first.table, len(first.row), len(ops)),
-            [value for op in ops for value in op.row],
-        )
-        return [None] * len(ops)
+    def __call__(self, conn: Connection) -> None:
+        conn.execute(insert_rows_sql(self.table, len(self.row), 1), self.row)
 
 
 @functools.lru_cache(maxsize=256)
 def insert_rows_sql(table: str, width: int, count: int) -> str:
     """``INSERT INTO table VALUES (?,..),(?,..)``: ``count`` rows of ``width`` values."""
-    return f"INSERT INTO {table} VALUES {rows_of_marks(width, count)}"  # noqa: S608 - marks only
-
-
-@functools.lru_cache(maxsize=256)
-def rows_of_marks(width: int, count: int) -> str:
-    """``(?,?),(?,?)``: ``count`` rows of ``width`` placeholders."""
     row = "(" + ",".join("?" * width) + ")"
-    return ",".join([row] * count)
+    return f"INSERT INTO {table} VALUES {','.join([row] * count)}"  # noqa: S608 - placeholders only
 
 
 def _run_all(conn: Connection, ops: list[WriteOp]) -> list[Any]:
-    """Every op's value, in order; runs of like :class:`BatchedOp` ops in one
-    :meth:`~BatchedOp.run_batch` each."""
+    """Every op's value, in order; runs of :class:`InsertRow` into one table as
+    one statement each (at most INSERT_ROWS rows and INSERT_PARAMETERS values)."""
     values: list[Any] = []
-    batch: list[BatchedOp] = []
+    rows: list[InsertRow] = []
 
-    def flush() -> None:
-        if batch:
-            values.extend(type(batch[0]).run_batch(conn, batch))
-            batch.clear()
+    def insert() -> None:
+        if rows:
+            first = rows[0]
+            conn.execute(
+                insert_rows_sql(first.table, len(first.row), len(rows)),
+                [value for op in rows for value in op.row],
+            )
+            rows.clear()
 
     for op in ops:
-        if isinstance(op, BatchedOp):
-            if batch and (
-                type(op) is not type(batch[0])
-                or op.batch_key != batch[0].batch_key
-                or len(batch) >= min(BATCH_ROWS, BATCH_PARAMETERS // max(1, op.width))
+        if isinstance(op, InsertRow):
+            if rows and (
+                op.table != rows[0].table
+                or len(op.row) != len(rows[0].row)
+                or len(rows) >= min(INSERT_ROWS, INSERT_PARAMETERS // max(1, len(op.row)))
             ):
-                flush()
-            batch.append(op)
+                insert()
+            rows.append(op)
+            values.append(None)
             continue
-        flush()  # written before the op that follows them, in order
+        insert()  # written before the op that follows them, in order
         values.append(op(conn))
-    flush()
+    insert()
     return values
 
 

@@ -20,20 +20,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.core.errors import StoreUnavailable
 from gateway.storage.engines import StoreFile, store_file
-from gateway.storage.groupcommit import (
-    BatchedOp,
-    InsertRow,
-    WriteOp,
-    each_in_savepoint,
-    rows_of_marks,
-)
+from gateway.storage.groupcommit import InsertRow, WriteOp, each_in_savepoint
 from gateway.storage.interfaces import StateTransaction
 
 if TYPE_CHECKING:
@@ -245,14 +238,31 @@ class StateStore:
         lost), TAKEN if another one does. An empty claimant is never the same
         as another."""
 
-        # A row past its time counts as no claim (the upsert replaces it), so
-        # deleting such rows only keeps the table small: once a second, not a
-        # statement per claim (each statement of the writer thread is a
+        # A row past its time counts as no claim (the upsert below replaces it),
+        # so deleting such rows only keeps the table small: once a second, not
+        # a statement per claim (each statement of the writer thread is a
         # hand-off of the interpreter lock with the event loop).
         sweep = now - self._tokens_swept_at >= TOKEN_SWEEP_SECONDS
-        if sweep:
-            self._tokens_swept_at = now
-        return await self.write(_ClaimToken(token_id, claimant, keep_until, now, sweep))
+
+        def op(db: Connection) -> TokenClaim:
+            if sweep:
+                db.execute("DELETE FROM answered_tokens WHERE keep_until < ?", (now,))
+                self._tokens_swept_at = now
+            cursor = db.execute(
+                "INSERT INTO answered_tokens (token_id, keep_until, answered_at, claimant)"
+                " VALUES (?,?,?,?) ON CONFLICT (token_id) DO UPDATE SET"
+                " keep_until = excluded.keep_until, answered_at = excluded.answered_at,"
+                " claimant = excluded.claimant WHERE answered_tokens.keep_until < ?",
+                (token_id, keep_until, now, claimant, now),
+            )
+            if cursor.rowcount == 1:
+                return TokenClaim.NEW
+            row = db.execute(
+                "SELECT claimant FROM answered_tokens WHERE token_id = ?", (token_id,)
+            ).fetchone()
+            return TokenClaim.OURS if claimant and row and row[0] == claimant else TokenClaim.TAKEN
+
+        return await self.write(op)
 
     async def release_token(self, token_id: str, *, claimant: str) -> None:
         """Withdraw ``claimant``'s claim on ``token_id`` (the e-ID authority gave
@@ -694,71 +704,6 @@ def _outbox_item(r: tuple[Any, ...]) -> OutboxItem:
         float(r[10]),
         float(r[11]),
     )
-
-
-@dataclass(frozen=True, slots=True)
-class _ClaimToken(BatchedOp):
-    """A claim on an e-ID token (:meth:`StateStore.claim_token_for`). Claims
-    committed together share one upsert; the claimants of the tokens it did
-    not take are read in one query (usually none)."""
-
-    token_id: str
-    claimant: str
-    keep_until: float
-    now: float
-    #: Delete the answered tokens past their time first.
-    sweep: bool
-    width = 4
-
-    @classmethod
-    def run_batch(cls, conn: Connection, ops: list[Any]) -> list[Any]:
-        claims: list[_ClaimToken] = ops
-        sweeps = [claim.now for claim in claims if claim.sweep]
-        if sweeps:
-            conn.execute("DELETE FROM answered_tokens WHERE keep_until < ?", (max(sweeps),))
-        # A token twice in one batch goes in once (PostgreSQL refuses an upsert
-        # that meets its own row): the later claim is decided by who holds it.
-        first: dict[str, _ClaimToken] = {}
-        for claim in claims:
-            first.setdefault(claim.token_id, claim)
-        # A row past its time counts as no claim: the upsert replaces it.
-        taken = {
-            str(row[0])
-            for row in conn.execute(
-                "INSERT INTO answered_tokens (token_id, keep_until, answered_at, claimant)"  # noqa: S608 - marks only
-                f" VALUES {rows_of_marks(4, len(first))} ON CONFLICT (token_id) DO UPDATE SET"
-                " keep_until = excluded.keep_until, answered_at = excluded.answered_at,"
-                " claimant = excluded.claimant"
-                " WHERE answered_tokens.keep_until < excluded.answered_at RETURNING token_id",
-                [
-                    value
-                    for claim in first.values()
-                    for value in (claim.token_id, claim.keep_until, claim.now, claim.claimant)
-                ],
-            ).fetchall()
-        }
-        others = {
-            claim.token_id
-            for claim in claims
-            if first[claim.token_id] is not claim or claim.token_id not in taken
-        }
-        holders: dict[str, str] = {}
-        if others:
-            rows = conn.execute(
-                "SELECT token_id, claimant FROM answered_tokens"  # noqa: S608 - marks only
-                f" WHERE token_id IN ({marks(others)})",
-                tuple(others),
-            ).fetchall()
-            holders = {str(row[0]): str(row[1]) for row in rows}
-        results: list[TokenClaim] = []
-        for claim in claims:
-            if first[claim.token_id] is claim and claim.token_id in taken:
-                results.append(TokenClaim.NEW)
-            elif claim.claimant and holders.get(claim.token_id) == claim.claimant:
-                results.append(TokenClaim.OURS)
-            else:
-                results.append(TokenClaim.TAKEN)
-        return results
 
 
 class _Transaction:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from gateway.storage.groupcommit import (
-    BATCH_PARAMETERS,
-    BATCH_ROWS,
+    INSERT_PARAMETERS,
+    INSERT_ROWS,
     GroupCommit,
     InsertRow,
     WriteOp,
@@ -219,14 +219,14 @@ class TestGroupsCommitAsOne:
         assert statements == ["BEGIN IMMEDIATE", "INSERT INTO t VALUES ('a')", "COMMIT"]
 
     async def test_a_multi_row_insert_stays_within_the_rows_and_parameters(self) -> None:
-        """At most BATCH_ROWS rows, and BATCH_PARAMETERS values, per statement."""
-        narrow = [InsertRow("u", (str(i),)) for i in range(BATCH_ROWS + 1)]
-        wide_rows = BATCH_PARAMETERS // 20
+        """At most INSERT_ROWS rows, and INSERT_PARAMETERS values, per statement."""
+        narrow = [InsertRow("u", (str(i),)) for i in range(INSERT_ROWS + 1)]
+        wide_rows = INSERT_PARAMETERS // 20
         wide = [InsertRow("w", tuple(range(20))) for _ in range(wide_rows + 1)]
         outcomes, statements, conn = await self.run([*narrow, *wide])
         assert outcomes == [None] * (len(narrow) + len(wide))
         inserts = [s.count("(") for s in statements if s.startswith("INSERT")]
-        assert inserts == [BATCH_ROWS, 1, wide_rows, 1]
+        assert inserts == [INSERT_ROWS, 1, wide_rows, 1]
         assert conn.execute("SELECT COUNT(*) FROM w").fetchone() == (wide_rows + 1,)
 
     @staticmethod
