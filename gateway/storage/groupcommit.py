@@ -172,8 +172,14 @@ class InsertRow:
 @functools.lru_cache(maxsize=256)
 def insert_rows_sql(table: str, width: int, count: int) -> str:
     """``INSERT INTO table VALUES (?,..),(?,..)``: ``count`` rows of ``width`` values."""
+    return f"INSERT INTO {table} VALUES {rows_of_marks(width, count)}"  # noqa: S608 - marks only
+
+
+@functools.lru_cache(maxsize=256)
+def rows_of_marks(width: int, count: int) -> str:
+    """``(?,?),(?,?)``: ``count`` rows of ``width`` placeholders."""
     row = "(" + ",".join("?" * width) + ")"
-    return f"INSERT INTO {table} VALUES {','.join([row] * count)}"  # noqa: S608 - placeholders only
+    return ",".join([row] * count)
 
 
 def _run_all(conn: Connection, ops: list[WriteOp]) -> list[Any]:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.core import crypto
 from gateway.core.clock import Clock, SystemClock
 from gateway.storage.engines import StoreFile, store_file
-from gateway.storage.groupcommit import GroupCommit, Outcome
+from gateway.storage.groupcommit import GroupCommit, Outcome, rows_of_marks
 from gateway.storage.migrations import MESSAGE_LOG_MIGRATIONS
 from gateway.storage.pgschema import MESSAGE_LOG_PG_MIGRATIONS
 from gateway.storage.records import (
@@ -198,8 +198,7 @@ _COLUMNS = (
 @functools.lru_cache(maxsize=INSERT_ROWS)
 def _insert_rows(count: int) -> str:
     """The INSERT of ``count`` rows in one statement."""
-    values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * count)
-    return f"INSERT INTO message_log ({_COLUMNS}) VALUES {values}"  # noqa: S608 - placeholders only
+    return f"INSERT INTO message_log ({_COLUMNS}) VALUES {rows_of_marks(12, count)}"  # noqa: S608
 
 
 def _chunks(keys: list[Any]) -> list[list[Any]]:

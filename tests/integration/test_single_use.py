@@ -232,6 +232,62 @@ class TestAnsweredTokens:
         finally:
             await store.close()
 
+    @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+    async def test_claims_committed_together_each_get_their_own_answer(
+        self, engine: str, tmp_path: Path, request: pytest.FixtureRequest
+    ) -> None:
+        """Claims queued together are one group (one commit, no savepoint); each
+        gets its own answer: new, taken by another (before, or earlier in the
+        same group), its own claimant's again, or new over a row past its time."""
+        where = tmp_path / "state.db" if engine == "sqlite" else request.getfixturevalue("pg_url")
+        store = await StateStore(where).open()
+        try:
+            now = time.time()
+            await store.claim_token_for("held", claimant="310000/x", keep_until=now + 60, now=now)
+            await store.claim_token_for("mine", claimant="310000/m", keep_until=now + 60, now=now)
+            await store.claim_token_for("old", claimant="310000/x", keep_until=now - 1, now=now)
+            commits = store.commits
+            claims = [
+                ("a", "310000/1"),
+                ("b", "310000/2"),
+                ("a", "310000/3"),  # a second claimant of "a" in the same group
+                ("a", "310000/1"),  # the first claimant of "a" again
+                ("held", "310000/4"),
+                ("mine", "310000/m"),
+                ("old", "310000/5"),
+                ("c", ""),
+                ("c", ""),  # an empty claimant is nobody's twin
+            ]
+            results = await asyncio.gather(
+                *(
+                    store.claim_token_for(t, claimant=c, keep_until=now + 60, now=now)
+                    for t, c in claims
+                )
+            )
+            assert results == [
+                TokenClaim.NEW,
+                TokenClaim.NEW,
+                TokenClaim.TAKEN,
+                TokenClaim.OURS,
+                TokenClaim.TAKEN,
+                TokenClaim.OURS,
+                TokenClaim.NEW,
+                TokenClaim.NEW,
+                TokenClaim.TAKEN,
+            ]
+            assert store.commits == commits + 1
+            rows = await store.fetchall("SELECT token_id, claimant FROM answered_tokens")
+            assert dict(rows) == {
+                "a": "310000/1",
+                "b": "310000/2",
+                "held": "310000/x",
+                "mine": "310000/m",
+                "old": "310000/5",
+                "c": "",
+            }
+        finally:
+            await store.close()
+
     async def test_a_claim_past_its_time_is_no_claim_between_sweeps(
         self, store: StateStore
     ) -> None:
