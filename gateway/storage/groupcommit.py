@@ -149,8 +149,8 @@ def each_alone(conn: Connection, ops: list[WriteOp]) -> list[Outcome]:
     return outcomes
 
 
-#: Rows one multi-row INSERT carries at most, and bound parameters (the oldest
-#: SQLite limit of 999).
+#: Rows one multi-row INSERT carries at most (the message log's too: 64 of its
+#: 12 values), and bound parameters (the oldest SQLite limit of 999).
 INSERT_ROWS = 64
 INSERT_PARAMETERS = 999
 

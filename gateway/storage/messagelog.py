@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.core import crypto
 from gateway.core.clock import Clock, SystemClock
 from gateway.storage.engines import StoreFile, store_file
-from gateway.storage.groupcommit import GroupCommit, Outcome, rows_of_marks
+from gateway.storage.groupcommit import INSERT_ROWS, GroupCommit, Outcome, rows_of_marks
 from gateway.storage.migrations import MESSAGE_LOG_MIGRATIONS
 from gateway.storage.pgschema import MESSAGE_LOG_PG_MIGRATIONS
 from gateway.storage.records import (
@@ -184,9 +184,6 @@ def row_hash(
     return crypto.sha256(bytes(data))
 
 
-#: Rows of the message log inserted by one statement (12 values each, within
-#: SQLite's oldest limit of 999 parameters).
-INSERT_ROWS = 64
 #: Keys looked up by one query (SQLite's oldest limit of 999 parameters).
 LOOKUP_KEYS = 500
 _COLUMNS = (
