@@ -166,44 +166,43 @@ class InsertRow:
     row: tuple[Any, ...]
 
     def __call__(self, conn: Connection) -> None:
-        conn.execute(insert_rows_sql(self.table, len(self.row), 1), self.row)
+        insert_rows(conn, self.table, [self.row])
+
+
+def insert_rows(conn: Connection, into: str, rows: list[tuple[Any, ...]]) -> None:
+    """Insert ``rows`` (of one width, at least one) ``into`` a table (``"t"``, or
+    ``"t (a, b)"`` naming its columns): one statement per INSERT_ROWS rows, within
+    INSERT_PARAMETERS values."""
+    width = len(rows[0])
+    step = min(INSERT_ROWS, INSERT_PARAMETERS // max(1, width))
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
+        conn.execute(
+            _insert_rows_sql(into, width, len(chunk)), [value for row in chunk for value in row]
+        )
 
 
 @functools.lru_cache(maxsize=256)
-def insert_rows_sql(table: str, width: int, count: int) -> str:
-    """``INSERT INTO table VALUES (?,..),(?,..)``: ``count`` rows of ``width`` values."""
-    return f"INSERT INTO {table} VALUES {rows_of_marks(width, count)}"  # noqa: S608 - marks only
-
-
-@functools.lru_cache(maxsize=256)
-def rows_of_marks(width: int, count: int) -> str:
-    """``(?,?),(?,?)``: ``count`` rows of ``width`` placeholders."""
+def _insert_rows_sql(into: str, width: int, count: int) -> str:
+    """``INSERT INTO <into> VALUES (?,..),(?,..)``: ``count`` rows of ``width`` values."""
     row = "(" + ",".join("?" * width) + ")"
-    return ",".join([row] * count)
+    return f"INSERT INTO {into} VALUES {','.join([row] * count)}"  # noqa: S608 - marks only
 
 
 def _run_all(conn: Connection, ops: list[WriteOp]) -> list[Any]:
-    """Every op's value, in order; runs of :class:`InsertRow` into one table as
-    one statement each (at most INSERT_ROWS rows and INSERT_PARAMETERS values)."""
+    """Every op's value, in order; runs of :class:`InsertRow` into one table
+    through :func:`insert_rows`."""
     values: list[Any] = []
     rows: list[InsertRow] = []
 
     def insert() -> None:
         if rows:
-            first = rows[0]
-            conn.execute(
-                insert_rows_sql(first.table, len(first.row), len(rows)),
-                [value for op in rows for value in op.row],
-            )
+            insert_rows(conn, rows[0].table, [op.row for op in rows])
             rows.clear()
 
     for op in ops:
         if isinstance(op, InsertRow):
-            if rows and (
-                op.table != rows[0].table
-                or len(op.row) != len(rows[0].row)
-                or len(rows) >= min(INSERT_ROWS, INSERT_PARAMETERS // max(1, len(op.row)))
-            ):
+            if rows and (op.table != rows[0].table or len(op.row) != len(rows[0].row)):
                 insert()
             rows.append(op)
             values.append(None)

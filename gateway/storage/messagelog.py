@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import functools
 import json
 import struct
 import time
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.core import crypto
 from gateway.core.clock import Clock, SystemClock
 from gateway.storage.engines import StoreFile, store_file
-from gateway.storage.groupcommit import INSERT_ROWS, GroupCommit, Outcome, rows_of_marks
+from gateway.storage.groupcommit import GroupCommit, Outcome, insert_rows
 from gateway.storage.migrations import MESSAGE_LOG_MIGRATIONS
 from gateway.storage.pgschema import MESSAGE_LOG_PG_MIGRATIONS
 from gateway.storage.records import (
@@ -190,12 +189,6 @@ _COLUMNS = (
     "seq, logged_at, direction, kind, message_id, correlation_id, peer, service,"
     " envelope, prev_hash, row_hash, nonce"
 )
-
-
-@functools.lru_cache(maxsize=INSERT_ROWS)
-def _insert_rows(count: int) -> str:
-    """The INSERT of ``count`` rows in one statement."""
-    return f"INSERT INTO message_log ({_COLUMNS}) VALUES {rows_of_marks(12, count)}"  # noqa: S608
 
 
 def _chunks(keys: list[Any]) -> list[list[Any]]:
@@ -473,8 +466,9 @@ class MessageLog:
         A group costs a few statements whatever its size: the nonces already
         logged, the first requests and the answers logged under the group's
         message ids are each read in one query, and the rows are inserted with
-        one statement per :data:`INSERT_ROWS`. Each statement the writer thread
-        runs is a hand-off of the interpreter lock with a busy event loop."""
+        one statement per 64 (:func:`~gateway.storage.groupcommit.insert_rows`).
+        Each statement the writer thread runs is a hand-off of the interpreter
+        lock with a busy event loop."""
         logged_at = self._clock.now().isoformat()
         head, seq = self._last_row(conn)
         logged_nonces = _logged_nonces(conn, entries)
@@ -524,9 +518,8 @@ class MessageLog:
             else:
                 outcomes.append((True, seq))
             head, seq = digest, seq + 1
-        for start in range(0, len(rows), INSERT_ROWS):
-            chunk = rows[start : start + INSERT_ROWS]
-            conn.execute(_insert_rows(len(chunk)), [value for row in chunk for value in row])
+        if rows:
+            insert_rows(conn, f"message_log ({_COLUMNS})", rows)
         self._uncommitted = (head, seq)
         return outcomes
 
