@@ -12,7 +12,8 @@ the v1 service it lists.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -23,6 +24,17 @@ V1_SERVICE_NAME = "grpc.reflection.v1.ServerReflection"
 _V1_FILE = "grpc/reflection/v1/reflection.proto"
 _V1ALPHA_PACKAGE = ".grpc.reflection.v1alpha."
 _V1_PACKAGE = ".grpc.reflection.v1."
+
+
+class HandlerRegistry(Protocol):
+    """Where handlers are added: a grpc.aio.Server, or a node's view of it that
+    takes generic handlers only (``gateway.server.node._GenericHandlersOnly``)."""
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler], /) -> None: ...
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler], /
+    ) -> None: ...
 
 
 def _add_v1_descriptor(pool: descriptor_pool.DescriptorPool) -> None:
@@ -48,7 +60,7 @@ def _add_v1_descriptor(pool: descriptor_pool.DescriptorPool) -> None:
     pool.Add(proto)
 
 
-def enable_server_reflection(service_names: Iterable[str], server: grpc.aio.Server) -> None:
+def enable_server_reflection(service_names: Iterable[str], server: HandlerRegistry) -> None:
     """Serve reflection for ``service_names`` (and both reflection services) on ``server``."""
     pool = descriptor_pool.Default()
     _add_v1_descriptor(pool)

@@ -3,6 +3,7 @@ unimplemented RPCs, and garbage on the federation service."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import grpc
@@ -67,6 +68,31 @@ class TestDiscovery:
         )
         assert report.intact
         assert report.rows_checked == 2
+
+
+class TestServerRuntime:
+    """How the node's services sit on grpc.aio's server."""
+
+    async def test_a_call_is_accepted_from_one_pending_request(
+        self, federation: LocalFederation
+    ) -> None:
+        """grpc.aio keeps a pending request task per registered method and, for
+        every call it accepts, waits on all of them (their number is a cost of
+        every call). The node's services are served as generic handlers: its
+        server waits on one pending request, as a do-nothing server does."""
+        pending = [
+            task.get_coro().__qualname__
+            for task in asyncio.all_tasks()
+            if task.get_coro().__qualname__.startswith("AioServer._request")
+        ]
+        assert "AioServer._request_registered_call" not in pending
+        # One generic request pending per node of this in-process federation.
+        running = [p for p in federation.provinces.values() if p.node is not None]
+        assert pending.count("AioServer._request_call") == len(running)
+        identity = identity_pb2_grpc.IdentityServiceStub(federation.channel(SH))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await identity.VerifyIdentity(identity_pb2.VerifyIdentityRequest(), timeout=3)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 class TestFederationServiceGarbage:

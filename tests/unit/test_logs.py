@@ -245,6 +245,29 @@ class TestRendering:
         (line,) = lines(log_stream)
         assert (line["note"], line["took"], line["keys"]) == ("已核验", 1.5, {"1": "a"})
 
+    def test_one_write_per_line(self) -> None:
+        """A line and its newline go to the stream in one write (one system call
+        on a node's stderr, not two)."""
+
+        class Writes(io.StringIO):
+            def __init__(self) -> None:
+                super().__init__()
+                self.writes: list[str] = []
+
+            def write(self, text: str) -> int:
+                self.writes.append(text)
+                return super().write(text)
+
+        stream = Writes()
+        configure("INFO", stream)
+        try:
+            structlog.get_logger().info("rpc", code="OK")
+            structlog.get_logger().warning("store cannot write; NOT_SERVING")
+        finally:
+            structlog.reset_defaults()
+        assert len(stream.writes) == 2
+        assert all(w.startswith('{"') and w.endswith("}\n") for w in stream.writes)
+
     @pytest.mark.parametrize(
         ("value", "parsed"),
         [
