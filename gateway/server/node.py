@@ -119,15 +119,25 @@ class _GenericHandlersOnly:
 
     def __init__(self, server: grpc.aio.Server) -> None:
         self._server = server
+        #: Services added as generic handlers so far.
+        self._services: set[str] = set()
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        for handler in handlers:
+            if isinstance(handler, grpc.ServiceRpcHandler):
+                self._services.add(handler.service_name())
         self._server.add_generic_rpc_handlers(handlers)
 
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
     ) -> None:
-        """Nothing: the generated code passes the same handlers to
-        :meth:`add_generic_rpc_handlers` just before."""
+        """The generated code passes the same handlers to
+        :meth:`add_generic_rpc_handlers` just before: nothing to do then. A
+        service given only here is added as a generic handler."""
+        if service not in self._services:
+            self.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(service, handlers),)
+            )
 
 
 #: gRPC health service name of the directory: SERVING while every configured peer

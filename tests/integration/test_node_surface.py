@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from gateway.server.node import _GenericHandlersOnly
 from gateway.testing.localfed import LocalFederation
 from tests.integration.conftest import SH, ZJ, Wallet
 from yrd.admin.v1 import admin_pb2, admin_pb2_grpc
@@ -93,6 +95,43 @@ class TestServerRuntime:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await identity.VerifyIdentity(identity_pb2.VerifyIdentityRequest(), timeout=3)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    def test_a_service_given_only_as_registered_methods_is_still_served(self) -> None:
+        """The view the services are mounted through adds generic handlers only;
+        a service whose generated code (another grpcio version) gave only its
+        registered methods is added as a generic handler, never dropped."""
+
+        class Recording:
+            def __init__(self) -> None:
+                self.generic: list[grpc.GenericRpcHandler] = []
+
+            def add_generic_rpc_handlers(self, handlers: Any) -> None:
+                self.generic.extend(handlers)
+
+            def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+                raise AssertionError("no method is registered with the server")
+
+        def echo(request: bytes, context: Any) -> bytes:
+            return request
+
+        methods = {"Call": grpc.unary_unary_rpc_method_handler(echo)}
+        server = Recording()
+        view = _GenericHandlersOnly(server)  # type: ignore[arg-type]
+        # As the generated code does: generic handler, then the same registered.
+        view.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("a.A", methods),))
+        view.add_registered_method_handlers("a.A", methods)
+        # Registered only.
+        view.add_registered_method_handlers("b.B", methods)
+
+        class Details(grpc.HandlerCallDetails):  # type: ignore[misc]
+            def __init__(self, method: str) -> None:
+                self.method = method
+                self.invocation_metadata = ()
+
+        assert len(server.generic) == 2
+        for method in ("/a.A/Call", "/b.B/Call"):
+            found = [h.service(Details(method)) for h in server.generic]
+            assert [f for f in found if f is not None] == [methods["Call"]]
 
 
 class TestFederationServiceGarbage:
