@@ -40,6 +40,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import structlog
 from google.protobuf.message import Message
@@ -86,11 +87,18 @@ def _found(tx: StateTransaction, item_id: int) -> str:
 
 @dataclass(frozen=True)
 class OutboxRoute:
-    """How to send items of one logical service and what their outcomes do."""
+    """How to send items of one logical service and what their outcomes do.
+
+    ``on_acked`` and ``on_refused`` run inside the unit of work that records the
+    outcome, which may run twice (its commit group is written again when another
+    unit of it fails): they write state and log nothing. The refusal's log line
+    (``refused_event`` at ``refused_level``) is written once, after the commit."""
 
     request_type: type[Message]
     on_acked: AckCallback
     on_refused: RefusalCallback
+    refused_event: str = "outbox delivery refused"
+    refused_level: Literal["warning", "error"] = "warning"
 
 
 class Outbox:
@@ -381,8 +389,8 @@ class Outbox:
             log.warning(_NOT_OURS, found=gone, then="its outcome is left as stored")
             return
         self.refused += 1
-        log.warning(
-            "outbox delivery refused",
+        (log.error if route.refused_level == "error" else log.warning)(
+            route.refused_event,
             peer=item.peer,
             service=item.service,
             correlation_id=item.correlation_id,

@@ -333,7 +333,13 @@ class TrackedExchange(Generic[B, A, U, P]):
                 flow.application_type, self._delivered, self._refused
             ),
             flow.status_service: OutboxRoute(
-                flow.update_type, self._update_acked, self._update_refused
+                flow.update_type,
+                self._update_acked,
+                self._update_refused,
+                # The submitting node refused a status of its own case: an
+                # operator should look (the outbox logs it once it is recorded).
+                refused_event="status update refused by the submitting node",
+                refused_level="error",
             ),
         }
 
@@ -585,12 +591,7 @@ class TrackedExchange(Generic[B, A, U, P]):
         return None
 
     def _update_refused(self, tx: StateTransaction, item: OutboxItem, exc: Exception) -> None:
-        log.error(
-            "status update refused by the submitting node",
-            peer=item.peer,
-            domain=self.flow.domain,
-            reason=getattr(exc, "message", str(exc)),
-        )
+        """Nothing to record: the item leaves the outbox (its line is the route's)."""
 
 
 class TrackedProcessor(Generic[B, A, U, P]):

@@ -23,7 +23,8 @@ everything it wrote and is raised to the caller. Nothing here is
 SQLite-specific: both engines run many units in one commit (group commit); a
 unit that fails is rolled back alone (its group is written again, a savepoint
 per unit), so ``work`` may run more than once: what it does besides reading
-and writing through ``tx`` (a log line, say) may happen twice.
+and writing through ``tx`` (a log line, say) may happen twice, and belongs
+after the commit (the outbox logs a refusal so: ``OutboxRoute.refused_event``).
 
 A store that cannot write raises
 :class:`~gateway.core.errors.StoreUnavailable` (retryable).

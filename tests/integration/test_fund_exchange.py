@@ -185,6 +185,22 @@ class TestWithdrawal:
         assert final.status == S.PAID
 
 
+class TestStatusUpdateRefusedLine:
+    async def test_logged_by_the_outbox_once_recorded_not_inside_the_unit(
+        self, federation: LocalFederation
+    ) -> None:
+        """The status route's refusal line is the outbox's, written after the
+        commit (a unit of work may run twice); the callback run inside the unit
+        logs nothing."""
+        for exchange in (federation.node(SH).fund, federation.node(SH).cases):
+            route = exchange.routes()[exchange.flow.status_service]
+            assert route.refused_event == "status update refused by the submitting node"
+            assert route.refused_level == "error"
+            with structlog.testing.capture_logs() as captured:
+                route.on_refused(None, None, RuntimeError("refused"))  # type: ignore[arg-type]
+            assert captured == []
+
+
 class TestAccountQuery:
     async def test_balance_in_another_province(self, federation: LocalFederation) -> None:
         account, id_number, balance = fund_holder(federation, JS, SH)

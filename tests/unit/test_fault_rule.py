@@ -9,6 +9,7 @@ attempt in memory meanwhile instead of retrying in a loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any, cast
 
 import grpc
 import pytest
+import structlog
 
 from gateway.core.errors import (
     DECISION_CODES,
@@ -267,6 +269,57 @@ class TestOutboxWhenTheStoreFails:
                 await asyncio.sleep(0.3)
             assert refused == ["CASE-1"]
             assert await store.outbox_entries() == []
+
+    async def test_a_refusal_is_logged_once_when_its_unit_runs_twice(self, tmp_path: Path) -> None:
+        """A unit of work may run twice (its commit group is written again when
+        another unit of it fails): the route's refusal line is written once,
+        after the commit, at the route's level; the callbacks log nothing."""
+        route = OutboxRoute(
+            federation_pb2.DeliveryAck,
+            lambda db, item, ack: None,
+            lambda db, item, exc: None,
+            refused_event="status update refused by the submitting node",
+            refused_level="error",
+        )
+
+        class RunsTwice:
+            """The store, each unit of work run once and rolled back, then again."""
+
+            def __init__(self, store: StateStore) -> None:
+                self._store = store
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self._store, name)
+
+            async def unit_of_work(self, work: Callable[[Any], Any]) -> Any:
+                class Again(Exception):
+                    pass
+
+                def first(tx: Any) -> Any:
+                    work(tx)
+                    raise Again
+
+                with contextlib.suppress(Again):
+                    await self._store.unit_of_work(first)
+                return await self._store.unit_of_work(work)
+
+        decision = FailingClient(
+            RemoteError(grpc.StatusCode.FAILED_PRECONDITION, "no", signed=True)
+        )
+        async with StateStore(tmp_path / "state.db") as store:
+            await enqueue(store, time.time())
+            with structlog.testing.capture_logs() as logs:
+                async with Outbox(
+                    cast(StateStore, RunsTwice(store)),
+                    cast(FederationClient, decision),
+                    {"svc": route},
+                ):
+                    await asyncio.sleep(0.3)
+            assert await store.outbox_entries() == []
+        refused = [line for line in logs if line["event"] == route.refused_event]
+        assert len(refused) == 1, logs
+        assert refused[0]["log_level"] == "error"
+        assert (refused[0]["peer"], refused[0]["code"]) == ("320000", "FAILED_PRECONDITION")
 
     async def test_parked_past_park_after_and_retried_by_an_operator(self, tmp_path: Path) -> None:
         route = OutboxRoute(
