@@ -134,22 +134,28 @@ class TestNodeToNode:
         assert "client certificate" in (info.value.details() or "")
 
 
+async def node_info_with_office_certificate(
+    federation: LocalFederation, metadata: tuple[tuple[str, str], ...] = ()
+) -> admin_pb2.NodeInfo:
+    """GetNodeInfo at Shanghai's federation endpoint, over TLS with the office
+    client's certificate (and ``metadata``)."""
+    channel = client_channel(
+        federation.provinces[SH].config,
+        federation_endpoint(federation, SH),
+        certificate=(keys_dir(SH) / "office.crt.pem").read_bytes(),
+        private_key=(keys_dir(SH) / "office.key.pem").read_bytes(),
+    )
+    async with channel:
+        return await admin_pb2_grpc.AdminServiceStub(channel).GetNodeInfo(
+            admin_pb2.GetNodeInfoRequest(), metadata=metadata, timeout=3
+        )
+
+
 class TestLocalClients:
     async def test_office_by_client_certificate_needs_no_token(
         self, federation: LocalFederation
     ) -> None:
-        config = federation.provinces[SH].config
-        channel = client_channel(
-            config,
-            federation_endpoint(federation, SH),
-            certificate=(keys_dir(SH) / "office.crt.pem").read_bytes(),
-            private_key=(keys_dir(SH) / "office.key.pem").read_bytes(),
-        )
-        async with channel:
-            info = await admin_pb2_grpc.AdminServiceStub(channel).GetNodeInfo(
-                admin_pb2.GetNodeInfoRequest(), timeout=3
-            )
-        assert info.province == SH
+        assert (await node_info_with_office_certificate(federation)).province == SH
 
     async def test_a_registered_token_identifies_the_caller_before_its_certificate(
         self, federation: LocalFederation
@@ -157,21 +163,11 @@ class TestLocalClients:
         """The hotel's token over the office's certificate is the hotel (which
         may not call AdminService); an unregistered token leaves the office's
         certificate to identify the caller."""
-        config = federation.provinces[SH].config
 
         async def node_info(token: str) -> admin_pb2.NodeInfo:
-            channel = client_channel(
-                config,
-                federation_endpoint(federation, SH),
-                certificate=(keys_dir(SH) / "office.crt.pem").read_bytes(),
-                private_key=(keys_dir(SH) / "office.key.pem").read_bytes(),
+            return await node_info_with_office_certificate(
+                federation, (("authorization", f"Bearer {token}"),)
             )
-            async with channel:
-                return await admin_pb2_grpc.AdminServiceStub(channel).GetNodeInfo(
-                    admin_pb2.GetNodeInfoRequest(),
-                    metadata=(("authorization", f"Bearer {token}"),),
-                    timeout=3,
-                )
 
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await node_info(f"dev-hotel-{SH}")
