@@ -341,6 +341,8 @@ class PathFigures:
     own_p50_ms: float = float("nan")
     own_p99_ms: float = float("nan")
     own_failed: int = 0
+    #: The share of the machine's cores busy during that open loop.
+    own_busy: float = float("nan")
     #: CPU milliseconds per call of each process during the saturation run.
     cpu_ms: dict[str, float] = field(default_factory=dict)
     #: The same, split by thread group (:data:`THREAD_GROUPS`), per process.
@@ -361,6 +363,8 @@ class OpenLoop:
     failed: int
     #: Deltas of the nodes' (sum, count) series over the run.
     series: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: The share of the machine's cores busy during the run.
+    busy: float = float("nan")
 
     def line(self, note: str) -> str:
         return (
@@ -433,6 +437,9 @@ class IdentityFigures:
         for name, ms in self.cpu_above().items():
             figures[f"CPU ms above do-nothing: {name}"] = ms
         figures["p99 ratio at half the real capacity"] = self.p99_ratio()
+        if self.baseline_same_rate is not None:
+            figures["cores busy % there: real path"] = 100 * self.real.own_busy
+            figures["cores busy % there: baseline chain"] = 100 * self.baseline_same_rate.busy
         if self.low is not None:
             figures[f"p50 ms at {self.low.rate:.0f}/s (real path)"] = self.low.p50_ms
         for load, sizes in self.batch_sizes().items():
@@ -508,6 +515,9 @@ class IdentityFigures:
                 f"p99 at half the real path's saturation ({same.rate:.0f}/s): real "
                 f"{r.own_p99_ms:.1f} ms, baseline {same.p99_ms:.1f} ms, ratio "
                 f"{self.p99_ratio():.2f} (target <= 2)" + _failed(same.failed),
+                # What makes that ratio: how loaded the machine is at that rate.
+                f"  the machine's cores busy at that rate: real path {r.own_busy:.0%}, "
+                f"baseline chain {same.busy:.0%}",
             ]
         above = self.cpu_above()
         if above:
@@ -611,6 +621,26 @@ def _stat_seconds(stat: str) -> float:
     """User + system CPU seconds of a /proc ``stat`` line (a process's or a thread's)."""
     fields = stat.rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_ticks() -> tuple[int, int]:
+    """The machine's CPU time so far, all cores: (every tick, idle and iowait
+    ticks), from /proc/stat ((0, 0) where there is none)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0, 0
+    ticks = [int(f) for f in fields]
+    return sum(ticks), ticks[3] + ticks[4]
+
+
+def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of the machine's cores busy between two :func:`machine_ticks`
+    (nan when nothing was counted)."""
+    total = after[0] - before[0]
+    if total <= 0:
+        return float("nan")
+    return 1 - (after[1] - before[1]) / total
 
 
 #: How a process's CPU is split by thread (kernel names, /proc/<pid>/task/<tid>/comm):
@@ -795,7 +825,9 @@ async def _measure(
         # same rate afterwards.
         figures.own_rate = saturation / 2
         own_before = await probe() if probe else {}
+        ticks = machine_ticks()
         own, figures.own_failed = await _open_loop(call, figures.own_rate, seconds)
+        figures.own_busy = busy_share(ticks, machine_ticks())
         figures.own_series = _delta(own_before, await probe()) if probe else {}
         figures.own_p50_ms = percentile(own, 0.5)
         figures.own_p99_ms = percentile(own, 0.99)
@@ -809,9 +841,13 @@ async def _open_loop_figures(
     probe: Callable[[], Awaitable[dict[str, tuple[float, float]]]] | None = None,
 ) -> OpenLoop:
     before = await probe() if probe else {}
+    ticks = machine_ticks()
     latencies, failed = await _open_loop(call, rate, seconds)
+    busy = busy_share(ticks, machine_ticks())
     series = _delta(before, await probe()) if probe else {}
-    return OpenLoop(rate, percentile(latencies, 0.5), percentile(latencies, 0.99), failed, series)
+    return OpenLoop(
+        rate, percentile(latencies, 0.5), percentile(latencies, 0.99), failed, series, busy
+    )
 
 
 def _delta(

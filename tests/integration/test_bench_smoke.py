@@ -63,7 +63,8 @@ def test_bench_smoke_prints_every_figure() -> None:
             r"at \d+/s: +p50 +[\d.]+ ms +p99 +[\d.]+ ms +\(the real path's half saturation",
             r"at 10/s: +p50 +[\d.]+ ms +p99 +[\d.]+ ms +\(low load, open loop\)",
             r"p99 at half the real path's saturation \(\d+/s\): real [\d.]+ ms, baseline "
-            r"[\d.]+ ms, ratio [\d.]+ \(target <= 2\)",
+            r"[\d.]+ ms, ratio [\d.]+ \(target <= 2\)\n  the machine's cores busy at that "
+            r"rate: real path \d+%, baseline chain \d+%",
             r"gateway CPU per verification above a do-nothing hop .*\n  Shanghai node: -?[\d.]+ ms "
             r"\([\d.]+ - proxy 1 [\d.]+\)" + BY_THREAD + r"\n  Zhejiang node: -?[\d.]+ ms "
             r"\([\d.]+ - proxy 2 [\d.]+\)" + BY_THREAD + r"\n  e-ID authority: -?[\d.]+ ms "
@@ -80,6 +81,8 @@ def test_bench_smoke_prints_every_figure() -> None:
             r"CPU ms above do-nothing: Shanghai node( +-?[\d.]+){3}",
             r"CPU ms above do-nothing: Zhejiang node( +-?[\d.]+){3}",
             r"p99 ratio at half the real capacity( +[\d.]+){3}",
+            r"cores busy % there: real path( +[\d.]+){3}\n  cores busy % there: baseline "
+            r"chain( +[\d.]+){3}",
             r"mean batch Shanghai -> Zhejiang, saturation( +(n/a|[\d.]+)){3}",
             r"withdrawals accepted / baseline calls per second( +[\d.]+){3}",
             r"RSS MB after 200 verifications, largest node( +[\d.]+){3}",

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from gateway.storage.threads import NAME_BYTES, PREFIX, kernel_name, store_executor
-from gateway.tools.bench import THREAD_GROUPS, thread_cpu, thread_group_ms
+from gateway.tools.bench import (
+    THREAD_GROUPS,
+    busy_share,
+    machine_ticks,
+    thread_cpu,
+    thread_group_ms,
+)
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/task").is_dir(), reason="per-thread figures come from Linux's /proc"
@@ -85,3 +91,16 @@ def test_bench_splits_cpu_by_thread_group() -> None:
 def test_threads_of_a_process_that_is_gone_are_not_counted() -> None:
     assert thread_cpu(2**22 + 12345) == {}
     assert thread_group_ms({}, {}, calls=0) == dict.fromkeys(THREAD_GROUPS, 0.0)
+
+
+def test_bench_reads_how_busy_the_machine_is() -> None:
+    """The share of the machine's cores busy between two readings of /proc/stat:
+    a thread spinning for a while shows, and nothing counted is nan."""
+    before = machine_ticks()
+    end = time.monotonic() + 0.3
+    while time.monotonic() < end:
+        pass
+    share = busy_share(before, machine_ticks())
+    assert 0.0 < share <= 1.0
+    assert busy_share((100, 40), (200, 90)) == 0.5
+    assert busy_share((100, 40), (100, 40)) != busy_share((100, 40), (100, 40))  # nan
