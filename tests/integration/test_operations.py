@@ -215,10 +215,13 @@ class SlowAuthority:
     def __init__(self, inner: IdentityAuthority, delay: float) -> None:
         self.inner = inner
         self.delay = delay
+        #: Checks asked so far (each then waits ``delay``).
+        self.asked = 0
 
     async def check_credential(
         self, credential_id: str, token_id: str, *, timeout: float
     ) -> CredentialCheck:
+        self.asked += 1
         await asyncio.sleep(self.delay)
         return await self.inner.check_credential(credential_id, token_id, timeout=timeout)
 
@@ -236,7 +239,13 @@ async def test_stop_drains_calls_in_flight(federation: LocalFederation, wallet: 
     slow = SlowAuthority(build_identity_authority(config.adapter, config.eid.authority_url), 1.0)
     node = await federation.start_node(ZJ, authority=slow, grace=5.0)
     calls = [asyncio.create_task(check_in(federation, wallet)) for _ in range(8)]
-    await asyncio.sleep(0.5)  # the calls are now waiting on the slow authority
+    # Stop once every call waits on the slow authority (a fixed sleep was too
+    # short on a loaded machine: the calls then came after the stop began).
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while slow.asked < 8:
+        assert loop.time() < deadline, f"{slow.asked} of 8 calls reached the authority"
+        await asyncio.sleep(0.02)
     stopping = asyncio.create_task(node.stop())
     await asyncio.sleep(0.1)
     health = health_pb2_grpc.HealthStub(federation.channel(ZJ))
