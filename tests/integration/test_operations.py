@@ -218,6 +218,14 @@ class SlowAuthority:
         #: Checks asked so far (each then waits ``delay``).
         self.asked = 0
 
+    async def until_asked(self, count: int) -> None:
+        """Return once ``count`` checks have been asked (they wait ``delay``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while self.asked < count:
+            assert loop.time() < deadline, f"{self.asked} of {count} calls reached the authority"
+            await asyncio.sleep(0.02)
+
     async def check_credential(
         self, credential_id: str, token_id: str, *, timeout: float
     ) -> CredentialCheck:
@@ -241,11 +249,7 @@ async def test_stop_drains_calls_in_flight(federation: LocalFederation, wallet: 
     calls = [asyncio.create_task(check_in(federation, wallet)) for _ in range(8)]
     # Stop once every call waits on the slow authority (a fixed sleep was too
     # short on a loaded machine: the calls then came after the stop began).
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 20
-    while slow.asked < 8:
-        assert loop.time() < deadline, f"{slow.asked} of 8 calls reached the authority"
-        await asyncio.sleep(0.02)
+    await slow.until_asked(8)
     stopping = asyncio.create_task(node.stop())
     await asyncio.sleep(0.1)
     health = health_pb2_grpc.HealthStub(federation.channel(ZJ))
@@ -284,7 +288,7 @@ async def test_overload_is_refused_at_once_not_queued(
     shanghai.config = shanghai.config.model_copy(update={"node": node_section})
     await federation.start_node(SH)
     taken = [asyncio.create_task(check_in(federation, wallet)) for _ in range(2)]
-    await asyncio.sleep(0.5)  # both are now waiting on the slow authority
+    await slow.until_asked(2)  # both are now waiting on the slow authority
     try:
         await check_in(federation, wallet)
     except grpc.aio.AioRpcError as error:
