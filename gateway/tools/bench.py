@@ -824,13 +824,9 @@ async def _measure(
         # fixed rate only measures a queue); the baseline is measured at this
         # same rate afterwards.
         figures.own_rate = saturation / 2
-        own_before = await probe() if probe else {}
-        ticks = machine_ticks()
-        own, figures.own_failed = await _open_loop(call, figures.own_rate, seconds)
-        figures.own_busy = busy_share(ticks, machine_ticks())
-        figures.own_series = _delta(own_before, await probe()) if probe else {}
-        figures.own_p50_ms = percentile(own, 0.5)
-        figures.own_p99_ms = percentile(own, 0.99)
+        own = await _open_loop_figures(call, figures.own_rate, seconds, probe)
+        figures.own_p50_ms, figures.own_p99_ms = own.p50_ms, own.p99_ms
+        figures.own_failed, figures.own_series, figures.own_busy = own.failed, own.series, own.busy
     return figures
 
 
