@@ -343,6 +343,8 @@ class PathFigures:
     own_failed: int = 0
     #: The share of the machine's cores busy during that open loop.
     own_busy: float = float("nan")
+    #: CPU milliseconds per answered call of each process during that open loop.
+    own_cpu_ms: dict[str, float] = field(default_factory=dict)
     #: CPU milliseconds per call of each process during the saturation run.
     cpu_ms: dict[str, float] = field(default_factory=dict)
     #: The same, split by thread group (:data:`THREAD_GROUPS`), per process.
@@ -365,6 +367,8 @@ class OpenLoop:
     series: dict[str, tuple[float, float]] = field(default_factory=dict)
     #: The share of the machine's cores busy during the run.
     busy: float = float("nan")
+    #: CPU milliseconds per answered call of each process named, over the run.
+    cpu_ms: dict[str, float] = field(default_factory=dict)
 
     def line(self, note: str) -> str:
         return (
@@ -422,6 +426,15 @@ class IdentityFigures:
             for load, series in loads.items()
         }
 
+    def cpu_at_half(self) -> dict[str, float]:
+        """CPU ms per call at the real path's half saturation of each node and of its
+        do-nothing twin (the baseline chain's open loop at that same rate)."""
+        if self.baseline_same_rate is None:
+            return {}
+        mine, theirs = self.real.own_cpu_ms, self.baseline_same_rate.cpu_ms
+        pairs = [pair for pair in _DO_NOTHING[:2] if pair[0] in mine and pair[1] in theirs]
+        return {name: (mine | theirs)[name] for pair in pairs for name in pair}
+
     def p99_ratio(self) -> float:
         """The real path's p99 at half its own saturation over the baseline's at that rate."""
         if self.baseline_same_rate is None:
@@ -440,6 +453,8 @@ class IdentityFigures:
         if self.baseline_same_rate is not None:
             figures["cores busy % there: real path"] = 100 * self.real.own_busy
             figures["cores busy % there: baseline chain"] = 100 * self.baseline_same_rate.busy
+            for name, ms in self.cpu_at_half().items():
+                figures[f"CPU ms per call there: {name}"] = ms
         if self.low is not None:
             figures[f"p50 ms at {self.low.rate:.0f}/s (real path)"] = self.low.p50_ms
         for load, sizes in self.batch_sizes().items():
@@ -519,6 +534,16 @@ class IdentityFigures:
                 f"  the machine's cores busy at that rate: real path {r.own_busy:.0%}, "
                 f"baseline chain {same.busy:.0%}",
             ]
+            at_half = self.cpu_at_half()
+            if at_half:
+                # Why so busy: a call costs more CPU at that rate than at saturation.
+                lines.append(
+                    "  CPU ms per call at that rate (at saturation): "
+                    + ", ".join(
+                        f"{name} {ms:.2f} ({(r.cpu_ms | b.cpu_ms).get(name, float('nan')):.2f})"
+                        for name, ms in at_half.items()
+                    )
+                )
         above = self.cpu_above()
         if above:
             lines.append(
@@ -824,9 +849,10 @@ async def _measure(
         # fixed rate only measures a queue); the baseline is measured at this
         # same rate afterwards.
         figures.own_rate = saturation / 2
-        own = await _open_loop_figures(call, figures.own_rate, seconds, probe)
+        own = await _open_loop_figures(call, figures.own_rate, seconds, probe, processes)
         figures.own_p50_ms, figures.own_p99_ms = own.p50_ms, own.p99_ms
         figures.own_failed, figures.own_series, figures.own_busy = own.failed, own.series, own.busy
+        figures.own_cpu_ms = own.cpu_ms
     return figures
 
 
@@ -835,14 +861,21 @@ async def _open_loop_figures(
     rate: float,
     seconds: float,
     probe: Callable[[], Awaitable[dict[str, tuple[float, float]]]] | None = None,
+    processes: dict[str, list[int]] | None = None,
 ) -> OpenLoop:
+    """An open loop at ``rate``; with ``processes``, the CPU per call of each."""
     before = await probe() if probe else {}
+    cpu_before = {name: cpu_seconds(*pids) for name, pids in (processes or {}).items()}
     ticks = machine_ticks()
     latencies, failed = await _open_loop(call, rate, seconds)
     busy = busy_share(ticks, machine_ticks())
+    cpu_ms = {
+        name: (cpu_seconds(*pids) - cpu_before[name]) * 1000 / max(1, len(latencies))
+        for name, pids in (processes or {}).items()
+    }
     series = _delta(before, await probe()) if probe else {}
     return OpenLoop(
-        rate, percentile(latencies, 0.5), percentile(latencies, 0.99), failed, series, busy
+        rate, percentile(latencies, 0.5), percentile(latencies, 0.99), failed, series, busy, cpu_ms
     )
 
 
@@ -874,10 +907,7 @@ async def _run_identity(
             concurrency=concurrency,
             seconds=seconds,
             rate=None,
-            processes={
-                name: [pid]
-                for name, pid in zip(("echo", "proxy 2", "proxy 1"), chain.pids, strict=True)
-            },
+            processes=_chain_processes(chain),
         )
 
     tokens = _Tokens(keys)
@@ -945,7 +975,10 @@ async def _run_identity(
     # The baseline at the real path's own half saturation: the fair p99 comparison.
     async with chain.channel() as base_channel:
         baseline_same_rate = await _open_loop_figures(
-            _chain_call(base_channel), real.own_rate, seconds
+            _chain_call(base_channel),
+            real.own_rate,
+            seconds,
+            processes=_chain_processes(chain),
         )
     return IdentityFigures(
         concurrency,
@@ -975,6 +1008,13 @@ async def _connections(
     finally:
         for channel in channels:
             await channel.close()
+
+
+def _chain_processes(chain: BaselineChain) -> dict[str, list[int]]:
+    """The baseline chain's processes by the names the figures give them."""
+    return {
+        name: [pid] for name, pid in zip(("echo", "proxy 2", "proxy 1"), chain.pids, strict=True)
+    }
 
 
 def _chain_call(channel: grpc.aio.Channel) -> Callable[[], Awaitable[bool]]:

@@ -64,7 +64,9 @@ def test_bench_smoke_prints_every_figure() -> None:
             r"at 10/s: +p50 +[\d.]+ ms +p99 +[\d.]+ ms +\(low load, open loop\)",
             r"p99 at half the real path's saturation \(\d+/s\): real [\d.]+ ms, baseline "
             r"[\d.]+ ms, ratio [\d.]+ \(target <= 2\)\n  the machine's cores busy at that "
-            r"rate: real path \d+%, baseline chain \d+%",
+            r"rate: real path \d+%, baseline chain \d+%\n  CPU ms per call at that rate \(at "
+            r"saturation\): Shanghai node [\d.]+ \([\d.]+\), proxy 1 [\d.]+ \([\d.]+\), Zhejiang "
+            r"node [\d.]+ \([\d.]+\), proxy 2 [\d.]+ \([\d.]+\)",
             r"gateway CPU per verification above a do-nothing hop .*\n  Shanghai node: -?[\d.]+ ms "
             r"\([\d.]+ - proxy 1 [\d.]+\)" + BY_THREAD + r"\n  Zhejiang node: -?[\d.]+ ms "
             r"\([\d.]+ - proxy 2 [\d.]+\)" + BY_THREAD + r"\n  e-ID authority: -?[\d.]+ ms "
@@ -83,6 +85,8 @@ def test_bench_smoke_prints_every_figure() -> None:
             r"p99 ratio at half the real capacity( +[\d.]+){3}",
             r"cores busy % there: real path( +[\d.]+){3}\n  cores busy % there: baseline "
             r"chain( +[\d.]+){3}",
+            r"CPU ms per call there: Shanghai node( +[\d.]+){3}\n  CPU ms per call there: "
+            r"proxy 1( +[\d.]+){3}",
             r"mean batch Shanghai -> Zhejiang, saturation( +(n/a|[\d.]+)){3}",
             r"withdrawals accepted / baseline calls per second( +[\d.]+){3}",
             r"RSS MB after 200 verifications, largest node( +[\d.]+){3}",

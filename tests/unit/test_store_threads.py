@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -13,6 +14,10 @@ import pytest
 from gateway.storage.threads import NAME_BYTES, PREFIX, kernel_name, store_executor
 from gateway.tools.bench import (
     THREAD_GROUPS,
+    IdentityFigures,
+    OpenLoop,
+    PathFigures,
+    _open_loop_figures,
     busy_share,
     machine_ticks,
     thread_cpu,
@@ -104,3 +109,42 @@ def test_bench_reads_how_busy_the_machine_is() -> None:
     assert 0.0 < share <= 1.0
     assert busy_share((100, 40), (200, 90)) == 0.5
     assert busy_share((100, 40), (100, 40)) != busy_share((100, 40), (100, 40))  # nan
+
+
+def test_open_loop_reads_cpu_per_call_of_the_processes_named() -> None:
+    """An open loop at a fixed rate with processes named gives each one's CPU per
+    answered call: here this process, whose calls each spin about 2 ms."""
+
+    async def spin() -> bool:
+        end = time.thread_time() + 0.002
+        while time.thread_time() < end:
+            pass
+        return True
+
+    loop = asyncio.run(_open_loop_figures(spin, 100.0, 1.0, processes={"me": [os.getpid()]}))
+    assert loop.p50_ms >= 2.0
+    assert 1.0 <= loop.cpu_ms["me"] < 20.0
+    assert asyncio.run(_open_loop_figures(spin, 50.0, 0.2)).cpu_ms == {}
+
+
+def test_cpu_at_half_capacity_pairs_each_node_with_its_do_nothing_twin() -> None:
+    """bench's CPU per call at the real path's half saturation: the two nodes and
+    the proxies in their places, none without the baseline's open loop there."""
+
+    def path(name: str) -> PathFigures:
+        return PathFigures(name, 500.0, 0, 250.0, 1.0, 2.0)
+
+    real, baseline = path("real"), path("baseline")
+    real.own_cpu_ms = {"Shanghai node": 2.0, "Zhejiang node": 1.5, "e-ID authority": 0.3}
+    figures = IdentityFigures(64, 5.0, baseline, real, 0, 0.0, {}, 1.0)
+    assert figures.cpu_at_half() == {}
+    figures.baseline_same_rate = OpenLoop(
+        250.0, 1.0, 3.0, 0, cpu_ms={"proxy 1": 0.7, "proxy 2": 0.6, "echo": 0.2}
+    )
+    assert figures.cpu_at_half() == {
+        "Shanghai node": 2.0,
+        "proxy 1": 0.7,
+        "Zhejiang node": 1.5,
+        "proxy 2": 0.6,
+    }
+    assert figures.summary()["CPU ms per call there: proxy 2"] == 0.6
