@@ -24,7 +24,7 @@ import sys
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -84,9 +84,18 @@ _ENTRY_OVERHEAD = 512
 
 @dataclass(frozen=True)
 class _Outcome:
+    """An answer to a request: its payload, status and message. ``encoded`` is
+    the payload serialized, once: what the response envelope carries and the
+    answer memory keeps (given when known, as for an answer read back)."""
+
     payload: Message
     status_code: int
     status_message: str
+    encoded: bytes = field(default=b"", repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.encoded:
+            object.__setattr__(self, "encoded", self.payload.SerializeToString())
 
     @property
     def remembered(self) -> bool:
@@ -95,12 +104,7 @@ class _Outcome:
     def size(self) -> int:
         """Bytes the outcome holds in memory once remembered, roughly (for the
         memory bound): its serialized payload and message, and the entry."""
-        return (
-            sys.getsizeof(b"")
-            + self.payload.ByteSize()
-            + sys.getsizeof(self.status_message)
-            + _ENTRY_OVERHEAD
-        )
+        return sys.getsizeof(self.encoded) + sys.getsizeof(self.status_message) + _ENTRY_OVERHEAD
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,7 @@ class _Remembered:
         return cls(
             expires,
             fingerprint,
-            outcome.payload.SerializeToString(),
+            outcome.encoded,
             type(outcome.payload),
             outcome.status_code,
             outcome.status_message,
@@ -132,7 +136,10 @@ class _Remembered:
     def outcome(self) -> _Outcome:
         """The answer again (the same payload bytes, status and message)."""
         return _Outcome(
-            self.payload_type.FromString(self.payload), self.status_code, self.status_message
+            self.payload_type.FromString(self.payload),
+            self.status_code,
+            self.status_message,
+            self.payload,
         )
 
 
@@ -333,6 +340,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
             receiver=header.sender,
             service=header.service,
             payload=outcome.payload,
+            payload_bytes=outcome.encoded,
             correlation_id=header.correlation_id,
             idempotency_key=header.idempotency_key,
             request_digest=crypto.sha256(request.header),
@@ -925,6 +933,6 @@ def _logged_outcome(answers: tuple[bytes, ...]) -> _Outcome | None:
             payload = payload_type.FromString(signed.payload)
         except (DecodeError, KeyError):
             return None
-        outcome = _Outcome(payload, header.status_code, header.status_message)
+        outcome = _Outcome(payload, header.status_code, header.status_message, signed.payload)
         return outcome if outcome.remembered else None
     return None

@@ -242,6 +242,7 @@ class EnvelopeSigner:
         service: str,
         payload: Message,
         correlation_id: str,
+        payload_bytes: bytes | None = None,
         message_id: str | None = None,
         idempotency_key: str = "",
         request_digest: bytes = b"",
@@ -251,8 +252,10 @@ class EnvelopeSigner:
     ) -> federation_pb2.SignedEnvelope:
         """The payload sealed for ``receiver``; signed with the current key, or,
         with ``batched=True``, left unsigned (empty ``signature``) for
-        :meth:`sign_batch` to sign together with others."""
-        payload_bytes = payload.SerializeToString()
+        :meth:`sign_batch` to sign together with others. ``payload_bytes``: the
+        payload already serialized, if the caller has it (not serialized again)."""
+        if payload_bytes is None:
+            payload_bytes = payload.SerializeToString()
         keys = self._keys()
         now = self._clock.now()
         key_id, private_key = keys.current(now)

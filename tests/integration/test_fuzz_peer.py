@@ -741,10 +741,20 @@ async def test_a_retry_gets_the_remembered_answer_byte_for_byte(
     federation: LocalFederation, wallet: Wallet, peer: Peer
 ) -> None:
     """A retry of an answered request (same message id, same request) is answered
-    from memory, kept serialized: the same payload bytes, the handler not run again."""
+    from memory, kept serialized: the same payload bytes, the handler not run again.
+    The payload is serialized once: the bytes the response envelope carries are
+    the bytes the memory keeps, and the retry's envelope carries them again."""
     server = federation.node(ZJ).federation_server
     handler = server._handlers["fund.QueryAccount"]
     calls = 0
+    sealed: list[bytes | None] = []
+    seal = server._signer.seal
+
+    def seal_counted(**fields: Any) -> federation_pb2.SignedEnvelope:
+        sealed.append(fields.get("payload_bytes"))
+        return seal(**fields)
+
+    server._signer.seal = seal_counted  # type: ignore[method-assign] # test-only
 
     async def counted(opened: Any, timeout: float) -> Message:
         nonlocal calls
@@ -767,6 +777,10 @@ async def test_a_retry_gets_the_remembered_answer_byte_for_byte(
     assert answers[0].payload
     assert answers[1].payload == answers[0].payload
     assert answers[1].payload_type == answers[0].payload_type
+    remembered = server._done[SH, message_id].payload
+    assert len(sealed) == 2
+    assert sealed[0] is remembered
+    assert sealed[1] is remembered
 
 
 async def test_the_answer_memory_stays_within_its_byte_bound(
