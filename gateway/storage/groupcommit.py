@@ -25,12 +25,12 @@ import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from gateway.core.errors import StoreUnavailable
 from gateway.storage.sql import Connection
-from gateway.storage.threads import StoreThreads
 
 I = TypeVar("I")  # noqa: E741 - the item type
 T = TypeVar("T")
@@ -299,7 +299,7 @@ class GroupCommit(Generic[I]):
         self,
         name: str,
         connection: Connection,
-        threads: StoreThreads,
+        executor: ThreadPoolExecutor,
         write: Callable[[Connection, list[I]], list[Outcome]],
         *,
         batch_max: int,
@@ -308,7 +308,7 @@ class GroupCommit(Generic[I]):
         after_group: Callable[[], Awaitable[None]] | None = None,
         on_writable: Callable[[bool], None] | None = None,
     ) -> None:
-        """``write`` writes a group inside the open transaction (in ``threads``'s
+        """``write`` writes a group inside the open transaction (in ``executor``'s
         one thread, the only user of ``connection``); ``committed`` runs there
         right after a group's commit, ``after_group`` on the event loop after
         each group. ``begin`` are the statements that open a group's transaction
@@ -319,7 +319,7 @@ class GroupCommit(Generic[I]):
         self._conn = connection
         self._write = write
         self._committed = committed
-        self._threads = threads
+        self._executor = executor
         self._batch_max = batch_max
         self._after_group = after_group
         #: Told False when a group fails because the store cannot write, and
@@ -436,7 +436,9 @@ class GroupCommit(Generic[I]):
         if self._closed or self._task is None:
             return False
         try:
-            await self._threads.call(self._transaction, _write_probe)
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._transaction, _write_probe
+            )
         except Exception:  # still failing: the next probe tries again
             return False
         self._set_writable(True)
@@ -444,7 +446,9 @@ class GroupCommit(Generic[I]):
 
     async def _commit(self, group: list[tuple[I, asyncio.Future[Any]]]) -> None:
         try:
-            outcomes = await self._threads.call(self._apply, [item for item, _ in group])
+            outcomes = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._apply, [item for item, _ in group]
+            )
         except Exception as exc:  # the transaction failed: nothing of the group is durable
             mapped = write_failure(self._name, exc)
             if mapped is not None and not isinstance(exc, GroupConflict):

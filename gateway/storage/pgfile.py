@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import psycopg
@@ -38,7 +39,7 @@ from gateway.storage.migrations import Migration, latest, refuse_newer
 from gateway.storage.pgerrors import cannot_write, first_line
 from gateway.storage.records import StoreClosedError, StoreOpenError
 from gateway.storage.sql import Connection, Cursor, display_url
-from gateway.storage.threads import StoreThreads, store_threads
+from gateway.storage.threads import store_executor
 
 I = TypeVar("I")  # noqa: E741 - the item type of the group writer
 T = TypeVar("T")
@@ -214,8 +215,8 @@ class PgFile(GroupWriterFile[I]):
         self._after_group = after_group
         self._before_close = before_close
         self.conn: PgConnection | None = None
-        self.threads: StoreThreads | None = None
-        self._readers_threads: StoreThreads | None = None
+        self.executor: ThreadPoolExecutor | None = None
+        self._read_executor: ThreadPoolExecutor | None = None
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._writer: GroupCommit[I] | None = None
         self.closed = False
@@ -231,10 +232,11 @@ class PgFile(GroupWriterFile[I]):
     async def open(self) -> None:
         """Connect, migrate, prepare; then start the group writer. Raises
         StoreOpenError naming the cause; nothing stays open after a failure."""
+        loop = asyncio.get_running_loop()
         name = self.what.replace(" ", "-")
-        self.threads = store_threads(self.what, "w")
+        self.executor = store_executor(self.what, "w")
         try:
-            self.conn = await self.threads.call(self._connect)
+            self.conn = await loop.run_in_executor(self.executor, self._connect)
             await self._open_readers()
         except psycopg.Error as exc:
             await self._release()
@@ -245,7 +247,7 @@ class PgFile(GroupWriterFile[I]):
         self._writer = GroupCommit(
             f"{name}:{self.store}",
             self.conn,
-            self.threads,
+            self.executor,
             self._write,
             batch_max=self._batch_max,
             begin=self._begin,
@@ -305,7 +307,7 @@ class PgFile(GroupWriterFile[I]):
         connect(self.url, application=self._application() + " (read)").close()
 
     async def _open_readers(self) -> None:
-        self._readers_threads = readers = store_threads(self.what, "r", self._readers)
+        self._read_executor = store_executor(self.what, "r", self._readers)
         pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
             self.url,
             min_size=1,
@@ -322,21 +324,22 @@ class PgFile(GroupWriterFile[I]):
             name=f"{self.store}-read",
         )
         self._pool = pool
-        await readers.call(functools.partial(pool.open, wait=True, timeout=CONNECT_TIMEOUT))
+        await asyncio.get_running_loop().run_in_executor(
+            self._read_executor, functools.partial(pool.open, wait=True, timeout=CONNECT_TIMEOUT)
+        )
 
     async def run(self, op: Callable[[Connection], T]) -> T:
         """Run ``op`` on the writer connection in its thread, outside any group."""
         conn = self.conn
         if conn is None:
             raise StoreClosedError(f"{self.what} is not open")
-        assert self.threads is not None  # open with its connection
-        return await self.threads.call(op, conn)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, op, conn)
 
     # ---- reads ------------------------------------------------------------------
 
     async def _read(self, body: Callable[[psycopg.Connection[Any]], T]) -> T:
-        pool, readers = self._pool, self._readers_threads
-        if pool is None or readers is None:
+        pool = self._pool
+        if pool is None or self._read_executor is None:
             raise StoreClosedError(f"{self.what} is not open")
 
         def run() -> T:
@@ -344,7 +347,7 @@ class PgFile(GroupWriterFile[I]):
                 return body(conn)
 
         try:
-            return await readers.call(run)
+            return await asyncio.get_running_loop().run_in_executor(self._read_executor, run)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             if cannot_write(exc):
                 raise StoreUnavailable(f"{self.what} cannot be read: {first_line(exc)}") from exc
@@ -363,45 +366,48 @@ class PgFile(GroupWriterFile[I]):
     async def stream(self, sql: str, args: tuple[Any, ...] = ()) -> AsyncIterator[tuple[Any, ...]]:
         """The rows of ``sql`` in batches of STREAM_BATCH (a server-side cursor
         in one read-only transaction: a whole message log never sits in memory)."""
-        pool, readers = self._pool, self._readers_threads
-        if pool is None or readers is None:
+        pool, executor = self._pool, self._read_executor
+        if pool is None or executor is None:
             raise StoreClosedError(f"{self.what} is not open")
-        conn = await readers.call(pool.getconn)
+        loop = asyncio.get_running_loop()
+        conn = await loop.run_in_executor(executor, pool.getconn)
         try:
             transaction = conn.transaction()
-            await readers.call(transaction.__enter__)
+            await loop.run_in_executor(executor, transaction.__enter__)
             try:
                 cursor = conn.cursor(name="yrd_stream")
-                await readers.call(lambda: cursor.execute(placeholders(sql), _arguments(args)))
+                await loop.run_in_executor(
+                    executor,
+                    lambda: cursor.execute(placeholders(sql), _arguments(args)),
+                )
                 while True:
-                    rows = await readers.call(cursor.fetchmany, STREAM_BATCH)
+                    rows = await loop.run_in_executor(executor, cursor.fetchmany, STREAM_BATCH)
                     if not rows:
                         break
                     for row in rows:
                         yield tuple(row)
-                await readers.call(cursor.close)
+                await loop.run_in_executor(executor, cursor.close)
             finally:
-                await readers.call(transaction.__exit__, None, None, None)
+                await loop.run_in_executor(executor, transaction.__exit__, None, None, None)
         finally:
-            await readers.call(pool.putconn, conn)
+            await loop.run_in_executor(executor, pool.putconn, conn)
 
     # ---- close ------------------------------------------------------------------
 
     async def _release(self) -> None:
+        loop = asyncio.get_running_loop()
         if self.conn is not None:
             conn, self.conn = self.conn, None
-            assert self.threads is not None  # the connection was opened in them
-            await self.threads.call(conn.close)
-        if self.threads is not None:
-            self.threads.shutdown(wait=True)
-            self.threads = None
+            await loop.run_in_executor(self.executor, conn.close)
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+            self.executor = None
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            assert self._readers_threads is not None  # the pool was opened in them
-            await self._readers_threads.call(pool.close)
-        if self._readers_threads is not None:
-            self._readers_threads.shutdown(wait=True)
-            self._readers_threads = None
+            await loop.run_in_executor(self._read_executor, pool.close)
+        if self._read_executor is not None:
+            self._read_executor.shutdown(wait=True)
+            self._read_executor = None
 
 
 def create_database(server_url: str, name: str) -> str:

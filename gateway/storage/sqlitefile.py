@@ -16,6 +16,7 @@ import shutil
 import sqlite3
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +26,7 @@ from gateway.storage.groupcommit import GroupCommit, GroupWriterFile, Outcome
 from gateway.storage.migrations import Migration, latest, migrate, open_writer, refuse_newer
 from gateway.storage.records import StoreClosedError, StoreOpenError
 from gateway.storage.sql import Connection
-from gateway.storage.threads import StoreThreads, store_threads
+from gateway.storage.threads import store_executor
 
 I = TypeVar("I")  # noqa: E741 - the item type of the group writer
 T = TypeVar("T")
@@ -74,7 +75,7 @@ class SqliteFile(GroupWriterFile[I]):
         self._before_close = before_close
         #: The writer connection and its one thread (None unless open).
         self.conn: sqlite3.Connection | None = None
-        self.threads: StoreThreads | None = None
+        self.executor: ThreadPoolExecutor | None = None
         #: The reader connection (None unless open).
         self.reader: aiosqlite.Connection | None = None
         self._writer: GroupCommit[I] | None = None
@@ -87,9 +88,11 @@ class SqliteFile(GroupWriterFile[I]):
         (or OSError for the folder); nothing stays open after a failure."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         name = self.what.replace(" ", "-")
-        self.threads = store_threads(self.what, "w")
+        self.executor = store_executor(self.what, "w")
         try:
-            self.conn = await self.threads.call(self._connect)
+            self.conn = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._connect
+            )
             try:
                 self.reader = await aiosqlite.connect(self.path, timeout=30, **self._reader_options)
             except sqlite3.Error as exc:
@@ -100,7 +103,7 @@ class SqliteFile(GroupWriterFile[I]):
         self._writer = GroupCommit(
             f"{name}:{self.path.name}",
             self.conn,
-            self.threads,
+            self.executor,
             self._write,
             batch_max=self._batch_max,
             committed=self._committed,
@@ -185,8 +188,7 @@ class SqliteFile(GroupWriterFile[I]):
         conn = self.conn
         if conn is None:
             raise StoreClosedError(f"{self.what} is not open")
-        assert self.threads is not None  # open with its connection
-        return await self.threads.call(op, conn)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, op, conn)
 
     async def fetchall(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Run a query on the reader connection: every row, as tuples."""
@@ -216,11 +218,10 @@ class SqliteFile(GroupWriterFile[I]):
         """Close the connections and the writer thread (those that are open)."""
         if self.conn is not None:
             conn, self.conn = self.conn, None
-            assert self.threads is not None  # the connection was opened in them
-            await self.threads.call(conn.close)
-        if self.threads is not None:
-            self.threads.shutdown(wait=True)
-            self.threads = None
+            await asyncio.get_running_loop().run_in_executor(self.executor, conn.close)
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+            self.executor = None
         if self.reader is not None:
             reader, self.reader = self.reader, None
             await reader.close()

@@ -33,11 +33,11 @@ N = 5
 
 async def read_only(node: Node, on: bool) -> None:
     """Make both of the node's stores refuse writes (or accept them again)."""
+    loop = asyncio.get_running_loop()
     for store in (node.state, node.message_log):
         conn = cast(sqlite3.Connection, store._file.conn)  # the store's own writer connection
-        threads = store._file.threads  # its writer thread: the connection is used there only
-        assert threads is not None
-        await threads.call(conn.execute, f"PRAGMA query_only = {int(on)}")
+        executor = store._file.executor  # its writer thread: the connection is used there only
+        await loop.run_in_executor(executor, conn.execute, f"PRAGMA query_only = {int(on)}")
 
 
 async def health(federation: LocalFederation, code: str) -> int:

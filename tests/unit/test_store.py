@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,7 +23,6 @@ from gateway.storage.messagelog import MessageLog
 from gateway.storage.records import NewOutgoingCase, StoreOpenError
 from gateway.storage.sql import Connection
 from gateway.storage.state import StateStore, StoreClosedError
-from gateway.storage.threads import StoreThreads
 
 
 async def insert(store: StateStore, key: str) -> str:
@@ -155,8 +155,8 @@ class TestGroupsCommitAsOne:
         conn.execute("INSERT INTO t VALUES ('dup')")
         statements: list[str] = []
         conn.set_trace_callback(statements.append)
-        threads = StoreThreads("test store", "w")
-        writer = GroupCommit("test", conn, threads, each_in_savepoint, batch_max=1000)
+        executor = ThreadPoolExecutor(1)
+        writer = GroupCommit("test", conn, executor, each_in_savepoint, batch_max=1000)
         writer.start()
         try:
             # Queued in one loop turn: the writer takes them as one group.
@@ -166,7 +166,7 @@ class TestGroupsCommitAsOne:
             assert writer.commits == 1
         finally:
             await writer.close()
-            threads.shutdown()
+            executor.shutdown()
         return list(outcomes), statements, conn
 
     @staticmethod

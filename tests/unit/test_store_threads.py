@@ -1,28 +1,17 @@
-"""The stores' threads (gateway.storage.threads): the event loop's hand-off to
-them, and their kernel names, by which ``bench`` splits a process's CPU
-(gateway.tools.bench.thread_cpu)."""
+"""The stores' threads carry kernel names (gateway.storage.threads), and
+``bench`` splits a process's CPU by them (gateway.tools.bench.thread_cpu)."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 
-from gateway.storage.threads import (
-    NAME_BYTES,
-    PREFIX,
-    StoreThreads,
-    _run_for,
-    kernel_name,
-    store_threads,
-)
+from gateway.storage.threads import NAME_BYTES, PREFIX, kernel_name, store_executor
 from gateway.tools.bench import (
     THREAD_GROUPS,
     IdentityFigures,
@@ -34,8 +23,6 @@ from gateway.tools.bench import (
     thread_cpu,
     thread_group_ms,
 )
-
-T = TypeVar("T")
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/task").is_dir(), reason="per-thread figures come from Linux's /proc"
@@ -65,16 +52,14 @@ def test_the_kernel_names_fit_and_tell_the_threads_apart() -> None:
     assert long.endswith("-w")
 
 
-def in_thread(threads: StoreThreads, fn: Callable[..., T], *args: Any) -> T:
-    return asyncio.run(threads.call(fn, *args))
-
-
 def test_a_store_thread_names_itself_for_the_kernel() -> None:
-    with store_threads("message log", "w") as threads:
-        native_id = in_thread(threads, threading.get_native_id)
+    with store_executor("message log", "w") as executor:
+        native_id = executor.submit(threading.get_native_id).result()
         assert kernel_name_of(native_id) == "yrd-log-w"
-        assert in_thread(threads, lambda: threading.current_thread().name).startswith(
-            "message-log-w"
+        assert (
+            executor.submit(lambda: threading.current_thread().name)
+            .result()
+            .startswith("message-log-w")
         )
     # The calling thread keeps its own name.
     assert not kernel_name_of(threading.get_native_id()).startswith(PREFIX)
@@ -84,8 +69,8 @@ def test_bench_splits_cpu_by_thread_group() -> None:
     pid = os.getpid()
     before = thread_cpu(pid)
     assert before[pid, pid][0] == "event loop"  # the main thread
-    with store_threads("state store", "w") as threads:
-        store_tid = in_thread(threads, burn, 0.3)
+    with store_executor("state store", "w") as executor:
+        store_tid = executor.submit(burn, 0.3).result()
         burnt, measured = threading.Event(), threading.Event()
 
         def burn_then_wait() -> None:
@@ -163,90 +148,3 @@ def test_cpu_at_half_capacity_pairs_each_node_with_its_do_nothing_twin() -> None
         "proxy 2": 0.6,
     }
     assert figures.summary()["CPU ms per call there: proxy 2"] == 0.6
-
-
-def test_a_call_gives_its_result_or_raises_its_exception_in_order() -> None:
-    """One thread runs the calls in the order given (a store's writer relies on
-    it); a result comes back, an exception is raised in the caller as it was
-    raised (a StopIteration, which no future can carry, as a RuntimeError)."""
-    ran: list[int] = []
-
-    def fail(kind: type[BaseException]) -> None:
-        raise kind("no")
-
-    async def main(threads: StoreThreads) -> None:
-        results = await asyncio.gather(*(threads.call(ran.append, n) for n in range(50)))
-        assert results == [None] * 50
-        assert await threads.call(pow, 2, 10) == 1024
-        with pytest.raises(KeyError):
-            await threads.call(fail, KeyError)
-        with pytest.raises(RuntimeError, match="StopIteration"):
-            await threads.call(fail, StopIteration)
-        assert await threads.call(len, "still serving") == 13
-
-    with StoreThreads("test store", "w") as threads:
-        asyncio.run(main(threads))
-    assert ran == list(range(50))
-
-
-def test_a_call_cancelled_before_its_turn_does_not_run() -> None:
-    """A caller that gives up while its call waits behind another: the call is
-    not run (as a queued executor job would not be); one already running runs
-    to its end."""
-    release, ran = threading.Event(), []
-
-    def first() -> str:
-        release.wait(10)
-        ran.append("first")
-        return "first"
-
-    async def main(threads: StoreThreads) -> None:
-        running = asyncio.ensure_future(threads.call(first))
-        queued = asyncio.ensure_future(threads.call(ran.append, "second"))
-        await asyncio.sleep(0.05)
-        queued.cancel()
-        running.cancel()
-        await asyncio.sleep(0)
-        release.set()
-        await asyncio.gather(running, queued, return_exceptions=True)
-        assert await threads.call(ran.append, "third") is None
-
-    threads = StoreThreads("test store", "w")
-    asyncio.run(main(threads))
-    threads.shutdown(wait=True)
-    assert ran == ["first", "third"]
-
-
-def test_shutdown_ends_the_threads_after_the_work_queued_and_refuses_more() -> None:
-    threads = StoreThreads("test store", "r", workers=3)
-    done: list[int] = []
-
-    async def queue_then_shut() -> None:
-        calls = [asyncio.ensure_future(threads.call(done.append, n)) for n in range(20)]
-        await asyncio.sleep(0)  # every call queued
-        await asyncio.gather(*calls)
-
-    asyncio.run(queue_then_shut())
-    started = [t for t in threading.enumerate() if t.name.startswith("test-store-r")]
-    assert len(started) == 3
-    threads.shutdown(wait=True)
-    threads.shutdown(wait=True)  # idempotent
-    assert sorted(done) == list(range(20))
-    assert not any(t.is_alive() for t in started)
-    with pytest.raises(RuntimeError, match="shut down"):
-        asyncio.run(threads.call(len, "late"))
-    with pytest.raises(ValueError, match="at least one worker"):
-        StoreThreads("test store", "r", workers=0)
-
-
-def test_an_outcome_for_a_closed_loop_goes_nowhere() -> None:
-    """The caller's loop closed while its call ran (a node stopping): the thread
-    drops the outcome and serves the next call."""
-    loop = asyncio.new_event_loop()
-    future = loop.create_future()
-    loop.close()
-    threads = StoreThreads("test store", "w")
-    threads._put(functools.partial(_run_for, loop, future, len, ("x",)))
-    assert in_thread(threads, len, "next") == 4
-    threads.shutdown(wait=True)
-    assert not future.done()
