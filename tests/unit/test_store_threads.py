@@ -1,5 +1,7 @@
 """The stores' threads carry kernel names (gateway.storage.threads), and
-``bench`` splits a process's CPU by them (gateway.tools.bench.thread_cpu)."""
+``bench`` splits a process's CPU by them (gateway.tools.bench.thread_cpu); what
+else ``bench`` reads from /proc: how busy the machine is, and each process's
+CPU per call over an open loop."""
 
 from __future__ import annotations
 
