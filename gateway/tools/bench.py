@@ -336,23 +336,16 @@ class PathFigures:
     #: Calls of the open loop at ``rate`` that failed: refused by an overloaded
     #: node (RESOURCE_EXHAUSTED) or timed out; latencies are of the others.
     failed: int = 0
-    #: p50/p99 at half the path's own saturation (a rate it sustains), if measured.
-    own_rate: float = 0.0
-    own_p50_ms: float = float("nan")
-    own_p99_ms: float = float("nan")
-    own_failed: int = 0
-    #: The share of the machine's cores busy during that open loop.
-    own_busy: float = float("nan")
-    #: CPU milliseconds per answered call of each process during that open loop.
-    own_cpu_ms: dict[str, float] = field(default_factory=dict)
+    #: The open loop at half the path's own saturation (a rate it sustains), if
+    #: measured: latencies, busy share, CPU per call, the nodes' series.
+    own: OpenLoop | None = None
     #: CPU milliseconds per call of each process during the saturation run.
     cpu_ms: dict[str, float] = field(default_factory=dict)
     #: The same, split by thread group (:data:`THREAD_GROUPS`), per process.
     thread_ms: dict[str, dict[str, float]] = field(default_factory=dict)
-    #: Deltas of the nodes' (sum, count) series over the saturation run and over
-    #: the open loop at half its own saturation (see :func:`_totals`).
+    #: Deltas of the nodes' (sum, count) series over the saturation run (see
+    #: :func:`_totals`).
     saturation_series: dict[str, tuple[float, float]] = field(default_factory=dict)
-    own_series: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -415,10 +408,10 @@ class IdentityFigures:
 
     def batch_sizes(self) -> dict[str, dict[str, float]]:
         """Mean envelopes per stream frame at each load, per sending node (nan: none sent)."""
-        loads = {
-            "saturation": self.real.saturation_series,
-            f"half capacity ({self.real.own_rate:.0f}/s)": self.real.own_series,
-        }
+        loads = {"saturation": self.real.saturation_series}
+        own = self.real.own
+        if own is not None:
+            loads[f"half capacity ({own.rate:.0f}/s)"] = own.series
         if self.low is not None:
             loads[f"low load ({self.low.rate:.0f}/s)"] = self.low.series
         return {
@@ -429,17 +422,17 @@ class IdentityFigures:
     def cpu_at_half(self) -> dict[str, float]:
         """CPU ms per call at the real path's half saturation of each node and of its
         do-nothing twin (the baseline chain's open loop at that same rate)."""
-        if self.baseline_same_rate is None:
+        if self.baseline_same_rate is None or self.real.own is None:
             return {}
-        mine, theirs = self.real.own_cpu_ms, self.baseline_same_rate.cpu_ms
+        mine, theirs = self.real.own.cpu_ms, self.baseline_same_rate.cpu_ms
         pairs = [pair for pair in _DO_NOTHING[:2] if pair[0] in mine and pair[1] in theirs]
         return {name: (mine | theirs)[name] for pair in pairs for name in pair}
 
     def p99_ratio(self) -> float:
         """The real path's p99 at half its own saturation over the baseline's at that rate."""
-        if self.baseline_same_rate is None:
+        if self.baseline_same_rate is None or self.real.own is None:
             return float("nan")
-        return self.real.own_p99_ms / self.baseline_same_rate.p99_ms
+        return self.real.own.p99_ms / self.baseline_same_rate.p99_ms
 
     def summary(self) -> dict[str, float]:
         """This run's figures for the ``--runs`` summary table."""
@@ -450,8 +443,8 @@ class IdentityFigures:
         for name, ms in self.cpu_above().items():
             figures[f"CPU ms above do-nothing: {name}"] = ms
         figures["p99 ratio at half the real capacity"] = self.p99_ratio()
-        if self.baseline_same_rate is not None:
-            figures["cores busy % there: real path"] = 100 * self.real.own_busy
+        if self.baseline_same_rate is not None and self.real.own is not None:
+            figures["cores busy % there: real path"] = 100 * self.real.own.busy
             figures["cores busy % there: baseline chain"] = 100 * self.baseline_same_rate.busy
             for name, ms in self.cpu_at_half().items():
                 figures[f"CPU ms per call there: {name}"] = ms
@@ -508,12 +501,8 @@ class IdentityFigures:
                 f"  at {path.rate:.0f}/s:    p50 {path.p50_ms:6.1f} ms   p99 {path.p99_ms:6.1f} ms"
                 + _failed(path.failed)
             )
-            if path.own_rate:
-                lines.append(
-                    f"  at {path.own_rate:.0f}/s:    p50 {path.own_p50_ms:6.1f} ms   "
-                    f"p99 {path.own_p99_ms:6.1f} ms   (half its own saturation)"
-                    + _failed(path.own_failed)
-                )
+            if path.own is not None:
+                lines.append(path.own.line("half its own saturation"))
             if path is b and self.baseline_same_rate is not None:
                 lines.append(
                     self.baseline_same_rate.line("the real path's half saturation, open loop")
@@ -524,14 +513,14 @@ class IdentityFigures:
             f"ratio real/baseline: throughput {r.saturation_rps / b.saturation_rps:.2f} "
             f"(target >= 0.5), p99 {r.p99_ms / b.p99_ms:.2f} at the baseline's half saturation",
         ]
-        if self.baseline_same_rate is not None:
+        if self.baseline_same_rate is not None and r.own is not None:
             same = self.baseline_same_rate
             lines += [
                 f"p99 at half the real path's saturation ({same.rate:.0f}/s): real "
-                f"{r.own_p99_ms:.1f} ms, baseline {same.p99_ms:.1f} ms, ratio "
+                f"{r.own.p99_ms:.1f} ms, baseline {same.p99_ms:.1f} ms, ratio "
                 f"{self.p99_ratio():.2f} (target <= 2)" + _failed(same.failed),
                 # What makes that ratio: how loaded the machine is at that rate.
-                f"  the machine's cores busy at that rate: real path {r.own_busy:.0%}, "
+                f"  the machine's cores busy at that rate: real path {r.own.busy:.0%}, "
                 f"baseline chain {same.busy:.0%}",
             ]
             at_half = self.cpu_at_half()
@@ -848,11 +837,7 @@ async def _measure(
         # What the path does at a rate it sustains (past its own saturation the
         # fixed rate only measures a queue); the baseline is measured at this
         # same rate afterwards.
-        figures.own_rate = saturation / 2
-        own = await _open_loop_figures(call, figures.own_rate, seconds, probe, processes)
-        figures.own_p50_ms, figures.own_p99_ms = own.p50_ms, own.p99_ms
-        figures.own_failed, figures.own_series, figures.own_busy = own.failed, own.series, own.busy
-        figures.own_cpu_ms = own.cpu_ms
+        figures.own = await _open_loop_figures(call, saturation / 2, seconds, probe, processes)
     return figures
 
 
@@ -951,8 +936,9 @@ async def _run_identity(
         )
         # Where the time goes, at a rate the path sustains: each hop's mean over
         # the open loop at half its saturation, from the nodes' own histograms.
-        hops_rate = real.own_rate
-        hops_ms = _hop_means(real.own_series)
+        assert real.own is not None  # measured: a rate was given
+        hops_rate = real.own.rate
+        hops_ms = _hop_means(real.own.series)
         # A lone check-in must not wait for a batch.
         low = await _open_loop_figures(real_call, LOW_RATE, max(1.0, seconds), probe)
         soak_done = 0
@@ -976,7 +962,7 @@ async def _run_identity(
     async with chain.channel() as base_channel:
         baseline_same_rate = await _open_loop_figures(
             _chain_call(base_channel),
-            real.own_rate,
+            hops_rate,
             seconds,
             processes=_chain_processes(chain),
         )

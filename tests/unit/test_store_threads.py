@@ -137,7 +137,8 @@ def test_cpu_at_half_capacity_pairs_each_node_with_its_do_nothing_twin() -> None
         return PathFigures(name, 500.0, 0, 250.0, 1.0, 2.0)
 
     real, baseline = path("real"), path("baseline")
-    real.own_cpu_ms = {"Shanghai node": 2.0, "Zhejiang node": 1.5, "e-ID authority": 0.3}
+    cpu_ms = {"Shanghai node": 2.0, "Zhejiang node": 1.5, "e-ID authority": 0.3}
+    real.own = OpenLoop(250.0, 1.0, 2.0, 0, cpu_ms=cpu_ms)
     figures = IdentityFigures(64, 5.0, baseline, real, 0, 0.0, {}, 1.0)
     assert figures.cpu_at_half() == {}
     figures.baseline_same_rate = OpenLoop(
