@@ -1,11 +1,12 @@
 """Real-world identifiers, validated: resident ID numbers, credit codes, regions;
-and the random ids the node makes (UUIDs)."""
+and the ids the node makes (random, or time-ordered where a store indexes them)."""
 
 from __future__ import annotations
 
 import os
 import re
 import threading
+import time
 import unicodedata
 from datetime import date
 
@@ -218,4 +219,41 @@ def random_uuid_hex() -> str:
 def random_uuid() -> str:
     """``str(uuid.uuid4())``, from :func:`random_uuid_hex` (the 8-4-4-4-12 form)."""
     digits = random_uuid_hex()
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+
+#: The bytes of a time-ordered id that carry the time: Unix milliseconds, big-endian.
+TIME_PREFIX_BYTES = 6
+
+
+def time_ordered_bytes(n: int, at_ms: int | None = None) -> bytes:
+    """``n`` bytes (``n`` > 6): Unix time in milliseconds (``at_ms``, else now)
+    in the first six, big-endian, then random bytes (:func:`random_bytes`).
+
+    For what a node's stores index as it is made (message ids, nonces): made
+    one after another, such values sort one after another, so each new row's
+    index entry goes at the end of its B-tree, on the page the ones before it
+    went to. A random value puts each entry on a random page of the index, and
+    a commit of a few rows rewrote a page per row per index: issue 16 measured
+    half the message log's page writes gone, at both nodes, once message ids,
+    nonces and correlation ids were time-ordered. The random part keeps the
+    values made in one millisecond apart (80 bits for a 16-byte nonce)."""
+    if n <= TIME_PREFIX_BYTES:
+        raise ValueError(f"time_ordered_bytes: expected more than {TIME_PREFIX_BYTES} bytes")
+    if at_ms is None:
+        at_ms = time.time_ns() // 1_000_000
+    return (at_ms % (1 << 48)).to_bytes(TIME_PREFIX_BYTES, "big") + random_bytes(
+        n - TIME_PREFIX_BYTES
+    )
+
+
+def ordered_uuid(at_ms: int | None = None) -> str:
+    """A UUID of version 7 (RFC 9562), in the 8-4-4-4-12 form: 48 bits of Unix
+    time in milliseconds (``at_ms``, else now), then 74 random bits. What
+    :func:`time_ordered_bytes` says of index pages holds for it; the time it
+    shows is the time the id was made, which the envelope states anyway."""
+    raw = bytearray(time_ordered_bytes(16, at_ms))
+    raw[6] = (raw[6] & 0x0F) | 0x70
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    digits = raw.hex()
     return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"

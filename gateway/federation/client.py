@@ -49,7 +49,7 @@ from gateway.core.errors import (
     ResourceExhausted,
     status_from_int,
 )
-from gateway.core.identifiers import random_uuid
+from gateway.core.identifiers import ordered_uuid
 from gateway.core.metrics import NodeMetrics
 from gateway.core.tokenbucket import TokenBucket
 from gateway.federation.breaker import BreakerState, CircuitBreaker
@@ -737,7 +737,7 @@ class FederationClient:
             await self.follow_config()
         peer = self._peer(peer_code)
         deadline = time.monotonic() + max(0.0, timeout) * (1.0 - VERDICT_RESERVE)
-        message_id = message_id or random_uuid()
+        message_id = message_id or ordered_uuid()
 
         def wait(state: RetryCallState) -> float:
             delay = backoff_delay(state.attempt_number, base=RETRY_BASE, cap=RETRY_CAP)

@@ -37,7 +37,7 @@ from gateway.core.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
-from gateway.core.identifiers import random_uuid
+from gateway.core.identifiers import ordered_uuid
 from gateway.core.metrics import NodeMetrics
 from gateway.core.tokenbucket import TokenBucket
 from gateway.services.calls import current_client, current_correlation_id
@@ -128,7 +128,7 @@ def _correlation_id_of(metadata: Any) -> str:
             and _CORRELATION_ID.fullmatch(value)
         ):
             correlation_id = value
-    return correlation_id or random_uuid()
+    return correlation_id or ordered_uuid()
 
 
 def _peer_name(context: grpc.aio.ServicerContext) -> str:

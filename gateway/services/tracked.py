@@ -49,7 +49,7 @@ from gateway.core.errors import (
     NotFound,
     shown,
 )
-from gateway.core.identifiers import random_uuid, random_uuid_hex
+from gateway.core.identifiers import ordered_uuid, random_uuid_hex
 from gateway.core.metrics import NodeMetrics
 from gateway.federation.client import FederationClient
 from gateway.federation.outbox import Outbox, OutboxRoute
@@ -285,7 +285,7 @@ class Flow(Generic[B, A, U, P]):
                     0,
                     sender,
                     self.status_service,
-                    random_uuid(),
+                    ordered_uuid(),
                     correlation_id,
                     key,
                     message.SerializeToString(),
@@ -421,7 +421,7 @@ class TrackedExchange(Generic[B, A, U, P]):
                     0,
                     target,
                     flow.deliver_service,
-                    random_uuid(),
+                    ordered_uuid(),
                     correlation_id,
                     key,
                     body,

@@ -27,7 +27,7 @@ from gateway.core import crypto
 from gateway.core.clock import Clock, set_timestamp
 from gateway.core.crypto import load_private_key
 from gateway.core.errors import EnvelopeRejected, InvalidArgument
-from gateway.core.identifiers import random_bytes, random_uuid
+from gateway.core.identifiers import ordered_uuid, random_uuid, time_ordered_bytes
 from gateway.trust import batchsig
 from gateway.trust.truststore import TrustStore
 from yrd.federation.v1 import federation_pb2
@@ -259,14 +259,15 @@ class EnvelopeSigner:
         keys = self._keys()
         now = self._clock.now()
         key_id, private_key = keys.current(now)
+        now_ms = int(now.timestamp() * 1000)
         header = federation_pb2.EnvelopeHeader(
-            message_id=message_id or random_uuid(),
+            message_id=message_id or ordered_uuid(now_ms),
             correlation_id=correlation_id,
             idempotency_key=idempotency_key,
             sender=keys.province,
             receiver=receiver,
             service=service,
-            nonce=random_bytes(NONCE_BYTES),
+            nonce=time_ordered_bytes(NONCE_BYTES, now_ms),
             payload_type=payload.DESCRIPTOR.full_name,
             key_id=key_id,
             algorithm=crypto.ED25519,

@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.core import crypto, identifiers
-from gateway.core.identifiers import random_bytes, random_uuid, random_uuid_hex
+from gateway.core.identifiers import (
+    ordered_uuid,
+    random_bytes,
+    random_uuid,
+    random_uuid_hex,
+    time_ordered_bytes,
+)
 
 # RFC 8032, section 7.1, TEST 2 (one-byte message) and TEST 3 (two bytes).
 _RFC8032 = [
@@ -108,3 +115,38 @@ class TestRandomBytes:
                 r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
                 random_uuid(),
             )
+
+
+class TestTimeOrderedIds:
+    """Message ids, nonces and correlation ids a node makes sort in the order
+    they were made (their index entries go at the end of the B-tree)."""
+
+    def test_a_uuid_of_version_7_with_the_time_in_front(self) -> None:
+        at_ms = 1_764_000_000_123  # 2025-11-24T15:20:00.123Z
+        made = ordered_uuid(at_ms)
+        assert re.fullmatch(
+            r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", made
+        )
+        assert int(made.replace("-", "")[:12], 16) == at_ms
+        assert uuid.UUID(made).version == 7
+
+    def test_made_later_sorts_later_and_the_same_millisecond_stays_unique(self) -> None:
+        at_ms = 1_764_000_000_000
+        same = [ordered_uuid(at_ms) for _ in range(2000)]
+        assert len(set(same)) == len(same)  # 74 random bits apart
+        later = [ordered_uuid(at_ms + step) for step in range(1, 200)]
+        assert later == sorted(later)
+        assert max(same) < min(later)
+        # Made now, one after another: never out of order across milliseconds.
+        now = [ordered_uuid() for _ in range(2000)]
+        assert [u[:13] for u in now] == sorted(u[:13] for u in now)
+
+    def test_nonces_keep_their_size_and_order(self) -> None:
+        at_ms = 1_764_000_000_000
+        nonces = [time_ordered_bytes(16, at_ms + i // 10) for i in range(1000)]
+        assert {len(n) for n in nonces} == {16}
+        assert len(set(nonces)) == len(nonces)
+        assert [n[:6] for n in nonces] == sorted(n[:6] for n in nonces)
+        assert int.from_bytes(nonces[0][:6], "big") == at_ms
+        with pytest.raises(ValueError, match="more than 6 bytes"):
+            time_ordered_bytes(6)

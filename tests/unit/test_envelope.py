@@ -174,6 +174,23 @@ class TestHappyPath:
         verifier.open_request(first)
         verifier.open_request(second)
 
+    def test_ids_and_nonces_made_here_are_time_ordered(
+        self, signer_for: SignerFactory, verifier: EnvelopeVerifier
+    ) -> None:
+        # A UUID of version 7 and a nonce stamped with the envelope's own time
+        # (then random): both go at the end of the message log's indexes.
+        clock = FrozenClock(NOW)
+        signer = signer_for(JS, clock=clock)
+        first = verifier.open_request(seal_request(signer)).header
+        clock.advance(timedelta(milliseconds=5))
+        second = verifier.open_request(seal_request(signer)).header
+        stamped = int(NOW.timestamp() * 1000)
+        assert uuid.UUID(first.message_id).version == 7
+        assert int(first.message_id.replace("-", "")[:12], 16) == stamped
+        assert int.from_bytes(first.nonce[:6], "big") == stamped
+        assert first.message_id < second.message_id
+        assert first.nonce < second.nonce
+
     def test_parse_refuses_a_payload_of_another_shape(
         self, signer_for: SignerFactory, verifier: EnvelopeVerifier
     ) -> None:

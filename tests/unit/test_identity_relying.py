@@ -168,7 +168,7 @@ def test_check_in_ids_look_like_a_random_uuids_first_half() -> None:
         assert re.fullmatch(r"[0-9a-f]{12}4[0-9a-f]{3}", digits)
 
 
-def test_correlation_ids_made_are_random_uuids() -> None:
+def test_random_uuids_and_the_correlation_ids_made() -> None:
     made = {random_uuid() for _ in range(1000)}
     assert len(made) == 1000
     for text in made:
@@ -176,5 +176,9 @@ def test_correlation_ids_made_are_random_uuids() -> None:
         assert str(parsed) == text
         assert parsed.version == 4
         assert parsed.variant == uuid.RFC_4122
-    assert uuid.UUID(_correlation_id_of(())).version == 4
+    # One the node makes for a call that brought none: time-ordered (version 7),
+    # so that the message log's correlation index grows at its end.
+    made_here = uuid.UUID(_correlation_id_of(()))
+    assert made_here.version == 7
+    assert made_here.variant == uuid.RFC_4122
     assert _correlation_id_of((("x-correlation-id", "c-42"),)) == "c-42"

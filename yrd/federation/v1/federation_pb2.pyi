@@ -78,7 +78,9 @@ class EnvelopeHeader(_message.Message):
     STATUS_MESSAGE_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """UUID (RFC 4122, lower-case hex with hyphens, 36 characters), unique per
-    message; retries of the same message keep it. Bound to the request it
+    message; retries of the same message keep it. Any version is accepted;
+    this gateway makes version 7 (RFC 9562: time-ordered, so that the message
+    log's index of message ids grows at its end). Bound to the request it
     first came with (service, payload_type, idempotency_key, correlation_id,
     payload_digest): another request under it is refused, ALREADY_EXISTS.
     """
@@ -99,7 +101,11 @@ class EnvelopeHeader(_message.Message):
     1..64 characters of [A-Za-z0-9_.].
     """
     nonce: _builtins.bytes
-    """16 random bytes, never reused by a sender."""
+    """16 bytes, never reused by a sender. This gateway puts its clock in the
+    first 6 (Unix milliseconds, big-endian) and random bytes in the other 10
+    (time-ordered, as message_id); a receiver checks only the size and that
+    the nonce is new.
+    """
     payload_type: _builtins.str
     """Fully qualified protobuf name of the payload message; 1..128 characters
     of [A-Za-z0-9_.].
