@@ -218,7 +218,11 @@ def random_uuid_hex() -> str:
 
 def random_uuid() -> str:
     """``str(uuid.uuid4())``, from :func:`random_uuid_hex` (the 8-4-4-4-12 form)."""
-    digits = random_uuid_hex()
+    return _hyphenated(random_uuid_hex())
+
+
+def _hyphenated(digits: str) -> str:
+    """A UUID's 32 hex digits in its canonical 8-4-4-4-12 form."""
     return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
@@ -255,5 +259,4 @@ def ordered_uuid(at_ms: int | None = None) -> str:
     raw = bytearray(time_ordered_bytes(16, at_ms))
     raw[6] = (raw[6] & 0x0F) | 0x70
     raw[8] = (raw[8] & 0x3F) | 0x80
-    digits = raw.hex()
-    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+    return _hyphenated(raw.hex())
