@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -66,6 +67,7 @@ class TestReplicasRace:
     ) -> None:
         one, two = await pg_replica(), await pg_replica()
         runs: list[str] = []
+        both_read = threading.Barrier(2)
 
         def submit(case_id: str) -> Callable[[Any], str]:
             def work(tx: Any) -> str:
@@ -73,8 +75,10 @@ class TestReplicasRace:
                 runs.append(case_id)
                 if existing is not None:
                     return str(existing.case)
-                # Both replicas have read "no such case" before either writes.
-                time.sleep(0.3)
+                # Both replicas have read "no such case" before either writes
+                # (the unit that runs again, the loser's, does not wait).
+                if len(runs) <= 2:
+                    both_read.wait(10)
                 tx.insert_outgoing(outgoing("key-1", case_id))
                 tx.enqueue(item(int(case_id[-1])))
                 return case_id
@@ -98,10 +102,13 @@ class TestReplicasRace:
         approved, paid, rejected = 3, 4, 5
         at = datetime(2027, 6, 1, tzinfo=UTC)
 
-        def update(status: int, unless: set[int], wait: float) -> Callable[[Any], bool]:
+        # In this order, whatever the machine's load: the late replica reads the
+        # case, the early one reads it and commits PAID, then the late one writes.
+        late_read = threading.Event()
+        early_committed = threading.Event()
+
+        def update(status: int, unless: set[int]) -> Callable[[Any], bool]:
             def work(tx: Any) -> bool:
-                assert tx.outgoing_by_key("withdrawal", "key-1").status == 1
-                time.sleep(wait)  # read before the other replica's commit, write after
                 return bool(
                     tx.outgoing_status(
                         "WD-1",
@@ -116,10 +123,24 @@ class TestReplicasRace:
 
             return work
 
-        late, early = await asyncio.gather(
-            one.unit_of_work(update(approved, {approved, paid, rejected}, 0.5)),
-            two.unit_of_work(update(paid, {paid, rejected}, 0.0)),
-        )
+        def late_work(tx: Any) -> bool:
+            assert tx.outgoing_by_key("withdrawal", "key-1").status == 1
+            late_read.set()
+            assert early_committed.wait(10)  # read before the other's commit, write after
+            return update(approved, {approved, paid, rejected})(tx)
+
+        def early_work(tx: Any) -> bool:
+            assert late_read.wait(10)
+            assert tx.outgoing_by_key("withdrawal", "key-1").status == 1
+            return update(paid, {paid, rejected})(tx)
+
+        async def early_then_say_so() -> bool:
+            try:
+                return await two.unit_of_work(early_work)
+            finally:
+                early_committed.set()
+
+        late, early = await asyncio.gather(one.unit_of_work(late_work), early_then_say_so())
         assert (early, late) == (True, False)
         assert await one.fetchone("SELECT status FROM outgoing_cases") == (paid,)
 
@@ -184,15 +205,19 @@ class TestReplicasRace:
         """(domain, sender, idempotency key) is unique: a duplicate delivery that
         reaches the other replica at the same moment finds the first's case."""
         one, two = await pg_replica(), await pg_replica()
+        reads: list[int] = []
+        both_read = threading.Barrier(2)
 
         def deliver(n: int) -> Callable[[Any], str]:
             case = incoming(n)
 
             def work(tx: Any) -> str:
                 existing = tx.incoming_by_key("withdrawal", "320000", "key-1")
+                reads.append(n)
                 if existing is not None:
                     return str(existing.case)
-                time.sleep(0.3)
+                if len(reads) <= 2:  # both have read "no such case" before either writes
+                    both_read.wait(10)
                 tx.insert_incoming(dataclasses.replace(case, idempotency_key="key-1"))
                 return case.reference
 
@@ -200,6 +225,7 @@ class TestReplicasRace:
 
         got = await asyncio.gather(one.unit_of_work(deliver(1)), two.unit_of_work(deliver(2)))
         assert got[0] == got[1]
+        assert len(reads) == 3  # the loser's unit ran again and found the first's case
         assert await one.fetchone("SELECT COUNT(*) FROM incoming_cases") == (1,)
 
     async def test_concurrent_processors_each_case_once(self, pg_replica: Replica) -> None:
