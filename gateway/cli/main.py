@@ -42,8 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gateway.cli.common import EXIT_USAGE
+    from gateway.core.errors import ConfigError
+
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        # Any command given a config it cannot use (missing, unreadable, wrong)
+        # says so, naming the file and what is wrong; never a traceback.
+        print(f"yrd-gateway {args.command}: configuration refused:\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
     return result
 
 

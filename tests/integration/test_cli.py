@@ -241,6 +241,25 @@ class TestAuditVerify:
         assert database.read_bytes() == before
         assert sorted(p.name for p in folder.iterdir()) == ["messages.db"]
 
+    @pytest.mark.parametrize(
+        "command",
+        [
+            ["audit", "verify", "x.db"],
+            ["audit", "export", "0190a0b0-0000-7000-8000-000000000000"],
+            ["store", "migrate", "--from", "{tmp}", "--to", "postgresql://u@127.0.0.1:1/db"],
+        ],
+    )
+    def test_a_config_that_cannot_be_read_is_named_not_a_traceback(
+        self, tmp_path: Path, command: list[str]
+    ) -> None:
+        missing = tmp_path / "no-such" / "province.toml"
+        command = [part.replace("{tmp}", str(tmp_path)) for part in command]
+        result = run(*command, "--config", str(missing))
+        assert result.returncode == 2
+        assert "configuration refused" in result.stderr
+        assert f"{missing}: cannot be read" in result.stderr
+        assert "Traceback" not in result.stderr
+
     def test_log_verify_is_the_same_command(self, tmp_path: Path) -> None:
         parser = build_parser()
         for command in (["audit", "verify"], ["log", "verify"]):
