@@ -83,6 +83,16 @@ B = TypeVar("B")
 A = TypeVar("A", bound=Message)
 U = TypeVar("U", bound=Message)
 P = TypeVar("P", bound=Message)
+M = TypeVar("M", bound=Message)
+
+
+def _message(message_type: type[M], **fields: Any) -> M:
+    """``message_type(**fields)`` for a flow's message type known only as a
+    subclass of ``Message``: the protobuf stubs give the base class no fields to
+    set, each generated class its own."""
+    return cast("Callable[..., M]", message_type)(**fields)
+
+
 DEFAULT_TIMEOUT = 5.0
 #: Cases a processor holds at once (running or waiting for a back-end slot).
 MAX_QUEUED = 256
@@ -214,8 +224,12 @@ class Flow(Generic[B, A, U, P]):
     def make_update(
         self, key: str, status: int, reason: str, amount: int, reference: str, when: datetime
     ) -> U:
-        update = self.update_type(
-            idempotency_key=key, status=status, status_reason=reason, remote_reference=reference
+        update = _message(
+            self.update_type,
+            idempotency_key=key,
+            status=status,
+            status_reason=reason,
+            remote_reference=reference,
         )
         if self.amount_field is not None:
             setattr(update, self.amount_field, amount)
@@ -232,7 +246,8 @@ class Flow(Generic[B, A, U, P]):
 
     def public(self, case: OutgoingCase) -> P:
         """The public record of a stored case."""
-        record = self.public_type(
+        record = _message(
+            self.public_type,
             case_id=case.case_id,
             status=case.status,
             status_reason=case.status_reason,
