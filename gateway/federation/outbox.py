@@ -280,8 +280,13 @@ class Outbox:
             delay = self.idle_poll
             if upcoming is not None:
                 delay = min(delay, max(0.0, upcoming - time.time()))
-            if waiting:
-                soonest = min(self._held[item_id][0] for item_id in waiting)
+            # What is still held: a delivery that finished during the reads above
+            # may have dropped items (an acknowledgement catches its peer up).
+            soonest = min(
+                (held[0] for item_id in waiting if (held := self._held.get(item_id))),
+                default=None,
+            )
+            if soonest is not None:
                 delay = min(delay, max(0.0, soonest - time.time()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
