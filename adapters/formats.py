@@ -12,10 +12,13 @@ Date formats (canonical ``"YYYY-MM-DD"``):
         of that calendar date in the adapter's time zone** (``Asia/Shanghai``
         unless configured). A birth date is a calendar date, not an instant: it
         is stored as the instant its day began where it was registered. Reading
-        requires that exact midnight, so every date round-trips, including the
+        requires that exact instant, so every date round-trips, including the
         1986–1991 summers when China observed daylight saving time (midnight
-        was then UTC+9, not UTC+8). A value that is not a local midnight (for
-        instance UTC midnight, a common bug) is refused.
+        was then UTC+9, not UTC+8) and the days of the 1940s whose midnight
+        the clocks skipped (1942-01-31 began at 01:00 in Shanghai; its start is
+        that instant, as Java's ``atStartOfDay`` gives). A value that is not
+        the start of a local day (for instance UTC midnight, a common bug) is
+        refused.
 
 Timestamp formats (canonical RFC 3339 in UTC, as protobuf JSON writes it):
     ``rfc3339`` (any offset read, ``Z`` written), ``epoch_millis``,
@@ -172,15 +175,26 @@ def _date_epoch_millis(raw: NativeScalar, ctx: FormatContext) -> object:
         local = (_EPOCH + millis * _MILLI).astimezone(ctx.timezone)
     except OverflowError:
         raise Mismatch("epoch milliseconds within years 1..9999") from None
-    if (local.hour, local.minute, local.second, local.microsecond) != (0, 0, 0, 0):
+    day = local.date()
+    if millis != _start_of_day_millis(day, ctx):
         raise Mismatch(f"epoch milliseconds of a midnight in {ctx.timezone}")
-    return local.date().isoformat()
+    return day.isoformat()
+
+
+def _start_of_day_millis(d: date, ctx: FormatContext) -> int:
+    """The first instant of calendar date ``d`` in the adapter's time zone, in
+    epoch milliseconds: its midnight, or where the clocks skipped midnight (a
+    daylight-saving change at 00:00, as in Shanghai on 1942-01-31 and in some
+    other years of the 1940s), the moment they jumped, which the zone shows as
+    01:00. Java's ``LocalDate.atStartOfDay(zone)`` gives the same instant."""
+    # A wall time in a gap (fold 0) is read with the offset before the change:
+    # exactly the instant of the change.
+    midnight = datetime(d.year, d.month, d.day, tzinfo=ctx.timezone)
+    return (midnight - _EPOCH) // _MILLI
 
 
 def _date_to_epoch_millis(value: object, ctx: FormatContext) -> NativeScalar:
-    d = canonical_date(value)
-    midnight = datetime(d.year, d.month, d.day, tzinfo=ctx.timezone)
-    return _native_int((midnight - _EPOCH) // _MILLI, ctx)
+    return _native_int(_start_of_day_millis(canonical_date(value), ctx), ctx)
 
 
 def canonical_timestamp(value: object) -> datetime:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, ClassVar
 
 import pytest
 
@@ -221,6 +222,51 @@ class TestReadingSemantics:
             **person,
             "nationality": "CHN",
         }
+
+    #: The days whose midnight Shanghai's clocks skipped (daylight saving began at
+    #: 00:00): each began at the instant of the change, shown as 01:00 (UTC+9),
+    #: i.e. 16:00Z the day before. A resident born on one is 76 or older.
+    SKIPPED_MIDNIGHTS: ClassVar[list[tuple[str, str]]] = [
+        ("1919-04-13", "330106191904131236"),
+        ("1940-06-01", "330106194006011236"),
+        ("1941-03-15", "330106194103151230"),
+        ("1942-01-31", "330106194201311234"),
+        ("1946-05-15", "330106194605151230"),
+        ("1947-04-15", "330106194704151236"),
+        ("1948-05-01", "330106194805011232"),
+        ("1949-05-01", "33010619490501123X"),
+    ]
+
+    @pytest.mark.parametrize(("birth_date", "id_number"), SKIPPED_MIDNIGHTS)
+    def test_a_birth_date_whose_midnight_the_clocks_skipped(
+        self, translators: dict[str, Translator], birth_date: str, id_number: str
+    ) -> None:
+        day = date.fromisoformat(birth_date)
+        began = datetime(day.year, day.month, day.day, tzinfo=UTC) - timedelta(hours=8)
+        person = {
+            "id_card_no": id_number,
+            "name": "张伟",
+            "gender": "男",
+            "birth_millis": int(began.timestamp()) * 1000,
+        }
+        canonical = translators["zhejiang"].to_canonical("identity.person", person)
+        assert canonical["birth_date"] == birth_date
+        assert translators["zhejiang"].to_native("identity.person", canonical) == {
+            **person,
+            "nationality": "CHN",
+        }
+
+    def test_one_in_the_morning_of_an_ordinary_day_is_refused(
+        self, translators: dict[str, Translator]
+    ) -> None:
+        # 1942-02-01 01:00 in Shanghai (UTC+9 that year) = 1942-01-31T16:00Z: not
+        # the start of that day, which began an hour earlier.
+        person = {"id_card_no": "330106194202011233", "name": "张伟", "gender": "男"}
+        at_one = int(datetime(1942, 1, 31, 16, tzinfo=UTC).timestamp()) * 1000
+        with pytest.raises(TranslationError, match=r"midnight in Asia/Shanghai"):
+            translators["zhejiang"].to_canonical(
+                "identity.person", {**person, "birth_millis": at_one}
+            )
 
 
 class TestWriting:
