@@ -316,17 +316,24 @@ class TestSearchLog:
         ]
         assert not answer.exchanges
         free_of(str(answer), app)
-        # The handling node sees the same exchange from its side.
-        there = await call(
-            federation,
-            "SearchLog",
-            admin_pb2.SearchLogRequest(correlation_id=correlation_id),
-            code=JS,
-        )
+        # The handling node sees the same exchange from its side. It logs the
+        # PAID update it sent together with the answer, after Shanghai has
+        # recorded it: on a loaded machine that row may come a moment later.
+        paid_sent = ("out", "request", "fund.WithdrawalStatus", "PAID")
+        deadline = time.monotonic() + 10
+        while True:
+            there = await call(
+                federation,
+                "SearchLog",
+                admin_pb2.SearchLogRequest(correlation_id=correlation_id),
+                code=JS,
+            )
+            sent = [(e.direction, e.kind, e.service, e.summary) for e in there.entries]
+            if paid_sent in sent or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
         assert [(c.side, c.peer, c.status) for c in there.cases] == [("received", SH, "PAID")]
-        assert ("out", "request", "fund.WithdrawalStatus", "PAID") in [
-            (e.direction, e.kind, e.service, e.summary) for e in there.entries
-        ]
+        assert paid_sent in sent
         free_of(str(there), app)
 
     async def test_limit_truncates(self, federation: LocalFederation) -> None:
