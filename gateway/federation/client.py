@@ -105,14 +105,20 @@ FRAME_ENVELOPES = 1024
 FRAME_BYTES = 4 * 1024 * 1024
 #: Under load the writer lingers before a frame so that the requests arriving
 #: meanwhile share it (one signature, one write, one commit at the peer): until
-#: the frame would hold BATCH_TARGET requests, for at most BATCH_LINGER_MAX
-#: seconds (see :func:`linger`). An idle link writes at once.
+#: the frame would hold BATCH_TARGET requests, for at most the link's round
+#: trip and at most BATCH_LINGER_MAX seconds, and only when that wait would
+#: gather at least LINGER_GATHERS more requests (see :func:`linger`). An idle
+#: link writes at once.
 BATCH_TARGET = 16
-BATCH_LINGER_MAX = 0.010
+BATCH_LINGER_MAX = 0.020
+LINGER_GATHERS = 2
 #: The weight of the newest gap between two requests in a link's moving mean
 #: of them, and the longest gap counted (seconds; a pause counts as this).
 GAP_WEIGHT = 0.2
 GAP_CAP = 0.1
+#: The weight of the newest round trip (a request's frame written to its
+#: answer read) in a link's moving mean of them.
+RTT_WEIGHT = 0.1
 #: After a failed write, how long the writer waits for the reader to learn how
 #: the stream ended (a drain's OK), seconds.
 WRITE_FAILED_READ_WAIT = 1.0
@@ -155,20 +161,27 @@ class StreamDraining(StreamBroken):
     request was written: nothing of it was sent, and a new stream takes it."""
 
 
-def linger(queued: int, in_flight: int, mean_gap: float) -> float:
+def linger(queued: int, in_flight: int, mean_gap: float, round_trip: float) -> float:
     """How long a stream's writer waits before its next frame, seconds.
 
     ``queued``: requests waiting for a frame; ``in_flight``: those plus the
     ones written and still awaiting their answer; ``mean_gap``: the moving mean
-    of the time between two requests. Not at all when the link is idle
-    (nothing else awaits an answer: a lone request goes at once), when the
-    frame is already full enough, or when requests come further apart than the
-    longest linger (waiting would gather nothing); otherwise the time the
-    requests still missing to :data:`BATCH_TARGET` take to arrive at that
-    rate, at most :data:`BATCH_LINGER_MAX`."""
-    if in_flight <= queued or queued >= BATCH_TARGET or mean_gap >= BATCH_LINGER_MAX:
+    of the time between two requests; ``round_trip``: the moving mean of the
+    link's round trip, a frame written to its answers (0 before the first).
+
+    The longest linger is the round trip, at most :data:`BATCH_LINGER_MAX`:
+    waiting never more than doubles a request's time on the link, and a link
+    whose answers come back fast lingers little. The writer does not wait at
+    all when the link is idle (nothing else awaits an answer: a lone request
+    goes at once), when the frame is already full enough, or when the longest
+    linger would gather fewer than :data:`LINGER_GATHERS` more requests at the
+    current rate (a moderate load pays no wait for a frame of two). Otherwise
+    it waits the time the requests still missing to :data:`BATCH_TARGET` take
+    to arrive at that rate, at most the longest linger."""
+    longest = min(BATCH_LINGER_MAX, round_trip)
+    if in_flight <= queued or queued >= BATCH_TARGET or mean_gap * LINGER_GATHERS >= longest:
         return 0.0
-    return min(BATCH_LINGER_MAX, (BATCH_TARGET - queued) * mean_gap)
+    return min(longest, (BATCH_TARGET - queued) * mean_gap)
 
 
 @dataclass
@@ -176,6 +189,8 @@ class _Queued:
     envelope: federation_pb2.SignedEnvelope
     deadline: float
     future: asyncio.Future[StreamAnswer]
+    #: When its frame was written (monotonic; 0 while queued).
+    written: float = 0.0
 
 
 class StreamLink:
@@ -216,6 +231,8 @@ class StreamLink:
         #: The moving mean of the time between two requests, and the last one's time.
         self.mean_gap = GAP_CAP
         self._last_request = 0.0
+        #: The moving mean of the round trip (0 until the first answer).
+        self.round_trip = 0.0
         self._call: (
             grpc.aio.StreamStreamCall[federation_pb2.StreamFrame, federation_pb2.StreamFrame] | None
         ) = None
@@ -264,7 +281,8 @@ class StreamLink:
             digest = crypto.sha256(envelope.header)
             future: asyncio.Future[StreamAnswer] = asyncio.get_running_loop().create_future()
             self._pending[digest] = future
-            self._queue.append(_Queued(envelope, deadline, future))
+            queued = _Queued(envelope, deadline, future)
+            self._queue.append(queued)
             now = time.monotonic()
             gap = min(GAP_CAP, now - self._last_request)
             self._last_request = now
@@ -274,13 +292,21 @@ class StreamLink:
                 self._full.set()
             try:
                 async with asyncio.timeout_at(_loop_time(deadline)):
-                    return await future
+                    answer = await future
+                self._count_round_trip(time.monotonic() - queued.written)
+                return answer
             finally:
                 if self._pending.get(digest) is future:
                     del self._pending[digest]
                 future.cancel()  # a queued request not yet written is not sent
         finally:
             self._slots.release()
+
+    def _count_round_trip(self, seconds: float) -> None:
+        if not self.round_trip:
+            self.round_trip = seconds
+        else:
+            self.round_trip += RTT_WEIGHT * (seconds - self.round_trip)
 
     def _take(self) -> list[_Queued]:
         """What the next frame carries: the queued requests still awaited, up
@@ -306,7 +332,7 @@ class StreamLink:
         try:
             while self.ended is None and not self.draining:
                 await self._wake.wait()
-                wait = linger(len(self._queue), len(self._pending), self.mean_gap)
+                wait = linger(len(self._queue), len(self._pending), self.mean_gap, self.round_trip)
                 if wait > 0:
                     # Under load: the requests arriving meanwhile share this
                     # frame and its one signature (until it is full enough).
@@ -332,6 +358,8 @@ class StreamLink:
                             for item in batch
                         ]
                     )
+                    for item in batch:
+                        item.written = now
                     await call.write(frame)
                     self.frames_sent += 1
                     self.envelopes_sent += len(batch)

@@ -21,24 +21,42 @@ from yrd.federation.v1 import federation_pb2
 class TestLinger:
     def test_an_idle_link_writes_at_once(self) -> None:
         # Nothing else awaits an answer: a lone request never waits for a batch.
-        assert linger(queued=1, in_flight=1, mean_gap=0.001) == 0.0
-        assert linger(queued=3, in_flight=3, mean_gap=0.0001) == 0.0
+        assert linger(queued=1, in_flight=1, mean_gap=0.001, round_trip=1.0) == 0.0
+        assert linger(queued=3, in_flight=3, mean_gap=0.0001, round_trip=1.0) == 0.0
 
-    def test_requests_further_apart_than_the_longest_linger_do_not_wait(self) -> None:
-        assert linger(queued=1, in_flight=5, mean_gap=BATCH_LINGER_MAX) == 0.0
-        assert linger(queued=1, in_flight=5, mean_gap=0.5) == 0.0
+    def test_a_link_without_a_round_trip_yet_writes_at_once(self) -> None:
+        assert linger(queued=1, in_flight=10, mean_gap=0.0001, round_trip=0.0) == 0.0
+
+    def test_requests_too_far_apart_to_gather_two_more_do_not_wait(self) -> None:
+        longest = BATCH_LINGER_MAX
+        assert linger(queued=1, in_flight=5, mean_gap=longest / 2, round_trip=1.0) == 0.0
+        assert linger(queued=1, in_flight=5, mean_gap=0.5, round_trip=1.0) == 0.0
+        # A moderate load on a fast link: one more would come within its round
+        # trip, not two; the request goes at once.
+        assert linger(queued=1, in_flight=2, mean_gap=0.008, round_trip=0.012) == 0.0
 
     def test_a_frame_full_enough_goes_at_once(self) -> None:
-        assert linger(queued=BATCH_TARGET, in_flight=BATCH_TARGET + 1, mean_gap=0.001) == 0.0
+        assert (
+            linger(queued=BATCH_TARGET, in_flight=BATCH_TARGET + 1, mean_gap=0.001, round_trip=1.0)
+            == 0.0
+        )
 
     def test_under_load_it_waits_for_the_missing_requests_at_their_rate(self) -> None:
         gap = BATCH_LINGER_MAX / (4 * BATCH_TARGET)
         missing = BATCH_TARGET - 2
-        assert linger(queued=2, in_flight=10, mean_gap=gap) == pytest.approx(missing * gap)
+        assert linger(queued=2, in_flight=10, mean_gap=gap, round_trip=1.0) == pytest.approx(
+            missing * gap
+        )
 
     def test_never_longer_than_the_longest_linger(self) -> None:
-        gap = BATCH_LINGER_MAX * 0.9
-        assert linger(queued=1, in_flight=10, mean_gap=gap) == BATCH_LINGER_MAX
+        gap = BATCH_LINGER_MAX * 0.4
+        assert linger(queued=1, in_flight=10, mean_gap=gap, round_trip=1.0) == BATCH_LINGER_MAX
+
+    def test_never_longer_than_the_round_trip(self) -> None:
+        # Waiting at most doubles a request's time on the link.
+        round_trip = BATCH_LINGER_MAX / 2
+        gap = round_trip / 4
+        assert linger(queued=1, in_flight=10, mean_gap=gap, round_trip=round_trip) == round_trip
 
 
 class _FakeCall:
@@ -145,6 +163,7 @@ class TestStreamLink:
         # any machine (a linger of 1.5 ms against sleeps of 0.5 ms failed on a
         # slow one).
         link.mean_gap = 0.1
+        link.round_trip = 30.0  # a slow link: the linger is not bounded by it here
         later = []
         for n in range(1, 5):  # a few, less than the target, a moment apart
             later.append(_request(link, n))
@@ -158,6 +177,7 @@ class TestStreamLink:
     ) -> None:
         first = await _busy(link, stub)
         link.mean_gap = 1.0  # slow arrivals: the whole (long) linger, were it not full
+        link.round_trip = 30.0
         started = time.monotonic()
         later = [_request(link, n) for n in range(1, BATCH_TARGET + 1)]
         await _until(lambda: len(stub.call.frames) == 2, seconds=10.0)
@@ -170,6 +190,7 @@ class TestStreamLink:
     ) -> None:
         first = await _busy(link, stub)
         link.mean_gap = 40.0  # further apart than the longest linger: nothing would join
+        link.round_trip = 30.0  # the round trip does not stop it: the gap does
         second = _request(link, 1)
         await asyncio.sleep(0)
         link.mean_gap = 40.0  # as it was before this request's own gap was counted
@@ -186,3 +207,21 @@ class TestStreamLink:
         assert link.mean_gap < BATCH_LINGER_MAX  # a burst: close together
         await _until(lambda: sum(len(f.requests) for f in stub.call.frames) == 30)
         await _answer_all(stub, first, *later)
+
+    async def test_the_round_trip_follows_the_answers(
+        self, link: StreamLink, stub: _FakeStub
+    ) -> None:
+        assert link.round_trip == 0.0  # unknown until the first answer: no linger
+        first = await _busy(link, stub)
+        written = time.monotonic()
+        await asyncio.sleep(0.05)
+        await _answer_all(stub, first)
+        first_trip = link.round_trip
+        assert 0.05 <= first_trip <= time.monotonic() - written + 0.01
+        # A fast answer moves the mean by its weight only.
+        second = _request(link, 1)
+        await _until(lambda: len(stub.call.frames) == 2)
+        stub.call.answer(stub.call.frames[1])
+        await second
+        assert link.round_trip < first_trip
+        assert link.round_trip > first_trip * (1 - client.RTT_WEIGHT) - 0.001
