@@ -293,7 +293,8 @@ class StreamLink:
             try:
                 async with asyncio.timeout_at(_loop_time(deadline)):
                     answer = await future
-                self._count_round_trip(time.monotonic() - queued.written)
+                if queued.written:  # answered before its frame was written: nothing to count
+                    self._count_round_trip(time.monotonic() - queued.written)
                 return answer
             finally:
                 if self._pending.get(digest) is future:
