@@ -50,6 +50,18 @@ class CircuitBreaker:
             return True
         return False
 
+    def trial_now(self) -> bool:
+        """Let one trial call go now though ``reset_after`` has not passed: the
+        caller knows the peer is reachable again. False when the breaker is not
+        open or a trial is already under way."""
+        if self._state is not BreakerState.OPEN:
+            return False
+        if self._trial_in_flight and time.monotonic() - self._trial_started < self.reset_after:
+            return False
+        self._trial_in_flight = True
+        self._trial_started = time.monotonic()
+        return True
+
     def retry_in(self) -> float:
         """Seconds until the next trial call is allowed (0 if allowed now)."""
         if self._state is not BreakerState.OPEN:

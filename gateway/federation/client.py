@@ -538,6 +538,28 @@ class _Peer:
     #: Links the peer drains, replaced for new exchanges, kept until they end
     #: (the answers of what was sent on them still come).
     draining: list[StreamLink] = field(default_factory=list)
+    #: While the breaker is open, a call found no replica of the peer connected.
+    unreachable_seen: bool = False
+
+    def reconnected(self) -> bool:
+        """The breaker is open, and a replica of the peer has connected (its
+        channel READY) since a call found none connected: one trial call goes
+        now instead of after the rest of the breaker's wait. A replica killed
+        just after its twin came back would otherwise keep the province marked
+        down for the whole wait after this node has reconnected to the twin.
+        A peer whose channel stayed READY while its calls failed gets no early
+        trial (it is reachable, not well)."""
+        channels = self.stream_channels or [self.channel]
+        if not any(
+            channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.READY
+            for channel in channels
+        ):
+            self.unreachable_seen = True
+            return False
+        if self.unreachable_seen and self.breaker.trial_now():
+            self.unreachable_seen = False
+            return True
+        return False
 
     async def close_streams(self) -> None:
         for link in [*self.links, *self.draining]:
@@ -862,7 +884,7 @@ class FederationClient:
         idempotency_key: str,
         message_id: str,
     ) -> tuple[M, OpenedEnvelope]:
-        if not peer.breaker.allow():
+        if not peer.breaker.allow() and not peer.reconnected():
             raise PeerDown(
                 f"province {peer.code} is marked down (circuit open, next try in "
                 f"{peer.breaker.retry_in():.1f} s)"

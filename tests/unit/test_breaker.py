@@ -5,11 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 
+import grpc
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.federation.breaker import BreakerState, CircuitBreaker
+from gateway.federation.client import _Peer, retry_budget
+
+READY = grpc.ChannelConnectivity.READY
+CONNECTING = grpc.ChannelConnectivity.CONNECTING
+TRANSIENT_FAILURE = grpc.ChannelConnectivity.TRANSIENT_FAILURE
 
 RESET = 0.05  # seconds; small so the tests stay fast
 PAST_RESET = RESET * 1.6
@@ -172,3 +178,84 @@ class TestModel:
             expected = BreakerState.OPEN if streak >= threshold else BreakerState.CLOSED
             assert breaker.state is expected
             assert breaker.allow() is (expected is BreakerState.CLOSED)
+
+
+class TestTrialNow:
+    """A caller that knows the peer is reachable again (a replica connected) may
+    let one trial go before ``reset_after`` has passed."""
+
+    def test_not_while_closed(self) -> None:
+        assert not CircuitBreaker().trial_now()
+
+    def test_one_trial_while_open(self) -> None:
+        breaker = opened(reset_after=60)
+        assert breaker.trial_now()
+        assert not breaker.trial_now()  # one under way
+        assert not breaker.allow()
+
+    def test_its_success_closes(self) -> None:
+        breaker = opened(reset_after=60)
+        assert breaker.trial_now()
+        breaker.record_success()
+        assert state(breaker) is BreakerState.CLOSED
+
+    def test_its_failure_opens_for_a_whole_wait_again(self) -> None:
+        breaker = opened(reset_after=60)
+        assert breaker.trial_now()
+        breaker.record_failure()
+        assert state(breaker) is BreakerState.OPEN
+        assert breaker.retry_in() > 59
+
+
+class _Channel:
+    def __init__(self, state: grpc.ChannelConnectivity) -> None:
+        self.state = state
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self.state
+
+
+def _peer(*channels: _Channel) -> _Peer:
+    return _Peer(
+        "320000",
+        tuple(f"127.0.0.1:{n}" for n in range(len(channels))),
+        channels[0],  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        opened(reset_after=60),
+        retry_budget(),
+        stream_channels=list(channels),  # type: ignore[arg-type]
+    )
+
+
+class TestReconnected:
+    """While a peer's breaker is open, a replica that connects again (its channel
+    READY) after a call found none connected lets one trial go at once."""
+
+    def test_a_replica_connected_again_lets_one_trial_go(self) -> None:
+        first, second = _Channel(TRANSIENT_FAILURE), _Channel(TRANSIENT_FAILURE)
+        peer = _peer(first, second)
+        assert not peer.reconnected()  # none connected: the breaker's wait holds
+        second.state = READY
+        assert peer.reconnected()
+        assert not peer.reconnected()  # one trial; the others wait for its outcome
+        peer.breaker.record_success()
+        assert peer.breaker.allow()
+
+    def test_a_peer_connected_all_along_gets_no_early_trial(self) -> None:
+        # Its calls failed while it was connected: reachable, not well.
+        peer = _peer(_Channel(READY), _Channel(TRANSIENT_FAILURE))
+        assert not peer.reconnected()
+        assert not peer.reconnected()
+
+    def test_a_failed_trial_needs_another_reconnection(self) -> None:
+        channel = _Channel(CONNECTING)
+        peer = _peer(channel)
+        assert not peer.reconnected()
+        channel.state = READY
+        assert peer.reconnected()
+        peer.breaker.record_failure()
+        assert not peer.reconnected()  # still READY, not connected again
+        channel.state = TRANSIENT_FAILURE
+        assert not peer.reconnected()
+        channel.state = READY
+        assert peer.reconnected()
