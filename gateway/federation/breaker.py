@@ -39,23 +39,18 @@ class CircuitBreaker:
         state = self.state
         if state is BreakerState.CLOSED:
             return True
-        if state is BreakerState.HALF_OPEN and (
-            not self._trial_in_flight
-            # A trial whose outcome never came back (cancelled) must not keep
-            # the peer marked down for ever: another may go after reset_after.
-            or time.monotonic() - self._trial_started >= self.reset_after
-        ):
-            self._trial_in_flight = True
-            self._trial_started = time.monotonic()
-            return True
-        return False
+        return state is BreakerState.HALF_OPEN and self._take_trial()
 
     def trial_now(self) -> bool:
         """Let one trial call go now though ``reset_after`` has not passed: the
         caller knows the peer is reachable again. False when the breaker is not
         open or a trial is already under way."""
-        if self._state is not BreakerState.OPEN:
-            return False
+        return self._state is BreakerState.OPEN and self._take_trial()
+
+    def _take_trial(self) -> bool:
+        """The one trial call, unless one is under way. A trial whose outcome
+        never came back (cancelled) must not keep the peer marked down for
+        ever: another may go after reset_after."""
         if self._trial_in_flight and time.monotonic() - self._trial_started < self.reset_after:
             return False
         self._trial_in_flight = True
