@@ -9,10 +9,12 @@ STAMP := $(VENV)/.installed
 
 # The node with its development tools, and the simulated back-ends (a package of
 # their own, simulators/, never installed with the node).
-$(STAMP): pyproject.toml simulators/pyproject.toml
+# The tools whose output the tests judge are installed at the versions in
+# dev-constraints.txt.
+$(STAMP): pyproject.toml simulators/pyproject.toml dev-constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,adapter-kit]' -e ./simulators
+	$(BIN)/python -m pip install --quiet -c dev-constraints.txt -e '.[dev,adapter-kit]' -e ./simulators
 	touch $(STAMP)
 
 demo: $(STAMP)
