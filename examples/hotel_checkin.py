@@ -9,6 +9,11 @@ It takes a fresh QR code from the Zhejiang e-ID simulator (its wallet endpoint, 
 the resident's phone would), asks the Shanghai node to verify it (VerifyIdentity),
 then reads the guest registration the node recorded (GetCheckIn). Pass --qr to
 verify a QR code you got yourself. Exit 0 when the verdict is VALID.
+
+A call that gets no answer (the node's replica died, the deadline passed) is
+tried again, as a front desk would, with the same idempotency key: if the first
+try was verified after all, the second gets the same verdict and the same
+check-in, not REPLAYED.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import urllib.error
 import urllib.request
+import uuid
 
 import grpc
 
@@ -67,16 +74,27 @@ def main() -> int:
     gateways = split_endpoints(args.gateways or ["127.0.0.1:7310"])
     with balanced_channel(gateways, credentials) as channel:
         desk = identity_pb2_grpc.IdentityServiceStub(channel)
-        answer = desk.VerifyIdentity(
-            identity_pb2.VerifyIdentityRequest(
-                qr_payload=qr,
-                relying_party_id=args.client_id,
-                purpose=identity_pb2.HOTEL_CHECK_IN,
-                client_reference="room 1208",
-            ),
-            metadata=metadata,
-            timeout=3.0,  # every call has a deadline; the hotel waits at most 3 s
+        request = identity_pb2.VerifyIdentityRequest(
+            qr_payload=qr,
+            relying_party_id=args.client_id,
+            purpose=identity_pb2.HOTEL_CHECK_IN,
+            client_reference="room 1208",
+            idempotency_key=f"checkin-{uuid.uuid4()}",  # one key per check-in, kept on retries
         )
+        for attempt in range(1, 4):
+            try:
+                answer = desk.VerifyIdentity(
+                    request,
+                    metadata=metadata,
+                    timeout=3.0,  # every call has a deadline; the hotel waits at most 3 s
+                )
+                break
+            except grpc.RpcError as exc:
+                no_answer = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                if exc.code() not in no_answer or attempt == 3:
+                    raise
+                print(f"no answer ({exc.code().name}); trying again with the same key")
+                time.sleep(0.5 * attempt)
         verdict = identity_pb2.Verdict.Name(answer.verdict)
         print(f"verdict: {verdict} (issuer {answer.issuer_province})")
         for check in answer.checks:

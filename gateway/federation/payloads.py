@@ -71,6 +71,7 @@ _CATEGORY = re.compile(r"[A-Za-z0-9._-]{1,32}")
 _HOLDER = re.compile(r"[0-9A-Za-z]{18}")
 _CONSENT = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _PURPOSE_CODE = re.compile(r"[A-Za-z0-9_]{0,64}")
+_CLAIM_KEY = re.compile(r"[0-9a-f]{64}")
 _TIMESTAMP = Timestamp.DESCRIPTOR.full_name
 #: Seconds of 0001-01-01 and 9999-12-31T23:59:59 (the range of a Timestamp).
 _MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
@@ -162,6 +163,8 @@ def _credential_check(request: federation_pb2.CredentialCheckRequest) -> None:
             "requested_attributes", f"at most {len(DISCLOSABLE_ATTRIBUTES)} attribute names"
         )
     _attribute_names("requested_attributes", request.requested_attributes)
+    if request.claim_key and not _CLAIM_KEY.fullmatch(request.claim_key):
+        raise InvalidArgument("claim_key", "64 lowercase hexadecimal digits (SHA-256), or empty")
 
 
 def _fund_query(request: fund_pb2.QueryFundAccountRequest) -> None:

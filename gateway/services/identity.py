@@ -14,6 +14,7 @@ each returning its :class:`Outcome`; the first one with a verdict ends it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -73,6 +74,27 @@ O = identity_pb2.CheckOutcome  # noqa: E741 - short alias for the outcome enum
 STATE_NAMES = federation_pb2.CredentialState
 #: Check-in ids as this node assigns them (see ``verify``), a little looser.
 _CHECK_IN_ID = re.compile(r"CI-[0-9]{6}-[0-9a-f]{1,32}")
+#: A caller's idempotency key of a verification (the alphabet of a case's key).
+_IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{8,128}")
+
+
+def claim_key_of(relying_party: str, idempotency_key: str) -> str:
+    """The claim key a relying node sends its issuer for a caller's retries of one
+    verification (``CredentialCheckRequest.claim_key``): SHA-256 of the relying
+    party and its key, hex; empty without a key. A hash: the issuer learns
+    neither, and keys of two relying parties never meet."""
+    if not idempotency_key:
+        return ""
+    return hashlib.sha256(f"{relying_party}\x00{idempotency_key}".encode()).hexdigest()
+
+
+def claimant_of(sender: str, claim_key: str, message_id: str) -> str:
+    """Who claims a token at its issuer: the asking province's verification named
+    by its claim key (a retry with the same key is the same claimant), or else
+    the exchange (``<sender>/<message id>``)."""
+    return f"{sender}/key:{claim_key}" if claim_key else f"{sender}/{message_id}"
+
+
 _ATTRIBUTE_NAMES = frozenset({*common_pb2.Person.DESCRIPTOR.fields_by_name, "age_over_18"})
 
 # Enum values resolved once (``O.PASSED`` is a lookup by name on every use).
@@ -147,6 +169,8 @@ class _Verification:
     key: Ed25519PublicKey | None = None
     now: datetime | None = None
     answer: federation_pb2.CredentialCheckResponse | None = None
+    #: :func:`claim_key_of` the caller's idempotency key ("" without one).
+    claim_key: str = ""
 
     def require_token(self) -> EidToken:
         if self.token is None:  # pragma: no cover - the checks run in order
@@ -332,7 +356,9 @@ class IdentityExchange:
         assert isinstance(request, federation_pb2.CredentialCheckRequest)
         header = opened.header
         return await self.check_credential(
-            request, timeout, claimant=f"{header.sender}/{header.message_id}"
+            request,
+            timeout,
+            claimant=claimant_of(header.sender, request.claim_key, header.message_id),
         )
 
     # ---- relying party side ----------------------------------------------------
@@ -367,6 +393,13 @@ class IdentityExchange:
             raise InvalidArgument(
                 "client_reference", "at most 64 characters, no control characters"
             )
+        key = request.idempotency_key
+        if key and not _IDEMPOTENCY_KEY.fullmatch(key):
+            raise InvalidArgument(
+                "idempotency_key",
+                "8..128 characters of [A-Za-z0-9._:-] (a retry repeats its first call's key),"
+                " or empty",
+            )
         return purpose, relying_party
 
     async def verify(
@@ -398,6 +431,7 @@ class IdentityExchange:
             federation=federation,
             trust=self._config.derived(TrustStore),
             response=identity_pb2.VerifyIdentityResponse(correlation_id=correlation_id),
+            claim_key=claim_key_of(relying_party, request.idempotency_key),
         )
         checks = _Checks()
         verdict: identity_pb2.Verdict.ValueType = _VALID
@@ -498,9 +532,13 @@ class IdentityExchange:
         )
         # What FromDatetime sets for a whole second in UTC (a token's times are epoch seconds).
         check_request.token_expires_at.seconds = int(token.expires_at.timestamp())
+        check_request.claim_key = v.claim_key
         try:
             if token.issuer == v.federation.own:
-                v.answer = await self.check_credential(check_request, v.timeout)
+                # This node's own token: a caller's retry claims it as the same
+                # verification; without a key every check is a claimant of its own.
+                claimant = claimant_of(v.federation.own, v.claim_key, "") if v.claim_key else ""
+                v.answer = await self.check_credential(check_request, v.timeout, claimant=claimant)
             else:
                 v.answer, _ = await self._client.call(
                     token.issuer,
@@ -597,15 +635,25 @@ class IdentityExchange:
         if v.purpose != "HOTEL_CHECK_IN":
             return
         response = v.response
-        response.check_in_id = f"CI-{v.federation.own}-{random_uuid_hex()[:16]}"
-        await self._store.record_check_in(
-            check_in_id=response.check_in_id,
+        token = v.require_token()
+        # A caller's retry of this verification (same key, same token) is
+        # recorded once: the first try's check-in id is the answer's.
+        retry_key = (
+            hashlib.sha256(
+                f"{v.claim_key}\x00{token.issuer}\x00{token.token_id}".encode()
+            ).hexdigest()
+            if v.claim_key
+            else ""
+        )
+        response.check_in_id = await self._store.record_check_in(
+            check_in_id=f"CI-{v.federation.own}-{random_uuid_hex()[:16]}",
             relying_party_id=v.relying_party,
-            issuer_province=v.require_token().issuer,
+            issuer_province=token.issuer,
             guest=response.attributes.SerializeToString(),
             client_reference=v.request.client_reference,
             recorded_at=self._clock.now(),
             correlation_id=v.correlation_id,
+            retry_key=retry_key,
         )
 
     async def get_check_in(self, check_in_id: str, client: ClientSection) -> identity_pb2.CheckIn:

@@ -305,7 +305,13 @@ class IdentityRecords(Protocol):
         client_reference: str,
         recorded_at: datetime,
         correlation_id: str,
-    ) -> None: ...
+        retry_key: str = "",
+    ) -> str:
+        """Record a guest registration; the id it is recorded under. With a
+        ``retry_key`` (the caller's retry of one verification), a check-in
+        already recorded under that key for ``relying_party_id`` is kept and its
+        id returned: a retried verification is recorded once."""
+        ...
 
     async def get_check_in(
         self, check_in_id: str

@@ -198,6 +198,16 @@ STATE_MIGRATIONS: tuple[Migration, ...] = (
         " of that exchange after a lost answer is not a replay",
         statements("ALTER TABLE answered_tokens ADD COLUMN claimant TEXT NOT NULL DEFAULT ''"),
     ),
+    Migration(
+        5,
+        "a check-in names the caller's retry of it (relying party, idempotency key, token):"
+        " a retried verification is recorded once",
+        statements(
+            "ALTER TABLE check_ins ADD COLUMN retry_key TEXT NOT NULL DEFAULT ''",
+            "CREATE UNIQUE INDEX IF NOT EXISTS check_ins_retry"
+            " ON check_ins (relying_party_id, retry_key) WHERE retry_key <> ''",
+        ),
+    ),
 )
 
 # ---- messages.db -------------------------------------------------------------------

@@ -120,6 +120,15 @@ STATE_PG_MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE answered_tokens ADD COLUMN IF NOT EXISTS claimant TEXT NOT NULL DEFAULT ''"
         ),
     ),
+    Migration(
+        5,
+        "the retry key of a check-in (as state.db version 5)",
+        statements(
+            "ALTER TABLE check_ins ADD COLUMN IF NOT EXISTS retry_key TEXT NOT NULL DEFAULT ''",
+            "CREATE UNIQUE INDEX IF NOT EXISTS check_ins_retry"
+            " ON check_ins (relying_party_id, retry_key) WHERE retry_key <> ''",
+        ),
+    ),
 )
 
 _MESSAGE_LOG_V1 = statements(

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.core.errors import StoreUnavailable
 from gateway.storage.engines import StoreFile, store_file
-from gateway.storage.groupcommit import InsertRow, WriteOp, each_in_savepoint
+from gateway.storage.groupcommit import InsertRow, WriteOp, each_in_savepoint, insert_rows
 from gateway.storage.interfaces import StateTransaction
 
 if TYPE_CHECKING:
@@ -193,22 +193,38 @@ class StateStore:
         client_reference: str,
         recorded_at: datetime,
         correlation_id: str,
-    ) -> None:
-        # Check-ins committed together share one INSERT (each_in_savepoint).
-        await self.write(
-            InsertRow(
-                "check_ins",
-                (
-                    check_in_id,
-                    relying_party_id,
-                    issuer_province,
-                    guest,
-                    client_reference,
-                    recorded_at.isoformat(),
-                    correlation_id,
-                ),
-            )
+        retry_key: str = "",
+    ) -> str:
+        row = (
+            check_in_id,
+            relying_party_id,
+            issuer_province,
+            guest,
+            client_reference,
+            recorded_at.isoformat(),
+            correlation_id,
+            retry_key,
         )
+        if not retry_key:
+            # Check-ins committed together share one INSERT (each_in_savepoint).
+            await self.write(InsertRow("check_ins", row))
+            return check_in_id
+
+        def op(db: Connection) -> str:
+            # Two tries of one verification at once (on two replicas) both insert:
+            # the unique index refuses the second, whose op runs again (its
+            # savepoint, each_alone) and then finds the first one's row here.
+            earlier = db.execute(
+                "SELECT check_in_id FROM check_ins"
+                " WHERE relying_party_id = ? AND retry_key = ? AND retry_key <> ''",
+                (relying_party_id, retry_key),
+            ).fetchone()
+            if earlier is not None:
+                return str(earlier[0])
+            insert_rows(db, "check_ins", [row])
+            return check_in_id
+
+        return await self.write(op)
 
     async def get_check_in(self, check_in_id: str) -> tuple[str, str, bytes, str, str, str] | None:
         row = await self.fetchone(

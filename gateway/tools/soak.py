@@ -571,7 +571,13 @@ class CheckinLoad:
     """Hotel check-ins at Shanghai's node (all its replicas, round_robin) of
     Jiangsu e-IDs, at a fixed rate: how many failed, and the longest wait
     without any verdict. Tokens are signed here with Jiangsu's issuer key, as
-    its e-ID authority would (the authority checks them by its key)."""
+    its e-ID authority would (the authority checks them by its key).
+
+    Each check-in is a front desk's: a call that gets no answer (UNAVAILABLE,
+    DEADLINE_EXCEEDED) is tried again, up to CHECKIN_TRIES times, with the
+    same QR and the same idempotency key, so that a try the dead replica had
+    already put to Jiangsu is not REPLAYED. Every QR is fresh: a REPLAYED
+    verdict counts as a failure."""
 
     def __init__(self, federation: ProcessFederation, rate: float) -> None:
         from gateway.core import crypto
@@ -627,20 +633,33 @@ class CheckinLoad:
     async def _one(self) -> None:
         figures = self.figures
         figures.calls += 1
-        try:
-            answer = await self._stub.VerifyIdentity(
-                identity_pb2.VerifyIdentityRequest(
-                    qr_payload=self._token(), purpose=identity_pb2.HOTEL_CHECK_IN
-                ),
-                metadata=(("authorization", f"Bearer dev-office-{SH}"),),
-                timeout=CHECKIN_TIMEOUT,
-            )
-        except grpc.aio.AioRpcError as exc:
-            figures.failed[exc.code().name] += 1
-            return
-        if answer.verdict == identity_pb2.ISSUER_UNREACHABLE:
-            # Fails closed: the hotel got no verdict on the e-ID itself.
-            figures.failed["ISSUER_UNREACHABLE"] += 1
+        request = identity_pb2.VerifyIdentityRequest(
+            qr_payload=self._token(),
+            purpose=identity_pb2.HOTEL_CHECK_IN,
+            idempotency_key=f"soak-{uuid.uuid4()}",
+        )
+        for attempt in range(1, CHECKIN_TRIES + 1):
+            try:
+                answer = await self._stub.VerifyIdentity(
+                    request,
+                    metadata=(("authorization", f"Bearer dev-office-{SH}"),),
+                    timeout=CHECKIN_TIMEOUT,
+                )
+                break
+            except grpc.aio.AioRpcError as exc:
+                no_answer = exc.code() in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
+                if not no_answer or attempt == CHECKIN_TRIES:
+                    figures.failed[exc.code().name] += 1
+                    return
+                figures.retries += 1
+                await asyncio.sleep(0.5 * attempt)
+        if answer.verdict in (identity_pb2.ISSUER_UNREACHABLE, identity_pb2.REPLAYED):
+            # Fails closed: the hotel got no verdict on the e-ID itself; or a
+            # fresh QR was taken for a replay (a retry not recognised as one).
+            figures.failed[identity_pb2.Verdict.Name(answer.verdict)] += 1
             return
         now = time.monotonic()
         figures.verdicts += 1
@@ -648,19 +667,23 @@ class CheckinLoad:
         self._last = now
 
 
-#: A check-in not answered within this many seconds counts as failed.
+#: A check-in try not answered within this many seconds is tried again, and
+#: a check-in whose CHECKIN_TRIES tries all got no answer counts as failed.
 CHECKIN_TIMEOUT = 3.0
+CHECKIN_TRIES = 3
 
 
 @dataclass
 class CheckinFigures:
     """Check-ins during the chaos: calls, verdicts (on the e-ID itself), failed
-    calls by status code or ISSUER_UNREACHABLE, and the longest time (seconds)
-    without any verdict arriving."""
+    check-ins by status code of the last try, ISSUER_UNREACHABLE or REPLAYED,
+    tries again after no answer, and the longest time (seconds) without any
+    verdict arriving."""
 
     calls: int = 0
     verdicts: int = 0
     failed: Counter[str] = field(default_factory=Counter)
+    retries: int = 0
     longest_gap: float = 0.0
     seconds: float = 0.0
 
@@ -668,7 +691,8 @@ class CheckinFigures:
         return (
             f"  check-ins at {SH} of {JS} e-IDs: {self.calls} calls in {self.seconds:.0f} s, "
             f"{self.verdicts} verdicts, {sum(self.failed.values())} failed "
-            f"({_counts(self.failed)}); longest gap without a verdict {self.longest_gap:.2f} s"
+            f"({_counts(self.failed)}), {self.retries} tries again after no answer; "
+            f"longest gap without a verdict {self.longest_gap:.2f} s"
         )
 
 

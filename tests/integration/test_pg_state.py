@@ -157,6 +157,35 @@ class TestReplicasRace:
             )
             assert sorted(results) == [False, True], token
 
+    async def test_one_retried_check_in_on_two_replicas_at_once_is_recorded_once(
+        self, pg_replica: Replica
+    ) -> None:
+        one, two = await pg_replica(), await pg_replica()
+        now = datetime.now(UTC)
+
+        async def record(store: StateStore, check_in_id: str, retry_key: str) -> str:
+            return await store.record_check_in(
+                check_in_id=check_in_id,
+                relying_party_id="hotel-310000-001",
+                issuer_province="330000",
+                guest=b"",
+                client_reference="",
+                recorded_at=now,
+                correlation_id="c",
+                retry_key=retry_key,
+            )
+
+        for n in range(20):
+            key = f"{n:064x}"
+            ids = await asyncio.gather(
+                record(one, f"CI-310000-a{n:015x}", key), record(two, f"CI-310000-b{n:015x}", key)
+            )
+            assert ids[0] == ids[1], n  # the loser found the winner's row
+        assert await one.fetchone("SELECT COUNT(*) FROM check_ins") == (20,)
+        # Check-ins without a key are never merged.
+        await asyncio.gather(record(one, "CI-310000-c1", ""), record(two, "CI-310000-c2", ""))
+        assert await one.fetchone("SELECT COUNT(*) FROM check_ins") == (22,)
+
     async def test_concurrent_claimers_each_item_once(self, pg_replica: Replica) -> None:
         replicas = [await pg_replica() for _ in range(3)]
         total = 400

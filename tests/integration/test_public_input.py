@@ -130,8 +130,14 @@ CASES: list[tuple[type[Any], str, Any, Maker, tuple[str, ...], frozenset[str]]] 
         lambda _: identity_pb2.VerifyIdentityRequest(
             qr_payload="a.b.c", purpose=identity_pb2.HOTEL_CHECK_IN
         ),
-        ("qr_payload", "relying_party_id", "requested_attributes[0]", "client_reference"),
-        frozenset({"relying_party_id", "client_reference"}),
+        (
+            "qr_payload",
+            "relying_party_id",
+            "requested_attributes[0]",
+            "client_reference",
+            "idempotency_key",
+        ),
+        frozenset({"relying_party_id", "client_reference", "idempotency_key"}),
     ),
     (
         identity_pb2_grpc.IdentityServiceStub,

@@ -11,10 +11,13 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import grpc
 import pytest
 
 from adapters import build_identity_authority
 from adapters.base import CredentialCheck, IdentityAuthority
+from gateway.core.errors import InvalidArgument
+from gateway.federation.payloads import validate_payload
 from gateway.storage.records import TokenClaim
 from gateway.storage.state import StateStore
 from gateway.testing.localfed import LocalFederation
@@ -28,12 +31,16 @@ from yrd_simulators.eid_authority import EidAuthoritySimulator
 
 
 async def verify(
-    federation: LocalFederation, relying: str, qr: str
+    federation: LocalFederation, relying: str, qr: str, key: str = "", caller: str = "hotel"
 ) -> identity_pb2.VerifyIdentityResponse:
+    """Verify ``qr`` for a hotel check-in at ``relying``, as its client ``caller``
+    (the hotel, or the service office), with idempotency key ``key``."""
     stub = identity_pb2_grpc.IdentityServiceStub(federation.channel(relying))
     answer: identity_pb2.VerifyIdentityResponse = await stub.VerifyIdentity(
-        identity_pb2.VerifyIdentityRequest(qr_payload=qr, purpose=identity_pb2.HOTEL_CHECK_IN),
-        metadata=(("authorization", f"Bearer dev-hotel-{relying}"),),
+        identity_pb2.VerifyIdentityRequest(
+            qr_payload=qr, purpose=identity_pb2.HOTEL_CHECK_IN, idempotency_key=key
+        ),
+        metadata=(("authorization", f"Bearer dev-{caller}-{relying}"),),
         timeout=5,
     )
     return answer
@@ -174,6 +181,91 @@ class TestAnAnswerLostIsNotAReplay:
         # The hotel tries again (a new exchange): the claim of the first was withdrawn.
         assert (await verify(federation, SH, qr)).verdict == identity_pb2.VALID
         assert (await verify(federation, SH, qr)).verdict == identity_pb2.REPLAYED
+
+
+async def check_ins(federation: LocalFederation, code: str) -> int:
+    row = await federation.node(code).state.fetchone("SELECT COUNT(*) FROM check_ins")
+    assert row is not None
+    return int(row[0])
+
+
+class TestACallersRetryIsNotAReplay:
+    """A caller whose answer was lost (the connection broke, its deadline passed,
+    the replica it called died) tries again with the same idempotency key and the
+    same QR: the same verdict and the same check-in, not REPLAYED. Without the
+    key, or with another, the token stays single-use."""
+
+    async def test_the_same_key_gets_the_same_check_in(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        qr = await wallet.fresh_qr(ZJ)
+        key = f"ci-{uuid.uuid4()}"
+        before = await check_ins(federation, SH)
+        first = await verify(federation, SH, qr, key)
+        assert first.verdict == identity_pb2.VALID
+        again = await verify(federation, SH, qr, key)
+        assert again.verdict == identity_pb2.VALID
+        assert single_use(again).outcome == identity_pb2.PASSED
+        assert again.check_in_id == first.check_in_id
+        assert again.attributes == first.attributes
+        assert await check_ins(federation, SH) == before + 1  # recorded once
+        # A call without the key, or with another, is another verification: a replay.
+        assert (await verify(federation, SH, qr)).verdict == identity_pb2.REPLAYED
+        assert (await verify(federation, SH, qr, f"ci-{uuid.uuid4()}")).verdict == (
+            identity_pb2.REPLAYED
+        )
+        # Another relying party with the same key, at the same node or another.
+        assert (await verify(federation, SH, qr, key, caller="office")).verdict == (
+            identity_pb2.REPLAYED
+        )
+        assert (await verify(federation, JS, qr, key)).verdict == identity_pb2.REPLAYED
+        assert await check_ins(federation, SH) == before + 1
+
+    async def test_tries_at_once_with_one_key_record_one_check_in(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        qr = await wallet.fresh_qr(ZJ)
+        key = f"ci-{uuid.uuid4()}"
+        before = await check_ins(federation, SH)
+        answers = await asyncio.gather(*(verify(federation, SH, qr, key) for _ in range(6)))
+        assert {a.verdict for a in answers} == {identity_pb2.VALID}
+        assert len({a.check_in_id for a in answers}) == 1
+        assert await check_ins(federation, SH) == before + 1
+
+    async def test_a_token_of_the_nodes_own_province(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        qr = await wallet.fresh_qr(SH)
+        key = f"ci-{uuid.uuid4()}"
+        first = await verify(federation, SH, qr, key)
+        assert first.verdict == identity_pb2.VALID
+        again = await verify(federation, SH, qr, key)
+        assert (again.verdict, again.check_in_id) == (identity_pb2.VALID, first.check_in_id)
+        assert (await verify(federation, SH, qr)).verdict == identity_pb2.REPLAYED
+
+    async def test_a_key_of_the_wrong_form_is_refused_naming_the_field(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        qr = await wallet.fresh_qr(ZJ)
+        for bad in ("short", "x" * 129, "key with spaces", "ключ-ключ-ключ"):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await verify(federation, SH, qr, bad)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "idempotency_key" in (caught.value.details() or "")
+        # Nothing was asked of the issuer: the QR is still unused.
+        assert (await verify(federation, SH, qr)).verdict == identity_pb2.VALID
+
+    async def test_the_issuer_refuses_a_claim_key_of_the_wrong_form(self, wallet: Wallet) -> None:
+        request = check_of(await wallet.fresh_qr(ZJ), str(uuid.uuid4()))
+        request.header.payload_type = federation_pb2.CredentialCheckRequest.DESCRIPTOR.full_name
+        check = federation_pb2.CredentialCheckRequest.FromString(request.payload)
+        for bad in ("A" * 64, "a" * 63, "g" * 64, "a" * 65):
+            check.claim_key = bad
+            opened = OpenedEnvelope(request.header, check.SerializeToString(), request.signed)
+            with pytest.raises(InvalidArgument, match="claim_key"):
+                validate_payload(opened)
+        check.claim_key = "a" * 64
+        validate_payload(OpenedEnvelope(request.header, check.SerializeToString(), request.signed))
 
 
 class TestAnsweredTokens:

@@ -56,8 +56,9 @@ class _Store:
     def __init__(self) -> None:
         self.check_ins: list[dict[str, Any]] = []
 
-    async def record_check_in(self, **row: Any) -> None:
+    async def record_check_in(self, **row: Any) -> str:
         self.check_ins.append(row)
+        return str(row["check_in_id"])
 
 
 def _hotel(federation: FederationConfig) -> ClientSection:

@@ -28,7 +28,10 @@ from gateway.storage.state import StateStore, StoreClosedError
 async def insert(store: StateStore, key: str) -> str:
     def op(db: sqlite3.Connection) -> str:
         db.execute(
-            "INSERT INTO check_ins VALUES (?, 'rp', '330000', x'00', '', '2026-01-01', 'c')", (key,)
+            "INSERT INTO check_ins (check_in_id, relying_party_id, issuer_province, guest,"
+            " client_reference, recorded_at, correlation_id)"
+            " VALUES (?, 'rp', '330000', x'00', '', '2026-01-01', 'c')",
+            (key,),
         )
         return key
 

@@ -434,6 +434,7 @@ class CredentialCheckRequest(_message.Message):
     RELYING_PARTY_ID_FIELD_NUMBER: _builtins.int
     REQUESTED_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     TOKEN_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    CLAIM_KEY_FIELD_NUMBER: _builtins.int
     token_id: _builtins.str
     """The token's unique id ("jti"), for the single-use check."""
     credential_id: _builtins.str
@@ -442,6 +443,13 @@ class CredentialCheckRequest(_message.Message):
     """Why the relying party asks; selects the issuer's disclosure policy."""
     relying_party_id: _builtins.str
     """Relying party id as registered with the asking node."""
+    claim_key: _builtins.str
+    """Optional: 64 lowercase hexadecimal digits, set by the asking node: SHA-256
+    of the relying party id and the idempotency key its caller gave. Checks of
+    one token from one province with the same claim_key are one verification
+    retried (the issuer answers "first use" again); empty: every exchange is
+    a check of its own.
+    """
     @_builtins.property
     def requested_attributes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Optional narrowing of the attributes (subset of the policy)."""
@@ -459,10 +467,11 @@ class CredentialCheckRequest(_message.Message):
         relying_party_id: _builtins.str = ...,
         requested_attributes: _abc.Iterable[_builtins.str] | None = ...,
         token_expires_at: _timestamp_pb2.Timestamp | None = ...,
+        claim_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["token_expires_at", b"token_expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential_id", b"credential_id", "purpose", b"purpose", "relying_party_id", b"relying_party_id", "requested_attributes", b"requested_attributes", "token_expires_at", b"token_expires_at", "token_id", b"token_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_key", b"claim_key", "credential_id", b"credential_id", "purpose", b"purpose", "relying_party_id", b"relying_party_id", "requested_attributes", b"requested_attributes", "token_expires_at", b"token_expires_at", "token_id", b"token_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

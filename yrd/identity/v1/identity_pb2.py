@@ -26,31 +26,31 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from yrd.common.v1 import common_pb2 as yrd_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eyrd/identity/v1/identity.proto\x12\x0fyrd.identity.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ayrd/common/v1/common.proto\"U\n\x05\x43heck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x07outcome\x18\x02 \x01(\x0e\x32\x1d.yrd.identity.v1.CheckOutcome\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xa8\x01\n\x15VerifyIdentityRequest\x12\x12\n\nqr_payload\x18\x01 \x01(\t\x12\x18\n\x10relying_party_id\x18\x02 \x01(\t\x12)\n\x07purpose\x18\x03 \x01(\x0e\x32\x18.yrd.identity.v1.Purpose\x12\x1c\n\x14requested_attributes\x18\x04 \x03(\t\x12\x18\n\x10\x63lient_reference\x18\x05 \x01(\t\"\xb1\x02\n\x16VerifyIdentityResponse\x12)\n\x07verdict\x18\x01 \x01(\x0e\x32\x18.yrd.identity.v1.Verdict\x12&\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\x16.yrd.identity.v1.Check\x12)\n\nattributes\x18\x03 \x01(\x0b\x32\x15.yrd.common.v1.Person\x12\x1c\n\x14\x64isclosed_attributes\x18\x04 \x03(\t\x12\x17\n\x0fissuer_province\x18\x05 \x01(\t\x12\x35\n\x11status_checked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63heck_in_id\x18\x07 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x08 \x01(\t\"(\n\x11GetCheckInRequest\x12\x13\n\x0b\x63heck_in_id\x18\x01 \x01(\t\"\xda\x01\n\x07\x43heckIn\x12\x13\n\x0b\x63heck_in_id\x18\x01 \x01(\t\x12\x18\n\x10relying_party_id\x18\x02 \x01(\t\x12\x17\n\x0fissuer_province\x18\x03 \x01(\t\x12$\n\x05guest\x18\x04 \x01(\x0b\x32\x15.yrd.common.v1.Person\x12\x18\n\x10\x63lient_reference\x18\x05 \x01(\t\x12/\n\x0brecorded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63orrelation_id\x18\x07 \x01(\t\"j\n\x0eIdentityClaims\x12%\n\x06holder\x18\x01 \x01(\x0b\x32\x15.yrd.common.v1.Person\x12\x1c\n\x14\x64isclosed_attributes\x18\x02 \x03(\t\x12\x13\n\x0b\x61ge_over_18\x18\x03 \x01(\x08*]\n\x07Purpose\x12\x17\n\x13PURPOSE_UNSPECIFIED\x10\x00\x12\x12\n\x0eHOTEL_CHECK_IN\x10\x01\x12\r\n\tAGE_CHECK\x10\x02\x12\x16\n\x12GOVERNMENT_SERVICE\x10\x03*\x8d\x01\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\t\n\x05VALID\x10\x01\x12\x0b\n\x07\x45XPIRED\x10\x02\x12\x0b\n\x07REVOKED\x10\x03\x12\x0c\n\x08REPLAYED\x10\x04\x12\n\n\x06\x46ORGED\x10\x05\x12\x12\n\x0eUNKNOWN_ISSUER\x10\x06\x12\x16\n\x12ISSUER_UNREACHABLE\x10\x07*e\n\x0c\x43heckOutcome\x12\x1d\n\x19\x43HECK_OUTCOME_UNSPECIFIED\x10\x00\x12\n\n\x06PASSED\x10\x01\x12\n\n\x06\x46\x41ILED\x10\x02\x12\x0b\n\x07SKIPPED\x10\x03\x12\x11\n\rINDETERMINATE\x10\x04\x32\xc0\x01\n\x0fIdentityService\x12\x61\n\x0eVerifyIdentity\x12&.yrd.identity.v1.VerifyIdentityRequest\x1a\'.yrd.identity.v1.VerifyIdentityResponse\x12J\n\nGetCheckIn\x12\".yrd.identity.v1.GetCheckInRequest\x1a\x18.yrd.identity.v1.CheckInb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eyrd/identity/v1/identity.proto\x12\x0fyrd.identity.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ayrd/common/v1/common.proto\"U\n\x05\x43heck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x07outcome\x18\x02 \x01(\x0e\x32\x1d.yrd.identity.v1.CheckOutcome\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xc1\x01\n\x15VerifyIdentityRequest\x12\x12\n\nqr_payload\x18\x01 \x01(\t\x12\x18\n\x10relying_party_id\x18\x02 \x01(\t\x12)\n\x07purpose\x18\x03 \x01(\x0e\x32\x18.yrd.identity.v1.Purpose\x12\x1c\n\x14requested_attributes\x18\x04 \x03(\t\x12\x18\n\x10\x63lient_reference\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\"\xb1\x02\n\x16VerifyIdentityResponse\x12)\n\x07verdict\x18\x01 \x01(\x0e\x32\x18.yrd.identity.v1.Verdict\x12&\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\x16.yrd.identity.v1.Check\x12)\n\nattributes\x18\x03 \x01(\x0b\x32\x15.yrd.common.v1.Person\x12\x1c\n\x14\x64isclosed_attributes\x18\x04 \x03(\t\x12\x17\n\x0fissuer_province\x18\x05 \x01(\t\x12\x35\n\x11status_checked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63heck_in_id\x18\x07 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x08 \x01(\t\"(\n\x11GetCheckInRequest\x12\x13\n\x0b\x63heck_in_id\x18\x01 \x01(\t\"\xda\x01\n\x07\x43heckIn\x12\x13\n\x0b\x63heck_in_id\x18\x01 \x01(\t\x12\x18\n\x10relying_party_id\x18\x02 \x01(\t\x12\x17\n\x0fissuer_province\x18\x03 \x01(\t\x12$\n\x05guest\x18\x04 \x01(\x0b\x32\x15.yrd.common.v1.Person\x12\x18\n\x10\x63lient_reference\x18\x05 \x01(\t\x12/\n\x0brecorded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63orrelation_id\x18\x07 \x01(\t\"j\n\x0eIdentityClaims\x12%\n\x06holder\x18\x01 \x01(\x0b\x32\x15.yrd.common.v1.Person\x12\x1c\n\x14\x64isclosed_attributes\x18\x02 \x03(\t\x12\x13\n\x0b\x61ge_over_18\x18\x03 \x01(\x08*]\n\x07Purpose\x12\x17\n\x13PURPOSE_UNSPECIFIED\x10\x00\x12\x12\n\x0eHOTEL_CHECK_IN\x10\x01\x12\r\n\tAGE_CHECK\x10\x02\x12\x16\n\x12GOVERNMENT_SERVICE\x10\x03*\x8d\x01\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\t\n\x05VALID\x10\x01\x12\x0b\n\x07\x45XPIRED\x10\x02\x12\x0b\n\x07REVOKED\x10\x03\x12\x0c\n\x08REPLAYED\x10\x04\x12\n\n\x06\x46ORGED\x10\x05\x12\x12\n\x0eUNKNOWN_ISSUER\x10\x06\x12\x16\n\x12ISSUER_UNREACHABLE\x10\x07*e\n\x0c\x43heckOutcome\x12\x1d\n\x19\x43HECK_OUTCOME_UNSPECIFIED\x10\x00\x12\n\n\x06PASSED\x10\x01\x12\n\n\x06\x46\x41ILED\x10\x02\x12\x0b\n\x07SKIPPED\x10\x03\x12\x11\n\rINDETERMINATE\x10\x04\x32\xc0\x01\n\x0fIdentityService\x12\x61\n\x0eVerifyIdentity\x12&.yrd.identity.v1.VerifyIdentityRequest\x1a\'.yrd.identity.v1.VerifyIdentityResponse\x12J\n\nGetCheckIn\x12\".yrd.identity.v1.GetCheckInRequest\x1a\x18.yrd.identity.v1.CheckInb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'yrd.identity.v1.identity_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PURPOSE']._serialized_start=1049
-  _globals['_PURPOSE']._serialized_end=1142
-  _globals['_VERDICT']._serialized_start=1145
-  _globals['_VERDICT']._serialized_end=1286
-  _globals['_CHECKOUTCOME']._serialized_start=1288
-  _globals['_CHECKOUTCOME']._serialized_end=1389
+  _globals['_PURPOSE']._serialized_start=1074
+  _globals['_PURPOSE']._serialized_end=1167
+  _globals['_VERDICT']._serialized_start=1170
+  _globals['_VERDICT']._serialized_end=1311
+  _globals['_CHECKOUTCOME']._serialized_start=1313
+  _globals['_CHECKOUTCOME']._serialized_end=1414
   _globals['_CHECK']._serialized_start=112
   _globals['_CHECK']._serialized_end=197
   _globals['_VERIFYIDENTITYREQUEST']._serialized_start=200
-  _globals['_VERIFYIDENTITYREQUEST']._serialized_end=368
-  _globals['_VERIFYIDENTITYRESPONSE']._serialized_start=371
-  _globals['_VERIFYIDENTITYRESPONSE']._serialized_end=676
-  _globals['_GETCHECKINREQUEST']._serialized_start=678
-  _globals['_GETCHECKINREQUEST']._serialized_end=718
-  _globals['_CHECKIN']._serialized_start=721
-  _globals['_CHECKIN']._serialized_end=939
-  _globals['_IDENTITYCLAIMS']._serialized_start=941
-  _globals['_IDENTITYCLAIMS']._serialized_end=1047
-  _globals['_IDENTITYSERVICE']._serialized_start=1392
-  _globals['_IDENTITYSERVICE']._serialized_end=1584
+  _globals['_VERIFYIDENTITYREQUEST']._serialized_end=393
+  _globals['_VERIFYIDENTITYRESPONSE']._serialized_start=396
+  _globals['_VERIFYIDENTITYRESPONSE']._serialized_end=701
+  _globals['_GETCHECKINREQUEST']._serialized_start=703
+  _globals['_GETCHECKINREQUEST']._serialized_end=743
+  _globals['_CHECKIN']._serialized_start=746
+  _globals['_CHECKIN']._serialized_end=964
+  _globals['_IDENTITYCLAIMS']._serialized_start=966
+  _globals['_IDENTITYCLAIMS']._serialized_end=1072
+  _globals['_IDENTITYSERVICE']._serialized_start=1417
+  _globals['_IDENTITYSERVICE']._serialized_end=1609
 # @@protoc_insertion_point(module_scope)

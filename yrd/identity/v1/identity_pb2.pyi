@@ -165,6 +165,7 @@ class VerifyIdentityRequest(_message.Message):
     PURPOSE_FIELD_NUMBER: _builtins.int
     REQUESTED_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     CLIENT_REFERENCE_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     qr_payload: _builtins.str
     """The QR payload exactly as scanned (compact JWS, ASCII, at most 4096 bytes)."""
     relying_party_id: _builtins.str
@@ -174,6 +175,14 @@ class VerifyIdentityRequest(_message.Message):
     client_reference: _builtins.str
     """Optional: caller's own reference for its records (room, folio), at most
     64 characters, echoed in the check-in record.
+    """
+    idempotency_key: _builtins.str
+    """Optional: the caller's key for this verification, 8..128 characters of
+    [A-Za-z0-9._:-] (a UUID will do). A retry of a call whose answer was lost
+    (the connection broke, the deadline passed, the node's replica died) with
+    the same key and the same qr_payload gets the same verdict and, for a
+    check-in, the same check_in_id, instead of REPLAYED, on any replica of the
+    node while the token is valid. Empty: every call is a new verification.
     """
     @_builtins.property
     def requested_attributes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -189,10 +198,11 @@ class VerifyIdentityRequest(_message.Message):
         purpose: Global___Purpose.ValueType = ...,
         requested_attributes: _abc.Iterable[_builtins.str] | None = ...,
         client_reference: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_reference", b"client_reference", "purpose", b"purpose", "qr_payload", b"qr_payload", "relying_party_id", b"relying_party_id", "requested_attributes", b"requested_attributes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_reference", b"client_reference", "idempotency_key", b"idempotency_key", "purpose", b"purpose", "qr_payload", b"qr_payload", "relying_party_id", b"relying_party_id", "requested_attributes", b"requested_attributes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
