@@ -255,7 +255,11 @@ class IdentityExchange:
         crashed, or could not log it) finds its own claim and gets the same
         "first use" answer, where the authority alone would say "used"; any
         other exchange finds the token taken. When the authority gives no
-        answer the claim is withdrawn: the token was not answered for."""
+        answer the claim is withdrawn: the token was not answered for. A check
+        with a claim key (a caller's verification it may retry) keeps its claim
+        instead: the authority may have marked the token used before the
+        answer was lost or the check cut off, and the caller's retry, the same
+        claimant, must still find it its own."""
         purpose = (
             identity_pb2.Purpose.Name(request.purpose)
             if request.purpose in (identity_pb2.Purpose.values())
@@ -277,16 +281,19 @@ class IdentityExchange:
         # Single use is kept here too: an authority that lost its memory
         # (restarted) must not make a replay VALID. The claim is atomic.
         claim = await self._claim_token(request, federation, claimant)
+        # What is withdrawn if the authority gives no answer: this attempt's new
+        # claim, unless the caller may retry the check (a claim key).
+        withdraw = claim is TokenClaim.NEW and not request.claim_key
         try:
             async with backend_call(self.metrics, "eid_authority"):
                 check = await self._authority.check_credential(
                     request.credential_id, request.token_id, timeout=timeout
                 )
         except BackendUnavailable as exc:
-            await self._release(request.token_id, claim, claimant)
+            await self._release(request.token_id, withdraw, claimant)
             raise PeerUnavailable(f"e-ID authority of {federation.own}: {exc}") from exc
         except (TranslationError, AdapterError) as exc:
-            await self._release(request.token_id, claim, claimant)
+            await self._release(request.token_id, withdraw, claimant)
             # The back-end answered, but not in a way this province's adapter can
             # use (a mapping mismatch, a refusal): a clear status, a logged event.
             log.error("e-ID authority answer unusable", error=str(exc))
@@ -295,7 +302,7 @@ class IdentityExchange:
                 f"cannot use: {exc}"
             ) from exc
         except asyncio.CancelledError:
-            self._release_soon(request.token_id, claim, claimant)
+            self._release_soon(request.token_id, withdraw, claimant)
             raise
         if claim is TokenClaim.TAKEN:
             used = True  # answered for another exchange before: a replay
@@ -335,15 +342,16 @@ class IdentityExchange:
             request.token_id, claimant=claimant, keep_until=keep_until, now=now
         )
 
-    async def _release(self, token_id: str, claim: TokenClaim, claimant: str) -> None:
-        """The authority gave no answer: withdraw a claim this attempt made (one an
-        earlier attempt of the exchange made stays: that attempt may have had one)."""
-        if claim is TokenClaim.NEW:
+    async def _release(self, token_id: str, withdraw: bool, claimant: str) -> None:
+        """The authority gave no answer: withdraw a claim this attempt made, if
+        ``withdraw`` (one an earlier attempt of the exchange made stays: that
+        attempt may have had one; so does a claim the caller may retry)."""
+        if withdraw:
             await self._store.release_token(token_id, claimant=claimant)
 
-    def _release_soon(self, token_id: str, claim: TokenClaim, claimant: str) -> None:
+    def _release_soon(self, token_id: str, withdraw: bool, claimant: str) -> None:
         """:meth:`_release` from a check that is being cancelled (its deadline passed)."""
-        if claim is not TokenClaim.NEW:
+        if not withdraw:
             return
         task = asyncio.create_task(self._store.release_token(token_id, claimant=claimant))
         self._releasing.add(task)

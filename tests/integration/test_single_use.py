@@ -5,6 +5,7 @@ memory (restarted), and of concurrent checks of one token at most one is VALID."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 import uuid
@@ -18,6 +19,7 @@ from adapters import build_identity_authority
 from adapters.base import CredentialCheck, IdentityAuthority
 from gateway.core.errors import InvalidArgument
 from gateway.federation.payloads import validate_payload
+from gateway.services.identity import claim_key_of
 from gateway.storage.records import TokenClaim
 from gateway.storage.state import StateStore
 from gateway.testing.localfed import LocalFederation
@@ -65,6 +67,29 @@ async def restart_authority(federation: LocalFederation, code: str) -> EidAuthor
     await fresh.start("127.0.0.1", port)
     province.simulator = fresh
     return fresh
+
+
+class HeldAuthority:
+    """The province's real e-ID authority adapter, holding its answer (after the
+    authority marked the token used) while ``hold`` is set: the check is still
+    under way when the relying replica dies and its handling is cancelled."""
+
+    def __init__(self, inner: IdentityAuthority) -> None:
+        self._inner = inner
+        self.hold = True
+        self.answered = asyncio.Event()
+
+    async def check_credential(
+        self, credential_id: str, token_id: str, *, timeout: float
+    ) -> CredentialCheck:
+        check = await self._inner.check_credential(credential_id, token_id, timeout=timeout)
+        self.answered.set()
+        if self.hold:
+            await asyncio.Event().wait()  # until cancelled
+        return check
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 class ForgetfulAuthority:
@@ -135,9 +160,11 @@ class TestSingleUseAtTheIssuingNode:
         assert (await verify(federation, JS, qr)).verdict == identity_pb2.REPLAYED
 
 
-def check_of(qr: str, message_id: str) -> OpenedEnvelope:
-    """The credential check of ``qr`` as Shanghai's exchange ``message_id`` brings it."""
+def check_of(qr: str, message_id: str, claim_key: str = "") -> OpenedEnvelope:
+    """The credential check of ``qr`` as Shanghai's exchange ``message_id`` brings it
+    (for the caller's verification ``claim_key``, if given)."""
     request = credential_check(qr)
+    request.claim_key = claim_key
     header = federation_pb2.EnvelopeHeader(
         sender=SH, receiver=ZJ, message_id=message_id, service="identity.CheckCredential"
     )
@@ -242,6 +269,35 @@ class TestACallersRetryIsNotAReplay:
         again = await verify(federation, SH, qr, key)
         assert (again.verdict, again.check_in_id) == (identity_pb2.VALID, first.check_in_id)
         assert (await verify(federation, SH, qr)).verdict == identity_pb2.REPLAYED
+
+    async def test_a_try_cut_off_after_the_authority_answered_keeps_its_claim(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        # The relying replica died while the issuer was asking its authority:
+        # the issuer's handling is cancelled after the authority marked the
+        # token used. The caller's retry, with the same key, is still "first use".
+        config = federation.provinces[ZJ].config
+        await federation.stop_node(ZJ)
+        held = HeldAuthority(build_identity_authority(config.adapter, config.eid.authority_url))
+        await federation.start_node(ZJ, authority=held)
+        identity = federation.node(ZJ).identity
+        qr = await wallet.fresh_qr(ZJ)
+        key = claim_key_of(f"hotel-{SH}-001", f"ci-{uuid.uuid4()}")
+        first = asyncio.create_task(
+            identity.handle_federated(check_of(qr, str(uuid.uuid4()), key), timeout=5)
+        )
+        await asyncio.wait_for(held.answered.wait(), 5)
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        await asyncio.sleep(0.2)  # whatever the cancelled check leaves behind is done
+        held.hold = False
+        again = await identity.handle_federated(check_of(qr, str(uuid.uuid4()), key), timeout=5)
+        assert again.state == federation_pb2.CREDENTIAL_ACTIVE
+        assert not again.token_already_used
+        # Without the key the token is spent.
+        other = await identity.handle_federated(check_of(qr, str(uuid.uuid4())), timeout=5)
+        assert other.token_already_used
 
     async def test_a_key_of_the_wrong_form_is_refused_naming_the_field(
         self, federation: LocalFederation, wallet: Wallet
