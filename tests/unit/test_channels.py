@@ -11,6 +11,7 @@ import pytest
 from gateway.config.models import PeerEntry
 from gateway.core.channels import (
     BALANCED_SERVICE_CONFIG,
+    RECONNECT_OPTIONS,
     EndpointError,
     balanced_options,
     balanced_target,
@@ -76,7 +77,7 @@ class TestBalancedOptions:
 
     def test_tls_name_only_for_a_list_target(self) -> None:
         single = dict(balanced_options(balanced_target(["127.0.0.1:1"])))
-        assert single == {"grpc.service_config": BALANCED_SERVICE_CONFIG}
+        assert single == {"grpc.service_config": BALANCED_SERVICE_CONFIG, **dict(RECONNECT_OPTIONS)}
         listed = dict(
             balanced_options(
                 balanced_target(["127.0.0.1:1", "127.0.0.1:2"]), options=(("grpc.x", 1),)
@@ -87,6 +88,20 @@ class TestBalancedOptions:
         assert listed["grpc.x"] == 1
         plain = balanced_options(balanced_target(["127.0.0.1:1", "127.0.0.1:2"]), secure=False)
         assert "grpc.ssl_target_name_override" not in dict(plain)
+
+    def test_a_short_reconnect_backoff_unless_the_caller_sets_one(self) -> None:
+        # gRPC's default backoff grows to 120 s: a replica back from a restart
+        # would wait that long for its callers.
+        options = dict(balanced_options(balanced_target(["127.0.0.1:1"])))
+        assert options["grpc.initial_reconnect_backoff_ms"] == 200
+        assert options["grpc.max_reconnect_backoff_ms"] == 1_000
+        mine = balanced_options(
+            balanced_target(["127.0.0.1:1"]), options=(("grpc.max_reconnect_backoff_ms", 500),)
+        )
+        names = [name for name, _ in mine]
+        assert names.count("grpc.max_reconnect_backoff_ms") == 1  # the caller's, once
+        assert dict(mine)["grpc.max_reconnect_backoff_ms"] == 500
+        assert dict(mine)["grpc.initial_reconnect_backoff_ms"] == 200
 
     def test_round_robin_without_health_checking(self) -> None:
         options = dict(balanced_options(balanced_target(["127.0.0.1:1"]), health_checked=False))
