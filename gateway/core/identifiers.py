@@ -152,9 +152,11 @@ def mask_id_number(value: str) -> str:
 _IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{8,128}")
 
 
-def validate_idempotency_key(field: str, value: str) -> str:
+def validate_idempotency_key(field: str, value: str, *, use: str = "unique per case") -> str:
+    """A caller's idempotency key (a case's, a verification's): 8..128 characters
+    of [A-Za-z0-9._:-]; ``use`` ends the refusal's "expected" (what the key is for)."""
     if not _IDEMPOTENCY_KEY.fullmatch(value):
-        raise InvalidArgument(field, "8..128 characters of [A-Za-z0-9._:-], unique per case")
+        raise InvalidArgument(field, f"8..128 characters of [A-Za-z0-9._:-], {use}")
     return value
 
 

@@ -47,7 +47,7 @@ from gateway.core.errors import (
     RemoteError,
     shown,
 )
-from gateway.core.identifiers import is_plain_text, random_uuid_hex
+from gateway.core.identifiers import is_plain_text, random_uuid_hex, validate_idempotency_key
 from gateway.core.metrics import NodeMetrics
 from gateway.federation.client import FederationClient
 from gateway.services.backendcalls import backend_call
@@ -74,8 +74,6 @@ O = identity_pb2.CheckOutcome  # noqa: E741 - short alias for the outcome enum
 STATE_NAMES = federation_pb2.CredentialState
 #: Check-in ids as this node assigns them (see ``verify``), a little looser.
 _CHECK_IN_ID = re.compile(r"CI-[0-9]{6}-[0-9a-f]{1,32}")
-#: A caller's idempotency key of a verification (the alphabet of a case's key).
-_IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{8,128}")
 
 
 def claim_key_of(relying_party: str, idempotency_key: str) -> str:
@@ -401,12 +399,11 @@ class IdentityExchange:
             raise InvalidArgument(
                 "client_reference", "at most 64 characters, no control characters"
             )
-        key = request.idempotency_key
-        if key and not _IDEMPOTENCY_KEY.fullmatch(key):
-            raise InvalidArgument(
+        if request.idempotency_key:
+            validate_idempotency_key(
                 "idempotency_key",
-                "8..128 characters of [A-Za-z0-9._:-] (a retry repeats its first call's key),"
-                " or empty",
+                request.idempotency_key,
+                use="one per verification, repeated by its retries (or empty)",
             )
         return purpose, relying_party
 
