@@ -18,7 +18,9 @@ import contextlib
 import itertools
 import json
 import os
+import platform
 import statistics
+import sys
 import tempfile
 import time
 import urllib.request
@@ -372,6 +374,20 @@ class OpenLoop:
 
 #: The open-loop rate of the low-load run: a lone check-in must not wait for a batch.
 LOW_RATE = 10.0
+
+
+def interpreter() -> str:
+    """The Python every process of the bench runs on (nodes, chain, load
+    generator): its version, build and executable. How it was built moves the
+    figures more than most changes to the code (docs/performance.md section 17):
+    compare only figures measured on the same interpreter."""
+    return (
+        f"{platform.python_implementation()} {platform.python_version()} "
+        f"({os.path.realpath(sys.executable)}; built {platform.python_build()[1]} "
+        f"with {platform.python_compiler()})"
+    )
+
+
 #: Which hop of the baseline chain each hop of the real path is compared with.
 _DO_NOTHING = (
     ("Shanghai node", "proxy 1"),
