@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck proto unit bench soak clean
+.PHONY: demo test lint typecheck proto unit bench soak clean compiled pure
 
 # The node with its development tools, and the simulated back-ends (a package of
 # their own, simulators/, never installed with the node).
@@ -24,7 +24,7 @@ demo: $(STAMP)
 # promtool: Debian's packages for them are installed if missing.
 test: lint $(STAMP)
 	sh scripts/ensure_postgres.sh
-	sh scripts/ensure_test_tools.sh
+	sh scripts/ensure_test_tools.sh $(BIN)/python
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 unit: $(STAMP)
@@ -51,5 +51,15 @@ bench: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/yrd-gateway soak $(SOAK_ARGS)
 
-clean:
+# The verification path compiled with mypyc, in place beside its sources (a C
+# compiler and the interpreter's headers needed; docs/operations.md, "A compiled
+# build"). Every target then runs it; `make pure` removes it again.
+compiled: $(STAMP)
+	YRD_COMPILE=1 $(BIN)/python setup.py --quiet build_ext --inplace
+
+pure:
+	rm -rf build gateway/_compiled_sources.json
+	find gateway -name '*.so' -delete
+
+clean: pure
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var

@@ -151,9 +151,10 @@ def bench_command(args: argparse.Namespace) -> int:
     configs = tool_configs("bench", args.configs)
     if configs is None:
         return EXIT_USAGE
-    from gateway.tools.bench import bench_fund, bench_identity, interpreter, summary_table
+    from gateway.tools.bench import bench_fund, bench_identity, build, interpreter, summary_table
 
     print(f"interpreter: {interpreter()}", flush=True)
+    print(f"gateway: {build()}", flush=True)
     if args.smoke:  # a short run of every measurement: figures, not targets
         args.seconds, args.concurrency, args.soak = 1.0, 8, 200
         args.count, args.paid_count, args.rate = 50, 20, 10.0

@@ -62,7 +62,11 @@ def fingerprint(key: Ed25519PublicKey) -> str:
 SIGNATURE_BYTES = 64
 
 
-def verify(key: Ed25519PublicKey, signature: bytes, data: bytes) -> bool:
+def verify(
+    key: Ed25519PublicKey,
+    signature: bytes | bytearray | memoryview,
+    data: bytes | bytearray | memoryview,
+) -> bool:
     """True when ``signature`` is a valid signature of ``data`` under ``key``.
 
     Checked by libsodium (PyNaCl), which verifies an Ed25519 signature in a

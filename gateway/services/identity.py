@@ -7,7 +7,7 @@ active and the token unused. The issuing node asks its e-ID authority through
 its adapter, and releases only the attributes its disclosure policy gives the
 purpose. The verdict fails closed: no answer, or a stale one, is never VALID.
 
-The relying party's side is a list of named checks (:attr:`IdentityExchange.CHECKS`),
+The relying party's side is a list of named checks (:meth:`IdentityExchange.checks`),
 each returning its :class:`Outcome`; the first one with a verdict ends it.
 """
 
@@ -19,7 +19,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import ClassVar, TypeAlias
+from typing import TypeAlias
 
 import grpc
 import structlog
@@ -183,7 +183,7 @@ class _Verification:
 
 #: A check: reads and fills in the verification, returns its outcome (None:
 #: nothing to report yet, the next check runs).
-Check: TypeAlias = "Callable[[IdentityExchange, _Verification], Awaitable[Outcome | None]]"
+Check: TypeAlias = "Callable[[_Verification], Awaitable[Outcome | None]]"
 
 
 def _age_on(birth_date: str, today: date) -> int | None:
@@ -415,7 +415,7 @@ class IdentityExchange:
         correlation_id: str,
         timeout: float,
     ) -> identity_pb2.VerifyIdentityResponse:
-        """Run :attr:`CHECKS` in order; the first outcome with a verdict ends the
+        """Run :meth:`checks` in order; the first outcome with a verdict ends the
         verification, and a token that passes them all is VALID."""
         federation = self._config.federation
         purpose, relying_party = self._authorise(request, client, federation)
@@ -440,8 +440,8 @@ class IdentityExchange:
         )
         checks = _Checks()
         verdict: identity_pb2.Verdict.ValueType = _VALID
-        for check in self.CHECKS:
-            outcome = await check(self, v)
+        for check in self.checks():
+            outcome = await check(v)
             if outcome is None:
                 continue
             checks.set(outcome.check, outcome.outcome, outcome.detail)
@@ -622,18 +622,20 @@ class IdentityExchange:
         v.response.disclosed_attributes.extend(disclosed)  # every one is allowed
         return _WITHIN_POLICY[v.purpose]
 
-    #: The checks of a verification, in order.
-    CHECKS: ClassVar[tuple[Check, ...]] = (
-        _token_well_formed,
-        _issuer_key_trusted,
-        _signature_verifies,
-        _within_validity_window,
-        _issuer_answers,
-        _status_fresh,
-        _credential_active,
-        _first_use,
-        _disclosure_within_policy,
-    )
+    def checks(self) -> tuple[Check, ...]:
+        """The checks of a verification, in order (a method, not a class
+        attribute of functions: mypyc compiles this class; see gateway/compiled.py)."""
+        return (
+            self._token_well_formed,
+            self._issuer_key_trusted,
+            self._signature_verifies,
+            self._within_validity_window,
+            self._issuer_answers,
+            self._status_fresh,
+            self._credential_active,
+            self._first_use,
+            self._disclosure_within_policy,
+        )
 
     async def _record_check_in(self, v: _Verification) -> None:
         """A VALID hotel check-in is recorded (guest registration) before it is answered."""

@@ -388,6 +388,18 @@ def interpreter() -> str:
     )
 
 
+def build() -> str:
+    """Whether the nodes' verification path runs compiled (``make compiled``) or as
+    Python: the second thing, after the interpreter, that figures depend on
+    (docs/performance.md section 18)."""
+    from gateway.compiled import MODULES, compiled_modules
+
+    compiled = compiled_modules()
+    if not compiled:
+        return "pure Python (make compiled: the verification path compiled with mypyc)"
+    return f"{len(compiled)} of {len(MODULES)} modules of the verification path compiled with mypyc"
+
+
 #: Which hop of the baseline chain each hop of the real path is compared with.
 _DO_NOTHING = (
     ("Shanghai node", "proxy 1"),

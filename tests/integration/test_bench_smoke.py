@@ -39,7 +39,8 @@ def test_bench_smoke_prints_every_figure() -> None:
     assert_bench_prints(
         ["--smoke", "--workers", "2"],
         (
-            r"^interpreter: \w+ \d+\.\d+\.\d+\S* \(.+; built .+ with .+\)\n",
+            r"^interpreter: \w+ \d+\.\d+\.\d+\S* \(.+; built .+ with .+\)\n"
+            r"gateway: (pure Python|\d+ of \d+ modules of the verification path compiled)",
             r"baseline chain: .*\n  saturation: +\d+ calls/s",
             r"hotel verification: .*\n  saturation: +\d+ calls/s +\(0 errors\)",
             r"CPU per call: load generator [\d.]+ ms, echo [\d.]+ ms, .*; total [\d.]+ ms",

@@ -7,6 +7,7 @@ from RFC 6962 §2.1; random trees prove every leaf and refuse tampered ones.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -296,13 +297,13 @@ class TestSignedRoot:
             {"tree_size": 4},
             {"root": bytes(32)},
         ):
-            forged = batchsig.BatchRoot(**{**signed.__dict__, **change})
+            forged = dataclasses.replace(signed, **change)
             assert not batchsig.verify_root(forged, public), change
         other = Ed25519PrivateKey.from_private_bytes(b"\x01" * 32).public_key()
         assert not batchsig.verify_root(signed, other)
-        short = batchsig.BatchRoot(**{**signed.__dict__, "signature": signed.signature[:63]})
+        short = dataclasses.replace(signed, signature=signed.signature[:63])
         assert not batchsig.verify_root(short, public)
-        bad = batchsig.BatchRoot(**{**signed.__dict__, "receiver": "0"})
+        bad = dataclasses.replace(signed, receiver="0")
         assert not batchsig.verify_root(bad, public)
 
     @pytest.mark.parametrize(

@@ -1,0 +1,46 @@
+"""Build hook for a compiled build (optional; pyproject.toml has the rest).
+
+By default the package is pure Python and this file adds nothing. With
+``YRD_COMPILE=1`` the modules in :data:`gateway.compiled.MODULES` are compiled
+with mypyc (a C compiler and the interpreter's headers are needed, and mypy
+with the node's dependencies, hence ``--no-build-isolation``):
+
+    make compiled                                        # in place, for this checkout
+    YRD_COMPILE=1 pip wheel --no-build-isolation .       # a wheel to deploy
+
+The SHA-256 of each compiled source is recorded beside the package, so that a
+node refuses to start on an extension older than its source
+(:func:`gateway.compiled.check_current`).
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).resolve().parent
+
+
+def compiled_extensions() -> list:
+    if os.environ.get("YRD_COMPILE") != "1":
+        return []
+    sys.path.insert(0, str(ROOT))
+    from mypyc.build import mypycify
+
+    from gateway.compiled import MODULES, SOURCES_FILE, source_digests, source_path
+
+    (ROOT / "gateway" / SOURCES_FILE).write_text(
+        json.dumps(source_digests(ROOT), indent=1, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    return mypycify(
+        [source_path(m, Path()).as_posix() for m in MODULES],
+        opt_level="3",
+        # The modules' shared library inside the package (not at the top of
+        # site-packages, where an editable install would not find it).
+        group_name="gateway.hotpath",
+    )
+
+
+setup(ext_modules=compiled_extensions())
