@@ -47,27 +47,30 @@ def source_path(module: str, root: Path = _PACKAGE.parent) -> Path:
     return root.joinpath(*module.split(".")).with_suffix(".py")
 
 
+def _key(module: str) -> str:
+    """A module's source as :data:`SOURCES_FILE` names it: its path under the root."""
+    return source_path(module, Path()).as_posix()
+
+
+def _digest(source: Path) -> str:
+    return hashlib.sha256(source.read_bytes()).hexdigest()
+
+
 def source_digests(root: Path = _PACKAGE.parent) -> dict[str, str]:
     """SHA-256 of each compiled module's source, by its path under ``root``."""
-    return {
-        source_path(m, Path()).as_posix(): hashlib.sha256(
-            source_path(m, root).read_bytes()
-        ).hexdigest()
-        for m in MODULES
-    }
+    return {_key(m): _digest(source_path(m, root)) for m in MODULES}
 
 
-def _extension(source: Path) -> Path | None:
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        candidate = source.with_name(source.stem + suffix)
-        if candidate.exists():
-            return candidate
-    return None
+def _has_extension(source: Path) -> bool:
+    return any(
+        source.with_name(source.stem + suffix).exists()
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES
+    )
 
 
 def compiled_modules(root: Path = _PACKAGE.parent) -> list[str]:
     """The modules of :data:`MODULES` that have a compiled extension beside their source."""
-    return [m for m in MODULES if _extension(source_path(m, root)) is not None]
+    return [m for m in MODULES if _has_extension(source_path(m, root))]
 
 
 class StaleBuild(ImportError):
@@ -86,13 +89,11 @@ def check_current(root: Path = _PACKAGE.parent) -> None:
         recorded = {}
     for module in compiled:
         source = source_path(module, root)
-        key = source_path(module, Path()).as_posix()
         if not source.exists():
             continue  # an installed build without its sources: nothing can differ
-        digest = hashlib.sha256(source.read_bytes()).hexdigest()
-        if recorded.get(key) != digest:
+        if recorded.get(_key(module)) != _digest(source):
             raise StaleBuild(
-                f"{key} has changed since it was compiled: its compiled extension would run "
-                "the old code. Compile again (make compiled) or remove the compiled build "
-                "(make pure)."
+                f"{_key(module)} has changed since it was compiled: its compiled extension "
+                "would run the old code. Compile again (make compiled) or remove the "
+                "compiled build (make pure)."
             )

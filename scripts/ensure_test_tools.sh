@@ -3,10 +3,10 @@
 # ensure_postgres.sh): headless Chromium and its ChromeDriver for the web
 # console's browser tests, promtool (package `prometheus`) for the alert
 # rules' unit tests, and a C compiler with the interpreter's headers for the
-# compiled build's test (tests/integration/test_compiled.py). Does nothing when they are here; installs the packages
-# when they are missing and we are root with apt-get; otherwise says how and
-# fails. The `prometheus` package may start a server of its own: the tests
-# never use it.
+# compiled build's test (tests/integration/test_compiled.py). Does nothing
+# when they are here; installs the packages when they are missing and we are
+# root with apt-get; otherwise says how and fails. The `prometheus` package
+# may start a server of its own: the tests never use it.
 set -eu
 
 missing=""
