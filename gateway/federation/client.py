@@ -267,16 +267,14 @@ class StreamLink:
         """Send ``envelope`` on the stream and return its answer (a response
         envelope or a refusal). Raises TimeoutError past ``deadline``,
         StreamBroken when the stream ends first."""
-        if self.ended is not None:
-            raise self.ended.again()
+        self._check_serving()
         if self._slots.locked():  # all in flight: wait for a slot within the deadline
             async with asyncio.timeout_at(_loop_time(deadline)):
                 await self._slots.acquire()
         else:
             await self._slots.acquire()  # free: taken at once, no timer needed
         try:
-            if self.ended is not None:
-                raise self.ended.again()
+            self._check_serving()  # the stream may have ended while this waited
             if self.draining:
                 raise self._drains()
             if self._call is None:
@@ -306,6 +304,20 @@ class StreamLink:
         finally:
             self._slots.release()
 
+    # The two checks below are methods, not inline conditions, for a compiled
+    # build: mypyc trusts mypy's narrowing of ``self.ended`` past an ``await``,
+    # so an inline ``self.ended is None`` checked again after one (the stream
+    # ended meanwhile) failed with TypeError instead of taking the other branch.
+
+    def _check_serving(self) -> None:
+        """Raise why the link ended, if it has."""
+        if self.ended is not None:
+            raise self.ended.again()
+
+    def _writable(self) -> bool:
+        """True while frames may be written: not ended, not draining."""
+        return self.ended is None and not self.draining
+
     def _count_round_trip(self, seconds: float) -> None:
         if not self.round_trip:
             self.round_trip = seconds
@@ -334,7 +346,7 @@ class StreamLink:
         call = self._call
         assert call is not None
         try:
-            while self.ended is None and not self.draining:
+            while self._writable():
                 await self._wake.wait()
                 wait = linger(len(self._queue), len(self._pending), self.mean_gap, self.round_trip)
                 if wait > 0:
@@ -347,7 +359,7 @@ class StreamLink:
                 else:
                     await asyncio.sleep(0)  # requests of this same loop turn join
                 self._wake.clear()
-                while self.ended is None and not self.draining and (batch := self._take()):
+                while self._writable() and (batch := self._take()):
                     envelopes = [item.envelope for item in batch]
                     self._sign(envelopes)
                     now = time.monotonic()

@@ -1,20 +1,31 @@
 """The asker's adaptive batching on a federation stream (issue 16): how long the
 writer lingers before a frame (:func:`linger`), and what a StreamLink does with
 it against a fake stream call that records the frames written and answers when
-told to."""
+told to; and what its writer and its waiting callers do when the stream ends
+under them (these run on the compiled build too: tests/integration/test_compiled.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
 from gateway.core import crypto
 from gateway.federation import client
-from gateway.federation.client import BATCH_LINGER_MAX, BATCH_TARGET, StreamLink, linger
+from gateway.federation.client import (
+    BATCH_LINGER_MAX,
+    BATCH_TARGET,
+    StreamBroken,
+    StreamLink,
+    linger,
+)
 from yrd.federation.v1 import federation_pb2
 
 
@@ -225,3 +236,74 @@ class TestStreamLink:
         await second
         assert link.round_trip < first_trip
         assert link.round_trip > first_trip * (1 - client.RTT_WEIGHT) - 0.001
+
+
+class _HeldCall(_FakeCall):
+    """A stream call whose writes complete only when :attr:`release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def write(self, frame: federation_pb2.StreamFrame) -> None:
+        self.frames.append(frame)
+        await self.release.wait()
+
+
+@pytest.fixture
+def debug_logs() -> Iterator[list[dict[str, Any]]]:
+    """Every event logged meanwhile, debug ones included."""
+    before = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with capture_logs() as logs:
+            yield logs
+    finally:
+        structlog.configure(**before)
+
+
+class TestTheStreamEndsMeanwhile:
+    """The stream ends while a caller or the writer is suspended. A compiled
+    build once failed both with TypeError (mypyc kept a check of ``ended``
+    from before the ``await``); the Python always took the other branch."""
+
+    async def test_a_request_waiting_for_a_slot_gets_why_the_stream_ended(
+        self, monkeypatch: pytest.MonkeyPatch, stub: _FakeStub
+    ) -> None:
+        monkeypatch.setattr(client, "STREAM_IN_FLIGHT", 1)
+        link = StreamLink("330000", stub, lambda envelopes: None, None)  # type: ignore[arg-type]
+        try:
+            first = await _busy(link, stub)
+            second = _request(link, 1)  # no slot free: it waits
+            await asyncio.sleep(0.01)
+            assert not second.done()
+            assert len(stub.call.frames) == 1
+            stub.call.cancel()  # the stream ends
+            with pytest.raises(StreamBroken):
+                await first
+            with pytest.raises(StreamBroken):
+                await second
+            assert len(stub.call.frames) == 1  # the second was never written
+        finally:
+            await link.close(grace=0.1)
+
+    async def test_the_writer_stops_quietly_when_the_stream_ends_during_a_write(
+        self, debug_logs: list[dict[str, Any]]
+    ) -> None:
+        stub = _FakeStub()
+        held = stub.call = _HeldCall()
+        link = StreamLink("330000", stub, lambda envelopes: None, None)  # type: ignore[arg-type]
+        try:
+            first = _request(link, 0)
+            await _until(lambda: len(held.frames) == 1)  # the writer is inside write()
+            held.cancel()  # the stream ends
+            with pytest.raises(StreamBroken):
+                await first
+            held.release.set()
+            writer = link._tasks[0]
+            await asyncio.wait_for(writer, 2.0)
+            assert writer.exception() is None
+            events = [entry["event"] for entry in debug_logs]
+            assert "stream write failed" not in events, debug_logs
+        finally:
+            await link.close(grace=0.1)
