@@ -48,10 +48,19 @@ def _extensions(tree: Path) -> None:
         source.with_name(source.stem + suffix).touch()
 
 
-def _record(tree: Path) -> None:
+def _built(tmp_path: Path) -> Path:
+    """A tree as a build leaves it: extensions, and the record of their sources."""
     from gateway.compiled import source_digests
 
+    tree = _tree(tmp_path)
+    _extensions(tree)
     (tree / "gateway" / SOURCES_FILE).write_text(json.dumps(source_digests(tree)))
+    return tree
+
+
+def _edit(tree: Path, module: str) -> None:
+    source = source_path(module, tree)
+    source.write_text(source.read_text(encoding="utf-8") + "\n# edited\n", encoding="utf-8")
 
 
 class TestCheckCurrent:
@@ -59,17 +68,11 @@ class TestCheckCurrent:
         check_current(_tree(tmp_path))
 
     def test_extensions_built_from_these_sources_are_current(self, tmp_path: Path) -> None:
-        tree = _tree(tmp_path)
-        _extensions(tree)
-        _record(tree)
-        check_current(tree)
+        check_current(_built(tmp_path))
 
     def test_an_edited_source_is_named(self, tmp_path: Path) -> None:
-        tree = _tree(tmp_path)
-        _extensions(tree)
-        _record(tree)
-        edited = source_path("gateway.trust.envelope", tree)
-        edited.write_text(edited.read_text(encoding="utf-8") + "\n# edited\n", encoding="utf-8")
+        tree = _built(tmp_path)
+        _edit(tree, "gateway.trust.envelope")
         with pytest.raises(StaleBuild, match=r"gateway/trust/envelope\.py has changed"):
             check_current(tree)
 
@@ -104,11 +107,8 @@ class TestBuildHook:
 
     def test_a_build_after_an_edit_records_the_new_sources(self, tmp_path: Path) -> None:
         # The package refuses to import (a stale build): the hook must not need it.
-        tree = _tree(tmp_path)
-        _extensions(tree)
-        _record(tree)
-        edited = source_path("gateway.core.logs", tree)
-        edited.write_text(edited.read_text(encoding="utf-8") + "\n# edited\n", encoding="utf-8")
+        tree = _built(tmp_path)
+        _edit(tree, "gateway.core.logs")
         with pytest.raises(StaleBuild):
             check_current(tree)
 
