@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import grpc
@@ -251,7 +251,7 @@ class _HeldCall(_FakeCall):
 
 
 @pytest.fixture
-def debug_logs() -> Iterator[list[dict[str, Any]]]:
+def debug_logs() -> Iterator[list[MutableMapping[str, Any]]]:
     """Every event logged meanwhile, debug ones included."""
     before = structlog.get_config()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
@@ -288,7 +288,7 @@ class TestTheStreamEndsMeanwhile:
             await link.close(grace=0.1)
 
     async def test_the_writer_stops_quietly_when_the_stream_ends_during_a_write(
-        self, debug_logs: list[dict[str, Any]]
+        self, debug_logs: list[MutableMapping[str, Any]]
     ) -> None:
         stub = _FakeStub()
         held = stub.call = _HeldCall()
