@@ -470,6 +470,10 @@ class IdentityFigures:
         }
         for name, ms in self.cpu_above().items():
             figures[f"CPU ms above do-nothing: {name}"] = ms
+        # The window: how fast the machine ran the do-nothing hops in this run.
+        for _, twin in _DO_NOTHING[:2]:
+            if twin in self.baseline.cpu_ms:
+                figures[f"CPU ms per call at saturation: {twin}"] = self.baseline.cpu_ms[twin]
         figures["p99 ratio at half the real capacity"] = self.p99_ratio()
         if self.baseline_same_rate is not None and self.real.own is not None:
             figures["cores busy % there: real path"] = 100 * self.real.own.busy

@@ -84,6 +84,8 @@ def test_bench_smoke_prints_every_figure() -> None:
             r"throughput ratio real/baseline( +[\d.]+){3}",
             r"CPU ms above do-nothing: Shanghai node( +-?[\d.]+){3}",
             r"CPU ms above do-nothing: Zhejiang node( +-?[\d.]+){3}",
+            r"CPU ms per call at saturation: proxy 1( +[\d.]+){3}\n  CPU ms per call at "
+            r"saturation: proxy 2( +[\d.]+){3}",
             r"p99 ratio at half the real capacity( +[\d.]+){3}",
             r"cores busy % there: real path( +[\d.]+){3}\n  cores busy % there: baseline "
             r"chain( +[\d.]+){3}",

@@ -151,3 +151,16 @@ def test_cpu_at_half_capacity_pairs_each_node_with_its_do_nothing_twin() -> None
         "proxy 2": 0.6,
     }
     assert figures.summary()["CPU ms per call there: proxy 2"] == 0.6
+
+
+def test_the_summary_gives_the_window_beside_the_figures_above_it() -> None:
+    """Each do-nothing proxy's own CPU per call at saturation is in the runs'
+    summary: the figures above do-nothing are read beside it."""
+    real = PathFigures("real", 500.0, 0, 250.0, 1.0, 2.0, cpu_ms={"Shanghai node": 1.3})
+    baseline = PathFigures(
+        "baseline", 1000.0, 0, 500.0, 1.0, 2.0, cpu_ms={"proxy 1": 0.6, "proxy 2": 0.55}
+    )
+    summary = IdentityFigures(64, 5.0, baseline, real, 0, 0.0, {}, 1.0).summary()
+    assert summary["CPU ms per call at saturation: proxy 1"] == 0.6
+    assert summary["CPU ms per call at saturation: proxy 2"] == 0.55
+    assert summary["CPU ms above do-nothing: Shanghai node"] == pytest.approx(0.7)
