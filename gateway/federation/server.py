@@ -33,7 +33,13 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
 from gateway.core import crypto
-from gateway.core.errors import DECISION_CODES, EnvelopeRejected, GatewayError, status_from_int
+from gateway.core.errors import (
+    DECISION_CODES,
+    EnvelopeRejected,
+    GatewayError,
+    PeerUnavailable,
+    status_from_int,
+)
 from gateway.core.identifiers import is_region_code, province_of
 from gateway.core.metrics import NodeMetrics
 from gateway.federation.client import (
@@ -197,6 +203,17 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         self._refused_streams: Counter[str] = Counter()
         self._refused_logged: dict[str, float] = {}
         self._draining = asyncio.Event()
+        #: Requests whose asker went away while they were handled (its stream
+        #: broke, its unary call was cancelled), carried on to their end so
+        #: that the asker's retry of the exchange gets their answer: at most
+        #: :data:`CARRIED_ON`, each within its own deadline.
+        self._carried_on: set[asyncio.Task[Any]] = set()
+        #: Set when the node stops: a request whose asker goes away is no
+        #: longer carried on (:meth:`settle` ends those that are).
+        self._stopping = False
+        #: Requests cut off since the last line saying so, and when that was.
+        self._cut_off = 0
+        self._cut_off_logged = -REFUSED_LOG_SECONDS
 
     @property
     def remembered(self) -> tuple[int, int]:
@@ -274,15 +291,29 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         self, request: federation_pb2.SignedEnvelope, context: grpc.aio.ServicerContext
     ) -> federation_pb2.SignedEnvelope:
         remaining = context.time_remaining()
-        answer = await self._answer(
-            request,
-            30.0 if remaining is None else max(0.0, remaining - 0.02),
-            check_sender=(
-                (lambda sender: self._check_transport(context, sender))
-                if self._require_certificate
-                else None
-            ),
-            batched=False,
+        answering = asyncio.ensure_future(
+            self._answer(
+                request,
+                30.0 if remaining is None else max(0.0, remaining - 0.02),
+                check_sender=(
+                    (lambda sender: self._check_transport(context, sender))
+                    if self._require_certificate
+                    else None
+                ),
+                batched=False,
+            )
+        )
+        try:
+            answer = await asyncio.shield(answering)
+        except asyncio.CancelledError:
+            # The call was cancelled (the asker went away): its request is
+            # handled to its end all the same, for the asker's retry.
+            if not self.carry_on(answering):
+                answering.cancel()
+            raise
+        header = answer.request  # bound in the answering task: the call's lines too
+        structlog.contextvars.bind_contextvars(
+            correlation_id=header.correlation_id, peer=header.sender, service=header.service
         )
         await self._log.append(answer.row())
         return answer.response
@@ -333,7 +364,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         if outcome is None:
             pending = self._in_flight.get(key)
             if pending is not None:
-                outcome = await asyncio.shield(pending[1])
+                outcome = await _joined(pending[1])
             else:
                 outcome = await self._handle(key, opened, timeout)
         response = self._signer.seal(
@@ -382,6 +413,57 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         if slots is None:
             slots = self._in_flight_of[peer] = asyncio.Semaphore(PEER_IN_FLIGHT)
         return slots
+
+    def carry_on(self, task: asyncio.Task[Any]) -> bool:
+        """Let ``task``, the handling of a request whose asker went away (its
+        stream broke, its call was cancelled), run to its end: its answer is
+        remembered, and the asker's retry of the exchange (the same message
+        id, on a new stream) is given it instead of handling the request a
+        second time, which could answer otherwise (a token its first handling
+        spent would be "used"). False, and the task is the caller's to cancel,
+        past :data:`CARRIED_ON` such tasks or while the node stops."""
+        if task.done():
+            return True
+        if self._stopping or len(self._carried_on) >= CARRIED_ON:
+            # One line per REFUSED_LOG_SECONDS, counting those since the last.
+            self._cut_off += 1
+            now = time.monotonic()
+            if now - self._cut_off_logged >= REFUSED_LOG_SECONDS:
+                self._cut_off_logged = now
+                log.warning(
+                    "requests cut off with their asker",
+                    reason="stopping" if self._stopping else "too_many_carried_on",
+                    limit=CARRIED_ON,
+                    cut_off=self._cut_off,
+                )
+                self._cut_off = 0
+            return False
+        self._carried_on.add(task)
+        task.add_done_callback(_carried_on_done)
+        task.add_done_callback(self._carried_on.discard)
+        return True
+
+    @property
+    def carried_on(self) -> int:
+        """Requests handled now whose asker went away (:meth:`carry_on`)."""
+        return len(self._carried_on)
+
+    async def settle(self, timeout: float) -> None:
+        """Let the requests carried on after their asker went away finish, for
+        at most ``timeout`` seconds; cancel the rest (the node stops)."""
+        self._stopping = True
+        if self._carried_on:
+            await asyncio.wait(list(self._carried_on), timeout=max(0.0, timeout))
+        if self._carried_on:
+            log.warning(
+                "requests cut off with their asker",
+                reason="stopping",
+                limit=CARRIED_ON,
+                cut_off=len(self._carried_on),
+            )
+            for task in list(self._carried_on):
+                task.cancel()
+            await asyncio.wait(list(self._carried_on))
 
     async def drain(self, timeout: float) -> None:
         """Stop reading new frames on every stream, answer what was read, end
@@ -563,6 +645,11 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
             self._in_flight.pop(key, None)
 
 
+#: Requests whose asker went away while they were handled that one node
+#: process carries on to their end at once (:meth:`FederationServicer.carry_on`);
+#: past it such a request is cut off as before (a peer that breaks its streams
+#: in a loop cannot make the node hold more).
+CARRIED_ON = 4096
 #: Requests one stream may have in flight at the receiver; while full, the
 #: stream is not read (HTTP/2 flow control holds the sender back).
 STREAM_IN_FLIGHT = 1024
@@ -663,8 +750,12 @@ class _StreamServed:
                     return reader.result()
         finally:
             reader.cancel()
+            # Requests still being handled are carried on (their answer is
+            # kept for the asker's retry on its next stream); their slots are
+            # given back with the stream's.
             for task in self._tasks:
-                task.cancel()
+                if not self._servicer.carry_on(task):
+                    task.cancel()
             for _ in range(self._peer_held):
                 self._peer_slots.release()
             self._peer_held = 0
@@ -910,6 +1001,26 @@ def _fingerprint_of(envelope: bytes) -> bytes | None:
         return request_fingerprint(federation_pb2.EnvelopeHeader.FromString(signed.header))
     except DecodeError:
         return None
+
+
+async def _joined(first: asyncio.Future[_Outcome]) -> _Outcome:
+    """The outcome of the request's handling already under way (a retry came
+    while it is handled); a fault the asker retries if that handling was cut
+    off (the node stops) rather than this retry's own cancellation."""
+    try:
+        return await asyncio.shield(first)
+    except asyncio.CancelledError:
+        if first.done() and not first.cancelled():
+            raise PeerUnavailable(
+                "the first attempt of this request was cut off before its answer; send it again"
+            ) from None
+        raise
+
+
+def _carried_on_done(task: asyncio.Task[Any]) -> None:
+    """A carried-on request ended: its error, if any, was its own to log."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _logged_outcome(answers: tuple[bytes, ...]) -> _Outcome | None:

@@ -1075,6 +1075,8 @@ class Node:
                 await self.federation_server.drain(grace)
             if self.server is not None:  # the rest of the grace period for unary calls
                 await self.server.stop(max(0.0, grace - (time.monotonic() - draining)))
+            if self.federation_server is not None:  # requests whose asker went away
+                await self.federation_server.settle(grace - (time.monotonic() - draining))
             if self.metrics_server is not None:
                 await self.metrics_server.stop()
             if self._log_verifier is not None:

@@ -348,7 +348,8 @@ class IdentityExchange:
             await self._store.release_token(token_id, claimant=claimant)
 
     def _release_soon(self, token_id: str, withdraw: bool, claimant: str) -> None:
-        """:meth:`_release` from a check that is being cancelled (its deadline passed)."""
+        """:meth:`_release` from a check that is being cancelled (the node stops,
+        or its asker went away when the node could carry no more on)."""
         if not withdraw:
             return
         task = asyncio.create_task(self._store.release_token(token_id, claimant=claimant))

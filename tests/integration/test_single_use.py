@@ -14,10 +14,12 @@ from urllib.parse import urlsplit
 
 import grpc
 import pytest
+from structlog.testing import capture_logs
 
 from adapters import build_identity_authority
 from adapters.base import CredentialCheck, IdentityAuthority
 from gateway.core.errors import InvalidArgument
+from gateway.federation import server as federation_server
 from gateway.federation.payloads import validate_payload
 from gateway.services.identity import claim_key_of
 from gateway.storage.records import TokenClaim
@@ -25,6 +27,7 @@ from gateway.storage.state import StateStore
 from gateway.testing.localfed import LocalFederation
 from gateway.trust.envelope import OpenedEnvelope
 from tests.integration.conftest import JS, SH, ZJ, Wallet
+from tests.integration.test_fuzz import mtls
 from tests.integration.test_identity_exchange import credential_check
 from tests.integration.test_operator_metrics import set_status_answer
 from yrd.federation.v1 import federation_pb2
@@ -78,14 +81,23 @@ class HeldAuthority:
         self._inner = inner
         self.hold = True
         self.answered = asyncio.Event()
+        self._released = asyncio.Event()
+        #: Checks the authority was asked (and answered).
+        self.asked = 0
+
+    def release(self) -> None:
+        """Give the held answers, and hold no more."""
+        self.hold = False
+        self._released.set()
 
     async def check_credential(
         self, credential_id: str, token_id: str, *, timeout: float
     ) -> CredentialCheck:
         check = await self._inner.check_credential(credential_id, token_id, timeout=timeout)
+        self.asked += 1
         self.answered.set()
         if self.hold:
-            await asyncio.Event().wait()  # until cancelled
+            await self._released.wait()  # until released, or cancelled
         return check
 
     async def aclose(self) -> None:
@@ -322,6 +334,170 @@ class TestACallersRetryIsNotAReplay:
                 validate_payload(opened)
         check.claim_key = "a" * 64
         validate_payload(OpenedEnvelope(request.header, check.SerializeToString(), request.signed))
+
+
+async def held_zhejiang(federation: LocalFederation) -> HeldAuthority:
+    """Restart Zhejiang's node with its authority's answers held until released."""
+    config = federation.provinces[ZJ].config
+    await federation.stop_node(ZJ)
+    held = HeldAuthority(build_identity_authority(config.adapter, config.eid.authority_url))
+    await federation.start_node(ZJ, authority=held)
+    return held
+
+
+def sealed_check(federation: LocalFederation, qr: str, message_id: str) -> bytes:
+    """Shanghai's envelope of the check of ``qr`` as exchange ``message_id`` (each
+    call a new envelope: a new nonce, the same message id, payload and correlation id)."""
+    envelope = federation.node(SH).signer.seal(
+        receiver=ZJ,
+        service="identity.CheckCredential",
+        payload=credential_check(qr),
+        correlation_id=str(uuid.uuid5(uuid.NAMESPACE_URL, message_id)),
+        message_id=message_id,
+    )
+    return envelope.SerializeToString()
+
+
+def unary_exchange(channel: grpc.aio.Channel) -> grpc.aio.UnaryUnaryMultiCallable:
+    return channel.unary_unary(
+        "/yrd.federation.v1.FederationService/Exchange",
+        request_serializer=None,
+        response_deserializer=federation_pb2.SignedEnvelope.FromString,
+    )
+
+
+class TestAnExchangeCutOffIsNotAReplay:
+    """The issuing node handles a request to its end even when its asker goes
+    away meanwhile (the stream between the nodes broke, the call was
+    cancelled): the asker's retry of the exchange (the same message id, on a
+    new stream) gets that handling's answer. Handled again, it would find the
+    token spent by its own first handling and answer REPLAYED."""
+
+    async def test_a_stream_broken_while_the_authority_answers(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        held = await held_zhejiang(federation)
+        qr = await wallet.fresh_qr(ZJ)
+        before = await check_ins(federation, SH)
+        # A front desk without an idempotency key: the exchange's own retry
+        # is all that can save it.
+        verifying = asyncio.create_task(verify(federation, SH, qr))
+        await asyncio.wait_for(held.answered.wait(), 5)
+        link = federation.node(SH).federation_client.stream_link(ZJ)
+        assert link is not None
+        assert link.in_flight == 1
+        await link.close(grace=0)  # the stream breaks under the exchange
+        zhejiang = federation.node(ZJ).federation_server
+        assert zhejiang is not None
+        for _ in range(100):  # Zhejiang sees its stream end; its request goes on
+            if zhejiang.streams == 0 and zhejiang.carried_on == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert zhejiang.carried_on == 1
+        await asyncio.sleep(0.3)  # Shanghai's retry comes on a new stream and waits
+        held.release()
+        answer = await verifying
+        assert answer.verdict == identity_pb2.VALID
+        assert single_use(answer).outcome == identity_pb2.PASSED
+        assert held.asked == 1  # the retry was given the first handling's answer
+        assert zhejiang.carried_on == 0
+        assert await check_ins(federation, SH) == before + 1
+        # The token is spent: any later verification is a replay.
+        assert (await verify(federation, SH, qr)).verdict == identity_pb2.REPLAYED
+
+    async def test_a_unary_call_cancelled_while_the_authority_answers(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        held = await held_zhejiang(federation)
+        qr = await wallet.fresh_qr(ZJ)
+        message_id = str(uuid.uuid4())
+        channel = mtls(federation)
+        try:
+            call = unary_exchange(channel)(sealed_check(federation, qr, message_id), timeout=10)
+            await asyncio.wait_for(held.answered.wait(), 5)
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
+            zhejiang = federation.node(ZJ).federation_server
+            assert zhejiang is not None
+            for _ in range(100):
+                if zhejiang.carried_on:
+                    break
+                await asyncio.sleep(0.02)
+            assert zhejiang.carried_on == 1
+            retry = asyncio.ensure_future(
+                unary_exchange(channel)(sealed_check(federation, qr, message_id), timeout=10)
+            )
+            await asyncio.sleep(0.3)
+            held.release()
+            answer = federation_pb2.CredentialCheckResponse.FromString((await retry).payload)
+        finally:
+            await channel.close()
+        assert answer.state == federation_pb2.CREDENTIAL_ACTIVE
+        assert not answer.token_already_used
+        assert answer.claims.holder.full_name
+        assert held.asked == 1
+
+    async def test_past_the_bound_a_request_is_cut_off_with_its_asker(
+        self, federation: LocalFederation, wallet: Wallet, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Requests carried on are bounded (a peer that breaks its calls in a loop
+        cannot make the node hold more): past the bound the handling is
+        cancelled, its claim withdrawn, and the node says so."""
+        monkeypatch.setattr(federation_server, "CARRIED_ON", 0)
+        held = await held_zhejiang(federation)
+        qr = await wallet.fresh_qr(ZJ)
+        channel = mtls(federation)
+        try:
+            with capture_logs() as logs:
+                call = unary_exchange(channel)(
+                    sealed_check(federation, qr, str(uuid.uuid4())), timeout=10
+                )
+                await asyncio.wait_for(held.answered.wait(), 5)
+                call.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await call
+                await asyncio.sleep(0.2)
+        finally:
+            await channel.close()
+        cut = [e for e in logs if e["event"] == "requests cut off with their asker"]
+        assert [(e["reason"], e["limit"], e["cut_off"]) for e in cut] == [
+            ("too_many_carried_on", 0, 1)
+        ]
+        zhejiang = federation.node(ZJ).federation_server
+        assert zhejiang is not None
+        assert zhejiang.carried_on == 0
+
+    async def test_the_node_stops_within_its_grace_with_requests_carried_on(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        held = await held_zhejiang(federation)
+        channel = mtls(federation)
+        try:
+            call = unary_exchange(channel)(
+                sealed_check(federation, await wallet.fresh_qr(ZJ), str(uuid.uuid4())),
+                timeout=10,
+            )
+            await asyncio.wait_for(held.answered.wait(), 5)
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
+        finally:
+            await channel.close()
+        zhejiang = federation.node(ZJ).federation_server
+        assert zhejiang is not None
+        for _ in range(100):
+            if zhejiang.carried_on:
+                break
+            await asyncio.sleep(0.02)
+        assert zhejiang.carried_on == 1
+        started = time.monotonic()
+        with capture_logs() as logs:
+            await federation.stop_node(ZJ)  # grace 0.5 s: the held check is then cut off
+        assert time.monotonic() - started < 3
+        assert zhejiang.carried_on == 0
+        cut = [e for e in logs if e["event"] == "requests cut off with their asker"]
+        assert [(e["reason"], e["cut_off"]) for e in cut] == [("stopping", 1)]
 
 
 class TestAnsweredTokens:
