@@ -1018,9 +1018,14 @@ async def _joined(first: asyncio.Future[_Outcome]) -> _Outcome:
 
 
 def _carried_on_done(task: asyncio.Task[Any]) -> None:
-    """A carried-on request ended: its error, if any, was its own to log."""
-    if not task.cancelled():
-        task.exception()
+    """A carried-on request ended. Its refusal, had its asker stayed, would
+    have been the asker's to see: dropped; any other error is logged once, by
+    type only (as a handler's)."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None and not isinstance(error, GatewayError):
+        log.error("carried-on request failed", error_type=type(error).__name__)
 
 
 def _logged_outcome(answers: tuple[bytes, ...]) -> _Outcome | None:
