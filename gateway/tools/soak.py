@@ -574,10 +574,11 @@ class CheckinLoad:
     its e-ID authority would (the authority checks them by its key).
 
     Each check-in is a front desk's: a call that gets no answer (UNAVAILABLE,
-    DEADLINE_EXCEEDED) is tried again, up to CHECKIN_TRIES times, with the
-    same QR and the same idempotency key, so that a try the dead replica had
-    already put to Jiangsu is not REPLAYED. Every QR is fresh: a REPLAYED
-    verdict counts as a failure."""
+    DEADLINE_EXCEEDED) or the verdict ISSUER_UNREACHABLE is tried again, up
+    to CHECKIN_TRIES times, with the same QR and the same idempotency key, so
+    that a try the dead replica had already put to Jiangsu is not REPLAYED.
+    Every QR is fresh: a REPLAYED verdict counts as a failure, and fails the
+    soak (a retry not recognised as one)."""
 
     def __init__(self, federation: ProcessFederation, rate: float) -> None:
         from gateway.core import crypto
@@ -639,23 +640,27 @@ class CheckinLoad:
             idempotency_key=f"soak-{uuid.uuid4()}",
         )
         for attempt in range(1, CHECKIN_TRIES + 1):
+            last = attempt == CHECKIN_TRIES
             try:
                 answer = await self._stub.VerifyIdentity(
                     request,
                     metadata=(("authorization", f"Bearer dev-office-{SH}"),),
                     timeout=CHECKIN_TIMEOUT,
                 )
-                break
             except grpc.aio.AioRpcError as exc:
                 no_answer = exc.code() in (
                     grpc.StatusCode.UNAVAILABLE,
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                 )
-                if not no_answer or attempt == CHECKIN_TRIES:
+                if not no_answer or last:
                     figures.failed[exc.code().name] += 1
                     return
-                figures.retries += 1
-                await asyncio.sleep(0.5 * attempt)
+            else:
+                # No verdict on the e-ID itself: the issuer could not be asked.
+                if answer.verdict != identity_pb2.ISSUER_UNREACHABLE or last:
+                    break
+            figures.retries += 1
+            await asyncio.sleep(0.5 * attempt)
         if answer.verdict in (identity_pb2.ISSUER_UNREACHABLE, identity_pb2.REPLAYED):
             # Fails closed: the hotel got no verdict on the e-ID itself; or a
             # fresh QR was taken for a replay (a retry not recognised as one).
@@ -676,9 +681,9 @@ CHECKIN_TRIES = 3
 @dataclass
 class CheckinFigures:
     """Check-ins during the chaos: calls, verdicts (on the e-ID itself), failed
-    check-ins by status code of the last try, ISSUER_UNREACHABLE or REPLAYED,
-    tries again after no answer, and the longest time (seconds) without any
-    verdict arriving."""
+    check-ins by status code of the last try, ISSUER_UNREACHABLE (every try)
+    or REPLAYED, tries again after no answer or ISSUER_UNREACHABLE, and the
+    longest time (seconds) without any verdict arriving."""
 
     calls: int = 0
     verdicts: int = 0
@@ -691,7 +696,8 @@ class CheckinFigures:
         return (
             f"  check-ins at {SH} of {JS} e-IDs: {self.calls} calls in {self.seconds:.0f} s, "
             f"{self.verdicts} verdicts, {sum(self.failed.values())} failed "
-            f"({_counts(self.failed)}), {self.retries} tries again after no answer; "
+            f"({_counts(self.failed)}), {self.retries} tries again after no answer "
+            f"or ISSUER_UNREACHABLE; "
             f"longest gap without a verdict {self.longest_gap:.2f} s"
         )
 
@@ -848,6 +854,8 @@ class Report:
             found.append("restarted node without its peers in force")
         if any(not intact for intact, _ in self.logs.values()):
             found.append("message log broken")
+        if self.checkins is not None and self.checkins.failed["REPLAYED"]:
+            found.append("fresh check-ins answered REPLAYED")
         return found
 
     def render(self) -> str:

@@ -17,6 +17,7 @@ from gateway.storage.snapshot import StoreView, read_store
 from gateway.tools.soak import (
     CASE,
     WITHDRAWAL,
+    CheckinFigures,
     Exchange,
     Faults,
     SoakConfig,
@@ -146,6 +147,29 @@ class TestReport:
     def test_payment_of_no_accepted_exchange_twice_fails(self) -> None:
         _, failures = self.report(W.PAID, Counter({"FW-1": 1, "FW-77": 2}))
         assert failures == ["paid twice (references of no accepted exchange)"]
+
+    @pytest.mark.parametrize(
+        ("failed", "expected"),
+        [
+            (Counter({"UNAVAILABLE": 3, "ISSUER_UNREACHABLE": 1}), []),
+            (Counter({"REPLAYED": 1}), ["fresh check-ins answered REPLAYED"]),
+        ],
+    )
+    def test_a_fresh_check_in_replayed_fails(
+        self, failed: Counter[str], expected: list[str]
+    ) -> None:
+        report = account(
+            SoakConfig.smoke(),
+            Faults(),
+            [withdrawal()],
+            views(status=W.PAID, incoming=[("FW-1", SH, W.PAID, False)]),
+            Counter({"FW-1": 1}),
+            chaos_seconds=1,
+            drain_seconds=1,
+        )
+        report.checkins = CheckinFigures(calls=10, verdicts=10 - failed.total(), failed=failed)
+        assert report.failures == expected
+        assert "or ISSUER_UNREACHABLE" in report.render()
 
 
 class TestReadStore:
