@@ -366,6 +366,30 @@ def unary_exchange(channel: grpc.aio.Channel) -> grpc.aio.UnaryUnaryMultiCallabl
     )
 
 
+async def cancelled_while_held(
+    channel: grpc.aio.Channel, held: HeldAuthority, envelope: bytes
+) -> None:
+    """Send ``envelope`` over unary Exchange and cancel the call once Zhejiang's
+    authority has answered (its answer still held)."""
+    call = unary_exchange(channel)(envelope, timeout=10)
+    await asyncio.wait_for(held.answered.wait(), 5)
+    call.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await call
+
+
+async def carrying_on(federation: LocalFederation, streams: int | None = None) -> int:
+    """Zhejiang's requests carried on, once there are some (and, if given, once
+    it serves ``streams`` streams), within 2 s."""
+    zhejiang = federation.node(ZJ).federation_server
+    assert zhejiang is not None
+    for _ in range(100):
+        if zhejiang.carried_on and streams in (None, zhejiang.streams):
+            break
+        await asyncio.sleep(0.02)
+    return zhejiang.carried_on
+
+
 class TestAnExchangeCutOffIsNotAReplay:
     """The issuing node handles a request to its end even when its asker goes
     away meanwhile (the stream between the nodes broke, the call was
@@ -387,13 +411,10 @@ class TestAnExchangeCutOffIsNotAReplay:
         assert link is not None
         assert link.in_flight == 1
         await link.close(grace=0)  # the stream breaks under the exchange
+        # Zhejiang sees its stream end; its request goes on.
+        assert await carrying_on(federation, streams=0) == 1
         zhejiang = federation.node(ZJ).federation_server
         assert zhejiang is not None
-        for _ in range(100):  # Zhejiang sees its stream end; its request goes on
-            if zhejiang.streams == 0 and zhejiang.carried_on == 1:
-                break
-            await asyncio.sleep(0.02)
-        assert zhejiang.carried_on == 1
         await asyncio.sleep(0.3)  # Shanghai's retry comes on a new stream and waits
         held.release()
         answer = await verifying
@@ -413,18 +434,9 @@ class TestAnExchangeCutOffIsNotAReplay:
         message_id = str(uuid.uuid4())
         channel = mtls(federation)
         try:
-            call = unary_exchange(channel)(sealed_check(federation, qr, message_id), timeout=10)
-            await asyncio.wait_for(held.answered.wait(), 5)
-            call.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await call
-            zhejiang = federation.node(ZJ).federation_server
-            assert zhejiang is not None
-            for _ in range(100):
-                if zhejiang.carried_on:
-                    break
-                await asyncio.sleep(0.02)
-            assert zhejiang.carried_on == 1
+            envelope = sealed_check(federation, qr, message_id)
+            await cancelled_while_held(channel, held, envelope)
+            assert await carrying_on(federation) == 1
             retry = asyncio.ensure_future(
                 unary_exchange(channel)(sealed_check(federation, qr, message_id), timeout=10)
             )
@@ -450,13 +462,8 @@ class TestAnExchangeCutOffIsNotAReplay:
         channel = mtls(federation)
         try:
             with capture_logs() as logs:
-                call = unary_exchange(channel)(
-                    sealed_check(federation, qr, str(uuid.uuid4())), timeout=10
-                )
-                await asyncio.wait_for(held.answered.wait(), 5)
-                call.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await call
+                envelope = sealed_check(federation, qr, str(uuid.uuid4()))
+                await cancelled_while_held(channel, held, envelope)
                 await asyncio.sleep(0.2)
         finally:
             await channel.close()
@@ -474,23 +481,13 @@ class TestAnExchangeCutOffIsNotAReplay:
         held = await held_zhejiang(federation)
         channel = mtls(federation)
         try:
-            call = unary_exchange(channel)(
-                sealed_check(federation, await wallet.fresh_qr(ZJ), str(uuid.uuid4())),
-                timeout=10,
-            )
-            await asyncio.wait_for(held.answered.wait(), 5)
-            call.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await call
+            envelope = sealed_check(federation, await wallet.fresh_qr(ZJ), str(uuid.uuid4()))
+            await cancelled_while_held(channel, held, envelope)
         finally:
             await channel.close()
+        assert await carrying_on(federation) == 1
         zhejiang = federation.node(ZJ).federation_server
         assert zhejiang is not None
-        for _ in range(100):
-            if zhejiang.carried_on:
-                break
-            await asyncio.sleep(0.02)
-        assert zhejiang.carried_on == 1
         started = time.monotonic()
         with capture_logs() as logs:
             await federation.stop_node(ZJ)  # grace 0.5 s: the held check is then cut off
