@@ -199,9 +199,8 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         self._peer_streams: Counter[str] = Counter()
         #: Requests in flight per peer province, over all its streams.
         self._in_flight_of: dict[str, asyncio.Semaphore] = {}
-        #: Streams refused per province since its last log line, and when that was.
-        self._refused_streams: Counter[str] = Counter()
-        self._refused_logged: dict[str, float] = {}
+        #: Streams refused, per province: one log line per REFUSED_LOG_SECONDS.
+        self._refused_streams = _CountedLines()
         self._draining = asyncio.Event()
         #: Requests whose asker went away while they were handled (its stream
         #: broke, its unary call was cancelled), carried on to their end so
@@ -211,9 +210,8 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         #: Set when the node stops: a request whose asker goes away is no
         #: longer carried on (:meth:`settle` ends those that are).
         self._stopping = False
-        #: Requests cut off since the last line saying so, and when that was.
-        self._cut_off = 0
-        self._cut_off_logged = -REFUSED_LOG_SECONDS
+        #: Requests cut off, per reason: one log line per REFUSED_LOG_SECONDS.
+        self._cut_off = _CountedLines()
 
     @property
     def remembered(self) -> tuple[int, int]:
@@ -311,10 +309,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
             if not self.carry_on(answering):
                 answering.cancel()
             raise
-        header = answer.request  # bound in the answering task: the call's lines too
-        structlog.contextvars.bind_contextvars(
-            correlation_id=header.correlation_id, peer=header.sender, service=header.service
-        )
+        _bind_exchange(answer.request)  # bound in the answering task: the call's lines too
         await self._log.append(answer.row())
         return answer.response
 
@@ -335,9 +330,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         header = opened.header
         if check_sender is not None:
             check_sender(header.sender)
-        structlog.contextvars.bind_contextvars(
-            correlation_id=header.correlation_id, peer=header.sender, service=header.service
-        )
+        _bind_exchange(header)
         fingerprint = opened.fingerprint
         try:
             _, logged = await self._log.append_request(
@@ -395,15 +388,13 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         """One line per :data:`REFUSED_LOG_SECONDS` per province, counting the
         streams refused since the last: a peer reopening in a loop does not
         flood the log."""
-        self._refused_streams[peer] += 1
-        now = time.monotonic()
-        if now - self._refused_logged.get(peer, -REFUSED_LOG_SECONDS) >= REFUSED_LOG_SECONDS:
-            self._refused_logged[peer] = now
+        refused = self._refused_streams.count(peer)
+        if refused:
             log.warning(
                 "streams refused: too many open",
                 peer=peer,
                 limit=STREAMS_PER_PEER,
-                refused=self._refused_streams.pop(peer),
+                refused=refused,
             )
 
     def _peer_slots(self, peer: str) -> asyncio.Semaphore:
@@ -425,18 +416,15 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         if task.done():
             return True
         if self._stopping or len(self._carried_on) >= CARRIED_ON:
-            # One line per REFUSED_LOG_SECONDS, counting those since the last.
-            self._cut_off += 1
-            now = time.monotonic()
-            if now - self._cut_off_logged >= REFUSED_LOG_SECONDS:
-                self._cut_off_logged = now
+            reason = "stopping" if self._stopping else "too_many_carried_on"
+            cut_off = self._cut_off.count(reason)
+            if cut_off:
                 log.warning(
                     "requests cut off with their asker",
-                    reason="stopping" if self._stopping else "too_many_carried_on",
+                    reason=reason,
                     limit=CARRIED_ON,
-                    cut_off=self._cut_off,
+                    cut_off=cut_off,
                 )
-                self._cut_off = 0
             return False
         self._carried_on.add(task)
         task.add_done_callback(_carried_on_done)
@@ -667,6 +655,26 @@ REFUSED_LOG_SECONDS = 10.0
 #: On drain, how long a stream still waits for a frame already on its way
 #: before it stops reading, seconds.
 DRAIN_READ_SECONDS = 0.1
+
+
+class _CountedLines:
+    """Warnings of one kind that a peer could repeat in a loop: at most one
+    line per :data:`REFUSED_LOG_SECONDS` per key, each counting the events
+    since the line before."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+        self._logged: dict[str, float] = {}
+
+    def count(self, key: str) -> int:
+        """Count one event of ``key``: the number to log now (the events since
+        the last line), or 0 while a line was written less than the interval ago."""
+        self._counts[key] += 1
+        now = time.monotonic()
+        if now - self._logged.get(key, -REFUSED_LOG_SECONDS) < REFUSED_LOG_SECONDS:
+            return 0
+        self._logged[key] = now
+        return self._counts.pop(key)
 
 
 @dataclass(frozen=True)
@@ -1001,6 +1009,13 @@ def _fingerprint_of(envelope: bytes) -> bytes | None:
         return request_fingerprint(federation_pb2.EnvelopeHeader.FromString(signed.header))
     except DecodeError:
         return None
+
+
+def _bind_exchange(header: federation_pb2.EnvelopeHeader) -> None:
+    """The exchange a request belongs to, in every log line that follows."""
+    structlog.contextvars.bind_contextvars(
+        correlation_id=header.correlation_id, peer=header.sender, service=header.service
+    )
 
 
 async def _joined(first: asyncio.Future[_Outcome]) -> _Outcome:
