@@ -79,7 +79,7 @@ _PICK_FLOOR = 20_000
 _picked: set[int] = set()
 
 
-def _pick_range() -> tuple[int, int]:
+def pick_range() -> tuple[int, int]:
     """The slice of ports this process picks in (empty when the ephemeral range
     leaves no room below it)."""
     try:
@@ -99,7 +99,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     has not handed out before (see ``_PICK_FLOOR``)."""
     import random
 
-    start, stop = _pick_range()
+    start, stop = pick_range()
     if stop - start >= 256:
         if len(_picked) > (stop - start) // 2:
             _picked.clear()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.testing.localfed import pick_range
 from gateway.testing.procfed import busy_ports, ports_for
 
 pytestmark = pytest.mark.slow
@@ -39,10 +40,20 @@ class Up:
         return f"http://127.0.0.1:{port}"
 
 
+#: Ports an ``up`` layout spans above its base (ports_for: up to BASE+1043).
+UP_SPAN = 1100
+
+
 def free_base() -> int:
-    """A base port whose whole ``up`` layout is free now."""
+    """A base port whose whole ``up`` layout is free now, within the ports this
+    pytest worker picks from (free_port's slice, below the ephemeral range): the
+    other worker's servers, and outgoing connections, never take one of them
+    between this check and the nodes' start."""
+    start, stop = pick_range()
+    if stop - start < 2 * UP_SPAN:  # many workers: a thin slice each
+        start, stop = 20_000, 32_768
     for _ in range(50):
-        base = random.randrange(20_000, 60_000, 100)
+        base = random.randrange(start // 100 * 100 + 100, stop - UP_SPAN, 100)
         if not busy_ports(base):
             return base
     raise RuntimeError("no free port layout found")
