@@ -151,6 +151,17 @@ def bench_command(args: argparse.Namespace) -> int:
     configs = tool_configs("bench", args.configs)
     if configs is None:
         return EXIT_USAGE
+    from gateway.tools.interrupt import terminated_as_interrupt
+
+    try:
+        with terminated_as_interrupt():
+            return _bench(args, configs)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what the bench started is stopped
+        print("interrupted: every process the bench started is stopped", flush=True)
+        return 130
+
+
+def _bench(args: argparse.Namespace, configs: Path) -> int:
     from gateway.tools.bench import bench_fund, bench_identity, build, interpreter, summary_table
 
     print(f"interpreter: {interpreter()}", flush=True)

@@ -36,6 +36,7 @@ from stdnum import luhn
 from gateway.storage.threads import PREFIX as STORE_THREAD_PREFIX
 from gateway.testing.procfed import NodeProcess, ProcessFederation
 from gateway.tools.benchchain import BaselineChain
+from gateway.tools.interrupt import stop_if_cancelled
 from yrd.common.v1 import common_pb2
 from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
 from yrd_simulators.residents import synthetic_residents
@@ -163,6 +164,7 @@ async def _accept(
 
     async def worker() -> None:
         for _ in queue:
+            stop_if_cancelled()
             case = await stub.SubmitWithdrawal(
                 fund_pb2.SubmitWithdrawalRequest(application=apps.next()),
                 metadata=OFFICE,
@@ -181,6 +183,7 @@ async def _wait_final(stub: _FundStubs, case_ids: list[str], seconds: float) -> 
     done = 0
     for case_id in case_ids:
         while time.monotonic() < deadline:
+            stop_if_cancelled()
             case = await stub.GetWithdrawal(
                 fund_pb2.GetWithdrawalRequest(case_id=case_id), metadata=OFFICE, timeout=30
             )
@@ -293,8 +296,9 @@ def bench_fund(
     from gateway.testing.localfed import province_configs_dir
 
     if baseline_rps is None:
-        chain = BaselineChain(province_configs_dir(configs)).start()
+        chain = BaselineChain(province_configs_dir(configs))
         try:
+            chain.start()
             baseline_rps = asyncio.run(_chain_saturation(chain, concurrency, seconds))
         finally:
             chain.stop()
@@ -786,6 +790,7 @@ async def _saturate(
     async def worker() -> None:
         nonlocal done, errors
         while time.perf_counter() < stop_at:
+            stop_if_cancelled()
             if await call():
                 done += 1
             else:
@@ -982,6 +987,7 @@ async def _run_identity(
             async def soak_worker() -> None:
                 nonlocal soak_done
                 while supply:
+                    stop_if_cancelled()
                     await real_call()
                     soak_done += 1
 
@@ -1177,9 +1183,10 @@ def bench_identity(
 
     root = province_configs_dir(configs)
     with tempfile.TemporaryDirectory(prefix="yrd-bench-") as tmp:
-        chain = BaselineChain(root).start()
+        chain = BaselineChain(root)
         federation = ProcessFederation(Path(tmp), (SH, ZJ), configs=configs)
         try:
+            chain.start()
             federation.start(workers={SH: workers, ZJ: workers})
             return asyncio.run(
                 _run_identity(

@@ -114,10 +114,10 @@ class BaselineChain:
             stderr=subprocess.DEVNULL,
             text=True,
         )
+        self.processes.append(process)  # stopped by stop() even if interrupted here
         assert process.stdout is not None
         if not process.stdout.readline():
             raise RuntimeError(f"baseline hop {args[0]} did not start")
-        self.processes.append(process)
 
     def start(self) -> BaselineChain:
         echo, second, first = (f"127.0.0.1:{free_port()}" for _ in range(3))

@@ -45,7 +45,6 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -63,6 +62,7 @@ from gateway.testing.procfed import (
     SimulatorProcess,
     restart_simulator,
 )
+from gateway.tools.interrupt import stop_if_cancelled, terminated_as_interrupt
 from yrd.case.v1 import case_pb2, case_pb2_grpc
 from yrd.common.v1 import common_pb2
 from yrd.fund.v1 import fund_pb2, fund_pb2_grpc
@@ -559,6 +559,7 @@ class Submitter:
     async def until_answered(self, exchange: Exchange) -> None:
         delay = 0.2
         while True:
+            stop_if_cancelled()
             if await self.once(exchange) == "OK" or exchange.refused:
                 return
             if time.monotonic() >= self.give_up_at:
@@ -1071,20 +1072,6 @@ async def _drive(
     return report
 
 
-@contextlib.contextmanager
-def _terminated_as_interrupt() -> Iterator[None]:
-    """SIGTERM ends the soak as Ctrl-C does: everything started is stopped."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _signal_all(federation: ProcessFederation) -> None:
     """SIGTERM every node and back-end at once (ProcessFederation.stop then waits)."""
     processes: list[subprocess.Popen[Any]] = [
@@ -1159,7 +1146,7 @@ def run_soak(
     interrupted. ``keep``: a folder for the run's stores and logs (default a
     temporary one, removed); ``configs``: the province configs (default
     ``province_configs_dir()``)."""
-    with _terminated_as_interrupt(), contextlib.ExitStack() as stack:
+    with terminated_as_interrupt(), contextlib.ExitStack() as stack:
         if keep is None:
             root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="yrd-soak-")))
         else:

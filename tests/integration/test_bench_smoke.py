@@ -4,9 +4,14 @@ Speed is never asserted here: figures are for people (`make bench`)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +101,71 @@ def test_bench_smoke_prints_every_figure() -> None:
             r"RSS MB after 200 verifications, largest node( +[\d.]+){3}",
         ),
     )
+
+
+def descendants(pid: int) -> set[int]:
+    """Every living process below ``pid`` (read from /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier}
+        found |= frontier
+    return found
+
+
+def chain_cpu(pids: set[int]) -> float:
+    """CPU seconds used so far by the baseline chain's hops among ``pids``."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if b"gateway.tools.benchchain" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_sigterm_stops_the_bench_and_everything_it_started() -> None:
+    """SIGTERM mid-run, while the baseline chain is saturated (64 calls in
+    flight): the bench stops within seconds, says so, exits 130, and no proxy,
+    node or simulator it started is left running (before, SIGTERM ended the
+    bench alone)."""
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "bench", "identity", "--seconds", "30", "--soak", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    started: set[int] = set()
+    try:
+        # The chain's three hops, Shanghai's and Zhejiang's simulators and nodes,
+        # then the chain under load (its hops busy: 1 s of CPU between them).
+        deadline = time.monotonic() + 60
+        while len(started) < 7 and time.monotonic() < deadline:
+            started = descendants(bench.pid)
+            time.sleep(0.2)
+        assert len(started) >= 7, "the chain and the federation did not start"
+        idle = chain_cpu(started)
+        while chain_cpu(started) < idle + 1.0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert chain_cpu(started) >= idle + 1.0, "the baseline chain was not loaded"
+        started = descendants(bench.pid)
+        bench.send_signal(signal.SIGTERM)
+        output, _ = bench.communicate(timeout=30)
+        assert bench.returncode == 130, output
+        assert "interrupted: every process the bench started is stopped" in output
+        assert not descendants(bench.pid)
+        assert not [pid for pid in started if Path(f"/proc/{pid}").exists()]
+    finally:
+        for pid in started | descendants(bench.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if bench.poll() is None:
+            bench.kill()
+            bench.communicate()
