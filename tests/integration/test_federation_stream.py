@@ -3,12 +3,15 @@
 Real nodes on loopback: exchanges travel on the stream in batches signed once,
 a lone exchange goes at once, a peer killed or drained loses and doubles
 nothing, a peer without Stream and ``federation_stream = false`` go unary, and
-bad frames get a status naming the field while the node keeps serving.
+bad frames get a status naming the field while the node keeps serving. A peer
+holding a real key that tampers with one envelope's batch proof or root gets
+that envelope refused, naming the field, and the rest of the batch answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -360,34 +363,35 @@ async def credential_check(wallet: Wallet, **fields: str) -> federation_pb2.Cred
     )
 
 
-class TestBadFrames:
-    async def _stream_status(
-        self, federation: LocalFederation, frames: list[bytes]
-    ) -> tuple[grpc.StatusCode, str, list[federation_pb2.StreamFrame]]:
-        channel = mtls(federation)
+async def stream_status(
+    federation: LocalFederation, frames: list[bytes]
+) -> tuple[grpc.StatusCode, str, list[federation_pb2.StreamFrame]]:
+    """Open a Stream to Zhejiang with Shanghai's certificate and send ``frames``:
+    the stream's status and details, and every frame it answered."""
+    channel = mtls(federation)
+    try:
+        call = channel.stream_stream(STREAM, request_serializer=None, response_deserializer=None)
+
+        async def requests() -> AsyncIterator[bytes]:
+            for frame in frames:
+                yield frame
+
+        answers: list[federation_pb2.StreamFrame] = []
         try:
-            call = channel.stream_stream(
-                STREAM, request_serializer=None, response_deserializer=None
-            )
+            async for raw in call(requests(), timeout=10):
+                answers.append(federation_pb2.StreamFrame.FromString(raw))
+        except grpc.aio.AioRpcError as error:
+            return error.code(), error.details() or "", answers
+        return grpc.StatusCode.OK, "", answers
+    finally:
+        await channel.close()
 
-            async def requests() -> AsyncIterator[bytes]:
-                for frame in frames:
-                    yield frame
 
-            answers: list[federation_pb2.StreamFrame] = []
-            try:
-                async for raw in call(requests(), timeout=10):
-                    answers.append(federation_pb2.StreamFrame.FromString(raw))
-            except grpc.aio.AioRpcError as error:
-                return error.code(), error.details() or "", answers
-            return grpc.StatusCode.OK, "", answers
-        finally:
-            await channel.close()
-
+class TestBadFrames:
     async def test_garbage_and_oversized_frames_name_the_field(
         self, federation: LocalFederation, wallet: Wallet
     ) -> None:
-        code, details, _ = await self._stream_status(federation, [b"\xff\xff\xff garbage"])
+        code, details, _ = await stream_status(federation, [b"\xff\xff\xff garbage"])
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert "StreamFrame" in details
         assert "expected" in details
@@ -395,7 +399,7 @@ class TestBadFrames:
         too_many = federation_pb2.StreamFrame(
             requests=[federation_pb2.StreamRequest(timeout_ms=1000)] * 1025
         )
-        code, details, _ = await self._stream_status(federation, [too_many.SerializeToString()])
+        code, details, _ = await stream_status(federation, [too_many.SerializeToString()])
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert "StreamFrame.requests" in details
         assert "1024" in details
@@ -412,7 +416,7 @@ class TestBadFrames:
         frame = federation_pb2.StreamFrame(
             requests=[federation_pb2.StreamRequest(envelope=envelope, timeout_ms=timeout_ms)]
         )
-        code, _, answers = await self._stream_status(federation, [frame.SerializeToString()])
+        code, _, answers = await stream_status(federation, [frame.SerializeToString()])
         assert code == grpc.StatusCode.OK  # the stream ends cleanly when the asker is done
         refusals = [r for a in answers for r in a.refusals]
         assert len(refusals) == 1
@@ -556,8 +560,160 @@ class TestBadFrames:
         frame = federation_pb2.StreamFrame(
             requests=[federation_pb2.StreamRequest(envelope=envelope, timeout_ms=5000)]
         )
-        code, _, answers = await self._stream_status(federation, [frame.SerializeToString()])
+        code, _, answers = await stream_status(federation, [frame.SerializeToString()])
         assert code == grpc.StatusCode.OK
         refusals = [r for a in answers for r in a.refusals]
         assert [r.code for r in refusals] == [grpc.StatusCode.PERMISSION_DENIED.value[0]]
         assert "certificate" in refusals[0].message
+
+
+def signed_batch(node: Node, count: int) -> list[federation_pb2.SignedEnvelope]:
+    """``count`` credential checks from ``node`` to Zhejiang, signed as one batch
+    with the node's real key, as its stream would send them."""
+    envelopes = [
+        node.signer.seal(
+            receiver=ZJ,
+            service="identity.CheckCredential",
+            payload=federation_pb2.CredentialCheckRequest(
+                token_id=str(uuid.uuid4()),
+                credential_id="EID-TAMPER-0001",
+                purpose=identity_pb2.HOTEL_CHECK_IN,
+                relying_party_id="hotel-310000-001",
+            ),
+            correlation_id=str(uuid.uuid4()),
+            batched=True,
+        )
+        for _ in range(count)
+    ]
+    node.signer.sign_batch(envelopes, receiver=ZJ)
+    return envelopes
+
+
+def _set(field: str, value: Any) -> Any:
+    return lambda e, _: setattr(e.batch.root, field, value)
+
+
+#: A tampering of the first envelope of a batch of four (the envelope, another
+#: batch of the same sender), and the field its refusal names first.
+TAMPERINGS: dict[str, tuple[Any, str]] = {
+    "leaf index of another leaf": (
+        lambda e, _: setattr(e.batch, "leaf_index", 1),
+        "batch.audit_path: expected a path",
+    ),
+    "leaf index past the tree": (
+        lambda e, _: setattr(e.batch, "leaf_index", 2**32 - 1),
+        "batch.leaf_index: expected below root.tree_size",
+    ),
+    "a sibling hash replaced": (
+        lambda e, _: e.batch.audit_path.__setitem__(0, b"\x00" * 32),
+        "batch.audit_path: expected a path",
+    ),
+    "a sibling hash of 31 bytes": (
+        lambda e, _: e.batch.audit_path.__setitem__(0, b"\x00" * 31),
+        "batch.audit_path: expected entries of 32 bytes",
+    ),
+    "a path longer than any tree": (
+        lambda e, _: e.batch.audit_path.extend([b"\x00" * 32] * 12),
+        "batch.audit_path: expected at most 10 entries",
+    ),
+    "tree size 0": (_set("tree_size", 0), "batch.root.tree_size: expected 1..1024"),
+    "another root": (_set("root", b"\x07" * 32), "batch.audit_path: expected a path"),
+    "another root signature": (
+        _set("signature", b"\x07" * 64),
+        "batch.root.signature: does not verify",
+    ),
+    "another batch id": (
+        _set("batch_id", str(uuid.uuid4())),
+        "batch.root.signature: does not verify",
+    ),
+    "a root of another sender": (
+        _set("sender", JS),
+        "batch.root.sender: expected the header's sender",
+    ),
+    "a root for another receiver": (
+        _set("receiver", "340000"),
+        "batch.root.receiver: expected the header's receiver",
+    ),
+    "a root naming another key": (
+        _set("key_id", "310000-sig-1999"),
+        "batch.root.key_id: expected the header's key_id",
+    ),
+    "no root": (lambda e, _: e.batch.ClearField("root"), "batch.root: expected"),
+    "a signature as well as a proof": (
+        lambda e, _: setattr(e, "signature", b"\x07" * 64),
+        "signature, batch: expected exactly one of them",
+    ),
+    "the proof of another batch": (
+        lambda e, other: e.batch.CopyFrom(other[0].batch),
+        "batch.audit_path: expected a path",
+    ),
+}
+
+#: Codes no input from a peer may get: they would say the node itself failed.
+NODE_FAULTS = {grpc.StatusCode.INTERNAL.value[0], grpc.StatusCode.UNKNOWN.value[0]}
+
+
+class TestTamperedBatches:
+    """A peer holding Shanghai's real key and certificate sends batches signed
+    as its stream would, each with one envelope's proof or root tampered."""
+
+    async def test_each_tampering_is_refused_naming_the_field_and_the_rest_answered(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        sh = federation.node(SH)
+        for name, (tamper, field) in TAMPERINGS.items():
+            envelopes = signed_batch(sh, 4)
+            tamper(envelopes[0], signed_batch(sh, 2))
+            frame = federation_pb2.StreamFrame(
+                requests=[
+                    federation_pb2.StreamRequest(envelope=e, timeout_ms=5000) for e in envelopes
+                ]
+            )
+            code, details, answers = await stream_status(federation, [frame.SerializeToString()])
+            assert code == grpc.StatusCode.OK, (name, details)
+            refusals = [r for a in answers for r in a.refusals]
+            responses = [
+                federation_pb2.EnvelopeHeader.FromString(r.header)
+                for a in answers
+                for r in a.responses
+            ]
+            assert [r.message[: len(field)] for r in refusals] == [field], name
+            assert refusals[0].code not in NODE_FAULTS, name
+            assert len(responses) == 3, name  # the untouched three, each answered
+            assert not {h.status_code for h in responses} & NODE_FAULTS, name
+
+        # The node serves on.
+        verified = await verify(federation, SH, await wallet.fresh_qr(ZJ))
+        assert verified.verdict == identity_pb2.VALID
+
+    async def test_bit_flips_of_a_signed_frame_never_fault_the_node(
+        self, federation: LocalFederation, wallet: Wallet
+    ) -> None:
+        """Random bits of a whole signed frame flipped: whatever each frame gets
+        (a bare INVALID_ARGUMENT for a frame that does not parse, a refusal or a
+        signed answer per envelope), it is never the node's own fault."""
+        rng = random.Random(16)
+        sh = federation.node(SH)
+        for _ in range(60):
+            frame = bytearray(
+                federation_pb2.StreamFrame(
+                    requests=[
+                        federation_pb2.StreamRequest(envelope=e, timeout_ms=5000)
+                        for e in signed_batch(sh, rng.choice((1, 3, 5)))
+                    ]
+                ).SerializeToString()
+            )
+            for _ in range(rng.randint(1, 4)):
+                frame[rng.randrange(len(frame))] ^= 1 << rng.randrange(8)
+            code, details, answers = await stream_status(federation, [bytes(frame)])
+            assert code.value[0] not in NODE_FAULTS, details
+            assert not {r.code for a in answers for r in a.refusals} & NODE_FAULTS
+            codes = {
+                federation_pb2.EnvelopeHeader.FromString(r.header).status_code
+                for a in answers
+                for r in a.responses
+            }
+            assert not codes & NODE_FAULTS
+
+        verified = await verify(federation, SH, await wallet.fresh_qr(ZJ))
+        assert verified.verdict == identity_pb2.VALID
