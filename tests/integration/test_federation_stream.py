@@ -363,6 +363,24 @@ async def credential_check(wallet: Wallet, **fields: str) -> federation_pb2.Cred
     )
 
 
+def sealed_check(
+    node: Node, credential_id: str, *, batched: bool = False
+) -> federation_pb2.SignedEnvelope:
+    """A hotel check-in's credential check from ``node`` to Zhejiang (a new token
+    id), sealed with the node's real key; ``batched``: left for sign_batch."""
+    return node.signer.seal(
+        receiver=ZJ,
+        service="identity.CheckCredential",
+        payload=federation_pb2.CredentialCheckRequest(
+            token_id=str(uuid.uuid4()),
+            credential_id=credential_id,
+            purpose=identity_pb2.HOTEL_CHECK_IN,
+        ),
+        correlation_id=str(uuid.uuid4()),
+        batched=batched,
+    )
+
+
 async def stream_status(
     federation: LocalFederation, frames: list[bytes]
 ) -> tuple[grpc.StatusCode, str, list[federation_pb2.StreamFrame]]:
@@ -501,16 +519,7 @@ class TestBadFrames:
         monkeypatch.setitem(handlers, "identity.CheckCredential", slow_check)
 
         def frame() -> bytes:
-            envelope = federation.node(SH).signer.seal(
-                receiver=ZJ,
-                service="identity.CheckCredential",
-                payload=federation_pb2.CredentialCheckRequest(
-                    token_id=str(uuid.uuid4()),
-                    credential_id="no-such-credential",
-                    purpose=identity_pb2.HOTEL_CHECK_IN,
-                ),
-                correlation_id=str(uuid.uuid4()),
-            )
+            envelope = sealed_check(federation.node(SH), "no-such-credential")
             return federation_pb2.StreamFrame(
                 requests=[federation_pb2.StreamRequest(envelope=envelope, timeout_ms=10_000)]
             ).SerializeToString()
@@ -570,21 +579,7 @@ class TestBadFrames:
 def signed_batch(node: Node, count: int) -> list[federation_pb2.SignedEnvelope]:
     """``count`` credential checks from ``node`` to Zhejiang, signed as one batch
     with the node's real key, as its stream would send them."""
-    envelopes = [
-        node.signer.seal(
-            receiver=ZJ,
-            service="identity.CheckCredential",
-            payload=federation_pb2.CredentialCheckRequest(
-                token_id=str(uuid.uuid4()),
-                credential_id="EID-TAMPER-0001",
-                purpose=identity_pb2.HOTEL_CHECK_IN,
-                relying_party_id="hotel-310000-001",
-            ),
-            correlation_id=str(uuid.uuid4()),
-            batched=True,
-        )
-        for _ in range(count)
-    ]
+    envelopes = [sealed_check(node, "EID-TAMPER-0001", batched=True) for _ in range(count)]
     node.signer.sign_batch(envelopes, receiver=ZJ)
     return envelopes
 
