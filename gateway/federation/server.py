@@ -200,7 +200,9 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         #: Requests in flight per peer province, over all its streams.
         self._in_flight_of: dict[str, asyncio.Semaphore] = {}
         #: Streams refused, per province: one log line per REFUSED_LOG_SECONDS.
-        self._refused_streams = _CountedLines()
+        self._refused_streams = _ThrottledWarning(
+            "streams refused: too many open", "peer", "refused", STREAMS_PER_PEER
+        )
         self._draining = asyncio.Event()
         #: Requests whose asker went away while they were handled (its stream
         #: broke, its unary call was cancelled), carried on to their end so
@@ -211,7 +213,9 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         #: longer carried on (:meth:`settle` ends those that are).
         self._stopping = False
         #: Requests cut off, per reason: one log line per REFUSED_LOG_SECONDS.
-        self._cut_off = _CountedLines()
+        self._cut_off = _ThrottledWarning(
+            "requests cut off with their asker", "reason", "cut_off", CARRIED_ON
+        )
 
     @property
     def remembered(self) -> tuple[int, int]:
@@ -384,19 +388,6 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Stream: served by stream_bytes")
         yield federation_pb2.StreamFrame()  # pragma: no cover - abort raises
 
-    def _log_refused_stream(self, peer: str) -> None:
-        """One line per :data:`REFUSED_LOG_SECONDS` per province, counting the
-        streams refused since the last: a peer reopening in a loop does not
-        flood the log."""
-        refused = self._refused_streams.count(peer)
-        if refused:
-            log.warning(
-                "streams refused: too many open",
-                peer=peer,
-                limit=STREAMS_PER_PEER,
-                refused=refused,
-            )
-
     def _peer_slots(self, peer: str) -> asyncio.Semaphore:
         """The slots of :data:`PEER_IN_FLIGHT` that every stream of ``peer`` shares
         (kept for the process's life: one per province that ever opened a stream)."""
@@ -416,15 +407,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         if task.done():
             return True
         if self._stopping or len(self._carried_on) >= CARRIED_ON:
-            reason = "stopping" if self._stopping else "too_many_carried_on"
-            cut_off = self._cut_off.count(reason)
-            if cut_off:
-                log.warning(
-                    "requests cut off with their asker",
-                    reason=reason,
-                    limit=CARRIED_ON,
-                    cut_off=cut_off,
-                )
+            self._cut_off.note("stopping" if self._stopping else "too_many_carried_on")
             return False
         self._carried_on.add(task)
         task.add_done_callback(_carried_on_done)
@@ -492,7 +475,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         if self._peer_streams[peer] >= STREAMS_PER_PEER:
             if self._metrics is not None:
                 self._metrics.refusals.labels(peer, "too_many_streams").inc()
-            self._log_refused_stream(peer)
+            self._refused_streams.note(peer)  # a peer reopening in a loop: one line
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"Stream: at most {STREAMS_PER_PEER} streams of one province open at once "
@@ -657,24 +640,36 @@ REFUSED_LOG_SECONDS = 10.0
 DRAIN_READ_SECONDS = 0.1
 
 
-class _CountedLines:
-    """Warnings of one kind that a peer could repeat in a loop: at most one
+class _ThrottledWarning:
+    """A warning of one kind that a peer could repeat in a loop: at most one
     line per :data:`REFUSED_LOG_SECONDS` per key, each counting the events
-    since the line before."""
+    since the line before. The line is ``event`` with the key as
+    ``key_field``, ``limit``, and the count as ``count_field``."""
 
-    def __init__(self) -> None:
+    def __init__(self, event: str, key_field: str, count_field: str, limit: int) -> None:
+        self._event = event
+        self._key_field = key_field
+        self._count_field = count_field
+        self._limit = limit
         self._counts: Counter[str] = Counter()
         self._logged: dict[str, float] = {}
 
-    def count(self, key: str) -> int:
-        """Count one event of ``key``: the number to log now (the events since
-        the last line), or 0 while a line was written less than the interval ago."""
+    def note(self, key: str) -> None:
+        """Count one event of ``key``; log the events since the last line unless
+        a line was written less than the interval ago."""
         self._counts[key] += 1
         now = time.monotonic()
         if now - self._logged.get(key, -REFUSED_LOG_SECONDS) < REFUSED_LOG_SECONDS:
-            return 0
+            return
         self._logged[key] = now
-        return self._counts.pop(key)
+        log.warning(
+            self._event,
+            **{
+                self._key_field: key,
+                "limit": self._limit,
+                self._count_field: self._counts.pop(key),
+            },
+        )
 
 
 @dataclass(frozen=True)
